@@ -1,0 +1,345 @@
+//! Boundary structs, enumerations and map names.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding and no `bool`, and its
+//! size is asserted at compile time: the kernel and userspace read the same
+//! bytes, and a field added on one side only must fail the build.
+
+/// Map names, shared so a rename cannot break the loader silently.
+pub mod map {
+    /// `Array<Config>`, one entry: encapsulation ports and this node.
+    pub const CONFIG: &str = "CONFIG";
+    /// `LpmTrie<u32, AddrInfo>`: every address range the cluster knows.
+    pub const ADDRS: &str = "ADDRS";
+    /// `HashMap<FlowKey, FlowStats>`: one entry per flow per observation point.
+    pub const FLOWS: &str = "FLOWS";
+    /// `PerCpuHashMap<PeerKey, PeerStats>`: underlay traffic per peer node.
+    pub const PEERS: &str = "PEERS";
+    /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Default capacities; userspace overrides them at load time.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
+pub const DEFAULT_PEER_CAPACITY: u32 = 4_096;
+pub const DEFAULT_ADDR_CAPACITY: u32 = 16_384;
+
+/// Number of encapsulation port slots in [`Config`].
+pub const MAX_ENCAP_PORTS: usize = 8;
+
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:expr => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The value as it crosses the kernel boundary.
+            #[inline(always)]
+            pub const fn wire(self) -> u8 {
+                self as u8
+            }
+
+            /// Decodes a wire value; `None` for a value this build does not know.
+            pub const fn from_wire(value: u8) -> Option<Self> {
+                match value {
+                    $(v if v == $value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// Lower-case name, as used in metric labels and JSON.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What an address belongs to.
+    Net {
+        /// Not in any range the cluster told us about.
+        External = 0 => "external",
+        Legacy = 1 => "legacy",
+        Cilium = 2 => "cilium",
+        /// A node's own address, underlay or overlay.
+        Host = 3 => "host",
+    }
+}
+
+wire_enum! {
+    /// The overlay a packet travelled (or will travel) on.
+    Overlay {
+        /// Seen where the wire is not known yet: pod veths, `cilium_host`.
+        None = 0 => "none",
+        Legacy = 1 => "legacy",
+        Cilium = 2 => "cilium",
+        /// Pod traffic on the underlay without encapsulation (routed CNIs).
+        Native = 3 => "native",
+    }
+}
+
+wire_enum! {
+    /// Where on the node a hook sits.
+    Point {
+        Underlay = 0 => "underlay",
+        Overlay = 1 => "overlay",
+        Host = 2 => "host",
+        Pod = 3 => "pod",
+    }
+}
+
+wire_enum! {
+    /// TC hook direction, from the interface's point of view.
+    Direction {
+        Ingress = 0 => "ingress",
+        Egress = 1 => "egress",
+    }
+}
+
+wire_enum! {
+    /// Kind of an [`ADDRS`](map::ADDRS) entry.
+    AddrKind {
+        /// A pod CIDR, cluster-wide or one node's share.
+        PodNetwork = 0 => "pod_network",
+        /// A node's underlay (InternalIP) address.
+        NodeUnderlay = 1 => "node_underlay",
+        /// A node's address on an overlay (`flannel.1`, `cilium_host`):
+        /// what SNAT rewrites cross-overlay sources to.
+        NodeOverlay = 2 => "node_overlay",
+    }
+}
+
+wire_enum! {
+    /// Encapsulation on a UDP port.
+    Encap {
+        None = 0 => "none",
+        Vxlan = 1 => "vxlan",
+        Geneve = 2 => "geneve",
+    }
+}
+
+wire_enum! {
+    /// Which endpoint of a flow is a node overlay address.
+    Snat {
+        None = 0 => "none",
+        /// Source is a node overlay address: the flow left a node SNATed.
+        Source = 1 => "source",
+        /// Destination is a node overlay address: replies to a SNATed flow.
+        Destination = 2 => "destination",
+    }
+}
+
+wire_enum! {
+    /// Index into [`COUNTERS`](map::COUNTERS): packets seen, and every reason
+    /// a packet was not (fully) turned into a flow.
+    Counter {
+        SeenUnderlay = 0 => "seen_underlay",
+        SeenOverlay = 1 => "seen_overlay",
+        SeenHost = 2 => "seen_host",
+        SeenPod = 3 => "seen_pod",
+        /// Ethertype is neither IPv4, IPv6 nor 802.1Q.
+        NonIp = 4 => "non_ip",
+        Ipv6 = 5 => "ipv6",
+        /// More than one VLAN tag.
+        StackedVlan = 6 => "stacked_vlan",
+        /// A non-first IPv4 fragment: no L4 header to key a flow on.
+        Fragment = 7 => "fragment",
+        TruncatedEth = 8 => "truncated_eth",
+        TruncatedVlan = 9 => "truncated_vlan",
+        TruncatedIpv4 = 10 => "truncated_ipv4",
+        TruncatedIpv4Options = 11 => "truncated_ipv4_options",
+        /// IPv4 version not 4, IHL under 5 or total length under the header.
+        BadIpv4 = 12 => "bad_ipv4",
+        TruncatedUdp = 13 => "truncated_udp",
+        TruncatedVxlan = 14 => "truncated_vxlan",
+        /// VXLAN header without the I (valid VNI) flag.
+        BadVxlan = 15 => "bad_vxlan",
+        TruncatedGeneve = 16 => "truncated_geneve",
+        TruncatedGeneveOptions = 17 => "truncated_geneve_options",
+        /// Geneve version not 0 or protocol not Ethernet (0x6558).
+        BadGeneve = 18 => "bad_geneve",
+        InnerNonIp = 19 => "inner_non_ip",
+        InnerIpv6 = 20 => "inner_ipv6",
+        InnerFragment = 21 => "inner_fragment",
+        TruncatedInnerEth = 22 => "truncated_inner_eth",
+        TruncatedInnerIpv4 = 23 => "truncated_inner_ipv4",
+        /// TCP, UDP or ICMP header cut short (outer plain or inner).
+        TruncatedL4 = 24 => "truncated_l4",
+        /// Plain underlay packet with neither endpoint in the cluster.
+        NotCluster = 25 => "not_cluster",
+        /// A new flow was refused by the full FLOWS map.
+        FlowMapFull = 26 => "flow_map_full",
+        /// A new peer entry was refused by the full PEERS map.
+        PeerMapFull = 27 => "peer_map_full",
+    }
+}
+
+/// Number of [`Counter`] slots; the COUNTERS map has exactly this many.
+pub const COUNTER_SLOTS: u32 = 28;
+
+/// One encapsulation port: which overlay uses it and how it is framed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct EncapPort {
+    /// UDP destination port, host byte order; 0 marks an unused slot.
+    pub port: u16,
+    /// [`Encap`] wire value.
+    pub encap: u8,
+    /// [`Overlay`] wire value.
+    pub overlay: u8,
+}
+
+/// The single entry of [`CONFIG`](map::CONFIG).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct Config {
+    pub encap_ports: [EncapPort; MAX_ENCAP_PORTS],
+    /// This node's underlay address: flows towards any other node's ranges
+    /// get that node as their peer.
+    pub local_node: u32,
+    pub _pad: u32,
+}
+
+/// Value of an [`ADDRS`](map::ADDRS) entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct AddrInfo {
+    /// [`Net`] wire value.
+    pub net: u8,
+    /// [`AddrKind`] wire value.
+    pub kind: u8,
+    pub _pad: [u8; 2],
+    /// Underlay address of the node this range lives on; 0 when cluster-wide.
+    pub node: u32,
+}
+
+/// Key of [`FLOWS`](map::FLOWS): one direction of a conversation, as seen
+/// at one hook. The same packet seen on a pod veth, an overlay device and
+/// the underlay makes three flows, which is how loss is located on a node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports; ICMP echo: identifier in `src_port`; other ICMP:
+    /// `type << 8 | code` in `dst_port`.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// [`Point`] wire value.
+    pub point: u8,
+    /// [`Direction`] wire value.
+    pub direction: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`FLOWS`](map::FLOWS). Counters are updated atomically; the
+/// classification is written once, when the flow is first seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct FlowStats {
+    pub packets: u64,
+    /// Sum of IPv4 total lengths (inner packet for encapsulated traffic).
+    pub bytes: u64,
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE).
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Segments with payload, SYN or FIN: what retransmissions are out of.
+    pub segments: u64,
+    /// Segments whose end did not advance past the highest end seen.
+    pub retransmits: u64,
+    /// SYN without ACK.
+    pub syns: u64,
+    pub syn_acks: u64,
+    pub rsts: u64,
+    pub echo_requests: u64,
+    pub echo_replies: u64,
+    /// Highest `seq + length` seen, for retransmission detection.
+    pub seq_next: u32,
+    /// Peer node underlay address: the outer address for encapsulated
+    /// traffic, else the node owning the remote endpoint's range; 0 if none.
+    pub peer: u32,
+    /// The node overlay address involved when `snat` is not `None`.
+    pub snat_addr: u32,
+    /// [`Net`] of source and destination.
+    pub src_net: u8,
+    pub dst_net: u8,
+    /// [`Overlay`] wire value.
+    pub overlay: u8,
+    /// [`Snat`] wire value.
+    pub snat: u8,
+    /// OR of every TCP flag byte seen.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of [`PEERS`](map::PEERS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct PeerKey {
+    /// The peer node's underlay address.
+    pub peer: u32,
+    /// [`Overlay`] wire value.
+    pub overlay: u8,
+    /// [`Direction`] wire value: egress is sent to the peer, ingress received.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`PEERS`](map::PEERS), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct PeerStats {
+    pub packets: u64,
+    /// Whole frames as the underlay carries them, headers included.
+    pub bytes: u64,
+}
+
+/// TCP flag bits as they sit in byte 13 of the header.
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EncapPort>() == 4);
+    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<AddrInfo>() == 8);
+    assert!(core::mem::size_of::<FlowKey>() == 16);
+    assert!(core::mem::size_of::<FlowStats>() == 112);
+    assert!(core::mem::size_of::<PeerKey>() == 8);
+    assert!(core::mem::size_of::<PeerStats>() == 16);
+    assert!(Counter::ALL.len() as u32 == COUNTER_SLOTS);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)], contain only integers and have
+    // explicit padding fields, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for AddrInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for PeerStats {}
+}

@@ -1,0 +1,263 @@
+//! Turning one parsed packet into flow counters.
+//!
+//! The known-flow path is one hash lookup and a few atomic adds. The
+//! classification (two LPM lookups) runs only when a flow is first seen and
+//! is stored with it.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use observer_ebpf::{
+    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, Net, Overlay, Point, Snat,
+    tcp_flag,
+};
+
+use crate::{
+    counters::{count, count_peer},
+    maps::{ADDRS, CONFIG, FLOWS},
+    parse::{
+        ipv4::Ipv4,
+        l4::{Echo, L4},
+    },
+};
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
+/// Where and how a packet was seen.
+#[derive(Clone, Copy)]
+pub struct Seen {
+    pub point: Point,
+    pub direction: Direction,
+    pub overlay: Overlay,
+    /// The other end of the tunnel for encapsulated packets, else 0.
+    pub outer_peer: u32,
+}
+
+/// Counts `ip`/`l4` into its flow. On the underlay, plain traffic between
+/// addresses the cluster does not know is left out (and counted as such):
+/// the flow table is for the cluster, not for every SSH session to a node.
+#[inline(always)]
+pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Counter> {
+    let key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        proto: ip.proto,
+        point: seen.point.wire(),
+        direction: seen.direction.wire(),
+        _pad: 0,
+    };
+    // SAFETY: the coarse clock helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: values of a preallocated hash map stay valid for the
+        // program's run; concurrent writers only race on fields that are
+        // updated atomically or are idempotent.
+        let peer = unsafe { update(stats, ip, l4, now) };
+        count_native(seen, peer, frame_len);
+        return Ok(());
+    }
+
+    let mut fresh = classify(seen, ip)?;
+    fresh.first_seen_ns = now;
+    fresh.last_seen_ns = now;
+    let peer = fresh.peer;
+    apply_first(&mut fresh, ip, l4);
+    match FLOWS.insert(&key, &fresh, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {
+            // Another CPU created the flow first; join it.
+            if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+                // SAFETY: as above.
+                unsafe { update(stats, ip, l4, now) };
+            }
+        }
+        Err(_) => return Err(Counter::FlowMapFull),
+    }
+    count_native(seen, peer, frame_len);
+    Ok(())
+}
+
+/// Unencapsulated pod traffic has no outer header to name the peer; the
+/// flow's classification does.
+#[inline(always)]
+fn count_native(seen: Seen, peer: u32, frame_len: u32) {
+    if seen.point == Point::Underlay && seen.overlay == Overlay::Native && peer != 0 {
+        count_peer(peer, Overlay::Native.wire(), seen.direction.wire(), frame_len);
+    }
+}
+
+#[inline(always)]
+fn lookup(addr: u32) -> Option<AddrInfo> {
+    ADDRS.get(Key::new(32, addr)).copied()
+}
+
+#[inline(always)]
+fn net_of(info: &Option<AddrInfo>) -> u8 {
+    match info {
+        Some(info) => info.net,
+        None => Net::External.wire(),
+    }
+}
+
+#[inline(always)]
+fn is_node_overlay(info: &Option<AddrInfo>) -> bool {
+    matches!(info, Some(info) if info.kind == AddrKind::NodeOverlay.wire())
+}
+
+#[inline(always)]
+fn node_of(info: &Option<AddrInfo>, local: u32) -> u32 {
+    match info {
+        Some(info) if info.node != 0 && info.node != local => info.node,
+        _ => 0,
+    }
+}
+
+/// A new flow's classification: networks, overlay, peer node and SNAT.
+#[inline(always)]
+fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
+    let src = lookup(ip.src);
+    let dst = lookup(ip.dst);
+    let (src_net, dst_net) = (net_of(&src), net_of(&dst));
+    let external = Net::External.wire();
+    let mut overlay = seen.overlay;
+    if seen.point == Point::Underlay && seen.outer_peer == 0 {
+        if src_net == external && dst_net == external {
+            return Err(Counter::NotCluster);
+        }
+        let pod = |net: u8| net == Net::Legacy.wire() || net == Net::Cilium.wire();
+        if !pod(src_net) && !pod(dst_net) {
+            // Node to node traffic on the underlay is not on any overlay.
+            overlay = Overlay::None;
+        }
+    }
+    let local = CONFIG.get(0).map_or(0, |config| config.local_node);
+    let peer = match seen.outer_peer {
+        0 => match node_of(&dst, local) {
+            0 => node_of(&src, local),
+            node => node,
+        },
+        outer => outer,
+    };
+    let (snat, snat_addr) = if is_node_overlay(&src) {
+        (Snat::Source, ip.src)
+    } else if is_node_overlay(&dst) {
+        (Snat::Destination, ip.dst)
+    } else {
+        (Snat::None, 0)
+    };
+    Ok(FlowStats {
+        peer,
+        snat_addr,
+        src_net,
+        dst_net,
+        overlay: overlay.wire(),
+        snat: snat.wire(),
+        ..FlowStats::default()
+    })
+}
+
+/// Counts the first packet into a flow nobody else can see yet.
+#[inline(always)]
+fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) {
+    stats.packets = 1;
+    stats.bytes = ip.total_len as u64;
+    stats.tcp_flags = l4.tcp_flags;
+    stats.syns = is_syn(l4) as u64;
+    stats.syn_acks = is_syn_ack(l4) as u64;
+    stats.rsts = (l4.tcp_flags & tcp_flag::RST != 0) as u64;
+    stats.echo_requests = (l4.echo == Echo::Request) as u64;
+    stats.echo_replies = (l4.echo == Echo::Reply) as u64;
+    if l4.seq_len != 0 {
+        stats.segments = 1;
+        stats.seq_next = l4.seq.wrapping_add(l4.seq_len);
+    }
+}
+
+/// Counts a packet into an existing flow; returns the flow's peer.
+///
+/// # Safety
+/// `stats` must point into the FLOWS map.
+#[inline(always)]
+unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> u32 {
+    unsafe {
+        add64(&raw mut (*stats).packets, 1);
+        add64(&raw mut (*stats).bytes, ip.total_len as u64);
+        (*stats).last_seen_ns = now;
+        let flags = l4.tcp_flags;
+        if flags != 0 {
+            if (*stats).tcp_flags & flags != flags {
+                (*stats).tcp_flags |= flags;
+            }
+            if is_syn(l4) {
+                add1(&raw mut (*stats).syns);
+            } else if is_syn_ack(l4) {
+                add1(&raw mut (*stats).syn_acks);
+            }
+            if flags & tcp_flag::RST != 0 {
+                add1(&raw mut (*stats).rsts);
+            }
+        }
+        if l4.seq_len != 0 {
+            let end = l4.seq.wrapping_add(l4.seq_len);
+            let segments = (*stats).segments;
+            // A segment that does not reach past the highest end seen carries
+            // nothing new: a retransmission (or reordering, which loss makes
+            // just as visible to the application).
+            if segments != 0 && (end.wrapping_sub((*stats).seq_next) as i32) <= 0 {
+                add1(&raw mut (*stats).retransmits);
+            } else {
+                (*stats).seq_next = end;
+            }
+            add1(&raw mut (*stats).segments);
+        }
+        match l4.echo {
+            Echo::Request => add1(&raw mut (*stats).echo_requests),
+            Echo::Reply => add1(&raw mut (*stats).echo_replies),
+            Echo::None => {}
+        }
+        (*stats).peer
+    }
+}
+
+#[inline(always)]
+fn is_syn(l4: &L4) -> bool {
+    l4.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN
+}
+
+#[inline(always)]
+fn is_syn_ack(l4: &L4) -> bool {
+    l4.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN | tcp_flag::ACK
+}
+
+#[inline(always)]
+unsafe fn add64(field: *mut u64, value: u64) {
+    // The BPF target has no `AtomicU64::fetch_add` in core (it declares
+    // only atomic load/store), but the ISA has a 64-bit atomic add, which
+    // this intrinsic lowers to (`lock *(u64 *)(r + off) += r`).
+    // SAFETY: caller passes a field of a map value, which is 8-byte aligned.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, value) };
+}
+
+#[inline(always)]
+unsafe fn add1(field: *mut u64) {
+    // SAFETY: as for add64.
+    unsafe { add64(field, 1) };
+}
+
+/// Used by every hook: the fields a counter reason needs.
+#[inline(always)]
+pub fn seen_counter(point: Point) -> Counter {
+    match point {
+        Point::Underlay => Counter::SeenUnderlay,
+        Point::Overlay => Counter::SeenOverlay,
+        Point::Host => Counter::SeenHost,
+        Point::Pod => Counter::SeenPod,
+    }
+}
+
+#[inline(always)]
+pub fn mark_seen(point: Point) {
+    count(seen_counter(point));
+}

@@ -1,0 +1,45 @@
+//! One file per hook. Every entry point is a thin wrapper: it calls its
+//! `try_` function, counts the reason if that stopped early, and hands the
+//! packet on.
+mod host;
+mod overlay;
+mod pod;
+mod underlay;
+
+use aya_ebpf::programs::TcContext;
+use observer_ebpf::Counter;
+
+use crate::{
+    counters::count,
+    flow::{self, Seen},
+    parse::{Layer, eth, ipv4, l4},
+};
+
+/// `TC_ACT_UNSPEC` for cls_bpf and `TCX_NEXT` for TCX are both -1: run the
+/// next program on the hook, then let the stack have the packet. Returning
+/// anything else would make crossover part of the datapath.
+pub const NEXT: i32 = -1;
+
+#[inline(always)]
+pub fn finish(result: Result<(), Counter>) -> i32 {
+    if let Err(reason) = result {
+        count(reason);
+    }
+    NEXT
+}
+
+/// Parses the Ethernet frame at `offset` down to L4 and records its flow.
+#[inline(always)]
+pub fn observe_frame(ctx: &TcContext, offset: usize, layer: Layer, seen: Seen) -> Result<(), Counter> {
+    let l3 = eth::parse(ctx, offset, layer)?;
+    let ip = ipv4::parse(ctx, l3, layer)?;
+    let l4 = l4::parse(ctx, &ip)?;
+    flow::record(seen, &ip, &l4, ctx.len())
+}
+
+/// The whole of a hook that sees plain frames (everything but the underlay).
+#[inline(always)]
+pub fn observe_plain(ctx: &TcContext, seen: Seen) -> i32 {
+    flow::mark_seen(seen.point);
+    finish(observe_frame(ctx, 0, Layer::Outer, seen))
+}

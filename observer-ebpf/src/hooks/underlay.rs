@@ -1,0 +1,67 @@
+//! The node's NIC. Encapsulated packets are counted per peer node and
+//! overlay (what one node sent against what its peer received is the
+//! delivery figure) and then parsed down to the inner flow; plain pod
+//! traffic is the native overlay of routed CNIs.
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Overlay, Point};
+
+use super::{finish, observe_frame};
+use crate::{
+    counters::count_peer,
+    flow::{self, Seen},
+    maps::CONFIG,
+    parse::{Layer, eth, geneve, ipv4, l4, vxlan},
+};
+
+const UDP_HLEN: usize = 8;
+
+#[classifier]
+pub fn crossover_underlay_ingress(ctx: TcContext) -> i32 {
+    flow::mark_seen(Point::Underlay);
+    finish(try_underlay(&ctx, Direction::Ingress))
+}
+
+#[classifier]
+pub fn crossover_underlay_egress(ctx: TcContext) -> i32 {
+    flow::mark_seen(Point::Underlay);
+    finish(try_underlay(&ctx, Direction::Egress))
+}
+
+#[inline(always)]
+fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
+    let l3 = eth::parse(ctx, 0, Layer::Outer)?;
+    let ip = ipv4::parse(ctx, l3, Layer::Outer)?;
+    if ip.proto == l4::IPPROTO_UDP {
+        let ports = l4::udp_ports(ctx, ip.l4_offset, Counter::TruncatedUdp)?;
+        if let Some(encap) = CONFIG.get(0).and_then(|config| encap_for(config, ports.dst)) {
+            let peer = match direction {
+                Direction::Egress => ip.dst,
+                Direction::Ingress => ip.src,
+            };
+            count_peer(peer, encap.overlay, direction.wire(), ctx.len());
+            let tunnel = ip.l4_offset + UDP_HLEN;
+            let inner = if encap.encap == Encap::Geneve.wire() {
+                geneve::parse(ctx, tunnel)?
+            } else {
+                vxlan::parse(ctx, tunnel)?
+            };
+            let overlay = Overlay::from_wire(encap.overlay).unwrap_or(Overlay::None);
+            let seen = Seen { point: Point::Underlay, direction, overlay, outer_peer: peer };
+            return observe_frame(ctx, inner, Layer::Inner, seen);
+        }
+    }
+    let l4 = l4::parse(ctx, &ip)?;
+    let seen = Seen { point: Point::Underlay, direction, overlay: Overlay::Native, outer_peer: 0 };
+    flow::record(seen, &ip, &l4, ctx.len())
+}
+
+/// The encapsulation configured on UDP destination port `port`, if any.
+#[inline(always)]
+fn encap_for(config: &Config, port: u16) -> Option<EncapPort> {
+    for slot in config.encap_ports {
+        if slot.port == port && slot.encap != Encap::None.wire() {
+            return Some(slot);
+        }
+    }
+    None
+}

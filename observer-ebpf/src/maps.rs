@@ -1,0 +1,29 @@
+//! The maps, named as `observer_ebpf::map` says. Capacities here are
+//! defaults; userspace sets the real ones before loading.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+};
+use observer_ebpf::{
+    AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY,
+    DEFAULT_PEER_CAPACITY, FlowKey, FlowStats, PeerKey, PeerStats,
+};
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "ADDRS")]
+pub static ADDRS: LpmTrie<u32, AddrInfo> =
+    LpmTrie::with_max_entries(DEFAULT_ADDR_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, FlowStats> =
+    HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map(name = "PEERS")]
+pub static PEERS: PerCpuHashMap<PeerKey, PeerStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_PEER_CAPACITY, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
