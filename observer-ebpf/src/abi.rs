@@ -173,7 +173,7 @@ wire_enum! {
         TruncatedInnerIpv4 = 23 => "truncated_inner_ipv4",
         /// TCP, UDP or ICMP header cut short (outer plain or inner).
         TruncatedL4 = 24 => "truncated_l4",
-        /// Plain underlay packet with neither endpoint in the cluster.
+        /// Plain underlay packet that is neither pod traffic nor node to node.
         NotCluster = 25 => "not_cluster",
         /// A new flow was refused by the full FLOWS map.
         FlowMapFull = 26 => "flow_map_full",

@@ -54,15 +54,18 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
-        let peer = unsafe { update(stats, ip, l4, now) };
-        count_native(seen, peer, frame_len);
+        let (peer, overlay) = unsafe {
+            update(stats, ip, l4, now);
+            ((*stats).peer, (*stats).overlay)
+        };
+        count_native(seen.point, seen.direction, overlay, peer, frame_len);
         return Ok(());
     }
 
     let mut fresh = classify(seen, ip)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
-    let peer = fresh.peer;
+    let (peer, overlay) = (fresh.peer, fresh.overlay);
     apply_first(&mut fresh, ip, l4);
     match FLOWS.insert(&key, &fresh, BPF_NOEXIST) {
         Ok(()) => {}
@@ -75,16 +78,16 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         }
         Err(_) => return Err(Counter::FlowMapFull),
     }
-    count_native(seen, peer, frame_len);
+    count_native(seen.point, seen.direction, overlay, peer, frame_len);
     Ok(())
 }
 
 /// Unencapsulated pod traffic has no outer header to name the peer; the
 /// flow's classification does.
 #[inline(always)]
-fn count_native(seen: Seen, peer: u32, frame_len: u32) {
-    if seen.point == Point::Underlay && seen.overlay == Overlay::Native && peer != 0 {
-        count_peer(peer, Overlay::Native.wire(), seen.direction.wire(), frame_len);
+fn count_native(point: Point, direction: Direction, overlay: u8, peer: u32, frame_len: u32) {
+    if point == Point::Underlay && overlay == Overlay::Native.wire() && peer != 0 {
+        count_peer(peer, overlay, direction.wire(), frame_len);
     }
 }
 
@@ -120,15 +123,16 @@ fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
     let src = lookup(ip.src);
     let dst = lookup(ip.dst);
     let (src_net, dst_net) = (net_of(&src), net_of(&dst));
-    let external = Net::External.wire();
     let mut overlay = seen.overlay;
     if seen.point == Point::Underlay && seen.outer_peer == 0 {
-        if src_net == external && dst_net == external {
-            return Err(Counter::NotCluster);
-        }
         let pod = |net: u8| net == Net::Legacy.wire() || net == Net::Cilium.wire();
+        let host = Net::Host.wire();
         if !pod(src_net) && !pod(dst_net) {
-            // Node to node traffic on the underlay is not on any overlay.
+            // Node to node traffic is the cluster's but on no overlay; a
+            // node talking to the outside world is not ours to track.
+            if src_net != host || dst_net != host {
+                return Err(Counter::NotCluster);
+            }
             overlay = Overlay::None;
         }
     }
@@ -175,12 +179,12 @@ fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) {
     }
 }
 
-/// Counts a packet into an existing flow; returns the flow's peer.
+/// Counts a packet into an existing flow.
 ///
 /// # Safety
 /// `stats` must point into the FLOWS map.
 #[inline(always)]
-unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> u32 {
+unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) {
     unsafe {
         add64(&raw mut (*stats).packets, 1);
         add64(&raw mut (*stats).bytes, ip.total_len as u64);
@@ -217,7 +221,6 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> u32 {
             Echo::Reply => add1(&raw mut (*stats).echo_replies),
             Echo::None => {}
         }
-        (*stats).peer
     }
 }
 

@@ -1,0 +1,9 @@
+//! crossover: measures, per node pair and per overlay, what a live CNI
+//! migration to Cilium loses, from passive TC programs in the kernel.
+pub mod cli;
+pub mod datapath;
+pub mod error;
+pub mod netns;
+pub mod shape;
+
+pub use error::{Error, Result};

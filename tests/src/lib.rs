@@ -1,0 +1,14 @@
+//! Fixtures shared by crossover's integration tests: crafted packets,
+//! a harness that runs the real programs on them with `BPF_PROG_TEST_RUN`,
+//! and network namespaces for real traffic.
+pub mod harness;
+pub mod netns;
+pub mod packet;
+
+/// Every test here loads programs into the running kernel or builds
+/// network namespaces: it needs root. CI runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (CAP_BPF, CAP_NET_ADMIN): run it as root");
+}

@@ -24,6 +24,13 @@ struct TcpHdr {
 }
 
 #[repr(C)]
+struct UdpHdr {
+    src_port: u16,
+    dst_port: u16,
+    _len: u16,
+    _check: u16,
+}
+
 pub struct Ports {
     pub src: u16,
     pub dst: u16,
@@ -61,11 +68,12 @@ impl L4 {
     }
 }
 
-/// Reads UDP ports at `offset` (also how encapsulation is recognised).
+/// Reads the UDP header at `offset` (also how encapsulation is recognised);
+/// the whole header must be there.
 #[inline(always)]
 pub fn udp_ports(ctx: &TcContext, offset: usize, short: Counter) -> Parsed<Ports> {
-    let ports: Ports = load(ctx, offset, short)?;
-    Ok(Ports { src: u16::from_be(ports.src), dst: u16::from_be(ports.dst) })
+    let udp: UdpHdr = load(ctx, offset, short)?;
+    Ok(Ports { src: u16::from_be(udp.src_port), dst: u16::from_be(udp.dst_port) })
 }
 
 #[inline(always)]

@@ -1,0 +1,273 @@
+//! Loading crossover's programs, feeding them the cluster's shape,
+//! attaching them, and reading back what they counted.
+mod attach;
+mod hook;
+mod snapshot;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, lpm_trie::Key},
+    programs::{ProgramError, SchedClassifier, TcAttachType},
+};
+use ipnet::Ipv4Net;
+use observer_ebpf::{AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY, map};
+
+pub use attach::AttachMode;
+use attach::Attachment;
+pub use hook::Hook;
+pub use snapshot::{Counters, FlowRecord, PeerRecord, Snapshot};
+
+use crate::{
+    Error, Result,
+    error::{is_permission, root_io_error},
+    netns,
+    shape::{ClusterShape, wire_addr},
+};
+
+/// The object observer-ebpf's build produced, embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossover-tc"));
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub flow_capacity: u32,
+    pub peer_capacity: u32,
+    pub addr_capacity: u32,
+    pub attach_mode: AttachMode,
+    /// Named network namespace (`ip netns`) the interfaces live in.
+    pub netns: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_capacity: DEFAULT_FLOW_CAPACITY,
+            peer_capacity: DEFAULT_PEER_CAPACITY,
+            addr_capacity: DEFAULT_ADDR_CAPACITY,
+            attach_mode: AttachMode::Auto,
+            netns: None,
+        }
+    }
+}
+
+/// crossover's programs loaded in the kernel, and where they are attached.
+/// Dropping it detaches everything and removes any qdisc it added.
+pub struct Observer {
+    ebpf: Ebpf,
+    options: LoadOptions,
+    mode: AttachMode,
+    attached: BTreeMap<String, Attachment>,
+    /// ADDRS as last written, to apply a new shape as a difference.
+    addrs: BTreeMap<Ipv4Net, AddrInfo>,
+}
+
+impl Observer {
+    /// Loads and verifies every program. Nothing is attached yet.
+    pub fn load(options: LoadOptions) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::FLOWS, options.flow_capacity)
+            .map_max_entries(map::PEERS, options.peer_capacity)
+            .map_max_entries(map::ADDRS, options.addr_capacity)
+            .load(OBJECT)
+            .map_err(|err| match root_io_error(&err).filter(|e| is_permission(e)) {
+                Some(io) => Error::Privilege {
+                    action: "creating BPF maps".into(),
+                    source: std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(1)),
+                },
+                None => Error::Load(err),
+            })?;
+        for hook in Hook::ALL {
+            for name in hook.programs() {
+                let program = classifier(&mut ebpf, name)?;
+                program.load().map_err(|err| load_error(name, err))?;
+            }
+        }
+        let mode = options.attach_mode.resolve();
+        Ok(Observer { ebpf, options, mode, attached: BTreeMap::new(), addrs: BTreeMap::new() })
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Writes the cluster's shape into CONFIG and ADDRS. Applied as a
+    /// difference, so a changed shape never leaves the kernel with an empty
+    /// table in between.
+    pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
+        shape.validate()?;
+        let config = shape.kernel_config()?;
+        let mut array: Array<&mut MapData, observer_ebpf::Config> = self.map_mut(map::CONFIG)?;
+        array.set(0, config, 0).map_err(|source| Error::Map { map: map::CONFIG, source })?;
+
+        let wanted: BTreeMap<Ipv4Net, AddrInfo> = shape.kernel_addrs().into_iter().collect();
+        if wanted.len() as u32 > self.options.addr_capacity {
+            return Err(Error::MapFull {
+                map: map::ADDRS,
+                capacity: self.options.addr_capacity,
+                what: format!("the shape has {} address ranges", wanted.len()),
+            });
+        }
+        let previous = std::mem::take(&mut self.addrs);
+        let mut trie: LpmTrie<&mut MapData, u32, AddrInfo> = self.map_mut(map::ADDRS)?;
+        let key = |net: &Ipv4Net| Key::new(u32::from(net.prefix_len()), wire_addr(net.network()));
+        for (net, info) in &wanted {
+            if previous.get(net) != Some(info) {
+                trie.insert(&key(net), *info, 0)
+                    .map_err(|source| Error::Map { map: map::ADDRS, source })?;
+            }
+        }
+        for net in previous.keys().filter(|net| !wanted.contains_key(net)) {
+            trie.remove(&key(net)).map_err(|source| Error::Map { map: map::ADDRS, source })?;
+        }
+        self.addrs = wanted;
+        Ok(())
+    }
+
+    /// Attaches `hook`'s ingress and egress programs to `iface`. Attaching
+    /// an interface twice is a no-op when the hook is the same.
+    pub fn attach(&mut self, iface: &str, hook: Hook) -> Result<()> {
+        if let Some(existing) = self.attached.get(iface) {
+            if existing.hook == hook {
+                return Ok(());
+            }
+            self.detach(iface)?;
+        }
+        let _ns = self.enter_netns()?;
+        let owns_clsact = match self.mode {
+            AttachMode::Netlink => attach::ensure_clsact(iface)?,
+            _ => false,
+        };
+        let mut attachment = Attachment { hook, links: Vec::new(), owns_clsact };
+        let [ingress, egress] = hook.programs();
+        for (name, direction) in [(ingress, TcAttachType::Ingress), (egress, TcAttachType::Egress)] {
+            let program = classifier(&mut self.ebpf, name)?;
+            match attach::attach_one(program, name, iface, direction, self.mode) {
+                Ok(link) => attachment.links.push((name, link)),
+                Err(err) => {
+                    // Leave nothing half-attached behind.
+                    self.release(iface, attachment);
+                    return Err(err);
+                }
+            }
+        }
+        self.attached.insert(iface.to_owned(), attachment);
+        Ok(())
+    }
+
+    /// Takes our programs off `iface`. An interface that has vanished
+    /// (a deleted pod veth) took them with it; that is not an error.
+    pub fn detach(&mut self, iface: &str) -> Result<()> {
+        if let Some(attachment) = self.attached.remove(iface) {
+            let _ns = self.enter_netns()?;
+            self.release(iface, attachment);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, iface: &str, attachment: Attachment) {
+        for (name, link) in attachment.links {
+            if let Ok(program) = classifier(&mut self.ebpf, name) {
+                // Fails only when the interface is already gone.
+                let _ = program.detach(link);
+            }
+        }
+        if attachment.owns_clsact && crate::datapath::interface_exists(iface) {
+            if let Err(err) = attach::remove_clsact(iface) {
+                eprintln!("crossover: {err}");
+            }
+        }
+    }
+
+    /// Interfaces we are attached to, with their hook.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, Hook)> {
+        self.attached.iter().map(|(name, a)| (name.as_str(), a.hook))
+    }
+
+    /// A program, for `BPF_PROG_TEST_RUN` in tests and benchmarks.
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
+        let program = self.ebpf.program(name).ok_or_else(|| Error::MissingProgram(name.into()))?;
+        program.try_into().map_err(|source| Error::Program { program: name.into(), source })
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Snapshot::read(&self.ebpf)
+    }
+
+    /// Empties FLOWS, PEERS and COUNTERS (tests and benchmarks start clean).
+    pub fn reset_counters(&mut self) -> Result<()> {
+        snapshot::reset(&mut self.ebpf)
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        T::try_from(map).map_err(|source| Error::Map { map: name, source })
+    }
+
+    fn enter_netns(&self) -> Result<Option<netns::NetnsGuard>> {
+        self.options.netns.as_deref().map(netns::enter).transpose()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for name in names {
+            if let Err(err) = self.detach(&name) {
+                eprintln!("crossover: detaching from {name}: {err}");
+            }
+        }
+    }
+}
+
+/// True when `iface` exists in the current network namespace.
+pub fn interface_exists(iface: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(iface) else { return false };
+    // SAFETY: valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+/// Names of the interfaces in the current network namespace.
+pub fn interfaces() -> Vec<String> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry,
+    // freed with if_freenameindex.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 {
+            out.push(std::ffi::CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned());
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let program = ebpf.program_mut(name).ok_or_else(|| Error::MissingProgram(name.into()))?;
+    program.try_into().map_err(|source| Error::Program { program: name.into(), source })
+}
+
+fn load_error(name: &str, err: ProgramError) -> Error {
+    match err {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            if is_permission(&io_error) && verifier_log.to_string().trim().is_empty() {
+                Error::Privilege { action: format!("loading {name}"), source: io_error }
+            } else {
+                Error::Verifier {
+                    program: name.to_owned(),
+                    source: io_error,
+                    log: verifier_log.to_string(),
+                }
+            }
+        }
+        source => Error::Program { program: name.to_owned(), source },
+    }
+}

@@ -1,0 +1,221 @@
+//! Reading the maps into plain values.
+//!
+//! A snapshot brackets its reads with the monotonic clock. Each entry is
+//! copied whole by one syscall, per-CPU values are summed, and entries are
+//! never deleted while reading, so every counter in a snapshot is a value the
+//! kernel really held between `started_ns` and `finished_ns`, and two
+//! snapshots of the same entry never go backwards.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    util::nr_cpus,
+};
+use observer_ebpf::{
+    Counter, Direction, FlowKey, FlowStats, Net, Overlay, PeerKey, PeerStats, Point, Snat, map,
+};
+use serde::Serialize;
+
+use crate::{Error, Result, shape::addr_from_wire};
+
+/// Every counter by reason, summed over CPUs.
+pub type Counters = BTreeMap<&'static str, u64>;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// CLOCK_MONOTONIC before the first and after the last read.
+    pub started_ns: u64,
+    pub finished_ns: u64,
+    pub flows: Vec<FlowRecord>,
+    pub peers: Vec<PeerRecord>,
+    pub counters: Counters,
+}
+
+/// One flow, decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub point: &'static str,
+    pub direction: &'static str,
+    pub overlay: &'static str,
+    pub src_net: &'static str,
+    pub dst_net: &'static str,
+    pub snat: &'static str,
+    pub snat_addr: Option<Ipv4Addr>,
+    pub peer: Option<Ipv4Addr>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub tcp_flags: u8,
+    pub syns: u64,
+    pub syn_acks: u64,
+    pub rsts: u64,
+    pub segments: u64,
+    pub retransmits: u64,
+    pub echo_requests: u64,
+    pub echo_replies: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerRecord {
+    pub peer: Ipv4Addr,
+    pub overlay: &'static str,
+    /// "egress" is sent to the peer, "ingress" received from it.
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn label<T>(value: u8, decode: fn(u8) -> Option<T>, name: fn(T) -> &'static str) -> &'static str {
+    decode(value).map_or("unknown", name)
+}
+
+fn nonzero(addr: u32) -> Option<Ipv4Addr> {
+    (addr != 0).then(|| addr_from_wire(addr))
+}
+
+impl FlowRecord {
+    pub fn from_raw(key: &FlowKey, stats: &FlowStats) -> Self {
+        FlowRecord {
+            src: addr_from_wire(key.src),
+            dst: addr_from_wire(key.dst),
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            proto: key.proto,
+            point: label(key.point, Point::from_wire, Point::label),
+            direction: label(key.direction, Direction::from_wire, Direction::label),
+            overlay: label(stats.overlay, Overlay::from_wire, Overlay::label),
+            src_net: label(stats.src_net, Net::from_wire, Net::label),
+            dst_net: label(stats.dst_net, Net::from_wire, Net::label),
+            snat: label(stats.snat, Snat::from_wire, Snat::label),
+            snat_addr: nonzero(stats.snat_addr),
+            peer: nonzero(stats.peer),
+            packets: stats.packets,
+            bytes: stats.bytes,
+            first_seen_ns: stats.first_seen_ns,
+            last_seen_ns: stats.last_seen_ns,
+            tcp_flags: stats.tcp_flags,
+            syns: stats.syns,
+            syn_acks: stats.syn_acks,
+            rsts: stats.rsts,
+            segments: stats.segments,
+            retransmits: stats.retransmits,
+            echo_requests: stats.echo_requests,
+            echo_replies: stats.echo_replies,
+        }
+    }
+
+    pub fn proto_name(&self) -> String {
+        match self.proto {
+            1 => "icmp".into(),
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Snapshot {
+    pub(crate) fn read(ebpf: &Ebpf) -> Result<Self> {
+        let started_ns = monotonic_ns();
+        let flows: HashMap<&MapData, FlowKey, FlowStats> = typed(ebpf, map::FLOWS)?;
+        let mut flow_records = Vec::new();
+        for entry in flows.iter() {
+            let (key, stats) = entry.map_err(|source| Error::Map { map: map::FLOWS, source })?;
+            flow_records.push(FlowRecord::from_raw(&key, &stats));
+        }
+        let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> = typed(ebpf, map::PEERS)?;
+        let mut peer_records = Vec::new();
+        for entry in peers.iter() {
+            let (key, values) = entry.map_err(|source| Error::Map { map: map::PEERS, source })?;
+            let (packets, bytes) =
+                values.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            peer_records.push(PeerRecord {
+                peer: addr_from_wire(key.peer),
+                overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
+                direction: label(key.direction, Direction::from_wire, Direction::label),
+                packets,
+                bytes,
+            });
+        }
+        let array: PerCpuArray<&MapData, u64> = typed(ebpf, map::COUNTERS)?;
+        let mut counters = Counters::new();
+        for counter in Counter::ALL {
+            let values = array
+                .get(&(counter.wire() as u32), 0)
+                .map_err(|source| Error::Map { map: map::COUNTERS, source })?;
+            counters.insert(counter.label(), values.iter().sum());
+        }
+        flow_records.sort_by(|a, b| (a.src, a.dst, a.src_port, a.dst_port, a.point, a.direction)
+            .cmp(&(b.src, b.dst, b.src_port, b.dst_port, b.point, b.direction)));
+        peer_records.sort_by(|a, b| (a.peer, a.overlay, a.direction).cmp(&(b.peer, b.overlay, b.direction)));
+        Ok(Snapshot {
+            started_ns,
+            finished_ns: monotonic_ns(),
+            flows: flow_records,
+            peers: peer_records,
+            counters,
+        })
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters.get(counter.label()).copied().unwrap_or(0)
+    }
+}
+
+pub(crate) fn reset(ebpf: &mut Ebpf) -> Result<()> {
+    {
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = typed_mut(ebpf, map::FLOWS)?;
+        let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            flows.remove(&key).map_err(|source| Error::Map { map: map::FLOWS, source })?;
+        }
+    }
+    {
+        let mut peers: PerCpuHashMap<&mut MapData, PeerKey, PeerStats> =
+            typed_mut(ebpf, map::PEERS)?;
+        let keys: Vec<PeerKey> = peers.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            peers.remove(&key).map_err(|source| Error::Map { map: map::PEERS, source })?;
+        }
+    }
+    let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
+    let mut array: PerCpuArray<&mut MapData, u64> = typed_mut(ebpf, map::COUNTERS)?;
+    for counter in Counter::ALL {
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(|e| Error::io("per-CPU values", e))?;
+        array
+            .set(counter.wire() as u32, zeros, 0)
+            .map_err(|source| Error::Map { map: map::COUNTERS, source })?;
+    }
+    Ok(())
+}
+
+fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(|source| Error::Map { map: name, source })
+}
+
+fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(|source| Error::Map { map: name, source })
+}

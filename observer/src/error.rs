@@ -1,0 +1,93 @@
+//! The one error type of the agent. Each variant names the thing that was
+//! wrong (a field, an interface, a program) and carries a metric label.
+use std::io;
+
+use aya::{EbpfError, maps::MapError, programs::ProgramError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "permission denied while {action}: crossover needs root or CAP_BPF, CAP_NET_ADMIN \
+         and CAP_PERFMON ({source})"
+    )]
+    Privilege { action: String, source: io::Error },
+
+    #[error("interface {0:?} does not exist in this network namespace")]
+    NoInterface(String),
+
+    #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{log}")]
+    Verifier { program: String, source: io::Error, log: String },
+
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] EbpfError),
+
+    #[error("program {0} is missing from the eBPF object (built from another version?)")]
+    MissingProgram(String),
+
+    #[error("map {0} is missing from the eBPF object (built from another version?)")]
+    MissingMap(&'static str),
+
+    #[error("program {program}: {source}")]
+    Program { program: String, source: ProgramError },
+
+    #[error("attaching {program} to {iface}: {source}")]
+    Attach { program: String, iface: String, source: ProgramError },
+
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+
+    #[error("map {map} is full ({capacity} entries): {what}")]
+    MapFull { map: &'static str, capacity: u32, what: String },
+
+    #[error("cluster shape: {0}")]
+    Shape(String),
+
+    #[error("network namespace {name:?}: {source}")]
+    Netns { name: String, source: io::Error },
+
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Value of the `reason` label when this error is counted.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Privilege { .. } => "privilege",
+            Error::NoInterface(_) => "no_interface",
+            Error::Verifier { .. } => "verifier",
+            Error::Load(_) => "load",
+            Error::MissingProgram(_) | Error::MissingMap(_) => "object_mismatch",
+            Error::Program { .. } => "program",
+            Error::Attach { .. } => "attach",
+            Error::Map { .. } => "map",
+            Error::MapFull { .. } => "map_full",
+            Error::Shape(_) => "shape",
+            Error::Netns { .. } => "netns",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { what: what.into(), source }
+    }
+}
+
+/// The `io::Error` at the bottom of an aya error, if any: how a missing
+/// privilege or a missing interface shows itself.
+pub(crate) fn root_io_error<'a>(
+    mut err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a io::Error> {
+    loop {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        err = err.source()?;
+    }
+}
+
+pub(crate) fn is_permission(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}

@@ -1,0 +1,269 @@
+//! The cluster's shape as the kernel needs it: which address ranges are
+//! legacy or Cilium pods, which UDP ports carry which overlay, and where the
+//! nodes are. Written as JSON by hand (lab, no Kubernetes) or derived from
+//! the API by the agent.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use observer_ebpf::{AddrInfo, AddrKind, Config, Encap, EncapPort, MAX_ENCAP_PORTS, Net, Overlay};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The side of the migration a network or address belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Legacy,
+    Cilium,
+}
+
+impl Role {
+    pub fn net(self) -> Net {
+        match self {
+            Role::Legacy => Net::Legacy,
+            Role::Cilium => Net::Cilium,
+        }
+    }
+
+    pub fn overlay(self) -> Overlay {
+        match self {
+            Role::Legacy => Overlay::Legacy,
+            Role::Cilium => Overlay::Cilium,
+        }
+    }
+}
+
+/// How a network's pods reach other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Encapsulation {
+    Vxlan { port: u16 },
+    Geneve { port: u16 },
+    /// Routed, no tunnel (AWS VPC CNI, Calico without encapsulation).
+    Native,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub role: Role,
+    pub cidrs: Vec<Ipv4Net>,
+    pub encapsulation: Encapsulation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePodCidr {
+    pub role: Role,
+    pub cidr: Ipv4Net,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    /// The node's InternalIP, the outer address of its tunnels.
+    pub underlay: Ipv4Addr,
+    /// Addresses SNAT rewrites cross-overlay sources to: `flannel.1`'s and
+    /// `cilium_host`'s.
+    #[serde(default)]
+    pub overlay_addrs: Vec<Ipv4Addr>,
+    /// The node's share of each network, so routed traffic names its peer.
+    #[serde(default)]
+    pub pod_cidrs: Vec<NodePodCidr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterShape {
+    /// Name of the node this agent runs on; must be one of `nodes`.
+    #[serde(default)]
+    pub local_node: Option<String>,
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    /// VXLAN ports recognised besides those of `networks`, with the overlay
+    /// they carry (4789, Calico's VXLAN, by default).
+    #[serde(default = "default_extra_vxlan")]
+    pub extra_vxlan_ports: BTreeMap<u16, Role>,
+}
+
+fn default_extra_vxlan() -> BTreeMap<u16, Role> {
+    BTreeMap::from([(4789, Role::Legacy)])
+}
+
+impl ClusterShape {
+    /// The documented migration defaults: Flannel 10.244.0.0/16 on VXLAN
+    /// 8472, Cilium 10.245.0.0/16 on VXLAN 8473, Geneve 6081 also Cilium.
+    pub fn migration_defaults() -> Self {
+        ClusterShape {
+            local_node: None,
+            networks: vec![
+                Network {
+                    role: Role::Legacy,
+                    cidrs: vec!["10.244.0.0/16".parse().expect("literal")],
+                    encapsulation: Encapsulation::Vxlan { port: 8472 },
+                },
+                Network {
+                    role: Role::Cilium,
+                    cidrs: vec!["10.245.0.0/16".parse().expect("literal")],
+                    encapsulation: Encapsulation::Vxlan { port: 8473 },
+                },
+                Network {
+                    role: Role::Cilium,
+                    cidrs: vec![],
+                    encapsulation: Encapsulation::Geneve { port: 6081 },
+                },
+            ],
+            nodes: vec![],
+            extra_vxlan_ports: default_extra_vxlan(),
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let shape: ClusterShape =
+            serde_json::from_str(text).map_err(|e| Error::Shape(format!("invalid JSON: {e}")))?;
+        shape.validate()?;
+        Ok(shape)
+    }
+
+    /// Rejects what the kernel could not represent or what contradicts
+    /// itself, naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let mut cidrs: Vec<(Ipv4Net, String)> = Vec::new();
+        for (i, network) in self.networks.iter().enumerate() {
+            for cidr in &network.cidrs {
+                let here = format!("networks[{i}].cidrs ({cidr})");
+                if let Some((_, there)) = cidrs.iter().find(|(c, _)| overlaps(c, cidr)) {
+                    return Err(Error::Shape(format!("{here} overlaps {there}")));
+                }
+                cidrs.push((*cidr, here));
+            }
+            if let Encapsulation::Vxlan { port: 0 } | Encapsulation::Geneve { port: 0 } =
+                network.encapsulation
+            {
+                return Err(Error::Shape(format!("networks[{i}].encapsulation: port 0")));
+            }
+        }
+        self.encap_ports()?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.name.is_empty() {
+                return Err(Error::Shape(format!("nodes[{i}].name is empty")));
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(Error::Shape(format!("nodes[{i}].name {:?} appears twice", node.name)));
+            }
+        }
+        if let Some(local) = &self.local_node {
+            if !names.contains(local.as_str()) {
+                return Err(Error::Shape(format!("local_node {local:?} is not in nodes")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The port table of the kernel config: each network's tunnel port,
+    /// then the extra VXLAN ports. A port claimed twice is an error.
+    pub fn encap_ports(&self) -> Result<Vec<EncapPort>> {
+        let mut ports: Vec<EncapPort> = Vec::new();
+        let mut add = |port: u16, encap: Encap, role: Role, what: String| {
+            if let Some(seen) = ports.iter().find(|p| p.port == port) {
+                if seen.encap != encap.wire() || seen.overlay != role.overlay().wire() {
+                    return Err(Error::Shape(format!(
+                        "{what}: UDP port {port} is already used by another overlay"
+                    )));
+                }
+                return Ok(());
+            }
+            ports.push(EncapPort { port, encap: encap.wire(), overlay: role.overlay().wire() });
+            Ok(())
+        };
+        for (i, network) in self.networks.iter().enumerate() {
+            let what = format!("networks[{i}].encapsulation");
+            match network.encapsulation {
+                Encapsulation::Vxlan { port } => add(port, Encap::Vxlan, network.role, what)?,
+                Encapsulation::Geneve { port } => add(port, Encap::Geneve, network.role, what)?,
+                Encapsulation::Native => {}
+            }
+        }
+        for (&port, &role) in &self.extra_vxlan_ports {
+            add(port, Encap::Vxlan, role, format!("extra_vxlan_ports[{port}]"))?;
+        }
+        if ports.len() > MAX_ENCAP_PORTS {
+            return Err(Error::Shape(format!(
+                "{} tunnel ports configured, the kernel program knows at most {MAX_ENCAP_PORTS}",
+                ports.len()
+            )));
+        }
+        Ok(ports)
+    }
+
+    pub fn local(&self) -> Option<&Node> {
+        let name = self.local_node.as_ref()?;
+        self.nodes.iter().find(|n| &n.name == name)
+    }
+
+    /// The CONFIG map entry.
+    pub fn kernel_config(&self) -> Result<Config> {
+        let mut config = Config::default();
+        for (slot, port) in config.encap_ports.iter_mut().zip(self.encap_ports()?) {
+            *slot = port;
+        }
+        config.local_node = self.local().map_or(0, |n| wire_addr(n.underlay));
+        Ok(config)
+    }
+
+    /// Every ADDRS entry: (prefix, info). Longest prefix wins in the
+    /// kernel, so a node's /32 overlay address inside a pod CIDR is found
+    /// as the node's, and a node's /24 share names that node.
+    pub fn kernel_addrs(&self) -> Vec<(Ipv4Net, AddrInfo)> {
+        let mut out = Vec::new();
+        let info = |net: Net, kind: AddrKind, node: u32| AddrInfo {
+            net: net.wire(),
+            kind: kind.wire(),
+            _pad: [0; 2],
+            node,
+        };
+        for network in &self.networks {
+            for cidr in &network.cidrs {
+                out.push((*cidr, info(network.role.net(), AddrKind::PodNetwork, 0)));
+            }
+        }
+        for node in &self.nodes {
+            let id = wire_addr(node.underlay);
+            for share in &node.pod_cidrs {
+                out.push((share.cidr, info(share.role.net(), AddrKind::PodNetwork, id)));
+            }
+            out.push((host(node.underlay), info(Net::Host, AddrKind::NodeUnderlay, id)));
+            for addr in &node.overlay_addrs {
+                out.push((host(*addr), info(Net::Host, AddrKind::NodeOverlay, id)));
+            }
+        }
+        out
+    }
+
+    /// Node name by underlay address, for naming peers.
+    pub fn node_by_underlay(&self, addr: Ipv4Addr) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.underlay == addr)
+    }
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn host(addr: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(addr, 32).expect("/32 is valid")
+}
+
+/// An address as the kernel ABI holds it: octets in network order.
+pub fn wire_addr(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The inverse of [`wire_addr`].
+pub fn addr_from_wire(addr: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr.to_ne_bytes())
+}
