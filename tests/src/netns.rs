@@ -49,3 +49,68 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
+
+/// Two "nodes" joined by a veth underlay (192.168.50.1 and .2 on `u0`),
+/// each with a Flannel-style VXLAN device `flannel.1` (VNI 1, UDP 8472,
+/// 10.244.N.0/32 with onlink routes and static FDB and neighbour entries,
+/// so no ARP or IPv6 chatter crosses the tunnel and counts stay exact).
+pub struct TwoNodes {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl TwoNodes {
+    pub fn new() -> Self {
+        let a = Netns::new("xa");
+        let b = Netns::new("xb");
+        for ns in [&a, &b] {
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        }
+        sh(&["ip", "link", "add", "u0", "netns", &a.name, "type", "veth", "peer", "u0", "netns", &b.name]);
+        let nodes = [(&a, 1u8, 0u8), (&b, 2, 1)];
+        for (ns, host, subnet) in nodes {
+            let mac = format!("02:00:00:00:01:0{host}");
+            ns.exec(&["ip", "addr", "add", &format!("192.168.50.{host}/24"), "dev", "u0"]);
+            ns.exec(&["ip", "link", "set", "u0", "up"]);
+            ns.exec(&[
+                "ip", "link", "add", "flannel.1", "address", &mac, "type", "vxlan", "id", "1",
+                "local", &format!("192.168.50.{host}"), "dstport", "8472", "nolearning",
+            ]);
+            ns.exec(&["ip", "addr", "add", &format!("10.244.{subnet}.0/32"), "dev", "flannel.1"]);
+            ns.exec(&["ip", "link", "set", "flannel.1", "up"]);
+        }
+        for (ns, _, _) in nodes {
+            for (_, peer_host, peer_subnet) in nodes {
+                let peer_mac = format!("02:00:00:00:01:0{peer_host}");
+                let peer_ip = format!("10.244.{peer_subnet}.0");
+                if ns.exec(&["ip", "-br", "addr", "show", "flannel.1"]).contains(&peer_ip) {
+                    continue;
+                }
+                ns.exec(&["ip", "route", "add", &format!("10.244.{peer_subnet}.0/24"), "via", &peer_ip, "dev", "flannel.1", "onlink"]);
+                ns.exec(&["ip", "neigh", "add", &peer_ip, "lladdr", &peer_mac, "dev", "flannel.1", "nud", "permanent"]);
+                ns.exec(&["bridge", "fdb", "append", &peer_mac, "dev", "flannel.1", "dst", &format!("192.168.50.{peer_host}")]);
+            }
+        }
+        // Resolve the underlay neighbours now, so ARP is over before counting.
+        a.exec(&["ping", "-c1", "-W2", "192.168.50.2"]);
+        TwoNodes { a, b }
+    }
+}
+
+impl Default for TwoNodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `name`.
+pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let _guard = observer::netns::enter(&name).expect("enter netns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}

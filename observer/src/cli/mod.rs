@@ -1,1 +1,3 @@
+//! Subcommands of the `crossover` binary.
 pub mod observe;
+pub mod render;

@@ -1,1 +1,155 @@
+//! `crossover observe`: attach to named interfaces, print what is counted.
+use std::{path::PathBuf, time::Duration};
 
+use clap::Args;
+use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+
+use super::render::{self, Format};
+use crate::{
+    Error, Result,
+    datapath::{AttachMode, Hook, LinkEvents, LoadOptions, Observer, Selection, reconcile},
+    shape::ClusterShape,
+};
+
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    /// Cluster shape (JSON, see docs/shape.md); default: the documented
+    /// migration CIDRs and ports with no nodes.
+    #[arg(long)]
+    pub shape: Option<PathBuf>,
+    /// Interface to observe, as NAME or NAME=HOOK (hooks: underlay,
+    /// overlay-legacy, overlay-cilium, host, pod). Repeatable.
+    #[arg(long = "iface", value_parser = parse_iface)]
+    pub ifaces: Vec<(String, Hook)>,
+    /// Also follow flannel.1, cilium_vxlan, cilium_geneve, cilium_host,
+    /// veth* and lxc* as they appear and disappear.
+    #[arg(long)]
+    pub follow: bool,
+    /// Named network namespace (`ip netns`) holding the interfaces.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Stop after this many seconds; 0 runs until SIGINT or SIGTERM.
+    #[arg(long, default_value_t = 0)]
+    pub duration: u64,
+    /// Print a snapshot every this many seconds (and always at the end).
+    #[arg(long, default_value_t = 5)]
+    pub interval: u64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach_mode: AttachMode,
+    /// Capacity of the flow table; inserts beyond it are refused and counted.
+    #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
+    pub flow_capacity: u32,
+}
+
+fn parse_iface(arg: &str) -> std::result::Result<(String, Hook), String> {
+    let (name, hook) = match arg.split_once('=') {
+        Some((name, hook)) => (name, hook.parse::<Hook>()?),
+        None => {
+            let hook = Hook::for_interface(arg).ok_or_else(|| {
+                format!("cannot tell the hook of {arg:?} from its name; write {arg}=underlay (or another hook)")
+            })?;
+            (arg, hook)
+        }
+    };
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok((name.to_owned(), hook))
+}
+
+pub fn load_shape(path: Option<&PathBuf>) -> Result<ClusterShape> {
+    match path {
+        None => Ok(ClusterShape::migration_defaults()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("reading shape file {}", path.display()), e))?;
+            ClusterShape::from_json(&text)
+                .map_err(|e| Error::Shape(format!("{}: {e}", path.display())))
+        }
+    }
+}
+
+pub async fn run(args: ObserveArgs) -> Result<()> {
+    let shape = load_shape(args.shape.as_ref())?;
+    if args.ifaces.is_empty() && !args.follow {
+        return Err(Error::Shape("nothing to observe: give --iface or --follow".into()));
+    }
+    let selection = Selection { explicit: args.ifaces.clone(), follow_named: args.follow };
+    let mut observer = Observer::load(LoadOptions {
+        flow_capacity: args.flow_capacity,
+        attach_mode: args.attach_mode,
+        netns: args.netns.clone(),
+        ..LoadOptions::default()
+    })?;
+    observer.configure(&shape)?;
+
+    let events = {
+        let _ns = args.netns.as_deref().map(crate::netns::enter).transpose()?;
+        let present = crate::datapath::interfaces();
+        let missing = selection.missing(&present);
+        if let Some(name) = missing.first() {
+            return Err(Error::NoInterface(name.clone()));
+        }
+        LinkEvents::open().map_err(|e| Error::io("opening a netlink socket for link events", e))?
+    };
+    // SAFETY: `LinkEvents` owns its fd and keeps it open for as long as the
+    // AsyncFd holds it; nothing else closes it.
+    let events = unsafe { AsyncFd::register(events) }
+        .map_err(|e| Error::io("registering the netlink socket", e.into()))?;
+    let first = reconcile(&mut observer, &selection)?;
+    if let Some((name, err)) = first.failed.first() {
+        return Err(Error::io(format!("attaching to {name}"), std::io::Error::other(err.clone())));
+    }
+    eprintln!("crossover: observing {}", attached_list(&observer));
+
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(args.interval.max(1)));
+    tick.tick().await;
+    let deadline = async {
+        match args.duration {
+            0 => std::future::pending().await,
+            secs => tokio::time::sleep(Duration::from_secs(secs)).await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+            _ = tick.tick() => print(&observer, &shape, args.format)?,
+            guard = events.readable() => {
+                let mut guard = guard.map_err(|e| Error::io("netlink socket", e))?;
+                if guard.get_inner().drain() {
+                    let done = reconcile(&mut observer, &selection)?;
+                    for name in &done.attached { eprintln!("crossover: attached to {name}"); }
+                    for name in &done.detached { eprintln!("crossover: {name} is gone"); }
+                    for (name, err) in &done.failed { eprintln!("crossover: {name}: {err}"); }
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+    print(&observer, &shape, args.format)?;
+    // Dropping the observer detaches everything we attached.
+    drop(observer);
+    eprintln!("crossover: detached");
+    Ok(())
+}
+
+fn attached_list(observer: &Observer) -> String {
+    let list: Vec<String> = observer.attached().map(|(n, h)| format!("{n} ({h})")).collect();
+    if list.is_empty() { "no interface yet".into() } else { list.join(", ") }
+}
+
+fn print(observer: &Observer, shape: &ClusterShape, format: Format) -> Result<()> {
+    let snapshot = observer.snapshot()?;
+    match format {
+        Format::Table => println!("{}", render::table(&snapshot, shape)),
+        Format::Json => println!("{}", render::json(&snapshot)),
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! attaching them, and reading back what they counted.
 mod attach;
 mod hook;
+mod links;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,8 @@ use observer_ebpf::{AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFA
 pub use attach::AttachMode;
 use attach::Attachment;
 pub use hook::Hook;
-pub use snapshot::{Counters, FlowRecord, PeerRecord, Snapshot};
+pub use links::{LinkEvents, Reconciled, Selection, reconcile};
+pub use snapshot::{Counters, FlowRecord, PeerRecord, Snapshot, monotonic_ns};
 
 use crate::{
     Error, Result,
@@ -134,6 +136,9 @@ impl Observer {
             self.detach(iface)?;
         }
         let _ns = self.enter_netns()?;
+        if !interface_exists(iface) {
+            return Err(Error::NoInterface(iface.to_owned()));
+        }
         let owns_clsact = match self.mode {
             AttachMode::Netlink => attach::ensure_clsact(iface)?,
             _ => false,
@@ -207,7 +212,7 @@ impl Observer {
         T::try_from(map).map_err(|source| Error::Map { map: name, source })
     }
 
-    fn enter_netns(&self) -> Result<Option<netns::NetnsGuard>> {
+    pub(crate) fn enter_netns(&self) -> Result<Option<netns::NetnsGuard>> {
         self.options.netns.as_deref().map(netns::enter).transpose()
     }
 }
