@@ -39,7 +39,10 @@ fn flow_stats_layout() {
 #[test]
 fn small_struct_layouts() {
     assert_eq!(size_of::<PeerKey>(), 8);
-    assert_eq!((offset_of!(PeerKey, overlay), offset_of!(PeerKey, direction)), (4, 5));
+    assert_eq!(
+        (offset_of!(PeerKey, overlay), offset_of!(PeerKey, direction)),
+        (4, 5)
+    );
     assert_eq!(size_of::<PeerStats>(), 16);
     assert_eq!(size_of::<AddrInfo>(), 8);
     assert_eq!(offset_of!(AddrInfo, node), 4);
@@ -56,7 +59,10 @@ fn wire_enums_round_trip_and_counters_fill_their_map() {
     assert_eq!(Counter::ALL.len() as u32, COUNTER_SLOTS);
     // Slots are dense: every index below COUNTER_SLOTS names a counter.
     for slot in 0..COUNTER_SLOTS as u8 {
-        assert!(Counter::from_wire(slot).is_some(), "slot {slot} has no counter");
+        assert!(
+            Counter::from_wire(slot).is_some(),
+            "slot {slot} has no counter"
+        );
     }
     for net in Net::ALL {
         assert_eq!(Net::from_wire(net.wire()), Some(*net));

@@ -35,26 +35,42 @@ fn observer_in(ns: &Netns, local: &str, mode: AttachMode) -> Observer {
 /// checks every one arrived (B reads while A sends, so its socket buffer
 /// never overflows).
 fn send_udp(nodes: &TwoNodes, count: u64) {
-    let receiver = in_netns(&nodes.b.name, || UdpSocket::bind("10.244.1.0:7777").expect("bind"));
-    receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let receiver = in_netns(&nodes.b.name, || {
+        UdpSocket::bind("10.244.1.0:7777").expect("bind")
+    });
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
-        (0..count).filter(|_| receiver.recv(&mut buf).is_ok()).count() as u64
+        (0..count)
+            .filter(|_| receiver.recv(&mut buf).is_ok())
+            .count() as u64
     });
     in_netns(&nodes.a.name, move || {
         let socket = UdpSocket::bind("10.244.0.0:0").expect("bind");
         for i in 0..count {
-            socket.send_to(&i.to_be_bytes(), "10.244.1.0:7777").expect("send");
+            socket
+                .send_to(&i.to_be_bytes(), "10.244.1.0:7777")
+                .expect("send");
             if i % 64 == 63 {
                 // Pace the burst: the lab must not lose what we count.
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
     });
-    assert_eq!(reader.join().unwrap(), count, "every datagram arrives on a clean lab");
+    assert_eq!(
+        reader.join().unwrap(),
+        count,
+        "every datagram arrives on a clean lab"
+    );
 }
 
-fn udp_flow<'a>(snap: &'a Snapshot, point: &str, direction: &str) -> &'a observer::datapath::FlowRecord {
+fn udp_flow<'a>(
+    snap: &'a Snapshot,
+    point: &str,
+    direction: &str,
+) -> &'a observer::datapath::FlowRecord {
     snap.flows
         .iter()
         .find(|f| f.dst_port == 7777 && f.point == point && f.direction == direction)
@@ -65,7 +81,11 @@ fn tcx_programs(ns: &Netns, iface: &'static str) -> usize {
     in_netns(&ns.name, move || {
         [TcAttachType::Ingress, TcAttachType::Egress]
             .into_iter()
-            .map(|t| SchedClassifier::query_tcx(iface, t).map(|(_, p)| p.len()).unwrap_or(0))
+            .map(|t| {
+                SchedClassifier::query_tcx(iface, t)
+                    .map(|(_, p)| p.len())
+                    .unwrap_or(0)
+            })
             .sum()
     })
 }
@@ -83,19 +103,42 @@ fn vxlan_traffic_is_counted_exactly_on_both_nodes() {
 
     let sa = a.snapshot().unwrap();
     let sent = udp_flow(&sa, "underlay", "egress");
-    assert_eq!((sent.packets, sent.overlay, sent.src_net, sent.dst_net), (DATAGRAMS, "legacy", "host", "host"));
+    assert_eq!(
+        (sent.packets, sent.overlay, sent.src_net, sent.dst_net),
+        (DATAGRAMS, "legacy", "host", "host")
+    );
     assert_eq!(sent.peer, Some([192, 168, 50, 2].into()));
     assert_eq!(udp_flow(&sa, "overlay", "egress").packets, DATAGRAMS);
-    let peer = sa.peers.iter().find(|p| p.overlay == "legacy" && p.direction == "egress").unwrap();
-    assert_eq!(peer.packets, DATAGRAMS, "A's sends to B on the legacy overlay");
+    let peer = sa
+        .peers
+        .iter()
+        .find(|p| p.overlay == "legacy" && p.direction == "egress")
+        .unwrap();
+    assert_eq!(
+        peer.packets, DATAGRAMS,
+        "A's sends to B on the legacy overlay"
+    );
 
     let sb = b.snapshot().unwrap();
     assert_eq!(udp_flow(&sb, "underlay", "ingress").packets, DATAGRAMS);
-    let peer = sb.peers.iter().find(|p| p.overlay == "legacy" && p.direction == "ingress").unwrap();
-    assert_eq!((peer.peer, peer.packets), ([192, 168, 50, 1].into(), DATAGRAMS), "B's receives from A");
+    let peer = sb
+        .peers
+        .iter()
+        .find(|p| p.overlay == "legacy" && p.direction == "ingress")
+        .unwrap();
+    assert_eq!(
+        (peer.peer, peer.packets),
+        ([192, 168, 50, 1].into(), DATAGRAMS),
+        "B's receives from A"
+    );
 
     for snap in [&sa, &sb] {
-        for reason in ["inner_non_ip", "inner_ipv6", "flow_map_full", "peer_map_full"] {
+        for reason in [
+            "inner_non_ip",
+            "inner_ipv6",
+            "flow_map_full",
+            "peer_map_full",
+        ] {
             assert_eq!(snap.counters[reason], 0, "{reason}");
         }
     }
@@ -106,7 +149,9 @@ fn tcp_handshake_through_the_tunnel() {
     let nodes = TwoNodes::new();
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
     a.attach("u0", Hook::Underlay).unwrap();
-    let listener = in_netns(&nodes.b.name, || TcpListener::bind("10.244.1.0:8080").unwrap());
+    let listener = in_netns(&nodes.b.name, || {
+        TcpListener::bind("10.244.1.0:8080").unwrap()
+    });
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         std::io::copy(&mut conn, &mut std::io::sink()).unwrap();
@@ -118,8 +163,16 @@ fn tcp_handshake_through_the_tunnel() {
     });
     server.join().unwrap();
     let snap = a.snapshot().unwrap();
-    let out = snap.flows.iter().find(|f| f.dst_port == 8080 && f.direction == "egress").unwrap();
-    let back = snap.flows.iter().find(|f| f.src_port == 8080 && f.direction == "ingress").unwrap();
+    let out = snap
+        .flows
+        .iter()
+        .find(|f| f.dst_port == 8080 && f.direction == "egress")
+        .unwrap();
+    let back = snap
+        .flows
+        .iter()
+        .find(|f| f.src_port == 8080 && f.direction == "ingress")
+        .unwrap();
     assert_eq!((out.syns, back.syn_acks, out.retransmits), (1, 1, 0));
     assert!(out.bytes > 100_000, "payload and headers: {}", out.bytes);
     assert_eq!(out.tcp_flags & 0x01, 0x01, "the FIN was seen");
@@ -160,26 +213,52 @@ fn netlink_mode_counts_and_removes_its_qdisc() {
     let snap = a.snapshot().unwrap();
     assert_eq!(udp_flow(&snap, "underlay", "egress").packets, DATAGRAMS);
     drop(a);
-    assert!(!qdiscs().contains("clsact"), "our clsact qdisc was left behind: {}", qdiscs());
-    assert_eq!(nodes.a.exec(&["tc", "filter", "show", "dev", "u0", "ingress"]).trim(), "");
+    assert!(
+        !qdiscs().contains("clsact"),
+        "our clsact qdisc was left behind: {}",
+        qdiscs()
+    );
+    assert_eq!(
+        nodes
+            .a
+            .exec(&["tc", "filter", "show", "dev", "u0", "ingress"])
+            .trim(),
+        ""
+    );
 }
 
 #[test]
 fn follows_pod_veths_as_they_come_and_go() {
     let nodes = TwoNodes::new();
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
-    let selection = Selection { explicit: vec![("u0".into(), Hook::Underlay)], follow_named: true };
+    let selection = Selection {
+        explicit: vec![("u0".into(), Hook::Underlay)],
+        follow_named: true,
+    };
     let first = reconcile(&mut a, &selection).unwrap();
     let mut attached = first.attached.clone();
     attached.sort();
-    assert_eq!(attached, vec!["flannel.1", "u0"]);
+    assert_eq!(attached, vec!["cilium_vxlan", "flannel.1", "u0"]);
+    let hooks: Vec<Hook> = a.attached().map(|(_, h)| h).collect();
+    assert_eq!(
+        hooks,
+        vec![Hook::OverlayCilium, Hook::OverlayLegacy, Hook::Underlay]
+    );
 
-    nodes.a.exec(&["ip", "link", "add", "vethpod1", "type", "veth", "peer", "eth0p"]);
-    nodes.a.exec(&["ip", "link", "add", "lxc12ab", "type", "veth", "peer", "eth0q"]);
+    nodes.a.exec(&[
+        "ip", "link", "add", "vethpod1", "type", "veth", "peer", "eth0p",
+    ]);
+    nodes.a.exec(&[
+        "ip", "link", "add", "lxc12ab", "type", "veth", "peer", "eth0q",
+    ]);
     let second = reconcile(&mut a, &selection).unwrap();
     let mut attached = second.attached.clone();
     attached.sort();
-    assert_eq!(attached, vec!["lxc12ab", "vethpod1"], "the peers eth0p/eth0q are no pod veths");
+    assert_eq!(
+        attached,
+        vec!["lxc12ab", "vethpod1"],
+        "the peers eth0p/eth0q are no pod veths"
+    );
     assert_eq!(tcx_programs(&nodes.a, "vethpod1"), 2);
 
     nodes.a.exec(&["ip", "link", "del", "vethpod1"]);
@@ -187,7 +266,7 @@ fn follows_pod_veths_as_they_come_and_go() {
     assert_eq!(third.detached, vec!["vethpod1"]);
     assert!(third.attached.is_empty());
     let names: Vec<&str> = a.attached().map(|(n, _)| n).collect();
-    assert_eq!(names, vec!["flannel.1", "lxc12ab", "u0"]);
+    assert_eq!(names, vec!["cilium_vxlan", "flannel.1", "lxc12ab", "u0"]);
     // Reconciling again changes nothing.
     let fourth = reconcile(&mut a, &selection).unwrap();
     assert!(fourth.attached.is_empty() && fourth.detached.is_empty());
@@ -198,6 +277,9 @@ fn clear_errors_for_a_missing_interface() {
     let nodes = TwoNodes::new();
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
     let err = a.attach("nosuch0", Hook::Underlay).unwrap_err();
-    assert_eq!(err.to_string(), "interface \"nosuch0\" does not exist in this network namespace");
+    assert_eq!(
+        err.to_string(),
+        "interface \"nosuch0\" does not exist in this network namespace"
+    );
     assert_eq!(a.attached().count(), 0, "nothing half-attached");
 }

@@ -28,12 +28,21 @@ fn problems(snap: &Snapshot) -> Vec<(&'static str, u64)> {
 }
 
 fn only_flow(snap: &Snapshot) -> &FlowRecord {
-    assert_eq!(snap.flows.len(), 1, "expected exactly one flow: {:#?}", snap.flows);
+    assert_eq!(
+        snap.flows.len(),
+        1,
+        "expected exactly one flow: {:#?}",
+        snap.flows
+    );
     &snap.flows[0]
 }
 
 fn run_ok(h: &Harness, program: &str, packet: &[u8]) {
-    assert_eq!(h.run(program, packet), NEXT, "{program} must hand the packet on");
+    assert_eq!(
+        h.run(program, packet),
+        NEXT,
+        "{program} must hand the packet on"
+    );
 }
 
 #[test]
@@ -50,13 +59,22 @@ fn vxlan_on_each_port_is_the_right_overlay() {
             (flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto),
             (LEGACY_A.into(), LEGACY_B.into(), 33000, 80, packet::TCP)
         );
-        assert_eq!((flow.point, flow.direction, flow.overlay), ("underlay", "egress", overlay));
-        assert_eq!((flow.src_net, flow.dst_net, flow.snat), ("legacy", "legacy", "none"));
+        assert_eq!(
+            (flow.point, flow.direction, flow.overlay),
+            ("underlay", "egress", overlay)
+        );
+        assert_eq!(
+            (flow.src_net, flow.dst_net, flow.snat),
+            ("legacy", "legacy", "none")
+        );
         assert_eq!(flow.peer, Some(NODE_B.into()));
         assert_eq!((flow.packets, flow.bytes, flow.syns), (1, 40, 1));
         assert_eq!(snap.peers.len(), 1);
         let peer = &snap.peers[0];
-        assert_eq!((peer.peer, peer.overlay, peer.direction), (NODE_B.into(), overlay, "egress"));
+        assert_eq!(
+            (peer.peer, peer.overlay, peer.direction),
+            (NODE_B.into(), overlay, "egress")
+        );
         assert_eq!((peer.packets, peer.bytes), (1, frame.len() as u64));
         assert_eq!(snap.counter(Counter::SeenUnderlay), 1);
         h.reset();
@@ -74,11 +92,20 @@ fn geneve_with_and_without_options() {
         assert_eq!(problems(&snap), vec![], "{words} option words");
         let flow = only_flow(&snap);
         assert_eq!((flow.src, flow.dst), (CILIUM_B.into(), CILIUM_A.into()));
-        assert_eq!((flow.src_port, flow.dst_port, flow.proto), (5000, 53, packet::UDP));
-        assert_eq!((flow.overlay, flow.src_net, flow.dst_net), ("cilium", "cilium", "cilium"));
+        assert_eq!(
+            (flow.src_port, flow.dst_port, flow.proto),
+            (5000, 53, packet::UDP)
+        );
+        assert_eq!(
+            (flow.overlay, flow.src_net, flow.dst_net),
+            ("cilium", "cilium", "cilium")
+        );
         assert_eq!(flow.peer, Some(NODE_B.into()));
         let peer = &snap.peers[0];
-        assert_eq!((peer.peer, peer.overlay, peer.direction), (NODE_B.into(), "cilium", "ingress"));
+        assert_eq!(
+            (peer.peer, peer.overlay, peer.direction),
+            (NODE_B.into(), "cilium", "ingress")
+        );
     }
 }
 
@@ -94,8 +121,14 @@ fn vlan_tag_and_ip_options_on_both_layers() {
     let snap = h.snapshot();
     assert_eq!(problems(&snap), vec![]);
     let flow = only_flow(&snap);
-    assert_eq!((flow.src, flow.dst, flow.syn_acks, flow.syns), (LEGACY_B.into(), LEGACY_A.into(), 1, 0));
-    assert_eq!(flow.bytes, 44, "inner total length counts the 4 option bytes");
+    assert_eq!(
+        (flow.src, flow.dst, flow.syn_acks, flow.syns),
+        (LEGACY_B.into(), LEGACY_A.into(), 1, 0)
+    );
+    assert_eq!(
+        flow.bytes, 44,
+        "inner total length counts the 4 option bytes"
+    );
 }
 
 #[test]
@@ -115,21 +148,45 @@ fn stacked_vlan_is_counted_not_parsed() {
 fn fragments_first_counts_later_ones_do_not() {
     let h = Harness::new(&two_node_shape());
     let first = ip(LEGACY_A, LEGACY_B, udp(7000, 7001, &[0; 64])).fragment(0, true);
-    let later = ip(LEGACY_A, LEGACY_B, L4::Raw { proto: packet::UDP, payload: vec![0; 64] })
-        .fragment(9, false);
+    let later = ip(
+        LEGACY_A,
+        LEGACY_B,
+        L4::Raw {
+            proto: packet::UDP,
+            payload: vec![0; 64],
+        },
+    )
+    .fragment(9, false);
     run_ok(&h, "crossover_pod_ingress", &first.frame());
     run_ok(&h, "crossover_pod_ingress", &later.frame());
     // The same pair inside a tunnel: an inner non-first fragment.
     run_ok(&h, UNDERLAY_OUT, &later.vxlan(NODE_A, NODE_B, 8472));
     // And an outer one: the tunnel header itself is in the first fragment.
-    let outer_later = ip(NODE_A, NODE_B, L4::Raw { proto: packet::UDP, payload: vec![0; 64] })
-        .fragment(100, false);
+    let outer_later = ip(
+        NODE_A,
+        NODE_B,
+        L4::Raw {
+            proto: packet::UDP,
+            payload: vec![0; 64],
+        },
+    )
+    .fragment(100, false);
     run_ok(&h, UNDERLAY_OUT, &outer_later.frame());
     let snap = h.snapshot();
-    assert_eq!(problems(&snap), vec![("fragment", 2), ("inner_fragment", 1)]);
+    assert_eq!(
+        problems(&snap),
+        vec![("fragment", 2), ("inner_fragment", 1)]
+    );
     let flow = only_flow(&snap);
-    assert_eq!((flow.point, flow.src_port, flow.dst_port), ("pod", 7000, 7001));
-    assert_eq!(snap.peers.len(), 1, "the tunnelled fragment still went to the peer");
+    assert_eq!(
+        (flow.point, flow.src_port, flow.dst_port),
+        ("pod", 7000, 7001)
+    );
+    assert_eq!(
+        snap.peers.len(),
+        1,
+        "the tunnelled fragment still went to the peer"
+    );
 }
 
 #[test]
@@ -160,13 +217,23 @@ fn truncation_at_every_header_boundary() {
     // header, so the outer IPv4 and VLAN cuts go through a tagged frame,
     // whose ethertype it does not inspect.
     for len in [13, 14, 20, 33] {
-        let refused = h.observer.program(UNDERLAY_OUT).unwrap().test_run_refuses(&full[..len]);
+        let refused = h
+            .observer
+            .program(UNDERLAY_OUT)
+            .unwrap()
+            .test_run_refuses(&full[..len]);
         assert!(refused, "test_run accepted a {len}-byte IPv4 frame");
     }
     let tagged = ip(NODE_A, NODE_B, udp(1, 2, b"x")).vlan_frame(5);
     for len in 15..38 {
         run_ok(&h, UNDERLAY_OUT, &tagged[..len]);
-        *want.entry(if len < 18 { "truncated_vlan" } else { "truncated_ipv4" }).or_default() += 1;
+        *want
+            .entry(if len < 18 {
+                "truncated_vlan"
+            } else {
+                "truncated_ipv4"
+            })
+            .or_default() += 1;
     }
     let snap = h.snapshot();
     assert_eq!(problems(&snap), want.into_iter().collect::<Vec<_>>());
@@ -182,7 +249,11 @@ trait RefuseShort {
 impl RefuseShort for aya::programs::SchedClassifier {
     fn test_run_refuses(&self, packet: &[u8]) -> bool {
         use aya::programs::{TestRun, TestRunOptions};
-        self.test_run(TestRunOptions { data_in: Some(packet), ..Default::default() }).is_err()
+        self.test_run(TestRunOptions {
+            data_in: Some(packet),
+            ..Default::default()
+        })
+        .is_err()
     }
 }
 
@@ -202,7 +273,11 @@ fn truncated_geneve_and_options() {
     let snap = h.snapshot();
     assert_eq!(
         problems(&snap),
-        vec![("truncated_geneve", 2), ("truncated_geneve_options", 3), ("truncated_inner_eth", 1)]
+        vec![
+            ("truncated_geneve", 2),
+            ("truncated_geneve_options", 3),
+            ("truncated_inner_eth", 1)
+        ]
     );
 }
 
@@ -213,7 +288,11 @@ fn bad_tunnel_headers() {
     // VXLAN without the I flag.
     let mut payload = vec![0x00, 0, 0, 0, 0, 0, 1, 0];
     payload.extend(&inner);
-    run_ok(&h, UNDERLAY_OUT, &ip(NODE_A, NODE_B, udp(1, 8472, &payload)).frame());
+    run_ok(
+        &h,
+        UNDERLAY_OUT,
+        &ip(NODE_A, NODE_B, udp(1, 8472, &payload)).frame(),
+    );
     // Geneve version 1, then Geneve carrying IPv4 directly instead of Ethernet.
     for header in [
         {
@@ -225,24 +304,45 @@ fn bad_tunnel_headers() {
     ] {
         let mut payload = header;
         payload.extend(&inner);
-        run_ok(&h, UNDERLAY_OUT, &ip(NODE_A, NODE_B, udp(1, 6081, &payload)).frame());
+        run_ok(
+            &h,
+            UNDERLAY_OUT,
+            &ip(NODE_A, NODE_B, udp(1, 6081, &payload)).frame(),
+        );
     }
     // IPv4 header length 4 words (under the minimum of 5).
     let mut bad_ihl = ip(LEGACY_A, LEGACY_B, tcp(1, 2, 0, SYN, 0)).frame();
     bad_ihl[14] = 0x44;
     run_ok(&h, "crossover_pod_egress", &bad_ihl);
     // IPv4 options running past the end of the packet.
-    let mut long_ihl = ip(LEGACY_A, LEGACY_B, L4::Raw { proto: 99, payload: vec![] }).frame();
+    let mut long_ihl = ip(
+        LEGACY_A,
+        LEGACY_B,
+        L4::Raw {
+            proto: 99,
+            payload: vec![],
+        },
+    )
+    .frame();
     long_ihl[14] = 0x4f;
     long_ihl[16..18].copy_from_slice(&80u16.to_be_bytes());
     run_ok(&h, "crossover_pod_egress", &long_ihl);
     let snap = h.snapshot();
     assert_eq!(
         problems(&snap),
-        vec![("bad_geneve", 2), ("bad_ipv4", 1), ("bad_vxlan", 1), ("truncated_ipv4_options", 1)]
+        vec![
+            ("bad_geneve", 2),
+            ("bad_ipv4", 1),
+            ("bad_vxlan", 1),
+            ("truncated_ipv4_options", 1)
+        ]
     );
     assert!(snap.flows.is_empty());
-    assert_eq!(snap.peers.len(), 2, "both overlays towards node B were counted");
+    assert_eq!(
+        snap.peers.len(),
+        2,
+        "both overlays towards node B were counted"
+    );
 }
 
 #[test]
@@ -255,12 +355,21 @@ fn ipv6_and_non_ip_outer_and_inner() {
     for inner in [&v6, &arp] {
         let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
         payload.extend(inner.iter());
-        run_ok(&h, UNDERLAY_IN, &ip(NODE_B, NODE_A, udp(1, 8473, &payload)).frame());
+        run_ok(
+            &h,
+            UNDERLAY_IN,
+            &ip(NODE_B, NODE_A, udp(1, 8473, &payload)).frame(),
+        );
     }
     let snap = h.snapshot();
     assert_eq!(
         problems(&snap),
-        vec![("inner_ipv6", 1), ("inner_non_ip", 1), ("ipv6", 1), ("non_ip", 1)]
+        vec![
+            ("inner_ipv6", 1),
+            ("inner_non_ip", 1),
+            ("ipv6", 1),
+            ("non_ip", 1)
+        ]
     );
     assert_eq!(snap.counter(Counter::SeenUnderlay), 4);
     assert!(snap.flows.is_empty());
@@ -273,23 +382,48 @@ fn native_pod_traffic_names_its_peer_and_other_traffic_is_left_out() {
     let native = ip(LEGACY_B, LEGACY_A, tcp(41000, 8080, 77, SYN, 0)).frame();
     run_ok(&h, UNDERLAY_IN, &native);
     // kubelet to the API server: node to node, not on any overlay.
-    run_ok(&h, UNDERLAY_OUT, &ip(NODE_A, NODE_B, tcp(50000, 6443, 1, ACK, 10)).frame());
+    run_ok(
+        &h,
+        UNDERLAY_OUT,
+        &ip(NODE_A, NODE_B, tcp(50000, 6443, 1, ACK, 10)).frame(),
+    );
     // Somebody's SSH session from outside the cluster.
-    run_ok(&h, UNDERLAY_IN, &ip([203, 0, 113, 9], NODE_A, tcp(60000, 22, 1, ACK, 10)).frame());
+    run_ok(
+        &h,
+        UNDERLAY_IN,
+        &ip([203, 0, 113, 9], NODE_A, tcp(60000, 22, 1, ACK, 10)).frame(),
+    );
     // Node to node UDP on a port that is no tunnel of ours.
-    run_ok(&h, UNDERLAY_IN, &ip(NODE_B, NODE_A, udp(1234, 9999, b"hi")).frame());
+    run_ok(
+        &h,
+        UNDERLAY_IN,
+        &ip(NODE_B, NODE_A, udp(1234, 9999, b"hi")).frame(),
+    );
     let snap = h.snapshot();
     assert_eq!(problems(&snap), vec![("not_cluster", 1)]);
     assert_eq!(snap.flows.len(), 3);
     let pod = snap.flows.iter().find(|f| f.dst_port == 8080).unwrap();
-    assert_eq!((pod.overlay, pod.src_net, pod.dst_net), ("native", "legacy", "legacy"));
+    assert_eq!(
+        (pod.overlay, pod.src_net, pod.dst_net),
+        ("native", "legacy", "legacy")
+    );
     assert_eq!(pod.peer, Some(NODE_B.into()));
     let api = snap.flows.iter().find(|f| f.dst_port == 6443).unwrap();
-    assert_eq!((api.overlay, api.src_net, api.dst_net), ("none", "host", "host"));
+    assert_eq!(
+        (api.overlay, api.src_net, api.dst_net),
+        ("none", "host", "host")
+    );
     assert_eq!(api.peer, Some(NODE_B.into()));
-    assert_eq!(snap.peers.len(), 1, "only pod traffic counts towards the native overlay");
+    assert_eq!(
+        snap.peers.len(),
+        1,
+        "only pod traffic counts towards the native overlay"
+    );
     let peer = &snap.peers[0];
-    assert_eq!((peer.peer, peer.overlay, peer.direction, peer.packets), (NODE_B.into(), "native", "ingress", 1));
+    assert_eq!(
+        (peer.peer, peer.overlay, peer.direction, peer.packets),
+        (NODE_B.into(), "native", "ingress", 1)
+    );
 }
 
 #[test]
@@ -305,17 +439,34 @@ fn snat_sources_and_their_replies_are_marked() {
     let snap = h.snapshot();
     assert_eq!(problems(&snap), vec![]);
     let src = snap.flows.iter().find(|f| f.dst_port == 80).unwrap();
-    assert_eq!((src.snat, src.snat_addr, src.src_net, src.dst_net), ("source", Some([10, 245, 1, 1].into()), "host", "cilium"));
+    assert_eq!(
+        (src.snat, src.snat_addr, src.src_net, src.dst_net),
+        ("source", Some([10, 245, 1, 1].into()), "host", "cilium")
+    );
     assert_eq!(src.overlay, "cilium");
     let dst = snap.flows.iter().find(|f| f.src_port == 80).unwrap();
-    assert_eq!((dst.snat, dst.snat_addr, dst.src_net, dst.dst_net), ("destination", Some([10, 244, 0, 0].into()), "legacy", "host"));
+    assert_eq!(
+        (dst.snat, dst.snat_addr, dst.src_net, dst.dst_net),
+        (
+            "destination",
+            Some([10, 244, 0, 0].into()),
+            "legacy",
+            "host"
+        )
+    );
     assert_eq!(dst.overlay, "legacy");
 }
 
 #[test]
 fn tcp_and_icmp_counters() {
     let h = Harness::new(&two_node_shape());
-    let send = |l4: L4| run_ok(&h, "crossover_pod_ingress", &ip(LEGACY_A, CILIUM_B, l4).frame());
+    let send = |l4: L4| {
+        run_ok(
+            &h,
+            "crossover_pod_ingress",
+            &ip(LEGACY_A, CILIUM_B, l4).frame(),
+        )
+    };
     send(tcp(40000, 443, 100, SYN, 0));
     send(tcp(40000, 443, 100, SYN, 0)); // SYN retransmitted
     send(tcp(40000, 443, 101, ACK, 0)); // pure ACK: not a segment
@@ -324,24 +475,65 @@ fn tcp_and_icmp_counters() {
     send(tcp(40000, 443, 101, ACK | packet::PSH, 500)); // retransmitted
     send(tcp(40000, 443, 1601, ACK, 200));
     send(tcp(40000, 443, 1801, RST, 0));
-    send(L4::IcmpEcho { request: true, id: 77, seq: 1 });
-    send(L4::IcmpEcho { request: true, id: 77, seq: 2 });
+    send(L4::IcmpEcho {
+        request: true,
+        id: 77,
+        seq: 1,
+    });
+    send(L4::IcmpEcho {
+        request: true,
+        id: 77,
+        seq: 2,
+    });
     send(L4::Icmp { kind: 3, code: 4 }); // fragmentation needed
-    run_ok(&h, "crossover_pod_egress", &ip(CILIUM_B, LEGACY_A, L4::IcmpEcho { request: false, id: 77, seq: 1 }).frame());
+    run_ok(
+        &h,
+        "crossover_pod_egress",
+        &ip(
+            CILIUM_B,
+            LEGACY_A,
+            L4::IcmpEcho {
+                request: false,
+                id: 77,
+                seq: 1,
+            },
+        )
+        .frame(),
+    );
     let snap = h.snapshot();
     assert_eq!(problems(&snap), vec![]);
     assert_eq!(snap.flows.len(), 4);
     let conn = snap.flows.iter().find(|f| f.proto == packet::TCP).unwrap();
-    assert_eq!((conn.packets, conn.syns, conn.syn_acks, conn.rsts), (8, 2, 0, 1));
+    assert_eq!(
+        (conn.packets, conn.syns, conn.syn_acks, conn.rsts),
+        (8, 2, 0, 1)
+    );
     assert_eq!((conn.segments, conn.retransmits), (6, 2));
     assert_eq!(conn.tcp_flags, SYN | ACK | packet::PSH | RST);
-    assert_eq!((conn.src_net, conn.dst_net, conn.point, conn.overlay), ("legacy", "cilium", "pod", "none"));
+    assert_eq!(
+        (conn.src_net, conn.dst_net, conn.point, conn.overlay),
+        ("legacy", "cilium", "pod", "none")
+    );
     assert_eq!(conn.peer, Some(NODE_B.into()), "the remote pod's node");
-    let echo = snap.flows.iter().find(|f| f.proto == ICMP && f.src_port == 77 && f.direction == "ingress").unwrap();
-    assert_eq!((echo.echo_requests, echo.echo_replies, echo.packets), (2, 0, 2));
+    let echo = snap
+        .flows
+        .iter()
+        .find(|f| f.proto == ICMP && f.src_port == 77 && f.direction == "ingress")
+        .unwrap();
+    assert_eq!(
+        (echo.echo_requests, echo.echo_replies, echo.packets),
+        (2, 0, 2)
+    );
     let reply = snap.flows.iter().find(|f| f.direction == "egress").unwrap();
-    assert_eq!((reply.echo_requests, reply.echo_replies, reply.src_port), (0, 1, 77));
-    let frag_needed = snap.flows.iter().find(|f| f.proto == ICMP && f.dst_port == (3 << 8 | 4)).unwrap();
+    assert_eq!(
+        (reply.echo_requests, reply.echo_replies, reply.src_port),
+        (0, 1, 77)
+    );
+    let frag_needed = snap
+        .flows
+        .iter()
+        .find(|f| f.proto == ICMP && f.dst_port == (3 << 8 | 4))
+        .unwrap();
     assert_eq!(frag_needed.packets, 1);
 }
 
@@ -366,12 +558,23 @@ fn every_hook_labels_its_point_and_overlay() {
     }
     let snap = h.snapshot();
     assert_eq!(snap.flows.len(), 4);
-    assert_eq!((snap.counter(Counter::SeenOverlay), snap.counter(Counter::SeenHost), snap.counter(Counter::SeenPod)), (2, 1, 1));
+    assert_eq!(
+        (
+            snap.counter(Counter::SeenOverlay),
+            snap.counter(Counter::SeenHost),
+            snap.counter(Counter::SeenPod)
+        ),
+        (2, 1, 1)
+    );
 }
 
 #[test]
 fn full_maps_refuse_and_count() {
-    let options = LoadOptions { flow_capacity: 4, peer_capacity: 2, ..LoadOptions::default() };
+    let options = LoadOptions {
+        flow_capacity: 4,
+        peer_capacity: 2,
+        ..LoadOptions::default()
+    };
     let h = Harness::with_options(&two_node_shape(), options);
     for port in 0..6u16 {
         let inner = ip(LEGACY_A, LEGACY_B, udp(1000 + port, 53, b"q"));
@@ -379,11 +582,25 @@ fn full_maps_refuse_and_count() {
         run_ok(&h, UNDERLAY_OUT, &inner.vxlan(NODE_A, outer_dst, 8472));
     }
     let snap = h.snapshot();
-    assert_eq!(problems(&snap), vec![("flow_map_full", 2), ("peer_map_full", 2)]);
+    assert_eq!(
+        problems(&snap),
+        vec![("flow_map_full", 2), ("peer_map_full", 2)]
+    );
     assert_eq!(snap.flows.len(), 4);
     assert_eq!(snap.peers.len(), 2);
     // Known flows still count when the map is full.
-    run_ok(&h, UNDERLAY_OUT, &ip(LEGACY_A, LEGACY_B, udp(1000, 53, b"q")).vxlan(NODE_A, [192, 168, 50, 10], 8472));
+    run_ok(
+        &h,
+        UNDERLAY_OUT,
+        &ip(LEGACY_A, LEGACY_B, udp(1000, 53, b"q")).vxlan(NODE_A, [192, 168, 50, 10], 8472),
+    );
     let snap = h.snapshot();
-    assert_eq!(snap.flows.iter().find(|f| f.src_port == 1000).unwrap().packets, 2);
+    assert_eq!(
+        snap.flows
+            .iter()
+            .find(|f| f.src_port == 1000)
+            .unwrap()
+            .packets,
+        2
+    );
 }

@@ -18,12 +18,20 @@ pub fn count(counter: Counter) {
 /// Adds one underlay packet to the (peer, overlay, direction) counters.
 #[inline(always)]
 pub fn count_peer(peer: u32, overlay: u8, direction: u8, bytes: u32) {
-    let key = PeerKey { peer, overlay, direction, _pad: [0; 2] };
+    let key = PeerKey {
+        peer,
+        overlay,
+        direction,
+        _pad: [0; 2],
+    };
     if add_peer(&key, bytes) {
         return;
     }
-    let fresh = PeerStats { packets: 1, bytes: bytes as u64 };
-    match PEERS.insert(&key, &fresh, BPF_NOEXIST) {
+    let fresh = PeerStats {
+        packets: 1,
+        bytes: bytes as u64,
+    };
+    match PEERS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU created it between our lookup and insert.
         Err(e) if e == -EEXIST => {

@@ -7,8 +7,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use observer_ebpf::{
-    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, Net, Overlay, Point, Snat,
-    tcp_flag,
+    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, Net, Overlay, Point, Snat, tcp_flag,
 };
 
 use crate::{
@@ -50,7 +49,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
     };
     // SAFETY: the coarse clock helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+    if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
@@ -67,11 +66,11 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
     fresh.last_seen_ns = now;
     let (peer, overlay) = (fresh.peer, fresh.overlay);
     apply_first(&mut fresh, ip, l4);
-    match FLOWS.insert(&key, &fresh, BPF_NOEXIST) {
+    match FLOWS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
             // Another CPU created the flow first; join it.
-            if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+            if let Some(stats) = FLOWS.get_ptr_mut(key) {
                 // SAFETY: as above.
                 unsafe { update(stats, ip, l4, now) };
             }

@@ -18,8 +18,7 @@ pub static ADDRS: LpmTrie<u32, AddrInfo> =
     LpmTrie::with_max_entries(DEFAULT_ADDR_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "FLOWS")]
-pub static FLOWS: HashMap<FlowKey, FlowStats> =
-    HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map(name = "PEERS")]
 pub static PEERS: PerCpuHashMap<PeerKey, PeerStats> =

@@ -16,10 +16,14 @@ pub enum Error {
     NoInterface(String),
 
     #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{log}")]
-    Verifier { program: String, source: io::Error, log: String },
+    Verifier {
+        program: String,
+        source: io::Error,
+        log: String,
+    },
 
     #[error("loading the eBPF object: {0}")]
-    Load(#[source] EbpfError),
+    Load(#[source] Box<EbpfError>),
 
     #[error("program {0} is missing from the eBPF object (built from another version?)")]
     MissingProgram(String),
@@ -28,16 +32,30 @@ pub enum Error {
     MissingMap(&'static str),
 
     #[error("program {program}: {source}")]
-    Program { program: String, source: ProgramError },
+    Program {
+        program: String,
+        source: Box<ProgramError>,
+    },
 
     #[error("attaching {program} to {iface}: {source}")]
-    Attach { program: String, iface: String, source: ProgramError },
+    Attach {
+        program: String,
+        iface: String,
+        source: Box<ProgramError>,
+    },
 
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: MapError },
+    Map {
+        map: &'static str,
+        source: Box<MapError>,
+    },
 
     #[error("map {map} is full ({capacity} entries): {what}")]
-    MapFull { map: &'static str, capacity: u32, what: String },
+    MapFull {
+        map: &'static str,
+        capacity: u32,
+        what: String,
+    },
 
     #[error("cluster shape: {0}")]
     Shape(String),
@@ -70,8 +88,19 @@ impl Error {
         }
     }
 
+    /// For `map_err` on operations of map `map`.
+    pub(crate) fn map(map: &'static str) -> impl FnOnce(MapError) -> Self {
+        move |source| Error::Map {
+            map,
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 

@@ -11,7 +11,10 @@ pub struct NetnsGuard {
 
 /// Moves the calling thread into `/run/netns/NAME`.
 pub fn enter(name: &str) -> Result<NetnsGuard> {
-    let err = |source| Error::Netns { name: name.to_owned(), source };
+    let err = |source| Error::Netns {
+        name: name.to_owned(),
+        source,
+    };
     let previous = File::open("/proc/thread-self/ns/net").map_err(err)?;
     let target = File::open(format!("/run/netns/{name}")).map_err(err)?;
     setns(&target).map_err(err)?;
@@ -21,7 +24,11 @@ pub fn enter(name: &str) -> Result<NetnsGuard> {
 fn setns(ns: &File) -> std::io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Drop for NetnsGuard {

@@ -38,8 +38,12 @@ impl Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Encapsulation {
-    Vxlan { port: u16 },
-    Geneve { port: u16 },
+    Vxlan {
+        port: u16,
+    },
+    Geneve {
+        port: u16,
+    },
     /// Routed, no tunnel (AWS VPC CNI, Calico without encapsulation).
     Native,
 }
@@ -153,13 +157,18 @@ impl ClusterShape {
                 return Err(Error::Shape(format!("nodes[{i}].name is empty")));
             }
             if !names.insert(node.name.as_str()) {
-                return Err(Error::Shape(format!("nodes[{i}].name {:?} appears twice", node.name)));
+                return Err(Error::Shape(format!(
+                    "nodes[{i}].name {:?} appears twice",
+                    node.name
+                )));
             }
         }
-        if let Some(local) = &self.local_node {
-            if !names.contains(local.as_str()) {
-                return Err(Error::Shape(format!("local_node {local:?} is not in nodes")));
-            }
+        if let Some(local) = &self.local_node
+            && !names.contains(local.as_str())
+        {
+            return Err(Error::Shape(format!(
+                "local_node {local:?} is not in nodes"
+            )));
         }
         Ok(())
     }
@@ -177,7 +186,11 @@ impl ClusterShape {
                 }
                 return Ok(());
             }
-            ports.push(EncapPort { port, encap: encap.wire(), overlay: role.overlay().wire() });
+            ports.push(EncapPort {
+                port,
+                encap: encap.wire(),
+                overlay: role.overlay().wire(),
+            });
             Ok(())
         };
         for (i, network) in self.networks.iter().enumerate() {
@@ -189,7 +202,12 @@ impl ClusterShape {
             }
         }
         for (&port, &role) in &self.extra_vxlan_ports {
-            add(port, Encap::Vxlan, role, format!("extra_vxlan_ports[{port}]"))?;
+            add(
+                port,
+                Encap::Vxlan,
+                role,
+                format!("extra_vxlan_ports[{port}]"),
+            )?;
         }
         if ports.len() > MAX_ENCAP_PORTS {
             return Err(Error::Shape(format!(
@@ -236,7 +254,10 @@ impl ClusterShape {
             for share in &node.pod_cidrs {
                 out.push((share.cidr, info(share.role.net(), AddrKind::PodNetwork, id)));
             }
-            out.push((host(node.underlay), info(Net::Host, AddrKind::NodeUnderlay, id)));
+            out.push((
+                host(node.underlay),
+                info(Net::Host, AddrKind::NodeUnderlay, id),
+            ));
             for addr in &node.overlay_addrs {
                 out.push((host(*addr), info(Net::Host, AddrKind::NodeOverlay, id)));
             }

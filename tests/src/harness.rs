@@ -20,8 +20,14 @@ pub fn two_node_shape() -> ClusterShape {
         underlay: [192, 168, 50, i + 1].into(),
         overlay_addrs: vec![[10, 244, i, 0].into(), [10, 245, i, 1].into()],
         pod_cidrs: vec![
-            NodePodCidr { role: Role::Legacy, cidr: format!("10.244.{i}.0/24").parse().unwrap() },
-            NodePodCidr { role: Role::Cilium, cidr: format!("10.245.{i}.0/24").parse().unwrap() },
+            NodePodCidr {
+                role: Role::Legacy,
+                cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+            },
+            NodePodCidr {
+                role: Role::Cilium,
+                cidr: format!("10.245.{i}.0/24").parse().unwrap(),
+            },
         ],
     };
     ClusterShape {
@@ -70,7 +76,11 @@ impl Harness {
         self.observer
             .program(program)
             .expect("program")
-            .test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN")
             .duration
     }

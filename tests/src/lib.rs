@@ -10,5 +10,8 @@ pub mod packet;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (CAP_BPF, CAP_NET_ADMIN): run it as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (CAP_BPF, CAP_NET_ADMIN): run it as root"
+    );
 }

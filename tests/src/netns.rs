@@ -8,7 +8,10 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -20,7 +23,11 @@ pub fn sh(args: &[&str]) -> String {
 
 /// A unique short prefix for names in this test process.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id() % 10000, NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 10000,
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A named network namespace, deleted on drop.
@@ -46,18 +53,29 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// Two "nodes" joined by a veth underlay (192.168.50.1 and .2 on `u0`),
-/// each with a Flannel-style VXLAN device `flannel.1` (VNI 1, UDP 8472,
-/// 10.244.N.0/32 with onlink routes and static FDB and neighbour entries,
-/// so no ARP or IPv6 chatter crosses the tunnel and counts stay exact).
+/// each with both overlays of a migration: `flannel.1` (VXLAN VNI 1, UDP
+/// 8472, 10.244.N.0/32) and `cilium_vxlan` (VNI 2, UDP 8473, `cilium_host`
+/// style 10.245.N.1/32). Routes are onlink with static FDB and neighbour
+/// entries, as Flannel installs them, so no ARP or IPv6 chatter crosses a
+/// tunnel and counts stay exact.
 pub struct TwoNodes {
     pub a: Netns,
     pub b: Netns,
 }
+
+/// (device, VNI, UDP port, second octet of the pod CIDR, host part of the
+/// node's address on it, MAC prefix)
+const OVERLAYS: [(&str, &str, &str, u8, u8, u8); 2] = [
+    ("flannel.1", "1", "8472", 244, 0, 1),
+    ("cilium_vxlan", "2", "8473", 245, 1, 2),
+];
 
 impl TwoNodes {
     pub fn new() -> Self {
@@ -67,29 +85,76 @@ impl TwoNodes {
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         }
-        sh(&["ip", "link", "add", "u0", "netns", &a.name, "type", "veth", "peer", "u0", "netns", &b.name]);
+        sh(&[
+            "ip", "link", "add", "u0", "netns", &a.name, "type", "veth", "peer", "u0", "netns",
+            &b.name,
+        ]);
         let nodes = [(&a, 1u8, 0u8), (&b, 2, 1)];
         for (ns, host, subnet) in nodes {
-            let mac = format!("02:00:00:00:01:0{host}");
-            ns.exec(&["ip", "addr", "add", &format!("192.168.50.{host}/24"), "dev", "u0"]);
-            ns.exec(&["ip", "link", "set", "u0", "up"]);
             ns.exec(&[
-                "ip", "link", "add", "flannel.1", "address", &mac, "type", "vxlan", "id", "1",
-                "local", &format!("192.168.50.{host}"), "dstport", "8472", "nolearning",
+                "ip",
+                "addr",
+                "add",
+                &format!("192.168.50.{host}/24"),
+                "dev",
+                "u0",
             ]);
-            ns.exec(&["ip", "addr", "add", &format!("10.244.{subnet}.0/32"), "dev", "flannel.1"]);
-            ns.exec(&["ip", "link", "set", "flannel.1", "up"]);
+            ns.exec(&["ip", "link", "set", "u0", "up"]);
+            for (dev, vni, port, octet, addr, mac) in OVERLAYS {
+                ns.exec(&[
+                    "ip",
+                    "link",
+                    "add",
+                    dev,
+                    "address",
+                    &format!("02:00:00:00:0{mac}:0{host}"),
+                    "type",
+                    "vxlan",
+                    "id",
+                    vni,
+                    "local",
+                    &format!("192.168.50.{host}"),
+                    "dstport",
+                    port,
+                    "nolearning",
+                ]);
+                ns.exec(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.{octet}.{subnet}.{addr}/32"),
+                    "dev",
+                    dev,
+                ]);
+                ns.exec(&["ip", "link", "set", dev, "up"]);
+            }
         }
-        for (ns, _, _) in nodes {
-            for (_, peer_host, peer_subnet) in nodes {
-                let peer_mac = format!("02:00:00:00:01:0{peer_host}");
-                let peer_ip = format!("10.244.{peer_subnet}.0");
-                if ns.exec(&["ip", "-br", "addr", "show", "flannel.1"]).contains(&peer_ip) {
-                    continue;
+        for (ns, host, _) in nodes {
+            for (_, peer_host, peer_subnet) in nodes.into_iter().filter(|(_, h, _)| *h != host) {
+                for (dev, _, _, octet, addr, mac) in OVERLAYS {
+                    let peer_mac = format!("02:00:00:00:0{mac}:0{peer_host}");
+                    let peer_ip = format!("10.{octet}.{peer_subnet}.{addr}");
+                    let route = format!("10.{octet}.{peer_subnet}.0/24");
+                    ns.exec(&[
+                        "ip", "route", "add", &route, "via", &peer_ip, "dev", dev, "onlink",
+                    ]);
+                    ns.exec(&[
+                        "ip",
+                        "neigh",
+                        "add",
+                        &peer_ip,
+                        "lladdr",
+                        &peer_mac,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ]);
+                    let underlay = format!("192.168.50.{peer_host}");
+                    ns.exec(&[
+                        "bridge", "fdb", "append", &peer_mac, "dev", dev, "dst", &underlay,
+                    ]);
                 }
-                ns.exec(&["ip", "route", "add", &format!("10.244.{peer_subnet}.0/24"), "via", &peer_ip, "dev", "flannel.1", "onlink"]);
-                ns.exec(&["ip", "neigh", "add", &peer_ip, "lladdr", &peer_mac, "dev", "flannel.1", "nud", "permanent"]);
-                ns.exec(&["bridge", "fdb", "append", &peer_mac, "dev", "flannel.1", "dst", &format!("192.168.50.{peer_host}")]);
             }
         }
         // Resolve the underlay neighbours now, so ARP is over before counting.

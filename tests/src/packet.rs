@@ -17,11 +17,31 @@ const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 /// The transport part of an IPv4 packet.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { src: u16, dst: u16, seq: u32, flags: u8, payload: usize },
-    Udp { src: u16, dst: u16, payload: Vec<u8> },
-    IcmpEcho { request: bool, id: u16, seq: u16 },
-    Icmp { kind: u8, code: u8 },
-    Raw { proto: u8, payload: Vec<u8> },
+    Tcp {
+        src: u16,
+        dst: u16,
+        seq: u32,
+        flags: u8,
+        payload: usize,
+    },
+    Udp {
+        src: u16,
+        dst: u16,
+        payload: Vec<u8>,
+    },
+    IcmpEcho {
+        request: bool,
+        id: u16,
+        seq: u16,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+    },
+    Raw {
+        proto: u8,
+        payload: Vec<u8>,
+    },
 }
 
 /// An IPv4 packet and how to frame it.
@@ -49,11 +69,21 @@ pub fn ip(src: [u8; 4], dst: [u8; 4], l4: L4) -> Ipv4 {
 }
 
 pub fn tcp(src: u16, dst: u16, seq: u32, flags: u8, payload: usize) -> L4 {
-    L4::Tcp { src, dst, seq, flags, payload }
+    L4::Tcp {
+        src,
+        dst,
+        seq,
+        flags,
+        payload,
+    }
 }
 
 pub fn udp(src: u16, dst: u16, payload: &[u8]) -> L4 {
-    L4::Udp { src, dst, payload: payload.to_vec() }
+    L4::Udp {
+        src,
+        dst,
+        payload: payload.to_vec(),
+    }
 }
 
 fn checksum(bytes: &[u8]) -> u16 {
@@ -81,7 +111,13 @@ impl L4 {
     fn bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            L4::Tcp { src, dst, seq, flags, payload } => {
+            L4::Tcp {
+                src,
+                dst,
+                seq,
+                flags,
+                payload,
+            } => {
                 out.extend(src.to_be_bytes());
                 out.extend(dst.to_be_bytes());
                 out.extend(seq.to_be_bytes());
@@ -132,7 +168,7 @@ impl Ipv4 {
     /// The IPv4 header and payload.
     pub fn bytes(&self) -> Vec<u8> {
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0);
         }
         let payload = self.l4.bytes();
@@ -194,7 +230,11 @@ pub fn geneve_header(option_words: u8, proto: u16) -> Vec<u8> {
     out.extend([0, 0, 7, 0]);
     for word in 0..option_words {
         // Option class 0x0102, type, length of the rest, data.
-        out.extend(if word == 0 { [0x01, 0x02, 0x80, option_words - 1] } else { [0xee; 4] });
+        out.extend(if word == 0 {
+            [0x01, 0x02, 0x80, option_words - 1]
+        } else {
+            [0xee; 4]
+        });
     }
     out
 }

@@ -1,1 +1,126 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | test | lint | bench | demo`.
+//! Every task that needs the toolchain runs `setup` first, which installs
+//! only what is missing, so a fresh machine needs nothing done by hand.
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install Debian packages, the nightly rust-src and bpf-linker if missing.
+    Setup,
+    /// Build the `crossover` binary (release) with the eBPF object embedded.
+    Build,
+    /// Lint, then run every test (needs root: tests load real programs).
+    Test,
+    /// rustfmt and clippy, host crates and eBPF crate separately.
+    Lint,
+    /// ns per packet of each program, with BPF_PROG_TEST_RUN repeat (root).
+    Bench,
+    /// The main job: crossover watching traffic in a small namespace lab.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "observer"])
+        }
+        Task::Test => {
+            setup::run()?;
+            require_root("the tests load eBPF programs and build network namespaces")?;
+            lint()?;
+            cargo(&["test", "--workspace", "--no-fail-fast"])
+        }
+        Task::Lint => {
+            setup::run()?;
+            lint()
+        }
+        Task::Bench => {
+            setup::run()?;
+            require_root("the benchmark loads eBPF programs")?;
+            cargo(&["bench", "-p", "crossover-tests", "--bench", "datapath"])
+        }
+        Task::Demo => {
+            setup::run()?;
+            require_root("the demo builds network namespaces and attaches programs")?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "observer",
+                "-p",
+                "crossover-tests",
+            ])?;
+            run("target/release/demo", &[])
+        }
+    }
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The eBPF crate only builds for the BPF target, with nightly.
+    run(
+        "cargo",
+        &[
+            "+nightly",
+            "clippy",
+            "-p",
+            "observer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+}
+
+fn require_root(why: &str) -> Result<()> {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("this task must run as root: {why}");
+    }
+    Ok(())
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    run(env!("CARGO"), args)
+}
+
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}

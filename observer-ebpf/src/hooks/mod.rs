@@ -1,6 +1,7 @@
 //! One file per hook. Every entry point is a thin wrapper: it calls its
 //! `try_` function, counts the reason if that stopped early, and hands the
 //! packet on.
+mod floor;
 mod host;
 mod overlay;
 mod pod;
@@ -30,7 +31,12 @@ pub fn finish(result: Result<(), Counter>) -> i32 {
 
 /// Parses the Ethernet frame at `offset` down to L4 and records its flow.
 #[inline(always)]
-pub fn observe_frame(ctx: &TcContext, offset: usize, layer: Layer, seen: Seen) -> Result<(), Counter> {
+pub fn observe_frame(
+    ctx: &TcContext,
+    offset: usize,
+    layer: Layer,
+    seen: Seen,
+) -> Result<(), Counter> {
     let l3 = eth::parse(ctx, offset, layer)?;
     let ip = ipv4::parse(ctx, l3, layer)?;
     let l4 = l4::parse(ctx, &ip)?;

@@ -9,7 +9,12 @@ use super::observe_plain;
 use crate::flow::Seen;
 
 const fn seen(overlay: Overlay, direction: Direction) -> Seen {
-    Seen { point: Point::Overlay, direction, overlay, outer_peer: 0 }
+    Seen {
+        point: Point::Overlay,
+        direction,
+        overlay,
+        outer_peer: 0,
+    }
 }
 
 #[classifier]

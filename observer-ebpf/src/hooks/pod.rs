@@ -7,7 +7,12 @@ use super::observe_plain;
 use crate::flow::Seen;
 
 const fn seen(direction: Direction) -> Seen {
-    Seen { point: Point::Pod, direction, overlay: Overlay::None, outer_peer: 0 }
+    Seen {
+        point: Point::Pod,
+        direction,
+        overlay: Overlay::None,
+        outer_peer: 0,
+    }
 }
 
 #[classifier]

@@ -33,7 +33,10 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
     let ip = ipv4::parse(ctx, l3, Layer::Outer)?;
     if ip.proto == l4::IPPROTO_UDP {
         let ports = l4::udp_ports(ctx, ip.l4_offset, Counter::TruncatedUdp)?;
-        if let Some(encap) = CONFIG.get(0).and_then(|config| encap_for(config, ports.dst)) {
+        if let Some(encap) = CONFIG
+            .get(0)
+            .and_then(|config| encap_for(config, ports.dst))
+        {
             let peer = match direction {
                 Direction::Egress => ip.dst,
                 Direction::Ingress => ip.src,
@@ -46,22 +49,30 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
                 vxlan::parse(ctx, tunnel)?
             };
             let overlay = Overlay::from_wire(encap.overlay).unwrap_or(Overlay::None);
-            let seen = Seen { point: Point::Underlay, direction, overlay, outer_peer: peer };
+            let seen = Seen {
+                point: Point::Underlay,
+                direction,
+                overlay,
+                outer_peer: peer,
+            };
             return observe_frame(ctx, inner, Layer::Inner, seen);
         }
     }
     let l4 = l4::parse(ctx, &ip)?;
-    let seen = Seen { point: Point::Underlay, direction, overlay: Overlay::Native, outer_peer: 0 };
+    let seen = Seen {
+        point: Point::Underlay,
+        direction,
+        overlay: Overlay::Native,
+        outer_peer: 0,
+    };
     flow::record(seen, &ip, &l4, ctx.len())
 }
 
 /// The encapsulation configured on UDP destination port `port`, if any.
 #[inline(always)]
 fn encap_for(config: &Config, port: u16) -> Option<EncapPort> {
-    for slot in config.encap_ports {
-        if slot.port == port && slot.encap != Encap::None.wire() {
-            return Some(slot);
-        }
-    }
-    None
+    config
+        .encap_ports
+        .into_iter()
+        .find(|&slot| slot.port == port && slot.encap != Encap::None.wire())
 }

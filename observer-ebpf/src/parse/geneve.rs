@@ -28,7 +28,12 @@ pub fn parse(ctx: &TcContext, offset: usize) -> Parsed<usize> {
     let options_len = ((hdr.ver_opt_len & 0x3f) as usize) * 4;
     let inner = offset + GENEVE_HLEN + options_len;
     if options_len != 0 {
-        ensure(ctx, offset + GENEVE_HLEN, options_len, Counter::TruncatedGeneveOptions)?;
+        ensure(
+            ctx,
+            offset + GENEVE_HLEN,
+            options_len,
+            Counter::TruncatedGeneveOptions,
+        )?;
     }
     Ok(inner)
 }

@@ -64,7 +64,14 @@ pub struct L4 {
 
 impl L4 {
     const fn ports(src_port: u16, dst_port: u16) -> Self {
-        Self { src_port, dst_port, tcp_flags: 0, seq: 0, seq_len: 0, echo: Echo::None }
+        Self {
+            src_port,
+            dst_port,
+            tcp_flags: 0,
+            seq: 0,
+            seq_len: 0,
+            echo: Echo::None,
+        }
     }
 }
 
@@ -73,7 +80,10 @@ impl L4 {
 #[inline(always)]
 pub fn udp_ports(ctx: &TcContext, offset: usize, short: Counter) -> Parsed<Ports> {
     let udp: UdpHdr = load(ctx, offset, short)?;
-    Ok(Ports { src: u16::from_be(udp.src_port), dst: u16::from_be(udp.dst_port) })
+    Ok(Ports {
+        src: u16::from_be(udp.src_port),
+        dst: u16::from_be(udp.dst_port),
+    })
 }
 
 #[inline(always)]
@@ -84,9 +94,8 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4) -> Parsed<L4> {
             let header_len = ((tcp.doff_res >> 4) as u32) * 4;
             let payload = (ip.total_len as u32).saturating_sub(ip.header_len as u32 + header_len);
             let flags = tcp.flags;
-            let seq_len = payload
-                + (flags & tcp_flag::SYN != 0) as u32
-                + (flags & tcp_flag::FIN != 0) as u32;
+            let seq_len =
+                payload + (flags & tcp_flag::SYN != 0) as u32 + (flags & tcp_flag::FIN != 0) as u32;
             Ok(L4 {
                 src_port: u16::from_be(tcp.src_port),
                 dst_port: u16::from_be(tcp.dst_port),
@@ -104,7 +113,11 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4) -> Parsed<L4> {
             let icmp: IcmpHdr = load(ctx, ip.l4_offset, Counter::TruncatedL4)?;
             Ok(match icmp.kind {
                 ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4 {
-                    echo: if icmp.kind == ICMP_ECHO_REQUEST { Echo::Request } else { Echo::Reply },
+                    echo: if icmp.kind == ICMP_ECHO_REQUEST {
+                        Echo::Request
+                    } else {
+                        Echo::Reply
+                    },
                     ..L4::ports(u16::from_be(icmp.id), 0)
                 },
                 kind => L4::ports(0, ((kind as u16) << 8) | icmp.code as u16),

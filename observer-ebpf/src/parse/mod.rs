@@ -1,6 +1,7 @@
-//! Header parsers. Each reads through `bpf_skb_load_bytes`, which works on
-//! non-linear skbs (GRO'd tunnel traffic, paged frags) where direct packet
-//! access would see only the linear head, and never changes the skb.
+//! Header parsers. A header inside the skb's linear area is read directly;
+//! one beyond it (GRO'd tunnel traffic, paged frags) through
+//! `bpf_skb_load_bytes`, which works on non-linear skbs. Neither changes the
+//! skb: `bpf_skb_pull_data` would, and a passive observer must not.
 //!
 //! A parser returns the `Counter` naming why it stopped; the hook counts it.
 pub mod eth;
@@ -32,14 +33,31 @@ impl Layer {
     }
 }
 
+/// Largest header offset a parser reaches: outer Ethernet, VLAN, IPv4 with
+/// options, UDP, Geneve with 252 bytes of options, inner Ethernet, VLAN and
+/// IPv4 with options. Masking offsets with it tells the verifier they are
+/// bounded.
+const MAX_OFFSET: usize = 0x1ff;
+
 /// Reads a `T` at `offset`, or fails with `short` when the packet ends first.
 #[inline(always)]
 pub fn load<T>(ctx: &TcContext, offset: usize, short: Counter) -> Parsed<T> {
+    let offset = offset & MAX_OFFSET;
+    let start = ctx.data();
+    if start + offset + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie between data and data_end, checked above
+        // (and by the verifier); headers may be unaligned.
+        return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
     ctx.load::<T>(offset).map_err(|_| short)
 }
 
 /// Fails with `short` unless the packet holds `len` bytes from `offset`.
 #[inline(always)]
 pub fn ensure(ctx: &TcContext, offset: usize, len: usize, short: Counter) -> Parsed<()> {
-    if offset + len > ctx.len() as usize { Err(short) } else { Ok(()) }
+    if offset + len > ctx.len() as usize {
+        Err(short)
+    } else {
+        Ok(())
+    }
 }

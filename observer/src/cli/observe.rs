@@ -2,7 +2,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 
 use super::render::{self, Format};
 use crate::{
@@ -74,9 +77,14 @@ pub fn load_shape(path: Option<&PathBuf>) -> Result<ClusterShape> {
 pub async fn run(args: ObserveArgs) -> Result<()> {
     let shape = load_shape(args.shape.as_ref())?;
     if args.ifaces.is_empty() && !args.follow {
-        return Err(Error::Shape("nothing to observe: give --iface or --follow".into()));
+        return Err(Error::Shape(
+            "nothing to observe: give --iface or --follow".into(),
+        ));
     }
-    let selection = Selection { explicit: args.ifaces.clone(), follow_named: args.follow };
+    let selection = Selection {
+        explicit: args.ifaces.clone(),
+        follow_named: args.follow,
+    };
     let mut observer = Observer::load(LoadOptions {
         flow_capacity: args.flow_capacity,
         attach_mode: args.attach_mode,
@@ -100,12 +108,16 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         .map_err(|e| Error::io("registering the netlink socket", e.into()))?;
     let first = reconcile(&mut observer, &selection)?;
     if let Some((name, err)) = first.failed.first() {
-        return Err(Error::io(format!("attaching to {name}"), std::io::Error::other(err.clone())));
+        return Err(Error::io(
+            format!("attaching to {name}"),
+            std::io::Error::other(err.clone()),
+        ));
     }
     eprintln!("crossover: observing {}", attached_list(&observer));
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut tick = tokio::time::interval(Duration::from_secs(args.interval.max(1)));
     tick.tick().await;
     let deadline = async {
@@ -141,8 +153,15 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
 }
 
 fn attached_list(observer: &Observer) -> String {
-    let list: Vec<String> = observer.attached().map(|(n, h)| format!("{n} ({h})")).collect();
-    if list.is_empty() { "no interface yet".into() } else { list.join(", ") }
+    let list: Vec<String> = observer
+        .attached()
+        .map(|(n, h)| format!("{n} ({h})"))
+        .collect();
+    if list.is_empty() {
+        "no interface yet".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 fn print(observer: &Observer, shape: &ClusterShape, format: Format) -> Result<()> {

@@ -14,16 +14,26 @@ pub enum Format {
 fn peer_name(shape: &ClusterShape, peer: Option<std::net::Ipv4Addr>) -> String {
     match peer {
         None => "-".into(),
-        Some(addr) => shape.node_by_underlay(addr).map_or(addr.to_string(), |n| n.name.clone()),
+        Some(addr) => shape
+            .node_by_underlay(addr)
+            .map_or(addr.to_string(), |n| n.name.clone()),
     }
 }
 
 pub fn table(snapshot: &Snapshot, shape: &ClusterShape) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "UNDERLAY TRAFFIC PER PEER NODE");
-    let _ = writeln!(out, "{:<18} {:<8} {:<10} {:>10} {:>12}", "PEER", "OVERLAY", "DIRECTION", "PACKETS", "BYTES");
+    let _ = writeln!(
+        out,
+        "{:<18} {:<8} {:<10} {:>10} {:>12}",
+        "PEER", "OVERLAY", "DIRECTION", "PACKETS", "BYTES"
+    );
     for p in &snapshot.peers {
-        let direction = if p.direction == "egress" { "sent" } else { "received" };
+        let direction = if p.direction == "egress" {
+            "sent"
+        } else {
+            "received"
+        };
         let _ = writeln!(
             out,
             "{:<18} {:<8} {:<10} {:>10} {:>12}",
@@ -37,15 +47,31 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape) -> String {
     let _ = writeln!(out, "\nFLOWS ({})", snapshot.flows.len());
     let _ = writeln!(
         out,
-        "{:<9} {:<7} {:<5} {:<22} {:<22} {:<15} {:<7} {:<10} {:<14} {:>8} {:>6} {:>6} {:>4} {:>5}",
-        "POINT", "DIR", "PROTO", "SOURCE", "DESTINATION", "NETWORKS", "OVERLAY", "PEER", "SNAT", "PACKETS",
-        "SYN", "SYNACK", "RST", "RETX"
+        "{:<9} {:<7} {:<5} {:<22} {:<22} {:<15} {:<7} {:<10} {:<18} {:>8} {:>6} {:>6} {:>4} {:>5}",
+        "POINT",
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "NETWORKS",
+        "OVERLAY",
+        "PEER",
+        "SNAT",
+        "PACKETS",
+        "SYN",
+        "SYNACK",
+        "RST",
+        "RETX"
     );
     for f in &snapshot.flows {
-        let snat = f.snat_addr.map_or("-".to_string(), |a| format!("{}:{a}", &f.snat[..3]));
+        let snat = match (f.snat, f.snat_addr) {
+            ("source", Some(addr)) => format!("src={addr}"),
+            ("destination", Some(addr)) => format!("dst={addr}"),
+            _ => "-".to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<9} {:<7} {:<5} {:<22} {:<22} {:<15} {:<7} {:<10} {:<14} {:>8} {:>6} {:>6} {:>4} {:>5}",
+            "{:<9} {:<7} {:<5} {:<22} {:<22} {:<15} {:<7} {:<10} {:<18} {:>8} {:>6} {:>6} {:>4} {:>5}",
             f.point,
             f.direction,
             f.proto_name(),

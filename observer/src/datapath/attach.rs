@@ -54,18 +54,26 @@ pub(crate) fn attach_one(
         AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
         _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
     };
-    program.attach_with_options(iface, direction, options).map_err(|source| {
-        if root_io_error(&source).is_some_and(|e| e.raw_os_error() == Some(libc::ENODEV)) {
-            Error::NoInterface(iface.to_owned())
-        } else if let Some(io) = root_io_error(&source).filter(|e| crate::error::is_permission(e)) {
-            Error::Privilege {
-                action: format!("attaching {name} to {iface}"),
-                source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
+    program
+        .attach_with_options(iface, direction, options)
+        .map_err(|source| {
+            if root_io_error(&source).is_some_and(|e| e.raw_os_error() == Some(libc::ENODEV)) {
+                Error::NoInterface(iface.to_owned())
+            } else if let Some(io) =
+                root_io_error(&source).filter(|e| crate::error::is_permission(e))
+            {
+                Error::Privilege {
+                    action: format!("attaching {name} to {iface}"),
+                    source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
+                }
+            } else {
+                Error::Attach {
+                    program: name.to_owned(),
+                    iface: iface.to_owned(),
+                    source: Box::new(source),
+                }
             }
-        } else {
-            Error::Attach { program: name.to_owned(), iface: iface.to_owned(), source }
-        }
-    })
+        })
 }
 
 /// Adds clsact unless present; true when this call created it.

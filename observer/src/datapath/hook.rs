@@ -21,19 +21,26 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] =
-        [Hook::Underlay, Hook::OverlayLegacy, Hook::OverlayCilium, Hook::Host, Hook::Pod];
+    pub const ALL: [Hook; 5] = [
+        Hook::Underlay,
+        Hook::OverlayLegacy,
+        Hook::OverlayCilium,
+        Hook::Host,
+        Hook::Pod,
+    ];
 
     /// (ingress, egress) program names in the eBPF object.
     pub fn programs(self) -> [&'static str; 2] {
         match self {
             Hook::Underlay => ["crossover_underlay_ingress", "crossover_underlay_egress"],
-            Hook::OverlayLegacy => {
-                ["crossover_overlay_legacy_ingress", "crossover_overlay_legacy_egress"]
-            }
-            Hook::OverlayCilium => {
-                ["crossover_overlay_cilium_ingress", "crossover_overlay_cilium_egress"]
-            }
+            Hook::OverlayLegacy => [
+                "crossover_overlay_legacy_ingress",
+                "crossover_overlay_legacy_egress",
+            ],
+            Hook::OverlayCilium => [
+                "crossover_overlay_cilium_ingress",
+                "crossover_overlay_cilium_egress",
+            ],
             Hook::Host => ["crossover_host_ingress", "crossover_host_egress"],
             Hook::Pod => ["crossover_pod_ingress", "crossover_pod_egress"],
         }
@@ -72,9 +79,12 @@ impl FromStr for Hook {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Hook::ALL.into_iter().find(|h| h.label() == s).ok_or_else(|| {
-            let known: Vec<_> = Hook::ALL.iter().map(|h| h.label()).collect();
-            format!("unknown hook {s:?}; expected one of {}", known.join(", "))
-        })
+        Hook::ALL
+            .into_iter()
+            .find(|h| h.label() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Hook::ALL.iter().map(|h| h.label()).collect();
+                format!("unknown hook {s:?}; expected one of {}", known.join(", "))
+            })
     }
 }

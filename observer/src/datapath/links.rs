@@ -55,7 +55,8 @@ impl LinkEvents {
         let mut any = false;
         loop {
             // SAFETY: valid buffer and length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n > 0 {
                 any = true;
                 continue;
@@ -106,7 +107,11 @@ impl Selection {
     /// Named interfaces that do not exist: an error at start, not later
     /// (a typo must not pass as "waiting for the interface").
     pub fn missing(&self, present: &[String]) -> Vec<String> {
-        self.explicit.iter().filter(|(n, _)| !present.contains(n)).map(|(n, _)| n.clone()).collect()
+        self.explicit
+            .iter()
+            .filter(|(n, _)| !present.contains(n))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
@@ -129,8 +134,10 @@ pub fn reconcile(observer: &mut Observer, selection: &Selection) -> Result<Recon
     };
     let wanted = selection.wanted(&present);
     let mut done = Reconciled::default();
-    let current: Vec<(String, Hook)> =
-        observer.attached().map(|(n, h)| (n.to_owned(), h)).collect();
+    let current: Vec<(String, Hook)> = observer
+        .attached()
+        .map(|(n, h)| (n.to_owned(), h))
+        .collect();
     for (name, hook) in &current {
         if !wanted.iter().any(|(n, h)| n == name && h == hook) {
             observer.detach(name)?;

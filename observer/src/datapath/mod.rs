@@ -13,7 +13,9 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use ipnet::Ipv4Net;
-use observer_ebpf::{AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY, map};
+use observer_ebpf::{
+    AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY, map,
+};
 
 pub use attach::AttachMode;
 use attach::Attachment;
@@ -27,6 +29,9 @@ use crate::{
     netns,
     shape::{ClusterShape, wire_addr},
 };
+
+/// An empty classifier, for measuring the cost of running any program.
+pub const FLOOR: &str = "crossover_floor";
 
 /// The object observer-ebpf's build produced, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossover-tc"));
@@ -72,13 +77,15 @@ impl Observer {
             .map_max_entries(map::PEERS, options.peer_capacity)
             .map_max_entries(map::ADDRS, options.addr_capacity)
             .load(OBJECT)
-            .map_err(|err| match root_io_error(&err).filter(|e| is_permission(e)) {
-                Some(io) => Error::Privilege {
-                    action: "creating BPF maps".into(),
-                    source: std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(1)),
+            .map_err(
+                |err| match root_io_error(&err).filter(|e| is_permission(e)) {
+                    Some(io) => Error::Privilege {
+                        action: "creating BPF maps".into(),
+                        source: std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(1)),
+                    },
+                    None => Error::Load(Box::new(err)),
                 },
-                None => Error::Load(err),
-            })?;
+            )?;
         for hook in Hook::ALL {
             for name in hook.programs() {
                 let program = classifier(&mut ebpf, name)?;
@@ -86,7 +93,13 @@ impl Observer {
             }
         }
         let mode = options.attach_mode.resolve();
-        Ok(Observer { ebpf, options, mode, attached: BTreeMap::new(), addrs: BTreeMap::new() })
+        Ok(Observer {
+            ebpf,
+            options,
+            mode,
+            attached: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+        })
     }
 
     pub fn options(&self) -> &LoadOptions {
@@ -100,7 +113,7 @@ impl Observer {
         shape.validate()?;
         let config = shape.kernel_config()?;
         let mut array: Array<&mut MapData, observer_ebpf::Config> = self.map_mut(map::CONFIG)?;
-        array.set(0, config, 0).map_err(|source| Error::Map { map: map::CONFIG, source })?;
+        array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
 
         let wanted: BTreeMap<Ipv4Net, AddrInfo> = shape.kernel_addrs().into_iter().collect();
         if wanted.len() as u32 > self.options.addr_capacity {
@@ -116,11 +129,11 @@ impl Observer {
         for (net, info) in &wanted {
             if previous.get(net) != Some(info) {
                 trie.insert(&key(net), *info, 0)
-                    .map_err(|source| Error::Map { map: map::ADDRS, source })?;
+                    .map_err(Error::map(map::ADDRS))?;
             }
         }
         for net in previous.keys().filter(|net| !wanted.contains_key(net)) {
-            trie.remove(&key(net)).map_err(|source| Error::Map { map: map::ADDRS, source })?;
+            trie.remove(&key(net)).map_err(Error::map(map::ADDRS))?;
         }
         self.addrs = wanted;
         Ok(())
@@ -143,9 +156,16 @@ impl Observer {
             AttachMode::Netlink => attach::ensure_clsact(iface)?,
             _ => false,
         };
-        let mut attachment = Attachment { hook, links: Vec::new(), owns_clsact };
+        let mut attachment = Attachment {
+            hook,
+            links: Vec::new(),
+            owns_clsact,
+        };
         let [ingress, egress] = hook.programs();
-        for (name, direction) in [(ingress, TcAttachType::Ingress), (egress, TcAttachType::Egress)] {
+        for (name, direction) in [
+            (ingress, TcAttachType::Ingress),
+            (egress, TcAttachType::Egress),
+        ] {
             let program = classifier(&mut self.ebpf, name)?;
             match attach::attach_one(program, name, iface, direction, self.mode) {
                 Ok(link) => attachment.links.push((name, link)),
@@ -177,22 +197,40 @@ impl Observer {
                 let _ = program.detach(link);
             }
         }
-        if attachment.owns_clsact && crate::datapath::interface_exists(iface) {
-            if let Err(err) = attach::remove_clsact(iface) {
-                eprintln!("crossover: {err}");
-            }
+        if attachment.owns_clsact
+            && interface_exists(iface)
+            && let Err(err) = attach::remove_clsact(iface)
+        {
+            eprintln!("crossover: {err}");
         }
     }
 
     /// Interfaces we are attached to, with their hook.
     pub fn attached(&self) -> impl Iterator<Item = (&str, Hook)> {
-        self.attached.iter().map(|(name, a)| (name.as_str(), a.hook))
+        self.attached
+            .iter()
+            .map(|(name, a)| (name.as_str(), a.hook))
     }
 
     /// A program, for `BPF_PROG_TEST_RUN` in tests and benchmarks.
     pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
-        let program = self.ebpf.program(name).ok_or_else(|| Error::MissingProgram(name.into()))?;
-        program.try_into().map_err(|source| Error::Program { program: name.into(), source })
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| Error::MissingProgram(name.into()))?;
+        program.try_into().map_err(|source| Error::Program {
+            program: name.into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Loads the empty program the benchmark uses as its floor.
+    pub fn load_floor(&mut self) -> Result<&SchedClassifier> {
+        let program = classifier(&mut self.ebpf, FLOOR)?;
+        if program.fd().is_err() {
+            program.load().map_err(|err| load_error(FLOOR, err))?;
+        }
+        self.program(FLOOR)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -209,7 +247,7 @@ impl Observer {
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
         let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        T::try_from(map).map_err(|source| Error::Map { map: name, source })
+        T::try_from(map).map_err(Error::map(name))
     }
 
     pub(crate) fn enter_netns(&self) -> Result<Option<netns::NetnsGuard>> {
@@ -230,7 +268,9 @@ impl Drop for Observer {
 
 /// True when `iface` exists in the current network namespace.
 pub fn interface_exists(iface: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(iface) else { return false };
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return false;
+    };
     // SAFETY: valid NUL-terminated string.
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
@@ -247,7 +287,11 @@ pub fn interfaces() -> Vec<String> {
         }
         let mut entry = list;
         while (*entry).if_index != 0 {
-            out.push(std::ffi::CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned());
+            out.push(
+                std::ffi::CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             entry = entry.add(1);
         }
         libc::if_freenameindex(list);
@@ -256,15 +300,26 @@ pub fn interfaces() -> Vec<String> {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let program = ebpf.program_mut(name).ok_or_else(|| Error::MissingProgram(name.into()))?;
-    program.try_into().map_err(|source| Error::Program { program: name.into(), source })
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::MissingProgram(name.into()))?;
+    program.try_into().map_err(|source| Error::Program {
+        program: name.into(),
+        source: Box::new(source),
+    })
 }
 
 fn load_error(name: &str, err: ProgramError) -> Error {
     match err {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             if is_permission(&io_error) && verifier_log.to_string().trim().is_empty() {
-                Error::Privilege { action: format!("loading {name}"), source: io_error }
+                Error::Privilege {
+                    action: format!("loading {name}"),
+                    source: io_error,
+                }
             } else {
                 Error::Verifier {
                     program: name.to_owned(),
@@ -273,6 +328,9 @@ fn load_error(name: &str, err: ProgramError) -> Error {
                 }
             }
         }
-        source => Error::Program { program: name.to_owned(), source },
+        source => Error::Program {
+            program: name.to_owned(),
+            source: Box::new(source),
+        },
     }
 }

@@ -122,7 +122,10 @@ impl FlowRecord {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -134,15 +137,16 @@ impl Snapshot {
         let flows: HashMap<&MapData, FlowKey, FlowStats> = typed(ebpf, map::FLOWS)?;
         let mut flow_records = Vec::new();
         for entry in flows.iter() {
-            let (key, stats) = entry.map_err(|source| Error::Map { map: map::FLOWS, source })?;
+            let (key, stats) = entry.map_err(Error::map(map::FLOWS))?;
             flow_records.push(FlowRecord::from_raw(&key, &stats));
         }
         let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> = typed(ebpf, map::PEERS)?;
         let mut peer_records = Vec::new();
         for entry in peers.iter() {
-            let (key, values) = entry.map_err(|source| Error::Map { map: map::PEERS, source })?;
-            let (packets, bytes) =
-                values.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            let (key, values) = entry.map_err(Error::map(map::PEERS))?;
+            let (packets, bytes) = values
+                .iter()
+                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
             peer_records.push(PeerRecord {
                 peer: addr_from_wire(key.peer),
                 overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
@@ -156,12 +160,22 @@ impl Snapshot {
         for counter in Counter::ALL {
             let values = array
                 .get(&(counter.wire() as u32), 0)
-                .map_err(|source| Error::Map { map: map::COUNTERS, source })?;
+                .map_err(Error::map(map::COUNTERS))?;
             counters.insert(counter.label(), values.iter().sum());
         }
-        flow_records.sort_by(|a, b| (a.src, a.dst, a.src_port, a.dst_port, a.point, a.direction)
-            .cmp(&(b.src, b.dst, b.src_port, b.dst_port, b.point, b.direction)));
-        peer_records.sort_by(|a, b| (a.peer, a.overlay, a.direction).cmp(&(b.peer, b.overlay, b.direction)));
+        flow_records.sort_by(|a, b| {
+            (a.src, a.dst, a.src_port, a.dst_port, a.point, a.direction).cmp(&(
+                b.src,
+                b.dst,
+                b.src_port,
+                b.dst_port,
+                b.point,
+                b.direction,
+            ))
+        });
+        peer_records.sort_by(|a, b| {
+            (a.peer, a.overlay, a.direction).cmp(&(b.peer, b.overlay, b.direction))
+        });
         Ok(Snapshot {
             started_ns,
             finished_ns: monotonic_ns(),
@@ -181,7 +195,7 @@ pub(crate) fn reset(ebpf: &mut Ebpf) -> Result<()> {
         let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = typed_mut(ebpf, map::FLOWS)?;
         let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
         for key in keys {
-            flows.remove(&key).map_err(|source| Error::Map { map: map::FLOWS, source })?;
+            flows.remove(&key).map_err(Error::map(map::FLOWS))?;
         }
     }
     {
@@ -189,17 +203,17 @@ pub(crate) fn reset(ebpf: &mut Ebpf) -> Result<()> {
             typed_mut(ebpf, map::PEERS)?;
         let keys: Vec<PeerKey> = peers.keys().filter_map(|k| k.ok()).collect();
         for key in keys {
-            peers.remove(&key).map_err(|source| Error::Map { map: map::PEERS, source })?;
+            peers.remove(&key).map_err(Error::map(map::PEERS))?;
         }
     }
     let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
     let mut array: PerCpuArray<&mut MapData, u64> = typed_mut(ebpf, map::COUNTERS)?;
     for counter in Counter::ALL {
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
-            .map_err(|e| Error::io("per-CPU values", e))?;
+        let zeros =
+            PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| Error::io("per-CPU values", e))?;
         array
             .set(counter.wire() as u32, zeros, 0)
-            .map_err(|source| Error::Map { map: map::COUNTERS, source })?;
+            .map_err(Error::map(map::COUNTERS))?;
     }
     Ok(())
 }
@@ -209,7 +223,7 @@ where
     T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(|source| Error::Map { map: name, source })
+    T::try_from(map).map_err(Error::map(name))
 }
 
 fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
@@ -217,5 +231,5 @@ where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(|source| Error::Map { map: name, source })
+    T::try_from(map).map_err(Error::map(name))
 }
