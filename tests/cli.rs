@@ -98,7 +98,7 @@ fn missing_interface_and_clean_exit_on_sigterm() {
         stderr(&out)
     );
 
-    let mut child = Command::new(crossover())
+    let child = Command::new(crossover())
         .args([
             "observe",
             "--netns",
