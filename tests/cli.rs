@@ -139,6 +139,25 @@ fn missing_interface_and_clean_exit_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
         waited += 1;
     }
+    // A pod veth created now is picked up by the running agent's link events.
+    nodes.a.exec(&[
+        "ip", "link", "add", "veth9pod", "type", "veth", "peer", "eth9",
+    ]);
+    let veth_attached = || {
+        in_netns(&nodes.a.name.clone(), || {
+            aya::programs::SchedClassifier::query_tcx(
+                "veth9pod",
+                aya::programs::TcAttachType::Ingress,
+            )
+            .map_or(0, |(_, p)| p.len())
+        })
+    };
+    let mut waited = 0;
+    while veth_attached() == 0 {
+        assert!(waited < 50, "the new veth was not attached within 5 s");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -148,4 +167,28 @@ fn missing_interface_and_clean_exit_on_sigterm() {
         serde_json::from_slice(&out.stdout).expect("final snapshot is JSON");
     assert!(snapshot["counters"]["seen_underlay"].is_u64());
     assert!(stderr(&out).contains("crossover: detached"));
+    assert_eq!(veth_attached(), 0);
+}
+
+#[test]
+fn without_privilege_the_error_says_so() {
+    require_root();
+    // Drop to nobody with no capabilities, as a user without root would run it.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(crossover())
+        .args(["observe", "--follow"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("permission denied while creating BPF maps: crossover needs root or CAP_BPF"),
+        "{err}"
+    );
 }
