@@ -34,6 +34,7 @@ fn flow_stats_layout() {
     assert_eq!(offset_of!(FlowStats, src_net), 100);
     assert_eq!(offset_of!(FlowStats, tcp_flags), 104);
     assert_eq!(offset_of!(FlowStats, _pad), 105);
+    assert_eq!(offset_of!(FlowStats, peer_slot), 108);
 }
 
 #[test]

@@ -604,3 +604,36 @@ fn full_maps_refuse_and_count() {
         2
     );
 }
+
+#[test]
+fn peer_counts_stay_exact_across_shape_changes() {
+    let mut h = Harness::new(&two_node_shape());
+    let frame =
+        |sport: u16| ip(LEGACY_A, LEGACY_B, udp(sport, 53, b"q")).vxlan(NODE_A, NODE_B, 8472);
+    let sent = |snap: &Snapshot| {
+        snap.peers
+            .iter()
+            .find(|p| p.peer == std::net::Ipv4Addr::from(NODE_B) && p.direction == "egress")
+            .map_or(0, |p| p.packets)
+    };
+    // Node B is in the shape: counted through its slot, known flow or not.
+    for sport in [1, 1, 2] {
+        run_ok(&h, UNDERLAY_OUT, &frame(sport));
+    }
+    assert_eq!(sent(&h.snapshot()), 3);
+    // Node B leaves the shape (drained and deleted mid-migration): its
+    // traffic is still counted, in the hash, and the figure never drops.
+    let mut without_b = two_node_shape();
+    without_b.nodes.retain(|n| n.name != "node-b");
+    h.observer.configure(&without_b).unwrap();
+    for sport in [1, 3] {
+        run_ok(&h, UNDERLAY_OUT, &frame(sport));
+    }
+    assert_eq!(sent(&h.snapshot()), 5);
+    // And comes back: the same slot again.
+    h.observer.configure(&two_node_shape()).unwrap();
+    run_ok(&h, UNDERLAY_OUT, &frame(4));
+    let snap = h.snapshot();
+    assert_eq!(sent(&snap), 6);
+    assert_eq!(problems(&snap), vec![]);
+}

@@ -12,7 +12,15 @@ pub mod map {
     pub const ADDRS: &str = "ADDRS";
     /// `HashMap<FlowKey, FlowStats>`: one entry per flow per observation point.
     pub const FLOWS: &str = "FLOWS";
-    /// `PerCpuHashMap<PeerKey, PeerStats>`: underlay traffic per peer node.
+    /// `HashMap<PeerKey, u32>`, written by userspace: the PEER_STATS slot of
+    /// each known (peer node, overlay, direction).
+    pub const PEER_SLOTS: &str = "PEER_SLOTS";
+    /// `PerCpuArray<PeerStats>`: underlay traffic of known peers, by slot.
+    /// Flows remember their slot, so a known flow counts its peer without
+    /// a hash lookup.
+    pub const PEER_STATS: &str = "PEER_STATS";
+    /// `PerCpuHashMap<PeerKey, PeerStats>`: underlay traffic of peers that
+    /// have no slot (not in the cluster shape, or not yet).
     pub const PEERS: &str = "PEERS";
     /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
@@ -21,6 +29,8 @@ pub mod map {
 /// Default capacities; userspace overrides them at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
 pub const DEFAULT_PEER_CAPACITY: u32 = 4_096;
+/// Room for 4096 nodes at 4 slots each (two overlays, two directions).
+pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 16_384;
 pub const DEFAULT_ADDR_CAPACITY: u32 = 16_384;
 
 /// Number of encapsulation port slots in [`Config`].
@@ -283,8 +293,16 @@ pub struct FlowStats {
     pub snat: u8,
     /// OR of every TCP flag byte seen.
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction) on the
+    /// underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
+    /// slot (its packets go straight to the PEERS hash).
+    pub peer_slot: u32,
 }
+
+/// [`FlowStats::peer_slot`] of a flow whose peer had no slot when the flow
+/// was created.
+pub const NO_PEER_SLOT: u32 = u32::MAX;
 
 /// Key of [`PEERS`](map::PEERS).
 #[repr(C)]

@@ -2,7 +2,7 @@
 //! turned into a flow. Counting is the only side effect of the hot path.
 use observer_ebpf::{Counter, PeerKey, PeerStats};
 
-use crate::maps::{COUNTERS, PEERS};
+use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
@@ -15,16 +15,39 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// Adds one underlay packet to the (peer, overlay, direction) counters.
+/// PEER_STATS slot + 1 userspace assigned to `key`; 0 when it has none.
 #[inline(always)]
-pub fn count_peer(peer: u32, overlay: u8, direction: u8, bytes: u32) {
-    let key = PeerKey {
-        peer,
-        overlay,
-        direction,
-        _pad: [0; 2],
-    };
-    if add_peer(&key, bytes) {
+pub fn peer_slot(key: &PeerKey) -> u32 {
+    // SAFETY: a u32 value, read once.
+    unsafe { PEER_SLOTS.get(key) }.map_or(0, |slot| slot + 1)
+}
+
+/// Adds one underlay packet to slot `slot_plus_one` (non-zero).
+#[inline(always)]
+pub fn count_slot(slot_plus_one: u32, bytes: u32) {
+    if let Some(stats) = PEER_STATS.get_ptr_mut(slot_plus_one - 1) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes as u64;
+        }
+    }
+}
+
+/// Adds one underlay packet to the (peer, overlay, direction) counters,
+/// through its slot if it has one, else the PEERS hash.
+#[inline(always)]
+pub fn count_peer(key: &PeerKey, bytes: u32) {
+    match peer_slot(key) {
+        0 => count_unslotted(key, bytes),
+        slot => count_slot(slot, bytes),
+    }
+}
+
+/// Adds one underlay packet of a peer without a slot to the PEERS hash.
+#[inline(always)]
+pub fn count_unslotted(key: &PeerKey, bytes: u32) {
+    if add_peer(key, bytes) {
         return;
     }
     let fresh = PeerStats {
@@ -35,7 +58,7 @@ pub fn count_peer(peer: u32, overlay: u8, direction: u8, bytes: u32) {
         Ok(()) => {}
         // Another CPU created it between our lookup and insert.
         Err(e) if e == -EEXIST => {
-            add_peer(&key, bytes);
+            add_peer(key, bytes);
         }
         Err(_) => count(Counter::PeerMapFull),
     }

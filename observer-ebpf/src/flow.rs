@@ -7,11 +7,12 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use observer_ebpf::{
-    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, Net, Overlay, Point, Snat, tcp_flag,
+    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, NO_PEER_SLOT, Net, Overlay,
+    PeerKey, Point, Snat, tcp_flag,
 };
 
 use crate::{
-    counters::{count, count_peer},
+    counters::{count, count_peer, count_slot, count_unslotted, peer_slot},
     maps::{ADDRS, CONFIG, FLOWS},
     parse::{
         ipv4::Ipv4,
@@ -32,9 +33,11 @@ pub struct Seen {
     pub outer_peer: u32,
 }
 
-/// Counts `ip`/`l4` into its flow. On the underlay, plain traffic between
-/// addresses the cluster does not know is left out (and counted as such):
-/// the flow table is for the cluster, not for every SSH session to a node.
+/// Counts `ip`/`l4` into its flow and, on the underlay, into its peer's
+/// counters. On the underlay, plain traffic that is neither pod traffic nor
+/// node to node is left out (and counted as such): the flow table is for the
+/// cluster, not for every SSH session to a node. On `Err` the peer was not
+/// counted; the caller does that for encapsulated packets.
 #[inline(always)]
 pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Counter> {
     let key = FlowKey {
@@ -53,18 +56,23 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
-        let (peer, overlay) = unsafe {
+        let (peer, overlay, slot) = unsafe {
             update(stats, ip, l4, now);
-            ((*stats).peer, (*stats).overlay)
+            ((*stats).peer, (*stats).overlay, (*stats).peer_slot)
         };
-        count_native(seen.point, seen.direction, overlay, peer, frame_len);
+        count_underlay(seen, peer, overlay, slot, frame_len);
         return Ok(());
     }
 
     let mut fresh = classify(seen, ip)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
-    let (peer, overlay) = (fresh.peer, fresh.overlay);
+    fresh.peer_slot =
+        underlay_peer(seen, fresh.peer, fresh.overlay).map_or(0, |key| match peer_slot(&key) {
+            0 => NO_PEER_SLOT,
+            slot => slot,
+        });
+    let (peer, overlay, slot) = (fresh.peer, fresh.overlay, fresh.peer_slot);
     apply_first(&mut fresh, ip, l4);
     match FLOWS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
@@ -77,16 +85,50 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         }
         Err(_) => return Err(Counter::FlowMapFull),
     }
-    count_native(seen.point, seen.direction, overlay, peer, frame_len);
+    count_underlay(seen, peer, overlay, slot, frame_len);
     Ok(())
 }
 
-/// Unencapsulated pod traffic has no outer header to name the peer; the
-/// flow's classification does.
+/// Whom an underlay packet of a flow with this `peer` and `overlay` is sent
+/// to or received from: the tunnel's other end, or for unencapsulated pod
+/// traffic the node owning the remote range.
 #[inline(always)]
-fn count_native(point: Point, direction: Direction, overlay: u8, peer: u32, frame_len: u32) {
-    if point == Point::Underlay && overlay == Overlay::Native.wire() && peer != 0 {
-        count_peer(peer, overlay, direction.wire(), frame_len);
+fn underlay_peer(seen: Seen, peer: u32, overlay: u8) -> Option<PeerKey> {
+    let direction = seen.direction.wire();
+    if seen.point != Point::Underlay {
+        None
+    } else if seen.outer_peer != 0 {
+        Some(PeerKey {
+            peer: seen.outer_peer,
+            overlay: seen.overlay.wire(),
+            direction,
+            _pad: [0; 2],
+        })
+    } else if overlay == Overlay::Native.wire() && peer != 0 {
+        Some(PeerKey {
+            peer,
+            overlay,
+            direction,
+            _pad: [0; 2],
+        })
+    } else {
+        None
+    }
+}
+
+/// Counts an underlay packet towards its peer: through the slot the flow
+/// remembered when this packet's peer is the flow's, the long way otherwise.
+#[inline(always)]
+fn count_underlay(seen: Seen, peer: u32, overlay: u8, slot: u32, frame_len: u32) {
+    let Some(key) = underlay_peer(seen, peer, overlay) else {
+        return;
+    };
+    if slot == 0 || key.peer != peer || key.overlay != overlay {
+        count_peer(&key, frame_len);
+    } else if slot == NO_PEER_SLOT {
+        count_unslotted(&key, frame_len);
+    } else {
+        count_slot(slot, frame_len);
     }
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_ebpf::{
     AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_PEER_CAPACITY, FlowKey, FlowStats, PeerKey, PeerStats,
+    DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, FlowKey, FlowStats, PeerKey, PeerStats,
 };
 
 #[map(name = "CONFIG")]
@@ -19,6 +19,14 @@ pub static ADDRS: LpmTrie<u32, AddrInfo> =
 
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map(name = "PEER_SLOTS")]
+pub static PEER_SLOTS: HashMap<PeerKey, u32> =
+    HashMap::with_max_entries(DEFAULT_PEER_SLOT_CAPACITY, 0);
+
+#[map(name = "PEER_STATS")]
+pub static PEER_STATS: PerCpuArray<PeerStats> =
+    PerCpuArray::with_max_entries(DEFAULT_PEER_SLOT_CAPACITY, 0);
 
 #[map(name = "PEERS")]
 pub static PEERS: PerCpuHashMap<PeerKey, PeerStats> =

@@ -265,6 +265,26 @@ impl ClusterShape {
         out
     }
 
+    /// The overlays traffic between nodes can travel on: those with a tunnel
+    /// port, and native when a network is routed.
+    pub fn peer_overlays(&self) -> Result<Vec<Overlay>> {
+        let mut overlays: Vec<Overlay> = Vec::new();
+        for port in self.encap_ports()? {
+            let overlay = Overlay::from_wire(port.overlay).unwrap_or(Overlay::None);
+            if !overlays.contains(&overlay) {
+                overlays.push(overlay);
+            }
+        }
+        if self
+            .networks
+            .iter()
+            .any(|n| n.encapsulation == Encapsulation::Native)
+        {
+            overlays.push(Overlay::Native);
+        }
+        Ok(overlays)
+    }
+
     /// Node name by underlay address, for naming peers.
     pub fn node_by_underlay(&self, addr: Ipv4Addr) -> Option<&Node> {
         self.nodes.iter().find(|n| n.underlay == addr)

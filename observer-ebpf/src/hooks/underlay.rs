@@ -3,7 +3,7 @@
 //! delivery figure) and then parsed down to the inner flow; plain pod
 //! traffic is the native overlay of routed CNIs.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Overlay, Point};
+use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Overlay, PeerKey, Point};
 
 use super::{finish, observe_frame};
 use crate::{
@@ -41,13 +41,6 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
                 Direction::Egress => ip.dst,
                 Direction::Ingress => ip.src,
             };
-            count_peer(peer, encap.overlay, direction.wire(), ctx.len());
-            let tunnel = ip.l4_offset + UDP_HLEN;
-            let inner = if encap.encap == Encap::Geneve.wire() {
-                geneve::parse(ctx, tunnel)?
-            } else {
-                vxlan::parse(ctx, tunnel)?
-            };
             let overlay = Overlay::from_wire(encap.overlay).unwrap_or(Overlay::None);
             let seen = Seen {
                 point: Point::Underlay,
@@ -55,7 +48,19 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
                 overlay,
                 outer_peer: peer,
             };
-            return observe_frame(ctx, inner, Layer::Inner, seen);
+            let result = observe_tunnel(ctx, ip.l4_offset + UDP_HLEN, encap, seen);
+            if result.is_err() {
+                // Whatever is wrong inside, the datagram went to (or came
+                // from) the peer: delivery is counted on the outer header.
+                let key = PeerKey {
+                    peer,
+                    overlay: encap.overlay,
+                    direction: direction.wire(),
+                    _pad: [0; 2],
+                };
+                count_peer(&key, ctx.len());
+            }
+            return result;
         }
     }
     let l4 = l4::parse(ctx, &ip)?;
@@ -66,6 +71,23 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
         outer_peer: 0,
     };
     flow::record(seen, &ip, &l4, ctx.len())
+}
+
+/// Parses the tunnel header at `tunnel` and the frame inside it, and
+/// records the flow (and the peer, when that succeeds).
+#[inline(always)]
+fn observe_tunnel(
+    ctx: &TcContext,
+    tunnel: usize,
+    encap: EncapPort,
+    seen: Seen,
+) -> Result<(), Counter> {
+    let inner = if encap.encap == Encap::Geneve.wire() {
+        geneve::parse(ctx, tunnel)?
+    } else {
+        vxlan::parse(ctx, tunnel)?
+    };
+    observe_frame(ctx, inner, Layer::Inner, seen)
 }
 
 /// The encapsulation configured on UDP destination port `port`, if any.

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use ipnet::Ipv4Net;
 use observer_ebpf::{
-    AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY, map,
+    AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
+    DEFAULT_PEER_SLOT_CAPACITY, Direction, PeerKey, map,
 };
 
 pub use attach::AttachMode;
@@ -39,7 +40,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cr
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub flow_capacity: u32,
+    /// Entries of the PEERS hash, for peers the shape does not name.
     pub peer_capacity: u32,
+    /// Slots for the (peer, overlay, direction) triples of named nodes.
+    pub peer_slot_capacity: u32,
     pub addr_capacity: u32,
     pub attach_mode: AttachMode,
     /// Named network namespace (`ip netns`) the interfaces live in.
@@ -51,6 +55,7 @@ impl Default for LoadOptions {
         LoadOptions {
             flow_capacity: DEFAULT_FLOW_CAPACITY,
             peer_capacity: DEFAULT_PEER_CAPACITY,
+            peer_slot_capacity: DEFAULT_PEER_SLOT_CAPACITY,
             addr_capacity: DEFAULT_ADDR_CAPACITY,
             attach_mode: AttachMode::Auto,
             netns: None,
@@ -67,6 +72,9 @@ pub struct Observer {
     attached: BTreeMap<String, Attachment>,
     /// ADDRS as last written, to apply a new shape as a difference.
     addrs: BTreeMap<Ipv4Net, AddrInfo>,
+    /// PEER_STATS slots handed out. Never reused, so a peer's counters stay
+    /// monotonic while the shape changes around it.
+    peer_slots: BTreeMap<PeerKey, u32>,
 }
 
 impl Observer {
@@ -75,6 +83,8 @@ impl Observer {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::FLOWS, options.flow_capacity)
             .map_max_entries(map::PEERS, options.peer_capacity)
+            .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity)
+            .map_max_entries(map::PEER_STATS, options.peer_slot_capacity)
             .map_max_entries(map::ADDRS, options.addr_capacity)
             .load(OBJECT)
             .map_err(
@@ -99,6 +109,7 @@ impl Observer {
             mode,
             attached: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            peer_slots: BTreeMap::new(),
         })
     }
 
@@ -112,7 +123,8 @@ impl Observer {
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
         let config = shape.kernel_config()?;
-        let mut array: Array<&mut MapData, observer_ebpf::Config> = self.map_mut(map::CONFIG)?;
+        let mut array: Array<&mut MapData, observer_ebpf::Config> =
+            map_mut(&mut self.ebpf, map::CONFIG)?;
         array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
 
         let wanted: BTreeMap<Ipv4Net, AddrInfo> = shape.kernel_addrs().into_iter().collect();
@@ -124,7 +136,7 @@ impl Observer {
             });
         }
         let previous = std::mem::take(&mut self.addrs);
-        let mut trie: LpmTrie<&mut MapData, u32, AddrInfo> = self.map_mut(map::ADDRS)?;
+        let mut trie: LpmTrie<&mut MapData, u32, AddrInfo> = map_mut(&mut self.ebpf, map::ADDRS)?;
         let key = |net: &Ipv4Net| Key::new(u32::from(net.prefix_len()), wire_addr(net.network()));
         for (net, info) in &wanted {
             if previous.get(net) != Some(info) {
@@ -136,6 +148,62 @@ impl Observer {
             trie.remove(&key(net)).map_err(Error::map(map::ADDRS))?;
         }
         self.addrs = wanted;
+        self.assign_peer_slots(shape)
+    }
+
+    /// Gives every (other node, overlay, direction) a PEER_STATS slot, so
+    /// the kernel counts known peers without a hash lookup per packet.
+    /// Nodes that left the shape keep their slot (their counts stay
+    /// readable) but leave PEER_SLOTS, so new traffic to them is counted
+    /// in the PEERS hash.
+    fn assign_peer_slots(&mut self, shape: &ClusterShape) -> Result<()> {
+        let local = shape.local().map(|n| n.underlay);
+        let overlays = shape.peer_overlays()?;
+        let mut wanted = Vec::new();
+        for node in shape.nodes.iter().filter(|n| Some(n.underlay) != local) {
+            for overlay in &overlays {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    wanted.push(PeerKey {
+                        peer: wire_addr(node.underlay),
+                        overlay: overlay.wire(),
+                        direction: direction.wire(),
+                        _pad: [0; 2],
+                    });
+                }
+            }
+        }
+        let capacity = self.options.peer_slot_capacity;
+        let mut next = self.peer_slots.len() as u32;
+        let mut slots: HashMap<&mut MapData, PeerKey, u32> =
+            map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
+        let stale: Vec<PeerKey> = slots
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            slots.remove(&key).map_err(Error::map(map::PEER_SLOTS))?;
+        }
+        for key in wanted {
+            let slot = match self.peer_slots.get(&key) {
+                Some(slot) => *slot,
+                None if next < capacity => {
+                    next += 1;
+                    self.peer_slots.insert(key, next - 1);
+                    next - 1
+                }
+                None => {
+                    return Err(Error::MapFull {
+                        map: map::PEER_STATS,
+                        capacity,
+                        what: "one slot per other node, overlay and direction".into(),
+                    });
+                }
+            };
+            slots
+                .insert(key, slot, 0)
+                .map_err(Error::map(map::PEER_SLOTS))?;
+        }
         Ok(())
     }
 
@@ -234,20 +302,17 @@ impl Observer {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Snapshot::read(&self.ebpf)
+        Snapshot::read(&self.ebpf, &self.peer_slots)
     }
 
-    /// Empties FLOWS, PEERS and COUNTERS (tests and benchmarks start clean).
+    /// Empties FLOWS only: the next packet of every flow is a first packet.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        snapshot::clear_flows(&mut self.ebpf)
+    }
+
+    /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
     pub fn reset_counters(&mut self) -> Result<()> {
-        snapshot::reset(&mut self.ebpf)
-    }
-
-    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        T::try_from(map).map_err(Error::map(name))
+        snapshot::reset(&mut self.ebpf, self.options.peer_slot_capacity)
     }
 
     pub(crate) fn enter_netns(&self) -> Result<Option<netns::NetnsGuard>> {
@@ -297,6 +362,14 @@ pub fn interfaces() -> Vec<String> {
         libc::if_freenameindex(list);
     }
     out
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(Error::map(name))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -132,7 +132,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Snapshot {
-    pub(crate) fn read(ebpf: &Ebpf) -> Result<Self> {
+    pub(crate) fn read(ebpf: &Ebpf, peer_slots: &BTreeMap<PeerKey, u32>) -> Result<Self> {
         let started_ns = monotonic_ns();
         let flows: HashMap<&MapData, FlowKey, FlowStats> = typed(ebpf, map::FLOWS)?;
         let mut flow_records = Vec::new();
@@ -140,21 +140,39 @@ impl Snapshot {
             let (key, stats) = entry.map_err(Error::map(map::FLOWS))?;
             flow_records.push(FlowRecord::from_raw(&key, &stats));
         }
-        let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> = typed(ebpf, map::PEERS)?;
-        let mut peer_records = Vec::new();
-        for entry in peers.iter() {
+        // Known peers count in their slot, others (and known peers' packets
+        // that reached no flow before their slot existed) in the hash:
+        // one peer's figure is the sum of both.
+        let mut per_peer: BTreeMap<PeerKey, (u64, u64)> = BTreeMap::new();
+        let slot_stats: PerCpuArray<&MapData, PeerStats> = typed(ebpf, map::PEER_STATS)?;
+        for (key, slot) in peer_slots {
+            let values = slot_stats
+                .get(slot, 0)
+                .map_err(Error::map(map::PEER_STATS))?;
+            let sum = per_peer.entry(*key).or_default();
+            for v in values.iter() {
+                *sum = (sum.0 + v.packets, sum.1 + v.bytes);
+            }
+        }
+        let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = typed(ebpf, map::PEERS)?;
+        for entry in hashed.iter() {
             let (key, values) = entry.map_err(Error::map(map::PEERS))?;
-            let (packets, bytes) = values
-                .iter()
-                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
-            peer_records.push(PeerRecord {
+            let sum = per_peer.entry(key).or_default();
+            for v in values.iter() {
+                *sum = (sum.0 + v.packets, sum.1 + v.bytes);
+            }
+        }
+        let mut peer_records: Vec<PeerRecord> = per_peer
+            .into_iter()
+            .filter(|(_, (packets, _))| *packets != 0)
+            .map(|(key, (packets, bytes))| PeerRecord {
                 peer: addr_from_wire(key.peer),
                 overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
                 direction: label(key.direction, Direction::from_wire, Direction::label),
                 packets,
                 bytes,
-            });
-        }
+            })
+            .collect();
         let array: PerCpuArray<&MapData, u64> = typed(ebpf, map::COUNTERS)?;
         let mut counters = Counters::new();
         for counter in Counter::ALL {
@@ -190,14 +208,17 @@ impl Snapshot {
     }
 }
 
-pub(crate) fn reset(ebpf: &mut Ebpf) -> Result<()> {
-    {
-        let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = typed_mut(ebpf, map::FLOWS)?;
-        let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
-        for key in keys {
-            flows.remove(&key).map_err(Error::map(map::FLOWS))?;
-        }
+pub(crate) fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
+    let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = typed_mut(ebpf, map::FLOWS)?;
+    let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
+    for key in keys {
+        flows.remove(&key).map_err(Error::map(map::FLOWS))?;
     }
+    Ok(())
+}
+
+pub(crate) fn reset(ebpf: &mut Ebpf, peer_slots: u32) -> Result<()> {
+    clear_flows(ebpf)?;
     {
         let mut peers: PerCpuHashMap<&mut MapData, PeerKey, PeerStats> =
             typed_mut(ebpf, map::PEERS)?;
@@ -207,6 +228,16 @@ pub(crate) fn reset(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
+    {
+        let mut slots: PerCpuArray<&mut MapData, PeerStats> = typed_mut(ebpf, map::PEER_STATS)?;
+        for slot in 0..peer_slots {
+            let zeros = PerCpuValues::try_from(vec![PeerStats::default(); cpus])
+                .map_err(|e| Error::io("per-CPU values", e))?;
+            slots
+                .set(slot, zeros, 0)
+                .map_err(Error::map(map::PEER_STATS))?;
+        }
+    }
     let mut array: PerCpuArray<&mut MapData, u64> = typed_mut(ebpf, map::COUNTERS)?;
     for counter in Counter::ALL {
         let zeros =
