@@ -148,29 +148,13 @@ fn stacked_vlan_is_counted_not_parsed() {
 fn fragments_first_counts_later_ones_do_not() {
     let h = Harness::new(&two_node_shape());
     let first = ip(LEGACY_A, LEGACY_B, udp(7000, 7001, &[0; 64])).fragment(0, true);
-    let later = ip(
-        LEGACY_A,
-        LEGACY_B,
-        L4::Raw {
-            proto: packet::UDP,
-            payload: vec![0; 64],
-        },
-    )
-    .fragment(9, false);
+    let later = ip(LEGACY_A, LEGACY_B, packet::raw(packet::UDP, 64)).fragment(9, false);
     run_ok(&h, "crossover_pod_ingress", &first.frame());
     run_ok(&h, "crossover_pod_ingress", &later.frame());
     // The same pair inside a tunnel: an inner non-first fragment.
     run_ok(&h, UNDERLAY_OUT, &later.vxlan(NODE_A, NODE_B, 8472));
     // And an outer one: the tunnel header itself is in the first fragment.
-    let outer_later = ip(
-        NODE_A,
-        NODE_B,
-        L4::Raw {
-            proto: packet::UDP,
-            payload: vec![0; 64],
-        },
-    )
-    .fragment(100, false);
+    let outer_later = ip(NODE_A, NODE_B, packet::raw(packet::UDP, 64)).fragment(100, false);
     run_ok(&h, UNDERLAY_OUT, &outer_later.frame());
     let snap = h.snapshot();
     assert_eq!(
@@ -315,15 +299,7 @@ fn bad_tunnel_headers() {
     bad_ihl[14] = 0x44;
     run_ok(&h, "crossover_pod_egress", &bad_ihl);
     // IPv4 options running past the end of the packet.
-    let mut long_ihl = ip(
-        LEGACY_A,
-        LEGACY_B,
-        L4::Raw {
-            proto: 99,
-            payload: vec![],
-        },
-    )
-    .frame();
+    let mut long_ihl = ip(LEGACY_A, LEGACY_B, packet::raw(99, 0)).frame();
     long_ihl[14] = 0x4f;
     long_ihl[16..18].copy_from_slice(&80u16.to_be_bytes());
     run_ok(&h, "crossover_pod_egress", &long_ihl);

@@ -78,6 +78,15 @@ pub fn tcp(src: u16, dst: u16, seq: u32, flags: u8, payload: usize) -> L4 {
     }
 }
 
+/// `len` zero bytes of protocol `proto` after the IPv4 header: a non-first
+/// fragment's payload, or a protocol crossover does not parse.
+pub fn raw(proto: u8, len: usize) -> L4 {
+    L4::Raw {
+        proto,
+        payload: vec![0; len],
+    }
+}
+
 pub fn udp(src: u16, dst: u16, payload: &[u8]) -> L4 {
     L4::Udp {
         src,
