@@ -42,6 +42,9 @@ fn main() -> Result<()> {
             setup::run()?;
             require_root("the tests load eBPF programs and build network namespaces")?;
             lint()?;
+            // tests/cli.rs runs the real binary; `cargo test` alone builds
+            // bins only as test harnesses.
+            cargo(&["build", "-p", "observer", "--bin", "crossover"])?;
             cargo(&["test", "--workspace", "--no-fail-fast"])
         }
         Task::Lint => {
