@@ -1,6 +1,6 @@
 //! Per-CPU counters: what was seen, and every reason something was not
 //! turned into a flow. Counting is the only side effect of the hot path.
-use observer_ebpf::{Counter, PeerKey, PeerStats};
+use observer_ebpf::{Counter, PeerKey, PeerStats, Point};
 
 use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS};
 
@@ -13,6 +13,17 @@ pub fn count(counter: Counter) {
         // SAFETY: per-CPU slot, no other writer while this program runs here.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts a packet seen at `point`, whatever becomes of it.
+#[inline(always)]
+pub fn count_seen(point: Point) {
+    count(match point {
+        Point::Underlay => Counter::SeenUnderlay,
+        Point::Overlay => Counter::SeenOverlay,
+        Point::Host => Counter::SeenHost,
+        Point::Pod => Counter::SeenPod,
+    });
 }
 
 /// PEER_STATS slot + 1 userspace assigned to `key`; 0 when it has none.

@@ -12,7 +12,7 @@ use observer_ebpf::{
 };
 
 use crate::{
-    counters::{count, count_peer, count_slot, count_unslotted, peer_slot},
+    counters::{count_peer, count_slot, count_unslotted, peer_slot},
     maps::{ADDRS, CONFIG, FLOWS},
     parse::{
         ipv4::Ipv4,
@@ -288,20 +288,4 @@ unsafe fn add64(field: *mut u64, value: u64) {
 unsafe fn add1(field: *mut u64) {
     // SAFETY: as for add64.
     unsafe { add64(field, 1) };
-}
-
-/// Used by every hook: the fields a counter reason needs.
-#[inline(always)]
-pub fn seen_counter(point: Point) -> Counter {
-    match point {
-        Point::Underlay => Counter::SeenUnderlay,
-        Point::Overlay => Counter::SeenOverlay,
-        Point::Host => Counter::SeenHost,
-        Point::Pod => Counter::SeenPod,
-    }
-}
-
-#[inline(always)]
-pub fn mark_seen(point: Point) {
-    count(seen_counter(point));
 }

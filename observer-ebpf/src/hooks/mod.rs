@@ -11,7 +11,7 @@ use aya_ebpf::programs::TcContext;
 use observer_ebpf::Counter;
 
 use crate::{
-    counters::count,
+    counters::{count, count_seen},
     flow::{self, Seen},
     parse::{Layer, eth, ipv4, l4},
 };
@@ -46,6 +46,6 @@ pub fn observe_frame(
 /// The whole of a hook that sees plain frames (everything but the underlay).
 #[inline(always)]
 pub fn observe_plain(ctx: &TcContext, seen: Seen) -> i32 {
-    flow::mark_seen(seen.point);
+    count_seen(seen.point);
     finish(observe_frame(ctx, 0, Layer::Outer, seen))
 }

@@ -7,7 +7,7 @@ use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Overlay, PeerK
 
 use super::{finish, observe_frame};
 use crate::{
-    counters::count_peer,
+    counters::{count_peer, count_seen},
     flow::{self, Seen},
     maps::CONFIG,
     parse::{Layer, eth, geneve, ipv4, l4, vxlan},
@@ -17,13 +17,13 @@ const UDP_HLEN: usize = 8;
 
 #[classifier]
 pub fn crossover_underlay_ingress(ctx: TcContext) -> i32 {
-    flow::mark_seen(Point::Underlay);
+    count_seen(Point::Underlay);
     finish(try_underlay(&ctx, Direction::Ingress))
 }
 
 #[classifier]
 pub fn crossover_underlay_egress(ctx: TcContext) -> i32 {
-    flow::mark_seen(Point::Underlay);
+    count_seen(Point::Underlay);
     finish(try_underlay(&ctx, Direction::Egress))
 }
 

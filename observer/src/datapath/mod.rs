@@ -364,6 +364,16 @@ pub fn interfaces() -> Vec<String> {
     out
 }
 
+/// Map `name` of `ebpf` as the typed map `T`.
+fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(Error::map(name))
+}
+
+/// Map `name` of `ebpf` as the typed map `T`, writable.
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,

@@ -17,6 +17,7 @@ use observer_ebpf::{
 };
 use serde::Serialize;
 
+use super::{map_mut, map_ref};
 use crate::{Error, Result, shape::addr_from_wire};
 
 /// Every counter by reason, summed over CPUs.
@@ -134,7 +135,7 @@ pub fn monotonic_ns() -> u64 {
 impl Snapshot {
     pub(crate) fn read(ebpf: &Ebpf, peer_slots: &BTreeMap<PeerKey, u32>) -> Result<Self> {
         let started_ns = monotonic_ns();
-        let flows: HashMap<&MapData, FlowKey, FlowStats> = typed(ebpf, map::FLOWS)?;
+        let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
         let mut flow_records = Vec::new();
         for entry in flows.iter() {
             let (key, stats) = entry.map_err(Error::map(map::FLOWS))?;
@@ -144,7 +145,7 @@ impl Snapshot {
         // that reached no flow before their slot existed) in the hash:
         // one peer's figure is the sum of both.
         let mut per_peer: BTreeMap<PeerKey, (u64, u64)> = BTreeMap::new();
-        let slot_stats: PerCpuArray<&MapData, PeerStats> = typed(ebpf, map::PEER_STATS)?;
+        let slot_stats: PerCpuArray<&MapData, PeerStats> = map_ref(ebpf, map::PEER_STATS)?;
         for (key, slot) in peer_slots {
             let values = slot_stats
                 .get(slot, 0)
@@ -154,7 +155,7 @@ impl Snapshot {
                 *sum = (sum.0 + v.packets, sum.1 + v.bytes);
             }
         }
-        let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = typed(ebpf, map::PEERS)?;
+        let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = map_ref(ebpf, map::PEERS)?;
         for entry in hashed.iter() {
             let (key, values) = entry.map_err(Error::map(map::PEERS))?;
             let sum = per_peer.entry(key).or_default();
@@ -173,7 +174,7 @@ impl Snapshot {
                 bytes,
             })
             .collect();
-        let array: PerCpuArray<&MapData, u64> = typed(ebpf, map::COUNTERS)?;
+        let array: PerCpuArray<&MapData, u64> = map_ref(ebpf, map::COUNTERS)?;
         let mut counters = Counters::new();
         for counter in Counter::ALL {
             let values = array
@@ -209,7 +210,7 @@ impl Snapshot {
 }
 
 pub(crate) fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
-    let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = typed_mut(ebpf, map::FLOWS)?;
+    let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = map_mut(ebpf, map::FLOWS)?;
     let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
     for key in keys {
         flows.remove(&key).map_err(Error::map(map::FLOWS))?;
@@ -220,8 +221,7 @@ pub(crate) fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
 pub(crate) fn reset(ebpf: &mut Ebpf, peer_slots: u32) -> Result<()> {
     clear_flows(ebpf)?;
     {
-        let mut peers: PerCpuHashMap<&mut MapData, PeerKey, PeerStats> =
-            typed_mut(ebpf, map::PEERS)?;
+        let mut peers: PerCpuHashMap<&mut MapData, PeerKey, PeerStats> = map_mut(ebpf, map::PEERS)?;
         let keys: Vec<PeerKey> = peers.keys().filter_map(|k| k.ok()).collect();
         for key in keys {
             peers.remove(&key).map_err(Error::map(map::PEERS))?;
@@ -229,7 +229,7 @@ pub(crate) fn reset(ebpf: &mut Ebpf, peer_slots: u32) -> Result<()> {
     }
     let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
     {
-        let mut slots: PerCpuArray<&mut MapData, PeerStats> = typed_mut(ebpf, map::PEER_STATS)?;
+        let mut slots: PerCpuArray<&mut MapData, PeerStats> = map_mut(ebpf, map::PEER_STATS)?;
         for slot in 0..peer_slots {
             let zeros = PerCpuValues::try_from(vec![PeerStats::default(); cpus])
                 .map_err(|e| Error::io("per-CPU values", e))?;
@@ -238,7 +238,7 @@ pub(crate) fn reset(ebpf: &mut Ebpf, peer_slots: u32) -> Result<()> {
                 .map_err(Error::map(map::PEER_STATS))?;
         }
     }
-    let mut array: PerCpuArray<&mut MapData, u64> = typed_mut(ebpf, map::COUNTERS)?;
+    let mut array: PerCpuArray<&mut MapData, u64> = map_mut(ebpf, map::COUNTERS)?;
     for counter in Counter::ALL {
         let zeros =
             PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| Error::io("per-CPU values", e))?;
@@ -247,20 +247,4 @@ pub(crate) fn reset(ebpf: &mut Ebpf, peer_slots: u32) -> Result<()> {
             .map_err(Error::map(map::COUNTERS))?;
     }
     Ok(())
-}
-
-fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T>
-where
-    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(Error::map(name))
-}
-
-fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
-where
-    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(Error::map(name))
 }
