@@ -2,6 +2,7 @@
 //! a harness that runs the real programs on them with `BPF_PROG_TEST_RUN`,
 //! and network namespaces for real traffic.
 pub mod harness;
+pub mod lab;
 pub mod netns;
 pub mod packet;
 

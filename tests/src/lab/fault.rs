@@ -1,0 +1,172 @@
+//! Faults a migration meets: packets lost between two nodes on one overlay
+//! (a firewall dropping UDP 8473, a congested link), a node pair cut off on
+//! one overlay, an overlay MTU lowered on one node.
+//!
+//! Loss is injected on the wire, in the underlay namespace, by an nftables
+//! `netdev` ingress chain on the bridge port of the sending node. That is
+//! after the sender's TC egress and before the receiver's TC ingress, where
+//! crossover's two counts of the same packets differ by exactly what the
+//! wire lost. Each fault has its own chain and counter: the counter is the
+//! ground truth the tests compare crossover against.
+use std::fmt;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    exec::{batch, in_ns},
+    plan::{self, Overlay},
+    state::LabState,
+};
+
+const TABLE: &str = "crossover_lab";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Fault {
+    /// Drops `percent` of the packets `from` sends `to` on `overlay`, at
+    /// random; 100 is a blackhole.
+    Loss {
+        from: String,
+        to: String,
+        overlay: Overlay,
+        percent: f64,
+    },
+    /// `overlay`'s device MTU on `node` set to `mtu`.
+    Mtu {
+        node: String,
+        overlay: Overlay,
+        mtu: u32,
+    },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Loss {
+                from,
+                to,
+                overlay,
+                percent,
+            } if *percent >= 100.0 => {
+                write!(
+                    f,
+                    "blackhole {from} -> {to} on the {} overlay",
+                    overlay.label()
+                )
+            }
+            Fault::Loss {
+                from,
+                to,
+                overlay,
+                percent,
+            } => write!(
+                f,
+                "{percent}% loss {from} -> {to} on the {} overlay",
+                overlay.label()
+            ),
+            Fault::Mtu { node, overlay, mtu } => {
+                write!(f, "MTU {mtu} on {node}'s {} overlay", overlay.label())
+            }
+        }
+    }
+}
+
+/// Applies `fault` as fault number `id`.
+pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
+    match fault {
+        Fault::Loss {
+            from,
+            to,
+            overlay,
+            percent,
+        } => {
+            if !(*percent > 0.0 && *percent <= 100.0) {
+                bail!("loss percent {percent} must be in (0, 100]");
+            }
+            let j = lab.node_index(from)?;
+            let k = lab.node_index(to)?;
+            if j == k {
+                bail!("loss from {from} to itself: pick two nodes");
+            }
+            // 1/10000 resolution: 2% is 200 of every 10000 at random.
+            let threshold = (percent * 100.0).round() as u32;
+            let sample = if threshold >= 10_000 {
+                String::new()
+            } else {
+                format!("numgen random mod 10000 < {threshold} ")
+            };
+            let script = format!(
+                "table netdev {TABLE} {{}}\n\
+                 table netdev {TABLE} {{\n\
+                   chain fault{id} {{\n\
+                     type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
+                     ip saddr {src} ip daddr {dst} udp dport {dport} {sample}counter drop comment \"{fault}\"\n\
+                   }}\n\
+                 }}\n",
+                port = LabState::underlay_port(j),
+                src = plan::underlay_addr(j),
+                dst = plan::underlay_addr(k),
+                dport = overlay.port(),
+            );
+            batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
+        }
+        Fault::Mtu { node, overlay, mtu } => {
+            if !(68..=plan::OVERLAY_MTU).contains(mtu) {
+                bail!(
+                    "MTU {mtu}: an overlay MTU fault lowers it, within 68..={}",
+                    plan::OVERLAY_MTU
+                );
+            }
+            set_mtu(lab, node, *overlay, *mtu)
+        }
+    }
+}
+
+pub fn remove(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
+    match fault {
+        Fault::Loss { .. } => batch(
+            &lab.underlay_ns(),
+            &["nft", "-f", "-"],
+            &format!("delete chain netdev {TABLE} fault{id}\n"),
+        ),
+        Fault::Mtu { node, overlay, .. } => set_mtu(lab, node, *overlay, plan::OVERLAY_MTU),
+    }
+}
+
+/// Packets fault `id` has dropped so far (loss faults only).
+pub fn drops(lab: &LabState, id: u32) -> Result<u64> {
+    let out = in_ns(
+        &lab.underlay_ns(),
+        &[
+            "nft",
+            "list",
+            "chain",
+            "netdev",
+            TABLE,
+            &format!("fault{id}"),
+        ],
+    )?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .windows(3)
+        .find(|w| w[0] == "counter" && w[1] == "packets")
+        .and_then(|w| w[2].parse().ok())
+        .with_context(|| format!("no counter in fault{id}:\n{out}"))
+}
+
+fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {
+    let device = match overlay {
+        Overlay::Legacy => "flannel.1",
+        Overlay::Cilium => "cilium_vxlan",
+        Overlay::Geneve => {
+            bail!("the lab has no Geneve device (no kernel module): no MTU to lower")
+        }
+    };
+    lab.node_index(node)?;
+    in_ns(
+        &lab.node_ns(node),
+        &["ip", "link", "set", "dev", device, "mtu", &mtu.to_string()],
+    )
+    .map(drop)
+}

@@ -1,0 +1,218 @@
+//! One node's datapath as both CNIs build it during a migration: Flannel's
+//! `flannel.1` and `cni0`, Cilium's `cilium_host`/`cilium_net` pair and
+//! `cilium_vxlan`, and the masquerade rules of both.
+use anyhow::Result;
+
+use super::{
+    exec::{IpBatch, batch, sysctls},
+    plan::{self, Network},
+    state::LabState,
+};
+
+/// The underlay: one bridge in its own namespace, like the docker network
+/// kind's nodes share.
+pub fn build_underlay(lab: &LabState) -> Result<()> {
+    let ns = lab.underlay_ns();
+    let mut ip = IpBatch::default();
+    ip.add("link set lo up")
+        .add("link add underlay type bridge")
+        .add("link set underlay up");
+    ip.run(&ns)?;
+    sysctls(&ns, &[("net.ipv6.conf.all.disable_ipv6", "1")])
+}
+
+/// The node's namespace, its `eth0` on the underlay bridge, and both
+/// overlays with routes to every other node.
+pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
+    let node = &lab.nodes[j];
+    let ns = lab.node_ns(&node.name);
+    super::exec::run(&["ip", "netns", "add", &ns])?;
+    // IPv6 off keeps router solicitations and MLD out of the counts.
+    sysctls(
+        &ns,
+        &[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ],
+    )?;
+    let underlay = plan::underlay_addr(j);
+    let port = LabState::underlay_port(j);
+    let mut ip = IpBatch::default();
+    ip.add("link set lo up")
+        .add(format!(
+            "link add eth0 type veth peer name {port} netns {}",
+            lab.underlay_ns()
+        ))
+        .add(format!("addr add {underlay}/16 dev eth0"))
+        .add("link set eth0 up");
+    flannel(&mut ip, j);
+    cilium(&mut ip, j);
+    for k in (0..lab.nodes.len()).filter(|&k| k != j) {
+        peer_routes(&mut ip, j, k);
+    }
+    ip.run(&ns)?;
+    let mut bridge = IpBatch::default();
+    bridge
+        .add(format!("link set {port} master underlay"))
+        .add(format!("link set {port} up"));
+    bridge.run(&lab.underlay_ns())?;
+    // cilium_net receives packets whose source is a local address (the
+    // node's own, after SNAT) on their way into the tunnel.
+    sysctls(
+        &ns,
+        &[
+            ("net.ipv4.conf.cilium_net.accept_local", "1"),
+            ("net.ipv4.conf.cilium_net.rp_filter", "0"),
+        ],
+    )?;
+    fdb(lab, j)?;
+    masquerade(&ns, j)
+}
+
+fn flannel(ip: &mut IpBatch, j: usize) {
+    let underlay = plan::underlay_addr(j);
+    ip.add(format!(
+        "link add flannel.1 address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
+        plan::mac(plan::MAC_FLANNEL, j),
+        plan::LEGACY_VNI,
+        plan::LEGACY_PORT
+    ))
+    .add(format!("link set flannel.1 mtu {} up", plan::OVERLAY_MTU))
+    .add(format!("addr add {}/32 dev flannel.1", plan::flannel_addr(j)))
+    .add("link add cni0 type bridge")
+    .add(format!("link set cni0 mtu {} up", plan::OVERLAY_MTU))
+    .add(format!(
+        "addr add {}/24 dev cni0",
+        plan::cni0_addr(j)
+    ));
+}
+
+/// Cilium with `bpf.hostLegacyRouting`: pods' traffic goes through the
+/// kernel's routing table to `cilium_host`, whose BPF program hands it to
+/// the tunnel. Without BPF the lab makes that hop a second routing pass:
+/// `cilium_host` delivers into its peer `cilium_net`, where a policy rule
+/// looks the destination up in the tunnel table.
+fn cilium(ip: &mut IpBatch, j: usize) {
+    let host = plan::cilium_host_addr(j);
+    let underlay = plan::underlay_addr(j);
+    let net_mac = plan::mac(plan::MAC_CILIUM_NET, j);
+    let local = plan::pod_cidr(j, Network::Cilium);
+    // Like real Cilium, cilium_host does no ARP. Its routes name its own
+    // address as gateway, which the kernel resolves to the device itself,
+    // so frames leave with cilium_host's MAC as destination: cilium_net
+    // shares that MAC to take them in.
+    ip.add(format!(
+        "link add cilium_host address {net_mac} type veth peer name cilium_net address {net_mac}"
+    ))
+    .add("link set cilium_host arp off")
+    .add("link set cilium_net up")
+    .add("link set cilium_host up")
+    .add(format!("addr add {host}/32 dev cilium_host"))
+    .add(format!("route add {host} dev cilium_host scope link"))
+    .add(format!(
+        "route add {local} via {host} dev cilium_host src {host}"
+    ))
+    .add(format!(
+        "link add cilium_vxlan address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
+        plan::mac(plan::MAC_CILIUM_VXLAN, j),
+        plan::CILIUM_VNI,
+        plan::CILIUM_PORT
+    ))
+    .add(format!("link set cilium_vxlan mtu {} up", plan::OVERLAY_MTU))
+    .add(format!(
+        "rule add iif cilium_net lookup {} pref 100",
+        plan::TUNNEL_TABLE
+    ))
+    // Packets from cilium_net for this node's own range are for pods that
+    // do not exist: stop them instead of looping through cilium_host.
+    .add(format!(
+        "route add unreachable {local} table {}",
+        plan::TUNNEL_TABLE
+    ));
+}
+
+/// What Flannel writes for each peer (onlink route, permanent neighbour for
+/// the peer's `flannel.1`) and what Cilium routes for each peer's CIDR.
+fn peer_routes(ip: &mut IpBatch, j: usize, k: usize) {
+    let legacy = plan::pod_cidr(k, Network::Legacy);
+    let flannel_peer = plan::flannel_addr(k);
+    ip.add(format!(
+        "route add {legacy} via {flannel_peer} dev flannel.1 onlink"
+    ))
+    .add(format!(
+        "neigh add {flannel_peer} lladdr {} dev flannel.1 nud permanent",
+        plan::mac(plan::MAC_FLANNEL, k)
+    ));
+    let cilium = plan::pod_cidr(k, Network::Cilium);
+    let host = plan::cilium_host_addr(j);
+    let host_peer = plan::cilium_host_addr(k);
+    ip.add(format!(
+        "route add {cilium} via {host} dev cilium_host src {host} mtu {}",
+        plan::OVERLAY_MTU
+    ))
+    .add(format!(
+        "route add {cilium} via {host_peer} dev cilium_vxlan onlink table {}",
+        plan::TUNNEL_TABLE
+    ))
+    .add(format!(
+        "neigh add {host_peer} lladdr {} dev cilium_vxlan nud permanent",
+        plan::mac(plan::MAC_CILIUM_VXLAN, k)
+    ));
+}
+
+/// Forwarding entries: which underlay address each peer's VTEP MAC is at.
+fn fdb(lab: &LabState, j: usize) -> Result<()> {
+    let mut bridge = String::new();
+    for k in (0..lab.nodes.len()).filter(|&k| k != j) {
+        let dst = plan::underlay_addr(k);
+        for (kind, dev) in [
+            (plan::MAC_FLANNEL, "flannel.1"),
+            (plan::MAC_CILIUM_VXLAN, "cilium_vxlan"),
+        ] {
+            bridge += &format!("fdb append {} dev {dev} dst {dst}\n", plan::mac(kind, k));
+        }
+    }
+    if bridge.is_empty() {
+        return Ok(());
+    }
+    batch(
+        &lab.node_ns(&lab.nodes[j].name),
+        &["bridge", "-batch", "-"],
+        &bridge,
+    )
+}
+
+/// The NAT rules both CNIs install. Flannel's `--ip-masq` chain verbatim
+/// (with this node's subnet), Cilium's iptables masquerade for traffic
+/// leaving its cluster pool, and the lab's `NOTRACK` for the second
+/// routing pass, so conntrack sees each flow once and de-NATs replies.
+fn masquerade(ns: &str, j: usize) -> Result<()> {
+    let legacy = plan::cluster_cidr(Network::Legacy);
+    let subnet = plan::pod_cidr(j, Network::Legacy);
+    let cilium = plan::cluster_cidr(Network::Cilium);
+    let cilium_subnet = plan::pod_cidr(j, Network::Cilium);
+    let flannel = r#"-m comment --comment "flanneld masq""#;
+    let rules = format!(
+        r#"*nat
+:FLANNEL-POSTRTG - [0:0]
+:CILIUM_POST_nat - [0:0]
+-A POSTROUTING -m comment --comment "cilium-feeder: CILIUM_POST_nat" -j CILIUM_POST_nat
+-A POSTROUTING {flannel} -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {flannel} -j RETURN
+-A FLANNEL-POSTRTG -s {subnet} -d {legacy} {flannel} -j RETURN
+-A FLANNEL-POSTRTG -s {legacy} -d {subnet} {flannel} -j RETURN
+-A FLANNEL-POSTRTG ! -s {legacy} -d {subnet} {flannel} -j RETURN
+-A FLANNEL-POSTRTG -s {legacy} ! -d 224.0.0.0/4 {flannel} -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s {legacy} -d {legacy} {flannel} -j MASQUERADE --random-fully
+-A CILIUM_POST_nat -s {cilium_subnet} ! -d {cilium} ! -o cilium_+ -m comment --comment "cilium masquerade non-cluster" -j MASQUERADE
+COMMIT
+*raw
+-A PREROUTING -i cilium_net -m comment --comment "crossover lab: second routing pass, BPF in real Cilium" -j CT --notrack
+COMMIT
+"#
+    );
+    batch(ns, &["iptables-restore", "--noflush"], &rules)
+}

@@ -1,0 +1,151 @@
+//! The lab's address plan, after kind with Flannel and the migration guide:
+//! node `j` (0-based) has underlay 172.18.0.(j+2)/16 on `eth0`, legacy pod
+//! subnet 10.244.j.0/24 (`flannel.1` = 10.244.j.0, `cni0` = 10.244.j.1) and
+//! Cilium pod subnet 10.245.j.0/24 (`cilium_host` = 10.245.j.1).
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The most nodes the plan has addresses for (one octet of /24s).
+pub const MAX_NODES: usize = 200;
+
+pub const LEGACY_PORT: u16 = 8472;
+pub const CILIUM_PORT: u16 = 8473;
+pub const GENEVE_PORT: u16 = 6081;
+/// Flannel's VNI. Real Cilium puts the source identity in the VNI; the lab
+/// uses one, since crossover tells overlays apart by UDP port.
+pub const LEGACY_VNI: u32 = 1;
+pub const CILIUM_VNI: u32 = 2;
+/// VXLAN's 50 bytes of headers under a 1500-byte underlay.
+pub const OVERLAY_MTU: u32 = 1450;
+/// Policy routing table for the second pass from `cilium_net` into the
+/// tunnel (real Cilium does that hop in BPF).
+pub const TUNNEL_TABLE: u32 = 2004;
+
+/// A pod's network: which CNI gave it its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    Legacy,
+    Cilium,
+}
+
+/// What carries a packet between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlay {
+    Legacy,
+    Cilium,
+    /// Crafted Geneve datagrams: the kernel here has no Geneve module.
+    Geneve,
+}
+
+impl Overlay {
+    pub const ALL: [Overlay; 3] = [Overlay::Legacy, Overlay::Cilium, Overlay::Geneve];
+
+    pub fn port(self) -> u16 {
+        match self {
+            Overlay::Legacy => LEGACY_PORT,
+            Overlay::Cilium => CILIUM_PORT,
+            Overlay::Geneve => GENEVE_PORT,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Overlay::Legacy => "legacy",
+            Overlay::Cilium => "cilium",
+            Overlay::Geneve => "geneve",
+        }
+    }
+}
+
+impl std::str::FromStr for Overlay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Overlay::ALL
+            .into_iter()
+            .find(|o| o.label() == s)
+            .ok_or_else(|| format!("unknown overlay {s:?}; expected legacy, cilium or geneve"))
+    }
+}
+
+pub fn underlay_addr(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 18, 0, octet(j) + 2)
+}
+
+pub fn pod_cidr(j: usize, network: Network) -> Ipv4Net {
+    let second = match network {
+        Network::Legacy => 244,
+        Network::Cilium => 245,
+    };
+    Ipv4Net::new(Ipv4Addr::new(10, second, octet(j), 0), 24).expect("/24 is valid")
+}
+
+pub fn cluster_cidr(network: Network) -> Ipv4Net {
+    let cidr = pod_cidr(0, network);
+    Ipv4Net::new(cidr.network(), 16)
+        .expect("/16 is valid")
+        .trunc()
+}
+
+/// `flannel.1`'s address: the network address of the node's subnet.
+pub fn flannel_addr(j: usize) -> Ipv4Addr {
+    pod_cidr(j, Network::Legacy).network()
+}
+
+/// `cni0`'s address, the legacy pods' gateway.
+pub fn cni0_addr(j: usize) -> Ipv4Addr {
+    host(pod_cidr(j, Network::Legacy), 1)
+}
+
+/// `cilium_host`'s address (the CiliumInternalIP), the Cilium pods' gateway.
+pub fn cilium_host_addr(j: usize) -> Ipv4Addr {
+    host(pod_cidr(j, Network::Cilium), 1)
+}
+
+/// Host `n` of a subnet.
+pub fn host(net: Ipv4Net, n: u8) -> Ipv4Addr {
+    let [a, b, c, _] = net.network().octets();
+    Ipv4Addr::new(a, b, c, n)
+}
+
+/// Locally administered MACs, stable per node and device, so FDB and
+/// neighbour entries can be written before the peer exists.
+pub fn mac(kind: u8, j: usize) -> String {
+    format!("02:c0:00:{kind:02x}:00:{:02x}", octet(j))
+}
+pub const MAC_FLANNEL: u8 = 1;
+pub const MAC_CILIUM_VXLAN: u8 = 2;
+pub const MAC_CILIUM_NET: u8 = 3;
+
+/// A pod interface's MAC, from its address: `side` 0 is the pod's `eth0`,
+/// 1 the host end.
+pub fn pod_mac(addr: Ipv4Addr, side: u8) -> String {
+    let [_, b, c, d] = addr.octets();
+    format!("02:{:02x}:{b:02x}:{c:02x}:{d:02x}:00", 0xd0 + side)
+}
+
+fn octet(j: usize) -> u8 {
+    assert!(j < MAX_NODES, "node index {j} beyond the address plan");
+    j as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_matches_the_documented_layout() {
+        assert_eq!(flannel_addr(1).to_string(), "10.244.1.0");
+        assert_eq!(cni0_addr(1).to_string(), "10.244.1.1");
+        assert_eq!(cilium_host_addr(2).to_string(), "10.245.2.1");
+        assert_eq!(cluster_cidr(Network::Cilium).to_string(), "10.245.0.0/16");
+        assert_eq!(underlay_addr(0).to_string(), "172.18.0.2");
+        assert_ne!(
+            pod_mac(host(pod_cidr(0, Network::Legacy), 5), 0),
+            pod_mac(host(pod_cidr(0, Network::Legacy), 5), 1)
+        );
+    }
+}
