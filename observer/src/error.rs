@@ -63,6 +63,12 @@ pub enum Error {
     #[error("network namespace {name:?}: {source}")]
     Netns { name: String, source: io::Error },
 
+    #[error("reading NAT mappings from conntrack (ctnetlink): {context}: {source}")]
+    Conntrack {
+        context: &'static str,
+        source: io::Error,
+    },
+
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -84,6 +90,7 @@ impl Error {
             Error::MapFull { .. } => "map_full",
             Error::Shape(_) => "shape",
             Error::Netns { .. } => "netns",
+            Error::Conntrack { .. } => "conntrack",
             Error::Io { .. } => "io",
         }
     }

@@ -1,7 +1,10 @@
 //! crossover: measures, per node pair and per overlay, what a live CNI
 //! migration to Cilium loses, from passive TC programs in the kernel.
 pub mod cli;
+pub mod connections;
+pub mod conntrack;
 pub mod datapath;
+pub mod delivery;
 pub mod error;
 pub mod netns;
 pub mod shape;

@@ -1,6 +1,7 @@
 //! Fixtures shared by crossover's integration tests: crafted packets,
 //! a harness that runs the real programs on them with `BPF_PROG_TEST_RUN`,
 //! and network namespaces for real traffic.
+pub mod fleet;
 pub mod harness;
 pub mod lab;
 pub mod netns;

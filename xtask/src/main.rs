@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | lint | bench | demo`.
+//! Project tasks: `cargo xtask setup | build | test | lint | bench | demo | lab`.
 //! Every task that needs the toolchain runs `setup` first, which installs
 //! only what is missing, so a fresh machine needs nothing done by hand.
 mod setup;
@@ -29,6 +29,12 @@ enum Task {
     Bench,
     /// The main job: crossover watching traffic in a small namespace lab.
     Demo,
+    /// The namespace lab of a migrating cluster: `lab up`, `lab down`,
+    /// `lab fault`, `lab traffic`, ... (`cargo xtask lab --help`).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -68,6 +74,19 @@ fn main() -> Result<()> {
                 "crossover-tests",
             ])?;
             run("target/release/demo", &[])
+        }
+        Task::Lab { args } => {
+            setup::run()?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "crossover-tests",
+                "--bin",
+                "lab",
+            ])?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("target/release/lab", &args)
         }
     }
 }

@@ -17,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("sysctl", "procps"),
     ("bpftool", "bpftool"),
+    ("iptables-restore", "iptables"),
+    ("nft", "nftables"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -90,6 +90,8 @@ fn join<T>(handle: thread::JoinHandle<Result<T>>) -> Result<T> {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TcpReport {
+    /// The server's port: with the server's address, it names the run.
+    pub port: u16,
     pub attempted: u64,
     /// Handshakes completed and a request answered.
     pub answered: u64,
@@ -169,6 +171,7 @@ pub fn tcp_connections(
     let seen = join(server)?;
     let mut report = report?;
     report.seen_as = seen;
+    report.port = port;
     Ok(report)
 }
 
@@ -242,6 +245,7 @@ pub fn tcp_stream(
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UdpReport {
+    pub port: u16,
     pub sent: u64,
     pub received: u64,
 }
@@ -320,6 +324,7 @@ pub fn udp_stream(
     done.store(true, Ordering::Relaxed);
     let received = join(server)?;
     Ok(UdpReport {
+        port,
         sent: sent?,
         received,
     })

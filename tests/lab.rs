@@ -1,0 +1,540 @@
+//! End to end, in a 3-node lab with one node migrated and crossover on
+//! every node: classification, SNAT, loss, handshakes, and detaching.
+//! Needs root (namespaces, programs in the kernel).
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use crossover_tests::{
+    fleet::{Fleet, tcx_programs_in},
+    lab::{Fault, Lab, LabSpec, Overlay, geneve, plan, traffic},
+    netns::unique,
+    require_root,
+};
+use observer::{
+    connections::{Connection, Handshake, SnatSeen},
+    delivery::{self, Delivery},
+};
+
+/// One lab at a time: the loss figures want the CPU to themselves.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// control-plane (legacy pods), worker-1 (migrated: Cilium pods),
+/// worker-2 (legacy pods).
+fn lab() -> Lab {
+    require_root();
+    Lab::up(&LabSpec {
+        name: unique("e"),
+        nodes: 3,
+        migrated: 1,
+        pods: 2,
+    })
+    .expect("lab up")
+    .remove_on_drop()
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn node_of(endpoint: &str) -> &str {
+    endpoint.split('/').next().unwrap()
+}
+
+/// The connection `node` saw towards `server`.
+fn find<'a>(conns: &'a [Connection], server: SocketAddrV4, node: &str) -> &'a Connection {
+    let found: Vec<_> = conns.iter().filter(|c| c.server == server).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{node}: one connection to {server} expected, got {found:#?}\nall: {conns:#?}"
+    );
+    found[0]
+}
+
+#[test]
+fn every_network_combination_is_classified_on_both_nodes() {
+    let _serial = serial();
+    let mut lab = lab();
+    // worker-2 half way: its app pods are back on Cilium, its DaemonSet pod
+    // still has its legacy address, as the guide leaves a node before the
+    // DaemonSet restart. Now every combination crosses two nodes.
+    lab.migrate("worker-2", false).unwrap();
+    let fleet = Fleet::attach(&lab).unwrap();
+    // Sender's view: client and server networks, overlay, the device whose
+    // address SNAT gave the client. Receiver's view: the client's network,
+    // and `arrived` when its source is a peer's overlay address (after
+    // SNAT, or a node's own traffic into an overlay, which leaves from that
+    // overlay's address: the receiver cannot tell the two apart).
+    const CASES: [&str; 9] = [
+        // from             to                  nets           overlay  SNAT         receiver
+        "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
+        "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+        "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   flannel.1    host,arrived",
+        "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+        "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+        "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
+        "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+        "worker-1            worker-2            host>host      none     -            host",
+    ];
+    let cases: Vec<Vec<&str>> = CASES
+        .iter()
+        .map(|c| c.split_whitespace().collect())
+        .collect();
+    let mut runs = Vec::new();
+    for case in &cases {
+        let (from, to) = (case[0], case[1]);
+        let (a, b) = (lab.endpoint(from).unwrap(), lab.endpoint(to).unwrap());
+        let report = traffic::tcp_connections(&a, &b, 1, CONNECT_TIMEOUT).unwrap();
+        assert_eq!(report.answered, 1, "{from} -> {to}: {report:?}");
+        runs.push((
+            SocketAddrV4::new(b.addr, report.port),
+            a.addr,
+            v4(report.seen_as[0]),
+        ));
+    }
+    // Geneve from worker-1 to worker-2, a Cilium pod to a Cilium pod.
+    let taken = geneve::send(
+        &lab,
+        "worker-1",
+        "worker-2",
+        "worker-1/app-1",
+        "worker-2/app-1",
+        20,
+        1000,
+    )
+    .unwrap();
+    assert_eq!(taken, 20);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    for (case, (server, client_addr, seen_as)) in cases.iter().zip(runs) {
+        let &[from, to, nets, overlay, snat, receiver] = &case[..] else {
+            unreachable!("six columns")
+        };
+        let what = format!("{from} -> {to}");
+        let (client_net, server_net) = nets.split_once('>').unwrap();
+        let sender_node = node_of(from);
+        let j = lab.state().node_index(sender_node).unwrap();
+        let sender = fleet.connections(sender_node).unwrap();
+        let c = find(&sender, server, sender_node);
+        assert_eq!(
+            (c.client_net, c.server_net, c.overlay),
+            (client_net, server_net, overlay),
+            "sender, {what}: {c:#?}"
+        );
+        assert_eq!(c.handshake, Handshake::Answered, "sender, {what}");
+        if from.contains('/') {
+            assert_eq!(*c.client.ip(), client_addr, "sender names the pod, {what}");
+        }
+        let snat_addr = match snat {
+            "cilium_host" => Some(plan::cilium_host_addr(j)),
+            "flannel.1" => Some(plan::flannel_addr(j)),
+            "eth0" => Some(plan::underlay_addr(j)),
+            _ => None,
+        };
+        match snat_addr {
+            Some(addr) => {
+                assert_eq!(c.snat_seen, SnatSeen::Translated, "sender, {what}: {c:#?}");
+                assert_eq!(
+                    c.snat,
+                    Some(SocketAddrV4::new(addr, seen_as.port())),
+                    "SNAT as the server saw it, {what}"
+                );
+            }
+            None => assert_eq!(c.snat_seen, SnatSeen::None, "sender, {what}: {c:#?}"),
+        }
+        let (receiver_net, arrived) = match receiver.split_once(',') {
+            Some((net, _)) => (net, true),
+            None => (receiver, false),
+        };
+        let receiver = fleet.connections(node_of(to)).unwrap();
+        let r = find(&receiver, server, node_of(to));
+        assert_eq!(
+            (r.client_net, r.server_net, r.overlay),
+            (receiver_net, server_net, overlay),
+            "receiver, {what}: {r:#?}"
+        );
+        assert_eq!(r.handshake, Handshake::Answered, "receiver, {what}");
+        assert_eq!(
+            r.snat_seen == SnatSeen::Arrived,
+            arrived,
+            "receiver, {what}: {r:#?}"
+        );
+        assert_eq!(
+            r.client, seen_as,
+            "receiver sees what the server saw, {what}"
+        );
+    }
+
+    let (src, dst) = (
+        lab.pod("worker-1/app-1").unwrap().addr,
+        lab.pod("worker-2/app-1").unwrap().addr,
+    );
+    for (node, direction) in [("worker-1", "egress"), ("worker-2", "ingress")] {
+        let snapshot = fleet.member(node).observer.snapshot().unwrap();
+        let flow = snapshot
+            .flows
+            .iter()
+            .find(|f| {
+                f.src == src
+                    && f.dst == dst
+                    && f.dst_port == 80
+                    && f.point == "underlay"
+                    && f.direction == direction
+            })
+            .unwrap_or_else(|| panic!("{node}: no Geneve inner flow: {:#?}", snapshot.flows));
+        assert_eq!(
+            (flow.overlay, flow.src_net, flow.dst_net, flow.packets),
+            ("cilium", "cilium", "cilium", 20),
+            "{node}: {flow:#?}"
+        );
+    }
+}
+
+fn v4(addr: SocketAddr) -> SocketAddrV4 {
+    match addr {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(v6) => panic!("the lab is IPv4, got {v6}"),
+    }
+}
+
+#[test]
+fn snat_is_seen_through_to_the_pods() {
+    let _serial = serial();
+    let lab = lab();
+    let fleet = Fleet::attach(&lab).unwrap();
+    let cases = [
+        // Flannel's masquerade (--random-fully) onto cilium_host.
+        (
+            "control-plane/app-1",
+            "worker-1/app-1",
+            plan::cilium_host_addr(0),
+            "legacy",
+            "cilium",
+        ),
+        // Cilium's masquerade onto flannel.1.
+        (
+            "worker-1/app-1",
+            "control-plane/app-1",
+            plan::flannel_addr(1),
+            "cilium",
+            "legacy",
+        ),
+    ];
+    for (from, to, snat_addr, client_net, server_net) in cases {
+        let (a, b) = (lab.endpoint(from).unwrap(), lab.endpoint(to).unwrap());
+        let report = traffic::tcp_connections(&a, &b, 3, CONNECT_TIMEOUT).unwrap();
+        assert_eq!(report.answered, 3, "{from} -> {to}: {report:?}");
+        let server = SocketAddrV4::new(b.addr, report.port);
+        let conns = fleet.connections(node_of(from)).unwrap();
+        for seen in &report.seen_as {
+            let seen = v4(*seen);
+            assert_eq!(
+                *seen.ip(),
+                snat_addr,
+                "the server sees the node's overlay address"
+            );
+            let matching: Vec<_> = conns.iter().filter(|c| c.snat == Some(seen)).collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "one connection per SNAT mapping {seen}: {conns:#?}"
+            );
+            let c = matching[0];
+            assert_eq!(
+                (*c.client.ip(), c.server),
+                (a.addr, server),
+                "between the two pods: {c:#?}"
+            );
+            assert_eq!(
+                (c.client_net, c.server_net, c.snat_seen),
+                (client_net, server_net, SnatSeen::Translated)
+            );
+            assert_eq!(c.handshake, Handshake::Answered);
+            // Pod side before NAT and wire side after it, in one connection.
+            let at = |point: &str, src: Ipv4Addr| {
+                c.sightings
+                    .iter()
+                    .any(|s| s.forward && s.point == point && *s.src.ip() == src && s.packets > 0)
+            };
+            assert!(
+                at("pod", a.addr),
+                "the pod veth saw the pod's address: {c:#?}"
+            );
+            assert!(
+                at("underlay", snat_addr),
+                "the wire saw the SNAT address: {c:#?}"
+            );
+            assert!(
+                c.sightings.iter().any(|s| !s.forward && s.point == "pod"),
+                "replies reached the pod: {c:#?}"
+            );
+            // And nothing is left over as a separate flow from the SNAT address.
+            assert!(
+                !conns.iter().any(|other| other.client == seen),
+                "post-NAT flows joined, not reported twice: {conns:#?}"
+            );
+        }
+        // The receiving node sees the SNAT address arrive from the sender.
+        let receiver = fleet.connections(node_of(to)).unwrap();
+        for seen in &report.seen_as {
+            let r = receiver
+                .iter()
+                .find(|c| c.server == server && c.client == v4(*seen))
+                .unwrap_or_else(|| panic!("receiver: no connection from {seen}: {receiver:#?}"));
+            assert_eq!(r.snat_seen, SnatSeen::Arrived);
+            assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
+        }
+    }
+}
+
+const LOSS_PACKETS: u64 = 40_000;
+
+fn pair<'a>(window: &'a [Delivery], from: &str, to: &str, overlay: &str) -> &'a Delivery {
+    window
+        .iter()
+        .find(|d| d.from == from && d.to == to && d.overlay == overlay)
+        .unwrap_or_else(|| panic!("no delivery {from} -> {to} on {overlay}: {window:#?}"))
+}
+
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay() {
+    let _serial = serial();
+    let mut lab = lab();
+    let fleet = Fleet::attach(&lab).unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    // The faulty path first (control-plane to worker-2 on the legacy
+    // overlay), then everything around it: the way back, the other
+    // overlay, other pairs.
+    let streams = [
+        (
+            e("control-plane/app-1"),
+            e("worker-2/app-1"),
+            LOSS_PACKETS,
+            10_000,
+        ),
+        (e("worker-2/app-2"), e("control-plane/app-2"), 4000, 1000),
+        (e("control-plane/app-2"), e("worker-1/app-1"), 4000, 1000),
+        (e("worker-1/app-2"), e("worker-2/app-2"), 4000, 1000),
+    ];
+    let (tcp_from, tcp_to) = (e("worker-2/ds"), e("control-plane/ds"));
+    for percent in [2.0, 10.0] {
+        let before = fleet.deliveries().unwrap();
+        let id = lab
+            .inject(Fault::Loss {
+                from: "control-plane".into(),
+                to: "worker-2".into(),
+                overlay: Overlay::Legacy,
+                percent,
+            })
+            .unwrap();
+        std::thread::scope(|s| {
+            for (from, to, count, pps) in &streams {
+                s.spawn(move || traffic::udp_stream(from, to, *count, *pps, 200).unwrap());
+            }
+            s.spawn(|| {
+                traffic::tcp_stream(&tcp_from, &tcp_to, Duration::from_secs(3), 500_000).unwrap()
+            });
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let window = delivery::window(&before, &fleet.deliveries().unwrap());
+        let drops = lab.drops(id).unwrap();
+        lab.clear(id).unwrap();
+
+        let faulty = pair(&window, "control-plane", "worker-2", "legacy");
+        let ratio = faulty.loss_ratio().unwrap();
+        eprintln!(
+            "{percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
+            ratio * 100.0
+        );
+        assert!(faulty.sent >= 10_000, "at least 10,000 packets: {faulty:?}");
+        assert_eq!(
+            faulty.lost(),
+            drops,
+            "crossover's loss is what the wire dropped"
+        );
+        assert!(
+            (ratio * 100.0 - percent).abs() <= 0.5,
+            "{percent}% injected, {:.3}% measured",
+            ratio * 100.0
+        );
+        for d in window.iter().filter(|d| !std::ptr::eq(*d, faulty)) {
+            assert!(d.sent > 0, "{d:?}");
+            assert!(d.lost() * 1000 <= d.sent, "no loss elsewhere: {d:?}");
+        }
+        for (from, to, overlay) in [
+            ("worker-2", "control-plane", "legacy"),
+            ("control-plane", "worker-1", "cilium"),
+            ("worker-1", "worker-2", "legacy"),
+        ] {
+            pair(&window, from, to, overlay);
+        }
+    }
+}
+
+#[test]
+fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
+    let _serial = serial();
+    let mut lab = lab();
+    // A = worker-2, half way through its migration (a legacy DaemonSet pod
+    // and Cilium app pods); B = worker-1, migrated; C = control-plane.
+    lab.migrate("worker-2", false).unwrap();
+    let fleet = Fleet::attach(&lab).unwrap();
+    let id = lab
+        .inject(Fault::Loss {
+            from: "worker-2".into(),
+            to: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            percent: 100.0,
+        })
+        .unwrap();
+    // client, server, fails
+    let cases = [
+        ("worker-2/ds", "worker-1/app-1", true), // legacy to Cilium, A to B
+        ("worker-2/app-1", "worker-1/app-2", true), // Cilium to Cilium, A to B
+        ("worker-2", "worker-1/app-1", true), // A's host to a Cilium pod: also the Cilium overlay
+        ("worker-1/app-1", "worker-2/app-2", true), // B to A: its SYN-ACK goes A to B
+        ("worker-2/app-1", "worker-1", false), // to B's host: plain underlay
+        ("worker-1/app-2", "worker-2/ds", false), // Cilium to legacy rides the legacy overlay both ways
+        ("worker-2/app-2", "control-plane/app-1", false),
+        ("worker-2/ds", "control-plane/app-2", false),
+        ("control-plane/app-1", "worker-1/app-1", false),
+        ("worker-1/app-1", "control-plane/app-1", false),
+        ("worker-2", "worker-1", false),
+    ];
+    let before = fleet.deliveries().unwrap();
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(from, to, _)| {
+                let (a, b) = (lab.endpoint(from).unwrap(), lab.endpoint(to).unwrap());
+                s.spawn(move || traffic::tcp_connections(&a, &b, 2, CONNECT_TIMEOUT).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let mut failing = Vec::new();
+    for ((from, to, fails), report) in cases.iter().zip(&reports) {
+        // The generator is the ground truth crossover is checked against.
+        assert_eq!(
+            report.answered,
+            if *fails { 0 } else { 2 },
+            "{from} -> {to}: {report:?}"
+        );
+        let server = SocketAddrV4::new(lab.endpoint(to).unwrap().addr, report.port);
+        let conns = fleet.connections(node_of(from)).unwrap();
+        let seen: Vec<_> = conns.iter().filter(|c| c.server == server).collect();
+        assert!(
+            !seen.is_empty(),
+            "{from} -> {to}: not seen on the client's node"
+        );
+        let expected = if *fails {
+            Handshake::Unanswered
+        } else {
+            Handshake::Answered
+        };
+        for c in seen {
+            assert_eq!(c.handshake, expected, "{from} -> {to}: {c:#?}");
+        }
+        if *fails {
+            failing.push(server);
+        }
+    }
+    for node in ["control-plane", "worker-1", "worker-2"] {
+        for c in fleet.connections(node).unwrap() {
+            if c.handshake == Handshake::Unanswered {
+                assert!(
+                    failing.contains(&c.server),
+                    "{node}: unexpected failed handshake {c:#?}"
+                );
+            }
+        }
+    }
+    let window = delivery::window(&before, &fleet.deliveries().unwrap());
+    let cut = pair(&window, "worker-2", "worker-1", "cilium");
+    assert!(cut.sent > 0 && cut.received == 0, "{cut:?}");
+    assert_eq!(cut.lost(), lab.drops(id).unwrap());
+    for d in window.iter().filter(|d| !std::ptr::eq(*d, cut)) {
+        assert_eq!(d.lost(), 0, "only A to B on Cilium loses: {d:?}");
+    }
+}
+
+#[test]
+fn detaching_leaves_traffic_untouched_and_nothing_attached() {
+    let _serial = serial();
+    let lab = lab();
+    let namespaces: Vec<String> = lab.nodes().map(|n| lab.node_ns(&n.name)).collect();
+    let fleet = Fleet::attach(&lab).unwrap();
+    for ns in &namespaces {
+        assert!(
+            !tcx_programs_in(ns).unwrap().is_empty(),
+            "{ns}: attached before detaching"
+        );
+    }
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let (stream, ping) = std::thread::scope(|s| {
+        let stream = s.spawn(|| {
+            traffic::tcp_stream(
+                &e("control-plane/app-1"),
+                &e("worker-1/app-1"),
+                Duration::from_secs(4),
+                2_000_000,
+            )
+            .unwrap()
+        });
+        let ping = s.spawn(|| {
+            traffic::ping(
+                &e("worker-1/app-2"),
+                &e("worker-2/app-1"),
+                150,
+                Duration::from_millis(20),
+            )
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let counted = fleet
+            .snapshots()
+            .unwrap()
+            .iter()
+            .map(|s| s.flows.len())
+            .sum::<usize>();
+        assert!(counted > 0, "crossover was counting the traffic");
+        drop(fleet);
+        (stream.join().unwrap(), ping.join().unwrap())
+    });
+    assert!(
+        stream.connected && stream.bytes_sent > 1_000_000,
+        "{stream:?}"
+    );
+    assert_eq!(
+        stream.bytes_received, stream.bytes_sent,
+        "the long-lived connection survived the detach"
+    );
+    assert_eq!(ping.received, ping.sent, "{ping:?}");
+    for ns in &namespaces {
+        let left = tcx_programs_in(ns).unwrap();
+        assert!(left.is_empty(), "{ns}: programs left behind: {left:?}");
+        let qdiscs = crossover_tests::lab::exec::in_ns(ns, &["tc", "qdisc", "show"]).unwrap();
+        assert!(
+            !qdiscs.contains("clsact"),
+            "{ns}: qdisc left behind:\n{qdiscs}"
+        );
+    }
+    let report = traffic::tcp_connections(
+        &e("worker-2/app-1"),
+        &e("worker-1/app-2"),
+        3,
+        CONNECT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(
+        report.answered, 3,
+        "the lab works without crossover: {report:?}"
+    );
+}

@@ -1,0 +1,149 @@
+//! crossover on every node of a lab, as the agent DaemonSet will run it:
+//! one observer per node namespace, on `eth0` as the underlay and on every
+//! interface whose name tells its hook, following pods as they come and go.
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
+use observer::{
+    connections::{self, Connection},
+    conntrack,
+    datapath::{Hook, LoadOptions, Observer, Selection, Snapshot, monotonic_ns, reconcile},
+    delivery::{self, Delivery, NodeView},
+};
+
+use crate::lab::{Lab, plan};
+
+pub struct Member {
+    pub name: String,
+    pub netns: String,
+    pub underlay: Ipv4Addr,
+    pub observer: Observer,
+}
+
+pub struct Fleet {
+    pub members: Vec<Member>,
+    selection: Selection,
+}
+
+/// A SYN unanswered this long is a failed handshake (the kernel's first
+/// SYN retransmission is at 1 s).
+pub const HANDSHAKE_GRACE_NS: u64 = 800_000_000;
+
+impl Fleet {
+    pub fn attach(lab: &Lab) -> Result<Fleet> {
+        let selection = Selection {
+            explicit: vec![("eth0".into(), Hook::Underlay)],
+            follow_named: true,
+        };
+        let mut members = Vec::new();
+        for (j, node) in lab.nodes().enumerate() {
+            let netns = lab.node_ns(&node.name);
+            let mut observer = Observer::load(LoadOptions {
+                netns: Some(netns.clone()),
+                ..LoadOptions::default()
+            })?;
+            observer.configure(&lab.shape(&node.name)?)?;
+            members.push(Member {
+                name: node.name.clone(),
+                netns,
+                underlay: plan::underlay_addr(j),
+                observer,
+            });
+        }
+        let mut fleet = Fleet { members, selection };
+        fleet.follow()?;
+        Ok(fleet)
+    }
+
+    /// Attaches to interfaces that appeared (new pods) and forgets the ones
+    /// that went; what the agent does on every link event.
+    pub fn follow(&mut self) -> Result<()> {
+        for m in &mut self.members {
+            let done = reconcile(&mut m.observer, &self.selection)?;
+            anyhow::ensure!(
+                done.failed.is_empty(),
+                "{}: attaching failed: {:?}",
+                m.name,
+                done.failed
+            );
+        }
+        Ok(())
+    }
+
+    pub fn member(&self, node: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == node)
+            .unwrap_or_else(|| panic!("no node {node} in the fleet"))
+    }
+
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.members
+            .iter()
+            .map(|m| Ok(m.observer.snapshot()?))
+            .collect()
+    }
+
+    /// Sent against received for every node pair and overlay, cumulative.
+    pub fn deliveries(&self) -> Result<Vec<Delivery>> {
+        let snapshots = self.snapshots()?;
+        let views: Vec<NodeView> = self
+            .members
+            .iter()
+            .zip(&snapshots)
+            .map(|(m, snapshot)| NodeView {
+                name: &m.name,
+                underlay: m.underlay,
+                snapshot,
+            })
+            .collect();
+        Ok(delivery::deliveries(&views))
+    }
+
+    /// `node`'s connections: its flows joined with its conntrack NAT table.
+    pub fn connections(&self, node: &str) -> Result<Vec<Connection>> {
+        let m = self.member(node);
+        let nat = nat_entries(&m.netns)?;
+        let snapshot = m.observer.snapshot()?;
+        Ok(connections::join(
+            &snapshot.flows,
+            &nat,
+            monotonic_ns(),
+            HANDSHAKE_GRACE_NS,
+        ))
+    }
+}
+
+/// The NAT table of namespace `ns`.
+pub fn nat_entries(ns: &str) -> Result<Vec<conntrack::NatEntry>> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || -> Result<_> {
+        let _guard = observer::netns::enter(&ns)?;
+        Ok(conntrack::nat_entries()?.entries)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("conntrack thread panicked"))?
+    .context("reading conntrack")
+}
+
+/// Programs attached with TCX to any interface of `ns`, by name.
+pub fn tcx_programs_in(ns: &str) -> Result<Vec<String>> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || -> Result<_> {
+        let _guard = observer::netns::enter(&ns)?;
+        let mut names = Vec::new();
+        for iface in observer::datapath::interfaces() {
+            for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+                if let Ok((_, programs)) = SchedClassifier::query_tcx(&iface, attach) {
+                    for p in programs {
+                        names.push(format!("{iface}: {}", p.name_as_str().unwrap_or("?")));
+                    }
+                }
+            }
+        }
+        Ok(names)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("query thread panicked"))?
+}
