@@ -8,13 +8,13 @@ use serde::Serialize;
 
 use observer_ebpf::Overlay;
 
-use crate::datapath::Snapshot;
+use crate::datapath::PeerRecord;
 
 /// One node's counters, with the address its peers know it by.
 pub struct NodeView<'a> {
     pub name: &'a str,
     pub underlay: Ipv4Addr,
-    pub snapshot: &'a Snapshot,
+    pub peers: &'a [PeerRecord],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -38,9 +38,8 @@ impl Delivery {
     }
 }
 
-fn peer_packets(snapshot: &Snapshot, peer: Ipv4Addr, overlay: &str, direction: &str) -> u64 {
-    snapshot
-        .peers
+fn peer_packets(peers: &[PeerRecord], peer: Ipv4Addr, overlay: &str, direction: &str) -> u64 {
+    peers
         .iter()
         .filter(|p| p.peer == peer && p.overlay == overlay && p.direction == direction)
         .map(|p| p.packets)
@@ -54,8 +53,8 @@ pub fn deliveries(nodes: &[NodeView]) -> Vec<Delivery> {
     for from in nodes {
         for to in nodes.iter().filter(|n| n.underlay != from.underlay) {
             for overlay in Overlay::ALL.iter().map(|o| o.label()) {
-                let sent = peer_packets(from.snapshot, to.underlay, overlay, "egress");
-                let received = peer_packets(to.snapshot, from.underlay, overlay, "ingress");
+                let sent = peer_packets(from.peers, to.underlay, overlay, "egress");
+                let received = peer_packets(to.peers, from.underlay, overlay, "ingress");
                 if sent > 0 || received > 0 {
                     out.push(Delivery {
                         from: from.name.into(),

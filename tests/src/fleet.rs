@@ -87,15 +87,19 @@ impl Fleet {
 
     /// Sent against received for every node pair and overlay, cumulative.
     pub fn deliveries(&self) -> Result<Vec<Delivery>> {
-        let snapshots = self.snapshots()?;
+        let peers = self
+            .members
+            .iter()
+            .map(|m| m.observer.peers())
+            .collect::<Result<Vec<_>, _>>()?;
         let views: Vec<NodeView> = self
             .members
             .iter()
-            .zip(&snapshots)
-            .map(|(m, snapshot)| NodeView {
+            .zip(&peers)
+            .map(|(m, peers)| NodeView {
                 name: &m.name,
                 underlay: m.underlay,
-                snapshot,
+                peers,
             })
             .collect();
         Ok(delivery::deliveries(&views))

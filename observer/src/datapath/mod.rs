@@ -305,6 +305,11 @@ impl Observer {
         Snapshot::read(&self.ebpf, &self.peer_slots)
     }
 
+    /// Packets and bytes per (peer node, overlay, direction).
+    pub fn peers(&self) -> Result<Vec<PeerRecord>> {
+        snapshot::read_peers(&self.ebpf, &self.peer_slots)
+    }
+
     /// Empties FLOWS only: the next packet of every flow is a first packet.
     pub fn clear_flows(&mut self) -> Result<()> {
         snapshot::clear_flows(&mut self.ebpf)

@@ -141,39 +141,7 @@ impl Snapshot {
             let (key, stats) = entry.map_err(Error::map(map::FLOWS))?;
             flow_records.push(FlowRecord::from_raw(&key, &stats));
         }
-        // Known peers count in their slot, others (and known peers' packets
-        // that reached no flow before their slot existed) in the hash:
-        // one peer's figure is the sum of both.
-        let mut per_peer: BTreeMap<PeerKey, (u64, u64)> = BTreeMap::new();
-        let slot_stats: PerCpuArray<&MapData, PeerStats> = map_ref(ebpf, map::PEER_STATS)?;
-        for (key, slot) in peer_slots {
-            let values = slot_stats
-                .get(slot, 0)
-                .map_err(Error::map(map::PEER_STATS))?;
-            let sum = per_peer.entry(*key).or_default();
-            for v in values.iter() {
-                *sum = (sum.0 + v.packets, sum.1 + v.bytes);
-            }
-        }
-        let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = map_ref(ebpf, map::PEERS)?;
-        for entry in hashed.iter() {
-            let (key, values) = entry.map_err(Error::map(map::PEERS))?;
-            let sum = per_peer.entry(key).or_default();
-            for v in values.iter() {
-                *sum = (sum.0 + v.packets, sum.1 + v.bytes);
-            }
-        }
-        let mut peer_records: Vec<PeerRecord> = per_peer
-            .into_iter()
-            .filter(|(_, (packets, _))| *packets != 0)
-            .map(|(key, (packets, bytes))| PeerRecord {
-                peer: addr_from_wire(key.peer),
-                overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
-                direction: label(key.direction, Direction::from_wire, Direction::label),
-                packets,
-                bytes,
-            })
-            .collect();
+        let peer_records = read_peers(ebpf, peer_slots)?;
         let array: PerCpuArray<&MapData, u64> = map_ref(ebpf, map::COUNTERS)?;
         let mut counters = Counters::new();
         for counter in Counter::ALL {
@@ -192,9 +160,6 @@ impl Snapshot {
                 b.direction,
             ))
         });
-        peer_records.sort_by(|a, b| {
-            (a.peer, a.overlay, a.direction).cmp(&(b.peer, b.overlay, b.direction))
-        });
         Ok(Snapshot {
             started_ns,
             finished_ns: monotonic_ns(),
@@ -207,6 +172,50 @@ impl Snapshot {
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters.get(counter.label()).copied().unwrap_or(0)
     }
+}
+
+/// Per-peer counters alone: a few lookups, so reading every node's in a
+/// row keeps the skew between one node's "sent" and its peer's "received"
+/// (packets in flight while reading) to microseconds.
+pub(crate) fn read_peers(
+    ebpf: &Ebpf,
+    peer_slots: &BTreeMap<PeerKey, u32>,
+) -> Result<Vec<PeerRecord>> {
+    // Known peers count in their slot, others (and known peers' packets
+    // that reached no flow before their slot existed) in the hash:
+    // one peer's figure is the sum of both.
+    let mut per_peer: BTreeMap<PeerKey, (u64, u64)> = BTreeMap::new();
+    let slot_stats: PerCpuArray<&MapData, PeerStats> = map_ref(ebpf, map::PEER_STATS)?;
+    for (key, slot) in peer_slots {
+        let values = slot_stats
+            .get(slot, 0)
+            .map_err(Error::map(map::PEER_STATS))?;
+        let sum = per_peer.entry(*key).or_default();
+        for v in values.iter() {
+            *sum = (sum.0 + v.packets, sum.1 + v.bytes);
+        }
+    }
+    let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = map_ref(ebpf, map::PEERS)?;
+    for entry in hashed.iter() {
+        let (key, values) = entry.map_err(Error::map(map::PEERS))?;
+        let sum = per_peer.entry(key).or_default();
+        for v in values.iter() {
+            *sum = (sum.0 + v.packets, sum.1 + v.bytes);
+        }
+    }
+    let mut records: Vec<PeerRecord> = per_peer
+        .into_iter()
+        .filter(|(_, (packets, _))| *packets != 0)
+        .map(|(key, (packets, bytes))| PeerRecord {
+            peer: addr_from_wire(key.peer),
+            overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
+            direction: label(key.direction, Direction::from_wire, Direction::label),
+            packets,
+            bytes,
+        })
+        .collect();
+    records.sort_by(|a, b| (a.peer, a.overlay, a.direction).cmp(&(b.peer, b.overlay, b.direction)));
+    Ok(records)
 }
 
 pub(crate) fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {

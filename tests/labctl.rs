@@ -1,0 +1,299 @@
+//! The lab as a tool: its command line, `down` after a crash, migrating a
+//! node, the MTU fault. Needs root (network namespaces).
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use crossover_tests::{
+    lab::{Fault, Lab, LabSpec, Network, Overlay, PodKind, exec::netns_list, traffic},
+    netns::unique,
+    require_root,
+};
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+fn lab_cmd(name: &str, args: &[&str]) -> Output {
+    Command::new(LAB)
+        .args(["--name", name])
+        .args(args)
+        .output()
+        .expect("run lab")
+}
+
+fn namespaces_of(name: &str) -> Vec<String> {
+    let prefix = format!("xo.{name}.");
+    netns_list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn down_after_a_crash_halfway_through_up_removes_everything() {
+    require_root();
+    let name = unique("c");
+    let mut child = Command::new(LAB)
+        .args(["--name", &name, "up", "--nodes", "8", "--pods", "4"])
+        .spawn()
+        .unwrap();
+    // Kill it once some of the lab exists, long before it is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while namespaces_of(&name).len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = namespaces_of(&name);
+    assert!(!partial.is_empty(), "the crash left something to clean up");
+    let out = lab_cmd(&name, &["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+    // And again: nothing there is not an error.
+    let again = lab_cmd(&name, &["down"]);
+    assert!(again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("removed 0 namespaces"));
+}
+
+#[test]
+fn command_line_builds_faults_and_removes_a_lab() {
+    require_root();
+    let name = unique("k");
+    let up = lab_cmd(
+        &name,
+        &["up", "--nodes", "2", "--migrated", "1", "--pods", "1"],
+    );
+    assert!(up.status.success(), "{up:?}");
+    let status = lab_cmd(&name, &["status", "--json"]);
+    let state: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(state["nodes"].as_array().unwrap().len(), 2);
+    // A second `up` of the same name is refused, naming the remedy.
+    let twice = lab_cmd(&name, &["up"]);
+    assert!(!twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("lab down"),
+        "{twice:?}"
+    );
+    let fault = lab_cmd(
+        &name,
+        &[
+            "fault",
+            "blackhole",
+            "--from",
+            "control-plane",
+            "--to",
+            "worker-1",
+            "--overlay",
+            "cilium",
+        ],
+    );
+    assert!(fault.status.success(), "{fault:?}");
+    assert!(String::from_utf8_lossy(&fault.stdout).starts_with("fault 1: blackhole"));
+    let cut = lab_cmd(
+        &name,
+        &[
+            "traffic",
+            "tcp",
+            "--from",
+            "control-plane/app-1",
+            "--to",
+            "worker-1/app-1",
+            "--count",
+            "1",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&cut.stdout).unwrap();
+    assert_eq!(report["answered"], 0, "{report}");
+    assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
+    let healed = lab_cmd(
+        &name,
+        &[
+            "traffic",
+            "tcp",
+            "--from",
+            "control-plane/app-1",
+            "--to",
+            "worker-1/app-1",
+            "--count",
+            "1",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&healed.stdout).unwrap();
+    assert_eq!(report["answered"], 1, "{report}");
+    for (args, complaint) in [
+        (
+            &[
+                "fault",
+                "loss",
+                "--from",
+                "control-plane",
+                "--to",
+                "nowhere",
+                "--overlay",
+                "legacy",
+                "--percent",
+                "2",
+            ][..],
+            "no node \"nowhere\"",
+        ),
+        (
+            &[
+                "fault",
+                "loss",
+                "--from",
+                "control-plane",
+                "--to",
+                "worker-1",
+                "--overlay",
+                "legacy",
+                "--percent",
+                "0",
+            ][..],
+            "must be in (0, 100]",
+        ),
+        (
+            &[
+                "fault",
+                "mtu",
+                "--node",
+                "worker-1",
+                "--overlay",
+                "geneve",
+                "--mtu",
+                "1200",
+            ][..],
+            "no Geneve device",
+        ),
+        (
+            &[
+                "traffic",
+                "ping",
+                "--from",
+                "worker-1/nope",
+                "--to",
+                "control-plane",
+            ][..],
+            "no pod \"nope\"",
+        ),
+    ] {
+        let out = lab_cmd(&name, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(complaint),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(lab_cmd(&name, &["down"]).status.success());
+    assert!(namespaces_of(&name).is_empty());
+    let gone = lab_cmd(&name, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("lab up"),
+        "{gone:?}"
+    );
+}
+
+#[test]
+fn migrating_a_node_moves_its_pods_to_cilium() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("m"),
+        nodes: 3,
+        migrated: 0,
+        pods: 2,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let before: Vec<_> = lab.state().nodes[1].pods.clone();
+    assert!(before.iter().all(|p| p.network == Network::Legacy));
+    lab.migrate("worker-1", false).unwrap();
+    let node = &lab.state().nodes[1];
+    assert!(node.migrated && !node.cordoned);
+    for pod in &node.pods {
+        match pod.kind {
+            // The guide's step 7 is still to come for DaemonSet pods.
+            PodKind::DaemonSet => assert_eq!(pod.network, Network::Legacy, "{pod:?}"),
+            PodKind::App => {
+                assert_eq!(pod.network, Network::Cilium, "{pod:?}");
+                assert!(pod.host_if.starts_with("lxc") && pod.addr.octets()[..3] == [10, 245, 1]);
+            }
+        }
+    }
+    lab.restart_daemonset_pods("worker-1").unwrap();
+    assert!(
+        lab.state().nodes[1]
+            .pods
+            .iter()
+            .all(|p| p.network == Network::Cilium)
+    );
+    // Both ways across the overlays from the new pods.
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    for (from, to) in [
+        ("worker-1/app-1", "worker-2/app-1"),
+        ("worker-2/app-1", "worker-1/ds"),
+    ] {
+        let report = traffic::tcp_connections(&e(from), &e(to), 2, Duration::from_secs(1)).unwrap();
+        assert_eq!(report.answered, 2, "{from} -> {to}: {report:?}");
+    }
+    assert!(
+        lab.migrate("worker-1", true).is_err(),
+        "migrating twice is refused"
+    );
+}
+
+#[test]
+fn a_lowered_overlay_mtu_refuses_what_no_longer_fits() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("u"),
+        nodes: 2,
+        migrated: 1,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    // control-plane's legacy pod to worker-1's Cilium pod: out through
+    // control-plane's cilium_vxlan. 1400 bytes of IP fit 1450, not 1300.
+    let ping = |lab: &Lab| {
+        let pod = lab.pod("control-plane/app-1").unwrap();
+        let target = lab.pod("worker-1/app-1").unwrap().addr.to_string();
+        Command::new("ip")
+            .args([
+                "netns", "exec", &pod.netns, "ping", "-c", "2", "-W", "1", "-M", "do", "-s",
+                "1372", &target,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(ping(&lab).status.success(), "fits before the fault");
+    let id = lab
+        .inject(Fault::Mtu {
+            node: "control-plane".into(),
+            overlay: Overlay::Cilium,
+            mtu: 1300,
+        })
+        .unwrap();
+    let out = ping(&lab);
+    assert!(
+        !out.status.success(),
+        "too big for the lowered MTU: {out:?}"
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Frag needed")
+            || text.contains("mtu = 1300")
+            || text.contains("Message too long"),
+        "{text}"
+    );
+    lab.clear(id).unwrap();
+    // Like any Linux host, the pod remembers the path MTU it was told for
+    // ten minutes: forget it, as an SRE would after fixing the MTU.
+    let pod_ns = lab.pod("control-plane/app-1").unwrap().netns.clone();
+    crossover_tests::lab::exec::in_ns(&pod_ns, &["ip", "route", "flush", "cache"]).unwrap();
+    let out = ping(&lab);
+    assert!(
+        out.status.success(),
+        "fits again once the fault is cleared: {out:?}"
+    );
+}
