@@ -90,37 +90,16 @@ fn command_line_builds_faults_and_removes_a_lab() {
     );
     assert!(fault.status.success(), "{fault:?}");
     assert!(String::from_utf8_lossy(&fault.stdout).starts_with("fault 1: blackhole"));
-    let cut = lab_cmd(
-        &name,
-        &[
-            "traffic",
-            "tcp",
-            "--from",
-            "control-plane/app-1",
-            "--to",
-            "worker-1/app-1",
-            "--count",
-            "1",
-        ],
-    );
-    let report: serde_json::Value = serde_json::from_slice(&cut.stdout).unwrap();
-    assert_eq!(report["answered"], 0, "{report}");
+    // One TCP connection across the blackholed overlay, through the CLI.
+    let answered = || {
+        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
+        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["answered"].as_u64().unwrap()
+    };
+    assert_eq!(answered(), 0);
     assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
-    let healed = lab_cmd(
-        &name,
-        &[
-            "traffic",
-            "tcp",
-            "--from",
-            "control-plane/app-1",
-            "--to",
-            "worker-1/app-1",
-            "--count",
-            "1",
-        ],
-    );
-    let report: serde_json::Value = serde_json::from_slice(&healed.stdout).unwrap();
-    assert_eq!(report["answered"], 1, "{report}");
+    assert_eq!(answered(), 1);
     for (args, complaint) in [
         (
             &[

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Lab, plan};
+use super::{Lab, plan, traffic::Pacer};
 use crate::packet::{self, geneve_header};
 
 /// Sends `count` Geneve-encapsulated TCP segments from node `from` to node
@@ -66,11 +66,9 @@ pub fn send(
     let sender = std::thread::spawn(move || -> Result<()> {
         let _guard = observer::netns::enter(&ns)?;
         let socket = UdpSocket::bind((outer_src, 0))?;
-        let start = Instant::now();
+        let pacer = Pacer::new(pps);
         for n in 0..count {
-            while (pps as f64 * start.elapsed().as_secs_f64()) < n as f64 {
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            pacer.wait(n);
             let inner = packet::ip(
                 src.octets(),
                 dst.octets(),

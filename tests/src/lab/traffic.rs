@@ -88,6 +88,54 @@ fn join<T>(handle: thread::JoinHandle<Result<T>>) -> Result<T> {
         .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
 }
 
+/// Starts a server in `to`'s namespace: `bind` on a fresh port, then, once
+/// bound (so no client races it), `serve`.
+fn start_server<S, T: Send + 'static>(
+    to: &Endpoint,
+    bind: impl FnOnce(SocketAddr) -> std::io::Result<S> + Send + 'static,
+    serve: impl FnOnce(S) -> Result<T> + Send + 'static,
+) -> Result<(SocketAddr, thread::JoinHandle<Result<T>>)> {
+    let addr = SocketAddr::from((to.addr, next_port()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = spawn_in(&to.netns, move || match bind(addr) {
+        Ok(socket) => {
+            let _ = ready_tx.send(Ok(()));
+            serve(socket)
+        }
+        Err(e) => {
+            let _ = ready_tx.send(Err(e.to_string()));
+            Err(e.into())
+        }
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => Ok((addr, handle)),
+        Ok(Err(e)) => bail!("server on {} ({addr}): {e}", to.label),
+        Err(_) => bail!("server on {} ({addr}) did not start", to.label),
+    }
+}
+
+/// Paces `rate` units (packets, bytes) per second from its creation.
+pub struct Pacer {
+    start: Instant,
+    rate: f64,
+}
+
+impl Pacer {
+    pub fn new(rate: u64) -> Self {
+        Pacer {
+            start: Instant::now(),
+            rate: rate as f64,
+        }
+    }
+
+    /// Waits until `done` units are due.
+    pub fn wait(&self, done: u64) {
+        while (self.rate * self.start.elapsed().as_secs_f64()) < done as f64 {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TcpReport {
     /// The server's port: with the server's address, it names the run.
@@ -112,41 +160,30 @@ pub fn tcp_connections(
     timeout: Duration,
 ) -> Result<TcpReport> {
     bound(count, timeout * count.min(u32::MAX as u64) as u32)?;
-    let port = next_port();
     let done = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let server = {
-        let done = done.clone();
-        let addr = to.addr;
-        spawn_in(&to.netns, move || {
-            let listener = TcpListener::bind((addr, port))?;
-            listener.set_nonblocking(true)?;
-            let _ = ready_tx.send(());
-            let mut seen = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        conn.set_nonblocking(false)?;
-                        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-                        let mut request = [0u8; 64];
-                        if conn.read_exact(&mut request).is_ok() {
-                            let _ = conn.write_all(&request);
-                        }
-                        seen.push(peer);
+    let stop = done.clone();
+    let (target, server) = start_server(to, TcpListener::bind, move |listener| {
+        listener.set_nonblocking(true)?;
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut conn, peer)) => {
+                    conn.set_nonblocking(false)?;
+                    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut request = [0u8; 64];
+                    if conn.read_exact(&mut request).is_ok() {
+                        let _ = conn.write_all(&request);
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(e) => return Err(e.into()),
+                    seen.push(peer);
                 }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => return Err(e.into()),
             }
-            Ok(seen)
-        })
-    };
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .with_context(|| format!("TCP server on {} did not start", to.label))?;
-    let target = SocketAddr::from((to.addr, port));
+        }
+        Ok(seen)
+    })?;
     let client = spawn_in(&from.netns, move || {
         let mut report = TcpReport::default();
         for _ in 0..count {
@@ -171,7 +208,7 @@ pub fn tcp_connections(
     let seen = join(server)?;
     let mut report = report?;
     report.seen_as = seen;
-    report.port = port;
+    report.port = target.port();
     Ok(report)
 }
 
@@ -191,30 +228,19 @@ pub fn tcp_stream(
     rate: u64,
 ) -> Result<StreamReport> {
     bound(0, duration)?;
-    let port = next_port();
     let received = Arc::new(AtomicU64::new(0));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let server = {
-        let received = received.clone();
-        let addr = to.addr;
-        spawn_in(&to.netns, move || {
-            let listener = TcpListener::bind((addr, port))?;
-            let _ = ready_tx.send(());
-            let (mut conn, _) = listener.accept()?;
-            conn.set_read_timeout(Some(duration + Duration::from_secs(5)))?;
-            let mut buf = vec![0u8; 65536];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => return Ok(()),
-                    Ok(n) => received.fetch_add(n as u64, Ordering::Relaxed),
-                };
-            }
-        })
-    };
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .with_context(|| format!("TCP server on {} did not start", to.label))?;
-    let target = SocketAddr::from((to.addr, port));
+    let counted = received.clone();
+    let (target, server) = start_server(to, TcpListener::bind, move |listener| {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(duration + Duration::from_secs(5)))?;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => counted.fetch_add(n as u64, Ordering::Relaxed),
+            };
+        }
+    })?;
     let client = spawn_in(&from.netns, move || {
         let mut report = StreamReport::default();
         let Ok(mut conn) = TcpStream::connect_timeout(&target, Duration::from_secs(3)) else {
@@ -223,13 +249,10 @@ pub fn tcp_stream(
         report.connected = true;
         conn.set_write_timeout(Some(Duration::from_secs(3)))?;
         let chunk = vec![0xa5u8; 1400];
+        let pacer = Pacer::new(rate);
         let start = Instant::now();
         while start.elapsed() < duration {
-            let allowed = (rate as f64 * start.elapsed().as_secs_f64()) as u64;
-            if report.bytes_sent >= allowed {
-                thread::sleep(Duration::from_millis(1));
-                continue;
-            }
+            pacer.wait(report.bytes_sent);
             match conn.write(&chunk) {
                 Ok(n) => report.bytes_sent += n as u64,
                 Err(_) => break,
@@ -263,52 +286,37 @@ pub fn udp_stream(
     }
     let duration = Duration::from_secs_f64(count as f64 / pps as f64);
     bound(count, duration)?;
-    let port = next_port();
     let done = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let server = {
-        let done = done.clone();
-        let addr = to.addr;
-        spawn_in(&to.netns, move || {
-            let socket = UdpSocket::bind((addr, port))?;
-            socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let _ = ready_tx.send(());
-            let mut buf = [0u8; 2048];
-            let mut received = 0;
-            let mut quiet_since: Option<Instant> = None;
-            loop {
-                match socket.recv(&mut buf) {
-                    Ok(_) => {
-                        received += 1;
-                        quiet_since = None;
-                    }
-                    Err(_) if done.load(Ordering::Relaxed) => {
-                        // Stragglers get half a second after the client ends.
-                        let since = *quiet_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > Duration::from_millis(500) {
-                            return Ok(received);
-                        }
-                    }
-                    Err(_) => {}
+    let stop = done.clone();
+    let (target, server) = start_server(to, UdpSocket::bind, move |socket| {
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let mut buf = [0u8; 2048];
+        let mut received = 0;
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(_) => {
+                    received += 1;
+                    quiet_since = None;
                 }
+                Err(_) if stop.load(Ordering::Relaxed) => {
+                    // Stragglers get half a second after the client ends.
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_millis(500) {
+                        return Ok(received);
+                    }
+                }
+                Err(_) => {}
             }
-        })
-    };
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .with_context(|| format!("UDP server on {} did not start", to.label))?;
-    let target = SocketAddr::from((to.addr, port));
+        }
+    })?;
     let client = spawn_in(&from.netns, move || {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         let payload = vec![0x3cu8; size.clamp(1, 1400)];
-        let start = Instant::now();
+        let pacer = Pacer::new(pps);
         let mut sent = 0;
         while sent < count {
-            let due = (pps as f64 * start.elapsed().as_secs_f64()) as u64;
-            if sent >= due {
-                thread::sleep(Duration::from_micros(200));
-                continue;
-            }
+            pacer.wait(sent);
             // A full socket buffer is the sender's own limit, not loss:
             // retry the same datagram.
             match socket.send_to(&payload, target) {
@@ -324,7 +332,7 @@ pub fn udp_stream(
     done.store(true, Ordering::Relaxed);
     let received = join(server)?;
     Ok(UdpReport {
-        port,
+        port: target.port(),
         sent: sent?,
         received,
     })
