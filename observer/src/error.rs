@@ -69,6 +69,9 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("agent {agent}: {reason}")]
+    Agent { agent: String, reason: String },
+
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -91,6 +94,7 @@ impl Error {
             Error::Shape(_) => "shape",
             Error::Netns { .. } => "netns",
             Error::Conntrack { .. } => "conntrack",
+            Error::Agent { .. } => "agent",
             Error::Io { .. } => "io",
         }
     }
@@ -103,7 +107,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             what: what.into(),
             source,

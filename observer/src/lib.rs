@@ -1,5 +1,6 @@
 //! crossover: measures, per node pair and per overlay, what a live CNI
 //! migration to Cilium loses, from passive TC programs in the kernel.
+pub mod agent;
 pub mod cli;
 pub mod connections;
 pub mod conntrack;

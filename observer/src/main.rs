@@ -1,5 +1,11 @@
 use clap::{Parser, Subcommand};
-use observer::cli::observe::{self, ObserveArgs};
+use observer::{
+    agent::{self, AgentArgs},
+    cli::{
+        loss::{self, LossArgs},
+        observe::{self, ObserveArgs},
+    },
+};
 
 /// crossover: per node pair and per overlay, what a live CNI migration to
 /// Cilium is losing.
@@ -14,6 +20,10 @@ struct Cli {
 enum Command {
     /// Attach to interfaces of this node and print flows and counters.
     Observe(ObserveArgs),
+    /// Run on every node: attach, follow, serve /metrics and /api/v1.
+    Agent(AgentArgs),
+    /// Ask every agent and print the loss per node pair and overlay.
+    Loss(LossArgs),
 }
 
 #[tokio::main]
@@ -21,6 +31,11 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Observe(args) => observe::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        // Blocking HTTP and a sleep: off the async workers.
+        Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
+            .await
+            .unwrap_or_else(|e| Err(observer::Error::io("loss", std::io::Error::other(e)))),
     };
     if let Err(err) = result {
         eprintln!("crossover: error: {err}");

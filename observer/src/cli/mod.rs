@@ -1,3 +1,5 @@
 //! Subcommands of the `crossover` binary.
+pub mod loss;
 pub mod observe;
 pub mod render;
+pub mod session;

@@ -2,15 +2,15 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
-use super::render::{self, Format};
+use super::{
+    render::{self, Format},
+    session::Session,
+};
 use crate::{
     Error, Result,
-    datapath::{AttachMode, Hook, LinkEvents, LoadOptions, Observer, Selection, reconcile},
+    datapath::{AttachMode, Hook, LoadOptions, Observer, Selection},
     shape::ClusterShape,
 };
 
@@ -46,7 +46,7 @@ pub struct ObserveArgs {
     pub flow_capacity: u32,
 }
 
-fn parse_iface(arg: &str) -> std::result::Result<(String, Hook), String> {
+pub fn parse_iface(arg: &str) -> std::result::Result<(String, Hook), String> {
     let (name, hook) = match arg.split_once('=') {
         Some((name, hook)) => (name, hook.parse::<Hook>()?),
         None => {
@@ -85,35 +85,14 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         explicit: args.ifaces.clone(),
         follow_named: args.follow,
     };
-    let mut observer = Observer::load(LoadOptions {
+    let options = LoadOptions {
         flow_capacity: args.flow_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         ..LoadOptions::default()
-    })?;
-    observer.configure(&shape)?;
-
-    let events = {
-        let _ns = args.netns.as_deref().map(crate::netns::enter).transpose()?;
-        let present = crate::datapath::interfaces();
-        let missing = selection.missing(&present);
-        if let Some(name) = missing.first() {
-            return Err(Error::NoInterface(name.clone()));
-        }
-        LinkEvents::open().map_err(|e| Error::io("opening a netlink socket for link events", e))?
     };
-    // SAFETY: `LinkEvents` owns its fd and keeps it open for as long as the
-    // AsyncFd holds it; nothing else closes it.
-    let events = unsafe { AsyncFd::register(events) }
-        .map_err(|e| Error::io("registering the netlink socket", e.into()))?;
-    let first = reconcile(&mut observer, &selection)?;
-    if let Some((name, err)) = first.failed.first() {
-        return Err(Error::io(
-            format!("attaching to {name}"),
-            std::io::Error::other(err.clone()),
-        ));
-    }
-    eprintln!("crossover: observing {}", attached_list(&observer));
+    let session = Session::open(options, &shape, selection)?;
+    eprintln!("crossover: observing {}", session.attached_list());
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
@@ -132,36 +111,15 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
-            _ = tick.tick() => print(&observer, &shape, args.format)?,
-            guard = events.readable() => {
-                let mut guard = guard.map_err(|e| Error::io("netlink socket", e))?;
-                if guard.get_inner().drain() {
-                    let done = reconcile(&mut observer, &selection)?;
-                    for name in &done.attached { eprintln!("crossover: attached to {name}"); }
-                    for name in &done.detached { eprintln!("crossover: {name} is gone"); }
-                    for (name, err) in &done.failed { eprintln!("crossover: {name}: {err}"); }
-                }
-                guard.clear_ready();
-            }
+            _ = tick.tick() => print(&session.observer(), &shape, args.format)?,
+            followed = session.follow_links() => followed?,
         }
     }
-    print(&observer, &shape, args.format)?;
+    print(&session.observer(), &shape, args.format)?;
     // Dropping the observer detaches everything we attached.
-    drop(observer);
+    drop(session);
     eprintln!("crossover: detached");
     Ok(())
-}
-
-fn attached_list(observer: &Observer) -> String {
-    let list: Vec<String> = observer
-        .attached()
-        .map(|(n, h)| format!("{n} ({h})"))
-        .collect();
-    if list.is_empty() {
-        "no interface yet".into()
-    } else {
-        list.join(", ")
-    }
 }
 
 fn print(observer: &Observer, shape: &ClusterShape, format: Format) -> Result<()> {

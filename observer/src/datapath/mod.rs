@@ -273,6 +273,16 @@ impl Observer {
         }
     }
 
+    /// Takes our programs off every interface (shutdown).
+    pub fn detach_all(&mut self) {
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for name in names {
+            if let Err(err) = self.detach(&name) {
+                eprintln!("crossover: detaching from {name}: {err}");
+            }
+        }
+    }
+
     /// Interfaces we are attached to, with their hook.
     pub fn attached(&self) -> impl Iterator<Item = (&str, Hook)> {
         self.attached
@@ -327,12 +337,7 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        let names: Vec<String> = self.attached.keys().cloned().collect();
-        for name in names {
-            if let Err(err) = self.detach(&name) {
-                eprintln!("crossover: detaching from {name}: {err}");
-            }
-        }
+        self.detach_all();
     }
 }
 

@@ -1,0 +1,234 @@
+//! `/metrics` in the Prometheus text exposition format (0.0.4). Every
+//! series is labelled from small sets (nodes, networks, overlays, reasons),
+//! so an agent's series grow with the number of nodes, never with pods or
+//! flows. The counters are the kernel's, read at scrape time; the writer
+//! is the format's few rules (HELP, TYPE, escaped label values) rather than
+//! a client library built around counters the process increments itself.
+use std::{collections::BTreeMap, fmt::Write};
+
+use super::State;
+use crate::{
+    connections::{Connection, Handshake},
+    datapath::{PeerRecord, Snapshot},
+};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    Family { out, name }
+}
+
+impl Family<'_> {
+    fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
+        let _ = write!(self.out, "{}", self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Everything one scrape shows.
+pub fn render(
+    state: &State,
+    peers: &[PeerRecord],
+    snapshot: &Snapshot,
+    conns: &[Connection],
+) -> String {
+    let mut out = String::new();
+    let node = state.node.as_str();
+    let mut f = family(
+        &mut out,
+        "crossover_underlay_packets_total",
+        "counter",
+        "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay.",
+    );
+    for p in peers {
+        let peer = state.node_name(p.peer);
+        f.sample(
+            &[
+                ("node", node),
+                ("peer_node", &peer),
+                ("overlay", p.overlay),
+                ("direction", p.direction),
+            ],
+            p.packets,
+        );
+    }
+    let mut f = family(
+        &mut out,
+        "crossover_underlay_bytes_total",
+        "counter",
+        "Bytes on the underlay to or from a peer node, per overlay.",
+    );
+    for p in peers {
+        let peer = state.node_name(p.peer);
+        f.sample(
+            &[
+                ("node", node),
+                ("peer_node", &peer),
+                ("overlay", p.overlay),
+                ("direction", p.direction),
+            ],
+            p.bytes,
+        );
+    }
+
+    let mut seen = family(
+        &mut out,
+        "crossover_seen_packets_total",
+        "counter",
+        "Packets the programs saw, per hook point.",
+    );
+    for (name, value) in snapshot
+        .counters
+        .iter()
+        .filter(|(n, _)| n.starts_with("seen_"))
+    {
+        seen.sample(&[("node", node), ("point", &name["seen_".len()..])], *value);
+    }
+    let mut skipped = family(
+        &mut out,
+        "crossover_skipped_packets_total",
+        "counter",
+        "Packets not (fully) turned into a flow, by reason; refused map inserts included.",
+    );
+    for (name, value) in snapshot
+        .counters
+        .iter()
+        .filter(|(n, _)| !n.starts_with("seen_"))
+    {
+        skipped.sample(&[("node", node), ("reason", name)], *value);
+    }
+
+    let mut flows: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for flow in &snapshot.flows {
+        *flows
+            .entry((flow.src_net, flow.dst_net, flow.snat))
+            .or_default() += 1;
+    }
+    let mut f = family(
+        &mut out,
+        "crossover_flows",
+        "gauge",
+        "Flows in the kernel's table, by network pair and SNAT mark.",
+    );
+    for ((src, dst, snat), n) in flows {
+        f.sample(
+            &[
+                ("node", node),
+                ("src_net", src),
+                ("dst_net", dst),
+                ("snat", snat),
+            ],
+            n,
+        );
+    }
+
+    // Per peer node and network pair: handshakes by result, segments.
+    type Key = (String, &'static str, &'static str);
+    let mut handshakes: BTreeMap<(Key, &'static str), u64> = BTreeMap::new();
+    let mut segments: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
+    for c in conns.iter().filter(|c| c.proto == 6) {
+        let peer = c
+            .peer
+            .map_or_else(|| "local".to_string(), |p| state.node_name(p));
+        let key = (peer, c.client_net, c.server_net);
+        let result = match c.handshake {
+            Handshake::Answered => "answered",
+            Handshake::Unanswered => "unanswered",
+            Handshake::Reset => "reset",
+            Handshake::Pending => "pending",
+            Handshake::Unseen | Handshake::NotTcp => "unseen",
+        };
+        *handshakes.entry((key.clone(), result)).or_default() += 1;
+        let s = segments.entry(key).or_default();
+        s.0 += c.segments;
+        s.1 += c.retransmits;
+    }
+    let mut f = family(
+        &mut out,
+        "crossover_handshakes",
+        "gauge",
+        "TCP connections in the flow table by handshake result, peer node and network pair.",
+    );
+    for (((peer, src, dst), result), n) in &handshakes {
+        f.sample(
+            &[
+                ("node", node),
+                ("peer_node", peer),
+                ("src_net", src),
+                ("dst_net", dst),
+                ("result", result),
+            ],
+            *n,
+        );
+    }
+    let mut f = family(
+        &mut out,
+        "crossover_tcp_segments_total",
+        "counter",
+        "TCP data segments sent by clients, per peer node and network pair.",
+    );
+    for ((peer, src, dst), (s, _)) in &segments {
+        f.sample(
+            &[
+                ("node", node),
+                ("peer_node", peer),
+                ("src_net", src),
+                ("dst_net", dst),
+            ],
+            *s,
+        );
+    }
+    let mut f = family(
+        &mut out,
+        "crossover_tcp_retransmits_total",
+        "counter",
+        "TCP segments retransmitted by clients, per peer node and network pair.",
+    );
+    for ((peer, src, dst), (_, r)) in &segments {
+        f.sample(
+            &[
+                ("node", node),
+                ("peer_node", peer),
+                ("src_net", src),
+                ("dst_net", dst),
+            ],
+            *r,
+        );
+    }
+
+    let mut f = family(
+        &mut out,
+        "crossover_errors_total",
+        "counter",
+        "Errors of the agent itself, by reason.",
+    );
+    for (reason, n) in state.errors() {
+        f.sample(&[("node", node), ("reason", reason)], n);
+    }
+    out
+}

@@ -1,0 +1,302 @@
+//! `crossover agent` on every node of a lab, and `crossover loss` asking
+//! them: the figures come out of the HTTP API and /metrics, and match what
+//! the wire dropped. Needs root (namespaces, programs in the kernel).
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crossover_tests::{
+    fleet::tcx_programs_in,
+    lab::{Fault, Lab, LabSpec, Overlay, plan, traffic},
+    netns::{in_netns, unique},
+    require_root,
+};
+
+const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
+const PORT: u16 = 9190;
+
+struct Agents {
+    children: Vec<Child>,
+    urls: Vec<String>,
+}
+
+impl Agents {
+    /// One agent per node, inside the node's namespace (host network, as
+    /// the DaemonSet runs), configured from the lab's shape file.
+    fn start(lab: &Lab) -> Agents {
+        let dir = std::env::temp_dir().join(format!("crossover-agents-{}", lab.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut children = Vec::new();
+        let mut urls = Vec::new();
+        for (j, node) in lab.nodes().enumerate() {
+            let config = dir.join(format!("{}.json", node.name));
+            std::fs::write(
+                &config,
+                serde_json::to_vec(&lab.shape(&node.name).unwrap()).unwrap(),
+            )
+            .unwrap();
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &lab.node_ns(&node.name),
+                    CROSSOVER,
+                    "agent",
+                ])
+                .args([
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--iface",
+                    "eth0=underlay",
+                ])
+                .args(["--listen", &format!("0.0.0.0:{PORT}")])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("{CROSSOVER}: {e} (cargo build -p observer --bin crossover)")
+                });
+            children.push(child);
+            urls.push(format!("http://{}:{PORT}", plan::underlay_addr(j)));
+        }
+        let agents = Agents { children, urls };
+        let ns = lab.node_ns("control-plane");
+        for url in agents.urls.clone() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while get(&ns, &format!("{url}/readyz")).0 != 200 {
+                assert!(Instant::now() < deadline, "{url} never became ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        agents
+    }
+
+    fn stop(mut self) -> Vec<i32> {
+        let codes = self
+            .children
+            .iter_mut()
+            .map(|child| {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                child.wait().unwrap().code().unwrap_or(-1)
+            })
+            .collect();
+        self.children.clear();
+        codes
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// GET from inside namespace `ns`: (status, body).
+fn get(ns: &str, url: &str) -> (u16, String) {
+    let url = url.to_owned();
+    in_netns(ns, move || {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .http_status_as_error(false)
+                .build(),
+        );
+        match agent.get(&url).call() {
+            Ok(mut response) => (
+                response.status().as_u16(),
+                response.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    })
+}
+
+fn metric(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+}
+
+#[test]
+fn loss_per_node_pair_comes_out_of_the_agents() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("a"),
+        nodes: 3,
+        migrated: 1,
+        pods: 2,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let cp = lab.node_ns("control-plane");
+    let id = lab
+        .inject(Fault::Loss {
+            from: "control-plane".into(),
+            to: "worker-2".into(),
+            overlay: Overlay::Legacy,
+            percent: 3.0,
+        })
+        .unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let udp = traffic::udp_stream(
+        &e("control-plane/app-1"),
+        &e("worker-2/app-1"),
+        20_000,
+        10_000,
+        200,
+    )
+    .unwrap();
+    let back = traffic::udp_stream(
+        &e("worker-1/app-1"),
+        &e("control-plane/app-2"),
+        2000,
+        2000,
+        200,
+    )
+    .unwrap();
+    let tcp = traffic::tcp_connections(
+        &e("control-plane/app-1"),
+        &e("worker-1/app-1"),
+        3,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    assert_eq!(tcp.answered, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let drops = lab.drops(id).unwrap();
+
+    // crossover loss, run where an SRE would: on a node.
+    let mut loss = Command::new("ip");
+    loss.args([
+        "netns", "exec", &cp, CROSSOVER, "loss", "--window", "0", "--format", "json",
+    ]);
+    for url in &agents.urls {
+        loss.args(["--agent", url]);
+    }
+    let out = loss.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |from: &str, to: &str, overlay: &str| {
+        matrix
+            .iter()
+            .find(|d| d["from"] == from && d["to"] == to && d["overlay"] == overlay)
+            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} in {matrix:#?}"))
+    };
+    let faulty = row("control-plane", "worker-2", "legacy");
+    let (sent, received) = (
+        faulty["sent"].as_u64().unwrap(),
+        faulty["received"].as_u64().unwrap(),
+    );
+    assert!(sent >= udp.sent, "{faulty}");
+    assert_eq!(
+        sent - received,
+        drops,
+        "loss from the agents is what the wire dropped"
+    );
+    let ratio = (sent - received) as f64 / sent as f64 * 100.0;
+    assert!(
+        (ratio - 3.0).abs() < 0.75,
+        "3% injected, {ratio:.2}% measured"
+    );
+    assert!(back.sent > 0);
+    row("worker-1", "control-plane", "legacy");
+    for d in matrix.iter().filter(|d| !std::ptr::eq(*d, faulty)) {
+        assert_eq!(d["sent"], d["received"], "no loss elsewhere: {d}");
+    }
+    let table = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cp,
+            CROSSOVER,
+            "loss",
+            "--window",
+            "0",
+            "--agent",
+            &agents.urls[0],
+            "--agent",
+            &agents.urls[2],
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with("control-plane")
+            && l.contains("worker-2")
+            && l.contains(&drops.to_string())),
+        "{table}"
+    );
+
+    // The same figure on the sender's /metrics, labelled by node.
+    let (status, body) = get(&cp, &format!("{}/metrics", agents.urls[0]));
+    assert_eq!(status, 200);
+    let egress = metric(
+        &body,
+        "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",direction=\"egress\"}",
+    );
+    assert_eq!(egress, sent);
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            line.starts_with("crossover_")
+                && line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
+            "{line}"
+        );
+        assert!(
+            !line.contains("10.24"),
+            "no pod addresses in labels: {line}"
+        );
+    }
+    assert!(
+        metric(
+            &body,
+            "crossover_handshakes{node=\"control-plane\",peer_node=\"worker-1\",src_net=\"legacy\",dst_net=\"cilium\",result=\"answered\"}"
+        ) >= 3
+    );
+
+    // The JSON API: connections joined across SNAT.
+    let (status, body) = get(&cp, &format!("{}/api/v1/connections", agents.urls[0]));
+    assert_eq!(status, 200);
+    let conns: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let cilium_pod = e("worker-1/app-1").addr.to_string();
+    let joined = conns
+        .iter()
+        .filter(|c| {
+            c["server"].as_str().unwrap().starts_with(&cilium_pod) && c["snat_seen"] == "translated"
+        })
+        .count();
+    assert_eq!(joined, 3, "{conns:#?}");
+    assert_eq!(get(&cp, &format!("{}/healthz", agents.urls[1])).0, 200);
+    assert_eq!(get(&cp, &format!("{}/nope", agents.urls[1])).0, 404);
+
+    // SIGTERM: every agent exits cleanly and takes its programs along.
+    assert_eq!(agents.stop(), vec![0, 0, 0]);
+    for node in lab.nodes() {
+        let left = tcx_programs_in(&lab.node_ns(&node.name)).unwrap();
+        assert!(left.is_empty(), "{}: {left:?}", node.name);
+    }
+}
+
+#[test]
+fn loss_names_an_agent_that_does_not_answer() {
+    require_root();
+    let out = Command::new(CROSSOVER)
+        .args([
+            "loss",
+            "--window",
+            "0",
+            "--timeout",
+            "1",
+            "--agent",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent http://127.0.0.1:9"), "{stderr}");
+}
