@@ -14,6 +14,9 @@ use crate::{
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Which number of a peer record a family shows.
+type PeerValue = fn(&PeerRecord) -> u64;
+
 /// A metric family being written.
 struct Family<'a> {
     out: &'a mut String,
@@ -59,41 +62,30 @@ pub fn render(
 ) -> String {
     let mut out = String::new();
     let node = state.node.as_str();
-    let mut f = family(
-        &mut out,
-        "crossover_underlay_packets_total",
-        "counter",
-        "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay.",
-    );
-    for p in peers {
-        let peer = state.node_name(p.peer);
-        f.sample(
-            &[
+    let underlay: [(&'static str, &str, PeerValue); 2] = [
+        (
+            "crossover_underlay_packets_total",
+            "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay.",
+            |p| p.packets,
+        ),
+        (
+            "crossover_underlay_bytes_total",
+            "Bytes on the underlay to or from a peer node, per overlay.",
+            |p| p.bytes,
+        ),
+    ];
+    for (name, help, value) in underlay {
+        let mut f = family(&mut out, name, "counter", help);
+        for p in peers {
+            let peer = state.node_name(p.peer);
+            let labels = [
                 ("node", node),
-                ("peer_node", &peer),
+                ("peer_node", peer.as_str()),
                 ("overlay", p.overlay),
                 ("direction", p.direction),
-            ],
-            p.packets,
-        );
-    }
-    let mut f = family(
-        &mut out,
-        "crossover_underlay_bytes_total",
-        "counter",
-        "Bytes on the underlay to or from a peer node, per overlay.",
-    );
-    for p in peers {
-        let peer = state.node_name(p.peer);
-        f.sample(
-            &[
-                ("node", node),
-                ("peer_node", &peer),
-                ("overlay", p.overlay),
-                ("direction", p.direction),
-            ],
-            p.bytes,
-        );
+            ];
+            f.sample(&labels, value(p));
+        }
     }
 
     let mut seen = family(
