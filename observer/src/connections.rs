@@ -19,6 +19,10 @@ use crate::{
 
 const TCP: u8 = 6;
 
+/// A SYN unanswered this long is a failed handshake (the kernel's first
+/// SYN retransmission is at 1 s).
+pub const HANDSHAKE_GRACE_NS: u64 = 800_000_000;
+
 /// How far a TCP connection's opening got, as this node saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,8 +47,9 @@ pub enum SnatSeen {
     None,
     /// This node translated it: its conntrack names the original client.
     Translated,
-    /// It arrived translated: the client is a peer node's overlay address,
-    /// behind which the peer's conntrack knows the pod.
+    /// It arrived with a peer node's overlay address as source: SNATed pod
+    /// traffic, or that node's own traffic into the overlay. Only the
+    /// peer's conntrack tells the two apart.
     Arrived,
 }
 

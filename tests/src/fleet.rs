@@ -12,7 +12,10 @@ use observer::{
     delivery::{self, Delivery, NodeView},
 };
 
-use crate::lab::{Lab, plan};
+use crate::{
+    lab::{Lab, plan},
+    netns::in_netns,
+};
 
 pub struct Member {
     pub name: String,
@@ -25,10 +28,6 @@ pub struct Fleet {
     pub members: Vec<Member>,
     selection: Selection,
 }
-
-/// A SYN unanswered this long is a failed handshake (the kernel's first
-/// SYN retransmission is at 1 s).
-pub const HANDSHAKE_GRACE_NS: u64 = 800_000_000;
 
 impl Fleet {
     pub fn attach(lab: &Lab) -> Result<Fleet> {
@@ -114,28 +113,20 @@ impl Fleet {
             &snapshot.flows,
             &nat,
             monotonic_ns(),
-            HANDSHAKE_GRACE_NS,
+            connections::HANDSHAKE_GRACE_NS,
         ))
     }
 }
 
 /// The NAT table of namespace `ns`.
 pub fn nat_entries(ns: &str) -> Result<Vec<conntrack::NatEntry>> {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || -> Result<_> {
-        let _guard = observer::netns::enter(&ns)?;
-        Ok(conntrack::nat_entries()?.entries)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("conntrack thread panicked"))?
-    .context("reading conntrack")
+    let dump = in_netns(ns, conntrack::nat_entries).context("reading conntrack")?;
+    Ok(dump.entries)
 }
 
 /// Programs attached with TCX to any interface of `ns`, by name.
-pub fn tcx_programs_in(ns: &str) -> Result<Vec<String>> {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || -> Result<_> {
-        let _guard = observer::netns::enter(&ns)?;
+pub fn tcx_programs_in(ns: &str) -> Vec<String> {
+    in_netns(ns, || {
         let mut names = Vec::new();
         for iface in observer::datapath::interfaces() {
             for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
@@ -146,8 +137,6 @@ pub fn tcx_programs_in(ns: &str) -> Result<Vec<String>> {
                 }
             }
         }
-        Ok(names)
+        names
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("query thread panicked"))?
 }

@@ -14,8 +14,15 @@ use crate::{
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Which number of a peer record a family shows.
-type PeerValue = fn(&PeerRecord) -> u64;
+/// Client-side TCP totals of one peer node and network pair.
+#[derive(Default)]
+struct TcpCounts {
+    segments: u64,
+    retransmits: u64,
+}
+
+/// Which number of a record a family shows.
+type Value<T> = fn(&T) -> u64;
 
 /// A metric family being written.
 struct Family<'a> {
@@ -62,7 +69,7 @@ pub fn render(
 ) -> String {
     let mut out = String::new();
     let node = state.node.as_str();
-    let underlay: [(&'static str, &str, PeerValue); 2] = [
+    let underlay: [(&'static str, &str, Value<PeerRecord>); 2] = [
         (
             "crossover_underlay_packets_total",
             "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay.",
@@ -142,7 +149,7 @@ pub fn render(
     // Per peer node and network pair: handshakes by result, segments.
     type Key = (String, &'static str, &'static str);
     let mut handshakes: BTreeMap<(Key, &'static str), u64> = BTreeMap::new();
-    let mut segments: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
+    let mut segments: BTreeMap<Key, TcpCounts> = BTreeMap::new();
     for c in conns.iter().filter(|c| c.proto == 6) {
         let peer = c
             .peer
@@ -157,8 +164,8 @@ pub fn render(
         };
         *handshakes.entry((key.clone(), result)).or_default() += 1;
         let s = segments.entry(key).or_default();
-        s.0 += c.segments;
-        s.1 += c.retransmits;
+        s.segments += c.segments;
+        s.retransmits += c.retransmits;
     }
     let mut f = family(
         &mut out,
@@ -178,39 +185,29 @@ pub fn render(
             *n,
         );
     }
-    let mut f = family(
-        &mut out,
-        "crossover_tcp_segments_total",
-        "counter",
-        "TCP data segments sent by clients, per peer node and network pair.",
-    );
-    for ((peer, src, dst), (s, _)) in &segments {
-        f.sample(
-            &[
+    let tcp: [(&'static str, &str, Value<TcpCounts>); 2] = [
+        (
+            "crossover_tcp_segments_total",
+            "TCP data segments sent by clients, per peer node and network pair.",
+            |c| c.segments,
+        ),
+        (
+            "crossover_tcp_retransmits_total",
+            "TCP segments retransmitted by clients, per peer node and network pair.",
+            |c| c.retransmits,
+        ),
+    ];
+    for (name, help, value) in tcp {
+        let mut f = family(&mut out, name, "counter", help);
+        for ((peer, src, dst), counts) in &segments {
+            let labels = [
                 ("node", node),
-                ("peer_node", peer),
+                ("peer_node", peer.as_str()),
                 ("src_net", src),
                 ("dst_net", dst),
-            ],
-            *s,
-        );
-    }
-    let mut f = family(
-        &mut out,
-        "crossover_tcp_retransmits_total",
-        "counter",
-        "TCP segments retransmitted by clients, per peer node and network pair.",
-    );
-    for ((peer, src, dst), (_, r)) in &segments {
-        f.sample(
-            &[
-                ("node", node),
-                ("peer_node", peer),
-                ("src_net", src),
-                ("dst_net", dst),
-            ],
-            *r,
-        );
+            ];
+            f.sample(&labels, value(counts));
+        }
     }
 
     let mut f = family(

@@ -31,12 +31,8 @@ use crate::{
     },
     connections::{self, Connection},
     conntrack,
-    datapath::{AttachMode, Hook, LoadOptions, Observer, monotonic_ns},
+    datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, monotonic_ns},
 };
-
-/// A SYN unanswered this long is a failed handshake (the kernel's first
-/// SYN retransmission is at 1 s).
-pub const HANDSHAKE_GRACE_NS: u64 = 800_000_000;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -99,11 +95,10 @@ impl State {
         })
     }
 
-    /// The flow table joined into connections with this node's NAT table.
+    /// `flows` joined into connections with this node's NAT table.
     /// Without conntrack (no NAT module, no privilege) connections are
     /// still reported, unjoined across SNAT, and the error is counted.
-    fn connections(&self) -> Result<Vec<Connection>> {
-        let snapshot = lock(&self.observer).snapshot()?;
+    fn connections(&self, flows: &[FlowRecord]) -> Result<Vec<Connection>> {
         let nat = {
             let _ns = self.netns.as_deref().map(crate::netns::enter).transpose()?;
             conntrack::nat_entries()
@@ -113,10 +108,10 @@ impl State {
             Vec::new()
         });
         Ok(connections::join(
-            &snapshot.flows,
+            flows,
             &nat,
             monotonic_ns(),
-            HANDSHAKE_GRACE_NS,
+            connections::HANDSHAKE_GRACE_NS,
         ))
     }
 }
@@ -151,7 +146,7 @@ async fn metrics_handler(Extract(state): Extract<Shared>) -> Response {
             let observer = lock(&s.observer);
             (observer.peers()?, observer.snapshot()?)
         };
-        let conns = s.connections()?;
+        let conns = s.connections(&snapshot.flows)?;
         Ok(metrics::render(s, &peers, &snapshot, &conns))
     })
     .await;
@@ -176,7 +171,11 @@ async fn flows_handler(Extract(state): Extract<Shared>) -> Response {
 }
 
 async fn connections_handler(Extract(state): Extract<Shared>) -> Response {
-    match blocking(&state, State::connections).await {
+    let conns = blocking(&state, |s| {
+        let snapshot = lock(&s.observer).snapshot()?;
+        s.connections(&snapshot.flows)
+    });
+    match conns.await {
         Ok(conns) => Json(conns).into_response(),
         Err(response) => response,
     }

@@ -5,13 +5,15 @@
 //! them, so no port-unreachable comes back.
 use std::{
     net::UdpSocket,
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use super::{Lab, plan, traffic::Pacer};
+use super::{
+    Lab, plan,
+    traffic::{Endpoint, Pacer, join, spawn_in, start_server},
+};
 use crate::packet::{self, geneve_header};
 
 /// Sends `count` Geneve-encapsulated TCP segments from node `from` to node
@@ -39,15 +41,18 @@ pub fn send(
     let dst = lab.endpoint(inner_dst)?.addr;
     let outer_src = plan::underlay_addr(j);
     let outer_dst = plan::underlay_addr(k);
-    let (ready_tx, ready_rx) = mpsc::channel();
     let deadline = Duration::from_secs_f64(count as f64 / pps as f64) + Duration::from_secs(1);
-    let receiver = {
-        let ns = lab.node_ns(to);
-        std::thread::spawn(move || -> Result<u64> {
-            let _guard = observer::netns::enter(&ns)?;
-            let socket = UdpSocket::bind((outer_dst, plan::GENEVE_PORT))?;
+    let to_node = Endpoint {
+        label: to.into(),
+        netns: lab.node_ns(to),
+        addr: outer_dst,
+    };
+    let (target, receiver) = start_server(
+        &to_node,
+        plan::GENEVE_PORT,
+        UdpSocket::bind,
+        move |socket| {
             socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let _ = ready_tx.send(());
             let start = Instant::now();
             let mut buf = [0u8; 2048];
             let mut taken = 0;
@@ -57,14 +62,9 @@ pub fn send(
                 }
             }
             Ok(taken)
-        })
-    };
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .context("Geneve receiver did not start")?;
-    let ns = lab.node_ns(from);
-    let sender = std::thread::spawn(move || -> Result<()> {
-        let _guard = observer::netns::enter(&ns)?;
+        },
+    )?;
+    let sender = spawn_in(&lab.node_ns(from), move || {
         let socket = UdpSocket::bind((outer_src, 0))?;
         let pacer = Pacer::new(pps);
         for n in 0..count {
@@ -76,14 +76,10 @@ pub fn send(
             );
             let mut payload = geneve_header(0, 0x6558);
             payload.extend(inner.frame());
-            socket.send_to(&payload, (outer_dst, plan::GENEVE_PORT))?;
+            socket.send_to(&payload, target)?;
         }
         Ok(())
     });
-    sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("Geneve sender panicked"))??;
-    receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("Geneve receiver panicked"))?
+    join(sender)?;
+    join(receiver)
 }

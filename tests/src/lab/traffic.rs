@@ -71,7 +71,7 @@ fn bound(count: u64, duration: Duration) -> Result<()> {
 }
 
 /// Runs `f` on a new thread inside namespace `ns`.
-fn spawn_in<T: Send + 'static>(
+pub(super) fn spawn_in<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> thread::JoinHandle<Result<T>> {
@@ -82,20 +82,22 @@ fn spawn_in<T: Send + 'static>(
     })
 }
 
-fn join<T>(handle: thread::JoinHandle<Result<T>>) -> Result<T> {
+pub(super) fn join<T>(handle: thread::JoinHandle<Result<T>>) -> Result<T> {
     handle
         .join()
         .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
 }
 
-/// Starts a server in `to`'s namespace: `bind` on a fresh port, then, once
-/// bound (so no client races it), `serve`.
-fn start_server<S, T: Send + 'static>(
+/// Starts a server in `to`'s namespace: `bind` on `port` (a fresh one from
+/// [`next_port`] unless the protocol fixes it), then, once bound (so no
+/// client races it), `serve`.
+pub(super) fn start_server<S, T: Send + 'static>(
     to: &Endpoint,
+    port: u16,
     bind: impl FnOnce(SocketAddr) -> std::io::Result<S> + Send + 'static,
     serve: impl FnOnce(S) -> Result<T> + Send + 'static,
 ) -> Result<(SocketAddr, thread::JoinHandle<Result<T>>)> {
-    let addr = SocketAddr::from((to.addr, next_port()));
+    let addr = SocketAddr::from((to.addr, port));
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = spawn_in(&to.netns, move || match bind(addr) {
         Ok(socket) => {
@@ -162,7 +164,7 @@ pub fn tcp_connections(
     bound(count, timeout * count.min(u32::MAX as u64) as u32)?;
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
-    let (target, server) = start_server(to, TcpListener::bind, move |listener| {
+    let (target, server) = start_server(to, next_port(), TcpListener::bind, move |listener| {
         listener.set_nonblocking(true)?;
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -230,7 +232,7 @@ pub fn tcp_stream(
     bound(0, duration)?;
     let received = Arc::new(AtomicU64::new(0));
     let counted = received.clone();
-    let (target, server) = start_server(to, TcpListener::bind, move |listener| {
+    let (target, server) = start_server(to, next_port(), TcpListener::bind, move |listener| {
         let (mut conn, _) = listener.accept()?;
         conn.set_read_timeout(Some(duration + Duration::from_secs(5)))?;
         let mut buf = vec![0u8; 65536];
@@ -288,7 +290,7 @@ pub fn udp_stream(
     bound(count, duration)?;
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
-    let (target, server) = start_server(to, UdpSocket::bind, move |socket| {
+    let (target, server) = start_server(to, next_port(), UdpSocket::bind, move |socket| {
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let mut buf = [0u8; 2048];
         let mut received = 0;
