@@ -11,6 +11,7 @@ use observer_ebpf::Overlay;
 use crate::datapath::PeerRecord;
 
 /// One node's counters, with the address its peers know it by.
+#[derive(Clone)]
 pub struct NodeView<'a> {
     pub name: &'a str,
     pub underlay: Ipv4Addr,

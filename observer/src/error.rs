@@ -69,6 +69,9 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("Kubernetes API: {context}: {reason}")]
+    Kube { context: String, reason: String },
+
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
@@ -94,6 +97,7 @@ impl Error {
             Error::Shape(_) => "shape",
             Error::Netns { .. } => "netns",
             Error::Conntrack { .. } => "conntrack",
+            Error::Kube { .. } => "kube",
             Error::Agent { .. } => "agent",
             Error::Io { .. } => "io",
         }

@@ -2,6 +2,7 @@
 //! migration to Cilium loses, from passive TC programs in the kernel.
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod connections;
 pub mod conntrack;
 pub mod datapath;

@@ -21,7 +21,7 @@ enum Command {
     /// Attach to interfaces of this node and print flows and counters.
     Observe(ObserveArgs),
     /// Run on every node: attach, follow, serve /metrics and /api/v1.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Ask every agent and print the loss per node pair and overlay.
     Loss(LossArgs),
 }
@@ -31,7 +31,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Observe(args) => observe::run(args).await,
-        Command::Agent(args) => agent::run(args).await,
+        Command::Agent(args) => agent::run(*args).await,
         // Blocking HTTP and a sleep: off the async workers.
         Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
             .await

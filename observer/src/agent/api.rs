@@ -1,14 +1,52 @@
 //! The agent's versioned JSON API. `v1` is what `crossover loss` and the
 //! migration driver read; fields are only ever added within a version.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::PeerRecord, delivery::NodeView};
+use super::window::LossRow;
+use crate::{
+    Error, Result,
+    cluster::index::Identity,
+    datapath::{Counters, FlowRecord, PeerRecord},
+    delivery::NodeView,
+};
 
 pub const PEERS_PATH: &str = "/api/v1/peers";
 pub const FLOWS_PATH: &str = "/api/v1/flows";
 pub const CONNECTIONS_PATH: &str = "/api/v1/connections";
+pub const LOSS_PATH: &str = "/api/v1/loss";
+pub const STATUS_PATH: &str = "/api/v1/status";
+
+/// The loss matrix from one agent's side over its current window.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LossReport {
+    pub version: u32,
+    pub node: String,
+    pub window_seconds: f64,
+    pub rows: Vec<LossRow>,
+    /// Peer agents whose counters could not be read at the last sample:
+    /// pairs towards them are missing from `rows`, not lossless.
+    pub unreachable: Vec<String>,
+}
+
+/// The flow table, every address named.
+#[derive(Serialize)]
+pub struct FlowsReport {
+    pub version: u32,
+    pub node: String,
+    pub taken_ns: u64,
+    pub counters: Counters,
+    pub flows: Vec<AttributedFlow>,
+}
+
+#[derive(Serialize)]
+pub struct AttributedFlow {
+    #[serde(flatten)]
+    pub flow: FlowRecord,
+    pub src_is: Identity,
+    pub dst_is: Identity,
+}
 
 /// One agent's underlay counters per peer: half of every delivery figure.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,4 +124,31 @@ pub fn views<'a>(reports: &'a [(PeersReport, Vec<PeerRecord>)]) -> Vec<NodeView<
             peers: records,
         })
         .collect()
+}
+
+/// One agent's peers report, checked against this version.
+pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<(PeersReport, Vec<PeerRecord>)> {
+    let url = format!("{}{}", agent.trim_end_matches('/'), PEERS_PATH);
+    let fail = |reason: String| Error::Agent {
+        agent: agent.into(),
+        reason,
+    };
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build();
+    let report: PeersReport = ureq::Agent::new_with_config(config)
+        .get(&url)
+        .call()
+        .map_err(|e| fail(format!("GET {url}: {e}")))?
+        .body_mut()
+        .read_json()
+        .map_err(|e| fail(format!("{url} is not a v1 peers report: {e}")))?;
+    if report.version != 1 {
+        return Err(fail(format!(
+            "speaks API version {}, not 1",
+            report.version
+        )));
+    }
+    let records = report.records().map_err(fail)?;
+    Ok((report, records))
 }

@@ -6,7 +6,7 @@
 //! a client library built around counters the process increments itself.
 use std::{collections::BTreeMap, fmt::Write};
 
-use super::State;
+use super::{State, window::LossRow};
 use crate::{
     connections::{Connection, Handshake},
     datapath::{PeerRecord, Snapshot},
@@ -37,7 +37,7 @@ fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -
 }
 
 impl Family<'_> {
-    fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         let _ = write!(self.out, "{}", self.name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -69,6 +69,7 @@ pub fn render(
 ) -> String {
     let mut out = String::new();
     let node = state.node.as_str();
+    let view = state.view();
     let underlay: [(&'static str, &str, Value<PeerRecord>); 2] = [
         (
             "crossover_underlay_packets_total",
@@ -84,7 +85,7 @@ pub fn render(
     for (name, help, value) in underlay {
         let mut f = family(&mut out, name, "counter", help);
         for p in peers {
-            let peer = state.node_name(p.peer);
+            let peer = view.node_name(p.peer);
             let labels = [
                 ("node", node),
                 ("peer_node", peer.as_str()),
@@ -153,7 +154,7 @@ pub fn render(
     for c in conns.iter().filter(|c| c.proto == 6) {
         let peer = c
             .peer
-            .map_or_else(|| "local".to_string(), |p| state.node_name(p));
+            .map_or_else(|| "local".to_string(), |p| view.node_name(p));
         let key = (peer, c.client_net, c.server_net);
         let result = match c.handshake {
             Handshake::Answered => "answered",
@@ -210,6 +211,9 @@ pub fn render(
         }
     }
 
+    window_families(&mut out, state);
+    cluster_families(&mut out, state);
+
     let mut f = family(
         &mut out,
         "crossover_errors_total",
@@ -220,4 +224,116 @@ pub fn render(
         f.sample(&[("node", node), ("reason", reason)], n);
     }
     out
+}
+
+/// The loss matrix over the current window, from this node's side.
+fn window_families(out: &mut String, state: &State) {
+    let loss = state.loss();
+    let node = state.node.as_str();
+    let labels = |r: &'_ LossRow| {
+        [
+            ("node", node.to_string()),
+            ("peer_node", r.peer_node.clone()),
+            ("overlay", r.overlay.clone()),
+            ("src_net", r.src_net.clone()),
+            ("dst_net", r.dst_net.clone()),
+            ("signal", r.signal.clone()),
+        ]
+    };
+    let gauges: [(&'static str, &str, Value<LossRow>); 2] = [
+        (
+            "crossover_window_sent",
+            "Packets, segments or handshakes sent in the current window, per peer node, overlay, network pair and signal.",
+            |r| r.sent,
+        ),
+        (
+            "crossover_window_lost",
+            "Of those, lost (never received, retransmitted, unanswered) in the current window.",
+            |r| r.lost,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut f = family(out, name, "gauge", help);
+        for row in &loss.rows {
+            let labels = labels(row);
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            f.sample(&labels, value(row));
+        }
+    }
+    let mut f = family(
+        out,
+        "crossover_loss_ratio",
+        "gauge",
+        "Lost over sent in the current window; absent when nothing was sent.",
+    );
+    for row in &loss.rows {
+        let Some(ratio) = row.ratio() else { continue };
+        let labels = labels(row);
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        f.sample(&labels, ratio);
+    }
+    let mut f = family(
+        out,
+        "crossover_window_seconds",
+        "gauge",
+        "Length of the loss window.",
+    );
+    f.sample(&[("node", node)], loss.window_seconds);
+    let mut f = family(
+        out,
+        "crossover_peer_agent_up",
+        "gauge",
+        "1 when the peer node's agent answered the last sample; its pairs are missing otherwise.",
+    );
+    for (peer, status) in state.peer_status() {
+        f.sample(
+            &[("node", node), ("peer_node", &peer)],
+            u64::from(status.up),
+        );
+    }
+    let mut f = family(
+        out,
+        "crossover_sample_seconds",
+        "gauge",
+        "Time the last sample of this node's and its peers' counters took.",
+    );
+    f.sample(&[("node", node)], state.sample_duration().as_secs_f64());
+}
+
+/// The Kubernetes watches, when the agent follows a cluster.
+fn cluster_families(out: &mut String, state: &State) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let node = state.node.as_str();
+    let health = cluster.health();
+    let mut f = family(
+        out,
+        "crossover_kube_watch_synced",
+        "gauge",
+        "1 once the watch of a resource has listed it fully.",
+    );
+    for (resource, h) in &health {
+        f.sample(
+            &[("node", node), ("resource", resource)],
+            u64::from(h.synced),
+        );
+    }
+    let mut f = family(
+        out,
+        "crossover_kube_watch_errors_total",
+        "counter",
+        "Errors of the watch of a resource (retried with backoff).",
+    );
+    for (resource, h) in &health {
+        f.sample(&[("node", node), ("resource", resource)], h.errors);
+    }
+    let view = state.view();
+    let mut f = family(
+        out,
+        "crossover_shape_rejected",
+        "gauge",
+        "1 when the shape derived from the cluster was refused and the previous one is still in force.",
+    );
+    f.sample(&[("node", node)], u64::from(view.rejected.is_some()));
 }

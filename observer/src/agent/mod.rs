@@ -1,27 +1,28 @@
 //! `crossover agent`: what runs on every node (the DaemonSet). It attaches
-//! the programs, follows interfaces as pods come and go, and serves the
-//! kernel's counters as Prometheus metrics and a versioned JSON API, from
-//! which `crossover loss` (and the migration driver) match one node's sends
-//! against its peers' receives.
+//! the programs, follows interfaces as pods come and go, follows the
+//! cluster through the API (or a config file), reads its peers' counters
+//! into sliding windows, and serves it all as Prometheus metrics and a
+//! versioned JSON API.
 pub mod api;
 pub mod metrics;
+mod routes;
+mod sampler;
+pub mod view;
+pub mod window;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
-use axum::{
-    Json, Router,
-    extract::State as Extract,
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
+
+pub use routes::router;
+pub use sampler::PeerStatus;
 
 use crate::{
     Error, Result,
@@ -29,23 +30,56 @@ use crate::{
         observe::load_shape,
         session::{Session, lock},
     },
+    cluster::{Cluster, ClusterOptions, derive::ShapeOverrides},
     connections::{self, Connection},
     conntrack,
-    datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, monotonic_ns},
+    datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, Selection},
 };
+use view::View;
+use window::Windows;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Cluster shape with `local_node` set (JSON, see docs/shape.md).
+    /// Cluster shape with `local_node` set (JSON, see docs/shape.md), for
+    /// running without Kubernetes. Without it the agent reads the cluster.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub config: Option<PathBuf>,
+    /// Kubeconfig file; default: in-cluster credentials, then $KUBECONFIG.
     #[arg(long)]
-    pub config: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME", required_unless_present = "config")]
+    pub node_name: Option<String>,
+    /// Namespace of the agent DaemonSet's pods, the peers.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "crossover")]
+    pub namespace: String,
+    #[arg(long, default_value = "app.kubernetes.io/name=crossover-agent")]
+    pub agent_selector: String,
+    #[arg(long, default_value = "app.kubernetes.io/name=crossover-probe")]
+    pub probe_selector: String,
+    /// Namespace of Cilium and its `cilium-config`.
+    #[arg(long, default_value = "kube-system")]
+    pub cilium_namespace: String,
+    #[command(flatten)]
+    pub overrides: ShapeOverrides,
     /// The underlay and any other interface the name does not tell, as
-    /// NAME=HOOK. Overlay devices and pod veths are followed by name.
-    #[arg(long = "iface", value_parser = super::cli::observe::parse_iface)]
+    /// NAME=HOOK. Overlay devices and pod veths are followed by name; with
+    /// Kubernetes the underlay is the interface holding the node's
+    /// InternalIP.
+    #[arg(long = "iface", value_parser = crate::cli::observe::parse_iface)]
     pub ifaces: Vec<(String, Hook)>,
     /// Address for /metrics, /healthz, /readyz and /api/v1.
     #[arg(long, default_value = "0.0.0.0:9190")]
     pub listen: SocketAddr,
+    /// Port of the peer agents' API; default: the port of --listen.
+    #[arg(long)]
+    pub peer_port: Option<u16>,
+    /// Length of the sliding loss window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub window: Duration,
+    /// How often counters are read into the window.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub sample_interval: Duration,
     /// Named network namespace (`ip netns`) of the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
@@ -55,23 +89,48 @@ pub struct AgentArgs {
     pub flow_capacity: u32,
 }
 
-/// What the HTTP handlers share.
+/// `250ms`, `10s`, `2m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 10s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    if seconds <= 0.0 || !seconds.is_finite() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// What the HTTP handlers and the background tasks share.
 pub struct State {
     pub node: String,
-    pub underlay: Ipv4Addr,
-    /// Underlay address to node name, for `peer_node` labels.
-    names: BTreeMap<Ipv4Addr, String>,
+    view: RwLock<Arc<View>>,
     observer: Arc<Mutex<Observer>>,
     netns: Option<String>,
+    cluster: Option<Arc<Cluster>>,
+    peer_port: u16,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    windows: Mutex<Windows>,
+    peer_status: Mutex<BTreeMap<String, PeerStatus>>,
+    sample_duration: Mutex<Duration>,
 }
 
 impl State {
-    pub fn node_name(&self, addr: Ipv4Addr) -> String {
-        self.names
-            .get(&addr)
-            .cloned()
-            .unwrap_or_else(|| addr.to_string())
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_view(&self, view: View) {
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 
     pub fn errors(&self) -> Vec<(&'static str, u64)> {
@@ -84,13 +143,87 @@ impl State {
         *errors.entry(err.metric_label()).or_default() += 1;
     }
 
+    fn window_ns(&self) -> u64 {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .window_ns()
+    }
+
+    fn push_sample(
+        &self,
+        sample: window::Sample,
+        handshakes: BTreeMap<window::TcpKey, window::HandshakeCounts>,
+    ) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.push(sample, handshakes);
+    }
+
+    pub fn loss(&self) -> api::LossReport {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        api::LossReport {
+            version: 1,
+            node: self.node.clone(),
+            window_seconds: windows.window_ns() as f64 / 1e9,
+            rows: windows.loss(&self.node),
+            unreachable: self
+                .peer_status()
+                .into_iter()
+                .filter(|(_, s)| !s.up)
+                .map(|(n, _)| n)
+                .collect(),
+        }
+    }
+
+    pub fn peer_status(&self) -> BTreeMap<String, PeerStatus> {
+        self.peer_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn peer_failures(&self, node: &str) -> u64 {
+        let status = self.peer_status.lock().unwrap_or_else(|e| e.into_inner());
+        status.get(node).map_or(0, |s| s.failures)
+    }
+
+    fn set_peer_status(&self, node: String, status: PeerStatus) {
+        let mut all = self.peer_status.lock().unwrap_or_else(|e| e.into_inner());
+        all.insert(node, status);
+        // Peers that left the cluster leave the table.
+        let view = self.view();
+        all.retain(|n, _| view.peers.iter().any(|p| &p.node == n));
+    }
+
+    pub fn sample_duration(&self) -> Duration {
+        *self
+            .sample_duration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_sample_duration(&self, took: Duration) {
+        *self
+            .sample_duration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = took;
+    }
+
     fn peers_report(&self) -> Result<api::PeersReport> {
         let peers = lock(&self.observer).peers()?;
+        let underlay = self
+            .view()
+            .local()
+            .map(|n| n.underlay)
+            .ok_or_else(|| Error::Agent {
+                agent: self.node.clone(),
+                reason: "this node is not in the cluster shape yet".into(),
+            })?;
         Ok(api::PeersReport {
             version: 1,
             node: self.node.clone(),
-            underlay: self.underlay,
-            taken_ns: monotonic_ns(),
+            underlay,
+            taken_ns: crate::datapath::monotonic_ns(),
             peers: peers.iter().map(Into::into).collect(),
         })
     }
@@ -110,153 +243,124 @@ impl State {
         Ok(connections::join(
             flows,
             &nat,
-            monotonic_ns(),
+            crate::datapath::monotonic_ns(),
             connections::HANDSHAKE_GRACE_NS,
         ))
     }
-}
 
-type Shared = Arc<State>;
-
-/// Runs blocking map reads off the async workers; errors become 500s and
-/// are counted.
-async fn blocking<T: Send + 'static>(
-    state: &Shared,
-    f: impl FnOnce(&State) -> Result<T> + Send + 'static,
-) -> std::result::Result<T, Response> {
-    let state = state.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let result = f(&state);
-        if let Err(err) = &result {
-            state.count(err);
+    /// Why the agent is not ready, if it is not.
+    fn unready(&self) -> Option<String> {
+        let observer = lock(&self.observer);
+        if !observer.attached().any(|(_, hook)| hook == Hook::Underlay) {
+            return Some("not attached to an underlay interface".into());
         }
-        result
+        if let Some(cluster) = &self.cluster
+            && !cluster.synced()
+        {
+            return Some("Kubernetes API not synced".into());
+        }
+        None
+    }
+}
+
+/// Where the cluster's shape comes from.
+enum Source {
+    File(crate::shape::ClusterShape),
+    Kube(Arc<Cluster>),
+}
+
+async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
+    if let Some(config) = &args.config {
+        let shape = load_shape(Some(config))?;
+        let node = shape.local_node.clone().ok_or_else(|| {
+            Error::Shape(format!(
+                "{}: local_node must name this node",
+                config.display()
+            ))
+        })?;
+        return Ok((node, Source::File(shape)));
+    }
+    let node = args.node_name.clone().ok_or_else(|| Error::Kube {
+        context: "--node-name".into(),
+        reason: "required with Kubernetes (set NODE_NAME from spec.nodeName)".into(),
+    })?;
+    let cluster = Cluster::start(ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        node_name: node.clone(),
+        cilium_namespace: args.cilium_namespace.clone(),
+        agent_namespace: args.namespace.clone(),
+        agent_selector: args.agent_selector.clone(),
+        probe_selector: args.probe_selector.clone(),
+        overrides: args.overrides.clone(),
     })
-    .await;
-    match result {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err((StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()),
-        Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, join.to_string()).into_response()),
-    }
-}
-
-async fn metrics_handler(Extract(state): Extract<Shared>) -> Response {
-    let body = blocking(&state, |s| {
-        let (peers, snapshot) = {
-            let observer = lock(&s.observer);
-            (observer.peers()?, observer.snapshot()?)
-        };
-        let conns = s.connections(&snapshot.flows)?;
-        Ok(metrics::render(s, &peers, &snapshot, &conns))
-    })
-    .await;
-    match body {
-        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
-        Err(response) => response,
-    }
-}
-
-async fn peers_handler(Extract(state): Extract<Shared>) -> Response {
-    match blocking(&state, State::peers_report).await {
-        Ok(report) => Json(report).into_response(),
-        Err(response) => response,
-    }
-}
-
-async fn flows_handler(Extract(state): Extract<Shared>) -> Response {
-    match blocking(&state, |s| lock(&s.observer).snapshot()).await {
-        Ok(snapshot) => Json(snapshot).into_response(),
-        Err(response) => response,
-    }
-}
-
-async fn connections_handler(Extract(state): Extract<Shared>) -> Response {
-    let conns = blocking(&state, |s| {
-        let snapshot = lock(&s.observer).snapshot()?;
-        s.connections(&snapshot.flows)
-    });
-    match conns.await {
-        Ok(conns) => Json(conns).into_response(),
-        Err(response) => response,
-    }
-}
-
-/// Alive: the maps answer.
-async fn healthz(Extract(state): Extract<Shared>) -> Response {
-    match blocking(&state, |s| lock(&s.observer).peers()).await {
-        Ok(_) => "ok\n".into_response(),
-        Err(response) => response,
-    }
-}
-
-/// Ready: programs are on the underlay, so the counters mean something.
-async fn readyz(Extract(state): Extract<Shared>) -> Response {
-    let observer = lock(&state.observer);
-    let underlay: Vec<&str> = observer
-        .attached()
-        .filter(|(_, hook)| *hook == Hook::Underlay)
-        .map(|(name, _)| name)
-        .collect();
-    if underlay.is_empty() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not attached to an underlay interface\n",
-        )
-            .into_response()
-    } else {
-        format!("attached to {}\n", underlay.join(", ")).into_response()
-    }
-}
-
-pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route(api::PEERS_PATH, get(peers_handler))
-        .route(api::FLOWS_PATH, get(flows_handler))
-        .route(api::CONNECTIONS_PATH, get(connections_handler))
-        .with_state(state)
+    .await?;
+    eprintln!("crossover: waiting for the Kubernetes API to list nodes and pods");
+    cluster.wait_synced().await;
+    Ok((node, Source::Kube(Arc::new(cluster))))
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let shape = load_shape(Some(&args.config))?;
-    let node = shape.local_node.clone().ok_or_else(|| {
-        Error::Shape(format!(
-            "{}: local_node must name this node",
-            args.config.display()
-        ))
-    })?;
+    let (node, source) = open_source(&args).await?;
+    let (shape, cluster) = match source {
+        Source::File(shape) => (shape, None),
+        Source::Kube(cluster) => {
+            let derived = cluster.derive();
+            for warning in &derived.warnings {
+                eprintln!("crossover: warning: {warning}");
+            }
+            (derived.shape, Some(cluster))
+        }
+    };
     let underlay = shape
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
+        .local()
         .map(|n| n.underlay)
-        .ok_or_else(|| Error::Shape(format!("local_node {node:?} is not in nodes")))?;
-    let names = shape
-        .nodes
-        .iter()
-        .map(|n| (n.underlay, n.name.clone()))
-        .collect();
+        .ok_or_else(|| Error::Shape(format!("node {node:?} is not in the cluster shape")))?;
+    let mut explicit = args.ifaces.clone();
+    if !explicit.iter().any(|(_, h)| *h == Hook::Underlay) {
+        let _ns = args.netns.as_deref().map(crate::netns::enter).transpose()?;
+        let iface = crate::datapath::interface_with(underlay).ok_or_else(|| {
+            Error::Shape(format!(
+                "no interface holds this node's underlay address {underlay}: pass --iface NAME=underlay"
+            ))
+        })?;
+        explicit.push((iface, Hook::Underlay));
+    }
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         ..LoadOptions::default()
     };
-    let selection = crate::datapath::Selection {
-        explicit: args.ifaces.clone(),
-        follow_named: true,
-    };
-    let session = Session::open(options, &shape, selection)?;
+    let session = Session::open(
+        options,
+        &shape,
+        Selection {
+            explicit,
+            follow_named: true,
+        },
+    )?;
     let state = Arc::new(State {
         node,
-        underlay,
-        names,
+        view: RwLock::new(Arc::new(View::from_shape(shape))),
         observer: session.observer.clone(),
         netns: args.netns.clone(),
+        cluster: cluster.clone(),
+        peer_port: args.peer_port.unwrap_or(args.listen.port()),
         errors: Mutex::new(BTreeMap::new()),
+        windows: Mutex::new(Windows::new(args.window.as_nanos() as u64)),
+        peer_status: Mutex::new(BTreeMap::new()),
+        sample_duration: Mutex::new(Duration::ZERO),
     });
+    let mut tasks = Vec::new();
+    if let Some(cluster) = cluster {
+        view::rebuild(&state, &cluster);
+        tasks.push(tokio::spawn(view::follow_cluster(state.clone(), cluster)));
+    }
+    tasks.push(tokio::spawn(sampler::run(
+        state.clone(),
+        args.sample_interval,
+    )));
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", args.listen), e))?;
@@ -270,21 +374,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut server = Box::pin(axum::serve(listener, router(state)).into_future());
-    loop {
+    let result = loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            served = &mut server => {
-                served.map_err(|e| Error::io("serving HTTP", e))?;
-                break;
-            }
-            followed = session.follow_links() => followed?,
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            served = &mut server => break served.map_err(|e| Error::io("serving HTTP", e)),
+            followed = session.follow_links() => if let Err(err) = followed { break Err(err) },
         }
+    };
+    for task in tasks {
+        task.abort();
     }
     // Open connections may still hold the state: detach explicitly.
     drop(server);
     session.observer().detach_all();
     drop(session);
     eprintln!("crossover: detached");
-    Ok(())
+    result
 }

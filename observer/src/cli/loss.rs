@@ -7,8 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     Error, Result,
-    agent::api::{self, PeersReport},
-    datapath::PeerRecord,
+    agent::api,
     delivery::{self, Delivery},
 };
 
@@ -34,38 +33,12 @@ pub struct LossArgs {
     pub timeout: u64,
 }
 
-fn fetch(agent: &str, timeout: Duration) -> Result<(PeersReport, Vec<PeerRecord>)> {
-    let url = format!("{}{}", agent.trim_end_matches('/'), api::PEERS_PATH);
-    let fail = |reason: String| Error::Agent {
-        agent: agent.into(),
-        reason,
-    };
-    let config = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build();
-    let report: PeersReport = ureq::Agent::new_with_config(config)
-        .get(&url)
-        .call()
-        .map_err(|e| fail(format!("GET {url}: {e}")))?
-        .body_mut()
-        .read_json()
-        .map_err(|e| fail(format!("{url} is not a v1 peers report: {e}")))?;
-    if report.version != 1 {
-        return Err(fail(format!(
-            "speaks API version {}, not 1",
-            report.version
-        )));
-    }
-    let records = report.records().map_err(fail)?;
-    Ok((report, records))
-}
-
 /// One reading of every agent, back to back so the skew between one
 /// node's sends and its peer's receives stays small.
 pub fn read_all(agents: &[String], timeout: Duration) -> Result<Vec<Delivery>> {
     let reports = agents
         .iter()
-        .map(|a| fetch(a, timeout))
+        .map(|a| api::fetch_peers(a, timeout))
         .collect::<Result<Vec<_>>>()?;
     Ok(delivery::deliveries(&api::views(&reports)))
 }

@@ -427,3 +427,36 @@ fn load_error(name: &str, err: ProgramError) -> Error {
         },
     }
 }
+
+/// The interface holding `addr` in the current network namespace: where a
+/// node's underlay traffic leaves, found from its InternalIP.
+pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
+    let mut found = None;
+    // SAFETY: getifaddrs fills a linked list freed with freeifaddrs; entries
+    // are only read while the list is alive, and ifa_addr is checked for
+    // null and for AF_INET before it is read as a sockaddr_in.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut entry = list;
+        while !entry.is_null() {
+            let sa = (*entry).ifa_addr;
+            if !sa.is_null() && i32::from((*sa).sa_family) == libc::AF_INET {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                if u32::from_be(sin.sin_addr.s_addr) == u32::from(addr) {
+                    found = Some(
+                        std::ffi::CStr::from_ptr((*entry).ifa_name)
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                    break;
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}

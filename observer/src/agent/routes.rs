@@ -1,0 +1,172 @@
+//! The HTTP side: handlers for /metrics, /healthz, /readyz and /api/v1.
+//! Map reads block on syscalls, so they run off the async workers.
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State as Extract,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+
+use super::{State, api, lock, metrics};
+use crate::Result;
+
+type Shared = Arc<State>;
+
+/// Runs blocking map reads off the async workers; errors become 500s and
+/// are counted.
+async fn blocking<T: Send + 'static>(
+    state: &Shared,
+    f: impl FnOnce(&State) -> Result<T> + Send + 'static,
+) -> std::result::Result<T, Response> {
+    let state = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result = f(&state);
+        if let Err(err) = &result {
+            state.count(err);
+        }
+        result
+    })
+    .await;
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err((StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()),
+        Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, join.to_string()).into_response()),
+    }
+}
+
+fn json<T: Serialize>(result: std::result::Result<T, Response>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn metrics_handler(Extract(state): Extract<Shared>) -> Response {
+    let body = blocking(&state, |s| {
+        let (peers, snapshot) = {
+            let observer = lock(&s.observer);
+            (observer.peers()?, observer.snapshot()?)
+        };
+        let conns = s.connections(&snapshot.flows)?;
+        Ok(metrics::render(s, &peers, &snapshot, &conns))
+    })
+    .await;
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn peers_handler(Extract(state): Extract<Shared>) -> Response {
+    json(blocking(&state, State::peers_report).await)
+}
+
+async fn flows_handler(Extract(state): Extract<Shared>) -> Response {
+    json(
+        blocking(&state, |s| {
+            let snapshot = lock(&s.observer).snapshot()?;
+            let view = s.view();
+            let flows = snapshot
+                .flows
+                .into_iter()
+                .map(|flow| api::AttributedFlow {
+                    src_is: view.index.lookup(flow.src),
+                    dst_is: view.index.lookup(flow.dst),
+                    flow,
+                })
+                .collect();
+            Ok(api::FlowsReport {
+                version: 1,
+                node: s.node.clone(),
+                taken_ns: snapshot.finished_ns,
+                counters: snapshot.counters,
+                flows,
+            })
+        })
+        .await,
+    )
+}
+
+async fn connections_handler(Extract(state): Extract<Shared>) -> Response {
+    json(
+        blocking(&state, |s| {
+            let snapshot = lock(&s.observer).snapshot()?;
+            s.connections(&snapshot.flows)
+        })
+        .await,
+    )
+}
+
+async fn loss_handler(Extract(state): Extract<Shared>) -> Response {
+    Json(state.loss()).into_response()
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: u32,
+    node: &'a str,
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unready: Option<String>,
+    attached: Vec<(String, &'static str)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watches: Option<std::collections::BTreeMap<&'static str, crate::cluster::WatchHealth>>,
+    peer_agents: std::collections::BTreeMap<String, super::PeerStatus>,
+    sample_seconds: f64,
+    view: super::view::ViewStatus<'a>,
+}
+
+async fn status_handler(Extract(state): Extract<Shared>) -> Response {
+    let unready = state.unready();
+    let attached = lock(&state.observer)
+        .attached()
+        .map(|(name, hook)| (name.to_string(), hook.label()))
+        .collect();
+    let view = state.view();
+    Json(Status {
+        version: 1,
+        node: &state.node,
+        ready: unready.is_none(),
+        unready,
+        attached,
+        watches: state.cluster.as_ref().map(|c| c.health()),
+        peer_agents: state.peer_status(),
+        sample_seconds: state.sample_duration().as_secs_f64(),
+        view: view.status(),
+    })
+    .into_response()
+}
+
+/// Alive: the maps answer.
+async fn healthz(Extract(state): Extract<Shared>) -> Response {
+    match blocking(&state, |s| lock(&s.observer).peers()).await {
+        Ok(_) => "ok\n".into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Ready: programs are on the underlay and the cluster is known, so the
+/// counters mean something.
+async fn readyz(Extract(state): Extract<Shared>) -> Response {
+    match state.unready() {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        None => "ready\n".into_response(),
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(api::PEERS_PATH, get(peers_handler))
+        .route(api::FLOWS_PATH, get(flows_handler))
+        .route(api::CONNECTIONS_PATH, get(connections_handler))
+        .route(api::LOSS_PATH, get(loss_handler))
+        .route(api::STATUS_PATH, get(status_handler))
+        .with_state(state)
+}

@@ -1,0 +1,163 @@
+//! Once per interval: this node's counters, every peer agent's counters
+//! over HTTP, and this node's TCP connections, into the windows.
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{
+    State, api,
+    window::{HandshakeCounts, Sample, TcpKey, TcpTotals},
+};
+use crate::{
+    Result,
+    connections::{Connection, Handshake},
+    datapath::monotonic_ns,
+    delivery::{self, NodeView},
+};
+
+/// How the last reading of one peer agent went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PeerStatus {
+    pub url: String,
+    pub up: bool,
+    pub failures: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+pub async fn run(state: Arc<State>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        if let Err(err) = sample(&state, interval).await {
+            state.count(&err);
+        }
+        state.set_sample_duration(started.elapsed());
+    }
+}
+
+async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
+    let view = state.view();
+    // Peers first, then this node: a peer's reading is then never older than
+    // ours, so in-flight packets look like loss only briefly, never like
+    // packets received beyond those sent.
+    let timeout = interval.mul_f64(0.8);
+    let fetches: Vec<_> = view
+        .peers
+        .iter()
+        .map(|peer| {
+            let url = format!("http://{}:{}", peer.addr, state.peer_port);
+            let node = peer.node.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = api::fetch_peers(&url, timeout);
+                (node, url, result)
+            })
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for fetch in fetches {
+        let Ok((node, url, result)) = fetch.await else {
+            continue;
+        };
+        let status = match result {
+            Ok(report) => {
+                reports.push(report);
+                PeerStatus {
+                    url,
+                    up: true,
+                    failures: 0,
+                    last_error: None,
+                }
+            }
+            Err(err) => {
+                state.count(&err);
+                let failures = state.peer_failures(&node) + 1;
+                PeerStatus {
+                    url,
+                    up: false,
+                    failures,
+                    last_error: Some(err.to_string()),
+                }
+            }
+        };
+        state.set_peer_status(node, status);
+    }
+    let own_state = state.clone();
+    let (own, conns) = tokio::task::spawn_blocking(move || {
+        let own = super::lock(&own_state.observer).peers()?;
+        let snapshot = super::lock(&own_state.observer).snapshot()?;
+        let conns = own_state.connections(&snapshot.flows)?;
+        Result::Ok((own, conns))
+    })
+    .await
+    .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
+    let at_ns = monotonic_ns();
+
+    let Some(local) = view.local() else {
+        return Ok(());
+    };
+    let me = NodeView {
+        name: &state.node,
+        underlay: local.underlay,
+        peers: &own,
+    };
+    let mut outgoing = Vec::new();
+    for (report, records) in &reports {
+        let peer = NodeView {
+            name: &report.node,
+            underlay: report.underlay,
+            peers: records,
+        };
+        outgoing.extend(
+            delivery::deliveries(&[me.clone(), peer])
+                .into_iter()
+                .filter(|d| d.from == state.node),
+        );
+    }
+
+    let window_start = at_ns.saturating_sub(state.window_ns());
+    let mut tcp: BTreeMap<TcpKey, TcpTotals> = BTreeMap::new();
+    let mut handshakes: BTreeMap<TcpKey, HandshakeCounts> = BTreeMap::new();
+    for c in opened_here(&conns, &view) {
+        let Some(peer) = c.peer else { continue };
+        let key = (view.node_name(peer), c.overlay, c.client_net, c.server_net);
+        let totals = tcp.entry(key.clone()).or_default();
+        totals.segments += c.segments;
+        totals.retransmits += c.retransmits;
+        if c.first_seen_ns >= window_start {
+            let h = handshakes.entry(key).or_default();
+            match c.handshake {
+                Handshake::Answered => h.answered += 1,
+                Handshake::Unanswered => h.unanswered += 1,
+                Handshake::Reset => h.reset += 1,
+                Handshake::Pending | Handshake::Unseen | Handshake::NotTcp => {}
+            }
+        }
+    }
+    state.push_sample(
+        Sample {
+            at_ns,
+            outgoing,
+            tcp,
+        },
+        handshakes,
+    );
+    Ok(())
+}
+
+/// TCP connections whose client is this node or one of its pods: the
+/// client side is where an unanswered handshake or a retransmission shows.
+fn opened_here<'a>(
+    conns: &'a [Connection],
+    view: &'a super::view::View,
+) -> impl Iterator<Item = &'a Connection> {
+    conns
+        .iter()
+        .filter(move |c| c.proto == 6 && view.is_local(*c.client.ip()))
+}

@@ -1,0 +1,162 @@
+//! The agent's picture of the cluster: the shape the kernel was given, who
+//! the peers are, and what every IP is. Rebuilt whole when the cluster
+//! changes and swapped in, so readers never see half an update.
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use serde::Serialize;
+
+use super::State;
+use crate::{
+    cluster::{Cluster, PeerAgent, ProbePod, derive::Derived, index::IpIndex},
+    shape::{ClusterShape, Node},
+};
+
+pub struct View {
+    pub shape: ClusterShape,
+    names: BTreeMap<Ipv4Addr, String>,
+    pub index: IpIndex,
+    /// Agents whose counters this one compares its sends with.
+    pub peers: Vec<PeerAgent>,
+    pub probe_pods: Vec<ProbePod>,
+    /// How the shape was derived (Kubernetes only).
+    pub derived: Option<Derived>,
+    /// The newest derived shape, when the kernel refused it; the previous
+    /// one stays in force.
+    pub rejected: Option<String>,
+}
+
+impl View {
+    /// From a config file: every other node of the shape runs an agent at
+    /// its underlay address.
+    pub fn from_shape(shape: ClusterShape) -> Self {
+        let peers = shape
+            .nodes
+            .iter()
+            .filter(|n| Some(&n.name) != shape.local_node.as_ref())
+            .map(|n| PeerAgent {
+                node: n.name.clone(),
+                addr: n.underlay,
+            })
+            .collect();
+        let index = IpIndex::build(&shape, [], []);
+        View {
+            names: names(&shape),
+            shape,
+            index,
+            peers,
+            probe_pods: Vec::new(),
+            derived: None,
+            rejected: None,
+        }
+    }
+
+    pub fn local(&self) -> Option<&Node> {
+        self.shape.local()
+    }
+
+    /// A peer's name for labels; its address when the shape has no node
+    /// with that underlay.
+    pub fn node_name(&self, addr: Ipv4Addr) -> String {
+        self.names
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| addr.to_string())
+    }
+
+    /// True when `ip` is this node's: one of its addresses or in one of its
+    /// pod CIDRs. Decides which connections this node opened.
+    pub fn is_local(&self, ip: Ipv4Addr) -> bool {
+        self.local().is_some_and(|n| {
+            n.underlay == ip
+                || n.overlay_addrs.contains(&ip)
+                || n.pod_cidrs.iter().any(|c| c.cidr.contains(&ip))
+        })
+    }
+}
+
+fn names(shape: &ClusterShape) -> BTreeMap<Ipv4Addr, String> {
+    shape
+        .nodes
+        .iter()
+        .map(|n| (n.underlay, n.name.clone()))
+        .collect()
+}
+
+/// Waits for the API to settle after a change, so a burst of pod events
+/// (a drain) is one rebuild.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Keeps the view and the kernel's shape current with the cluster until
+/// the process ends.
+pub async fn follow_cluster(state: Arc<State>, cluster: Arc<Cluster>) {
+    let mut changes = cluster.changed();
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(SETTLE).await;
+        changes.mark_unchanged();
+        let state = state.clone();
+        let cluster = cluster.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || rebuild(&state, &cluster)).await;
+        if let Err(err) = rebuilt {
+            eprintln!("crossover: rebuilding the cluster view failed: {err}");
+        }
+    }
+}
+
+/// One rebuild: derive, hand the kernel a changed shape, swap the view.
+pub fn rebuild(state: &State, cluster: &Cluster) {
+    let derived = cluster.derive();
+    let current = state.view();
+    let mut rejected = None;
+    let shape = if derived.shape == current.shape {
+        current.shape.clone()
+    } else {
+        let applied = super::lock(&state.observer).configure(&derived.shape);
+        match applied {
+            Ok(()) => derived.shape.clone(),
+            Err(err) => {
+                state.count(&err);
+                rejected = Some(err.to_string());
+                current.shape.clone()
+            }
+        }
+    };
+    let view = View {
+        names: names(&shape),
+        index: cluster.index(&shape),
+        peers: cluster.peer_agents(),
+        probe_pods: cluster.probe_pods(),
+        shape,
+        derived: Some(derived),
+        rejected,
+    };
+    state.set_view(view);
+}
+
+/// What `/api/v1/status` says about the view.
+#[derive(Serialize)]
+pub struct ViewStatus<'a> {
+    pub shape: &'a ClusterShape,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub derived: Option<&'a Derived>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<&'a str>,
+    pub peers: &'a [PeerAgent],
+    pub probe_pods: &'a [ProbePod],
+    pub indexed_addresses: usize,
+}
+
+impl View {
+    pub fn status(&self) -> ViewStatus<'_> {
+        ViewStatus {
+            shape: &self.shape,
+            derived: self.derived.as_ref(),
+            rejected: self.rejected.as_deref(),
+            peers: &self.peers,
+            probe_pods: &self.probe_pods,
+            indexed_addresses: self.index.len(),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The cluster shape, derived from what the API says: the legacy network
+//! from the Nodes (podCIDRs, Flannel or Calico annotations), the Cilium
+//! network from `cilium-config` and the CiliumNodes, every node's underlay
+//! and overlay addresses. Every value says where it came from, and every
+//! value can be overridden by a flag, because a cluster's truth sometimes
+//! lives where the API cannot see it (a kube-controller-manager flag,
+//! Flannel's net-conf).
+use std::{collections::BTreeMap, net::Ipv4Addr, str::FromStr};
+
+use clap::Args;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode};
+use serde::Serialize;
+
+use super::cilium::CiliumNode;
+use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, Role};
+
+pub const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
+pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
+pub const CALICO_VXLAN_ADDR: &str = "projectcalico.org/IPv4VXLANTunnelAddr";
+pub const CILIUM_HOST_ANNOTATION: &str = "network.cilium.io/ipv4-cilium-host";
+/// Flannel's VXLAN port on Linux; its annotations do not carry it.
+pub const FLANNEL_VXLAN_PORT: u16 = 8472;
+pub const CALICO_VXLAN_PORT: u16 = 4789;
+
+/// Flags that win over what the cluster says.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ShapeOverrides {
+    /// Legacy pod CIDR (repeatable). Default: the Nodes' spec.podCIDRs.
+    #[arg(long = "legacy-cidr")]
+    pub legacy_cidrs: Vec<Ipv4Net>,
+    /// Legacy overlay: vxlan:PORT, geneve:PORT or native. Default: from
+    /// Flannel or Calico node annotations.
+    #[arg(long, value_parser = parse_encapsulation)]
+    pub legacy_encapsulation: Option<Encapsulation>,
+    /// Cilium pod CIDR (repeatable). Default: cilium-config's
+    /// cluster-pool-ipv4-cidr, else the CiliumNodes' podCIDRs.
+    #[arg(long = "cilium-cidr")]
+    pub cilium_cidrs: Vec<Ipv4Net>,
+    /// Cilium overlay: vxlan:PORT, geneve:PORT or native. Default: from
+    /// cilium-config's routing-mode, tunnel-protocol and tunnel-port.
+    #[arg(long, value_parser = parse_encapsulation)]
+    pub cilium_encapsulation: Option<Encapsulation>,
+}
+
+pub fn parse_encapsulation(text: &str) -> Result<Encapsulation, String> {
+    if text == "native" {
+        return Ok(Encapsulation::Native);
+    }
+    let (kind, port) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected vxlan:PORT, geneve:PORT or native"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{text:?}: {port:?} is not a UDP port (1-65535)"))?;
+    match kind {
+        "vxlan" => Ok(Encapsulation::Vxlan { port }),
+        "geneve" => Ok(Encapsulation::Geneve { port }),
+        _ => Err(format!(
+            "{text:?}: unknown encapsulation {kind:?} (vxlan, geneve, native)"
+        )),
+    }
+}
+
+/// Where a derived value came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Source {
+    pub field: &'static str,
+    pub from: String,
+}
+
+/// What the API holds, as far as the shape is concerned.
+#[derive(Default)]
+pub struct ClusterObjects<'a> {
+    pub nodes: Vec<&'a KubeNode>,
+    pub cilium_nodes: Vec<&'a CiliumNode>,
+    pub cilium_config: Option<&'a ConfigMap>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Derived {
+    pub shape: ClusterShape,
+    pub sources: Vec<Source>,
+    /// Values that fell back to a default, or objects that were skipped.
+    pub warnings: Vec<String>,
+}
+
+pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverrides) -> Derived {
+    let mut out = Derived {
+        shape: ClusterShape {
+            local_node: Some(local_node.to_string()),
+            ..ClusterShape::default()
+        },
+        sources: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let config = cilium_config(objects.cilium_config);
+    let legacy = legacy_network(objects, overrides, &mut out);
+    let cilium = cilium_network(objects, &config, overrides, &mut out);
+    let legacy_is_flannel = matches!(legacy.encapsulation, Encapsulation::Vxlan { port } if port == FLANNEL_VXLAN_PORT)
+        && objects
+            .nodes
+            .iter()
+            .any(|n| annotation(n, FLANNEL_BACKEND_TYPE).is_some());
+    out.shape.networks = vec![legacy, cilium];
+    out.shape.extra_vxlan_ports = BTreeMap::new();
+
+    let by_name: BTreeMap<&str, &CiliumNode> = objects
+        .cilium_nodes
+        .iter()
+        .filter_map(|c| Some((c.metadata.name.as_deref()?, *c)))
+        .collect();
+    for node in &objects.nodes {
+        if let Some(node) = shape_node(
+            node,
+            by_name.get(name(node)).copied(),
+            legacy_is_flannel,
+            &mut out.warnings,
+        ) {
+            out.shape.nodes.push(node);
+        }
+    }
+    out.shape.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    if !out.shape.nodes.iter().any(|n| n.name == local_node) {
+        out.warnings.push(format!(
+            "this node {local_node:?} is not among the Nodes with an InternalIP; peers cannot be named from here"
+        ));
+        out.shape.local_node = None;
+    }
+    out
+}
+
+fn legacy_network(
+    objects: &ClusterObjects,
+    overrides: &ShapeOverrides,
+    out: &mut Derived,
+) -> Network {
+    let cidrs = if overrides.legacy_cidrs.is_empty() {
+        let shares: Vec<Ipv4Net> = objects
+            .nodes
+            .iter()
+            .flat_map(|n| node_pod_cidrs(n))
+            .collect();
+        if shares.is_empty() {
+            out.warnings
+                .push("no Node has spec.podCIDRs: set --legacy-cidr".into());
+        }
+        out.source("legacy.cidrs", "Nodes' spec.podCIDRs");
+        Ipv4Net::aggregate(&shares)
+    } else {
+        out.source("legacy.cidrs", "--legacy-cidr");
+        overrides.legacy_cidrs.clone()
+    };
+    let encapsulation = if let Some(e) = overrides.legacy_encapsulation {
+        out.source("legacy.encapsulation", "--legacy-encapsulation");
+        e
+    } else if let Some(kind) = objects
+        .nodes
+        .iter()
+        .find_map(|n| annotation(n, FLANNEL_BACKEND_TYPE))
+    {
+        out.source(
+            "legacy.encapsulation",
+            format!("{FLANNEL_BACKEND_TYPE}={kind}"),
+        );
+        match kind {
+            "vxlan" => Encapsulation::Vxlan {
+                port: FLANNEL_VXLAN_PORT,
+            },
+            "host-gw" => Encapsulation::Native,
+            other => {
+                out.warnings.push(format!(
+                    "Flannel backend {other:?} is not VXLAN or host-gw; assuming VXLAN {FLANNEL_VXLAN_PORT}: set --legacy-encapsulation"
+                ));
+                Encapsulation::Vxlan {
+                    port: FLANNEL_VXLAN_PORT,
+                }
+            }
+        }
+    } else if objects
+        .nodes
+        .iter()
+        .any(|n| annotation(n, CALICO_VXLAN_ADDR).is_some())
+    {
+        out.source("legacy.encapsulation", CALICO_VXLAN_ADDR);
+        Encapsulation::Vxlan {
+            port: CALICO_VXLAN_PORT,
+        }
+    } else {
+        out.warnings.push(format!(
+            "legacy overlay not recognised from node annotations; assuming Flannel VXLAN {FLANNEL_VXLAN_PORT}: set --legacy-encapsulation"
+        ));
+        out.source("legacy.encapsulation", "default");
+        Encapsulation::Vxlan {
+            port: FLANNEL_VXLAN_PORT,
+        }
+    };
+    Network {
+        role: Role::Legacy,
+        cidrs,
+        encapsulation,
+    }
+}
+
+/// `cilium-config`'s data, or nothing when Cilium is not installed yet.
+fn cilium_config(config: Option<&ConfigMap>) -> BTreeMap<String, String> {
+    config.and_then(|c| c.data.clone()).unwrap_or_default()
+}
+
+fn cilium_network(
+    objects: &ClusterObjects,
+    config: &BTreeMap<String, String>,
+    overrides: &ShapeOverrides,
+    out: &mut Derived,
+) -> Network {
+    let cidrs = if !overrides.cilium_cidrs.is_empty() {
+        out.source("cilium.cidrs", "--cilium-cidr");
+        overrides.cilium_cidrs.clone()
+    } else if let Some(pool) = config.get("cluster-pool-ipv4-cidr") {
+        let (cidrs, bad) = parse_cidrs(pool.split([' ', ',']));
+        for b in bad {
+            out.warnings.push(format!(
+                "cilium-config cluster-pool-ipv4-cidr: {b:?} is not an IPv4 CIDR"
+            ));
+        }
+        out.source("cilium.cidrs", "cilium-config cluster-pool-ipv4-cidr");
+        cidrs
+    } else {
+        let shares: Vec<Ipv4Net> = objects
+            .cilium_nodes
+            .iter()
+            .flat_map(|c| parse_cidrs(&c.spec.ipam.pod_cidrs).0)
+            .collect();
+        out.source("cilium.cidrs", "CiliumNodes' spec.ipam.podCIDRs");
+        Ipv4Net::aggregate(&shares)
+    };
+    let encapsulation = match overrides.cilium_encapsulation {
+        Some(e) => {
+            out.source("cilium.encapsulation", "--cilium-encapsulation");
+            e
+        }
+        None => cilium_encapsulation(config, out),
+    };
+    Network {
+        role: Role::Cilium,
+        cidrs,
+        encapsulation,
+    }
+}
+
+/// Cilium's own rules: `routing-mode: native` means no tunnel; the protocol
+/// is `tunnel-protocol` (or the older `tunnel` key), VXLAN by default; the
+/// port is `tunnel-port`, else the protocol's standard port.
+fn cilium_encapsulation(config: &BTreeMap<String, String>, out: &mut Derived) -> Encapsulation {
+    if config.is_empty() {
+        out.warnings.push("cilium-config not found; assuming the migration's VXLAN 8473: set --cilium-encapsulation".into());
+        out.source("cilium.encapsulation", "default (migration guide)");
+        return Encapsulation::Vxlan { port: 8473 };
+    }
+    let legacy_key = config.get("tunnel").map(String::as_str);
+    if config.get("routing-mode").map(String::as_str) == Some("native")
+        || legacy_key == Some("disabled")
+    {
+        out.source("cilium.encapsulation", "cilium-config routing-mode");
+        return Encapsulation::Native;
+    }
+    let protocol = config
+        .get("tunnel-protocol")
+        .map(String::as_str)
+        .or(legacy_key)
+        .unwrap_or("vxlan");
+    let port = match config.get("tunnel-port").map(|p| p.parse::<u16>()) {
+        Some(Ok(port)) if port != 0 => Some(port),
+        Some(_) => {
+            out.warnings.push(format!(
+                "cilium-config tunnel-port {:?} is not a UDP port; using the protocol's default",
+                config["tunnel-port"]
+            ));
+            None
+        }
+        None => None,
+    };
+    out.source(
+        "cilium.encapsulation",
+        "cilium-config tunnel-protocol, tunnel-port",
+    );
+    match protocol {
+        "geneve" => Encapsulation::Geneve {
+            port: port.unwrap_or(6081),
+        },
+        "vxlan" => Encapsulation::Vxlan {
+            port: port.unwrap_or(8472),
+        },
+        other => {
+            out.warnings.push(format!(
+                "cilium-config tunnel-protocol {other:?} is unknown; assuming VXLAN"
+            ));
+            Encapsulation::Vxlan {
+                port: port.unwrap_or(8472),
+            }
+        }
+    }
+}
+
+fn shape_node(
+    node: &KubeNode,
+    cilium: Option<&CiliumNode>,
+    flannel: bool,
+    warnings: &mut Vec<String>,
+) -> Option<Node> {
+    let name = name(node).to_string();
+    let underlay = internal_ip(node)
+        .or_else(|| annotation(node, FLANNEL_PUBLIC_IP).and_then(|a| a.parse().ok()));
+    let Some(underlay) = underlay else {
+        warnings.push(format!("Node {name:?} has no IPv4 InternalIP: left out"));
+        return None;
+    };
+    let legacy_shares = node_pod_cidrs(node);
+    let mut overlay_addrs = Vec::new();
+    // flannel.1 holds the network address of the node's share.
+    if flannel && let Some(share) = legacy_shares.first() {
+        overlay_addrs.push(share.network());
+    }
+    if let Some(addr) = annotation(node, CALICO_VXLAN_ADDR).and_then(|a| a.parse().ok()) {
+        overlay_addrs.push(addr);
+    }
+    let cilium_host = cilium
+        .and_then(|c| c.internal_ip())
+        .or_else(|| annotation(node, CILIUM_HOST_ANNOTATION))
+        .and_then(|a| a.parse::<Ipv4Addr>().ok());
+    overlay_addrs.extend(cilium_host);
+    let cilium_shares = cilium
+        .map(|c| parse_cidrs(&c.spec.ipam.pod_cidrs).0)
+        .unwrap_or_default();
+    let pod_cidrs = legacy_shares
+        .into_iter()
+        .map(|cidr| NodePodCidr {
+            role: Role::Legacy,
+            cidr,
+        })
+        .chain(cilium_shares.into_iter().map(|cidr| NodePodCidr {
+            role: Role::Cilium,
+            cidr,
+        }))
+        .collect();
+    Some(Node {
+        name,
+        underlay,
+        overlay_addrs,
+        pod_cidrs,
+    })
+}
+
+pub fn name(node: &KubeNode) -> &str {
+    node.metadata.name.as_deref().unwrap_or_default()
+}
+
+pub fn annotation<'a>(node: &'a KubeNode, key: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// The node's IPv4 InternalIP, the outer address of its tunnels.
+pub fn internal_ip(node: &KubeNode) -> Option<Ipv4Addr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+}
+
+/// The node's IPv4 pod CIDRs (`podCIDRs`, or the older single `podCIDR`).
+pub fn node_pod_cidrs(node: &KubeNode) -> Vec<Ipv4Net> {
+    let Some(spec) = node.spec.as_ref() else {
+        return Vec::new();
+    };
+    let listed = spec.pod_cidrs.iter().flatten();
+    parse_cidrs(listed.chain(spec.pod_cidr.iter()))
+        .0
+        .into_iter()
+        .fold(Vec::new(), |mut v, c| {
+            if !v.contains(&c) {
+                v.push(c);
+            }
+            v
+        })
+}
+
+/// IPv4 CIDRs, and what did not parse as one. IPv6 entries of dual-stack
+/// clusters are neither: crossover's datapath is IPv4.
+fn parse_cidrs<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> (Vec<Ipv4Net>, Vec<String>) {
+    let mut cidrs = Vec::new();
+    let mut bad = Vec::new();
+    for item in items {
+        let item = item.as_ref().trim();
+        if item.is_empty() || item.contains(':') {
+            continue;
+        }
+        match Ipv4Net::from_str(item) {
+            Ok(c) => cidrs.push(c.trunc()),
+            Err(_) => bad.push(item.to_string()),
+        }
+    }
+    (cidrs, bad)
+}
+
+impl Derived {
+    fn source(&mut self, field: &'static str, from: impl Into<String>) {
+        self.sources.push(Source {
+            field,
+            from: from.into(),
+        });
+    }
+}

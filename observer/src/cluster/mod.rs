@@ -1,0 +1,400 @@
+//! The cluster as the API server tells it, kept current by watches (kube-rs
+//! reflectors): Nodes, Pods, Services, CiliumNodes, CiliumNodeConfigs, the
+//! `cilium-config` ConfigMap, and the crossover agent and probe pods. The
+//! agent derives its classification shape and its IP index from these.
+pub mod cilium;
+pub mod derive;
+pub mod index;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode, Pod, PodSpec, Service};
+use kube::{
+    Api, Client, Resource,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::watch;
+
+use crate::{Error, Result};
+use cilium::{CiliumNode, CiliumNodeConfig};
+use derive::{ClusterObjects, Derived, ShapeOverrides};
+use index::IpIndex;
+
+/// Where the agent finds the cluster and its own kind.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// A kubeconfig file; otherwise in-cluster credentials, then
+    /// `$KUBECONFIG` and `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
+    /// Namespace of Cilium's agent and `cilium-config`.
+    pub cilium_namespace: String,
+    /// Namespace and label selector of the crossover agent pods (the
+    /// DaemonSet): every one is a peer whose counters are compared.
+    pub agent_namespace: String,
+    pub agent_selector: String,
+    /// Label selector of the probe responder pods (any namespace... the
+    /// agent's).
+    pub probe_selector: String,
+    pub overrides: ShapeOverrides,
+}
+
+/// How one watch is doing.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WatchHealth {
+    /// The first full list arrived: the store has been complete once.
+    pub synced: bool,
+    /// The resource does not exist in this cluster (a CRD not installed):
+    /// nothing to wait for.
+    pub absent: bool,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The watches' health by resource, shared with the watch tasks.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Mutex<BTreeMap<&'static str, WatchHealth>>>);
+
+impl Health {
+    fn update(&self, resource: &'static str, f: impl FnOnce(&mut WatchHealth)) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(resource).or_default());
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, WatchHealth> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The watched resources the shape cannot do without. Cilium's are
+/// optional: before Cilium is installed its CRDs do not exist.
+const REQUIRED: [&str; 2] = ["nodes", "pods"];
+
+pub struct Cluster {
+    options: ClusterOptions,
+    nodes: Store<KubeNode>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    cilium_nodes: Store<CiliumNode>,
+    node_configs: Store<CiliumNodeConfig>,
+    cilium_config: Store<ConfigMap>,
+    agents: Store<Pod>,
+    probes: Store<Pod>,
+    health: Health,
+    changes: watch::Receiver<u64>,
+}
+
+/// A crossover agent on another node, whose counters this one reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerAgent {
+    pub node: String,
+    pub addr: Ipv4Addr,
+}
+
+/// A probe responder pod, and the network its address is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbePod {
+    pub node: String,
+    pub name: String,
+    pub addr: Ipv4Addr,
+}
+
+impl Cluster {
+    /// Connects and starts every watch. Returns at once: see
+    /// [`Cluster::synced`] and [`Cluster::changed`].
+    pub async fn start(options: ClusterOptions) -> Result<Self> {
+        let client = client(options.kubeconfig.as_ref()).await?;
+        let health = Health::default();
+        let (tx, changes) = watch::channel(0u64);
+        let w = Watches {
+            health: &health,
+            changes: &tx,
+        };
+        let all = watcher::Config::default();
+        let cilium_ns = options.cilium_namespace.as_str();
+        let cluster = Cluster {
+            nodes: w.spawn("nodes", Api::all(client.clone()), all.clone(), slim_node),
+            pods: w.spawn("pods", Api::all(client.clone()), all.clone(), slim_pod),
+            services: w.spawn(
+                "services",
+                Api::all(client.clone()),
+                all.clone(),
+                slim_service,
+            ),
+            cilium_nodes: w.spawn(
+                "ciliumnodes",
+                Api::all(client.clone()),
+                all.clone(),
+                |c: &mut CiliumNode| c.metadata.managed_fields = None,
+            ),
+            node_configs: w.spawn(
+                "ciliumnodeconfigs",
+                Api::all(client.clone()),
+                all.clone(),
+                |c: &mut CiliumNodeConfig| c.metadata.managed_fields = None,
+            ),
+            cilium_config: w.spawn(
+                "cilium-config",
+                Api::namespaced(client.clone(), cilium_ns),
+                all.clone().fields("metadata.name=cilium-config"),
+                |c: &mut ConfigMap| c.metadata.managed_fields = None,
+            ),
+            agents: w.spawn(
+                "agent-pods",
+                Api::namespaced(client.clone(), &options.agent_namespace),
+                all.clone().labels(&options.agent_selector),
+                slim_pod,
+            ),
+            probes: w.spawn(
+                "probe-pods",
+                Api::all(client),
+                all.labels(&options.probe_selector),
+                slim_pod,
+            ),
+            options,
+            health,
+            changes,
+        };
+        Ok(cluster)
+    }
+
+    /// True once every required watch has listed its resource fully, and
+    /// every optional one has too or was found absent.
+    pub fn synced(&self) -> bool {
+        let health = self.health.snapshot();
+        health
+            .iter()
+            .all(|(name, h)| h.synced || (h.absent && !REQUIRED.contains(name)))
+            && REQUIRED
+                .iter()
+                .all(|r| health.get(r).is_some_and(|h| h.synced))
+    }
+
+    pub fn health(&self) -> BTreeMap<&'static str, WatchHealth> {
+        self.health.snapshot()
+    }
+
+    /// Changes whenever any watched object does.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.options.node_name
+    }
+
+    /// Waits until [`Cluster::synced`], polling the watches' health.
+    pub async fn wait_synced(&self) {
+        let mut changes = self.changed();
+        while !self.synced() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+        }
+    }
+
+    pub fn derive(&self) -> Derived {
+        let nodes = self.nodes.state();
+        let cilium_nodes = self.cilium_nodes.state();
+        let config = self.cilium_config.state();
+        let objects = ClusterObjects {
+            nodes: nodes.iter().map(AsRef::as_ref).collect(),
+            cilium_nodes: cilium_nodes.iter().map(AsRef::as_ref).collect(),
+            cilium_config: config.first().map(AsRef::as_ref),
+        };
+        derive::derive(&objects, &self.options.node_name, &self.options.overrides)
+    }
+
+    pub fn index(&self, shape: &crate::shape::ClusterShape) -> IpIndex {
+        let pods = self.pods.state();
+        let services = self.services.state();
+        IpIndex::build(
+            shape,
+            pods.iter().map(AsRef::as_ref),
+            services.iter().map(AsRef::as_ref),
+        )
+    }
+
+    /// Agent pods on other nodes that have an address.
+    pub fn peer_agents(&self) -> Vec<PeerAgent> {
+        let mut peers: Vec<PeerAgent> = self
+            .agents
+            .state()
+            .iter()
+            .filter_map(|pod| {
+                let node = pod.spec.as_ref()?.node_name.clone()?;
+                let addr = index::pod_ips(pod).next()?;
+                (node != self.options.node_name).then_some(PeerAgent { node, addr })
+            })
+            .collect();
+        peers.sort_by(|a, b| a.node.cmp(&b.node));
+        peers
+    }
+
+    /// Probe responder pods on other nodes that have an address.
+    pub fn probe_pods(&self) -> Vec<ProbePod> {
+        let mut pods: Vec<ProbePod> = self
+            .probes
+            .state()
+            .iter()
+            .filter_map(|pod| {
+                let node = pod.spec.as_ref()?.node_name.clone()?;
+                let addr = index::pod_ips(pod).next()?;
+                let name = pod.metadata.name.clone()?;
+                (node != self.options.node_name).then_some(ProbePod { node, name, addr })
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+        pods
+    }
+
+    /// CiliumNodeConfigs that select this node, by name.
+    pub fn node_configs_for(&self, node_labels: &BTreeMap<String, String>) -> Vec<String> {
+        self.node_configs
+            .state()
+            .iter()
+            .filter(|c| {
+                c.spec
+                    .node_selector
+                    .as_ref()
+                    .is_some_and(|s| cilium::selects(s, node_labels))
+            })
+            .filter_map(|c| c.metadata.name.clone())
+            .collect()
+    }
+
+    pub fn node(&self, name: &str) -> Option<Arc<KubeNode>> {
+        self.nodes
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| Error::Kube {
+                context: format!("reading kubeconfig {}", path.display()),
+                reason: e.to_string(),
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Kube {
+                    context: format!("kubeconfig {}", path.display()),
+                    reason: e.to_string(),
+                })?
+        }
+        None => kube::Config::infer().await.map_err(|e| Error::Kube {
+            context: "finding cluster credentials (in-cluster, $KUBECONFIG, ~/.kube/config)".into(),
+            reason: e.to_string(),
+        })?,
+    };
+    Client::try_from(config).map_err(|e| Error::Kube {
+        context: "building the API client".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// What every watch task shares.
+struct Watches<'a> {
+    health: &'a Health,
+    changes: &'a watch::Sender<u64>,
+}
+
+impl Watches<'_> {
+    /// A reflector for `api`, run until the process ends. Errors are
+    /// retried with kube's backoff and recorded; a 404 on the first list
+    /// means the resource (a CRD) is not installed.
+    fn spawn<K>(
+        &self,
+        name: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        slim: fn(&mut K),
+    ) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let health = self.health.clone();
+        let changes = self.changes.clone();
+        health.update(name, |_| {});
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(slim)
+            .reflect(writer);
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        health.update(name, |h| {
+                            h.synced = true;
+                            h.absent = false;
+                        });
+                        changes.send_modify(|v| *v += 1);
+                    }
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                        changes.send_modify(|v| *v += 1)
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        let absent = matches!(&err, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
+                        health.update(name, |h| {
+                            h.errors += 1;
+                            h.absent = absent;
+                            h.last_error = Some(err.to_string());
+                        });
+                        changes.send_modify(|v| *v += 1);
+                    }
+                }
+            }
+        });
+        reader
+    }
+}
+
+/// An agent on every node holds every pod; keep only what it reads.
+fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            host_network: spec.host_network,
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+    }
+}
+
+/// A node's image list alone can be tens of kilobytes.
+fn slim_node(node: &mut KubeNode) {
+    node.metadata.managed_fields = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+    }
+}
+
+fn slim_service(service: &mut Service) {
+    service.metadata.managed_fields = None;
+    service.metadata.annotations = None;
+}
