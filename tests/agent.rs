@@ -51,6 +51,9 @@ impl Agents {
                     "eth0=underlay",
                 ])
                 .args(["--listen", &format!("0.0.0.0:{PORT}")])
+                // Longer than the test: every window starts before the
+                // traffic, so window figures equal the fault's drops.
+                .args(["--window", "60s", "--sample-interval", "500ms"])
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| {
@@ -65,6 +68,27 @@ impl Agents {
             let deadline = Instant::now() + Duration::from_secs(20);
             while get(&ns, &format!("{url}/readyz")).0 != 200 {
                 assert!(Instant::now() < deadline, "{url} never became ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Windows start from each agent's first reading of its peers.
+        for url in agents.urls.clone() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let status: serde_json::Value =
+                    serde_json::from_str(&get(&ns, &format!("{url}/api/v1/status")).1)
+                        .unwrap_or_default();
+                let peers = status["peer_agents"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                if peers.len() == agents.urls.len() - 1 && peers.values().all(|p| p["up"] == true) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} never read its peers: {status:#}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -115,7 +139,7 @@ fn get(ns: &str, url: &str) -> (u16, String) {
     })
 }
 
-fn metric(body: &str, series: &str) -> u64 {
+fn metric<T: std::str::FromStr>(body: &str, series: &str) -> T {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
@@ -169,6 +193,32 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     assert_eq!(tcp.answered, 3);
     std::thread::sleep(Duration::from_millis(300));
     let drops = lab.drops(id).unwrap();
+
+    // The sender's own window, from its counters and worker-2's.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (status, body) = get(&cp, &format!("{}/api/v1/loss", agents.urls[0]));
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let delivery = |peer: &str, overlay: &str| {
+        rows.iter()
+            .find(|r| {
+                r["signal"] == "delivery" && r["peer_node"] == peer && r["overlay"] == overlay
+            })
+            .unwrap_or_else(|| panic!("no delivery to {peer} on {overlay} in {report:#}"))
+    };
+    assert_eq!(delivery("worker-2", "legacy")["lost"], drops, "{report:#}");
+    assert!(delivery("worker-2", "legacy")["sent"].as_u64().unwrap() >= udp.sent);
+    for r in rows
+        .iter()
+        .filter(|r| r["signal"] == "delivery" && r["peer_node"] != "worker-2")
+    {
+        assert_eq!(r["lost"], 0, "no loss elsewhere: {r}");
+    }
+    assert!(
+        report["unreachable"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
 
     // crossover loss, run where an SRE would: on a node.
     let mut loss = Command::new("ip");
@@ -235,7 +285,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     // The same figure on the sender's /metrics, labelled by node.
     let (status, body) = get(&cp, &format!("{}/metrics", agents.urls[0]));
     assert_eq!(status, 200);
-    let egress = metric(
+    let egress: u64 = metric(
         &body,
         "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",direction=\"egress\"}",
     );
@@ -243,7 +293,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         assert!(
             line.starts_with("crossover_")
-                && line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
+                && line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
             "{line}"
         );
         assert!(
@@ -252,11 +302,23 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         );
     }
     assert!(
-        metric(
+        metric::<u64>(
             &body,
             "crossover_handshakes{node=\"control-plane\",peer_node=\"worker-1\",src_net=\"legacy\",dst_net=\"cilium\",result=\"answered\"}"
         ) >= 3
     );
+    let window_lost: u64 = metric(
+        &body,
+        "crossover_window_lost{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",src_net=\"all\",dst_net=\"all\",signal=\"delivery\"}",
+    );
+    assert_eq!(window_lost, drops);
+    // The three handshakes control-plane opened towards worker-1, as the
+    // handshake signal of the window: all answered.
+    let handshakes: u64 = metric(
+        &body,
+        "crossover_window_sent{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"legacy\",dst_net=\"cilium\",signal=\"handshake\"}",
+    );
+    assert_eq!(handshakes, 3, "{body}");
 
     // The JSON API: connections joined across SNAT.
     let (status, body) = get(&cp, &format!("{}/api/v1/connections", agents.urls[0]));

@@ -140,9 +140,11 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
             }
         }
     }
+    let read = reports.iter().map(|(r, _)| r.node.clone()).collect();
     state.push_sample(
         Sample {
             at_ns,
+            read,
             outgoing,
             tcp,
         },

@@ -68,7 +68,9 @@ pub struct HandshakeCounts {
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
     pub at_ns: u64,
-    /// This node to each peer that answered this round.
+    /// Peers whose agents answered this round.
+    pub read: Vec<String>,
+    /// This node to each of them, per overlay that ever carried anything.
     pub outgoing: Vec<Delivery>,
     pub tcp: BTreeMap<TcpKey, TcpTotals>,
 }
@@ -112,18 +114,19 @@ impl Windows {
             return Vec::new();
         };
         let mut rows = Vec::new();
-        // Delivery, per peer: the oldest reading of that peer in the window
-        // (a peer that missed a round is measured over what is there).
+        // Delivery, per peer: from the oldest reading of that peer in the
+        // window (a peer that missed rounds is measured over what is
+        // there); an overlay without a row then had carried nothing.
         for now in &newest.outgoing {
-            let first = self.samples.iter().find_map(|s| {
-                s.outgoing
-                    .iter()
-                    .find(|d| d.to == now.to && d.overlay == now.overlay)
-                    .map(|d| (s.at_ns, d))
-            });
-            let (since, before) = first.expect("the newest sample holds it");
-            let sent = now.sent.saturating_sub(before.sent);
-            let received = now.received.saturating_sub(before.received);
+            let first = self.samples.iter().find(|s| s.read.contains(&now.to));
+            let first = first.expect("the newest sample read it");
+            let before = first
+                .outgoing
+                .iter()
+                .find(|d| d.to == now.to && d.overlay == now.overlay);
+            let since = first.at_ns;
+            let sent = now.sent - before.map_or(0, |b| b.sent.min(now.sent));
+            let received = now.received - before.map_or(0, |b| b.received.min(now.received));
             rows.push(LossRow {
                 node: node.into(),
                 peer_node: now.to.clone(),
@@ -194,6 +197,7 @@ mod tests {
     fn sample(at_s: u64, outgoing: Vec<Delivery>) -> Sample {
         Sample {
             at_ns: at_s * 1_000_000_000,
+            read: outgoing.iter().map(|d| d.to.clone()).collect(),
             outgoing,
             tcp: BTreeMap::new(),
         }
