@@ -53,6 +53,14 @@ pub struct AgentArgs {
     pub attach_mode: AttachMode,
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
+    /// bpffs directory (e.g. /sys/fs/bpf/crossover) to pin maps and TCX
+    /// links in: a restarted agent counts on with no gap (docs/restarts.md).
+    #[arg(long)]
+    pub pin_path: Option<PathBuf>,
+    /// With --pin-path: on SIGTERM remove links and pins instead of
+    /// leaving them for the next agent (uninstalling).
+    #[arg(long, requires = "pin_path")]
+    pub detach_on_exit: bool,
 }
 
 /// What the HTTP handlers share.
@@ -242,6 +250,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         flow_capacity: args.flow_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
+        pin_path: args.pin_path.clone(),
         ..LoadOptions::default()
     };
     let selection = crate::datapath::Selection {
@@ -281,9 +290,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             followed = session.follow_links() => followed?,
         }
     }
-    // Open connections may still hold the state: detach explicitly.
+    // Open connections may still hold the state: detach explicitly
+    // (with pins: leave links and maps to the next agent, see exit()).
     drop(server);
-    session.observer().detach_all();
+    session.observer().exit(args.detach_on_exit)?;
     drop(session);
     eprintln!("crossover: detached");
     Ok(())
