@@ -61,6 +61,8 @@ pub struct AgentArgs {
     /// leaving them for the next agent (uninstalling).
     #[arg(long, requires = "pin_path")]
     pub detach_on_exit: bool,
+    #[command(flatten)]
+    pub ageing: crate::datapath::AgeingPolicy,
 }
 
 /// What the HTTP handlers share.
@@ -121,6 +123,22 @@ impl State {
             monotonic_ns(),
             connections::HANDSHAKE_GRACE_NS,
         ))
+    }
+}
+
+impl State {
+    /// One ageing sweep, joined across SNAT with this node's NAT table.
+    fn age_flows(&self, policy: &crate::datapath::AgeingPolicy) -> Result<()> {
+        let nat = {
+            let _ns = self.netns.as_deref().map(crate::netns::enter).transpose()?;
+            conntrack::nat_entries().map(|d| d.entries)
+        };
+        let nat = nat.unwrap_or_else(|err| {
+            self.count(&err);
+            Vec::new()
+        });
+        lock(&self.observer).age_flows(monotonic_ns(), policy, &nat)?;
+        Ok(())
     }
 }
 
@@ -278,7 +296,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut server = Box::pin(axum::serve(listener, router(state)).into_future());
+    let mut server = Box::pin(axum::serve(listener, router(state.clone())).into_future());
+    // Flow ageing (datapath/ageing.rs): a sweep every interval, off the
+    // async workers. An interval of 0 never fires.
+    let mut sweep = tokio::time::interval(match args.ageing.interval {
+        d if d.is_zero() => std::time::Duration::from_secs(365 * 24 * 3600),
+        d => d,
+    });
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -288,6 +313,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 break;
             }
             followed = session.follow_links() => followed?,
+            _ = sweep.tick() => {
+                let policy = args.ageing.clone();
+                let _ = blocking(&state, move |s| s.age_flows(&policy)).await;
+            }
         }
     }
     // Open connections may still hold the state: detach explicitly

@@ -1,5 +1,6 @@
 //! Loading crossover's programs, feeding them the cluster's shape,
 //! attaching them, and reading back what they counted.
+mod ageing;
 mod attach;
 mod hook;
 mod links;
@@ -20,6 +21,7 @@ use observer_ebpf::{
     DEFAULT_PEER_SLOT_CAPACITY, Direction, PEER_SLOT_RETIRED, PeerKey, map,
 };
 
+pub use ageing::{AgedSummary, AgeingPolicy, Retired, RetiredGroup, RetiredReport, RetiredTotals};
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
 pub use hook::Hook;
@@ -91,6 +93,8 @@ pub struct Observer {
     /// The locked pin directory, when pinning.
     pins: Option<PinDir>,
     pin_report: Option<PinReport>,
+    /// What ageing deleted from FLOWS, folded.
+    retired: Retired,
 }
 
 impl Observer {
@@ -141,6 +145,7 @@ impl Observer {
             peer_slots: BTreeMap::new(),
             pins,
             pin_report,
+            retired: Retired::default(),
         };
         if observer.pins.is_some() {
             observer.recover()?;
@@ -482,7 +487,31 @@ impl Observer {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Snapshot::read(&self.ebpf, &self.peer_slots)
+        Snapshot::read(&self.ebpf, &self.peer_slots, &self.retired)
+    }
+
+    /// Deletes connections idle past `policy` from FLOWS (joined across
+    /// SNAT with `nat`, this node's conntrack NAT table; empty is fine
+    /// without SNAT) and folds their counts into [`Observer::retired`].
+    /// `now_ns` is CLOCK_MONOTONIC ([`monotonic_ns`]).
+    pub fn age_flows(
+        &mut self,
+        now_ns: u64,
+        policy: &AgeingPolicy,
+        nat: &[crate::conntrack::NatEntry],
+    ) -> Result<AgedSummary> {
+        ageing::sweep(&mut self.ebpf, &mut self.retired, now_ns, policy, nat)
+    }
+
+    /// Totals of every flow aged since load.
+    pub fn retired(&self) -> &Retired {
+        &self.retired
+    }
+
+    /// FLOWS read key by key (two syscalls per flow), the way snapshots
+    /// read before batching; for the benchmark's comparison.
+    pub fn read_flows_by_key(&self) -> Result<usize> {
+        snapshot::read_flows_by_key(&self.ebpf).map(|f| f.len())
     }
 
     /// Packets and bytes per (peer node, overlay, direction).

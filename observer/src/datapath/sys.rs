@@ -14,7 +14,6 @@ use std::{
 
 use aya::Pod;
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
@@ -86,7 +85,6 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LinkTarget {
     pub link_type: u32,
-    pub prog_id: u32,
     pub ifindex: u32,
 }
 
@@ -122,7 +120,6 @@ pub(crate) fn link_target(fd: BorrowedFd<'_>) -> io::Result<LinkTarget> {
     let info = unsafe { info.assume_init() };
     Ok(LinkTarget {
         link_type: info.link_type,
-        prog_id: info.prog_id,
         ifindex: info.ifindex,
     })
 }
@@ -135,11 +132,6 @@ struct ElemAttr {
     key: u64,
     value: u64,
     flags: u64,
-}
-
-/// `BPF_MAP_LOOKUP_ELEM` of a hash map entry; `None` when absent.
-pub(crate) fn lookup<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
-    elem_op(BPF_MAP_LOOKUP_ELEM, map, key)
 }
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`: the entry's value at the moment it
