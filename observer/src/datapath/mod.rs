@@ -508,10 +508,14 @@ impl Observer {
         &self.retired
     }
 
-    /// FLOWS read key by key (two syscalls per flow), the way snapshots
-    /// read before batching; for the benchmark's comparison.
-    pub fn read_flows_by_key(&self) -> Result<usize> {
-        snapshot::read_flows_by_key(&self.ebpf).map(|f| f.len())
+    /// Reads FLOWS raw, batched as snapshots do or key by key (two
+    /// syscalls per flow); the number of flows. For the benchmark.
+    pub fn read_flows_raw(&self, batched: bool) -> Result<usize> {
+        if batched {
+            snapshot::read_flows(&self.ebpf).map(|f| f.len())
+        } else {
+            snapshot::read_flows_by_key(&self.ebpf).map(|f| f.len())
+        }
     }
 
     /// Packets and bytes per (peer node, overlay, direction).

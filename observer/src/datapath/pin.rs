@@ -334,7 +334,10 @@ fn is_bpffs(dir: &Path) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: statfs succeeded.
-    Ok(unsafe { st.assume_init() }.f_type as i64 == BPF_FS_MAGIC)
+    let f_type = unsafe { st.assume_init() }.f_type;
+    // f_type is i64 on x86_64 glibc, other widths elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(f_type as i64 == BPF_FS_MAGIC)
 }
 
 /// A pinned link found in the pin directory.

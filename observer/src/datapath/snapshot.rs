@@ -204,7 +204,7 @@ pub(crate) fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
 }
 
 /// Every entry of FLOWS, two syscalls per entry (next key, lookup).
-pub fn read_flows_by_key(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
+pub(crate) fn read_flows_by_key(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
     let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
     flows
         .iter()
