@@ -13,7 +13,9 @@ pub mod map {
     /// `HashMap<FlowKey, FlowStats>`: one entry per flow per observation point.
     pub const FLOWS: &str = "FLOWS";
     /// `HashMap<PeerKey, u32>`, written by userspace: the PEER_STATS slot of
-    /// each known (peer node, overlay, direction).
+    /// each known (peer node, overlay, direction), with
+    /// [`PEER_SLOT_RETIRED`](super::PEER_SLOT_RETIRED) set for peers that
+    /// left the shape.
     pub const PEER_SLOTS: &str = "PEER_SLOTS";
     /// `PerCpuArray<PeerStats>`: underlay traffic of known peers, by slot.
     /// Flows remember their slot, so a known flow counts its peer without
@@ -303,6 +305,12 @@ pub struct FlowStats {
 /// [`FlowStats::peer_slot`] of a flow whose peer had no slot when the flow
 /// was created.
 pub const NO_PEER_SLOT: u32 = u32::MAX;
+
+/// Bit of a [`PEER_SLOTS`](map::PEER_SLOTS) value marking the slot of a
+/// peer that left the cluster shape: the kernel treats the peer as having
+/// no slot, and userspace still finds every slot it ever handed out
+/// there (slots are never reused), also after a restart.
+pub const PEER_SLOT_RETIRED: u32 = 1 << 31;
 
 /// Key of [`PEERS`](map::PEERS).
 #[repr(C)]

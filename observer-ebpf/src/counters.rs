@@ -1,6 +1,6 @@
 //! Per-CPU counters: what was seen, and every reason something was not
 //! turned into a flow. Counting is the only side effect of the hot path.
-use observer_ebpf::{Counter, PeerKey, PeerStats, Point};
+use observer_ebpf::{Counter, PEER_SLOT_RETIRED, PeerKey, PeerStats, Point};
 
 use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS};
 
@@ -26,11 +26,15 @@ pub fn count_seen(point: Point) {
     });
 }
 
-/// PEER_STATS slot + 1 userspace assigned to `key`; 0 when it has none.
+/// PEER_STATS slot + 1 userspace assigned to `key`; 0 when it has none
+/// or its peer left the shape (retired).
 #[inline(always)]
 pub fn peer_slot(key: &PeerKey) -> u32 {
     // SAFETY: a u32 value, read once.
-    unsafe { PEER_SLOTS.get(key) }.map_or(0, |slot| slot + 1)
+    match unsafe { PEER_SLOTS.get(key) } {
+        Some(slot) if slot & PEER_SLOT_RETIRED == 0 => slot + 1,
+        _ => 0,
+    }
 }
 
 /// Adds one underlay packet to slot `slot_plus_one` (non-zero).

@@ -24,6 +24,12 @@ enum Command {
     Agent(Box<AgentArgs>),
     /// Ask every agent and print the loss per node pair and overlay.
     Loss(LossArgs),
+    /// Remove what an agent with --pin-path left on this node: its TCX
+    /// links (detaching the programs) and pinned maps (docs/restarts.md).
+    Uninstall {
+        #[arg(long)]
+        pin_path: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -36,6 +42,14 @@ async fn main() {
         Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
             .await
             .unwrap_or_else(|e| Err(observer::Error::io("loss", std::io::Error::other(e)))),
+        Command::Uninstall { pin_path } => observer::datapath::uninstall(&pin_path).map(|done| {
+            eprintln!(
+                "crossover: removed {} links and {} maps pinned in {}",
+                done.links.len(),
+                done.maps.len(),
+                pin_path.display()
+            )
+        }),
     };
     if let Err(err) = result {
         eprintln!("crossover: error: {err}");

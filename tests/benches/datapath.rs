@@ -1,12 +1,14 @@
 //! ns per packet of each program, measured in the kernel with
-//! BPF_PROG_TEST_RUN repeat (root). Run with `cargo xtask bench`.
-use std::time::Duration;
+//! BPF_PROG_TEST_RUN repeat (root), then the userspace side at 100k flows:
+//! snapshot, ageing sweep and memory. Run with `cargo xtask bench`.
+use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
 use crossover_tests::{
     harness::{Harness, two_node_shape},
     packet::{ACK, ip, tcp, udp},
 };
+use observer::datapath::{AgeingPolicy, monotonic_ns};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -136,4 +138,80 @@ fn main() {
     }
     let snap = harness.snapshot();
     assert_eq!(snap.counters["flow_map_full"], 0);
+    hundred_thousand_flows(&mut harness);
+}
+
+const FLOWS: u32 = 100_000;
+
+/// Resident set of this process, kB.
+fn rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f();
+    (out, started.elapsed())
+}
+
+/// FLOWS filled with 100k flows through the real program, then what the
+/// agent pays to read and to age them.
+fn hundred_thousand_flows(harness: &mut Harness) {
+    harness.observer.clear_flows().expect("clear flows");
+    let (_, fill) = timed(|| {
+        for n in 0..FLOWS {
+            // 100k distinct TCP connections from pod 10.244.0.x.
+            let src = [10, 244, 0, 7 + (n / 50_000) as u8];
+            let port = 10_000 + (n % 50_000) as u16;
+            let packet = ip(src, [10, 244, 1, 5], tcp(port, 80, 1, ACK, 100)).frame();
+            harness.run("crossover_pod_ingress", &packet);
+        }
+    });
+    println!();
+    println!("{FLOWS} flows in FLOWS (filled through crossover_pod_ingress in {fill:.2?})");
+    let rss_before = rss_kb();
+    let (snap, batched) = timed(|| harness.snapshot());
+    assert_eq!(snap.flows.len(), FLOWS as usize);
+    assert_eq!(snap.counters["flow_map_full"], 0);
+    let rss_holding = rss_kb();
+    drop(snap);
+    let (n, by_key) = timed(|| harness.observer.read_flows_raw(false).unwrap());
+    assert_eq!(n, FLOWS as usize);
+    let (n, raw_batched) = timed(|| harness.observer.read_flows_raw(true).unwrap());
+    assert_eq!(n, FLOWS as usize);
+    let (snap, again) = timed(|| harness.snapshot());
+    drop(snap);
+    println!(
+        "{:<38} {:>10.1?}",
+        "snapshot (decoded, sorted)",
+        batched.min(again)
+    );
+    println!("{:<38} {:>10.1?}", "FLOWS raw read, batched", raw_batched);
+    println!("{:<38} {:>10.1?}", "FLOWS raw read, key by key", by_key);
+    println!(
+        "{:<38} {:>7} kB (RSS {} -> {} kB)",
+        "RSS growth holding the snapshot",
+        rss_holding.saturating_sub(rss_before),
+        rss_before,
+        rss_holding
+    );
+    let policy = AgeingPolicy::default();
+    let now = monotonic_ns();
+    let (idle, nothing) = timed(|| harness.observer.age_flows(now, &policy, &[]).unwrap());
+    assert_eq!(idle.flows, 0);
+    println!("{:<38} {:>10.1?}", "ageing sweep, nothing idle", nothing);
+    let (aged, all) = timed(|| {
+        harness
+            .observer
+            .age_flows(now + 3_600_000_000_000, &policy, &[])
+            .unwrap()
+    });
+    assert_eq!(aged.flows, FLOWS as u64);
+    println!("{:<38} {:>10.1?}", "ageing sweep, all 100k aged", all);
+    println!("{:<38} {:>7} kB", "RSS after the sweeps", rss_kb());
 }

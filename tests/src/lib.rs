@@ -6,6 +6,7 @@ pub mod harness;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod pins;
 
 /// Every test here loads programs into the running kernel or builds
 /// network namespaces: it needs root. CI runs as root.

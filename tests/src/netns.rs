@@ -79,8 +79,14 @@ const OVERLAYS: [(&str, &str, &str, u8, u8, u8); 2] = [
 
 impl TwoNodes {
     pub fn new() -> Self {
-        let a = Netns::new("xa");
-        let b = Netns::new("xb");
+        Self::with_prefix("x")
+    }
+
+    /// Namespaces named `{prefix}a…` and `{prefix}b…`, so concurrent test
+    /// suites can tell theirs apart.
+    pub fn with_prefix(prefix: &str) -> Self {
+        let a = Netns::new(&format!("{prefix}a"));
+        let b = Netns::new(&format!("{prefix}b"));
         for ns in [&a, &b] {
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);

@@ -168,6 +168,18 @@ pub fn render(
         s.segments += c.segments;
         s.retransmits += c.retransmits;
     }
+    // Hook (datapath/ageing.rs): connections aged out of the flow table
+    // keep counting in these totals, so the counters never go backwards.
+    for g in snapshot.retired.groups.iter().filter(|g| g.proto == 6) {
+        let peer = g
+            .peer
+            .map_or_else(|| "local".to_string(), |p| view.node_name(p));
+        let s = segments
+            .entry((peer, g.client_net, g.server_net))
+            .or_default();
+        s.segments += g.totals.segments;
+        s.retransmits += g.totals.retransmits;
+    }
     let mut f = family(
         &mut out,
         "crossover_handshakes",

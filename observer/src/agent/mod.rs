@@ -87,6 +87,16 @@ pub struct AgentArgs {
     pub attach_mode: AttachMode,
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
+    /// bpffs directory (e.g. /sys/fs/bpf/crossover) to pin maps and TCX
+    /// links in: a restarted agent counts on with no gap (docs/restarts.md).
+    #[arg(long)]
+    pub pin_path: Option<PathBuf>,
+    /// With --pin-path: on SIGTERM remove links and pins instead of
+    /// leaving them for the next agent (uninstalling).
+    #[arg(long, requires = "pin_path")]
+    pub detach_on_exit: bool,
+    #[command(flatten)]
+    pub ageing: crate::datapath::AgeingPolicy,
 }
 
 /// `250ms`, `10s`, `2m`; a bare number is seconds.
@@ -248,6 +258,20 @@ impl State {
         ))
     }
 
+    /// One ageing sweep, joined across SNAT with this node's NAT table.
+    fn age_flows(&self, policy: &crate::datapath::AgeingPolicy) -> Result<()> {
+        let nat = {
+            let _ns = self.netns.as_deref().map(crate::netns::enter).transpose()?;
+            conntrack::nat_entries().map(|d| d.entries)
+        };
+        let nat = nat.unwrap_or_else(|err| {
+            self.count(&err);
+            Vec::new()
+        });
+        lock(&self.observer).age_flows(crate::datapath::monotonic_ns(), policy, &nat)?;
+        Ok(())
+    }
+
     /// Why the agent is not ready, if it is not.
     fn unready(&self) -> Option<String> {
         let observer = lock(&self.observer);
@@ -329,6 +353,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         flow_capacity: args.flow_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
+        pin_path: args.pin_path.clone(),
         ..LoadOptions::default()
     };
     let session = Session::open(
@@ -360,6 +385,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.clone(),
         args.sample_interval,
     )));
+    if !args.ageing.interval.is_zero() {
+        tasks.push(tokio::spawn(age_flows(state.clone(), args.ageing.clone())));
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -385,10 +413,29 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     for task in tasks {
         task.abort();
     }
-    // Open connections may still hold the state: detach explicitly.
+    // Open connections may still hold the state: detach explicitly (with
+    // pins: leave links and maps to the next agent, see Observer::exit).
     drop(server);
-    session.observer().detach_all();
+    let exited = session.observer().exit(args.detach_on_exit);
     drop(session);
-    eprintln!("crossover: detached");
-    result
+    eprintln!("crossover: exited");
+    result.and(exited)
+}
+
+/// Flow ageing (datapath/ageing.rs): a sweep every interval, off the async
+/// workers.
+async fn age_flows(state: Arc<State>, policy: crate::datapath::AgeingPolicy) {
+    let mut sweep = tokio::time::interval(policy.interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        sweep.tick().await;
+        let state = state.clone();
+        let policy = policy.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(err) = state.age_flows(&policy) {
+                state.count(&err);
+            }
+        })
+        .await;
+    }
 }

@@ -23,6 +23,9 @@ impl Session {
     pub fn open(options: LoadOptions, shape: &ClusterShape, selection: Selection) -> Result<Self> {
         let netns = options.netns.clone();
         let mut observer = Observer::load(options)?;
+        if let Some(report) = observer.pin_report() {
+            eprintln!("crossover: {}", report.summary());
+        }
         observer.configure(shape)?;
         let events = {
             let _ns = netns.as_deref().map(crate::netns::enter).transpose()?;

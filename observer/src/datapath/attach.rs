@@ -1,12 +1,13 @@
 //! Attaching beside whatever else is on a hook. TCX (Linux 6.6+) puts us
 //! first in its chain; older kernels get a cls_bpf filter on clsact. Either
 //! way the program returns "next", so Cilium's programs still run.
-use std::{io, process::Command};
+use std::{fs, io, path::PathBuf, process::Command};
 
 use aya::{
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
     },
     util::KernelVersion,
 };
@@ -38,9 +39,67 @@ impl AttachMode {
 /// What we put on one interface, so it can be taken off again exactly.
 pub(crate) struct Attachment {
     pub hook: Hook,
-    pub links: Vec<(&'static str, SchedClassifierLinkId)>,
+    pub links: Vec<(&'static str, Held)>,
     /// We added the clsact qdisc and must remove it when we leave.
     pub owns_clsact: bool,
+}
+
+/// One program on one hook.
+pub(crate) enum Held {
+    /// Owned by the program: detached when it is, or when it is dropped.
+    Owned(SchedClassifierLinkId),
+    /// A TCX link pinned in bpffs: stays attached, running whatever
+    /// program was last swapped into it, until the pin is removed. The fd
+    /// is only this process's handle on it.
+    Pinned { link: FdLink, path: PathBuf },
+}
+
+/// Moves a just-attached TCX link out of the program (which would detach
+/// it on drop) into a pin at `path`.
+pub(crate) fn pin(
+    program: &mut SchedClassifier,
+    name: &str,
+    id: SchedClassifierLinkId,
+    path: PathBuf,
+) -> Result<Held> {
+    let link = program
+        .take_link(id)
+        .map_err(|e| fail(format!("taking the link of {name}"), &e))?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|e| fail(format!("link of {name} is not a TCX link"), &e))?;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    // On failure the link is dropped, which detaches it: nothing is left
+    // attached that the pins do not know about.
+    let pinned = link
+        .pin(&path)
+        .map_err(|e| fail(format!("pinning {}", path.display()), &e))?;
+    Ok(Held::Pinned {
+        link: pinned.into(),
+        path,
+    })
+}
+
+/// Swaps `program` into the TCX link pinned at `path` (`BPF_LINK_UPDATE`,
+/// atomic: the hook never runs neither or both).
+pub(crate) fn adopt(program: &mut SchedClassifier, name: &str, path: PathBuf) -> Result<Held> {
+    let pinned = PinnedLink::from_pin(&path)
+        .map_err(|e| fail(format!("opening pinned link {}", path.display()), &e))?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+        .map_err(|e| fail(format!("pinned link {}", path.display()), &e))?;
+    let id = program
+        .attach_to_link(link)
+        .map_err(|e| fail(format!("replacing the program of {}", path.display()), &e))?;
+    let link = program
+        .take_link(id)
+        .map_err(|e| fail(format!("taking the link of {name}"), &e))?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|e| fail(format!("link of {name}"), &e))?;
+    Ok(Held::Pinned { link, path })
 }
 
 pub(crate) fn attach_one(
@@ -74,6 +133,10 @@ pub(crate) fn attach_one(
                 }
             }
         })
+}
+
+fn fail(what: String, e: &dyn std::fmt::Display) -> Error {
+    Error::io(what, io::Error::other(e.to_string()))
 }
 
 /// Adds clsact unless present; true when this call created it.

@@ -1,11 +1,14 @@
 //! Loading crossover's programs, feeding them the cluster's shape,
 //! attaching them, and reading back what they counted.
+mod ageing;
 mod attach;
 mod hook;
 mod links;
+mod pin;
 mod snapshot;
+mod sys;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -15,13 +18,16 @@ use aya::{
 use ipnet::Ipv4Net;
 use observer_ebpf::{
     AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
-    DEFAULT_PEER_SLOT_CAPACITY, Direction, PeerKey, map,
+    DEFAULT_PEER_SLOT_CAPACITY, Direction, PEER_SLOT_RETIRED, PeerKey, map,
 };
 
+pub use ageing::{AgedSummary, AgeingPolicy, Retired, RetiredGroup, RetiredReport, RetiredTotals};
 pub use attach::AttachMode;
-use attach::Attachment;
+use attach::{Attachment, Held};
 pub use hook::Hook;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
+use pin::PinDir;
+pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
 pub use snapshot::{Counters, FlowRecord, PeerRecord, Snapshot, monotonic_ns};
 
 use crate::{
@@ -48,6 +54,10 @@ pub struct LoadOptions {
     pub attach_mode: AttachMode,
     /// Named network namespace (`ip netns`) the interfaces live in.
     pub netns: Option<String>,
+    /// bpffs directory to pin maps and TCX links in, so a restarted
+    /// process counts on where this one stopped (docs/restarts.md).
+    /// `None`: nothing outlives the process.
+    pub pin_path: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -59,12 +69,15 @@ impl Default for LoadOptions {
             addr_capacity: DEFAULT_ADDR_CAPACITY,
             attach_mode: AttachMode::Auto,
             netns: None,
+            pin_path: None,
         }
     }
 }
 
 /// crossover's programs loaded in the kernel, and where they are attached.
-/// Dropping it detaches everything and removes any qdisc it added.
+/// Dropping it detaches everything and removes any qdisc it added, except
+/// what is pinned: pinned TCX links stay attached (and pinned maps stay)
+/// for the next process to take over.
 pub struct Observer {
     ebpf: Ebpf,
     options: LoadOptions,
@@ -73,29 +86,49 @@ pub struct Observer {
     /// ADDRS as last written, to apply a new shape as a difference.
     addrs: BTreeMap<Ipv4Net, AddrInfo>,
     /// PEER_STATS slots handed out. Never reused, so a peer's counters stay
-    /// monotonic while the shape changes around it.
+    /// monotonic while the shape changes around it. PEER_SLOTS holds all of
+    /// them (peers that left the shape marked retired), so a restarted
+    /// process reads them back.
     peer_slots: BTreeMap<PeerKey, u32>,
+    /// The locked pin directory, when pinning.
+    pins: Option<PinDir>,
+    pin_report: Option<PinReport>,
+    /// What ageing deleted from FLOWS, folded.
+    retired: Retired,
 }
 
 impl Observer {
     /// Loads and verifies every program. Nothing is attached yet.
+    /// With `pin_path`, pinned maps that fit are reused, the others
+    /// recreated (see [`PinReport`]), and every pinned TCX link is given
+    /// this process's program at once.
     pub fn load(options: LoadOptions) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map::FLOWS, options.flow_capacity)
             .map_max_entries(map::PEERS, options.peer_capacity)
             .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity)
             .map_max_entries(map::PEER_STATS, options.peer_slot_capacity)
-            .map_max_entries(map::ADDRS, options.addr_capacity)
-            .load(OBJECT)
-            .map_err(
-                |err| match root_io_error(&err).filter(|e| is_permission(e)) {
-                    Some(io) => Error::Privilege {
-                        action: "creating BPF maps".into(),
-                        source: std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(1)),
-                    },
-                    None => Error::Load(Box::new(err)),
+            .map_max_entries(map::ADDRS, options.addr_capacity);
+        let pins = options.pin_path.as_deref().map(PinDir::open).transpose()?;
+        let mut pin_report = None;
+        if let Some(pins) = &pins {
+            let mut report = PinReport {
+                dir: pins.dir.clone(),
+                ..PinReport::default()
+            };
+            pins.prepare(&mut loader, &options, &mut report)?;
+            pin_report = Some(report);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|err| {
+            match root_io_error(&err).filter(|e| is_permission(e)) {
+                Some(io) => Error::Privilege {
+                    action: "creating BPF maps".into(),
+                    source: std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(1)),
                 },
-            )?;
+                None => Error::Load(Box::new(err)),
+            }
+        })?;
         for hook in Hook::ALL {
             for name in hook.programs() {
                 let program = classifier(&mut ebpf, name)?;
@@ -103,14 +136,87 @@ impl Observer {
             }
         }
         let mode = options.attach_mode.resolve();
-        Ok(Observer {
+        let mut observer = Observer {
             ebpf,
             options,
             mode,
             attached: BTreeMap::new(),
             addrs: BTreeMap::new(),
             peer_slots: BTreeMap::new(),
-        })
+            pins,
+            pin_report,
+            retired: Retired::default(),
+        };
+        if observer.pins.is_some() {
+            observer.recover()?;
+            observer.adopt_links()?;
+        }
+        Ok(observer)
+    }
+
+    /// Reads back from reused maps the state userspace keeps beside them:
+    /// the PEER_STATS slots handed out and ADDRS as last written.
+    fn recover(&mut self) -> Result<()> {
+        let slots: HashMap<&MapData, PeerKey, u32> = map_ref(&self.ebpf, map::PEER_SLOTS)?;
+        for entry in slots.iter() {
+            let (key, slot) = entry.map_err(Error::map(map::PEER_SLOTS))?;
+            self.peer_slots.insert(key, slot & !PEER_SLOT_RETIRED);
+        }
+        let trie: LpmTrie<&MapData, u32, AddrInfo> = map_ref(&self.ebpf, map::ADDRS)?;
+        for entry in trie.iter() {
+            let (key, info) = entry.map_err(Error::map(map::ADDRS))?;
+            let net = Ipv4Net::new(
+                crate::shape::addr_from_wire(key.data()),
+                key.prefix_len() as u8,
+            )
+            .map_err(|e| Error::Shape(format!("pinned ADDRS entry: {e}")))?;
+            self.addrs.insert(net, info);
+        }
+        Ok(())
+    }
+
+    /// Swaps this process's programs into every pinned link whose
+    /// interface still exists; unpins the others (the kernel detached
+    /// them when their interface went).
+    fn adopt_links(&mut self) -> Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let found = pin::found_links(&pins.links())?;
+        let _ns = self.enter_netns()?;
+        let mut report = self.pin_report.take().unwrap_or_default();
+        for link in found {
+            let label = format!("{}/{}-{}", link.iface, link.hook, link.direction);
+            if link.ifindex == 0 || ifindex(&link.iface) != Some(link.ifindex) {
+                pin::unpin_link(&link.path)?;
+                report.links_removed.push(label);
+                continue;
+            }
+            let [ingress, egress] = link.hook.programs();
+            let name = if link.direction == "ingress" {
+                ingress
+            } else {
+                egress
+            };
+            let held = attach::adopt(classifier(&mut self.ebpf, name)?, name, link.path)?;
+            let attachment =
+                self.attached
+                    .entry(link.iface.clone())
+                    .or_insert_with(|| Attachment {
+                        hook: link.hook,
+                        links: Vec::new(),
+                        owns_clsact: false,
+                    });
+            attachment.links.push((name, held));
+            report.links_adopted.push(label);
+        }
+        self.pin_report = Some(report);
+        Ok(())
+    }
+
+    /// What loading found in the pin directory; `None` without pinning.
+    pub fn pin_report(&self) -> Option<&PinReport> {
+        self.pin_report.as_ref()
     }
 
     pub fn options(&self) -> &LoadOptions {
@@ -173,16 +279,17 @@ impl Observer {
             }
         }
         let capacity = self.options.peer_slot_capacity;
-        let mut next = self.peer_slots.len() as u32;
+        // Slots are never reused: the next is past every one handed out.
+        let mut next = self.peer_slots.values().map(|s| s + 1).max().unwrap_or(0);
         let mut slots: HashMap<&mut MapData, PeerKey, u32> =
             map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
-        let stale: Vec<PeerKey> = slots
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !wanted.contains(k))
-            .collect();
-        for key in stale {
-            slots.remove(&key).map_err(Error::map(map::PEER_SLOTS))?;
+        // Peers that left keep their entry, marked retired: the kernel
+        // treats them as slotless, and a restarted process still knows
+        // the slot is taken (and whose counts it holds).
+        for (key, slot) in self.peer_slots.iter().filter(|(k, _)| !wanted.contains(k)) {
+            slots
+                .insert(*key, slot | PEER_SLOT_RETIRED, 0)
+                .map_err(Error::map(map::PEER_SLOTS))?;
         }
         for key in wanted {
             let slot = match self.peer_slots.get(&key) {
@@ -211,7 +318,9 @@ impl Observer {
     /// an interface twice is a no-op when the hook is the same.
     pub fn attach(&mut self, iface: &str, hook: Hook) -> Result<()> {
         if let Some(existing) = self.attached.get(iface) {
-            if existing.hook == hook {
+            // An adopted interface may have only one direction pinned (a
+            // crash between the two pins): attach it again whole.
+            if existing.hook == hook && existing.links.len() == 2 {
                 return Ok(());
             }
             self.detach(iface)?;
@@ -235,8 +344,19 @@ impl Observer {
             (egress, TcAttachType::Egress),
         ] {
             let program = classifier(&mut self.ebpf, name)?;
-            match attach::attach_one(program, name, iface, direction, self.mode) {
-                Ok(link) => attachment.links.push((name, link)),
+            let held = attach::attach_one(program, name, iface, direction, self.mode).and_then(
+                |id| match (&self.pins, self.mode) {
+                    // Netlink filters are not links; they are removed on
+                    // exit like without pins (docs/restarts.md).
+                    (Some(pins), AttachMode::Tcx) => {
+                        let path = pins.link(iface, hook, direction_label(direction));
+                        attach::pin(program, name, id, path)
+                    }
+                    _ => Ok(Held::Owned(id)),
+                },
+            );
+            match held {
+                Ok(held) => attachment.links.push((name, held)),
                 Err(err) => {
                     // Leave nothing half-attached behind.
                     self.release(iface, attachment);
@@ -259,10 +379,21 @@ impl Observer {
     }
 
     fn release(&mut self, iface: &str, attachment: Attachment) {
-        for (name, link) in attachment.links {
-            if let Ok(program) = classifier(&mut self.ebpf, name) {
-                // Fails only when the interface is already gone.
-                let _ = program.detach(link);
+        for (name, held) in attachment.links {
+            match held {
+                Held::Owned(id) => {
+                    if let Ok(program) = classifier(&mut self.ebpf, name) {
+                        // Fails only when the interface is already gone.
+                        let _ = program.detach(id);
+                    }
+                }
+                // Without its pin, closing our fd releases the link.
+                Held::Pinned { link, path } => {
+                    if let Err(err) = pin::unpin_link(&path) {
+                        eprintln!("crossover: {err}");
+                    }
+                    drop(link);
+                }
             }
         }
         if attachment.owns_clsact
@@ -281,6 +412,50 @@ impl Observer {
                 eprintln!("crossover: detaching from {name}: {err}");
             }
         }
+    }
+
+    /// Leaves for good: with pins, removes every link, map pin and the
+    /// pin directory; without, the same as [`Observer::detach_all`]. The
+    /// maps themselves go when this Observer is dropped.
+    pub fn uninstall(&mut self) -> Result<Uninstalled> {
+        let mut done = Uninstalled::default();
+        for (iface, attachment) in &self.attached {
+            for (name, held) in &attachment.links {
+                if let Held::Pinned { .. } = held {
+                    done.links.push(format!("{iface}/{name}"));
+                }
+            }
+        }
+        self.detach_all();
+        if let Some(pins) = &self.pins {
+            let rest = pin::uninstall_in(pins)?;
+            done.links.extend(rest.links);
+            done.maps = rest.maps;
+        }
+        Ok(done)
+    }
+
+    /// What the agent does on SIGTERM. Without pins, detach everything.
+    /// With pins, leave links and maps for the next agent to take over
+    /// without a gap, unless `detach` asks to [`Observer::uninstall`].
+    pub fn exit(&mut self, detach: bool) -> Result<()> {
+        if self.pins.is_none() {
+            self.detach_all();
+        } else if detach {
+            self.uninstall()?;
+        } else {
+            // Netlink filters cannot be handed over: they go now.
+            let unpinned: Vec<String> = self
+                .attached
+                .iter()
+                .filter(|(_, a)| a.links.iter().any(|(_, h)| matches!(h, Held::Owned(_))))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in unpinned {
+                self.detach(&name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Interfaces we are attached to, with their hook.
@@ -312,7 +487,35 @@ impl Observer {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Snapshot::read(&self.ebpf, &self.peer_slots)
+        Snapshot::read(&self.ebpf, &self.peer_slots, &self.retired)
+    }
+
+    /// Deletes connections idle past `policy` from FLOWS (joined across
+    /// SNAT with `nat`, this node's conntrack NAT table; empty is fine
+    /// without SNAT) and folds their counts into [`Observer::retired`].
+    /// `now_ns` is CLOCK_MONOTONIC ([`monotonic_ns`]).
+    pub fn age_flows(
+        &mut self,
+        now_ns: u64,
+        policy: &AgeingPolicy,
+        nat: &[crate::conntrack::NatEntry],
+    ) -> Result<AgedSummary> {
+        ageing::sweep(&mut self.ebpf, &mut self.retired, now_ns, policy, nat)
+    }
+
+    /// Totals of every flow aged since load.
+    pub fn retired(&self) -> &Retired {
+        &self.retired
+    }
+
+    /// Reads FLOWS raw, batched as snapshots do or key by key (two
+    /// syscalls per flow); the number of flows. For the benchmark.
+    pub fn read_flows_raw(&self, batched: bool) -> Result<usize> {
+        if batched {
+            snapshot::read_flows(&self.ebpf).map(|f| f.len())
+        } else {
+            snapshot::read_flows_by_key(&self.ebpf).map(|f| f.len())
+        }
     }
 
     /// Packets and bytes per (peer node, overlay, direction).
@@ -336,18 +539,34 @@ impl Observer {
 }
 
 impl Drop for Observer {
+    /// Pinned links stay (a restart takes them over); anything else is
+    /// taken off, as it would not survive the process anyway and a qdisc
+    /// we added must not be left behind.
     fn drop(&mut self) {
-        self.detach_all();
+        if let Err(err) = self.exit(false) {
+            eprintln!("crossover: {err}");
+        }
     }
+}
+
+fn direction_label(direction: TcAttachType) -> &'static str {
+    match direction {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    }
+}
+
+/// Index of `iface` in the current network namespace.
+fn ifindex(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// True when `iface` exists in the current network namespace.
 pub fn interface_exists(iface: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(iface) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    ifindex(iface).is_some()
 }
 
 /// Names of the interfaces in the current network namespace.

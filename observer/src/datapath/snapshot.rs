@@ -1,15 +1,17 @@
 //! Reading the maps into plain values.
 //!
 //! A snapshot brackets its reads with the monotonic clock. Each entry is
-//! copied whole by one syscall, per-CPU values are summed, and entries are
-//! never deleted while reading, so every counter in a snapshot is a value the
-//! kernel really held between `started_ns` and `finished_ns`, and two
-//! snapshots of the same entry never go backwards.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//! copied whole by the kernel (FLOWS a few thousand entries per
+//! `BPF_MAP_LOOKUP_BATCH` call), per-CPU values are summed, and entries
+//! are never deleted while reading, so every counter in a snapshot is a
+//! value the kernel really held between `started_ns` and `finished_ns`, and
+//! two snapshots of the same entry never go backwards. Flows the ageing
+//! sweep deleted are in `retired`.
+use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     util::nr_cpus,
 };
 use observer_ebpf::{
@@ -17,7 +19,10 @@ use observer_ebpf::{
 };
 use serde::Serialize;
 
-use super::{map_mut, map_ref};
+use super::{
+    ageing::{Retired, RetiredReport},
+    map_mut, map_ref, sys,
+};
 use crate::{Error, Result, shape::addr_from_wire};
 
 /// Every counter by reason, summed over CPUs.
@@ -31,6 +36,9 @@ pub struct Snapshot {
     pub flows: Vec<FlowRecord>,
     pub peers: Vec<PeerRecord>,
     pub counters: Counters,
+    /// Totals of the flows ageing deleted since this process started: add
+    /// them to sums over `flows` for totals that never go backwards.
+    pub retired: RetiredReport,
 }
 
 /// One flow, decoded.
@@ -133,14 +141,16 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Snapshot {
-    pub(crate) fn read(ebpf: &Ebpf, peer_slots: &BTreeMap<PeerKey, u32>) -> Result<Self> {
+    pub(crate) fn read(
+        ebpf: &Ebpf,
+        peer_slots: &BTreeMap<PeerKey, u32>,
+        retired: &Retired,
+    ) -> Result<Self> {
         let started_ns = monotonic_ns();
-        let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
-        let mut flow_records = Vec::new();
-        for entry in flows.iter() {
-            let (key, stats) = entry.map_err(Error::map(map::FLOWS))?;
-            flow_records.push(FlowRecord::from_raw(&key, &stats));
-        }
+        let mut flow_records: Vec<FlowRecord> = read_flows(ebpf)?
+            .iter()
+            .map(|(key, stats)| FlowRecord::from_raw(key, stats))
+            .collect();
         let peer_records = read_peers(ebpf, peer_slots)?;
         let array: PerCpuArray<&MapData, u64> = map_ref(ebpf, map::COUNTERS)?;
         let mut counters = Counters::new();
@@ -166,12 +176,40 @@ impl Snapshot {
             flows: flow_records,
             peers: peer_records,
             counters,
+            retired: retired.into(),
         })
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters.get(counter.label()).copied().unwrap_or(0)
     }
+}
+
+/// Entries of FLOWS per `BPF_MAP_LOOKUP_BATCH` call.
+const BATCH: u32 = 4096;
+
+/// Every entry of FLOWS: batched where the kernel can (5.6+), key by key
+/// otherwise.
+pub(crate) fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
+    let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
+    let mut out = Vec::new();
+    let batched = sys::lookup_batch(flows.map().fd().as_fd(), BATCH, |k, v| out.push((*k, *v)));
+    match batched {
+        Ok(()) => return Ok(out),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
+        Err(e) => return Err(Error::io(format!("batch lookup of {}", map::FLOWS), e)),
+    }
+    out.clear();
+    read_flows_by_key(ebpf)
+}
+
+/// Every entry of FLOWS, two syscalls per entry (next key, lookup).
+pub(crate) fn read_flows_by_key(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
+    let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
+    flows
+        .iter()
+        .map(|entry| entry.map_err(Error::map(map::FLOWS)))
+        .collect()
 }
 
 /// Per-peer counters alone: a few lookups, so reading every node's in a

@@ -1,0 +1,302 @@
+//! Flow ageing: FLOWS is a bounded hash the kernel only inserts into, so
+//! without a sweep it fills up and new flows go uncounted (counted as
+//! `flow_map_full`). The sweep deletes connections idle for longer than
+//! their protocol and state allow, and folds what their flows counted into
+//! [`Retired`], so totals the metrics derive by summing flows never go
+//! backwards.
+//!
+//! A connection is aged as a whole (every flow of it, at every hook and
+//! both directions, joined across SNAT with the NAT table the caller
+//! passes), so its live and retired parts are never both counted.
+//!
+//! Race with the datapath: an entry is removed with
+//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns its value at removal.
+//! If that value's `last_seen_ns` differs from the one the decision was
+//! made on, a packet arrived in between: the connection's removed flows
+//! are put back (`BPF_NOEXIST`) and it stays. A flow a new packet
+//! re-created in that instant cannot be put back; its removed counts are
+//! retired on their own ([`AgedSummary::raced`]).
+use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, IterableMap, MapData},
+};
+use observer_ebpf::{Direction, FlowKey, FlowStats, Point, map, tcp_flag};
+use serde::Serialize;
+
+use super::{FlowRecord, map_mut, snapshot::read_flows, sys};
+use crate::{
+    Error, Result,
+    connections::{self, Connection},
+    conntrack::NatEntry,
+    shape::wire_addr,
+};
+
+const TCP: u8 = 6;
+const BPF_NOEXIST: u64 = 1;
+
+/// How long a connection may stay silent before it is aged.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct AgeingPolicy {
+    /// Idle seconds before an established TCP connection's flows are aged.
+    #[arg(long = "flow-idle-tcp", value_parser = seconds, default_value = "600")]
+    pub tcp_established: Duration,
+    /// Idle seconds for TCP once a FIN or RST was seen.
+    #[arg(long = "flow-idle-closed", value_parser = seconds, default_value = "30")]
+    pub tcp_closed: Duration,
+    /// Idle seconds for UDP, ICMP and anything else.
+    #[arg(long = "flow-idle-other", value_parser = seconds, default_value = "120")]
+    pub other: Duration,
+    /// Seconds between sweeps; 0 never ages flows.
+    #[arg(long = "flow-sweep-interval", value_parser = seconds, default_value = "10")]
+    pub interval: Duration,
+}
+
+fn seconds(s: &str) -> std::result::Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{s:?}: {e} (whole seconds)"))
+}
+
+impl Default for AgeingPolicy {
+    fn default() -> Self {
+        AgeingPolicy {
+            tcp_established: Duration::from_secs(600),
+            tcp_closed: Duration::from_secs(30),
+            other: Duration::from_secs(120),
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AgeingPolicy {
+    fn idle_limit(&self, proto: u8, closed: bool) -> Duration {
+        match (proto, closed) {
+            (TCP, true) => self.tcp_closed,
+            (TCP, false) => self.tcp_established,
+            _ => self.other,
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgedSummary {
+    /// Flows deleted from FLOWS.
+    pub flows: u64,
+    pub connections: u64,
+    /// Connections found active while being deleted, and put back.
+    pub woke: u64,
+    /// Flows re-created by a packet between delete and put-back; their
+    /// removed counts were retired on their own.
+    pub raced: u64,
+    pub took_ns: u64,
+}
+
+/// Totals of aged connections, grouped the way the metrics group live
+/// ones: protocol, peer node, client and server network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RetiredTotals {
+    pub connections: u64,
+    pub forward_packets: u64,
+    pub reverse_packets: u64,
+    pub syns: u64,
+    pub syn_acks: u64,
+    pub rsts: u64,
+    pub segments: u64,
+    pub retransmits: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetiredGroup {
+    pub proto: u8,
+    pub peer: Option<Ipv4Addr>,
+    pub client_net: &'static str,
+    pub server_net: &'static str,
+    #[serde(flatten)]
+    pub totals: RetiredTotals,
+}
+
+type GroupKey = (u8, Option<Ipv4Addr>, &'static str, &'static str);
+
+/// Everything aged since this process started. Live totals plus these
+/// are monotonic across sweeps (not across restarts: this lives in the
+/// process, docs/restarts.md).
+#[derive(Clone, Debug, Default)]
+pub struct Retired {
+    pub flows: u64,
+    pub sweeps: u64,
+    groups: BTreeMap<GroupKey, RetiredTotals>,
+}
+
+impl Retired {
+    fn add(&mut self, c: &Connection) {
+        let t = self
+            .groups
+            .entry((c.proto, c.peer, c.client_net, c.server_net))
+            .or_default();
+        t.connections += 1;
+        t.forward_packets += c.forward_packets;
+        t.reverse_packets += c.reverse_packets;
+        t.syns += c.syns;
+        t.syn_acks += c.syn_acks;
+        t.rsts += c.rsts;
+        t.segments += c.segments;
+        t.retransmits += c.retransmits;
+    }
+
+    /// The retired totals of one group; zero if none.
+    pub fn get(
+        &self,
+        proto: u8,
+        peer: Option<Ipv4Addr>,
+        client_net: &str,
+        server_net: &str,
+    ) -> RetiredTotals {
+        self.groups
+            .iter()
+            .find(|((p, peer_, c, s), _)| {
+                *p == proto && *peer_ == peer && *c == client_net && *s == server_net
+            })
+            .map_or_else(RetiredTotals::default, |(_, t)| *t)
+    }
+
+    pub fn groups(&self) -> Vec<RetiredGroup> {
+        self.groups
+            .iter()
+            .map(
+                |((proto, peer, client_net, server_net), totals)| RetiredGroup {
+                    proto: *proto,
+                    peer: *peer,
+                    client_net,
+                    server_net,
+                    totals: *totals,
+                },
+            )
+            .collect()
+    }
+}
+
+/// Retired totals as a snapshot carries them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetiredReport {
+    pub flows: u64,
+    pub sweeps: u64,
+    pub groups: Vec<RetiredGroup>,
+}
+
+impl From<&Retired> for RetiredReport {
+    fn from(r: &Retired) -> Self {
+        RetiredReport {
+            flows: r.flows,
+            sweeps: r.sweeps,
+            groups: r.groups(),
+        }
+    }
+}
+
+fn wire_of<T: Copy>(all: &[T], label: fn(T) -> &'static str, wire: fn(T) -> u8, s: &str) -> u8 {
+    all.iter()
+        .find(|v| label(**v) == s)
+        .map_or(u8::MAX, |v| wire(*v))
+}
+
+/// The FLOWS key of one sighting of a connection.
+fn key_of(proto: u8, s: &connections::Sighting) -> FlowKey {
+    FlowKey {
+        src: wire_addr(*s.src.ip()),
+        dst: wire_addr(*s.dst.ip()),
+        src_port: s.src.port(),
+        dst_port: s.dst.port(),
+        proto,
+        point: wire_of(Point::ALL, Point::label, Point::wire, s.point),
+        direction: wire_of(
+            Direction::ALL,
+            Direction::label,
+            Direction::wire,
+            s.direction,
+        ),
+        _pad: 0,
+    }
+}
+
+/// One sweep; see the module doc. `now_ns` is CLOCK_MONOTONIC, the clock
+/// of `last_seen_ns`.
+pub(crate) fn sweep(
+    ebpf: &mut Ebpf,
+    retired: &mut Retired,
+    now_ns: u64,
+    policy: &AgeingPolicy,
+    nat: &[NatEntry],
+) -> Result<AgedSummary> {
+    let started = super::monotonic_ns();
+    let raw = read_flows(ebpf)?;
+    let read: BTreeMap<FlowKey, FlowStats> = raw.iter().copied().collect();
+    let records: Vec<FlowRecord> = raw
+        .iter()
+        .map(|(k, v)| FlowRecord::from_raw(k, v))
+        .collect();
+    let conns = connections::join(&records, nat, now_ns, connections::HANDSHAKE_GRACE_NS);
+    let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = map_mut(ebpf, map::FLOWS)?;
+    let mut summary = AgedSummary::default();
+    for c in conns {
+        let keys: Vec<FlowKey> = c.sightings.iter().map(|s| key_of(c.proto, s)).collect();
+        let members: Vec<(FlowKey, FlowStats)> = keys
+            .iter()
+            .filter_map(|k| read.get(k).map(|v| (*k, *v)))
+            .collect();
+        let closed = members
+            .iter()
+            .any(|(_, v)| v.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0);
+        let last = members
+            .iter()
+            .map(|(_, v)| v.last_seen_ns)
+            .max()
+            .unwrap_or(0);
+        let limit = policy.idle_limit(c.proto, closed).as_nanos() as u64;
+        if now_ns.saturating_sub(last) < limit {
+            continue;
+        }
+        let mut removed = Vec::with_capacity(members.len());
+        let mut woke = false;
+        for (key, seen) in &members {
+            let fd = flows.map().fd().as_fd();
+            let value: Option<FlowStats> =
+                sys::lookup_and_delete(fd, key).map_err(|e| flows_io("deleting a flow", e))?;
+            let Some(value) = value else { continue };
+            removed.push((*key, value));
+            if value.last_seen_ns != seen.last_seen_ns {
+                woke = true;
+                break;
+            }
+        }
+        if woke {
+            summary.woke += 1;
+            for (key, value) in removed {
+                if flows.insert(key, value, BPF_NOEXIST).is_err() {
+                    // A packet re-created it meanwhile: its counts so far
+                    // must not vanish.
+                    summary.raced += 1;
+                    retired.flows += 1;
+                    let one = [FlowRecord::from_raw(&key, &value)];
+                    for c in connections::join(&one, nat, now_ns, 0) {
+                        retired.add(&c);
+                    }
+                }
+            }
+            continue;
+        }
+        summary.flows += removed.len() as u64;
+        summary.connections += 1;
+        retired.flows += removed.len() as u64;
+        retired.add(&c);
+    }
+    retired.sweeps += 1;
+    summary.took_ns = super::monotonic_ns() - started;
+    Ok(summary)
+}
+
+fn flows_io(what: &str, e: std::io::Error) -> Error {
+    Error::io(format!("{what} of {}", map::FLOWS), e)
+}

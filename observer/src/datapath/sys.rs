@@ -1,0 +1,220 @@
+//! The few bpf(2) commands aya 0.14 does not expose: opening a pinned
+//! object, a link's target, lookup-and-delete and batched lookups of a
+//! hash map. Each is one `union bpf_attr` layout from the kernel's uapi.
+use std::{
+    ffi::CString,
+    io,
+    mem::{MaybeUninit, size_of},
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+use aya::Pod;
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `BPF_LINK_TYPE_TCX`.
+pub(crate) const LINK_TYPE_TCX: u32 = 11;
+
+/// `union bpf_attr` is 120+ bytes in current kernels; the kernel reads only
+/// the command's own prefix and requires the rest to be zero.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new<T: Copy>(prefix: T) -> Self {
+        assert!(size_of::<T>() <= 128);
+        let mut attr = Attr([0; 128]);
+        // SAFETY: T fits in the buffer and is plain data.
+        unsafe { std::ptr::write_unaligned(attr.0.as_mut_ptr().cast(), prefix) };
+        attr
+    }
+
+    fn read<T: Copy>(&self) -> T {
+        // SAFETY: as above; the kernel wrote back a T-shaped prefix.
+        unsafe { std::ptr::read_unaligned(self.0.as_ptr().cast()) }
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the right size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `BPF_OBJ_GET`: a new fd for the object pinned at `path`.
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = Attr::new(ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    });
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says about a link: its type and, for a
+/// TCX link, the interface it is on (0 once the interface is gone).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LinkTarget {
+    pub link_type: u32,
+    pub ifindex: u32,
+}
+
+pub(crate) fn link_target(fd: BorrowedFd<'_>) -> io::Result<LinkTarget> {
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8
+    // whose `tcx` member starts with ifindex.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Info {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        ifindex: u32,
+        attach_type: u32,
+        _rest: [u64; 6],
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = MaybeUninit::<Info>::zeroed();
+    let mut attr = Attr::new(InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<Info>() as u32,
+        info: info.as_mut_ptr() as u64,
+    });
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: zero-initialised plain data, partly filled by the kernel.
+    let info = unsafe { info.assume_init() };
+    Ok(LinkTarget {
+        link_type: info.link_type,
+        ifindex: info.ifindex,
+    })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`: the entry's value at the moment it
+/// was removed, so nothing counted into it before removal is lost.
+pub(crate) fn lookup_and_delete<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    key: &K,
+) -> io::Result<Option<V>> {
+    elem_op(BPF_MAP_LOOKUP_AND_DELETE_ELEM, map, key)
+}
+
+fn elem_op<K: Pod, V: Pod>(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    key: &K,
+) -> io::Result<Option<V>> {
+    let mut value = MaybeUninit::<V>::zeroed();
+    let mut attr = Attr::new(ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    });
+    match bpf(cmd, &mut attr) {
+        // SAFETY: V is Pod and the kernel filled it.
+        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of a hash map, `chunk` entries per `BPF_MAP_LOOKUP_BATCH`
+/// call instead of two syscalls per entry. Entries inserted or deleted
+/// while reading may or may not appear, as with key-by-key iteration.
+pub(crate) fn lookup_batch<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    chunk: u32,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let chunk = chunk.max(1) as usize;
+    let mut keys: Vec<MaybeUninit<K>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
+    let mut values: Vec<MaybeUninit<V>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
+    // The hash map's batch token is a bucket index (u32); 8 bytes to spare.
+    let mut token_in = 0u64;
+    let mut token_out = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = Attr::new(BatchAttr {
+            in_batch: if first { 0 } else { &raw mut token_in as u64 },
+            out_batch: &raw mut token_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        });
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // The kernel writes back how many entries it copied, also on ENOENT.
+        let done = attr.read::<BatchAttr>().count as usize;
+        for i in 0..done.min(chunk) {
+            // SAFETY: the kernel filled the first `done` slots.
+            unsafe { each(keys[i].assume_init_ref(), values[i].assume_init_ref()) };
+        }
+        match result {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
