@@ -2,7 +2,7 @@
 //! them: the figures come out of the HTTP API and /metrics, and match what
 //! the wire dropped. Needs root (namespaces, programs in the kernel).
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
