@@ -69,6 +69,9 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("probe: {0}")]
+    Probe(String),
+
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
@@ -94,6 +97,7 @@ impl Error {
             Error::Shape(_) => "shape",
             Error::Netns { .. } => "netns",
             Error::Conntrack { .. } => "conntrack",
+            Error::Probe(_) => "probe",
             Error::Agent { .. } => "agent",
             Error::Io { .. } => "io",
         }

@@ -1,0 +1,202 @@
+//! The probes' Prometheus families, in the text format (0.0.4) of
+//! `agent/metrics.rs`, for the agent to append to its `/metrics`.
+//!
+//! RTT is a summary whose quantiles (0.5, 0.9, 0.99 and 1, the maximum)
+//! are over the stats' sliding window, with `_sum` and `_count` since the
+//! start, as summaries have them. Not a histogram: the question during a
+//! migration is "what is this node pair's RTT now", per pair, which the
+//! window answers directly, and a summary costs 6 series per pair and
+//! signal where a histogram with buckets from 50 µs to 1 s would cost 15;
+//! with a series per node pair that is the difference that matters. What
+//! a summary gives up, aggregating quantiles across pairs, is not a
+//! question these series are for.
+use std::fmt::Write;
+
+use super::{
+    responder::ResponderTotals,
+    stats::{Quantiles, Signal, Totals, Window},
+};
+
+/// Which number of a series a family shows.
+type Value = fn(&Totals) -> u64;
+
+/// A metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    Family { out, name }
+}
+
+impl Family<'_> {
+    fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "{}{suffix}", self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus' float syntax: `NaN` for a quantile of an empty window.
+fn float(value: Option<f64>) -> String {
+    value.map_or_else(|| "NaN".into(), |v| v.to_string())
+}
+
+/// What one scrape shows of the probes.
+pub struct Report<'a> {
+    pub totals: &'a [Totals],
+    pub window: &'a [Window],
+    /// [`super::ProbeStats::unattributed_totals`].
+    pub unattributed: &'a [(&'static str, u64)],
+    /// The agent's own responder, if it runs one.
+    pub responder: Option<&'a ResponderTotals>,
+}
+
+/// Appends the probe families to `out`, every series labelled with `node`.
+pub fn write(out: &mut String, node: &str, report: &Report) {
+    let series = |t: &'_ Totals| {
+        [
+            ("node", node.to_owned()),
+            ("peer_node", t.key.peer_node.clone()),
+            ("overlay", t.key.overlay.label().to_owned()),
+            ("dst_net", t.key.dst_net.label().to_owned()),
+            ("signal", t.key.signal.label().to_owned()),
+        ]
+    };
+    let counters: [(&'static str, &str, Value); 2] = [
+        (
+            "crossover_probes_sent_total",
+            "Probes sent to a peer node, per overlay, network answering and signal.",
+            |t| t.sent,
+        ),
+        (
+            "crossover_probes_received_total",
+            "Probes answered within the timeout.",
+            |t| t.received,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut f = family(out, name, "counter", help);
+        for t in report.totals {
+            let labels = series(t);
+            f.sample("", &refs(&labels), value(t));
+        }
+    }
+    let mut f = family(
+        out,
+        "crossover_probes_lost_total",
+        "counter",
+        "Probes lost, by reason: no answer within the timeout, or (TCP) refused, reset, unreachable.",
+    );
+    for t in report.totals {
+        let labels = series(t);
+        for (reason, n) in &t.lost_by_reason {
+            let mut l = refs(&labels);
+            l.push(("reason", *reason));
+            f.sample("", &l, n);
+        }
+    }
+    let mut f = family(
+        out,
+        "crossover_probes_late_total",
+        "counter",
+        "UDP probes answered after the timeout (also counted as lost).",
+    );
+    for t in report
+        .totals
+        .iter()
+        .filter(|t| t.key.signal == Signal::ProbeUdp)
+    {
+        f.sample("", &refs(&series(t)), t.late);
+    }
+
+    let mut f = family(
+        out,
+        "crossover_probe_rtt_seconds",
+        "summary",
+        "Probe round-trip time (UDP echo, TCP handshake): quantiles over the sliding window, \
+         sum and count since the start.",
+    );
+    for t in report.totals {
+        let labels = series(t);
+        let quantiles = report
+            .window
+            .iter()
+            .find(|w| w.key == t.key)
+            .and_then(|w| w.rtt)
+            .map(|q| q.values());
+        for (i, level) in Quantiles::LABELS.iter().enumerate() {
+            let mut l = refs(&labels);
+            l.push(("quantile", level));
+            f.sample("", &l, float(quantiles.map(|q| q[i])));
+        }
+        f.sample("_sum", &refs(&labels), t.rtt_sum_seconds);
+        f.sample("_count", &refs(&labels), t.received);
+    }
+
+    let mut f = family(
+        out,
+        "crossover_probe_ignored_total",
+        "counter",
+        "Replies and probes no peer can be blamed for (stray, duplicate, malformed, over the cap).",
+    );
+    for (reason, n) in report.unattributed {
+        f.sample("", &[("node", node), ("reason", reason)], n);
+    }
+
+    if let Some(r) = report.responder {
+        let mut f = family(
+            out,
+            "crossover_probe_responder_answers_total",
+            "counter",
+            "Probes this node's responder answered: UDP echoes, TCP connections accepted.",
+        );
+        f.sample(
+            "",
+            &[("node", node), ("signal", Signal::ProbeUdp.label())],
+            r.udp_replies,
+        );
+        f.sample(
+            "",
+            &[("node", node), ("signal", Signal::ProbeTcp.label())],
+            r.tcp_accepted,
+        );
+        let mut f = family(
+            out,
+            "crossover_probe_responder_refused_total",
+            "counter",
+            "Datagrams the responder dropped (not a probe request), and TCP connections over its cap.",
+        );
+        for (reason, n) in &r.refused {
+            f.sample("", &[("node", node), ("reason", reason)], n);
+        }
+        f.sample(
+            "",
+            &[("node", node), ("reason", "tcp_over_cap")],
+            r.tcp_over_cap,
+        );
+    }
+}
+
+fn refs<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
