@@ -378,6 +378,43 @@ fn prober_loses_by_reason_and_follows_target_changes() {
     );
 }
 
+#[test]
+fn probe_subcommand_answers_and_exits_on_sigterm() {
+    require_root();
+    let ns = Netns::new("prs");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, CROSSOVER, "probe"])
+        .args(["--listen", &format!("127.0.0.1:{PORT}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{CROSSOVER}: {e} (cargo build -p observer --bin crossover)"));
+    let reply = in_netns(&ns.name, || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
+            assert!(Instant::now() < deadline, "crossover probe never listened");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        udp.send_to(b"not a probe", ("127.0.0.1", PORT)).unwrap();
+        udp.send_to(&Header::request(1, 2, 3).encode(), ("127.0.0.1", PORT))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (len, _) = udp.recv_from(&mut buf).unwrap();
+        Header::decode(&buf[..len]).unwrap()
+    });
+    assert_eq!((reply.kind, reply.seq), (Kind::Reply, 2));
+    // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs it).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 UDP echoes") && stderr.contains("1 datagrams refused"),
+        "{stderr}"
+    );
+}
+
 /// `crossover probe` in a pod's namespace, as the probe DaemonSet runs it.
 struct PodResponders(Vec<Child>);
 

@@ -200,3 +200,101 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
 fn refs<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
     labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use observer_ebpf::{Net, Overlay};
+
+    use super::*;
+    use crate::probe::stats::SeriesKey;
+
+    fn key(signal: Signal) -> SeriesKey {
+        SeriesKey {
+            peer_node: "odd\"name\\".into(),
+            overlay: Overlay::Cilium,
+            dst_net: Net::Host,
+            signal,
+        }
+    }
+
+    fn totals(signal: Signal) -> Totals {
+        Totals {
+            key: key(signal),
+            sent: 10,
+            received: 8,
+            lost: 2,
+            lost_by_reason: vec![("timeout", 2)],
+            late: 1,
+            rtt_sum_seconds: 0.004,
+        }
+    }
+
+    #[test]
+    fn families_have_help_and_type_and_escaped_labels() {
+        let totals = [totals(Signal::ProbeUdp), totals(Signal::ProbeTcp)];
+        let window = [Window {
+            key: key(Signal::ProbeUdp),
+            seconds: 10.0,
+            sent: 10,
+            received: 8,
+            lost: 2,
+            late: 1,
+            loss_ratio: Some(0.2),
+            rtt: Some(Quantiles {
+                p50: 0.0005,
+                p90: 0.0006,
+                p99: 0.0007,
+                max: 0.0008,
+            }),
+        }];
+        let mut out = String::new();
+        write(
+            &mut out,
+            "n1",
+            &Report {
+                totals: &totals,
+                window: &window,
+                unattributed: &[("stray", 3)],
+                responder: None,
+            },
+        );
+        let labels = |signal: &str| {
+            format!(
+                "node=\"n1\",peer_node=\"odd\\\"name\\\\\",overlay=\"cilium\",dst_net=\"host\",signal=\"{signal}\""
+            )
+        };
+        let udp = labels("probe_udp");
+        let tcp = labels("probe_tcp");
+        for line in [
+            format!("crossover_probes_sent_total{{{udp}}} 10"),
+            format!("crossover_probes_lost_total{{{tcp},reason=\"timeout\"}} 2"),
+            format!("crossover_probes_late_total{{{udp}}} 1"),
+            format!("crossover_probe_rtt_seconds{{{udp},quantile=\"0.99\"}} 0.0007"),
+            format!("crossover_probe_rtt_seconds{{{udp},quantile=\"1\"}} 0.0008"),
+            // No window for TCP: a quantile of nothing.
+            format!("crossover_probe_rtt_seconds{{{tcp},quantile=\"0.5\"}} NaN"),
+            format!("crossover_probe_rtt_seconds_sum{{{udp}}} 0.004"),
+            format!("crossover_probe_rtt_seconds_count{{{udp}}} 8"),
+            "crossover_probe_ignored_total{node=\"n1\",reason=\"stray\"} 3".into(),
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line} in:\n{out}");
+        }
+        assert!(!out.contains(&format!("crossover_probes_late_total{{{tcp}}}")));
+        // Every sample follows its family's HELP and TYPE.
+        let mut declared = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = name
+                    .strip_suffix("_sum")
+                    .or_else(|| name.strip_suffix("_count"))
+                    .filter(|f| *f == "crossover_probe_rtt_seconds")
+                    .unwrap_or(name);
+                assert_eq!(declared.last().map(String::as_str), Some(family), "{line}");
+            }
+        }
+        assert_eq!(out.matches("# HELP ").count(), declared.len());
+    }
+}
