@@ -382,7 +382,7 @@ fn prober_loses_by_reason_and_follows_target_changes() {
 fn probe_subcommand_answers_and_exits_on_sigterm() {
     require_root();
     let ns = Netns::new("prs");
-    let mut child = Command::new("ip")
+    let child = Command::new("ip")
         .args(["netns", "exec", &ns.name, CROSSOVER, "probe"])
         .args(["--listen", &format!("127.0.0.1:{PORT}")])
         .stderr(Stdio::piped())
