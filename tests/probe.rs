@@ -772,6 +772,67 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
             .unwrap();
         assert_eq!(lost_for(s, LossReason::Timeout), s.lost, "{s:?}");
     }
+    lab.clear(loss).unwrap();
+
+    // worker-2 migrates, DaemonSet pods restarted: its probe pod comes back
+    // on a Cilium address. The new target list replaces the old one while
+    // the prober runs: the new pod is probed over the Cilium overlay and
+    // answers; the old address is probed no more.
+    let stats = ProbeStats::new(Duration::from_secs(10));
+    let (prober, targets_tx) = prober_rt.prober(ProberConfig::default(), &stats, targets.clone());
+    thread::sleep(Duration::from_secs(1));
+    let old_pod = lab.pod("worker-2/ds").unwrap().clone();
+    lab.migrate("worker-2", true).unwrap();
+    let new_pod = lab.pod("worker-2/ds").unwrap().clone();
+    assert_eq!(new_pod.network, plan::Network::Cilium);
+    let _new_pod_responder = PodResponders::start(std::slice::from_ref(&new_pod.netns));
+    let migrated = lab_targets(&lab);
+    assert!(migrated.iter().all(|t| t.addr != old_pod.addr));
+    targets_tx.send_replace(migrated.clone());
+    thread::sleep(Duration::from_millis(100));
+    let old_key = |signal| observer::probe::SeriesKey {
+        peer_node: "worker-2".into(),
+        overlay: Overlay::Legacy,
+        dst_net: Net::Legacy,
+        signal,
+    };
+    let old_sent = |stats: &ProbeStats| -> Vec<u64> {
+        let totals = stats.totals();
+        Signal::ALL
+            .iter()
+            .map(|s| {
+                totals
+                    .iter()
+                    .find(|t| t.key == old_key(*s))
+                    .map_or(0, |t| t.sent)
+            })
+            .collect()
+    };
+    let before = old_sent(&stats);
+    assert!(before.iter().all(|n| *n >= 5), "{before:?}");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        old_sent(&stats),
+        before,
+        "the old pod address is still probed"
+    );
+    let window = stats.window(Instant::now());
+    let new_target = migrated
+        .iter()
+        .find(|t| t.addr == new_pod.addr)
+        .expect("the new pod is a target");
+    assert_eq!(
+        (new_target.overlay, new_target.dst_net),
+        (Overlay::Cilium, Net::Cilium)
+    );
+    for signal in Signal::ALL {
+        let w = window_of(&window, new_target, signal);
+        assert!(
+            w.sent >= 10 && w.lost == 0 && w.received + 2 >= w.sent,
+            "{w:?}"
+        );
+    }
+    prober_rt.stop(prober);
 }
 
 /// The prober's CPU at 200 targets, 10 probes a second each, UDP and TCP
