@@ -6,7 +6,7 @@
 //! start, as summaries have them. Not a histogram: the question during a
 //! migration is "what is this node pair's RTT now", per pair, which the
 //! window answers directly, and a summary costs 6 series per pair and
-//! signal where a histogram with buckets from 50 µs to 1 s would cost 15;
+//! signal where a histogram of 12 buckets from 50 µs to 1 s costs 15;
 //! with a series per node pair that is the difference that matters. What
 //! a summary gives up, aggregating quantiles across pairs, is not a
 //! question these series are for.

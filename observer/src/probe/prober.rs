@@ -140,8 +140,9 @@ impl ProberConfig {
     }
 }
 
-/// A running prober: replace its targets through the `watch` sender given
-/// to [`Prober::spawn`], stop it with [`Prober::stop`].
+/// A running prober: replace its targets through the `watch` sender whose
+/// receiver went to [`Prober::spawn`], stop it with [`Prober::stop`].
+/// Dropped without `stop`, it aborts, leaving probes in flight unresolved.
 pub struct Prober {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
