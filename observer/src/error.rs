@@ -72,6 +72,9 @@ pub enum Error {
     #[error("Kubernetes API: {context}: {reason}")]
     Kube { context: String, reason: String },
 
+    #[error("probe: {0}")]
+    Probe(String),
+
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
@@ -98,6 +101,8 @@ impl Error {
             Error::Netns { .. } => "netns",
             Error::Conntrack { .. } => "conntrack",
             Error::Kube { .. } => "kube",
+
+            Error::Probe(_) => "probe",
             Error::Agent { .. } => "agent",
             Error::Io { .. } => "io",
         }

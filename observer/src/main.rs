@@ -5,6 +5,7 @@ use observer::{
         loss::{self, LossArgs},
         observe::{self, ObserveArgs},
     },
+    probe::{self, ProbeArgs},
 };
 
 /// crossover: per node pair and per overlay, what a live CNI migration to
@@ -30,6 +31,8 @@ enum Command {
         #[arg(long)]
         pin_path: std::path::PathBuf,
     },
+    /// Answer probes only (UDP echo, TCP accept): the probe DaemonSet's pods.
+    Probe(ProbeArgs),
 }
 
 #[tokio::main]
@@ -38,6 +41,7 @@ async fn main() {
     let result = match cli.command {
         Command::Observe(args) => observe::run(args).await,
         Command::Agent(args) => agent::run(*args).await,
+        Command::Probe(args) => probe::run(args).await,
         // Blocking HTTP and a sleep: off the async workers.
         Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
             .await

@@ -224,6 +224,19 @@ pub fn render(
     }
 
     window_families(&mut out, state);
+    if let Some(probing) = &state.probing {
+        let totals = probing.stats.totals();
+        let window = probing.stats.window(std::time::Instant::now());
+        let unattributed = probing.stats.unattributed_totals();
+        let responder = probing.responder.totals();
+        let report = crate::probe::metrics::Report {
+            totals: &totals,
+            window: &window,
+            unattributed: &unattributed,
+            responder: Some(&responder),
+        };
+        crate::probe::metrics::write(&mut out, node, &report);
+    }
     cluster_families(&mut out, state);
 
     let mut f = family(

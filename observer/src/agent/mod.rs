@@ -5,6 +5,7 @@
 //! versioned JSON API.
 pub mod api;
 pub mod metrics;
+mod probing;
 mod routes;
 mod sampler;
 pub mod view;
@@ -77,6 +78,14 @@ pub struct AgentArgs {
     /// Length of the sliding loss window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub window: Duration,
+    /// Port of the probe responders: this agent's own (host network, every
+    /// address) and the probe pods'.
+    #[arg(long, default_value_t = 9191)]
+    pub probe_port: u16,
+    /// Probes per second to each target, UDP and TCP each; 0 turns probing
+    /// (and the responder) off.
+    #[arg(long, default_value_t = 10.0)]
+    pub probe_rate: f64,
     /// How often counters are read into the window.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sample_interval: Duration,
@@ -132,6 +141,7 @@ pub struct State {
     windows: Mutex<Windows>,
     peer_status: Mutex<BTreeMap<String, PeerStatus>>,
     sample_duration: Mutex<Duration>,
+    probing: Option<probing::Probing>,
 }
 
 impl State {
@@ -140,6 +150,9 @@ impl State {
     }
 
     fn set_view(&self, view: View) {
+        if let Some(probing) = &self.probing {
+            probing.follow(&view);
+        }
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 
@@ -175,7 +188,11 @@ impl State {
             version: 1,
             node: self.node.clone(),
             window_seconds: windows.window_ns() as f64 / 1e9,
-            rows: windows.loss(&self.node),
+            rows: windows
+                .loss(&self.node)
+                .into_iter()
+                .chain(self.probing.iter().flat_map(|p| p.loss(&self.node)))
+                .collect(),
             unreachable: self
                 .peer_status()
                 .into_iter()
@@ -364,9 +381,25 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             follow_named: true,
         },
     )?;
+    let view = View::from_shape(shape);
+    let probing = if args.probe_rate <= 0.0 {
+        None
+    } else if args.netns.is_some() {
+        // Probe sockets are made on the runtime's threads, which stay in
+        // the agent's own namespace.
+        eprintln!("crossover: warning: no probes with --netns; run the agent inside the namespace");
+        None
+    } else if !(args.probe_rate.is_finite() && args.probe_rate <= 1000.0) {
+        return Err(Error::Probe(format!(
+            "--probe-rate {}: expected 0 (off) to 1000 probes per second",
+            args.probe_rate
+        )));
+    } else {
+        Some(probing::Probing::start(&view, args.probe_port, args.probe_rate, args.window).await?)
+    };
     let state = Arc::new(State {
         node,
-        view: RwLock::new(Arc::new(View::from_shape(shape))),
+        view: RwLock::new(Arc::new(view)),
         observer: session.observer.clone(),
         netns: args.netns.clone(),
         cluster: cluster.clone(),
@@ -375,6 +408,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         windows: Mutex::new(Windows::new(args.window.as_nanos() as u64)),
         peer_status: Mutex::new(BTreeMap::new()),
         sample_duration: Mutex::new(Duration::ZERO),
+        probing,
     });
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster {

@@ -44,9 +44,13 @@ pub async fn run(state: Arc<State>, interval: Duration) {
 
 async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     let view = state.view();
-    // Peers first, then this node: a peer's reading is then never older than
-    // ours, so in-flight packets look like loss only briefly, never like
-    // packets received beyond those sent.
+    let own_state = state.clone();
+    let own = tokio::task::spawn_blocking(move || super::lock(&own_state.observer).peers())
+        .await
+        .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
+    // This node first, then its peers: every packet this node had sent when
+    // it read its counters has reached the peer's NIC (or been lost) when
+    // the peer reads, so packets in flight never look like loss.
     let timeout = interval.mul_f64(0.8);
     let fetches: Vec<_> = view
         .peers
@@ -88,16 +92,14 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         };
         state.set_peer_status(node, status);
     }
-    let own_state = state.clone();
-    let (own, conns) = tokio::task::spawn_blocking(move || {
-        let own = super::lock(&own_state.observer).peers()?;
-        let snapshot = super::lock(&own_state.observer).snapshot()?;
-        let conns = own_state.connections(&snapshot.flows)?;
-        Result::Ok((own, conns))
+    let at_ns = monotonic_ns();
+    let conn_state = state.clone();
+    let conns = tokio::task::spawn_blocking(move || {
+        let snapshot = super::lock(&conn_state.observer).snapshot()?;
+        conn_state.connections(&snapshot.flows)
     })
     .await
     .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
-    let at_ns = monotonic_ns();
 
     let Some(local) = view.local() else {
         return Ok(());

@@ -1,0 +1,141 @@
+//! The agent's active probes: a responder on the host network (so every
+//! node answers on its `flannel.1` and `cilium_host` addresses, one per
+//! overlay) and a prober towards every peer's overlay addresses and probe
+//! pods, kept current with the view.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use observer_ebpf::Net;
+use tokio::sync::watch;
+
+use super::{view::View, window::LossRow};
+use crate::{
+    Result,
+    probe::{
+        ProbeStats, Prober, ProberConfig, Responder, ResponderConfig, ResponderCounters, Target,
+    },
+    shape::Role,
+};
+
+pub struct Probing {
+    pub stats: ProbeStats,
+    pub responder: Arc<ResponderCounters>,
+    port: u16,
+    targets: watch::Sender<Vec<Target>>,
+    // Held so the prober runs as long as the agent.
+    _prober: Prober,
+}
+
+impl Probing {
+    /// Binds the responder on `port` (all addresses) and starts probing
+    /// `view`'s peers `rate` times a second each.
+    pub async fn start(
+        view: &View,
+        port: u16,
+        rate: f64,
+        window: std::time::Duration,
+    ) -> Result<Self> {
+        let responder = Responder::bind(ResponderConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+            ..ResponderConfig::default()
+        })
+        .await?;
+        let counters = responder.counters();
+        tokio::spawn(responder.run(std::future::pending()));
+        let stats = ProbeStats::new(window);
+        let (targets, rx) = watch::channel(targets(view, port));
+        let prober = Prober::spawn(
+            ProberConfig {
+                rate,
+                ..ProberConfig::default()
+            },
+            stats.clone(),
+            rx,
+        )?;
+        Ok(Probing {
+            stats,
+            responder: counters,
+            port,
+            targets,
+            _prober: prober,
+        })
+    }
+
+    pub fn follow(&self, view: &View) {
+        let wanted = targets(view, self.port);
+        self.targets.send_if_modified(|current| {
+            let changed = *current != wanted;
+            if changed {
+                *current = wanted;
+            }
+            changed
+        });
+    }
+
+    /// The probes' window as loss rows: sent is what resolved (answered or
+    /// timed out), so probes in flight never count as lost.
+    pub fn loss(&self, node: &str) -> Vec<LossRow> {
+        self.stats
+            .window(Instant::now())
+            .into_iter()
+            .map(|w| LossRow {
+                node: node.into(),
+                peer_node: w.key.peer_node.clone(),
+                overlay: w.key.overlay.label().into(),
+                src_net: Net::Host.label().into(),
+                dst_net: w.key.dst_net.label().into(),
+                signal: w.key.signal.label().into(),
+                sent: w.received + w.lost,
+                lost: w.lost,
+                seconds: w.seconds,
+            })
+            .collect()
+    }
+}
+
+/// Every peer's overlay addresses (the agent's own responder answers
+/// there, over that overlay) and every probe pod on a peer (over the
+/// overlay of its network).
+pub fn targets(view: &View, port: u16) -> Vec<Target> {
+    let role_of = |addr| {
+        view.shape
+            .networks
+            .iter()
+            .find(|n| n.cidrs.iter().any(|c| c.contains(&addr)))
+            .map(|n| n.role)
+    };
+    let local = view.shape.local_node.as_deref();
+    let mut out = Vec::new();
+    for node in view
+        .shape
+        .nodes
+        .iter()
+        .filter(|n| Some(n.name.as_str()) != local)
+    {
+        for &addr in &node.overlay_addrs {
+            if let Some(role) = role_of(addr) {
+                out.push(Target {
+                    peer_node: node.name.clone(),
+                    overlay: role.overlay(),
+                    dst_net: Net::Host,
+                    addr,
+                    port,
+                });
+            }
+        }
+    }
+    for pod in &view.probe_pods {
+        if let Some(role) = role_of(pod.addr) {
+            out.push(Target {
+                peer_node: pod.node.clone(),
+                overlay: role.overlay(),
+                dst_net: match role {
+                    Role::Legacy => Net::Legacy,
+                    Role::Cilium => Net::Cilium,
+                },
+                addr: pod.addr,
+                port,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,300 @@
+//! The probes' Prometheus families, in the text format (0.0.4) of
+//! `agent/metrics.rs`, for the agent to append to its `/metrics`.
+//!
+//! RTT is a summary whose quantiles (0.5, 0.9, 0.99 and 1, the maximum)
+//! are over the stats' sliding window, with `_sum` and `_count` since the
+//! start, as summaries have them. Not a histogram: the question during a
+//! migration is "what is this node pair's RTT now", per pair, which the
+//! window answers directly, and a summary costs 6 series per pair and
+//! signal where a histogram of 12 buckets from 50 µs to 1 s costs 15;
+//! with a series per node pair that is the difference that matters. What
+//! a summary gives up, aggregating quantiles across pairs, is not a
+//! question these series are for.
+use std::fmt::Write;
+
+use super::{
+    responder::ResponderTotals,
+    stats::{Quantiles, Signal, Totals, Window},
+};
+
+/// Which number of a series a family shows.
+type Value = fn(&Totals) -> u64;
+
+/// A metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    Family { out, name }
+}
+
+impl Family<'_> {
+    fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "{}{suffix}", self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus' float syntax: `NaN` for a quantile of an empty window.
+fn float(value: Option<f64>) -> String {
+    value.map_or_else(|| "NaN".into(), |v| v.to_string())
+}
+
+/// What one scrape shows of the probes.
+pub struct Report<'a> {
+    pub totals: &'a [Totals],
+    pub window: &'a [Window],
+    /// [`super::ProbeStats::unattributed_totals`].
+    pub unattributed: &'a [(&'static str, u64)],
+    /// The agent's own responder, if it runs one.
+    pub responder: Option<&'a ResponderTotals>,
+}
+
+/// Appends the probe families to `out`, every series labelled with `node`.
+pub fn write(out: &mut String, node: &str, report: &Report) {
+    let series = |t: &'_ Totals| {
+        [
+            ("node", node.to_owned()),
+            ("peer_node", t.key.peer_node.clone()),
+            ("overlay", t.key.overlay.label().to_owned()),
+            ("dst_net", t.key.dst_net.label().to_owned()),
+            ("signal", t.key.signal.label().to_owned()),
+        ]
+    };
+    let counters: [(&'static str, &str, Value); 2] = [
+        (
+            "crossover_probes_sent_total",
+            "Probes sent to a peer node, per overlay, network answering and signal.",
+            |t| t.sent,
+        ),
+        (
+            "crossover_probes_received_total",
+            "Probes answered within the timeout.",
+            |t| t.received,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut f = family(out, name, "counter", help);
+        for t in report.totals {
+            let labels = series(t);
+            f.sample("", &refs(&labels), value(t));
+        }
+    }
+    let mut f = family(
+        out,
+        "crossover_probes_lost_total",
+        "counter",
+        "Probes lost, by reason: no answer within the timeout, or (TCP) refused, reset, unreachable.",
+    );
+    for t in report.totals {
+        let labels = series(t);
+        for (reason, n) in &t.lost_by_reason {
+            let mut l = refs(&labels);
+            l.push(("reason", *reason));
+            f.sample("", &l, n);
+        }
+    }
+    let mut f = family(
+        out,
+        "crossover_probes_late_total",
+        "counter",
+        "UDP probes answered after the timeout (also counted as lost).",
+    );
+    for t in report
+        .totals
+        .iter()
+        .filter(|t| t.key.signal == Signal::ProbeUdp)
+    {
+        f.sample("", &refs(&series(t)), t.late);
+    }
+
+    let mut f = family(
+        out,
+        "crossover_probe_rtt_seconds",
+        "summary",
+        "Probe round-trip time (UDP echo, TCP handshake): quantiles over the sliding window, \
+         sum and count since the start.",
+    );
+    for t in report.totals {
+        let labels = series(t);
+        let quantiles = report
+            .window
+            .iter()
+            .find(|w| w.key == t.key)
+            .and_then(|w| w.rtt)
+            .map(|q| q.values());
+        for (i, level) in Quantiles::LABELS.iter().enumerate() {
+            let mut l = refs(&labels);
+            l.push(("quantile", level));
+            f.sample("", &l, float(quantiles.map(|q| q[i])));
+        }
+        f.sample("_sum", &refs(&labels), t.rtt_sum_seconds);
+        f.sample("_count", &refs(&labels), t.received);
+    }
+
+    let mut f = family(
+        out,
+        "crossover_probe_ignored_total",
+        "counter",
+        "Replies and probes no peer can be blamed for (stray, duplicate, malformed, over the cap).",
+    );
+    for (reason, n) in report.unattributed {
+        f.sample("", &[("node", node), ("reason", reason)], n);
+    }
+
+    if let Some(r) = report.responder {
+        let mut f = family(
+            out,
+            "crossover_probe_responder_answers_total",
+            "counter",
+            "Probes this node's responder answered: UDP echoes, TCP connections accepted.",
+        );
+        f.sample(
+            "",
+            &[("node", node), ("signal", Signal::ProbeUdp.label())],
+            r.udp_replies,
+        );
+        f.sample(
+            "",
+            &[("node", node), ("signal", Signal::ProbeTcp.label())],
+            r.tcp_accepted,
+        );
+        let mut f = family(
+            out,
+            "crossover_probe_responder_refused_total",
+            "counter",
+            "Datagrams the responder dropped (not a probe request), and TCP connections over its cap.",
+        );
+        for (reason, n) in &r.refused {
+            f.sample("", &[("node", node), ("reason", reason)], n);
+        }
+        f.sample(
+            "",
+            &[("node", node), ("reason", "tcp_over_cap")],
+            r.tcp_over_cap,
+        );
+    }
+}
+
+fn refs<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_ebpf::{Net, Overlay};
+
+    use super::*;
+    use crate::probe::stats::SeriesKey;
+
+    fn key(signal: Signal) -> SeriesKey {
+        SeriesKey {
+            peer_node: "odd\"name\\".into(),
+            overlay: Overlay::Cilium,
+            dst_net: Net::Host,
+            signal,
+        }
+    }
+
+    fn totals(signal: Signal) -> Totals {
+        Totals {
+            key: key(signal),
+            sent: 10,
+            received: 8,
+            lost: 2,
+            lost_by_reason: vec![("timeout", 2)],
+            late: 1,
+            rtt_sum_seconds: 0.004,
+        }
+    }
+
+    #[test]
+    fn families_have_help_and_type_and_escaped_labels() {
+        let totals = [totals(Signal::ProbeUdp), totals(Signal::ProbeTcp)];
+        let window = [Window {
+            key: key(Signal::ProbeUdp),
+            seconds: 10.0,
+            sent: 10,
+            received: 8,
+            lost: 2,
+            late: 1,
+            loss_ratio: Some(0.2),
+            rtt: Some(Quantiles {
+                p50: 0.0005,
+                p90: 0.0006,
+                p99: 0.0007,
+                max: 0.0008,
+            }),
+        }];
+        let mut out = String::new();
+        write(
+            &mut out,
+            "n1",
+            &Report {
+                totals: &totals,
+                window: &window,
+                unattributed: &[("stray", 3)],
+                responder: None,
+            },
+        );
+        let labels = |signal: &str| {
+            format!(
+                "node=\"n1\",peer_node=\"odd\\\"name\\\\\",overlay=\"cilium\",dst_net=\"host\",signal=\"{signal}\""
+            )
+        };
+        let udp = labels("probe_udp");
+        let tcp = labels("probe_tcp");
+        for line in [
+            format!("crossover_probes_sent_total{{{udp}}} 10"),
+            format!("crossover_probes_lost_total{{{tcp},reason=\"timeout\"}} 2"),
+            format!("crossover_probes_late_total{{{udp}}} 1"),
+            format!("crossover_probe_rtt_seconds{{{udp},quantile=\"0.99\"}} 0.0007"),
+            format!("crossover_probe_rtt_seconds{{{udp},quantile=\"1\"}} 0.0008"),
+            // No window for TCP: a quantile of nothing.
+            format!("crossover_probe_rtt_seconds{{{tcp},quantile=\"0.5\"}} NaN"),
+            format!("crossover_probe_rtt_seconds_sum{{{udp}}} 0.004"),
+            format!("crossover_probe_rtt_seconds_count{{{udp}}} 8"),
+            "crossover_probe_ignored_total{node=\"n1\",reason=\"stray\"} 3".into(),
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line} in:\n{out}");
+        }
+        assert!(!out.contains(&format!("crossover_probes_late_total{{{tcp}}}")));
+        // Every sample follows its family's HELP and TYPE.
+        let mut declared = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = name
+                    .strip_suffix("_sum")
+                    .or_else(|| name.strip_suffix("_count"))
+                    .filter(|f| *f == "crossover_probe_rtt_seconds")
+                    .unwrap_or(name);
+                assert_eq!(declared.last().map(String::as_str), Some(family), "{line}");
+            }
+        }
+        assert_eq!(out.matches("# HELP ").count(), declared.len());
+    }
+}

@@ -1,0 +1,554 @@
+//! Active probes towards every peer, so a node pair with no traffic of its
+//! own is measured too. Each target gets a UDP echo and a TCP handshake at
+//! `rate` per second each, on schedules of their own, jittered so that the
+//! agents of a cluster (and the targets of one agent) do not fire together.
+//!
+//! UDP: one unconnected socket for every target; a reply is matched by the
+//! prober's id and the sequence number, not by its source address, so a
+//! host that answers from another of its addresses still counts. A probe
+//! is lost when no reply came within `timeout`; a reply after that is
+//! counted as late (the probe stays lost) until `late_horizon`, then as a
+//! stray. TCP: a connect per probe, its handshake timed; refused, reset,
+//! unreachable and timed out are losses by reason. The connection is then
+//! closed with an RST (zero linger), so thousands of probes a second leave
+//! no TIME_WAIT behind on either side.
+//!
+//! Sockets belong to the network namespace of the thread that creates
+//! them: run the prober on a runtime whose threads are in the namespace to
+//! probe from (the agent's, on the host network).
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    future::Future,
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use observer_ebpf::{Net, Overlay};
+use serde::Serialize;
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    sync::{oneshot, watch},
+    task::{JoinHandle, JoinSet},
+};
+
+use super::{
+    stats::{LossReason, ProbeStats, Recorder, SeriesKey, Signal},
+    wire::{self, Header, Kind},
+};
+use crate::{Error, Result};
+
+/// One address of one peer to probe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Target {
+    pub peer_node: String,
+    /// The overlay the probe crosses: for a node's `flannel.1` address
+    /// and for legacy pods, the legacy one.
+    #[serde(serialize_with = "label::overlay")]
+    pub overlay: Overlay,
+    /// What answers: the peer's host network, or a pod of either network.
+    #[serde(serialize_with = "label::net")]
+    pub dst_net: Net,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+mod label {
+    use observer_ebpf::{Net, Overlay};
+    use serde::Serializer;
+
+    pub fn overlay<S: Serializer>(o: &Overlay, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(o.label())
+    }
+
+    pub fn net<S: Serializer>(n: &Net, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(n.label())
+    }
+}
+
+impl Target {
+    pub fn key(&self, signal: Signal) -> SeriesKey {
+        SeriesKey {
+            peer_node: self.peer_node.clone(),
+            overlay: self.overlay,
+            dst_net: self.dst_net,
+            signal,
+        }
+    }
+
+    fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.addr, self.port))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProberConfig {
+    /// Probes per second per target, for each signal.
+    pub rate: f64,
+    /// A probe without a reply (or handshake) this long is lost.
+    pub timeout: Duration,
+    /// Each interval is stretched or shrunk by up to this fraction.
+    pub jitter: f64,
+    /// Replies up to this long after their probe count as late, not stray.
+    pub late_horizon: Duration,
+    pub signals: Vec<Signal>,
+    /// TCP probes in flight at once; beyond, probes are skipped and
+    /// counted (`tcp_over_cap`), not lost: the limit is ours, not the
+    /// network's.
+    pub max_tcp_in_flight: usize,
+}
+
+impl Default for ProberConfig {
+    fn default() -> Self {
+        ProberConfig {
+            rate: 10.0,
+            timeout: Duration::from_secs(1),
+            jitter: 0.2,
+            late_horizon: Duration::from_secs(10),
+            signals: Signal::ALL.to_vec(),
+            max_tcp_in_flight: 4096,
+        }
+    }
+}
+
+impl ProberConfig {
+    fn validate(&self) -> Result<Duration> {
+        let bad = |what: String| Err(Error::Probe(what));
+        if !(self.rate > 0.0 && self.rate <= 1000.0) {
+            return bad(format!(
+                "rate {} must be in (0, 1000] per second",
+                self.rate
+            ));
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout must be positive".into());
+        }
+        if self.late_horizon < self.timeout {
+            return bad(format!(
+                "late horizon {:?} is shorter than the timeout {:?}",
+                self.late_horizon, self.timeout
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return bad(format!("jitter {} must be in [0, 1)", self.jitter));
+        }
+        if self.signals.is_empty() {
+            return bad("no signal to probe with".into());
+        }
+        Ok(Duration::from_secs_f64(1.0 / self.rate))
+    }
+}
+
+/// A running prober: replace its targets through the `watch` sender whose
+/// receiver went to [`Prober::spawn`], stop it with [`Prober::stop`].
+/// Dropped without `stop`, it aborts, leaving probes in flight unresolved.
+pub struct Prober {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Prober {
+    /// Starts probing on the current runtime. Each new value of `targets`
+    /// replaces the list: targets kept keep their schedule, new ones start
+    /// at a random phase, removed ones stop at once (their probes in flight
+    /// still resolve). A dropped sender leaves the last list in place.
+    pub fn spawn(
+        config: ProberConfig,
+        stats: ProbeStats,
+        targets: watch::Receiver<Vec<Target>>,
+    ) -> Result<Prober> {
+        let (stop, stopped) = oneshot::channel();
+        let engine = Engine::new(config, stats)?;
+        let task = tokio::spawn(engine.run(targets, async {
+            let _ = stopped.await;
+        }));
+        Ok(Prober {
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stops sending, waits for the probes in flight to resolve (at most
+    /// the timeout), so the totals add up: sent = received + lost.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::io("prober task", io::Error::other(e)))?
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+/// splitmix64: jitter needs spread, not secrecy.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let mut seed = [0u8; 8];
+        // SAFETY: getrandom writes at most 8 bytes into an 8-byte buffer.
+        unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Rng(u64::from_ne_bytes(seed) ^ t ^ u64::from(std::process::id()) << 32)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Scheduled {
+    target: Target,
+    recorders: HashMap<Signal, Recorder>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    id: u64,
+    signal: Signal,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Waiting,
+    Answered,
+    /// Timed out, or never left (send error).
+    Lost,
+    /// Timed out, then answered.
+    Late,
+}
+
+/// A UDP probe, from its sending until `late_horizon` after.
+struct Pending {
+    recorder: Recorder,
+    sent: Instant,
+    sent_ns: u64,
+    fate: Fate,
+}
+
+struct Engine {
+    config: ProberConfig,
+    interval: Duration,
+    stats: ProbeStats,
+    rng: Rng,
+    sender: u64,
+    epoch: Instant,
+    udp: UdpSocket,
+    by_target: HashMap<Target, u64>,
+    scheduled: HashMap<u64, Scheduled>,
+    next_id: u64,
+    due: BinaryHeap<Reverse<Due>>,
+    /// UDP probes by sequence: `pending[i]` has sequence `base + i`.
+    pending: VecDeque<Pending>,
+    base: u64,
+    /// `pending[..timed_out]` are past their timeout.
+    timed_out: usize,
+    tcp: JoinSet<()>,
+}
+
+impl Engine {
+    fn new(config: ProberConfig, stats: ProbeStats) -> Result<Engine> {
+        let interval = config.validate()?;
+        let udp = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s)
+            })
+            .map_err(|e| Error::io("prober UDP socket", e))?;
+        let mut rng = Rng::seeded();
+        Ok(Engine {
+            sender: rng.next(),
+            rng,
+            config,
+            interval,
+            stats,
+            epoch: Instant::now(),
+            udp,
+            by_target: HashMap::new(),
+            scheduled: HashMap::new(),
+            next_id: 0,
+            due: BinaryHeap::new(),
+            pending: VecDeque::new(),
+            base: 0,
+            timed_out: 0,
+            tcp: JoinSet::new(),
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut targets: watch::Receiver<Vec<Target>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let initial = targets.borrow_and_update().clone();
+        self.replace(initial, Instant::now());
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut targets_open = true;
+        let mut stop_at: Option<Instant> = None;
+        let mut next_prune = Instant::now();
+        let mut buf = [0u8; 2048];
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            if now >= next_prune {
+                self.stats.prune(now);
+                next_prune = now + Duration::from_secs(1);
+            }
+            match stop_at {
+                None => self.send_due(now).await,
+                Some(at) if now >= at && self.timed_out == self.pending.len() => break,
+                Some(_) => {}
+            }
+            let mut wake = next_prune;
+            if stop_at.is_none()
+                && let Some(Reverse(due)) = self.due.peek()
+            {
+                wake = wake.min(due.at);
+            }
+            if let Some(p) = self.pending.get(self.timed_out) {
+                wake = wake.min(p.sent + self.config.timeout);
+            }
+            if let Some(at) = stop_at {
+                wake = wake.min(at);
+            }
+            tokio::select! {
+                _ = &mut shutdown, if stop_at.is_none() => {
+                    stop_at = Some(Instant::now() + self.config.timeout);
+                }
+                changed = targets.changed(), if stop_at.is_none() && targets_open => {
+                    match changed {
+                        Ok(()) => {
+                            let list = targets.borrow_and_update().clone();
+                            self.replace(list, Instant::now());
+                        }
+                        Err(_) => targets_open = false,
+                    }
+                }
+                got = self.udp.recv_from(&mut buf) => {
+                    match got {
+                        Ok((len, _)) => self.reply(&buf[..len], Instant::now()),
+                        Err(_) => self.stats.unattributed("receive_error"),
+                    }
+                }
+                Some(_) = self.tcp.join_next(), if !self.tcp.is_empty() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        // TCP probes end by their own timeout.
+        while self.tcp.join_next().await.is_some() {}
+        self.stats.prune(Instant::now());
+        Ok(())
+    }
+
+    /// Makes `list` the targets.
+    fn replace(&mut self, list: Vec<Target>, now: Instant) {
+        let wanted: HashMap<Target, ()> = list.into_iter().map(|t| (t, ())).collect();
+        let gone: Vec<Target> = self
+            .by_target
+            .keys()
+            .filter(|t| !wanted.contains_key(*t))
+            .cloned()
+            .collect();
+        for target in gone {
+            if let Some(id) = self.by_target.remove(&target) {
+                // Its entries in `due` are skipped when they come up.
+                self.scheduled.remove(&id);
+            }
+        }
+        for (target, ()) in wanted {
+            if self.by_target.contains_key(&target) {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let recorders = self
+                .config
+                .signals
+                .iter()
+                .map(|s| (*s, self.stats.recorder(target.key(*s))))
+                .collect();
+            for signal in self.config.signals.clone() {
+                let phase = self.interval.mul_f64(self.rng.unit());
+                self.due.push(Reverse(Due {
+                    at: now + phase,
+                    id,
+                    signal,
+                }));
+            }
+            self.by_target.insert(target.clone(), id);
+            self.scheduled.insert(id, Scheduled { target, recorders });
+        }
+    }
+
+    async fn send_due(&mut self, now: Instant) {
+        while let Some(Reverse(due)) = self.due.peek().copied()
+            && due.at <= now
+        {
+            self.due.pop();
+            let Some(s) = self.scheduled.get(&due.id) else {
+                continue;
+            };
+            let (target, recorder) = (s.target.clone(), s.recorders[&due.signal].clone());
+            match due.signal {
+                Signal::ProbeUdp => self.send_udp(&target, recorder).await,
+                Signal::ProbeTcp => self.send_tcp(&target, recorder),
+            }
+            let stretch = 1.0 + self.config.jitter * (2.0 * self.rng.unit() - 1.0);
+            let mut next = due.at + self.interval.mul_f64(stretch);
+            if next < now {
+                // Fell behind (a stalled runtime): resume at a fresh
+                // phase rather than fire the missed probes in a burst.
+                next = now + self.interval.mul_f64(self.rng.unit());
+            }
+            self.due.push(Reverse(Due { at: next, ..due }));
+        }
+    }
+
+    async fn send_udp(&mut self, target: &Target, recorder: Recorder) {
+        let sent = Instant::now();
+        let sent_ns = u64::try_from(sent.duration_since(self.epoch).as_nanos()).unwrap_or(0);
+        let seq = self.base + self.pending.len() as u64;
+        let request = Header::request(self.sender, seq, sent_ns).encode();
+        recorder.sent(sent);
+        let fate = match self.udp.send_to(&request, target.socket_addr()).await {
+            Ok(_) => Fate::Waiting,
+            Err(e) => {
+                recorder.lost(sent, loss_reason(&e));
+                Fate::Lost
+            }
+        };
+        self.pending.push_back(Pending {
+            recorder,
+            sent,
+            sent_ns,
+            fate,
+        });
+    }
+
+    fn send_tcp(&mut self, target: &Target, recorder: Recorder) {
+        if self.tcp.len() >= self.config.max_tcp_in_flight {
+            self.stats.unattributed("tcp_over_cap");
+            return;
+        }
+        let (addr, timeout) = (target.socket_addr(), self.config.timeout);
+        let start = Instant::now();
+        recorder.sent(start);
+        self.tcp.spawn(async move {
+            let result = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
+            let now = Instant::now();
+            match result {
+                Ok(Ok(stream)) => {
+                    recorder.received(now, now - start);
+                    // RST on drop: no TIME_WAIT from thousands of probes.
+                    let _ = stream.set_zero_linger();
+                }
+                Ok(Err(e)) => recorder.lost(now, loss_reason(&e)),
+                Err(_) => recorder.lost(now, LossReason::Timeout),
+            }
+        });
+    }
+
+    /// Resolves the probes whose timeout passed, and forgets those whose
+    /// late horizon did.
+    fn expire(&mut self, now: Instant) {
+        while let Some(p) = self.pending.get_mut(self.timed_out)
+            && p.sent + self.config.timeout <= now
+        {
+            if p.fate == Fate::Waiting {
+                p.fate = Fate::Lost;
+                p.recorder.lost(now, LossReason::Timeout);
+            }
+            self.timed_out += 1;
+        }
+        while self.timed_out > 0
+            && let Some(p) = self.pending.front()
+            && p.sent + self.config.late_horizon <= now
+        {
+            self.pending.pop_front();
+            self.base += 1;
+            self.timed_out -= 1;
+        }
+    }
+
+    fn reply(&mut self, datagram: &[u8], now: Instant) {
+        let header = match Header::decode(datagram) {
+            Ok(h) if h.kind == Kind::Reply => h,
+            Ok(_) => return self.stats.unattributed("not_a_reply"),
+            Err(e) => return self.stats.unattributed(wire_label(e)),
+        };
+        if header.sender != self.sender {
+            return self.stats.unattributed("other_prober");
+        }
+        let Some(p) = header
+            .seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.pending.get_mut(i))
+        else {
+            return self.stats.unattributed("stray");
+        };
+        if p.sent_ns != header.sent_ns {
+            return self.stats.unattributed("mismatch");
+        }
+        let rtt = now.saturating_duration_since(p.sent);
+        match p.fate {
+            Fate::Waiting if rtt < self.config.timeout => {
+                p.fate = Fate::Answered;
+                p.recorder.received(now, rtt);
+            }
+            Fate::Waiting => {
+                // Timed out a moment ago, before `expire` saw it.
+                p.fate = Fate::Late;
+                p.recorder.lost(now, LossReason::Timeout);
+                p.recorder.late(now);
+            }
+            Fate::Lost => {
+                p.fate = Fate::Late;
+                p.recorder.late(now);
+            }
+            Fate::Answered | Fate::Late => self.stats.unattributed("duplicate"),
+        }
+    }
+}
+
+fn wire_label(e: wire::WireError) -> &'static str {
+    match e {
+        wire::WireError::Truncated { .. } => "reply_truncated",
+        wire::WireError::Magic(_) => "reply_magic",
+        wire::WireError::Version(_) => "reply_version",
+        _ => "reply_malformed",
+    }
+}
+
+fn loss_reason(e: &io::Error) -> LossReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => LossReason::Refused,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => LossReason::Reset,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            LossReason::Unreachable
+        }
+        io::ErrorKind::TimedOut => LossReason::Timeout,
+        _ => LossReason::Other,
+    }
+}

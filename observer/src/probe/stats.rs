@@ -1,0 +1,554 @@
+//! What probes found, per (peer node, overlay, network of the target,
+//! signal): monotonic totals for Prometheus counters, and a sliding window
+//! (loss and RTT quantiles over the last seconds) for "is this pair losing
+//! now", which a counter read twice answers only after the fact.
+//!
+//! Memory is bounded by the targets, not by time or by how many targets
+//! have come and gone:
+//! * a series' window is a ring of at most `window` one-second buckets,
+//!   each with its own RTT histogram (hdrhistogram, 2 significant digits,
+//!   microseconds, grown only as far as the largest RTT it saw: 1 KiB up
+//!   to 255 µs, 2 KiB under a millisecond, 7 KiB at most for a 1 s
+//!   timeout),
+//!   allocated when the bucket gets its first reply and reused when the
+//!   bucket leaves the window;
+//! * a series nobody probes any more (its last target was removed and its
+//!   last probe resolved) is forgotten, totals included, once its last
+//!   event has left the window. Its counters then disappear from /metrics
+//!   (Prometheus marks them stale); should the series come back, it starts
+//!   from zero, which `rate()` reads as a counter reset. Keeping totals for
+//!   ever would let a cluster whose nodes are replaced grow without bound.
+//!
+//! A probe is attributed to the second it was sent in for `sent`, and to
+//! the second its fate was known in for `received` and `lost`: so the
+//! window's loss ratio is `lost / (received + lost)`, the probes that
+//! resolved in it, and probes still in flight never count as lost.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use observer_ebpf::{Net, Overlay};
+use serde::{Serialize, Serializer, ser::SerializeStruct};
+
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+
+/// How a probe travels; the `signal` label, beside the passive signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    /// Echo of a datagram: one packet each way.
+    ProbeUdp,
+    /// A TCP handshake, timed from connect to established.
+    ProbeTcp,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 2] = [Signal::ProbeUdp, Signal::ProbeTcp];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Signal::ProbeUdp => "probe_udp",
+            Signal::ProbeTcp => "probe_tcp",
+        }
+    }
+}
+
+/// Why a probe counts as lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossReason {
+    /// No reply (UDP) or no handshake (TCP) within the timeout.
+    Timeout,
+    /// TCP: RST in answer to the SYN (nothing listens, or a firewall).
+    Refused,
+    /// TCP: the connection was reset during the handshake.
+    Reset,
+    /// No route, or an ICMP unreachable came back.
+    Unreachable,
+    /// Any other error sending or connecting.
+    Other,
+}
+
+impl LossReason {
+    pub const ALL: [LossReason; 5] = [
+        LossReason::Timeout,
+        LossReason::Refused,
+        LossReason::Reset,
+        LossReason::Unreachable,
+        LossReason::Other,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            LossReason::Timeout => "timeout",
+            LossReason::Refused => "refused",
+            LossReason::Reset => "reset",
+            LossReason::Unreachable => "unreachable",
+            LossReason::Other => "other",
+        }
+    }
+
+    /// The reasons a probe of `signal` can be lost for.
+    pub fn of(signal: Signal) -> &'static [LossReason] {
+        match signal {
+            Signal::ProbeUdp => &[
+                LossReason::Timeout,
+                LossReason::Unreachable,
+                LossReason::Other,
+            ],
+            Signal::ProbeTcp => &Self::ALL,
+        }
+    }
+}
+
+/// One series: the labels every figure of it carries. Targets of the same
+/// peer, overlay and network share a series (two DaemonSet pods of a node
+/// are one figure), which bounds label sets by the number of nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub peer_node: String,
+    pub overlay: Overlay,
+    pub dst_net: Net,
+    pub signal: Signal,
+}
+
+impl Serialize for SeriesKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("SeriesKey", 4)?;
+        st.serialize_field("peer_node", &self.peer_node)?;
+        st.serialize_field("overlay", self.overlay.label())?;
+        st.serialize_field("dst_net", self.dst_net.label())?;
+        st.serialize_field("signal", self.signal.label())?;
+        st.end()
+    }
+}
+
+/// Everything since the series was created.
+#[derive(Clone, Debug, Serialize)]
+pub struct Totals {
+    #[serde(flatten)]
+    pub key: SeriesKey,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// Lost probes by reason; every reason the signal has, zeros included,
+    /// so counters exist before their first increment.
+    pub lost_by_reason: Vec<(&'static str, u64)>,
+    /// UDP replies that came after the timeout: those probes are lost, and
+    /// counted here as well.
+    pub late: u64,
+    /// Sum of the RTTs of received probes (for a summary's `_sum`).
+    pub rtt_sum_seconds: f64,
+}
+
+/// The last seconds of a series.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    #[serde(flatten)]
+    pub key: SeriesKey,
+    /// Time the window covers: its configured length, less while the
+    /// series is younger than that.
+    pub seconds: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub late: u64,
+    /// `lost / (received + lost)`; none when nothing resolved.
+    pub loss_ratio: Option<f64>,
+    /// Over the received probes; none when there were none.
+    pub rtt: Option<Quantiles>,
+}
+
+/// RTT quantiles, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    /// The `quantile` label of each figure; 1 is the maximum.
+    pub const LABELS: [&'static str; 4] = ["0.5", "0.9", "0.99", "1"];
+
+    /// The figures in the order of [`Quantiles::LABELS`].
+    pub fn values(&self) -> [f64; 4] {
+        [self.p50, self.p90, self.p99, self.max]
+    }
+}
+
+/// RTTs are recorded in microseconds: a lab's are tens of them.
+fn new_histogram() -> Histogram<u32> {
+    Histogram::new(2).expect("2 significant digits is a valid histogram")
+}
+
+#[derive(Default)]
+struct Bucket {
+    second: u64,
+    sent: u64,
+    received: u64,
+    lost: u64,
+    late: u64,
+    rtt: Option<Histogram<u32>>,
+}
+
+#[derive(Default)]
+struct Series {
+    sent: u64,
+    received: u64,
+    lost: [u64; LossReason::ALL.len()],
+    late: u64,
+    rtt_sum_ns: u64,
+    buckets: VecDeque<Bucket>,
+    /// A histogram of a bucket that left the window, for the next one.
+    spare: Option<Histogram<u32>>,
+    last_second: u64,
+}
+
+impl Series {
+    /// The bucket of `second`, dropping those that left the window.
+    fn bucket(&mut self, second: u64, window: u64) -> &mut Bucket {
+        self.last_second = self.last_second.max(second);
+        self.expire(second, window);
+        // Events arrive in time order but for the odd one resolved on
+        // another task a moment late: it goes in the newest bucket.
+        if self.buckets.back().is_none_or(|b| b.second < second) {
+            self.buckets.push_back(Bucket {
+                second,
+                ..Bucket::default()
+            });
+        }
+        self.buckets.back_mut().expect("pushed above")
+    }
+
+    fn expire(&mut self, now_second: u64, window: u64) {
+        while let Some(front) = self.buckets.front()
+            && front.second + window <= now_second
+        {
+            if let Some(mut h) = self.buckets.pop_front().and_then(|b| b.rtt) {
+                h.reset();
+                self.spare = Some(h);
+            }
+        }
+    }
+}
+
+/// Where a prober records what happened to the probes of one series.
+#[derive(Clone)]
+pub struct Recorder {
+    series: Arc<Mutex<Series>>,
+    stats: ProbeStats,
+}
+
+impl Recorder {
+    fn with(&self, now: Instant, f: impl FnOnce(&mut Series, u64, u64)) {
+        let second = self.stats.second(now);
+        let window = self.stats.inner.window_secs;
+        f(&mut lock(&self.series), second, window);
+    }
+
+    pub fn sent(&self, now: Instant) {
+        self.with(now, |s, second, window| {
+            s.sent += 1;
+            s.bucket(second, window).sent += 1;
+        });
+    }
+
+    pub fn received(&self, now: Instant, rtt: Duration) {
+        self.with(now, |s, second, window| {
+            s.received += 1;
+            s.rtt_sum_ns = s
+                .rtt_sum_ns
+                .saturating_add(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
+            let spare = s.spare.take();
+            let b = s.bucket(second, window);
+            b.received += 1;
+            let h = b
+                .rtt
+                .get_or_insert_with(|| spare.unwrap_or_else(new_histogram));
+            let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+            // It grows as needed; one that cannot grow further keeps the
+            // sample at its largest value rather than losing it.
+            if h.record(us).is_err() {
+                h.saturating_record(us);
+            }
+        });
+    }
+
+    pub fn lost(&self, now: Instant, reason: LossReason) {
+        self.with(now, |s, second, window| {
+            s.lost[reason as usize] += 1;
+            s.bucket(second, window).lost += 1;
+        });
+    }
+
+    pub fn late(&self, now: Instant) {
+        self.with(now, |s, second, window| {
+            s.late += 1;
+            s.bucket(second, window).late += 1;
+        });
+    }
+}
+
+struct Registry {
+    epoch: Instant,
+    window_secs: u64,
+    series: Mutex<BTreeMap<SeriesKey, Arc<Mutex<Series>>>>,
+    /// Replies and errors no series can be blamed for, by reason.
+    unattributed: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// The probes' figures, shared by the prober (which records) and the
+/// agent's HTTP handlers (which read). Cheap to clone.
+#[derive(Clone)]
+pub struct ProbeStats {
+    inner: Arc<Registry>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A recorder that panicked mid-update leaves counters, not invariants.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ProbeStats {
+    /// `window` is rounded up to whole seconds, at least one.
+    pub fn new(window: Duration) -> Self {
+        let window_secs = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+        ProbeStats {
+            inner: Arc::new(Registry {
+                epoch: Instant::now(),
+                window_secs: window_secs.max(1),
+                series: Mutex::new(BTreeMap::new()),
+                unattributed: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    pub fn window_length(&self) -> Duration {
+        Duration::from_secs(self.inner.window_secs)
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.inner.epoch).as_secs()
+    }
+
+    /// The recorder of `key`'s series, created if new. While a recorder of
+    /// it exists (a target, a probe in flight) the series is kept.
+    pub fn recorder(&self, key: SeriesKey) -> Recorder {
+        let series = lock(&self.inner.series).entry(key).or_default().clone();
+        Recorder {
+            series,
+            stats: self.clone(),
+        }
+    }
+
+    /// Counts something no series can be blamed for: a stray reply, a
+    /// datagram that is not a probe.
+    pub fn unattributed(&self, reason: &'static str) {
+        *lock(&self.inner.unattributed).entry(reason).or_default() += 1;
+    }
+
+    pub fn unattributed_totals(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.inner.unattributed)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// Forgets series without recorders whose last event left the window.
+    pub fn prune(&self, now: Instant) {
+        let now = self.second(now);
+        let window = self.inner.window_secs;
+        lock(&self.inner.series).retain(|_, series| {
+            // Only the registry holds it: no target, no probe in flight.
+            // Recorders are only made under this lock, so none can appear
+            // between this test and the removal.
+            Arc::strong_count(series) > 1 || lock(series).last_second + window > now
+        });
+    }
+
+    /// Every series' totals, in label order.
+    pub fn totals(&self) -> Vec<Totals> {
+        lock(&self.inner.series)
+            .iter()
+            .map(|(key, series)| {
+                let s = lock(series);
+                let reasons = LossReason::of(key.signal);
+                Totals {
+                    key: key.clone(),
+                    sent: s.sent,
+                    received: s.received,
+                    lost: s.lost.iter().sum(),
+                    lost_by_reason: reasons
+                        .iter()
+                        .map(|r| (r.label(), s.lost[*r as usize]))
+                        .collect(),
+                    late: s.late,
+                    rtt_sum_seconds: s.rtt_sum_ns as f64 / 1e9,
+                }
+            })
+            .collect()
+    }
+
+    /// Every series over the window ending at `now`, in label order.
+    pub fn window(&self, now: Instant) -> Vec<Window> {
+        self.prune(now);
+        let elapsed = now.saturating_duration_since(self.inner.epoch);
+        let second = elapsed.as_secs();
+        let window = self.inner.window_secs;
+        // The buckets of seconds (second - window, second], the current
+        // one partly elapsed.
+        let oldest = (second + 1).saturating_sub(window);
+        let seconds = (elapsed.as_secs_f64() - oldest as f64).max(0.0);
+        lock(&self.inner.series)
+            .iter()
+            .map(|(key, series)| {
+                let mut s = lock(series);
+                s.expire(second, window);
+                let mut w = Window {
+                    key: key.clone(),
+                    seconds,
+                    sent: 0,
+                    received: 0,
+                    lost: 0,
+                    late: 0,
+                    loss_ratio: None,
+                    rtt: None,
+                };
+                let mut rtt: Option<Histogram<u32>> = None;
+                for b in s.buckets.iter().filter(|b| b.second >= oldest) {
+                    w.sent += b.sent;
+                    w.received += b.received;
+                    w.lost += b.lost;
+                    w.late += b.late;
+                    if let Some(h) = &b.rtt {
+                        match &mut rtt {
+                            None => rtt = Some(h.clone()),
+                            Some(all) => all.add(h).expect("auto-resizing histograms add"),
+                        }
+                    }
+                }
+                let resolved = w.received + w.lost;
+                w.loss_ratio = (resolved > 0).then(|| w.lost as f64 / resolved as f64);
+                w.rtt = rtt.filter(|h| !h.is_empty()).map(|h| {
+                    let secs = |us: u64| us as f64 / 1e6;
+                    Quantiles {
+                        p50: secs(h.value_at_quantile(0.5)),
+                        p90: secs(h.value_at_quantile(0.9)),
+                        p99: secs(h.value_at_quantile(0.99)),
+                        max: secs(h.max()),
+                    }
+                });
+                w
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn series_count(&self) -> usize {
+        lock(&self.inner.series).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(peer: &str, signal: Signal) -> SeriesKey {
+        SeriesKey {
+            peer_node: peer.into(),
+            overlay: Overlay::Legacy,
+            dst_net: Net::Host,
+            signal,
+        }
+    }
+
+    #[test]
+    fn window_counts_only_its_seconds_and_totals_everything() {
+        let stats = ProbeStats::new(Duration::from_secs(3));
+        let t0 = stats.inner.epoch;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let r = stats.recorder(key("b", Signal::ProbeUdp));
+        for s in 0..5u64 {
+            r.sent(at(s * 1000));
+            r.received(at(s * 1000 + 1), Duration::from_micros(100 * (s + 1)));
+        }
+        let w = &stats.window(at(4500))[0];
+        // Seconds 2, 3, 4: received with 300, 400 and 500 µs.
+        assert_eq!((w.sent, w.received, w.lost), (3, 3, 0));
+        assert_eq!(w.loss_ratio, Some(0.0));
+        let q = w.rtt.unwrap();
+        assert!((q.max - 500e-6).abs() < 5e-6, "{q:?}");
+        assert!((q.p50 - 400e-6).abs() < 5e-6, "{q:?}");
+
+        for s in 5..10u64 {
+            r.sent(at(s * 1000));
+            r.lost(at(s * 1000 + 900), LossReason::Timeout);
+        }
+        r.late(at(9950));
+        let w = &stats.window(at(9999))[0];
+        // Seconds 7, 8 and 9.
+        assert_eq!((w.sent, w.received, w.lost, w.late), (3, 0, 3, 1));
+        assert_eq!(w.loss_ratio, Some(1.0));
+        assert!(w.rtt.is_none());
+        assert!((w.seconds - 2.999).abs() < 1e-9, "{}", w.seconds);
+
+        let t = &stats.totals()[0];
+        assert_eq!((t.sent, t.received, t.lost, t.late), (10, 5, 5, 1));
+        assert_eq!(t.lost_by_reason[0], ("timeout", 5));
+        assert!((t.rtt_sum_seconds - 1500e-6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ring_stays_bounded_and_reuses_histograms() {
+        let stats = ProbeStats::new(Duration::from_secs(2));
+        let t0 = stats.inner.epoch;
+        let r = stats.recorder(key("b", Signal::ProbeTcp));
+        for ms in (0..100_000u64).step_by(100) {
+            r.received(
+                t0 + Duration::from_millis(ms),
+                Duration::from_micros(ms % 700),
+            );
+            let s = lock(&r.series);
+            assert!(s.buckets.len() <= 2, "{} buckets", s.buckets.len());
+        }
+        let w = &stats.window(t0 + Duration::from_millis(99_950))[0];
+        assert_eq!(w.received, 20);
+    }
+
+    #[test]
+    fn a_series_without_recorders_goes_one_window_after_its_last_event() {
+        let stats = ProbeStats::new(Duration::from_secs(5));
+        let t0 = stats.inner.epoch;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let kept = stats.recorder(key("a", Signal::ProbeUdp));
+        let gone = stats.recorder(key("b", Signal::ProbeUdp));
+        kept.sent(at(1));
+        gone.sent(at(1));
+        gone.lost(at(2), LossReason::Timeout);
+        drop(gone);
+        stats.prune(at(6));
+        assert_eq!(stats.series_count(), 2, "still in the window");
+        assert_eq!(stats.window(at(6)).len(), 2);
+        stats.prune(at(7));
+        assert_eq!(stats.series_count(), 1);
+        assert_eq!(stats.totals()[0].key.peer_node, "a", "kept while recorded");
+        // Coming back starts from zero.
+        let back = stats.recorder(key("b", Signal::ProbeUdp));
+        assert_eq!(stats.totals()[1].sent, 0);
+        drop(back);
+    }
+
+    #[test]
+    fn histograms_grow_only_as_far_as_the_rtts_they_saw() {
+        let bytes = |us: u64| {
+            let mut h = new_histogram();
+            h.record(us).unwrap();
+            h.distinct_values() * std::mem::size_of::<u32>()
+        };
+        assert!(bytes(900) <= 2048, "{}", bytes(900));
+        assert!(bytes(1_000_000) <= 7 * 1024, "{}", bytes(1_000_000));
+    }
+}
