@@ -142,13 +142,22 @@ impl NodeBuilder {
         conds.push(NodeCondition {
             type_: "Ready".into(),
             status: if ready { "True" } else { "False" }.into(),
-            reason: Some(if ready { "KubeletReady" } else { "KubeletNotReady" }.into()),
-            message: Some(if ready {
-                "kubelet is posting ready status"
-            } else {
-                "container runtime network not ready"
-            }
-            .into()),
+            reason: Some(
+                if ready {
+                    "KubeletReady"
+                } else {
+                    "KubeletNotReady"
+                }
+                .into(),
+            ),
+            message: Some(
+                if ready {
+                    "kubelet is posting ready status"
+                } else {
+                    "container runtime network not ready"
+                }
+                .into(),
+            ),
             ..Default::default()
         });
         self
@@ -342,7 +351,9 @@ impl CiliumNodeBuilder {
     }
 
     fn address(mut self, kind: &str, ip: &str) -> Self {
-        let addrs = self.0["spec"]["addresses"].as_array_mut().expect("made above");
+        let addrs = self.0["spec"]["addresses"]
+            .as_array_mut()
+            .expect("made above");
         addrs.retain(|a| a["type"] != kind);
         addrs.push(json!({ "type": kind, "ip": ip }));
         self
@@ -395,7 +406,10 @@ pub fn cilium_config() -> Value {
         ("cni-uninstall", "false"),
         ("cni-exclusive", "false"),
         ("unmanaged-pod-watcher-interval", "0"),
-        ("write-cni-conf-when-ready", "/host/etc/cni/net.d/05-cilium.conflist"),
+        (
+            "write-cni-conf-when-ready",
+            "/host/etc/cni/net.d/05-cilium.conflist",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -435,7 +449,13 @@ pub fn namespace(name: &str) -> Value {
 }
 
 /// A ClusterIP Service selecting `selector`, one TCP port.
-pub fn service(namespace: &str, name: &str, cluster_ip: &str, port: i32, selector: &[(&str, &str)]) -> Value {
+pub fn service(
+    namespace: &str,
+    name: &str,
+    cluster_ip: &str,
+    port: i32,
+    selector: &[(&str, &str)],
+) -> Value {
     to_value(&Service {
         metadata: meta(Some(namespace), name),
         spec: Some(ServiceSpec {
@@ -456,7 +476,13 @@ pub fn service(namespace: &str, name: &str, cluster_ip: &str, port: i32, selecto
 
 /// A DaemonSet selecting pods by `match_labels`, with its status saying
 /// `nodes` pods are scheduled and ready.
-pub fn daemonset(namespace: &str, name: &str, match_labels: &[(&str, &str)], host_network: bool, nodes: i32) -> Value {
+pub fn daemonset(
+    namespace: &str,
+    name: &str,
+    match_labels: &[(&str, &str)],
+    host_network: bool,
+    nodes: i32,
+) -> Value {
     let l = labels(match_labels);
     to_value(&DaemonSet {
         metadata: meta(Some(namespace), name),
@@ -517,7 +543,13 @@ pub fn cluster_with_apps(nodes: usize, migrated: usize, app_pods: usize) -> Vec<
         cilium_config(),
         cilium_node_config(),
         daemonset("kube-system", "cilium", &[("k8s-app", "cilium")], true, n),
-        daemonset("kube-flannel", "kube-flannel-ds", &[("app", "flannel")], true, n),
+        daemonset(
+            "kube-flannel",
+            "kube-flannel-ds",
+            &[("app", "flannel")],
+            true,
+            n,
+        ),
         daemonset("default", "goldpinger", &[("app", "goldpinger")], false, n),
     ];
     for j in 0..nodes {
@@ -525,7 +557,14 @@ pub fn cluster_with_apps(nodes: usize, migrated: usize, app_pods: usize) -> Vec<
         let host = plan::underlay_addr(j).to_string();
         let is_migrated = migrated.contains(&j);
         let node = NodeBuilder::lab(j);
-        out.push(if is_migrated { node.cilium_default() } else { node }.value());
+        out.push(
+            if is_migrated {
+                node.cilium_default()
+            } else {
+                node
+            }
+            .value(),
+        );
         out.push(CiliumNodeBuilder::lab(j).value());
         let host_pod = |ns: &str, pod: &str, ds: &str, label: (&str, &str)| {
             PodBuilder::new(ns, &format!("{pod}-{name}"))
@@ -536,9 +575,23 @@ pub fn cluster_with_apps(nodes: usize, migrated: usize, app_pods: usize) -> Vec<
                 .owner(Owner::DaemonSet(ds.into()))
                 .value()
         };
-        out.push(host_pod("kube-system", "cilium", "cilium", ("k8s-app", "cilium")));
-        out.push(host_pod("kube-flannel", "kube-flannel-ds", "kube-flannel-ds", ("app", "flannel")));
-        let network = if is_migrated { Network::Cilium } else { Network::Legacy };
+        out.push(host_pod(
+            "kube-system",
+            "cilium",
+            "cilium",
+            ("k8s-app", "cilium"),
+        ));
+        out.push(host_pod(
+            "kube-flannel",
+            "kube-flannel-ds",
+            "kube-flannel-ds",
+            ("app", "flannel"),
+        ));
+        let network = if is_migrated {
+            Network::Cilium
+        } else {
+            Network::Legacy
+        };
         let subnet = plan::pod_cidr(j, network);
         let pod_ip = |i: usize| plan::host(subnet, 2 + i as u8).to_string();
         out.push(

@@ -54,7 +54,7 @@ pub use status::{ApiError, success};
 pub use store::{Change, ChangeType, DEFAULT_HISTORY, ObjKey, Reactor, Store};
 pub use subresource::{SubresourceHandler, SubresourceRequest, evict_unconditionally};
 
-use routes::Shared;
+use routes::{Close, Shared};
 use subresource::Handlers;
 
 #[derive(Clone, Debug)]
@@ -125,7 +125,7 @@ impl FakeApiServer {
             log: Default::default(),
             options,
             handlers: RwLock::new(Handlers::defaults()),
-            closer: tokio::sync::watch::channel(0).0,
+            closer: tokio::sync::watch::channel(Close::default()).0,
         });
         let app = Router::new()
             .fallback(routes::handle)
@@ -135,7 +135,10 @@ impl FakeApiServer {
             let stop = async {
                 let _ = rx.await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 eprintln!("fake apiserver: {e}");
             }
         });
@@ -177,11 +180,16 @@ impl FakeApiServer {
         std::fs::write(path, self.kubeconfig())
     }
 
-    /// A kube-rs client for this server. Needs a tokio runtime (the
-    /// client's buffer spawns a task).
+    /// A kube-rs config for this server, as the kubeconfig gives it.
+    /// Mind `default_retry`: kube-rs retries 429/503/504 by default.
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url().parse().expect("the server URL parses"))
+    }
+
+    /// A kube-rs client with the default config. Needs a tokio runtime
+    /// (the client's buffer spawns a task).
     pub fn client(&self) -> kube::Client {
-        let url = self.url().parse().expect("the server URL parses");
-        kube::Client::try_from(kube::Config::new(url)).expect("an HTTP client builds")
+        kube::Client::try_from(self.config()).expect("an HTTP client builds")
     }
 
     /// The store, for writes from simulated controllers.
@@ -233,7 +241,12 @@ impl FakeApiServer {
             .patch(gvr, namespace, name, &Patch::Merge(merge), false)
     }
 
-    pub fn delete(&self, gvr: &Gvr, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.store().delete(gvr, namespace, name, false)
     }
 
@@ -250,7 +263,22 @@ impl FakeApiServer {
     /// Ends every open watch cleanly, as a watch timeout would; clients
     /// reconnect from the last resourceVersion they saw.
     pub fn close_watches(&self) {
-        self.shared.closer.send_modify(|n| *n += 1);
+        self.shared.closer.send_modify(|c| {
+            c.epoch += 1;
+            c.gone = false;
+        });
+    }
+
+    /// Compacts the history and ends every open watch with an ERROR event
+    /// carrying 410 Gone, as the real server does to a watch that fell
+    /// behind: clients must relist. (A watch that keeps up never needs the
+    /// history, so compacting alone does not disturb it.)
+    pub fn expire_watches(&self) {
+        self.compact();
+        self.shared.closer.send_modify(|c| {
+            c.epoch += 1;
+            c.gone = true;
+        });
     }
 
     /// Serves another kind (a CRD being "installed").

@@ -141,7 +141,10 @@ fn add(target: &mut Value, path: &str, value: Value) -> Result<(), ApiError> {
             let i = if last == "-" {
                 a.len()
             } else {
-                last.parse().ok().filter(|i| *i <= a.len()).ok_or_else(missing)?
+                last.parse()
+                    .ok()
+                    .filter(|i| *i <= a.len())
+                    .ok_or_else(missing)?
             };
             a.insert(i, value);
         }
@@ -156,7 +159,11 @@ fn remove(target: &mut Value, path: &str) -> Result<Value, ApiError> {
     match target.pointer_mut(parent).ok_or_else(missing)? {
         Value::Object(m) => m.remove(&last).ok_or_else(missing),
         Value::Array(a) => {
-            let i: usize = last.parse().ok().filter(|i| *i < a.len()).ok_or_else(missing)?;
+            let i: usize = last
+                .parse()
+                .ok()
+                .filter(|i| *i < a.len())
+                .ok_or_else(missing)?;
             Ok(a.remove(i))
         }
         _ => Err(missing()),

@@ -35,8 +35,16 @@ pub(crate) struct Shared {
     pub log: Log,
     pub options: Options,
     pub handlers: RwLock<Handlers>,
-    /// Bumped to end every open watch (`close_watches`, shutdown).
-    pub closer: signal::Sender<u64>,
+    /// Changed to end every open watch (`close_watches`, shutdown).
+    pub closer: signal::Sender<Close>,
+}
+
+/// How open watches are told to end.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Close {
+    pub epoch: u64,
+    /// With an ERROR 410 event, as when the history they follow is gone.
+    pub gone: bool,
 }
 
 /// The longest watch when the client gives no `timeoutSeconds`: the real
@@ -93,7 +101,7 @@ fn route(path: &str, registry: &Registry) -> Result<Route, ApiError> {
         }
         [plural, tail @ ..] => match find(plural) {
             // A namespaced object is only reachable under its namespace.
-            Some(kind) if !(kind.namespaced && !tail.is_empty()) => target(kind, None, tail),
+            Some(kind) if !kind.namespaced || tail.is_empty() => target(kind, None, tail),
             _ => Err(ApiError::no_route()),
         },
     }
@@ -113,7 +121,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         Ok(body) => dispatch(&shared, &method, &path, &query, &content_type, &body),
         Err(e) => ("unknown".into(), Err(ApiError::bad_request(e.to_string()))),
     };
-    let response = result.unwrap_or_else(|e| json_response(e.code, &e.to_status()));
+    let response = result.unwrap_or_else(|e| error_response(&e));
     shared.log.record(RequestRecord {
         method: method.to_string(),
         path,
@@ -139,11 +147,16 @@ fn dispatch(
     let registry = shared.store.registry();
     let target = match route(path, &registry) {
         Ok(Route::Version) => return ("discovery".into(), Ok(ok(&discovery::version()))),
-        Ok(Route::CoreVersions) => return ("discovery".into(), Ok(ok(&discovery::core_versions()))),
+        Ok(Route::CoreVersions) => {
+            return ("discovery".into(), Ok(ok(&discovery::core_versions())));
+        }
         Ok(Route::Groups) => return ("discovery".into(), Ok(ok(&discovery::groups(&registry)))),
         Ok(Route::Resources { group, version }) => {
             let found = discovery::resources(&registry, &group, &version);
-            return ("discovery".into(), found.map(|r| ok(&r)).ok_or_else(ApiError::no_route));
+            return (
+                "discovery".into(),
+                found.map(|r| ok(&r)).ok_or_else(ApiError::no_route),
+            );
         }
         Ok(Route::Object(t)) => t,
         Err(e) => return ("unknown".into(), Err(e)),
@@ -169,7 +182,8 @@ fn dispatch(
         if body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
     };
     let (store, gvr) = (&shared.store, &target.kind.gvr);
     let ns = target.namespace.as_deref();
@@ -258,7 +272,8 @@ fn list(store: &Store, target: &Target, q: &HashMap<String, String>) -> Result<V
     }
     let gvr = &target.kind.gvr;
     let after = token.as_ref().map(|(_, key)| key);
-    let (mut items, head) = store.list_matching(gvr, target.namespace.as_deref(), &selectors, after);
+    let (mut items, head) =
+        store.list_matching(gvr, target.namespace.as_deref(), &selectors, after);
     let rv = token.as_ref().map_or(head, |(rv, _)| *rv);
     let mut metadata = json!({ "resourceVersion": rv.to_string() });
     if limit > 0 && items.len() > limit {
@@ -366,7 +381,10 @@ fn delete_collection(
     let mut deleted = Vec::new();
     for item in items {
         let meta = &item["metadata"];
-        let (ns, name) = (meta["namespace"].as_str(), meta["name"].as_str().unwrap_or(""));
+        let (ns, name) = (
+            meta["namespace"].as_str(),
+            meta["name"].as_str().unwrap_or(""),
+        );
         match store.delete(gvr, ns, name, dry_run) {
             Ok(v) => deleted.push(v),
             // Gone since the list: someone else deleted it.
@@ -382,6 +400,16 @@ fn delete_collection(
     }))
 }
 
+fn error_response(e: &ApiError) -> Response {
+    let mut response = json_response(e.code, &e.to_status());
+    if let Some(secs) = e.retry_after_seconds {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.into());
+    }
+    response
+}
+
 fn ok(v: &Value) -> Response {
     json_response(200, v)
 }
@@ -389,5 +417,10 @@ fn ok(v: &Value) -> Response {
 pub(crate) fn json_response(code: u16, v: &Value) -> Response {
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(v).expect("JSON values serialize");
-    (code, [(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response()
 }

@@ -24,7 +24,8 @@ impl LabelSelector {
     /// `a=b`, `a==b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x,y)`,
     /// joined by commas.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
-        let bad = |m: &str| ApiError::bad_request(format!("unable to parse labelSelector {s:?}: {m}"));
+        let bad =
+            |m: &str| ApiError::bad_request(format!("unable to parse labelSelector {s:?}: {m}"));
         let mut reqs = Vec::new();
         for term in split_top_level(s) {
             let term = term.trim();

@@ -14,7 +14,10 @@ pub struct ApiError {
     pub message: String,
     /// `details.name` and `details.kind` (the plural) when the error is
     /// about one object.
-    pub name: Option<(Gvr, String)>,
+    pub name: Option<Box<(Gvr, String)>>,
+    /// `details.retryAfterSeconds` and the `Retry-After` header, which
+    /// kube-rs's default retry policy honours on 429, 503 and 504.
+    pub retry_after_seconds: Option<u32>,
 }
 
 impl ApiError {
@@ -24,11 +27,17 @@ impl ApiError {
             reason: reason.into(),
             message: message.into(),
             name: None,
+            retry_after_seconds: None,
         }
     }
 
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+
     fn about(mut self, gvr: &Gvr, name: &str) -> Self {
-        self.name = Some((gvr.clone(), name.into()));
+        self.name = Some(Box::new((gvr.clone(), name.into())));
         self
     }
 
@@ -101,10 +110,15 @@ impl ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"
+            ),
         )
     }
 
+    /// What an eviction blocked by a PodDisruptionBudget gets. Beware:
+    /// kube-rs 5 clients retry 429 by default (`Config::default_retry`),
+    /// up to 15 times with exponential backoff, before returning it.
     pub fn too_many_requests(message: impl Into<String>) -> Self {
         ApiError::new(429, "TooManyRequests", message)
     }
@@ -124,12 +138,15 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let Some((gvr, name)) = &self.name {
+        if let Some((gvr, name)) = self.name.as_deref() {
             status["details"] = json!({
                 "name": name,
                 "group": gvr.group,
                 "kind": gvr.resource,
             });
+        }
+        if let Some(secs) = self.retry_after_seconds {
+            status["details"]["retryAfterSeconds"] = json!(secs);
         }
         status
     }

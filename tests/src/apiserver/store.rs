@@ -226,7 +226,10 @@ impl Store {
         mut obj: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        let mut name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let mut name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
             let prefix = obj["metadata"]["generateName"].as_str().unwrap_or_default();
             if prefix.is_empty() {
@@ -300,7 +303,10 @@ impl Store {
     pub fn apply(&self, mut obj: Value) -> Result<Value, ApiError> {
         let kind = self.kind_of(&obj)?;
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if let Some(meta) = obj["metadata"].as_object_mut() {
             meta.remove("resourceVersion");
         }
@@ -436,7 +442,9 @@ fn stamp(
     }
     obj["apiVersion"] = json!(kind.gvr.api_version());
     obj["kind"] = json!(kind.kind);
-    let meta = obj["metadata"].as_object_mut().expect("made an object above");
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .expect("made an object above");
     meta.insert("name".into(), json!(key.name));
     if kind.namespaced {
         meta.insert("namespace".into(), json!(key.namespace));
@@ -476,10 +484,7 @@ fn content(obj: &Value) -> Value {
 
 /// UUID-shaped, unique per store and stable across runs.
 fn uid_string(n: u64) -> String {
-    format!(
-        "00000000-0000-4000-8000-{:012x}",
-        n & 0xffff_ffff_ffff
-    )
+    format!("00000000-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff)
 }
 
 /// generateName's random part: five lowercase alphanumerics, from the

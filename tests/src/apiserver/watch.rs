@@ -134,7 +134,10 @@ async fn run(shared: &Shared, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
         }
     };
 
-    let period = shared.options.bookmark_interval.max(Duration::from_millis(10));
+    let period = shared
+        .options
+        .bookmark_interval
+        .max(Duration::from_millis(10));
     let mut bookmarks = interval_at(Instant::now() + period, period);
     bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -164,7 +167,14 @@ async fn run(shared: &Shared, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
                 }
             }
             _ = sleep_until(deadline) => return,
-            _ = closer.changed() => return,
+            _ = closer.changed() => {
+                if closer.borrow().gone {
+                    shared.log.gone();
+                    let floor = store.resource_version();
+                    let _ = tx.send(line("ERROR", &ApiError::gone(cursor, floor).to_status())).await;
+                }
+                return;
+            }
             _ = tx.closed() => return,
         }
     }
