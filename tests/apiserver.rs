@@ -9,7 +9,10 @@ use std::{
 
 use crossover_tests::apiserver::{ApiError, FakeApiServer, Gvr, Options, fixtures};
 use futures_util::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{ConfigMap, Namespace, Node, Pod},
+};
 use kube::{
     Client, Config,
     api::{
@@ -231,6 +234,44 @@ async fn typed_verbs_and_status_errors() {
         .unwrap();
     let node: Node = server.get_as(None, "worker-1").unwrap();
     assert_eq!(node.spec.unwrap().unschedulable, Some(true));
+
+    // Namespaces are cluster-scoped objects under /api/v1/namespaces/{name};
+    // Leases and events.k8s.io Events are what a driver will write.
+    let ns: Api<Namespace> = Api::all(client.clone());
+    assert_eq!(
+        ns.get("kube-system")
+            .await
+            .unwrap()
+            .metadata
+            .name
+            .as_deref(),
+        Some("kube-system")
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "crossover-driver"},
+        "spec": {"holderIdentity": "driver-0", "leaseDurationSeconds": 15},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let event = serde_json::from_value(json!({
+        "metadata": {"generateName": "worker-1."},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reason": "Cordoned", "action": "Migrate", "type": "Normal",
+        "reportingController": "crossover", "reportingInstance": "driver-0",
+        "regarding": {"kind": "Node", "name": "worker-1"},
+    }))
+    .unwrap();
+    let event = events.create(&PostParams::default(), &event).await.unwrap();
+    assert!(event.metadata.name.unwrap().starts_with("worker-1."));
+    assert_eq!(
+        server
+            .list(&Gvr::new("events.k8s.io", "v1", "events"), Some("default"))
+            .len(),
+        1
+    );
 
     // All-namespaces list and a kind nobody registered.
     let pods: Api<Pod> = Api::all(client.clone());
