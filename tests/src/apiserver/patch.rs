@@ -169,3 +169,43 @@ fn remove(target: &mut Value, path: &str) -> Result<Value, ApiError> {
         _ => Err(missing()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn merge_patch_removes_with_null_and_replaces_lists() {
+        let obj = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"taints": [1, 2]}});
+        let p = Patch::Merge(
+            json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"taints": [3]}}),
+        );
+        assert_eq!(
+            p.apply_to(&obj).unwrap(),
+            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"taints": [3]}})
+        );
+    }
+
+    #[test]
+    fn json_patch_operations() {
+        let obj = json!({"metadata": {"labels": {"a/b": "1"}}, "spec": {"list": [1, 2]}});
+        let p = Patch::Json(json!([
+            {"op": "test", "path": "/metadata/labels/a~1b", "value": "1"},
+            {"op": "add", "path": "/spec/list/-", "value": 3},
+            {"op": "replace", "path": "/spec/list/0", "value": 0},
+            {"op": "copy", "from": "/spec/list", "path": "/spec/copy"},
+            {"op": "move", "from": "/metadata/labels/a~1b", "path": "/metadata/labels/c"},
+            {"op": "remove", "path": "/spec/list/1"},
+        ]));
+        assert_eq!(
+            p.apply_to(&obj).unwrap(),
+            json!({"metadata": {"labels": {"c": "1"}}, "spec": {"list": [0, 3], "copy": [0, 2, 3]}})
+        );
+        let failing = Patch::Json(json!([{"op": "test", "path": "/spec/list/0", "value": 9}]));
+        assert_eq!(failing.apply_to(&obj).unwrap_err().code, 422);
+        let missing = Patch::Json(json!([{"op": "remove", "path": "/nope/x"}]));
+        assert!(missing.apply_to(&obj).is_err());
+    }
+}
