@@ -1,6 +1,7 @@
 //! Fixtures shared by crossover's integration tests: crafted packets,
 //! a harness that runs the real programs on them with `BPF_PROG_TEST_RUN`,
-//! and network namespaces for real traffic.
+//! network namespaces for real traffic, and a fake Kubernetes API server.
+pub mod apiserver;
 pub mod fleet;
 pub mod harness;
 pub mod lab;
