@@ -150,10 +150,21 @@ impl State {
     }
 
     fn set_view(&self, view: View) {
-        if let Some(probing) = &self.probing {
-            probing.follow(&view);
-        }
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        self.follow_probes();
+    }
+
+    /// Probe targets from the current view and the peers that answer.
+    fn follow_probes(&self) {
+        if let Some(probing) = &self.probing {
+            let answering = self
+                .peer_status()
+                .into_iter()
+                .filter(|(_, s)| s.up)
+                .map(|(n, _)| n)
+                .collect();
+            probing.follow(&self.view(), &answering);
+        }
     }
 
     pub fn errors(&self) -> Vec<(&'static str, u64)> {
@@ -395,7 +406,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             args.probe_rate
         )));
     } else {
-        Some(probing::Probing::start(&view, args.probe_port, args.probe_rate, args.window).await?)
+        Some(probing::Probing::start(args.probe_port, args.probe_rate, args.window).await?)
     };
     let state = Arc::new(State {
         node,

@@ -2,7 +2,7 @@
 //! node answers on its `flannel.1` and `cilium_host` addresses, one per
 //! overlay) and a prober towards every peer's overlay addresses and probe
 //! pods, kept current with the view.
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Instant};
 
 use observer_ebpf::Net;
 use tokio::sync::watch;
@@ -26,14 +26,10 @@ pub struct Probing {
 }
 
 impl Probing {
-    /// Binds the responder on `port` (all addresses) and starts probing
-    /// `view`'s peers `rate` times a second each.
-    pub async fn start(
-        view: &View,
-        port: u16,
-        rate: f64,
-        window: std::time::Duration,
-    ) -> Result<Self> {
+    /// Binds the responder on `port` (all addresses) and starts the
+    /// prober, `rate` probes a second per target; targets come with
+    /// [`Probing::follow`].
+    pub async fn start(port: u16, rate: f64, window: std::time::Duration) -> Result<Self> {
         let responder = Responder::bind(ResponderConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
             ..ResponderConfig::default()
@@ -42,7 +38,7 @@ impl Probing {
         let counters = responder.counters();
         tokio::spawn(responder.run(std::future::pending()));
         let stats = ProbeStats::new(window);
-        let (targets, rx) = watch::channel(targets(view, port));
+        let (targets, rx) = watch::channel(Vec::new());
         let prober = Prober::spawn(
             ProberConfig {
                 rate,
@@ -60,8 +56,11 @@ impl Probing {
         })
     }
 
-    pub fn follow(&self, view: &View) {
-        let wanted = targets(view, self.port);
+    /// `answering`: peers whose agent answered the last sample. Their
+    /// responders run in the agent, so probing a peer whose agent is down
+    /// or not started yet would measure the agent, not the network.
+    pub fn follow(&self, view: &View, answering: &BTreeSet<String>) {
+        let wanted = targets(view, self.port, answering);
         self.targets.send_if_modified(|current| {
             let changed = *current != wanted;
             if changed {
@@ -92,10 +91,10 @@ impl Probing {
     }
 }
 
-/// Every peer's overlay addresses (the agent's own responder answers
-/// there, over that overlay) and every probe pod on a peer (over the
+/// Every answering peer's overlay addresses (its agent's responder answers
+/// there, over that overlay) and every ready probe pod on a peer (over the
 /// overlay of its network).
-pub fn targets(view: &View, port: u16) -> Vec<Target> {
+pub fn targets(view: &View, port: u16, answering: &BTreeSet<String>) -> Vec<Target> {
     let role_of = |addr| {
         view.shape
             .networks
@@ -105,12 +104,12 @@ pub fn targets(view: &View, port: u16) -> Vec<Target> {
     };
     let local = view.shape.local_node.as_deref();
     let mut out = Vec::new();
-    for node in view
+    let peers = view
         .shape
         .nodes
         .iter()
-        .filter(|n| Some(n.name.as_str()) != local)
-    {
+        .filter(|n| Some(n.name.as_str()) != local);
+    for node in peers.filter(|n| answering.contains(&n.name)) {
         for &addr in &node.overlay_addrs {
             if let Some(role) = role_of(addr) {
                 out.push(Target {

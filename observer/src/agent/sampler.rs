@@ -92,6 +92,7 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         };
         state.set_peer_status(node, status);
     }
+    state.follow_probes();
     let at_ns = monotonic_ns();
     let conn_state = state.clone();
     let conns = tokio::task::spawn_blocking(move || {

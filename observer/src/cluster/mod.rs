@@ -244,7 +244,7 @@ impl Cluster {
         peers
     }
 
-    /// Probe responder pods on other nodes that have an address.
+    /// Ready probe responder pods on other nodes.
     pub fn probe_pods(&self) -> Vec<ProbePod> {
         let mut pods: Vec<ProbePod> = self
             .probes
@@ -254,7 +254,14 @@ impl Cluster {
                 let node = pod.spec.as_ref()?.node_name.clone()?;
                 let addr = index::pod_ips(pod).next()?;
                 let name = pod.metadata.name.clone()?;
-                (node != self.options.node_name).then_some(ProbePod { node, name, addr })
+                let ready = pod
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (ready && node != self.options.node_name).then_some(ProbePod { node, name, addr })
             })
             .collect();
         pods.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));

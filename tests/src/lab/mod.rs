@@ -206,6 +206,11 @@ impl Lab {
         self.state.node_ns(node)
     }
 
+    /// The namespace of the underlay bridge (named `underlay`).
+    pub fn underlay_ns(&self) -> String {
+        self.state.underlay_ns()
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
         self.state.nodes.iter()
     }
