@@ -9,7 +9,7 @@ use std::{
 use crossover_tests::{
     fleet::tcx_programs_in,
     lab::{Fault, Lab, LabSpec, Overlay, plan, traffic},
-    netns::{in_netns, unique},
+    netns::{http_get, unique},
     require_root,
 };
 
@@ -103,7 +103,7 @@ impl Agents {
         let ns = lab.node_ns("control-plane");
         for url in self.urls.clone() {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while get(&ns, &format!("{url}/readyz")).0 != 200 {
+            while http_get(&ns, &format!("{url}/readyz")).0 != 200 {
                 assert!(
                     Instant::now() < deadline,
                     "{url} never became ready; logs in {}",
@@ -117,7 +117,7 @@ impl Agents {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let status: serde_json::Value =
-                    serde_json::from_str(&get(&ns, &format!("{url}/api/v1/status")).1)
+                    serde_json::from_str(&http_get(&ns, &format!("{url}/api/v1/status")).1)
                         .unwrap_or_default();
                 let peers = status["peer_agents"]
                     .as_object()
@@ -157,26 +157,6 @@ impl Drop for Agents {
             let _ = child.wait();
         }
     }
-}
-
-/// GET from inside namespace `ns`: (status, body).
-fn get(ns: &str, url: &str) -> (u16, String) {
-    let url = url.to_owned();
-    in_netns(ns, move || {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .http_status_as_error(false)
-                .build(),
-        );
-        match agent.get(&url).call() {
-            Ok(mut response) => (
-                response.status().as_u16(),
-                response.body_mut().read_to_string().unwrap_or_default(),
-            ),
-            Err(_) => (0, String::new()),
-        }
-    })
 }
 
 fn metric<T: std::str::FromStr>(body: &str, series: &str) -> T {
@@ -236,7 +216,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
 
     // The sender's own window, from its counters and worker-2's.
     std::thread::sleep(Duration::from_millis(1200));
-    let (status, body) = get(&cp, &format!("{}/api/v1/loss", agents.urls[0]));
+    let (status, body) = http_get(&cp, &format!("{}/api/v1/loss", agents.urls[0]));
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let rows = report["rows"].as_array().unwrap();
@@ -323,7 +303,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     );
 
     // The same figure on the sender's /metrics, labelled by node.
-    let (status, body) = get(&cp, &format!("{}/metrics", agents.urls[0]));
+    let (status, body) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
     assert_eq!(status, 200);
     let egress: u64 = metric(
         &body,
@@ -361,7 +341,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     assert_eq!(handshakes, 3, "{body}");
 
     // The JSON API: connections joined across SNAT.
-    let (status, body) = get(&cp, &format!("{}/api/v1/connections", agents.urls[0]));
+    let (status, body) = http_get(&cp, &format!("{}/api/v1/connections", agents.urls[0]));
     assert_eq!(status, 200);
     let conns: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let cilium_pod = e("worker-1/app-1").addr.to_string();
@@ -372,8 +352,8 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         })
         .count();
     assert_eq!(joined, 3, "{conns:#?}");
-    assert_eq!(get(&cp, &format!("{}/healthz", agents.urls[1])).0, 200);
-    assert_eq!(get(&cp, &format!("{}/nope", agents.urls[1])).0, 404);
+    assert_eq!(http_get(&cp, &format!("{}/healthz", agents.urls[1])).0, 200);
+    assert_eq!(http_get(&cp, &format!("{}/nope", agents.urls[1])).0, 404);
 
     // SIGTERM: every agent exits cleanly and takes its programs along.
     assert_eq!(agents.stop(), vec![0, 0, 0]);
@@ -430,7 +410,7 @@ fn a_crashed_agent_restarts_with_its_counters() {
         })
         .unwrap();
     let egress = |agents: &Agents| -> u64 {
-        let (_, body) = get(&cp, &format!("{}/metrics", agents.urls[0]));
+        let (_, body) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
         metric(
             &body,
             "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",direction=\"egress\"}",

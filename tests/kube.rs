@@ -15,7 +15,7 @@ use crossover_tests::{
         fixtures::{self, PodBuilder},
     },
     lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan},
-    netns::{in_netns, sh, unique},
+    netns::{http_get, in_netns, sh, unique},
     require_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -81,22 +81,10 @@ impl Drop for Processes {
 }
 
 fn get_json(ns: &str, url: &str) -> Value {
-    let url = url.to_owned();
-    in_netns(ns, move || {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .http_status_as_error(false)
-                .build(),
-        );
-        let Ok(mut response) = agent.get(&url).call() else {
-            return Value::Null;
-        };
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        serde_json::from_str(&body).unwrap_or_else(|_| {
-            eprintln!("{url}: {} {body}", response.status());
-            Value::Null
-        })
+    let (status, body) = http_get(ns, url);
+    serde_json::from_str(&body).unwrap_or_else(|_| {
+        eprintln!("{url}: {status} {body}");
+        Value::Null
     })
 }
 
@@ -315,17 +303,8 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
             assert_eq!(row["lost"], 0, "only the blackholed overlay loses: {row}");
         }
     }
-    let metrics = in_netns(&cp, {
-        let url = url(0, "/metrics");
-        move || {
-            ureq::get(&url)
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap()
-        }
-    });
+    let (status, metrics) = http_get(&cp, &url(0, "/metrics"));
+    assert_eq!(status, 200, "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("crossover_loss_ratio{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"cilium\",src_net=\"host\",dst_net=\"host\",signal=\"probe_udp\"}")), "{metrics}");
     lab.clear(fault).unwrap();
 

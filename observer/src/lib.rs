@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod delivery;
 pub mod error;
+pub mod exposition;
 pub mod netns;
 pub mod probe;
 pub mod shape;

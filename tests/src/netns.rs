@@ -185,3 +185,24 @@ pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 's
     .join()
     .expect("netns thread")
 }
+
+/// GET `url` from inside namespace `ns` (where a lab node's agent is
+/// reachable): (status, body); status 0 when nothing answered in 5 s.
+pub fn http_get(ns: &str, url: &str) -> (u16, String) {
+    let url = url.to_owned();
+    in_netns(ns, move || {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(5)))
+                .http_status_as_error(false)
+                .build(),
+        );
+        match agent.get(&url).call() {
+            Ok(mut response) => (
+                response.status().as_u16(),
+                response.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    })
+}

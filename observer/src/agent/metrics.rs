@@ -4,7 +4,7 @@
 //! flows. The counters are the kernel's, read at scrape time; the writer
 //! is the format's few rules (HELP, TYPE, escaped label values) rather than
 //! a client library built around counters the process increments itself.
-use std::{collections::BTreeMap, fmt::Write};
+use std::collections::BTreeMap;
 
 use super::{State, window::LossRow};
 use crate::{
@@ -12,7 +12,8 @@ use crate::{
     datapath::{PeerRecord, Snapshot},
 };
 
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use crate::exposition::CONTENT_TYPE;
+use crate::exposition::family;
 
 /// Client-side TCP totals of one peer node and network pair.
 #[derive(Default)]
@@ -23,42 +24,6 @@ struct TcpCounts {
 
 /// Which number of a record a family shows.
 type Value<T> = fn(&T) -> u64;
-
-/// A metric family being written.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    Family { out, name }
-}
-
-impl Family<'_> {
-    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let _ = write!(self.out, "{}", self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// Everything one scrape shows.
 pub fn render(
@@ -280,9 +245,7 @@ fn window_families(out: &mut String, state: &State) {
     for (name, help, value) in gauges {
         let mut f = family(out, name, "gauge", help);
         for row in &loss.rows {
-            let labels = labels(row);
-            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            f.sample(&labels, value(row));
+            f.sample(&labels(row), value(row));
         }
     }
     let mut f = family(
@@ -293,9 +256,7 @@ fn window_families(out: &mut String, state: &State) {
     );
     for row in &loss.rows {
         let Some(ratio) = row.ratio() else { continue };
-        let labels = labels(row);
-        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        f.sample(&labels, ratio);
+        f.sample(&labels(row), ratio);
     }
     let mut f = family(
         out,

@@ -266,21 +266,26 @@ impl State {
         })
     }
 
-    /// `flows` joined into connections with this node's NAT table.
-    /// Without conntrack (no NAT module, no privilege) connections are
-    /// still reported, unjoined across SNAT, and the error is counted.
-    fn connections(&self, flows: &[FlowRecord]) -> Result<Vec<Connection>> {
+    /// This node's NAT table. Without conntrack (no NAT module, no
+    /// privilege) it is empty and the error is counted: connections are
+    /// then reported unjoined across SNAT, and ageing keeps each flow on
+    /// its own.
+    fn nat_entries(&self) -> Result<Vec<conntrack::NatEntry>> {
         let nat = {
             let _ns = self.netns.as_deref().map(crate::netns::enter).transpose()?;
             conntrack::nat_entries()
         };
-        let nat = nat.map(|d| d.entries).unwrap_or_else(|err| {
+        Ok(nat.map(|d| d.entries).unwrap_or_else(|err| {
             self.count(&err);
             Vec::new()
-        });
+        }))
+    }
+
+    /// `flows` joined into connections with this node's NAT table.
+    fn connections(&self, flows: &[FlowRecord]) -> Result<Vec<Connection>> {
         Ok(connections::join(
             flows,
-            &nat,
+            &self.nat_entries()?,
             crate::datapath::monotonic_ns(),
             connections::HANDSHAKE_GRACE_NS,
         ))
@@ -288,14 +293,7 @@ impl State {
 
     /// One ageing sweep, joined across SNAT with this node's NAT table.
     fn age_flows(&self, policy: &crate::datapath::AgeingPolicy) -> Result<()> {
-        let nat = {
-            let _ns = self.netns.as_deref().map(crate::netns::enter).transpose()?;
-            conntrack::nat_entries().map(|d| d.entries)
-        };
-        let nat = nat.unwrap_or_else(|err| {
-            self.count(&err);
-            Vec::new()
-        });
+        let nat = self.nat_entries()?;
         lock(&self.observer).age_flows(crate::datapath::monotonic_ns(), policy, &nat)?;
         Ok(())
     }

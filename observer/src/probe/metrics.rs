@@ -10,8 +10,6 @@
 //! with a series per node pair that is the difference that matters. What
 //! a summary gives up, aggregating quantiles across pairs, is not a
 //! question these series are for.
-use std::fmt::Write;
-
 use super::{
     responder::ResponderTotals,
     stats::{Quantiles, Signal, Totals, Window},
@@ -20,41 +18,7 @@ use super::{
 /// Which number of a series a family shows.
 type Value = fn(&Totals) -> u64;
 
-/// A metric family being written.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    Family { out, name }
-}
-
-impl Family<'_> {
-    fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let _ = write!(self.out, "{}{suffix}", self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+use crate::exposition::family;
 
 /// Prometheus' float syntax: `NaN` for a quantile of an empty window.
 fn float(value: Option<f64>) -> String {
@@ -98,7 +62,7 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         let mut f = family(out, name, "counter", help);
         for t in report.totals {
             let labels = series(t);
-            f.sample("", &refs(&labels), value(t));
+            f.sample(&labels, value(t));
         }
     }
     let mut f = family(
@@ -112,7 +76,7 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         for (reason, n) in &t.lost_by_reason {
             let mut l = refs(&labels);
             l.push(("reason", *reason));
-            f.sample("", &l, n);
+            f.sample(&l, n);
         }
     }
     let mut f = family(
@@ -126,7 +90,7 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         .iter()
         .filter(|t| t.key.signal == Signal::ProbeUdp)
     {
-        f.sample("", &refs(&series(t)), t.late);
+        f.sample(&series(t), t.late);
     }
 
     let mut f = family(
@@ -147,10 +111,10 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         for (i, level) in Quantiles::LABELS.iter().enumerate() {
             let mut l = refs(&labels);
             l.push(("quantile", level));
-            f.sample("", &l, float(quantiles.map(|q| q[i])));
+            f.sample(&l, float(quantiles.map(|q| q[i])));
         }
-        f.sample("_sum", &refs(&labels), t.rtt_sum_seconds);
-        f.sample("_count", &refs(&labels), t.received);
+        f.sample_suffixed("_sum", &labels, t.rtt_sum_seconds);
+        f.sample_suffixed("_count", &labels, t.received);
     }
 
     let mut f = family(
@@ -160,7 +124,7 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         "Replies and probes no peer can be blamed for (stray, duplicate, malformed, over the cap).",
     );
     for (reason, n) in report.unattributed {
-        f.sample("", &[("node", node), ("reason", reason)], n);
+        f.sample(&[("node", node), ("reason", reason)], n);
     }
 
     if let Some(r) = report.responder {
@@ -171,12 +135,10 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
             "Probes this node's responder answered: UDP echoes, TCP connections accepted.",
         );
         f.sample(
-            "",
             &[("node", node), ("signal", Signal::ProbeUdp.label())],
             r.udp_replies,
         );
         f.sample(
-            "",
             &[("node", node), ("signal", Signal::ProbeTcp.label())],
             r.tcp_accepted,
         );
@@ -187,10 +149,9 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
             "Datagrams the responder dropped (not a probe request), and TCP connections over its cap.",
         );
         for (reason, n) in &r.refused {
-            f.sample("", &[("node", node), ("reason", reason)], n);
+            f.sample(&[("node", node), ("reason", reason)], n);
         }
         f.sample(
-            "",
             &[("node", node), ("reason", "tcp_over_cap")],
             r.tcp_over_cap,
         );
