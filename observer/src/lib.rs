@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod delivery;
 pub mod error;
 pub mod exposition;
+pub mod migrate;
 pub mod netns;
 pub mod probe;
 pub mod shape;

@@ -1,0 +1,1 @@
+//! Preflight checks: is this cluster ready for a live migration to Cilium?
