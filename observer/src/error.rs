@@ -75,6 +75,9 @@ pub enum Error {
     #[error("probe: {0}")]
     Probe(String),
 
+    #[error("migration: {0}")]
+    Migration(String),
+
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
@@ -103,6 +106,7 @@ impl Error {
             Error::Kube { .. } => "kube",
 
             Error::Probe(_) => "probe",
+            Error::Migration(_) => "migration",
             Error::Agent { .. } => "agent",
             Error::Io { .. } => "io",
         }

@@ -5,6 +5,7 @@ use observer::{
         loss::{self, LossArgs},
         observe::{self, ObserveArgs},
     },
+    migrate::{self, MigrateArgs, ReportArgs},
     probe::{self, ProbeArgs},
 };
 
@@ -31,6 +32,10 @@ enum Command {
         #[arg(long)]
         pin_path: std::path::PathBuf,
     },
+    /// Migrate the cluster to Cilium node by node, behind the loss gate.
+    Migrate(Box<MigrateArgs>),
+    /// The migration's report: steps, loss before, during and after.
+    Report(ReportArgs),
     /// Answer probes only (UDP echo, TCP accept): the probe DaemonSet's pods.
     Probe(ProbeArgs),
 }
@@ -42,6 +47,8 @@ async fn main() {
         Command::Observe(args) => observe::run(args).await,
         Command::Agent(args) => agent::run(*args).await,
         Command::Probe(args) => probe::run(args).await,
+        Command::Migrate(args) => migrate::run(*args).await,
+        Command::Report(args) => migrate::report(args).await,
         // Blocking HTTP and a sleep: off the async workers.
         Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
             .await

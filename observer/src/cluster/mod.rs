@@ -118,7 +118,7 @@ impl Cluster {
     /// Connects and starts every watch. Returns at once: see
     /// [`Cluster::synced`] and [`Cluster::changed`].
     pub async fn start(options: ClusterOptions) -> Result<Self> {
-        let client = client(options.kubeconfig.as_ref()).await?;
+        let client = client(options.kubeconfig.as_ref(), true).await?;
         let health = Health::default();
         let (tx, changes) = watch::channel(0u64);
         let w = Watches {
@@ -291,8 +291,11 @@ impl Cluster {
     }
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
-    let config = match kubeconfig {
+/// A client from a kubeconfig file or the environment. `retry` keeps
+/// kube's own retries of 429/503/504; the migration driver turns them off
+/// to see disruption budgets itself.
+pub async fn client(kubeconfig: Option<&PathBuf>, retry: bool) -> Result<Client> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|e| Error::Kube {
                 context: format!("reading kubeconfig {}", path.display()),
@@ -310,6 +313,7 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
             reason: e.to_string(),
         })?,
     };
+    config.default_retry = retry;
     Client::try_from(config).map_err(|e| Error::Kube {
         context: "building the API client".into(),
         reason: e.to_string(),

@@ -1,0 +1,233 @@
+//! Flags of `crossover migrate` and `crossover report`.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::{
+    context::Options,
+    gate::{Ratio, SignalThreshold, Thresholds},
+    plan::PlanOptions,
+    state::{OnBreach, Settings},
+};
+use crate::{Result, agent::parse_duration};
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub command: MigrateCommand,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Preflight checks and the ordered plan; changes nothing.
+    Plan(RunArgs),
+    /// Start a migration: preflight, then node by node behind the gate.
+    Run(RunArgs),
+    /// Where the migration is.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Continue a halted, aborted or crashed migration where it stopped.
+    Resume(ResumeArgs),
+    /// Stop the running driver at its next step; nodes stay as they are.
+    Abort {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Put one node back on the legacy CNI.
+    Rollback {
+        node: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Markdown,
+    Json,
+}
+
+/// Where things are and how long to wait: may change between a run and
+/// its resume.
+#[derive(Clone, Debug, Args)]
+pub struct CommonArgs {
+    /// Kubeconfig file; default: in-cluster, then $KUBECONFIG, ~/.kube/config.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of crossover's agents and of the migration's state.
+    #[arg(long, global = true, default_value = "crossover")]
+    pub namespace: String,
+    /// Name of the migration: its state ConfigMap and its Lease.
+    #[arg(long, global = true, default_value = "crossover-migration")]
+    pub name: String,
+    #[arg(long, global = true, default_value = "kube-system")]
+    pub cilium_namespace: String,
+    /// Label selector of the Cilium agent pods.
+    #[arg(long, global = true, default_value = "k8s-app=cilium")]
+    pub cilium_selector: String,
+    /// Label selector of crossover's agent pods (in --namespace).
+    #[arg(long, global = true, default_value = "app.kubernetes.io/name=crossover-agent")]
+    pub agent_selector: String,
+    #[arg(long, global = true, default_value_t = 9190)]
+    pub agent_port: u16,
+    /// Agent URLs, instead of finding agents through their pods. Repeat.
+    #[arg(long = "agent", global = true)]
+    pub agents: Vec<String>,
+    #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long pods (the Cilium agent, restarted pods, a rebooted node)
+    /// may take to be Ready.
+    #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// How long probes may take to be answered both ways after the restart.
+    #[arg(long, global = true, default_value = "2m", value_parser = parse_duration)]
+    pub verify_timeout: Duration,
+    #[arg(long, global = true, default_value = "15m", value_parser = parse_duration)]
+    pub hook_timeout: Duration,
+    /// Evict pods without a controller too (they are not recreated).
+    #[arg(long, global = true)]
+    pub evict_bare_pods: bool,
+    /// How long a pod may wait for its sandbox before the gate counts it
+    /// as stuck.
+    #[arg(long, global = true, default_value = "2m", value_parser = parse_duration)]
+    pub sandbox_grace: Duration,
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How often the gate reads the agents during baseline and soak.
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    pub gate_interval: Duration,
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub agent_timeout: Duration,
+    /// A crashed driver's Lease is taken over after this long unrenewed.
+    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+}
+
+impl CommonArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            namespace: self.namespace.clone(),
+            cilium_namespace: self.cilium_namespace.clone(),
+            cilium_selector: self.cilium_selector.clone(),
+            agent_selector: self.agent_selector.clone(),
+            agent_port: self.agent_port,
+            agents: self.agents.clone(),
+            drain_timeout: self.drain_timeout,
+            ready_timeout: self.ready_timeout,
+            verify_timeout: self.verify_timeout,
+            hook_timeout: self.hook_timeout,
+            evict_bare_pods: self.evict_bare_pods,
+            sandbox_grace: self.sandbox_grace,
+            poll: self.poll_interval,
+            gate_interval: self.gate_interval,
+            agent_timeout: self.agent_timeout,
+        }
+    }
+}
+
+/// What a run is judged by; kept in the state for `resume`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Only these nodes, in this order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Only nodes matching this label selector.
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Also nodes that already carry the migration label.
+    #[arg(long)]
+    pub include_labelled: bool,
+    /// Highest loss ratio the gate accepts, for every signal: 1%, 0.5%, 0.01.
+    #[arg(long, default_value = "1%")]
+    pub threshold: Ratio,
+    /// Per signal, overriding --threshold: SIGNAL=RATIO (delivery,
+    /// handshake, retransmit, probe_udp, probe_tcp). Repeat.
+    #[arg(long = "signal-threshold")]
+    pub signal_thresholds: Vec<SignalThreshold>,
+    /// Rows with fewer packets sent are recorded, not judged.
+    #[arg(long, default_value_t = 20)]
+    pub min_sent: u64,
+    /// How long loss is watched before a node is touched (0: one reading).
+    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    pub baseline: u64,
+    /// How long loss must stay under the threshold after a node moved,
+    /// counted from one agent window after its last change.
+    #[arg(long, default_value = "30s", value_parser = parse_seconds)]
+    pub soak: u64,
+    #[arg(long, value_enum, default_value_t = OnBreach::Halt)]
+    pub on_breach: OnBreach,
+    /// Command that reboots the node, run with NODE set (e.g.
+    /// 'docker restart $NODE'); no reboot without it.
+    #[arg(long)]
+    pub reboot_hook: Option<String>,
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ResumeArgs {
+    #[arg(long)]
+    pub yes: bool,
+}
+
+fn parse_seconds(text: &str) -> std::result::Result<u64, String> {
+    if text == "0" {
+        return Ok(0);
+    }
+    parse_duration(text).map(|d| d.as_secs().max(1))
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Result<Settings> {
+        let mut thresholds = Thresholds {
+            default: self.threshold.0,
+            min_sent: self.min_sent,
+            ..Thresholds::default()
+        };
+        for t in &self.signal_thresholds {
+            thresholds.per_signal.insert(t.signal.clone(), t.ratio);
+        }
+        Ok(Settings {
+            thresholds,
+            baseline_seconds: self.baseline,
+            soak_seconds: self.soak,
+            on_breach: self.on_breach,
+            reboot_hook: self.reboot_hook.clone(),
+        })
+    }
+
+    /// For a `rollback` outside any migration: judged by the defaults.
+    pub fn default_settings() -> Settings {
+        Settings {
+            thresholds: Thresholds::default(),
+            baseline_seconds: 10,
+            soak_seconds: 30,
+            on_breach: OnBreach::Halt,
+            reboot_hook: None,
+        }
+    }
+
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            order: self.nodes.clone(),
+            include_labelled: self.include_labelled,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "crossover")]
+    pub namespace: String,
+    #[arg(long, default_value = "crossover-migration")]
+    pub name: String,
+    #[arg(long, value_enum, default_value_t = Format::Markdown)]
+    pub format: Format,
+}

@@ -1,0 +1,242 @@
+//! What every step shares: the API client, the options, the lease, the
+//! event recorder, and the way loss is measured.
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use kube::{
+    Api, Client, Resource,
+    api::ListParams,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+
+use super::{
+    gate::{self, Decision},
+    lease::Lease,
+    pods,
+    state::Settings,
+    store::kube_err,
+};
+use crate::{Error, Result, agent::window::LossRow, cli::loss};
+
+/// Options that may differ between a run and its resume (timeouts, where
+/// things are), as opposed to [`Settings`], which judge the migration.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub namespace: String,
+    pub cilium_namespace: String,
+    pub cilium_selector: String,
+    pub agent_selector: String,
+    pub agent_port: u16,
+    /// Agents named by URL instead of found through their pods.
+    pub agents: Vec<String>,
+    pub drain_timeout: Duration,
+    pub ready_timeout: Duration,
+    pub verify_timeout: Duration,
+    pub hook_timeout: Duration,
+    pub evict_bare_pods: bool,
+    /// How long a pod may wait for its sandbox before it counts as stuck.
+    pub sandbox_grace: Duration,
+    pub poll: Duration,
+    pub gate_interval: Duration,
+    pub agent_timeout: Duration,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub options: Options,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub lease: Option<Lease>,
+}
+
+/// One loss reading of the whole cluster.
+pub struct Measured {
+    pub rows: Vec<LossRow>,
+    /// Agents that did not answer, pairs an agent could not read, nodes
+    /// without an agent.
+    pub missing: Vec<String>,
+}
+
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl Context {
+    pub fn new(client: Client, options: Options, settings: Settings, lease: Option<Lease>) -> Self {
+        let reporter = Reporter {
+            controller: "crossover-migrate".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            options,
+            settings,
+            lease,
+        }
+    }
+
+    /// Fails once the lease is gone: another driver may be running.
+    pub fn check_lease(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) if l.lost() => Err(Error::Migration(
+                "lost the migration Lease (another driver took it, or the API was unreachable \
+                 for a whole lease duration): stopping without further changes"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// An Event on the node, so `kubectl describe node` tells the story.
+    /// Best effort: a failed event is reported, never fatal.
+    pub async fn event(&self, node: &str, reason: &str, note: String, warning: bool) {
+        let reference = match pods::get_node(self, node).await {
+            Ok(n) => n.object_ref(&()),
+            Err(_) => ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some(<Node as k8s_openapi::Resource>::KIND.into()),
+                name: Some(node.into()),
+                ..Default::default()
+            },
+        };
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Migrate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            eprintln!("crossover: could not record event {reason} on node {node}: {e}");
+        }
+    }
+
+    /// Agent URLs by node: named ones, else every agent pod's.
+    async fn agents(&self) -> Result<(Vec<String>, Vec<String>)> {
+        if !self.options.agents.is_empty() {
+            return Ok((self.options.agents.clone(), Vec::new()));
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.options.namespace);
+        let pods = api
+            .list(&ListParams::default().labels(&self.options.agent_selector))
+            .await
+            .map_err(kube_err("listing crossover agent pods"))?
+            .items;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let nodes = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err("listing nodes"))?
+            .items;
+        let mut urls = Vec::new();
+        let mut missing = Vec::new();
+        for node in nodes.iter().filter_map(|n| n.metadata.name.as_deref()) {
+            let on = pods.iter().find(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                    && pods::ip(p).is_some()
+            });
+            match on.and_then(pods::ip) {
+                Some(ip) => urls.push(format!("http://{ip}:{}", self.options.agent_port)),
+                None => missing.push(format!("no crossover agent pod on node {node}")),
+            }
+        }
+        Ok((urls, missing))
+    }
+
+    /// Asks every agent for its window.
+    pub async fn measure(&self) -> Result<Measured> {
+        let (agents, mut missing) = self.agents().await?;
+        let timeout = self.options.agent_timeout;
+        let matrix = tokio::task::spawn_blocking(move || loss::gather(&agents, timeout))
+            .await
+            .map_err(|e| Error::Migration(format!("asking the agents: {e}")))?;
+        missing.extend(
+            matrix
+                .failed
+                .iter()
+                .map(|f| format!("agent {} did not answer: {}", f.agent, f.error)),
+        );
+        missing.extend(
+            matrix
+                .unreachable
+                .iter()
+                .map(|u| format!("{} could not read its peer {}", u.node, u.peer_node)),
+        );
+        Ok(Measured {
+            rows: matrix.rows,
+            missing,
+        })
+    }
+
+    /// Measures and judges, with the node's stuck pods.
+    pub async fn judge(&self, node: &str) -> Result<(Decision, Vec<LossRow>)> {
+        let measured = self.measure().await?;
+        let stuck = self.stuck(node).await?;
+        let decision = gate::judge(
+            &self.settings.thresholds,
+            &measured.rows,
+            measured.missing,
+            stuck,
+            now(),
+        );
+        Ok((decision, measured.rows))
+    }
+
+    /// Pods on the node that cannot get a sandbox: a
+    /// `FailedCreatePodSandBox` event (e.g. "No more IPs available"), or
+    /// still creating after the grace period.
+    pub async fn stuck(&self, node: &str) -> Result<Vec<String>> {
+        let pods = pods::on_node(self, node).await?;
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(self.client.clone());
+        let failed = events
+            .list(&ListParams::default().fields("reason=FailedCreatePodSandBox"))
+            .await
+            .map_err(kube_err("listing FailedCreatePodSandBox events"))?
+            .items;
+        let grace = self.options.sandbox_grace;
+        let mut stuck = Vec::new();
+        // A pod without a sandbox stays Pending; a crash-looping app is
+        // Running and none of the network's business.
+        let pending = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+                && !pods::is_host_network(p)
+                && p.metadata.deletion_timestamp.is_none()
+        };
+        for pod in pods.iter().filter(|p| pending(p)) {
+            let why = failed.iter().rev().find(|e| {
+                e.involved_object.uid.is_some() && e.involved_object.uid == pod.metadata.uid
+                    || e.involved_object.name == pod.metadata.name
+                        && e.involved_object.namespace == pod.metadata.namespace
+            });
+            let age = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0))
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default();
+            match why {
+                Some(e) => stuck.push(format!(
+                    "{} on {node}: {}",
+                    pods::name(pod),
+                    e.message.as_deref().unwrap_or("FailedCreatePodSandBox")
+                )),
+                None if age > grace => stuck.push(format!(
+                    "{} on {node}: not ready after {}s",
+                    pods::name(pod),
+                    age.as_secs()
+                )),
+                None => {}
+            }
+        }
+        Ok(stuck)
+    }
+}

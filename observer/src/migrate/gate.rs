@@ -1,0 +1,273 @@
+//! The gate: may the migration go on? Loss over every node pair, network
+//! pair and signal must stay at or under the SRE's threshold, every agent
+//! must have answered (a pair nobody measured is not a lossless pair), and
+//! no pod on the node may be stuck without a sandbox.
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::window::LossRow;
+
+/// Loss ratios the gate tolerates, per signal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// For every signal without its own entry.
+    pub default: f64,
+    pub per_signal: BTreeMap<String, f64>,
+    /// Rows with fewer packets sent are recorded but not judged: 1 lost of
+    /// 3 says nothing about a network.
+    pub min_sent: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            default: 0.01,
+            per_signal: BTreeMap::new(),
+            min_sent: 20,
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn for_signal(&self, signal: &str) -> f64 {
+        self.per_signal
+            .get(signal)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// A ratio as the SRE writes it: `1%`, `0.5%` or `0.01`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratio(pub f64);
+
+impl FromStr for Ratio {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (number, scale) = match s.strip_suffix('%') {
+            Some(n) => (n, 100.0),
+            None => (s, 1.0),
+        };
+        let value: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a ratio (write 1%, 0.5% or 0.01)"))?;
+        let value = value / scale;
+        if !(0.0..=1.0).contains(&value) {
+            return Err(format!("{s:?} is not between 0% and 100%"));
+        }
+        Ok(Ratio(value))
+    }
+}
+
+/// `SIGNAL=RATIO`, e.g. `probe_udp=2%`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignalThreshold {
+    pub signal: String,
+    pub ratio: f64,
+}
+
+/// Signals the agents report; a threshold for anything else is a typo.
+pub const SIGNALS: &[&str] = &[
+    "delivery",
+    "handshake",
+    "retransmit",
+    "probe_udp",
+    "probe_tcp",
+];
+
+impl FromStr for SignalThreshold {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (signal, ratio) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected SIGNAL=RATIO, e.g. probe_udp=2%"))?;
+        if !SIGNALS.contains(&signal) {
+            return Err(format!(
+                "{signal:?} is not a signal (one of {})",
+                SIGNALS.join(", ")
+            ));
+        }
+        Ok(SignalThreshold {
+            signal: signal.into(),
+            ratio: ratio.parse::<Ratio>()?.0,
+        })
+    }
+}
+
+/// One row over its threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    #[serde(flatten)]
+    pub row: LossRow,
+    pub ratio: f64,
+    pub threshold: f64,
+}
+
+impl fmt::Display for Breach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.row;
+        write!(
+            f,
+            "{} -> {} overlay {} {}->{} {}: {} of {} lost ({:.2}% > {:.2}%)",
+            r.node,
+            r.peer_node,
+            r.overlay,
+            r.src_net,
+            r.dst_net,
+            r.signal,
+            r.lost,
+            r.sent,
+            self.ratio * 100.0,
+            self.threshold * 100.0
+        )
+    }
+}
+
+/// What the gate saw and decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at: String,
+    pub passed: bool,
+    pub breaches: Vec<Breach>,
+    /// Agents or pairs that could not be measured.
+    pub missing: Vec<String>,
+    /// Pods that could not get a sandbox (e.g. no more IPs).
+    pub stuck: Vec<String>,
+    /// Rows judged (sent >= min_sent).
+    pub judged: usize,
+    /// Worst ratio per signal among judged rows.
+    pub worst: BTreeMap<String, f64>,
+}
+
+impl Decision {
+    /// One line per reason the gate closed.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.breaches.iter().map(|b| b.to_string()).collect();
+        out.extend(self.missing.iter().map(|m| format!("not measured: {m}")));
+        out.extend(self.stuck.iter().map(|s| format!("stuck: {s}")));
+        out
+    }
+
+    pub fn summary(&self) -> String {
+        if self.passed {
+            let worst = self
+                .worst
+                .iter()
+                .map(|(s, r)| format!("{s} {:.2}%", r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{} rows under threshold (worst: {worst})", self.judged)
+        } else {
+            self.reasons().join("; ")
+        }
+    }
+}
+
+/// Judges one loss matrix. `missing` are agents that did not answer and
+/// pairs an agent could not read; `stuck` pods the caller found.
+pub fn judge(
+    thresholds: &Thresholds,
+    rows: &[LossRow],
+    missing: Vec<String>,
+    stuck: Vec<String>,
+    at: String,
+) -> Decision {
+    let mut breaches = Vec::new();
+    let mut worst = BTreeMap::<String, f64>::new();
+    let mut judged = 0;
+    for row in rows.iter().filter(|r| r.sent >= thresholds.min_sent) {
+        let Some(ratio) = row.ratio() else { continue };
+        judged += 1;
+        let w = worst.entry(row.signal.clone()).or_default();
+        *w = w.max(ratio);
+        let threshold = thresholds.for_signal(&row.signal);
+        if ratio > threshold {
+            breaches.push(Breach {
+                row: row.clone(),
+                ratio,
+                threshold,
+            });
+        }
+    }
+    breaches.sort_by(|a, b| b.ratio.total_cmp(&a.ratio));
+    Decision {
+        at,
+        passed: breaches.is_empty() && missing.is_empty() && stuck.is_empty(),
+        breaches,
+        missing,
+        stuck,
+        judged,
+        worst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(node: &str, peer: &str, signal: &str, sent: u64, lost: u64) -> LossRow {
+        LossRow {
+            node: node.into(),
+            peer_node: peer.into(),
+            overlay: "cilium".into(),
+            src_net: "cilium".into(),
+            dst_net: "legacy".into(),
+            signal: signal.into(),
+            sent,
+            lost,
+            seconds: 10.0,
+        }
+    }
+
+    #[test]
+    fn ratios_parse_as_sres_write_them() {
+        assert_eq!("1%".parse::<Ratio>().unwrap().0, 0.01);
+        assert_eq!("0.5%".parse::<Ratio>().unwrap().0, 0.005);
+        assert_eq!("0.02".parse::<Ratio>().unwrap().0, 0.02);
+        assert!("150%".parse::<Ratio>().unwrap_err().contains("between"));
+        assert!("lots".parse::<Ratio>().unwrap_err().contains("not a ratio"));
+        let t: SignalThreshold = "probe_udp=2%".parse().unwrap();
+        assert_eq!((t.signal.as_str(), t.ratio), ("probe_udp", 0.02));
+        assert!(
+            "probe=2%"
+                .parse::<SignalThreshold>()
+                .unwrap_err()
+                .contains("not a signal")
+        );
+    }
+
+    #[test]
+    fn a_row_over_its_signals_threshold_closes_the_gate() {
+        let mut t = Thresholds::default();
+        t.per_signal.insert("retransmit".into(), 0.05);
+        let rows = [
+            row("n1", "n3", "probe_udp", 200, 10),  // 5% > 1%
+            row("n1", "n2", "retransmit", 200, 8),  // 4% <= 5%
+            row("n2", "n3", "delivery", 1000, 10),  // 1% == 1%: passes
+            row("n2", "n1", "probe_tcp", 10, 10),   // too few to judge
+        ];
+        let d = judge(&t, &rows, vec![], vec![], "now".into());
+        assert!(!d.passed);
+        assert_eq!(d.judged, 3);
+        assert_eq!(d.breaches.len(), 1);
+        assert_eq!(d.breaches[0].row.peer_node, "n3");
+        assert_eq!(d.worst["retransmit"], 0.04);
+        let reason = &d.reasons()[0];
+        assert!(reason.contains("n1 -> n3") && reason.contains("10 of 200"), "{reason}");
+    }
+
+    #[test]
+    fn unmeasured_pairs_and_stuck_pods_close_the_gate() {
+        let t = Thresholds::default();
+        let rows = [row("n1", "n2", "delivery", 1000, 0)];
+        assert!(judge(&t, &rows, vec![], vec![], "now".into()).passed);
+        let d = judge(&t, &rows, vec!["agent n3".into()], vec![], "now".into());
+        assert!(!d.passed && d.summary().contains("not measured: agent n3"));
+        let d = judge(&t, &rows, vec![], vec!["default/web-1".into()], "now".into());
+        assert!(!d.passed && d.summary().contains("stuck: default/web-1"));
+    }
+}

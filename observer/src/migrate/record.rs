@@ -1,0 +1,142 @@
+//! Everything the report needs about one node's migration: when each step
+//! ran, the loss before, during and after, the gate's decisions with their
+//! figures, and errors. One record per node, so a large cluster never
+//! outgrows a ConfigMap.
+use serde::{Deserialize, Serialize};
+
+use super::{gate::Decision, state::Step};
+use crate::agent::window::LossRow;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub started: String,
+    #[serde(default)]
+    pub ended: Option<String>,
+    /// "ok", "failed", "breach", "interrupted" (a driver that died in it).
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// When a loss reading was taken, relative to the node's changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Moment {
+    /// The baseline, before the node is touched.
+    Before,
+    /// At the end of a step that changes the node: recorded, not gated.
+    During,
+    /// The soak: the gate.
+    After,
+    /// After a rollback.
+    RolledBack,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub moment: Moment,
+    pub step: Step,
+    pub decision: Decision,
+    /// Rows of every pair the node is in, plus every row anywhere that
+    /// breached: the rest of the cluster's matrix is in its own node's
+    /// record.
+    pub rows: Vec<LossRow>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    pub steps: Vec<StepRecord>,
+    pub readings: Vec<Reading>,
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub rollbacks: Vec<RollbackRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRecord {
+    pub started: String,
+    pub ended: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl NodeRecord {
+    pub fn new(node: &str) -> Self {
+        NodeRecord {
+            node: node.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Opens a step; a step left open by a driver that died is closed as
+    /// interrupted first, so the report shows the crash.
+    pub fn begin(&mut self, step: Step, now: &str) {
+        for open in self.steps.iter_mut().filter(|s| s.ended.is_none()) {
+            open.ended = Some(now.into());
+            open.outcome = "interrupted".into();
+        }
+        self.steps.push(StepRecord {
+            step,
+            started: now.into(),
+            ended: None,
+            outcome: "running".into(),
+            detail: String::new(),
+        });
+    }
+
+    pub fn end(&mut self, step: Step, now: &str, outcome: &str, detail: String) {
+        if let Some(open) = self
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|s| s.step == step && s.ended.is_none())
+        {
+            open.ended = Some(now.into());
+            open.outcome = outcome.into();
+            open.detail = detail;
+        }
+    }
+
+    pub fn read(&mut self, moment: Moment, step: Step, decision: Decision, all: &[LossRow]) {
+        let node = self.node.clone();
+        let breached = |r: &LossRow| {
+            decision
+                .breaches
+                .iter()
+                .any(|b| b.row.node == r.node && b.row.peer_node == r.peer_node)
+        };
+        let rows = all
+            .iter()
+            .filter(|r| r.node == node || r.peer_node == node || breached(r))
+            .filter(|r| r.sent > 0)
+            .cloned()
+            .collect();
+        self.readings.push(Reading {
+            moment,
+            step,
+            decision,
+            rows,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_left_open_by_a_crash_is_closed_as_interrupted() {
+        let mut r = NodeRecord::new("n1");
+        r.begin(Step::Drain, "t1");
+        // The driver died here; the next one runs the step again.
+        r.begin(Step::Drain, "t2");
+        r.end(Step::Drain, "t3", "ok", "2 pods evicted".into());
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(r.steps[0].outcome, "interrupted");
+        assert_eq!(r.steps[0].ended.as_deref(), Some("t2"));
+        assert_eq!(r.steps[1].outcome, "ok");
+        assert_eq!(r.steps[1].started, "t2");
+    }
+}

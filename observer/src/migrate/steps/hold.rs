@@ -1,0 +1,74 @@
+//! Windows of measured loss: the baseline before a node is touched and
+//! the soak after, where the gate decides.
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Outcome;
+use crate::{
+    Result,
+    migrate::{
+        context::Context,
+        record::{Moment, NodeRecord},
+        state::Step,
+    },
+};
+
+/// Judges the cluster every gate interval for `seconds` (at least once);
+/// the first closed gate ends it.
+async fn hold(
+    ctx: &Context,
+    node: &str,
+    seconds: u64,
+    moment: Moment,
+    step: Step,
+    record: &mut NodeRecord,
+) -> Result<Outcome> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut judged = 0u32;
+    loop {
+        ctx.check_lease()?;
+        let (decision, rows) = ctx.judge(node).await?;
+        judged += 1;
+        let passed = decision.passed;
+        let summary = decision.summary();
+        let last = Instant::now() >= deadline;
+        if !passed || last {
+            record.read(moment, step, decision.clone(), &rows);
+        }
+        if !passed {
+            return Ok(Outcome::Breach(decision));
+        }
+        if last {
+            return Ok(Outcome::Done(format!(
+                "{judged} readings over {seconds}s: {summary}"
+            )));
+        }
+        tokio::time::sleep(ctx.options.gate_interval).await;
+    }
+}
+
+pub async fn baseline(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
+    let seconds = ctx.settings.baseline_seconds;
+    hold(ctx, node, seconds, Moment::Before, Step::Baseline, record).await
+}
+
+/// Waits one agent window first, so that what is judged was measured
+/// after the node's changes; what the window held then is recorded as the
+/// loss during the changes.
+pub async fn soak(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
+    let (during, rows) = ctx.judge(node).await?;
+    let settle = Duration::from_secs_f64(during_window(&rows).clamp(0.0, 600.0));
+    record.read(Moment::During, Step::Soak, during, &rows);
+    let until = Instant::now() + settle;
+    while Instant::now() < until {
+        ctx.check_lease()?;
+        tokio::time::sleep(ctx.options.poll.min(until - Instant::now())).await;
+    }
+    let seconds = ctx.settings.soak_seconds;
+    hold(ctx, node, seconds, Moment::After, Step::Soak, record).await
+}
+
+fn during_window(rows: &[crate::agent::window::LossRow]) -> f64 {
+    rows.iter().map(|r| r.seconds).fold(0.0, f64::max)
+}

@@ -1,0 +1,87 @@
+//! Pods that survived the drain keep the address their CNI gave them:
+//! DaemonSet pods (the probe pods, goldpinger, Calico's csi-node-driver)
+//! stay on the legacy network until deleted. This restarts them so they
+//! come back on the node's new network; a rollback does the reverse.
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::DeleteParams};
+
+use crate::{
+    Result,
+    migrate::{
+        context::Context,
+        pods,
+        store::{is_status, kube_err},
+    },
+};
+
+/// The network pods on the node should end up on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Towards {
+    Cilium,
+    Legacy,
+}
+
+fn wrong(p: &Pod, cilium: &[ipnet::Ipv4Net], towards: Towards) -> bool {
+    let Some(ip) = pods::ip(p) else { return false };
+    let on_cilium = cilium.iter().any(|c| c.contains(&ip));
+    match towards {
+        Towards::Cilium => !on_cilium,
+        Towards::Legacy => on_cilium,
+    }
+}
+
+/// Pods that CNI addresses, whose address can change.
+fn movable(p: &Pod) -> bool {
+    !pods::is_host_network(p)
+        && !pods::is_mirror(p)
+        && !pods::is_finished(p)
+        && p.metadata.deletion_timestamp.is_none()
+}
+
+pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<String> {
+    let cilium = pods::cilium_cidrs(ctx, node).await?;
+    if cilium.is_empty() && towards == Towards::Cilium {
+        return Err(crate::Error::Migration(format!(
+            "CiliumNode {node} has no spec.ipam.podCIDRs: the Cilium operator has not given \
+             the node its share of the cluster pool (is IPAM cluster-pool?)"
+        )));
+    }
+    let restarted: Vec<String> = {
+        let mut names = Vec::new();
+        for p in pods::on_node(ctx, node)
+            .await?
+            .iter()
+            .filter(|p| movable(p) && wrong(p, &cilium, towards))
+        {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => names.push(pods::name(p)),
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
+            }
+        }
+        names
+    };
+    let what = format!("every pod on {node} Ready on the {towards:?} network");
+    pods::wait_for(ctx, ctx.options.ready_timeout, &what, || async {
+        let now = pods::on_node(ctx, node).await?;
+        let pending: Vec<String> = now
+            .iter()
+            .filter(|p| movable(p) && (wrong(p, &cilium, towards) || !pods::is_ready(p)))
+            .map(pods::name)
+            .collect();
+        Ok(if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not there yet: {}", pending.join(", ")))
+        })
+    })
+    .await?;
+    Ok(if restarted.is_empty() {
+        "no pod left on the old network".into()
+    } else {
+        format!("restarted {}", restarted.join(", "))
+    })
+}
