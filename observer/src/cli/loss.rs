@@ -86,12 +86,3 @@ pub fn table(matrix: &[Delivery]) -> String {
     }
     out
 }
-
-// TEMP-STUB (replaced by the loss branch)
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct LossMatrix { pub rows: Vec<crate::agent::window::LossRow>, pub unreachable: Vec<Unreachable>, pub failed: Vec<FailedAgent> }
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Unreachable { pub node: String, pub peer_node: String }
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct FailedAgent { pub agent: String, pub error: String }
-pub fn gather(_agents: &[String], _timeout: Duration) -> LossMatrix { todo!() }

@@ -30,10 +30,14 @@ async fn save(store: &mut Store, state: &mut State) -> Result<()> {
         .await?
         .ok_or_else(|| Error::Migration("the migration's state ConfigMap was deleted".into()))?;
     if theirs.phase != Phase::Running {
-        *state = theirs;
+        // Their phase (an abort), our progress: the step just finished
+        // must not run again.
+        state.phase = theirs.phase;
+        let kept = store.save(state).await?;
         return Err(Error::Migration(format!(
-            "stopped: the migration was changed from outside ({:?})",
-            state.phase
+            "stopped: the migration was changed from outside ({:?}){}",
+            state.phase,
+            if kept { "" } else { "; this driver's last step may run again on resume" }
         )));
     }
     // Same phase: keep our progress over theirs.
