@@ -345,7 +345,8 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
             .sum::<u64>()
             >= udp.sent
     );
-    for node in ["control-plane", "worker-1", "worker-2"] {
+    // worker-2 only receives (UDP, no replies): it has no delivery rows.
+    for node in ["control-plane", "worker-1"] {
         assert!(
             rows.iter()
                 .any(|r| r["node"] == node && r["signal"] == "delivery"),
