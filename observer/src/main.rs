@@ -24,7 +24,7 @@ enum Command {
     Observe(ObserveArgs),
     /// Run on every node: attach, follow, serve /metrics and /api/v1.
     Agent(Box<AgentArgs>),
-    /// Ask every agent and print the loss per node pair and overlay.
+    /// Ask every agent and print the merged loss matrix (exit 2: incomplete).
     Loss(LossArgs),
     /// Remove what an agent with --pin-path left on this node: its TCX
     /// links (detaching the programs) and pinned maps (docs/restarts.md).
@@ -52,7 +52,12 @@ async fn main() {
         // Blocking HTTP and a sleep: off the async workers.
         Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
             .await
-            .unwrap_or_else(|e| Err(observer::Error::io("loss", std::io::Error::other(e)))),
+            .unwrap_or_else(|e| Err(observer::Error::io("loss", std::io::Error::other(e))))
+            .map(|code| {
+                if code != 0 {
+                    std::process::exit(code)
+                }
+            }),
         Command::Uninstall { pin_path } => observer::datapath::uninstall(&pin_path).map(|done| {
             eprintln!(
                 "crossover: removed {} links and {} maps pinned in {}",

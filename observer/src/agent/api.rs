@@ -128,7 +128,40 @@ pub fn views<'a>(reports: &'a [(PeersReport, Vec<PeerRecord>)]) -> Vec<NodeView<
 
 /// One agent's peers report, checked against this version.
 pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<(PeersReport, Vec<PeerRecord>)> {
-    let url = format!("{}{}", agent.trim_end_matches('/'), PEERS_PATH);
+    let report: PeersReport = get_json(agent, PEERS_PATH, "peers report", timeout)?;
+    check_version(agent, report.version)?;
+    let records = report.records().map_err(|reason| Error::Agent {
+        agent: agent.into(),
+        reason,
+    })?;
+    Ok((report, records))
+}
+
+/// One agent's loss report over its current window, checked against this
+/// version.
+pub fn fetch_loss(agent: &str, timeout: Duration) -> Result<LossReport> {
+    let report: LossReport = get_json(agent, LOSS_PATH, "loss report", timeout)?;
+    check_version(agent, report.version)?;
+    Ok(report)
+}
+
+fn check_version(agent: &str, version: u32) -> Result<()> {
+    if version == 1 {
+        return Ok(());
+    }
+    Err(Error::Agent {
+        agent: agent.into(),
+        reason: format!("speaks API version {version}, not 1"),
+    })
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    agent: &str,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<T> {
+    let url = format!("{}{}", agent.trim_end_matches('/'), path);
     let fail = |reason: String| Error::Agent {
         agent: agent.into(),
         reason,
@@ -136,19 +169,11 @@ pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<(PeersReport, Vec<P
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .build();
-    let report: PeersReport = ureq::Agent::new_with_config(config)
+    ureq::Agent::new_with_config(config)
         .get(&url)
         .call()
         .map_err(|e| fail(format!("GET {url}: {e}")))?
         .body_mut()
         .read_json()
-        .map_err(|e| fail(format!("{url} is not a v1 peers report: {e}")))?;
-    if report.version != 1 {
-        return Err(fail(format!(
-            "speaks API version {}, not 1",
-            report.version
-        )));
-    }
-    let records = report.records().map_err(fail)?;
-    Ok((report, records))
+        .map_err(|e| fail(format!("{url} is not a v1 {what}: {e}")))
 }
