@@ -3,29 +3,28 @@
 //! lab's own nodes, CiliumNodes, `cilium-config` and pods. The shape comes
 //! from the objects, follows them as they change, and probes catch a quiet
 //! blackholed pair. Needs root (namespaces, programs in the kernel).
-use std::{
-    net::TcpListener,
-    process::{Child, Command},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use crossover_tests::{
     apiserver::{
-        FakeApiServer, Gvr,
+        Gvr,
         fixtures::{self, PodBuilder},
     },
-    lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan},
-    netns::{http_get, in_netns, sh, unique},
+    kubelab::{AGENT_PORT, CROSSOVER, KubeLab, within},
+    lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan, traffic},
+    netns::{http_get, unique},
     require_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use serde_json::{Value, json};
 
-const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
-const PORT: u16 = 9190;
-const PROBE_PORT: u16 = 9191;
-/// The API server's address on the lab's underlay bridge.
-const API_ADDR: &str = "172.18.0.1";
+fn get_json(ns: &str, url: &str) -> Value {
+    let (status, body) = http_get(ns, url);
+    serde_json::from_str(&body).unwrap_or_else(|_| {
+        eprintln!("{url}: {status} {body}");
+        Value::Null
+    })
+}
 
 /// The lab as the API sees it: the fixture cluster's nodes, CiliumNodes and
 /// configuration, with the lab's real pods instead of the fixture's, the
@@ -69,123 +68,33 @@ fn objects(lab: &Lab) -> Vec<Value> {
     out
 }
 
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn get_json(ns: &str, url: &str) -> Value {
-    let (status, body) = http_get(ns, url);
-    serde_json::from_str(&body).unwrap_or_else(|_| {
-        eprintln!("{url}: {status} {body}");
-        Value::Null
-    })
-}
-
-/// Polls `f` until it returns something, for at most `limit`.
-fn within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return (value, started.elapsed());
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     require_root();
-    let mut lab = Lab::up(&LabSpec {
+    let mut kl = KubeLab::up(&LabSpec {
         name: unique("k"),
         nodes: 3,
         migrated: 1,
         pods: 1,
-    })
-    .unwrap()
-    .remove_on_drop();
-    sh(&[
-        "ip",
-        "-n",
-        &lab.underlay_ns(),
-        "addr",
-        "add",
-        &format!("{API_ADDR}/16"),
-        "dev",
-        "underlay",
-    ]);
-    let listener = in_netns(&lab.underlay_ns(), || {
-        TcpListener::bind((API_ADDR, 0)).unwrap()
     });
-    let server = FakeApiServer::start_on(listener).unwrap();
-    for object in objects(&lab) {
-        server.apply(object).unwrap();
+    for object in objects(&kl.lab) {
+        kl.server.apply(object).unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("crossover-kube-{}", lab.name()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
-
-    let mut processes = Processes(Vec::new());
-    for node in lab.nodes() {
-        let log = std::fs::File::create(dir.join(format!("{}.log", node.name))).unwrap();
-        processes.0.push(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.node_ns(&node.name),
-                    CROSSOVER,
-                    "agent",
-                ])
-                .args([
-                    "--kubeconfig",
-                    kubeconfig.to_str().unwrap(),
-                    "--node-name",
-                    &node.name,
-                ])
-                .args(["--listen", &format!("0.0.0.0:{PORT}")])
-                .args(["--probe-port", &PROBE_PORT.to_string()])
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        for pod in node.pods.iter().filter(|p| p.kind == PodKind::DaemonSet) {
-            processes.0.push(
-                Command::new("ip")
-                    .args(["netns", "exec", &pod.netns, CROSSOVER, "probe"])
-                    .args(["--listen", &format!("0.0.0.0:{PROBE_PORT}")])
-                    .spawn()
-                    .unwrap(),
-            );
-        }
+    kl.start_agents(&[]);
+    let probe_pods: Vec<String> = kl
+        .lab
+        .nodes()
+        .flat_map(|n| n.pods.iter())
+        .filter(|p| p.kind == PodKind::DaemonSet)
+        .map(|p| p.netns.clone())
+        .collect();
+    for netns in &probe_pods {
+        kl.start_probe(netns);
     }
-    let cp = lab.node_ns("control-plane");
-    let url = |j: usize, path: &str| format!("http://{}:{PORT}{path}", plan::underlay_addr(j));
-    for j in 0..3 {
-        within(
-            Duration::from_secs(30),
-            &format!(
-                "agent {j} ready and reading its peers (logs in {})",
-                dir.display()
-            ),
-            || {
-                let status = get_json(&cp, &url(j, "/api/v1/status"));
-                let peers = status["peer_agents"].as_object()?;
-                (status["ready"] == true
-                    && peers.len() == 2
-                    && peers.values().all(|p| p["up"] == true))
-                .then_some(())
-            },
-        );
-    }
+    kl.wait_agents_ready();
+    let cp = kl.lab.node_ns("control-plane");
+    let url =
+        |j: usize, path: &str| format!("http://{}:{AGENT_PORT}{path}", plan::underlay_addr(j));
 
     // The shape, derived from the objects, each value with its source.
     let status = get_json(&cp, &url(0, "/api/v1/status"));
@@ -270,7 +179,8 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     // A quiet pair: no traffic but the probes. A blackhole on the Cilium
     // overlay from control-plane to worker-2 shows within 5 s, on that
     // overlay only.
-    let fault = lab
+    let fault = kl
+        .lab
         .inject(Fault::Loss {
             from: "control-plane".into(),
             to: "worker-2".into(),
@@ -306,11 +216,12 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     let (status, metrics) = http_get(&cp, &url(0, "/metrics"));
     assert_eq!(status, 200, "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("crossover_loss_ratio{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"cilium\",src_net=\"host\",dst_net=\"host\",signal=\"probe_udp\"}")), "{metrics}");
-    lab.clear(fault).unwrap();
+    kl.lab.clear(fault).unwrap();
 
     // Flows name pods: the probes to worker-2's probe pod.
     let flows = get_json(&cp, &url(0, "/api/v1/flows"));
-    let probe_pod = lab
+    let probe_pod = kl
+        .lab
         .nodes()
         .nth(2)
         .unwrap()
@@ -332,10 +243,11 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
 
     // The cluster changes under the agents. worker-2's agent pod goes away:
     // control-plane stops reading it; it comes back: reads it again.
-    let agent_pod = server
+    let agent_pod = kl
+        .server
         .get(&Gvr::of::<Pod>(), Some("crossover"), "crossover-agent-2")
         .unwrap();
-    server
+    kl.server
         .delete(&Gvr::of::<Pod>(), Some("crossover"), "crossover-agent-2")
         .unwrap();
     within(
@@ -355,7 +267,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
         .as_object_mut()
         .unwrap()
         .remove("resourceVersion");
-    server.apply(again).unwrap();
+    kl.server.apply(again).unwrap();
     within(
         Duration::from_secs(5),
         "worker-2 back among the peers",
@@ -369,7 +281,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
         },
     );
     // cilium-config moves Cilium to Geneve: the kernel's shape follows.
-    server
+    kl.server
         .patch(
             &Gvr::of::<ConfigMap>(),
             Some("kube-system"),
@@ -389,7 +301,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     );
     // A Cilium port equal to Flannel's is refused, and the last good shape
     // stays in force.
-    server
+    kl.server
         .patch(
             &Gvr::of::<ConfigMap>(),
             Some("kube-system"),
@@ -414,7 +326,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     );
     // Back to the migration's VXLAN 8473; then a node disappearing leaves
     // the shape.
-    server
+    kl.server
         .patch(
             &Gvr::of::<ConfigMap>(),
             Some("kube-system"),
@@ -422,7 +334,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
             json!({"data": {"tunnel-port": "8473"}}),
         )
         .unwrap();
-    server
+    kl.server
         .delete(
             &Gvr::of::<k8s_openapi::api::core::v1::Node>(),
             None,
@@ -441,5 +353,108 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
             .then_some(())
         },
     );
-    drop(processes);
+}
+
+/// The loss figures in kube mode are the wire's: agents that know the
+/// cluster only through the API report, in `/metrics` and `crossover loss`,
+/// exactly what a 3% fault dropped on one pair: a legacy pod to a Cilium
+/// pod, SNATed to `cilium_host`, on the Cilium overlay.
+#[test]
+fn loss_from_kube_mode_agents_equals_the_wire_drops() {
+    require_root();
+    let mut kl = KubeLab::up(&LabSpec {
+        name: unique("q"),
+        nodes: 3,
+        migrated: 1,
+        pods: 2,
+    });
+    for object in objects(&kl.lab) {
+        kl.server.apply(object).unwrap();
+    }
+    // No probes: their trickle through the fault would keep the drop
+    // counter moving between the readings compared (tests/agent.rs).
+    kl.start_agents(&[
+        "--probe-rate",
+        "0",
+        "--window",
+        "60s",
+        "--sample-interval",
+        "500ms",
+    ]);
+    kl.wait_agents_ready();
+    let id = kl
+        .lab
+        .inject(Fault::Loss {
+            from: "control-plane".into(),
+            to: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            percent: 3.0,
+        })
+        .unwrap();
+    let e = |id: &str| kl.lab.endpoint(id).unwrap();
+    let sent = traffic::udp_stream(
+        &e("control-plane/app-1"),
+        &e("worker-1/app-1"),
+        10_000,
+        10_000,
+        200,
+    )
+    .unwrap()
+    .sent;
+    std::thread::sleep(Duration::from_millis(300));
+    let drops = kl.lab.drops(id).unwrap();
+    assert!(drops > 0, "a 3% fault on {sent} packets dropped nothing");
+    // Two samples after the traffic: the window holds all of it.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let mut loss = std::process::Command::new("ip");
+    loss.args([
+        "netns",
+        "exec",
+        &kl.lab.node_ns("control-plane"),
+        CROSSOVER,
+        "loss",
+        "--format",
+        "json",
+    ]);
+    for url in kl.agent_urls() {
+        loss.args(["--agent", &url]);
+    }
+    let out = loss.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let matrix: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let delivery: Vec<&Value> = matrix["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["signal"] == "delivery")
+        .collect();
+    let faulted = |r: &Value| {
+        r["node"] == "control-plane" && r["peer_node"] == "worker-1" && r["overlay"] == "cilium"
+    };
+    let lost: u64 = delivery
+        .iter()
+        .filter(|r| faulted(r))
+        .map(|r| r["lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        lost, drops,
+        "crossover loss equals the wire's drops: {matrix:#}"
+    );
+    for r in delivery.iter().filter(|r| !faulted(r)) {
+        assert_eq!(r["lost"], 0, "no loss elsewhere: {r}");
+    }
+    let (status, metrics) = http_get(&kl.lab.node_ns("control-plane"), &kl.url(0, "/metrics"));
+    assert_eq!(status, 200);
+    let from_metrics: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("crossover_window_lost{")
+                && l.contains("peer_node=\"worker-1\"")
+                && l.contains("overlay=\"cilium\"")
+                && l.contains("signal=\"delivery\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(from_metrics, drops, "/metrics equals the wire's drops");
 }

@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod fleet;
 pub mod harness;
+pub mod kubelab;
 pub mod lab;
 pub mod netns;
 pub mod packet;

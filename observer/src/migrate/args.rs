@@ -71,7 +71,11 @@ pub struct CommonArgs {
     #[arg(long, global = true, default_value = "k8s-app=cilium")]
     pub cilium_selector: String,
     /// Label selector of crossover's agent pods (in --namespace).
-    #[arg(long, global = true, default_value = "app.kubernetes.io/name=crossover-agent")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "app.kubernetes.io/name=crossover-agent"
+    )]
     pub agent_selector: String,
     #[arg(long, global = true, default_value_t = 9190)]
     pub agent_port: u16,

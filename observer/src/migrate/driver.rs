@@ -37,7 +37,11 @@ async fn save(store: &mut Store, state: &mut State) -> Result<()> {
         return Err(Error::Migration(format!(
             "stopped: the migration was changed from outside ({:?}){}",
             state.phase,
-            if kept { "" } else { "; this driver's last step may run again on resume" }
+            if kept {
+                ""
+            } else {
+                "; this driver's last step may run again on resume"
+            }
         )));
     }
     // Same phase: keep our progress over theirs.
@@ -83,8 +87,13 @@ pub async fn run(ctx: &Context, store: &mut Store, state: &mut State) -> Result<
                 store.save_record(&record).await?;
                 state.nodes[i].step = step.next();
                 save(store, state).await?;
-                ctx.event(&node, step.reason(), format!("{step} done: {detail}"), false)
-                    .await;
+                ctx.event(
+                    &node,
+                    step.reason(),
+                    format!("{step} done: {detail}"),
+                    false,
+                )
+                .await;
             }
             Ok(Outcome::Breach(decision)) => {
                 let reasons = decision.reasons().join("\n  ");
@@ -139,7 +148,8 @@ async fn halt(
     step: Step,
     reason: String,
 ) -> Result<()> {
-    ctx.event(node, "MigrationHalted", reason.clone(), true).await;
+    ctx.event(node, "MigrationHalted", reason.clone(), true)
+        .await;
     state.phase = Phase::Halted {
         node: node.into(),
         step,

@@ -43,22 +43,23 @@ pub async fn find(client: &Client, options: &Options) -> Result<Leftovers> {
         .map(pods::name)
         .collect();
     // Absent CRD or none left: nothing to delete.
-    let node_configs = Api::<CiliumNodeConfig>::namespaced(client.clone(), &options.cilium_namespace)
-        .list(&ListParams::default())
-        .await
-        .map(|l| {
-            l.items
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}/{}",
-                        c.metadata.namespace.as_deref().unwrap_or_default(),
-                        c.metadata.name.as_deref().unwrap_or_default()
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let node_configs =
+        Api::<CiliumNodeConfig>::namespaced(client.clone(), &options.cilium_namespace)
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}/{}",
+                            c.metadata.namespace.as_deref().unwrap_or_default(),
+                            c.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     Ok(Leftovers {
         legacy_pods,
         node_configs,

@@ -31,10 +31,7 @@ impl Default for Thresholds {
 
 impl Thresholds {
     pub fn for_signal(&self, signal: &str) -> f64 {
-        self.per_signal
-            .get(signal)
-            .copied()
-            .unwrap_or(self.default)
+        self.per_signal.get(signal).copied().unwrap_or(self.default)
     }
 }
 
@@ -245,10 +242,10 @@ mod tests {
         let mut t = Thresholds::default();
         t.per_signal.insert("retransmit".into(), 0.05);
         let rows = [
-            row("n1", "n3", "probe_udp", 200, 10),  // 5% > 1%
-            row("n1", "n2", "retransmit", 200, 8),  // 4% <= 5%
-            row("n2", "n3", "delivery", 1000, 10),  // 1% == 1%: passes
-            row("n2", "n1", "probe_tcp", 10, 10),   // too few to judge
+            row("n1", "n3", "probe_udp", 200, 10), // 5% > 1%
+            row("n1", "n2", "retransmit", 200, 8), // 4% <= 5%
+            row("n2", "n3", "delivery", 1000, 10), // 1% == 1%: passes
+            row("n2", "n1", "probe_tcp", 10, 10),  // too few to judge
         ];
         let d = judge(&t, &rows, vec![], vec![], "now".into());
         assert!(!d.passed);
@@ -257,7 +254,10 @@ mod tests {
         assert_eq!(d.breaches[0].row.peer_node, "n3");
         assert_eq!(d.worst["retransmit"], 0.04);
         let reason = &d.reasons()[0];
-        assert!(reason.contains("n1 -> n3") && reason.contains("10 of 200"), "{reason}");
+        assert!(
+            reason.contains("n1 -> n3") && reason.contains("10 of 200"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -267,7 +267,13 @@ mod tests {
         assert!(judge(&t, &rows, vec![], vec![], "now".into()).passed);
         let d = judge(&t, &rows, vec!["agent n3".into()], vec![], "now".into());
         assert!(!d.passed && d.summary().contains("not measured: agent n3"));
-        let d = judge(&t, &rows, vec![], vec!["default/web-1".into()], "now".into());
+        let d = judge(
+            &t,
+            &rows,
+            vec![],
+            vec!["default/web-1".into()],
+            "now".into(),
+        );
         assert!(!d.passed && d.summary().contains("stuck: default/web-1"));
     }
 }

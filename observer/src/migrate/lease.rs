@@ -69,7 +69,9 @@ impl Lease {
                     if watched.as_ref().is_none_or(|(v, _)| *v != version) {
                         watched = Some((version, Instant::now()));
                     }
-                    let seen_for = watched.as_ref().map_or(Duration::ZERO, |(_, at)| at.elapsed());
+                    let seen_for = watched
+                        .as_ref()
+                        .map_or(Duration::ZERO, |(_, at)| at.elapsed());
                     let held_for = spec
                         .lease_duration_seconds
                         .map_or(duration, |s| Duration::from_secs(s.max(1) as u64));
@@ -99,7 +101,9 @@ impl Lease {
                                 let n = spec.lease_transitions.unwrap_or(0);
                                 next.spec.get_or_insert_default().lease_transitions = Some(n + 1);
                             }
-                            api.replace(name, &PostParams::default(), &next).await.map(drop)
+                            api.replace(name, &PostParams::default(), &next)
+                                .await
+                                .map(drop)
                         }
                     }
                 }
@@ -141,7 +145,10 @@ impl Lease {
             let spec = l.spec.get_or_insert_default();
             if spec.holder_identity.as_deref() == Some(self.holder.as_str()) {
                 spec.holder_identity = None;
-                let _ = self.api.replace(&self.name, &PostParams::default(), &l).await;
+                let _ = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &l)
+                    .await;
             }
         }
     }
@@ -189,9 +196,13 @@ async fn renew(
                     lost.store(true, Ordering::Relaxed);
                     return;
                 }
-                api.replace(&name, &PostParams::default(), &lease(&name, &holder, duration, Some(&l)))
-                    .await
-                    .map(drop)
+                api.replace(
+                    &name,
+                    &PostParams::default(),
+                    &lease(&name, &holder, duration, Some(&l)),
+                )
+                .await
+                .map(drop)
             }
             Ok(None) => {
                 eprintln!("crossover: Lease {name} was deleted: stopping");
@@ -203,7 +214,9 @@ async fn renew(
         match result {
             Ok(()) => renewed = Instant::now(),
             Err(e) if renewed.elapsed() >= duration => {
-                eprintln!("crossover: could not renew Lease {name} for {duration:?} ({e}): stopping");
+                eprintln!(
+                    "crossover: could not renew Lease {name} for {duration:?} ({e}): stopping"
+                );
                 lost.store(true, Ordering::Relaxed);
                 return;
             }

@@ -7,8 +7,8 @@ mod driver;
 mod finish;
 pub mod gate;
 mod lease;
-mod pods;
 pub mod plan;
+mod pods;
 pub mod preflight;
 pub mod record;
 pub mod report;
@@ -63,8 +63,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             if !preflight_passes(&ctx).await? {
                 release(ctx).await;
                 return Err(Error::Migration(
-                    "preflight failed: nothing was changed; fix what it names and run again"
-                        .into(),
+                    "preflight failed: nothing was changed; fix what it names and run again".into(),
                 ));
             }
             if !confirm(
@@ -76,7 +75,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 ),
             )? {
                 release(ctx).await;
-                return Err(Error::Migration("not confirmed: nothing was changed".into()));
+                return Err(Error::Migration(
+                    "not confirmed: nothing was changed".into(),
+                ));
             }
             let mut state = State::new(&plan, settings, now());
             store.create(&state).await?;
@@ -90,11 +91,18 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             }
             let lease = take_lease(&client, &args).await?;
             // The settings that judged the first nodes judge the rest.
-            let ctx = Context::new(client, args.common.options(), state.settings.clone(), Some(lease));
+            let ctx = Context::new(
+                client,
+                args.common.options(),
+                state.settings.clone(),
+                Some(lease),
+            );
             print!("{}", state.render());
             if !confirm(resume.yes, "This continues the migration where it stopped.")? {
                 release(ctx).await;
-                return Err(Error::Migration("not confirmed: nothing was changed".into()));
+                return Err(Error::Migration(
+                    "not confirmed: nothing was changed".into(),
+                ));
             }
             state.phase = Phase::Running;
             if !store.save(&state).await? {
@@ -112,7 +120,10 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 _ => {
                     print!("{}", state.render());
                     if matches!(state.phase, Phase::Done { .. }) {
-                        print!("{}", finish::leftovers(&client, &args.common.options()).await?);
+                        print!(
+                            "{}",
+                            finish::leftovers(&client, &args.common.options()).await?
+                        );
                     }
                 }
             }
@@ -124,7 +135,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 *yes,
                 "This stops the running driver at its next step; nodes stay as they are.",
             )? {
-                return Err(Error::Migration("not confirmed: nothing was changed".into()));
+                return Err(Error::Migration(
+                    "not confirmed: nothing was changed".into(),
+                ));
             }
             state.phase = Phase::Aborted { at: now() };
             // Retry over the running driver's own writes.
@@ -139,7 +152,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                     ..fresh
                 };
             }
-            Err(Error::Migration("the state kept changing: run `abort` again".into()))
+            Err(Error::Migration(
+                "the state kept changing: run `abort` again".into(),
+            ))
         }
         MigrateCommand::Rollback { node, yes } => {
             let mut state = store.load().await?;
@@ -158,7 +173,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 ),
             )? {
                 release(ctx).await;
-                return Err(Error::Migration("not confirmed: nothing was changed".into()));
+                return Err(Error::Migration(
+                    "not confirmed: nothing was changed".into(),
+                ));
             }
             let mut record = store.load_record(node).await?;
             let result = rollback::rollback(&ctx, node, &mut record).await;

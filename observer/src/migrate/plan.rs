@@ -117,7 +117,10 @@ fn natural_key(name: &str) -> Vec<(String, u64)> {
             while let Some(d) = chars.next_if(|d| d.is_ascii_digit()) {
                 digits.push(d);
             }
-            out.push((std::mem::take(&mut text), digits.parse().unwrap_or(u64::MAX)));
+            out.push((
+                std::mem::take(&mut text),
+                digits.parse().unwrap_or(u64::MAX),
+            ));
         } else {
             text.push(c);
         }
@@ -130,7 +133,11 @@ impl Plan {
     pub fn render(&self) -> String {
         let mut out = String::from("plan (one node at a time):\n");
         for (i, n) in self.nodes.iter().enumerate() {
-            let role = if n.control_plane { "control plane" } else { "worker" };
+            let role = if n.control_plane {
+                "control plane"
+            } else {
+                "worker"
+            };
             out += &format!("  {:>3}. {:<30} {role}\n", i + 1, n.name);
         }
         for s in &self.skipped {
@@ -198,8 +205,15 @@ mod tests {
             order: o.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        assert_eq!(names(&plan(&nodes, &order(&["c", "a"])).unwrap()), ["c", "a"]);
+        assert_eq!(
+            names(&plan(&nodes, &order(&["c", "a"])).unwrap()),
+            ["c", "a"]
+        );
         assert!(plan(&nodes, &order(&["x"])).unwrap_err().contains("\"x\""));
-        assert!(plan(&nodes, &order(&["a", "a"])).unwrap_err().contains("twice"));
+        assert!(
+            plan(&nodes, &order(&["a", "a"]))
+                .unwrap_err()
+                .contains("twice")
+        );
     }
 }

@@ -31,7 +31,9 @@ impl Report {
         let s = &self.state;
         let phase = match &s.phase {
             Phase::Running => "running (or its driver crashed: `crossover migrate resume`)".into(),
-            Phase::Halted { node, step, at, .. } => format!("**halted** at {at}, node {node}, step {step}"),
+            Phase::Halted { node, step, at, .. } => {
+                format!("**halted** at {at}, node {node}, step {step}")
+            }
             Phase::Aborted { at } => format!("aborted at {at}"),
             Phase::Done { at } => format!("done at {at}"),
         };
@@ -56,11 +58,19 @@ impl Report {
         }
         out += "\n## Nodes\n\n| # | node | role | next step |\n|---|---|---|---|\n";
         for (i, n) in s.nodes.iter().enumerate() {
-            let role = if n.control_plane { "control plane" } else { "worker" };
+            let role = if n.control_plane {
+                "control plane"
+            } else {
+                "worker"
+            };
             let _ = writeln!(out, "| {} | {} | {role} | {} |", i + 1, n.name, n.step);
         }
         for skipped in &s.skipped {
-            let _ = writeln!(out, "| - | {} | skipped | {} |", skipped.name, skipped.reason);
+            let _ = writeln!(
+                out,
+                "| - | {} | skipped | {} |",
+                skipped.name, skipped.reason
+            );
         }
         for r in &self.records {
             node_section(&mut out, r);
@@ -70,7 +80,11 @@ impl Report {
 }
 
 fn node_section(out: &mut String, r: &NodeRecord) {
-    let _ = writeln!(out, "\n## {}\n\n| step | started | ended | outcome | detail |\n|---|---|---|---|---|", r.node);
+    let _ = writeln!(
+        out,
+        "\n## {}\n\n| step | started | ended | outcome | detail |\n|---|---|---|---|---|",
+        r.node
+    );
     for s in &r.steps {
         let _ = writeln!(
             out,
@@ -83,7 +97,14 @@ fn node_section(out: &mut String, r: &NodeRecord) {
         );
     }
     for rb in &r.rollbacks {
-        let _ = writeln!(out, "| rollback | {} | {} | {} | {} |", rb.started, rb.ended, rb.outcome, cell(&rb.detail));
+        let _ = writeln!(
+            out,
+            "| rollback | {} | {} | {} | {} |",
+            rb.started,
+            rb.ended,
+            rb.outcome,
+            cell(&rb.detail)
+        );
     }
     if !r.readings.is_empty() {
         out.push_str("\n### Loss\n");
@@ -108,9 +129,19 @@ fn reading_section(out: &mut String, reading: &Reading) {
     };
     let d = &reading.decision;
     let verdict = if d.passed { "passed" } else { "**closed**" };
-    let _ = writeln!(out, "\n{moment}, at {} ({}): gate {verdict}; {}\n", d.at, reading.step, cell(&d.summary()));
+    let _ = writeln!(
+        out,
+        "\n{moment}, at {} ({}): gate {verdict}; {}\n",
+        d.at,
+        reading.step,
+        cell(&d.summary())
+    );
     let mut rows: Vec<_> = reading.rows.iter().collect();
-    rows.sort_by(|a, b| b.ratio().unwrap_or(0.0).total_cmp(&a.ratio().unwrap_or(0.0)));
+    rows.sort_by(|a, b| {
+        b.ratio()
+            .unwrap_or(0.0)
+            .total_cmp(&a.ratio().unwrap_or(0.0))
+    });
     out.push_str("| node → peer | overlay | networks | signal | sent | lost | ratio |\n|---|---|---|---|---|---|---|\n");
     for row in rows.iter().take(ROWS_SHOWN) {
         let _ = writeln!(
@@ -128,7 +159,11 @@ fn reading_section(out: &mut String, reading: &Reading) {
         );
     }
     if rows.len() > ROWS_SHOWN {
-        let _ = writeln!(out, "\n({} more rows in `--format json`)", rows.len() - ROWS_SHOWN);
+        let _ = writeln!(
+            out,
+            "\n({} more rows in `--format json`)",
+            rows.len() - ROWS_SHOWN
+        );
     }
 }
 

@@ -28,8 +28,13 @@ pub async fn rollback(ctx: &Context, node: &str, record: &mut NodeRecord) -> Res
     if let Ok((decision, rows)) = ctx.judge(node).await {
         record.read(Moment::RolledBack, Step::Uncordon, decision, &rows);
     }
-    ctx.event(node, "MigrationRolledBack", format!("{outcome}: {detail}"), true)
-        .await;
+    ctx.event(
+        node,
+        "MigrationRolledBack",
+        format!("{outcome}: {detail}"),
+        true,
+    )
+    .await;
     result
 }
 

@@ -100,8 +100,12 @@ pub enum Phase {
         at: String,
     },
     /// Stopped by `abort`; `resume` continues like after a halt.
-    Aborted { at: String },
-    Done { at: String },
+    Aborted {
+        at: String,
+    },
+    Done {
+        at: String,
+    },
 }
 
 /// What to do when the gate closes.

@@ -89,7 +89,11 @@ impl Store {
     pub async fn save(&mut self, state: &State) -> Result<bool> {
         let mut cm = self.config_map(&self.name, STATE_KEY, state)?;
         cm.metadata.resource_version = self.version.clone();
-        match self.api.replace(&self.name, &PostParams::default(), &cm).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &cm)
+            .await
+        {
             Ok(written) => {
                 self.version = written.metadata.resource_version;
                 Ok(true)

@@ -73,7 +73,10 @@ pub async fn drain(ctx: &Context, node: &str) -> Result<String> {
             .filter(|p| p.metadata.deletion_timestamp.is_none())
         {
             let name = pods::name(pod);
-            if blocked.get(&name).is_some_and(|(at, _, _)| *at > Instant::now()) {
+            if blocked
+                .get(&name)
+                .is_some_and(|(at, _, _)| *at > Instant::now())
+            {
                 continue;
             }
             match evict(ctx, pod).await? {

@@ -16,7 +16,11 @@ fn unanswered(rows: &[LossRow], node: &str) -> Vec<String> {
         rows.iter().any(|r| {
             r.signal.starts_with("probe_")
                 && r.overlay == overlay
-                && (if from_node { r.node == node } else { r.peer_node == node })
+                && (if from_node {
+                    r.node == node
+                } else {
+                    r.peer_node == node
+                })
                 && r.sent > r.lost
         })
     };
@@ -48,7 +52,11 @@ pub async fn verify(ctx: &Context, node: &str) -> Result<String> {
             cidrs.join(", ")
         )));
     };
-    let with_cilium = format!("{} has {}", pods::name(&pod), pods::ip(&pod).unwrap_or([0; 4].into()));
+    let with_cilium = format!(
+        "{} has {}",
+        pods::name(&pod),
+        pods::ip(&pod).unwrap_or([0; 4].into())
+    );
     let peers = pods::other_nodes(ctx, node).await?;
     if peers == 0 {
         return Ok(format!("{with_cilium}; no other node to probe"));
@@ -64,7 +72,9 @@ pub async fn verify(ctx: &Context, node: &str) -> Result<String> {
         })
     })
     .await?;
-    Ok(format!("{with_cilium}; probes answered both ways on both overlays"))
+    Ok(format!(
+        "{with_cilium}; probes answered both ways on both overlays"
+    ))
 }
 
 #[cfg(test)]
@@ -94,7 +104,10 @@ mod tests {
             // Everything towards n1 on Cilium was lost.
             probe("n2", "n1", "cilium", 100, 100),
         ];
-        assert_eq!(unanswered(&rows, "n1"), ["probes to n1 on the cilium overlay"]);
+        assert_eq!(
+            unanswered(&rows, "n1"),
+            ["probes to n1 on the cilium overlay"]
+        );
         rows.push(probe("n3", "n1", "cilium", 50, 1));
         assert!(unanswered(&rows, "n1").is_empty());
     }

@@ -1,0 +1,179 @@
+//! A lab whose cluster is the fake API server: the server listens on the
+//! underlay bridge (172.18.0.1, reachable from every node as a real API
+//! server is), and `crossover agent --kubeconfig` runs in every node's
+//! namespace, host network, as the DaemonSet does. Each test applies its
+//! own objects. Needs root.
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    apiserver::FakeApiServer,
+    lab::{Lab, LabSpec, plan},
+    netns::{http_get, in_netns, sh},
+};
+
+pub const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
+pub const AGENT_PORT: u16 = 9190;
+pub const PROBE_PORT: u16 = 9191;
+/// The API server's address on the lab's underlay bridge.
+pub const API_ADDR: &str = "172.18.0.1";
+
+pub struct KubeLab {
+    pub lab: Lab,
+    pub server: FakeApiServer,
+    /// Kubeconfig, agents' logs.
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    agents: Vec<Child>,
+    /// Probe responders by the pod network namespace they answer in.
+    probes: HashMap<String, Child>,
+}
+
+impl KubeLab {
+    pub fn up(spec: &LabSpec) -> KubeLab {
+        let lab = Lab::up(spec).unwrap().remove_on_drop();
+        sh(&[
+            "ip",
+            "-n",
+            &lab.underlay_ns(),
+            "addr",
+            "add",
+            &format!("{API_ADDR}/16"),
+            "dev",
+            "underlay",
+        ]);
+        let listener = in_netns(&lab.underlay_ns(), || {
+            TcpListener::bind((API_ADDR, 0)).unwrap()
+        });
+        let server = FakeApiServer::start_on(listener).unwrap();
+        let dir = std::env::temp_dir().join(format!("crossover-kube-{}", lab.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        KubeLab {
+            lab,
+            server,
+            dir,
+            kubeconfig,
+            agents: Vec::new(),
+            probes: HashMap::new(),
+        }
+    }
+
+    /// `crossover agent --kubeconfig` on every node, with `extra` flags.
+    pub fn start_agents(&mut self, extra: &[&str]) {
+        let nodes: Vec<String> = self.lab.nodes().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            let log = std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap();
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.lab.node_ns(&node),
+                    CROSSOVER,
+                    "agent",
+                ])
+                .args(["--kubeconfig", self.kubeconfig.to_str().unwrap()])
+                .args(["--node-name", &node])
+                .args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")])
+                .args(["--probe-port", &PROBE_PORT.to_string()])
+                .args(extra)
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{CROSSOVER}: {e} (cargo build --bin crossover)"));
+            self.agents.push(child);
+        }
+    }
+
+    /// A `crossover probe` responder inside a pod's namespace: what the
+    /// probe DaemonSet's pod runs.
+    pub fn start_probe(&mut self, pod_netns: &str) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", pod_netns, CROSSOVER, "probe"])
+            .args(["--listen", &format!("0.0.0.0:{PROBE_PORT}")])
+            .spawn()
+            .unwrap();
+        if let Some(mut old) = self.probes.insert(pod_netns.into(), child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    pub fn stop_probe(&mut self, pod_netns: &str) {
+        if let Some(mut child) = self.probes.remove(pod_netns) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Agent `j`'s URL for `path`.
+    pub fn url(&self, j: usize, path: &str) -> String {
+        format!("http://{}:{AGENT_PORT}{path}", plan::underlay_addr(j))
+    }
+
+    pub fn agent_urls(&self) -> Vec<String> {
+        (0..self.lab.nodes().count())
+            .map(|j| self.url(j, ""))
+            .collect()
+    }
+
+    /// GET from the control-plane node, as JSON (`Null` when not JSON).
+    pub fn get_json(&self, url: &str) -> Value {
+        let (status, body) = http_get(&self.lab.node_ns("control-plane"), url);
+        serde_json::from_str(&body).unwrap_or_else(|_| {
+            eprintln!("{url}: {status} {body}");
+            Value::Null
+        })
+    }
+
+    /// Every agent ready and reading all its peers.
+    pub fn wait_agents_ready(&self) {
+        let n = self.lab.nodes().count();
+        for j in 0..n {
+            within(
+                Duration::from_secs(30),
+                &format!(
+                    "agent {j} ready and reading its peers (logs in {})",
+                    self.dir.display()
+                ),
+                || {
+                    let status = self.get_json(&self.url(j, "/api/v1/status"));
+                    let peers = status["peer_agents"].as_object()?;
+                    (status["ready"] == true
+                        && peers.len() == n - 1
+                        && peers.values().all(|p| p["up"] == true))
+                    .then_some(())
+                },
+            );
+        }
+    }
+}
+
+impl Drop for KubeLab {
+    fn drop(&mut self) {
+        for child in self.agents.iter_mut().chain(self.probes.values_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns something, for at most `limit`; panics
+/// naming `what` otherwise. Returns the value and how long it took.
+pub fn within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = f() {
+            return (value, started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
