@@ -41,9 +41,18 @@ fn flow_stats_layout() {
 fn small_struct_layouts() {
     assert_eq!(size_of::<PeerKey>(), 8);
     assert_eq!(
-        (offset_of!(PeerKey, overlay), offset_of!(PeerKey, direction)),
-        (4, 5)
+        [
+            offset_of!(PeerKey, overlay),
+            offset_of!(PeerKey, direction),
+            offset_of!(PeerKey, src_net),
+            offset_of!(PeerKey, dst_net),
+        ],
+        [4, 5, 6, 7]
     );
+    // The version entry can never be a packet's key, nor give it a slot.
+    assert_eq!(PEER_ABI_KEY.peer, 0);
+    assert!(Net::from_wire(PEER_ABI_KEY.src_net).is_none());
+    assert_ne!(PEER_ABI_VERSION, 1, "version 1 is the key without networks");
     assert_eq!(size_of::<PeerStats>(), 16);
     assert_eq!(size_of::<AddrInfo>(), 8);
     assert_eq!(offset_of!(AddrInfo, node), 4);
@@ -69,4 +78,13 @@ fn wire_enums_round_trip_and_counters_fill_their_map() {
         assert_eq!(Net::from_wire(net.wire()), Some(*net));
     }
     assert_eq!(Net::from_wire(200), None);
+    assert_eq!(Net::Unknown.label(), "unknown");
+    for net in SLOTTED_NETS {
+        assert_ne!(net, Net::Unknown);
+    }
+    // Slots for every network pair of 1024 nodes on two overlays.
+    assert_eq!(
+        DEFAULT_PEER_SLOT_CAPACITY as usize,
+        1024 * 2 * 2 * SLOTTED_NETS.len() * SLOTTED_NETS.len()
+    );
 }

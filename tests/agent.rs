@@ -220,15 +220,32 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    let delivery = |peer: &str, overlay: &str| {
+    // Per network pair: legacy pod to legacy pod is all the legacy
+    // overlay carried from control-plane to worker-2.
+    let delivery = |peer: &str, overlay: &str, src: &str, dst: &str| {
         rows.iter()
             .find(|r| {
-                r["signal"] == "delivery" && r["peer_node"] == peer && r["overlay"] == overlay
+                r["signal"] == "delivery"
+                    && r["peer_node"] == peer
+                    && r["overlay"] == overlay
+                    && r["src_net"] == src
+                    && r["dst_net"] == dst
             })
-            .unwrap_or_else(|| panic!("no delivery to {peer} on {overlay} in {report:#}"))
+            .unwrap_or_else(|| {
+                panic!("no delivery to {peer} on {overlay} {src}->{dst} in {report:#}")
+            })
     };
-    assert_eq!(delivery("worker-2", "legacy")["lost"], drops, "{report:#}");
-    assert!(delivery("worker-2", "legacy")["sent"].as_u64().unwrap() >= udp.sent);
+    let faulted = delivery("worker-2", "legacy", "legacy", "legacy");
+    assert_eq!(faulted["lost"], drops, "{report:#}");
+    assert!(faulted["sent"].as_u64().unwrap() >= udp.sent);
+    // The TCP connections to worker-1's Cilium pod, SNATed to
+    // control-plane's cilium_host: host to Cilium.
+    assert!(
+        delivery("worker-1", "cilium", "host", "cilium")["sent"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     for r in rows
         .iter()
         .filter(|r| r["signal"] == "delivery" && r["peer_node"] != "worker-2")
@@ -258,13 +275,19 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     let out = loss.output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let row = |from: &str, to: &str, overlay: &str| {
+    let row = |from: &str, to: &str, overlay: &str, src: &str, dst: &str| {
         matrix
             .iter()
-            .find(|d| d["from"] == from && d["to"] == to && d["overlay"] == overlay)
-            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} in {matrix:#?}"))
+            .find(|d| {
+                d["from"] == from
+                    && d["to"] == to
+                    && d["overlay"] == overlay
+                    && d["src_net"] == src
+                    && d["dst_net"] == dst
+            })
+            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
     };
-    let faulty = row("control-plane", "worker-2", "legacy");
+    let faulty = row("control-plane", "worker-2", "legacy", "legacy", "legacy");
     let (sent, received) = (
         faulty["sent"].as_u64().unwrap(),
         faulty["received"].as_u64().unwrap(),
@@ -281,7 +304,9 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         "3% injected, {ratio:.2}% measured"
     );
     assert!(back.sent > 0);
-    row("worker-1", "control-plane", "legacy");
+    // A Cilium pod to a legacy pod, SNATed to worker-1's flannel.1: both
+    // ends count it as host to legacy.
+    row("worker-1", "control-plane", "legacy", "host", "legacy");
     for d in matrix.iter().filter(|d| !std::ptr::eq(*d, faulty)) {
         assert_eq!(d["sent"], d["received"], "no loss elsewhere: {d}");
     }
@@ -331,13 +356,15 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         })
         .collect();
     assert_eq!(
-        faulted
-            .iter()
-            .map(|r| r["lost"].as_u64().unwrap())
-            .sum::<u64>(),
-        drops,
-        "{merged:#}"
+        faulted.len(),
+        1,
+        "one network pair on that overlay: {merged:#}"
     );
+    assert_eq!(
+        (&faulted[0]["src_net"], &faulted[0]["dst_net"]),
+        (&"legacy".into(), &"legacy".into())
+    );
+    assert_eq!(faulted[0]["lost"], drops, "{merged:#}");
     assert!(
         faulted
             .iter()
@@ -390,7 +417,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     assert_eq!(status, 200);
     let egress: u64 = metric(
         &body,
-        "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",direction=\"egress\"}",
+        "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",src_net=\"legacy\",dst_net=\"legacy\",direction=\"egress\"}",
     );
     assert_eq!(egress, sent);
     for line in body.lines().filter(|l| !l.starts_with('#')) {
@@ -412,7 +439,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     );
     let window_lost: u64 = metric(
         &body,
-        "crossover_window_lost{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",src_net=\"all\",dst_net=\"all\",signal=\"delivery\"}",
+        "crossover_window_lost{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",src_net=\"legacy\",dst_net=\"legacy\",signal=\"delivery\"}",
     );
     assert_eq!(window_lost, drops);
     // The three handshakes control-plane opened towards worker-1, as the
@@ -476,7 +503,7 @@ fn a_crashed_agent_restarts_with_its_counters() {
         let (_, body) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
         metric(
             &body,
-            "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",direction=\"egress\"}",
+            "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"host\",dst_net=\"cilium\",direction=\"egress\"}",
         )
     };
     let e = |id: &str| lab.endpoint(id).unwrap();
@@ -530,17 +557,25 @@ fn a_crashed_agent_restarts_with_its_counters() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let row = |from: &str, to: &str, overlay: &str| {
+    let row = |from: &str, to: &str, overlay: &str, src: &str, dst: &str| {
         matrix
             .iter()
-            .find(|d| d["from"] == from && d["to"] == to && d["overlay"] == overlay)
-            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} in {matrix:#?}"))
+            .find(|d| {
+                d["from"] == from
+                    && d["to"] == to
+                    && d["overlay"] == overlay
+                    && d["src_net"] == src
+                    && d["dst_net"] == dst
+            })
+            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
             .clone()
     };
-    // A legacy pod to a Cilium pod goes on the Cilium overlay (SNATed to
-    // cilium_host); the answer comes back on the legacy one.
-    let out_row = row("control-plane", "worker-1", "cilium");
-    let in_row = row("worker-1", "control-plane", "legacy");
+    // A legacy pod to a Cilium pod goes on the Cilium overlay, SNATed to
+    // cilium_host (host to Cilium); the other stream on the legacy one,
+    // SNATed to flannel.1 (host to legacy). Both ends must agree on the
+    // pair for sent and received to meet in one row.
+    let out_row = row("control-plane", "worker-1", "cilium", "host", "cilium");
+    let in_row = row("worker-1", "control-plane", "legacy", "host", "legacy");
     assert!(
         out_row["sent"].as_u64().unwrap() >= from_cp.sent,
         "{out_row} {from_cp:?}"

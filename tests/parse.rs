@@ -6,7 +6,10 @@ use crossover_tests::{
     harness::{Harness, NEXT, two_node_shape},
     packet::{self, ACK, ICMP, L4, RST, SYN, ip, ipv6_frame, tcp, udp},
 };
-use observer::datapath::{FlowRecord, LoadOptions, Snapshot};
+use observer::{
+    datapath::{FlowRecord, LoadOptions, Snapshot},
+    shape::ClusterShape,
+};
 use observer_ebpf::Counter;
 
 const UNDERLAY_IN: &str = "crossover_underlay_ingress";
@@ -612,4 +615,106 @@ fn peer_counts_stay_exact_across_shape_changes() {
     let snap = h.snapshot();
     assert_eq!(sent(&snap), 6);
     assert_eq!(problems(&snap), vec![]);
+}
+
+/// (peer, overlay, direction, src_net, dst_net, packets) of every peer record.
+fn peer_rows(snap: &Snapshot) -> Vec<(std::net::Ipv4Addr, &str, &str, &str, &str, u64)> {
+    snap.peers
+        .iter()
+        .map(|p| {
+            (
+                p.peer,
+                p.overlay,
+                p.direction,
+                p.src_net,
+                p.dst_net,
+                p.packets,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn both_ends_count_a_packet_under_the_same_network_pair() {
+    // Node A's egress and node B's ingress run on the same frames, each
+    // with its own view of the cluster (its own local node): delivery per
+    // network pair only means something if both classify alike.
+    let a = Harness::new(&two_node_shape());
+    let b = Harness::new(&ClusterShape {
+        local_node: Some("node-b".into()),
+        ..two_node_shape()
+    });
+    let frames = [
+        // Legacy pod to legacy pod on the legacy overlay.
+        ip(LEGACY_A, LEGACY_B, udp(1000, 53, b"q")).vxlan(NODE_A, NODE_B, 8472),
+        // A Cilium pod on A to a legacy pod on B, SNATed to A's flannel.1.
+        ip([10, 244, 0, 0], LEGACY_B, tcp(36000, 80, 9, SYN, 0)).vxlan(NODE_A, NODE_B, 8472),
+        // A legacy pod on A to a Cilium pod on B, SNATed to cilium_host.
+        ip([10, 245, 0, 1], CILIUM_B, tcp(35000, 80, 9, SYN, 0)).vxlan(NODE_A, NODE_B, 8473),
+        ip([10, 245, 0, 1], CILIUM_B, tcp(35000, 80, 10, ACK, 5)).vxlan(NODE_A, NODE_B, 8473),
+        // Cilium to Cilium over Geneve, and a probe between cilium_hosts.
+        ip(CILIUM_A, CILIUM_B, udp(5000, 53, b"q")).geneve(NODE_A, NODE_B, 1),
+        ip([10, 245, 0, 1], [10, 245, 1, 1], udp(5001, 9191, b"p")).vxlan(NODE_A, NODE_B, 8473),
+        // An inner packet nobody can key a flow on: IPv6.
+        {
+            let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            payload.extend(ipv6_frame());
+            ip(NODE_A, NODE_B, udp(1, 8472, &payload)).frame()
+        },
+    ];
+    for frame in &frames {
+        run_ok(&a, UNDERLAY_OUT, frame);
+        run_ok(&b, UNDERLAY_IN, frame);
+    }
+    let (sent, received) = (a.snapshot(), b.snapshot());
+    let b_addr = NODE_B.into();
+    assert_eq!(
+        peer_rows(&sent),
+        vec![
+            (b_addr, "cilium", "egress", "cilium", "cilium", 1),
+            (b_addr, "cilium", "egress", "host", "cilium", 2),
+            (b_addr, "cilium", "egress", "host", "host", 1),
+            (b_addr, "legacy", "egress", "host", "legacy", 1),
+            (b_addr, "legacy", "egress", "legacy", "legacy", 1),
+            (b_addr, "legacy", "egress", "unknown", "unknown", 1),
+        ]
+    );
+    let a_addr = NODE_A.into();
+    let mirrored: Vec<_> = peer_rows(&sent)
+        .into_iter()
+        .map(|(_, o, _, s, d, n)| (a_addr, o, "ingress", s, d, n))
+        .collect();
+    assert_eq!(peer_rows(&received), mirrored);
+    assert_eq!(problems(&sent), vec![("inner_ipv6", 1)]);
+}
+
+#[test]
+fn a_packet_refused_by_the_full_flow_table_keeps_its_network_pair() {
+    let options = LoadOptions {
+        flow_capacity: 1,
+        ..LoadOptions::default()
+    };
+    let h = Harness::with_options(&two_node_shape(), options);
+    run_ok(
+        &h,
+        UNDERLAY_OUT,
+        &ip(LEGACY_A, LEGACY_B, udp(1000, 53, b"q")).vxlan(NODE_A, NODE_B, 8472),
+    );
+    run_ok(
+        &h,
+        UNDERLAY_OUT,
+        &ip(CILIUM_A, LEGACY_B, udp(1001, 53, b"q")).vxlan(NODE_A, NODE_B, 8472),
+    );
+    let snap = h.snapshot();
+    assert_eq!(problems(&snap), vec![("flow_map_full", 1)]);
+    assert_eq!(snap.flows.len(), 1);
+    let b = NODE_B.into();
+    assert_eq!(
+        peer_rows(&snap),
+        vec![
+            (b, "legacy", "egress", "cilium", "legacy", 1),
+            (b, "legacy", "egress", "legacy", "legacy", 1),
+        ],
+        "counted once, with the networks its peer will see"
+    );
 }

@@ -288,7 +288,9 @@ fn prober_loses_by_reason_and_follows_target_changes() {
     let ns = Netns::new("prp");
     let rt = NsRuntime::start(&ns.name);
     let (addr, counters) = rt.responder("127.0.0.1:0".parse().unwrap(), 64);
-    // Nothing listens on port 1: TCP is refused, UDP goes unanswered.
+    // Nothing listens on port 1: the SYN gets an RST, the datagram an ICMP
+    // port unreachable. Both are refusals, not loss: the network delivered
+    // the probe and the peer said nobody listens.
     let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let stats = ProbeStats::new(Duration::from_secs(2));
     let config = ProberConfig {
@@ -318,10 +320,9 @@ fn prober_loses_by_reason_and_follows_target_changes() {
         Net::Host,
         Signal::ProbeUdp,
     );
-    assert!(
-        udp.lost >= 15 && lost_for(udp, LossReason::Timeout) == udp.lost,
-        "{udp:?}"
-    );
+    assert!(udp.refused >= 20 && udp.lost == 0, "{udp:?}");
+    assert_eq!(udp.received, 0);
+    assert_eq!(lost_for(udp, LossReason::Timeout), 0);
     let tcp = totals_of(
         &totals,
         "closed",
@@ -329,11 +330,16 @@ fn prober_loses_by_reason_and_follows_target_changes() {
         Net::Host,
         Signal::ProbeTcp,
     );
-    assert!(
-        tcp.lost >= 20 && lost_for(tcp, LossReason::Refused) == tcp.lost,
-        "{tcp:?}"
-    );
+    assert!(tcp.refused >= 20 && tcp.lost == 0, "{tcp:?}");
     assert_eq!(tcp.received, 0);
+    for w in stats
+        .window(Instant::now())
+        .iter()
+        .filter(|w| w.key.peer_node == "closed")
+    {
+        assert!(w.refused > 0 && w.lost == 0, "{w:?}");
+        assert_eq!(w.loss_ratio, None, "refusals are outside the ratio: {w:?}");
+    }
 
     // The peer goes: its probes stop at once, its series once its last
     // probe resolved and the (2 s) window passed.

@@ -419,3 +419,60 @@ fn check_nothing_left(nodes: &TwoNodes, pins: &TestPins, progs: &[u32], maps: &[
         assert!(gone("map", *id), "map {id} remains");
     }
 }
+
+/// Pinned per-peer maps of a binary whose PeerKey had no networks (ABI 1:
+/// same sizes, no version entry) are recreated, not misread; the flows
+/// carry on.
+#[test]
+fn pinned_peer_maps_of_another_abi_are_recreated() {
+    use aya::maps::{HashMap, Map, MapData};
+    use observer_ebpf::{PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED, PeerKey};
+    let nodes = TwoNodes::with_prefix("abi");
+    let pins = TestPins::new();
+    let first = load(&nodes.a, &pins, LoadOptions::default());
+    let stream = Stream::start(&nodes);
+    sleep(Duration::from_millis(200));
+    let (sent, _) = stream.stop();
+    assert_eq!(counts(&first.snapshot().unwrap()), [sent; 3]);
+    drop(first);
+
+    let slots_pin = pins.path.join("maps").join(map::PEER_SLOTS);
+    let open = || -> HashMap<MapData, PeerKey, u32> {
+        Map::HashMap(MapData::from_pin(&slots_pin).unwrap())
+            .try_into()
+            .unwrap()
+    };
+    assert_eq!(
+        open().get(&PEER_ABI_KEY, 0).unwrap(),
+        PEER_SLOT_RETIRED | PEER_ABI_VERSION,
+        "the version is kept beside the slots"
+    );
+    // What an agent of ABI 1 left behind: no version entry.
+    open().remove(&PEER_ABI_KEY).unwrap();
+
+    let second = load(&nodes.a, &pins, LoadOptions::default());
+    let report = second.pin_report().unwrap();
+    let mut recreated: Vec<(&str, &str)> =
+        report.recreated.iter().map(|r| (r.map, r.reason)).collect();
+    recreated.sort();
+    assert_eq!(
+        recreated,
+        [
+            (map::PEERS, "peer ABI differs"),
+            (map::PEER_SLOTS, "peer ABI differs"),
+            (map::PEER_STATS, "coupled"),
+        ],
+        "{report:?}"
+    );
+    assert!(report.reused.contains(&map::FLOWS), "{report:?}");
+    assert_eq!(counts(&second.snapshot().unwrap()), [sent, sent, 0]);
+    assert_eq!(
+        open().get(&PEER_ABI_KEY, 0).unwrap(),
+        PEER_SLOT_RETIRED | PEER_ABI_VERSION
+    );
+    let stream = Stream::start(&nodes);
+    sleep(Duration::from_millis(200));
+    let (more, _) = stream.stop();
+    // The new stream is a new flow; the peer counts from zero.
+    assert_eq!(counts(&second.snapshot().unwrap())[2], more);
+}

@@ -30,9 +30,17 @@ pub mod map {
 
 /// Default capacities; userspace overrides them at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
+/// Peers and network pairs without a slot: nodes beyond the slots, pairs
+/// with an external or unknown end, peers not in the shape.
 pub const DEFAULT_PEER_CAPACITY: u32 = 4_096;
-/// Room for 4096 nodes at 4 slots each (two overlays, two directions).
-pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 16_384;
+/// Room for 1024 nodes at 36 slots each: two overlays, two directions and
+/// the 9 network pairs of legacy, Cilium and host ([`SLOTTED_NETS`]).
+/// PEER_STATS is per CPU and preallocated: 16 B x slots per CPU (576 KiB).
+/// Nodes beyond it are counted in the PEERS hash.
+pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 36_864;
+/// Networks whose pairs get a PEER_STATS slot: what pods and nodes of the
+/// cluster send over an overlay.
+pub const SLOTTED_NETS: [Net; 3] = [Net::Legacy, Net::Cilium, Net::Host];
 pub const DEFAULT_ADDR_CAPACITY: u32 = 16_384;
 
 /// Number of encapsulation port slots in [`Config`].
@@ -83,6 +91,10 @@ wire_enum! {
         Cilium = 2 => "cilium",
         /// A node's own address, underlay or overlay.
         Host = 3 => "host",
+        /// Only in [`PeerKey`]: a packet counted towards its peer without
+        /// a flow (its inner packet could not be parsed), so without
+        /// networks. Both ends parse the same bytes, so both count it here.
+        Unknown = 4 => "unknown",
     }
 }
 
@@ -296,8 +308,8 @@ pub struct FlowStats {
     /// OR of every TCP flag byte seen.
     pub tcp_flags: u8,
     pub _pad: [u8; 3],
-    /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction) on the
-    /// underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
+    /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction,
+    /// networks) on the underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
     /// slot (its packets go straight to the PEERS hash).
     pub peer_slot: u32,
 }
@@ -312,7 +324,7 @@ pub const NO_PEER_SLOT: u32 = u32::MAX;
 /// there (slots are never reused), also after a restart.
 pub const PEER_SLOT_RETIRED: u32 = 1 << 31;
 
-/// Key of [`PEERS`](map::PEERS).
+/// Key of [`PEERS`](map::PEERS) and [`PEER_SLOTS`](map::PEER_SLOTS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -323,8 +335,29 @@ pub struct PeerKey {
     pub overlay: u8,
     /// [`Direction`] wire value: egress is sent to the peer, ingress received.
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// [`Net`] of the inner packet's source and destination, as its flow
+    /// classified them (the same on both nodes: same addresses, same
+    /// ranges); [`Net::Unknown`] when counted without a flow.
+    pub src_net: u8,
+    pub dst_net: u8,
 }
+
+/// Meaning of [`PeerKey`] and of the maps keyed by it. Version 1 had no
+/// networks (their bytes were padding, so its keys have the same size);
+/// userspace keeps the version in PEER_SLOTS under [`PEER_ABI_KEY`] and
+/// recreates pinned per-peer maps that lack it or hold another.
+pub const PEER_ABI_VERSION: u32 = 2;
+
+/// The PEER_SLOTS entry that holds [`PEER_ABI_VERSION`] (with
+/// [`PEER_SLOT_RETIRED`] set, so the kernel would see "no slot" should it
+/// ever look it up). No packet has peer 0.
+pub const PEER_ABI_KEY: PeerKey = PeerKey {
+    peer: 0,
+    overlay: u8::MAX,
+    direction: u8::MAX,
+    src_net: u8::MAX,
+    dst_net: u8::MAX,
+};
 
 /// Value of [`PEERS`](map::PEERS), per CPU.
 #[repr(C)]

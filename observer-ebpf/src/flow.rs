@@ -37,7 +37,9 @@ pub struct Seen {
 /// counters. On the underlay, plain traffic that is neither pod traffic nor
 /// node to node is left out (and counted as such): the flow table is for the
 /// cluster, not for every SSH session to a node. On `Err` the peer was not
-/// counted; the caller does that for encapsulated packets.
+/// counted, except for [`Counter::FlowMapFull`]: the packet was classified
+/// and its peer counted with its networks, as its peer node counts it. The
+/// caller counts the others for encapsulated packets.
 #[inline(always)]
 pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Counter> {
     let key = FlowKey {
@@ -56,23 +58,23 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
-        let (peer, overlay, slot) = unsafe {
+        let (class, slot) = unsafe {
             update(stats, ip, l4, now);
-            ((*stats).peer, (*stats).overlay, (*stats).peer_slot)
+            (Class::of(&*stats), (*stats).peer_slot)
         };
-        count_underlay(seen, peer, overlay, slot, frame_len);
+        count_underlay(seen, class, slot, frame_len);
         return Ok(());
     }
 
     let mut fresh = classify(seen, ip)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
-    fresh.peer_slot =
-        underlay_peer(seen, fresh.peer, fresh.overlay).map_or(0, |key| match peer_slot(&key) {
-            0 => NO_PEER_SLOT,
-            slot => slot,
-        });
-    let (peer, overlay, slot) = (fresh.peer, fresh.overlay, fresh.peer_slot);
+    let class = Class::of(&fresh);
+    fresh.peer_slot = underlay_peer(seen, class).map_or(0, |key| match peer_slot(&key) {
+        0 => NO_PEER_SLOT,
+        slot => slot,
+    });
+    let slot = fresh.peer_slot;
     apply_first(&mut fresh, ip, l4);
     match FLOWS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
@@ -83,47 +85,73 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
                 unsafe { update(stats, ip, l4, now) };
             }
         }
-        Err(_) => return Err(Counter::FlowMapFull),
+        Err(_) => {
+            // The peer node counts this packet with its networks (its own
+            // table may have room): so does this one, the long way.
+            count_underlay(seen, class, 0, frame_len);
+            return Err(Counter::FlowMapFull);
+        }
     }
-    count_underlay(seen, peer, overlay, slot, frame_len);
+    count_underlay(seen, class, slot, frame_len);
     Ok(())
 }
 
-/// Whom an underlay packet of a flow with this `peer` and `overlay` is sent
-/// to or received from: the tunnel's other end, or for unencapsulated pod
-/// traffic the node owning the remote range.
-#[inline(always)]
-fn underlay_peer(seen: Seen, peer: u32, overlay: u8) -> Option<PeerKey> {
-    let direction = seen.direction.wire();
-    if seen.point != Point::Underlay {
-        None
-    } else if seen.outer_peer != 0 {
-        Some(PeerKey {
-            peer: seen.outer_peer,
-            overlay: seen.overlay.wire(),
-            direction,
-            _pad: [0; 2],
-        })
-    } else if overlay == Overlay::Native.wire() && peer != 0 {
-        Some(PeerKey {
-            peer,
-            overlay,
-            direction,
-            _pad: [0; 2],
-        })
-    } else {
-        None
+/// What of a flow's classification its peer counters are keyed by.
+#[derive(Clone, Copy)]
+struct Class {
+    peer: u32,
+    overlay: u8,
+    src_net: u8,
+    dst_net: u8,
+}
+
+impl Class {
+    #[inline(always)]
+    fn of(stats: &FlowStats) -> Self {
+        Class {
+            peer: stats.peer,
+            overlay: stats.overlay,
+            src_net: stats.src_net,
+            dst_net: stats.dst_net,
+        }
     }
+}
+
+/// Whom an underlay packet of a flow of this class is sent to or received
+/// from: the tunnel's other end, or for unencapsulated pod traffic the node
+/// owning the remote range.
+#[inline(always)]
+fn underlay_peer(seen: Seen, class: Class) -> Option<PeerKey> {
+    let peer = if seen.point != Point::Underlay {
+        return None;
+    } else if seen.outer_peer != 0 {
+        seen.outer_peer
+    } else if class.overlay == Overlay::Native.wire() && class.peer != 0 {
+        class.peer
+    } else {
+        return None;
+    };
+    Some(PeerKey {
+        peer,
+        overlay: if seen.outer_peer != 0 {
+            seen.overlay.wire()
+        } else {
+            class.overlay
+        },
+        direction: seen.direction.wire(),
+        src_net: class.src_net,
+        dst_net: class.dst_net,
+    })
 }
 
 /// Counts an underlay packet towards its peer: through the slot the flow
 /// remembered when this packet's peer is the flow's, the long way otherwise.
 #[inline(always)]
-fn count_underlay(seen: Seen, peer: u32, overlay: u8, slot: u32, frame_len: u32) {
-    let Some(key) = underlay_peer(seen, peer, overlay) else {
+fn count_underlay(seen: Seen, class: Class, slot: u32, frame_len: u32) {
+    let Some(key) = underlay_peer(seen, class) else {
         return;
     };
-    if slot == 0 || key.peer != peer || key.overlay != overlay {
+    if slot == 0 || key.peer != class.peer || key.overlay != class.overlay {
         count_peer(&key, frame_len);
     } else if slot == NO_PEER_SLOT {
         count_unslotted(&key, frame_len);

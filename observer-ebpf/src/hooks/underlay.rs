@@ -3,7 +3,7 @@
 //! delivery figure) and then parsed down to the inner flow; plain pod
 //! traffic is the native overlay of routed CNIs.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Overlay, PeerKey, Point};
+use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Net, Overlay, PeerKey, Point};
 
 use super::{finish, observe_frame};
 use crate::{
@@ -49,14 +49,16 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
                 outer_peer: peer,
             };
             let result = observe_tunnel(ctx, ip.l4_offset + UDP_HLEN, encap, seen);
-            if result.is_err() {
+            if matches!(result, Err(reason) if reason != Counter::FlowMapFull) {
                 // Whatever is wrong inside, the datagram went to (or came
                 // from) the peer: delivery is counted on the outer header.
+                // Its peer parses the same bytes, so finds the same fault.
                 let key = PeerKey {
                     peer,
                     overlay: encap.overlay,
                     direction: direction.wire(),
-                    _pad: [0; 2],
+                    src_net: Net::Unknown.wire(),
+                    dst_net: Net::Unknown.wire(),
                 };
                 count_peer(&key, ctx.len());
             }

@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::window::LossRow;
+use super::window::{ALL, LossRow};
 use crate::{
     Error, Result,
     cluster::index::Identity,
@@ -65,6 +65,13 @@ pub struct PeerCount {
     pub overlay: String,
     /// "egress": sent to the peer; "ingress": received from it.
     pub direction: String,
+    /// Networks of the inner packets' ends. Absent from agents before
+    /// delivery per network pair: "all", and such a peer's pairs are
+    /// compared per overlay only.
+    #[serde(default = "all")]
+    pub src_net: String,
+    #[serde(default = "all")]
+    pub dst_net: String,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -75,6 +82,8 @@ impl From<&PeerRecord> for PeerCount {
             peer: p.peer,
             overlay: p.overlay.into(),
             direction: p.direction.into(),
+            src_net: p.src_net.into(),
+            dst_net: p.dst_net.into(),
             packets: p.packets,
             bytes: p.bytes,
         }
@@ -99,6 +108,11 @@ impl PeersReport {
             .iter()
             .map(|d| d.label())
             .collect();
+        let nets: Vec<&'static str> = observer_ebpf::Net::ALL
+            .iter()
+            .map(|n| n.label())
+            .chain([ALL])
+            .collect();
         self.peers
             .iter()
             .map(|p| {
@@ -106,6 +120,8 @@ impl PeersReport {
                     peer: p.peer,
                     overlay: known(&p.overlay, &overlays)?,
                     direction: known(&p.direction, &directions)?,
+                    src_net: known(&p.src_net, &nets)?,
+                    dst_net: known(&p.dst_net, &nets)?,
                     packets: p.packets,
                     bytes: p.bytes,
                 })
@@ -124,6 +140,10 @@ pub fn views<'a>(reports: &'a [(PeersReport, Vec<PeerRecord>)]) -> Vec<NodeView<
             peers: records,
         })
         .collect()
+}
+
+fn all() -> String {
+    ALL.into()
 }
 
 /// One agent's peers report, checked against this version.

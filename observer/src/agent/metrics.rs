@@ -38,12 +38,12 @@ pub fn render(
     let underlay: [(&'static str, &str, Value<PeerRecord>); 2] = [
         (
             "crossover_underlay_packets_total",
-            "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay.",
+            "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay and network pair of the inner packets.",
             |p| p.packets,
         ),
         (
             "crossover_underlay_bytes_total",
-            "Bytes on the underlay to or from a peer node, per overlay.",
+            "Bytes on the underlay to or from a peer node, per overlay and network pair.",
             |p| p.bytes,
         ),
     ];
@@ -55,6 +55,8 @@ pub fn render(
                 ("node", node),
                 ("peer_node", peer.as_str()),
                 ("overlay", p.overlay),
+                ("src_net", p.src_net),
+                ("dst_net", p.dst_net),
                 ("direction", p.direction),
             ];
             f.sample(&labels, value(p));

@@ -71,7 +71,8 @@ impl Probing {
     }
 
     /// The probes' window as loss rows: sent is what resolved (answered or
-    /// timed out), so probes in flight never count as lost.
+    /// timed out), so probes in flight never count as lost; refused probes
+    /// (nothing listens) are apart.
     pub fn loss(&self, node: &str) -> Vec<LossRow> {
         self.stats
             .window(Instant::now())
@@ -85,6 +86,7 @@ impl Probing {
                 signal: w.key.signal.label().into(),
                 sent: w.received + w.lost,
                 lost: w.lost,
+                refused: w.refused,
                 seconds: w.seconds,
             })
             .collect()

@@ -37,6 +37,10 @@ pub struct LossRow {
     pub signal: String,
     pub sent: u64,
     pub lost: u64,
+    /// Probes the peer refused (nothing listening: TCP RST, ICMP port
+    /// unreachable): in neither `sent` nor `lost`. 0 for other signals.
+    #[serde(default)]
+    pub refused: u64,
     /// Seconds the figures cover (less than the window while it fills).
     pub seconds: f64,
 }
@@ -70,7 +74,8 @@ pub struct Sample {
     pub at_ns: u64,
     /// Peers whose agents answered this round.
     pub read: Vec<String>,
-    /// This node to each of them, per overlay that ever carried anything.
+    /// This node to each of them, per overlay and network pair that ever
+    /// carried anything.
     pub outgoing: Vec<Delivery>,
     pub tcp: BTreeMap<TcpKey, TcpTotals>,
 }
@@ -120,10 +125,10 @@ impl Windows {
         for now in &newest.outgoing {
             let first = self.samples.iter().find(|s| s.read.contains(&now.to));
             let first = first.expect("the newest sample read it");
-            let before = first
-                .outgoing
-                .iter()
-                .find(|d| d.to == now.to && d.overlay == now.overlay);
+            let before = first.outgoing.iter().find(|d| {
+                (d.to.as_str(), d.overlay, d.src_net, d.dst_net)
+                    == (now.to.as_str(), now.overlay, now.src_net, now.dst_net)
+            });
             let since = first.at_ns;
             let sent = now.sent - before.map_or(0, |b| b.sent.min(now.sent));
             let received = now.received - before.map_or(0, |b| b.received.min(now.received));
@@ -131,11 +136,12 @@ impl Windows {
                 node: node.into(),
                 peer_node: now.to.clone(),
                 overlay: now.overlay.into(),
-                src_net: ALL.into(),
-                dst_net: ALL.into(),
+                src_net: now.src_net.into(),
+                dst_net: now.dst_net.into(),
                 signal: signal::DELIVERY.into(),
                 sent,
                 lost: sent.saturating_sub(received),
+                refused: 0,
                 seconds: seconds(newest.at_ns - since),
             });
         }
@@ -172,6 +178,7 @@ fn tcp_row(node: &str, (peer, overlay, src, dst): &TcpKey, signal: &str) -> Loss
         signal: signal.into(),
         sent: 0,
         lost: 0,
+        refused: 0,
         seconds: 0.0,
     }
 }
@@ -189,6 +196,8 @@ mod tests {
             from: "a".into(),
             to: to.into(),
             overlay: "cilium",
+            src_net: "legacy",
+            dst_net: "cilium",
             sent,
             received,
         }

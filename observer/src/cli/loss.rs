@@ -188,6 +188,12 @@ pub fn table(matrix: &LossMatrix) -> String {
             percent(r.ratio())
         );
     }
+    for r in matrix.rows.iter().filter(|r| r.refused > 0) {
+        out += &format!(
+            "refused: {} -> {} {} {}: {} probes refused, nothing listening (not loss)\n",
+            r.node, r.peer_node, r.overlay, r.signal, r.refused
+        );
+    }
     for u in &matrix.unreachable {
         out += &format!(
             "unreachable: {} could not read {}'s agent; pairs {} -> {} are missing\n",

@@ -18,7 +18,8 @@ use aya::{
 use ipnet::Ipv4Net;
 use observer_ebpf::{
     AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
-    DEFAULT_PEER_SLOT_CAPACITY, Direction, PEER_SLOT_RETIRED, PeerKey, map,
+    DEFAULT_PEER_SLOT_CAPACITY, Direction, PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED,
+    PeerKey, SLOTTED_NETS, map,
 };
 
 pub use ageing::{AgedSummary, AgeingPolicy, Retired, RetiredGroup, RetiredReport, RetiredTotals};
@@ -48,7 +49,8 @@ pub struct LoadOptions {
     pub flow_capacity: u32,
     /// Entries of the PEERS hash, for peers the shape does not name.
     pub peer_capacity: u32,
-    /// Slots for the (peer, overlay, direction) triples of named nodes.
+    /// Slots for the (peer, overlay, direction, network pair) of named
+    /// nodes; PEER_SLOTS holds one more entry, the ABI version.
     pub peer_slot_capacity: u32,
     pub addr_capacity: u32,
     pub attach_mode: AttachMode,
@@ -90,6 +92,9 @@ pub struct Observer {
     /// them (peers that left the shape marked retired), so a restarted
     /// process reads them back.
     peer_slots: BTreeMap<PeerKey, u32>,
+    /// Keys of the shape's nodes left without a slot (PEER_STATS full):
+    /// counted in the PEERS hash instead.
+    slotless: usize,
     /// The locked pin directory, when pinning.
     pins: Option<PinDir>,
     pin_report: Option<PinReport>,
@@ -107,7 +112,7 @@ impl Observer {
         loader
             .map_max_entries(map::FLOWS, options.flow_capacity)
             .map_max_entries(map::PEERS, options.peer_capacity)
-            .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity)
+            .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity + 1)
             .map_max_entries(map::PEER_STATS, options.peer_slot_capacity)
             .map_max_entries(map::ADDRS, options.addr_capacity);
         let pins = options.pin_path.as_deref().map(PinDir::open).transpose()?;
@@ -143,6 +148,7 @@ impl Observer {
             attached: BTreeMap::new(),
             addrs: BTreeMap::new(),
             peer_slots: BTreeMap::new(),
+            slotless: 0,
             pins,
             pin_report,
             retired: Retired::default(),
@@ -160,7 +166,9 @@ impl Observer {
         let slots: HashMap<&MapData, PeerKey, u32> = map_ref(&self.ebpf, map::PEER_SLOTS)?;
         for entry in slots.iter() {
             let (key, slot) = entry.map_err(Error::map(map::PEER_SLOTS))?;
-            self.peer_slots.insert(key, slot & !PEER_SLOT_RETIRED);
+            if key != PEER_ABI_KEY {
+                self.peer_slots.insert(key, slot & !PEER_SLOT_RETIRED);
+            }
         }
         let trie: LpmTrie<&MapData, u32, AddrInfo> = map_ref(&self.ebpf, map::ADDRS)?;
         for entry in trie.iter() {
@@ -257,8 +265,12 @@ impl Observer {
         self.assign_peer_slots(shape)
     }
 
-    /// Gives every (other node, overlay, direction) a PEER_STATS slot, so
-    /// the kernel counts known peers without a hash lookup per packet.
+    /// Gives every (other node, overlay, direction, network pair of
+    /// [`SLOTTED_NETS`]) a PEER_STATS slot, so the kernel counts known
+    /// peers without a hash lookup per packet. Slots go in the shape's node
+    /// order while PEER_STATS has room; the rest, pairs with an external
+    /// or unknown end and peers outside the shape are counted in the PEERS
+    /// hash: one lookup more, never uncounted ([`Observer::slotless`]).
     /// Nodes that left the shape keep their slot (their counts stay
     /// readable) but leave PEER_SLOTS, so new traffic to them is counted
     /// in the PEERS hash.
@@ -269,28 +281,44 @@ impl Observer {
         for node in shape.nodes.iter().filter(|n| Some(n.underlay) != local) {
             for overlay in &overlays {
                 for direction in [Direction::Ingress, Direction::Egress] {
-                    wanted.push(PeerKey {
-                        peer: wire_addr(node.underlay),
-                        overlay: overlay.wire(),
-                        direction: direction.wire(),
-                        _pad: [0; 2],
-                    });
+                    for src in SLOTTED_NETS {
+                        for dst in SLOTTED_NETS {
+                            wanted.push(PeerKey {
+                                peer: wire_addr(node.underlay),
+                                overlay: overlay.wire(),
+                                direction: direction.wire(),
+                                src_net: src.wire(),
+                                dst_net: dst.wire(),
+                            });
+                        }
+                    }
                 }
             }
         }
+        let wanted_set: std::collections::BTreeSet<PeerKey> = wanted.iter().copied().collect();
         let capacity = self.options.peer_slot_capacity;
         // Slots are never reused: the next is past every one handed out.
         let mut next = self.peer_slots.values().map(|s| s + 1).max().unwrap_or(0);
         let mut slots: HashMap<&mut MapData, PeerKey, u32> =
             map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
+        // Which meaning the keys have, for a restarted agent of another
+        // build (docs/restarts.md).
+        slots
+            .insert(PEER_ABI_KEY, PEER_SLOT_RETIRED | PEER_ABI_VERSION, 0)
+            .map_err(Error::map(map::PEER_SLOTS))?;
         // Peers that left keep their entry, marked retired: the kernel
         // treats them as slotless, and a restarted process still knows
         // the slot is taken (and whose counts it holds).
-        for (key, slot) in self.peer_slots.iter().filter(|(k, _)| !wanted.contains(k)) {
+        for (key, slot) in self
+            .peer_slots
+            .iter()
+            .filter(|(k, _)| !wanted_set.contains(k))
+        {
             slots
                 .insert(*key, slot | PEER_SLOT_RETIRED, 0)
                 .map_err(Error::map(map::PEER_SLOTS))?;
         }
+        let mut slotless = 0;
         for key in wanted {
             let slot = match self.peer_slots.get(&key) {
                 Some(slot) => *slot,
@@ -300,18 +328,24 @@ impl Observer {
                     next - 1
                 }
                 None => {
-                    return Err(Error::MapFull {
-                        map: map::PEER_STATS,
-                        capacity,
-                        what: "one slot per other node, overlay and direction".into(),
-                    });
+                    slotless += 1;
+                    continue;
                 }
             };
             slots
                 .insert(key, slot, 0)
                 .map_err(Error::map(map::PEER_SLOTS))?;
         }
+        self.slotless = slotless;
         Ok(())
+    }
+
+    /// (peer, overlay, direction, network pair) keys of the shape's nodes
+    /// that found PEER_STATS full: counted in the PEERS hash, a lookup
+    /// more per packet. Zero unless the cluster outgrew
+    /// `peer_slot_capacity`.
+    pub fn slotless(&self) -> usize {
+        self.slotless
     }
 
     /// Attaches `hook`'s ingress and egress programs to `iface`. Attaching

@@ -26,11 +26,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap, Map, MapData};
 use aya::{
     EbpfLoader,
     maps::{MapInfo, MapType},
 };
-use observer_ebpf::{AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PeerKey, PeerStats, map};
+use observer_ebpf::{
+    AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PEER_ABI_KEY, PEER_ABI_VERSION,
+    PEER_SLOT_RETIRED, PeerKey, PeerStats, map,
+};
 use serde::Serialize;
 
 use super::{Hook, LoadOptions, sys};
@@ -107,7 +111,7 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 7] {
                 MapType::Hash,
                 size_of::<PeerKey>(),
                 u32s,
-                options.peer_slot_capacity,
+                options.peer_slot_capacity + 1,
                 0,
             ),
         ),
@@ -148,6 +152,11 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 7] {
 /// names a PEER_STATS slot, so one is never replaced without the other.
 const COUPLED: [&str; 2] = [map::PEER_SLOTS, map::PEER_STATS];
 
+/// Maps keyed by [`PeerKey`]: their keys mean what
+/// [`PEER_ABI_VERSION`] says, which sizes cannot show (version 1 had the
+/// networks' bytes as padding).
+const PEER_KEYED: [&str; 2] = [map::PEER_SLOTS, map::PEERS];
+
 /// A pinned map that did not fit this binary and was replaced: its
 /// counters restarted from zero.
 #[derive(Clone, Debug, Serialize)]
@@ -157,6 +166,8 @@ pub struct Recreated {
     /// is coupled with was.
     pub pinned: Option<Geometry>,
     pub wanted: Geometry,
+    /// "geometry differs", "peer ABI differs" or "coupled".
+    pub reason: &'static str,
 }
 
 /// What loading found in the pin directory.
@@ -273,7 +284,7 @@ impl PinDir {
         report: &mut PinReport,
     ) -> Result<()> {
         let wanted = wanted(options);
-        let mut misfits: Vec<(&'static str, Option<Geometry>)> = Vec::new();
+        let mut misfits: Vec<(&'static str, Option<Geometry>, &'static str)> = Vec::new();
         for (name, want) in &wanted {
             let path = self.map(name);
             if !path.exists() {
@@ -285,18 +296,27 @@ impl PinDir {
             if pinned == *want {
                 report.reused.push(name);
             } else {
-                misfits.push((name, Some(pinned)));
+                misfits.push((name, Some(pinned), "geometry differs"));
             }
         }
-        if misfits.iter().any(|(n, _)| COUPLED.contains(n)) {
-            for name in COUPLED {
-                if !misfits.iter().any(|(n, _)| *n == name) && self.map(name).exists() {
+        if report.reused.contains(&map::PEER_SLOTS) && !self.peer_abi_matches()? {
+            for name in PEER_KEYED {
+                if report.reused.contains(&name) {
                     report.reused.retain(|n| *n != name);
-                    misfits.push((name, None));
+                    let info = MapInfo::from_pin(self.map(name)).map_err(Error::map(name))?;
+                    misfits.push((name, Some(Geometry::of(&info)), "peer ABI differs"));
                 }
             }
         }
-        for (name, pinned) in misfits {
+        if misfits.iter().any(|(n, _, _)| COUPLED.contains(n)) {
+            for name in COUPLED {
+                if !misfits.iter().any(|(n, _, _)| *n == name) && self.map(name).exists() {
+                    report.reused.retain(|n| *n != name);
+                    misfits.push((name, None, "coupled"));
+                }
+            }
+        }
+        for (name, pinned, reason) in misfits {
             // Programs still attached keep the old map alive until their
             // links get this process's programs; then it is freed.
             fs::remove_file(self.map(name))
@@ -306,12 +326,26 @@ impl PinDir {
                 map: name,
                 pinned,
                 wanted: want.expect("every misfit is a wanted map"),
+                reason,
             });
         }
         for (name, _) in &wanted {
             loader.map_pin_path(name, self.map(name));
         }
         Ok(())
+    }
+}
+
+impl PinDir {
+    /// Whether the pinned PEER_SLOTS holds this build's
+    /// [`PEER_ABI_VERSION`]. Builds before the version entry wrote none.
+    fn peer_abi_matches(&self) -> Result<bool> {
+        let path = self.map(map::PEER_SLOTS);
+        let data = MapData::from_pin(&path).map_err(Error::map(map::PEER_SLOTS))?;
+        let slots: HashMap<MapData, PeerKey, u32> = Map::HashMap(data)
+            .try_into()
+            .map_err(Error::map(map::PEER_SLOTS))?;
+        Ok(slots.get(&PEER_ABI_KEY, 0).ok() == Some(PEER_SLOT_RETIRED | PEER_ABI_VERSION))
     }
 }
 

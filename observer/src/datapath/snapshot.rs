@@ -77,6 +77,10 @@ pub struct PeerRecord {
     pub overlay: &'static str,
     /// "egress" is sent to the peer, "ingress" received from it.
     pub direction: &'static str,
+    /// Networks of the inner packets' ends ("unknown": counted without a
+    /// flow, its inner packet unparsable).
+    pub src_net: &'static str,
+    pub dst_net: &'static str,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -248,11 +252,13 @@ pub(crate) fn read_peers(
             peer: addr_from_wire(key.peer),
             overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
             direction: label(key.direction, Direction::from_wire, Direction::label),
+            src_net: label(key.src_net, Net::from_wire, Net::label),
+            dst_net: label(key.dst_net, Net::from_wire, Net::label),
             packets,
             bytes,
         })
         .collect();
-    records.sort_by(|a, b| (a.peer, a.overlay, a.direction).cmp(&(b.peer, b.overlay, b.direction)));
+    records.sort_by_key(|r| (r.peer, r.overlay, r.direction, r.src_net, r.dst_net));
     Ok(records)
 }
 

@@ -69,7 +69,7 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         out,
         "crossover_probes_lost_total",
         "counter",
-        "Probes lost, by reason: no answer within the timeout, or (TCP) refused, reset, unreachable.",
+        "Probes lost, by reason: no answer within the timeout, or (TCP) reset, unreachable.",
     );
     for t in report.totals {
         let labels = series(t);
@@ -78,6 +78,15 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
             l.push(("reason", *reason));
             f.sample(&l, n);
         }
+    }
+    let mut f = family(
+        out,
+        "crossover_probes_refused_total",
+        "counter",
+        "Probes the peer refused (TCP RST, ICMP port unreachable): nothing listens; neither received nor lost.",
+    );
+    for t in report.totals {
+        f.sample(&series(t), t.refused);
     }
     let mut f = family(
         out,
@@ -184,6 +193,7 @@ mod tests {
             sent: 10,
             received: 8,
             lost: 2,
+            refused: 3,
             lost_by_reason: vec![("timeout", 2)],
             late: 1,
             rtt_sum_seconds: 0.004,
@@ -199,6 +209,7 @@ mod tests {
             sent: 10,
             received: 8,
             lost: 2,
+            refused: 3,
             late: 1,
             loss_ratio: Some(0.2),
             rtt: Some(Quantiles {
@@ -230,6 +241,7 @@ mod tests {
             format!("crossover_probes_sent_total{{{udp}}} 10"),
             format!("crossover_probes_lost_total{{{tcp},reason=\"timeout\"}} 2"),
             format!("crossover_probes_late_total{{{udp}}} 1"),
+            format!("crossover_probes_refused_total{{{udp}}} 3"),
             format!("crossover_probe_rtt_seconds{{{udp},quantile=\"0.99\"}} 0.0007"),
             format!("crossover_probe_rtt_seconds{{{udp},quantile=\"1\"}} 0.0008"),
             // No window for TCP: a quantile of nothing.

@@ -39,6 +39,8 @@ use super::{
 };
 use crate::{Error, Result};
 
+mod icmp;
+
 /// One address of one peer to probe.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Target {
@@ -235,6 +237,8 @@ enum Fate {
     Answered,
     /// Timed out, or never left (send error).
     Lost,
+    /// ICMP port unreachable came back: nothing listens.
+    Refused,
     /// Timed out, then answered.
     Late,
 }
@@ -273,6 +277,7 @@ impl Engine {
         let udp = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
             .and_then(|s| {
                 s.set_nonblocking(true)?;
+                icmp::receive_errors(&s)?;
                 UdpSocket::from_std(s)
             })
             .map_err(|e| Error::io("prober UDP socket", e))?;
@@ -348,7 +353,9 @@ impl Engine {
                 got = self.udp.recv_from(&mut buf) => {
                     match got {
                         Ok((len, _)) => self.reply(&buf[..len], Instant::now()),
-                        Err(_) => self.stats.unattributed("receive_error"),
+                        // IP_RECVERR: an ICMP error is pending in the error
+                        // queue, with the datagram it answers.
+                        Err(_) => self.icmp_errors(&mut buf, Instant::now()),
                     }
                 }
                 Some(_) = self.tcp.join_next(), if !self.tcp.is_empty() => {}
@@ -431,7 +438,14 @@ impl Engine {
         let seq = self.base + self.pending.len() as u64;
         let request = Header::request(self.sender, seq, sent_ns).encode();
         recorder.sent(sent);
-        let fate = match self.udp.send_to(&request, target.socket_addr()).await {
+        let mut sent_to = self.udp.send_to(&request, target.socket_addr()).await;
+        if matches!(&sent_to, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
+            // An earlier probe's refusal (IP_RECVERR), reported by this
+            // send instead of being sent: its details wait in the error
+            // queue, and this datagram goes now.
+            sent_to = self.udp.send_to(&request, target.socket_addr()).await;
+        }
+        let fate = match sent_to {
             Ok(_) => Fate::Waiting,
             Err(e) => {
                 recorder.lost(sent, loss_reason(&e));
@@ -463,6 +477,7 @@ impl Engine {
                     // RST on drop: no TIME_WAIT from thousands of probes.
                     let _ = stream.set_zero_linger();
                 }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => recorder.refused(now),
                 Ok(Err(e)) => recorder.lost(now, loss_reason(&e)),
                 Err(_) => recorder.lost(now, LossReason::Timeout),
             }
@@ -527,7 +542,43 @@ impl Engine {
                 p.fate = Fate::Late;
                 p.recorder.late(now);
             }
-            Fate::Answered | Fate::Late => self.stats.unattributed("duplicate"),
+            Fate::Answered | Fate::Late | Fate::Refused => self.stats.unattributed("duplicate"),
+        }
+    }
+
+    /// Drains the socket's error queue: each entry is an ICMP error and
+    /// the start of the request it answers, so the probe is known by its
+    /// sequence. A port unreachable is a refusal (not loss); the other
+    /// errors leave the probe to its timeout.
+    fn icmp_errors(&mut self, buf: &mut [u8], now: Instant) {
+        while let Some(queued) = icmp::next_error(&self.udp, buf) {
+            let Ok((errno, len)) = queued else {
+                return self.stats.unattributed("receive_error");
+            };
+            if errno != libc::ECONNREFUSED {
+                self.stats.unattributed("icmp_error");
+                continue;
+            }
+            let header = match Header::decode(&buf[..len]) {
+                Ok(h) if h.kind == Kind::Request && h.sender == self.sender => h,
+                _ => {
+                    self.stats.unattributed("icmp_error");
+                    continue;
+                }
+            };
+            let probe = header
+                .seq
+                .checked_sub(self.base)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| self.pending.get_mut(i))
+                .filter(|p| p.sent_ns == header.sent_ns);
+            match probe {
+                Some(p) if p.fate == Fate::Waiting => {
+                    p.fate = Fate::Refused;
+                    p.recorder.refused(now);
+                }
+                _ => self.stats.unattributed("icmp_error"),
+            }
         }
     }
 }
@@ -543,7 +594,6 @@ fn wire_label(e: wire::WireError) -> &'static str {
 
 fn loss_reason(e: &io::Error) -> LossReason {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused => LossReason::Refused,
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => LossReason::Reset,
         io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
             LossReason::Unreachable

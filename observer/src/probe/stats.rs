@@ -60,8 +60,6 @@ impl Signal {
 pub enum LossReason {
     /// No reply (UDP) or no handshake (TCP) within the timeout.
     Timeout,
-    /// TCP: RST in answer to the SYN (nothing listens, or a firewall).
-    Refused,
     /// TCP: the connection was reset during the handshake.
     Reset,
     /// No route, or an ICMP unreachable came back.
@@ -71,9 +69,8 @@ pub enum LossReason {
 }
 
 impl LossReason {
-    pub const ALL: [LossReason; 5] = [
+    pub const ALL: [LossReason; 4] = [
         LossReason::Timeout,
-        LossReason::Refused,
         LossReason::Reset,
         LossReason::Unreachable,
         LossReason::Other,
@@ -82,7 +79,6 @@ impl LossReason {
     pub const fn label(self) -> &'static str {
         match self {
             LossReason::Timeout => "timeout",
-            LossReason::Refused => "refused",
             LossReason::Reset => "reset",
             LossReason::Unreachable => "unreachable",
             LossReason::Other => "other",
@@ -132,6 +128,10 @@ pub struct Totals {
     pub sent: u64,
     pub received: u64,
     pub lost: u64,
+    /// Probes refused: a TCP RST to the SYN, an ICMP port unreachable to
+    /// the datagram. The network delivered them and the peer answered that
+    /// nothing listens: neither received nor lost.
+    pub refused: u64,
     /// Lost probes by reason; every reason the signal has, zeros included,
     /// so counters exist before their first increment.
     pub lost_by_reason: Vec<(&'static str, u64)>,
@@ -153,6 +153,8 @@ pub struct Window {
     pub sent: u64,
     pub received: u64,
     pub lost: u64,
+    /// Refused probes (see [`Totals::refused`]), outside the loss ratio.
+    pub refused: u64,
     pub late: u64,
     /// `lost / (received + lost)`; none when nothing resolved.
     pub loss_ratio: Option<f64>,
@@ -190,6 +192,7 @@ struct Bucket {
     sent: u64,
     received: u64,
     lost: u64,
+    refused: u64,
     late: u64,
     rtt: Option<Histogram<u32>>,
 }
@@ -199,6 +202,7 @@ struct Series {
     sent: u64,
     received: u64,
     lost: [u64; LossReason::ALL.len()],
+    refused: u64,
     late: u64,
     rtt_sum_ns: u64,
     buckets: VecDeque<Bucket>,
@@ -281,6 +285,14 @@ impl Recorder {
         self.with(now, |s, second, window| {
             s.lost[reason as usize] += 1;
             s.bucket(second, window).lost += 1;
+        });
+    }
+
+    /// The peer answered that nothing listens: not loss.
+    pub fn refused(&self, now: Instant) {
+        self.with(now, |s, second, window| {
+            s.refused += 1;
+            s.bucket(second, window).refused += 1;
         });
     }
 
@@ -381,6 +393,7 @@ impl ProbeStats {
                     sent: s.sent,
                     received: s.received,
                     lost: s.lost.iter().sum(),
+                    refused: s.refused,
                     lost_by_reason: reasons
                         .iter()
                         .map(|r| (r.label(), s.lost[*r as usize]))
@@ -413,6 +426,7 @@ impl ProbeStats {
                     sent: 0,
                     received: 0,
                     lost: 0,
+                    refused: 0,
                     late: 0,
                     loss_ratio: None,
                     rtt: None,
@@ -422,6 +436,7 @@ impl ProbeStats {
                     w.sent += b.sent;
                     w.received += b.received;
                     w.lost += b.lost;
+                    w.refused += b.refused;
                     w.late += b.late;
                     if let Some(h) = &b.rtt {
                         match &mut rtt {

@@ -161,17 +161,18 @@ fn show(t: u64, window: &[Delivery], fault_on: bool, live: bool) {
     };
     println!("t={t:>2}s  last {} s, {state}", TICK.as_secs());
     println!(
-        "  {:<14} {:<14} {:<8} {:>6} {:>9} {:>5} {:>7}",
-        "node", "peer", "overlay", "sent", "received", "lost", "loss"
+        "  {:<14} {:<14} {:<8} {:<16} {:>6} {:>9} {:>5} {:>7}",
+        "node", "peer", "overlay", "networks", "sent", "received", "lost", "loss"
     );
     for d in window.iter().filter(|d| d.overlay != "none") {
         let ratio = d.loss_ratio().unwrap_or(0.0) * 100.0;
         let flag = if ratio >= 1.0 { "  <-- loss" } else { "" };
         println!(
-            "  {:<14} {:<14} {:<8} {:>6} {:>9} {:>5} {:>6.1}%{flag}",
+            "  {:<14} {:<14} {:<8} {:<16} {:>6} {:>9} {:>5} {:>6.1}%{flag}",
             d.from,
             d.to,
             d.overlay,
+            format!("{}->{}", d.src_net, d.dst_net),
             d.sent,
             d.received,
             d.lost(),
@@ -183,24 +184,22 @@ fn show(t: u64, window: &[Delivery], fault_on: bool, live: bool) {
 
 fn summary(fleet: &Fleet, totals: &[Delivery], drops: u64) -> Result<()> {
     println!("== over the whole run ==");
-    let faulty = totals
-        .iter()
-        .find(|d| d.from == "control-plane" && d.to == "worker-1" && d.overlay == "cilium");
-    if let Some(d) = faulty {
+    // The faulted path, over all its network pairs.
+    let on_path =
+        |d: &&Delivery| d.from == "control-plane" && d.to == "worker-1" && d.overlay == "cilium";
+    let path: Vec<&Delivery> = totals.iter().filter(on_path).collect();
+    if !path.is_empty() {
+        let (sent, received, lost) = path.iter().fold((0, 0, 0), |(s, r, l), d| {
+            (s + d.sent, r + d.received, l + d.lost())
+        });
         println!(
-            "control-plane -> worker-1 on the Cilium overlay: {} sent, {} received, {} lost.",
-            d.sent,
-            d.received,
-            d.lost()
+            "control-plane -> worker-1 on the Cilium overlay: {sent} sent, {received} received, {lost} lost."
         );
-        println!(
-            "The fault dropped {drops} packets on the wire; crossover measured {}.",
-            d.lost()
-        );
+        println!("The fault dropped {drops} packets on the wire; crossover measured {lost}.");
     }
     let clean: u64 = totals
         .iter()
-        .filter(|d| !faulty.is_some_and(|f| std::ptr::eq(*d, f)))
+        .filter(|d| !on_path(d))
         .map(Delivery::lost)
         .sum();
     println!("Every other node pair and overlay: {clean} lost.");
