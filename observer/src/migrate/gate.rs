@@ -216,6 +216,7 @@ mod tests {
             signal: signal.into(),
             sent,
             lost,
+            refused: 0,
             seconds: 10.0,
         }
     }

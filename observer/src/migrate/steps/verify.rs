@@ -91,6 +91,7 @@ mod tests {
             signal: "probe_udp".into(),
             sent,
             lost,
+            refused: 0,
             seconds: 10.0,
         }
     }
