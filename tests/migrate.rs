@@ -1,0 +1,396 @@
+//! `crossover migrate` end to end: a 4-node lab whose cluster is the fake
+//! API server with the cluster sim (evictions with budgets, DaemonSet and
+//! ReplicaSet controllers, a scheduler, kubelets addressing pods from their
+//! node's network), real agents and probe responders on every node, and
+//! every pod the sim places made a real lab pod. The driver migrates the
+//! nodes, is killed in the middle of a drain a disruption budget holds up,
+//! resumes, halts on loss injected towards the third node, and completes
+//! once the fault is gone. Needs root.
+use std::{
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crossover_tests::{
+    apiserver::{
+        Gvr,
+        fixtures::{self, Owner, PdbBuilder, PodBuilder, ReplicaSetBuilder},
+        sim::{ClusterSim, SimOptions},
+    },
+    kubelab::{CROSSOVER, KubeLab, within},
+    lab::{Fault, LabSpec, Overlay, PodKind, plan::Network},
+    netns::unique,
+    require_root,
+};
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Node, Pod},
+    policy::v1::PodDisruptionBudget,
+};
+use serde_json::{Value, json};
+
+const NODES: usize = 4;
+/// The singleton the budget pins to worker-2 until the test relaxes it.
+const DB_IP: &str = "10.244.2.50";
+
+/// The fixture cluster, plus what the driver meets in life: crossover's
+/// agent DaemonSet, and a singleton with a strict disruption budget.
+fn objects() -> Vec<Value> {
+    let mut out = fixtures::cluster_with_apps(NODES, 0, 1);
+    out.push(fixtures::namespace("crossover"));
+    out.push(fixtures::daemonset(
+        "crossover",
+        "crossover-agent",
+        &[("app.kubernetes.io/name", "crossover-agent")],
+        true,
+        NODES as i32,
+    ));
+    for j in 0..NODES {
+        let node = fixtures::node_name(j);
+        let host = crossover_tests::lab::plan::underlay_addr(j).to_string();
+        out.push(
+            PodBuilder::new("crossover", &format!("crossover-agent-{node}"))
+                .label("app.kubernetes.io/name", "crossover-agent")
+                .node(&node, &host)
+                .ip(&host)
+                .host_network(true)
+                .ready(true)
+                .owner(Owner::DaemonSet("crossover-agent".into()))
+                .value(),
+        );
+    }
+    out.push(ReplicaSetBuilder::new("default", "db", &[("app", "db")], 1).value());
+    out.push(
+        PodBuilder::new("default", "db-0")
+            .label("app", "db")
+            .node("worker-2", "172.18.0.4")
+            .ip(DB_IP)
+            .ready(true)
+            .owner(Owner::ReplicaSet("db".into()))
+            .value(),
+    );
+    out.push(
+        PdbBuilder::new("default", "db", &[("app", "db")])
+            .min_available(1)
+            .value(),
+    );
+    out
+}
+
+/// Every pod the sim places becomes a lab pod at its address; goldpinger
+/// pods (the probe DaemonSet here) get a probe responder.
+fn feed_the_lab(sim: &ClusterSim, kl: &Arc<Mutex<KubeLab>>, errors: &Arc<Mutex<Vec<String>>>) {
+    let (k, e) = (kl.clone(), errors.clone());
+    sim.on_pod_placed(move |p| {
+        let Some(network) = p.network else { return };
+        let mut kl = k.lock().unwrap();
+        let probe = p.name.starts_with("goldpinger");
+        let kind = if probe { PodKind::DaemonSet } else { PodKind::App };
+        match kl.lab.add_pod_at(&p.node, &p.name, kind, network, p.ip) {
+            Ok(pod) if probe => kl.start_probe(&pod.netns),
+            Ok(_) => {}
+            Err(err) => e.lock().unwrap().push(format!("placing {p:?}: {err:#}")),
+        }
+    });
+    let (k, e) = (kl.clone(), errors.clone());
+    sim.on_pod_removed(move |p| {
+        let mut kl = k.lock().unwrap();
+        let Some(pod) = kl.lab.pod_at(&p.node, p.ip).cloned() else {
+            return;
+        };
+        kl.stop_probe(&pod.netns);
+        if let Err(err) = kl.lab.delete_pod(&p.node, &pod.name) {
+            e.lock().unwrap().push(format!("removing {p:?}: {err:#}"));
+        }
+    });
+}
+
+struct Driver {
+    underlay: String,
+    kubeconfig: String,
+    log: std::path::PathBuf,
+}
+
+impl Driver {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.underlay, CROSSOVER])
+            .args(args)
+            .args(["--kubeconfig", &self.kubeconfig])
+            .args(["--poll-interval", "200ms", "--gate-interval", "1s"])
+            .args(["--lease-duration", "3s", "--agent-timeout", "2s"])
+            .args(["--ready-timeout", "30s", "--verify-timeout", "30s"])
+            .args(["--drain-timeout", "5m"])
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.command(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+}
+
+const RUN: &[&str] = &[
+    "migrate",
+    "run",
+    "--yes",
+    "--baseline",
+    "0",
+    "--soak",
+    "3s",
+    "--threshold",
+    "1%",
+];
+
+fn state(kl: &Arc<Mutex<KubeLab>>) -> Value {
+    let kl = kl.lock().unwrap();
+    let cm = kl
+        .server
+        .get(&Gvr::of::<ConfigMap>(), Some("crossover"), "crossover-migration");
+    cm.and_then(|cm| serde_json::from_str(cm["data"]["state.json"].as_str()?).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn record(kl: &Arc<Mutex<KubeLab>>, node: &str) -> Value {
+    let kl = kl.lock().unwrap();
+    let name = format!("crossover-migration-node-{node}");
+    let cm = kl.server.get(&Gvr::of::<ConfigMap>(), Some("crossover"), &name);
+    cm.and_then(|cm| serde_json::from_str(cm["data"]["record.json"].as_str()?).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn step_of(state: &Value, node: &str) -> String {
+    state["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == node))
+        .and_then(|n| n["step"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn node(kl: &Arc<Mutex<KubeLab>>, name: &str) -> Value {
+    kl.lock()
+        .unwrap()
+        .server
+        .get(&Gvr::of::<Node>(), None, name)
+        .unwrap()
+}
+
+/// How often each step appears in a node's record, by outcome.
+fn steps(record: &Value) -> Vec<(String, String)> {
+    record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
+    require_root();
+    let mut kl = KubeLab::up(&LabSpec {
+        name: unique("m"),
+        nodes: NODES,
+        migrated: 0,
+        pods: 1,
+    });
+    for object in objects() {
+        kl.server.apply(object).unwrap();
+    }
+    let db = kl
+        .lab
+        .add_pod_at("worker-2", "db-0", PodKind::App, Network::Legacy, DB_IP.parse().unwrap())
+        .unwrap();
+    assert_eq!(db.addr.to_string(), DB_IP);
+    let probe_pods: Vec<String> = kl
+        .lab
+        .nodes()
+        .flat_map(|n| n.pods.iter())
+        .filter(|p| p.kind == PodKind::DaemonSet)
+        .map(|p| p.netns.clone())
+        .collect();
+    for netns in &probe_pods {
+        kl.start_probe(netns);
+    }
+    kl.start_agents(&[
+        "--probe-selector",
+        "app=goldpinger",
+        "--window",
+        "3s",
+        "--sample-interval",
+        "500ms",
+    ]);
+    kl.wait_agents_ready();
+    let driver = Driver {
+        underlay: kl.lab.underlay_ns(),
+        kubeconfig: kl.kubeconfig.to_str().unwrap().into(),
+        log: kl.dir.join("driver.log"),
+    };
+    let log = driver.log.clone();
+    let kl = Arc::new(Mutex::new(kl));
+    let sim = ClusterSim::install(&kl.lock().unwrap().server, SimOptions::default());
+    let errors: Arc<Mutex<Vec<String>>> = Default::default();
+    feed_the_lab(&sim, &kl, &errors);
+
+    // The plan changes nothing and passes preflight.
+    let plan = driver.output(&["migrate", "plan"]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{text}\n{}", String::from_utf8_lossy(&plan.stderr));
+    let order: Vec<usize> = ["worker-1", "worker-2", "worker-3", "control-plane"]
+        .iter()
+        .map(|n| text.find(n).unwrap_or_else(|| panic!("{n} not in the plan:\n{text}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "workers first:\n{text}");
+    assert_eq!(state(&kl), Value::Null, "plan wrote no state");
+
+    // Run: worker-1 migrates; worker-2's drain waits on the budget; the
+    // driver dies there.
+    let mut run = driver.spawn(RUN);
+    within(Duration::from_secs(90), "worker-2 draining behind the budget", || {
+        (step_of(&state(&kl), "worker-2") == "drain").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let w1 = record(&kl, "worker-1");
+    assert!(
+        steps(&w1).iter().all(|(_, outcome)| outcome == "ok"),
+        "{w1:#}"
+    );
+    assert_eq!(step_of(&state(&kl), "worker-1"), "done");
+    assert_eq!(node(&kl, "worker-2")["spec"]["unschedulable"], true);
+
+    // The budget relaxed, the driver resumes (after the dead one's lease
+    // expires); loss towards worker-3 on the Cilium overlay starts when its
+    // turn comes.
+    kl.lock()
+        .unwrap()
+        .server
+        .patch(
+            &Gvr::of::<PodDisruptionBudget>(),
+            Some("default"),
+            "db",
+            json!({"spec": {"minAvailable": 0}}),
+        )
+        .unwrap();
+    let mut resume = driver.spawn(&["migrate", "resume", "--yes"]);
+    within(Duration::from_secs(120), "worker-3's turn", || {
+        (step_of(&state(&kl), "worker-3") == "drain").then_some(())
+    });
+    let faults: Vec<u32> = ["worker-1", "worker-2", "control-plane"]
+        .iter()
+        .map(|from| {
+            kl.lock()
+                .unwrap()
+                .lab
+                .inject(Fault::Loss {
+                    from: from.to_string(),
+                    to: "worker-3".into(),
+                    overlay: Overlay::Cilium,
+                    percent: 5.0,
+                })
+                .unwrap()
+        })
+        .collect();
+    let (status, _) = within(Duration::from_secs(120), "the gate closing", || {
+        resume.try_wait().unwrap()
+    });
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "halted: {out}");
+    let halted = state(&kl);
+    assert_eq!(halted["phase"]["phase"], "halted", "{halted:#}");
+    assert_eq!(halted["phase"]["node"], "worker-3", "{halted:#}");
+    assert_eq!(halted["phase"]["step"], "soak", "{halted:#}");
+    let reason = halted["phase"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("-> worker-3 overlay cilium"),
+        "the halt names the pair and overlay: {reason}"
+    );
+    assert_eq!(node(&kl, "worker-3")["spec"]["unschedulable"], true);
+    assert_eq!(step_of(&halted, "worker-2"), "done");
+    for f in faults {
+        kl.lock().unwrap().lab.clear(f).unwrap();
+    }
+
+    // The report names the pair.
+    let report = driver.output(&["report", "--format", "json"]);
+    assert!(report.status.success(), "{report:?}");
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let w3 = report["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == "worker-3")
+        .unwrap();
+    let closed = w3["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["decision"]["passed"] == false)
+        .expect("a closed gate in worker-3's record");
+    assert!(
+        closed["decision"]["breaches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["peer_node"] == "worker-3" && b["overlay"] == "cilium"),
+        "{closed:#}"
+    );
+    let markdown = driver.output(&["report"]);
+    let markdown = String::from_utf8_lossy(&markdown.stdout);
+    assert!(markdown.contains("**closed**") && markdown.contains("## worker-3"), "{markdown}");
+
+    // The fault gone, resume completes.
+    let done = driver.output(&["migrate", "resume", "--yes"]);
+    let text = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(text.contains("what is left to do"), "{text}");
+    let finished = state(&kl);
+    assert_eq!(finished["phase"]["phase"], "done", "{finished:#}");
+    for name in ["worker-1", "worker-2", "worker-3", "control-plane"] {
+        let n = node(&kl, name);
+        assert_eq!(n["metadata"]["labels"]["io.cilium.migration/cilium-default"], "true");
+        assert!(n["spec"]["unschedulable"].is_null(), "{name} uncordoned: {n:#}");
+        assert_eq!(sim.network(name), Some(Network::Cilium), "{name}");
+    }
+    // Finished steps were not done again: worker-1 once each; worker-2's
+    // drain twice, the first interrupted by the kill.
+    let w1 = steps(&record(&kl, "worker-1"));
+    assert_eq!(w1.len(), 10, "{w1:?}");
+    let w2 = steps(&record(&kl, "worker-2"));
+    let count = |s: &str| w2.iter().filter(|(step, _)| step == s).count();
+    assert_eq!(count("cordon"), 1, "{w2:?}");
+    assert_eq!(count("drain"), 2, "{w2:?}");
+    assert!(w2.contains(&("drain".into(), "interrupted".into())), "{w2:?}");
+    assert_eq!(count("label"), 1, "{w2:?}");
+    // Every probe pod moved to Cilium: no legacy goldpinger left.
+    let pods = kl.lock().unwrap().server.list(&Gvr::of::<Pod>(), Some("default"));
+    for p in pods.iter().filter(|p| p["metadata"]["labels"]["app"] == "goldpinger") {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        assert!(ip.starts_with("10.245."), "{p:#}");
+    }
+    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
+}
