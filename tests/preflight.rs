@@ -6,9 +6,7 @@ use crossover_tests::apiserver::{
     FakeApiServer, Gvr, Options, Registry,
     fixtures::{self, NodeBuilder},
 };
-use observer::migrate::preflight::{
-    self, Baseline, Check, PreflightOptions, ServiceCidr, Status,
-};
+use observer::migrate::preflight::{self, Baseline, Check, PreflightOptions, ServiceCidr, Status};
 use serde_json::{Value, json};
 
 const NODES: usize = 3;
@@ -55,8 +53,17 @@ fn assert_check(checks: &[Check], name: &str, status: Status, detail_has: &str) 
         .iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no check {name}"));
-    assert_eq!(c.status, status, "{name}: {c:#?}\n{}", preflight::render(checks));
-    assert!(c.detail.contains(detail_has), "{name}: {:?} lacks {detail_has:?}", c.detail);
+    assert_eq!(
+        c.status,
+        status,
+        "{name}: {c:#?}\n{}",
+        preflight::render(checks)
+    );
+    assert!(
+        c.detail.contains(detail_has),
+        "{name}: {:?} lacks {detail_has:?}",
+        c.detail
+    );
     if status != Status::Pass {
         assert!(c.remedy.is_some(), "{name} has no remedy");
     }
@@ -67,7 +74,12 @@ fn assert_check(checks: &[Check], name: &str, status: Status, detail_has: &str) 
 fn assert_only(checks: &[Check], name: &str, status: Status, detail_has: &str) {
     assert_check(checks, name, status, detail_has);
     for c in checks.iter().filter(|c| c.name != name) {
-        assert_eq!(c.status, Status::Pass, "{c:#?}\n{}", preflight::render(checks));
+        assert_eq!(
+            c.status,
+            Status::Pass,
+            "{c:#?}\n{}",
+            preflight::render(checks)
+        );
     }
 }
 
@@ -76,30 +88,67 @@ async fn the_guides_cluster_passes_every_check() {
     let server = server(guide_cluster());
     let checks = run(&server, &options()).await;
     for c in &checks {
-        assert_eq!(c.status, Status::Pass, "{c:#?}\n{}", preflight::render(&checks));
+        assert_eq!(
+            c.status,
+            Status::Pass,
+            "{c:#?}\n{}",
+            preflight::render(&checks)
+        );
     }
     assert!(!preflight::blocking(&checks));
-    assert_check(&checks, "cidr-disjoint-legacy", Status::Pass, "kube-flannel/kube-flannel-cfg net-conf.json Network");
-    assert_check(&checks, "cilium-node-config", Status::Pass, "kube-system/cilium-default");
-    assert_check(&checks, "agents-everywhere", Status::Pass, "each of the 3 Nodes");
+    assert_check(
+        &checks,
+        "cidr-disjoint-legacy",
+        Status::Pass,
+        "kube-flannel/kube-flannel-cfg net-conf.json Network",
+    );
+    assert_check(
+        &checks,
+        "cilium-node-config",
+        Status::Pass,
+        "kube-system/cilium-default",
+    );
+    assert_check(
+        &checks,
+        "agents-everywhere",
+        Status::Pass,
+        "each of the 3 Nodes",
+    );
 }
 
 #[tokio::test]
 async fn policy_enforcement_left_on_fails() {
     let mut objects = guide_cluster();
-    objects.push(fixtures::cilium_config_with(&[("enable-policy", Some("default"))]));
+    objects.push(fixtures::cilium_config_with(&[(
+        "enable-policy",
+        Some("default"),
+    )]));
     let checks = run(&server(objects), &options()).await;
-    assert_only(&checks, "cilium-policy-never", Status::Fail, "enable-policy=\"default\"");
+    assert_only(
+        &checks,
+        "cilium-policy-never",
+        Status::Fail,
+        "enable-policy=\"default\"",
+    );
 }
 
 #[tokio::test]
 async fn missing_node_config_fails() {
     let server = server(guide_cluster());
     server
-        .delete(&Gvr::cilium_node_configs(), Some("kube-system"), "cilium-default")
+        .delete(
+            &Gvr::cilium_node_configs(),
+            Some("kube-system"),
+            "cilium-default",
+        )
         .expect("deleted");
     let checks = run(&server, &options()).await;
-    assert_only(&checks, "cilium-node-config", Status::Fail, "no CiliumNodeConfig in kube-system");
+    assert_only(
+        &checks,
+        "cilium-node-config",
+        Status::Fail,
+        "no CiliumNodeConfig in kube-system",
+    );
 }
 
 /// Cilium 1.13-1.15 serve CiliumNodeConfig as `cilium.io/v2alpha1` only.
@@ -124,7 +173,12 @@ async fn the_older_v2alpha1_node_config_is_read() {
         server.apply(obj).expect("applies");
     }
     let checks = run(&server, &options()).await;
-    assert_check(&checks, "cilium-node-config", Status::Pass, "kube-system/cilium-default");
+    assert_check(
+        &checks,
+        "cilium-node-config",
+        Status::Pass,
+        "kube-system/cilium-default",
+    );
 
     server
         .delete(
@@ -134,9 +188,17 @@ async fn the_older_v2alpha1_node_config_is_read() {
         )
         .expect("deleted");
     let checks = run(&server, &options()).await;
-    let c = checks.iter().find(|c| c.name == "cilium-node-config").unwrap();
+    let c = checks
+        .iter()
+        .find(|c| c.name == "cilium-node-config")
+        .unwrap();
     assert_eq!(c.status, Status::Fail);
-    assert!(c.remedy.as_deref().unwrap().contains("apiVersion: cilium.io/v2alpha1\n"));
+    assert!(
+        c.remedy
+            .as_deref()
+            .unwrap()
+            .contains("apiVersion: cilium.io/v2alpha1\n")
+    );
 }
 
 #[tokio::test]
@@ -147,7 +209,12 @@ async fn overlapping_cidr_fails() {
         Some("10.244.0.0/16"),
     )]));
     let checks = run(&server(objects), &options()).await;
-    assert_only(&checks, "cidr-disjoint-legacy", Status::Fail, "Cilium 10.244.0.0/16 overlaps legacy 10.244.0.0/16 (kube-flannel/kube-flannel-cfg net-conf.json Network)");
+    assert_only(
+        &checks,
+        "cidr-disjoint-legacy",
+        Status::Fail,
+        "Cilium 10.244.0.0/16 overlaps legacy 10.244.0.0/16 (kube-flannel/kube-flannel-cfg net-conf.json Network)",
+    );
 }
 
 #[tokio::test]
@@ -155,15 +222,27 @@ async fn shared_vxlan_port_fails() {
     let mut objects = guide_cluster();
     objects.push(fixtures::cilium_config_with(&[("tunnel-port", None)]));
     let checks = run(&server(objects), &options()).await;
-    assert_only(&checks, "overlays-distinct", Status::Fail, "cannot share one UDP port");
+    assert_only(
+        &checks,
+        "overlays-distinct",
+        Status::Fail,
+        "cannot share one UDP port",
+    );
 }
 
 #[tokio::test]
 async fn unparsable_net_conf_is_named() {
     let mut objects = guide_cluster();
-    objects.push(fixtures::flannel_config("{ \"Network\": \"10.244.0.0/16\", "));
+    objects.push(fixtures::flannel_config(
+        "{ \"Network\": \"10.244.0.0/16\", ",
+    ));
     let checks = run(&server(objects), &options()).await;
-    assert_check(&checks, "cidr-disjoint-legacy", Status::Fail, "kube-flannel/kube-flannel-cfg net-conf.json does not parse");
+    assert_check(
+        &checks,
+        "cidr-disjoint-legacy",
+        Status::Fail,
+        "kube-flannel/kube-flannel-cfg net-conf.json does not parse",
+    );
 }
 
 #[tokio::test]
@@ -183,7 +262,12 @@ async fn not_ready_node_outside_the_selection_warns() {
         ..options()
     };
     let checks = run(&server(objects), &opts).await;
-    assert_only(&checks, "nodes-ready", Status::Warn, "not to be migrated: worker-2");
+    assert_only(
+        &checks,
+        "nodes-ready",
+        Status::Warn,
+        "not to be migrated: worker-2",
+    );
 }
 
 #[tokio::test]
@@ -197,7 +281,12 @@ async fn node_without_agent_fails() {
         )
         .expect("deleted");
     let checks = run(&server, &options()).await;
-    assert_only(&checks, "agents-everywhere", Status::Fail, "no Ready crossover agent on 1 of 3 Nodes: worker-1");
+    assert_only(
+        &checks,
+        "agents-everywhere",
+        Status::Fail,
+        "no Ready crossover agent on 1 of 3 Nodes: worker-1",
+    );
 }
 
 #[tokio::test]
@@ -216,10 +305,25 @@ async fn calico_first_found_fails() {
         server.apply(obj).expect("applies");
     }
     let checks = run(&server, &options()).await;
-    assert_check(&checks, "calico-node-address", Status::Fail, "firstFound=true");
+    assert_check(
+        &checks,
+        "calico-node-address",
+        Status::Fail,
+        "firstFound=true",
+    );
     // Its pool counts as legacy, its VXLAN port is Calico's.
-    assert_check(&checks, "cidr-disjoint-legacy", Status::Pass, "192.168.0.0/16 (Installation default");
-    assert_check(&checks, "overlays-distinct", Status::Pass, "Calico VXLANCrossSubnet UDP 4789");
+    assert_check(
+        &checks,
+        "cidr-disjoint-legacy",
+        Status::Pass,
+        "192.168.0.0/16 (Installation default",
+    );
+    assert_check(
+        &checks,
+        "overlays-distinct",
+        Status::Pass,
+        "Calico VXLANCrossSubnet UDP 4789",
+    );
 
     server
         .apply(fixtures::calico_installation(
@@ -228,7 +332,12 @@ async fn calico_first_found_fails() {
         ))
         .expect("applies");
     let checks = run(&server, &options()).await;
-    assert_check(&checks, "calico-node-address", Status::Pass, "kubernetes=NodeInternalIP");
+    assert_check(
+        &checks,
+        "calico-node-address",
+        Status::Pass,
+        "kubernetes=NodeInternalIP",
+    );
 }
 
 #[tokio::test]
@@ -245,7 +354,12 @@ async fn service_cidr_is_inferred_and_says_so() {
         }
     );
     let checks = preflight::checks(&facts, &Baseline::NotMeasured("test".into()));
-    assert_check(&checks, "cidr-disjoint-service", Status::Warn, "the real Service CIDR may be wider");
+    assert_check(
+        &checks,
+        "cidr-disjoint-service",
+        Status::Warn,
+        "the real Service CIDR may be wider",
+    );
 }
 
 #[tokio::test]
@@ -256,8 +370,17 @@ async fn no_cilium_yet_is_a_fact_not_an_error() {
         .collect();
     let server = server(objects);
     let checks = run(&server, &options()).await;
-    assert_check(&checks, "cilium-ipam", Status::Fail, "kube-system/cilium-config not found");
+    assert_check(
+        &checks,
+        "cilium-ipam",
+        Status::Fail,
+        "kube-system/cilium-config not found",
+    );
     assert!(preflight::blocking(&checks));
     let table = preflight::render(&checks);
-    assert!(table.contains("helm upgrade --install cilium cilium/cilium -n kube-system"), "{table}");
+    assert!(
+        table.contains("helm upgrade --install cilium cilium/cilium -n kube-system"),
+        "{table}"
+    );
+    assert!(table.contains("remedy: as for cilium-ipam"), "{table}");
 }

@@ -652,7 +652,9 @@ pub fn flannel_config(net_conf: &str) -> Value {
 
 /// The lab's Flannel: 10.244.0.0/16 over VXLAN on the default port.
 pub fn flannel_lab_config() -> Value {
-    flannel_config(r#"{"Network": "10.244.0.0/16", "EnableNFTables": false, "Backend": {"Type": "vxlan"}}"#)
+    flannel_config(
+        r#"{"Network": "10.244.0.0/16", "EnableNFTables": false, "Backend": {"Type": "vxlan"}}"#,
+    )
 }
 
 /// The `crossover` namespace and a Ready crossover agent pod (host

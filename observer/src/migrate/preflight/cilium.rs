@@ -37,11 +37,7 @@ pub const NODE_CONFIG_DEFAULTS: [(&str, &str); 4] = [
 ];
 
 /// The value of `key`, or the failing check when `cilium-config` is absent.
-fn config<'a>(
-    facts: &'a Facts,
-    name: &'static str,
-    key: &str,
-) -> Result<Option<&'a str>, Check> {
+fn config<'a>(facts: &'a Facts, name: &'static str, key: &str) -> Result<Option<&'a str>, Check> {
     match &facts.cilium_config {
         Some(data) => Ok(data.get(key).map(|v| v.trim())),
         None => Err(Check::fail(
@@ -148,7 +144,10 @@ pub fn host_legacy_routing(facts: &Facts) -> Check {
             format!(
                 "cilium-config enable-host-legacy-routing={}: traffic between Cilium and legacy pods \
                  must go through the host's routing stack, where the two overlays meet",
-                shown(value, "unset, Cilium uses eBPF host routing where the kernel allows")
+                shown(
+                    value,
+                    "unset, Cilium uses eBPF host routing where the kernel allows"
+                )
             ),
             remedy(),
         ),
@@ -215,7 +214,10 @@ pub fn unmanaged_pod_watcher(facts: &Facts) -> Check {
         Ok(v) => v,
     };
     match value.map(interval_is_zero) {
-        Some(Some(true)) => Check::pass(NAME, format!("cilium-config {KEY}={:?}: off", value.unwrap_or_default())),
+        Some(Some(true)) => Check::pass(
+            NAME,
+            format!("cilium-config {KEY}={:?}: off", value.unwrap_or_default()),
+        ),
         Some(Some(false)) => Check::fail(
             NAME,
             format!(
@@ -249,8 +251,7 @@ fn interval_is_zero(value: &str) -> Option<bool> {
     let v = value.trim().trim_matches('"');
     let ok = !v.is_empty()
         && v.chars().next().is_some_and(|c| c.is_ascii_digit())
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_digit() || c == '.' || "nsuµmh".contains(c));
     ok.then(|| !v.chars().any(|c| ('1'..='9').contains(&c)))
 }
@@ -284,9 +285,7 @@ pub fn node_config(facts: &Facts) -> Check {
         .into_iter()
         .partition(|c| c.metadata.namespace.as_deref() == Some(ns.as_str()));
     if here.is_empty() {
-        let mut detail = format!(
-            "no CiliumNodeConfig in {ns} selects {MIGRATION_LABEL}=true"
-        );
+        let mut detail = format!("no CiliumNodeConfig in {ns} selects {MIGRATION_LABEL}=true");
         for c in elsewhere {
             let _ = std::fmt::Write::write_fmt(
                 &mut detail,

@@ -43,8 +43,7 @@ pub fn nodes_ready(facts: &Facts) -> Check {
             "kubectl get nodes --show-labels  # and fix the selector",
         );
     }
-    let (down, up): (Vec<&KubeNode>, Vec<&KubeNode>) =
-        facts.nodes.iter().partition(|n| !ready(n));
+    let (down, up): (Vec<&KubeNode>, Vec<&KubeNode>) = facts.nodes.iter().partition(|n| !ready(n));
     let down_selected: Vec<&KubeNode> = down
         .iter()
         .copied()
@@ -80,11 +79,7 @@ pub fn nodes_ready(facts: &Facts) -> Check {
     }
     Check::pass(
         NAME,
-        format!(
-            "{} Nodes Ready, {} to migrate",
-            up.len(),
-            selected.len()
-        ),
+        format!("{} Nodes Ready, {} to migrate", up.len(), selected.len()),
     )
 }
 

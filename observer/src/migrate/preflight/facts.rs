@@ -131,8 +131,14 @@ pub struct CalicoIpPool {
 /// inferred from ClusterIPs is a lower bound and says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceCidr {
-    Known { cidrs: Vec<Ipv4Net>, source: String },
+    Known {
+        cidrs: Vec<Ipv4Net>,
+        source: String,
+    },
     /// The smallest prefix holding every ClusterIP seen.
-    Inferred { cidr: Ipv4Net, from: String },
+    Inferred {
+        cidr: Ipv4Net,
+        from: String,
+    },
     Unknown(String),
 }

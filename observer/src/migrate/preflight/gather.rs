@@ -154,7 +154,12 @@ fn agent_pod(pod: &Pod) -> AgentPod {
 /// 1.13-1.15 serve only that one).
 async fn node_configs(client: &Client) -> Result<Option<NodeConfigs>> {
     for version in ["v2", "v2alpha1"] {
-        let ar = dynamic("cilium.io", version, "CiliumNodeConfig", "ciliumnodeconfigs");
+        let ar = dynamic(
+            "cilium.io",
+            version,
+            "CiliumNodeConfig",
+            "ciliumnodeconfigs",
+        );
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let what = format!("CiliumNodeConfigs (cilium.io/{version})");
         let Some(items) = list_opt(&api, &ListParams::default(), &what).await? else {
@@ -198,24 +203,27 @@ async fn flannel(client: &Client) -> Result<Option<FlannelConfig>> {
 async fn calico(client: &Client) -> Result<Option<CalicoInstallation>> {
     let ar = dynamic("operator.tigera.io", "v1", "Installation", "installations");
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let Some(obj) = get_opt(&api, "default", "Installation default (operator.tigera.io/v1)").await?
+    let Some(obj) = get_opt(
+        &api,
+        "default",
+        "Installation default (operator.tigera.io/v1)",
+    )
+    .await?
     else {
         return Ok(None);
     };
     let network = &obj.data["spec"]["calicoNetwork"];
     // A malformed field reads as unset: the check then fails and names
     // the field, which is what an SRE needs.
-    let autodetection_v4 =
-        serde_json::from_value::<Option<NodeAddressAutodetection>>(
-            network["nodeAddressAutodetectionV4"].clone(),
-        )
+    let autodetection_v4 = serde_json::from_value::<Option<NodeAddressAutodetection>>(
+        network["nodeAddressAutodetectionV4"].clone(),
+    )
+    .ok()
+    .flatten();
+    let ip_pools = serde_json::from_value::<Option<Vec<CalicoIpPool>>>(network["ipPools"].clone())
         .ok()
-        .flatten();
-    let ip_pools =
-        serde_json::from_value::<Option<Vec<CalicoIpPool>>>(network["ipPools"].clone())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        .flatten()
+        .unwrap_or_default();
     Ok(Some(CalicoInstallation {
         autodetection_v4,
         ip_pools,
@@ -246,7 +254,12 @@ async fn service_cidr(
     .unwrap_or_default();
     let api_cidrs: Vec<Ipv4Net> = objects
         .iter()
-        .flat_map(|s| s.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default())
+        .flat_map(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|s| s.cidrs.clone())
+                .unwrap_or_default()
+        })
         .filter_map(|c| Ipv4Net::from_str(&c).ok())
         .collect();
     if !api_cidrs.is_empty() {
@@ -269,7 +282,11 @@ async fn service_cidr(
     let ips: Vec<Ipv4Addr> = services
         .iter()
         .filter_map(|s| s.spec.as_ref())
-        .flat_map(|s| s.cluster_ips.clone().or_else(|| s.cluster_ip.clone().map(|i| vec![i])))
+        .flat_map(|s| {
+            s.cluster_ips
+                .clone()
+                .or_else(|| s.cluster_ip.clone().map(|i| vec![i]))
+        })
         .flatten()
         .filter_map(|ip| ip.parse().ok())
         .collect();
@@ -288,9 +305,13 @@ async fn service_cidr(
 /// The smallest prefix holding every address.
 pub(super) fn covering(ips: &[Ipv4Addr]) -> Option<Ipv4Net> {
     let first = u32::from(*ips.first()?);
-    let differ = ips.iter().fold(0u32, |acc, ip| acc | (u32::from(*ip) ^ first));
+    let differ = ips
+        .iter()
+        .fold(0u32, |acc, ip| acc | (u32::from(*ip) ^ first));
     let len = differ.leading_zeros().min(32) as u8;
-    Ipv4Net::new(Ipv4Addr::from(first), len).ok().map(|n| n.trunc())
+    Ipv4Net::new(Ipv4Addr::from(first), len)
+        .ok()
+        .map(|n| n.trunc())
 }
 
 type FlagCidrs = Option<(Vec<Ipv4Net>, String)>;
@@ -315,11 +336,16 @@ async fn control_plane_flags(client: &Client) -> Result<(FlagCidrs, Vec<Ipv4Net>
             .flat_map(|c| c.command.iter().flatten().chain(c.args.iter().flatten()));
         for arg in args {
             let cidrs = |v: &str| -> Vec<Ipv4Net> {
-                v.split(',').filter_map(|c| Ipv4Net::from_str(c.trim()).ok()).collect()
+                v.split(',')
+                    .filter_map(|c| Ipv4Net::from_str(c.trim()).ok())
+                    .collect()
             };
             if let Some(v) = arg.strip_prefix("--service-cluster-ip-range=") {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                service.get_or_insert((cidrs(v), format!("kube-system/{name} --service-cluster-ip-range")));
+                service.get_or_insert((
+                    cidrs(v),
+                    format!("kube-system/{name} --service-cluster-ip-range"),
+                ));
             } else if let Some(v) = arg.strip_prefix("--cluster-cidr=") {
                 cluster.extend(cidrs(v));
             }

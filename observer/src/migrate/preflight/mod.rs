@@ -94,9 +94,13 @@ impl Check {
 pub enum Baseline {
     /// Why not (no agents yet, `--skip-baseline`, ...).
     NotMeasured(String),
-    Under { summary: String },
+    Under {
+        summary: String,
+    },
     /// One line per node pair and overlay over the threshold.
-    Over { breaches: Vec<String> },
+    Over {
+        breaches: Vec<String>,
+    },
 }
 
 /// Where to look and what the flags say.
@@ -175,11 +179,22 @@ pub fn render(checks: &[Check]) -> String {
         for line in lines {
             let _ = writeln!(out, "{:width$}  {:6}  {line}", "", "");
         }
-        if let Some(remedy) = &c.remedy {
-            let _ = writeln!(out, "{:width$}  {:6}  remedy:", "", "");
-            for line in remedy.lines() {
-                let _ = writeln!(out, "{:width$}  {:6}    {line}", "", "");
-            }
+        let Some(remedy) = &c.remedy else { continue };
+        // One missing prerequisite (no Cilium yet) fails several checks
+        // with the same remedy: print it once.
+        if let Some(first) = checks.iter().find(|o| o.remedy.as_ref() == Some(remedy))
+            && first.name != c.name
+        {
+            let _ = writeln!(
+                out,
+                "{:width$}  {:6}  remedy: as for {}",
+                "", "", first.name
+            );
+            continue;
+        }
+        let _ = writeln!(out, "{:width$}  {:6}  remedy:", "", "");
+        for line in remedy.lines() {
+            let _ = writeln!(out, "{:width$}  {:6}    {line}", "", "");
         }
     }
     let count = |s: Status| checks.iter().filter(|c| c.status == s).count();

@@ -165,7 +165,11 @@ impl Networks {
         let overridden_overlay = facts.overrides.legacy_encapsulation.is_some();
         if let Some(flannel) = &facts.flannel {
             let what = format!("{}/kube-flannel-cfg net-conf.json", flannel.namespace);
-            match flannel.net_conf.as_deref().map(serde_json::from_str::<NetConf>) {
+            match flannel
+                .net_conf
+                .as_deref()
+                .map(serde_json::from_str::<NetConf>)
+            {
                 None => self.legacy_problems.push(format!("{what} is missing")),
                 Some(Err(e)) => self
                     .legacy_problems
@@ -173,7 +177,9 @@ impl Networks {
                 Some(Ok(conf)) => {
                     if !overridden_cidrs {
                         match conf.network.as_deref().map(Ipv4Net::from_str) {
-                            Some(Ok(cidr)) => self.add_legacy(cidr.trunc(), format!("{what} Network")),
+                            Some(Ok(cidr)) => {
+                                self.add_legacy(cidr.trunc(), format!("{what} Network"))
+                            }
                             Some(Err(_)) => self.legacy_problems.push(format!(
                                 "{what} Network={:?} is not an IPv4 CIDR",
                                 conf.network.unwrap_or_default()
@@ -196,10 +202,9 @@ impl Networks {
                 match Ipv4Net::from_str(&pool.cidr) {
                     Ok(cidr) if !overridden_cidrs => self.add_legacy(cidr.trunc(), what.into()),
                     Ok(_) => {}
-                    Err(_) => self.legacy_problems.push(format!(
-                        "{what} cidr={:?} is not an IPv4 CIDR",
-                        pool.cidr
-                    )),
+                    Err(_) => self
+                        .legacy_problems
+                        .push(format!("{what} cidr={:?} is not an IPv4 CIDR", pool.cidr)),
                 }
             }
             let encap = calico
@@ -310,7 +315,10 @@ fn cilium_cidrs_unusable(name: &'static str, facts: &Facts, net: &Networks) -> O
         return Some(Check::fail(
             name,
             net.cilium_problems.join("; "),
-            new_pool_remedy(facts, &net.legacy.iter().map(|(c, _)| *c).collect::<Vec<_>>()),
+            new_pool_remedy(
+                facts,
+                &net.legacy.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            ),
         ));
     }
     if net.cilium.is_empty() {
@@ -326,7 +334,11 @@ fn cilium_cidrs_unusable(name: &'static str, facts: &Facts, net: &Networks) -> O
                 net.cilium_source
             )
         };
-        return Some(Check::fail(name, detail, install_remedy(&facts.cilium_namespace)));
+        return Some(Check::fail(
+            name,
+            detail,
+            install_remedy(&facts.cilium_namespace),
+        ));
     }
     None
 }
@@ -436,7 +448,10 @@ pub fn cilium_cidr_vs_service(facts: &Facts, net: &Networks) -> Check {
     }
     Check::pass(
         NAME,
-        format!("{cilium} is disjoint from Service CIDR {} ({source})", list(&service)),
+        format!(
+            "{cilium} is disjoint from Service CIDR {} ({source})",
+            list(&service)
+        ),
     )
 }
 
@@ -454,7 +469,11 @@ pub fn overlays(facts: &Facts, net: &Networks) -> Check {
             install_remedy(ns),
         );
     };
-    let free_port = if legacy.udp_port == Some(8473) { 8474 } else { 8473 };
+    let free_port = if legacy.udp_port == Some(8473) {
+        8474
+    } else {
+        8473
+    };
     let retunnel = helm_set(
         ns,
         &[
@@ -549,13 +568,22 @@ pub fn calico_autodetection(facts: &Facts, net: &Networks) -> Check {
     }
     if let Some(re) = &a.interface {
         return if re.contains("cilium") {
-            Check::fail(NAME, format!("{field} interface={re:?} names Cilium's devices"), patch)
-        } else if re.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+            Check::fail(
+                NAME,
+                format!("{field} interface={re:?} names Cilium's devices"),
+                patch,
+            )
+        } else if re
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        {
             Check::pass(NAME, format!("{field} interface={re:?}"))
         } else {
             Check::warn(
                 NAME,
-                format!("{field} interface={re:?} is a pattern: make sure it cannot match cilium_host"),
+                format!(
+                    "{field} interface={re:?} is a pattern: make sure it cannot match cilium_host"
+                ),
                 patch,
             )
         };
@@ -601,7 +629,9 @@ pub fn calico_autodetection(facts: &Facts, net: &Networks) -> Check {
     };
     Check::fail(
         NAME,
-        format!("{detail}: Calico may take cilium_host's address as the node's and break its routing"),
+        format!(
+            "{detail}: Calico may take cilium_host's address as the node's and break its routing"
+        ),
         patch,
     )
 }

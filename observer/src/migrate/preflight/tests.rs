@@ -125,9 +125,16 @@ fn check(facts: &Facts, name: &str) -> Check {
 fn assert_status(facts: &Facts, name: &str, status: Status, detail_has: &str) -> Check {
     let c = check(facts, name);
     assert_eq!(c.status, status, "{name}: {c:#?}");
-    assert!(c.detail.contains(detail_has), "{name} detail lacks {detail_has:?}: {}", c.detail);
+    assert!(
+        c.detail.contains(detail_has),
+        "{name} detail lacks {detail_has:?}: {}",
+        c.detail
+    );
     if status != Status::Pass {
-        assert!(c.remedy.as_deref().is_some_and(|r| !r.is_empty()), "{name} has no remedy");
+        assert!(
+            c.remedy.as_deref().is_some_and(|r| !r.is_empty()),
+            "{name} has no remedy"
+        );
     }
     c
 }
@@ -168,7 +175,10 @@ fn guide_values_pass_every_check() {
     }
     assert!(!blocking(&all));
     let table = render(&all);
-    assert!(table.contains("13 checks: 13 pass, 0 warn, 0 fail\n"), "{table}");
+    assert!(
+        table.contains("13 checks: 13 pass, 0 warn, 0 fail\n"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -186,7 +196,10 @@ fn without_cilium_config_nothing_about_cilium_passes() {
         "cilium-unmanaged-pod-watcher",
     ] {
         let c = assert_status(&facts, name, Status::Fail, "cilium-config");
-        assert!(c.remedy.unwrap().contains("helm upgrade --install cilium"), "{name}");
+        assert!(
+            c.remedy.unwrap().contains("helm upgrade --install cilium"),
+            "{name}"
+        );
     }
 }
 
@@ -204,7 +217,12 @@ fn ipam_must_be_cluster_pool() {
 fn policy_enforcement_must_be_never() {
     let mut facts = migration_facts();
     set(&mut facts, "enable-policy", Some("default"));
-    let c = assert_status(&facts, "cilium-policy-never", Status::Fail, "enable-policy=\"default\"");
+    let c = assert_status(
+        &facts,
+        "cilium-policy-never",
+        Status::Fail,
+        "enable-policy=\"default\"",
+    );
     assert_eq!(
         c.remedy.unwrap(),
         "helm upgrade cilium cilium/cilium -n kube-system --reuse-values --set policyEnforcementMode=never\n\
@@ -218,8 +236,17 @@ fn policy_enforcement_must_be_never() {
 fn host_legacy_routing_must_be_on() {
     let mut facts = migration_facts();
     set(&mut facts, "enable-host-legacy-routing", Some("false"));
-    let c = assert_status(&facts, "cilium-host-legacy-routing", Status::Fail, "\"false\"");
-    assert!(c.remedy.unwrap().contains("--set bpf.hostLegacyRouting=true"));
+    let c = assert_status(
+        &facts,
+        "cilium-host-legacy-routing",
+        Status::Fail,
+        "\"false\"",
+    );
+    assert!(
+        c.remedy
+            .unwrap()
+            .contains("--set bpf.hostLegacyRouting=true")
+    );
     set(&mut facts, "enable-host-legacy-routing", None);
     assert_status(&facts, "cilium-host-legacy-routing", Status::Fail, "unset");
 }
@@ -228,13 +255,28 @@ fn host_legacy_routing_must_be_on() {
 fn cni_custom_conf_on_and_uninstall_off() {
     let mut facts = migration_facts();
     set(&mut facts, "cni-uninstall", Some("false"));
-    assert_status(&facts, "cilium-cni-config", Status::Pass, "cni-uninstall=\"false\"");
+    assert_status(
+        &facts,
+        "cilium-cni-config",
+        Status::Pass,
+        "cni-uninstall=\"false\"",
+    );
     set(&mut facts, "custom-cni-conf", Some("false"));
-    let c = assert_status(&facts, "cilium-cni-config", Status::Fail, "custom-cni-conf=\"false\"");
+    let c = assert_status(
+        &facts,
+        "cilium-cni-config",
+        Status::Fail,
+        "custom-cni-conf=\"false\"",
+    );
     assert!(c.remedy.unwrap().contains("--set cni.customConf=true"));
     set(&mut facts, "custom-cni-conf", Some("true"));
     set(&mut facts, "cni-uninstall", Some("true"));
-    let c = assert_status(&facts, "cilium-cni-config", Status::Fail, "cni-uninstall=true");
+    let c = assert_status(
+        &facts,
+        "cilium-cni-config",
+        Status::Fail,
+        "cni-uninstall=true",
+    );
     assert!(c.remedy.unwrap().contains("--set cni.uninstall=false"));
 }
 
@@ -242,25 +284,66 @@ fn cni_custom_conf_on_and_uninstall_off() {
 fn unmanaged_pod_watcher_must_not_restart() {
     let mut facts = migration_facts();
     set(&mut facts, "unmanaged-pod-watcher-interval", Some("15s"));
-    let c = assert_status(&facts, "cilium-unmanaged-pod-watcher", Status::Fail, "\"15s\"");
+    let c = assert_status(
+        &facts,
+        "cilium-unmanaged-pod-watcher",
+        Status::Fail,
+        "\"15s\"",
+    );
     let remedy = c.remedy.unwrap();
     assert!(remedy.contains("--set operator.unmanagedPodWatcher.restart=false"));
     assert!(remedy.contains("rollout restart deploy/cilium-operator"));
     set(&mut facts, "unmanaged-pod-watcher-interval", None);
-    assert_status(&facts, "cilium-unmanaged-pod-watcher", Status::Fail, "no unmanaged-pod-watcher-interval");
-    set(&mut facts, "unmanaged-pod-watcher-interval", Some("sometimes"));
-    assert_status(&facts, "cilium-unmanaged-pod-watcher", Status::Fail, "\"sometimes\" is not an interval");
+    assert_status(
+        &facts,
+        "cilium-unmanaged-pod-watcher",
+        Status::Fail,
+        "no unmanaged-pod-watcher-interval",
+    );
+    set(
+        &mut facts,
+        "unmanaged-pod-watcher-interval",
+        Some("sometimes"),
+    );
+    assert_status(
+        &facts,
+        "cilium-unmanaged-pod-watcher",
+        Status::Fail,
+        "\"sometimes\" is not an interval",
+    );
 }
 
 #[test]
 fn cilium_cidr_must_not_overlap_legacy() {
     let mut facts = migration_facts();
-    set(&mut facts, "cluster-pool-ipv4-cidr", Some("10.244.128.0/17"));
-    let c = assert_status(&facts, "cidr-disjoint-legacy", Status::Fail, "overlaps legacy 10.244.0.0/16");
-    assert!(c.remedy.unwrap().contains("clusterPoolIPv4PodCIDRList={10.245.0.0/16}"));
+    set(
+        &mut facts,
+        "cluster-pool-ipv4-cidr",
+        Some("10.244.128.0/17"),
+    );
+    let c = assert_status(
+        &facts,
+        "cidr-disjoint-legacy",
+        Status::Fail,
+        "overlaps legacy 10.244.0.0/16",
+    );
+    assert!(
+        c.remedy
+            .unwrap()
+            .contains("clusterPoolIPv4PodCIDRList={10.245.0.0/16}")
+    );
     // The legacy range as Flannel declares it, wider than the nodes' shares.
-    set(&mut facts, "cluster-pool-ipv4-cidr", Some("10.244.200.0/24"));
-    assert_status(&facts, "cidr-disjoint-legacy", Status::Fail, "net-conf.json Network");
+    set(
+        &mut facts,
+        "cluster-pool-ipv4-cidr",
+        Some("10.244.200.0/24"),
+    );
+    assert_status(
+        &facts,
+        "cidr-disjoint-legacy",
+        Status::Fail,
+        "net-conf.json Network",
+    );
 }
 
 #[test]
@@ -269,41 +352,82 @@ fn malformed_values_are_named_not_skipped() {
     set(&mut facts, "cluster-pool-ipv4-cidr", Some("10.245.0.0/33"));
     let c = check(&facts, "cidr-disjoint-legacy");
     assert_eq!(c.status, Status::Fail);
-    assert!(c.detail.contains("cluster-pool-ipv4-cidr=\"10.245.0.0/33\""), "{}", c.detail);
+    assert!(
+        c.detail
+            .contains("cluster-pool-ipv4-cidr=\"10.245.0.0/33\""),
+        "{}",
+        c.detail
+    );
 
     let mut facts = migration_facts();
     set(&mut facts, "tunnel-port", Some("eighty"));
-    assert_status(&facts, "overlays-distinct", Status::Fail, "tunnel-port=\"eighty\"");
+    assert_status(
+        &facts,
+        "overlays-distinct",
+        Status::Fail,
+        "tunnel-port=\"eighty\"",
+    );
 
     let mut facts = migration_facts();
     facts.flannel.as_mut().unwrap().net_conf = Some("{\"Network\": ".into());
-    assert_status(&facts, "cidr-disjoint-legacy", Status::Fail, "net-conf.json does not parse");
+    assert_status(
+        &facts,
+        "cidr-disjoint-legacy",
+        Status::Fail,
+        "net-conf.json does not parse",
+    );
     facts.flannel.as_mut().unwrap().net_conf = Some(r#"{"Network": "10.244.0.0/99"}"#.into());
-    assert_status(&facts, "cidr-disjoint-legacy", Status::Fail, "Network=\"10.244.0.0/99\"");
+    assert_status(
+        &facts,
+        "cidr-disjoint-legacy",
+        Status::Fail,
+        "Network=\"10.244.0.0/99\"",
+    );
 }
 
 #[test]
 fn service_cidr_known_inferred_unknown() {
     let mut facts = migration_facts();
     set(&mut facts, "cluster-pool-ipv4-cidr", Some("10.96.0.0/16"));
-    assert_status(&facts, "cidr-disjoint-service", Status::Fail, "overlaps Service CIDR 10.96.0.0/12");
+    assert_status(
+        &facts,
+        "cidr-disjoint-service",
+        Status::Fail,
+        "overlaps Service CIDR 10.96.0.0/12",
+    );
 
     let mut facts = migration_facts();
     facts.service_cidr = ServiceCidr::Inferred {
         cidr: "10.96.0.0/24".parse().unwrap(),
         from: "the ClusterIPs of 3 Services".into(),
     };
-    let c = assert_status(&facts, "cidr-disjoint-service", Status::Warn, "the real Service CIDR may be wider");
+    let c = assert_status(
+        &facts,
+        "cidr-disjoint-service",
+        Status::Warn,
+        "the real Service CIDR may be wider",
+    );
     assert!(c.remedy.unwrap().contains("--service-cidr"));
     facts.service_cidr = ServiceCidr::Unknown("nothing to go by".into());
-    assert_status(&facts, "cidr-disjoint-service", Status::Warn, "nothing to go by");
+    assert_status(
+        &facts,
+        "cidr-disjoint-service",
+        Status::Warn,
+        "nothing to go by",
+    );
 }
 
 #[test]
 fn covering_prefix_of_cluster_ips() {
     let ips = ["10.96.0.1", "10.96.0.10", "10.96.200.7"].map(|i| i.parse().unwrap());
-    assert_eq!(gather::covering(&ips), Some("10.96.0.0/16".parse().unwrap()));
-    assert_eq!(gather::covering(&ips[..1]), Some("10.96.0.1/32".parse().unwrap()));
+    assert_eq!(
+        gather::covering(&ips),
+        Some("10.96.0.0/16".parse().unwrap())
+    );
+    assert_eq!(
+        gather::covering(&ips[..1]),
+        Some("10.96.0.1/32".parse().unwrap())
+    );
     assert_eq!(gather::covering(&[]), None);
 }
 
@@ -311,7 +435,12 @@ fn covering_prefix_of_cluster_ips() {
 fn overlays_must_not_share_a_port() {
     let mut facts = migration_facts();
     set(&mut facts, "tunnel-port", None);
-    let c = assert_status(&facts, "overlays-distinct", Status::Fail, "cannot share one UDP port");
+    let c = assert_status(
+        &facts,
+        "overlays-distinct",
+        Status::Fail,
+        "cannot share one UDP port",
+    );
     assert!(c.detail.contains("Flannel vxlan UDP 8472"), "{}", c.detail);
     assert!(c.remedy.unwrap().contains("--set tunnelPort=8473"));
     // Another protocol on its own port is fine.
@@ -321,7 +450,12 @@ fn overlays_must_not_share_a_port() {
     let mut facts = migration_facts();
     facts.flannel.as_mut().unwrap().net_conf =
         Some(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Port": 8473}}"#.into());
-    let c = assert_status(&facts, "overlays-distinct", Status::Fail, "Flannel vxlan UDP 8473");
+    let c = assert_status(
+        &facts,
+        "overlays-distinct",
+        Status::Fail,
+        "Flannel vxlan UDP 8473",
+    );
     assert!(c.remedy.unwrap().contains("--set tunnelPort=8474"));
     // No tunnel at all on Cilium's side.
     let mut facts = migration_facts();
@@ -333,13 +467,26 @@ fn overlays_must_not_share_a_port() {
 fn node_config_present_selective_and_complete() {
     let mut facts = migration_facts();
     facts.node_configs = None;
-    assert_status(&facts, "cilium-node-config", Status::Fail, "no CiliumNodeConfig CRD");
+    assert_status(
+        &facts,
+        "cilium-node-config",
+        Status::Fail,
+        "no CiliumNodeConfig CRD",
+    );
 
     let mut facts = migration_facts();
     facts.node_configs.as_mut().unwrap().items.clear();
-    let c = assert_status(&facts, "cilium-node-config", Status::Fail, "no CiliumNodeConfig in kube-system");
+    let c = assert_status(
+        &facts,
+        "cilium-node-config",
+        Status::Fail,
+        "no CiliumNodeConfig in kube-system",
+    );
     let remedy = c.remedy.unwrap();
-    assert!(remedy.starts_with("kubectl apply --server-side -f - <<'EOF'\napiVersion: cilium.io/v2\n"), "{remedy}");
+    assert!(
+        remedy.starts_with("kubectl apply --server-side -f - <<'EOF'\napiVersion: cilium.io/v2\n"),
+        "{remedy}"
+    );
     assert!(remedy.contains("    cni-exclusive: \"true\"\n"), "{remedy}");
 
     let mut facts = migration_facts();
@@ -347,19 +494,45 @@ fn node_config_present_selective_and_complete() {
         "default",
         json!({ "matchLabels": { "io.cilium.migration/cilium-default": "true" } }),
     )];
-    assert_status(&facts, "cilium-node-config", Status::Fail, "only reads its own namespace");
+    assert_status(
+        &facts,
+        "cilium-node-config",
+        Status::Fail,
+        "only reads its own namespace",
+    );
 
     let mut facts = migration_facts();
     facts.node_configs.as_mut().unwrap().items = vec![node_config("kube-system", json!({}))];
-    assert_status(&facts, "cilium-node-config", Status::Fail, "also selects nodes without the label");
+    assert_status(
+        &facts,
+        "cilium-node-config",
+        Status::Fail,
+        "also selects nodes without the label",
+    );
 
     let mut facts = migration_facts();
     let items = &mut facts.node_configs.as_mut().unwrap().items;
-    items[0].spec.defaults.insert("cni-exclusive".into(), "false".into());
+    items[0]
+        .spec
+        .defaults
+        .insert("cni-exclusive".into(), "false".into());
     items[0].spec.defaults.remove("cni-chaining-mode");
-    let c = assert_status(&facts, "cilium-node-config", Status::Fail, "cni-exclusive=\"false\" (want \"true\")");
-    assert!(c.detail.contains("cni-chaining-mode=(unset)"), "{}", c.detail);
-    assert!(c.remedy.unwrap().contains("patch ciliumnodeconfig cilium-default --type=merge"));
+    let c = assert_status(
+        &facts,
+        "cilium-node-config",
+        Status::Fail,
+        "cni-exclusive=\"false\" (want \"true\")",
+    );
+    assert!(
+        c.detail.contains("cni-chaining-mode=(unset)"),
+        "{}",
+        c.detail
+    );
+    assert!(
+        c.remedy
+            .unwrap()
+            .contains("patch ciliumnodeconfig cilium-default --type=merge")
+    );
 }
 
 fn calico(autodetection: Option<serde_json::Value>) -> Facts {
@@ -383,16 +556,37 @@ fn calico_must_not_autodetect_cilium_host() {
         Status::Fail,
         "firstFound=true",
     );
-    assert!(c.remedy.unwrap().contains("\"firstFound\":false,\"kubernetes\":\"NodeInternalIP\""));
-    assert_status(&calico(None), "calico-node-address", Status::Fail, "defaults to firstFound=true");
+    assert!(
+        c.remedy
+            .unwrap()
+            .contains("\"firstFound\":false,\"kubernetes\":\"NodeInternalIP\"")
+    );
     assert_status(
-        &calico(Some(json!({ "firstFound": false, "kubernetes": "NodeInternalIP" }))),
+        &calico(None),
+        "calico-node-address",
+        Status::Fail,
+        "defaults to firstFound=true",
+    );
+    assert_status(
+        &calico(Some(
+            json!({ "firstFound": false, "kubernetes": "NodeInternalIP" }),
+        )),
         "calico-node-address",
         Status::Pass,
         "kubernetes=NodeInternalIP",
     );
-    assert_status(&calico(Some(json!({ "interface": "eth.*" }))), "calico-node-address", Status::Warn, "pattern");
-    assert_status(&calico(Some(json!({ "interface": "eth0" }))), "calico-node-address", Status::Pass, "eth0");
+    assert_status(
+        &calico(Some(json!({ "interface": "eth.*" }))),
+        "calico-node-address",
+        Status::Warn,
+        "pattern",
+    );
+    assert_status(
+        &calico(Some(json!({ "interface": "eth0" }))),
+        "calico-node-address",
+        Status::Pass,
+        "eth0",
+    );
     assert_status(
         &calico(Some(json!({ "cidrs": ["10.245.0.0/16"] }))),
         "calico-node-address",
@@ -401,8 +595,18 @@ fn calico_must_not_autodetect_cilium_host() {
     );
     // Calico's pools are the legacy CIDR, and its VXLAN port is 4789.
     let facts = calico(Some(json!({ "kubernetes": "NodeInternalIP" })));
-    assert_status(&facts, "cidr-disjoint-legacy", Status::Pass, "192.168.0.0/16 (Installation default");
-    assert_status(&facts, "overlays-distinct", Status::Pass, "Calico VXLANCrossSubnet UDP 4789");
+    assert_status(
+        &facts,
+        "cidr-disjoint-legacy",
+        Status::Pass,
+        "192.168.0.0/16 (Installation default",
+    );
+    assert_status(
+        &facts,
+        "overlays-distinct",
+        Status::Pass,
+        "Calico VXLANCrossSubnet UDP 4789",
+    );
 }
 
 #[test]
@@ -412,9 +616,16 @@ fn calico_without_operator_is_a_warning() {
         .metadata
         .annotations
         .get_or_insert_default()
-        .insert("projectcalico.org/IPv4Address".into(), "172.18.0.3/16".into());
+        .insert(
+            "projectcalico.org/IPv4Address".into(),
+            "172.18.0.3/16".into(),
+        );
     let c = assert_status(&facts, "calico-node-address", Status::Warn, "worker-1");
-    assert!(c.remedy.unwrap().contains("IP_AUTODETECTION_METHOD=kubernetes-internal-ip"));
+    assert!(
+        c.remedy
+            .unwrap()
+            .contains("IP_AUTODETECTION_METHOD=kubernetes-internal-ip")
+    );
 }
 
 #[test]
@@ -424,7 +635,12 @@ fn nodes_ready_where_it_matters() {
     let c = assert_status(&facts, "nodes-ready", Status::Fail, "NotReady: worker-2");
     assert_eq!(c.remedy.unwrap(), "kubectl describe node worker-2");
     facts.selected = Some(BTreeSet::from(["worker-1".to_string()]));
-    assert_status(&facts, "nodes-ready", Status::Warn, "not to be migrated: worker-2");
+    assert_status(
+        &facts,
+        "nodes-ready",
+        Status::Warn,
+        "not to be migrated: worker-2",
+    );
     facts.selected = Some(BTreeSet::new());
     assert_status(&facts, "nodes-ready", Status::Fail, "picks none");
 }
@@ -432,12 +648,24 @@ fn nodes_ready_where_it_matters() {
 #[test]
 fn an_agent_on_every_node() {
     let mut facts = migration_facts();
-    facts.agents.retain(|a| a.node.as_deref() != Some("worker-1"));
+    facts
+        .agents
+        .retain(|a| a.node.as_deref() != Some("worker-1"));
     facts.agents[0].ready = false;
-    let c = assert_status(&facts, "agents-everywhere", Status::Fail, "on 2 of 3 Nodes: control-plane, worker-1");
+    let c = assert_status(
+        &facts,
+        "agents-everywhere",
+        Status::Fail,
+        "on 2 of 3 Nodes: control-plane, worker-1",
+    );
     assert!(c.remedy.unwrap().contains("kubectl describe node worker-1"));
     facts.agents.clear();
-    assert_status(&facts, "agents-everywhere", Status::Fail, "no crossover agent pod");
+    assert_status(
+        &facts,
+        "agents-everywhere",
+        Status::Fail,
+        "no crossover agent pod",
+    );
 }
 
 #[test]
@@ -455,7 +683,10 @@ fn baseline_is_rendered_as_given() {
     assert!(table.contains("baseline-loss"), "{table}");
     assert!(table.contains("FAIL"), "{table}");
     assert!(table.contains("remedy:"), "{table}");
-    assert!(table.ends_with("1 fail: the migration cannot start\n"), "{table}");
+    assert!(
+        table.ends_with("1 fail: the migration cannot start\n"),
+        "{table}"
+    );
 
     let all = checks(&facts, &Baseline::NotMeasured("--skip-baseline".into()));
     let c = all.iter().find(|c| c.name == "baseline-loss").unwrap();
