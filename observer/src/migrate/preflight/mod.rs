@@ -7,11 +7,13 @@
 //! status, the values it saw and, when not passing, a remedy the SRE can
 //! paste. A check that cannot be decided (no `cilium-config` yet, a value
 //! that does not parse) never passes.
+mod calico;
 mod cilium;
 mod cluster;
 mod facts;
 mod gather;
 mod network;
+mod networks;
 #[cfg(test)]
 mod tests;
 
@@ -139,7 +141,7 @@ impl Default for PreflightOptions {
 /// the address plan, the per-node config, the legacy side, then the
 /// cluster's health.
 pub fn checks(facts: &Facts, baseline: &Baseline) -> Vec<Check> {
-    let net = network::Networks::of(facts);
+    let net = networks::Networks::of(facts);
     vec![
         cilium::ipam(facts),
         network::cilium_cidr_vs_legacy(facts, &net),
@@ -150,7 +152,7 @@ pub fn checks(facts: &Facts, baseline: &Baseline) -> Vec<Check> {
         cilium::host_legacy_routing(facts),
         cilium::cni(facts),
         cilium::unmanaged_pod_watcher(facts),
-        network::calico_autodetection(facts, &net),
+        calico::autodetection(facts, &net),
         cluster::nodes_ready(facts),
         cluster::agents(facts),
         cluster::baseline(baseline),
