@@ -615,3 +615,102 @@ pub fn cluster_with_apps(nodes: usize, migrated: usize, app_pods: usize) -> Vec<
     }
     out
 }
+
+/// `cilium_config()` with keys changed (`Some`) or removed (`None`).
+pub fn cilium_config_with(changes: &[(&str, Option<&str>)]) -> Value {
+    let mut config = cilium_config();
+    let data = config["data"].as_object_mut().expect("made with data");
+    for (key, value) in changes {
+        match value {
+            Some(v) => data.insert(key.to_string(), json!(v)),
+            None => data.remove(*key),
+        };
+    }
+    config
+}
+
+/// Flannel's `kube-flannel/kube-flannel-cfg` as kube-flannel.yml ships it,
+/// with `net-conf.json` as given (raw, so tests can break it).
+pub fn flannel_config(net_conf: &str) -> Value {
+    let data = BTreeMap::from([
+        ("net-conf.json".to_string(), net_conf.to_string()),
+        (
+            "cni-conf.json".to_string(),
+            json!({ "name": "cbr0", "cniVersion": "0.3.1", "plugins": [
+                { "type": "flannel", "delegate": { "hairpinMode": true, "isDefaultGateway": true } },
+                { "type": "portmap", "capabilities": { "portMappings": true } }
+            ]})
+            .to_string(),
+        ),
+    ]);
+    to_value(&ConfigMap {
+        metadata: meta(Some("kube-flannel"), "kube-flannel-cfg"),
+        data: Some(data),
+        ..Default::default()
+    })
+}
+
+/// The lab's Flannel: 10.244.0.0/16 over VXLAN on the default port.
+pub fn flannel_lab_config() -> Value {
+    flannel_config(
+        r#"{"Network": "10.244.0.0/16", "EnableNFTables": false, "Backend": {"Type": "vxlan"}}"#,
+    )
+}
+
+/// The `crossover` namespace and a Ready crossover agent pod (host
+/// network, `manifests/agent-daemonset.yaml`'s labels) on each of the
+/// first `nodes` lab nodes.
+pub fn agent_pods(nodes: usize) -> Vec<Value> {
+    let mut out = vec![namespace("crossover")];
+    for j in 0..nodes {
+        let host = plan::underlay_addr(j).to_string();
+        out.push(
+            PodBuilder::new("crossover", &format!("crossover-agent-{}", node_name(j)))
+                .label("app.kubernetes.io/name", "crossover-agent")
+                .label("app.kubernetes.io/part-of", "crossover")
+                .node(&node_name(j), &host)
+                .ip(&host)
+                .host_network(true)
+                .owner(Owner::DaemonSet("crossover-agent".into()))
+                .value(),
+        );
+    }
+    out
+}
+
+/// Calico's operator CRD `installations.operator.tigera.io`, to register
+/// on a server before applying [`calico_installation`].
+pub fn calico_installation_kind() -> crate::apiserver::ResourceKind {
+    use crate::apiserver::{Gvr, ResourceKind};
+    ResourceKind::new(
+        Gvr::new("operator.tigera.io", "v1", "installations"),
+        "Installation",
+        false,
+    )
+    .with_subresources(&["status"])
+}
+
+/// `Installation default` with one VXLANCrossSubnet pool and the given
+/// `nodeAddressAutodetectionV4` (`Value::Null`: unset).
+pub fn calico_installation(pool_cidr: &str, autodetection_v4: Value) -> Value {
+    let mut network = json!({
+        "bgp": "Disabled",
+        "ipPools": [{
+            "name": "default-ipv4-ippool",
+            "cidr": pool_cidr,
+            "blockSize": 26,
+            "encapsulation": "VXLANCrossSubnet",
+            "natOutgoing": "Enabled",
+            "nodeSelector": "all()",
+        }],
+    });
+    if !autodetection_v4.is_null() {
+        network["nodeAddressAutodetectionV4"] = autodetection_v4;
+    }
+    json!({
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": { "name": "default" },
+        "spec": { "calicoNetwork": network },
+    })
+}

@@ -1,1 +1,0 @@
-//! Preflight checks: is this cluster ready for a live migration to Cilium?

@@ -1,0 +1,160 @@
+//! The cluster's health before anything changes: nodes Ready, a crossover
+//! agent on each, and the loss those agents measure.
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Node as KubeNode;
+
+use super::{Baseline, Check, Facts};
+use crate::cluster::derive;
+
+fn ready(node: &KubeNode) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn names(nodes: &[&KubeNode]) -> String {
+    let v: Vec<&str> = nodes.iter().map(|n| derive::name(n)).collect();
+    v.join(", ")
+}
+
+/// Selected nodes are drained and rebooted, so they must be Ready; others
+/// only receive probes, and a NotReady one shows up as loss.
+pub fn nodes_ready(facts: &Facts) -> Check {
+    const NAME: &str = "nodes-ready";
+    if facts.nodes.is_empty() {
+        return Check::fail(NAME, "the API lists no Nodes", "kubectl get nodes");
+    }
+    let selected: Vec<&KubeNode> = facts
+        .nodes
+        .iter()
+        .filter(|n| facts.is_selected(derive::name(n)))
+        .collect();
+    if selected.is_empty() {
+        return Check::fail(
+            NAME,
+            format!(
+                "the node selector picks none of the {} Nodes",
+                facts.nodes.len()
+            ),
+            "kubectl get nodes --show-labels  # and fix the selector",
+        );
+    }
+    let (down, up): (Vec<&KubeNode>, Vec<&KubeNode>) = facts.nodes.iter().partition(|n| !ready(n));
+    let down_selected: Vec<&KubeNode> = down
+        .iter()
+        .copied()
+        .filter(|n| facts.is_selected(derive::name(n)))
+        .collect();
+    let describe = |nodes: &[&KubeNode]| -> String {
+        nodes
+            .iter()
+            .map(|n| format!("kubectl describe node {}", derive::name(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if !down_selected.is_empty() {
+        return Check::fail(
+            NAME,
+            format!(
+                "NotReady: {} (of {} to migrate): a node must be Ready to drain, reboot and verify",
+                names(&down_selected),
+                selected.len()
+            ),
+            describe(&down_selected),
+        );
+    }
+    if !down.is_empty() {
+        return Check::warn(
+            NAME,
+            format!(
+                "NotReady, not to be migrated: {}: probes to them will count as loss",
+                names(&down)
+            ),
+            describe(&down),
+        );
+    }
+    Check::pass(
+        NAME,
+        format!("{} Nodes Ready, {} to migrate", up.len(), selected.len()),
+    )
+}
+
+/// Probes go from every node to every node, and loss is only known where
+/// an agent counts it.
+pub fn agents(facts: &Facts) -> Check {
+    const NAME: &str = "agents-everywhere";
+    let with_agent: BTreeSet<&str> = facts
+        .agents
+        .iter()
+        .filter(|a| a.ready)
+        .filter_map(|a| a.node.as_deref())
+        .collect();
+    let missing: Vec<&KubeNode> = facts
+        .nodes
+        .iter()
+        .filter(|n| !with_agent.contains(derive::name(n)))
+        .collect();
+    let ns = &facts.agent_namespace;
+    let sel = &facts.agent_selector;
+    if facts.nodes.is_empty() {
+        return Check::fail(NAME, "the API lists no Nodes", "kubectl get nodes");
+    }
+    if facts.agents.is_empty() {
+        return Check::fail(
+            NAME,
+            format!("no crossover agent pod in namespace {ns} with labels {sel}"),
+            "kubectl apply -f manifests/\nkubectl -n crossover rollout status ds/crossover-agent",
+        );
+    }
+    if missing.is_empty() {
+        return Check::pass(
+            NAME,
+            format!(
+                "a Ready crossover agent on each of the {} Nodes",
+                facts.nodes.len()
+            ),
+        );
+    }
+    let mut remedy = format!("kubectl -n {ns} get pods -l {sel} -o wide");
+    for n in &missing {
+        remedy.push_str(&format!(
+            "\nkubectl describe node {}  # taints the agent does not tolerate?",
+            derive::name(n)
+        ));
+    }
+    Check::fail(
+        NAME,
+        format!(
+            "no Ready crossover agent on {} of {} Nodes: {}",
+            missing.len(),
+            facts.nodes.len(),
+            names(&missing)
+        ),
+        remedy,
+    )
+}
+
+pub fn baseline(baseline: &Baseline) -> Check {
+    const NAME: &str = "baseline-loss";
+    match baseline {
+        Baseline::Under { summary } => Check::pass(NAME, summary.clone()),
+        Baseline::NotMeasured(why) => Check::warn(
+            NAME,
+            format!("baseline loss not measured: {why}"),
+            "crossover migrate plan  # again once every agent is Ready, to measure it",
+        ),
+        Baseline::Over { breaches } => Check::fail(
+            NAME,
+            format!(
+                "loss over the threshold before anything changed:\n{}",
+                breaches.join("\n")
+            ),
+            "# find and fix the lossy pairs first; the migration would be judged against this noise\n\
+             kubectl -n crossover get pods -o wide",
+        ),
+    }
+}
