@@ -7,6 +7,7 @@ use super::{
     context::Options,
     gate::{Ratio, SignalThreshold, Thresholds},
     plan::PlanOptions,
+    preflight::PreflightOptions,
     state::{OnBreach, Settings},
 };
 use crate::{Result, agent::parse_duration};
@@ -169,6 +170,12 @@ pub struct RunArgs {
     /// 'docker restart $NODE'); no reboot without it.
     #[arg(long)]
     pub reboot_hook: Option<String>,
+    /// The Service CIDR, for the preflight's disjointness check (most
+    /// clusters do not publish it in the API). Repeat for several.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<ipnet::Ipv4Net>,
+    #[command(flatten)]
+    pub overrides: crate::cluster::derive::ShapeOverrides,
     #[arg(long)]
     pub yes: bool,
 }
@@ -213,6 +220,17 @@ impl RunArgs {
             soak_seconds: 30,
             on_breach: OnBreach::Halt,
             reboot_hook: None,
+        }
+    }
+
+    pub fn preflight_options(&self, common: &CommonArgs) -> PreflightOptions {
+        PreflightOptions {
+            cilium_namespace: common.cilium_namespace.clone(),
+            agent_namespace: common.namespace.clone(),
+            agent_selector: common.agent_selector.clone(),
+            service_cidrs: self.service_cidrs.clone(),
+            overrides: self.overrides.clone(),
+            node_selector: self.selector.clone(),
         }
     }
 

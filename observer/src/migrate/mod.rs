@@ -43,7 +43,11 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let plan = plan_nodes(&client, run).await?;
             print!("{}", plan.render());
             let ctx = Context::new(client, args.common.options(), run.settings()?, None);
-            preflight_passes(&ctx).await.map(drop)
+            if preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
+                Ok(())
+            } else {
+                Err(Error::Migration("preflight failed: see the checks above".into()))
+            }
         }
         MigrateCommand::Run(run) => {
             if let Some(existing) = store.load().await? {
@@ -60,7 +64,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let settings = run.settings()?;
             let lease = take_lease(&client, &args).await?;
             let ctx = Context::new(client, args.common.options(), settings.clone(), Some(lease));
-            if !preflight_passes(&ctx).await? {
+            if !preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 release(ctx).await;
                 return Err(Error::Migration(
                     "preflight failed: nothing was changed; fix what it names and run again".into(),
@@ -257,9 +261,26 @@ async fn plan_nodes(client: &Client, run: &args::RunArgs) -> Result<plan::Plan> 
     Ok(plan)
 }
 
-/// Prints the preflight checks; `false` when one fails.
-async fn preflight_passes(ctx: &Context) -> Result<bool> {
-    let checks = preflight::run(ctx).await?;
+/// Prints the preflight checks, the baseline loss among them; `false`
+/// when one fails.
+async fn preflight_passes(ctx: &Context, options: &preflight::PreflightOptions) -> Result<bool> {
+    let facts = preflight::gather(&ctx.client, options).await?;
+    let baseline = match ctx.measure().await {
+        Ok(m) => {
+            let d = gate::judge(&ctx.settings.thresholds, &m.rows, m.missing, vec![], now());
+            if d.passed {
+                preflight::Baseline::Under {
+                    summary: d.summary(),
+                }
+            } else {
+                preflight::Baseline::Over {
+                    breaches: d.reasons(),
+                }
+            }
+        }
+        Err(e) => preflight::Baseline::NotMeasured(e.to_string()),
+    };
+    let checks = preflight::checks(&facts, &baseline);
     print!("{}", preflight::render(&checks));
     Ok(!preflight::blocking(&checks))
 }
