@@ -16,7 +16,7 @@ use crate::{Result, agent::parse_duration};
 pub struct MigrateArgs {
     #[command(subcommand)]
     pub command: MigrateCommand,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Where things are, how long to wait")]
     pub common: CommonArgs,
 }
 
