@@ -27,6 +27,7 @@ mod log;
 mod patch;
 mod routes;
 mod selector;
+pub mod sim;
 mod status;
 mod store;
 mod subresource;
