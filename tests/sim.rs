@@ -130,9 +130,12 @@ async fn label(client: &Client, node: &str, on: bool) {
 async fn restart_agent(client: &Client, sim: &ClusterSim, node: &str) -> Pod {
     let ks: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let old = pod_of(&ks, "k8s-app=cilium", node).await;
-    ks.delete(&old.metadata.name.clone().unwrap(), &DeleteParams::default())
-        .await
-        .unwrap();
+    ks.delete(
+        &old.metadata.name.clone().unwrap(),
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
     sim.settle().await;
     let new = pod_of(&ks, "k8s-app=cilium", node).await;
     assert_ne!(new.metadata.name, old.metadata.name);
@@ -179,7 +182,10 @@ async fn eviction_honours_a_budget_until_the_replacement_is_ready() {
     assert_eq!(evicted.code, 201);
     // The replacement exists but is not Ready yet: the budget is spent.
     let refused = status_code(pods.evict("app-2-worker-1", &EvictParams::default()).await);
-    assert_eq!((refused.code, refused.reason.as_str()), (429, "TooManyRequests"));
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (429, "TooManyRequests")
+    );
     assert_eq!(
         refused.message,
         "Cannot evict pod as it would violate the pod's disruption budget."
@@ -194,7 +200,10 @@ async fn eviction_honours_a_budget_until_the_replacement_is_ready() {
 
     // Once the replacement is Ready the budget allows one more.
     sim.settle().await;
-    let all = pods.list(&ListParams::default().labels("app=app")).await.unwrap();
+    let all = pods
+        .list(&ListParams::default().labels("app=app"))
+        .await
+        .unwrap();
     assert_eq!(all.items.len(), 6);
     assert!(all.items.iter().all(ready));
     pods.evict("app-2-worker-1", &EvictParams::default())
@@ -221,7 +230,11 @@ async fn eviction_honours_a_budget_until_the_replacement_is_ready() {
     let allowed = s.conditions.unwrap();
     assert_eq!(allowed[0].type_, "DisruptionAllowed");
     assert_eq!(allowed[0].status, "False");
-    let victim = pods.list(&ListParams::default().labels("app=app")).await.unwrap().items[0]
+    let victim = pods
+        .list(&ListParams::default().labels("app=app"))
+        .await
+        .unwrap()
+        .items[0]
         .metadata
         .name
         .clone()
@@ -239,19 +252,25 @@ async fn percentages_round_up_and_unready_pods_go_while_the_budget_is_met() {
     // 50% of 6 expected (the ReplicaSet's scale) must stay: 3.
     let half = pdb(PdbBuilder::new("default", "half", &[("app", "app")]).min_available_percent(50));
     let b = crossover_tests::apiserver::sim::budget(server.store(), &half);
-    assert_eq!((b.expected_pods, b.desired_healthy, b.disruptions_allowed), (6, 3, 3));
+    assert_eq!(
+        (b.expected_pods, b.desired_healthy, b.disruptions_allowed),
+        (6, 3, 3)
+    );
     // 34% of 6 may go, rounded up: 3 unavailable, 3 must stay.
-    let most = pdb(PdbBuilder::new("default", "half", &[("app", "app")]).max_unavailable_percent(34));
+    let most =
+        pdb(PdbBuilder::new("default", "half", &[("app", "app")]).max_unavailable_percent(34));
     let b = crossover_tests::apiserver::sim::budget(server.store(), &most);
     assert_eq!((b.desired_healthy, b.disruptions_allowed), (3, 3));
     // DaemonSet pods count their DaemonSet's desired number.
     let gp = pdb(PdbBuilder::new("default", "gp", &[("app", "goldpinger")]).max_unavailable(0));
     let b = crossover_tests::apiserver::sim::budget(server.store(), &gp);
-    assert_eq!((b.expected_pods, b.current_healthy, b.disruptions_allowed), (3, 3, 0));
+    assert_eq!(
+        (b.expected_pods, b.current_healthy, b.disruptions_allowed),
+        (3, 3, 0)
+    );
 
-    // An unready goldpinger pod may be evicted while the other two... no:
-    // the budget wants 3 healthy and has 2, so IfHealthyBudget refuses,
-    // and AlwaysAllow lets it go.
+    // An unready pod under a budget that is not met: IfHealthyBudget (the
+    // default) refuses, AlwaysAllow lets it go.
     server
         .apply(
             PodBuilder::new("default", "goldpinger-worker-1")
@@ -295,7 +314,11 @@ async fn daemonset_pods_come_back_under_new_names_and_status_follows() {
     let cilium = dss.get("cilium").await.unwrap();
     let s = cilium.status.clone().unwrap();
     assert_eq!(
-        (s.desired_number_scheduled, s.number_ready, s.observed_generation),
+        (
+            s.desired_number_scheduled,
+            s.number_ready,
+            s.observed_generation
+        ),
         (3, 3, Some(1))
     );
 
@@ -312,7 +335,10 @@ async fn daemonset_pods_come_back_under_new_names_and_status_follows() {
         "{name}"
     );
     let owner = &new.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("DaemonSet", "cilium"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("DaemonSet", "cilium")
+    );
     assert_eq!(Some(&owner.uid), cilium.metadata.uid.as_ref());
     sim.settle().await;
     let new = ks.get(&name).await.unwrap();
@@ -349,7 +375,11 @@ async fn daemonset_pods_come_back_under_new_names_and_status_follows() {
         .items;
     assert_eq!(running.len(), 1);
     assert_eq!(node_of(&running[0]), Some("worker-2"));
-    assert!(in_net(&running[0], "10.244.2.0/24"), "{:?}", ip(&running[0]));
+    assert!(
+        in_net(&running[0], "10.244.2.0/24"),
+        "{:?}",
+        ip(&running[0])
+    );
     label(&client, "worker-2", false).await;
     sim.settle().await;
     assert!(
@@ -385,18 +415,27 @@ async fn rollout_restart_replaces_agents_one_at_a_time() {
     dss.patch(
         "cilium",
         &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "template": { "metadata": { "annotations": {
-            "kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z" } } } } })),
+        &Patch::Merge(
+            json!({ "spec": { "template": { "metadata": { "annotations": {
+            "kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z" } } } } }),
+        ),
     )
     .await
     .unwrap();
     sim.settle().await;
     let s = dss.get("cilium").await.unwrap().status.unwrap();
     assert_eq!(
-        (s.updated_number_scheduled, s.number_available, s.observed_generation),
+        (
+            s.updated_number_scheduled,
+            s.number_available,
+            s.observed_generation
+        ),
         (Some(3), Some(3), Some(2))
     );
-    let agents = ks.list(&ListParams::default().labels("k8s-app=cilium")).await.unwrap();
+    let agents = ks
+        .list(&ListParams::default().labels("k8s-app=cilium"))
+        .await
+        .unwrap();
     assert!(agents.items.iter().all(|p| {
         let name = p.metadata.name.as_deref().unwrap();
         !name.ends_with("worker-1") && !name.ends_with("worker-2") && !name.ends_with("plane")
@@ -421,25 +460,44 @@ async fn the_scheduler_avoids_cordoned_and_tainted_nodes_and_spreads() {
         pods.evict(name, &EvictParams::default()).await.unwrap();
     }
     sim.settle().await;
-    assert!(pods_on(&pods, "worker-1").await.iter().all(|p| !p
-        .metadata
-        .name
-        .as_deref()
-        .unwrap()
-        .starts_with("app-")));
+    assert!(
+        pods_on(&pods, "worker-1").await.iter().all(|p| !p
+            .metadata
+            .name
+            .as_deref()
+            .unwrap()
+            .starts_with("app-"))
+    );
     // One each on worker-2 and worker-3; none on the tainted control plane.
     for (node, subnet) in [("worker-2", "10.244.2.0/24"), ("worker-3", "10.244.3.0/24")] {
         let apps: Vec<Pod> = pod_list(&pods, "app=app", node).await;
         assert_eq!(apps.len(), 3, "{node}");
         let new: Vec<&Pod> = apps
             .iter()
-            .filter(|p| p.metadata.name.as_deref().unwrap().starts_with("app-5d9c7b-"))
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("app-5d9c7b-")
+            })
             .collect();
         assert_eq!(new.len(), 1, "{node}");
-        assert!(ready(new[0]) && in_net(new[0], subnet), "{:?}", new[0].status);
+        assert!(
+            ready(new[0]) && in_net(new[0], subnet),
+            "{:?}",
+            new[0].status
+        );
         let status = new[0].status.as_ref().unwrap();
         let host = status.host_ip.as_deref().unwrap();
-        assert_eq!(host, if node == "worker-2" { "172.18.0.4" } else { "172.18.0.5" });
+        assert_eq!(
+            host,
+            if node == "worker-2" {
+                "172.18.0.4"
+            } else {
+                "172.18.0.5"
+            }
+        );
         assert_eq!(status.phase.as_deref(), Some("Running"));
     }
     assert_eq!(pod_list(&pods, "app=app", "control-plane").await.len(), 2);
@@ -459,7 +517,13 @@ async fn the_scheduler_avoids_cordoned_and_tainted_nodes_and_spreads() {
         .unwrap()
         .items;
     assert_eq!(pending.len(), 1);
-    let cond = pending[0].status.as_ref().unwrap().conditions.as_ref().unwrap();
+    let cond = pending[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .as_ref()
+        .unwrap();
     let scheduled = cond.iter().find(|c| c.type_ == "PodScheduled").unwrap();
     assert_eq!(
         (scheduled.status.as_str(), scheduled.reason.as_deref()),
@@ -485,7 +549,10 @@ async fn the_scheduler_avoids_cordoned_and_tainted_nodes_and_spreads() {
     assert_eq!(failed, 1);
     cordon(&client, "worker-3", false).await;
     sim.settle().await;
-    let moved = pods.get(pending[0].metadata.name.as_deref().unwrap()).await.unwrap();
+    let moved = pods
+        .get(pending[0].metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
     assert_eq!(node_of(&moved), Some("worker-3"));
     assert!(ready(&moved));
 }
@@ -519,9 +586,12 @@ async fn a_node_switches_to_cilium_after_label_and_agent_restart_and_back_on_rol
     assert_eq!(sim.network("worker-1"), Some(Network::Legacy));
     let restart_goldpinger = || async {
         let old = pod_of(&pods, "app=goldpinger", "worker-1").await;
-        pods.delete(old.metadata.name.as_deref().unwrap(), &DeleteParams::default())
-            .await
-            .unwrap();
+        pods.delete(
+            old.metadata.name.as_deref().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
         sim.settle().await;
         pod_of(&pods, "app=goldpinger", "worker-1").await
     };
@@ -540,7 +610,11 @@ async fn a_node_switches_to_cilium_after_label_and_agent_restart_and_back_on_rol
     let app = pods.get("app-1-worker-1").await.unwrap();
     assert!(in_net(&app, "10.244.1.0/24"));
     let gp = restart_goldpinger().await;
-    assert!(ready(&gp) && in_net(&gp, "10.245.1.0/24"), "{:?}", gp.status);
+    assert!(
+        ready(&gp) && in_net(&gp, "10.245.1.0/24"),
+        "{:?}",
+        gp.status
+    );
     // Not the CiliumInternalIP (cilium_host, .1).
     assert_ne!(ip(&gp), Some("10.245.1.1".parse().unwrap()));
     let cilium_name = gp.metadata.name.clone().unwrap();
@@ -584,9 +658,12 @@ async fn an_exhausted_subnet_leaves_the_pod_creating_with_a_warning() {
     assert_eq!(sim.network("worker-1"), Some(Network::Cilium));
     sim.exhaust_ipam("worker-1", true);
     let old = pod_of(&pods, "app=goldpinger", "worker-1").await;
-    pods.delete(old.metadata.name.as_deref().unwrap(), &DeleteParams::default())
-        .await
-        .unwrap();
+    pods.delete(
+        old.metadata.name.as_deref().unwrap(),
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
     sim.settle().await;
     let stuck = pod_of(&pods, "app=goldpinger", "worker-1").await;
     let status = stuck.status.clone().unwrap();
@@ -625,7 +702,10 @@ async fn an_exhausted_subnet_leaves_the_pod_creating_with_a_warning() {
 
     sim.exhaust_ipam("worker-1", false);
     sim.settle().await;
-    let started = pods.get(stuck.metadata.name.as_deref().unwrap()).await.unwrap();
+    let started = pods
+        .get(stuck.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
     assert!(ready(&started) && in_net(&started, "10.245.1.0/24"));
 
     // A subnet that is really full: a /30 holds one pod, and it is taken.
@@ -648,6 +728,28 @@ async fn an_exhausted_subnet_leaves_the_pod_creating_with_a_warning() {
     sim.settle().await;
     let bare = pods.get("bare").await.unwrap();
     assert_eq!(bare.status.unwrap().pod_ip, None, "{:?}", ip(&started));
+    let about_bare = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                && e.involved_object.name.as_deref() == Some("bare")
+        })
+        .count();
+    assert_eq!(about_bare, 1);
+    // Deleting the pod that holds the one address lets it start.
+    pods.delete(
+        started.metadata.name.as_deref().unwrap(),
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
+    sim.settle().await;
+    let bare = pods.get("bare").await.unwrap();
+    assert_eq!(ip(&bare), Some("10.245.1.2".parse().unwrap()));
 }
 
 #[tokio::test]
@@ -669,7 +771,11 @@ async fn an_agent_that_never_turns_ready_keeps_the_node_on_legacy() {
 
     sim.set_agent_never_ready("worker-1", false);
     sim.settle().await;
-    assert!(ready(&ks.get(agent.metadata.name.as_deref().unwrap()).await.unwrap()));
+    assert!(ready(
+        &ks.get(agent.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap()
+    ));
     assert_eq!(sim.network("worker-1"), Some(Network::Cilium));
 }
 
@@ -698,7 +804,13 @@ async fn a_reboot_gives_the_nodes_pods_new_sandboxes_and_addresses() {
     for pod in &after {
         assert!(ready(pod), "{:?}", pod.status);
         assert!(in_net(pod, "10.245.1.0/24"), "{:?}", ip(pod));
-        let restarts = pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        let restarts = pod
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
             .restart_count;
         assert_eq!(restarts, 1);
     }
@@ -718,13 +830,14 @@ async fn a_reboot_gives_the_nodes_pods_new_sandboxes_and_addresses() {
         names(&removed, Network::Legacy),
         vec!["app-1-worker-1", "app-2-worker-1", "goldpinger-worker-1"]
     );
-    assert_eq!(names(&placed, Network::Cilium), names(&removed, Network::Legacy));
-    // The agent is host-network: placed again with the node's address.
-    assert!(
-        placed
-            .iter()
-            .any(|p| p.namespace == "kube-system" && p.network.is_none() && p.ip.to_string() == "172.18.0.3")
+    assert_eq!(
+        names(&placed, Network::Cilium),
+        names(&removed, Network::Legacy)
     );
+    // The agent is host-network: placed again with the node's address.
+    assert!(placed.iter().any(|p| p.namespace == "kube-system"
+        && p.network.is_none()
+        && p.ip.to_string() == "172.18.0.3"));
 }
 
 #[tokio::test]
@@ -740,8 +853,16 @@ async fn replicaset_status_follows_its_pods() {
     .await
     .unwrap();
     sim.settle().await;
-    let s = rss.get(fixtures::APP_REPLICASET).await.unwrap().status.unwrap();
-    assert_eq!((s.replicas, s.ready_replicas, s.observed_generation), (8, Some(8), Some(2)));
+    let s = rss
+        .get(fixtures::APP_REPLICASET)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.replicas, s.ready_replicas, s.observed_generation),
+        (8, Some(8), Some(2))
+    );
     rss.patch(
         fixtures::APP_REPLICASET,
         &PatchParams::default(),
@@ -751,9 +872,17 @@ async fn replicaset_status_follows_its_pods() {
     .unwrap();
     sim.settle().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let apps = pods.list(&ListParams::default().labels("app=app")).await.unwrap();
+    let apps = pods
+        .list(&ListParams::default().labels("app=app"))
+        .await
+        .unwrap();
     assert_eq!(apps.items.len(), 5);
-    let s = rss.get(fixtures::APP_REPLICASET).await.unwrap().status.unwrap();
+    let s = rss
+        .get(fixtures::APP_REPLICASET)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!((s.replicas, s.available_replicas), (5, Some(5)));
 }
 
@@ -784,10 +913,10 @@ async fn placed_pods_become_lab_pods_that_answer_ping() {
     let (l, e) = (lab.clone(), errors.clone());
     sim.on_pod_placed(move |p| {
         let Some(network) = p.network else { return };
-        if let Err(err) = l
-            .lock()
-            .unwrap()
-            .add_pod_at(&p.node, &p.name, PodKind::App, network, p.ip)
+        if let Err(err) =
+            l.lock()
+                .unwrap()
+                .add_pod_at(&p.node, &p.name, PodKind::App, network, p.ip)
         {
             e.lock().unwrap().push(format!("placing {p:?}: {err:#}"));
         }
@@ -804,7 +933,13 @@ async fn placed_pods_become_lab_pods_that_answer_ping() {
     });
     let client = server.client();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let from = lab.lock().unwrap().pod("control-plane/ds").unwrap().netns.clone();
+    let from = lab
+        .lock()
+        .unwrap()
+        .pod("control-plane/ds")
+        .unwrap()
+        .netns
+        .clone();
     let ping = |addr: Ipv4Addr| in_ns(&from, &["ping", "-c1", "-W2", "-q", &addr.to_string()]);
 
     // Drain worker-1's app pod: it comes back on worker-2, legacy.
@@ -818,11 +953,18 @@ async fn placed_pods_become_lab_pods_that_answer_ping() {
         .iter()
         .find(|p| p.metadata.name.as_deref() != Some("app-1-worker-2"))
         .expect("a replacement on worker-2");
-    assert!(ready(moved) && in_net(moved, "10.244.2.0/24"), "{:?}", moved.status);
+    assert!(
+        ready(moved) && in_net(moved, "10.244.2.0/24"),
+        "{:?}",
+        moved.status
+    );
     let addr = ip(moved).unwrap();
     {
         let lab = lab.lock().unwrap();
-        assert!(lab.pod_at("worker-1", "10.244.1.3".parse().unwrap()).is_none());
+        assert!(
+            lab.pod_at("worker-1", "10.244.1.3".parse().unwrap())
+                .is_none()
+        );
         let lab_pod = lab.pod_at("worker-2", addr).expect("the lab pod");
         assert_eq!(Some(lab_pod.name.as_str()), moved.metadata.name.as_deref());
     }
@@ -832,19 +974,34 @@ async fn placed_pods_become_lab_pods_that_answer_ping() {
     label(&client, "worker-1", true).await;
     restart_agent(&client, &sim, "worker-1").await;
     let gp = pod_of(&pods, "app=goldpinger", "worker-1").await;
-    pods.delete(gp.metadata.name.as_deref().unwrap(), &DeleteParams::default())
-        .await
-        .unwrap();
+    pods.delete(
+        gp.metadata.name.as_deref().unwrap(),
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
     sim.settle().await;
     cordon(&client, "worker-1", false).await;
     let gp = pod_of(&pods, "app=goldpinger", "worker-1").await;
-    assert!(ready(&gp) && in_net(&gp, "10.245.1.0/24"), "{:?}", gp.status);
+    assert!(
+        ready(&gp) && in_net(&gp, "10.245.1.0/24"),
+        "{:?}",
+        gp.status
+    );
     let addr = ip(&gp).unwrap();
     assert_eq!(
-        lab.lock().unwrap().pod_at("worker-1", addr).unwrap().network,
+        lab.lock()
+            .unwrap()
+            .pod_at("worker-1", addr)
+            .unwrap()
+            .network,
         Network::Cilium
     );
     ping(addr).unwrap();
-    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
     drop(sim);
 }

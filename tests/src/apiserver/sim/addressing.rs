@@ -63,7 +63,11 @@ fn reserved(world: &World, node: &str, net: Ipv4Net, network: Network) -> HashSe
     {
         let addrs = cn["spec"]["addresses"].as_array().into_iter().flatten();
         out.extend(addrs.filter_map(|a| a["ip"].as_str()?.parse::<Ipv4Addr>().ok()));
-        out.extend(cn["spec"]["health"]["ipv4"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()));
+        out.extend(
+            cn["spec"]["health"]["ipv4"]
+                .as_str()
+                .and_then(|s| s.parse::<Ipv4Addr>().ok()),
+        );
     }
     out
 }
@@ -90,10 +94,7 @@ impl Ipam {
         let reserved = reserved(world, node, net, network);
         let base = u32::from(net.network());
         let size = 1u32.checked_shl(32 - u32::from(net.prefix_len()))?;
-        let last = self
-            .last
-            .entry((node.to_string(), network))
-            .or_insert(0);
+        let last = self.last.entry((node.to_string(), network)).or_insert(0);
         for step in 1..=size {
             let offset = (*last + step) % size;
             let addr = Ipv4Addr::from(base + offset);

@@ -48,7 +48,9 @@ fn pod_spec(ds: &Value) -> Value {
         spec = json!({});
     }
     let mut tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
-    tolerations.extend(auto_tolerations(world::host_network(&json!({ "spec": spec }))));
+    tolerations.extend(auto_tolerations(world::host_network(
+        &json!({ "spec": spec }),
+    )));
     spec["tolerations"] = json!(tolerations);
     spec
 }
@@ -162,7 +164,11 @@ fn rolling_update<'a>(v: &View<'a>) -> Vec<&'a Value> {
     let unavailable = v
         .eligible
         .iter()
-        .filter(|n| !v.pods.get(*n).is_some_and(|ps| ps.iter().any(|p| world::pod_ready(p))))
+        .filter(|n| {
+            !v.pods
+                .get(*n)
+                .is_some_and(|ps| ps.iter().any(|p| world::pod_ready(p)))
+        })
         .count() as i32;
     let mut outdated: Vec<&Value> = v
         .eligible
@@ -209,12 +215,7 @@ fn create_pod(store: &Store, v: &View, node: &str) -> Result<Value, ApiError> {
         "spec": spec,
         "status": { "phase": "Pending" },
     });
-    store.create(
-        &Gvr::of::<Pod>(),
-        Some(world::namespace_of(ds)),
-        pod,
-        false,
-    )
+    store.create(&Gvr::of::<Pod>(), Some(world::namespace_of(ds)), pod, false)
 }
 
 /// Writes each DaemonSet's status where it changed.

@@ -59,10 +59,7 @@ fn compute(pdb: &Value, world: &World) -> Budget {
         .filter(|p| !world::pod_terminal(p) && selects(pdb, p))
         .collect();
     let current_healthy = pods.iter().filter(|p| world::pod_ready(p)).count() as i32;
-    let (min, max) = (
-        &pdb["spec"]["minAvailable"],
-        &pdb["spec"]["maxUnavailable"],
-    );
+    let (min, max) = (&pdb["spec"]["minAvailable"], &pdb["spec"]["maxUnavailable"]);
     // The pods' controllers' scale, each controller counted once; a pod
     // without a known controller counts for itself.
     let scale = || -> i32 {

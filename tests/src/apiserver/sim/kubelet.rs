@@ -100,7 +100,11 @@ fn host_ip(status: &mut Value, node_ip: &str) {
 
 /// Sandbox up, address assigned, containers running but not yet Ready.
 fn running(pod: &mut Value, node_ip: &str, ip: &str) {
-    let statuses = containers(pod, false, json!({ "running": { "startedAt": world::now() } }));
+    let statuses = containers(
+        pod,
+        false,
+        json!({ "running": { "startedAt": world::now() } }),
+    );
     let status = &mut pod["status"];
     status["phase"] = json!("Running");
     host_ip(status, node_ip);
@@ -196,7 +200,8 @@ fn reboot(store: &Store, state: &mut State, world: &World, node: &str, pass: &mu
     for pod in world.pods_on(node) {
         state.runtimes.remove(world::uid(pod));
         if let Some(ip) = world::pod_ip(pod).filter(|_| !world::host_network(pod)) {
-            pass.feed.push(Feed::Removed(PodPlacement::of(world, pod, node, ip)));
+            pass.feed
+                .push(Feed::Removed(PodPlacement::of(world, pod, node, ip)));
         }
         pass.wrote |= update(store, pod, |p| {
             if let Some(cs) = p["status"]["containerStatuses"].as_array_mut() {
@@ -246,22 +251,11 @@ pub(crate) fn start(store: &Store, state: &mut State, world: &World, pass: &mut 
         };
         let uid = world::uid(pod).to_string();
         let rt = state.runtimes.entry(uid).or_default();
-        match (ip, &node_ip) {
-            (Some(ip), Some(node_ip)) => {
-                if update(store, pod, |p| running(p, node_ip, &ip.to_string())) {
-                    taken.insert(ip);
-                    *rt = Runtime {
-                        started: true,
-                        ..Runtime::default()
-                    };
-                    pass.wrote = true;
-                    pass.feed
-                        .push(Feed::Placed(PodPlacement::of(world, pod, node_name, ip)));
-                }
-            }
-            _ if !rt.sandbox_failed => {
+        let (Some(ip), Some(node_ip)) = (ip, &node_ip) else {
+            if !rt.sandbox_failed {
                 rt.sandbox_failed = true;
-                let message = no_ips_message(network, addressing::subnet(world, node_name, network));
+                let message =
+                    no_ips_message(network, addressing::subnet(world, node_name, network));
                 pass.wrote |= update(store, pod, |p| creating(p, node_ip.as_deref()));
                 events::record(
                     store,
@@ -275,7 +269,18 @@ pub(crate) fn start(store: &Store, state: &mut State, world: &World, pass: &mut 
                     },
                 );
             }
-            _ => {}
+            continue;
+        };
+        // A pod deleted meanwhile is not written, and not placed.
+        if update(store, pod, |p| running(p, node_ip, &ip.to_string())) {
+            taken.insert(ip);
+            *rt = Runtime {
+                started: true,
+                ..Runtime::default()
+            };
+            pass.wrote = true;
+            pass.feed
+                .push(Feed::Placed(PodPlacement::of(world, pod, node_name, ip)));
         }
     }
 }
@@ -315,7 +320,9 @@ pub(crate) fn readiness(store: &Store, state: &mut State, world: &World, pass: &
             pass.wrote = true;
             if agent {
                 let network = addressing::network_after_agent_start(world, node);
-                state.networks.insert(world::name(node).to_string(), network);
+                state
+                    .networks
+                    .insert(world::name(node).to_string(), network);
             }
         }
     }

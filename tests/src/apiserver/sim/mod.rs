@@ -26,8 +26,8 @@
 //! so watches see them and nothing a client wrote meanwhile is lost.
 mod addressing;
 mod daemonset;
-mod eviction;
 mod events;
+mod eviction;
 mod kubelet;
 mod replicaset;
 mod scheduler;
@@ -354,13 +354,23 @@ impl ClusterSim {
     /// created, or its sandbox recreated by a reboot. The pod turns Ready
     /// only after every callback has returned.
     pub fn on_pod_placed(&self, f: impl Fn(&PodPlacement) + Send + Sync + 'static) {
-        self.shared.callbacks.write().unwrap().placed.push(Arc::new(f));
+        self.shared
+            .callbacks
+            .write()
+            .unwrap()
+            .placed
+            .push(Arc::new(f));
     }
 
     /// Called when a pod holding an address is deleted or loses its
     /// sandbox, before a replacement on the same pass is placed.
     pub fn on_pod_removed(&self, f: impl Fn(&PodPlacement) + Send + Sync + 'static) {
-        self.shared.callbacks.write().unwrap().removed.push(Arc::new(f));
+        self.shared
+            .callbacks
+            .write()
+            .unwrap()
+            .removed
+            .push(Arc::new(f));
     }
 
     /// The network new pods on `node` join now.

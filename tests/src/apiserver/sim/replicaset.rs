@@ -69,12 +69,7 @@ fn create_pod(store: &Store, rs: &Value) -> bool {
         "status": { "phase": "Pending" },
     });
     store
-        .create(
-            &Gvr::of::<Pod>(),
-            Some(world::namespace_of(rs)),
-            pod,
-            false,
-        )
+        .create(&Gvr::of::<Pod>(), Some(world::namespace_of(rs)), pod, false)
         .is_ok()
 }
 

@@ -48,7 +48,11 @@ impl World {
             pdbs: list(Gvr::of::<PodDisruptionBudget>()),
             cilium_nodes: list(Gvr::cilium_nodes()),
             custom_cni_conf: store
-                .get(&Gvr::of::<ConfigMap>(), Some("kube-system"), "cilium-config")
+                .get(
+                    &Gvr::of::<ConfigMap>(),
+                    Some("kube-system"),
+                    "cilium-config",
+                )
                 .is_none_or(|cm| cm["data"]["custom-cni-conf"] != "false"),
         }
     }
