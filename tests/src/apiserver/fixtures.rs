@@ -8,14 +8,20 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     Resource,
     api::{
-        apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetStatus},
+        apps::v1::{
+            DaemonSet, DaemonSetSpec, DaemonSetStatus, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus,
+        },
         core::v1::{
             ConfigMap, Container, ContainerStatus, HostIP, Namespace, Node, NodeAddress,
             NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus,
-            PodTemplateSpec, Service, ServicePort, ServiceSpec, Taint,
+            PodTemplateSpec, Service, ServicePort, ServiceSpec, Taint, Toleration,
         },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -475,7 +481,8 @@ pub fn service(
 }
 
 /// A DaemonSet selecting pods by `match_labels`, with its status saying
-/// `nodes` pods are scheduled and ready.
+/// `nodes` pods are scheduled and ready. It tolerates every taint, as
+/// Cilium's and most node agents' DaemonSets do.
 pub fn daemonset(
     namespace: &str,
     name: &str,
@@ -483,32 +490,82 @@ pub fn daemonset(
     host_network: bool,
     nodes: i32,
 ) -> Value {
-    let l = labels(match_labels);
-    to_value(&DaemonSet {
-        metadata: meta(Some(namespace), name),
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(l.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(l),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    host_network: host_network.then_some(true),
-                    containers: vec![Container {
-                        name: "main".into(),
-                        image: Some(format!("example.invalid/{name}:latest")),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
+    DaemonSetBuilder::new(namespace, name, match_labels)
+        .host_network(host_network)
+        .tolerate_everything()
+        .scheduled(nodes)
+        .value()
+}
+
+/// A pod template with one container and the given labels.
+fn template(labels_: &BTreeMap<String, String>, image: &str) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels_.clone()),
             ..Default::default()
         }),
-        status: Some(DaemonSetStatus {
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "main".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+pub struct DaemonSetBuilder(DaemonSet);
+
+impl DaemonSetBuilder {
+    /// Selects and labels its pods with `match_labels`; no tolerations,
+    /// no status.
+    pub fn new(namespace: &str, name: &str, match_labels: &[(&str, &str)]) -> Self {
+        let l = labels(match_labels);
+        DaemonSetBuilder(DaemonSet {
+            metadata: meta(Some(namespace), name),
+            spec: Some(DaemonSetSpec {
+                selector: LabelSelector {
+                    match_labels: Some(l.clone()),
+                    ..Default::default()
+                },
+                template: template(&l, &format!("example.invalid/{name}:latest")),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+
+    fn pod_spec(&mut self) -> &mut PodSpec {
+        let spec = self.0.spec.get_or_insert_default();
+        spec.template.spec.get_or_insert_default()
+    }
+
+    pub fn host_network(mut self, yes: bool) -> Self {
+        self.pod_spec().host_network = yes.then_some(true);
+        self
+    }
+
+    /// `tolerations: [{operator: Exists}]`.
+    pub fn tolerate_everything(mut self) -> Self {
+        self.pod_spec()
+            .tolerations
+            .get_or_insert_default()
+            .push(Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            });
+        self
+    }
+
+    pub fn node_selector(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.pod_spec().node_selector = Some(labels(pairs));
+        self
+    }
+
+    /// A status saying `nodes` pods are scheduled, ready and up to date.
+    pub fn scheduled(mut self, nodes: i32) -> Self {
+        self.0.status = Some(DaemonSetStatus {
             current_number_scheduled: nodes,
             desired_number_scheduled: nodes,
             number_ready: nodes,
@@ -516,17 +573,152 @@ pub fn daemonset(
             updated_number_scheduled: Some(nodes),
             number_misscheduled: 0,
             ..Default::default()
-        }),
-    })
+        });
+        self
+    }
+
+    pub fn build(self) -> DaemonSet {
+        self.0
+    }
+
+    pub fn value(self) -> Value {
+        to_value(&self.0)
+    }
 }
+
+/// A ReplicaSet, as a Deployment leaves it: its pods carry
+/// `pod-template-hash` besides the given labels.
+pub struct ReplicaSetBuilder(ReplicaSet);
+
+impl ReplicaSetBuilder {
+    pub fn new(namespace: &str, name: &str, match_labels: &[(&str, &str)], replicas: i32) -> Self {
+        let mut l = labels(match_labels);
+        if let Some((_, hash)) = name.rsplit_once('-') {
+            l.insert("pod-template-hash".into(), hash.into());
+        }
+        ReplicaSetBuilder(ReplicaSet {
+            metadata: meta(Some(namespace), name),
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: Some(l.clone()),
+                    ..Default::default()
+                },
+                template: Some(template(&l, "example.invalid/app:latest")),
+                ..Default::default()
+            }),
+            status: Some(ReplicaSetStatus {
+                replicas,
+                ready_replicas: Some(replicas),
+                available_replicas: Some(replicas),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn pod_spec(&mut self) -> &mut PodSpec {
+        let spec = self.0.spec.get_or_insert_default();
+        let template = spec.template.get_or_insert_default();
+        template.spec.get_or_insert_default()
+    }
+
+    /// Tolerates the control plane's NoSchedule taint.
+    pub fn tolerate_control_plane(mut self) -> Self {
+        self.pod_spec()
+            .tolerations
+            .get_or_insert_default()
+            .push(Toleration {
+                key: Some(CONTROL_PLANE_LABEL.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            });
+        self
+    }
+
+    pub fn node_selector(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.pod_spec().node_selector = Some(labels(pairs));
+        self
+    }
+
+    pub fn build(self) -> ReplicaSet {
+        self.0
+    }
+
+    pub fn value(self) -> Value {
+        to_value(&self.0)
+    }
+}
+
+/// A policy/v1 PodDisruptionBudget selecting pods by `match_labels`.
+pub struct PdbBuilder(PodDisruptionBudget);
+
+impl PdbBuilder {
+    pub fn new(namespace: &str, name: &str, match_labels: &[(&str, &str)]) -> Self {
+        PdbBuilder(PodDisruptionBudget {
+            metadata: meta(Some(namespace), name),
+            spec: Some(PodDisruptionBudgetSpec {
+                selector: Some(LabelSelector {
+                    match_labels: Some(labels(match_labels)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+
+    fn spec(&mut self) -> &mut PodDisruptionBudgetSpec {
+        self.0.spec.get_or_insert_default()
+    }
+
+    pub fn min_available(mut self, n: i32) -> Self {
+        self.spec().min_available = Some(IntOrString::Int(n));
+        self
+    }
+
+    /// `"50%"` and the like.
+    pub fn min_available_percent(mut self, percent: u32) -> Self {
+        self.spec().min_available = Some(IntOrString::String(format!("{percent}%")));
+        self
+    }
+
+    pub fn max_unavailable(mut self, n: i32) -> Self {
+        self.spec().max_unavailable = Some(IntOrString::Int(n));
+        self
+    }
+
+    pub fn max_unavailable_percent(mut self, percent: u32) -> Self {
+        self.spec().max_unavailable = Some(IntOrString::String(format!("{percent}%")));
+        self
+    }
+
+    /// `IfHealthyBudget` (the default) or `AlwaysAllow`.
+    pub fn unhealthy_pod_eviction_policy(mut self, policy: &str) -> Self {
+        self.spec().unhealthy_pod_eviction_policy = Some(policy.into());
+        self
+    }
+
+    pub fn build(self) -> PodDisruptionBudget {
+        self.0
+    }
+
+    pub fn value(self) -> Value {
+        to_value(&self.0)
+    }
+}
+
+/// The ReplicaSet that owns the fixture cluster's app pods.
+pub const APP_REPLICASET: &str = "app-5d9c7b";
 
 /// A cluster half way through its migration, as `lab up --nodes n
 /// --migrated k` builds it: n nodes running Flannel, the first k in
 /// migration order (workers first) labelled for Cilium; Cilium's agent,
 /// config and CiliumNode everywhere (its overlay runs on every node);
 /// on each node a host-network `cilium` and `kube-flannel` pod, a
-/// `goldpinger` DaemonSet pod and `app_pods` app pods, addressed from
-/// Cilium's subnet on migrated nodes and Flannel's elsewhere.
+/// `goldpinger` DaemonSet pod and `app_pods` app pods (of the ReplicaSet
+/// [`APP_REPLICASET`], selector `app=app`), addressed from Cilium's subnet
+/// on migrated nodes and Flannel's elsewhere.
 pub fn cluster(nodes: usize, migrated: usize) -> Vec<Value> {
     cluster_with_apps(nodes, migrated, 2)
 }
@@ -552,6 +744,17 @@ pub fn cluster_with_apps(nodes: usize, migrated: usize, app_pods: usize) -> Vec<
         ),
         daemonset("default", "goldpinger", &[("app", "goldpinger")], false, n),
     ];
+    if app_pods > 0 {
+        out.push(
+            ReplicaSetBuilder::new(
+                "default",
+                APP_REPLICASET,
+                &[("app", "app")],
+                (nodes * app_pods) as i32,
+            )
+            .value(),
+        );
+    }
     for j in 0..nodes {
         let name = node_name(j);
         let host = plan::underlay_addr(j).to_string();
@@ -606,9 +809,10 @@ pub fn cluster_with_apps(nodes: usize, migrated: usize, app_pods: usize) -> Vec<
             out.push(
                 PodBuilder::new("default", &format!("app-{p}-{name}"))
                     .label("app", "app")
+                    .label("pod-template-hash", "5d9c7b")
                     .node(&name, &host)
                     .ip(&pod_ip(p))
-                    .owner(Owner::ReplicaSet("app-5d9c7b".into()))
+                    .owner(Owner::ReplicaSet(APP_REPLICASET.into()))
                     .value(),
             );
         }

@@ -143,7 +143,7 @@ impl Registry {
     /// the fake does not convert between versions.
     pub fn cluster() -> Self {
         use k8s_openapi::api::{
-            apps::v1::DaemonSet,
+            apps::v1::{DaemonSet, ReplicaSet},
             coordination::v1::Lease,
             core::v1::{ConfigMap, Event, Namespace, Node, Pod, Service},
             policy::v1::PodDisruptionBudget,
@@ -156,6 +156,7 @@ impl Registry {
         r.register(ResourceKind::of::<Event>());
         r.register(ResourceKind::of::<Namespace>().with_subresources(&["status"]));
         r.register(ResourceKind::of::<DaemonSet>().with_subresources(&["status"]));
+        r.register(ResourceKind::of::<ReplicaSet>().with_subresources(&["status"]));
         r.register(ResourceKind::of::<Lease>());
         r.register(ResourceKind::of::<k8s_openapi::api::events::v1::Event>());
         r.register(ResourceKind::of::<PodDisruptionBudget>().with_subresources(&["status"]));

@@ -20,6 +20,22 @@
 //! authentication, admission, defaulting or validation beyond names and
 //! namespaces; no finalizers (deletion is immediate); strategic merge and
 //! apply patches are JSON merge patches; no conversion between versions.
+//!
+//! By itself it runs no controllers: a deleted pod stays gone and an
+//! eviction deletes unconditionally. [`sim::ClusterSim`] adds what a
+//! migration touches: evictions that honour PodDisruptionBudgets, the
+//! DaemonSet, ReplicaSet and disruption controllers, a scheduler, and
+//! kubelets that address pods from their node's current network. What
+//! differs from a real cluster there: one pass over the whole store per
+//! write instead of informers and work queues; no graceful termination
+//! (pods go at once, with no `deletionTimestamp`); DaemonSet pods are
+//! bound by their controller (`spec.nodeName`), not through the
+//! scheduler; the scheduler only filters on readiness, cordons, taints and
+//! `nodeSelector` and scores by pod count; the eviction subresource
+//! computes the budget from the pods at the time of the request rather
+//! than reading a possibly stale PDB status; a node turns its pods NotReady
+//! at once (no 40 s grace, no taint-based eviction); readiness is a timer,
+//! not a probe.
 mod discovery;
 pub mod fixtures;
 mod kinds;
@@ -27,6 +43,7 @@ mod log;
 mod patch;
 mod routes;
 mod selector;
+pub mod sim;
 mod status;
 mod store;
 mod subresource;

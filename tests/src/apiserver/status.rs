@@ -18,6 +18,9 @@ pub struct ApiError {
     /// `details.retryAfterSeconds` and the `Retry-After` header, which
     /// kube-rs's default retry policy honours on 429, 503 and 504.
     pub retry_after_seconds: Option<u32>,
+    /// `details.causes` as (type, message): why an eviction was refused
+    /// (`DisruptionBudget`), which field was invalid.
+    pub causes: Vec<(String, String)>,
 }
 
 impl ApiError {
@@ -28,7 +31,13 @@ impl ApiError {
             message: message.into(),
             name: None,
             retry_after_seconds: None,
+            causes: Vec::new(),
         }
+    }
+
+    pub fn with_cause(mut self, kind: &str, message: impl Into<String>) -> Self {
+        self.causes.push((kind.into(), message.into()));
+        self
     }
 
     pub fn retry_after(mut self, seconds: u32) -> Self {
@@ -147,6 +156,14 @@ impl ApiError {
         }
         if let Some(secs) = self.retry_after_seconds {
             status["details"]["retryAfterSeconds"] = json!(secs);
+        }
+        if !self.causes.is_empty() {
+            let causes: Vec<Value> = self
+                .causes
+                .iter()
+                .map(|(kind, message)| json!({ "reason": kind, "message": message }))
+                .collect();
+            status["details"]["causes"] = json!(causes);
         }
         status
     }

@@ -1,8 +1,7 @@
 //! Subresources: `status` built in, anything else by a handler the test
-//! (or a simulated controller) registers. Evictions live here because what
-//! answers them will grow: today an eviction deletes the pod; the migration
-//! driver's tests will register a handler that consults
-//! PodDisruptionBudgets and answers 429.
+//! (or a simulated controller) registers. By default an eviction deletes
+//! the pod; `sim::ClusterSim` registers `sim::evict_with_budgets`, which
+//! consults PodDisruptionBudgets and answers 429 as the real server does.
 use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;

@@ -290,6 +290,28 @@ impl Lab {
         Ok(pod)
     }
 
+    /// A pod with a given address, e.g. the one the API server's cluster
+    /// sim gave it.
+    pub fn add_pod_at(
+        &mut self,
+        node: &str,
+        name: &str,
+        kind: PodKind,
+        network: Network,
+        addr: std::net::Ipv4Addr,
+    ) -> Result<Pod> {
+        let j = self.state.node_index(node)?;
+        let pod = pod::create_at(&mut self.state, j, name, kind, network, addr)?;
+        self.state.save()?;
+        Ok(pod)
+    }
+
+    /// The pod holding `addr` on `node`, if any.
+    pub fn pod_at(&self, node: &str, addr: std::net::Ipv4Addr) -> Option<&Pod> {
+        let j = self.state.node_index(node).ok()?;
+        self.state.nodes[j].pods.iter().find(|p| p.addr == addr)
+    }
+
     pub fn delete_pod(&mut self, node: &str, name: &str) -> Result<()> {
         let j = self.state.node_index(node)?;
         pod::delete(&mut self.state, j, name)?;

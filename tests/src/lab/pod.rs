@@ -26,7 +26,32 @@ pub fn create(
         bail!("pod {name:?} already exists on {}", node.name);
     }
     let addr = allocate(lab, j, network)?;
+    create_at(lab, j, name, kind, network, addr)
+}
+
+/// Creates the pod with an address chosen elsewhere (by the API server's
+/// cluster sim, which plays the CNI's IPAM): it must lie in node `j`'s
+/// subnet of `network`, off the node's own addresses, and be free.
+pub fn create_at(
+    lab: &mut LabState,
+    j: usize,
+    name: &str,
+    kind: PodKind,
+    network: Network,
+    addr: Ipv4Addr,
+) -> Result<Pod> {
     let node = &lab.nodes[j];
+    if node.pods.iter().any(|p| p.name == name) {
+        bail!("pod {name:?} already exists on {}", node.name);
+    }
+    let subnet = plan::pod_cidr(j, network);
+    let reserved = [subnet.network(), subnet.broadcast(), plan::host(subnet, 1)];
+    if !subnet.contains(&addr) || reserved.contains(&addr) {
+        bail!("{addr} is not a pod address of {subnet} on {}", node.name);
+    }
+    if let Some(p) = node.pods.iter().find(|p| p.addr == addr) {
+        bail!("{addr} is held by pod {:?} on {}", p.name, node.name);
+    }
     let prefix = match network {
         Network::Legacy => "veth",
         Network::Cilium => "lxc",
