@@ -85,7 +85,11 @@ fn feed_the_lab(sim: &ClusterSim, kl: &Arc<Mutex<KubeLab>>, errors: &Arc<Mutex<V
         let Some(network) = p.network else { return };
         let mut kl = k.lock().unwrap();
         let probe = p.name.starts_with("goldpinger");
-        let kind = if probe { PodKind::DaemonSet } else { PodKind::App };
+        let kind = if probe {
+            PodKind::DaemonSet
+        } else {
+            PodKind::App
+        };
         match kl.lab.add_pod_at(&p.node, &p.name, kind, network, p.ip) {
             Ok(pod) if probe => kl.start_probe(&pod.netns),
             Ok(_) => {}
@@ -157,9 +161,11 @@ const RUN: &[&str] = &[
 
 fn state(kl: &Arc<Mutex<KubeLab>>) -> Value {
     let kl = kl.lock().unwrap();
-    let cm = kl
-        .server
-        .get(&Gvr::of::<ConfigMap>(), Some("crossover"), "crossover-migration");
+    let cm = kl.server.get(
+        &Gvr::of::<ConfigMap>(),
+        Some("crossover"),
+        "crossover-migration",
+    );
     cm.and_then(|cm| serde_json::from_str(cm["data"]["state.json"].as_str()?).ok())
         .unwrap_or(Value::Null)
 }
@@ -167,7 +173,9 @@ fn state(kl: &Arc<Mutex<KubeLab>>) -> Value {
 fn record(kl: &Arc<Mutex<KubeLab>>, node: &str) -> Value {
     let kl = kl.lock().unwrap();
     let name = format!("crossover-migration-node-{node}");
-    let cm = kl.server.get(&Gvr::of::<ConfigMap>(), Some("crossover"), &name);
+    let cm = kl
+        .server
+        .get(&Gvr::of::<ConfigMap>(), Some("crossover"), &name);
     cm.and_then(|cm| serde_json::from_str(cm["data"]["record.json"].as_str()?).ok())
         .unwrap_or(Value::Null)
 }
@@ -218,7 +226,13 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     }
     let db = kl
         .lab
-        .add_pod_at("worker-2", "db-0", PodKind::App, Network::Legacy, DB_IP.parse().unwrap())
+        .add_pod_at(
+            "worker-2",
+            "db-0",
+            PodKind::App,
+            Network::Legacy,
+            DB_IP.parse().unwrap(),
+        )
         .unwrap();
     assert_eq!(db.addr.to_string(), DB_IP);
     let probe_pods: Vec<String> = kl
@@ -240,6 +254,17 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         "500ms",
     ]);
     kl.wait_agents_ready();
+    // The first windows hold the start: probes sent before the responders
+    // listened. An SRE plans once the agents have run a while.
+    within(Duration::from_secs(30), "a window without loss", || {
+        let rows: Vec<Value> = (0..NODES)
+            .flat_map(|j| {
+                let loss = kl.get_json(&kl.url(j, "/api/v1/loss"));
+                loss["rows"].as_array().cloned().unwrap_or_default()
+            })
+            .collect();
+        (!rows.is_empty() && rows.iter().all(|r| r["lost"] == 0)).then_some(())
+    });
     let driver = Driver {
         underlay: kl.lab.underlay_ns(),
         kubeconfig: kl.kubeconfig.to_str().unwrap().into(),
@@ -254,20 +279,32 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     // The plan changes nothing and passes preflight.
     let plan = driver.output(&["migrate", "plan"]);
     let text = String::from_utf8_lossy(&plan.stdout);
-    assert!(plan.status.success(), "{text}\n{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(
+        plan.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
     let order: Vec<usize> = ["worker-1", "worker-2", "worker-3", "control-plane"]
         .iter()
-        .map(|n| text.find(n).unwrap_or_else(|| panic!("{n} not in the plan:\n{text}")))
+        .map(|n| {
+            text.find(n)
+                .unwrap_or_else(|| panic!("{n} not in the plan:\n{text}"))
+        })
         .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "workers first:\n{text}");
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "workers first:\n{text}"
+    );
     assert_eq!(state(&kl), Value::Null, "plan wrote no state");
 
     // Run: worker-1 migrates; worker-2's drain waits on the budget; the
     // driver dies there.
     let mut run = driver.spawn(RUN);
-    within(Duration::from_secs(90), "worker-2 draining behind the budget", || {
-        (step_of(&state(&kl), "worker-2") == "drain").then_some(())
-    });
+    within(
+        Duration::from_secs(90),
+        "worker-2 draining behind the budget",
+        || (step_of(&state(&kl), "worker-2") == "drain").then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(2));
     run.kill().unwrap();
     run.wait().unwrap();
@@ -357,7 +394,10 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     );
     let markdown = driver.output(&["report"]);
     let markdown = String::from_utf8_lossy(&markdown.stdout);
-    assert!(markdown.contains("**closed**") && markdown.contains("## worker-3"), "{markdown}");
+    assert!(
+        markdown.contains("**closed**") && markdown.contains("## worker-3"),
+        "{markdown}"
+    );
 
     // The fault gone, resume completes.
     let done = driver.output(&["migrate", "resume", "--yes"]);
@@ -372,8 +412,14 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     assert_eq!(finished["phase"]["phase"], "done", "{finished:#}");
     for name in ["worker-1", "worker-2", "worker-3", "control-plane"] {
         let n = node(&kl, name);
-        assert_eq!(n["metadata"]["labels"]["io.cilium.migration/cilium-default"], "true");
-        assert!(n["spec"]["unschedulable"].is_null(), "{name} uncordoned: {n:#}");
+        assert_eq!(
+            n["metadata"]["labels"]["io.cilium.migration/cilium-default"],
+            "true"
+        );
+        assert!(
+            n["spec"]["unschedulable"].is_null(),
+            "{name} uncordoned: {n:#}"
+        );
         assert_eq!(sim.network(name), Some(Network::Cilium), "{name}");
     }
     // Finished steps were not done again: worker-1 once each; worker-2's
@@ -384,13 +430,27 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     let count = |s: &str| w2.iter().filter(|(step, _)| step == s).count();
     assert_eq!(count("cordon"), 1, "{w2:?}");
     assert_eq!(count("drain"), 2, "{w2:?}");
-    assert!(w2.contains(&("drain".into(), "interrupted".into())), "{w2:?}");
+    assert!(
+        w2.contains(&("drain".into(), "interrupted".into())),
+        "{w2:?}"
+    );
     assert_eq!(count("label"), 1, "{w2:?}");
     // Every probe pod moved to Cilium: no legacy goldpinger left.
-    let pods = kl.lock().unwrap().server.list(&Gvr::of::<Pod>(), Some("default"));
-    for p in pods.iter().filter(|p| p["metadata"]["labels"]["app"] == "goldpinger") {
+    let pods = kl
+        .lock()
+        .unwrap()
+        .server
+        .list(&Gvr::of::<Pod>(), Some("default"));
+    for p in pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "goldpinger")
+    {
         let ip = p["status"]["podIP"].as_str().unwrap();
         assert!(ip.starts_with("10.245."), "{p:#}");
     }
-    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
 }

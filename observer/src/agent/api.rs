@@ -148,7 +148,20 @@ fn all() -> String {
 
 /// One agent's peers report, checked against this version.
 pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<(PeersReport, Vec<PeerRecord>)> {
-    let report: PeersReport = get_json(agent, PEERS_PATH, "peers report", timeout)?;
+    fetch_peers_about(agent, None, timeout)
+}
+
+/// The same, with only its counters about `about` when given.
+pub fn fetch_peers_about(
+    agent: &str,
+    about: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> Result<(PeersReport, Vec<PeerRecord>)> {
+    let path = match about {
+        Some(addr) => format!("{PEERS_PATH}?peer={addr}"),
+        None => PEERS_PATH.to_string(),
+    };
+    let report: PeersReport = get_json(agent, &path, "peers report", timeout)?;
     check_version(agent, report.version)?;
     let records = report.records().map_err(|reason| Error::Agent {
         agent: agent.into(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::State as Extract,
+    extract::{RawQuery, State as Extract},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -61,8 +61,32 @@ async fn metrics_handler(Extract(state): Extract<Shared>) -> Response {
     }
 }
 
-async fn peers_handler(Extract(state): Extract<Shared>) -> Response {
-    json(blocking(&state, State::peers_report).await)
+/// `?peer=ADDR` keeps only the counters about that peer: what a peer
+/// agent's sampler needs, a few dozen records instead of the whole table.
+async fn peers_handler(Extract(state): Extract<Shared>, RawQuery(query): RawQuery) -> Response {
+    let about = match query.as_deref().and_then(|q| q.strip_prefix("peer=")) {
+        None => None,
+        Some(addr) => match addr.parse::<std::net::Ipv4Addr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("peer={addr:?} is not an IPv4 address\n"),
+                )
+                    .into_response();
+            }
+        },
+    };
+    json(
+        blocking(&state, move |s| {
+            let mut report = s.peers_report()?;
+            if let Some(addr) = about {
+                report.peers.retain(|p| p.peer == addr);
+            }
+            Ok(report)
+        })
+        .await,
+    )
 }
 
 async fn flows_handler(Extract(state): Extract<Shared>) -> Response {

@@ -42,16 +42,19 @@ pub async fn run(state: Arc<State>, interval: Duration) {
     }
 }
 
-async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
-    let view = state.view();
-    let own_state = state.clone();
-    let own = tokio::task::spawn_blocking(move || super::lock(&own_state.observer).peers())
-        .await
-        .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
-    // This node first, then its peers: every packet this node had sent when
-    // it read its counters has reached the peer's NIC (or been lost) when
-    // the peer reads, so packets in flight never look like loss.
-    let timeout = interval.mul_f64(0.8);
+type PeerReading = (
+    String,
+    String,
+    Result<(api::PeersReport, Vec<crate::datapath::PeerRecord>)>,
+);
+
+/// Every peer's counters about this node, fetched in parallel.
+async fn read_peers(
+    state: &Arc<State>,
+    view: &super::view::View,
+    timeout: Duration,
+) -> Vec<PeerReading> {
+    let about = view.local().map(|n| n.underlay);
     let fetches: Vec<_> = view
         .peers
         .iter()
@@ -59,18 +62,46 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
             let url = format!("http://{}:{}", peer.addr, state.peer_port);
             let node = peer.node.clone();
             tokio::task::spawn_blocking(move || {
-                let result = api::fetch_peers(&url, timeout);
+                let result = api::fetch_peers_about(&url, about, timeout);
                 (node, url, result)
             })
         })
         .collect();
-    let mut reports = Vec::new();
+    let mut out = Vec::new();
     for fetch in fetches {
-        let Ok((node, url, result)) = fetch.await else {
-            continue;
-        };
-        let status = match result {
-            Ok(report) => {
+        if let Ok(reading) = fetch.await {
+            out.push(reading);
+        }
+    }
+    out
+}
+
+async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
+    let view = state.view();
+    // The peers, this node, the peers again. A window starts from a peer
+    // reading taken before this node's and ends with one taken after it:
+    // at the end every packet this node had counted has reached the peer
+    // (or been lost), and at the start no packet this node counts in the
+    // window was already counted as received. Packets in flight never look
+    // like loss; at most the ones in flight at the window's start are not
+    // compared.
+    let timeout = interval.mul_f64(0.4);
+    let before = read_peers(state, &view, timeout).await;
+    let own_state = state.clone();
+    let own = tokio::task::spawn_blocking(move || super::lock(&own_state.observer).peers())
+        .await
+        .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
+    let after = read_peers(state, &view, timeout).await;
+    let mut reports = Vec::new();
+    let mut starts = Vec::new();
+    for (node, url, result) in after {
+        let start = before
+            .iter()
+            .find(|(n, _, r)| *n == node && r.is_ok())
+            .and_then(|(_, _, r)| r.as_ref().ok());
+        let status = match (result, start) {
+            (Ok(report), Some(start)) => {
+                starts.push(start.clone());
                 reports.push(report);
                 PeerStatus {
                     url,
@@ -79,7 +110,14 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
                     last_error: None,
                 }
             }
-            Err(err) => {
+            (result, _) => {
+                let err = match result {
+                    Err(err) => err,
+                    Ok(_) => crate::Error::Agent {
+                        agent: url.clone(),
+                        reason: "did not answer the first reading of this round".into(),
+                    },
+                };
                 state.count(&err);
                 let failures = state.peer_failures(&node) + 1;
                 PeerStatus {
@@ -110,19 +148,24 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         underlay: local.underlay,
         peers: &own,
     };
-    let mut outgoing = Vec::new();
-    for (report, records) in &reports {
-        let peer = NodeView {
-            name: &report.node,
-            underlay: report.underlay,
-            peers: records,
-        };
-        outgoing.extend(
-            delivery::deliveries(&[me.clone(), peer])
-                .into_iter()
-                .filter(|d| d.from == state.node),
-        );
-    }
+    let towards = |readings: &[(api::PeersReport, Vec<crate::datapath::PeerRecord>)]| {
+        let mut out = Vec::new();
+        for (report, records) in readings {
+            let peer = NodeView {
+                name: &report.node,
+                underlay: report.underlay,
+                peers: records,
+            };
+            out.extend(
+                delivery::deliveries(&[me.clone(), peer])
+                    .into_iter()
+                    .filter(|d| d.from == state.node),
+            );
+        }
+        out
+    };
+    let outgoing = towards(&reports);
+    let start = towards(&starts);
 
     let window_start = at_ns.saturating_sub(state.window_ns());
     let mut tcp: BTreeMap<TcpKey, TcpTotals> = BTreeMap::new();
@@ -149,6 +192,7 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
             at_ns,
             read,
             outgoing,
+            start,
             tcp,
         },
         handshakes,

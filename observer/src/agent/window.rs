@@ -77,6 +77,9 @@ pub struct Sample {
     /// This node to each of them, per overlay and network pair that ever
     /// carried anything.
     pub outgoing: Vec<Delivery>,
+    /// The same, with the peers' counters read before this node's: what a
+    /// window starting at this sample subtracts (see `sampler`).
+    pub start: Vec<Delivery>,
     pub tcp: BTreeMap<TcpKey, TcpTotals>,
 }
 
@@ -125,7 +128,7 @@ impl Windows {
         for now in &newest.outgoing {
             let first = self.samples.iter().find(|s| s.read.contains(&now.to));
             let first = first.expect("the newest sample read it");
-            let before = first.outgoing.iter().find(|d| {
+            let before = first.start.iter().find(|d| {
                 (d.to.as_str(), d.overlay, d.src_net, d.dst_net)
                     == (now.to.as_str(), now.overlay, now.src_net, now.dst_net)
             });
@@ -207,6 +210,7 @@ mod tests {
         Sample {
             at_ns: at_s * 1_000_000_000,
             read: outgoing.iter().map(|d| d.to.clone()).collect(),
+            start: outgoing.clone(),
             outgoing,
             tcp: BTreeMap::new(),
         }

@@ -46,7 +46,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             if preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 Ok(())
             } else {
-                Err(Error::Migration("preflight failed: see the checks above".into()))
+                Err(Error::Migration(
+                    "preflight failed: see the checks above".into(),
+                ))
             }
         }
         MigrateCommand::Run(run) => {
