@@ -85,7 +85,9 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     // window was already counted as received. Packets in flight never look
     // like loss; at most the ones in flight at the window's start are not
     // compared.
-    let timeout = interval.mul_f64(0.4);
+    // Two rounds of reads per interval, but never so short that a busy
+    // node's answer counts as a failure (a slow round only delays the next).
+    let timeout = interval.mul_f64(0.4).max(Duration::from_secs(1));
     let before = read_peers(state, &view, timeout).await;
     let own_state = state.clone();
     let own = tokio::task::spawn_blocking(move || super::lock(&own_state.observer).peers())

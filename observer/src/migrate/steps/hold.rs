@@ -14,6 +14,11 @@ use crate::{
     },
 };
 
+/// Readings in a row that must miss a pair before the gate closes for it:
+/// one failed HTTP read of a busy agent is not a network problem; an agent
+/// gone for three readings is.
+const MISSING_READINGS: u32 = 3;
+
 /// Judges the cluster every gate interval for `seconds` (at least once);
 /// the first closed gate ends it.
 async fn hold(
@@ -26,10 +31,19 @@ async fn hold(
 ) -> Result<Outcome> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut judged = 0u32;
+    let mut missing_in_a_row = 0u32;
     loop {
         ctx.check_lease()?;
         let (decision, rows) = ctx.judge(node).await?;
         judged += 1;
+        let only_missing = !decision.passed
+            && decision.breaches.is_empty()
+            && decision.stuck.is_empty();
+        missing_in_a_row = if only_missing { missing_in_a_row + 1 } else { 0 };
+        if only_missing && missing_in_a_row < MISSING_READINGS {
+            tokio::time::sleep(ctx.options.gate_interval).await;
+            continue;
+        }
         let passed = decision.passed;
         let summary = decision.summary();
         let last = Instant::now() >= deadline;
