@@ -13,7 +13,9 @@ use std::{
 use crossover_tests::{
     apiserver::{
         FakeApiServer, Gvr,
-        fixtures::{self, DaemonSetBuilder, MIGRATION_LABEL, PdbBuilder, PodBuilder},
+        fixtures::{
+            self, DaemonSetBuilder, MIGRATION_LABEL, PdbBuilder, PodBuilder, ReplicaSetBuilder,
+        },
         sim::{ClusterSim, PodPlacement, SimOptions},
     },
     lab::{Lab, LabSpec, Network, PodKind, exec::in_ns},
@@ -148,7 +150,7 @@ async fn eviction_honours_a_budget_until_the_replacement_is_ready() {
         3,
         0,
         SimOptions {
-            pod_ready_delay: Duration::from_millis(400),
+            pod_ready_delay: Duration::from_secs(1),
             ..options()
         },
     );
@@ -547,6 +549,22 @@ async fn the_scheduler_avoids_cordoned_and_tainted_nodes_and_spreads() {
         .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
         .count();
     assert_eq!(failed, 1);
+    // A pod that tolerates the control plane's taint may go there.
+    let tolerant = ReplicaSetBuilder::new("default", "tolerant-7f8c9d", &[("app", "tolerant")], 1)
+        .tolerate_control_plane()
+        .build();
+    Api::<ReplicaSet>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &tolerant)
+        .await
+        .unwrap();
+    sim.settle().await;
+    let t = pods
+        .list(&ListParams::default().labels("app=tolerant"))
+        .await
+        .unwrap();
+    assert_eq!(node_of(&t.items[0]), Some("control-plane"));
+    assert!(ready(&t.items[0]) && in_net(&t.items[0], "10.244.0.0/24"));
+
     cordon(&client, "worker-3", false).await;
     sim.settle().await;
     let moved = pods

@@ -192,7 +192,8 @@ fn create_pod(store: &Store, v: &View, node: &str) -> Result<Value, ApiError> {
         labels = json!({});
     }
     labels[HASH_LABEL] = json!(v.hash);
-    labels["pod-template-generation"] = json!(ds["metadata"]["generation"].to_string());
+    let generation = ds["metadata"]["generation"].as_i64().unwrap_or(1);
+    labels["pod-template-generation"] = json!(generation.to_string());
     let mut spec = pod_spec(ds);
     spec["nodeName"] = json!(node);
     let pod = json!({
