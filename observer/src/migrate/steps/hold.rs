@@ -36,10 +36,13 @@ async fn hold(
         ctx.check_lease()?;
         let (decision, rows) = ctx.judge(node).await?;
         judged += 1;
-        let only_missing = !decision.passed
-            && decision.breaches.is_empty()
-            && decision.stuck.is_empty();
-        missing_in_a_row = if only_missing { missing_in_a_row + 1 } else { 0 };
+        let only_missing =
+            !decision.passed && decision.breaches.is_empty() && decision.stuck.is_empty();
+        missing_in_a_row = if only_missing {
+            missing_in_a_row + 1
+        } else {
+            0
+        };
         if only_missing && missing_in_a_row < MISSING_READINGS {
             tokio::time::sleep(ctx.options.gate_interval).await;
             continue;

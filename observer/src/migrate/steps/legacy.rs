@@ -38,6 +38,16 @@ fn movable(p: &Pod) -> bool {
         && p.metadata.deletion_timestamp.is_none()
 }
 
+/// UID of the pod's controller: its replacement has the same.
+fn controller_uid(p: &Pod) -> Option<&str> {
+    p.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
 pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<String> {
     let cilium = pods::cilium_cidrs(ctx, node).await?;
     if cilium.is_empty() && towards == Towards::Cilium {
@@ -46,32 +56,49 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
              the node its share of the cluster pool (is IPAM cluster-pool?)"
         )));
     }
-    let restarted: Vec<String> = {
-        let mut names = Vec::new();
-        for p in pods::on_node(ctx, node)
-            .await?
-            .iter()
-            .filter(|p| movable(p) && wrong(p, &cilium, towards))
-        {
-            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            let name = p.metadata.name.as_deref().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => names.push(pods::name(p)),
-                Err(e) if is_status(&e, 404) => {}
-                Err(e) => return Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
-            }
+    let mut restarted = Vec::new();
+    // Controllers whose pod was restarted: each must have a pod here again.
+    let mut owners = Vec::new();
+    let mut bare = Vec::new();
+    for p in pods::on_node(ctx, node)
+        .await?
+        .iter()
+        .filter(|p| movable(p) && wrong(p, &cilium, towards))
+    {
+        // Nothing would recreate it: left for the SRE, named.
+        let Some(owner) = controller_uid(p) else {
+            bare.push(pods::name(p));
+            continue;
+        };
+        let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => restarted.push(pods::name(p)),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
         }
-        names
-    };
+        owners.push(owner.to_string());
+    }
     let what = format!("every pod on {node} Ready on the {towards:?} network");
     pods::wait_for(ctx, ctx.options.ready_timeout, &what, || async {
         let now = pods::on_node(ctx, node).await?;
-        let pending: Vec<String> = now
+        let settled = |p: &&Pod| movable(p) && !wrong(p, &cilium, towards) && pods::is_ready(p);
+        let mut pending: Vec<String> = now
             .iter()
-            .filter(|p| movable(p) && (wrong(p, &cilium, towards) || !pods::is_ready(p)))
+            .filter(|p| movable(p) && controller_uid(p).is_some() && !settled(p))
             .map(pods::name)
             .collect();
+        pending.extend(
+            owners
+                .iter()
+                .filter(|o| {
+                    !now.iter()
+                        .filter(settled)
+                        .any(|p| controller_uid(p) == Some(o.as_str()))
+                })
+                .map(|o| format!("the replacement of the pod of controller {o}")),
+        );
         Ok(if pending.is_empty() {
             Ok(())
         } else {
@@ -79,9 +106,16 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
         })
     })
     .await?;
-    Ok(if restarted.is_empty() {
-        "no pod left on the old network".into()
+    let mut detail = if restarted.is_empty() {
+        "no pod left on the old network".to_string()
     } else {
         format!("restarted {}", restarted.join(", "))
-    })
+    };
+    if !bare.is_empty() {
+        detail += &format!(
+            "; left on the old network (no controller recreates them): {}",
+            bare.join(", ")
+        );
+    }
+    Ok(detail)
 }
