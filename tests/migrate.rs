@@ -157,6 +157,9 @@ impl Driver {
     }
 }
 
+/// 2% over rows of at least 50 packets: one probe lost to a busy 2-core
+/// lab is not a breach, a 5% fault is (over three senders and several
+/// readings).
 const RUN: &[&str] = &[
     "migrate",
     "run",
@@ -164,9 +167,11 @@ const RUN: &[&str] = &[
     "--baseline",
     "0",
     "--soak",
-    "3s",
+    "4s",
     "--threshold",
-    "1%",
+    "2%",
+    "--min-sent",
+    "50",
 ];
 
 fn state(kl: &Arc<Mutex<KubeLab>>) -> Value {
@@ -259,7 +264,7 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         "--probe-selector",
         "app=goldpinger",
         "--window",
-        "3s",
+        "6s",
         "--sample-interval",
         "500ms",
     ]);
@@ -394,12 +399,16 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         .iter()
         .find(|r| r["decision"]["passed"] == false)
         .expect("a closed gate in worker-3's record");
+    // Every breach is on the Cilium overlay and involves worker-3 (a TCP
+    // probe from worker-3 loses its answer on the faulted way back).
+    let breaches = closed["decision"]["breaches"].as_array().unwrap();
     assert!(
-        closed["decision"]["breaches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["peer_node"] == "worker-3" && b["overlay"] == "cilium"),
+        breaches.iter().all(|b| b["overlay"] == "cilium"
+            && (b["peer_node"] == "worker-3" || b["node"] == "worker-3")),
+        "{closed:#}"
+    );
+    assert!(
+        breaches.iter().any(|b| b["peer_node"] == "worker-3"),
         "{closed:#}"
     );
     let markdown = driver.report(&[]);

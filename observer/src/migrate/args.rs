@@ -157,7 +157,8 @@ pub struct RunArgs {
     /// Rows with fewer packets sent are recorded, not judged.
     #[arg(long, default_value_t = 20)]
     pub min_sent: u64,
-    /// How long loss is watched before a node is touched (0: one reading).
+    /// How long the gate is held before a node is touched, after one full
+    /// agent window has passed (0: one reading).
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]
     pub baseline: u64,
     /// How long loss must stay under the threshold after a node moved,

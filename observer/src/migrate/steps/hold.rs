@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use super::Outcome;
 use crate::{
     Result,
+    agent::window::LossRow,
     migrate::{
         context::Context,
         record::{Moment, NodeRecord},
@@ -65,27 +66,33 @@ async fn hold(
     }
 }
 
-pub async fn baseline(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
-    let seconds = ctx.settings.baseline_seconds;
-    hold(ctx, node, seconds, Moment::Before, Step::Baseline, record).await
-}
-
-/// Waits one agent window first, so that what is judged was measured
-/// after the node's changes; what the window held then is recorded as the
-/// loss during the changes.
-pub async fn soak(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
-    let (during, rows) = ctx.judge(node).await?;
-    let settle = Duration::from_secs_f64(during_window(&rows).clamp(0.0, 600.0));
-    record.read(Moment::During, Step::Soak, during, &rows);
-    let until = Instant::now() + settle;
+/// Waits one agent window, so that what is judged next was measured
+/// after this moment: after a node's changes, or after a fault was fixed
+/// and the migration resumed.
+async fn settle(ctx: &Context, rows: &[LossRow]) -> Result<()> {
+    let window = rows.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let until = Instant::now() + Duration::from_secs_f64(window.clamp(0.0, 600.0));
     while Instant::now() < until {
         ctx.check_lease()?;
         tokio::time::sleep(ctx.options.poll.min(until - Instant::now())).await;
     }
-    let seconds = ctx.settings.soak_seconds;
-    hold(ctx, node, seconds, Moment::After, Step::Soak, record).await
+    Ok(())
 }
 
-fn during_window(rows: &[crate::agent::window::LossRow]) -> f64 {
-    rows.iter().map(|r| r.seconds).fold(0.0, f64::max)
+/// A full window before the node is touched, then `--baseline` of gate.
+pub async fn baseline(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
+    let measured = ctx.measure().await?;
+    settle(ctx, &measured.rows).await?;
+    let seconds = ctx.settings.baseline_seconds;
+    hold(ctx, node, seconds, Moment::Before, Step::Baseline, record).await
+}
+
+/// What the window held when the soak began is recorded as the loss
+/// during the changes; then a window passes before the gate judges.
+pub async fn soak(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
+    let (during, rows) = ctx.judge(node).await?;
+    record.read(Moment::During, Step::Soak, during, &rows);
+    settle(ctx, &rows).await?;
+    let seconds = ctx.settings.soak_seconds;
+    hold(ctx, node, seconds, Moment::After, Step::Soak, record).await
 }

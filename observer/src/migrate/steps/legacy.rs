@@ -38,14 +38,14 @@ fn movable(p: &Pod) -> bool {
         && p.metadata.deletion_timestamp.is_none()
 }
 
-/// UID of the pod's controller: its replacement has the same.
-fn controller_uid(p: &Pod) -> Option<&str> {
+/// The pod's controller, as kind/name: its replacement has the same.
+fn controller(p: &Pod) -> Option<String> {
     p.metadata
         .owner_references
         .as_ref()?
         .iter()
         .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
+        .map(|o| format!("{}/{}", o.kind, o.name))
 }
 
 pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<String> {
@@ -66,7 +66,7 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
         .filter(|p| movable(p) && wrong(p, &cilium, towards))
     {
         // Nothing would recreate it: left for the SRE, named.
-        let Some(owner) = controller_uid(p) else {
+        let Some(owner) = controller(p) else {
             bare.push(pods::name(p));
             continue;
         };
@@ -78,7 +78,7 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
         }
-        owners.push(owner.to_string());
+        owners.push(owner);
     }
     let what = format!("every pod on {node} Ready on the {towards:?} network");
     pods::wait_for(ctx, ctx.options.ready_timeout, &what, || async {
@@ -86,7 +86,7 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
         let settled = |p: &&Pod| movable(p) && !wrong(p, &cilium, towards) && pods::is_ready(p);
         let mut pending: Vec<String> = now
             .iter()
-            .filter(|p| movable(p) && controller_uid(p).is_some() && !settled(p))
+            .filter(|p| movable(p) && controller(p).is_some() && !settled(p))
             .map(pods::name)
             .collect();
         pending.extend(
@@ -95,9 +95,9 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
                 .filter(|o| {
                     !now.iter()
                         .filter(settled)
-                        .any(|p| controller_uid(p) == Some(o.as_str()))
+                        .any(|p| controller(p).as_ref() == Some(*o))
                 })
-                .map(|o| format!("the replacement of the pod of controller {o}")),
+                .map(|o| format!("the replacement of {o}'s pod")),
         );
         Ok(if pending.is_empty() {
             Ok(())
