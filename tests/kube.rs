@@ -81,16 +81,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
         kl.server.apply(object).unwrap();
     }
     kl.start_agents(&[]);
-    let probe_pods: Vec<String> = kl
-        .lab
-        .nodes()
-        .flat_map(|n| n.pods.iter())
-        .filter(|p| p.kind == PodKind::DaemonSet)
-        .map(|p| p.netns.clone())
-        .collect();
-    for netns in &probe_pods {
-        kl.start_probe(netns);
-    }
+    kl.start_probes();
     kl.wait_agents_ready();
     let cp = kl.lab.node_ns("control-plane");
     let url =

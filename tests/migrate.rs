@@ -250,16 +250,7 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         )
         .unwrap();
     assert_eq!(db.addr.to_string(), DB_IP);
-    let probe_pods: Vec<String> = kl
-        .lab
-        .nodes()
-        .flat_map(|n| n.pods.iter())
-        .filter(|p| p.kind == PodKind::DaemonSet)
-        .map(|p| p.netns.clone())
-        .collect();
-    for netns in &probe_pods {
-        kl.start_probe(netns);
-    }
+    kl.start_probes();
     kl.start_agents(&[
         "--probe-selector",
         "app=goldpinger",

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     apiserver::FakeApiServer,
-    lab::{Lab, LabSpec, plan},
+    lab::{Lab, LabSpec, PodKind, plan},
     netns::{http_get, in_netns, sh},
 };
 
@@ -103,6 +103,20 @@ impl KubeLab {
         if let Some(mut old) = self.probes.insert(pod_netns.into(), child) {
             let _ = old.kill();
             let _ = old.wait();
+        }
+    }
+
+    /// A responder in every DaemonSet pod of the lab (the probe pods).
+    pub fn start_probes(&mut self) {
+        let netns: Vec<String> = self
+            .lab
+            .nodes()
+            .flat_map(|n| n.pods.iter())
+            .filter(|p| p.kind == PodKind::DaemonSet)
+            .map(|p| p.netns.clone())
+            .collect();
+        for ns in netns {
+            self.start_probe(&ns);
         }
     }
 
