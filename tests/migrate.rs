@@ -35,17 +35,17 @@ const DB_IP: &str = "10.244.2.50";
 
 /// The fixture cluster, plus what the driver meets in life: crossover's
 /// agent DaemonSet, and a singleton with a strict disruption budget.
-fn objects() -> Vec<Value> {
-    let mut out = fixtures::cluster_with_apps(NODES, 0, 1);
+fn objects(nodes: usize, with_db: bool) -> Vec<Value> {
+    let mut out = fixtures::cluster_with_apps(nodes, 0, 1);
     out.push(fixtures::namespace("crossover"));
     out.push(fixtures::daemonset(
         "crossover",
         "crossover-agent",
         &[("app.kubernetes.io/name", "crossover-agent")],
         true,
-        NODES as i32,
+        nodes as i32,
     ));
-    for j in 0..NODES {
+    for j in 0..nodes {
         let node = fixtures::node_name(j);
         let host = crossover_tests::lab::plan::underlay_addr(j).to_string();
         out.push(
@@ -58,6 +58,9 @@ fn objects() -> Vec<Value> {
                 .owner(Owner::DaemonSet("crossover-agent".into()))
                 .value(),
         );
+    }
+    if !with_db {
+        return out;
     }
     out.push(ReplicaSetBuilder::new("default", "db", &[("app", "db")], 1).value());
     out.push(
@@ -227,29 +230,38 @@ fn steps(record: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
-    require_root();
+/// The lab, its API with the sim, real agents and probe responders, and
+/// a driver to run against them.
+struct Migrating {
+    kl: Arc<Mutex<KubeLab>>,
+    sim: ClusterSim,
+    driver: Driver,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+fn migrating_lab(prefix: &str, nodes: usize, with_db: bool) -> Migrating {
     let mut kl = KubeLab::up(&LabSpec {
-        name: unique("m"),
-        nodes: NODES,
+        name: unique(prefix),
+        nodes,
         migrated: 0,
         pods: 1,
     });
-    for object in objects() {
+    for object in objects(nodes, with_db) {
         kl.server.apply(object).unwrap();
     }
-    let db = kl
-        .lab
-        .add_pod_at(
-            "worker-2",
-            "db-0",
-            PodKind::App,
-            Network::Legacy,
-            DB_IP.parse().unwrap(),
-        )
-        .unwrap();
-    assert_eq!(db.addr.to_string(), DB_IP);
+    if with_db {
+        let db = kl
+            .lab
+            .add_pod_at(
+                "worker-2",
+                "db-0",
+                PodKind::App,
+                Network::Legacy,
+                DB_IP.parse().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(db.addr.to_string(), DB_IP);
+    }
     kl.start_probes();
     kl.start_agents(&[
         "--probe-selector",
@@ -260,10 +272,31 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         "500ms",
     ]);
     kl.wait_agents_ready();
+    let driver = Driver {
+        underlay: kl.lab.underlay_ns(),
+        kubeconfig: kl.kubeconfig.to_str().unwrap().into(),
+        log: kl.dir.join("driver.log"),
+    };
+    let kl = Arc::new(Mutex::new(kl));
     // The first windows hold the start: probes sent before the responders
     // listened. An SRE plans once the agents have run a while.
+    wait_clean_window(&kl, nodes);
+    let sim = ClusterSim::install(&kl.lock().unwrap().server, SimOptions::default());
+    let errors: Arc<Mutex<Vec<String>>> = Default::default();
+    feed_the_lab(&sim, &kl, &errors);
+    Migrating {
+        kl,
+        sim,
+        driver,
+        errors,
+    }
+}
+
+/// Until every agent's window is free of loss (a fault's, the start's).
+fn wait_clean_window(kl: &Arc<Mutex<KubeLab>>, nodes: usize) {
     within(Duration::from_secs(30), "a window without loss", || {
-        let rows: Vec<Value> = (0..NODES)
+        let kl = kl.lock().unwrap();
+        let rows: Vec<Value> = (0..nodes)
             .flat_map(|j| {
                 let loss = kl.get_json(&kl.url(j, "/api/v1/loss"));
                 loss["rows"].as_array().cloned().unwrap_or_default()
@@ -271,16 +304,18 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
             .collect();
         (!rows.is_empty() && rows.iter().all(|r| r["lost"] == 0)).then_some(())
     });
-    let driver = Driver {
-        underlay: kl.lab.underlay_ns(),
-        kubeconfig: kl.kubeconfig.to_str().unwrap().into(),
-        log: kl.dir.join("driver.log"),
-    };
+}
+
+#[test]
+fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
+    require_root();
+    let Migrating {
+        kl,
+        sim,
+        driver,
+        errors,
+    } = migrating_lab("m", NODES, true);
     let log = driver.log.clone();
-    let kl = Arc::new(Mutex::new(kl));
-    let sim = ClusterSim::install(&kl.lock().unwrap().server, SimOptions::default());
-    let errors: Arc<Mutex<Vec<String>>> = Default::default();
-    feed_the_lab(&sim, &kl, &errors);
 
     // The plan changes nothing and passes preflight.
     let plan = driver.output(&["migrate", "plan"]);
@@ -471,6 +506,112 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         let ip = p["status"]["podIP"].as_str().unwrap();
         assert!(ip.starts_with("10.245."), "{p:#}");
     }
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+}
+
+/// `--on-breach rollback` puts the node back on the legacy CNI by itself;
+/// the reboot hook runs per node; `status` tells where it stopped; `abort`
+/// from another terminal stops a running driver at its next step, and
+/// `resume` finishes the job.
+#[test]
+fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
+    require_root();
+    let Migrating {
+        kl,
+        sim,
+        driver,
+        errors,
+    } = migrating_lab("r", 3, false);
+    let rebooted = kl.lock().unwrap().dir.join("rebooted");
+    let hook = format!("echo $NODE >> {}", rebooted.display());
+    let mut args = RUN.to_vec();
+    args.extend(["--on-breach", "rollback", "--reboot-hook", &hook]);
+    let mut run = driver.spawn(&args);
+    let changing = [
+        "restart_cilium",
+        "reboot",
+        "restart_legacy",
+        "verify",
+        "soak",
+    ];
+    within(Duration::from_secs(90), "worker-1 moving to Cilium", || {
+        changing
+            .contains(&step_of(&state(&kl), "worker-1").as_str())
+            .then_some(())
+    });
+    let faults: Vec<u32> = ["worker-2", "control-plane"]
+        .iter()
+        .map(|from| {
+            kl.lock()
+                .unwrap()
+                .lab
+                .inject(Fault::Loss {
+                    from: from.to_string(),
+                    to: "worker-1".into(),
+                    overlay: Overlay::Cilium,
+                    percent: 5.0,
+                })
+                .unwrap()
+        })
+        .collect();
+    let (status, _) = within(Duration::from_secs(120), "the gate closing", || {
+        run.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let halted = state(&kl);
+    assert_eq!(halted["phase"]["phase"], "halted", "{halted:#}");
+    assert_eq!(halted["phase"]["node"], "worker-1", "{halted:#}");
+    let reason = halted["phase"]["reason"].as_str().unwrap();
+    assert!(reason.contains("rolled back: "), "{reason}");
+    let w1 = node(&kl, "worker-1");
+    assert!(w1["metadata"]["labels"]["io.cilium.migration/cilium-default"].is_null());
+    assert!(w1["spec"]["unschedulable"].is_null(), "uncordoned: {w1:#}");
+    assert_eq!(sim.network("worker-1"), Some(Network::Legacy));
+    assert_eq!(step_of(&halted, "worker-1"), "baseline");
+    let record = record(&kl, "worker-1");
+    assert_eq!(record["rollbacks"][0]["outcome"], "ok", "{record:#}");
+    let hooked = std::fs::read_to_string(&rebooted).unwrap();
+    assert_eq!(hooked.lines().collect::<Vec<_>>(), ["worker-1"]);
+    let status = driver.output(&["migrate", "status", "--format", "json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["phase"]["phase"], "halted");
+    for f in faults {
+        kl.lock().unwrap().lab.clear(f).unwrap();
+    }
+    wait_clean_window(&kl, 3);
+
+    // Abort from another terminal while worker-1 is migrated again.
+    let mut resume = driver.spawn(&["migrate", "resume", "--yes"]);
+    within(Duration::from_secs(90), "worker-1 draining again", || {
+        (step_of(&state(&kl), "worker-1") != "baseline").then_some(())
+    });
+    let abort = driver.output(&["migrate", "abort", "--yes"]);
+    assert!(abort.status.success(), "{abort:?}");
+    let (status, _) = within(Duration::from_secs(60), "the driver stopping", || {
+        resume.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let aborted = state(&kl);
+    assert_eq!(aborted["phase"]["phase"], "aborted", "{aborted:#}");
+    let at = step_of(&aborted, "worker-1");
+    assert_ne!(at, "baseline", "the step that ran is kept: {aborted:#}");
+
+    let done = driver.output(&["migrate", "resume", "--yes"]);
+    assert!(done.status.success(), "{done:?}");
+    assert_eq!(state(&kl)["phase"]["phase"], "done");
+    for name in ["worker-1", "worker-2", "control-plane"] {
+        assert_eq!(sim.network(name), Some(Network::Cilium), "{name}");
+    }
+    let hooked = std::fs::read_to_string(&rebooted).unwrap();
+    assert_eq!(
+        hooked.lines().collect::<Vec<_>>(),
+        ["worker-1", "worker-1", "worker-2", "control-plane"],
+        "one reboot per migration of a node"
+    );
     assert!(
         errors.lock().unwrap().is_empty(),
         "{:?}",

@@ -99,11 +99,17 @@ pub async fn restart_on(ctx: &Context, node: &str, towards: Towards) -> Result<S
                 })
                 .map(|o| format!("the replacement of {o}'s pod")),
         );
-        Ok(if pending.is_empty() {
-            Ok(())
+        if pending.is_empty() {
+            return Ok(Ok(()));
+        }
+        // Why they are not there, when the node says (no more IPs...).
+        let stuck = ctx.stuck(node).await?;
+        let why = if stuck.is_empty() {
+            String::new()
         } else {
-            Err(format!("not there yet: {}", pending.join(", ")))
-        })
+            format!(" ({})", stuck.join("; "))
+        };
+        Ok(Err(format!("not there yet: {}{why}", pending.join(", "))))
     })
     .await?;
     let mut detail = if restarted.is_empty() {
