@@ -116,8 +116,9 @@ struct Driver {
     underlay: String,
     kubeconfig: String,
     log: std::path::PathBuf,
-    /// How long pods may take to be Ready.
+    /// How long pods may take to be Ready, and a drain.
     ready_timeout: &'static str,
+    drain_timeout: &'static str,
 }
 
 impl Driver {
@@ -134,7 +135,7 @@ impl Driver {
                 "--verify-timeout",
                 "30s",
             ])
-            .args(["--drain-timeout", "5m"])
+            .args(["--drain-timeout", self.drain_timeout])
             .stdin(Stdio::null());
         c
     }
@@ -284,6 +285,7 @@ fn migrating_lab(prefix: &str, nodes: usize, with_db: bool) -> Migrating {
         kubeconfig: kl.kubeconfig.to_str().unwrap().into(),
         log: kl.dir.join("driver.log"),
         ready_timeout: "30s",
+        drain_timeout: "5m",
     };
     let kl = Arc::new(Mutex::new(kl));
     // The first windows hold the start: probes sent before the responders
@@ -627,16 +629,19 @@ fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
 /// A node whose IPAM is exhausted once it moved to Cilium: its restarted
 /// DaemonSet pod never gets an address, and the driver halts naming the
 /// pod and the sandbox failure ("No more IPs available"), node cordoned.
+/// Then a drain a disruption budget holds past `--drain-timeout` halts
+/// naming the pod and the budget.
 #[test]
-fn a_pod_without_an_address_halts_the_node_with_the_reason() {
+fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
     require_root();
     let Migrating {
         kl,
         sim,
         mut driver,
         errors,
-    } = migrating_lab("s", 3, false);
+    } = migrating_lab("s", 3, true);
     driver.ready_timeout = "8s";
+    driver.drain_timeout = "3s";
     // Only new pods on worker-1 need an address: the DaemonSet pod the
     // driver restarts there (evicted pods land elsewhere).
     sim.exhaust_ipam("worker-1", true);
