@@ -444,6 +444,14 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
             && (b["peer_node"] == "worker-3" || b["node"] == "worker-3")),
         "{closed:#}"
     );
+    assert!(
+        w3["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "MigrationHalted" && e["warning"] == true),
+        "{w3:#}"
+    );
     let markdown = driver.report(&[]);
     let markdown = String::from_utf8_lossy(&markdown.stdout);
     assert!(
@@ -596,6 +604,11 @@ fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
     within(Duration::from_secs(90), "worker-1 draining again", || {
         (step_of(&state(&kl), "worker-1") != "baseline").then_some(())
     });
+    // One driver at a time: a second one waits out the Lease, then refuses.
+    let second = driver.output(&["migrate", "resume", "--yes"]);
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("holds Lease"), "{said}");
     let abort = driver.output(&["migrate", "abort", "--yes"]);
     assert!(abort.status.success(), "{abort:?}");
     let (status, _) = within(Duration::from_secs(60), "the driver stopping", || {

@@ -141,12 +141,28 @@ pub struct State {
     windows: Mutex<Windows>,
     peer_status: Mutex<BTreeMap<String, PeerStatus>>,
     sample_duration: Mutex<Duration>,
+    /// The sampler's last reading, and how old it may be to be served.
+    reading: Mutex<Option<Arc<sampler::Reading>>>,
+    reading_max_age: Duration,
     probing: Option<probing::Probing>,
 }
 
 impl State {
     pub fn view(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_reading(&self, reading: sampler::Reading) {
+        *self.reading.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(reading));
+    }
+
+    /// The sampler's last reading if it is recent enough.
+    fn fresh_reading(&self) -> Option<Arc<sampler::Reading>> {
+        self.reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|r| r.taken.elapsed() <= self.reading_max_age)
     }
 
     fn set_view(&self, view: View) {
@@ -417,6 +433,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         windows: Mutex::new(Windows::new(args.window.as_nanos() as u64)),
         peer_status: Mutex::new(BTreeMap::new()),
         sample_duration: Mutex::new(Duration::ZERO),
+        reading: Mutex::new(None),
+        // A sampler that fell behind (or stopped) is not served from.
+        reading_max_age: args.sample_interval * 3,
         probing,
     });
     let mut tasks = Vec::new();

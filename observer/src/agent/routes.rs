@@ -47,6 +47,9 @@ fn json<T: Serialize>(result: std::result::Result<T, Response>) -> Response {
 
 async fn metrics_handler(Extract(state): Extract<Shared>) -> Response {
     let body = blocking(&state, |s| {
+        if let Some(r) = s.fresh_reading() {
+            return Ok(metrics::render(s, &r.peers, &r.snapshot, &r.connections));
+        }
         let (peers, snapshot) = {
             let observer = lock(&s.observer);
             (observer.peers()?, observer.snapshot()?)

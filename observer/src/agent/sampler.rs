@@ -19,6 +19,16 @@ use crate::{
     delivery::{self, NodeView},
 };
 
+/// This node's counters, flows and connections as the last sample read
+/// them: what `/metrics` renders, so a scrape costs a rendering, not
+/// another read of the whole flow table and conntrack.
+pub struct Reading {
+    pub taken: Instant,
+    pub peers: Vec<crate::datapath::PeerRecord>,
+    pub snapshot: crate::datapath::Snapshot,
+    pub connections: Vec<Connection>,
+}
+
 /// How the last reading of one peer agent went.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PeerStatus {
@@ -135,9 +145,10 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     state.follow_probes();
     let at_ns = monotonic_ns();
     let conn_state = state.clone();
-    let conns = tokio::task::spawn_blocking(move || {
+    let (snapshot, conns) = tokio::task::spawn_blocking(move || {
         let snapshot = super::lock(&conn_state.observer).snapshot()?;
-        conn_state.connections(&snapshot.flows)
+        let conns = conn_state.connections(&snapshot.flows)?;
+        Ok::<_, crate::Error>((snapshot, conns))
     })
     .await
     .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
@@ -189,6 +200,12 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         }
     }
     let read = reports.iter().map(|(r, _)| r.node.clone()).collect();
+    state.set_reading(Reading {
+        taken: Instant::now(),
+        peers: own,
+        snapshot,
+        connections: conns,
+    });
     state.push_sample(
         Sample {
             at_ns,

@@ -13,6 +13,7 @@ use super::{
     gate::{self, Decision},
     lease::Lease,
     pods,
+    record::{EventRecord, NodeRecord},
     state::Settings,
     store::kube_err,
 };
@@ -93,7 +94,16 @@ impl Context {
 
     /// An Event on the node, so `kubectl describe node` tells the story.
     /// Best effort: a failed event is reported, never fatal.
-    pub async fn event(&self, node: &str, reason: &str, note: String, warning: bool) {
+    /// Also kept in the node's record, for the report.
+    pub async fn event(&self, record: &mut NodeRecord, reason: &str, note: String, warning: bool) {
+        let node = record.node.clone();
+        let node = node.as_str();
+        record.events.push(EventRecord {
+            at: now(),
+            reason: reason.into(),
+            warning,
+            note: note.clone(),
+        });
         let reference = match pods::get_node(self, node).await {
             Ok(n) => n.object_ref(&()),
             Err(_) => ObjectReference {

@@ -69,10 +69,10 @@ pub async fn run(ctx: &Context, store: &mut Store, state: &mut State) -> Result<
         }
         let mut record = store.load_record(&node).await?;
         record.begin(step, &now());
-        store.save_record(&record).await?;
         eprintln!("crossover: {node}: {step}...");
-        ctx.event(&node, step.reason(), format!("{step} started"), false)
+        ctx.event(&mut record, step.reason(), format!("{step} started"), false)
             .await;
+        store.save_record(&record).await?;
         let cilium_pod = state.nodes[i].cilium_pod_deleted.clone();
         let outcome = steps::run(ctx, &node, step, cilium_pod.as_deref(), &mut record).await;
         match outcome {
@@ -84,16 +84,11 @@ pub async fn run(ctx: &Context, store: &mut Store, state: &mut State) -> Result<
                 {
                     record.read(Moment::During, step, decision, &rows);
                 }
+                let done = format!("{step} done: {detail}");
+                ctx.event(&mut record, step.reason(), done, false).await;
                 store.save_record(&record).await?;
                 state.nodes[i].step = step.next();
                 save(store, state).await?;
-                ctx.event(
-                    &node,
-                    step.reason(),
-                    format!("{step} done: {detail}"),
-                    false,
-                )
-                .await;
             }
             Ok(Outcome::Breach(decision)) => {
                 let reasons = decision.reasons().join("\n  ");
@@ -101,17 +96,15 @@ pub async fn run(ctx: &Context, store: &mut Store, state: &mut State) -> Result<
                 store.save_record(&record).await?;
                 let mut reason = format!("the gate closed at {step} of {node}:\n  {reasons}");
                 if state.settings.on_breach == OnBreach::Rollback {
-                    reason += &rollback_after_breach(ctx, store, state, &node, &mut record).await;
+                    reason += &rollback_after_breach(ctx, state, &mut record).await;
                 }
-                return halt(ctx, store, state, &node, step, reason).await;
+                return halt(ctx, store, state, &mut record, step, reason).await;
             }
             Err(e) => {
                 record.end(step, &now(), "failed", e.to_string());
                 record.errors.push(format!("{}: {step}: {e}", now()));
-                // Best effort: the error matters more than the record.
-                let _ = store.save_record(&record).await;
                 let reason = format!("{step} of {node} failed: {e}");
-                return halt(ctx, store, state, &node, step, reason).await;
+                return halt(ctx, store, state, &mut record, step, reason).await;
             }
         }
     }
@@ -121,19 +114,17 @@ pub async fn run(ctx: &Context, store: &mut Store, state: &mut State) -> Result<
 
 async fn rollback_after_breach(
     ctx: &Context,
-    store: &mut Store,
     state: &mut State,
-    node: &str,
     record: &mut NodeRecord,
 ) -> String {
+    let node = record.node.clone();
     eprintln!("crossover: {node}: rolling back (--on-breach rollback)");
-    match rollback::rollback(ctx, node, record).await {
+    match rollback::rollback(ctx, record).await {
         Ok(detail) => {
-            if let Some(n) = state.node_mut(node) {
+            if let Some(n) = state.node_mut(&node) {
                 n.step = Step::Baseline;
                 n.cilium_pod_deleted = None;
             }
-            let _ = store.save_record(record).await;
             format!("\nrolled back: {detail}")
         }
         Err(e) => format!("\nrollback FAILED: {e}"),
@@ -144,12 +135,16 @@ async fn halt(
     ctx: &Context,
     store: &mut Store,
     state: &mut State,
-    node: &str,
+    record: &mut NodeRecord,
     step: Step,
     reason: String,
 ) -> Result<()> {
-    ctx.event(node, "MigrationHalted", reason.clone(), true)
+    let node = record.node.clone();
+    let node = node.as_str();
+    ctx.event(record, "MigrationHalted", reason.clone(), true)
         .await;
+    // Best effort: the halt matters more than its record.
+    let _ = store.save_record(record).await;
     state.phase = Phase::Halted {
         node: node.into(),
         step,

@@ -184,7 +184,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 ));
             }
             let mut record = store.load_record(node).await?;
-            let result = rollback::rollback(&ctx, node, &mut record).await;
+            let result = rollback::rollback(&ctx, &mut record).await;
             store.save_record(&record).await?;
             if let (Ok(_), Some(state)) = (&result, state.as_mut())
                 && let Some(n) = state.node_mut(node)

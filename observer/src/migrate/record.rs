@@ -52,6 +52,17 @@ pub struct NodeRecord {
     pub errors: Vec<String>,
     #[serde(default)]
     pub rollbacks: Vec<RollbackRecord>,
+    /// The Kubernetes Events put on the node.
+    #[serde(default)]
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub at: String,
+    pub reason: String,
+    pub warning: bool,
+    pub note: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -112,6 +112,21 @@ fn node_section(out: &mut String, r: &NodeRecord) {
             reading_section(out, reading);
         }
     }
+    if !r.events.is_empty() {
+        out.push_str(
+            "\n### Events on the node\n\n| at | type | reason | note |\n|---|---|---|---|\n",
+        );
+        for e in &r.events {
+            let kind = if e.warning { "Warning" } else { "Normal" };
+            let _ = writeln!(
+                out,
+                "| {} | {kind} | {} | {} |",
+                e.at,
+                e.reason,
+                cell(&e.note)
+            );
+        }
+    }
     if !r.errors.is_empty() {
         out.push_str("\n### Errors\n\n");
         for e in &r.errors {

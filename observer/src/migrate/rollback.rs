@@ -10,8 +10,10 @@ use super::{
 };
 use crate::Result;
 
-pub async fn rollback(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<String> {
-    ctx.event(node, "MigrationRollback", "rollback started".into(), true)
+pub async fn rollback(ctx: &Context, record: &mut NodeRecord) -> Result<String> {
+    let node = record.node.clone();
+    let node = node.as_str();
+    ctx.event(record, "MigrationRollback", "rollback started".into(), true)
         .await;
     let started = now();
     let result = undo(ctx, node).await;
@@ -28,13 +30,8 @@ pub async fn rollback(ctx: &Context, node: &str, record: &mut NodeRecord) -> Res
     if let Ok((decision, rows)) = ctx.judge(node).await {
         record.read(Moment::RolledBack, Step::Uncordon, decision, &rows);
     }
-    ctx.event(
-        node,
-        "MigrationRolledBack",
-        format!("{outcome}: {detail}"),
-        true,
-    )
-    .await;
+    let note = format!("{outcome}: {detail}");
+    ctx.event(record, "MigrationRolledBack", note, true).await;
     result
 }
 
