@@ -4,6 +4,7 @@
 //! into sliding windows, and serves it all as Prometheus metrics and a
 //! versioned JSON API.
 pub mod api;
+mod ledger;
 pub mod metrics;
 mod probing;
 mod routes;
@@ -144,6 +145,7 @@ pub struct State {
     /// The sampler's last reading, and how old it may be to be served.
     reading: Mutex<Option<Arc<sampler::Reading>>>,
     reading_max_age: Duration,
+    tcp_ledger: Mutex<ledger::TcpLedger>,
     probing: Option<probing::Probing>,
 }
 
@@ -436,6 +438,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         reading: Mutex::new(None),
         // A sampler that fell behind (or stopped) is not served from.
         reading_max_age: args.sample_interval * 3,
+        tcp_ledger: Mutex::new(ledger::TcpLedger::default()),
         probing,
     });
     let mut tasks = Vec::new();

@@ -181,14 +181,16 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     let start = towards(&starts);
 
     let window_start = at_ns.saturating_sub(state.window_ns());
-    let mut tcp: BTreeMap<TcpKey, TcpTotals> = BTreeMap::new();
+    let mut live = Vec::new();
     let mut handshakes: BTreeMap<TcpKey, HandshakeCounts> = BTreeMap::new();
     for c in opened_here(&conns, &view) {
         let Some(peer) = c.peer else { continue };
         let key = (view.node_name(peer), c.overlay, c.client_net, c.server_net);
-        let totals = tcp.entry(key.clone()).or_default();
-        totals.segments += c.segments;
-        totals.retransmits += c.retransmits;
+        let totals = TcpTotals {
+            segments: c.segments,
+            retransmits: c.retransmits,
+        };
+        live.push(((c.client, c.server), key.clone(), totals));
         if c.first_seen_ns >= window_start {
             let h = handshakes.entry(key).or_default();
             match c.handshake {
@@ -199,6 +201,11 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
             }
         }
     }
+    let tcp = state
+        .tcp_ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .update(live);
     let read = reports.iter().map(|(r, _)| r.node.clone()).collect();
     state.set_reading(Reading {
         taken: Instant::now(),
