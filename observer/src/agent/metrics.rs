@@ -324,4 +324,11 @@ fn cluster_families(out: &mut String, state: &State) {
         "1 when the shape derived from the cluster was refused and the previous one is still in force.",
     );
     f.sample(&[("node", node)], u64::from(view.rejected.is_some()));
+    let mut f = family(
+        out,
+        "crossover_peer_keys_without_slot",
+        "gauge",
+        "Per-peer counter keys of the shape that got no fast-path slot (beyond the slot capacity): still counted, through the PEERS hash, one lookup more per packet.",
+    );
+    f.sample(&[("node", node)], super::lock(&state.observer).slotless() as u64);
 }
