@@ -141,6 +141,17 @@ fn flow_ends(f: &FlowRecord) -> (SocketAddrV4, SocketAddrV4) {
     )
 }
 
+/// [`join`] as of now, with the default handshake grace: what the agent
+/// and the tests' fleet both show.
+pub fn join_now(flows: &[FlowRecord], nat: &[NatEntry]) -> Vec<Connection> {
+    join(
+        flows,
+        nat,
+        crate::datapath::monotonic_ns(),
+        HANDSHAKE_GRACE_NS,
+    )
+}
+
 /// Joins `flows` (one node's snapshot) into connections, with `nat` from
 /// the same node. A SYN-only connection older than `grace_ns` at `now_ns`
 /// is unanswered.

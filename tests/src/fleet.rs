@@ -8,7 +8,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use observer::{
     connections::{self, Connection},
     conntrack,
-    datapath::{Hook, LoadOptions, Observer, Selection, Snapshot, monotonic_ns, reconcile},
+    datapath::{Hook, LoadOptions, Observer, Selection, Snapshot, reconcile},
     delivery::{self, Delivery, NodeView},
 };
 
@@ -109,12 +109,7 @@ impl Fleet {
         let m = self.member(node);
         let nat = nat_entries(&m.netns)?;
         let snapshot = m.observer.snapshot()?;
-        Ok(connections::join(
-            &snapshot.flows,
-            &nat,
-            monotonic_ns(),
-            connections::HANDSHAKE_GRACE_NS,
-        ))
+        Ok(connections::join_now(&snapshot.flows, &nat))
     }
 }
 

@@ -301,12 +301,7 @@ impl State {
 
     /// `flows` joined into connections with this node's NAT table.
     fn connections(&self, flows: &[FlowRecord]) -> Result<Vec<Connection>> {
-        Ok(connections::join(
-            flows,
-            &self.nat_entries()?,
-            crate::datapath::monotonic_ns(),
-            connections::HANDSHAKE_GRACE_NS,
-        ))
+        Ok(connections::join_now(flows, &self.nat_entries()?))
     }
 
     /// One ageing sweep, joined across SNAT with this node's NAT table.
