@@ -330,5 +330,8 @@ fn cluster_families(out: &mut String, state: &State) {
         "gauge",
         "Per-peer counter keys of the shape that got no fast-path slot (beyond the slot capacity): still counted, through the PEERS hash, one lookup more per packet.",
     );
-    f.sample(&[("node", node)], super::lock(&state.observer).slotless() as u64);
+    f.sample(
+        &[("node", node)],
+        super::lock(&state.observer).slotless() as u64,
+    );
 }
