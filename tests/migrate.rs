@@ -302,6 +302,28 @@ fn migrating_lab(prefix: &str, nodes: usize, with_db: bool) -> Migrating {
     }
 }
 
+/// 5% loss on the Cilium overlay from each of `froms` to `to`.
+fn cilium_loss_towards(kl: &Arc<Mutex<KubeLab>>, froms: &[&str], to: &str) -> Vec<u32> {
+    froms
+        .iter()
+        .map(|from| {
+            let fault = Fault::Loss {
+                from: from.to_string(),
+                to: to.into(),
+                overlay: Overlay::Cilium,
+                percent: 5.0,
+            };
+            kl.lock().unwrap().lab.inject(fault).unwrap()
+        })
+        .collect()
+}
+
+/// The lab followed every pod the sim placed or removed.
+fn no_feed_errors(errors: &Arc<Mutex<Vec<String>>>) {
+    let errors = errors.lock().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
 /// Until every agent's window is free of loss (a fault's, the start's).
 fn wait_clean_window(kl: &Arc<Mutex<KubeLab>>, nodes: usize) {
     within(Duration::from_secs(30), "a window without loss", || {
@@ -384,21 +406,7 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     within(Duration::from_secs(120), "worker-3's turn", || {
         (step_of(&state(&kl), "worker-3") == "drain").then_some(())
     });
-    let faults: Vec<u32> = ["worker-1", "worker-2", "control-plane"]
-        .iter()
-        .map(|from| {
-            kl.lock()
-                .unwrap()
-                .lab
-                .inject(Fault::Loss {
-                    from: from.to_string(),
-                    to: "worker-3".into(),
-                    overlay: Overlay::Cilium,
-                    percent: 5.0,
-                })
-                .unwrap()
-        })
-        .collect();
+    let faults = cilium_loss_towards(&kl, &["worker-1", "worker-2", "control-plane"], "worker-3");
     let (status, _) = within(Duration::from_secs(120), "the gate closing", || {
         resume.try_wait().unwrap()
     });
@@ -521,11 +529,7 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         let ip = p["status"]["podIP"].as_str().unwrap();
         assert!(ip.starts_with("10.245."), "{p:#}");
     }
-    assert!(
-        errors.lock().unwrap().is_empty(),
-        "{:?}",
-        errors.lock().unwrap()
-    );
+    no_feed_errors(&errors);
 }
 
 /// `--on-breach rollback` puts the node back on the legacy CNI by itself;
@@ -558,21 +562,7 @@ fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
             .contains(&step_of(&state(&kl), "worker-1").as_str())
             .then_some(())
     });
-    let faults: Vec<u32> = ["worker-2", "control-plane"]
-        .iter()
-        .map(|from| {
-            kl.lock()
-                .unwrap()
-                .lab
-                .inject(Fault::Loss {
-                    from: from.to_string(),
-                    to: "worker-1".into(),
-                    overlay: Overlay::Cilium,
-                    percent: 5.0,
-                })
-                .unwrap()
-        })
-        .collect();
+    let faults = cilium_loss_towards(&kl, &["worker-2", "control-plane"], "worker-1");
     let (status, _) = within(Duration::from_secs(120), "the gate closing", || {
         run.try_wait().unwrap()
     });
@@ -632,11 +622,7 @@ fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
         ["worker-1", "worker-1", "worker-2", "control-plane"],
         "one reboot per migration of a node"
     );
-    assert!(
-        errors.lock().unwrap().is_empty(),
-        "{:?}",
-        errors.lock().unwrap()
-    );
+    no_feed_errors(&errors);
 }
 
 /// A node whose IPAM is exhausted once it moved to Cilium: its restarted
@@ -672,9 +658,5 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
         "{reason}"
     );
     assert_eq!(node(&kl, "worker-1")["spec"]["unschedulable"], true);
-    assert!(
-        errors.lock().unwrap().is_empty(),
-        "{:?}",
-        errors.lock().unwrap()
-    );
+    no_feed_errors(&errors);
 }
