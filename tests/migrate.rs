@@ -628,7 +628,8 @@ fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
 /// A node whose IPAM is exhausted once it moved to Cilium: its restarted
 /// DaemonSet pod never gets an address, and the driver halts naming the
 /// pod and the sandbox failure ("No more IPs available"), node cordoned.
-/// Then a drain a disruption budget holds past `--drain-timeout` halts
+/// Before that, a pod no controller would recreate stops the drain; after
+/// it, a drain a disruption budget holds past `--drain-timeout` halts
 /// naming the pod and the budget.
 #[test]
 fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
@@ -641,10 +642,34 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
     } = migrating_lab("s", 3, true);
     driver.ready_timeout = "8s";
     driver.drain_timeout = "3s";
+    // A pod no controller would recreate: the drain refuses to lose it.
+    let bare = PodBuilder::new("default", "bare-1")
+        .label("app", "bare")
+        .node("worker-1", "172.18.0.3")
+        .ip("10.244.1.60")
+        .ready(true)
+        .value();
+    kl.lock().unwrap().server.apply(bare).unwrap();
+    let refused = driver.output(RUN);
+    assert!(!refused.status.success());
+    let halted = state(&kl);
+    assert_eq!(halted["phase"]["node"], "worker-1", "{halted:#}");
+    assert_eq!(halted["phase"]["step"], "drain", "{halted:#}");
+    let reason = halted["phase"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("default/bare-1") && reason.contains("--evict-bare-pods"),
+        "{reason}"
+    );
+    kl.lock()
+        .unwrap()
+        .server
+        .delete(&Gvr::of::<Pod>(), Some("default"), "bare-1")
+        .unwrap();
+
     // Only new pods on worker-1 need an address: the DaemonSet pod the
     // driver restarts there (evicted pods land elsewhere).
     sim.exhaust_ipam("worker-1", true);
-    let mut run = driver.spawn(RUN);
+    let mut run = driver.spawn(&["migrate", "resume", "--yes"]);
     let (status, _) = within(Duration::from_secs(90), "the driver halting", || {
         run.try_wait().unwrap()
     });
@@ -658,5 +683,20 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
         "{reason}"
     );
     assert_eq!(node(&kl, "worker-1")["spec"]["unschedulable"], true);
+
+    // Addresses again: worker-1 completes; worker-2's singleton cannot be
+    // evicted within 3 s.
+    sim.exhaust_ipam("worker-1", false);
+    let resumed = driver.output(&["migrate", "resume", "--yes"]);
+    assert!(!resumed.status.success());
+    let halted = state(&kl);
+    assert_eq!(step_of(&halted, "worker-1"), "done", "{halted:#}");
+    assert_eq!(halted["phase"]["node"], "worker-2", "{halted:#}");
+    assert_eq!(halted["phase"]["step"], "drain", "{halted:#}");
+    let reason = halted["phase"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("timed out") && reason.contains("default/db-0 (429"),
+        "{reason}"
+    );
     no_feed_errors(&errors);
 }
