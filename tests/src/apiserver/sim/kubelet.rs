@@ -9,38 +9,17 @@ use std::{
     time::Instant,
 };
 
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use super::{
     Feed, Pass, PodPlacement, Runtime, State, addressing, events,
     world::{self, World},
 };
-use crate::{
-    apiserver::{kinds::Gvr, status::ApiError, store::Store},
-    lab::plan::Network,
-};
+use crate::{apiserver::store::Store, lab::plan::Network};
 
 /// Writes `pod` (the same uid) changed by `f`; whether it was written.
 fn update(store: &Store, pod: &Value, f: impl FnOnce(&mut Value)) -> bool {
-    let uid = world::uid(pod).to_string();
-    let gvr = Gvr::of::<Pod>();
-    store
-        .mutate(
-            &gvr,
-            Some(world::namespace_of(pod)),
-            world::name(pod),
-            false,
-            |cur| {
-                let mut pod = cur
-                    .filter(|p| world::uid(p) == uid)
-                    .cloned()
-                    .ok_or_else(|| ApiError::conflict(&gvr, &uid))?;
-                f(&mut pod);
-                Ok(Some(pod))
-            },
-        )
-        .is_ok()
+    world::update_pod(store, pod, f).is_ok()
 }
 
 static CONTAINERS: AtomicU64 = AtomicU64::new(1);

@@ -378,31 +378,31 @@ impl ClusterSim {
         self.shared.state().networks.get(node).copied()
     }
 
-    /// A node's IPAM has no address left (for whichever network is in
-    /// charge): new pods there stay ContainerCreating with a Warning
-    /// `FailedCreatePodSandBox`. `false` lets them start.
-    pub fn exhaust_ipam(&self, node: &str, exhausted: bool) {
+    /// Puts `node` in (`on`) or out of one of the failure sets, then wakes
+    /// the controllers.
+    fn switch(&self, node: &str, on: bool, set: impl FnOnce(&mut State) -> &mut HashSet<String>) {
         let mut s = self.shared.state();
-        if exhausted {
-            s.exhausted.insert(node.into());
+        let set = set(&mut s);
+        if on {
+            set.insert(node.into());
         } else {
-            s.exhausted.remove(node);
+            set.remove(node);
         }
         drop(s);
         self.shared.kick();
     }
 
+    /// A node's IPAM has no address left (for whichever network is in
+    /// charge): new pods there stay ContainerCreating with a Warning
+    /// `FailedCreatePodSandBox`. `false` lets them start.
+    pub fn exhaust_ipam(&self, node: &str, exhausted: bool) {
+        self.switch(node, exhausted, |s| &mut s.exhausted);
+    }
+
     /// The Cilium agent pods on `node` run but never turn Ready (and so
     /// never write their CNI config) until this is set back to `false`.
     pub fn set_agent_never_ready(&self, node: &str, stuck: bool) {
-        let mut s = self.shared.state();
-        if stuck {
-            s.agent_stuck.insert(node.into());
-        } else {
-            s.agent_stuck.remove(node);
-        }
-        drop(s);
-        self.shared.kick();
+        self.switch(node, stuck, |s| &mut s.agent_stuck);
     }
 
     /// Sets the node's Ready condition as its kubelet would. NotReady takes

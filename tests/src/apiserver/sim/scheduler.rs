@@ -123,28 +123,15 @@ fn unschedulable(
          {nodes} Preemption is not helpful for scheduling.",
         detail.join(", ")
     );
-    let uid = world::uid(pod).to_string();
-    let gvr = Gvr::of::<Pod>();
-    let written = store.mutate(
-        &gvr,
-        Some(world::namespace_of(pod)),
-        world::name(pod),
-        false,
-        |cur| {
-            let mut pod = cur
-                .filter(|p| world::uid(p) == uid)
-                .cloned()
-                .ok_or_else(|| ApiError::conflict(&gvr, &uid))?;
-            world::set_condition(&mut pod, "PodScheduled", false, Some("Unschedulable"));
-            if let Some(c) = pod["status"]["conditions"]
-                .as_array_mut()
-                .and_then(|cs| cs.iter_mut().find(|c| c["type"] == "PodScheduled"))
-            {
-                c["message"] = json!(message);
-            }
-            Ok(Some(pod))
-        },
-    );
+    let written = world::update_pod(store, pod, |pod| {
+        world::set_condition(pod, "PodScheduled", false, Some("Unschedulable"));
+        if let Some(c) = pod["status"]["conditions"]
+            .as_array_mut()
+            .and_then(|cs| cs.iter_mut().find(|c| c["type"] == "PodScheduled"))
+        {
+            c["message"] = json!(message);
+        }
+    });
     if let Ok(pod) = &written {
         events::record(
             store,

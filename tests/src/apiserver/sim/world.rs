@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 use serde_json::{Value, json};
 
-use super::super::{kinds::Gvr, store::Store};
+use super::super::{kinds::Gvr, status::ApiError, store::Store};
 
 pub(crate) struct World {
     pub nodes: Vec<Value>,
@@ -259,4 +259,24 @@ pub(crate) fn set_condition(obj: &mut Value, kind: &str, status: bool, reason: O
         Some(i) => conds[i] = cond,
         None => conds.push(cond),
     }
+}
+
+/// Writes `pod` changed by `f`, read-modify-write of the stored object, as
+/// long as it is still the same pod (uid): a controller never resurrects
+/// or rewrites a pod that was replaced meanwhile.
+pub fn update_pod(
+    store: &Store,
+    pod: &Value,
+    f: impl FnOnce(&mut Value),
+) -> Result<Value, ApiError> {
+    let uid = uid(pod).to_string();
+    let gvr = Gvr::of::<k8s_openapi::api::core::v1::Pod>();
+    store.mutate(&gvr, Some(namespace_of(pod)), name(pod), false, |cur| {
+        let mut pod = cur
+            .filter(|p| self::uid(p) == uid)
+            .cloned()
+            .ok_or_else(|| ApiError::conflict(&gvr, &uid))?;
+        f(&mut pod);
+        Ok(Some(pod))
+    })
 }
