@@ -431,10 +431,12 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
             "no pod addresses in labels: {line}"
         );
     }
+    // The legacy pod's connections to the Cilium pod leave SNATed to
+    // cilium_host (host) and are answered towards it.
     assert!(
         metric::<u64>(
             &body,
-            "crossover_handshakes{node=\"control-plane\",peer_node=\"worker-1\",src_net=\"legacy\",dst_net=\"cilium\",result=\"answered\"}"
+            "crossover_tcp_syn_acks_total{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"cilium\",dst_net=\"host\",direction=\"ingress\"}"
         ) >= 3
     );
     let window_lost: u64 = metric(
@@ -442,13 +444,19 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         "crossover_window_lost{node=\"control-plane\",peer_node=\"worker-2\",overlay=\"legacy\",src_net=\"legacy\",dst_net=\"legacy\",signal=\"delivery\"}",
     );
     assert_eq!(window_lost, drops);
-    // The three handshakes control-plane opened towards worker-1, as the
-    // handshake signal of the window: all answered.
+    // The three handshakes control-plane opened towards worker-1 (SNATed
+    // to cilium_host), as the handshake signal of the window: three SYNs,
+    // none retried.
     let handshakes: u64 = metric(
         &body,
-        "crossover_window_sent{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"legacy\",dst_net=\"cilium\",signal=\"handshake\"}",
+        "crossover_window_sent{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"host\",dst_net=\"cilium\",signal=\"handshake\"}",
     );
     assert_eq!(handshakes, 3, "{body}");
+    let retried: u64 = metric(
+        &body,
+        "crossover_window_lost{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"host\",dst_net=\"cilium\",signal=\"handshake\"}",
+    );
+    assert_eq!(retried, 0, "{body}");
 
     // The JSON API: connections joined across SNAT.
     let (status, body) = http_get(&cp, &format!("{}/api/v1/connections", agents.urls[0]));

@@ -73,7 +73,9 @@ fn udp_flow<'a>(
 ) -> &'a observer::datapath::FlowRecord {
     snap.flows
         .iter()
-        .find(|f| f.dst_port == 7777 && f.point == point && f.direction == direction)
+        .find(|f| {
+            f.dst_port == 7777 && f.point.label() == point && f.direction.label() == direction
+        })
         .unwrap_or_else(|| panic!("no {point} {direction} flow to :7777 in {:#?}", snap.flows))
 }
 
@@ -104,7 +106,12 @@ fn vxlan_traffic_is_counted_exactly_on_both_nodes() {
     let sa = a.snapshot().unwrap();
     let sent = udp_flow(&sa, "underlay", "egress");
     assert_eq!(
-        (sent.packets, sent.overlay, sent.src_net, sent.dst_net),
+        (
+            sent.packets,
+            sent.overlay.label(),
+            sent.src_net.label(),
+            sent.dst_net.label()
+        ),
         (DATAGRAMS, "legacy", "host", "host")
     );
     assert_eq!(sent.peer, Some([192, 168, 50, 2].into()));
@@ -112,10 +119,10 @@ fn vxlan_traffic_is_counted_exactly_on_both_nodes() {
     let peer = sa
         .peers
         .iter()
-        .find(|p| p.overlay == "legacy" && p.direction == "egress")
+        .find(|p| p.overlay.label() == "legacy" && p.direction.label() == "egress")
         .unwrap();
     assert_eq!(
-        peer.packets, DATAGRAMS,
+        peer.counts.packets, DATAGRAMS,
         "A's sends to B on the legacy overlay"
     );
 
@@ -124,10 +131,10 @@ fn vxlan_traffic_is_counted_exactly_on_both_nodes() {
     let peer = sb
         .peers
         .iter()
-        .find(|p| p.overlay == "legacy" && p.direction == "ingress")
+        .find(|p| p.overlay.label() == "legacy" && p.direction.label() == "ingress")
         .unwrap();
     assert_eq!(
-        (peer.peer, peer.packets),
+        (peer.peer, peer.counts.packets),
         ([192, 168, 50, 1].into(), DATAGRAMS),
         "B's receives from A"
     );
@@ -166,12 +173,12 @@ fn tcp_handshake_through_the_tunnel() {
     let out = snap
         .flows
         .iter()
-        .find(|f| f.dst_port == 8080 && f.direction == "egress")
+        .find(|f| f.dst_port == 8080 && f.direction.label() == "egress")
         .unwrap();
     let back = snap
         .flows
         .iter()
-        .find(|f| f.src_port == 8080 && f.direction == "ingress")
+        .find(|f| f.src_port == 8080 && f.direction.label() == "ingress")
         .unwrap();
     assert_eq!((out.syns, back.syn_acks, out.retransmits), (1, 1, 0));
     assert!(out.bytes > 100_000, "payload and headers: {}", out.bytes);

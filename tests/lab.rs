@@ -13,8 +13,12 @@ use crossover_tests::{
     netns::unique,
     require_root,
 };
+use observer_ebpf::{Net, Point};
+use std::collections::BTreeMap;
+
 use observer::{
     connections::{Connection, Handshake, SnatSeen},
+    datapath::{PeerCounts, Snapshot},
     delivery::{self, Delivery},
 };
 
@@ -122,7 +126,11 @@ fn every_network_combination_is_classified_on_both_nodes() {
         let sender = fleet.connections(sender_node).unwrap();
         let c = find(&sender, server, sender_node);
         assert_eq!(
-            (c.client_net, c.server_net, c.overlay),
+            (
+                c.client_net.label(),
+                c.server_net.label(),
+                c.overlay.label()
+            ),
             (client_net, server_net, overlay),
             "sender, {what}: {c:#?}"
         );
@@ -154,7 +162,11 @@ fn every_network_combination_is_classified_on_both_nodes() {
         let receiver = fleet.connections(node_of(to)).unwrap();
         let r = find(&receiver, server, node_of(to));
         assert_eq!(
-            (r.client_net, r.server_net, r.overlay),
+            (
+                r.client_net.label(),
+                r.server_net.label(),
+                r.overlay.label()
+            ),
             (receiver_net, server_net, overlay),
             "receiver, {what}: {r:#?}"
         );
@@ -183,12 +195,17 @@ fn every_network_combination_is_classified_on_both_nodes() {
                 f.src == src
                     && f.dst == dst
                     && f.dst_port == 80
-                    && f.point == "underlay"
-                    && f.direction == direction
+                    && f.point.label() == "underlay"
+                    && f.direction.label() == direction
             })
             .unwrap_or_else(|| panic!("{node}: no Geneve inner flow: {:#?}", snapshot.flows));
         assert_eq!(
-            (flow.overlay, flow.src_net, flow.dst_net, flow.packets),
+            (
+                flow.overlay.label(),
+                flow.src_net.label(),
+                flow.dst_net.label(),
+                flow.packets
+            ),
             ("cilium", "cilium", "cilium", 20),
             "{node}: {flow:#?}"
         );
@@ -251,15 +268,15 @@ fn snat_is_seen_through_to_the_pods() {
                 "between the two pods: {c:#?}"
             );
             assert_eq!(
-                (c.client_net, c.server_net, c.snat_seen),
+                (c.client_net.label(), c.server_net.label(), c.snat_seen),
                 (client_net, server_net, SnatSeen::Translated)
             );
             assert_eq!(c.handshake, Handshake::Answered);
             // Pod side before NAT and wire side after it, in one connection.
             let at = |point: &str, src: Ipv4Addr| {
-                c.sightings
-                    .iter()
-                    .any(|s| s.forward && s.point == point && *s.src.ip() == src && s.packets > 0)
+                c.sightings.iter().any(|s| {
+                    s.forward && s.point.label() == point && *s.src.ip() == src && s.packets > 0
+                })
             };
             assert!(
                 at("pod", a.addr),
@@ -270,7 +287,9 @@ fn snat_is_seen_through_to_the_pods() {
                 "the wire saw the SNAT address: {c:#?}"
             );
             assert!(
-                c.sightings.iter().any(|s| !s.forward && s.point == "pod"),
+                c.sightings
+                    .iter()
+                    .any(|s| !s.forward && s.point.label() == "pod"),
                 "replies reached the pod: {c:#?}"
             );
             // And nothing is left over as a separate flow from the SNAT address.
@@ -295,7 +314,27 @@ fn snat_is_seen_through_to_the_pods() {
 const LOSS_PACKETS: u64 = 40_000;
 
 /// A node pair's delivery on one overlay, summed over its network pairs.
-fn pair(window: &[Delivery], from: &str, to: &str, overlay: &str) -> Delivery {
+#[derive(Debug)]
+struct PathTotal {
+    from: String,
+    to: String,
+    overlay: observer_ebpf::Overlay,
+    sent: u64,
+    received: u64,
+}
+
+impl PathTotal {
+    fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    fn loss_ratio(&self) -> Option<f64> {
+        (self.sent > 0).then(|| self.lost() as f64 / self.sent as f64)
+    }
+}
+
+fn pair(window: &[Delivery], from: &str, to: &str, overlay: &str) -> PathTotal {
+    let overlay = observer_ebpf::Overlay::from_label(overlay).expect("an overlay name");
     let rows: Vec<&Delivery> = window
         .iter()
         .filter(|d| same_path(d, from, to, overlay))
@@ -304,16 +343,16 @@ fn pair(window: &[Delivery], from: &str, to: &str, overlay: &str) -> Delivery {
         !rows.is_empty(),
         "no delivery {from} -> {to} on {overlay}: {window:#?}"
     );
-    Delivery {
-        src_net: "all",
-        dst_net: "all",
+    PathTotal {
+        from: from.into(),
+        to: to.into(),
+        overlay,
         sent: rows.iter().map(|d| d.sent).sum(),
         received: rows.iter().map(|d| d.received).sum(),
-        ..rows[0].clone()
     }
 }
 
-fn same_path(d: &Delivery, from: &str, to: &str, overlay: &str) -> bool {
+fn same_path(d: &Delivery, from: &str, to: &str, overlay: observer_ebpf::Overlay) -> bool {
     d.from == from && d.to == to && d.overlay == overlay
 }
 
@@ -475,6 +514,19 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
             }
         }
     }
+    // The kernel's per-peer TCP counters, which the agent's handshake and
+    // retransmit windows are made of, agree with what the flows show.
+    for snap in fleet.snapshots().unwrap() {
+        assert_peer_tcp_counts_match_flows(&snap);
+    }
+    let syn_retries: u64 = fleet
+        .snapshots()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s.peers.iter())
+        .map(|p| p.counts.syn_retransmits)
+        .sum();
+    assert!(syn_retries > 0, "the blackhole made clients retry SYNs");
     let window = delivery::window(&before, &fleet.deliveries().unwrap());
     let cut = pair(&window, "worker-2", "worker-1", "cilium");
     assert!(cut.sent > 0 && cut.received == 0, "{cut:?}");
@@ -485,6 +537,62 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
     {
         assert_eq!(d.lost(), 0, "only A to B on Cilium loses: {d:?}");
     }
+}
+
+/// Per (peer, overlay, direction, network pair): the slot counters equal
+/// the sums over the node's underlay flows of the same class; a flow's
+/// SYNs beyond its first are its SYN retransmissions.
+fn assert_peer_tcp_counts_match_flows(snap: &Snapshot) {
+    type Key = (
+        Option<Ipv4Addr>,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let mut from_flows: BTreeMap<Key, PeerCounts> = BTreeMap::new();
+    for f in snap.flows.iter().filter(|f| f.point == Point::Underlay) {
+        let key = (
+            f.peer,
+            f.overlay.label(),
+            f.direction.label(),
+            f.src_net.label(),
+            f.dst_net.label(),
+        );
+        let c = from_flows.entry(key).or_default();
+        c.packets += f.packets;
+        c.segments += f.segments;
+        c.retransmits += f.retransmits;
+        c.syns += f.syns;
+        c.syn_retransmits += f.syns.saturating_sub(1);
+        c.syn_acks += f.syn_acks;
+        c.rsts += f.rsts;
+    }
+    let from_slots: BTreeMap<Key, PeerCounts> = snap
+        .peers
+        .iter()
+        .filter(|p| p.src_net != Net::Unknown)
+        .map(|p| {
+            let key = (
+                Some(p.peer),
+                p.overlay.label(),
+                p.direction.label(),
+                p.src_net.label(),
+                p.dst_net.label(),
+            );
+            // Bytes differ by design: frames on the slot, inner IP lengths
+            // on the flow.
+            (
+                key,
+                PeerCounts {
+                    bytes: 0,
+                    ..p.counts
+                },
+            )
+        })
+        .collect();
+    assert!(!from_slots.is_empty());
+    assert_eq!(from_slots, from_flows);
 }
 
 #[test]

@@ -7,10 +7,10 @@ use crossover_tests::{
     packet::{self, ACK, ICMP, L4, RST, SYN, ip, ipv6_frame, tcp, udp},
 };
 use observer::{
-    datapath::{FlowRecord, LoadOptions, Snapshot},
+    datapath::{FlowRecord, LoadOptions, PeerCounts, Snapshot},
     shape::ClusterShape,
 };
-use observer_ebpf::Counter;
+use observer_ebpf::{Counter, Direction};
 
 const UNDERLAY_IN: &str = "crossover_underlay_ingress";
 const UNDERLAY_OUT: &str = "crossover_underlay_egress";
@@ -63,11 +63,19 @@ fn vxlan_on_each_port_is_the_right_overlay() {
             (LEGACY_A.into(), LEGACY_B.into(), 33000, 80, packet::TCP)
         );
         assert_eq!(
-            (flow.point, flow.direction, flow.overlay),
+            (
+                flow.point.label(),
+                flow.direction.label(),
+                flow.overlay.label()
+            ),
             ("underlay", "egress", overlay)
         );
         assert_eq!(
-            (flow.src_net, flow.dst_net, flow.snat),
+            (
+                flow.src_net.label(),
+                flow.dst_net.label(),
+                flow.snat.label()
+            ),
             ("legacy", "legacy", "none")
         );
         assert_eq!(flow.peer, Some(NODE_B.into()));
@@ -75,10 +83,13 @@ fn vxlan_on_each_port_is_the_right_overlay() {
         assert_eq!(snap.peers.len(), 1);
         let peer = &snap.peers[0];
         assert_eq!(
-            (peer.peer, peer.overlay, peer.direction),
+            (peer.peer, peer.overlay.label(), peer.direction.label()),
             (NODE_B.into(), overlay, "egress")
         );
-        assert_eq!((peer.packets, peer.bytes), (1, frame.len() as u64));
+        assert_eq!(
+            (peer.counts.packets, peer.counts.bytes),
+            (1, frame.len() as u64)
+        );
         assert_eq!(snap.counter(Counter::SeenUnderlay), 1);
         h.reset();
     }
@@ -100,13 +111,17 @@ fn geneve_with_and_without_options() {
             (5000, 53, packet::UDP)
         );
         assert_eq!(
-            (flow.overlay, flow.src_net, flow.dst_net),
+            (
+                flow.overlay.label(),
+                flow.src_net.label(),
+                flow.dst_net.label()
+            ),
             ("cilium", "cilium", "cilium")
         );
         assert_eq!(flow.peer, Some(NODE_B.into()));
         let peer = &snap.peers[0];
         assert_eq!(
-            (peer.peer, peer.overlay, peer.direction),
+            (peer.peer, peer.overlay.label(), peer.direction.label()),
             (NODE_B.into(), "cilium", "ingress")
         );
     }
@@ -166,7 +181,7 @@ fn fragments_first_counts_later_ones_do_not() {
     );
     let flow = only_flow(&snap);
     assert_eq!(
-        (flow.point, flow.src_port, flow.dst_port),
+        (flow.point.label(), flow.src_port, flow.dst_port),
         ("pod", 7000, 7001)
     );
     assert_eq!(
@@ -226,7 +241,7 @@ fn truncation_at_every_header_boundary() {
     assert_eq!(problems(&snap), want.into_iter().collect::<Vec<_>>());
     assert!(snap.flows.is_empty(), "no flow from a truncated packet");
     // A frame is counted towards its peer as soon as its UDP header says tunnel.
-    assert_eq!(snap.peers[0].packets, peer_packets);
+    assert_eq!(snap.peers[0].counts.packets, peer_packets);
 }
 
 trait RefuseShort {
@@ -383,13 +398,21 @@ fn native_pod_traffic_names_its_peer_and_other_traffic_is_left_out() {
     assert_eq!(snap.flows.len(), 3);
     let pod = snap.flows.iter().find(|f| f.dst_port == 8080).unwrap();
     assert_eq!(
-        (pod.overlay, pod.src_net, pod.dst_net),
+        (
+            pod.overlay.label(),
+            pod.src_net.label(),
+            pod.dst_net.label()
+        ),
         ("native", "legacy", "legacy")
     );
     assert_eq!(pod.peer, Some(NODE_B.into()));
     let api = snap.flows.iter().find(|f| f.dst_port == 6443).unwrap();
     assert_eq!(
-        (api.overlay, api.src_net, api.dst_net),
+        (
+            api.overlay.label(),
+            api.src_net.label(),
+            api.dst_net.label()
+        ),
         ("none", "host", "host")
     );
     assert_eq!(api.peer, Some(NODE_B.into()));
@@ -400,7 +423,12 @@ fn native_pod_traffic_names_its_peer_and_other_traffic_is_left_out() {
     );
     let peer = &snap.peers[0];
     assert_eq!(
-        (peer.peer, peer.overlay, peer.direction, peer.packets),
+        (
+            peer.peer,
+            peer.overlay.label(),
+            peer.direction.label(),
+            peer.counts.packets
+        ),
         (NODE_B.into(), "native", "ingress", 1)
     );
 }
@@ -419,13 +447,23 @@ fn snat_sources_and_their_replies_are_marked() {
     assert_eq!(problems(&snap), vec![]);
     let src = snap.flows.iter().find(|f| f.dst_port == 80).unwrap();
     assert_eq!(
-        (src.snat, src.snat_addr, src.src_net, src.dst_net),
+        (
+            src.snat.label(),
+            src.snat_addr,
+            src.src_net.label(),
+            src.dst_net.label()
+        ),
         ("source", Some([10, 245, 1, 1].into()), "host", "cilium")
     );
-    assert_eq!(src.overlay, "cilium");
+    assert_eq!(src.overlay.label(), "cilium");
     let dst = snap.flows.iter().find(|f| f.src_port == 80).unwrap();
     assert_eq!(
-        (dst.snat, dst.snat_addr, dst.src_net, dst.dst_net),
+        (
+            dst.snat.label(),
+            dst.snat_addr,
+            dst.src_net.label(),
+            dst.dst_net.label()
+        ),
         (
             "destination",
             Some([10, 244, 0, 0].into()),
@@ -433,7 +471,61 @@ fn snat_sources_and_their_replies_are_marked() {
             "host"
         )
     );
-    assert_eq!(dst.overlay, "legacy");
+    assert_eq!(dst.overlay.label(), "legacy");
+}
+
+/// The per-peer TCP counters the agent's handshake and retransmit signals
+/// are made of, on the underlay: a SYN and its retry, the SYN-ACK coming
+/// back, segments and a retransmission, a reset; UDP adds none.
+#[test]
+fn tcp_events_count_into_the_peer_counters() {
+    let h = Harness::new(&two_node_shape());
+    let out = |l4: L4| {
+        let frame = ip(LEGACY_A, LEGACY_B, l4).vxlan(NODE_A, NODE_B, 8472);
+        run_ok(&h, UNDERLAY_OUT, &frame);
+    };
+    out(tcp(40000, 443, 100, SYN, 0));
+    out(tcp(40000, 443, 100, SYN, 0)); // SYN retried
+    out(tcp(40000, 443, 101, ACK, 0)); // pure ACK: no segment
+    out(tcp(40000, 443, 101, ACK | packet::PSH, 500));
+    out(tcp(40000, 443, 101, ACK | packet::PSH, 500)); // retransmitted
+    out(tcp(40000, 443, 601, RST, 0));
+    out(udp(5000, 53, b"not tcp"));
+    let back = ip(LEGACY_B, LEGACY_A, tcp(443, 40000, 900, SYN | ACK, 0));
+    run_ok(&h, UNDERLAY_IN, &back.vxlan(NODE_B, NODE_A, 8472));
+    let snap = h.snapshot();
+    assert_eq!(problems(&snap), vec![]);
+    let counts = |direction: Direction| {
+        snap.peers
+            .iter()
+            .filter(|p| p.direction == direction)
+            .map(|p| p.counts)
+            .fold(PeerCounts::default(), |mut sum, c| {
+                sum.packets += c.packets;
+                sum.segments += c.segments;
+                sum.retransmits += c.retransmits;
+                sum.syns += c.syns;
+                sum.syn_retransmits += c.syn_retransmits;
+                sum.syn_acks += c.syn_acks;
+                sum.rsts += c.rsts;
+                sum
+            })
+    };
+    let sent = counts(Direction::Egress);
+    assert_eq!(
+        (sent.packets, sent.segments, sent.retransmits),
+        (7, 4, 2),
+        "2 SYNs and 2 data segments, the second of each again: {sent:?}"
+    );
+    assert_eq!(
+        (sent.syns, sent.syn_retransmits, sent.syn_acks, sent.rsts),
+        (2, 1, 0, 1)
+    );
+    let received = counts(Direction::Ingress);
+    assert_eq!(
+        (received.packets, received.segments, received.syn_acks),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -490,20 +582,29 @@ fn tcp_and_icmp_counters() {
     assert_eq!((conn.segments, conn.retransmits), (6, 2));
     assert_eq!(conn.tcp_flags, SYN | ACK | packet::PSH | RST);
     assert_eq!(
-        (conn.src_net, conn.dst_net, conn.point, conn.overlay),
+        (
+            conn.src_net.label(),
+            conn.dst_net.label(),
+            conn.point.label(),
+            conn.overlay.label()
+        ),
         ("legacy", "cilium", "pod", "none")
     );
     assert_eq!(conn.peer, Some(NODE_B.into()), "the remote pod's node");
     let echo = snap
         .flows
         .iter()
-        .find(|f| f.proto == ICMP && f.src_port == 77 && f.direction == "ingress")
+        .find(|f| f.proto == ICMP && f.src_port == 77 && f.direction.label() == "ingress")
         .unwrap();
     assert_eq!(
         (echo.echo_requests, echo.echo_replies, echo.packets),
         (2, 0, 2)
     );
-    let reply = snap.flows.iter().find(|f| f.direction == "egress").unwrap();
+    let reply = snap
+        .flows
+        .iter()
+        .find(|f| f.direction.label() == "egress")
+        .unwrap();
     assert_eq!(
         (reply.echo_requests, reply.echo_replies, reply.src_port),
         (0, 1, 77)
@@ -531,7 +632,7 @@ fn every_hook_labels_its_point_and_overlay() {
         let flow = snap
             .flows
             .iter()
-            .find(|f| f.point == point && f.overlay == overlay)
+            .find(|f| f.point.label() == point && f.overlay.label() == overlay)
             .unwrap_or_else(|| panic!("{program}: {:#?}", snap.flows));
         assert_eq!(flow.packets, 1);
     }
@@ -592,8 +693,8 @@ fn peer_counts_stay_exact_across_shape_changes() {
     let sent = |snap: &Snapshot| {
         snap.peers
             .iter()
-            .find(|p| p.peer == std::net::Ipv4Addr::from(NODE_B) && p.direction == "egress")
-            .map_or(0, |p| p.packets)
+            .find(|p| p.peer == std::net::Ipv4Addr::from(NODE_B) && p.direction.label() == "egress")
+            .map_or(0, |p| p.counts.packets)
     };
     // Node B is in the shape: counted through its slot, known flow or not.
     for sport in [1, 1, 2] {
@@ -617,21 +718,25 @@ fn peer_counts_stay_exact_across_shape_changes() {
     assert_eq!(problems(&snap), vec![]);
 }
 
-/// (peer, overlay, direction, src_net, dst_net, packets) of every peer record.
+/// (peer, overlay, direction, src_net, dst_net, packets) of every peer
+/// record, in the order of their names.
 fn peer_rows(snap: &Snapshot) -> Vec<(std::net::Ipv4Addr, &str, &str, &str, &str, u64)> {
-    snap.peers
+    let mut rows: Vec<_> = snap
+        .peers
         .iter()
         .map(|p| {
             (
                 p.peer,
-                p.overlay,
-                p.direction,
-                p.src_net,
-                p.dst_net,
-                p.packets,
+                p.overlay.label(),
+                p.direction.label(),
+                p.src_net.label(),
+                p.dst_net.label(),
+                p.counts.packets,
             )
         })
-        .collect()
+        .collect();
+    rows.sort();
+    rows
 }
 
 #[test]

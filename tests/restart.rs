@@ -123,14 +123,19 @@ fn counts(snap: &Snapshot) -> [u64; 3] {
     let flow = |point: &str| {
         snap.flows
             .iter()
-            .find(|f| f.dst_port == 7777 && f.point == point && f.direction == "egress")
+            .find(|f| {
+                f.dst_port == 7777 && f.point.label() == point && f.direction.label() == "egress"
+            })
             .map_or(0, |f| f.packets)
     };
     let peer = snap
         .peers
         .iter()
-        .find(|p| p.overlay == "legacy" && p.direction == "egress")
-        .map_or(0, |p| p.packets);
+        .find(|p| {
+            p.overlay == observer_ebpf::Overlay::Legacy
+                && p.direction == observer_ebpf::Direction::Egress
+        })
+        .map_or(0, |p| p.counts.packets);
     [flow("underlay"), flow("overlay"), peer]
 }
 
@@ -237,8 +242,8 @@ fn sent_to(h: &Harness, i: u8) -> u64 {
         .unwrap()
         .iter()
         .filter(|p| p.peer == std::net::Ipv4Addr::new(192, 168, 50, i + 1))
-        .filter(|p| p.direction == "egress")
-        .map(|p| p.packets)
+        .filter(|p| p.direction == observer_ebpf::Direction::Egress)
+        .map(|p| p.counts.packets)
         .sum()
 }
 

@@ -35,7 +35,7 @@ pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
 pub const DEFAULT_PEER_CAPACITY: u32 = 4_096;
 /// Room for 1024 nodes at 36 slots each: two overlays, two directions and
 /// the 9 network pairs of legacy, Cilium and host ([`SLOTTED_NETS`]).
-/// PEER_STATS is per CPU and preallocated: 16 B x slots per CPU (576 KiB).
+/// PEER_STATS is per CPU and preallocated: 64 B x slots per CPU (2.25 MiB).
 /// Nodes beyond it are counted in the PEERS hash.
 pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 36_864;
 /// Networks whose pairs get a PEER_STATS slot: what pods and nodes of the
@@ -77,6 +77,44 @@ macro_rules! wire_enum {
                 match self {
                     $($name::$variant => $label,)+
                 }
+            }
+
+            /// Decodes a [`label`](Self::label).
+            pub fn from_label(label: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.label() == label)
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.pad(self.label())
+            }
+        }
+
+        // Serialised by name at the edges (JSON), never by wire value.
+        #[cfg(feature = "user")]
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.label())
+            }
+        }
+
+        #[cfg(feature = "user")]
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                        f.write_str(concat!("a ", stringify!($name), " name"))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        $name::from_label(v).ok_or_else(|| {
+                            E::unknown_variant(v, &[$($label,)+])
+                        })
+                    }
+                }
+                d.deserialize_str(Visitor)
             }
         }
     };
@@ -344,9 +382,10 @@ pub struct PeerKey {
 
 /// Meaning of [`PeerKey`] and of the maps keyed by it. Version 1 had no
 /// networks (their bytes were padding, so its keys have the same size);
+/// version 2 had [`PeerStats`] of packets and bytes only (16 B);
 /// userspace keeps the version in PEER_SLOTS under [`PEER_ABI_KEY`] and
 /// recreates pinned per-peer maps that lack it or hold another.
-pub const PEER_ABI_VERSION: u32 = 2;
+pub const PEER_ABI_VERSION: u32 = 3;
 
 /// The PEER_SLOTS entry that holds [`PEER_ABI_VERSION`] (with
 /// [`PEER_SLOT_RETIRED`] set, so the kernel would see "no slot" should it
@@ -359,7 +398,11 @@ pub const PEER_ABI_KEY: PeerKey = PeerKey {
     dst_net: u8::MAX,
 };
 
-/// Value of [`PEERS`](map::PEERS), per CPU.
+/// Value of [`PEER_STATS`](map::PEER_STATS) and [`PEERS`](map::PEERS), per
+/// CPU: one cache line. Besides delivery (packets), the TCP events the
+/// gate's handshake and retransmit signals are made of, so the agent never
+/// needs the flow table for them. TCP events are those of the inner
+/// packet, decided on its flow (the same rules as [`FlowStats`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -367,6 +410,19 @@ pub struct PeerStats {
     pub packets: u64,
     /// Whole frames as the underlay carries them, headers included.
     pub bytes: u64,
+    /// TCP segments with payload, SYN or FIN: what retransmissions are
+    /// out of.
+    pub segments: u64,
+    /// Segments whose end did not pass the highest end their flow had seen.
+    pub retransmits: u64,
+    /// SYN without ACK: one per handshake opened, plus its retries.
+    pub syns: u64,
+    /// Of those, SYNs on a flow that had sent one already: the client's
+    /// stack judged the earlier one lost (or its answer lost).
+    pub syn_retransmits: u64,
+    /// SYN with ACK: handshakes answered (retries included).
+    pub syn_acks: u64,
+    pub rsts: u64,
 }
 
 /// TCP flag bits as they sit in byte 13 of the header.
@@ -385,7 +441,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 16);
     assert!(core::mem::size_of::<FlowStats>() == 112);
     assert!(core::mem::size_of::<PeerKey>() == 8);
-    assert!(core::mem::size_of::<PeerStats>() == 16);
+    assert!(core::mem::size_of::<PeerStats>() == 64);
     assert!(Counter::ALL.len() as u32 == COUNTER_SLOTS);
 };
 

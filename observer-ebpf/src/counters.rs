@@ -1,6 +1,6 @@
 //! Per-CPU counters: what was seen, and every reason something was not
 //! turned into a flow. Counting is the only side effect of the hot path.
-use observer_ebpf::{Counter, PEER_SLOT_RETIRED, PeerKey, PeerStats, Point};
+use observer_ebpf::{Counter, PEER_SLOT_RETIRED, PeerKey, PeerStats, Point, tcp_flag};
 
 use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS};
 
@@ -37,57 +37,100 @@ pub fn peer_slot(key: &PeerKey) -> u32 {
     }
 }
 
+/// The TCP events of one packet, as its flow judged them: what the peer
+/// counters add besides packets and bytes.
+#[derive(Clone, Copy, Default)]
+pub struct Tcp(pub u8);
+
+impl Tcp {
+    pub const SEGMENT: u8 = 1 << 0;
+    pub const RETRANSMIT: u8 = 1 << 1;
+    pub const SYN: u8 = 1 << 2;
+    pub const SYN_RETRANSMIT: u8 = 1 << 3;
+    pub const SYN_ACK: u8 = 1 << 4;
+    pub const RST: u8 = 1 << 5;
+
+    /// SYN, SYN-ACK and RST from the flag byte; segments and retransmits
+    /// need the flow's sequence state and are added by the caller.
+    #[inline(always)]
+    pub fn of_flags(flags: u8) -> Self {
+        let handshake = flags & (tcp_flag::SYN | tcp_flag::ACK);
+        let mut events = 0;
+        if handshake == tcp_flag::SYN {
+            events |= Tcp::SYN;
+        } else if handshake == tcp_flag::SYN | tcp_flag::ACK {
+            events |= Tcp::SYN_ACK;
+        }
+        if flags & tcp_flag::RST != 0 {
+            events |= Tcp::RST;
+        }
+        Tcp(events)
+    }
+}
+
+/// Adds one packet to a peer's counters. The common packet (no TCP event
+/// beyond a first transmission) costs two adds.
+#[inline(always)]
+fn add(stats: &mut PeerStats, bytes: u32, tcp: Tcp) {
+    stats.packets += 1;
+    stats.bytes += bytes as u64;
+    let events = tcp.0;
+    if events == 0 {
+        return;
+    }
+    stats.segments += (events & Tcp::SEGMENT != 0) as u64;
+    if events & !Tcp::SEGMENT != 0 {
+        stats.retransmits += (events & Tcp::RETRANSMIT != 0) as u64;
+        stats.syns += (events & Tcp::SYN != 0) as u64;
+        stats.syn_retransmits += (events & Tcp::SYN_RETRANSMIT != 0) as u64;
+        stats.syn_acks += (events & Tcp::SYN_ACK != 0) as u64;
+        stats.rsts += (events & Tcp::RST != 0) as u64;
+    }
+}
+
 /// Adds one underlay packet to slot `slot_plus_one` (non-zero).
 #[inline(always)]
-pub fn count_slot(slot_plus_one: u32, bytes: u32) {
+pub fn count_slot(slot_plus_one: u32, bytes: u32, tcp: Tcp) {
     if let Some(stats) = PEER_STATS.get_ptr_mut(slot_plus_one - 1) {
         // SAFETY: per-CPU value, only this CPU writes it.
-        unsafe {
-            (*stats).packets += 1;
-            (*stats).bytes += bytes as u64;
-        }
+        unsafe { add(&mut *stats, bytes, tcp) };
     }
 }
 
 /// Adds one underlay packet to the (peer, overlay, direction) counters,
 /// through its slot if it has one, else the PEERS hash.
 #[inline(always)]
-pub fn count_peer(key: &PeerKey, bytes: u32) {
+pub fn count_peer(key: &PeerKey, bytes: u32, tcp: Tcp) {
     match peer_slot(key) {
-        0 => count_unslotted(key, bytes),
-        slot => count_slot(slot, bytes),
+        0 => count_unslotted(key, bytes, tcp),
+        slot => count_slot(slot, bytes, tcp),
     }
 }
 
 /// Adds one underlay packet of a peer without a slot to the PEERS hash.
 #[inline(always)]
-pub fn count_unslotted(key: &PeerKey, bytes: u32) {
-    if add_peer(key, bytes) {
+pub fn count_unslotted(key: &PeerKey, bytes: u32, tcp: Tcp) {
+    if add_peer(key, bytes, tcp) {
         return;
     }
-    let fresh = PeerStats {
-        packets: 1,
-        bytes: bytes as u64,
-    };
+    let mut fresh = PeerStats::default();
+    add(&mut fresh, bytes, tcp);
     match PEERS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU created it between our lookup and insert.
         Err(e) if e == -EEXIST => {
-            add_peer(key, bytes);
+            add_peer(key, bytes, tcp);
         }
         Err(_) => count(Counter::PeerMapFull),
     }
 }
 
 #[inline(always)]
-fn add_peer(key: &PeerKey, bytes: u32) -> bool {
+fn add_peer(key: &PeerKey, bytes: u32, tcp: Tcp) -> bool {
     match PEERS.get_ptr_mut(key) {
         Some(stats) => {
             // SAFETY: per-CPU value, only this CPU writes it.
-            unsafe {
-                (*stats).packets += 1;
-                (*stats).bytes += bytes as u64;
-            }
+            unsafe { add(&mut *stats, bytes, tcp) };
             true
         }
         None => false,

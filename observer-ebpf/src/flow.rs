@@ -12,7 +12,7 @@ use observer_ebpf::{
 };
 
 use crate::{
-    counters::{count_peer, count_slot, count_unslotted, peer_slot},
+    counters::{Tcp, count_peer, count_slot, count_unslotted, peer_slot},
     maps::{ADDRS, CONFIG, FLOWS},
     parse::{
         ipv4::Ipv4,
@@ -58,11 +58,11 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
-        let (class, slot) = unsafe {
-            update(stats, ip, l4, now);
-            (Class::of(&*stats), (*stats).peer_slot)
+        let (class, slot, tcp) = unsafe {
+            let tcp = update(stats, ip, l4, now);
+            (Class::of(&*stats), (*stats).peer_slot, tcp)
         };
-        count_underlay(seen, class, slot, frame_len);
+        count_underlay(seen, class, slot, frame_len, tcp);
         return Ok(());
     }
 
@@ -75,24 +75,26 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         slot => slot,
     });
     let slot = fresh.peer_slot;
-    apply_first(&mut fresh, ip, l4);
+    let mut tcp = apply_first(&mut fresh, ip, l4);
     match FLOWS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
             // Another CPU created the flow first; join it.
             if let Some(stats) = FLOWS.get_ptr_mut(key) {
                 // SAFETY: as above.
-                unsafe { update(stats, ip, l4, now) };
+                tcp = unsafe { update(stats, ip, l4, now) };
             }
         }
         Err(_) => {
             // The peer node counts this packet with its networks (its own
-            // table may have room): so does this one, the long way.
-            count_underlay(seen, class, 0, frame_len);
+            // table may have room): so does this one, the long way. With
+            // no flow to remember them, its TCP events are taken as those
+            // of a first packet.
+            count_underlay(seen, class, 0, frame_len, tcp);
             return Err(Counter::FlowMapFull);
         }
     }
-    count_underlay(seen, class, slot, frame_len);
+    count_underlay(seen, class, slot, frame_len, tcp);
     Ok(())
 }
 
@@ -147,41 +149,43 @@ fn underlay_peer(seen: Seen, class: Class) -> Option<PeerKey> {
 /// Counts an underlay packet towards its peer: through the slot the flow
 /// remembered when this packet's peer is the flow's, the long way otherwise.
 #[inline(always)]
-fn count_underlay(seen: Seen, class: Class, slot: u32, frame_len: u32) {
+fn count_underlay(seen: Seen, class: Class, slot: u32, frame_len: u32, tcp: Tcp) {
     let Some(key) = underlay_peer(seen, class) else {
         return;
     };
     if slot == 0 || key.peer != class.peer || key.overlay != class.overlay {
-        count_peer(&key, frame_len);
+        count_peer(&key, frame_len, tcp);
     } else if slot == NO_PEER_SLOT {
-        count_unslotted(&key, frame_len);
+        count_unslotted(&key, frame_len, tcp);
     } else {
-        count_slot(slot, frame_len);
+        count_slot(slot, frame_len, tcp);
     }
 }
 
+/// What the cluster knows of `addr`; all zeroes (external, no node, not
+/// an overlay address) when nothing. A plain value rather than an
+/// `Option`: the `None` of an `Option<AddrInfo>` leaves its payload
+/// undefined, and LLVM may spill that undefined register, which the
+/// verifier refuses (`!read_ok`).
 #[inline(always)]
-fn lookup(addr: u32) -> Option<AddrInfo> {
-    ADDRS.get(Key::new(32, addr)).copied()
+fn lookup(addr: u32) -> AddrInfo {
+    ADDRS.get(Key::new(32, addr)).copied().unwrap_or(AddrInfo {
+        net: Net::External.wire(),
+        kind: u8::MAX,
+        _pad: [0; 2],
+        node: 0,
+    })
 }
 
 #[inline(always)]
-fn net_of(info: &Option<AddrInfo>) -> u8 {
-    match info {
-        Some(info) => info.net,
-        None => Net::External.wire(),
-    }
+fn is_node_overlay(info: &AddrInfo) -> bool {
+    info.kind == AddrKind::NodeOverlay.wire()
 }
 
 #[inline(always)]
-fn is_node_overlay(info: &Option<AddrInfo>) -> bool {
-    matches!(info, Some(info) if info.kind == AddrKind::NodeOverlay.wire())
-}
-
-#[inline(always)]
-fn node_of(info: &Option<AddrInfo>, local: u32) -> u32 {
-    match info {
-        Some(info) if info.node != 0 && info.node != local => info.node,
+fn node_of(info: &AddrInfo, local: u32) -> u32 {
+    match info.node {
+        node if node != local => node,
         _ => 0,
     }
 }
@@ -191,7 +195,7 @@ fn node_of(info: &Option<AddrInfo>, local: u32) -> u32 {
 fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
     let src = lookup(ip.src);
     let dst = lookup(ip.dst);
-    let (src_net, dst_net) = (net_of(&src), net_of(&dst));
+    let (src_net, dst_net) = (src.net, dst.net);
     let mut overlay = seen.overlay;
     if seen.point == Point::Underlay && seen.outer_peer == 0 {
         let pod = |net: u8| net == Net::Legacy.wire() || net == Net::Cilium.wire();
@@ -231,9 +235,11 @@ fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
     })
 }
 
-/// Counts the first packet into a flow nobody else can see yet.
+/// Counts the first packet into a flow nobody else can see yet; returns its
+/// TCP events for the peer counters.
 #[inline(always)]
-fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) {
+fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) -> Tcp {
+    let mut tcp = Tcp::of_flags(l4.tcp_flags);
     stats.packets = 1;
     stats.bytes = ip.total_len as u64;
     stats.tcp_flags = l4.tcp_flags;
@@ -245,15 +251,19 @@ fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) {
     if l4.seq_len != 0 {
         stats.segments = 1;
         stats.seq_next = l4.seq.wrapping_add(l4.seq_len);
+        tcp.0 |= Tcp::SEGMENT;
     }
+    tcp
 }
 
-/// Counts a packet into an existing flow.
+/// Counts a packet into an existing flow; returns its TCP events for the
+/// peer counters.
 ///
 /// # Safety
 /// `stats` must point into the FLOWS map.
 #[inline(always)]
-unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) {
+unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> Tcp {
+    let mut tcp = Tcp::default();
     unsafe {
         add64(&raw mut (*stats).packets, 1);
         add64(&raw mut (*stats).bytes, ip.total_len as u64);
@@ -263,7 +273,11 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) {
             if (*stats).tcp_flags & flags != flags {
                 (*stats).tcp_flags |= flags;
             }
+            tcp = Tcp::of_flags(flags);
             if is_syn(l4) {
+                if (*stats).syns != 0 {
+                    tcp.0 |= Tcp::SYN_RETRANSMIT;
+                }
                 add1(&raw mut (*stats).syns);
             } else if is_syn_ack(l4) {
                 add1(&raw mut (*stats).syn_acks);
@@ -280,10 +294,12 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) {
             // just as visible to the application).
             if segments != 0 && (end.wrapping_sub((*stats).seq_next) as i32) <= 0 {
                 add1(&raw mut (*stats).retransmits);
+                tcp.0 |= Tcp::RETRANSMIT;
             } else {
                 (*stats).seq_next = end;
             }
             add1(&raw mut (*stats).segments);
+            tcp.0 |= Tcp::SEGMENT;
         }
         match l4.echo {
             Echo::Request => add1(&raw mut (*stats).echo_requests),
@@ -291,6 +307,7 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) {
             Echo::None => {}
         }
     }
+    tcp
 }
 
 #[inline(always)]

@@ -10,6 +10,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
+use observer_ebpf::{Direction, Net, Overlay, Point, Snat};
 use serde::Serialize;
 
 use crate::{
@@ -56,8 +57,8 @@ pub enum SnatSeen {
 /// One direction's counts at one hook.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Sighting {
-    pub point: &'static str,
-    pub direction: &'static str,
+    pub point: Point,
+    pub direction: Direction,
     /// Client to server (true) or back.
     pub forward: bool,
     pub src: SocketAddrV4,
@@ -72,13 +73,13 @@ pub struct Connection {
     /// The initiator, as it addressed the server (before SNAT).
     pub client: SocketAddrV4,
     pub server: SocketAddrV4,
-    pub client_net: &'static str,
-    pub server_net: &'static str,
+    pub client_net: Net,
+    pub server_net: Net,
     /// The client's address and port after SNAT.
     pub snat: Option<SocketAddrV4>,
     pub snat_seen: SnatSeen,
-    /// The overlay carrying it between nodes ("none" if it never left).
-    pub overlay: &'static str,
+    /// The overlay carrying it between nodes (none if it never left).
+    pub overlay: Overlay,
     pub peer: Option<Ipv4Addr>,
     /// Packets each way, at the hook that saw most of them.
     pub forward_packets: u64,
@@ -210,11 +211,11 @@ fn build(
         proto: flows[members[0].0].proto,
         client,
         server,
-        client_net: "unknown",
-        server_net: "unknown",
+        client_net: Net::Unknown,
+        server_net: Net::Unknown,
         snat: None,
         snat_seen: SnatSeen::None,
-        overlay: "none",
+        overlay: Overlay::None,
         peer: None,
         forward_packets: 0,
         reverse_packets: 0,
@@ -248,7 +249,7 @@ fn build(
             c.client_net = f.dst_net;
             c.server_net = f.src_net;
         }
-        if f.overlay != "none" {
+        if f.overlay != Overlay::None {
             c.overlay = f.overlay;
         }
         c.peer = c.peer.or(f.peer);
@@ -278,10 +279,10 @@ fn build(
     // translated there. (Sent from here with that source, it is this
     // node's own host traffic, which no conntrack entry rewrote.)
     let arrived = members.iter().map(|(i, _)| &flows[*i]).find(|f| {
-        f.snat == "source"
+        f.snat == Snat::Source
             && f.src == *client.ip()
-            && f.direction == "ingress"
-            && matches!(f.point, "underlay" | "overlay")
+            && f.direction == Direction::Ingress
+            && matches!(f.point, Point::Underlay | Point::Overlay)
     });
     if let (SnatSeen::None, Some(f)) = (c.snat_seen, arrived) {
         c.snat = Some(client);

@@ -5,9 +5,10 @@
 //! difference is what the wire (and everything between the two NICs) lost.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use observer_ebpf::{Direction, Net, Overlay};
 use serde::Serialize;
 
-use crate::{agent::window::ALL, datapath::PeerRecord};
+use crate::datapath::PeerRecord;
 
 /// One node's counters, with the address its peers know it by.
 #[derive(Clone)]
@@ -21,12 +22,11 @@ pub struct NodeView<'a> {
 pub struct Delivery {
     pub from: String,
     pub to: String,
-    pub overlay: &'static str,
-    /// Networks of the inner packets' ends; "unknown" for packets whose
-    /// inner packet could not be parsed, "all" when one of the two agents
-    /// predates network pairs (then compared per overlay only).
-    pub src_net: &'static str,
-    pub dst_net: &'static str,
+    pub overlay: Overlay,
+    /// Networks of the inner packets' ends; unknown for packets whose
+    /// inner packet could not be parsed.
+    pub src_net: Net,
+    pub dst_net: Net,
     pub sent: u64,
     pub received: u64,
 }
@@ -42,7 +42,7 @@ impl Delivery {
         (self.sent > 0).then(|| self.lost() as f64 / self.sent as f64)
     }
 
-    fn key(&self) -> (&str, &str, &str, &str, &str) {
+    fn key(&self) -> (&str, &str, Overlay, Net, Net) {
         (
             &self.from,
             &self.to,
@@ -53,32 +53,24 @@ impl Delivery {
     }
 }
 
-type PairKey = (&'static str, &'static str, &'static str);
-
 /// Every ordered node pair, overlay and network pair that carried
 /// anything, from the nodes' cumulative counters.
 pub fn deliveries(nodes: &[NodeView]) -> Vec<Delivery> {
     let mut out = Vec::new();
     for from in nodes {
         for to in nodes.iter().filter(|n| n.underlay != from.underlay) {
-            let sent = records(from.peers, to.underlay, "egress");
-            let received = records(to.peers, from.underlay, "ingress");
-            // An agent from before network pairs reports "all": the other
-            // side's pairs are then summed to match it.
-            let collapse = sent
-                .iter()
-                .chain(&received)
-                .any(|p| p.src_net == ALL || p.dst_net == ALL);
-            let mut pairs: BTreeMap<PairKey, (u64, u64)> = BTreeMap::new();
-            let key = |p: &PeerRecord| match collapse {
-                true => (p.overlay, ALL, ALL),
-                false => (p.overlay, p.src_net, p.dst_net),
-            };
-            for p in sent {
-                pairs.entry(key(p)).or_default().0 += p.packets;
+            let mut pairs: BTreeMap<(Overlay, Net, Net), (u64, u64)> = BTreeMap::new();
+            for p in records(from.peers, to.underlay, Direction::Egress) {
+                pairs
+                    .entry((p.overlay, p.src_net, p.dst_net))
+                    .or_default()
+                    .0 += p.counts.packets;
             }
-            for p in received {
-                pairs.entry(key(p)).or_default().1 += p.packets;
+            for p in records(to.peers, from.underlay, Direction::Ingress) {
+                pairs
+                    .entry((p.overlay, p.src_net, p.dst_net))
+                    .or_default()
+                    .1 += p.counts.packets;
             }
             for ((overlay, src_net, dst_net), (sent, received)) in pairs {
                 if sent > 0 || received > 0 {
@@ -98,11 +90,14 @@ pub fn deliveries(nodes: &[NodeView]) -> Vec<Delivery> {
     out
 }
 
-fn records<'a>(peers: &'a [PeerRecord], peer: Ipv4Addr, direction: &str) -> Vec<&'a PeerRecord> {
+fn records(
+    peers: &[PeerRecord],
+    peer: Ipv4Addr,
+    direction: Direction,
+) -> impl Iterator<Item = &PeerRecord> {
     peers
         .iter()
-        .filter(|p| p.peer == peer && p.direction == direction)
-        .collect()
+        .filter(move |p| p.peer == peer && p.direction == direction)
 }
 
 /// What happened between two readings of [`deliveries`]: a window.

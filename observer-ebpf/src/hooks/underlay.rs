@@ -7,7 +7,7 @@ use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Net, Overlay, 
 
 use super::{finish, observe_frame};
 use crate::{
-    counters::{count_peer, count_seen},
+    counters::{Tcp, count_peer, count_seen},
     flow::{self, Seen},
     maps::CONFIG,
     parse::{Layer, eth, geneve, ipv4, l4, vxlan},
@@ -60,7 +60,7 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
                     src_net: Net::Unknown.wire(),
                     dst_net: Net::Unknown.wire(),
                 };
-                count_peer(&key, ctx.len());
+                count_peer(&key, ctx.len(), Tcp::default());
             }
             return result;
         }

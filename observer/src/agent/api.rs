@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::window::{ALL, LossRow};
+use super::window::LossRow;
 use crate::{
     Error, Result,
     cluster::index::Identity,
@@ -48,7 +48,8 @@ pub struct AttributedFlow {
     pub dst_is: Identity,
 }
 
-/// One agent's underlay counters per peer: half of every delivery figure.
+/// One agent's underlay counters per peer: half of every delivery figure,
+/// and the TCP events of the handshake and retransmit signals.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeersReport {
     pub version: u32,
@@ -56,98 +57,24 @@ pub struct PeersReport {
     pub underlay: Ipv4Addr,
     /// CLOCK_MONOTONIC of the reading on the agent's node.
     pub taken_ns: u64,
-    pub peers: Vec<PeerCount>,
+    /// Overlays, directions and networks by name; a name this version
+    /// does not know makes the whole report refused, never guessed.
+    pub peers: Vec<PeerRecord>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerCount {
-    pub peer: Ipv4Addr,
-    pub overlay: String,
-    /// "egress": sent to the peer; "ingress": received from it.
-    pub direction: String,
-    /// Networks of the inner packets' ends. Absent from agents before
-    /// delivery per network pair: "all", and such a peer's pairs are
-    /// compared per overlay only.
-    #[serde(default = "all")]
-    pub src_net: String,
-    #[serde(default = "all")]
-    pub dst_net: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl From<&PeerRecord> for PeerCount {
-    fn from(p: &PeerRecord) -> Self {
-        PeerCount {
-            peer: p.peer,
-            overlay: p.overlay.into(),
-            direction: p.direction.into(),
-            src_net: p.src_net.into(),
-            dst_net: p.dst_net.into(),
-            packets: p.packets,
-            bytes: p.bytes,
+impl PeersReport {
+    /// A view of this report, for [`crate::delivery::deliveries`].
+    pub fn view(&self) -> NodeView<'_> {
+        NodeView {
+            name: &self.node,
+            underlay: self.underlay,
+            peers: &self.peers,
         }
     }
 }
 
-impl PeersReport {
-    /// Back into datapath records; labels this version does not know are
-    /// refused rather than guessed.
-    pub fn records(&self) -> Result<Vec<PeerRecord>, String> {
-        let known = |value: &str, all: &[&'static str]| {
-            all.iter()
-                .copied()
-                .find(|l| *l == value)
-                .ok_or_else(|| format!("unknown label {value:?} (expected one of {all:?})"))
-        };
-        let overlays: Vec<&'static str> = observer_ebpf::Overlay::ALL
-            .iter()
-            .map(|o| o.label())
-            .collect();
-        let directions: Vec<&'static str> = observer_ebpf::Direction::ALL
-            .iter()
-            .map(|d| d.label())
-            .collect();
-        let nets: Vec<&'static str> = observer_ebpf::Net::ALL
-            .iter()
-            .map(|n| n.label())
-            .chain([ALL])
-            .collect();
-        self.peers
-            .iter()
-            .map(|p| {
-                Ok(PeerRecord {
-                    peer: p.peer,
-                    overlay: known(&p.overlay, &overlays)?,
-                    direction: known(&p.direction, &directions)?,
-                    src_net: known(&p.src_net, &nets)?,
-                    dst_net: known(&p.dst_net, &nets)?,
-                    packets: p.packets,
-                    bytes: p.bytes,
-                })
-            })
-            .collect()
-    }
-}
-
-/// Views over several agents' reports, for [`crate::delivery::deliveries`].
-pub fn views<'a>(reports: &'a [(PeersReport, Vec<PeerRecord>)]) -> Vec<NodeView<'a>> {
-    reports
-        .iter()
-        .map(|(report, records)| NodeView {
-            name: &report.node,
-            underlay: report.underlay,
-            peers: records,
-        })
-        .collect()
-}
-
-fn all() -> String {
-    ALL.into()
-}
-
 /// One agent's peers report, checked against this version.
-pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<(PeersReport, Vec<PeerRecord>)> {
+pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<PeersReport> {
     fetch_peers_about(agent, None, timeout)
 }
 
@@ -156,18 +83,14 @@ pub fn fetch_peers_about(
     agent: &str,
     about: Option<Ipv4Addr>,
     timeout: Duration,
-) -> Result<(PeersReport, Vec<PeerRecord>)> {
+) -> Result<PeersReport> {
     let path = match about {
         Some(addr) => format!("{PEERS_PATH}?peer={addr}"),
         None => PEERS_PATH.to_string(),
     };
     let report: PeersReport = get_json(agent, &path, "peers report", timeout)?;
     check_version(agent, report.version)?;
-    let records = report.records().map_err(|reason| Error::Agent {
-        agent: agent.into(),
-        reason,
-    })?;
-    Ok((report, records))
+    Ok(report)
 }
 
 /// One agent's loss report over its current window, checked against this

@@ -4,62 +4,85 @@
 //! flows. The counters are the kernel's, read at scrape time; the writer
 //! is the format's few rules (HELP, TYPE, escaped label values) rather than
 //! a client library built around counters the process increments itself.
-use std::collections::BTreeMap;
-
 use super::{State, window::LossRow};
-use crate::{
-    connections::{Connection, Handshake},
-    datapath::{PeerRecord, Snapshot},
-};
+use crate::datapath::{Counters, PeerCounts, PeerRecord};
 
 pub use crate::exposition::CONTENT_TYPE;
 use crate::exposition::family;
 
-/// Client-side TCP totals of one peer node and network pair.
-#[derive(Default)]
-struct TcpCounts {
-    segments: u64,
-    retransmits: u64,
-}
-
 /// Which number of a record a family shows.
 type Value<T> = fn(&T) -> u64;
 
-/// Everything one scrape shows.
-pub fn render(
-    state: &State,
-    peers: &[PeerRecord],
-    snapshot: &Snapshot,
-    conns: &[Connection],
-) -> String {
+/// The per-peer counter families: delivery and the TCP events of the
+/// handshake and retransmit signals, one series per peer node, overlay,
+/// network pair and direction that carried anything.
+const PEER_FAMILIES: [(&str, &str, Value<PeerCounts>); 8] = [
+    (
+        "crossover_underlay_packets_total",
+        "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay and network pair of the inner packets.",
+        |c| c.packets,
+    ),
+    (
+        "crossover_underlay_bytes_total",
+        "Bytes on the underlay to or from a peer node, per overlay and network pair.",
+        |c| c.bytes,
+    ),
+    (
+        "crossover_tcp_segments_total",
+        "TCP segments with payload, SYN or FIN on the underlay to or from a peer node.",
+        |c| c.segments,
+    ),
+    (
+        "crossover_tcp_retransmits_total",
+        "Of those, segments that did not advance their connection (retransmitted).",
+        |c| c.retransmits,
+    ),
+    (
+        "crossover_tcp_syns_total",
+        "TCP SYNs (handshakes opened, retries included) on the underlay to or from a peer node.",
+        |c| c.syns,
+    ),
+    (
+        "crossover_tcp_syn_retransmits_total",
+        "Of those, SYNs sent again on a connection that had sent one (unanswered in time).",
+        |c| c.syn_retransmits,
+    ),
+    (
+        "crossover_tcp_syn_acks_total",
+        "TCP SYN-ACKs (handshakes answered) on the underlay to or from a peer node.",
+        |c| c.syn_acks,
+    ),
+    (
+        "crossover_tcp_resets_total",
+        "TCP RSTs on the underlay to or from a peer node.",
+        |c| c.rsts,
+    ),
+];
+
+/// Everything one scrape shows: O(nodes) series, from counters the
+/// sampler read; the flow table is not read.
+pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> String {
     let mut out = String::new();
     let node = state.node.as_str();
     let view = state.view();
-    let underlay: [(&'static str, &str, Value<PeerRecord>); 2] = [
-        (
-            "crossover_underlay_packets_total",
-            "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay and network pair of the inner packets.",
-            |p| p.packets,
-        ),
-        (
-            "crossover_underlay_bytes_total",
-            "Bytes on the underlay to or from a peer node, per overlay and network pair.",
-            |p| p.bytes,
-        ),
-    ];
-    for (name, help, value) in underlay {
+    let names: Vec<String> = peers.iter().map(|p| view.node_name(p.peer)).collect();
+    for (i, (name, help, value)) in PEER_FAMILIES.into_iter().enumerate() {
         let mut f = family(&mut out, name, "counter", help);
-        for p in peers {
-            let peer = view.node_name(p.peer);
+        for (p, peer) in peers.iter().zip(&names) {
+            // TCP families only where TCP ran: a UDP-only pair has no
+            // zero series to carry.
+            if i >= 2 && p.counts.segments == 0 && p.counts.syns == 0 && p.counts.rsts == 0 {
+                continue;
+            }
             let labels = [
                 ("node", node),
                 ("peer_node", peer.as_str()),
-                ("overlay", p.overlay),
-                ("src_net", p.src_net),
-                ("dst_net", p.dst_net),
-                ("direction", p.direction),
+                ("overlay", p.overlay.label()),
+                ("src_net", p.src_net.label()),
+                ("dst_net", p.dst_net.label()),
+                ("direction", p.direction.label()),
             ];
-            f.sample(&labels, value(p));
+            f.sample(&labels, value(&p.counts));
         }
     }
 
@@ -69,11 +92,7 @@ pub fn render(
         "counter",
         "Packets the programs saw, per hook point.",
     );
-    for (name, value) in snapshot
-        .counters
-        .iter()
-        .filter(|(n, _)| n.starts_with("seen_"))
-    {
+    for (name, value) in counters.iter().filter(|(n, _)| n.starts_with("seen_")) {
         seen.sample(&[("node", node), ("point", &name["seen_".len()..])], *value);
     }
     let mut skipped = family(
@@ -82,111 +101,30 @@ pub fn render(
         "counter",
         "Packets not (fully) turned into a flow, by reason; refused map inserts included.",
     );
-    for (name, value) in snapshot
-        .counters
-        .iter()
-        .filter(|(n, _)| !n.starts_with("seen_"))
-    {
+    for (name, value) in counters.iter().filter(|(n, _)| !n.starts_with("seen_")) {
         skipped.sample(&[("node", node), ("reason", name)], *value);
     }
 
-    let mut flows: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
-    for flow in &snapshot.flows {
-        *flows
-            .entry((flow.src_net, flow.dst_net, flow.snat))
-            .or_default() += 1;
-    }
-    let mut f = family(
-        &mut out,
-        "crossover_flows",
-        "gauge",
-        "Flows in the kernel's table, by network pair and SNAT mark.",
-    );
-    for ((src, dst, snat), n) in flows {
-        f.sample(
-            &[
-                ("node", node),
-                ("src_net", src),
-                ("dst_net", dst),
-                ("snat", snat),
-            ],
-            n,
+    // The flow table is counted by the ageing sweep, which reads it at its
+    // own cadence anyway; absent until the first sweep.
+    let census = super::lock(&state.observer).census().cloned();
+    if let Some(census) = census {
+        let mut f = family(
+            &mut out,
+            "crossover_flows",
+            "gauge",
+            "Flows in the kernel's table at the last ageing sweep, by network pair and SNAT mark.",
         );
-    }
-
-    // Per peer node and network pair: handshakes by result, segments.
-    type Key = (String, &'static str, &'static str);
-    let mut handshakes: BTreeMap<(Key, &'static str), u64> = BTreeMap::new();
-    let mut segments: BTreeMap<Key, TcpCounts> = BTreeMap::new();
-    for c in conns.iter().filter(|c| c.proto == 6) {
-        let peer = c
-            .peer
-            .map_or_else(|| "local".to_string(), |p| view.node_name(p));
-        let key = (peer, c.client_net, c.server_net);
-        let result = match c.handshake {
-            Handshake::Answered => "answered",
-            Handshake::Unanswered => "unanswered",
-            Handshake::Reset => "reset",
-            Handshake::Pending => "pending",
-            Handshake::Unseen | Handshake::NotTcp => "unseen",
-        };
-        *handshakes.entry((key.clone(), result)).or_default() += 1;
-        let s = segments.entry(key).or_default();
-        s.segments += c.segments;
-        s.retransmits += c.retransmits;
-    }
-    // Hook (datapath/ageing.rs): connections aged out of the flow table
-    // keep counting in these totals, so the counters never go backwards.
-    for g in snapshot.retired.groups.iter().filter(|g| g.proto == 6) {
-        let peer = g
-            .peer
-            .map_or_else(|| "local".to_string(), |p| view.node_name(p));
-        let s = segments
-            .entry((peer, g.client_net, g.server_net))
-            .or_default();
-        s.segments += g.totals.segments;
-        s.retransmits += g.totals.retransmits;
-    }
-    let mut f = family(
-        &mut out,
-        "crossover_handshakes",
-        "gauge",
-        "TCP connections in the flow table by handshake result, peer node and network pair.",
-    );
-    for (((peer, src, dst), result), n) in &handshakes {
-        f.sample(
-            &[
-                ("node", node),
-                ("peer_node", peer),
-                ("src_net", src),
-                ("dst_net", dst),
-                ("result", result),
-            ],
-            *n,
-        );
-    }
-    let tcp: [(&'static str, &str, Value<TcpCounts>); 2] = [
-        (
-            "crossover_tcp_segments_total",
-            "TCP data segments sent by clients, per peer node and network pair.",
-            |c| c.segments,
-        ),
-        (
-            "crossover_tcp_retransmits_total",
-            "TCP segments retransmitted by clients, per peer node and network pair.",
-            |c| c.retransmits,
-        ),
-    ];
-    for (name, help, value) in tcp {
-        let mut f = family(&mut out, name, "counter", help);
-        for ((peer, src, dst), counts) in &segments {
-            let labels = [
-                ("node", node),
-                ("peer_node", peer.as_str()),
-                ("src_net", src),
-                ("dst_net", dst),
-            ];
-            f.sample(&labels, value(counts));
+        for ((src, dst, snat), n) in &census.flows {
+            f.sample(
+                &[
+                    ("node", node),
+                    ("src_net", src.label()),
+                    ("dst_net", dst.label()),
+                    ("snat", snat.label()),
+                ],
+                *n,
+            );
         }
     }
 

@@ -4,7 +4,6 @@
 //! into sliding windows, and serves it all as Prometheus metrics and a
 //! versioned JSON API.
 pub mod api;
-mod ledger;
 pub mod metrics;
 mod probing;
 mod routes;
@@ -90,6 +89,12 @@ pub struct AgentArgs {
     /// How often counters are read into the window.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sample_interval: Duration,
+    /// Read every peer agent's counters each sample, for the delivery rows
+    /// of this agent's /api/v1/loss. `false` leaves delivery to readers of
+    /// /api/v1/peers (`crossover loss --since-start`): the agent then makes
+    /// no requests at all, whatever the cluster's size.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub read_peers: bool,
     /// Named network namespace (`ip netns`) of the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
@@ -138,6 +143,8 @@ pub struct State {
     netns: Option<String>,
     cluster: Option<Arc<Cluster>>,
     peer_port: u16,
+    /// Whether the sampler reads its peers (`--read-peers`).
+    read_peers: bool,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     windows: Mutex<Windows>,
     peer_status: Mutex<BTreeMap<String, PeerStatus>>,
@@ -145,7 +152,6 @@ pub struct State {
     /// The sampler's last reading, and how old it may be to be served.
     reading: Mutex<Option<Arc<sampler::Reading>>>,
     reading_max_age: Duration,
-    tcp_ledger: Mutex<ledger::TcpLedger>,
     probing: Option<probing::Probing>,
 }
 
@@ -195,20 +201,9 @@ impl State {
         *errors.entry(err.metric_label()).or_default() += 1;
     }
 
-    fn window_ns(&self) -> u64 {
-        self.windows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .window_ns()
-    }
-
-    fn push_sample(
-        &self,
-        sample: window::Sample,
-        handshakes: BTreeMap<window::TcpKey, window::HandshakeCounts>,
-    ) {
+    fn push_sample(&self, sample: window::Sample) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.push(sample, handshakes);
+        windows.push(sample);
     }
 
     pub fn loss(&self) -> api::LossReport {
@@ -280,7 +275,7 @@ impl State {
             node: self.node.clone(),
             underlay,
             taken_ns: crate::datapath::monotonic_ns(),
-            peers: peers.iter().map(Into::into).collect(),
+            peers,
         })
     }
 
@@ -306,8 +301,14 @@ impl State {
 
     /// One ageing sweep, joined across SNAT with this node's NAT table.
     fn age_flows(&self, policy: &crate::datapath::AgeingPolicy) -> Result<()> {
-        let nat = self.nat_entries()?;
-        lock(&self.observer).age_flows(crate::datapath::monotonic_ns(), policy, &nat)?;
+        // The NAT table is read only if the sweep finds something idle.
+        let nat = || {
+            self.nat_entries().unwrap_or_else(|err| {
+                self.count(&err);
+                Vec::new()
+            })
+        };
+        lock(&self.observer).age_flows_with(crate::datapath::monotonic_ns(), policy, nat)?;
         Ok(())
     }
 
@@ -426,6 +427,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         netns: args.netns.clone(),
         cluster: cluster.clone(),
         peer_port: args.peer_port.unwrap_or(args.listen.port()),
+        read_peers: args.read_peers,
         errors: Mutex::new(BTreeMap::new()),
         windows: Mutex::new(Windows::new(args.window.as_nanos() as u64)),
         peer_status: Mutex::new(BTreeMap::new()),
@@ -433,7 +435,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         reading: Mutex::new(None),
         // A sampler that fell behind (or stopped) is not served from.
         reading_max_age: args.sample_interval * 3,
-        tcp_ledger: Mutex::new(ledger::TcpLedger::default()),
         probing,
     });
     let mut tasks = Vec::new();

@@ -48,14 +48,13 @@ fn json<T: Serialize>(result: std::result::Result<T, Response>) -> Response {
 async fn metrics_handler(Extract(state): Extract<Shared>) -> Response {
     let body = blocking(&state, |s| {
         if let Some(r) = s.fresh_reading() {
-            return Ok(metrics::render(s, &r.peers, &r.snapshot, &r.connections));
+            return Ok(metrics::render(s, &r.peers, &r.counters));
         }
-        let (peers, snapshot) = {
+        let (peers, counters) = {
             let observer = lock(&s.observer);
-            (observer.peers()?, observer.snapshot()?)
+            (observer.peers()?, observer.counters()?)
         };
-        let conns = s.connections(&snapshot.flows)?;
-        Ok(metrics::render(s, &peers, &snapshot, &conns))
+        Ok(metrics::render(s, &peers, &counters))
     })
     .await;
     match body {

@@ -1,7 +1,8 @@
-//! Once per interval: this node's counters, every peer agent's counters
-//! over HTTP, and this node's TCP connections, into the windows.
+//! Once per interval: this node's per-peer counters, every peer agent's
+//! counters about this node over HTTP, into the windows. Everything read
+//! here is O(nodes): the flow table is never read per interval (the
+//! handshake and retransmit signals are per-peer kernel counters too).
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -10,23 +11,20 @@ use serde::Serialize;
 
 use super::{
     State, api,
-    window::{HandshakeCounts, Sample, TcpKey, TcpTotals},
+    window::{self, Sample},
 };
 use crate::{
     Result,
-    connections::{Connection, Handshake},
-    datapath::monotonic_ns,
+    datapath::{Counters, PeerRecord, monotonic_ns},
     delivery::{self, NodeView},
 };
 
-/// This node's counters, flows and connections as the last sample read
-/// them: what `/metrics` renders, so a scrape costs a rendering, not
-/// another read of the whole flow table and conntrack.
+/// This node's counters as the last sample read them: what `/metrics`
+/// renders, so a scrape costs a rendering, not another read.
 pub struct Reading {
     pub taken: Instant,
-    pub peers: Vec<crate::datapath::PeerRecord>,
-    pub snapshot: crate::datapath::Snapshot,
-    pub connections: Vec<Connection>,
+    pub peers: Vec<PeerRecord>,
+    pub counters: Counters,
 }
 
 /// How the last reading of one peer agent went.
@@ -52,11 +50,7 @@ pub async fn run(state: Arc<State>, interval: Duration) {
     }
 }
 
-type PeerReading = (
-    String,
-    String,
-    Result<(api::PeersReport, Vec<crate::datapath::PeerRecord>)>,
-);
+type PeerReading = (String, String, Result<api::PeersReport>);
 
 /// Every peer's counters about this node, fetched in parallel.
 async fn read_peers(
@@ -98,12 +92,24 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     // Two rounds of reads per interval, but never so short that a busy
     // node's answer counts as a failure (a slow round only delays the next).
     let timeout = interval.mul_f64(0.4).max(Duration::from_secs(1));
-    let before = read_peers(state, &view, timeout).await;
+    let before = if state.read_peers {
+        read_peers(state, &view, timeout).await
+    } else {
+        Vec::new()
+    };
     let own_state = state.clone();
-    let own = tokio::task::spawn_blocking(move || super::lock(&own_state.observer).peers())
-        .await
-        .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
-    let after = read_peers(state, &view, timeout).await;
+    let (own, counters) = tokio::task::spawn_blocking(move || {
+        let observer = super::lock(&own_state.observer);
+        Ok::<_, crate::Error>((observer.peers()?, observer.counters()?))
+    })
+    .await
+    .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
+    let at_ns = monotonic_ns();
+    let after = if state.read_peers {
+        read_peers(state, &view, timeout).await
+    } else {
+        Vec::new()
+    };
     let mut reports = Vec::new();
     let mut starts = Vec::new();
     for (node, url, result) in after {
@@ -143,15 +149,11 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         state.set_peer_status(node, status);
     }
     state.follow_probes();
-    let at_ns = monotonic_ns();
-    let conn_state = state.clone();
-    let (snapshot, conns) = tokio::task::spawn_blocking(move || {
-        let snapshot = super::lock(&conn_state.observer).snapshot()?;
-        let conns = conn_state.connections(&snapshot.flows)?;
-        Ok::<_, crate::Error>((snapshot, conns))
-    })
-    .await
-    .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
+    state.set_reading(Reading {
+        taken: Instant::now(),
+        peers: own.clone(),
+        counters,
+    });
 
     let Some(local) = view.local() else {
         return Ok(());
@@ -161,16 +163,11 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         underlay: local.underlay,
         peers: &own,
     };
-    let towards = |readings: &[(api::PeersReport, Vec<crate::datapath::PeerRecord>)]| {
+    let towards = |readings: &[api::PeersReport]| {
         let mut out = Vec::new();
-        for (report, records) in readings {
-            let peer = NodeView {
-                name: &report.node,
-                underlay: report.underlay,
-                peers: records,
-            };
+        for report in readings {
             out.extend(
-                delivery::deliveries(&[me.clone(), peer])
+                delivery::deliveries(&[me.clone(), report.view()])
                     .into_iter()
                     .filter(|d| d.from == state.node),
             );
@@ -179,60 +176,14 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     };
     let outgoing = towards(&reports);
     let start = towards(&starts);
-
-    let window_start = at_ns.saturating_sub(state.window_ns());
-    let mut live = Vec::new();
-    let mut handshakes: BTreeMap<TcpKey, HandshakeCounts> = BTreeMap::new();
-    for c in opened_here(&conns, &view) {
-        let Some(peer) = c.peer else { continue };
-        let key = (view.node_name(peer), c.overlay, c.client_net, c.server_net);
-        let totals = TcpTotals {
-            segments: c.segments,
-            retransmits: c.retransmits,
-        };
-        live.push(((c.client, c.server), key.clone(), totals));
-        if c.first_seen_ns >= window_start {
-            let h = handshakes.entry(key).or_default();
-            match c.handshake {
-                Handshake::Answered => h.answered += 1,
-                Handshake::Unanswered => h.unanswered += 1,
-                Handshake::Reset => h.reset += 1,
-                Handshake::Pending | Handshake::Unseen | Handshake::NotTcp => {}
-            }
-        }
-    }
-    let tcp = state
-        .tcp_ledger
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .update(live);
-    let read = reports.iter().map(|(r, _)| r.node.clone()).collect();
-    state.set_reading(Reading {
-        taken: Instant::now(),
-        peers: own,
-        snapshot,
-        connections: conns,
+    let tcp = window::tcp_totals(&own, |addr| view.node_name(addr));
+    let read = reports.iter().map(|r| r.node.clone()).collect();
+    state.push_sample(Sample {
+        at_ns,
+        read,
+        outgoing,
+        start,
+        tcp,
     });
-    state.push_sample(
-        Sample {
-            at_ns,
-            read,
-            outgoing,
-            start,
-            tcp,
-        },
-        handshakes,
-    );
     Ok(())
-}
-
-/// TCP connections whose client is this node or one of its pods: the
-/// client side is where an unanswered handshake or a retransmission shows.
-fn opened_here<'a>(
-    conns: &'a [Connection],
-    view: &'a super::view::View,
-) -> impl Iterator<Item = &'a Connection> {
-    conns
-        .iter()
-        .filter(move |c| c.proto == 6 && view.is_local(*c.client.ip()))
 }

@@ -9,22 +9,22 @@
 //! sum over all agents counts every packet once.
 use std::collections::{BTreeMap, VecDeque};
 
+use observer_ebpf::{Direction, Net, Overlay};
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::Delivery;
+use crate::{datapath::PeerRecord, delivery::Delivery};
 
 /// Which measurement a loss figure comes from.
 pub mod signal {
     /// Underlay packets sent by this node against received by the peer.
     pub const DELIVERY: &str = "delivery";
-    /// TCP handshakes this node's clients opened that were never answered.
+    /// SYNs this node sent to the peer, against the SYNs its stack had
+    /// to send again (the first was lost, or its answer was).
     pub const HANDSHAKE: &str = "handshake";
-    /// TCP segments this node's clients retransmitted.
+    /// TCP segments this node sent to the peer, against those its stack
+    /// retransmitted.
     pub const RETRANSMIT: &str = "retransmit";
 }
-
-/// Label value for a dimension a signal does not have.
-pub const ALL: &str = "all";
 
 /// One row of the loss matrix.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,20 +52,51 @@ impl LossRow {
 }
 
 /// (peer node, overlay, src_net, dst_net).
-pub type TcpKey = (String, &'static str, &'static str, &'static str);
+pub type TcpKey = (String, Overlay, Net, Net);
 
+/// What this node's TCP senders did towards one peer, overlay and network
+/// pair: the kernel's per-peer counters, cumulative.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpTotals {
     pub segments: u64,
     pub retransmits: u64,
+    pub syns: u64,
+    pub syn_retransmits: u64,
 }
 
-/// Handshakes of connections this node opened within the window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HandshakeCounts {
-    pub answered: u64,
-    pub unanswered: u64,
-    pub reset: u64,
+impl TcpTotals {
+    fn since(&self, before: &TcpTotals) -> TcpTotals {
+        let d = |now: u64, then: u64| now - then.min(now);
+        TcpTotals {
+            segments: d(self.segments, before.segments),
+            retransmits: d(self.retransmits, before.retransmits),
+            syns: d(self.syns, before.syns),
+            syn_retransmits: d(self.syn_retransmits, before.syn_retransmits),
+        }
+    }
+}
+
+/// The TCP totals of this node's egress counters, per peer node (named by
+/// `name`), overlay and network pair.
+pub fn tcp_totals(
+    records: &[PeerRecord],
+    name: impl Fn(std::net::Ipv4Addr) -> String,
+) -> BTreeMap<TcpKey, TcpTotals> {
+    let mut out: BTreeMap<TcpKey, TcpTotals> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.direction == Direction::Egress) {
+        let c = &r.counts;
+        if c.segments == 0 && c.syns == 0 {
+            continue;
+        }
+        let t = out
+            .entry((name(r.peer), r.overlay, r.src_net, r.dst_net))
+            .or_default();
+        t.segments += c.segments;
+        t.retransmits += c.retransmits;
+        t.syns += c.syns;
+        t.syn_retransmits += c.syn_retransmits;
+    }
+    out
 }
 
 /// One reading, cumulative since the counters began.
@@ -80,6 +111,8 @@ pub struct Sample {
     /// The same, with the peers' counters read before this node's: what a
     /// window starting at this sample subtracts (see `sampler`).
     pub start: Vec<Delivery>,
+    /// This node's own TCP counters: they need no peer, so every sample
+    /// has them.
     pub tcp: BTreeMap<TcpKey, TcpTotals>,
 }
 
@@ -87,9 +120,6 @@ pub struct Sample {
 pub struct Windows {
     window_ns: u64,
     samples: VecDeque<Sample>,
-    /// Handshakes from the newest connection table (not cumulative: the
-    /// table itself is the window, filtered by first sighting).
-    handshakes: BTreeMap<TcpKey, HandshakeCounts>,
 }
 
 impl Windows {
@@ -97,7 +127,6 @@ impl Windows {
         Windows {
             window_ns,
             samples: VecDeque::new(),
-            handshakes: BTreeMap::new(),
         }
     }
 
@@ -107,13 +136,12 @@ impl Windows {
 
     /// Keeps the newest sample at or before the window's start, so a full
     /// window can always be measured.
-    pub fn push(&mut self, sample: Sample, handshakes: BTreeMap<TcpKey, HandshakeCounts>) {
+    pub fn push(&mut self, sample: Sample) {
         let start = sample.at_ns.saturating_sub(self.window_ns);
         self.samples.push_back(sample);
         while self.samples.len() > 1 && self.samples[1].at_ns <= start {
             self.samples.pop_front();
         }
-        self.handshakes = handshakes;
     }
 
     /// The loss matrix over the current window, from `node`'s side.
@@ -136,48 +164,50 @@ impl Windows {
             let sent = now.sent - before.map_or(0, |b| b.sent.min(now.sent));
             let received = now.received - before.map_or(0, |b| b.received.min(now.received));
             rows.push(LossRow {
-                node: node.into(),
-                peer_node: now.to.clone(),
-                overlay: now.overlay.into(),
-                src_net: now.src_net.into(),
-                dst_net: now.dst_net.into(),
-                signal: signal::DELIVERY.into(),
                 sent,
                 lost: sent.saturating_sub(received),
-                refused: 0,
                 seconds: seconds(newest.at_ns - since),
+                ..row(
+                    node,
+                    &(now.to.clone(), now.overlay, now.src_net, now.dst_net),
+                    signal::DELIVERY,
+                )
             });
         }
+        // TCP, from this node's own counters: segments against the ones
+        // its stack retransmitted, SYNs against the SYNs it retried.
         let oldest = &self.samples[0];
+        let seconds = seconds(newest.at_ns - oldest.at_ns);
         for (key, now) in &newest.tcp {
-            let before = oldest.tcp.get(key).copied().unwrap_or_default();
-            let row = tcp_row(node, key, signal::RETRANSMIT);
-            rows.push(LossRow {
-                sent: now.segments.saturating_sub(before.segments),
-                lost: now.retransmits.saturating_sub(before.retransmits),
-                seconds: seconds(newest.at_ns - oldest.at_ns),
-                ..row
-            });
-        }
-        for (key, h) in &self.handshakes {
-            rows.push(LossRow {
-                sent: h.answered + h.unanswered + h.reset,
-                lost: h.unanswered,
-                seconds: seconds(self.window_ns),
-                ..tcp_row(node, key, signal::HANDSHAKE)
-            });
+            let w = now.since(&oldest.tcp.get(key).copied().unwrap_or_default());
+            if w.segments > 0 || w.retransmits > 0 {
+                rows.push(LossRow {
+                    sent: w.segments,
+                    lost: w.retransmits,
+                    seconds,
+                    ..row(node, key, signal::RETRANSMIT)
+                });
+            }
+            if w.syns > 0 {
+                rows.push(LossRow {
+                    sent: w.syns,
+                    lost: w.syn_retransmits,
+                    seconds,
+                    ..row(node, key, signal::HANDSHAKE)
+                });
+            }
         }
         rows
     }
 }
 
-fn tcp_row(node: &str, (peer, overlay, src, dst): &TcpKey, signal: &str) -> LossRow {
+fn row(node: &str, (peer, overlay, src, dst): &TcpKey, signal: &str) -> LossRow {
     LossRow {
         node: node.into(),
         peer_node: peer.clone(),
-        overlay: (*overlay).into(),
-        src_net: (*src).into(),
-        dst_net: (*dst).into(),
+        overlay: overlay.label().into(),
+        src_net: src.label().into(),
+        dst_net: dst.label().into(),
         signal: signal.into(),
         sent: 0,
         lost: 0,
@@ -198,9 +228,9 @@ mod tests {
         Delivery {
             from: "a".into(),
             to: to.into(),
-            overlay: "cilium",
-            src_net: "legacy",
-            dst_net: "cilium",
+            overlay: Overlay::Cilium,
+            src_net: Net::Legacy,
+            dst_net: Net::Cilium,
             sent,
             received,
         }
@@ -222,10 +252,7 @@ mod tests {
         for t in 0..=20u64 {
             // 100 packets a second, 3 of them lost from t = 15 on.
             let lost = t.saturating_sub(15) * 3;
-            w.push(
-                sample(t, vec![delivery("b", t * 100, t * 100 - lost)]),
-                BTreeMap::new(),
-            );
+            w.push(sample(t, vec![delivery("b", t * 100, t * 100 - lost)]));
         }
         let rows = w.loss("a");
         assert_eq!(rows.len(), 1);
@@ -237,15 +264,12 @@ mod tests {
     #[test]
     fn a_peer_that_missed_rounds_is_measured_over_what_is_there() {
         let mut w = Windows::new(10_000_000_000);
-        w.push(
-            sample(0, vec![delivery("b", 0, 0), delivery("c", 0, 0)]),
-            BTreeMap::new(),
-        );
-        w.push(sample(1, vec![delivery("b", 100, 100)]), BTreeMap::new());
-        w.push(
-            sample(2, vec![delivery("b", 200, 190), delivery("c", 50, 50)]),
-            BTreeMap::new(),
-        );
+        w.push(sample(0, vec![delivery("b", 0, 0), delivery("c", 0, 0)]));
+        w.push(sample(1, vec![delivery("b", 100, 100)]));
+        w.push(sample(
+            2,
+            vec![delivery("b", 200, 190), delivery("c", 50, 50)],
+        ));
         let rows = w.loss("a");
         let c = rows.iter().find(|r| r.peer_node == "c").expect("c");
         assert_eq!((c.sent, c.lost, c.seconds), (50, 0, 2.0));

@@ -216,7 +216,8 @@ pub fn read_all(agents: &[String], timeout: Duration) -> Result<Vec<Delivery>> {
         .iter()
         .map(|a| api::fetch_peers(a, timeout))
         .collect::<Result<Vec<_>>>()?;
-    Ok(delivery::deliveries(&api::views(&reports)))
+    let views: Vec<_> = reports.iter().map(api::PeersReport::view).collect();
+    Ok(delivery::deliveries(&views))
 }
 
 pub fn delivery_table(matrix: &[Delivery]) -> String {

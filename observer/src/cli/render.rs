@@ -29,7 +29,7 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape) -> String {
         "PEER", "OVERLAY", "DIRECTION", "PACKETS", "BYTES"
     );
     for p in &snapshot.peers {
-        let direction = if p.direction == "egress" {
+        let direction = if p.direction == observer_ebpf::Direction::Egress {
             "sent"
         } else {
             "received"
@@ -40,8 +40,8 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape) -> String {
             peer_name(shape, Some(p.peer)),
             p.overlay,
             direction,
-            p.packets,
-            p.bytes
+            p.counts.packets,
+            p.counts.bytes
         );
     }
     let _ = writeln!(out, "\nFLOWS ({})", snapshot.flows.len());
@@ -65,8 +65,8 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape) -> String {
     );
     for f in &snapshot.flows {
         let snat = match (f.snat, f.snat_addr) {
-            ("source", Some(addr)) => format!("src={addr}"),
-            ("destination", Some(addr)) => format!("dst={addr}"),
+            (observer_ebpf::Snat::Source, Some(addr)) => format!("src={addr}"),
+            (observer_ebpf::Snat::Destination, Some(addr)) => format!("dst={addr}"),
             _ => "-".to_string(),
         };
         let _ = writeln!(

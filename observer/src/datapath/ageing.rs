@@ -16,13 +16,18 @@
 //! are put back (`BPF_NOEXIST`) and it stays. A flow a new packet
 //! re-created in that instant cannot be put back; its removed counts are
 //! retired on their own ([`AgedSummary::raced`]).
-use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    os::fd::AsFd,
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap, MapData},
+    maps::{HashMap as BpfHash, IterableMap, MapData},
 };
-use observer_ebpf::{Direction, FlowKey, FlowStats, Point, map, tcp_flag};
+use observer_ebpf::{FlowKey, FlowStats, Net, Snat, map, tcp_flag};
 use serde::Serialize;
 
 use super::{FlowRecord, map_mut, snapshot::read_flows, sys};
@@ -78,6 +83,42 @@ impl AgeingPolicy {
             _ => self.other,
         }
     }
+
+    /// The shortest idle limit: a flow seen more recently than this
+    /// belongs to no connection a sweep could age.
+    fn shortest(&self) -> Duration {
+        self.tcp_closed.min(self.tcp_established).min(self.other)
+    }
+}
+
+/// The flow table counted by class at the last sweep: what `/metrics`
+/// shows of it without reading it again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowCensus {
+    /// CLOCK_MONOTONIC of the sweep's read.
+    pub taken_ns: u64,
+    pub total: u64,
+    /// Flows by source network, destination network and SNAT mark.
+    pub flows: BTreeMap<(Net, Net, Snat), u64>,
+}
+
+impl FlowCensus {
+    fn of(taken_ns: u64, raw: &[(FlowKey, FlowStats)]) -> Self {
+        let mut flows = BTreeMap::new();
+        for (_, v) in raw {
+            let class = (
+                Net::from_wire(v.src_net).unwrap_or(Net::Unknown),
+                Net::from_wire(v.dst_net).unwrap_or(Net::Unknown),
+                Snat::from_wire(v.snat).unwrap_or(Snat::None),
+            );
+            *flows.entry(class).or_default() += 1;
+        }
+        FlowCensus {
+            taken_ns,
+            total: raw.len() as u64,
+            flows,
+        }
+    }
 }
 
 /// What one sweep did.
@@ -112,13 +153,13 @@ pub struct RetiredTotals {
 pub struct RetiredGroup {
     pub proto: u8,
     pub peer: Option<Ipv4Addr>,
-    pub client_net: &'static str,
-    pub server_net: &'static str,
+    pub client_net: Net,
+    pub server_net: Net,
     #[serde(flatten)]
     pub totals: RetiredTotals,
 }
 
-type GroupKey = (u8, Option<Ipv4Addr>, &'static str, &'static str);
+type GroupKey = (u8, Option<Ipv4Addr>, Net, Net);
 
 /// Everything aged since this process started. Live totals plus these
 /// are monotonic across sweeps (not across restarts: this lives in the
@@ -151,15 +192,13 @@ impl Retired {
         &self,
         proto: u8,
         peer: Option<Ipv4Addr>,
-        client_net: &str,
-        server_net: &str,
+        client_net: Net,
+        server_net: Net,
     ) -> RetiredTotals {
         self.groups
-            .iter()
-            .find(|((p, peer_, c, s), _)| {
-                *p == proto && *peer_ == peer && *c == client_net && *s == server_net
-            })
-            .map_or_else(RetiredTotals::default, |(_, t)| *t)
+            .get(&(proto, peer, client_net, server_net))
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn groups(&self) -> Vec<RetiredGroup> {
@@ -169,8 +208,8 @@ impl Retired {
                 |((proto, peer, client_net, server_net), totals)| RetiredGroup {
                     proto: *proto,
                     peer: *peer,
-                    client_net,
-                    server_net,
+                    client_net: *client_net,
+                    server_net: *server_net,
                     totals: *totals,
                 },
             )
@@ -196,12 +235,6 @@ impl From<&Retired> for RetiredReport {
     }
 }
 
-fn wire_of<T: Copy>(all: &[T], label: fn(T) -> &'static str, wire: fn(T) -> u8, s: &str) -> u8 {
-    all.iter()
-        .find(|v| label(**v) == s)
-        .map_or(u8::MAX, |v| wire(*v))
-}
-
 /// The FLOWS key of one sighting of a connection.
 fn key_of(proto: u8, s: &connections::Sighting) -> FlowKey {
     FlowKey {
@@ -210,13 +243,8 @@ fn key_of(proto: u8, s: &connections::Sighting) -> FlowKey {
         src_port: s.src.port(),
         dst_port: s.dst.port(),
         proto,
-        point: wire_of(Point::ALL, Point::label, Point::wire, s.point),
-        direction: wire_of(
-            Direction::ALL,
-            Direction::label,
-            Direction::wire,
-            s.direction,
-        ),
+        point: s.point.wire(),
+        direction: s.direction.wire(),
         _pad: 0,
     }
 }
@@ -228,17 +256,34 @@ pub(crate) fn sweep(
     retired: &mut Retired,
     now_ns: u64,
     policy: &AgeingPolicy,
-    nat: &[NatEntry],
-) -> Result<AgedSummary> {
+    nat: impl FnOnce() -> Vec<NatEntry>,
+) -> Result<(AgedSummary, FlowCensus)> {
     let started = super::monotonic_ns();
     let raw = read_flows(ebpf)?;
-    let read: BTreeMap<FlowKey, FlowStats> = raw.iter().copied().collect();
+    let census = FlowCensus::of(started, &raw);
+    // The common sweep finds nothing idle: raw records only, no decoding,
+    // no join, no NAT table.
+    let shortest = policy.shortest().as_nanos() as u64;
+    if !raw
+        .iter()
+        .any(|(_, v)| now_ns.saturating_sub(v.last_seen_ns) >= shortest)
+    {
+        retired.sweeps += 1;
+        let summary = AgedSummary {
+            took_ns: super::monotonic_ns() - started,
+            ..AgedSummary::default()
+        };
+        return Ok((summary, census));
+    }
+    let nat = nat();
+    let nat = nat.as_slice();
+    let read: HashMap<FlowKey, FlowStats> = raw.iter().copied().collect();
     let records: Vec<FlowRecord> = raw
         .iter()
-        .map(|(k, v)| FlowRecord::from_raw(k, v))
+        .filter_map(|(k, v)| FlowRecord::from_raw(k, v))
         .collect();
     let conns = connections::join(&records, nat, now_ns, connections::HANDSHAKE_GRACE_NS);
-    let mut flows: HashMap<&mut MapData, FlowKey, FlowStats> = map_mut(ebpf, map::FLOWS)?;
+    let mut flows: BpfHash<&mut MapData, FlowKey, FlowStats> = map_mut(ebpf, map::FLOWS)?;
     let mut summary = AgedSummary::default();
     for c in conns {
         let keys: Vec<FlowKey> = c.sightings.iter().map(|s| key_of(c.proto, s)).collect();
@@ -279,7 +324,8 @@ pub(crate) fn sweep(
                     // must not vanish.
                     summary.raced += 1;
                     retired.flows += 1;
-                    let one = [FlowRecord::from_raw(&key, &value)];
+                    let one: Vec<FlowRecord> =
+                        FlowRecord::from_raw(&key, &value).into_iter().collect();
                     for c in connections::join(&one, nat, now_ns, 0) {
                         retired.add(&c);
                     }
@@ -294,7 +340,7 @@ pub(crate) fn sweep(
     }
     retired.sweeps += 1;
     summary.took_ns = super::monotonic_ns() - started;
-    Ok(summary)
+    Ok((summary, census))
 }
 
 fn flows_io(what: &str, e: std::io::Error) -> Error {

@@ -22,14 +22,16 @@ use observer_ebpf::{
     PeerKey, SLOTTED_NETS, map,
 };
 
-pub use ageing::{AgedSummary, AgeingPolicy, Retired, RetiredGroup, RetiredReport, RetiredTotals};
+pub use ageing::{
+    AgedSummary, AgeingPolicy, FlowCensus, Retired, RetiredGroup, RetiredReport, RetiredTotals,
+};
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
 pub use hook::Hook;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
-pub use snapshot::{Counters, FlowRecord, PeerRecord, Snapshot, monotonic_ns};
+pub use snapshot::{Counters, FlowRecord, PeerCounts, PeerRecord, Snapshot, monotonic_ns};
 
 use crate::{
     Error, Result,
@@ -100,6 +102,8 @@ pub struct Observer {
     pin_report: Option<PinReport>,
     /// What ageing deleted from FLOWS, folded.
     retired: Retired,
+    /// The flow table by class, as the last ageing sweep read it.
+    census: Option<FlowCensus>,
 }
 
 impl Observer {
@@ -152,6 +156,7 @@ impl Observer {
             pins,
             pin_report,
             retired: Retired::default(),
+            census: None,
         };
         if observer.pins.is_some() {
             observer.recover()?;
@@ -534,7 +539,26 @@ impl Observer {
         policy: &AgeingPolicy,
         nat: &[crate::conntrack::NatEntry],
     ) -> Result<AgedSummary> {
-        ageing::sweep(&mut self.ebpf, &mut self.retired, now_ns, policy, nat)
+        self.age_flows_with(now_ns, policy, || nat.to_vec())
+    }
+
+    /// [`Observer::age_flows`] with the NAT table read only when some
+    /// flow is idle enough to be aged (most sweeps find none).
+    pub fn age_flows_with(
+        &mut self,
+        now_ns: u64,
+        policy: &AgeingPolicy,
+        nat: impl FnOnce() -> Vec<crate::conntrack::NatEntry>,
+    ) -> Result<AgedSummary> {
+        let (summary, census) =
+            ageing::sweep(&mut self.ebpf, &mut self.retired, now_ns, policy, nat)?;
+        self.census = Some(census);
+        Ok(summary)
+    }
+
+    /// The flow table by class at the last ageing sweep; `None` before it.
+    pub fn census(&self) -> Option<&FlowCensus> {
+        self.census.as_ref()
     }
 
     /// Totals of every flow aged since load.
@@ -552,9 +576,15 @@ impl Observer {
         }
     }
 
-    /// Packets and bytes per (peer node, overlay, direction).
+    /// Packets, bytes and TCP events per (peer node, overlay, direction,
+    /// network pair).
     pub fn peers(&self) -> Result<Vec<PeerRecord>> {
         snapshot::read_peers(&self.ebpf, &self.peer_slots)
+    }
+
+    /// Packets seen per hook point and skipped per reason.
+    pub fn counters(&self) -> Result<Counters> {
+        snapshot::read_counters(&self.ebpf)
     }
 
     /// Empties FLOWS only: the next packet of every flow is a first packet.

@@ -17,7 +17,7 @@ use aya::{
 use observer_ebpf::{
     Counter, Direction, FlowKey, FlowStats, Net, Overlay, PeerKey, PeerStats, Point, Snat, map,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     ageing::{Retired, RetiredReport},
@@ -49,12 +49,12 @@ pub struct FlowRecord {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub point: &'static str,
-    pub direction: &'static str,
-    pub overlay: &'static str,
-    pub src_net: &'static str,
-    pub dst_net: &'static str,
-    pub snat: &'static str,
+    pub point: Point,
+    pub direction: Direction,
+    pub overlay: Overlay,
+    pub src_net: Net,
+    pub dst_net: Net,
+    pub snat: Snat,
     pub snat_addr: Option<Ipv4Addr>,
     pub peer: Option<Ipv4Addr>,
     pub packets: u64,
@@ -71,22 +71,72 @@ pub struct FlowRecord {
     pub echo_replies: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One node's underlay counters towards one peer, per overlay, direction
+/// and network pair: packets for delivery, TCP events for the handshake
+/// and retransmit signals. Cumulative since the maps were created (pinned
+/// maps outlive agent restarts) and never reset by flow ageing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     pub peer: Ipv4Addr,
-    pub overlay: &'static str,
-    /// "egress" is sent to the peer, "ingress" received from it.
-    pub direction: &'static str,
-    /// Networks of the inner packets' ends ("unknown": counted without a
+    pub overlay: Overlay,
+    /// Egress is sent to the peer, ingress received from it.
+    pub direction: Direction,
+    /// Networks of the inner packets' ends (unknown: counted without a
     /// flow, its inner packet unparsable).
-    pub src_net: &'static str,
-    pub dst_net: &'static str,
-    pub packets: u64,
-    pub bytes: u64,
+    pub src_net: Net,
+    pub dst_net: Net,
+    #[serde(flatten)]
+    pub counts: PeerCounts,
 }
 
-fn label<T>(value: u8, decode: fn(u8) -> Option<T>, name: fn(T) -> &'static str) -> &'static str {
-    decode(value).map_or("unknown", name)
+/// The counters of a [`PeerRecord`], summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    /// TCP segments with payload, SYN or FIN, and of those retransmitted.
+    #[serde(default)]
+    pub segments: u64,
+    #[serde(default)]
+    pub retransmits: u64,
+    /// SYNs without ACK, and of those retries on a flow that sent one.
+    #[serde(default)]
+    pub syns: u64,
+    #[serde(default)]
+    pub syn_retransmits: u64,
+    #[serde(default)]
+    pub syn_acks: u64,
+    #[serde(default)]
+    pub rsts: u64,
+}
+
+impl PeerCounts {
+    fn add(&mut self, s: &PeerStats) {
+        self.packets += s.packets;
+        self.bytes += s.bytes;
+        self.segments += s.segments;
+        self.retransmits += s.retransmits;
+        self.syns += s.syns;
+        self.syn_retransmits += s.syn_retransmits;
+        self.syn_acks += s.syn_acks;
+        self.rsts += s.rsts;
+    }
+
+    /// What happened between an earlier reading and this one; a counter
+    /// that went back (maps recreated) counts from zero.
+    pub fn since(&self, earlier: &PeerCounts) -> PeerCounts {
+        let d = |now: u64, then: u64| now - then.min(now);
+        PeerCounts {
+            packets: d(self.packets, earlier.packets),
+            bytes: d(self.bytes, earlier.bytes),
+            segments: d(self.segments, earlier.segments),
+            retransmits: d(self.retransmits, earlier.retransmits),
+            syns: d(self.syns, earlier.syns),
+            syn_retransmits: d(self.syn_retransmits, earlier.syn_retransmits),
+            syn_acks: d(self.syn_acks, earlier.syn_acks),
+            rsts: d(self.rsts, earlier.rsts),
+        }
+    }
 }
 
 fn nonzero(addr: u32) -> Option<Ipv4Addr> {
@@ -94,19 +144,21 @@ fn nonzero(addr: u32) -> Option<Ipv4Addr> {
 }
 
 impl FlowRecord {
-    pub fn from_raw(key: &FlowKey, stats: &FlowStats) -> Self {
-        FlowRecord {
+    /// Decodes one FLOWS entry; `None` for a wire value this build does
+    /// not know (the kernel side is the same build, so never in practice).
+    pub fn from_raw(key: &FlowKey, stats: &FlowStats) -> Option<Self> {
+        Some(FlowRecord {
             src: addr_from_wire(key.src),
             dst: addr_from_wire(key.dst),
             src_port: key.src_port,
             dst_port: key.dst_port,
             proto: key.proto,
-            point: label(key.point, Point::from_wire, Point::label),
-            direction: label(key.direction, Direction::from_wire, Direction::label),
-            overlay: label(stats.overlay, Overlay::from_wire, Overlay::label),
-            src_net: label(stats.src_net, Net::from_wire, Net::label),
-            dst_net: label(stats.dst_net, Net::from_wire, Net::label),
-            snat: label(stats.snat, Snat::from_wire, Snat::label),
+            point: Point::from_wire(key.point)?,
+            direction: Direction::from_wire(key.direction)?,
+            overlay: Overlay::from_wire(stats.overlay)?,
+            src_net: Net::from_wire(stats.src_net)?,
+            dst_net: Net::from_wire(stats.dst_net)?,
+            snat: Snat::from_wire(stats.snat)?,
             snat_addr: nonzero(stats.snat_addr),
             peer: nonzero(stats.peer),
             packets: stats.packets,
@@ -121,7 +173,7 @@ impl FlowRecord {
             retransmits: stats.retransmits,
             echo_requests: stats.echo_requests,
             echo_replies: stats.echo_replies,
-        }
+        })
     }
 
     pub fn proto_name(&self) -> String {
@@ -153,17 +205,10 @@ impl Snapshot {
         let started_ns = monotonic_ns();
         let mut flow_records: Vec<FlowRecord> = read_flows(ebpf)?
             .iter()
-            .map(|(key, stats)| FlowRecord::from_raw(key, stats))
+            .filter_map(|(key, stats)| FlowRecord::from_raw(key, stats))
             .collect();
         let peer_records = read_peers(ebpf, peer_slots)?;
-        let array: PerCpuArray<&MapData, u64> = map_ref(ebpf, map::COUNTERS)?;
-        let mut counters = Counters::new();
-        for counter in Counter::ALL {
-            let values = array
-                .get(&(counter.wire() as u32), 0)
-                .map_err(Error::map(map::COUNTERS))?;
-            counters.insert(counter.label(), values.iter().sum());
-        }
+        let counters = read_counters(ebpf)?;
         flow_records.sort_by(|a, b| {
             (a.src, a.dst, a.src_port, a.dst_port, a.point, a.direction).cmp(&(
                 b.src,
@@ -187,6 +232,19 @@ impl Snapshot {
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters.get(counter.label()).copied().unwrap_or(0)
     }
+}
+
+/// Every counter of COUNTERS, summed over CPUs: a few dozen lookups.
+pub(crate) fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
+    let array: PerCpuArray<&MapData, u64> = map_ref(ebpf, map::COUNTERS)?;
+    let mut counters = Counters::new();
+    for counter in Counter::ALL {
+        let values = array
+            .get(&(counter.wire() as u32), 0)
+            .map_err(Error::map(map::COUNTERS))?;
+        counters.insert(counter.label(), values.iter().sum());
+    }
+    Ok(counters)
 }
 
 /// Entries of FLOWS per `BPF_MAP_LOOKUP_BATCH` call.
@@ -226,36 +284,35 @@ pub(crate) fn read_peers(
     // Known peers count in their slot, others (and known peers' packets
     // that reached no flow before their slot existed) in the hash:
     // one peer's figure is the sum of both.
-    let mut per_peer: BTreeMap<PeerKey, (u64, u64)> = BTreeMap::new();
+    let mut per_peer: BTreeMap<PeerKey, PeerCounts> = BTreeMap::new();
     let slot_stats: PerCpuArray<&MapData, PeerStats> = map_ref(ebpf, map::PEER_STATS)?;
     for (key, slot) in peer_slots {
         let values = slot_stats
             .get(slot, 0)
             .map_err(Error::map(map::PEER_STATS))?;
         let sum = per_peer.entry(*key).or_default();
-        for v in values.iter() {
-            *sum = (sum.0 + v.packets, sum.1 + v.bytes);
-        }
+        values.iter().for_each(|v| sum.add(v));
     }
     let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = map_ref(ebpf, map::PEERS)?;
     for entry in hashed.iter() {
         let (key, values) = entry.map_err(Error::map(map::PEERS))?;
         let sum = per_peer.entry(key).or_default();
-        for v in values.iter() {
-            *sum = (sum.0 + v.packets, sum.1 + v.bytes);
-        }
+        values.iter().for_each(|v| sum.add(v));
     }
+    // Keys this build cannot decode (none: the key's ABI version is
+    // checked when pins are opened) are left out rather than guessed.
     let mut records: Vec<PeerRecord> = per_peer
         .into_iter()
-        .filter(|(_, (packets, _))| *packets != 0)
-        .map(|(key, (packets, bytes))| PeerRecord {
-            peer: addr_from_wire(key.peer),
-            overlay: label(key.overlay, Overlay::from_wire, Overlay::label),
-            direction: label(key.direction, Direction::from_wire, Direction::label),
-            src_net: label(key.src_net, Net::from_wire, Net::label),
-            dst_net: label(key.dst_net, Net::from_wire, Net::label),
-            packets,
-            bytes,
+        .filter(|(_, counts)| counts.packets != 0)
+        .filter_map(|(key, counts)| {
+            Some(PeerRecord {
+                peer: addr_from_wire(key.peer),
+                overlay: Overlay::from_wire(key.overlay)?,
+                direction: Direction::from_wire(key.direction)?,
+                src_net: Net::from_wire(key.src_net)?,
+                dst_net: Net::from_wire(key.dst_net)?,
+                counts,
+            })
         })
         .collect();
     records.sort_by_key(|r| (r.peer, r.overlay, r.direction, r.src_net, r.dst_net));

@@ -164,7 +164,10 @@ fn show(t: u64, window: &[Delivery], fault_on: bool, live: bool) {
         "  {:<14} {:<14} {:<8} {:<16} {:>6} {:>9} {:>5} {:>7}",
         "node", "peer", "overlay", "networks", "sent", "received", "lost", "loss"
     );
-    for d in window.iter().filter(|d| d.overlay != "none") {
+    for d in window
+        .iter()
+        .filter(|d| d.overlay != observer_ebpf::Overlay::None)
+    {
         let ratio = d.loss_ratio().unwrap_or(0.0) * 100.0;
         let flag = if ratio >= 1.0 { "  <-- loss" } else { "" };
         println!(
@@ -185,8 +188,11 @@ fn show(t: u64, window: &[Delivery], fault_on: bool, live: bool) {
 fn summary(fleet: &Fleet, totals: &[Delivery], drops: u64) -> Result<()> {
     println!("== over the whole run ==");
     // The faulted path, over all its network pairs.
-    let on_path =
-        |d: &&Delivery| d.from == "control-plane" && d.to == "worker-1" && d.overlay == "cilium";
+    let on_path = |d: &&Delivery| {
+        d.from == "control-plane"
+            && d.to == "worker-1"
+            && d.overlay == observer_ebpf::Overlay::Cilium
+    };
     let path: Vec<&Delivery> = totals.iter().filter(on_path).collect();
     if !path.is_empty() {
         let (sent, received, lost) = path.iter().fold((0, 0, 0), |(s, r, l), d| {
@@ -230,7 +236,9 @@ fn summary(fleet: &Fleet, totals: &[Delivery], drops: u64) -> Result<()> {
         "  TCP handshakes: {answered} answered ({retried} only after the fault ate a SYN), {unanswered} unanswered."
     );
     if let Some(c) = conns.iter().find(|c| {
-        c.snat_seen == SnatSeen::Translated && c.client_net == "legacy" && c.server_net == "cilium"
+        c.snat_seen == SnatSeen::Translated
+            && c.client_net == observer_ebpf::Net::Legacy
+            && c.server_net == observer_ebpf::Net::Cilium
     }) {
         println!(
             "  e.g. legacy pod {} -> Cilium pod {}: left the node as {} ({} overlay)",
