@@ -52,13 +52,35 @@ fn small_struct_layouts() {
     // The version entry can never be a packet's key, nor give it a slot.
     assert_eq!(PEER_ABI_KEY.peer, 0);
     assert!(Net::from_wire(PEER_ABI_KEY.src_net).is_none());
-    assert_ne!(PEER_ABI_VERSION, 1, "version 1 is the key without networks");
-    assert_eq!(size_of::<PeerStats>(), 16);
+    assert_eq!(PEER_ABI_VERSION, 3, "2 had 16-byte values, 1 no networks");
+    // One cache line per slot and CPU: a packet's update touches one line.
+    assert_eq!(size_of::<PeerStats>(), 64);
+    assert_eq!(offset_of!(PeerStats, segments), 16);
+    assert_eq!(offset_of!(PeerStats, rsts), 32);
+    assert_eq!(offset_of!(PeerStats, handshakes_reset), 56);
+    assert_eq!(size_of::<PendingHandshake>(), 16);
     assert_eq!(size_of::<AddrInfo>(), 8);
     assert_eq!(offset_of!(AddrInfo, node), 4);
     assert_eq!(size_of::<EncapPort>(), 4);
     assert_eq!(size_of::<Config>(), 4 * MAX_ENCAP_PORTS + 8);
     assert_eq!(offset_of!(Config, local_node), 32);
+}
+
+/// Userspace serialises the wire enums by name, and reads back only names
+/// it knows.
+#[test]
+fn wire_enums_serialise_by_name() {
+    for net in Net::ALL {
+        let json = serde_json::to_string(net).unwrap();
+        assert_eq!(json, format!("\"{}\"", net.label()));
+        assert_eq!(serde_json::from_str::<Net>(&json).unwrap(), *net);
+    }
+    let err = serde_json::from_str::<Net>("\"all\"").unwrap_err();
+    assert!(err.to_string().contains("unknown variant `all`"), "{err}");
+    assert!(
+        serde_json::from_str::<Net>("1").is_err(),
+        "never by wire value"
+    );
 }
 
 #[test]

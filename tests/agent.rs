@@ -436,7 +436,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     assert!(
         metric::<u64>(
             &body,
-            "crossover_tcp_syn_acks_total{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"cilium\",dst_net=\"host\",direction=\"ingress\"}"
+            "crossover_tcp_handshakes_total{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"host\",dst_net=\"cilium\",direction=\"egress\",result=\"answered\"}"
         ) >= 3
     );
     let window_lost: u64 = metric(
@@ -445,8 +445,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     );
     assert_eq!(window_lost, drops);
     // The three handshakes control-plane opened towards worker-1 (SNATed
-    // to cilium_host), as the handshake signal of the window: three SYNs,
-    // none retried.
+    // to cilium_host), as the handshake signal of the window: all answered.
     let handshakes: u64 = metric(
         &body,
         "crossover_window_sent{node=\"control-plane\",peer_node=\"worker-1\",overlay=\"cilium\",src_net=\"host\",dst_net=\"cilium\",signal=\"handshake\"}",

@@ -475,27 +475,35 @@ fn snat_sources_and_their_replies_are_marked() {
 }
 
 /// The per-peer TCP counters the agent's handshake and retransmit signals
-/// are made of, on the underlay: a SYN and its retry, the SYN-ACK coming
-/// back, segments and a retransmission, a reset; UDP adds none.
+/// are made of, on the underlay: a SYN and its retry, segments and a
+/// retransmission, a reset; the SYN-ACK coming back closes the handshake
+/// the first SYN opened and counts it answered on the client's egress
+/// counters; a second connection is refused by RST; a third is never
+/// answered and expires once the grace has passed. UDP adds none.
 #[test]
 fn tcp_events_count_into_the_peer_counters() {
-    let h = Harness::new(&two_node_shape());
-    let out = |l4: L4| {
+    let mut h = Harness::new(&two_node_shape());
+    let out = |h: &Harness, l4: L4| {
         let frame = ip(LEGACY_A, LEGACY_B, l4).vxlan(NODE_A, NODE_B, 8472);
-        run_ok(&h, UNDERLAY_OUT, &frame);
+        run_ok(h, UNDERLAY_OUT, &frame);
     };
-    out(tcp(40000, 443, 100, SYN, 0));
-    out(tcp(40000, 443, 100, SYN, 0)); // SYN retried
-    out(tcp(40000, 443, 101, ACK, 0)); // pure ACK: no segment
-    out(tcp(40000, 443, 101, ACK | packet::PSH, 500));
-    out(tcp(40000, 443, 101, ACK | packet::PSH, 500)); // retransmitted
-    out(tcp(40000, 443, 601, RST, 0));
-    out(udp(5000, 53, b"not tcp"));
-    let back = ip(LEGACY_B, LEGACY_A, tcp(443, 40000, 900, SYN | ACK, 0));
-    run_ok(&h, UNDERLAY_IN, &back.vxlan(NODE_B, NODE_A, 8472));
-    let snap = h.snapshot();
-    assert_eq!(problems(&snap), vec![]);
-    let counts = |direction: Direction| {
+    let back = |h: &Harness, l4: L4| {
+        let frame = ip(LEGACY_B, LEGACY_A, l4).vxlan(NODE_B, NODE_A, 8472);
+        run_ok(h, UNDERLAY_IN, &frame);
+    };
+    out(&h, tcp(40000, 443, 100, SYN, 0));
+    out(&h, tcp(40000, 443, 100, SYN, 0)); // SYN retried
+    back(&h, tcp(443, 40000, 900, SYN | ACK, 0));
+    back(&h, tcp(443, 40000, 900, SYN | ACK, 0)); // answered once only
+    out(&h, tcp(40000, 443, 101, ACK, 0)); // pure ACK: no segment
+    out(&h, tcp(40000, 443, 101, ACK | packet::PSH, 500));
+    out(&h, tcp(40000, 443, 101, ACK | packet::PSH, 500)); // retransmitted
+    out(&h, tcp(40000, 443, 601, RST, 0));
+    out(&h, udp(5000, 53, b"not tcp"));
+    out(&h, tcp(40001, 443, 7, SYN, 0));
+    back(&h, tcp(443, 40001, 0, RST | ACK, 0)); // refused
+    out(&h, tcp(40002, 443, 7, SYN, 0)); // never answered
+    let counts = |snap: &Snapshot, direction: Direction| {
         snap.peers
             .iter()
             .filter(|p| p.direction == direction)
@@ -504,27 +512,59 @@ fn tcp_events_count_into_the_peer_counters() {
                 sum.packets += c.packets;
                 sum.segments += c.segments;
                 sum.retransmits += c.retransmits;
-                sum.syns += c.syns;
-                sum.syn_retransmits += c.syn_retransmits;
-                sum.syn_acks += c.syn_acks;
                 sum.rsts += c.rsts;
+                sum.handshakes_answered += c.handshakes_answered;
+                sum.handshakes_unanswered += c.handshakes_unanswered;
+                sum.handshakes_reset += c.handshakes_reset;
                 sum
             })
     };
-    let sent = counts(Direction::Egress);
+    let snap = h.snapshot();
+    assert_eq!(problems(&snap), vec![]);
+    let sent = counts(&snap, Direction::Egress);
     assert_eq!(
-        (sent.packets, sent.segments, sent.retransmits),
-        (7, 4, 2),
-        "2 SYNs and 2 data segments, the second of each again: {sent:?}"
+        (sent.packets, sent.segments, sent.retransmits, sent.rsts),
+        (9, 6, 2, 1),
+        "4 SYNs and 2 data segments, one SYN and one segment again: {sent:?}"
     );
     assert_eq!(
-        (sent.syns, sent.syn_retransmits, sent.syn_acks, sent.rsts),
-        (2, 1, 0, 1)
+        (
+            sent.handshakes_answered,
+            sent.handshakes_reset,
+            sent.handshakes_unanswered
+        ),
+        (1, 1, 0),
+        "the third is pending until the grace has passed"
     );
-    let received = counts(Direction::Ingress);
+    let received = counts(&snap, Direction::Ingress);
     assert_eq!(
-        (received.packets, received.segments, received.syn_acks),
-        (1, 1, 1)
+        (received.packets, received.segments, received.rsts),
+        (3, 2, 1)
+    );
+    assert_eq!(
+        received.handshakes_answered + received.handshakes_reset,
+        0,
+        "outcomes count on the client's egress counters only"
+    );
+    // Not yet past the grace: nothing expires.
+    let now = observer::datapath::monotonic_ns();
+    assert_eq!(h.observer.expire_handshakes(now).unwrap(), 0);
+    let later = now + observer_ebpf::HANDSHAKE_GRACE_NS + 1;
+    assert_eq!(h.observer.expire_handshakes(later).unwrap(), 1);
+    assert_eq!(h.observer.expire_handshakes(later).unwrap(), 0, "once");
+    let sent = counts(&h.snapshot(), Direction::Egress);
+    assert_eq!(sent.handshakes_unanswered, 1);
+    // An answer after the grace is counted by the kernel as unanswered in
+    // time, not answered.
+    out(&h, tcp(40003, 443, 7, SYN, 0));
+    std::thread::sleep(std::time::Duration::from_nanos(
+        observer_ebpf::HANDSHAKE_GRACE_NS + 50_000_000,
+    ));
+    back(&h, tcp(443, 40003, 0, SYN | ACK, 0));
+    let sent = counts(&h.snapshot(), Direction::Egress);
+    assert_eq!(
+        (sent.handshakes_answered, sent.handshakes_unanswered),
+        (1, 2)
     );
 }
 

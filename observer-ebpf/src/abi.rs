@@ -26,6 +26,13 @@ pub mod map {
     pub const PEERS: &str = "PEERS";
     /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
+    /// `HashMap<FlowKey, PendingHandshake>`: TCP handshakes this node's
+    /// clients opened over the underlay that no answer has reached yet,
+    /// keyed by the SYN's underlay egress flow. The answer (SYN-ACK or
+    /// RST on the reverse flow) removes the entry and counts the outcome
+    /// towards the client's peer; userspace removes entries older than
+    /// [`HANDSHAKE_GRACE_NS`](super::HANDSHAKE_GRACE_NS) as unanswered.
+    pub const HANDSHAKES: &str = "HANDSHAKES";
 }
 
 /// Default capacities; userspace overrides them at load time.
@@ -42,6 +49,15 @@ pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 36_864;
 /// cluster send over an overlay.
 pub const SLOTTED_NETS: [Net; 3] = [Net::Legacy, Net::Cilium, Net::Host];
 pub const DEFAULT_ADDR_CAPACITY: u32 = 16_384;
+/// Handshakes in flight at once: at 1,000 new connections a second and
+/// the grace below, a few thousand at most, even when none is answered.
+pub const DEFAULT_HANDSHAKE_CAPACITY: u32 = 16_384;
+
+/// A handshake answered later than this after its first SYN was not
+/// answered in time: Linux retries a SYN after 1 s, so a later answer
+/// means the first SYN, or its answer, was lost. Userspace expires
+/// pending handshakes older than this as unanswered, with the same value.
+pub const HANDSHAKE_GRACE_NS: u64 = 800_000_000;
 
 /// Number of encapsulation port slots in [`Config`].
 pub const MAX_ENCAP_PORTS: usize = 8;
@@ -241,11 +257,13 @@ wire_enum! {
         FlowMapFull = 26 => "flow_map_full",
         /// A new peer entry was refused by the full PEERS map.
         PeerMapFull = 27 => "peer_map_full",
+        /// A handshake was not tracked: the HANDSHAKES map was full.
+        HandshakeMapFull = 28 => "handshake_map_full",
     }
 }
 
 /// Number of [`Counter`] slots; the COUNTERS map has exactly this many.
-pub const COUNTER_SLOTS: u32 = 28;
+pub const COUNTER_SLOTS: u32 = 29;
 
 /// One encapsulation port: which overlay uses it and how it is framed.
 #[repr(C)]
@@ -415,14 +433,26 @@ pub struct PeerStats {
     pub segments: u64,
     /// Segments whose end did not pass the highest end their flow had seen.
     pub retransmits: u64,
-    /// SYN without ACK: one per handshake opened, plus its retries.
-    pub syns: u64,
-    /// Of those, SYNs on a flow that had sent one already: the client's
-    /// stack judged the earlier one lost (or its answer lost).
-    pub syn_retransmits: u64,
-    /// SYN with ACK: handshakes answered (retries included).
-    pub syn_acks: u64,
+    /// Packets with RST set.
     pub rsts: u64,
+    /// The outcomes of handshakes this node's clients opened towards the
+    /// peer (egress counters only): answered by a SYN-ACK within
+    /// [`HANDSHAKE_GRACE_NS`], answered later (its first SYN or answer
+    /// was lost; userspace adds the ones never answered), refused by RST.
+    pub handshakes_answered: u64,
+    pub handshakes_late: u64,
+    pub handshakes_reset: u64,
+}
+
+/// Value of [`HANDSHAKES`](map::HANDSHAKES).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct PendingHandshake {
+    /// `bpf_ktime_get_coarse_ns` of the first SYN.
+    pub opened_ns: u64,
+    /// The client's peer counters the outcome is counted in.
+    pub peer: PeerKey,
 }
 
 /// TCP flag bits as they sit in byte 13 of the header.
@@ -442,6 +472,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowStats>() == 112);
     assert!(core::mem::size_of::<PeerKey>() == 8);
     assert!(core::mem::size_of::<PeerStats>() == 64);
+    assert!(core::mem::size_of::<PendingHandshake>() == 16);
     assert!(Counter::ALL.len() as u32 == COUNTER_SLOTS);
 };
 
@@ -457,4 +488,5 @@ mod user {
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for PeerStats {}
+    unsafe impl aya::Pod for PendingHandshake {}
 }

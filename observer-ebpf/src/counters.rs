@@ -79,12 +79,51 @@ fn add(stats: &mut PeerStats, bytes: u32, tcp: Tcp) {
         return;
     }
     stats.segments += (events & Tcp::SEGMENT != 0) as u64;
-    if events & !Tcp::SEGMENT != 0 {
-        stats.retransmits += (events & Tcp::RETRANSMIT != 0) as u64;
-        stats.syns += (events & Tcp::SYN != 0) as u64;
-        stats.syn_retransmits += (events & Tcp::SYN_RETRANSMIT != 0) as u64;
-        stats.syn_acks += (events & Tcp::SYN_ACK != 0) as u64;
-        stats.rsts += (events & Tcp::RST != 0) as u64;
+    stats.retransmits += (events & Tcp::RETRANSMIT != 0) as u64;
+    stats.rsts += (events & Tcp::RST != 0) as u64;
+}
+
+/// How a handshake this node's client opened ended, as the kernel saw it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered,
+    /// Answered after [`observer_ebpf::HANDSHAKE_GRACE_NS`].
+    Late,
+    Reset,
+}
+
+/// Counts a handshake's outcome towards the client's peer counters: one
+/// lookup more, once per connection.
+#[inline(always)]
+pub fn count_outcome(key: &PeerKey, outcome: Outcome) {
+    let add = |stats: &mut PeerStats| match outcome {
+        Outcome::Answered => stats.handshakes_answered += 1,
+        Outcome::Late => stats.handshakes_late += 1,
+        Outcome::Reset => stats.handshakes_reset += 1,
+    };
+    let stats = match peer_slot(key) {
+        0 => PEERS.get_ptr_mut(key),
+        slot => PEER_STATS.get_ptr_mut(slot - 1),
+    };
+    match stats {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        Some(stats) => add(unsafe { &mut *stats }),
+        None => {
+            // No entry for the key yet (its SYN was counted through a
+            // slot since retired): create it.
+            let mut fresh = PeerStats::default();
+            add(&mut fresh);
+            match PEERS.insert(key, fresh, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(e) if e == -EEXIST => {
+                    if let Some(stats) = PEERS.get_ptr_mut(key) {
+                        // SAFETY: as above.
+                        add(unsafe { &mut *stats });
+                    }
+                }
+                Err(_) => count(Counter::PeerMapFull),
+            }
+        }
     }
 }
 

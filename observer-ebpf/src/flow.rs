@@ -7,13 +7,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use observer_ebpf::{
-    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, NO_PEER_SLOT, Net, Overlay,
-    PeerKey, Point, Snat, tcp_flag,
+    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, HANDSHAKE_GRACE_NS, NO_PEER_SLOT,
+    Net, Overlay, PeerKey, PendingHandshake, Point, Snat, tcp_flag,
 };
 
 use crate::{
-    counters::{Tcp, count_peer, count_slot, count_unslotted, peer_slot},
-    maps::{ADDRS, CONFIG, FLOWS},
+    counters::{
+        Outcome, Tcp, count, count_outcome, count_peer, count_slot, count_unslotted, peer_slot,
+    },
+    maps::{ADDRS, CONFIG, FLOWS, HANDSHAKES},
     parse::{
         ipv4::Ipv4,
         l4::{Echo, L4},
@@ -63,6 +65,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             (Class::of(&*stats), (*stats).peer_slot, tcp)
         };
         count_underlay(seen, class, slot, frame_len, tcp);
+        track_handshake(seen, class, &key, tcp, now);
         return Ok(());
     }
 
@@ -95,7 +98,66 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         }
     }
     count_underlay(seen, class, slot, frame_len, tcp);
+    track_handshake(seen, class, &key, tcp, now);
     Ok(())
+}
+
+/// On the underlay, where a handshake's SYN leaves and its answer comes
+/// back: a first SYN out opens a pending handshake under its flow's key;
+/// a SYN-ACK or RST in closes the one its reverse flow opened, and counts
+/// its outcome towards the client's peer. Only handshake packets pay.
+#[inline(always)]
+fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp, now: u64) {
+    let events = tcp.0;
+    if events & (Tcp::SYN | Tcp::SYN_ACK | Tcp::RST) == 0 || seen.point != Point::Underlay {
+        return;
+    }
+    if seen.direction == Direction::Egress {
+        if events & Tcp::SYN == 0 || events & Tcp::SYN_RETRANSMIT != 0 {
+            return;
+        }
+        let Some(peer) = underlay_peer(seen, class) else {
+            return;
+        };
+        let pending = PendingHandshake {
+            opened_ns: now,
+            peer,
+        };
+        if HANDSHAKES.insert(key, pending, 0).is_err() {
+            count(Counter::HandshakeMapFull);
+        }
+        return;
+    }
+    if events & (Tcp::SYN_ACK | Tcp::RST) == 0 {
+        return;
+    }
+    let opened_by = FlowKey {
+        src: key.dst,
+        dst: key.src,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        point: Point::Underlay.wire(),
+        direction: Direction::Egress.wire(),
+        _pad: 0,
+    };
+    // SAFETY: a plain value, copied out before the entry is removed.
+    let Some(pending) = (unsafe { HANDSHAKES.get(opened_by) }).copied() else {
+        return;
+    };
+    // Whoever removes the entry counts it: this answer, or userspace
+    // expiring it (then it was late, and counted as unanswered there).
+    if HANDSHAKES.remove(opened_by).is_err() {
+        return;
+    }
+    let outcome = if events & Tcp::SYN_ACK == 0 {
+        Outcome::Reset
+    } else if now.wrapping_sub(pending.opened_ns) > HANDSHAKE_GRACE_NS {
+        Outcome::Late
+    } else {
+        Outcome::Answered
+    };
+    count_outcome(&pending.peer, outcome);
 }
 
 /// What of a flow's classification its peer counters are keyed by.

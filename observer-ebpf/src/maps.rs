@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use observer_ebpf::{
     AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, FlowKey, FlowStats, PeerKey, PeerStats,
+    DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, FlowKey,
+    FlowStats, PeerKey, PeerStats, PendingHandshake,
 };
 
 #[map(name = "CONFIG")]
@@ -34,3 +35,7 @@ pub static PEERS: PerCpuHashMap<PeerKey, PeerStats> =
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[map(name = "HANDSHAKES")]
+pub static HANDSHAKES: HashMap<FlowKey, PendingHandshake> =
+    HashMap::with_max_entries(DEFAULT_HANDSHAKE_CAPACITY, 0);

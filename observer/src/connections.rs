@@ -21,8 +21,9 @@ use crate::{
 const TCP: u8 = 6;
 
 /// A SYN unanswered this long is a failed handshake (the kernel's first
-/// SYN retransmission is at 1 s).
-pub const HANDSHAKE_GRACE_NS: u64 = 800_000_000;
+/// SYN retransmission is at 1 s): the same grace the per-peer handshake
+/// counters use.
+pub const HANDSHAKE_GRACE_NS: u64 = observer_ebpf::HANDSHAKE_GRACE_NS;
 
 /// How far a TCP connection's opening got, as this node saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -77,6 +77,16 @@ impl Fleet {
             .unwrap_or_else(|| panic!("no node {node} in the fleet"))
     }
 
+    /// Counts every node's handshakes unanswered past the grace, as the
+    /// agent's sampler does before each reading.
+    pub fn expire_handshakes(&mut self) -> Result<()> {
+        let now = observer::datapath::monotonic_ns();
+        for m in &mut self.members {
+            m.observer.expire_handshakes(now)?;
+        }
+        Ok(())
+    }
+
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         self.members
             .iter()

@@ -14,9 +14,9 @@ use crate::exposition::family;
 type Value<T> = fn(&T) -> u64;
 
 /// The per-peer counter families: delivery and the TCP events of the
-/// handshake and retransmit signals, one series per peer node, overlay,
-/// network pair and direction that carried anything.
-const PEER_FAMILIES: [(&str, &str, Value<PeerCounts>); 8] = [
+/// retransmit signal, one series per peer node, overlay, network pair and
+/// direction that carried anything.
+const PEER_FAMILIES: [(&str, &str, Value<PeerCounts>); 5] = [
     (
         "crossover_underlay_packets_total",
         "Packets on the underlay to (egress) or from (ingress) a peer node, per overlay and network pair of the inner packets.",
@@ -38,26 +38,37 @@ const PEER_FAMILIES: [(&str, &str, Value<PeerCounts>); 8] = [
         |c| c.retransmits,
     ),
     (
-        "crossover_tcp_syns_total",
-        "TCP SYNs (handshakes opened, retries included) on the underlay to or from a peer node.",
-        |c| c.syns,
-    ),
-    (
-        "crossover_tcp_syn_retransmits_total",
-        "Of those, SYNs sent again on a connection that had sent one (unanswered in time).",
-        |c| c.syn_retransmits,
-    ),
-    (
-        "crossover_tcp_syn_acks_total",
-        "TCP SYN-ACKs (handshakes answered) on the underlay to or from a peer node.",
-        |c| c.syn_acks,
-    ),
-    (
         "crossover_tcp_resets_total",
-        "TCP RSTs on the underlay to or from a peer node.",
+        "TCP packets with RST on the underlay to or from a peer node.",
         |c| c.rsts,
     ),
 ];
+
+/// Handshake outcomes by result label.
+const HANDSHAKE_RESULTS: [(&str, Value<PeerCounts>); 3] = [
+    ("answered", |c| c.handshakes_answered),
+    ("unanswered", |c| c.handshakes_unanswered),
+    ("reset", |c| c.handshakes_reset),
+];
+
+fn peer_labels<'a>(node: &'a str, p: &PeerRecord, peer: &'a str) -> [(&'static str, &'a str); 6] {
+    [
+        ("node", node),
+        ("peer_node", peer),
+        ("overlay", p.overlay.label()),
+        ("src_net", p.src_net.label()),
+        ("dst_net", p.dst_net.label()),
+        ("direction", p.direction.label()),
+    ]
+}
+
+fn has_tcp(c: &PeerCounts) -> bool {
+    c.segments != 0 || c.rsts != 0 || has_handshakes(c)
+}
+
+fn has_handshakes(c: &PeerCounts) -> bool {
+    c.handshakes_answered != 0 || c.handshakes_unanswered != 0 || c.handshakes_reset != 0
+}
 
 /// Everything one scrape shows: O(nodes) series, from counters the
 /// sampler read; the flow table is not read.
@@ -71,18 +82,25 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
         for (p, peer) in peers.iter().zip(&names) {
             // TCP families only where TCP ran: a UDP-only pair has no
             // zero series to carry.
-            if i >= 2 && p.counts.segments == 0 && p.counts.syns == 0 && p.counts.rsts == 0 {
+            if i >= 2 && !has_tcp(&p.counts) {
                 continue;
             }
-            let labels = [
-                ("node", node),
-                ("peer_node", peer.as_str()),
-                ("overlay", p.overlay.label()),
-                ("src_net", p.src_net.label()),
-                ("dst_net", p.dst_net.label()),
-                ("direction", p.direction.label()),
-            ];
-            f.sample(&labels, value(&p.counts));
+            f.sample(&peer_labels(node, p, peer), value(&p.counts));
+        }
+    }
+    let mut f = family(
+        &mut out,
+        "crossover_tcp_handshakes_total",
+        "counter",
+        "Handshakes this node's clients opened towards a peer node, by result: answered within 0.8 s, unanswered (answered later or never), reset.",
+    );
+    for (p, peer) in peers.iter().zip(&names) {
+        if !has_handshakes(&p.counts) {
+            continue;
+        }
+        for (result, value) in HANDSHAKE_RESULTS {
+            let [a, b, c, d, e, g] = peer_labels(node, p, peer);
+            f.sample(&[a, b, c, d, e, g, ("result", result)], value(&p.counts));
         }
     }
 

@@ -99,7 +99,12 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     };
     let own_state = state.clone();
     let (own, counters) = tokio::task::spawn_blocking(move || {
-        let observer = super::lock(&own_state.observer);
+        let mut observer = super::lock(&own_state.observer);
+        // Handshakes unanswered past the grace become counts before the
+        // reading: what is in flight, a handful of entries.
+        if let Err(err) = observer.expire_handshakes(monotonic_ns()) {
+            own_state.count(&err);
+        }
         Ok::<_, crate::Error>((observer.peers()?, observer.counters()?))
     })
     .await

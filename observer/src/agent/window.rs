@@ -18,8 +18,9 @@ use crate::{datapath::PeerRecord, delivery::Delivery};
 pub mod signal {
     /// Underlay packets sent by this node against received by the peer.
     pub const DELIVERY: &str = "delivery";
-    /// SYNs this node sent to the peer, against the SYNs its stack had
-    /// to send again (the first was lost, or its answer was).
+    /// TCP handshakes this node's clients opened towards the peer, against
+    /// those not answered within 0.8 s (before the client's first SYN
+    /// retry); refused ones apart.
     pub const HANDSHAKE: &str = "handshake";
     /// TCP segments this node sent to the peer, against those its stack
     /// retransmitted.
@@ -60,8 +61,9 @@ pub type TcpKey = (String, Overlay, Net, Net);
 pub struct TcpTotals {
     pub segments: u64,
     pub retransmits: u64,
-    pub syns: u64,
-    pub syn_retransmits: u64,
+    pub answered: u64,
+    pub unanswered: u64,
+    pub reset: u64,
 }
 
 impl TcpTotals {
@@ -70,8 +72,9 @@ impl TcpTotals {
         TcpTotals {
             segments: d(self.segments, before.segments),
             retransmits: d(self.retransmits, before.retransmits),
-            syns: d(self.syns, before.syns),
-            syn_retransmits: d(self.syn_retransmits, before.syn_retransmits),
+            answered: d(self.answered, before.answered),
+            unanswered: d(self.unanswered, before.unanswered),
+            reset: d(self.reset, before.reset),
         }
     }
 }
@@ -85,7 +88,8 @@ pub fn tcp_totals(
     let mut out: BTreeMap<TcpKey, TcpTotals> = BTreeMap::new();
     for r in records.iter().filter(|r| r.direction == Direction::Egress) {
         let c = &r.counts;
-        if c.segments == 0 && c.syns == 0 {
+        let handshakes = c.handshakes_answered + c.handshakes_unanswered + c.handshakes_reset;
+        if c.segments == 0 && handshakes == 0 {
             continue;
         }
         let t = out
@@ -93,8 +97,9 @@ pub fn tcp_totals(
             .or_default();
         t.segments += c.segments;
         t.retransmits += c.retransmits;
-        t.syns += c.syns;
-        t.syn_retransmits += c.syn_retransmits;
+        t.answered += c.handshakes_answered;
+        t.unanswered += c.handshakes_unanswered;
+        t.reset += c.handshakes_reset;
     }
     out
 }
@@ -175,7 +180,7 @@ impl Windows {
             });
         }
         // TCP, from this node's own counters: segments against the ones
-        // its stack retransmitted, SYNs against the SYNs it retried.
+        // its stack retransmitted, handshakes against the unanswered.
         let oldest = &self.samples[0];
         let seconds = seconds(newest.at_ns - oldest.at_ns);
         for (key, now) in &newest.tcp {
@@ -188,10 +193,13 @@ impl Windows {
                     ..row(node, key, signal::RETRANSMIT)
                 });
             }
-            if w.syns > 0 {
+            // A refused handshake reached the peer: not loss, shown apart
+            // (as refused probes are).
+            if w.answered + w.unanswered + w.reset > 0 {
                 rows.push(LossRow {
-                    sent: w.syns,
-                    lost: w.syn_retransmits,
+                    sent: w.answered + w.unanswered,
+                    lost: w.unanswered,
+                    refused: w.reset,
                     seconds,
                     ..row(node, key, signal::HANDSHAKE)
                 });
@@ -223,6 +231,7 @@ fn seconds(ns: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::PeerCounts;
 
     fn delivery(to: &str, sent: u64, received: u64) -> Delivery {
         Delivery {
@@ -259,6 +268,77 @@ mod tests {
         assert_eq!((rows[0].sent, rows[0].lost), (1000, 15));
         assert_eq!(rows[0].seconds, 10.0);
         assert_eq!(w.samples.len(), 11);
+    }
+
+    fn record(overlay: Overlay, direction: Direction, counts: PeerCounts) -> PeerRecord {
+        PeerRecord {
+            peer: [192, 168, 50, 2].into(),
+            overlay,
+            direction,
+            src_net: Net::Host,
+            dst_net: Net::Cilium,
+            counts,
+        }
+    }
+
+    #[test]
+    fn tcp_rows_are_differences_of_this_nodes_egress_counters() {
+        let tcp = |segments, retransmits, answered, unanswered| {
+            let counts = PeerCounts {
+                packets: segments + 1,
+                segments,
+                retransmits,
+                handshakes_answered: answered,
+                handshakes_unanswered: unanswered,
+                handshakes_reset: 1,
+                ..PeerCounts::default()
+            };
+            // Ingress counters are the peer's senders': never this node's rows.
+            let records = [
+                record(Overlay::Cilium, Direction::Egress, counts),
+                record(Overlay::Cilium, Direction::Ingress, counts),
+                record(Overlay::Legacy, Direction::Egress, PeerCounts::default()),
+            ];
+            tcp_totals(&records, |_| "b".to_string())
+        };
+        let mut w = Windows::new(10_000_000_000);
+        let mut push = |at_s: u64, totals| {
+            w.push(Sample {
+                at_ns: at_s * 1_000_000_000,
+                tcp: totals,
+                ..Sample::default()
+            })
+        };
+        push(0, tcp(1000, 10, 20, 0));
+        push(5, tcp(1500, 15, 30, 1));
+        push(16, tcp(2000, 40, 40, 4));
+        let rows = w.loss("a");
+        let find = |signal: &str| rows.iter().find(|r| r.signal == signal).expect(signal);
+        let retransmit = find(signal::RETRANSMIT);
+        assert_eq!(
+            (retransmit.sent, retransmit.lost),
+            (500, 25),
+            "from t=5 to t=16"
+        );
+        assert_eq!(retransmit.seconds, 11.0);
+        let handshake = find(signal::HANDSHAKE);
+        assert_eq!(
+            (handshake.sent, handshake.lost, handshake.refused),
+            (13, 3, 0)
+        );
+        assert_eq!(
+            (
+                handshake.peer_node.as_str(),
+                handshake.overlay.as_str(),
+                handshake.src_net.as_str()
+            ),
+            ("b", "cilium", "host")
+        );
+        assert_eq!(
+            rows.len(),
+            2,
+            "nothing for the overlay without TCP: {rows:?}"
+        );
     }
 
     #[test]

@@ -111,18 +111,20 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
-            _ = tick.tick() => print(&session.observer(), &shape, args.format)?,
+            _ = tick.tick() => print(&mut session.observer(), &shape, args.format)?,
             followed = session.follow_links() => followed?,
         }
     }
-    print(&session.observer(), &shape, args.format)?;
+    print(&mut session.observer(), &shape, args.format)?;
     // Dropping the observer detaches everything we attached.
     drop(session);
     eprintln!("crossover: detached");
     Ok(())
 }
 
-fn print(observer: &Observer, shape: &ClusterShape, format: Format) -> Result<()> {
+fn print(observer: &mut Observer, shape: &ClusterShape, format: Format) -> Result<()> {
+    // Handshakes unanswered past the grace are counted, as the agent does.
+    observer.expire_handshakes(crate::datapath::monotonic_ns())?;
     let snapshot = observer.snapshot()?;
     match format {
         Format::Table => println!("{}", render::table(&snapshot, shape)),

@@ -2,6 +2,7 @@
 //! attaching them, and reading back what they counted.
 mod ageing;
 mod attach;
+mod handshakes;
 mod hook;
 mod links;
 mod pin;
@@ -55,6 +56,8 @@ pub struct LoadOptions {
     /// nodes; PEER_SLOTS holds one more entry, the ABI version.
     pub peer_slot_capacity: u32,
     pub addr_capacity: u32,
+    /// Handshakes in flight at once (HANDSHAKES).
+    pub handshake_capacity: u32,
     pub attach_mode: AttachMode,
     /// Named network namespace (`ip netns`) the interfaces live in.
     pub netns: Option<String>,
@@ -71,6 +74,7 @@ impl Default for LoadOptions {
             peer_capacity: DEFAULT_PEER_CAPACITY,
             peer_slot_capacity: DEFAULT_PEER_SLOT_CAPACITY,
             addr_capacity: DEFAULT_ADDR_CAPACITY,
+            handshake_capacity: observer_ebpf::DEFAULT_HANDSHAKE_CAPACITY,
             attach_mode: AttachMode::Auto,
             netns: None,
             pin_path: None,
@@ -104,6 +108,10 @@ pub struct Observer {
     retired: Retired,
     /// The flow table by class, as the last ageing sweep read it.
     census: Option<FlowCensus>,
+    /// Handshakes expired unanswered, per the client's peer key: the part
+    /// of `handshakes_unanswered` the kernel cannot count. Lives in the
+    /// process (a restart starts it over; windows clamp, docs/restarts.md).
+    expired_handshakes: BTreeMap<PeerKey, u64>,
 }
 
 impl Observer {
@@ -118,7 +126,8 @@ impl Observer {
             .map_max_entries(map::PEERS, options.peer_capacity)
             .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity + 1)
             .map_max_entries(map::PEER_STATS, options.peer_slot_capacity)
-            .map_max_entries(map::ADDRS, options.addr_capacity);
+            .map_max_entries(map::ADDRS, options.addr_capacity)
+            .map_max_entries(map::HANDSHAKES, options.handshake_capacity);
         let pins = options.pin_path.as_deref().map(PinDir::open).transpose()?;
         let mut pin_report = None;
         if let Some(pins) = &pins {
@@ -140,8 +149,7 @@ impl Observer {
         })?;
         for hook in Hook::ALL {
             for name in hook.programs() {
-                let program = classifier(&mut ebpf, name)?;
-                program.load().map_err(|err| load_error(name, err))?;
+                load_program(classifier(&mut ebpf, name)?, name)?;
             }
         }
         let mode = options.attach_mode.resolve();
@@ -157,6 +165,7 @@ impl Observer {
             pin_report,
             retired: Retired::default(),
             census: None,
+            expired_handshakes: BTreeMap::new(),
         };
         if observer.pins.is_some() {
             observer.recover()?;
@@ -520,13 +529,18 @@ impl Observer {
     pub fn load_floor(&mut self) -> Result<&SchedClassifier> {
         let program = classifier(&mut self.ebpf, FLOOR)?;
         if program.fd().is_err() {
-            program.load().map_err(|err| load_error(FLOOR, err))?;
+            load_program(program, FLOOR)?;
         }
         self.program(FLOOR)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Snapshot::read(&self.ebpf, &self.peer_slots, &self.retired)
+        Snapshot::read(
+            &self.ebpf,
+            &self.peer_slots,
+            &self.expired_handshakes,
+            &self.retired,
+        )
     }
 
     /// Deletes connections idle past `policy` from FLOWS (joined across
@@ -579,7 +593,14 @@ impl Observer {
     /// Packets, bytes and TCP events per (peer node, overlay, direction,
     /// network pair).
     pub fn peers(&self) -> Result<Vec<PeerRecord>> {
-        snapshot::read_peers(&self.ebpf, &self.peer_slots)
+        snapshot::read_peers(&self.ebpf, &self.peer_slots, &self.expired_handshakes)
+    }
+
+    /// Expires handshakes unanswered past the grace (see
+    /// `datapath/handshakes.rs`): call before reading the counters, at
+    /// least once a second. Returns how many were expired.
+    pub fn expire_handshakes(&mut self, now_ns: u64) -> Result<u64> {
+        handshakes::expire(&self.ebpf, now_ns, &mut self.expired_handshakes)
     }
 
     /// Packets seen per hook point and skipped per reason.
@@ -594,6 +615,8 @@ impl Observer {
 
     /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
     pub fn reset_counters(&mut self) -> Result<()> {
+        handshakes::clear(&self.ebpf)?;
+        self.expired_handshakes.clear();
         snapshot::reset(&mut self.ebpf, self.options.peer_slot_capacity)
     }
 
@@ -683,6 +706,22 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
         program: name.into(),
         source: Box::new(source),
     })
+}
+
+/// Loads one program. The verifier gives up with EAGAIN when a signal
+/// reaches the loading thread (a child exiting, a timer); that is no
+/// verdict on the program, so the load is tried again, as libbpf does.
+fn load_program(program: &mut SchedClassifier, name: &str) -> Result<()> {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        match program.load() {
+            Ok(()) => return Ok(()),
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS => {}
+            Err(err) => return Err(load_error(name, err)),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 fn load_error(name: &str, err: ProgramError) -> Error {

@@ -33,7 +33,7 @@ use aya::{
 };
 use observer_ebpf::{
     AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PEER_ABI_KEY, PEER_ABI_VERSION,
-    PEER_SLOT_RETIRED, PeerKey, PeerStats, map,
+    PEER_SLOT_RETIRED, PeerKey, PeerStats, PendingHandshake, map,
 };
 use serde::Serialize;
 
@@ -71,7 +71,7 @@ impl Geometry {
 
 /// Every map of the object and the geometry this binary gives it. Sizes
 /// come from the ABI crate the programs were built with.
-pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 7] {
+pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 8] {
     let g = |map_type: MapType, key: usize, value: usize, max_entries: u32, flags: u32| Geometry {
         map_type: map_type as u32,
         key_size: key as u32,
@@ -122,6 +122,16 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 7] {
                 u32s,
                 size_of::<PeerStats>(),
                 options.peer_slot_capacity,
+                0,
+            ),
+        ),
+        (
+            map::HANDSHAKES,
+            g(
+                MapType::Hash,
+                size_of::<FlowKey>(),
+                size_of::<PendingHandshake>(),
+                options.handshake_capacity,
                 0,
             ),
         ),

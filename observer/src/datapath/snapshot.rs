@@ -99,15 +99,18 @@ pub struct PeerCounts {
     pub segments: u64,
     #[serde(default)]
     pub retransmits: u64,
-    /// SYNs without ACK, and of those retries on a flow that sent one.
-    #[serde(default)]
-    pub syns: u64,
-    #[serde(default)]
-    pub syn_retransmits: u64,
-    #[serde(default)]
-    pub syn_acks: u64,
+    /// TCP packets with RST.
     #[serde(default)]
     pub rsts: u64,
+    /// Handshakes this node's clients opened towards the peer (egress
+    /// records only): answered within the grace, not answered in time
+    /// (answered late, or never and expired), refused by RST.
+    #[serde(default)]
+    pub handshakes_answered: u64,
+    #[serde(default)]
+    pub handshakes_unanswered: u64,
+    #[serde(default)]
+    pub handshakes_reset: u64,
 }
 
 impl PeerCounts {
@@ -116,10 +119,10 @@ impl PeerCounts {
         self.bytes += s.bytes;
         self.segments += s.segments;
         self.retransmits += s.retransmits;
-        self.syns += s.syns;
-        self.syn_retransmits += s.syn_retransmits;
-        self.syn_acks += s.syn_acks;
         self.rsts += s.rsts;
+        self.handshakes_answered += s.handshakes_answered;
+        self.handshakes_unanswered += s.handshakes_late;
+        self.handshakes_reset += s.handshakes_reset;
     }
 
     /// What happened between an earlier reading and this one; a counter
@@ -131,10 +134,10 @@ impl PeerCounts {
             bytes: d(self.bytes, earlier.bytes),
             segments: d(self.segments, earlier.segments),
             retransmits: d(self.retransmits, earlier.retransmits),
-            syns: d(self.syns, earlier.syns),
-            syn_retransmits: d(self.syn_retransmits, earlier.syn_retransmits),
-            syn_acks: d(self.syn_acks, earlier.syn_acks),
             rsts: d(self.rsts, earlier.rsts),
+            handshakes_answered: d(self.handshakes_answered, earlier.handshakes_answered),
+            handshakes_unanswered: d(self.handshakes_unanswered, earlier.handshakes_unanswered),
+            handshakes_reset: d(self.handshakes_reset, earlier.handshakes_reset),
         }
     }
 }
@@ -200,6 +203,7 @@ impl Snapshot {
     pub(crate) fn read(
         ebpf: &Ebpf,
         peer_slots: &BTreeMap<PeerKey, u32>,
+        expired: &BTreeMap<PeerKey, u64>,
         retired: &Retired,
     ) -> Result<Self> {
         let started_ns = monotonic_ns();
@@ -207,7 +211,7 @@ impl Snapshot {
             .iter()
             .filter_map(|(key, stats)| FlowRecord::from_raw(key, stats))
             .collect();
-        let peer_records = read_peers(ebpf, peer_slots)?;
+        let peer_records = read_peers(ebpf, peer_slots, expired)?;
         let counters = read_counters(ebpf)?;
         flow_records.sort_by(|a, b| {
             (a.src, a.dst, a.src_port, a.dst_port, a.point, a.direction).cmp(&(
@@ -280,6 +284,7 @@ pub(crate) fn read_flows_by_key(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>
 pub(crate) fn read_peers(
     ebpf: &Ebpf,
     peer_slots: &BTreeMap<PeerKey, u32>,
+    expired: &BTreeMap<PeerKey, u64>,
 ) -> Result<Vec<PeerRecord>> {
     // Known peers count in their slot, others (and known peers' packets
     // that reached no flow before their slot existed) in the hash:
@@ -298,6 +303,10 @@ pub(crate) fn read_peers(
         let (key, values) = entry.map_err(Error::map(map::PEERS))?;
         let sum = per_peer.entry(key).or_default();
         values.iter().for_each(|v| sum.add(v));
+    }
+    // Handshakes never answered, which userspace expired.
+    for (key, n) in expired {
+        per_peer.entry(*key).or_default().handshakes_unanswered += n;
     }
     // Keys this build cannot decode (none: the key's ABI version is
     // checked when pins are opened) are left out rather than guessed.
