@@ -274,17 +274,33 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
     std::thread::sleep(settings.settle);
     let sent_start = generator.as_ref().map(Generator::sent);
     let before = ProcSample::take(agent.pid);
-    std::thread::sleep(settings.seconds);
+    // Memory and threads every 5 s of the window, to tell growth from a
+    // plateau.
+    let end = before.at + settings.seconds;
+    let mut timeline = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        std::thread::sleep(left.min(Duration::from_secs(5)));
+        let status = fs::read_to_string(format!("/proc/{}/status", agent.pid)).unwrap_or_default();
+        timeline.push(format!(
+            "{:.0}/{}",
+            status_field(&status, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
+            status_field(&status, "Threads:").unwrap_or(0)
+        ));
+        if left <= Duration::from_secs(5) {
+            break;
+        }
+    }
     let after = ProcSample::take(agent.pid);
+    println!(
+        "   VmRSS MiB / threads every 5 s of the window: {}",
+        timeline.join(" ")
+    );
     let sent_end = generator.as_ref().map(Generator::sent);
     let wall = after.at.duration_since(before.at).as_secs_f64();
     let status = fs::read_to_string(format!("/proc/{}/status", agent.pid)).expect("status");
     let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        status_field(&status, name)
             .unwrap_or_else(|| panic!("no {name} in /proc/{}/status", agent.pid))
     };
     drop(generator);
@@ -303,6 +319,13 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
         l.contains("src_net=\"host\"") && l.contains("dst_net=\"host\"")
     });
     let sample_seconds = metric_value(&metrics, "crossover_sample_seconds");
+    if flow_map_full > 0 {
+        println!(
+            "   note: {flow_map_full} flow inserts refused (table full); {host_flows_end} of the \
+             {flows_end} flows at the end are host to host, such as the agent's own connections \
+             to its peers' APIs"
+        );
+    }
 
     let outcome = Outcome {
         cpu_percent: after.ticks.saturating_sub(before.ticks) as f64 / clock_ticks() / wall * 100.0,
@@ -339,6 +362,15 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
     drop(agent);
     drop(lab);
     outcome
+}
+
+/// A number of /proc/PID/status (kB for the Vm* lines).
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The value of a family's first sample.
