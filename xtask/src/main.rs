@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | lint | bench | demo | lab`.
+//! Project tasks: `cargo xtask setup | build | test | lint | bench [datapath|scale] | demo | lab`.
 //! Every task that needs the toolchain runs `setup` first, which installs
 //! only what is missing, so a fresh machine needs nothing done by hand.
 mod setup;
@@ -6,7 +6,7 @@ mod setup;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -25,8 +25,13 @@ enum Task {
     Test,
     /// rustfmt and clippy, host crates and eBPF crate separately.
     Lint,
-    /// ns per packet of each program, with BPF_PROG_TEST_RUN repeat (root).
-    Bench,
+    /// `bench` or `bench datapath`: ns per packet of each program, with
+    /// BPF_PROG_TEST_RUN repeat. `bench scale`: the release agent's CPU and
+    /// memory in a namespace, idle and with 100k flows (root).
+    Bench {
+        #[arg(value_enum, default_value_t = Bench::Datapath)]
+        which: Bench,
+    },
     /// The main job: crossover watching traffic in a small namespace lab.
     Demo,
     /// The namespace lab of a migrating cluster: `lab up`, `lab down`,
@@ -35,6 +40,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Bench {
+    /// ns per packet of each program (tests/benches/datapath.rs).
+    Datapath,
+    /// The agent's footprint measured from outside (tests/benches/scale.rs).
+    Scale,
 }
 
 fn main() -> Result<()> {
@@ -57,10 +70,21 @@ fn main() -> Result<()> {
             setup::run()?;
             lint()
         }
-        Task::Bench => {
+        Task::Bench {
+            which: Bench::Datapath,
+        } => {
             setup::run()?;
             require_root("the benchmark loads eBPF programs")?;
             cargo(&["bench", "-p", "crossover-tests", "--bench", "datapath"])
+        }
+        Task::Bench {
+            which: Bench::Scale,
+        } => {
+            setup::run()?;
+            require_root("the benchmark builds network namespaces and runs the agent")?;
+            // The bench runs target/release/crossover, the real binary.
+            cargo(&["build", "--release", "-p", "observer"])?;
+            cargo(&["bench", "-p", "crossover-tests", "--bench", "scale"])
         }
         Task::Demo => {
             setup::run()?;

@@ -1,0 +1,942 @@
+//! The agent's footprint measured from outside: the real `crossover agent`
+//! (target/release/crossover) in a network namespace, its CPU (utime +
+//! stime of its own process, from /proc) over a window after a settle, its
+//! memory (VmHWM, VmRSS) and threads, idle and with 100k flows towards a
+//! 1000-node shape under steady real traffic. Run with
+//! `cargo xtask bench scale` (root); `SCALE_SECONDS` sets the window
+//! (default 30 s), `SCALE_SETTLE` the settle (default 10 s), `SCALE_RATE`
+//! the steady packet rate (default 20000/s).
+//!
+//! Topology of one case, every name unique per run, all removed on drop:
+//!
+//! ```text
+//!  pod ns                 agent ns (node 0)                    sink ns (node 1 + every peer)
+//!  eth0 10.244.0.7/24 ── vethscale0 10.244.0.1/24
+//!                         eth0 192.168.50.1/24 ───────────── eth0 192.168.50.2/24
+//!                         10.244.0.0/14, 10.248.0.0/14,        forwarding off: drops
+//!                         192.168.48.0/20 via 192.168.50.2     the pod traffic; owns every
+//!                                                              peer underlay (local routes)
+//!                                                              so peer API reads are refused
+//! ```
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crossover_tests::netns::{Netns, in_netns, sh, unique};
+use serde_json::{Value, json};
+
+const LISTEN: &str = "127.0.0.1:9190";
+/// Node 1's legacy pod /24 (the sink's): two addresses x 50,000 ports.
+const DESTINATIONS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11)];
+const FIRST_PORT: u16 = 10_000;
+const PORTS: u16 = 50_000;
+const FLOWS: u64 = DESTINATIONS.len() as u64 * PORTS as u64;
+
+fn main() {
+    let settings = Settings::from_env();
+    preflight();
+    let binary = binary();
+    let help = String::from_utf8_lossy(
+        &Command::new(&binary)
+            .args(["agent", "--help"])
+            .output()
+            .unwrap_or_else(|e| panic!("running {} agent --help: {e}", binary.display()))
+            .stdout,
+    )
+    .into_owned();
+    let read_peers = help.contains("--read-peers");
+
+    println!(
+        "crossover agent footprint: {} s window after {} s settle, {} cores, binary {}",
+        settings.seconds.as_secs(),
+        settings.settle.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        binary.display()
+    );
+    let traffic = Traffic::Steady {
+        rate: settings.rate,
+    };
+    let cases = [
+        Case {
+            name: "idle, 2 nodes",
+            title: "idle, 2-node shape, default flags",
+            nodes: 2,
+            flags: vec![],
+            traffic: Traffic::None,
+            skip: None,
+        },
+        Case {
+            name: "100k flows, 1000 peers",
+            title: "100k flows, 1000-peer shape, --probe-rate 0",
+            nodes: 1000,
+            flags: vec!["--probe-rate", "0"],
+            traffic,
+            skip: None,
+        },
+        Case {
+            name: "+ --read-peers false",
+            title: "100k flows, 1000-peer shape, --probe-rate 0 --read-peers false",
+            nodes: 1000,
+            flags: vec!["--probe-rate", "0", "--read-peers", "false"],
+            traffic,
+            skip: (!read_peers)
+                .then_some("skipped: this binary's `agent --help` has no --read-peers"),
+        },
+    ];
+    let mut results = Vec::new();
+    for case in &cases {
+        println!("\n== {}", case.title);
+        let result = match case.skip {
+            Some(why) => {
+                println!("   {why}");
+                None
+            }
+            None => Some(run_case(case, &binary, &settings)),
+        };
+        results.push(result);
+    }
+    print_table(&cases, &results);
+}
+
+struct Settings {
+    seconds: Duration,
+    settle: Duration,
+    rate: u64,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let var = |name: &str, default: u64| match std::env::var(name) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&v| v > 0)
+                .unwrap_or_else(|| panic!("{name}={text:?}: expected a whole number above 0")),
+            Err(_) => default,
+        };
+        Settings {
+            seconds: Duration::from_secs(var("SCALE_SECONDS", 30)),
+            settle: Duration::from_secs(var("SCALE_SETTLE", 10)),
+            rate: var("SCALE_RATE", 20_000),
+        }
+    }
+}
+
+/// Root, and the programs the bench runs.
+fn preflight() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "the scale bench needs root: it builds network namespaces and runs the agent, \
+             which loads eBPF programs (run `cargo xtask bench scale` as root)"
+        );
+        std::process::exit(1);
+    }
+    for (program, package) in [("ip", "iproute2"), ("ping", "iputils-ping")] {
+        if Command::new(program)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("`{program}` is missing: install {package} (`cargo xtask setup` does)");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// target/release/crossover of this workspace, which `cargo xtask bench
+/// scale` builds first.
+fn binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/crossover");
+    match path.canonicalize() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!(
+                "{}: {e}: build it first (`cargo build --release -p observer`, which \
+                 `cargo xtask bench scale` does)",
+                path.display()
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Traffic {
+    None,
+    /// 100k flows created once as fast as possible, then round robin at
+    /// `rate` packets per second.
+    Steady {
+        rate: u64,
+    },
+}
+
+struct Case {
+    /// Column header.
+    name: &'static str,
+    title: &'static str,
+    nodes: usize,
+    flags: Vec<&'static str>,
+    traffic: Traffic,
+    skip: Option<&'static str>,
+}
+
+struct Outcome {
+    cpu_percent: f64,
+    hwm_kib: u64,
+    rss_kib: u64,
+    threads: u64,
+    sent_per_second: Option<f64>,
+    flows_before: Option<usize>,
+    /// `crossover_flows` after the window: all, and host to host (the
+    /// agent's own connections to its peers' APIs among them).
+    flows_end: u64,
+    host_flows_end: u64,
+    flow_map_full: u64,
+    seen: u64,
+    /// `crossover_sample_seconds`: the sampler's last round.
+    sample_seconds: Option<f64>,
+    /// (name, % of one core) of the single busiest thread.
+    busiest_thread: (String, f64),
+    /// (thread name, how many, % of one core), busiest first.
+    per_thread: Vec<(String, usize, f64)>,
+}
+
+fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
+    let lab = Lab::new(case.nodes);
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "--config".into(),
+        lab.shape.display().to_string(),
+        "--iface".into(),
+        "eth0=underlay".into(),
+        "--listen".into(),
+        LISTEN.into(),
+    ];
+    if let Traffic::Steady { .. } = case.traffic {
+        args.extend(["--flow-capacity".into(), "262144".into()]);
+    }
+    args.extend(case.flags.iter().map(|f| f.to_string()));
+    println!(
+        "   command: ip netns exec {} {} {}",
+        lab.agent.name,
+        binary.display(),
+        args.join(" ")
+    );
+    let agent = Agent::start(&lab, binary, &args);
+    let started = Instant::now();
+    agent.wait_ready(&lab.agent.name);
+    println!(
+        "   ready after {:.1} s (pid {})",
+        started.elapsed().as_secs_f64(),
+        agent.pid
+    );
+
+    let mut generator = None;
+    let mut flows_before = None;
+    if let Traffic::Steady { rate } = case.traffic {
+        let g = Generator::start(&lab.pod.name, rate);
+        let first = g.first_pass_done();
+        println!(
+            "   first pass: {FLOWS} flows sent in {:.2} s",
+            first.as_secs_f64()
+        );
+        // The flow table, once, before the window: the sampler reads it
+        // every second anyway, but a JSON dump of 200k flows is not free.
+        std::thread::sleep(Duration::from_secs(2));
+        let (status, body) = get(&lab.agent.name, "/api/v1/flows", Duration::from_secs(60));
+        assert_eq!(status, 200, "GET /api/v1/flows: {status} {body:.200}");
+        let report: Value = serde_json::from_str(&body).expect("flows JSON");
+        let count = report["flows"].as_array().map_or(0, Vec::len);
+        println!("   flows in the agent's table: {count}");
+        assert!(
+            count as u64 >= FLOWS,
+            "the agent holds {count} flows, expected at least {FLOWS}; log: {}",
+            agent.log_tail()
+        );
+        flows_before = Some(count);
+        generator = Some(g);
+    }
+
+    std::thread::sleep(settings.settle);
+    let sent_start = generator.as_ref().map(Generator::sent);
+    let before = ProcSample::take(agent.pid);
+    // Memory and threads every 5 s of the window, to tell growth from a
+    // plateau.
+    let end = before.at + settings.seconds;
+    let mut timeline = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        std::thread::sleep(left.min(Duration::from_secs(5)));
+        let status = fs::read_to_string(format!("/proc/{}/status", agent.pid)).unwrap_or_default();
+        timeline.push(format!(
+            "{:.0}/{}",
+            status_field(&status, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
+            status_field(&status, "Threads:").unwrap_or(0)
+        ));
+        if left <= Duration::from_secs(5) {
+            break;
+        }
+    }
+    let after = ProcSample::take(agent.pid);
+    println!(
+        "   VmRSS MiB / threads every 5 s of the window: {}",
+        timeline.join(" ")
+    );
+    let sent_end = generator.as_ref().map(Generator::sent);
+    let wall = after.at.duration_since(before.at).as_secs_f64();
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid)).expect("status");
+    let field = |name: &str| -> u64 {
+        status_field(&status, name)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{}/status", agent.pid))
+    };
+    drop(generator);
+
+    // After the window: what the agent counted, and how long its sampler's
+    // last round took.
+    let (status, metrics) = get(&lab.agent.name, "/metrics", Duration::from_secs(30));
+    assert_eq!(status, 200, "GET /metrics: {status}");
+    let family = |name: &str, keep: &dyn Fn(&str) -> bool| metric_sum(&metrics, name, keep);
+    let flow_map_full = family("crossover_skipped_packets_total", &|l| {
+        l.contains("reason=\"flow_map_full\"")
+    });
+    let seen = family("crossover_seen_packets_total", &|_| true);
+    let flows_end = family("crossover_flows", &|_| true);
+    let host_flows_end = family("crossover_flows", &|l| {
+        l.contains("src_net=\"host\"") && l.contains("dst_net=\"host\"")
+    });
+    let sample_seconds = metric_value(&metrics, "crossover_sample_seconds");
+    if flow_map_full > 0 {
+        println!(
+            "   note: {flow_map_full} flow inserts refused (table full); {host_flows_end} of the \
+             {flows_end} flows at the end are host to host, such as the agent's own connections \
+             to its peers' APIs"
+        );
+    }
+
+    let outcome = Outcome {
+        cpu_percent: after.ticks.saturating_sub(before.ticks) as f64 / clock_ticks() / wall * 100.0,
+        hwm_kib: field("VmHWM:"),
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+        sent_per_second: sent_start
+            .zip(sent_end)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / wall),
+        flows_before,
+        flows_end,
+        host_flows_end,
+        flow_map_full,
+        seen,
+        sample_seconds,
+        busiest_thread: busiest_thread(&before, &after, wall),
+        per_thread: per_thread(&before, &after, wall),
+    };
+    // Threads that ended during the window leave their time in the
+    // process's total only.
+    let live: f64 = outcome.per_thread.iter().map(|(_, _, p)| p).sum();
+    let threads_used = after
+        .threads
+        .iter()
+        .filter(|(tid, (_, t))| before.threads.get(tid).map_or(0, |(_, b)| *b) < *t)
+        .count();
+    println!(
+        "   agent CPU {:.1}% of one core over {wall:.1} s: {live:.1}% in the {} threads alive \
+         at the end ({threads_used} of them ran), {:.1}% in threads that ended during the window",
+        outcome.cpu_percent,
+        after.threads.len(),
+        (outcome.cpu_percent - live).max(0.0),
+    );
+    drop(agent);
+    drop(lab);
+    outcome
+}
+
+/// A number of /proc/PID/status (kB for the Vm* lines).
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The value of a family's first sample.
+fn metric_value(text: &str, family: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Sum of a family's samples whose line passes `keep`.
+fn metric_sum(text: &str, family: &str, keep: impl Fn(&str) -> bool) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| keep(l))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn print_table(cases: &[Case], results: &[Option<Outcome>]) {
+    let cell = |r: &Option<Outcome>, f: &dyn Fn(&Outcome) -> String| match r {
+        Some(o) => f(o),
+        None => "skipped".into(),
+    };
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    type Row<'a> = (&'a str, Box<dyn Fn(&Outcome) -> String>);
+    let rows: Vec<Row> = vec![
+        (
+            "agent CPU, % of one core",
+            Box::new(|o| format!("{:.1}", o.cpu_percent)),
+        ),
+        (
+            "VmHWM, MiB",
+            Box::new(|o| format!("{:.1}", o.hwm_kib as f64 / 1024.0)),
+        ),
+        (
+            "VmRSS at end, MiB",
+            Box::new(|o| format!("{:.1}", o.rss_kib as f64 / 1024.0)),
+        ),
+        ("threads at end", Box::new(|o| o.threads.to_string())),
+        (
+            "packets/s sent",
+            Box::new(move |o| opt(o.sent_per_second.map(|v| format!("{v:.0}")))),
+        ),
+        (
+            "flows before window",
+            Box::new(move |o| opt(o.flows_before.map(|v| v.to_string()))),
+        ),
+        ("flows at end", Box::new(|o| o.flows_end.to_string())),
+        (
+            "  of which host to host",
+            Box::new(|o| o.host_flows_end.to_string()),
+        ),
+        ("seen packets at end", Box::new(|o| o.seen.to_string())),
+        (
+            "skipped flow_map_full",
+            Box::new(|o| o.flow_map_full.to_string()),
+        ),
+        (
+            "sampler round, s",
+            Box::new(move |o| opt(o.sample_seconds.map(|v| format!("{v:.3}")))),
+        ),
+        (
+            "threads by name, % core",
+            Box::new(|o| {
+                o.per_thread
+                    .iter()
+                    .filter(|(_, _, p)| *p >= 0.05)
+                    .map(|(n, k, p)| format!("{n} x{k} {p:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        ),
+        (
+            "busiest thread, % core",
+            Box::new(|o| format!("{} {:.1}", o.busiest_thread.0, o.busiest_thread.1)),
+        ),
+    ];
+    let mut table: Vec<Vec<String>> = vec![
+        std::iter::once("figure".to_string())
+            .chain(cases.iter().map(|c| c.name.to_string()))
+            .collect(),
+    ];
+    for (label, f) in &rows {
+        table.push(
+            std::iter::once(label.to_string())
+                .chain(results.iter().map(|r| cell(r, f.as_ref())))
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    println!();
+    for (i, row) in table.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(j, (c, w))| {
+                if j == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", line.join(" | "));
+        if i == 0 {
+            println!(
+                "{}",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("-|-")
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- topology
+
+/// Node i's underlay: 192.168.(50 + i/250).(i%250 + 1); node 0 is the
+/// agent's (192.168.50.1), node 1 the sink's (192.168.50.2).
+fn underlay(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 50 + (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// Node i's share of the legacy network 10.244.0.0/14 and of the Cilium
+/// network 10.248.0.0/14: node 0 owns the pod's 10.244.0.0/24, node 1
+/// 10.244.1.0/24, the traffic's destination.
+fn pod_cidr(base: u8, i: usize) -> String {
+    format!("10.{}.{}.0/24", base as usize + i / 256, i % 256)
+}
+
+/// The legacy network routed (native), so the underlay counts per-peer
+/// slots of the pod traffic; Cilium on VXLAN 8473.
+fn shape(nodes: usize) -> Value {
+    let nodes: Vec<Value> = (0..nodes)
+        .map(|i| {
+            json!({
+                "name": format!("node-{i}"),
+                "underlay": underlay(i).to_string(),
+                "pod_cidrs": [
+                    { "role": "legacy", "cidr": pod_cidr(244, i) },
+                    { "role": "cilium", "cidr": pod_cidr(248, i) },
+                ],
+            })
+        })
+        .collect();
+    json!({
+        "local_node": "node-0",
+        "networks": [
+            { "role": "legacy", "cidrs": ["10.244.0.0/14"], "encapsulation": "native" },
+            { "role": "cilium", "cidrs": ["10.248.0.0/14"], "encapsulation": { "vxlan": { "port": 8473 } } },
+        ],
+        "nodes": nodes,
+    })
+}
+
+/// The three namespaces of a case and the directory holding the shape and
+/// the agent's log; all removed on drop (fields drop in order: the
+/// namespaces, then the directory).
+struct Lab {
+    agent: Netns,
+    sink: Netns,
+    pod: Netns,
+    dir: TempDir,
+    shape: PathBuf,
+}
+
+impl Lab {
+    fn new(nodes: usize) -> Self {
+        let dir = TempDir::new();
+        let shape = dir.0.join("shape.json");
+        fs::write(
+            &shape,
+            serde_json::to_vec_pretty(&self::shape(nodes)).unwrap(),
+        )
+        .expect("write shape");
+        let lab = Lab {
+            agent: Netns::new("scagent"),
+            sink: Netns::new("scsink"),
+            pod: Netns::new("scpod"),
+            dir,
+            shape,
+        };
+        for ns in [&lab.agent, &lab.sink, &lab.pod] {
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        }
+        let (agent, sink, pod) = (&lab.agent.name, &lab.sink.name, &lab.pod.name);
+        sh(&[
+            "ip", "link", "add", "eth0", "netns", agent, "type", "veth", "peer", "eth0", "netns",
+            sink,
+        ]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "vethscale0",
+            "netns",
+            agent,
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            pod,
+        ]);
+
+        let a = &lab.agent;
+        a.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        a.exec(&["ip", "addr", "add", "192.168.50.1/24", "dev", "eth0"]);
+        a.exec(&["ip", "link", "set", "eth0", "up"]);
+        a.exec(&["ip", "addr", "add", "10.244.0.1/24", "dev", "vethscale0"]);
+        a.exec(&["ip", "link", "set", "vethscale0", "up"]);
+        for net in ["10.244.0.0/14", "10.248.0.0/14", "192.168.48.0/20"] {
+            a.exec(&[
+                "ip",
+                "route",
+                "add",
+                net,
+                "via",
+                "192.168.50.2",
+                "dev",
+                "eth0",
+            ]);
+        }
+
+        let s = &lab.sink;
+        s.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        s.exec(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+        s.exec(&["ip", "link", "set", "eth0", "up"]);
+        // Every other peer's underlay is the sink's too, so the agent's
+        // reads of its peers' APIs are refused at once (nothing listens)
+        // rather than left to time out.
+        let mut local: Vec<String> = ["3/32", "4/30", "8/29", "16/28", "32/27", "64/26", "128/25"]
+            .iter()
+            .map(|p| format!("192.168.50.{p}"))
+            .collect();
+        if nodes > 250 {
+            local.extend(
+                (51..=underlay(nodes - 1).octets()[2]).map(|o| format!("192.168.{o}.0/24")),
+            );
+        }
+        for net in &local {
+            s.exec(&["ip", "route", "add", "local", net, "dev", "lo"]);
+        }
+
+        let p = &lab.pod;
+        p.exec(&["ip", "addr", "add", "10.244.0.7/24", "dev", "eth0"]);
+        p.exec(&["ip", "link", "set", "eth0", "up"]);
+        p.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"]);
+        // Neighbours resolved before the agent starts.
+        p.exec(&["ping", "-c1", "-W2", "10.244.0.1"]);
+        a.exec(&["ping", "-c1", "-W2", "192.168.50.2"]);
+        lab
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("crossover-scale-"));
+        fs::create_dir_all(&path).expect("temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- the agent
+
+/// The agent process (`ip netns exec` execs it: same pid), stopped with
+/// SIGTERM on drop (SIGKILL after 10 s).
+struct Agent {
+    child: Child,
+    pid: i32,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(lab: &Lab, binary: &Path, args: &[String]) -> Self {
+        let log = lab.dir.0.join("agent.log");
+        let file = fs::File::create(&log).expect("agent log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.agent.name])
+            .arg(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn ip netns exec");
+        let pid = child.id() as i32;
+        let agent = Agent { child, pid, log };
+        // Until `ip` has exec'd the agent, the pid's comm is "ip".
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "crossover" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} is {:?}, not the agent; log: {}",
+                comm.trim(),
+                agent.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn wait_ready(&self, ns: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if fs::read_to_string(format!("/proc/{}/comm", self.pid))
+                .map_or(true, |c| c.trim() != "crossover")
+            {
+                panic!(
+                    "the agent exited before it was ready; log: {}",
+                    self.log_tail()
+                );
+            }
+            if get(ns, "/readyz", Duration::from_secs(5)).0 == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz not 200 after 120 s; log: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the child we spawned, which we have not
+        // reaped yet, so the pid is still ours.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `path` of the agent from inside its namespace: (status, body),
+/// status 0 when nothing answered within `timeout`.
+fn get(ns: &str, path: &str, timeout: Duration) -> (u16, String) {
+    let url = format!("http://{LISTEN}{path}");
+    in_netns(ns, move || {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .http_status_as_error(false)
+                .build(),
+        );
+        match agent.get(&url).call() {
+            Ok(mut response) => (
+                response.status().as_u16(),
+                response
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 30)
+                    .read_to_string()
+                    .unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    })
+}
+
+// ---------------------------------------------------------------- /proc
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// (name, utime + stime in ticks) from a /proc stat file.
+fn stat_ticks(path: &str) -> Option<(String, u64)> {
+    let text = fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text[open + 1..close].to_string();
+    // After "pid (comm) ": state is field 3; utime and stime are 14 and 15.
+    let fields: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+struct ProcSample {
+    at: Instant,
+    ticks: u64,
+    /// tid -> (name, ticks)
+    threads: BTreeMap<u32, (String, u64)>,
+}
+
+impl ProcSample {
+    fn take(pid: i32) -> Self {
+        let mut threads = BTreeMap::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/task")).expect("agent tasks") {
+            let Ok(entry) = entry else { continue };
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            if let Some(t) = stat_ticks(&format!("/proc/{pid}/task/{tid}/stat")) {
+                threads.insert(tid, t);
+            }
+        }
+        let (_, ticks) = stat_ticks(&format!("/proc/{pid}/stat"))
+            .unwrap_or_else(|| panic!("/proc/{pid}/stat: the agent is gone"));
+        ProcSample {
+            at: Instant::now(),
+            ticks,
+            threads,
+        }
+    }
+}
+
+/// CPU per thread name over the window (threads born during the window
+/// count from zero), busiest first.
+fn per_thread(before: &ProcSample, after: &ProcSample, wall: f64) -> Vec<(String, usize, f64)> {
+    let mut by_name: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (tid, (name, ticks)) in &after.threads {
+        let start = before.threads.get(tid).map_or(0, |(_, t)| *t);
+        let e = by_name.entry(name.clone()).or_default();
+        e.0 += 1;
+        e.1 += ticks.saturating_sub(start);
+    }
+    let mut out: Vec<(String, usize, f64)> = by_name
+        .into_iter()
+        .map(|(name, (n, ticks))| (name, n, ticks as f64 / clock_ticks() / wall * 100.0))
+        .collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out
+}
+
+/// The single busiest thread over the window.
+fn busiest_thread(before: &ProcSample, after: &ProcSample, wall: f64) -> (String, f64) {
+    after
+        .threads
+        .iter()
+        .map(|(tid, (name, ticks))| {
+            let start = before.threads.get(tid).map_or(0, |(_, t)| *t);
+            let pct = ticks.saturating_sub(start) as f64 / clock_ticks() / wall * 100.0;
+            (format!("{name} (tid {tid})"), pct)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- traffic
+
+/// UDP from the pod to 100k (address, port) pairs of node 1's legacy pod
+/// /24, on a thread inside the pod's namespace.
+struct Generator {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    first_pass: std::sync::mpsc::Receiver<Duration>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Generator {
+    fn start(pod_ns: &str, rate: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (tx, first_pass) = std::sync::mpsc::channel();
+        let (ns, stop2, sent2) = (pod_ns.to_owned(), stop.clone(), sent.clone());
+        let handle = std::thread::spawn(move || {
+            let _guard = observer::netns::enter(&ns).expect("enter the pod's netns");
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("UDP socket in the pod");
+            let targets: Vec<SocketAddrV4> = DESTINATIONS
+                .iter()
+                .flat_map(|a| (0..PORTS).map(move |p| SocketAddrV4::new(*a, FIRST_PORT + p)))
+                .collect();
+            let payload = [0u8; 16];
+            let send = |to: &SocketAddrV4| loop {
+                match socket.send_to(&payload, to) {
+                    Ok(_) => return,
+                    // ENOBUFS and the like: the queue is full, try again.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => panic!("send to {to}: {e}"),
+                }
+            };
+            let started = Instant::now();
+            for to in &targets {
+                send(to);
+                sent2.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = tx.send(started.elapsed());
+            // Paced round robin: every millisecond or so, catch up with
+            // `rate`, never more than 100 ms of packets at once.
+            let started = Instant::now();
+            let mut done: u64 = 0;
+            let mut next = 0usize;
+            while !stop2.load(Ordering::Relaxed) {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                if due > done + rate / 10 {
+                    done = due - rate / 10;
+                }
+                while done < due {
+                    send(&targets[next]);
+                    next = (next + 1) % targets.len();
+                    done += 1;
+                    sent2.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        Generator {
+            stop,
+            sent,
+            first_pass,
+            handle: Some(handle),
+        }
+    }
+
+    fn first_pass_done(&self) -> Duration {
+        self.first_pass
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the generator's first pass did not finish in 60 s")
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
