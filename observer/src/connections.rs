@@ -97,7 +97,7 @@ pub struct Connection {
 }
 
 /// (proto, client, server): a connection's name, as the initiator sent it.
-type ConnKey = (u8, SocketAddrV4, SocketAddrV4);
+pub type ConnKey = (u8, SocketAddrV4, SocketAddrV4);
 
 /// A flow's place in a connection.
 #[derive(Clone, Copy)]
@@ -152,6 +152,31 @@ pub fn join_now(flows: &[FlowRecord], nat: &[NatEntry]) -> Vec<Connection> {
         crate::datapath::monotonic_ns(),
         HANDSHAKE_GRACE_NS,
     )
+}
+
+/// Which connection a flow's tuple belongs to, by one node's NAT table:
+/// what [`join`] groups flows by, without decoding them (the ageing sweep
+/// gathers just the connections it may age).
+pub struct Grouping {
+    index: HashMap<ConnKey, Role>,
+}
+
+impl Grouping {
+    pub fn new(nat: &[NatEntry]) -> Self {
+        Grouping {
+            index: nat_index(nat),
+        }
+    }
+
+    /// The connection of a flow from `src` to `dst`: its NAT entry's, or
+    /// without one the unordered endpoint pair.
+    pub fn key(&self, proto: u8, src: SocketAddrV4, dst: SocketAddrV4) -> ConnKey {
+        match self.index.get(&(proto, src, dst)) {
+            Some(role) => role.key,
+            None if src <= dst => (proto, src, dst),
+            None => (proto, dst, src),
+        }
+    }
 }
 
 /// Joins `flows` (one node's snapshot) into connections, with `nat` from

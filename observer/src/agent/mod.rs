@@ -153,6 +153,11 @@ pub struct State {
     reading: Mutex<Option<Arc<sampler::Reading>>>,
     reading_max_age: Duration,
     probing: Option<probing::Probing>,
+    /// Woken by the sampler when the flow table refused new flows since
+    /// its last reading: the ageing sweep comes sooner.
+    table_full: tokio::sync::Notify,
+    /// `flow_map_full` at the last reading.
+    refused_flows: std::sync::atomic::AtomicU64,
 }
 
 impl State {
@@ -436,6 +441,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         // A sampler that fell behind (or stopped) is not served from.
         reading_max_age: args.sample_interval * 3,
         probing,
+        table_full: tokio::sync::Notify::new(),
+        refused_flows: std::sync::atomic::AtomicU64::new(0),
     });
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster {
@@ -483,13 +490,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     result.and(exited)
 }
 
+/// Sweeps brought forward by a full flow table come at most this often.
+const EARLIEST_SWEEP: Duration = Duration::from_secs(5);
+
 /// Flow ageing (datapath/ageing.rs): a sweep every interval, off the async
-/// workers.
+/// workers, or sooner when the sampler sees the flow table refuse flows.
 async fn age_flows(state: Arc<State>, policy: crate::datapath::AgeingPolicy) {
     let mut sweep = tokio::time::interval(policy.interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
-        sweep.tick().await;
+        tokio::select! {
+            _ = sweep.tick() => {}
+            _ = state.table_full.notified() => {
+                tokio::time::sleep_until(last + EARLIEST_SWEEP).await;
+                sweep.reset();
+            }
+        }
+        last = tokio::time::Instant::now();
         let state = state.clone();
         let policy = policy.clone();
         let _ = tokio::task::spawn_blocking(move || {

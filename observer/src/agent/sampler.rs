@@ -3,7 +3,7 @@
 //! here is O(nodes): the flow table is never read per interval (the
 //! handshake and retransmit signals are per-peer kernel counters too).
 use std::{
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -154,6 +154,14 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         state.set_peer_status(node, status);
     }
     state.follow_probes();
+    let refused = counters
+        .get(observer_ebpf::Counter::FlowMapFull.label())
+        .copied()
+        .unwrap_or(0);
+    let before = state.refused_flows.swap(refused, Ordering::Relaxed);
+    if refused > before {
+        state.table_full.notify_one();
+    }
     state.set_reading(Reading {
         taken: Instant::now(),
         peers: own.clone(),

@@ -17,8 +17,8 @@
 //! re-created in that instant cannot be put back; its removed counts are
 //! retired on their own ([`AgedSummary::raced`]).
 use std::{
-    collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsFd,
     time::Duration,
 };
@@ -30,12 +30,12 @@ use aya::{
 use observer_ebpf::{FlowKey, FlowStats, Net, Snat, map, tcp_flag};
 use serde::Serialize;
 
-use super::{FlowRecord, map_mut, snapshot::read_flows, sys};
+use super::{FlowRecord, map_mut, snapshot::for_each_flow, sys};
 use crate::{
     Error, Result,
     connections::{self, Connection},
     conntrack::NatEntry,
-    shape::wire_addr,
+    shape::{addr_from_wire, wire_addr},
 };
 
 const TCP: u8 = 6;
@@ -53,8 +53,10 @@ pub struct AgeingPolicy {
     /// Idle seconds for UDP, ICMP and anything else.
     #[arg(long = "flow-idle-other", value_parser = seconds, default_value = "120")]
     pub other: Duration,
-    /// Seconds between sweeps; 0 never ages flows.
-    #[arg(long = "flow-sweep-interval", value_parser = seconds, default_value = "10")]
+    /// Seconds between sweeps; 0 never ages flows. A full flow table
+    /// (new flows refused) brings the next sweep forward, to at most one
+    /// every 5 s.
+    #[arg(long = "flow-sweep-interval", value_parser = seconds, default_value = "30")]
     pub interval: Duration,
 }
 
@@ -70,7 +72,7 @@ impl Default for AgeingPolicy {
             tcp_established: Duration::from_secs(600),
             tcp_closed: Duration::from_secs(30),
             other: Duration::from_secs(120),
-            interval: Duration::from_secs(10),
+            interval: Duration::from_secs(30),
         }
     }
 }
@@ -103,21 +105,21 @@ pub struct FlowCensus {
 }
 
 impl FlowCensus {
-    fn of(taken_ns: u64, raw: &[(FlowKey, FlowStats)]) -> Self {
-        let mut flows = BTreeMap::new();
-        for (_, v) in raw {
-            let class = (
-                Net::from_wire(v.src_net).unwrap_or(Net::Unknown),
-                Net::from_wire(v.dst_net).unwrap_or(Net::Unknown),
-                Snat::from_wire(v.snat).unwrap_or(Snat::None),
-            );
-            *flows.entry(class).or_default() += 1;
-        }
+    fn new(taken_ns: u64) -> Self {
         FlowCensus {
             taken_ns,
-            total: raw.len() as u64,
-            flows,
+            ..FlowCensus::default()
         }
+    }
+
+    fn add(&mut self, v: &FlowStats) {
+        let class = (
+            Net::from_wire(v.src_net).unwrap_or(Net::Unknown),
+            Net::from_wire(v.dst_net).unwrap_or(Net::Unknown),
+            Snat::from_wire(v.snat).unwrap_or(Snat::None),
+        );
+        *self.flows.entry(class).or_default() += 1;
+        self.total += 1;
     }
 }
 
@@ -259,15 +261,21 @@ pub(crate) fn sweep(
     nat: impl FnOnce() -> Vec<NatEntry>,
 ) -> Result<(AgedSummary, FlowCensus)> {
     let started = super::monotonic_ns();
-    let raw = read_flows(ebpf)?;
-    let census = FlowCensus::of(started, &raw);
-    // The common sweep finds nothing idle: raw records only, no decoding,
-    // no join, no NAT table.
+    // First pass, streamed: the census, and the flows idle for at least
+    // the shortest limit. Only those can belong to a connection old enough
+    // to age (every flow of an aged connection is idle past its limit).
     let shortest = policy.shortest().as_nanos() as u64;
-    if !raw
-        .iter()
-        .any(|(_, v)| now_ns.saturating_sub(v.last_seen_ns) >= shortest)
-    {
+    let mut census = FlowCensus::new(started);
+    let mut idle = Vec::new();
+    for_each_flow(ebpf, |k, v| {
+        census.add(v);
+        if now_ns.saturating_sub(v.last_seen_ns) >= shortest {
+            idle.push(*k);
+        }
+    })?;
+    // The common sweep finds nothing idle: no decoding, no join, no NAT
+    // table, nothing the size of the table kept.
+    if idle.is_empty() {
         retired.sweeps += 1;
         let summary = AgedSummary {
             took_ns: super::monotonic_ns() - started,
@@ -275,8 +283,23 @@ pub(crate) fn sweep(
         };
         return Ok((summary, census));
     }
+    // Second pass: every flow of the connections those idle flows belong
+    // to, and nothing else, so the join sees whole connections.
     let nat = nat();
     let nat = nat.as_slice();
+    let grouping = connections::Grouping::new(nat);
+    let group_of = |k: &FlowKey| {
+        let src = SocketAddrV4::new(addr_from_wire(k.src), k.src_port);
+        let dst = SocketAddrV4::new(addr_from_wire(k.dst), k.dst_port);
+        grouping.key(k.proto, src, dst)
+    };
+    let wanted: HashSet<connections::ConnKey> = idle.iter().map(group_of).collect();
+    let mut raw = Vec::new();
+    for_each_flow(ebpf, |k, v| {
+        if wanted.contains(&group_of(k)) {
+            raw.push((*k, *v));
+        }
+    })?;
     let read: HashMap<FlowKey, FlowStats> = raw.iter().copied().collect();
     let records: Vec<FlowRecord> = raw
         .iter()

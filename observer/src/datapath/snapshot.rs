@@ -257,16 +257,28 @@ const BATCH: u32 = 4096;
 /// Every entry of FLOWS: batched where the kernel can (5.6+), key by key
 /// otherwise.
 pub(crate) fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
-    let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
     let mut out = Vec::new();
-    let batched = sys::lookup_batch(flows.map().fd().as_fd(), BATCH, |k, v| out.push((*k, *v)));
+    for_each_flow(ebpf, |k, v| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Every entry of FLOWS handed to `each` as it is read, a chunk at a time:
+/// nothing the size of the table is allocated.
+pub(crate) fn for_each_flow(ebpf: &Ebpf, mut each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
+    let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
+    // The kernel refuses an unsupported batch before copying anything, so
+    // falling back never hands an entry twice.
+    let batched = sys::lookup_batch(flows.map().fd().as_fd(), BATCH, &mut each);
     match batched {
-        Ok(()) => return Ok(out),
+        Ok(()) => return Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
         Err(e) => return Err(Error::io(format!("batch lookup of {}", map::FLOWS), e)),
     }
-    out.clear();
-    read_flows_by_key(ebpf)
+    for entry in flows.iter() {
+        let (k, v) = entry.map_err(Error::map(map::FLOWS))?;
+        each(&k, &v);
+    }
+    Ok(())
 }
 
 /// Every entry of FLOWS, two syscalls per entry (next key, lookup).
@@ -276,6 +288,47 @@ pub(crate) fn read_flows_by_key(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>
         .iter()
         .map(|entry| entry.map_err(Error::map(map::FLOWS)))
         .collect()
+}
+
+/// Slots of PEER_STATS per `BPF_MAP_LOOKUP_BATCH` call.
+const SLOT_BATCH: u32 = 4096;
+
+/// Every PEER_STATS slot summed over CPUs, by slot: a few batched calls
+/// for the whole array (a thousand nodes' 36,000 slots in 9), one lookup
+/// per slot where the kernel has no batch operations (before 5.6).
+fn read_slots(ebpf: &Ebpf, used: usize) -> Result<Vec<PeerCounts>> {
+    let slot_stats: PerCpuArray<&MapData, PeerStats> = map_ref(ebpf, map::PEER_STATS)?;
+    let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
+    let used = used.min(slot_stats.len() as usize);
+    let mut slots = vec![PeerCounts::default(); used];
+    if used == 0 {
+        return Ok(slots);
+    }
+    let batched = sys::lookup_batch_per_cpu(
+        slot_stats.map().fd().as_fd(),
+        SLOT_BATCH.min(used as u32),
+        cpus,
+        |slot: &u32, values: &[PeerStats]| match slots.get_mut(*slot as usize) {
+            Some(sum) => {
+                values.iter().for_each(|v| sum.add(v));
+                (*slot as usize) + 1 < used
+            }
+            None => false,
+        },
+    );
+    match batched {
+        Ok(()) => return Ok(slots),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
+        Err(e) => return Err(Error::io(format!("batch lookup of {}", map::PEER_STATS), e)),
+    }
+    for (slot, sum) in slots.iter_mut().enumerate() {
+        *sum = PeerCounts::default();
+        let values = slot_stats
+            .get(&(slot as u32), 0)
+            .map_err(Error::map(map::PEER_STATS))?;
+        values.iter().for_each(|v| sum.add(v));
+    }
+    Ok(slots)
 }
 
 /// Per-peer counters alone: a few lookups, so reading every node's in a
@@ -290,13 +343,17 @@ pub(crate) fn read_peers(
     // that reached no flow before their slot existed) in the hash:
     // one peer's figure is the sum of both.
     let mut per_peer: BTreeMap<PeerKey, PeerCounts> = BTreeMap::new();
-    let slot_stats: PerCpuArray<&MapData, PeerStats> = map_ref(ebpf, map::PEER_STATS)?;
+    // Slots are handed out from 0 and never reused: the array is read up
+    // to the highest one, not to its capacity.
+    let used = peer_slots.values().max().map_or(0, |s| *s as usize + 1);
+    let slots = read_slots(ebpf, used)?;
     for (key, slot) in peer_slots {
-        let values = slot_stats
-            .get(slot, 0)
-            .map_err(Error::map(map::PEER_STATS))?;
-        let sum = per_peer.entry(*key).or_default();
-        values.iter().for_each(|v| sum.add(v));
+        let Some(counts) = slots.get(*slot as usize) else {
+            continue;
+        };
+        if counts.packets != 0 {
+            per_peer.insert(*key, *counts);
+        }
     }
     let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = map_ref(ebpf, map::PEERS)?;
     for entry in hashed.iter() {

@@ -172,6 +172,22 @@ pub(crate) fn lookup_batch<K: Pod, V: Pod>(
     chunk: u32,
     mut each: impl FnMut(&K, &V),
 ) -> io::Result<()> {
+    lookup_batch_per_cpu(map, chunk, 1, |k, v: &[V]| {
+        each(k, &v[0]);
+        true
+    })
+}
+
+/// The same for a per-CPU map (array or hash) on `cpus` possible CPUs:
+/// each entry's values, one per CPU, until `each` returns false (an array
+/// read up to its last used index). `V`'s size must be a multiple of 8,
+/// the kernel's per-CPU value stride.
+pub(crate) fn lookup_batch_per_cpu<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    chunk: u32,
+    cpus: usize,
+    mut each: impl FnMut(&K, &[V]) -> bool,
+) -> io::Result<()> {
     #[repr(C)]
     #[derive(Clone, Copy)]
     struct BatchAttr {
@@ -184,9 +200,17 @@ pub(crate) fn lookup_batch<K: Pod, V: Pod>(
         elem_flags: u64,
         flags: u64,
     }
+    assert!(
+        cpus == 1 || size_of::<V>() % 8 == 0,
+        "per-CPU values are 8-byte strided"
+    );
     let chunk = chunk.max(1) as usize;
+    let cpus = cpus.max(1);
     let mut keys: Vec<MaybeUninit<K>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
-    let mut values: Vec<MaybeUninit<V>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
+    // SAFETY: V is Pod: every byte pattern, zeroes included, is a value.
+    let mut values: Vec<V> = (0..chunk * cpus)
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
     // The hash map's batch token is a bucket index (u32); 8 bytes to spare.
     let mut token_in = 0u64;
     let mut token_out = 0u64;
@@ -206,8 +230,11 @@ pub(crate) fn lookup_batch<K: Pod, V: Pod>(
         // The kernel writes back how many entries it copied, also on ENOENT.
         let done = attr.read::<BatchAttr>().count as usize;
         for i in 0..done.min(chunk) {
-            // SAFETY: the kernel filled the first `done` slots.
-            unsafe { each(keys[i].assume_init_ref(), values[i].assume_init_ref()) };
+            // SAFETY: the kernel filled the first `done` keys.
+            let key = unsafe { keys[i].assume_init_ref() };
+            if !each(key, &values[i * cpus..(i + 1) * cpus]) {
+                return Ok(());
+            }
         }
         match result {
             Ok(_) => {}
