@@ -26,6 +26,12 @@ pub mod map {
     pub const PEERS: &str = "PEERS";
     /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
+    /// `Array<u64>`, one entry: CLOCK_MONOTONIC as userspace last wrote it
+    /// (every sample, before every sweep). A known flow's `last_seen_ns`
+    /// is this, not the kernel clock: the clock helper costs more than the
+    /// rest of the known-flow path's counting, and ageing needs seconds.
+    /// 0 (never written) makes the programs read the kernel clock.
+    pub const CLOCK: &str = "CLOCK";
     /// `HashMap<FlowKey, PendingHandshake>`: TCP handshakes this node's
     /// clients opened over the underlay that no answer has reached yet,
     /// keyed by the SYN's underlay egress flow. The answer (SYN-ACK or
@@ -334,8 +340,11 @@ pub struct FlowStats {
     pub packets: u64,
     /// Sum of IPv4 total lengths (inner packet for encapsulated traffic).
     pub bytes: u64,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE).
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the first
+    /// packet.
     pub first_seen_ns: u64,
+    /// The latest of that and the [`CLOCK`](map::CLOCK) userspace wrote
+    /// before a later packet: to the sample interval.
     pub last_seen_ns: u64,
     /// Segments with payload, SYN or FIN: what retransmissions are out of.
     pub segments: u64,

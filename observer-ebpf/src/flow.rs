@@ -15,7 +15,7 @@ use crate::{
     counters::{
         Outcome, Tcp, count, count_outcome, count_peer, count_slot, count_unslotted, peer_slot,
     },
-    maps::{ADDRS, CONFIG, FLOWS, HANDSHAKES},
+    maps::{ADDRS, CLOCK, CONFIG, FLOWS, HANDSHAKES},
     parse::{
         ipv4::Ipv4,
         l4::{Echo, L4},
@@ -54,9 +54,8 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         direction: seen.direction.wire(),
         _pad: 0,
     };
-    // SAFETY: the coarse clock helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
+        let now = userspace_clock();
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
@@ -65,10 +64,11 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             (Class::of(&*stats), (*stats).peer_slot, tcp)
         };
         count_underlay(seen, class, slot, frame_len, tcp);
-        track_handshake(seen, class, &key, tcp, now);
+        track_handshake(seen, class, &key, tcp);
         return Ok(());
     }
 
+    let now = kernel_clock();
     let mut fresh = classify(seen, ip)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
@@ -98,8 +98,25 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         }
     }
     count_underlay(seen, class, slot, frame_len, tcp);
-    track_handshake(seen, class, &key, tcp, now);
+    track_handshake(seen, class, &key, tcp);
     Ok(())
+}
+
+#[inline(always)]
+fn kernel_clock() -> u64 {
+    // SAFETY: the coarse clock helper has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The time userspace last wrote into CLOCK (at most a sample interval
+/// old), for a known flow's last sighting; the kernel clock while
+/// userspace has written none.
+#[inline(always)]
+fn userspace_clock() -> u64 {
+    match CLOCK.get(0) {
+        Some(&now) if now != 0 => now,
+        _ => kernel_clock(),
+    }
 }
 
 /// On the underlay, where a handshake's SYN leaves and its answer comes
@@ -107,11 +124,14 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
 /// a SYN-ACK or RST in closes the one its reverse flow opened, and counts
 /// its outcome towards the client's peer. Only handshake packets pay.
 #[inline(always)]
-fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp, now: u64) {
+fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp) {
     let events = tcp.0;
     if events & (Tcp::SYN | Tcp::SYN_ACK | Tcp::RST) == 0 || seen.point != Point::Underlay {
         return;
     }
+    // Handshakes are timed against a grace under a second: the kernel
+    // clock, paid by handshake packets only.
+    let now = kernel_clock();
     if seen.direction == Direction::Egress {
         if events & Tcp::SYN == 0 || events & Tcp::SYN_RETRANSMIT != 0 {
             return;
@@ -329,7 +349,11 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> Tcp {
     unsafe {
         add64(&raw mut (*stats).packets, 1);
         add64(&raw mut (*stats).bytes, ip.total_len as u64);
-        (*stats).last_seen_ns = now;
+        // Forward only: a known flow's clock (userspace's, a sample
+        // interval coarse) may lag the kernel clock its first packet took.
+        if now > (*stats).last_seen_ns {
+            (*stats).last_seen_ns = now;
+        }
         let flags = l4.tcp_flags;
         if flags != 0 {
             if (*stats).tcp_flags & flags != flags {

@@ -39,3 +39,6 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map(name = "HANDSHAKES")]
 pub static HANDSHAKES: HashMap<FlowKey, PendingHandshake> =
     HashMap::with_max_entries(DEFAULT_HANDSHAKE_CAPACITY, 0);
+
+#[map(name = "CLOCK")]
+pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);

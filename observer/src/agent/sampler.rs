@@ -100,6 +100,10 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
     let own_state = state.clone();
     let (own, counters) = tokio::task::spawn_blocking(move || {
         let mut observer = super::lock(&own_state.observer);
+        // Known flows' packets are stamped with this time until the next.
+        if let Err(err) = observer.tick() {
+            own_state.count(&err);
+        }
         // Handshakes unanswered past the grace become counts before the
         // reading: what is in flight, a handful of entries.
         if let Err(err) = observer.expire_handshakes(monotonic_ns()) {

@@ -123,7 +123,9 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
 }
 
 fn print(observer: &mut Observer, shape: &ClusterShape, format: Format) -> Result<()> {
-    // Handshakes unanswered past the grace are counted, as the agent does.
+    // As the agent's sampler: stamp known flows from now on, and count the
+    // handshakes unanswered past the grace.
+    observer.tick()?;
     observer.expire_handshakes(crate::datapath::monotonic_ns())?;
     let snapshot = observer.snapshot()?;
     match format {

@@ -250,6 +250,7 @@ impl Observer {
     /// table in between.
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
+        self.tick()?;
         let config = shape.kernel_config()?;
         let mut array: Array<&mut MapData, observer_ebpf::Config> =
             map_mut(&mut self.ebpf, map::CONFIG)?;
@@ -564,6 +565,8 @@ impl Observer {
         policy: &AgeingPolicy,
         nat: impl FnOnce() -> Vec<crate::conntrack::NatEntry>,
     ) -> Result<AgedSummary> {
+        // Flows stamped since the last tick are stamped with now from here.
+        self.tick()?;
         let (summary, census) =
             ageing::sweep(&mut self.ebpf, &mut self.retired, now_ns, policy, nat)?;
         self.census = Some(census);
@@ -601,6 +604,16 @@ impl Observer {
     /// least once a second. Returns how many were expired.
     pub fn expire_handshakes(&mut self, now_ns: u64) -> Result<u64> {
         handshakes::expire(&self.ebpf, now_ns, &mut self.expired_handshakes)
+    }
+
+    /// Writes CLOCK_MONOTONIC into CLOCK, the time known flows' packets
+    /// are stamped with: call it at least once a second (the agent's
+    /// sampler does, and every ageing sweep first).
+    pub fn tick(&mut self) -> Result<()> {
+        let mut clock: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, map::CLOCK)?;
+        clock
+            .set(0, monotonic_ns(), 0)
+            .map_err(Error::map(map::CLOCK))
     }
 
     /// Packets seen per hook point and skipped per reason.

@@ -71,7 +71,7 @@ impl Geometry {
 
 /// Every map of the object and the geometry this binary gives it. Sizes
 /// come from the ABI crate the programs were built with.
-pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 8] {
+pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
     let g = |map_type: MapType, key: usize, value: usize, max_entries: u32, flags: u32| Geometry {
         map_type: map_type as u32,
         key_size: key as u32,
@@ -125,6 +125,7 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 8] {
                 0,
             ),
         ),
+        (map::CLOCK, g(MapType::Array, u32s, size_of::<u64>(), 1, 0)),
         (
             map::HANDSHAKES,
             g(
