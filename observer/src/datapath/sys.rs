@@ -201,7 +201,7 @@ pub(crate) fn lookup_batch_per_cpu<K: Pod, V: Pod>(
         flags: u64,
     }
     assert!(
-        cpus == 1 || size_of::<V>() % 8 == 0,
+        cpus == 1 || size_of::<V>().is_multiple_of(8),
         "per-CPU values are 8-byte strided"
     );
     let chunk = chunk.max(1) as usize;
