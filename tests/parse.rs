@@ -509,13 +509,7 @@ fn tcp_events_count_into_the_peer_counters() {
             .filter(|p| p.direction == direction)
             .map(|p| p.counts)
             .fold(PeerCounts::default(), |mut sum, c| {
-                sum.packets += c.packets;
-                sum.segments += c.segments;
-                sum.retransmits += c.retransmits;
-                sum.rsts += c.rsts;
-                sum.handshakes_answered += c.handshakes_answered;
-                sum.handshakes_unanswered += c.handshakes_unanswered;
-                sum.handshakes_reset += c.handshakes_reset;
+                sum += c;
                 sum
             })
     };

@@ -3,6 +3,7 @@
 //! network namespaces for real traffic, and a fake Kubernetes API server.
 pub mod apiserver;
 pub mod fleet;
+pub mod footprint;
 pub mod harness;
 pub mod kubelab;
 pub mod lab;

@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, VecDeque};
 use observer_ebpf::{Direction, Net, Overlay};
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::PeerRecord, delivery::Delivery};
+use crate::{
+    datapath::{PeerCounts, PeerRecord},
+    delivery::Delivery,
+};
 
 /// Which measurement a loss figure comes from.
 pub mod signal {
@@ -55,53 +58,26 @@ impl LossRow {
 /// (peer node, overlay, src_net, dst_net).
 pub type TcpKey = (String, Overlay, Net, Net);
 
-/// What this node's TCP senders did towards one peer, overlay and network
-/// pair: the kernel's per-peer counters, cumulative.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpTotals {
-    pub segments: u64,
-    pub retransmits: u64,
-    pub answered: u64,
-    pub unanswered: u64,
-    pub reset: u64,
-}
-
-impl TcpTotals {
-    fn since(&self, before: &TcpTotals) -> TcpTotals {
-        let d = |now: u64, then: u64| now - then.min(now);
-        TcpTotals {
-            segments: d(self.segments, before.segments),
-            retransmits: d(self.retransmits, before.retransmits),
-            answered: d(self.answered, before.answered),
-            unanswered: d(self.unanswered, before.unanswered),
-            reset: d(self.reset, before.reset),
-        }
-    }
-}
-
-/// The TCP totals of this node's egress counters, per peer node (named by
-/// `name`), overlay and network pair.
+/// The TCP counters of this node's egress records, per peer node (named by
+/// `name`), overlay and network pair: what its senders did towards each.
 pub fn tcp_totals(
     records: &[PeerRecord],
     name: impl Fn(std::net::Ipv4Addr) -> String,
-) -> BTreeMap<TcpKey, TcpTotals> {
-    let mut out: BTreeMap<TcpKey, TcpTotals> = BTreeMap::new();
+) -> BTreeMap<TcpKey, PeerCounts> {
+    let mut out: BTreeMap<TcpKey, PeerCounts> = BTreeMap::new();
     for r in records.iter().filter(|r| r.direction == Direction::Egress) {
-        let c = &r.counts;
-        let handshakes = c.handshakes_answered + c.handshakes_unanswered + c.handshakes_reset;
-        if c.segments == 0 && handshakes == 0 {
+        let c = r.counts;
+        if c.segments == 0 && handshakes(&c) == 0 {
             continue;
         }
-        let t = out
-            .entry((name(r.peer), r.overlay, r.src_net, r.dst_net))
-            .or_default();
-        t.segments += c.segments;
-        t.retransmits += c.retransmits;
-        t.answered += c.handshakes_answered;
-        t.unanswered += c.handshakes_unanswered;
-        t.reset += c.handshakes_reset;
+        *out.entry((name(r.peer), r.overlay, r.src_net, r.dst_net))
+            .or_default() += c;
     }
     out
+}
+
+fn handshakes(c: &PeerCounts) -> u64 {
+    c.handshakes_answered + c.handshakes_unanswered + c.handshakes_reset
 }
 
 /// One reading, cumulative since the counters began.
@@ -118,7 +94,7 @@ pub struct Sample {
     pub start: Vec<Delivery>,
     /// This node's own TCP counters: they need no peer, so every sample
     /// has them.
-    pub tcp: BTreeMap<TcpKey, TcpTotals>,
+    pub tcp: BTreeMap<TcpKey, PeerCounts>,
 }
 
 /// Readings kept for one window.
@@ -195,11 +171,11 @@ impl Windows {
             }
             // A refused handshake reached the peer: not loss, shown apart
             // (as refused probes are).
-            if w.answered + w.unanswered + w.reset > 0 {
+            if handshakes(&w) > 0 {
                 rows.push(LossRow {
-                    sent: w.answered + w.unanswered,
-                    lost: w.unanswered,
-                    refused: w.reset,
+                    sent: w.handshakes_answered + w.handshakes_unanswered,
+                    lost: w.handshakes_unanswered,
+                    refused: w.handshakes_reset,
                     seconds,
                     ..row(node, key, signal::HANDSHAKE)
                 });
@@ -231,7 +207,6 @@ fn seconds(ns: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::PeerCounts;
 
     fn delivery(to: &str, sent: u64, received: u64) -> Delivery {
         Delivery {

@@ -113,16 +113,38 @@ pub struct PeerCounts {
     pub handshakes_reset: u64,
 }
 
+impl From<&PeerStats> for PeerCounts {
+    /// One CPU's value: its late handshakes are unanswered ones.
+    fn from(s: &PeerStats) -> Self {
+        PeerCounts {
+            packets: s.packets,
+            bytes: s.bytes,
+            segments: s.segments,
+            retransmits: s.retransmits,
+            rsts: s.rsts,
+            handshakes_answered: s.handshakes_answered,
+            handshakes_unanswered: s.handshakes_late,
+            handshakes_reset: s.handshakes_reset,
+        }
+    }
+}
+
+impl std::ops::AddAssign for PeerCounts {
+    fn add_assign(&mut self, o: PeerCounts) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.segments += o.segments;
+        self.retransmits += o.retransmits;
+        self.rsts += o.rsts;
+        self.handshakes_answered += o.handshakes_answered;
+        self.handshakes_unanswered += o.handshakes_unanswered;
+        self.handshakes_reset += o.handshakes_reset;
+    }
+}
+
 impl PeerCounts {
     fn add(&mut self, s: &PeerStats) {
-        self.packets += s.packets;
-        self.bytes += s.bytes;
-        self.segments += s.segments;
-        self.retransmits += s.retransmits;
-        self.rsts += s.rsts;
-        self.handshakes_answered += s.handshakes_answered;
-        self.handshakes_unanswered += s.handshakes_late;
-        self.handshakes_reset += s.handshakes_reset;
+        *self += PeerCounts::from(s);
     }
 
     /// What happened between an earlier reading and this one; a counter

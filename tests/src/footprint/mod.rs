@@ -1,0 +1,7 @@
+//! The agent's footprint measured from outside (`cargo xtask bench
+//! scale`): a namespace lab of one node and a sink, a pod sending real
+//! traffic, the release agent as a process, and /proc read around it.
+pub mod agent;
+pub mod proc;
+pub mod topology;
+pub mod traffic;

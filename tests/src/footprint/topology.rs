@@ -1,0 +1,162 @@
+//! The namespaces of one case and the cluster shape the agent is given.
+use std::{fs, net::Ipv4Addr, path::PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::netns::{Netns, sh, unique};
+
+/// Node i's underlay: 192.168.(50 + i/250).(i%250 + 1); node 0 is the
+/// agent's (192.168.50.1), node 1 the sink's (192.168.50.2).
+pub fn underlay(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 50 + (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// Node i's share of the legacy network 10.244.0.0/14 and of the Cilium
+/// network 10.248.0.0/14: node 0 owns the pod's 10.244.0.0/24, node 1
+/// 10.244.1.0/24, the traffic's destination.
+pub fn pod_cidr(base: u8, i: usize) -> String {
+    format!("10.{}.{}.0/24", base as usize + i / 256, i % 256)
+}
+
+/// The legacy network routed (native), so the underlay counts per-peer
+/// slots of the pod traffic; Cilium on VXLAN 8473.
+pub fn shape(nodes: usize) -> Value {
+    let nodes: Vec<Value> = (0..nodes)
+        .map(|i| {
+            json!({
+                "name": format!("node-{i}"),
+                "underlay": underlay(i).to_string(),
+                "pod_cidrs": [
+                    { "role": "legacy", "cidr": pod_cidr(244, i) },
+                    { "role": "cilium", "cidr": pod_cidr(248, i) },
+                ],
+            })
+        })
+        .collect();
+    json!({
+        "local_node": "node-0",
+        "networks": [
+            { "role": "legacy", "cidrs": ["10.244.0.0/14"], "encapsulation": "native" },
+            { "role": "cilium", "cidrs": ["10.248.0.0/14"], "encapsulation": { "vxlan": { "port": 8473 } } },
+        ],
+        "nodes": nodes,
+    })
+}
+
+/// The three namespaces of a case and the directory holding the shape and
+/// the agent's log; all removed on drop (fields drop in order: the
+/// namespaces, then the directory).
+pub struct Lab {
+    pub agent: Netns,
+    pub sink: Netns,
+    pub pod: Netns,
+    pub dir: TempDir,
+    pub shape: PathBuf,
+}
+
+impl Lab {
+    pub fn new(nodes: usize) -> Self {
+        let dir = TempDir::new();
+        let shape = dir.0.join("shape.json");
+        fs::write(
+            &shape,
+            serde_json::to_vec_pretty(&self::shape(nodes)).unwrap(),
+        )
+        .expect("write shape");
+        let lab = Lab {
+            agent: Netns::new("scagent"),
+            sink: Netns::new("scsink"),
+            pod: Netns::new("scpod"),
+            dir,
+            shape,
+        };
+        for ns in [&lab.agent, &lab.sink, &lab.pod] {
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        }
+        let (agent, sink, pod) = (&lab.agent.name, &lab.sink.name, &lab.pod.name);
+        sh(&[
+            "ip", "link", "add", "eth0", "netns", agent, "type", "veth", "peer", "eth0", "netns",
+            sink,
+        ]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "vethscale0",
+            "netns",
+            agent,
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            pod,
+        ]);
+
+        let a = &lab.agent;
+        a.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        a.exec(&["ip", "addr", "add", "192.168.50.1/24", "dev", "eth0"]);
+        a.exec(&["ip", "link", "set", "eth0", "up"]);
+        a.exec(&["ip", "addr", "add", "10.244.0.1/24", "dev", "vethscale0"]);
+        a.exec(&["ip", "link", "set", "vethscale0", "up"]);
+        for net in ["10.244.0.0/14", "10.248.0.0/14", "192.168.48.0/20"] {
+            a.exec(&[
+                "ip",
+                "route",
+                "add",
+                net,
+                "via",
+                "192.168.50.2",
+                "dev",
+                "eth0",
+            ]);
+        }
+
+        let s = &lab.sink;
+        s.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        s.exec(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+        s.exec(&["ip", "link", "set", "eth0", "up"]);
+        // Every other peer's underlay is the sink's too, so the agent's
+        // reads of its peers' APIs are refused at once (nothing listens)
+        // rather than left to time out.
+        let mut local: Vec<String> = ["3/32", "4/30", "8/29", "16/28", "32/27", "64/26", "128/25"]
+            .iter()
+            .map(|p| format!("192.168.50.{p}"))
+            .collect();
+        if nodes > 250 {
+            local.extend(
+                (51..=underlay(nodes - 1).octets()[2]).map(|o| format!("192.168.{o}.0/24")),
+            );
+        }
+        for net in &local {
+            s.exec(&["ip", "route", "add", "local", net, "dev", "lo"]);
+        }
+
+        let p = &lab.pod;
+        p.exec(&["ip", "addr", "add", "10.244.0.7/24", "dev", "eth0"]);
+        p.exec(&["ip", "link", "set", "eth0", "up"]);
+        p.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"]);
+        // Neighbours resolved before the agent starts.
+        p.exec(&["ping", "-c1", "-W2", "10.244.0.1"]);
+        a.exec(&["ping", "-c1", "-W2", "192.168.50.2"]);
+        lab
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("crossover-scale-"));
+        fs::create_dir_all(&path).expect("temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
