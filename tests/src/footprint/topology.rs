@@ -56,7 +56,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(nodes: usize) -> Self {
-        let dir = TempDir::new();
+        let dir = TempDir::create();
         let shape = dir.0.join("shape.json");
         fs::write(
             &shape,
@@ -148,7 +148,7 @@ impl Lab {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new() -> Self {
+    fn create() -> Self {
         let path = std::env::temp_dir().join(unique("crossover-scale-"));
         fs::create_dir_all(&path).expect("temporary directory");
         TempDir(path)
