@@ -730,11 +730,18 @@ fn peer_counts_stay_exact_across_shape_changes() {
             .find(|p| p.peer == std::net::Ipv4Addr::from(NODE_B) && p.direction.label() == "egress")
             .map_or(0, |p| p.counts.packets)
     };
-    // Node B is in the shape: counted through its slot, known flow or not.
-    for sport in [1, 1, 2] {
+    // Node B is in the shape: its key counts in the PEERS hash until the
+    // sampler hands it a slot, then in the slot, the flow of sport 1
+    // included (it takes the slot on its next packet): one figure, exact.
+    for sport in [1, 1] {
         run_ok(&h, UNDERLAY_OUT, &frame(sport));
     }
+    assert_eq!(h.observer.promote_peer_slots().unwrap(), 1);
+    assert_eq!(h.observer.promote_peer_slots().unwrap(), 0, "once");
+    run_ok(&h, UNDERLAY_OUT, &frame(2));
     assert_eq!(sent(&h.snapshot()), 3);
+    run_ok(&h, UNDERLAY_OUT, &frame(1));
+    assert_eq!(sent(&h.snapshot()), 4);
     // Node B leaves the shape (drained and deleted mid-migration): its
     // traffic is still counted, in the hash, and the figure never drops.
     let mut without_b = two_node_shape();
@@ -743,12 +750,22 @@ fn peer_counts_stay_exact_across_shape_changes() {
     for sport in [1, 3] {
         run_ok(&h, UNDERLAY_OUT, &frame(sport));
     }
-    assert_eq!(sent(&h.snapshot()), 5);
+    assert_eq!(
+        h.observer.promote_peer_slots().unwrap(),
+        0,
+        "not in the shape"
+    );
+    assert_eq!(sent(&h.snapshot()), 6);
     // And comes back: the same slot again.
     h.observer.configure(&two_node_shape()).unwrap();
+    assert_eq!(
+        h.observer.promote_peer_slots().unwrap(),
+        0,
+        "its slot is kept"
+    );
     run_ok(&h, UNDERLAY_OUT, &frame(4));
     let snap = h.snapshot();
-    assert_eq!(sent(&snap), 6);
+    assert_eq!(sent(&snap), 7);
     assert_eq!(problems(&snap), vec![]);
 }
 

@@ -43,13 +43,17 @@ pub mod map {
 
 /// Default capacities; userspace overrides them at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
-/// Peers and network pairs without a slot: nodes beyond the slots, pairs
-/// with an external or unknown end, peers not in the shape.
-pub const DEFAULT_PEER_CAPACITY: u32 = 4_096;
-/// Room for 1024 nodes at 36 slots each: two overlays, two directions and
-/// the 9 network pairs of legacy, Cilium and host ([`SLOTTED_NETS`]).
-/// PEER_STATS is per CPU and preallocated: 64 B x slots per CPU (2.25 MiB).
-/// Nodes beyond it are counted in the PEERS hash.
+/// Per-peer keys counted in the PEERS hash: every key until it gets a slot
+/// (a sample after its first packet; what it counted before stays here),
+/// pairs with an external or unknown end, peers not in the shape, keys
+/// beyond the slots. Not preallocated.
+pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
+/// Slots for the (peer, overlay, direction, network pair) keys in use:
+/// handed out as keys appear, so this is the pairs that carry traffic
+/// (every pair of 1024 nodes: two overlays, two directions and the 9
+/// network pairs of legacy, Cilium and host, [`SLOTTED_NETS`]), not the
+/// shape's size. PEER_STATS is per CPU and preallocated: 64 B x slots per
+/// CPU (2.25 MiB). Keys beyond it are counted in the PEERS hash.
 pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 36_864;
 /// Networks whose pairs get a PEER_STATS slot: what pods and nodes of the
 /// cluster send over an overlay.

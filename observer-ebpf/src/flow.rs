@@ -23,6 +23,8 @@ use crate::{
 };
 
 const BPF_NOEXIST: u64 = 1;
+/// How often (in packets) a flow without a peer slot looks for one.
+const SLOT_RECHECK: u64 = 64;
 const EEXIST: i32 = 17;
 
 /// Where and how a packet was seen.
@@ -59,10 +61,30 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         // SAFETY: values of a preallocated hash map stay valid for the
         // program's run; concurrent writers only race on fields that are
         // updated atomically or are idempotent.
-        let (class, slot, tcp) = unsafe {
+        let (class, mut slot, tcp, packets) = unsafe {
             let tcp = update(stats, ip, l4, now);
-            (Class::of(&*stats), (*stats).peer_slot, tcp)
+            (
+                Class::of(&*stats),
+                (*stats).peer_slot,
+                tcp,
+                (*stats).packets,
+            )
         };
+        if slot == NO_PEER_SLOT && packets % SLOT_RECHECK == 0 {
+            // Userspace hands out slots to the keys it finds counted in
+            // PEERS (a sample after their first packet): a busy flow takes
+            // its slot within a few dozen packets and stops paying for the
+            // hash; one whose key never gets a slot (a peer outside the
+            // shape) pays the extra lookup once in SLOT_RECHECK packets.
+            if let Some(peer) = underlay_peer(seen, class) {
+                let promoted = peer_slot(&peer);
+                if promoted != 0 {
+                    // SAFETY: as above; every writer stores the same slot.
+                    unsafe { (*stats).peer_slot = promoted };
+                    slot = promoted;
+                }
+            }
+        }
         count_underlay(seen, class, slot, frame_len, tcp);
         track_handshake(seen, class, &key, tcp);
         return Ok(());

@@ -29,9 +29,12 @@ pub static PEER_SLOTS: HashMap<PeerKey, u32> =
 pub static PEER_STATS: PerCpuArray<PeerStats> =
     PerCpuArray::with_max_entries(DEFAULT_PEER_SLOT_CAPACITY, 0);
 
+/// Not preallocated: it holds the keys in use (each node's few active
+/// pairs until they get a slot, and what they counted before), not its
+/// capacity, times the CPUs.
 #[map(name = "PEERS")]
 pub static PEERS: PerCpuHashMap<PeerKey, PeerStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_PEER_CAPACITY, 0);
+    PerCpuHashMap::with_max_entries(DEFAULT_PEER_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

@@ -109,6 +109,10 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         if let Err(err) = observer.expire_handshakes(monotonic_ns()) {
             own_state.count(&err);
         }
+        // Keys first seen since the last sample get their slot.
+        if let Err(err) = observer.promote_peer_slots() {
+            own_state.count(&err);
+        }
         Ok::<_, crate::Error>((observer.peers()?, observer.counters()?))
     })
     .await

@@ -143,7 +143,7 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
                 size_of::<PeerKey>(),
                 size_of::<PeerStats>(),
                 options.peer_capacity,
-                0,
+                BPF_F_NO_PREALLOC,
             ),
         ),
         (

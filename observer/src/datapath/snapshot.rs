@@ -377,11 +377,30 @@ pub(crate) fn read_peers(
             per_peer.insert(*key, *counts);
         }
     }
+    // Every key counts here until it has a slot, and keeps what it
+    // counted before: read in batches, not two syscalls a key.
     let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> = map_ref(ebpf, map::PEERS)?;
-    for entry in hashed.iter() {
-        let (key, values) = entry.map_err(Error::map(map::PEERS))?;
-        let sum = per_peer.entry(key).or_default();
-        values.iter().for_each(|v| sum.add(v));
+    let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
+    let batched = sys::lookup_batch_per_cpu(
+        hashed.map().fd().as_fd(),
+        SLOT_BATCH,
+        cpus,
+        |key: &PeerKey, values: &[PeerStats]| {
+            let sum = per_peer.entry(*key).or_default();
+            values.iter().for_each(|v| sum.add(v));
+            true
+        },
+    );
+    match batched {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+            for entry in hashed.iter() {
+                let (key, values) = entry.map_err(Error::map(map::PEERS))?;
+                let sum = per_peer.entry(key).or_default();
+                values.iter().for_each(|v| sum.add(v));
+            }
+        }
+        Err(e) => return Err(Error::io(format!("batch lookup of {}", map::PEERS), e)),
     }
     // Handshakes never answered, which userspace expired.
     for (key, n) in expired {
