@@ -5,7 +5,8 @@
 //! 1000-node shape under steady real traffic. Run with
 //! `cargo xtask bench scale` (root); `SCALE_SECONDS` sets the window
 //! (default 30 s), `SCALE_SETTLE` the settle (default 10 s), `SCALE_RATE`
-//! the steady packet rate (default 20000/s).
+//! the steady packet rate (default 20000/s), `SCALE_BINARY` another
+//! build of crossover to measure.
 //!
 //! Topology of one case, every name unique per run, all removed on drop:
 //!
@@ -157,8 +158,13 @@ fn preflight() {
 
 /// target/release/crossover of this workspace, which `cargo xtask bench
 /// scale` builds first.
+/// `SCALE_BINARY` measures another build instead (an older one, for a
+/// before and after with the same bench).
 fn binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/crossover");
+    let path = match std::env::var_os("SCALE_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/crossover"),
+    };
     match path.canonicalize() {
         Ok(path) => path,
         Err(e) => {

@@ -324,23 +324,24 @@ impl Observer {
                 .collect(),
             overlays: shape.peer_overlays()?.iter().map(|o| o.wire()).collect(),
         };
-        let mut slots: HashMap<&mut MapData, PeerKey, u32> =
-            map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
-        // Which meaning the keys have, for a restarted agent of another
-        // build (docs/restarts.md).
-        slots
-            .insert(PEER_ABI_KEY, PEER_SLOT_RETIRED | PEER_ABI_VERSION, 0)
-            .map_err(Error::map(map::PEER_SLOTS))?;
-        for (key, slot) in &self.peer_slots {
-            let value = match self.slottable.admits(key) {
-                true => *slot,
-                false => slot | PEER_SLOT_RETIRED,
-            };
+        {
+            let mut slots: HashMap<&mut MapData, PeerKey, u32> =
+                map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
+            // Which meaning the keys have, for a restarted agent of another
+            // build (docs/restarts.md).
             slots
-                .insert(*key, value, 0)
+                .insert(PEER_ABI_KEY, PEER_SLOT_RETIRED | PEER_ABI_VERSION, 0)
                 .map_err(Error::map(map::PEER_SLOTS))?;
+            for (key, slot) in &self.peer_slots {
+                let value = match self.slottable.admits(key) {
+                    true => *slot,
+                    false => slot | PEER_SLOT_RETIRED,
+                };
+                slots
+                    .insert(*key, value, 0)
+                    .map_err(Error::map(map::PEER_SLOTS))?;
+            }
         }
-        drop(slots);
         self.promote_peer_slots().map(|_| ())
     }
 
