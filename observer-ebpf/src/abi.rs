@@ -49,12 +49,12 @@ pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
 /// beyond the slots. Not preallocated.
 pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
 /// Slots for the (peer, overlay, direction, network pair) keys in use:
-/// handed out as keys appear, so this is the pairs that carry traffic
-/// (every pair of 1024 nodes: two overlays, two directions and the 9
-/// network pairs of legacy, Cilium and host, [`SLOTTED_NETS`]), not the
-/// shape's size. PEER_STATS is per CPU and preallocated: 64 B x slots per
-/// CPU (2.25 MiB). Keys beyond it are counted in the PEERS hash.
-pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 36_864;
+/// handed out as keys appear, so this is the pairs that carry traffic, not
+/// the shape's size (a node of 1,000 peers using both overlays both ways
+/// with two network pairs each: 8,000). PEER_STATS is per CPU and
+/// preallocated: 64 B x slots per CPU (512 KiB; 32 MiB on 64 CPUs). Keys
+/// beyond it are counted in the PEERS hash.
+pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 8_192;
 /// Networks whose pairs get a PEER_STATS slot: what pods and nodes of the
 /// cluster send over an overlay.
 pub const SLOTTED_NETS: [Net; 3] = [Net::Legacy, Net::Cilium, Net::Host];

@@ -102,6 +102,13 @@ pub struct AgentArgs {
     pub attach_mode: AttachMode,
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
+    /// PEER_STATS slots: (peer node, overlay, direction, network pair)
+    /// keys in use counted without a hash lookup, 64 bytes each per CPU.
+    /// Keys beyond it are still counted (PEERS hash), and shown as
+    /// crossover_peer_keys_without_slot.
+    #[arg(long, default_value_t = observer_ebpf::DEFAULT_PEER_SLOT_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub peer_slot_capacity: u32,
     /// bpffs directory (e.g. /sys/fs/bpf/crossover) to pin maps and TCX
     /// links in: a restarted agent counts on with no gap (docs/restarts.md).
     #[arg(long)]
@@ -396,6 +403,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
+        peer_slot_capacity: args.peer_slot_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         pin_path: args.pin_path.clone(),

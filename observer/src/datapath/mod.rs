@@ -764,16 +764,20 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
     })
 }
 
-/// Loads one program. The verifier gives up with EAGAIN when a signal
-/// reaches the loading thread (a child exiting, a timer); that is no
-/// verdict on the program, so the load is tried again, as libbpf does.
+/// Loads one program. The verifier gives up with EAGAIN while a signal is
+/// pending for the loading thread; that is no verdict on the program, so
+/// the load is tried again, as libbpf does, here with a growing pause (a
+/// burst of signals passes; about a second in all).
 fn load_program(program: &mut SchedClassifier, name: &str) -> Result<()> {
-    const ATTEMPTS: u32 = 5;
+    const ATTEMPTS: u32 = 10;
     for attempt in 1..=ATTEMPTS {
         match program.load() {
             Ok(()) => return Ok(()),
             Err(ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS => {}
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1 << attempt));
+            }
             Err(err) => return Err(load_error(name, err)),
         }
     }
