@@ -6,22 +6,21 @@ mod handshakes;
 mod hook;
 mod links;
 mod pin;
+mod slots;
 mod snapshot;
 mod sys;
 
-use std::{collections::BTreeMap, os::fd::AsFd, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap, LpmTrie, MapData, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, TcAttachType},
-    util::nr_cpus,
 };
 use ipnet::Ipv4Net;
 use observer_ebpf::{
     AddrInfo, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
-    DEFAULT_PEER_SLOT_CAPACITY, Direction, PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED,
-    PeerKey, PeerStats, SLOTTED_NETS, map,
+    DEFAULT_PEER_SLOT_CAPACITY, PEER_ABI_KEY, PEER_SLOT_RETIRED, PeerKey, map,
 };
 
 pub use ageing::{
@@ -33,6 +32,7 @@ pub use hook::Hook;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
+use slots::SlotRule;
 pub use snapshot::{Counters, FlowRecord, PeerCounts, PeerRecord, Snapshot, monotonic_ns};
 
 use crate::{
@@ -41,26 +41,6 @@ use crate::{
     netns,
     shape::{ClusterShape, wire_addr},
 };
-
-/// The keys of the shape's other nodes on its overlays, between networks
-/// of [`SLOTTED_NETS`]: those a PEER_STATS slot is handed out to.
-#[derive(Default)]
-struct SlotRule {
-    peers: std::collections::HashSet<u32>,
-    overlays: Vec<u8>,
-}
-
-impl SlotRule {
-    fn admits(&self, key: &PeerKey) -> bool {
-        let slotted = |net: u8| SLOTTED_NETS.iter().any(|n| n.wire() == net);
-        *key != PEER_ABI_KEY
-            && self.peers.contains(&key.peer)
-            && self.overlays.contains(&key.overlay)
-            && Direction::from_wire(key.direction).is_some()
-            && slotted(key.src_net)
-            && slotted(key.dst_net)
-    }
-}
 
 /// An empty classifier, for measuring the cost of running any program.
 pub const FLOOR: &str = "crossover_floor";
@@ -302,108 +282,6 @@ impl Observer {
         }
         self.addrs = wanted;
         self.assign_peer_slots(shape)
-    }
-
-    /// Which (peer, overlay, direction, network pair) keys may hold a
-    /// PEER_STATS slot: those of the shape's other nodes, on its overlays,
-    /// between networks of [`SLOTTED_NETS`]. Slots are handed out lazily
-    /// ([`Observer::promote_peer_slots`]): a key first counts in the PEERS
-    /// hash, and gets a slot at the next sample, so reading the slots costs
-    /// what is in use, not nodes x 36. Keys of nodes that left the shape
-    /// keep their slot (its counts stay readable) but are marked retired,
-    /// so new traffic to them is counted in the PEERS hash; a node that
-    /// comes back gets the same slots again.
-    fn assign_peer_slots(&mut self, shape: &ClusterShape) -> Result<()> {
-        let local = shape.local().map(|n| n.underlay);
-        self.slottable = SlotRule {
-            peers: shape
-                .nodes
-                .iter()
-                .filter(|n| Some(n.underlay) != local)
-                .map(|n| wire_addr(n.underlay))
-                .collect(),
-            overlays: shape.peer_overlays()?.iter().map(|o| o.wire()).collect(),
-        };
-        {
-            let mut slots: HashMap<&mut MapData, PeerKey, u32> =
-                map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
-            // Which meaning the keys have, for a restarted agent of another
-            // build (docs/restarts.md).
-            slots
-                .insert(PEER_ABI_KEY, PEER_SLOT_RETIRED | PEER_ABI_VERSION, 0)
-                .map_err(Error::map(map::PEER_SLOTS))?;
-            for (key, slot) in &self.peer_slots {
-                let value = match self.slottable.admits(key) {
-                    true => *slot,
-                    false => slot | PEER_SLOT_RETIRED,
-                };
-                slots
-                    .insert(*key, value, 0)
-                    .map_err(Error::map(map::PEER_SLOTS))?;
-            }
-        }
-        self.promote_peer_slots().map(|_| ())
-    }
-
-    /// Gives a slot to every key the kernel counted in PEERS that may
-    /// hold one and has none, while PEER_STATS has room: called by the
-    /// agent's sampler before each reading. Its flows take the slot on
-    /// their next packet; what was counted in PEERS stays there (a figure
-    /// is the sum of both). Returns how many keys got a slot.
-    pub fn promote_peer_slots(&mut self) -> Result<usize> {
-        let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
-        let mut waiting = Vec::new();
-        {
-            let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
-                map_ref(&self.ebpf, map::PEERS)?;
-            let fd = hashed.map().fd().as_fd();
-            let keys = |k: &PeerKey, _: &[PeerStats]| {
-                if !self.peer_slots.contains_key(k) && self.slottable.admits(k) {
-                    waiting.push(*k);
-                }
-                true
-            };
-            match sys::lookup_batch_per_cpu(fd, 1024, cpus, keys) {
-                Ok(()) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
-                    for key in hashed.keys() {
-                        let key = key.map_err(Error::map(map::PEERS))?;
-                        if !self.peer_slots.contains_key(&key) && self.slottable.admits(&key) {
-                            waiting.push(key);
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::io(format!("batch lookup of {}", map::PEERS), e)),
-            }
-        }
-        let capacity = self.options.peer_slot_capacity;
-        // Slots are never reused: the next is past every one handed out.
-        let mut next = self.peer_slots.values().map(|s| s + 1).max().unwrap_or(0);
-        let mut slots: HashMap<&mut MapData, PeerKey, u32> =
-            map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
-        let mut promoted = 0;
-        self.slotless = 0;
-        for key in waiting {
-            if next >= capacity {
-                self.slotless += 1;
-                continue;
-            }
-            slots
-                .insert(key, next, 0)
-                .map_err(Error::map(map::PEER_SLOTS))?;
-            self.peer_slots.insert(key, next);
-            next += 1;
-            promoted += 1;
-        }
-        Ok(promoted)
-    }
-
-    /// (peer, overlay, direction, network pair) keys of the shape's nodes
-    /// that found PEER_STATS full at the last promotion: counted in the
-    /// PEERS hash, a lookup more per packet. Zero unless the cluster's
-    /// active pairs outgrew `peer_slot_capacity`.
-    pub fn slotless(&self) -> usize {
-        self.slotless
     }
 
     /// Attaches `hook`'s ingress and egress programs to `iface`. Attaching
