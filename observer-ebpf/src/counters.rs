@@ -101,39 +101,16 @@ pub fn count_outcome(key: &PeerKey, outcome: Outcome) {
         Outcome::Late => stats.handshakes_late += 1,
         Outcome::Reset => stats.handshakes_reset += 1,
     };
-    let stats = match peer_slot(key) {
-        0 => PEERS.get_ptr_mut(key),
-        slot => PEER_STATS.get_ptr_mut(slot - 1),
-    };
-    match stats {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        Some(stats) => add(unsafe { &mut *stats }),
-        None => {
-            // No entry for the key yet (its SYN was counted through a
-            // slot since retired): create it.
-            let mut fresh = PeerStats::default();
-            add(&mut fresh);
-            match PEERS.insert(key, fresh, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(e) if e == -EEXIST => {
-                    if let Some(stats) = PEERS.get_ptr_mut(key) {
-                        // SAFETY: as above.
-                        add(unsafe { &mut *stats });
-                    }
-                }
-                Err(_) => count(Counter::PeerMapFull),
-            }
-        }
+    match peer_slot(key) {
+        0 => with_unslotted(key, add),
+        slot => with_slot(slot, add),
     }
 }
 
 /// Adds one underlay packet to slot `slot_plus_one` (non-zero).
 #[inline(always)]
 pub fn count_slot(slot_plus_one: u32, bytes: u32, tcp: Tcp) {
-    if let Some(stats) = PEER_STATS.get_ptr_mut(slot_plus_one - 1) {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        unsafe { add(&mut *stats, bytes, tcp) };
-    }
+    with_slot(slot_plus_one, |stats| add(stats, bytes, tcp));
 }
 
 /// Adds one underlay packet to the (peer, overlay, direction) counters,
@@ -149,29 +126,38 @@ pub fn count_peer(key: &PeerKey, bytes: u32, tcp: Tcp) {
 /// Adds one underlay packet of a peer without a slot to the PEERS hash.
 #[inline(always)]
 pub fn count_unslotted(key: &PeerKey, bytes: u32, tcp: Tcp) {
-    if add_peer(key, bytes, tcp) {
+    with_unslotted(key, |stats| add(stats, bytes, tcp));
+}
+
+/// Applies `f` to this CPU's value of slot `slot_plus_one` (non-zero).
+#[inline(always)]
+fn with_slot(slot_plus_one: u32, f: impl Fn(&mut PeerStats)) {
+    if let Some(stats) = PEER_STATS.get_ptr_mut(slot_plus_one - 1) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        f(unsafe { &mut *stats });
+    }
+}
+
+/// Applies `f` to this CPU's value of `key` in the PEERS hash, creating
+/// the entry if it has none (counted when the hash is full).
+#[inline(always)]
+fn with_unslotted(key: &PeerKey, f: impl Fn(&mut PeerStats)) {
+    if let Some(stats) = PEERS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        f(unsafe { &mut *stats });
         return;
     }
     let mut fresh = PeerStats::default();
-    add(&mut fresh, bytes, tcp);
+    f(&mut fresh);
     match PEERS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU created it between our lookup and insert.
         Err(e) if e == -EEXIST => {
-            add_peer(key, bytes, tcp);
+            if let Some(stats) = PEERS.get_ptr_mut(key) {
+                // SAFETY: as above.
+                f(unsafe { &mut *stats });
+            }
         }
         Err(_) => count(Counter::PeerMapFull),
-    }
-}
-
-#[inline(always)]
-fn add_peer(key: &PeerKey, bytes: u32, tcp: Tcp) -> bool {
-    match PEERS.get_ptr_mut(key) {
-        Some(stats) => {
-            // SAFETY: per-CPU value, only this CPU writes it.
-            unsafe { add(&mut *stats, bytes, tcp) };
-            true
-        }
-        None => false,
     }
 }
