@@ -63,11 +63,7 @@ fn peer_labels<'a>(node: &'a str, p: &PeerRecord, peer: &'a str) -> [(&'static s
 }
 
 fn has_tcp(c: &PeerCounts) -> bool {
-    c.segments != 0 || c.rsts != 0 || has_handshakes(c)
-}
-
-fn has_handshakes(c: &PeerCounts) -> bool {
-    c.handshakes_answered != 0 || c.handshakes_unanswered != 0 || c.handshakes_reset != 0
+    c.segments != 0 || c.rsts != 0 || c.handshakes() != 0
 }
 
 /// Everything one scrape shows: O(nodes) series, from counters the
@@ -95,7 +91,7 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
         "Handshakes this node's clients opened towards a peer node, by result: answered within 0.8 s, unanswered (answered later or never), reset.",
     );
     for (p, peer) in peers.iter().zip(&names) {
-        if !has_handshakes(&p.counts) {
+        if p.counts.handshakes() == 0 {
             continue;
         }
         for (result, value) in HANDSHAKE_RESULTS {

@@ -109,11 +109,12 @@ async fn sample(state: &Arc<State>, interval: Duration) -> Result<()> {
         if let Err(err) = observer.expire_handshakes(monotonic_ns()) {
             own_state.count(&err);
         }
+        let peers = observer.peers()?;
         // Keys first seen since the last sample get their slot.
-        if let Err(err) = observer.promote_peer_slots() {
+        if let Err(err) = observer.promote_seen_peers(&peers) {
             own_state.count(&err);
         }
-        Ok::<_, crate::Error>((observer.peers()?, observer.counters()?))
+        Ok::<_, crate::Error>((peers, observer.counters()?))
     })
     .await
     .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;

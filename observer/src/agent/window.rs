@@ -67,17 +67,13 @@ pub fn tcp_totals(
     let mut out: BTreeMap<TcpKey, PeerCounts> = BTreeMap::new();
     for r in records.iter().filter(|r| r.direction == Direction::Egress) {
         let c = r.counts;
-        if c.segments == 0 && handshakes(&c) == 0 {
+        if c.segments == 0 && c.handshakes() == 0 {
             continue;
         }
         *out.entry((name(r.peer), r.overlay, r.src_net, r.dst_net))
             .or_default() += c;
     }
     out
-}
-
-fn handshakes(c: &PeerCounts) -> u64 {
-    c.handshakes_answered + c.handshakes_unanswered + c.handshakes_reset
 }
 
 /// One reading, cumulative since the counters began.
@@ -171,7 +167,7 @@ impl Windows {
             }
             // A refused handshake reached the peer: not loss, shown apart
             // (as refused probes are).
-            if handshakes(&w) > 0 {
+            if w.handshakes() > 0 {
                 rows.push(LossRow {
                     sent: w.handshakes_answered + w.handshakes_unanswered,
                     lost: w.handshakes_unanswered,

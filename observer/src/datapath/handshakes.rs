@@ -32,38 +32,41 @@ pub(crate) fn expire(
     now_ns: u64,
     expired: &mut BTreeMap<PeerKey, u64>,
 ) -> Result<u64> {
-    let pending: HashMap<&MapData, FlowKey, PendingHandshake> = map_ref(ebpf, map::HANDSHAKES)?;
-    let fd = pending.map().fd().as_fd();
-    let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", map::HANDSHAKES), e);
-    let mut old = Vec::new();
-    sys::lookup_batch(fd, BATCH, |k: &FlowKey, v: &PendingHandshake| {
-        if now_ns.saturating_sub(v.opened_ns) > HANDSHAKE_GRACE_NS {
-            old.push(*k);
-        }
-    })
-    .map_err(|e| io("reading", e))?;
-    let mut removed = 0;
-    for key in old {
-        let taken: Option<PendingHandshake> =
-            sys::lookup_and_delete(fd, &key).map_err(|e| io("expiring an entry of", e))?;
-        if let Some(handshake) = taken {
-            *expired.entry(handshake.peer).or_default() += 1;
-            removed += 1;
-        }
+    let taken = remove_where(ebpf, |h| {
+        now_ns.saturating_sub(h.opened_ns) > HANDSHAKE_GRACE_NS
+    })?;
+    for handshake in &taken {
+        *expired.entry(handshake.peer).or_default() += 1;
     }
-    Ok(removed)
+    Ok(taken.len() as u64)
 }
 
 /// Empties HANDSHAKES (tests start clean).
 pub(crate) fn clear(ebpf: &Ebpf) -> Result<()> {
+    remove_where(ebpf, |_| true).map(|_| ())
+}
+
+/// Removes the entries `old` picks and returns what they held as they
+/// were removed; one an answer removed meanwhile is not returned.
+fn remove_where(
+    ebpf: &Ebpf,
+    old: impl Fn(&PendingHandshake) -> bool,
+) -> Result<Vec<PendingHandshake>> {
     let pending: HashMap<&MapData, FlowKey, PendingHandshake> = map_ref(ebpf, map::HANDSHAKES)?;
     let fd = pending.map().fd().as_fd();
+    let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", map::HANDSHAKES), e);
     let mut keys = Vec::new();
-    sys::lookup_batch(fd, BATCH, |k: &FlowKey, _: &PendingHandshake| keys.push(*k))
-        .map_err(|e| Error::io(format!("reading {}", map::HANDSHAKES), e))?;
+    sys::lookup_batch(fd, BATCH, |k: &FlowKey, v: &PendingHandshake| {
+        if old(v) {
+            keys.push(*k);
+        }
+    })
+    .map_err(|e| io("reading", e))?;
+    let mut taken = Vec::with_capacity(keys.len());
     for key in keys {
-        let _: Option<PendingHandshake> = sys::lookup_and_delete(fd, &key)
-            .map_err(|e| Error::io(format!("clearing {}", map::HANDSHAKES), e))?;
+        let value: Option<PendingHandshake> =
+            sys::lookup_and_delete(fd, &key).map_err(|e| io("removing an entry of", e))?;
+        taken.extend(value);
     }
-    Ok(())
+    Ok(taken)
 }

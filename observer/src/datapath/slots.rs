@@ -2,18 +2,12 @@
 //! get one, and when. A slot lets a known flow count its peer without a
 //! hash lookup; handing them out as keys appear (rather than nodes x 36
 //! up front) makes reading them cost the pairs that carry traffic.
-use std::os::fd::AsFd;
-
-use aya::{
-    maps::{HashMap, IterableMap, MapData, PerCpuHashMap},
-    util::nr_cpus,
-};
+use aya::maps::{HashMap, MapData};
 use observer_ebpf::{
-    Direction, PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED, PeerKey, PeerStats, SLOTTED_NETS,
-    map,
+    Direction, PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED, PeerKey, SLOTTED_NETS, map,
 };
 
-use super::{Observer, map_mut, map_ref, sys};
+use super::{Observer, PeerRecord, map_mut};
 use crate::{
     Error, Result,
     shape::{ClusterShape, wire_addr},
@@ -82,36 +76,18 @@ impl Observer {
     }
 
     /// Gives a slot to every key the kernel counted in PEERS that may
-    /// hold one and has none, while PEER_STATS has room: called by the
-    /// agent's sampler before each reading. Its flows take the slot on
-    /// their next packet; what was counted in PEERS stays there (a figure
-    /// is the sum of both). Returns how many keys got a slot.
+    /// hold one and has none, while PEER_STATS has room. Its flows take
+    /// the slot within 64 packets; what was counted in PEERS stays there
+    /// (a figure is the sum of both). Returns how many keys got a slot.
     pub fn promote_peer_slots(&mut self) -> Result<usize> {
-        let cpus = nr_cpus().map_err(|(what, source)| Error::io(what, source))?;
-        let mut waiting = Vec::new();
-        {
-            let hashed: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
-                map_ref(&self.ebpf, map::PEERS)?;
-            let fd = hashed.map().fd().as_fd();
-            let keys = |k: &PeerKey, _: &[PeerStats]| {
-                if !self.peer_slots.contains_key(k) && self.slottable.admits(k) {
-                    waiting.push(*k);
-                }
-                true
-            };
-            match sys::lookup_batch_per_cpu(fd, 1024, cpus, keys) {
-                Ok(()) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
-                    for key in hashed.keys() {
-                        let key = key.map_err(Error::map(map::PEERS))?;
-                        if !self.peer_slots.contains_key(&key) && self.slottable.admits(&key) {
-                            waiting.push(key);
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::io(format!("batch lookup of {}", map::PEERS), e)),
-            }
-        }
+        let seen = self.peers()?;
+        self.promote_seen_peers(&seen)
+    }
+
+    /// [`Observer::promote_peer_slots`] from a reading just taken with
+    /// [`Observer::peers`]: what the agent's sampler calls, so PEERS is
+    /// read once a sample, not twice.
+    pub fn promote_seen_peers(&mut self, seen: &[PeerRecord]) -> Result<usize> {
         let capacity = self.options.peer_slot_capacity;
         // Slots are never reused: the next is past every one handed out.
         let mut next = self.peer_slots.values().map(|s| s + 1).max().unwrap_or(0);
@@ -119,7 +95,11 @@ impl Observer {
             map_mut(&mut self.ebpf, map::PEER_SLOTS)?;
         let mut promoted = 0;
         self.slotless = 0;
-        for key in waiting {
+        let waiting = seen
+            .iter()
+            .map(PeerRecord::key)
+            .filter(|k| !self.peer_slots.contains_key(k) && self.slottable.admits(k));
+        for key in waiting.collect::<Vec<_>>() {
             if next >= capacity {
                 self.slotless += 1;
                 continue;

@@ -23,7 +23,10 @@ use super::{
     ageing::{Retired, RetiredReport},
     map_mut, map_ref, sys,
 };
-use crate::{Error, Result, shape::addr_from_wire};
+use crate::{
+    Error, Result,
+    shape::{addr_from_wire, wire_addr},
+};
 
 /// Every counter by reason, summed over CPUs.
 pub type Counters = BTreeMap<&'static str, u64>;
@@ -89,6 +92,19 @@ pub struct PeerRecord {
     pub counts: PeerCounts,
 }
 
+impl PeerRecord {
+    /// The kernel's key of these counters.
+    pub fn key(&self) -> PeerKey {
+        PeerKey {
+            peer: wire_addr(self.peer),
+            overlay: self.overlay.wire(),
+            direction: self.direction.wire(),
+            src_net: self.src_net.wire(),
+            dst_net: self.dst_net.wire(),
+        }
+    }
+}
+
 /// The counters of a [`PeerRecord`], summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCounts {
@@ -143,6 +159,12 @@ impl std::ops::AddAssign for PeerCounts {
 }
 
 impl PeerCounts {
+    /// Handshakes this node's clients opened towards the peer that ended:
+    /// answered, unanswered or reset.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes_answered + self.handshakes_unanswered + self.handshakes_reset
+    }
+
     fn add(&mut self, s: &PeerStats) {
         *self += PeerCounts::from(s);
     }
@@ -293,7 +315,7 @@ pub(crate) fn for_each_flow(ebpf: &Ebpf, mut each: impl FnMut(&FlowKey, &FlowSta
     let batched = sys::lookup_batch(flows.map().fd().as_fd(), BATCH, &mut each);
     match batched {
         Ok(()) => return Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
+        Err(e) if sys::batch_unsupported(&e) => {}
         Err(e) => return Err(Error::io(format!("batch lookup of {}", map::FLOWS), e)),
     }
     for entry in flows.iter() {
@@ -340,7 +362,7 @@ fn read_slots(ebpf: &Ebpf, used: usize) -> Result<Vec<PeerCounts>> {
     );
     match batched {
         Ok(()) => return Ok(slots),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
+        Err(e) if sys::batch_unsupported(&e) => {}
         Err(e) => return Err(Error::io(format!("batch lookup of {}", map::PEER_STATS), e)),
     }
     for (slot, sum) in slots.iter_mut().enumerate() {
@@ -393,7 +415,7 @@ pub(crate) fn read_peers(
     );
     match batched {
         Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+        Err(e) if sys::batch_unsupported(&e) => {
             for entry in hashed.iter() {
                 let (key, values) = entry.map_err(Error::map(map::PEERS))?;
                 let sum = per_peer.entry(key).or_default();

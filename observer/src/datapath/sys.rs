@@ -164,6 +164,13 @@ fn elem_op<K: Pod, V: Pod>(
     }
 }
 
+/// Whether a batch call failed only because this kernel (before 5.6) or
+/// map type has no batch operations: read entry by entry instead. The
+/// kernel refuses before copying anything, so nothing is read twice.
+pub(crate) fn batch_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
+}
+
 /// Every entry of a hash map, `chunk` entries per `BPF_MAP_LOOKUP_BATCH`
 /// call instead of two syscalls per entry. Entries inserted or deleted
 /// while reading may or may not appear, as with key-by-key iteration.
