@@ -395,6 +395,8 @@ pub(crate) struct FoundLink {
     /// Interface index the link is attached to; 0 when the interface is
     /// gone (the kernel detached it then).
     pub ifindex: u32,
+    /// The kernel's id of the link.
+    pub id: u32,
 }
 
 /// Every pinned link under `links/`. Entries that are not ours or not a
@@ -436,6 +438,7 @@ pub(crate) fn found_links(links: &Path) -> Result<Vec<FoundLink>> {
                 direction: direction.to_owned(),
                 path,
                 ifindex: target.ifindex,
+                id: target.id,
             });
         }
     }
@@ -478,11 +481,13 @@ pub fn uninstall(dir: &Path) -> Result<Uninstalled> {
 /// [`uninstall`] by the holder of the directory's lock.
 pub(crate) fn uninstall_in(pins: &PinDir) -> Result<Uninstalled> {
     let mut done = Uninstalled::default();
-    for link in found_links(&pins.links())? {
+    let links = found_links(&pins.links())?;
+    for link in &links {
         unpin_link(&link.path)?;
         done.links
             .push(format!("{}/{}-{}", link.iface, link.hook, link.direction));
     }
+    wait_released(&links)?;
     for entry in fs::read_dir(pins.maps()).map_err(|e| Error::io("listing pinned maps", e))? {
         let entry = entry.map_err(|e| Error::io("listing pinned maps", e))?;
         fs::remove_file(entry.path())
@@ -492,6 +497,42 @@ pub(crate) fn uninstall_in(pins: &PinDir) -> Result<Uninstalled> {
     }
     remove_dirs(&pins.dir)?;
     Ok(done)
+}
+
+/// How long an unpinned link may take to leave its interface. The kernel
+/// releases it from a workqueue, normally within milliseconds.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Returns once every unpinned link is gone from its interface, so that
+/// `crossover uninstall` returning means the programs no longer run. A link
+/// still there after [`RELEASE_WAIT`] is held by another process's fd
+/// (bpftool, a debugger): named in the error.
+fn wait_released(links: &[FoundLink]) -> Result<()> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    for link in links {
+        loop {
+            let exists = sys::link_exists(link.id).map_err(|e| {
+                Error::io(format!("checking that link {} was released", link.id), e)
+            })?;
+            if !exists {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::io(
+                    format!(
+                        "link {} on {} ({}-{})",
+                        link.id, link.iface, link.hook, link.direction
+                    ),
+                    io::Error::other(format!(
+                        "still attached {}s after its pin was removed: another process holds it open",
+                        RELEASE_WAIT.as_secs()
+                    )),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
 }
 
 /// Removes the (now empty) directory tree of the pins.

@@ -18,6 +18,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 /// `BPF_LINK_TYPE_TCX`.
 pub(crate) const LINK_TYPE_TCX: u32 = 11;
@@ -85,6 +86,7 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LinkTarget {
     pub link_type: u32,
+    pub id: u32,
     pub ifindex: u32,
 }
 
@@ -120,8 +122,36 @@ pub(crate) fn link_target(fd: BorrowedFd<'_>) -> io::Result<LinkTarget> {
     let info = unsafe { info.assume_init() };
     Ok(LinkTarget {
         link_type: info.link_type,
+        id: info.id,
         ifindex: info.ifindex,
     })
+}
+
+/// Whether the link with this id still exists (`BPF_LINK_GET_FD_BY_ID`).
+/// The kernel releases an unpinned link from a workqueue, so for a moment
+/// after its last pin is removed it is still attached.
+pub(crate) fn link_exists(id: u32) -> io::Result<bool> {
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct IdAttr {
+        link_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut attr = Attr::new(IdAttr {
+        link_id: id,
+        next_id: 0,
+        open_flags: 0,
+    });
+    match bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) {
+        Ok(fd) => {
+            // SAFETY: the kernel returned a new fd we now own; dropped at once.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[repr(C)]
