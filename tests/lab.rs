@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use observer::{
     connections::{Connection, Handshake, SnatSeen},
     datapath::{PeerCounts, Snapshot},
-    delivery::{self, Delivery},
+    loss::delivery::{self, Delivery},
 };
 
 /// One lab at a time: the loss figures want the CPU to themselves.

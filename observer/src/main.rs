@@ -49,15 +49,11 @@ async fn main() {
         Command::Probe(args) => probe::run(args).await,
         Command::Migrate(args) => migrate::run(*args).await,
         Command::Report(args) => migrate::report(args).await,
-        // Blocking HTTP and a sleep: off the async workers.
-        Command::Loss(args) => tokio::task::spawn_blocking(move || loss::run(args))
-            .await
-            .unwrap_or_else(|e| Err(observer::Error::io("loss", std::io::Error::other(e))))
-            .map(|code| {
-                if code != 0 {
-                    std::process::exit(code)
-                }
-            }),
+        Command::Loss(args) => loss::run(args).await.map(|code| {
+            if code != 0 {
+                std::process::exit(code)
+            }
+        }),
         Command::Uninstall { pin_path } => observer::datapath::uninstall(&pin_path).map(|done| {
             eprintln!(
                 "crossover: removed {} links and {} maps pinned in {}",

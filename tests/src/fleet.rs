@@ -9,7 +9,7 @@ use observer::{
     connections::{self, Connection},
     conntrack,
     datapath::{Hook, LoadOptions, Observer, Selection, Snapshot, reconcile},
-    delivery::{self, Delivery, NodeView},
+    loss::delivery::{self, Delivery, NodeView},
 };
 
 use crate::{

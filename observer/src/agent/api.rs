@@ -4,30 +4,29 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::window::LossRow;
 use crate::{
     Error, Result,
     cluster::index::Identity,
     datapath::{Counters, FlowRecord, PeerRecord},
-    delivery::NodeView,
+    loss::{LossRow, delivery::NodeView},
 };
 
 pub const PEERS_PATH: &str = "/api/v1/peers";
 pub const FLOWS_PATH: &str = "/api/v1/flows";
 pub const CONNECTIONS_PATH: &str = "/api/v1/connections";
 pub const LOSS_PATH: &str = "/api/v1/loss";
+pub use crate::loss::reading::READING_PATH;
 pub const STATUS_PATH: &str = "/api/v1/status";
 
-/// The loss matrix from one agent's side over its current window.
+/// The signals one agent measures alone (handshake, retransmit, probes)
+/// over its own window, towards every peer. Delivery needs both ends: a
+/// reader computes it from every agent's `/api/v1/reading`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LossReport {
     pub version: u32,
     pub node: String,
     pub window_seconds: f64,
     pub rows: Vec<LossRow>,
-    /// Peer agents whose counters could not be read at the last sample:
-    /// pairs towards them are missing from `rows`, not lossless.
-    pub unreachable: Vec<String>,
 }
 
 /// The flow table, every address named.
@@ -63,7 +62,7 @@ pub struct PeersReport {
 }
 
 impl PeersReport {
-    /// A view of this report, for [`crate::delivery::deliveries`].
+    /// A view of this report, for [`crate::loss::delivery::deliveries`].
     pub fn view(&self) -> NodeView<'_> {
         NodeView {
             name: &self.node,
@@ -89,14 +88,6 @@ pub fn fetch_peers_about(
         None => PEERS_PATH.to_string(),
     };
     let report: PeersReport = get_json(agent, &path, "peers report", timeout)?;
-    check_version(agent, report.version)?;
-    Ok(report)
-}
-
-/// One agent's loss report over its current window, checked against this
-/// version.
-pub fn fetch_loss(agent: &str, timeout: Duration) -> Result<LossReport> {
-    let report: LossReport = get_json(agent, LOSS_PATH, "loss report", timeout)?;
     check_version(agent, report.version)?;
     Ok(report)
 }

@@ -4,8 +4,9 @@
 //! flows. The counters are the kernel's, read at scrape time; the writer
 //! is the format's few rules (HELP, TYPE, escaped label values) rather than
 //! a client library built around counters the process increments itself.
-use super::{State, window::LossRow};
+use super::State;
 use crate::datapath::{Counters, PeerCounts, PeerRecord};
+use crate::loss::LossRow;
 
 pub use crate::exposition::CONTENT_TYPE;
 use crate::exposition::family;
@@ -178,10 +179,10 @@ fn window_families(out: &mut String, state: &State) {
         [
             ("node", node.to_string()),
             ("peer_node", r.peer_node.clone()),
-            ("overlay", r.overlay.clone()),
-            ("src_net", r.src_net.clone()),
-            ("dst_net", r.dst_net.clone()),
-            ("signal", r.signal.clone()),
+            ("overlay", r.overlay.label().to_string()),
+            ("src_net", r.src_net.label().to_string()),
+            ("dst_net", r.dst_net.label().to_string()),
+            ("signal", r.signal.label().to_string()),
         ]
     };
     let gauges: [(&'static str, &str, Value<LossRow>); 2] = [
@@ -221,21 +222,9 @@ fn window_families(out: &mut String, state: &State) {
     f.sample(&[("node", node)], loss.window_seconds);
     let mut f = family(
         out,
-        "crossover_peer_agent_up",
-        "gauge",
-        "1 when the peer node's agent answered the last sample; its pairs are missing otherwise.",
-    );
-    for (peer, status) in state.peer_status() {
-        f.sample(
-            &[("node", node), ("peer_node", &peer)],
-            u64::from(status.up),
-        );
-    }
-    let mut f = family(
-        out,
         "crossover_sample_seconds",
         "gauge",
-        "Time the last sample of this node's and its peers' counters took.",
+        "Time the last tick's two reads of this node's counters took, the guard between them included.",
     );
     f.sample(&[("node", node)], state.sample_duration().as_secs_f64());
 }

@@ -1,7 +1,8 @@
 //! `crossover agent`: what runs on every node (the DaemonSet). It attaches
 //! the programs, follows interfaces as pods come and go, follows the
-//! cluster through the API (or a config file), reads its peers' counters
-//! into sliding windows, and serves it all as Prometheus metrics and a
+//! cluster through the API (or a config file), reads its own counters on
+//! aligned ticks into a short ring (its half of every window; it never
+//! reads its peers), and serves it all as Prometheus metrics and a
 //! versioned JSON API.
 pub mod api;
 pub mod metrics;
@@ -9,7 +10,6 @@ mod probing;
 mod routes;
 mod sampler;
 pub mod view;
-pub mod window;
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +23,6 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 pub use routes::router;
-pub use sampler::PeerStatus;
 
 use crate::{
     Error, Result,
@@ -35,9 +34,13 @@ use crate::{
     connections::{self, Connection},
     conntrack,
     datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, Selection},
+    loss::{
+        LossRow,
+        reading::{Answerer, NodeReading, Request},
+        ring::{Ring, Tick, Unservable},
+    },
 };
 use view::View;
-use window::Windows;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -72,10 +75,8 @@ pub struct AgentArgs {
     /// Address for /metrics, /healthz, /readyz and /api/v1.
     #[arg(long, default_value = "0.0.0.0:9190")]
     pub listen: SocketAddr,
-    /// Port of the peer agents' API; default: the port of --listen.
-    #[arg(long)]
-    pub peer_port: Option<u16>,
-    /// Length of the sliding loss window.
+    /// Length of this agent's own loss window (`/api/v1/loss`); readers
+    /// choose theirs, up to this plus two ticks back.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub window: Duration,
     /// Port of the probe responders: this agent's own (host network, every
@@ -86,15 +87,16 @@ pub struct AgentArgs {
     /// (and the responder) off.
     #[arg(long, default_value_t = 10.0)]
     pub probe_rate: f64,
-    /// How often counters are read into the window.
+    /// The tick: counters are read at every multiple of it on the wall
+    /// clock, the same instants on every node. Every agent of a cluster
+    /// must use the same.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sample_interval: Duration,
-    /// Read every peer agent's counters each sample, for the delivery rows
-    /// of this agent's /api/v1/loss. `false` leaves delivery to readers of
-    /// /api/v1/peers (`crossover loss --since-start`): the agent then makes
-    /// no requests at all, whatever the cluster's size.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub read_peers: bool,
+    /// The second read of each tick comes this long after the first: a
+    /// packet in flight (plus the nodes' clock skew) for less than this is
+    /// never counted as lost (docs/agent.md, "Windows").
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub reading_guard: Duration,
     /// Named network namespace (`ip netns`) of the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
@@ -149,12 +151,11 @@ pub struct State {
     observer: Arc<Mutex<Observer>>,
     netns: Option<String>,
     cluster: Option<Arc<Cluster>>,
-    peer_port: u16,
-    /// Whether the sampler reads its peers (`--read-peers`).
-    read_peers: bool,
     errors: Mutex<BTreeMap<&'static str, u64>>,
-    windows: Mutex<Windows>,
-    peer_status: Mutex<BTreeMap<String, PeerStatus>>,
+    /// This node's reads, one per tick, and the newest tick's number.
+    ring: Mutex<Ring>,
+    newest_tick: tokio::sync::watch::Sender<u64>,
+    window: Duration,
     sample_duration: Mutex<Duration>,
     /// The sampler's last reading, and how old it may be to be served.
     reading: Mutex<Option<Arc<sampler::Reading>>>,
@@ -190,16 +191,12 @@ impl State {
         self.follow_probes();
     }
 
-    /// Probe targets from the current view and the peers that answer.
+    /// Probe targets from the current view.
     fn follow_probes(&self) {
         if let Some(probing) = &self.probing {
-            let answering = self
-                .peer_status()
-                .into_iter()
-                .filter(|(_, s)| s.up)
-                .map(|(n, _)| n)
-                .collect();
-            probing.follow(&self.view(), &answering);
+            let view = self.view();
+            let peers = view.peers.iter().map(|p| p.node.clone()).collect();
+            probing.follow(&view, &peers);
         }
     }
 
@@ -213,49 +210,88 @@ impl State {
         *errors.entry(err.metric_label()).or_default() += 1;
     }
 
-    fn push_sample(&self, sample: window::Sample) {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.push(sample);
+    fn push_tick(&self, tick: Tick) {
+        let k = tick.k;
+        self.ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tick);
+        self.newest_tick.send_replace(k);
     }
 
+    /// This node's half of the window `request` asks for. `Err` when the
+    /// window's end tick is not read yet.
+    pub fn reading(&self, request: &Request) -> std::result::Result<NodeReading, Unservable> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let interval_ms = ring.interval.as_millis().max(1) as u64;
+        let to = request.at_ms / interval_ms;
+        let from = to.saturating_sub(request.window_ms.div_ceil(interval_ms));
+        let (start, end) = ring.window(from, to)?;
+        let view = self.view();
+        let name = |addr| view.is_node(addr).then(|| view.node_name(addr));
+        let answerer = Answerer {
+            node: &self.node,
+            underlay: view
+                .local()
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED, |n| n.underlay),
+            guard_ms: ring.guard.as_millis() as u64,
+            interval_ms,
+            name: &name,
+            probes: self.probe_rows(),
+        };
+        Ok(answerer.answer(request, start, end))
+    }
+
+    /// The newest tick's number, waited for up to `wait` when it is not
+    /// `k` yet.
+    pub async fn wait_tick(&self, k: u64, wait: Duration) {
+        let mut ticks = self.newest_tick.subscribe();
+        let _ = tokio::time::timeout(wait, ticks.wait_for(|&newest| newest >= k)).await;
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).interval
+    }
+
+    pub fn newest_tick_ms(&self) -> u64 {
+        *self.newest_tick.borrow() * self.interval().as_millis() as u64
+    }
+
+    fn probe_rows(&self) -> Vec<LossRow> {
+        self.probing
+            .iter()
+            .flat_map(|p| p.loss(&self.node))
+            .collect()
+    }
+
+    /// This agent's own signals (TCP, probes) over its window, every peer.
     pub fn loss(&self) -> api::LossReport {
-        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::loss::ring::unix_ms(std::time::SystemTime::now());
+        let request = Request {
+            at_ms: now,
+            window_ms: self.window.as_millis() as u64,
+            nodes: vec![self.node.clone()],
+            groups: None,
+            group: None,
+            top: 0,
+            min_sent: 0,
+        };
+        let newest = *self.newest_tick.borrow();
+        let interval = self.ring.lock().unwrap_or_else(|e| e.into_inner()).interval;
+        let request = Request {
+            at_ms: newest * interval.as_millis() as u64,
+            ..request
+        };
+        let (rows, seconds) = match self.reading(&request) {
+            Ok(r) => (r.local, r.to_ms.saturating_sub(r.from_ms) as f64 / 1000.0),
+            Err(_) => (self.probe_rows(), 0.0),
+        };
         api::LossReport {
             version: 1,
             node: self.node.clone(),
-            window_seconds: windows.window_ns() as f64 / 1e9,
-            rows: windows
-                .loss(&self.node)
-                .into_iter()
-                .chain(self.probing.iter().flat_map(|p| p.loss(&self.node)))
-                .collect(),
-            unreachable: self
-                .peer_status()
-                .into_iter()
-                .filter(|(_, s)| !s.up)
-                .map(|(n, _)| n)
-                .collect(),
+            window_seconds: seconds,
+            rows,
         }
-    }
-
-    pub fn peer_status(&self) -> BTreeMap<String, PeerStatus> {
-        self.peer_status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn peer_failures(&self, node: &str) -> u64 {
-        let status = self.peer_status.lock().unwrap_or_else(|e| e.into_inner());
-        status.get(node).map_or(0, |s| s.failures)
-    }
-
-    fn set_peer_status(&self, node: String, status: PeerStatus) {
-        let mut all = self.peer_status.lock().unwrap_or_else(|e| e.into_inner());
-        all.insert(node, status);
-        // Peers that left the cluster leave the table.
-        let view = self.view();
-        all.retain(|n, _| view.peers.iter().any(|p| &p.node == n));
     }
 
     pub fn sample_duration(&self) -> Duration {
@@ -418,6 +454,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
     )?;
     let view = View::from_shape(shape);
+    check_ticks(args.sample_interval, args.reading_guard)?;
     let probing = if args.probe_rate <= 0.0 {
         None
     } else if args.netns.is_some() {
@@ -439,11 +476,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         observer: session.observer.clone(),
         netns: args.netns.clone(),
         cluster: cluster.clone(),
-        peer_port: args.peer_port.unwrap_or(args.listen.port()),
-        read_peers: args.read_peers,
         errors: Mutex::new(BTreeMap::new()),
-        windows: Mutex::new(Windows::new(args.window.as_nanos() as u64)),
-        peer_status: Mutex::new(BTreeMap::new()),
+        ring: Mutex::new(Ring::new(
+            args.sample_interval,
+            args.reading_guard,
+            Ring::capacity_for(args.window, args.sample_interval),
+        )),
+        newest_tick: tokio::sync::watch::Sender::new(0),
+        window: args.window,
         sample_duration: Mutex::new(Duration::ZERO),
         reading: Mutex::new(None),
         // A sampler that fell behind (or stopped) is not served from.
@@ -460,6 +500,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     tasks.push(tokio::spawn(sampler::run(
         state.clone(),
         args.sample_interval,
+        args.reading_guard,
     )));
     if !args.ageing.interval.is_zero() {
         tasks.push(tokio::spawn(age_flows(state.clone(), args.ageing.clone())));
@@ -496,6 +537,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     drop(session);
     eprintln!("crossover: exited");
     result.and(exited)
+}
+
+/// The tick and its guard, as readers rely on them: whole milliseconds
+/// (ticks are numbered in ms on every node), and a guard that leaves the
+/// tick time to read twice.
+fn check_ticks(interval: Duration, guard: Duration) -> Result<()> {
+    let bad = |reason: String| Err(Error::Shape(reason));
+    if interval < Duration::from_millis(100) || interval.subsec_nanos() % 1_000_000 != 0 {
+        return bad(format!(
+            "--sample-interval {interval:?}: expected whole milliseconds, at least 100ms"
+        ));
+    }
+    if guard.is_zero() || guard * 2 >= interval || guard.subsec_nanos() % 1_000_000 != 0 {
+        return bad(format!(
+            "--reading-guard {guard:?}: expected whole milliseconds, more than 0 and under half of --sample-interval ({interval:?})"
+        ));
+    }
+    Ok(())
 }
 
 /// Sweeps brought forward by a full flow table come at most this often.

@@ -7,9 +7,10 @@ use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Instant};
 use observer_ebpf::Net;
 use tokio::sync::watch;
 
-use super::{view::View, window::LossRow};
+use super::view::View;
 use crate::{
     Result,
+    loss::LossRow,
     probe::{
         ProbeStats, Prober, ProberConfig, Responder, ResponderConfig, ResponderCounters, Target,
     },
@@ -80,10 +81,10 @@ impl Probing {
             .map(|w| LossRow {
                 node: node.into(),
                 peer_node: w.key.peer_node.clone(),
-                overlay: w.key.overlay.label().into(),
-                src_net: Net::Host.label().into(),
-                dst_net: w.key.dst_net.label().into(),
-                signal: w.key.signal.label().into(),
+                overlay: w.key.overlay,
+                src_net: Net::Host,
+                dst_net: w.key.dst_net,
+                signal: w.key.signal.into(),
                 sent: w.received + w.lost,
                 lost: w.lost,
                 refused: w.refused,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{RawQuery, State as Extract},
+    extract::{Query, RawQuery, State as Extract, rejection::QueryRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -131,6 +131,49 @@ async fn loss_handler(Extract(state): Extract<Shared>) -> Response {
     Json(state.loss()).into_response()
 }
 
+/// `/api/v1/reading`: this node's half of the window a reader asks for. A
+/// reader asks for the newest tick a little after it: if this agent has
+/// not read it yet, it is waited for, up to a tick.
+async fn reading_handler(
+    Extract(state): Extract<Shared>,
+    query: std::result::Result<Query<crate::loss::reading::Query>, QueryRejection>,
+) -> Response {
+    let request = match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| q.check())
+    {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    let interval = state.interval();
+    let k = request.at_ms / interval.as_millis().max(1) as u64;
+    let s = state.clone();
+    let now_k = crate::loss::ring::unix_ms(std::time::SystemTime::now())
+        / interval.as_millis().max(1) as u64;
+    if k > now_k + 1 {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("at={}: in the future on this node's clock\n", request.at_ms),
+        )
+            .into_response();
+    }
+    state.wait_tick(k, interval).await;
+    match tokio::task::spawn_blocking(move || s.reading(&request)).await {
+        Ok(Ok(reading)) => Json(reading).into_response(),
+        Ok(Err(crate::loss::ring::Unservable::NotYet { newest })) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("tick {k} not read (newest: {newest:?}): is this node's clock behind?\n"),
+        )
+            .into_response(),
+        Ok(Err(crate::loss::ring::Unservable::Missing { k })) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("tick {k} was skipped by this agent (it stalled): ask for a window starting after it\n"),
+        )
+            .into_response(),
+        Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, join.to_string()).into_response(),
+    }
+}
+
 #[derive(Serialize)]
 struct Status<'a> {
     version: u32,
@@ -141,8 +184,9 @@ struct Status<'a> {
     attached: Vec<(String, &'static str)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     watches: Option<std::collections::BTreeMap<&'static str, crate::cluster::WatchHealth>>,
-    peer_agents: std::collections::BTreeMap<String, super::PeerStatus>,
     sample_seconds: f64,
+    /// The newest tick read, Unix ms.
+    newest_tick_ms: u64,
     view: super::view::ViewStatus<'a>,
 }
 
@@ -160,8 +204,8 @@ async fn status_handler(Extract(state): Extract<Shared>) -> Response {
         unready,
         attached,
         watches: state.cluster.as_ref().map(|c| c.health()),
-        peer_agents: state.peer_status(),
         sample_seconds: state.sample_duration().as_secs_f64(),
+        newest_tick_ms: state.newest_tick_ms(),
         view: view.status(),
     })
     .into_response()
@@ -193,6 +237,7 @@ pub fn router(state: Shared) -> Router {
         .route(api::FLOWS_PATH, get(flows_handler))
         .route(api::CONNECTIONS_PATH, get(connections_handler))
         .route(api::LOSS_PATH, get(loss_handler))
+        .route(api::READING_PATH, get(reading_handler))
         .route(api::STATUS_PATH, get(status_handler))
         .with_state(state)
 }

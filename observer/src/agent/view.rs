@@ -63,6 +63,11 @@ impl View {
             .unwrap_or_else(|| addr.to_string())
     }
 
+    /// True when `addr` is a node's underlay address.
+    pub fn is_node(&self, addr: Ipv4Addr) -> bool {
+        self.names.contains_key(&addr)
+    }
+
     /// True when `ip` is this node's: one of its addresses or in one of its
     /// pod CIDRs. Decides which connections this node opened.
     pub fn is_local(&self, ip: Ipv4Addr) -> bool {

@@ -1,30 +1,36 @@
-//! `crossover loss`: asks every agent for its loss matrix (`/api/v1/loss`,
-//! each agent's current sliding window) and prints them merged, node pair
-//! by node pair, network pair by network pair and signal by signal.
+//! `crossover loss`: one reading of every agent (`/api/v1/reading`, each
+//! agent's half of the same aligned window), printed worst first.
 //!
-//! Each ordered pair is reported by its sender only, so the union of all
-//! agents' rows counts every packet once. What is missing is said, never
-//! shown as lossless: agents that did not answer (`failed`) and peers an
-//! agent could not read (`unreachable`, whose pairs from that agent are
-//! absent).
+//! By default: the cluster totals per signal, overlay and network pair,
+//! the exact rows of the nodes named with `--node`, the pairs a
+//! drill-down names when a delivery total shows loss, and the worst rows of
+//! the signals each agent measures alone. `--all` streams the whole matrix
+//! instead, group by group. What is missing is said, never shown as
+//! lossless: agents that did not answer are listed and the exit status is
+//! 2.
 //!
-//! `--since-start` instead reads every agent's raw underlay counters
+//! `--since-start` reads every agent's raw underlay counters
 //! (`/api/v1/peers`) once and prints delivery since the agents started:
-//! exact figures to compare with a drop counter.
-use std::time::Duration;
+//! exact figures to compare with a drop counter (O(N^2) numbers: for labs).
+use std::{io::Write, time::Duration};
 
 use clap::{Args, ValueEnum};
-use serde::{Deserialize, Serialize};
+use observer_ebpf::Overlay;
+use serde::Serialize;
 
-pub use crate::agent::window::LossRow;
 use crate::{
     Error, Result,
     agent::api,
-    delivery::{self, Delivery},
+    loss::{
+        LossRow, Signal,
+        client::Client,
+        cluster::{self, ClusterReading, WindowArgs},
+        delivery::{self, Delivery},
+    },
 };
 
 /// Exit status when the matrix was printed but is incomplete: an agent did
-/// not answer, or an agent could not read one of its peers.
+/// not answer.
 pub const EXIT_INCOMPLETE: i32 = 2;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -39,168 +45,218 @@ pub struct LossArgs {
     #[arg(long = "agent", required = true)]
     pub agents: Vec<String>,
     /// Delivery since the agents started, from their raw underlay counters,
-    /// instead of the agents' sliding windows of every signal.
-    #[arg(long)]
+    /// instead of a window of every signal.
+    #[arg(long, conflicts_with = "all")]
     pub since_start: bool,
-    #[arg(long, value_enum, default_value_t = LossFormat::Table)]
+    /// Every row of the matrix, streamed group by group (JSON: one row per
+    /// line), instead of the totals and the worst rows.
+    #[arg(long)]
+    pub all: bool,
+    /// Read this node's rows exactly (every peer, both directions), and
+    /// show only rows it is in. Repeatable.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// Show only rows towards or from this peer node.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Show only this overlay (legacy, cilium).
+    #[arg(long, value_parser = parse_overlay)]
+    pub overlay: Option<Overlay>,
+    /// Show only this signal (delivery, handshake, retransmit, probe_udp,
+    /// probe_tcp).
+    #[arg(long)]
+    pub signal: Option<Signal>,
+    /// Show only rows whose loss ratio is at least this (1%, 0.5% or 0.01).
+    #[arg(long, value_parser = parse_ratio)]
+    pub min_ratio: Option<f64>,
+    /// Rows shown (and worst rows asked of each agent), worst first.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Rows with fewer sent are not ranked among the worst or drilled.
+    #[arg(long, default_value_t = 20)]
+    pub min_sent: u64,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[arg(long, short = 'o', value_enum, default_value_t = LossFormat::Table)]
     pub format: LossFormat,
-    /// Per-request timeout, seconds.
-    #[arg(long, default_value_t = 5)]
-    pub timeout: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = crate::agent::parse_duration)]
+    pub timeout: Duration,
 }
 
-/// Every agent's loss rows over its current window, merged.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct LossMatrix {
-    pub rows: Vec<LossRow>,
-    /// Peers an agent could not read at its last sample: the pairs from
-    /// `node` to `peer_node` are missing from `rows`, not lossless.
-    pub unreachable: Vec<Unreachable>,
-    /// Agents that did not answer (or answered something unusable): the
-    /// pairs they send on are missing from `rows`.
-    pub failed: Vec<FailedAgent>,
+fn parse_overlay(s: &str) -> std::result::Result<Overlay, String> {
+    Overlay::from_label(s).ok_or_else(|| format!("{s:?} is not an overlay (legacy, cilium)"))
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unreachable {
-    pub node: String,
-    pub peer_node: String,
+fn parse_ratio(s: &str) -> std::result::Result<f64, String> {
+    s.parse::<crate::migrate::gate::Ratio>().map(|r| r.0)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedAgent {
-    /// The URL as given.
-    pub agent: String,
-    pub error: String,
+/// What a row must match to be shown.
+struct Filter<'a> {
+    args: &'a LossArgs,
 }
 
-impl LossMatrix {
-    /// Nothing missing: every agent answered and read all its peers.
-    pub fn complete(&self) -> bool {
-        self.unreachable.is_empty() && self.failed.is_empty()
+impl Filter<'_> {
+    fn keeps(&self, r: &LossRow) -> bool {
+        let a = self.args;
+        let node = a.nodes.is_empty()
+            || r.is_total()
+            || a.nodes.iter().any(|n| *n == r.node || *n == r.peer_node);
+        let peer = a
+            .peer
+            .as_ref()
+            .is_none_or(|p| r.is_total() || *p == r.node || *p == r.peer_node);
+        node && peer
+            && a.overlay.is_none_or(|o| o == r.overlay)
+            && a.signal.is_none_or(|s| s == r.signal)
+            && a.min_ratio
+                .is_none_or(|m| r.ratio().is_some_and(|x| x >= m))
     }
 }
 
-/// Asks every agent at once (each request bounded by `timeout`) and merges
-/// their rows. Never fails as a whole: an agent that cannot be used is in
-/// `failed`, with why. Two URLs answering for the same node would count
-/// that node's pairs twice; the second is refused into `failed`.
-pub fn gather(agents: &[String], timeout: Duration) -> LossMatrix {
-    let reports: Vec<_> = std::thread::scope(|s| {
-        let asks: Vec<_> = agents
-            .iter()
-            .map(|agent| s.spawn(move || api::fetch_loss(agent, timeout)))
-            .collect();
-        asks.into_iter()
-            .map(|ask| {
-                ask.join()
-                    .unwrap_or_else(|_| Err(Error::io("loss", std::io::Error::other("panicked"))))
-            })
-            .collect()
-    });
-    let mut matrix = LossMatrix::default();
-    let mut answered: Vec<(String, &String)> = Vec::new();
-    for (agent, report) in agents.iter().zip(reports) {
-        let report = match report {
-            Ok(report) => report,
-            Err(err) => {
-                matrix.failed.push(FailedAgent {
-                    agent: agent.clone(),
-                    error: err.to_string(),
-                });
-                continue;
-            }
-        };
-        if let Some((_, first)) = answered.iter().find(|(node, _)| *node == report.node) {
-            matrix.failed.push(FailedAgent {
-                agent: agent.clone(),
-                error: format!(
-                    "reports node {:?}, already answered by {first}: not counted twice",
-                    report.node
-                ),
-            });
-            continue;
-        }
-        answered.push((report.node.clone(), agent));
-        matrix
-            .unreachable
-            .extend(report.unreachable.iter().map(|peer| Unreachable {
-                node: report.node.clone(),
-                peer_node: peer.clone(),
-            }));
-        matrix.rows.extend(report.rows);
-    }
-    matrix.rows.sort_by(|a, b| {
-        let key = |r: &LossRow| {
-            (
-                r.node.clone(),
-                r.peer_node.clone(),
-                r.signal.clone(),
-                r.overlay.clone(),
-                r.src_net.clone(),
-                r.dst_net.clone(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    matrix
-}
-
-pub fn run(args: LossArgs) -> Result<i32> {
-    let timeout = Duration::from_secs(args.timeout.max(1));
+pub async fn run(args: LossArgs) -> Result<i32> {
     if args.since_start {
-        let matrix = read_all(&args.agents, timeout)?;
+        let (agents, timeout) = (args.agents.clone(), args.timeout);
+        let matrix = tokio::task::spawn_blocking(move || read_all(&agents, timeout))
+            .await
+            .map_err(|e| Error::io("loss", std::io::Error::other(e)))??;
         match args.format {
             LossFormat::Json => println!("{}", to_json(&matrix)?),
             LossFormat::Table => print!("{}", delivery_table(&matrix)),
         }
         return Ok(0);
     }
-    let matrix = gather(&args.agents, timeout);
-    match args.format {
-        LossFormat::Json => println!("{}", to_json(&matrix)?),
-        LossFormat::Table => print!("{}", table(&matrix)),
-    }
-    Ok(if matrix.complete() {
+    let client = Client::new(args.timeout);
+    let options = cluster::ReadOptions {
+        focus: args.nodes.clone(),
+        // Any loss in a total is worth naming its pairs.
+        drill_ratio: args.min_ratio.unwrap_or(0.0),
+        min_sent: args.min_sent,
+        top: args.top,
+        ..args.window.options()
+    };
+    let filter = Filter { args: &args };
+    let reading = if args.all {
+        let mut out = std::io::stdout().lock();
+        if let LossFormat::Table = args.format {
+            let _ = out.write_all(header().as_bytes());
+        }
+        let mut shown = |row: LossRow| {
+            if !filter.keeps(&row) {
+                return;
+            }
+            let line = match args.format {
+                LossFormat::Table => line(&row),
+                LossFormat::Json => serde_json::to_string(&row).unwrap_or_default() + "\n",
+            };
+            let _ = out.write_all(line.as_bytes());
+        };
+        let summary = cluster::stream_all(&client, &args.agents, &options, &mut shown).await;
+        for row in &summary.totals {
+            shown(row.clone());
+        }
+        if let LossFormat::Table = args.format {
+            let _ = out.write_all(footer(&summary).as_bytes());
+        }
+        summary
+    } else {
+        let mut reading = cluster::read(&client, &args.agents, &options).await;
+        reading.totals.retain(|r| filter.keeps(r));
+        reading.rows.retain(|r| filter.keeps(r));
+        if args.nodes.is_empty() {
+            reading.left_out += reading.rows.len().saturating_sub(args.top);
+            reading.rows.truncate(args.top);
+        }
+        match args.format {
+            LossFormat::Json => println!("{}", to_json(&reading)?),
+            LossFormat::Table => print!("{}", table(&reading)),
+        }
+        reading
+    };
+    Ok(if reading.failed.is_empty() {
         0
     } else {
         EXIT_INCOMPLETE
     })
 }
 
-/// The merged rows, then one line per missing piece.
-pub fn table(matrix: &LossMatrix) -> String {
-    let mut out = format!(
+fn header() -> String {
+    format!(
         "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
         "node", "peer", "overlay", "src_net", "dst_net", "signal", "sent", "lost", "ratio"
+    )
+}
+
+fn line(r: &LossRow) -> String {
+    let name = |n: &str| {
+        if n == crate::loss::CLUSTER {
+            "(cluster)".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    format!(
+        "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
+        name(&r.node),
+        name(&r.peer_node),
+        r.overlay,
+        r.src_net,
+        r.dst_net,
+        r.signal,
+        r.sent,
+        r.lost,
+        percent(r.ratio())
+    )
+}
+
+/// The totals, the rows worst first, then one line per missing piece.
+pub fn table(reading: &ClusterReading) -> String {
+    let mut out = format!(
+        "window {:.0}s ending {} (Unix ms), {} agents answered\n",
+        reading.seconds(),
+        reading.to_ms,
+        reading.answered
     );
-    for r in &matrix.rows {
-        out += &format!(
-            "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
-            r.node,
-            r.peer_node,
-            r.overlay,
-            r.src_net,
-            r.dst_net,
-            r.signal,
-            r.sent,
-            r.lost,
-            percent(r.ratio())
-        );
+    out += &header();
+    for r in &reading.totals {
+        out += &line(r);
     }
-    for r in matrix.rows.iter().filter(|r| r.refused > 0) {
+    out += "\n";
+    for r in &reading.rows {
+        out += &line(r);
+    }
+    out += &footer(reading);
+    out
+}
+
+fn footer(reading: &ClusterReading) -> String {
+    let mut out = String::new();
+    for r in reading.all_rows().filter(|r| r.refused > 0) {
         out += &format!(
-            "refused: {} -> {} {} {}: {} probes refused, nothing listening (not loss)\n",
+            "refused: {} -> {} {} {}: {} refused, nothing listening (not loss)\n",
             r.node, r.peer_node, r.overlay, r.signal, r.refused
         );
     }
-    for u in &matrix.unreachable {
+    for d in &reading.drills {
         out += &format!(
-            "unreachable: {} could not read {}'s agent; pairs {} -> {} are missing\n",
-            u.node, u.peer_node, u.node, u.peer_node
+            "drill-down: delivery {} {}->{}: {} of {} group pairs over the ratio, {} drilled, {} node pairs with loss\n",
+            d.overlay,
+            d.src_net,
+            d.dst_net,
+            d.cells_over,
+            d.groups * d.groups,
+            d.cells_drilled,
+            d.pairs
         );
     }
-    for f in &matrix.failed {
+    if reading.left_out > 0 {
+        out += &format!(
+            "left out: {} rows (filters, --top, or the agents' own worst lists)\n",
+            reading.left_out
+        );
+    }
+    for f in &reading.failed {
         out += &format!(
             "failed: {} did not answer ({}); its node's pairs are missing\n",
             f.agent, f.error
@@ -222,16 +278,17 @@ pub fn read_all(agents: &[String], timeout: Duration) -> Result<Vec<Delivery>> {
 
 pub fn delivery_table(matrix: &[Delivery]) -> String {
     let mut out = format!(
-        "{:<16} {:<16} {:<8} {:<9} {:>10} {:>10} {:>8} {:>8}\n",
-        "node", "peer", "overlay", "signal", "sent", "received", "lost", "ratio"
+        "{:<16} {:<16} {:<8} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8}\n",
+        "node", "peer", "overlay", "src_net", "dst_net", "sent", "received", "lost", "ratio"
     );
     for d in matrix {
         out += &format!(
-            "{:<16} {:<16} {:<8} {:<9} {:>10} {:>10} {:>8} {:>8}\n",
+            "{:<16} {:<16} {:<8} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8}\n",
             d.from,
             d.to,
             d.overlay,
-            "delivery",
+            d.src_net,
+            d.dst_net,
             d.sent,
             d.received,
             d.lost(),

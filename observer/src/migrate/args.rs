@@ -108,6 +108,8 @@ pub struct CommonArgs {
     pub gate_interval: Duration,
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub agent_timeout: Duration,
+    #[command(flatten)]
+    pub window: crate::loss::cluster::WindowArgs,
     /// A crashed driver's Lease is taken over after this long unrenewed.
     #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -131,6 +133,7 @@ impl CommonArgs {
             poll: self.poll_interval,
             gate_interval: self.gate_interval,
             agent_timeout: self.agent_timeout,
+            read: self.window.options(),
         }
     }
 }
@@ -202,7 +205,7 @@ impl RunArgs {
             ..Thresholds::default()
         };
         for t in &self.signal_thresholds {
-            thresholds.per_signal.insert(t.signal.clone(), t.ratio);
+            thresholds.per_signal.insert(t.signal, t.ratio);
         }
         Ok(Settings {
             thresholds,

@@ -17,7 +17,14 @@ use super::{
     state::Settings,
     store::kube_err,
 };
-use crate::{Error, Result, agent::window::LossRow, cli::loss};
+use crate::{
+    Error, Result,
+    loss::{
+        LossRow, Signal,
+        client::Client as Reader,
+        cluster::{self, ReadOptions},
+    },
+};
 
 /// Options that may differ between a run and its resume (timeouts, where
 /// things are), as opposed to [`Settings`], which judge the migration.
@@ -40,6 +47,9 @@ pub struct Options {
     pub poll: Duration,
     pub gate_interval: Duration,
     pub agent_timeout: Duration,
+    /// The window and ticks of a reading (focus and drill-down set per
+    /// reading from the node and the thresholds).
+    pub read: ReadOptions,
 }
 
 pub struct Context {
@@ -48,13 +58,16 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub lease: Option<Lease>,
+    /// Kept-alive connections to the agents, across readings.
+    reader: Reader,
 }
 
 /// One loss reading of the whole cluster.
 pub struct Measured {
+    /// The cluster totals, then the rows: the node's exactly, drilled
+    /// pairs, the worst of the rest.
     pub rows: Vec<LossRow>,
-    /// Agents that did not answer, pairs an agent could not read, nodes
-    /// without an agent.
+    /// Agents that did not answer, nodes without an agent.
     pub missing: Vec<String>,
 }
 
@@ -72,6 +85,7 @@ impl Context {
             instance: std::env::var("HOSTNAME").ok(),
         };
         Context {
+            reader: Reader::new(options.agent_timeout),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             options,
@@ -161,34 +175,34 @@ impl Context {
         Ok((urls, missing))
     }
 
-    /// Asks every agent for its window.
-    pub async fn measure(&self) -> Result<Measured> {
+    /// One reading of every agent, the `focus` node's rows exactly; a
+    /// delivery total over the threshold is drilled down to the pairs
+    /// responsible.
+    pub async fn measure(&self, focus: Option<&str>) -> Result<Measured> {
         let (agents, mut missing) = self.agents().await?;
-        let timeout = self.options.agent_timeout;
-        let matrix = tokio::task::spawn_blocking(move || loss::gather(&agents, timeout))
-            .await
-            .map_err(|e| Error::Migration(format!("asking the agents: {e}")))?;
+        let thresholds = &self.settings.thresholds;
+        let options = ReadOptions {
+            focus: focus.into_iter().map(str::to_owned).collect(),
+            drill_ratio: thresholds.for_signal(Signal::Delivery),
+            min_sent: thresholds.min_sent,
+            ..self.options.read.clone()
+        };
+        let reading = cluster::read(&self.reader, &agents, &options).await;
         missing.extend(
-            matrix
+            reading
                 .failed
                 .iter()
                 .map(|f| format!("agent {} did not answer: {}", f.agent, f.error)),
         );
-        missing.extend(
-            matrix
-                .unreachable
-                .iter()
-                .map(|u| format!("{} could not read its peer {}", u.node, u.peer_node)),
-        );
         Ok(Measured {
-            rows: matrix.rows,
+            rows: reading.all_rows().cloned().collect(),
             missing,
         })
     }
 
     /// Measures and judges, with the node's stuck pods.
     pub async fn judge(&self, node: &str) -> Result<(Decision, Vec<LossRow>)> {
-        let measured = self.measure().await?;
+        let measured = self.measure(Some(node)).await?;
         let stuck = self.stuck(node).await?;
         let decision = gate::judge(
             &self.settings.thresholds,

@@ -6,14 +6,14 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::window::LossRow;
+use crate::loss::{LossRow, Signal};
 
 /// Loss ratios the gate tolerates, per signal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     /// For every signal without its own entry.
     pub default: f64,
-    pub per_signal: BTreeMap<String, f64>,
+    pub per_signal: BTreeMap<Signal, f64>,
     /// Rows with fewer packets sent are recorded but not judged: 1 lost of
     /// 3 says nothing about a network.
     pub min_sent: u64,
@@ -30,8 +30,11 @@ impl Default for Thresholds {
 }
 
 impl Thresholds {
-    pub fn for_signal(&self, signal: &str) -> f64 {
-        self.per_signal.get(signal).copied().unwrap_or(self.default)
+    pub fn for_signal(&self, signal: Signal) -> f64 {
+        self.per_signal
+            .get(&signal)
+            .copied()
+            .unwrap_or(self.default)
     }
 }
 
@@ -62,18 +65,9 @@ impl FromStr for Ratio {
 /// `SIGNAL=RATIO`, e.g. `probe_udp=2%`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignalThreshold {
-    pub signal: String,
+    pub signal: Signal,
     pub ratio: f64,
 }
-
-/// Signals the agents report; a threshold for anything else is a typo.
-pub const SIGNALS: &[&str] = &[
-    "delivery",
-    "handshake",
-    "retransmit",
-    "probe_udp",
-    "probe_tcp",
-];
 
 impl FromStr for SignalThreshold {
     type Err = String;
@@ -82,14 +76,8 @@ impl FromStr for SignalThreshold {
         let (signal, ratio) = s
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected SIGNAL=RATIO, e.g. probe_udp=2%"))?;
-        if !SIGNALS.contains(&signal) {
-            return Err(format!(
-                "{signal:?} is not a signal (one of {})",
-                SIGNALS.join(", ")
-            ));
-        }
         Ok(SignalThreshold {
-            signal: signal.into(),
+            signal: signal.parse()?,
             ratio: ratio.parse::<Ratio>()?.0,
         })
     }
@@ -137,13 +125,25 @@ pub struct Decision {
     /// Rows judged (sent >= min_sent).
     pub judged: usize,
     /// Worst ratio per signal among judged rows.
-    pub worst: BTreeMap<String, f64>,
+    pub worst: BTreeMap<Signal, f64>,
+    /// Breaches beyond the [`MAX_BREACHES`] worst: counted, not listed.
+    #[serde(default)]
+    pub more_breaches: usize,
 }
+
+/// Breaches a decision lists, worst first.
+pub const MAX_BREACHES: usize = 50;
 
 impl Decision {
     /// One line per reason the gate closed.
     pub fn reasons(&self) -> Vec<String> {
         let mut out: Vec<String> = self.breaches.iter().map(|b| b.to_string()).collect();
+        if self.more_breaches > 0 {
+            out.push(format!(
+                "and {} more rows over their threshold",
+                self.more_breaches
+            ));
+        }
         out.extend(self.missing.iter().map(|m| format!("not measured: {m}")));
         out.extend(self.stuck.iter().map(|s| format!("stuck: {s}")));
         out
@@ -164,24 +164,24 @@ impl Decision {
     }
 }
 
-/// Judges one loss matrix. `missing` are agents that did not answer and
-/// pairs an agent could not read; `stuck` pods the caller found.
-pub fn judge(
+/// Judges one reading's rows (cluster totals among them). `missing` are
+/// agents that did not answer; `stuck` pods the caller found.
+pub fn judge<'a>(
     thresholds: &Thresholds,
-    rows: &[LossRow],
+    rows: impl IntoIterator<Item = &'a LossRow>,
     missing: Vec<String>,
     stuck: Vec<String>,
     at: String,
 ) -> Decision {
     let mut breaches = Vec::new();
-    let mut worst = BTreeMap::<String, f64>::new();
+    let mut worst = BTreeMap::<Signal, f64>::new();
     let mut judged = 0;
-    for row in rows.iter().filter(|r| r.sent >= thresholds.min_sent) {
+    for row in rows.into_iter().filter(|r| r.sent >= thresholds.min_sent) {
         let Some(ratio) = row.ratio() else { continue };
         judged += 1;
-        let w = worst.entry(row.signal.clone()).or_default();
+        let w = worst.entry(row.signal).or_default();
         *w = w.max(ratio);
-        let threshold = thresholds.for_signal(&row.signal);
+        let threshold = thresholds.for_signal(row.signal);
         if ratio > threshold {
             breaches.push(Breach {
                 row: row.clone(),
@@ -191,6 +191,8 @@ pub fn judge(
         }
     }
     breaches.sort_by(|a, b| b.ratio.total_cmp(&a.ratio));
+    let more_breaches = breaches.len().saturating_sub(MAX_BREACHES);
+    breaches.truncate(MAX_BREACHES);
     Decision {
         at,
         passed: breaches.is_empty() && missing.is_empty() && stuck.is_empty(),
@@ -199,6 +201,7 @@ pub fn judge(
         stuck,
         judged,
         worst,
+        more_breaches,
     }
 }
 
@@ -210,10 +213,10 @@ mod tests {
         LossRow {
             node: node.into(),
             peer_node: peer.into(),
-            overlay: "cilium".into(),
-            src_net: "cilium".into(),
-            dst_net: "legacy".into(),
-            signal: signal.into(),
+            overlay: observer_ebpf::Overlay::Cilium,
+            src_net: observer_ebpf::Net::Cilium,
+            dst_net: observer_ebpf::Net::Legacy,
+            signal: signal.parse().unwrap(),
             sent,
             lost,
             refused: 0,
@@ -229,7 +232,7 @@ mod tests {
         assert!("150%".parse::<Ratio>().unwrap_err().contains("between"));
         assert!("lots".parse::<Ratio>().unwrap_err().contains("not a ratio"));
         let t: SignalThreshold = "probe_udp=2%".parse().unwrap();
-        assert_eq!((t.signal.as_str(), t.ratio), ("probe_udp", 0.02));
+        assert_eq!((t.signal, t.ratio), (Signal::ProbeUdp, 0.02));
         assert!(
             "probe=2%"
                 .parse::<SignalThreshold>()
@@ -241,7 +244,7 @@ mod tests {
     #[test]
     fn a_row_over_its_signals_threshold_closes_the_gate() {
         let mut t = Thresholds::default();
-        t.per_signal.insert("retransmit".into(), 0.05);
+        t.per_signal.insert(Signal::Retransmit, 0.05);
         let rows = [
             row("n1", "n3", "probe_udp", 200, 10), // 5% > 1%
             row("n1", "n2", "retransmit", 200, 8), // 4% <= 5%
@@ -253,7 +256,7 @@ mod tests {
         assert_eq!(d.judged, 3);
         assert_eq!(d.breaches.len(), 1);
         assert_eq!(d.breaches[0].row.peer_node, "n3");
-        assert_eq!(d.worst["retransmit"], 0.04);
+        assert_eq!(d.worst[&Signal::Retransmit], 0.04);
         let reason = &d.reasons()[0];
         assert!(
             reason.contains("n1 -> n3") && reason.contains("10 of 200"),

@@ -267,7 +267,7 @@ async fn plan_nodes(client: &Client, run: &args::RunArgs) -> Result<plan::Plan> 
 /// when one fails.
 async fn preflight_passes(ctx: &Context, options: &preflight::PreflightOptions) -> Result<bool> {
     let facts = preflight::gather(&ctx.client, options).await?;
-    let baseline = match ctx.measure().await {
+    let baseline = match ctx.measure(None).await {
         Ok(m) => {
             let d = gate::judge(&ctx.settings.thresholds, &m.rows, m.missing, vec![], now());
             if d.passed {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{gate::Decision, state::Step};
-use crate::agent::window::LossRow;
+use crate::loss::LossRow;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -38,11 +38,17 @@ pub struct Reading {
     pub moment: Moment,
     pub step: Step,
     pub decision: Decision,
-    /// Rows of every pair the node is in, plus every row anywhere that
-    /// breached: the rest of the cluster's matrix is in its own node's
-    /// record.
+    /// The cluster totals, every row that breached, and the node's own
+    /// rows worst first up to [`RECORD_ROWS`]: bounded whatever the
+    /// cluster's size, so a record stays far from a ConfigMap's 1 MiB.
     pub rows: Vec<LossRow>,
+    /// The node's rows beyond [`RECORD_ROWS`]: counted, not kept.
+    #[serde(default)]
+    pub rows_left_out: usize,
 }
+
+/// The node's own rows a reading keeps, besides totals and breaches.
+pub const RECORD_ROWS: usize = 40;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -111,24 +117,26 @@ impl NodeRecord {
     }
 
     pub fn read(&mut self, moment: Moment, step: Step, decision: Decision, all: &[LossRow]) {
-        let node = self.node.clone();
-        let breached = |r: &LossRow| {
-            decision
-                .breaches
-                .iter()
-                .any(|b| b.row.node == r.node && b.row.peer_node == r.peer_node)
-        };
-        let rows = all
+        let node = self.node.as_str();
+        let breached = |r: &LossRow| decision.breaches.iter().any(|b| b.row.key() == r.key());
+        let mut rows: Vec<LossRow> = all
             .iter()
-            .filter(|r| r.node == node || r.peer_node == node || breached(r))
-            .filter(|r| r.sent > 0)
+            .filter(|r| r.is_total() || breached(r))
             .cloned()
             .collect();
+        let mut own: Vec<&LossRow> = all
+            .iter()
+            .filter(|r| (r.node == node || r.peer_node == node) && r.sent > 0 && !breached(r))
+            .collect();
+        own.sort_by(|a, b| LossRow::worse(a, b));
+        let rows_left_out = own.len().saturating_sub(RECORD_ROWS);
+        rows.extend(own.into_iter().take(RECORD_ROWS).cloned());
         self.readings.push(Reading {
             moment,
             step,
             decision,
             rows,
+            rows_left_out,
         });
     }
 }

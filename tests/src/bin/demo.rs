@@ -16,7 +16,7 @@ use crossover_tests::{
 };
 use observer::{
     connections::{Handshake, SnatSeen},
-    delivery::{self, Delivery},
+    loss::delivery::{self, Delivery},
 };
 
 const SECONDS: u64 = 20;

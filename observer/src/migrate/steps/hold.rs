@@ -7,7 +7,6 @@ use tokio::time::Instant;
 use super::Outcome;
 use crate::{
     Result,
-    agent::window::LossRow,
     migrate::{
         context::Context,
         record::{Moment, NodeRecord},
@@ -69,9 +68,8 @@ async fn hold(
 /// Waits one agent window, so that what is judged next was measured
 /// after this moment: after a node's changes, or after a fault was fixed
 /// and the migration resumed.
-async fn settle(ctx: &Context, rows: &[LossRow]) -> Result<()> {
-    let window = rows.iter().map(|r| r.seconds).fold(0.0, f64::max);
-    let until = Instant::now() + Duration::from_secs_f64(window.clamp(0.0, 600.0));
+async fn settle(ctx: &Context) -> Result<()> {
+    let until = Instant::now() + ctx.options.read.window.min(Duration::from_secs(600));
     while Instant::now() < until {
         ctx.check_lease()?;
         tokio::time::sleep(ctx.options.poll.min(until - Instant::now())).await;
@@ -81,8 +79,7 @@ async fn settle(ctx: &Context, rows: &[LossRow]) -> Result<()> {
 
 /// A full window before the node is touched, then `--baseline` of gate.
 pub async fn baseline(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
-    let measured = ctx.measure().await?;
-    settle(ctx, &measured.rows).await?;
+    settle(ctx).await?;
     let seconds = ctx.settings.baseline_seconds;
     hold(ctx, node, seconds, Moment::Before, Step::Baseline, record).await
 }
@@ -92,7 +89,7 @@ pub async fn baseline(ctx: &Context, node: &str, record: &mut NodeRecord) -> Res
 pub async fn soak(ctx: &Context, node: &str, record: &mut NodeRecord) -> Result<Outcome> {
     let (during, rows) = ctx.judge(node).await?;
     record.read(Moment::During, Step::Soak, during, &rows);
-    settle(ctx, &rows).await?;
+    settle(ctx).await?;
     let seconds = ctx.settings.soak_seconds;
     hold(ctx, node, seconds, Moment::After, Step::Soak, record).await
 }

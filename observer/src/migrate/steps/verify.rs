@@ -4,17 +4,19 @@
 //! pod and back).
 use crate::{
     Error, Result,
-    agent::window::LossRow,
+    loss::LossRow,
     migrate::{context::Context, pods},
 };
 
-const OVERLAYS: &[&str] = &["legacy", "cilium"];
+use observer_ebpf::Overlay;
+
+const OVERLAYS: [Overlay; 2] = [Overlay::Legacy, Overlay::Cilium];
 
 /// Which (direction, overlay) lack an answered probe.
 fn unanswered(rows: &[LossRow], node: &str) -> Vec<String> {
-    let answered = |from_node: bool, overlay: &str| {
+    let answered = |from_node: bool, overlay: Overlay| {
         rows.iter().any(|r| {
-            r.signal.starts_with("probe_")
+            r.signal.is_probe()
                 && r.overlay == overlay
                 && (if from_node {
                     r.node == node
@@ -63,7 +65,7 @@ pub async fn verify(ctx: &Context, node: &str) -> Result<String> {
     }
     let what = format!("answered probes from and to {node} on both overlays");
     pods::wait_for(ctx, ctx.options.verify_timeout, &what, || async {
-        let measured = ctx.measure().await?;
+        let measured = ctx.measure(Some(node)).await?;
         let missing = unanswered(&measured.rows, node);
         Ok(if missing.is_empty() {
             Ok(())
@@ -85,10 +87,10 @@ mod tests {
         LossRow {
             node: node.into(),
             peer_node: peer.into(),
-            overlay: overlay.into(),
-            src_net: "host".into(),
-            dst_net: "cilium".into(),
-            signal: "probe_udp".into(),
+            overlay: Overlay::from_label(overlay).unwrap(),
+            src_net: observer_ebpf::Net::Host,
+            dst_net: observer_ebpf::Net::Cilium,
+            signal: crate::loss::Signal::ProbeUdp,
             sent,
             lost,
             refused: 0,

@@ -1,0 +1,745 @@
+//! A reading of the whole cluster, by whoever needs one (the migration
+//! gate, `crossover loss`): every agent asked once for its half of the same
+//! aligned window, and the pairs computed from both halves.
+//!
+//! What a reading gives, O(nodes) whatever the cluster's size:
+//! * exactly, every row of the focus nodes (the node under migration):
+//!   both directions towards every peer, every overlay, network pair and
+//!   signal;
+//! * cluster totals per signal, overlay and network pair: the sum of every
+//!   node's sends against the sum of every node's receives, which catches
+//!   loss anywhere;
+//! * the worst rows of the signals an agent measures alone (TCP, probes);
+//! * when a delivery total breaches, a drill-down that names the pairs:
+//!   sums per group of nodes first (one more request per agent), then the
+//!   pairs of the worst group pairs (a request per agent of those groups).
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, SystemTime},
+};
+
+use observer_ebpf::{Net, Overlay};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CLUSTER, LossRow, Signal,
+    client::Client,
+    reading::{self, Half, NodeReading, Query},
+    ring::unix_ms,
+};
+use crate::Error;
+
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    /// The window every agent's half covers.
+    pub window: Duration,
+    /// The agents' tick (`--sample-interval`) and guard (`--reading-guard`).
+    pub interval: Duration,
+    pub guard: Duration,
+    /// Nodes whose rows are read exactly (the node under migration).
+    pub focus: Vec<String>,
+    /// A delivery total over this ratio is drilled down to its pairs.
+    pub drill_ratio: f64,
+    /// Rows (and totals) with fewer sent are neither ranked nor drilled.
+    pub min_sent: u64,
+    /// Worst rows kept, per agent and in the reading.
+    pub top: usize,
+    /// Group pairs drilled to their node pairs, worst first.
+    pub drill_cells: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            window: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+            guard: DEFAULT_GUARD,
+            focus: Vec::new(),
+            drill_ratio: 0.01,
+            min_sent: 20,
+            top: 20,
+            drill_cells: 8,
+        }
+    }
+}
+
+pub const DEFAULT_GUARD: Duration = Duration::from_millis(20);
+
+/// The window a reader asks every agent for, and the agents' ticks it is
+/// made of (the agents' `--sample-interval` and `--reading-guard`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct WindowArgs {
+    /// Length of the loss window read from the agents (whole ticks, at most
+    /// the agents' own --window plus two ticks).
+    #[arg(long, global = true, default_value = "10s", value_parser = crate::agent::parse_duration)]
+    pub window: Duration,
+    /// The agents' --sample-interval: their counters are read on its ticks.
+    #[arg(long, global = true, default_value = "1s", value_parser = crate::agent::parse_duration)]
+    pub sample_interval: Duration,
+    /// The agents' --reading-guard.
+    #[arg(long, global = true, default_value = "20ms", value_parser = crate::agent::parse_duration)]
+    pub reading_guard: Duration,
+}
+
+impl WindowArgs {
+    pub fn options(&self) -> ReadOptions {
+        ReadOptions {
+            window: self.window,
+            interval: self.sample_interval,
+            guard: self.reading_guard,
+            ..ReadOptions::default()
+        }
+    }
+}
+/// How long after a tick's late read a reader asks for it: the agents'
+/// reads take a few ms, their clocks differ by a few more.
+const SETTLE: Duration = Duration::from_millis(250);
+/// Pairs a drill-down lists; beyond, counted in `left_out`.
+pub const MAX_DRILLED_ROWS: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAgent {
+    /// The URL as given.
+    pub agent: String,
+    pub error: String,
+}
+
+/// What a drill-down of one delivery total found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Drill {
+    pub overlay: Overlay,
+    pub src_net: Net,
+    pub dst_net: Net,
+    pub groups: u32,
+    /// Group pairs over the ratio, and how many of them were drilled.
+    pub cells_over: usize,
+    pub cells_drilled: usize,
+    /// Node pairs named with loss.
+    pub pairs: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterReading {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Agents that answered.
+    pub answered: usize,
+    /// Per signal, overlay and network pair over the whole cluster
+    /// (`node` and `peer_node` are [`CLUSTER`]).
+    pub totals: Vec<LossRow>,
+    /// Exact rows: the focus nodes', the drilled pairs', and the worst of
+    /// the local signals; worst first.
+    pub rows: Vec<LossRow>,
+    pub drills: Vec<Drill>,
+    /// Agents that did not answer or answered something unusable: their
+    /// pairs are missing, not lossless.
+    pub failed: Vec<FailedAgent>,
+    /// Rows neither asked for nor among the worst.
+    pub left_out: usize,
+    /// How far any agent's reads strayed from their ticks (ms).
+    pub lateness_ms: u64,
+    /// HTTP requests this reading made.
+    pub requests: usize,
+}
+
+impl ClusterReading {
+    pub fn seconds(&self) -> f64 {
+        self.to_ms.saturating_sub(self.from_ms) as f64 / 1000.0
+    }
+
+    /// Totals first, then the rows.
+    pub fn all_rows(&self) -> impl Iterator<Item = &LossRow> {
+        self.totals.iter().chain(&self.rows)
+    }
+}
+
+type Triple = (Overlay, Net, Net);
+
+fn triple(h: &Half) -> Triple {
+    (h.overlay, h.src_net, h.dst_net)
+}
+
+/// The end of the newest window every agent has read by now.
+pub fn window_end(now: SystemTime, options: &ReadOptions) -> u64 {
+    let interval = options.interval.as_millis().max(1) as u64;
+    let ready = unix_ms(now).saturating_sub((options.guard + SETTLE).as_millis() as u64);
+    ready / interval * interval
+}
+
+/// One reading of every agent in `agents` (base URLs).
+pub async fn read(client: &Client, agents: &[String], options: &ReadOptions) -> ClusterReading {
+    read_at(
+        client,
+        agents,
+        options,
+        window_end(SystemTime::now(), options),
+    )
+    .await
+}
+
+pub async fn read_at(
+    client: &Client,
+    agents: &[String],
+    options: &ReadOptions,
+    at: u64,
+) -> ClusterReading {
+    let mut out = ClusterReading::default();
+    let window = options.window.as_millis() as u64;
+    let query = |at: u64, window: u64| Query {
+        at,
+        window,
+        nodes: (!options.focus.is_empty()).then(|| options.focus.join(",")),
+        top: Some(options.top),
+        min_sent: Some(options.min_sent),
+        ..Query::default()
+    };
+    let mut answers: Vec<Option<NodeReading>> = vec![None; agents.len()];
+    let mut errors: Vec<Option<Error>> = (0..agents.len()).map(|_| None).collect();
+    let path = |q: &Query| format!("{}?{}", reading::READING_PATH, encode(q));
+    let first = path(&query(at, window));
+    out.requests += agents.len();
+    client
+        .each(
+            agents
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i, a.clone(), first.clone())),
+            "reading",
+            |i, answer: crate::Result<NodeReading>| match answer.and_then(|r| check(&agents[i], r))
+            {
+                Ok(r) => answers[i] = Some(r),
+                Err(e) => errors[i] = Some(e),
+            },
+        )
+        .await;
+    // Every half must cover the same ticks: an agent that restarted inside
+    // the window starts later, and then everyone starts there.
+    let start = answers.iter().flatten().map(|r| r.from_ms).max();
+    if let Some(start) = start
+        && answers.iter().flatten().any(|r| r.from_ms != start)
+    {
+        let again = path(&query(at, at.saturating_sub(start).max(1)));
+        let redo: Vec<usize> = (0..agents.len())
+            .filter(|&i| answers[i].as_ref().is_some_and(|r| r.from_ms != start))
+            .collect();
+        out.requests += redo.len();
+        client
+            .each(
+                redo.into_iter()
+                    .map(|i| (i, agents[i].clone(), again.clone())),
+                "reading",
+                |i, answer: crate::Result<NodeReading>| match answer
+                    .and_then(|r| check(&agents[i], r))
+                {
+                    Ok(r) if r.from_ms == start => answers[i] = Some(r),
+                    Ok(r) => {
+                        answers[i] = None;
+                        errors[i] = Some(Error::Agent {
+                            agent: agents[i].clone(),
+                            reason: format!(
+                                "cannot start its window at {start} ms (starts at {})",
+                                r.from_ms
+                            ),
+                        });
+                    }
+                    Err(e) => {
+                        answers[i] = None;
+                        errors[i] = Some(e);
+                    }
+                },
+            )
+            .await;
+    }
+    // One answer per node: a second URL for the same node would count its
+    // pairs twice.
+    let mut by_node: HashMap<String, usize> = HashMap::new();
+    for i in 0..agents.len() {
+        let Some(r) = &answers[i] else { continue };
+        if let Some(&first) = by_node.get(&r.node) {
+            errors[i] = Some(Error::Agent {
+                agent: agents[i].clone(),
+                reason: format!(
+                    "reports node {:?}, already answered by {}: not counted twice",
+                    r.node, agents[first]
+                ),
+            });
+            answers[i] = None;
+        } else {
+            by_node.insert(r.node.clone(), i);
+        }
+    }
+    for (i, e) in errors.iter().enumerate() {
+        if let Some(e) = e {
+            out.failed.push(FailedAgent {
+                agent: agents[i].clone(),
+                error: e.to_string(),
+            });
+        }
+    }
+    let readings: Vec<&NodeReading> = answers.iter().flatten().collect();
+    out.answered = readings.len();
+    if let Some(r) = readings.first() {
+        (out.from_ms, out.to_ms) = (r.from_ms, r.to_ms);
+    }
+    let seconds = out.seconds();
+    out.lateness_ms = readings.iter().map(|r| r.lateness_ms).max().unwrap_or(0);
+
+    // Totals.
+    let mut delivery: BTreeMap<Triple, (u64, u64)> = BTreeMap::new();
+    let mut local: BTreeMap<(Signal, Triple), LossRow> = BTreeMap::new();
+    for r in &readings {
+        for h in &r.totals {
+            let t = delivery.entry(triple(h)).or_default();
+            t.0 += h.sent;
+            t.1 += h.received;
+        }
+        for l in &r.local_totals {
+            let t = local
+                .entry((l.signal, (l.overlay, l.src_net, l.dst_net)))
+                .or_insert_with(|| LossRow {
+                    node: CLUSTER.into(),
+                    peer_node: CLUSTER.into(),
+                    sent: 0,
+                    lost: 0,
+                    refused: 0,
+                    ..l.clone()
+                });
+            t.sent += l.sent;
+            t.lost += l.lost;
+            t.refused += l.refused;
+            t.seconds = t.seconds.max(l.seconds);
+        }
+    }
+    for (&(overlay, src_net, dst_net), &(sent, received)) in &delivery {
+        out.totals.push(delivery_row(
+            (CLUSTER, CLUSTER),
+            (overlay, src_net, dst_net),
+            (sent, received),
+            seconds,
+        ));
+    }
+    out.totals.extend(local.into_values());
+
+    // The focus nodes' rows, both directions, from both halves.
+    let half_about = |r: &NodeReading, peer: &str| -> BTreeMap<Triple, Half> {
+        r.peers
+            .iter()
+            .filter(|p| p.peer_node == peer)
+            .map(|p| (triple(&p.half), p.half))
+            .collect()
+    };
+    for focus in &options.focus {
+        let Some(&fi) = by_node.get(focus) else {
+            continue;
+        };
+        let f = answers[fi].as_ref().expect("indexed answers are kept");
+        let mut peers: Vec<&str> = f.peers.iter().map(|p| p.peer_node.as_str()).collect();
+        for r in &readings {
+            if r.node != *focus && r.peers.iter().any(|p| p.peer_node == *focus) {
+                peers.push(&r.node);
+            }
+        }
+        peers.sort_unstable();
+        peers.dedup();
+        for peer in peers {
+            let Some(&pi) = by_node.get(peer) else {
+                // Its agent did not answer: in `failed`, not lossless.
+                continue;
+            };
+            let p = answers[pi].as_ref().expect("indexed answers are kept");
+            let mine = half_about(f, peer);
+            let theirs = half_about(p, focus);
+            let mut keys: Vec<Triple> = mine.keys().chain(theirs.keys()).copied().collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                let m = mine.get(&key).copied().unwrap_or(Half::zero(key));
+                let t = theirs.get(&key).copied().unwrap_or(Half::zero(key));
+                if m.sent > 0 || t.received > 0 {
+                    out.rows.push(delivery_row(
+                        (focus, peer),
+                        key,
+                        (m.sent, t.received),
+                        seconds,
+                    ));
+                }
+                // Unless the peer is a focus node too: then it adds its own.
+                if (t.sent > 0 || m.received > 0) && !options.focus.iter().any(|n| n == peer) {
+                    out.rows.push(delivery_row(
+                        (peer, focus),
+                        key,
+                        (t.sent, m.received),
+                        seconds,
+                    ));
+                }
+            }
+        }
+    }
+
+    // Local signals: rows about the focus, then the worst of the rest.
+    let is_focus = |r: &LossRow| {
+        options
+            .focus
+            .iter()
+            .any(|n| *n == r.node || *n == r.peer_node)
+    };
+    let mut worst = Vec::new();
+    for r in &readings {
+        out.left_out += r.local_left_out;
+        for row in &r.local {
+            if is_focus(row) {
+                out.rows.push(row.clone());
+            } else if row.sent >= options.min_sent && row.lost > 0 {
+                worst.push(row);
+            }
+        }
+    }
+    worst.sort_by(|a, b| LossRow::worse(a, b));
+    out.left_out += worst.len().saturating_sub(options.top);
+    out.rows
+        .extend(worst.into_iter().take(options.top).cloned());
+
+    // Drill-downs.
+    let breached: Vec<Triple> = out
+        .totals
+        .iter()
+        .filter(|t| t.signal == Signal::Delivery && t.sent >= options.min_sent)
+        .filter(|t| t.ratio().unwrap_or(0.0) > options.drill_ratio)
+        .map(|t| (t.overlay, t.src_net, t.dst_net))
+        .collect();
+    if !breached.is_empty() {
+        let mut live: Vec<(String, String)> = by_node
+            .iter()
+            .map(|(n, &i)| (n.clone(), agents[i].clone()))
+            .collect();
+        live.sort_unstable();
+        drill(
+            client,
+            &live,
+            options,
+            (at, out.to_ms - out.from_ms),
+            &breached,
+            &mut out,
+        )
+        .await;
+    }
+    out.rows.sort_by(LossRow::worse);
+    out
+}
+
+fn delivery_row(
+    (node, peer): (&str, &str),
+    (overlay, src_net, dst_net): Triple,
+    (sent, received): (u64, u64),
+    seconds: f64,
+) -> LossRow {
+    LossRow {
+        node: node.into(),
+        peer_node: peer.into(),
+        overlay,
+        src_net,
+        dst_net,
+        signal: Signal::Delivery,
+        sent,
+        // Received beyond sent is the guard's bracket, not loss.
+        lost: sent.saturating_sub(received),
+        refused: 0,
+        seconds,
+    }
+}
+
+/// Groups for a drill-down: about sqrt(N)/2 nodes a group, so both rounds
+/// stay near N^1.5 numbers in all.
+pub fn groups_for(nodes: usize) -> u32 {
+    (((nodes as f64).sqrt() / 2.0).ceil() as u32).clamp(1, 32)
+}
+
+async fn drill(
+    client: &Client,
+    live: &[(String, String)],
+    options: &ReadOptions,
+    (at, window): (u64, u64),
+    breached: &[Triple],
+    out: &mut ClusterReading,
+) {
+    let groups = groups_for(live.len());
+    let group_of: Vec<u32> = live
+        .iter()
+        .map(|(n, _)| reading::group_of(n, groups))
+        .collect();
+    let base = Query {
+        at,
+        window,
+        groups: Some(groups),
+        top: Some(0),
+        ..Query::default()
+    };
+    // Round one: every agent's sums per group of peers.
+    let mut cells: BTreeMap<(Triple, u32, u32), (u64, u64)> = BTreeMap::new();
+    let path = |q: &Query| format!("{}?{}", reading::READING_PATH, encode(q));
+    let first = path(&base);
+    out.requests += live.len();
+    client
+        .each(
+            live.iter()
+                .enumerate()
+                .map(|(i, (_, url))| (i, url.clone(), first.clone())),
+            "reading",
+            |i, answer: crate::Result<NodeReading>| {
+                let Ok(r) = answer else { return };
+                let mine = group_of[i];
+                for g in &r.groups {
+                    let key = triple(&g.half);
+                    if !breached.contains(&key) {
+                        continue;
+                    }
+                    cells.entry((key, mine, g.group)).or_default().0 += g.half.sent;
+                    cells.entry((key, g.group, mine)).or_default().1 += g.half.received;
+                }
+            },
+        )
+        .await;
+    for &key in breached {
+        let mut over: Vec<((u32, u32), u64)> = cells
+            .iter()
+            .filter(|((k, ..), _)| *k == key)
+            .filter(|(_, (sent, received))| {
+                *sent >= options.min_sent
+                    && sent.saturating_sub(*received) as f64 / *sent as f64 > options.drill_ratio
+            })
+            .map(|((_, a, b), (sent, received))| ((*a, *b), sent.saturating_sub(*received)))
+            .collect();
+        over.sort_by(|x, y| y.1.cmp(&x.1));
+        let mut drill = Drill {
+            overlay: key.0,
+            src_net: key.1,
+            dst_net: key.2,
+            groups,
+            cells_over: over.len(),
+            cells_drilled: over.len().min(options.drill_cells),
+            pairs: 0,
+        };
+        for &((a, b), _) in over.iter().take(options.drill_cells) {
+            // Round two: the senders of group a about every peer of group
+            // b, the receivers of group b about every peer of group a.
+            let asks: Vec<(usize, String, String)> = live
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, url))| {
+                    let about = if group_of[i] == a {
+                        b
+                    } else if group_of[i] == b {
+                        a
+                    } else {
+                        return None;
+                    };
+                    let q = Query {
+                        group: Some(about),
+                        ..base.clone()
+                    };
+                    Some((i, url.clone(), path(&q)))
+                })
+                .collect();
+            out.requests += asks.len();
+            let mut sent: HashMap<(usize, String), u64> = HashMap::new();
+            let mut received: HashMap<(String, usize), u64> = HashMap::new();
+            client
+                .each(asks, "reading", |i, answer: crate::Result<NodeReading>| {
+                    let Ok(r) = answer else { return };
+                    for p in r.peers.iter().filter(|p| triple(&p.half) == key) {
+                        if group_of[i] == a {
+                            sent.insert((i, p.peer_node.clone()), p.half.sent);
+                        }
+                        if group_of[i] == b {
+                            received.insert((p.peer_node.clone(), i), p.half.received);
+                        }
+                    }
+                })
+                .await;
+            let index: HashMap<&str, usize> = live
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| (n.as_str(), i))
+                .collect();
+            let mut found = Vec::new();
+            for ((x, peer), &s) in &sent {
+                let Some(&y) = index.get(peer.as_str()) else {
+                    continue;
+                };
+                let r = received.get(&(live[*x].0.clone(), y)).copied().unwrap_or(0);
+                if s > r {
+                    found.push(delivery_row(
+                        (&live[*x].0, peer),
+                        key,
+                        (s, r),
+                        (window as f64) / 1000.0,
+                    ));
+                }
+            }
+            drill.pairs += found.len();
+            let room = MAX_DRILLED_ROWS.saturating_sub(out.rows.len());
+            found.sort_by(LossRow::worse);
+            out.left_out += found.len().saturating_sub(room);
+            for row in found.into_iter().take(room) {
+                if !out.rows.iter().any(|r| r.key() == row.key()) {
+                    out.rows.push(row);
+                }
+            }
+        }
+        out.drills.push(drill);
+    }
+}
+
+fn check(agent: &str, r: NodeReading) -> crate::Result<NodeReading> {
+    if r.version != reading::VERSION {
+        return Err(Error::Agent {
+            agent: agent.into(),
+            reason: format!(
+                "speaks reading version {}, not {}",
+                r.version,
+                reading::VERSION
+            ),
+        });
+    }
+    Ok(r)
+}
+
+/// The query string of `q`. Node names are DNS subdomains: nothing in
+/// them needs escaping but the separator, which they cannot contain.
+pub fn encode(q: &Query) -> String {
+    let mut out = format!("at={}&window={}", q.at, q.window);
+    if let Some(n) = &q.nodes {
+        out += &format!("&nodes={n}");
+    }
+    for (name, v) in [
+        ("groups", q.groups.map(u64::from)),
+        ("group", q.group.map(u64::from)),
+        ("top", q.top.map(|t| t as u64)),
+        ("min_sent", q.min_sent),
+    ] {
+        if let Some(v) = v {
+            out += &format!("&{name}={v}");
+        }
+    }
+    out
+}
+
+/// Every row of the cluster's matrix, handed to `each` group by group:
+/// the pairs with an end in one group of nodes per round, so what is held
+/// at once is a group's rows (about N^1.5 numbers), never the N^2 matrix.
+/// Requests: one reading, then one per agent per group.
+pub async fn stream_all(
+    client: &Client,
+    agents: &[String],
+    options: &ReadOptions,
+    mut each: impl FnMut(LossRow),
+) -> ClusterReading {
+    let first = ReadOptions {
+        focus: Vec::new(),
+        drill_ratio: f64::INFINITY,
+        ..options.clone()
+    };
+    let mut summary = read(client, agents, &first).await;
+    summary.rows.clear();
+    let failed: Vec<&str> = summary.failed.iter().map(|f| f.agent.as_str()).collect();
+    let live: Vec<&String> = agents
+        .iter()
+        .filter(|a| !failed.contains(&a.as_str()))
+        .collect();
+    // Names come with the answers: ask once more, cheaply, for them.
+    let mut names: Vec<Option<String>> = vec![None; live.len()];
+    let at = summary.to_ms;
+    let window = summary.to_ms.saturating_sub(summary.from_ms).max(1);
+    let probe = Query {
+        at,
+        window,
+        top: Some(0),
+        ..Query::default()
+    };
+    let path = |q: &Query| format!("{}?{}", reading::READING_PATH, encode(q));
+    let p = path(&probe);
+    summary.requests += live.len();
+    client
+        .each(
+            live.iter()
+                .enumerate()
+                .map(|(i, a)| (i, (*a).clone(), p.clone())),
+            "reading",
+            |i, answer: crate::Result<NodeReading>| {
+                if let Ok(r) = answer {
+                    names[i] = Some(r.node);
+                }
+            },
+        )
+        .await;
+    let groups = groups_for(live.len());
+    let group: Vec<Option<u32>> = names
+        .iter()
+        .map(|n| n.as_deref().map(|n| reading::group_of(n, groups)))
+        .collect();
+    let index: HashMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((n.clone()?, i)))
+        .collect();
+    let seconds = window as f64 / 1000.0;
+    for g in 0..groups {
+        // Members: every peer; the others: the peers of this group.
+        let asks: Vec<(usize, String, String)> = live
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| names[*i].is_some())
+            .map(|(i, a)| {
+                let q = if group[i] == Some(g) {
+                    Query {
+                        nodes: names[i].clone(),
+                        top: Some(0),
+                        ..probe.clone()
+                    }
+                } else {
+                    Query {
+                        groups: Some(groups),
+                        group: Some(g),
+                        ..probe.clone()
+                    }
+                };
+                (i, (*a).clone(), path(&q))
+            })
+            .collect();
+        summary.requests += asks.len();
+        // (from, to, triple) -> (sent, received)
+        let mut pairs: BTreeMap<(usize, usize, Triple), (u64, u64)> = BTreeMap::new();
+        let mut local = Vec::new();
+        client
+            .each(asks, "reading", |i, answer: crate::Result<NodeReading>| {
+                let Ok(r) = answer else { return };
+                for p in &r.peers {
+                    let Some(&j) = index.get(&p.peer_node) else {
+                        continue;
+                    };
+                    let key = triple(&p.half);
+                    pairs.entry((i, j, key)).or_default().0 += p.half.sent;
+                    pairs.entry((j, i, key)).or_default().1 += p.half.received;
+                }
+                if group[i] == Some(g) {
+                    local.extend(r.local);
+                }
+            })
+            .await;
+        for ((from, to, key), (sent, received)) in pairs {
+            let round = group[from].min(group[to]);
+            if round != Some(g) || (sent == 0 && received == 0) {
+                continue;
+            }
+            let names = (
+                names[from].as_deref().unwrap_or_default(),
+                names[to].as_deref().unwrap_or_default(),
+            );
+            each(delivery_row(names, key, (sent, received), seconds));
+        }
+        for row in local {
+            each(row);
+        }
+    }
+    summary
+}

@@ -1,0 +1,64 @@
+//! One row of the loss matrix: what one node sent towards a peer on one
+//! overlay and network pair, by one signal, and how much of it was lost.
+use observer_ebpf::{Net, Overlay};
+use serde::{Deserialize, Serialize};
+
+use super::Signal;
+
+/// The node name of a row that sums the whole cluster (both ends): what
+/// [`super::cluster`] reports as totals. Never a Kubernetes node name
+/// (names are DNS subdomains).
+pub const CLUSTER: &str = "*";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossRow {
+    pub node: String,
+    pub peer_node: String,
+    pub overlay: Overlay,
+    pub src_net: Net,
+    pub dst_net: Net,
+    pub signal: Signal,
+    pub sent: u64,
+    pub lost: u64,
+    /// Handshakes or probes the peer refused (nothing listening: TCP RST,
+    /// ICMP port unreachable): in neither `sent` nor `lost`.
+    #[serde(default)]
+    pub refused: u64,
+    /// Seconds the figures cover (less than the window while it fills).
+    pub seconds: f64,
+}
+
+/// A row's identity, borrowed: sorting and merging compare these, never
+/// build strings.
+pub type RowKey<'a> = (&'a str, &'a str, Signal, Overlay, Net, Net);
+
+impl LossRow {
+    pub fn ratio(&self) -> Option<f64> {
+        (self.sent > 0).then(|| self.lost as f64 / self.sent as f64)
+    }
+
+    pub fn key(&self) -> RowKey<'_> {
+        (
+            &self.node,
+            &self.peer_node,
+            self.signal,
+            self.overlay,
+            self.src_net,
+            self.dst_net,
+        )
+    }
+
+    /// A cluster-wide total.
+    pub fn is_total(&self) -> bool {
+        self.node == CLUSTER
+    }
+
+    /// Worst first: highest ratio, then most lost, then by key.
+    pub fn worse(a: &LossRow, b: &LossRow) -> std::cmp::Ordering {
+        let ratio = |r: &LossRow| r.ratio().unwrap_or(0.0);
+        ratio(b)
+            .total_cmp(&ratio(a))
+            .then(b.lost.cmp(&a.lost))
+            .then_with(|| a.key().cmp(&b.key()))
+    }
+}
