@@ -210,6 +210,7 @@ fn canned_agent(bodies: Vec<(&'static str, String)>) -> String {
                 }
             }
             let path = request.split(' ').nth(1).unwrap_or("");
+            let path = path.split('?').next().unwrap_or("");
             let (status, body) = match bodies.iter().find(|(p, _)| *p == path) {
                 Some((_, body)) => ("200 OK", body.clone()),
                 None => ("404 Not Found", String::new()),
@@ -224,129 +225,109 @@ fn canned_agent(bodies: Vec<(&'static str, String)>) -> String {
     url
 }
 
-fn loss_report(node: &str, version: u32, unreachable: &[&str], rows: serde_json::Value) -> String {
-    serde_json::json!({
-        "version": version,
-        "node": node,
-        "window_seconds": 10.0,
-        "rows": rows,
-        "unreachable": unreachable,
-    })
-    .to_string()
-}
-
-fn row(node: &str, peer: &str, signal: &str, sent: u64, lost: u64) -> serde_json::Value {
-    serde_json::json!({
-        "node": node, "peer_node": peer, "overlay": "cilium", "src_net": "legacy",
-        "dst_net": "cilium", "signal": signal, "sent": sent, "lost": lost, "seconds": 10.0,
-    })
+/// A simulated fleet on its own runtime, for the binary to read.
+fn simulated(model: crossover_tests::simulated_agents::Model) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let fleet = crossover_tests::simulated_agents::SimulatedAgents::start(model)
+                .await
+                .unwrap();
+            tx.send(fleet.urls.clone()).unwrap();
+            std::future::pending::<()>().await
+        })
+    });
+    rx.recv().unwrap()
 }
 
 #[test]
-fn gather_merges_every_agent_and_names_what_is_missing() {
-    use observer::cli::loss::{FailedAgent, Unreachable, gather};
-    let a = canned_agent(vec![(
-        "/api/v1/loss",
-        loss_report(
-            "a",
-            1,
-            &["c"],
-            serde_json::json!([row("a", "b", "delivery", 100, 3)]),
-        ),
-    )]);
-    let b = canned_agent(vec![(
-        "/api/v1/loss",
-        loss_report(
-            "b",
-            1,
-            &[],
-            serde_json::json!([
-                row("b", "a", "delivery", 50, 0),
-                row("b", "a", "probe_udp", 20, 1)
-            ]),
-        ),
-    )]);
-    let b_again = canned_agent(vec![(
-        "/api/v1/loss",
-        loss_report(
-            "b",
-            1,
-            &[],
-            serde_json::json!([row("b", "a", "delivery", 50, 0)]),
-        ),
-    )]);
+fn loss_reads_every_agent_once_and_names_what_is_missing() {
+    use crossover_tests::simulated_agents::{Fault, Model};
+    use observer_ebpf::Overlay;
+    let urls = simulated(Model {
+        nodes: 30,
+        faults: vec![Fault {
+            from: 4,
+            to: 5,
+            overlay: Overlay::Cilium,
+            ratio: 0.2,
+        }],
+        ..Model::default()
+    });
     let future = canned_agent(vec![(
-        "/api/v1/loss",
-        loss_report("d", 2, &[], serde_json::json!([])),
+        "/api/v1/reading",
+        serde_json::json!({"version": 2}).to_string(),
     )]);
     let dead = "http://127.0.0.1:9".to_string();
-    let agents = vec![
-        a.clone(),
-        b.clone(),
-        b_again.clone(),
-        future.clone(),
-        dead.clone(),
-    ];
-    let matrix = gather(&agents, Duration::from_secs(2));
-    let rows: Vec<_> = matrix
-        .rows
-        .iter()
-        .map(|r| {
-            (
-                r.node.as_str(),
-                r.peer_node.as_str(),
-                r.signal.as_str(),
-                r.sent,
-                r.lost,
-            )
-        })
-        .collect();
-    assert_eq!(
-        rows,
-        [
-            ("a", "b", "delivery", 100, 3),
-            ("b", "a", "delivery", 50, 0),
-            ("b", "a", "probe_udp", 20, 1),
-        ],
-        "every answering node once, sorted"
-    );
-    assert_eq!(
-        matrix.unreachable,
-        [Unreachable {
-            node: "a".into(),
-            peer_node: "c".into()
-        }]
-    );
-    let failed: Vec<&FailedAgent> = matrix.failed.iter().collect();
-    assert_eq!(failed.len(), 3, "{failed:#?}");
-    assert_eq!(failed[0].agent, b_again);
-    assert!(
-        failed[0].error.contains("already answered by"),
-        "{failed:#?}"
-    );
-    assert_eq!(failed[1].agent, future);
-    assert!(
-        failed[1].error.contains("speaks API version 2, not 1"),
-        "{failed:#?}"
-    );
-    assert_eq!(failed[2].agent, dead);
-    assert!(failed[2].error.contains("/api/v1/loss"), "{failed:#?}");
-    assert!(!matrix.complete());
-
-    // The binary: the same matrix as JSON, and exit 2 for what is missing.
-    let out = run(&["loss", "--format", "json", "--agent", &a, "--agent", &b]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["rows"].as_array().unwrap().len(), 3, "{json:#}");
-    assert_eq!(json["unreachable"][0]["peer_node"], "c", "{json:#}");
-    let out = run(&["loss", "--agent", &b]);
+    let mut args = vec!["loss", "-o", "json"];
+    for u in &urls {
+        args.extend(["--agent", u]);
+    }
+    // The default view: totals, and the pair the drill-down names.
+    let out = run(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["answered"], 30, "{json:#}");
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the faulted pair lost anything: {json:#}"
+    );
+    assert_eq!(
+        (&rows[0]["node"], &rows[0]["peer_node"], &rows[0]["overlay"]),
+        (&"node-00004".into(), &"node-00005".into(), &"cilium".into())
+    );
+    // Filters, and the table's missing pieces with exit 2: a duplicate
+    // URL for one node, an agent of another version, one that is gone.
+    args.truncate(1);
+    for u in &urls {
+        args.extend(["--agent", u]);
+    }
+    args.extend(["--agent", &urls[3], "--agent", &future, "--agent", &dead]);
+    args.extend([
+        "--timeout",
+        "2s",
+        "--node",
+        "node-00007",
+        "--overlay",
+        "legacy",
+    ]);
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
     assert!(
-        table.lines().any(|l| l.starts_with("b ")
-            && l.contains("probe_udp")
-            && l.contains(" 20 ")
-            && l.ends_with("5.000%")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("node-00007       node-00008       legacy")),
+        "{table}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .filter(|l| l.starts_with("node-") || l.starts_with("(cluster)"))
+            .any(|l| l.split_whitespace().nth(2) == Some("cilium")),
+        "rows filtered to legacy: {table}"
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with(&format!("failed: {} did not answer", urls[3]))
+                && l.contains("already answered by")
+        ),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("failed: {future}")) && l.contains("version")),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("failed: {dead} did not answer"))),
         "{table}"
     );
 }

@@ -10,6 +10,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod simulated_agents;
 
 /// Every test here loads programs into the running kernel or builds
 /// network namespaces: it needs root. CI runs as root.

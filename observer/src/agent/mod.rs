@@ -224,8 +224,7 @@ impl State {
     pub fn reading(&self, request: &Request) -> std::result::Result<NodeReading, Unservable> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let interval_ms = ring.interval.as_millis().max(1) as u64;
-        let to = request.at_ms / interval_ms;
-        let from = to.saturating_sub(request.window_ms.div_ceil(interval_ms));
+        let (from, to) = request.ticks(interval_ms);
         let (start, end) = ring.window(from, to)?;
         let view = self.view();
         let name = |addr| view.is_node(addr).then(|| view.node_name(addr));

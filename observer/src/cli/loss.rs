@@ -130,8 +130,6 @@ pub async fn run(args: LossArgs) -> Result<i32> {
     let client = Client::new(args.timeout);
     let options = cluster::ReadOptions {
         focus: args.nodes.clone(),
-        // Any loss in a total is worth naming its pairs.
-        drill_ratio: args.min_ratio.unwrap_or(0.0),
         min_sent: args.min_sent,
         top: args.top,
         ..args.window.options()
@@ -240,7 +238,7 @@ fn footer(reading: &ClusterReading) -> String {
     }
     for d in &reading.drills {
         out += &format!(
-            "drill-down: delivery {} {}->{}: {} of {} group pairs over the ratio, {} drilled, {} node pairs with loss\n",
+            "drill-down: delivery {} {}->{}: {} of {} group pairs with loss, {} drilled, {} node pairs with loss\n",
             d.overlay,
             d.src_net,
             d.dst_net,

@@ -71,8 +71,19 @@ impl Client {
                 let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
                 return Err(fail(format!("GET {url}: {status}: {}", text.trim())));
             }
-            serde_json::from_slice(&body)
-                .map_err(|e| fail(format!("{url} is not a v1 {what}: {e}")))
+            serde_json::from_slice(&body).map_err(|e| {
+                // Another version's answer fails to parse first: say so.
+                #[derive(serde::Deserialize)]
+                struct Versioned {
+                    version: u32,
+                }
+                match serde_json::from_slice::<Versioned>(&body) {
+                    Ok(v) if v.version != 1 => {
+                        fail(format!("speaks API version {}, not 1", v.version))
+                    }
+                    _ => fail(format!("{url} is not a v1 {what}: {e}")),
+                }
+            })
         };
         tokio::time::timeout(self.timeout, ask)
             .await

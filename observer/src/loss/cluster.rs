@@ -38,8 +38,10 @@ pub struct ReadOptions {
     pub guard: Duration,
     /// Nodes whose rows are read exactly (the node under migration).
     pub focus: Vec<String>,
-    /// A delivery total over this ratio is drilled down to its pairs.
-    pub drill_ratio: f64,
+    /// A delivery total that lost at least this many packets is drilled
+    /// down to its pairs: any real loss, above what in-flight packets at
+    /// the window's ends can make up.
+    pub drill_lost: u64,
     /// Rows (and totals) with fewer sent are neither ranked nor drilled.
     pub min_sent: u64,
     /// Worst rows kept, per agent and in the reading.
@@ -55,7 +57,7 @@ impl Default for ReadOptions {
             interval: Duration::from_secs(1),
             guard: DEFAULT_GUARD,
             focus: Vec::new(),
-            drill_ratio: 0.01,
+            drill_lost: 10,
             min_sent: 20,
             top: 20,
             drill_cells: 8,
@@ -111,7 +113,7 @@ pub struct Drill {
     pub src_net: Net,
     pub dst_net: Net,
     pub groups: u32,
-    /// Group pairs over the ratio, and how many of them were drilled.
+    /// Group pairs that lost packets, and how many of them were drilled.
     pub cells_over: usize,
     pub cells_drilled: usize,
     /// Node pairs named with loss.
@@ -290,7 +292,7 @@ pub async fn read_at(
     for r in &readings {
         for h in &r.totals {
             let t = delivery.entry(triple(h)).or_default();
-            t.0 += h.sent;
+            t.0 += h.sent_all;
             t.1 += h.received;
         }
         for l in &r.local_totals {
@@ -403,8 +405,7 @@ pub async fn read_at(
     let breached: Vec<Triple> = out
         .totals
         .iter()
-        .filter(|t| t.signal == Signal::Delivery && t.sent >= options.min_sent)
-        .filter(|t| t.ratio().unwrap_or(0.0) > options.drill_ratio)
+        .filter(|t| t.signal == Signal::Delivery && t.lost >= options.drill_lost.max(1))
         .map(|t| (t.overlay, t.src_net, t.dst_net))
         .collect();
     if !breached.is_empty() {
@@ -493,20 +494,18 @@ async fn drill(
                     if !breached.contains(&key) {
                         continue;
                     }
-                    cells.entry((key, mine, g.group)).or_default().0 += g.half.sent;
+                    cells.entry((key, mine, g.group)).or_default().0 += g.half.sent_all;
                     cells.entry((key, g.group, mine)).or_default().1 += g.half.received;
                 }
             },
         )
         .await;
+    let named = &mut 0;
     for &key in breached {
         let mut over: Vec<((u32, u32), u64)> = cells
             .iter()
             .filter(|((k, ..), _)| *k == key)
-            .filter(|(_, (sent, received))| {
-                *sent >= options.min_sent
-                    && sent.saturating_sub(*received) as f64 / *sent as f64 > options.drill_ratio
-            })
+            .filter(|(_, (sent, received))| sent > received)
             .map(|((_, a, b), (sent, received))| ((*a, *b), sent.saturating_sub(*received)))
             .collect();
         over.sort_by(|x, y| y.1.cmp(&x.1));
@@ -577,11 +576,13 @@ async fn drill(
                 }
             }
             drill.pairs += found.len();
-            let room = MAX_DRILLED_ROWS.saturating_sub(out.rows.len());
+            let room = MAX_DRILLED_ROWS.saturating_sub(*named);
             found.sort_by(LossRow::worse);
             out.left_out += found.len().saturating_sub(room);
             for row in found.into_iter().take(room) {
+                // A focus node's pair is already there, exactly.
                 if !out.rows.iter().any(|r| r.key() == row.key()) {
+                    *named += 1;
                     out.rows.push(row);
                 }
             }
@@ -636,7 +637,7 @@ pub async fn stream_all(
 ) -> ClusterReading {
     let first = ReadOptions {
         focus: Vec::new(),
-        drill_ratio: f64::INFINITY,
+        drill_lost: u64::MAX,
         ..options.clone()
     };
     let mut summary = read(client, agents, &first).await;
@@ -719,6 +720,7 @@ pub async fn stream_all(
                     };
                     let key = triple(&p.half);
                     pairs.entry((i, j, key)).or_default().0 += p.half.sent;
+                    // (the receiver's half of the same pair comes from j)
                     pairs.entry((j, i, key)).or_default().1 += p.half.received;
                 }
                 if group[i] == Some(g) {

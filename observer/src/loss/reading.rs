@@ -107,6 +107,16 @@ impl Query {
     }
 }
 
+impl Request {
+    /// The ticks of the window, at `interval_ms`: the end at or before
+    /// `at`, the start a whole number of ticks before it.
+    pub fn ticks(&self, interval_ms: u64) -> (u64, u64) {
+        let interval_ms = interval_ms.max(1);
+        let to = self.at_ms / interval_ms;
+        (to.saturating_sub(self.window_ms.div_ceil(interval_ms)), to)
+    }
+}
+
 /// The group of a node: the same on every agent and reader, so sums per
 /// group from both ends of a pair meet.
 pub fn group_of(node: &str, groups: u32) -> u32 {
@@ -120,12 +130,21 @@ pub fn group_of(node: &str, groups: u32) -> u32 {
 
 /// Delivery's half at one end, over the window: what this node sent on an
 /// overlay and network pair, and what it received.
+///
+/// `sent` (from the start's late read to the end's early read) against the
+/// peer's `received` (early read to late read) brackets every packet in
+/// flight: never phantom loss, what a pair is judged by. `sent_all` covers
+/// the same instants as `received` (early to late read): summed over many
+/// pairs, the bracket's slack would add up and hide loss, so totals
+/// compare those instead, uncertain only by what is in flight at the
+/// window's two ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Half {
     pub overlay: Overlay,
     pub src_net: Net,
     pub dst_net: Net,
     pub sent: u64,
+    pub sent_all: u64,
     pub received: u64,
 }
 
@@ -136,6 +155,7 @@ impl Half {
             src_net,
             dst_net,
             sent: 0,
+            sent_all: 0,
             received: 0,
         }
     }
@@ -232,15 +252,14 @@ impl Answerer<'_> {
             let Some(peer) = name(record.peer) else {
                 continue;
             };
-            let (sent, received) = match record.direction {
-                Direction::Egress => (delta(record.counts.packets, start.late_packets(&key)), 0),
-                Direction::Ingress => (
+            let before = start.early(&key).map_or(0, |c| c.packets);
+            let (sent, sent_all, received) = match record.direction {
+                Direction::Egress => (
+                    delta(record.counts.packets, start.late_packets(&key)),
+                    delta(end.late_packets(&key), before),
                     0,
-                    delta(
-                        end.late_packets(&key),
-                        start.early(&key).map_or(0, |c| c.packets),
-                    ),
                 ),
+                Direction::Ingress => (0, 0, delta(end.late_packets(&key), before)),
             };
             if record.direction == Direction::Egress {
                 let before = start.early(&key).copied().unwrap_or_default();
@@ -249,11 +268,12 @@ impl Answerer<'_> {
                     tcp.push((peer.clone(), key, w));
                 }
             }
-            if sent == 0 && received == 0 {
+            if sent_all == 0 && received == 0 {
                 continue;
             }
             let add = |h: &mut Half| {
                 h.sent += sent;
+                h.sent_all += sent_all;
                 h.received += received;
             };
             let (overlay, src, dst) = (record.overlay, record.src_net, record.dst_net);
@@ -435,6 +455,8 @@ mod tests {
             (reading.totals[0].sent, reading.totals[0].received),
             (2 * 990, 2 * 1010)
         );
+        // The same instants at both ends: early to late read.
+        assert_eq!(reading.totals[0].sent_all, 2 * 1010);
         assert_eq!(reading.peers.len(), 1);
         assert_eq!(reading.peers[0].peer_node, "n2");
         assert_eq!(

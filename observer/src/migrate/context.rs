@@ -20,7 +20,7 @@ use super::{
 use crate::{
     Error, Result,
     loss::{
-        LossRow, Signal,
+        LossRow,
         client::Client as Reader,
         cluster::{self, ReadOptions},
     },
@@ -183,7 +183,6 @@ impl Context {
         let thresholds = &self.settings.thresholds;
         let options = ReadOptions {
             focus: focus.into_iter().map(str::to_owned).collect(),
-            drill_ratio: thresholds.for_signal(Signal::Delivery),
             min_sent: thresholds.min_sent,
             ..self.options.read.clone()
         };
