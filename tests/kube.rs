@@ -407,6 +407,12 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
         "loss",
         "--format",
         "json",
+        "--window",
+        "60s",
+        "--sample-interval",
+        "500ms",
+        "--node",
+        "control-plane",
     ]);
     for url in kl.agent_urls() {
         loss.args(["--agent", &url]);
@@ -435,17 +441,45 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
     for r in delivery.iter().filter(|r| !faulted(r)) {
         assert_eq!(r["lost"], 0, "no loss elsewhere: {r}");
     }
-    let (status, metrics) = http_get(&kl.lab.node_ns("control-plane"), &kl.url(0, "/metrics"));
-    assert_eq!(status, 200);
-    let from_metrics: u64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("crossover_window_lost{")
-                && l.contains("peer_node=\"worker-1\"")
-                && l.contains("overlay=\"cilium\"")
-                && l.contains("signal=\"delivery\"")
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+    let total: u64 = matrix["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["signal"] == "delivery")
+        .map(|t| t["lost"].as_u64().unwrap())
         .sum();
-    assert_eq!(from_metrics, drops, "/metrics equals the wire's drops");
+    assert_eq!(
+        total, drops,
+        "the cluster totals equal the wire's drops: {matrix:#}"
+    );
+    // /metrics: control-plane's sends and worker-1's receives on the pair,
+    // the counters a recording rule joins, differ by the drops.
+    let counter = |j: usize, series: &str, direction: &str| -> u64 {
+        let (status, metrics) = http_get(&kl.lab.node_ns("control-plane"), &kl.url(j, "/metrics"));
+        assert_eq!(status, 200);
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(series)
+                    && l.contains("overlay=\"cilium\"")
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let sent = counter(
+        0,
+        "crossover_underlay_packets_total{node=\"control-plane\",peer_node=\"worker-1\"",
+        "egress",
+    );
+    let received = counter(
+        1,
+        "crossover_underlay_packets_total{node=\"worker-1\",peer_node=\"control-plane\"",
+        "ingress",
+    );
+    assert_eq!(
+        sent - received,
+        drops,
+        "/metrics: sends less receives are the drops"
+    );
 }

@@ -129,6 +129,8 @@ impl Driver {
             .args(["--kubeconfig", &self.kubeconfig])
             .args(["--poll-interval", "200ms", "--gate-interval", "1s"])
             .args(["--lease-duration", "3s", "--agent-timeout", "2s"])
+            // The agents' window and ticks (see start_agents below).
+            .args(["--window", "6s", "--sample-interval", "500ms"])
             .args([
                 "--ready-timeout",
                 self.ready_timeout,

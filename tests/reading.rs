@@ -25,7 +25,7 @@ fn at() -> u64 {
     cluster::window_end(SystemTime::now(), &ReadOptions::default())
 }
 
-fn find<'a>(rows: &'a [LossRow], from: usize, to: usize, overlay: Overlay) -> Option<&'a LossRow> {
+fn find(rows: &[LossRow], from: usize, to: usize, overlay: Overlay) -> Option<&LossRow> {
     rows.iter().find(|r| {
         r.signal == Signal::Delivery
             && r.node == Model::name(from)

@@ -543,12 +543,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 /// tick time to read twice.
 fn check_ticks(interval: Duration, guard: Duration) -> Result<()> {
     let bad = |reason: String| Err(Error::Shape(reason));
-    if interval < Duration::from_millis(100) || interval.subsec_nanos() % 1_000_000 != 0 {
+    if interval < Duration::from_millis(100) || !interval.subsec_nanos().is_multiple_of(1_000_000) {
         return bad(format!(
             "--sample-interval {interval:?}: expected whole milliseconds, at least 100ms"
         ));
     }
-    if guard.is_zero() || guard * 2 >= interval || guard.subsec_nanos() % 1_000_000 != 0 {
+    if guard.is_zero() || guard * 2 >= interval || !guard.subsec_nanos().is_multiple_of(1_000_000) {
         return bad(format!(
             "--reading-guard {guard:?}: expected whole milliseconds, more than 0 and under half of --sample-interval ({interval:?})"
         ));

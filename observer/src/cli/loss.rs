@@ -248,6 +248,9 @@ fn footer(reading: &ClusterReading) -> String {
             d.pairs
         );
     }
+    if reading.delivery_totals_left_out {
+        out += "delivery totals: not computed, an agent is missing (its pairs would count on one side only)\n";
+    }
     if reading.left_out > 0 {
         out += &format!(
             "left out: {} rows (filters, --top, or the agents' own worst lists)\n",

@@ -142,6 +142,10 @@ pub struct ClusterReading {
     pub lateness_ms: u64,
     /// HTTP requests this reading made.
     pub requests: usize,
+    /// Delivery totals need every agent: with one missing, its pairs would
+    /// count on one side only, so they are left out (and not drilled).
+    #[serde(default)]
+    pub delivery_totals_left_out: bool,
 }
 
 impl ClusterReading {
@@ -311,6 +315,10 @@ pub async fn read_at(
             t.refused += l.refused;
             t.seconds = t.seconds.max(l.seconds);
         }
+    }
+    out.delivery_totals_left_out = !out.failed.is_empty();
+    if out.delivery_totals_left_out {
+        delivery.clear();
     }
     for (&(overlay, src_net, dst_net), &(sent, received)) in &delivery {
         out.totals.push(delivery_row(
@@ -508,7 +516,7 @@ async fn drill(
             .filter(|(_, (sent, received))| sent > received)
             .map(|((_, a, b), (sent, received))| ((*a, *b), sent.saturating_sub(*received)))
             .collect();
-        over.sort_by(|x, y| y.1.cmp(&x.1));
+        over.sort_by_key(|o| std::cmp::Reverse(o.1));
         let mut drill = Drill {
             overlay: key.0,
             src_net: key.1,
