@@ -119,7 +119,10 @@ impl Agents {
                 let status: serde_json::Value =
                     serde_json::from_str(&http_get(&ns, &format!("{url}/api/v1/status")).1)
                         .unwrap_or_default();
-                if status["newest_tick_ms"].as_u64().unwrap_or(0) > 0 {
+                let tick = |name: &str| status[name].as_u64().unwrap_or(0);
+                if tick("oldest_tick_ms") > 0
+                    && tick("newest_tick_ms") >= tick("oldest_tick_ms") + 1000
+                {
                     break;
                 }
                 assert!(

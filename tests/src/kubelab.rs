@@ -159,8 +159,13 @@ impl KubeLab {
                 ),
                 || {
                     let status = self.get_json(&self.url(j, "/api/v1/status"));
-                    (status["ready"] == true && status["newest_tick_ms"].as_u64()? > 0)
-                        .then_some(())
+                    // Ticks over 2 s at least: a reading just after this
+                    // has a window from every agent.
+                    let (oldest, newest) = (
+                        status["oldest_tick_ms"].as_u64()?,
+                        status["newest_tick_ms"].as_u64()?,
+                    );
+                    (status["ready"] == true && oldest > 0 && newest >= oldest + 2000).then_some(())
                 },
             );
         }

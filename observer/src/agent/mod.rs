@@ -252,6 +252,12 @@ impl State {
         self.ring.lock().unwrap_or_else(|e| e.into_inner()).interval
     }
 
+    pub fn oldest_tick_ms(&self) -> u64 {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.oldest()
+            .map_or(0, |t| t.k * ring.interval.as_millis() as u64)
+    }
+
     pub fn newest_tick_ms(&self) -> u64 {
         *self.newest_tick.borrow() * self.interval().as_millis() as u64
     }

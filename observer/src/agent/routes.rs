@@ -160,14 +160,15 @@ async fn reading_handler(
     state.wait_tick(k, interval).await;
     match tokio::task::spawn_blocking(move || s.reading(&request)).await {
         Ok(Ok(reading)) => Json(reading).into_response(),
-        Ok(Err(crate::loss::ring::Unservable::NotYet { newest })) => (
+        Ok(Err(crate::loss::ring::Unservable::TooFew {
+            oldest,
+            newest,
+            kept,
+        })) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("tick {k} not read (newest: {newest:?}): is this node's clock behind?\n"),
-        )
-            .into_response(),
-        Ok(Err(crate::loss::ring::Unservable::Missing { k })) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("tick {k} was skipped by this agent (it stalled): ask for a window starting after it\n"),
+            format!(
+                "fewer than two ticks read up to tick {k} (kept: {kept}, {oldest:?} to {newest:?}): just started, or this node's clock is behind\n"
+            ),
         )
             .into_response(),
         Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, join.to_string()).into_response(),
@@ -185,7 +186,9 @@ struct Status<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     watches: Option<std::collections::BTreeMap<&'static str, crate::cluster::WatchHealth>>,
     sample_seconds: f64,
-    /// The newest tick read, Unix ms.
+    /// The oldest and newest ticks kept, Unix ms: the windows this agent
+    /// can serve (0 before the first tick).
+    oldest_tick_ms: u64,
     newest_tick_ms: u64,
     view: super::view::ViewStatus<'a>,
 }
@@ -205,6 +208,7 @@ async fn status_handler(Extract(state): Extract<Shared>) -> Response {
         attached,
         watches: state.cluster.as_ref().map(|c| c.health()),
         sample_seconds: state.sample_duration().as_secs_f64(),
+        oldest_tick_ms: state.oldest_tick_ms(),
         newest_tick_ms: state.newest_tick_ms(),
         view: view.status(),
     })

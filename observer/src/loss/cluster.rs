@@ -96,6 +96,8 @@ impl WindowArgs {
 /// How long after a tick's late read a reader asks for it: the agents'
 /// reads take a few ms, their clocks differ by a few more.
 const SETTLE: Duration = Duration::from_millis(250);
+/// Rounds of re-asking agents whose ticks differ from the others'.
+const ALIGN_ROUNDS: usize = 3;
 /// Pairs a drill-down lists; beyond, counted in `left_out`.
 pub const MAX_DRILLED_ROWS: usize = 1000;
 
@@ -218,16 +220,39 @@ pub async fn read_at(
             },
         )
         .await;
-    // Every half must cover the same ticks: an agent that restarted inside
-    // the window starts later, and then everyone starts there.
-    let start = answers.iter().flatten().map(|r| r.from_ms).max();
-    if let Some(start) = start
-        && answers.iter().flatten().any(|r| r.from_ms != start)
-    {
-        let again = path(&query(at, at.saturating_sub(start).max(1)));
+    // Every half must cover the same ticks. An agent that restarted inside
+    // the window starts later, one that stalled past the end tick ends
+    // earlier: it says which ticks it used, and everyone is asked again for
+    // the window they all have.
+    for _ in 0..ALIGN_ROUNDS {
+        let spans = answers.iter().flatten().map(|r| (r.from_ms, r.to_ms));
+        let Some((start, end)) = spans.reduce(|(a, b), (c, d)| (a.max(c), b.min(d))) else {
+            break;
+        };
         let redo: Vec<usize> = (0..agents.len())
-            .filter(|&i| answers[i].as_ref().is_some_and(|r| r.from_ms != start))
+            .filter(|&i| {
+                answers[i]
+                    .as_ref()
+                    .is_some_and(|r| (r.from_ms, r.to_ms) != (start, end))
+            })
             .collect();
+        if redo.is_empty() {
+            break;
+        }
+        if start >= end {
+            for i in redo {
+                let r = answers[i].take().expect("filtered on answers");
+                errors[i] = Some(Error::Agent {
+                    agent: agents[i].clone(),
+                    reason: format!(
+                        "its ticks ({} to {} ms) do not overlap the others' window: is its clock off?",
+                        r.from_ms, r.to_ms
+                    ),
+                });
+            }
+            continue;
+        }
+        let again = path(&query(end, end - start));
         out.requests += redo.len();
         client
             .each(
@@ -237,17 +262,7 @@ pub async fn read_at(
                 |i, answer: crate::Result<NodeReading>| match answer
                     .and_then(|r| check(&agents[i], r))
                 {
-                    Ok(r) if r.from_ms == start => answers[i] = Some(r),
-                    Ok(r) => {
-                        answers[i] = None;
-                        errors[i] = Some(Error::Agent {
-                            agent: agents[i].clone(),
-                            reason: format!(
-                                "cannot start its window at {start} ms (starts at {})",
-                                r.from_ms
-                            ),
-                        });
-                    }
+                    Ok(r) => answers[i] = Some(r),
                     Err(e) => {
                         answers[i] = None;
                         errors[i] = Some(e);
@@ -255,6 +270,24 @@ pub async fn read_at(
                 },
             )
             .await;
+    }
+    if let Some((start, end)) = answers
+        .iter()
+        .flatten()
+        .map(|r| (r.from_ms, r.to_ms))
+        .reduce(|(a, b), (c, d)| (a.max(c), b.min(d)))
+    {
+        for i in 0..agents.len() {
+            if let Some(r) = answers[i].take_if(|r| (r.from_ms, r.to_ms) != (start, end)) {
+                errors[i] = Some(Error::Agent {
+                    agent: agents[i].clone(),
+                    reason: format!(
+                        "could not be aligned: serves {} to {} ms, the others {start} to {end} ms",
+                        r.from_ms, r.to_ms
+                    ),
+                });
+            }
+        }
     }
     // One answer per node: a second URL for the same node would count its
     // pairs twice.

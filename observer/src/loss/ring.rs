@@ -98,10 +98,13 @@ impl Tick {
 /// Why a window cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Unservable {
-    /// The end tick is not read yet (or never was).
-    NotYet { newest: Option<u64> },
-    /// The start tick is older than anything kept: served from `oldest`.
-    Missing { k: u64 },
+    /// Fewer than two ticks at or before the window's end: the agent has
+    /// just started, or this node's clock is behind the reader's.
+    TooFew {
+        oldest: Option<u64>,
+        newest: Option<u64>,
+        kept: usize,
+    },
 }
 
 /// The last ticks, oldest first.
@@ -159,25 +162,30 @@ impl Ring {
         }
     }
 
-    /// The ticks a window from `from` to `to` uses. A start older than the
-    /// ring (the agent restarted, or the reader asks for a long window)
-    /// starts at the oldest tick kept; the caller reports it.
+    /// The ticks a window from `from` to `to` uses: the newest tick at or
+    /// before `to` and the oldest at or after `from` (a tick may be missing:
+    /// the agent had just started, or stalled past a tick). The caller
+    /// reports the ticks it used; a reader aligns every agent on the same.
     pub fn window(&self, from: u64, to: u64) -> Result<(&Tick, &Tick), Unservable> {
-        let end = self.get(to).ok_or(Unservable::NotYet {
+        let too_few = || Unservable::TooFew {
+            oldest: self.oldest().map(|t| t.k),
             newest: self.newest().map(|t| t.k),
-        })?;
-        let start = match self.get(from) {
-            Some(t) => t,
-            None => {
-                let oldest = self.oldest().expect("the end tick is in the ring");
-                if oldest.k > from {
-                    oldest
-                } else {
-                    // Inside the ring but skipped (a stalled agent).
-                    return Err(Unservable::Missing { k: from });
-                }
-            }
+            kept: self.ticks.len(),
         };
+        let end = self
+            .ticks
+            .iter()
+            .rev()
+            .find(|t| t.k <= to)
+            .ok_or_else(too_few)?;
+        let start = self
+            .ticks
+            .iter()
+            .find(|t| t.k >= from.min(end.k))
+            .ok_or_else(too_few)?;
+        if start.k >= end.k {
+            return Err(too_few());
+        }
         Ok((start, end))
     }
 }
@@ -227,12 +235,18 @@ mod tests {
         assert_eq!(ring.oldest().unwrap().k, 16);
         let (a, b) = ring.window(17, 19).unwrap();
         assert_eq!((a.k, b.k), (17, 19));
-        assert_eq!(
-            ring.window(17, 20),
-            Err(Unservable::NotYet { newest: Some(19) })
-        );
+        // Not read yet: ends at the newest.
+        assert_eq!(ring.window(17, 20).unwrap().1.k, 19);
         // A window older than the ring starts at its oldest tick.
         assert_eq!(ring.window(3, 19).unwrap().0.k, 16);
+        assert_eq!(
+            ring.window(3, 16),
+            Err(Unservable::TooFew {
+                oldest: Some(16),
+                newest: Some(19),
+                kept: 4
+            })
+        );
         let t = ring.get(18).unwrap();
         let key = key_of(&record(2, Direction::Ingress, 0));
         assert_eq!(t.early(&key).unwrap().packets, 185);
@@ -249,8 +263,11 @@ mod tests {
         ring.push(tick(2));
         let ks: Vec<u64> = ring.ticks.iter().map(|t| t.k).collect();
         assert_eq!(ks, [1, 2]);
-        // A skipped tick inside the ring cannot start a window.
+        // Around a skipped tick: the next one starts, the one before ends.
         ring.push(tick(5));
-        assert_eq!(ring.window(3, 5), Err(Unservable::Missing { k: 3 }));
+        ring.push(tick(7));
+        let ks = |w: (&Tick, &Tick)| (w.0.k, w.1.k);
+        assert_eq!(ks(ring.window(3, 7).unwrap()), (5, 7));
+        assert_eq!(ks(ring.window(1, 6).unwrap()), (1, 5));
     }
 }

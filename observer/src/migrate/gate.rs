@@ -176,7 +176,14 @@ pub fn judge<'a>(
     let mut breaches = Vec::new();
     let mut worst = BTreeMap::<Signal, f64>::new();
     let mut judged = 0;
-    for row in rows.into_iter().filter(|r| r.sent >= thresholds.min_sent) {
+    // Totals of the signals each agent measures alone are summaries: the
+    // agents' own rows (the worst of them listed) are what is judged, pair
+    // by pair, as before; a sum of many pairs' few handshakes would judge
+    // churn, not a network.
+    let judged_rows = rows
+        .into_iter()
+        .filter(|r| !(r.is_total() && r.signal != Signal::Delivery));
+    for row in judged_rows.filter(|r| r.sent >= thresholds.min_sent) {
         let Some(ratio) = row.ratio() else { continue };
         judged += 1;
         let w = worst.entry(row.signal).or_default();
@@ -190,6 +197,22 @@ pub fn judge<'a>(
             });
         }
     }
+    // A cluster total over its threshold is named by the pairs of its
+    // signal, overlay and networks that breached (the drill-down's); only
+    // when none did (loss spread thin) does the total itself close the gate.
+    let named = |t: &LossRow| {
+        breaches.iter().any(|b| {
+            !b.row.is_total()
+                && (b.row.signal, b.row.overlay, b.row.src_net, b.row.dst_net)
+                    == (t.signal, t.overlay, t.src_net, t.dst_net)
+        })
+    };
+    let explained: Vec<bool> = breaches
+        .iter()
+        .map(|b| b.row.is_total() && named(&b.row))
+        .collect();
+    let mut explained = explained.into_iter();
+    breaches.retain(|_| !explained.next().unwrap_or(false));
     breaches.sort_by(|a, b| b.ratio.total_cmp(&a.ratio));
     let more_breaches = breaches.len().saturating_sub(MAX_BREACHES);
     breaches.truncate(MAX_BREACHES);
@@ -279,5 +302,36 @@ mod tests {
             "now".into(),
         );
         assert!(!d.passed && d.summary().contains("stuck: default/web-1"));
+    }
+
+    #[test]
+    fn a_total_is_named_by_its_pairs_or_closes_the_gate_itself() {
+        let t = Thresholds::default();
+        let total = |lost| LossRow {
+            node: crate::loss::CLUSTER.into(),
+            peer_node: crate::loss::CLUSTER.into(),
+            ..row("x", "y", "delivery", 1000, lost)
+        };
+        let pair = row("n1", "n2", "delivery", 100, 20);
+        let d = judge(&t, &[total(50), pair.clone()], vec![], vec![], "now".into());
+        assert_eq!(d.breaches.len(), 1, "{d:?}");
+        assert_eq!(d.breaches[0].row, pair);
+        // Spread thin over many pairs: the total itself breaches.
+        let d = judge(
+            &t,
+            &[total(50), row("n1", "n2", "delivery", 100, 1)],
+            vec![],
+            vec![],
+            "now".into(),
+        );
+        assert_eq!(d.breaches.len(), 1);
+        assert!(d.breaches[0].row.is_total() && !d.passed);
+        // A total of a signal agents judge alone is a summary, not judged.
+        let handshakes = LossRow {
+            signal: Signal::Handshake,
+            ..total(50)
+        };
+        let d = judge(&t, &[handshakes], vec![], vec![], "now".into());
+        assert!(d.passed && d.judged == 0, "{d:?}");
     }
 }
