@@ -227,6 +227,13 @@ fn window_families(out: &mut String, state: &State) {
         "Time the last tick's two reads of this node's counters took, the guard between them included.",
     );
     f.sample(&[("node", node)], state.sample_duration().as_secs_f64());
+    let mut f = family(
+        out,
+        "crossover_tick_lateness_seconds",
+        "gauge",
+        "How far the newest tick's two reads came after their instants (the tick, the tick plus the guard). Past the guard, a window's edges on this node no longer bracket its peers'.",
+    );
+    f.sample(&[("node", node)], state.tick_lateness().as_secs_f64());
 }
 
 /// The Kubernetes watches, when the agent follows a cluster.

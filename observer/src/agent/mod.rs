@@ -252,6 +252,15 @@ impl State {
         self.ring.lock().unwrap_or_else(|e| e.into_inner()).interval
     }
 
+    /// How far the newest tick's reads strayed from their instants.
+    pub fn tick_lateness(&self) -> Duration {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ms = ring
+            .newest()
+            .map_or(0, |t| t.lateness_ms(ring.interval, ring.guard));
+        Duration::from_millis(ms)
+    }
+
     pub fn oldest_tick_ms(&self) -> u64 {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.oldest()
@@ -502,11 +511,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         view::rebuild(&state, &cluster);
         tasks.push(tokio::spawn(view::follow_cluster(state.clone(), cluster)));
     }
-    tasks.push(tokio::spawn(sampler::run(
-        state.clone(),
-        args.sample_interval,
-        args.reading_guard,
-    )));
+    sampler::spawn(state.clone(), args.sample_interval, args.reading_guard)?;
     if !args.ageing.interval.is_zero() {
         tasks.push(tokio::spawn(age_flows(state.clone(), args.ageing.clone())));
     }

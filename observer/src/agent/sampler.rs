@@ -3,6 +3,11 @@
 //! from (see `loss::ring`). The agent reads no peer: a reader fetches
 //! every agent's half of the same ticks. Everything read here is O(nodes):
 //! the flow table is never read per tick.
+//!
+//! The reads run on a thread of their own, not on the async workers or
+//! their blocking pool: a read's punctuality is what keeps a window's
+//! edges aligned with the other nodes'. How late each read came is kept
+//! with the tick and reported.
 use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime},
@@ -24,23 +29,35 @@ pub struct Reading {
 }
 
 /// Sleeps until the wall clock reaches `at_ms` (Unix ms).
-async fn until(at_ms: u64) {
-    let now = unix_ms(SystemTime::now());
-    if at_ms > now {
-        tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+fn until(at_ms: u64) {
+    loop {
+        let now = unix_ms(SystemTime::now());
+        if now >= at_ms {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(at_ms - now));
     }
 }
 
-pub async fn run(state: Arc<State>, interval: Duration, guard: Duration) {
+/// Starts the sampler's thread; it ends with the process.
+pub fn spawn(state: Arc<State>, interval: Duration, guard: Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || run(&state, interval, guard))
+        .map(drop)
+        .map_err(|e| crate::Error::io("starting the sampler thread", e))
+}
+
+fn run(state: &State, interval: Duration, guard: Duration) {
     let interval_ms = interval.as_millis().max(1) as u64;
     let guard_ms = guard.as_millis() as u64;
     loop {
         // The next tick: a tick missed while a read was slow is skipped,
         // never read late under its name.
         let k = unix_ms(SystemTime::now()) / interval_ms + 1;
-        until(k * interval_ms).await;
+        until(k * interval_ms);
         let started = Instant::now();
-        match read_tick(&state, k, k * interval_ms + guard_ms).await {
+        match read_tick(state, k, k * interval_ms + guard_ms) {
             Ok(tick) => state.push_tick(tick),
             Err(err) => state.count(&err),
         }
@@ -48,57 +65,52 @@ pub async fn run(state: Arc<State>, interval: Duration, guard: Duration) {
     }
 }
 
-async fn read_tick(state: &Arc<State>, k: u64, late_at: u64) -> Result<Tick> {
+fn read_tick(state: &State, k: u64, late_at: u64) -> Result<Tick> {
     let early_ms = unix_ms(SystemTime::now());
-    let early = read(state, true).await?;
-    until(late_at).await;
+    let early = read(state, true)?;
+    until(late_at);
     let late_ms = unix_ms(SystemTime::now());
-    let late = read(state, false).await?;
+    let late = read(state, false)?;
     Ok(Tick::new(k, (early_ms, early), (late_ms, late)))
 }
 
 /// One read of the per-peer counters. The early read of a tick also does
-/// the tick's chores: the kernel's clock, expired handshakes, new slots,
-/// and the reading `/metrics` serves.
-async fn read(state: &Arc<State>, chores: bool) -> Result<Vec<PeerRecord>> {
-    let own = state.clone();
-    let (peers, counters) = tokio::task::spawn_blocking(move || {
-        let mut observer = super::lock(&own.observer);
-        if !chores {
-            return Ok::<_, crate::Error>((observer.peers()?, None));
-        }
-        // Known flows' packets are stamped with this time until the next.
-        if let Err(err) = observer.tick() {
-            own.count(&err);
-        }
-        // Handshakes unanswered past the grace become counts before the
-        // read: what is in flight, a handful of entries.
-        if let Err(err) = observer.expire_handshakes(monotonic_ns()) {
-            own.count(&err);
-        }
-        let peers = observer.peers()?;
-        // Keys first seen since the last tick get their slot.
-        if let Err(err) = observer.promote_seen_peers(&peers) {
-            own.count(&err);
-        }
-        Ok((peers, Some(observer.counters()?)))
-    })
-    .await
-    .map_err(|e| crate::Error::io("sampling", std::io::Error::other(e)))??;
-    if let Some(counters) = counters {
-        let refused = counters
-            .get(observer_ebpf::Counter::FlowMapFull.label())
-            .copied()
-            .unwrap_or(0);
-        let before = state.refused_flows.swap(refused, Ordering::Relaxed);
-        if refused > before {
-            state.table_full.notify_one();
-        }
-        state.set_reading(Reading {
-            taken: Instant::now(),
-            peers: peers.clone(),
-            counters,
-        });
+/// the tick's chores (after the read, so they never delay it): the
+/// kernel's clock, expired handshakes, new slots, and the reading
+/// `/metrics` serves.
+fn read(state: &State, chores: bool) -> Result<Vec<PeerRecord>> {
+    let mut observer = super::lock(&state.observer);
+    let peers = observer.peers()?;
+    if !chores {
+        return Ok(peers);
     }
+    // Known flows' packets are stamped with this time until the next.
+    if let Err(err) = observer.tick() {
+        state.count(&err);
+    }
+    // Handshakes unanswered past the grace become counts for the next
+    // read: what is in flight, a handful of entries.
+    if let Err(err) = observer.expire_handshakes(monotonic_ns()) {
+        state.count(&err);
+    }
+    // Keys first seen since the last tick get their slot.
+    if let Err(err) = observer.promote_seen_peers(&peers) {
+        state.count(&err);
+    }
+    let counters = observer.counters()?;
+    drop(observer);
+    let refused = counters
+        .get(observer_ebpf::Counter::FlowMapFull.label())
+        .copied()
+        .unwrap_or(0);
+    let before = state.refused_flows.swap(refused, Ordering::Relaxed);
+    if refused > before {
+        state.table_full.notify_one();
+    }
+    state.set_reading(Reading {
+        taken: Instant::now(),
+        peers: peers.clone(),
+        counters,
+    });
     Ok(peers)
 }

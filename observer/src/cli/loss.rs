@@ -211,10 +211,11 @@ fn line(r: &LossRow) -> String {
 /// The totals, the rows worst first, then one line per missing piece.
 pub fn table(reading: &ClusterReading) -> String {
     let mut out = format!(
-        "window {:.0}s ending {} (Unix ms), {} agents answered\n",
+        "window {:.1}s ending {} (Unix ms), {} agents answered, reads at most {} ms off their ticks\n",
         reading.seconds(),
         reading.to_ms,
-        reading.answered
+        reading.answered,
+        reading.lateness_ms
     );
     out += &header();
     for r in &reading.totals {
