@@ -582,3 +582,98 @@ fn a_crashed_agent_restarts_with_its_counters() {
     );
     drop(agents);
 }
+
+/// A clean lab under continuous traffic, read as the gate reads it (every
+/// agent's half of the same aligned window, control-plane's rows exactly)
+/// every 2 s for two minutes (`CROSSOVER_CLEAN_SECONDS`): never any loss.
+/// Packets in flight at a window's edges must never look lost.
+#[test]
+fn a_clean_lab_under_continuous_traffic_reads_no_loss_for_minutes() {
+    require_root();
+    let seconds: u64 = std::env::var("CROSSOVER_CLEAN_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let lab = Lab::up(&LabSpec {
+        name: unique("cl"),
+        nodes: 3,
+        migrated: 1,
+        pods: 2,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let cp = lab.node_ns("control-plane");
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let pps = 400;
+    let streams = [
+        ("control-plane/app-1", "worker-2/app-1"),
+        ("worker-1/app-1", "control-plane/app-2"),
+        ("worker-2/app-2", "worker-1/app-2"),
+        ("control-plane/app-2", "worker-1/app-1"),
+    ];
+    std::thread::scope(|s| {
+        for (from, to) in streams {
+            let (from, to) = (e(from), e(to));
+            s.spawn(move || {
+                traffic::udp_stream(&from, &to, pps * (seconds + 12), pps, 200).unwrap()
+            });
+        }
+        // The first window starts once the traffic runs.
+        std::thread::sleep(Duration::from_secs(11));
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let (mut readings, mut packets, mut worst_lateness) = (0, 0u64, 0u64);
+        let mut in_flight = 0;
+        while Instant::now() < end {
+            let mut loss = Command::new("ip");
+            loss.args(["netns", "exec", &cp, CROSSOVER, "loss", "-o", "json"]);
+            loss.args(["--node", "control-plane", "--top", "1000"]);
+            loss.args(["--window", "10s", "--sample-interval", "500ms"]);
+            for url in &agents.urls {
+                loss.args(["--agent", url]);
+            }
+            let out = loss.output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            let reading: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rows = reading["rows"].as_array().unwrap();
+            let totals = reading["totals"].as_array().unwrap();
+            // Pairs are bracketed: never a packet of phantom loss.
+            for r in rows {
+                assert_eq!(r["lost"], 0, "reading {readings}: {r}\n{reading:#}");
+            }
+            // Totals compare the same instants at both ends (a bracket's
+            // slack summed over every pair would hide loss): what is in
+            // flight at the window's end, or sent while a read was late,
+            // may show, within the reading's own uncertainty, and then
+            // starts no drill-down.
+            let uncertainty = reading["uncertainty_ms"].as_u64().unwrap();
+            let window = reading["to_ms"].as_u64().unwrap() - reading["from_ms"].as_u64().unwrap();
+            for t in totals {
+                let (lost, sent) = (t["lost"].as_u64().unwrap(), t["sent"].as_u64().unwrap());
+                assert!(
+                    lost <= (sent * uncertainty).div_ceil(window),
+                    "reading {readings}: {t}\n{reading:#}"
+                );
+                in_flight = in_flight.max(lost);
+            }
+            assert_eq!(reading["drills"], serde_json::json!([]), "{reading:#}");
+            let delivered: u64 = totals
+                .iter()
+                .filter(|t| t["signal"] == "delivery")
+                .map(|t| t["sent"].as_u64().unwrap())
+                .sum();
+            assert!(delivered > 0, "{reading:#}");
+            packets += delivered;
+            readings += 1;
+            worst_lateness = worst_lateness.max(reading["lateness_ms"].as_u64().unwrap());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        eprintln!(
+            "{readings} readings over {seconds} s, {packets} packets in their windows, no pair \
+             lost any, totals at most {in_flight} in flight; reads at most {worst_lateness} ms off \
+             their ticks"
+        );
+        assert!(readings >= seconds / 4);
+        drop(agents);
+    });
+}

@@ -17,6 +17,8 @@ use observer_ebpf::Overlay;
 fn options(focus: &[usize]) -> ReadOptions {
     ReadOptions {
         focus: focus.iter().map(|&i| Model::name(i)).collect(),
+        // The model's packets arrive the instant they are sent.
+        in_flight: Duration::ZERO,
         ..ReadOptions::default()
     }
 }

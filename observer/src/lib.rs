@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod connections;
 pub mod conntrack;
 pub mod datapath;
+pub mod duration;
 pub mod error;
 pub mod exposition;
 pub mod loss;

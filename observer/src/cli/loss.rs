@@ -80,7 +80,7 @@ pub struct LossArgs {
     #[arg(long, short = 'o', value_enum, default_value_t = LossFormat::Table)]
     pub format: LossFormat,
     /// Per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = crate::agent::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
 }
 

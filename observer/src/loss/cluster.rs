@@ -48,6 +48,9 @@ pub struct ReadOptions {
     pub top: usize,
     /// Group pairs drilled to their node pairs, worst first.
     pub drill_cells: usize,
+    /// The longest a packet spends between two nodes' NICs: what a
+    /// total's uncertainty counts as in flight at the window's edges.
+    pub in_flight: Duration,
 }
 
 impl Default for ReadOptions {
@@ -61,6 +64,7 @@ impl Default for ReadOptions {
             min_sent: 20,
             top: 20,
             drill_cells: 8,
+            in_flight: Duration::from_millis(2),
         }
     }
 }
@@ -73,14 +77,19 @@ pub const DEFAULT_GUARD: Duration = Duration::from_millis(20);
 pub struct WindowArgs {
     /// Length of the loss window read from the agents (whole ticks, at most
     /// the agents' own --window plus two ticks).
-    #[arg(long, global = true, default_value = "10s", value_parser = crate::agent::parse_duration)]
+    #[arg(long, global = true, default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub window: Duration,
     /// The agents' --sample-interval: their counters are read on its ticks.
-    #[arg(long, global = true, default_value = "1s", value_parser = crate::agent::parse_duration)]
+    #[arg(long, global = true, default_value = "1s", value_parser = crate::duration::parse_duration)]
     pub sample_interval: Duration,
     /// The agents' --reading-guard.
-    #[arg(long, global = true, default_value = "20ms", value_parser = crate::agent::parse_duration)]
+    #[arg(long, global = true, default_value = "20ms", value_parser = crate::duration::parse_duration)]
     pub reading_guard: Duration,
+    /// The longest a packet spends between two nodes' NICs (a few ms
+    /// within a data centre): delivery totals may be off by what is sent
+    /// in that long, and are drilled down only past it.
+    #[arg(long, global = true, default_value = "2ms", value_parser = crate::duration::parse_duration)]
+    pub in_flight: Duration,
 }
 
 impl WindowArgs {
@@ -89,6 +98,7 @@ impl WindowArgs {
             window: self.window,
             interval: self.sample_interval,
             guard: self.reading_guard,
+            in_flight: self.in_flight,
             ..ReadOptions::default()
         }
     }
@@ -142,6 +152,13 @@ pub struct ClusterReading {
     pub left_out: usize,
     /// How far any agent's reads strayed from their ticks (ms).
     pub lateness_ms: u64,
+    /// Delivery totals compare the same instants at both ends, so what is
+    /// in flight at the window's edges, or sent while one end's read was
+    /// late, may show as lost: at most what is sent in this long (twice
+    /// the lateness, plus the network's few ms). A drill-down starts only
+    /// past it.
+    #[serde(default)]
+    pub uncertainty_ms: u64,
     /// HTTP requests this reading made.
     pub requests: usize,
     /// Delivery totals need every agent: with one missing, its pairs would
@@ -151,6 +168,12 @@ pub struct ClusterReading {
 }
 
 impl ClusterReading {
+    /// Of a total's `lost`, how many may be in flight or read off-tick.
+    pub fn uncertain_packets(&self, total: &LossRow) -> u64 {
+        let window = self.to_ms.saturating_sub(self.from_ms).max(1);
+        (total.sent * self.uncertainty_ms).div_ceil(window)
+    }
+
     pub fn seconds(&self) -> f64 {
         self.to_ms.saturating_sub(self.from_ms) as f64 / 1000.0
     }
@@ -322,6 +345,7 @@ pub async fn read_at(
     }
     let seconds = out.seconds();
     out.lateness_ms = readings.iter().map(|r| r.lateness_ms).max().unwrap_or(0);
+    out.uncertainty_ms = 2 * out.lateness_ms + options.in_flight.as_millis() as u64;
 
     // Totals.
     let mut delivery: BTreeMap<Triple, (u64, u64)> = BTreeMap::new();
@@ -446,7 +470,11 @@ pub async fn read_at(
     let breached: Vec<Triple> = out
         .totals
         .iter()
-        .filter(|t| t.signal == Signal::Delivery && t.lost >= options.drill_lost.max(1))
+        .filter(|t| {
+            t.signal == Signal::Delivery
+                && t.lost >= options.drill_lost.max(1)
+                && t.lost > out.uncertain_packets(t)
+        })
         .map(|t| (t.overlay, t.src_net, t.dst_net))
         .collect();
     if !breached.is_empty() {
