@@ -123,8 +123,8 @@ impl Probing {
         if summary.as_ref().is_none_or(news) {
             eprintln!("crossover: {}", plan.summary);
         }
-        *summary = Some((view.clone(), plan.summary));
-        drop(summary);
+        // Sent under the lock: a plan of an older view never overtakes
+        // the newer one's.
         self.schedule.send_if_modified(|current| {
             let changed = *current != plan.schedule;
             if changed {
@@ -132,6 +132,7 @@ impl Probing {
             }
             changed
         });
+        *summary = Some((view.clone(), plan.summary));
     }
 
     /// How the budget is spent now; none before the first plan.
