@@ -15,7 +15,7 @@ use crossover_tests::{
     netns::{http_get, unique},
     require_root,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use serde_json::{Value, json};
 
 fn get_json(ns: &str, url: &str) -> Value {
@@ -253,6 +253,20 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
             .then_some(())
         },
     );
+    // Its agent gone, its overlay addresses are not probed (nothing would
+    // answer there); its probe pod still is.
+    let probe_targets = |set: &str| -> Option<u64> {
+        let (_, metrics) = http_get(&cp, &url(0, "/metrics"));
+        let series = format!("crossover_probe_targets{{node=\"control-plane\",set=\"{set}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+    };
+    within(
+        Duration::from_secs(5),
+        "worker-2's overlay addresses no longer probed",
+        || (probe_targets("rotation")? == 4).then_some(()),
+    );
     let mut again = agent_pod.clone();
     again["metadata"]
         .as_object_mut()
@@ -271,6 +285,37 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
                 .then_some(())
         },
     );
+    within(
+        Duration::from_secs(5),
+        "worker-2's overlay addresses probed again",
+        || (probe_targets("rotation")? == 6).then_some(()),
+    );
+    // The migration driver annotates the node it migrates: every agent
+    // probes it steadily (the probe mesh's focus) until the annotation
+    // goes.
+    let annotate = |value: Value| {
+        kl.server
+            .patch(
+                &Gvr::of::<Node>(),
+                None,
+                "worker-2",
+                json!({"metadata": {"annotations": {"crossover.io/migrating": value}}}),
+            )
+            .unwrap()
+    };
+    annotate(json!("true"));
+    within(Duration::from_secs(5), "worker-2 the focus", || {
+        let status = get_json(&cp, &url(0, "/api/v1/status"));
+        (status["view"]["focus"] == json!(["worker-2"])
+            && probe_targets("focus")? == 3
+            && probe_targets("rotation")? == 3)
+            .then_some(())
+    });
+    annotate(Value::Null);
+    within(Duration::from_secs(5), "no focus any more", || {
+        let status = get_json(&cp, &url(0, "/api/v1/status"));
+        (status["view"]["focus"] == json!([]) && probe_targets("focus")? == 0).then_some(())
+    });
     // cilium-config moves Cilium to Geneve: the kernel's shape follows.
     kl.server
         .patch(

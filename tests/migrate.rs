@@ -225,6 +225,17 @@ fn node(kl: &Arc<Mutex<KubeLab>>, name: &str) -> Value {
         .unwrap()
 }
 
+/// Whether the driver has the node annotated as under migration (every
+/// agent then probes it steadily).
+fn migrating(kl: &Arc<Mutex<KubeLab>>, name: &str) -> bool {
+    let annotation = &node(kl, name)["metadata"]["annotations"]["crossover.io/migrating"];
+    assert!(
+        annotation.is_null() || annotation == "true",
+        "{name}: {annotation}"
+    );
+    annotation == "true"
+}
+
 /// How often each step appears in a node's record, by outcome.
 fn steps(record: &Value) -> Vec<(String, String)> {
     record["steps"]
@@ -273,9 +284,15 @@ fn migrating_lab(prefix: &str, nodes: usize, with_db: bool) -> Migrating {
         assert_eq!(db.addr.to_string(), DB_IP);
     }
     kl.start_probes();
+    // The gate judges rows of at least --min-sent (50 here) probes, and the
+    // probes are this lab's only traffic: every agent probes the node under
+    // migration at 10/s (60 probes a series in a 6 s window; at the default
+    // 1/s there would be 6), within the default budget.
     kl.start_agents(&[
         "--probe-selector",
         "app=goldpinger",
+        "--probe-rate",
+        "10",
         "--window",
         "6s",
         "--sample-interval",
@@ -390,6 +407,10 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     );
     assert_eq!(step_of(&state(&kl), "worker-1"), "done");
     assert_eq!(node(&kl, "worker-2")["spec"]["unschedulable"], true);
+    // The node being migrated is annotated from its first step; a node
+    // done is not any more.
+    assert!(migrating(&kl, "worker-2"));
+    assert!(!migrating(&kl, "worker-1"));
 
     // The budget relaxed, the driver resumes (after the dead one's lease
     // expires); loss towards worker-3 on the Cilium overlay starts when its
@@ -425,6 +446,14 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     );
     assert_eq!(node(&kl, "worker-3")["spec"]["unschedulable"], true);
     assert_eq!(step_of(&halted, "worker-2"), "done");
+    // Halted, worker-3 stays under migration: every agent probes it.
+    assert!(migrating(&kl, "worker-3"));
+    assert!(!migrating(&kl, "worker-2"));
+    let status = {
+        let kl = kl.lock().unwrap();
+        kl.get_json(&kl.url(0, "/api/v1/status"))
+    };
+    assert_eq!(status["view"]["focus"], json!(["worker-3"]), "{status:#}");
     for f in faults {
         kl.lock().unwrap().lab.clear(f).unwrap();
     }
@@ -479,6 +508,7 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
         "{w3:#}"
     );
     assert!(w3["spec"]["unschedulable"].is_null(), "{w3:#}");
+    assert!(!migrating(&kl, "worker-3"), "rolled back: {w3:#}");
     assert_eq!(sim.network("worker-3"), Some(Network::Legacy));
     assert_eq!(step_of(&state(&kl), "worker-3"), "baseline");
 
@@ -508,6 +538,7 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
             n["spec"]["unschedulable"].is_null(),
             "{name} uncordoned: {n:#}"
         );
+        assert!(!migrating(&kl, name), "{name} done: {n:#}");
         assert_eq!(sim.network(name), Some(Network::Cilium), "{name}");
     }
     // Finished steps were not done again: worker-1 once each; worker-2's
@@ -582,6 +613,7 @@ fn a_breach_rolls_the_node_back_and_abort_stops_the_driver() {
     let w1 = node(&kl, "worker-1");
     assert!(w1["metadata"]["labels"]["io.cilium.migration/cilium-default"].is_null());
     assert!(w1["spec"]["unschedulable"].is_null(), "uncordoned: {w1:#}");
+    assert!(!migrating(&kl, "worker-1"), "rolled back: {w1:#}");
     assert_eq!(sim.network("worker-1"), Some(Network::Legacy));
     assert_eq!(step_of(&halted, "worker-1"), "baseline");
     let record = record(&kl, "worker-1");

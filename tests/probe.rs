@@ -18,8 +18,8 @@ use crossover_tests::{
     require_root,
 };
 use observer::probe::{
-    ProbeStats, Prober, ProberConfig, Responder, ResponderConfig, ResponderCounters, Signal,
-    Target, Totals, Window,
+    MeshConfig, ProbeStats, Prober, ProberConfig, Responder, ResponderConfig, ResponderCounters,
+    Schedule, Signal, Target, Totals, Window, mesh,
     metrics::{self, Report},
     stats::LossReason,
     wire::{HEADER_LEN, Header, Kind, WireError, reply_in_place},
@@ -164,6 +164,19 @@ impl NsRuntime {
         targets: Vec<Target>,
     ) -> (Prober, watch::Sender<Vec<Target>>) {
         let (tx, rx) = watch::channel(targets);
+        let stats = stats.clone();
+        let prober = self.run(async move { Prober::spawn(config, stats, rx).expect("prober") });
+        (prober, tx)
+    }
+
+    /// A prober following a [`Schedule`], as the agent runs it.
+    fn scheduled(
+        &self,
+        config: ProberConfig,
+        stats: &ProbeStats,
+        schedule: Schedule,
+    ) -> (Prober, watch::Sender<Schedule>) {
+        let (tx, rx) = watch::channel(schedule);
         let stats = stats.clone();
         let prober = self.run(async move { Prober::spawn(config, stats, rx).expect("prober") });
         (prober, tx)
@@ -839,6 +852,216 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
         );
     }
     prober_rt.stop(prober);
+}
+
+/// Packets `iface` of namespace `ns` sent, from the kernel's counters.
+fn tx_packets(ns: &str, iface: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", "dev", iface])
+        .output()
+        .expect("ip -s link");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    links[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tx packets for {iface} in {ns}: {links}"))
+}
+
+/// The probe mesh in the lab, from control-plane with a budget so small
+/// that only the node under migration fits steadily: its targets are
+/// probed every second and a blackhole towards it shows within 5 s; the
+/// other worker is swept (one target a second) and a blackhole towards it
+/// shows within the rotation period. The budget holds on the wire
+/// (control-plane's `eth0`), and changing the plan while probes are in
+/// flight loses nothing.
+#[test]
+fn mesh_finds_blackholes_towards_the_focus_within_5_s_and_elsewhere_within_the_period() {
+    let _serial = serial();
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("pm"),
+        nodes: 3,
+        migrated: 1,
+        pods: 0,
+    })
+    .expect("lab up")
+    .remove_on_drop();
+    let cp = lab.node_ns("control-plane");
+    let mut node_runtimes = Vec::new();
+    for worker in ["worker-1", "worker-2"] {
+        let rt = NsRuntime::start(&lab.node_ns(worker));
+        rt.responder(SocketAddr::from(([0, 0, 0, 0], PORT)), 1024);
+        node_runtimes.push(rt);
+    }
+    let pods: Vec<String> = ["worker-1/ds", "worker-2/ds"]
+        .iter()
+        .map(|p| lab.pod(p).unwrap().netns.clone())
+        .collect();
+    let _pod_responders = PodResponders::start(&pods);
+    let targets = lab_targets(&lab);
+    let nodes = ["control-plane", "worker-1", "worker-2"];
+
+    // Three nodes: control-plane covers one worker on the ring; the other
+    // is under migration (both cases are then exercised whatever the
+    // hashes say).
+    let ring = mesh::ring(nodes);
+    let rotated = mesh::half_ring(&ring, "control-plane")[0].to_string();
+    let focus = nodes[1..]
+        .iter()
+        .find(|n| **n != rotated)
+        .unwrap()
+        .to_string();
+    // 16 packets/s: the focus's 3 targets at 1/s (12), 4 left for the
+    // other's 3, swept: one visit (UDP + TCP) a second, a 3 s round.
+    let config = MeshConfig {
+        budget: 16.0,
+        ..MeshConfig::default()
+    };
+    let plan_for = |focus: &str| {
+        let focus = [focus.to_string()].into();
+        mesh::plan("control-plane", &nodes, &targets, &focus, &config)
+    };
+    let plan = plan_for(&focus);
+    eprintln!("{}", plan.summary);
+    assert_eq!(plan.summary.focus, vec![focus.clone()]);
+    assert_eq!(plan.summary.focus_targets, 3);
+    assert_eq!(plan.summary.rotation_targets, 3);
+    assert!(!plan.summary.rotation_steady);
+    assert!(
+        plan.schedule
+            .sweep
+            .targets
+            .iter()
+            .all(|t| t.peer_node == rotated)
+    );
+    let period = plan.summary.period;
+    assert_eq!(period, Duration::from_secs(3));
+
+    let prober_rt = NsRuntime::start(&cp);
+    let stats = ProbeStats::new(Duration::from_secs(10));
+    let prober_config = ProberConfig {
+        rate: config.rate,
+        ..ProberConfig::default()
+    };
+    let tx0 = tx_packets(&cp, "eth0");
+    let (prober, schedule_tx) = prober_rt.scheduled(prober_config, &stats, plan.schedule.clone());
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs(10));
+    let tx1 = tx_packets(&cp, "eth0");
+    let measured = (tx1 - tx0) as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "control-plane's eth0 sent {measured:.1} packets/s (budget {}, planned {})",
+        config.budget,
+        plan.summary.packets()
+    );
+    // Nothing else runs in the lab: the underlay carries the probes (one
+    // underlay packet each), and ARP now and then.
+    assert!(measured <= config.budget * 1.1 + 1.0, "{measured}");
+    assert!(measured >= plan.summary.packets() * 0.7, "{measured}");
+    // Clean: every target probed, nothing lost.
+    let window = stats.window(Instant::now());
+    for t in &targets {
+        for signal in Signal::ALL {
+            let w = window_of(&window, t, signal);
+            assert!(w.sent >= 1 && w.lost == 0, "{w:?}");
+        }
+    }
+
+    // Blackhole towards the node under migration on the legacy overlay:
+    // seen within 5 s on both signals of its legacy targets.
+    let took = blackhole_seen(
+        &mut lab,
+        &stats,
+        &targets,
+        &focus,
+        &Signal::ALL,
+        Duration::from_secs(5),
+    );
+    eprintln!("blackhole towards the node under migration {focus} seen after {took:?}");
+
+    // Towards the other worker: a swept target is visited once a round,
+    // so within the round (jitter aside) and the timeout. UDP is enough to
+    // call it seen: each visit probes with both signals.
+    let bound = period.mul_f64(1.2) + ProberConfig::default().timeout + Duration::from_secs(1);
+    let took = blackhole_seen(
+        &mut lab,
+        &stats,
+        &targets,
+        &rotated,
+        &[Signal::ProbeUdp],
+        bound,
+    );
+    eprintln!("blackhole towards {rotated} (rotation, {period:?} round) seen after {took:?}");
+
+    // The blackholes gone, swap the focus while probes are in flight: the
+    // probes of targets leaving the steady set resolve as they do, so
+    // nothing is lost beyond what the faults took.
+    let lost_before: u64 = stats.totals().iter().map(|t| t.lost).sum();
+    thread::sleep(Duration::from_secs(2));
+    let settled: u64 = stats.totals().iter().map(|t| t.lost).sum();
+    for _ in 0..5 {
+        schedule_tx.send_replace(plan_for(&rotated).schedule);
+        thread::sleep(Duration::from_millis(300));
+        schedule_tx.send_replace(plan.schedule.clone());
+        thread::sleep(Duration::from_millis(300));
+    }
+    thread::sleep(Duration::from_secs(3));
+    let lost_after: u64 = stats.totals().iter().map(|t| t.lost).sum();
+    assert_eq!(
+        lost_after, settled,
+        "plan changes lost probes (before the changes: {lost_before}, settled {settled})"
+    );
+    prober_rt.stop(prober);
+    let totals = stats.totals();
+    for t in &totals {
+        assert_eq!(t.received + t.lost + t.refused, t.sent, "{t:?}");
+    }
+    drop(node_runtimes);
+}
+
+/// Blackholes control-plane -> `peer` on the legacy overlay until every
+/// legacy target of `peer` shows loss on each of `signals`; how long that
+/// took, which must be under `within`. The fault is cleared after.
+fn blackhole_seen(
+    lab: &mut Lab,
+    stats: &ProbeStats,
+    targets: &[Target],
+    peer: &str,
+    signals: &[Signal],
+    within: Duration,
+) -> Duration {
+    let id = lab
+        .inject(Fault::Loss {
+            from: "control-plane".into(),
+            to: peer.into(),
+            overlay: LabOverlay::Legacy,
+            percent: 100.0,
+        })
+        .unwrap();
+    let injected = Instant::now();
+    let faulty = || {
+        targets
+            .iter()
+            .filter(|t| t.peer_node == peer && t.overlay == Overlay::Legacy)
+    };
+    assert!(faulty().count() > 0);
+    let took = loop {
+        let window = stats.window(Instant::now());
+        let seen = faulty().all(|t| {
+            signals
+                .iter()
+                .all(|s| window.iter().any(|w| w.key == t.key(*s) && w.lost > 0))
+        });
+        if seen {
+            break injected.elapsed();
+        }
+        assert!(
+            injected.elapsed() < within,
+            "blackhole towards {peer} not seen within {within:?}: {window:#?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    lab.clear(id).unwrap();
+    took
 }
 
 /// The prober's CPU at 200 targets, 10 probes a second each, UDP and TCP

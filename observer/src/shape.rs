@@ -91,6 +91,11 @@ pub struct ClusterShape {
     /// they carry (4789, Calico's VXLAN, by default).
     #[serde(default = "default_extra_vxlan")]
     pub extra_vxlan_ports: BTreeMap<u16, Role>,
+    /// Nodes under migration, which every agent probes steadily on both
+    /// overlays (the probe mesh's focus). With Kubernetes the agent takes
+    /// them from the Nodes' `crossover.io/migrating` annotation instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrating: Vec<String>,
 }
 
 fn default_extra_vxlan() -> BTreeMap<u16, Role> {
@@ -122,6 +127,7 @@ impl ClusterShape {
             ],
             nodes: vec![],
             extra_vxlan_ports: default_extra_vxlan(),
+            migrating: vec![],
         }
     }
 
@@ -169,6 +175,13 @@ impl ClusterShape {
             return Err(Error::Shape(format!(
                 "local_node {local:?} is not in nodes"
             )));
+        }
+        for (i, name) in self.migrating.iter().enumerate() {
+            if !names.contains(name.as_str()) {
+                return Err(Error::Shape(format!(
+                    "migrating[{i}] {name:?} is not in nodes"
+                )));
+            }
         }
         Ok(())
     }

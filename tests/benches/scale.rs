@@ -6,7 +6,16 @@
 //! `cargo xtask bench scale` (root); `SCALE_SECONDS` sets the window
 //! (default 30 s), `SCALE_SETTLE` the settle (default 10 s), `SCALE_RATE`
 //! the steady packet rate (default 20000/s), `SCALE_BINARY` another
-//! build of crossover to measure.
+//! build of crossover to measure, `SCALE_CASES` which cases to run (names
+//! or parts of names, comma-separated, e.g. `SCALE_CASES=probes`).
+//!
+//! The probe case gives every node of a 1000-node shape its overlay
+//! addresses, which the sink owns and answers on (`crossover probe`), with
+//! every peer agent's API answering from the sink too (an agent that
+//! probes only the peers whose API answered, as before the probe mesh,
+//! then probes them all); node-1 is under migration when the binary knows
+//! `--probe-budget`. The probe packets the agent sends are counted by
+//! nftables on the sink's input over the window.
 //!
 //! Topology of one case, every name unique per run, all removed on drop:
 //!
@@ -28,8 +37,9 @@ use std::{
 
 use crossover_tests::footprint::{
     agent::{Agent, LISTEN, get},
+    probes::{Counter, FakePeers, Responder},
     proc::{ProcSample, busiest_thread, clock_ticks, per_thread},
-    topology::Lab,
+    topology::{Lab, Probed, overlay_addrs, underlay},
     traffic::{FLOWS, Generator},
 };
 
@@ -46,6 +56,7 @@ fn main() {
     )
     .into_owned();
     let read_peers = help.contains("--read-peers");
+    let mesh = help.contains("--probe-budget");
 
     println!(
         "crossover agent footprint: {} s window after {} s settle, {} cores, binary {}",
@@ -64,6 +75,7 @@ fn main() {
             nodes: 2,
             flags: vec![],
             traffic: Traffic::None,
+            probes: false,
             skip: None,
         },
         Case {
@@ -72,6 +84,7 @@ fn main() {
             nodes: 2,
             flags: vec![],
             traffic,
+            probes: false,
             skip: None,
         },
         Case {
@@ -80,6 +93,7 @@ fn main() {
             nodes: 1000,
             flags: vec!["--probe-rate", "0"],
             traffic,
+            probes: false,
             skip: None,
         },
         Case {
@@ -88,19 +102,40 @@ fn main() {
             nodes: 1000,
             flags: vec!["--probe-rate", "0", "--read-peers", "false"],
             traffic,
+            probes: false,
             skip: (!read_peers)
                 .then_some("skipped: this binary's `agent --help` has no --read-peers"),
         },
+        Case {
+            name: "probes, 1000 peers",
+            title: if mesh {
+                "probes, 1000-peer shape with overlay addresses, node-1 under migration, default flags"
+            } else {
+                "probes, 1000-peer shape with overlay addresses, default flags (no probe mesh)"
+            },
+            nodes: 1000,
+            flags: vec![],
+            traffic: Traffic::None,
+            probes: true,
+            skip: None,
+        },
     ];
+    let wanted: Vec<String> = std::env::var("SCALE_CASES")
+        .map(|v| v.split(',').map(|c| c.trim().to_string()).collect())
+        .unwrap_or_default();
     let mut results = Vec::new();
     for case in &cases {
+        if !wanted.is_empty() && !wanted.iter().any(|w| case.name.contains(w.as_str())) {
+            results.push(None);
+            continue;
+        }
         println!("\n== {}", case.title);
         let result = match case.skip {
             Some(why) => {
                 println!("   {why}");
                 None
             }
-            None => Some(run_case(case, &binary, &settings)),
+            None => Some(run_case(case, &binary, &settings, mesh)),
         };
         results.push(result);
     }
@@ -195,7 +230,21 @@ struct Case {
     nodes: usize,
     flags: Vec<&'static str>,
     traffic: Traffic,
+    /// Overlay addresses in the shape, answered by the sink; probe packets
+    /// counted.
+    probes: bool,
     skip: Option<&'static str>,
+}
+
+/// Probe packets a second the agent sent over the window, as the sink
+/// counted them.
+struct ProbeRates {
+    udp: f64,
+    tcp: f64,
+    /// Of both, towards the node under migration.
+    focus: f64,
+    /// What the agent says it plans (`crossover_probe_packets_per_second`).
+    planned: Option<f64>,
 }
 
 struct Outcome {
@@ -217,10 +266,23 @@ struct Outcome {
     busiest_thread: (String, f64),
     /// (thread name, how many, % of one core), busiest first.
     per_thread: Vec<(String, usize, f64)>,
+    probes: Option<ProbeRates>,
 }
 
-fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
-    let lab = Lab::new(case.nodes);
+fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outcome {
+    // The node under migration, for a binary whose shape knows it.
+    let focus = 1;
+    let probed = Probed {
+        migrating: mesh.then(|| format!("node-{focus}")),
+    };
+    let lab = Lab::with(case.nodes, case.probes.then_some(&probed));
+    // With probes: the responder, the peers' APIs, and the counters.
+    let probing = case.probes.then(|| {
+        let responder = Responder::start(&lab.sink, binary);
+        let peers = FakePeers::start(&lab.sink);
+        let counter = Counter::install(&lab.sink, underlay(0), &overlay_addrs(focus));
+        (responder, peers, counter)
+    });
     let mut args: Vec<String> = vec![
         "agent".into(),
         "--config".into(),
@@ -282,6 +344,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
 
     std::thread::sleep(settings.settle);
     let sent_start = generator.as_ref().map(Generator::sent);
+    let counted_start = probing.as_ref().map(|(_, _, c)| c.read());
     let before = ProcSample::take(agent.pid);
     // Memory and threads every 5 s of the window, to tell growth from a
     // plateau.
@@ -301,6 +364,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
         }
     }
     let after = ProcSample::take(agent.pid);
+    let counted_end = probing.as_ref().map(|(_, _, c)| c.read());
     println!(
         "   VmRSS MiB / threads every 5 s of the window: {}",
         timeline.join(" ")
@@ -328,6 +392,37 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
         l.contains("src_net=\"host\"") && l.contains("dst_net=\"host\"")
     });
     let sample_seconds = metric_value(&metrics, "crossover_sample_seconds");
+    let probes = counted_start.zip(counted_end).map(|(a, b)| {
+        let per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / wall;
+        let planned = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("crossover_probe_packets_per_second{")
+                    && l.contains("kind=\"budget\"")
+            })
+            .map(|_| {
+                metric_sum(&metrics, "crossover_probe_packets_per_second", |l| {
+                    !l.contains("kind=\"budget\"")
+                }) as f64
+            });
+        let rates = ProbeRates {
+            udp: per_second(a.udp, b.udp),
+            tcp: per_second(a.tcp, b.tcp),
+            focus: per_second(a.focus, b.focus),
+            planned,
+        };
+        println!(
+            "   probe packets the agent sent, counted by the sink's nftables over {wall:.1} s: \
+             {:.1}/s (UDP {:.1}, TCP {:.1}: SYN, ACK, RST), {:.1}/s of them to node-{focus}; \
+             the agent's own plan: {}",
+            rates.udp + rates.tcp,
+            rates.udp,
+            rates.tcp,
+            rates.focus,
+            planned.map_or("-".to_string(), |p| format!("{p:.1}/s")),
+        );
+        rates
+    });
     if flow_map_full > 0 {
         println!(
             "   note: {flow_map_full} flow inserts refused (table full); {host_flows_end} of the \
@@ -352,6 +447,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
         sample_seconds,
         busiest_thread: busiest_thread(&before, &after, wall),
         per_thread: per_thread(&before, &after, wall),
+        probes,
     };
     // Threads that ended during the window leave their time in the
     // process's total only.
@@ -369,6 +465,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings) -> Outcome {
         (outcome.cpu_percent - live).max(0.0),
     );
     drop(agent);
+    drop(probing);
     drop(lab);
     outcome
 }
@@ -428,6 +525,24 @@ fn print_table(cases: &[Case], results: &[Option<Outcome>]) {
         (
             "packets/s sent",
             Box::new(move |o| opt(o.sent_per_second.map(|v| format!("{v:.0}")))),
+        ),
+        (
+            "probe packets/s sent (sink count)",
+            Box::new(move |o| opt(o.probes.as_ref().map(|p| format!("{:.1}", p.udp + p.tcp)))),
+        ),
+        (
+            "  of which to node-1 (migrating)",
+            Box::new(move |o| opt(o.probes.as_ref().map(|p| format!("{:.1}", p.focus)))),
+        ),
+        (
+            "  the agent's plan, packets/s",
+            Box::new(move |o| {
+                opt(o
+                    .probes
+                    .as_ref()
+                    .and_then(|p| p.planned)
+                    .map(|v| format!("{v:.1}")))
+            }),
         ),
         (
             "flows before window",

@@ -156,6 +156,9 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
             responder: Some(&responder),
         };
         crate::probe::metrics::write(&mut out, node, &report);
+        if let Some(summary) = probing.summary() {
+            crate::probe::metrics::write_mesh(&mut out, node, &summary);
+        }
     }
     cluster_families(&mut out, state);
 

@@ -83,10 +83,17 @@ pub struct AgentArgs {
     /// address) and the probe pods'.
     #[arg(long, default_value_t = 9191)]
     pub probe_port: u16,
-    /// Probes per second to each target, UDP and TCP each; 0 turns probing
-    /// (and the responder) off.
-    #[arg(long, default_value_t = 10.0)]
+    /// Probes per second to each target of a node under migration, UDP and
+    /// TCP each, and the most any target is probed at; 0 turns probing (and
+    /// the responder) off.
+    #[arg(long, default_value_t = crate::probe::mesh::DEFAULT_RATE)]
     pub probe_rate: f64,
+    /// Probe packets per second this node sends, all targets together (a
+    /// UDP probe is 1 packet, a TCP probe 3): the node under migration
+    /// steadily, the rest of the cluster in rotation (docs/agent.md).
+    #[arg(long, default_value_t = crate::probe::mesh::DEFAULT_BUDGET,
+          value_parser = probing::parse_budget)]
+    pub probe_budget: f64,
     /// The tick: counters are read at every multiple of it on the wall
     /// clock, the same instants on every node. Every agent of a cluster
     /// must use the same.
@@ -175,9 +182,7 @@ impl State {
     /// Probe targets from the current view.
     fn follow_probes(&self) {
         if let Some(probing) = &self.probing {
-            let view = self.view();
-            let peers = view.peers.iter().map(|p| p.node.clone()).collect();
-            probing.follow(&view, &peers);
+            probing.follow(&self.view());
         }
     }
 
@@ -463,7 +468,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             args.probe_rate
         )));
     } else {
-        Some(probing::Probing::start(args.probe_port, args.probe_rate, args.window).await?)
+        Some(
+            probing::Probing::start(
+                node.clone(),
+                args.probe_port,
+                args.probe_rate,
+                args.probe_budget,
+                args.window,
+            )
+            .await?,
+        )
     };
     let state = Arc::new(State {
         node,

@@ -1,8 +1,13 @@
 //! The agent's active probes: a responder on the host network (so every
 //! node answers on its `flannel.1` and `cilium_host` addresses, one per
-//! overlay) and a prober towards every peer's overlay addresses and probe
-//! pods, kept current with the view.
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Instant};
+//! overlay) and a prober towards its peers' overlay addresses and probe
+//! pods, planned by the probe mesh ([`crate::probe::mesh`]) within a budget
+//! of packets a second and kept current with the view.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use observer_ebpf::Net;
 use tokio::sync::watch;
@@ -12,7 +17,9 @@ use crate::{
     Result,
     loss::LossRow,
     probe::{
-        ProbeStats, Prober, ProberConfig, Responder, ResponderConfig, ResponderCounters, Target,
+        MeshConfig, ProbeStats, Prober, ProberConfig, Responder, ResponderConfig,
+        ResponderCounters, Schedule, Target,
+        mesh::{self, Summary},
     },
     shape::Role,
 };
@@ -20,17 +27,50 @@ use crate::{
 pub struct Probing {
     pub stats: ProbeStats,
     pub responder: Arc<ResponderCounters>,
+    node: String,
     port: u16,
-    targets: watch::Sender<Vec<Target>>,
+    mesh: MeshConfig,
+    schedule: watch::Sender<Schedule>,
+    /// How the budget is spent now, and the view it was planned from
+    /// (held, so a view planned once is known by its address).
+    summary: Mutex<Option<(Arc<View>, Summary)>>,
     // Held so the prober runs as long as the agent.
     _prober: Prober,
 }
 
+/// `--probe-budget`: packets a second, more than zero.
+pub fn parse_budget(text: &str) -> std::result::Result<f64, String> {
+    let budget: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number of packets a second, e.g. 200"))?;
+    if !(budget.is_finite() && budget > 0.0 && budget <= mesh::MAX_BUDGET) {
+        return Err(format!(
+            "{text:?}: expected more than 0 and at most {} packets a second \
+             (--probe-rate 0 turns probing off)",
+            mesh::MAX_BUDGET
+        ));
+    }
+    Ok(budget)
+}
+
 impl Probing {
-    /// Binds the responder on `port` (all addresses) and starts the
-    /// prober, `rate` probes a second per target; targets come with
+    /// Binds the responder on `port` (all addresses) and starts the prober
+    /// for `node`: `rate` probes a second per target of a node under
+    /// migration, `budget` packets a second in all. Targets come with
     /// [`Probing::follow`].
-    pub async fn start(port: u16, rate: f64, window: std::time::Duration) -> Result<Self> {
+    pub async fn start(
+        node: String,
+        port: u16,
+        rate: f64,
+        budget: f64,
+        window: std::time::Duration,
+    ) -> Result<Self> {
+        let mesh = MeshConfig {
+            budget,
+            rate,
+            ..MeshConfig::default()
+        };
+        mesh.validate()?;
         let responder = Responder::bind(ResponderConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
             ..ResponderConfig::default()
@@ -39,10 +79,11 @@ impl Probing {
         let counters = responder.counters();
         tokio::spawn(responder.run(std::future::pending()));
         let stats = ProbeStats::new(window);
-        let (targets, rx) = watch::channel(Vec::new());
+        let (schedule, rx) = watch::channel(Schedule::default());
         let prober = Prober::spawn(
             ProberConfig {
                 rate,
+                signals: mesh.signals.clone(),
                 ..ProberConfig::default()
             },
             stats.clone(),
@@ -51,24 +92,54 @@ impl Probing {
         Ok(Probing {
             stats,
             responder: counters,
+            node,
             port,
-            targets,
+            mesh,
+            schedule,
+            summary: Mutex::new(None),
             _prober: prober,
         })
     }
 
-    /// `answering`: peers whose agent answered the last sample. Their
-    /// responders run in the agent, so probing a peer whose agent is down
-    /// or not started yet would measure the agent, not the network.
-    pub fn follow(&self, view: &View, answering: &BTreeSet<String>) {
-        let wanted = targets(view, self.port, answering);
-        self.targets.send_if_modified(|current| {
-            let changed = *current != wanted;
+    /// Plans the probes for `view` and hands them to the prober when they
+    /// changed; how the budget is spent is printed when the nodes under
+    /// migration, the coverage or the rotation's signals change. A view
+    /// already planned (the sampler calls this every sample) costs nothing.
+    pub fn follow(&self, view: &Arc<View>) {
+        let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
+        if summary.as_ref().is_some_and(|(v, _)| Arc::ptr_eq(v, view)) {
+            return;
+        }
+        let targets = targets(view, self.port);
+        let nodes: Vec<&str> = view.shape.nodes.iter().map(|n| n.name.as_str()).collect();
+        let plan = mesh::plan(&self.node, &nodes, &targets, &view.focus, &self.mesh);
+        let news = |(_, old): &(Arc<View>, Summary)| {
+            (&old.focus, old.coverage, &old.rotation_signals)
+                != (
+                    &plan.summary.focus,
+                    plan.summary.coverage,
+                    &plan.summary.rotation_signals,
+                )
+        };
+        if summary.as_ref().is_none_or(news) {
+            eprintln!("crossover: {}", plan.summary);
+        }
+        // Sent under the lock: a plan of an older view never overtakes
+        // the newer one's.
+        self.schedule.send_if_modified(|current| {
+            let changed = *current != plan.schedule;
             if changed {
-                *current = wanted;
+                *current = plan.schedule;
             }
             changed
         });
+        *summary = Some((view.clone(), plan.summary));
+    }
+
+    /// How the budget is spent now; none before the first plan.
+    pub fn summary(&self) -> Option<Summary> {
+        let summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
+        summary.as_ref().map(|(_, s)| s.clone())
     }
 
     /// The probes' window as loss rows: sent is what resolved (answered or
@@ -94,10 +165,11 @@ impl Probing {
     }
 }
 
-/// Every answering peer's overlay addresses (its agent's responder answers
-/// there, over that overlay) and every ready probe pod on a peer (over the
-/// overlay of its network).
-pub fn targets(view: &View, port: u16, answering: &BTreeSet<String>) -> Vec<Target> {
+/// Every peer's overlay addresses, where its agent's responder answers
+/// over that overlay (peers whose agent pod is Ready, with Kubernetes;
+/// every node of a shape file), and every ready probe pod on a peer (over
+/// the overlay of its network).
+pub fn targets(view: &View, port: u16) -> Vec<Target> {
     let role_of = |addr| {
         view.shape
             .networks
@@ -106,13 +178,19 @@ pub fn targets(view: &View, port: u16, answering: &BTreeSet<String>) -> Vec<Targ
             .map(|n| n.role)
     };
     let local = view.shape.local_node.as_deref();
+    let ready: std::collections::HashSet<&str> = view
+        .peers
+        .iter()
+        .filter(|p| p.ready)
+        .map(|p| p.node.as_str())
+        .collect();
     let mut out = Vec::new();
     let peers = view
         .shape
         .nodes
         .iter()
         .filter(|n| Some(n.name.as_str()) != local);
-    for node in peers.filter(|n| answering.contains(&n.name)) {
+    for node in peers.filter(|n| ready.contains(n.name.as_str())) {
         for &addr in &node.overlay_addrs {
             if let Some(role) = role_of(addr) {
                 out.push(Target {

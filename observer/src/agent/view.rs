@@ -1,7 +1,12 @@
 //! The agent's picture of the cluster: the shape the kernel was given, who
 //! the peers are, and what every IP is. Rebuilt whole when the cluster
 //! changes and swapped in, so readers never see half an update.
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -18,6 +23,10 @@ pub struct View {
     /// Agents whose counters this one compares its sends with.
     pub peers: Vec<PeerAgent>,
     pub probe_pods: Vec<ProbePod>,
+    /// Nodes under migration, which this agent probes steadily on both
+    /// overlays: the Nodes annotated `crossover.io/migrating=true`, or the
+    /// shape file's `migrating`.
+    pub focus: BTreeSet<String>,
     /// How the shape was derived (Kubernetes only).
     pub derived: Option<Derived>,
     /// The newest derived shape, when the kernel refused it; the previous
@@ -36,11 +45,13 @@ impl View {
             .map(|n| PeerAgent {
                 node: n.name.clone(),
                 addr: n.underlay,
+                ready: true,
             })
             .collect();
         let index = IpIndex::build(&shape, [], []);
         View {
             names: names(&shape),
+            focus: shape.migrating.iter().cloned().collect(),
             shape,
             index,
             peers,
@@ -133,6 +144,7 @@ pub fn rebuild(state: &State, cluster: &Cluster) {
         index: cluster.index(&shape),
         peers: cluster.peer_agents(),
         probe_pods: cluster.probe_pods(),
+        focus: cluster.migrating_nodes(),
         shape,
         derived: Some(derived),
         rejected,
@@ -150,6 +162,8 @@ pub struct ViewStatus<'a> {
     pub rejected: Option<&'a str>,
     pub peers: &'a [PeerAgent],
     pub probe_pods: &'a [ProbePod],
+    /// Nodes under migration (the probe mesh's focus).
+    pub focus: &'a BTreeSet<String>,
     pub indexed_addresses: usize,
 }
 
@@ -161,6 +175,7 @@ impl View {
             rejected: self.rejected.as_deref(),
             peers: &self.peers,
             probe_pods: &self.probe_pods,
+            focus: &self.focus,
             indexed_addresses: self.index.len(),
         }
     }

@@ -99,11 +99,19 @@ pub struct Cluster {
     changes: watch::Receiver<u64>,
 }
 
+/// The annotation the migration driver sets on the Node it is migrating
+/// (`"true"`), from the node's first step until it is done or rolled back:
+/// every agent probes that node steadily (the probe mesh's focus).
+pub const MIGRATING_ANNOTATION: &str = "crossover.io/migrating";
+
 /// A crossover agent on another node, whose counters this one reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerAgent {
     pub node: String,
     pub addr: Ipv4Addr,
+    /// The pod is Ready: its responder answers on the node's overlay
+    /// addresses, so they are probed.
+    pub ready: bool,
 }
 
 /// A probe responder pod, and the network its address is on.
@@ -237,11 +245,28 @@ impl Cluster {
             .filter_map(|pod| {
                 let node = pod.spec.as_ref()?.node_name.clone()?;
                 let addr = index::pod_ips(pod).next()?;
-                (node != self.options.node_name).then_some(PeerAgent { node, addr })
+                let ready = is_ready(pod);
+                (node != self.options.node_name).then_some(PeerAgent { node, addr, ready })
             })
             .collect();
         peers.sort_by(|a, b| a.node.cmp(&b.node));
         peers
+    }
+
+    /// Nodes annotated [`MIGRATING_ANNOTATION`]`=true`, by name.
+    pub fn migrating_nodes(&self) -> std::collections::BTreeSet<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| {
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(MIGRATING_ANNOTATION))
+                    .is_some_and(|v| v == "true")
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect()
     }
 
     /// Ready probe responder pods on other nodes.
@@ -254,14 +279,11 @@ impl Cluster {
                 let node = pod.spec.as_ref()?.node_name.clone()?;
                 let addr = index::pod_ips(pod).next()?;
                 let name = pod.metadata.name.clone()?;
-                let ready = pod
-                    .status
-                    .as_ref()?
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                (ready && node != self.options.node_name).then_some(ProbePod { node, name, addr })
+                (is_ready(pod) && node != self.options.node_name).then_some(ProbePod {
+                    node,
+                    name,
+                    addr,
+                })
             })
             .collect();
         pods.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
@@ -377,6 +399,14 @@ impl Watches<'_> {
         });
         reader
     }
+}
+
+/// The pod's Ready condition is True.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// An agent on every node holds every pod; keep only what it reads.

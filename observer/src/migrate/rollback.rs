@@ -1,6 +1,7 @@
 //! Putting a node back on the legacy CNI: the label removed, the Cilium
 //! agent restarted (it then leaves the CNI configuration to the legacy
-//! plugin), pods restarted onto legacy addresses, the node uncordoned.
+//! plugin), pods restarted onto legacy addresses, the node uncordoned and
+//! no longer annotated as migrating.
 //! Each part is idempotent, so a rollback interrupted is run again whole.
 use super::{
     context::{Context, now},
@@ -42,5 +43,6 @@ async fn undo(ctx: &Context, node: &str) -> Result<String> {
     let agent = steps::restart_agent(ctx, node, None).await?;
     let pods = steps::restart_on(ctx, node, Towards::Legacy).await?;
     steps::cordon(ctx, node, false).await?;
+    steps::set_migrating(ctx, node, false).await?;
     Ok(format!("label removed; {agent}; {pods}; uncordoned"))
 }

@@ -11,6 +11,7 @@
 //! a summary gives up, aggregating quantiles across pairs, is not a
 //! question these series are for.
 use super::{
+    mesh::Summary,
     responder::ResponderTotals,
     stats::{Quantiles, Signal, Totals, Window},
 };
@@ -164,6 +165,42 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
             &[("node", node), ("reason", "tcp_over_cap")],
             r.tcp_over_cap,
         );
+    }
+}
+
+/// The probe mesh's families: what is probed and how the budget is spent.
+pub fn write_mesh(out: &mut String, node: &str, summary: &Summary) {
+    let mut f = family(
+        out,
+        "crossover_probe_targets",
+        "gauge",
+        "Targets this node probes: of nodes under migration (steadily), and in rotation.",
+    );
+    f.sample(&[("node", node), ("set", "focus")], summary.focus_targets);
+    f.sample(
+        &[("node", node), ("set", "rotation")],
+        summary.rotation_targets,
+    );
+    let mut f = family(
+        out,
+        "crossover_probe_rotation_seconds",
+        "gauge",
+        "Every target in rotation is probed at least once within this period.",
+    );
+    f.sample(&[("node", node)], summary.period.as_secs_f64());
+    let mut f = family(
+        out,
+        "crossover_probe_packets_per_second",
+        "gauge",
+        "Probe packets a second this node may send (budget) and plans to (focus, rotation); \
+         a TCP probe counts 3 (SYN, ACK, RST).",
+    );
+    for (kind, value) in [
+        ("budget", summary.budget),
+        ("focus", summary.focus_packets),
+        ("rotation", summary.rotation_packets),
+    ] {
+        f.sample(&[("node", node), ("kind", kind)], value);
     }
 }
 

@@ -1,13 +1,16 @@
 //! Active probes. Passive counters say nothing about a node pair that
 //! carries no traffic; probes make every pair carry some. Each agent probes
-//! every peer over both overlays (its `flannel.1` and its `cilium_host`
-//! address, and probe pods of either network), with UDP echoes and TCP
+//! its peers over both overlays (their `flannel.1` and `cilium_host`
+//! addresses, and probe pods of either network), with UDP echoes and TCP
 //! handshakes, and keeps loss and RTT per peer node, overlay, network
-//! answering and signal.
+//! answering and signal. Which peers, and how often, is the probe mesh's
+//! plan: the node under migration steadily, the rest of the cluster in
+//! rotation, within a budget of packets a second.
 //!
 //! * [`wire`]: the probe datagram.
 //! * [`responder`]: UDP echo and TCP accept; `crossover probe` runs it alone.
-//! * [`prober`]: the probes, towards targets replaceable at runtime.
+//! * [`mesh`]: the plan: focus, rotation, budget.
+//! * [`prober`]: the probes, towards a schedule replaceable at runtime.
 //! * [`stats`]: totals and sliding windows, the API the agent reads.
 //! * [`metrics`]: their Prometheus families.
 //!
@@ -28,6 +31,7 @@
 //! # prober.stop().await
 //! # }
 //! ```
+pub mod mesh;
 pub mod metrics;
 pub mod prober;
 pub mod responder;
@@ -40,7 +44,8 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 pub use self::{
-    prober::{Prober, ProberConfig, Target},
+    mesh::{MeshConfig, Plan},
+    prober::{Prober, ProberConfig, Schedule, Sweep, Target},
     responder::{Responder, ResponderConfig, ResponderCounters, ResponderTotals},
     stats::{ProbeStats, Quantiles, SeriesKey, Signal, Totals, Window},
 };

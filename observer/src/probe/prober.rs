@@ -1,7 +1,11 @@
-//! Active probes towards every peer, so a node pair with no traffic of its
-//! own is measured too. Each target gets a UDP echo and a TCP handshake at
-//! `rate` per second each, on schedules of their own, jittered so that the
-//! agents of a cluster (and the targets of one agent) do not fire together.
+//! Active probes towards peers, so a node pair with no traffic of its own
+//! is measured too. What to probe is a [`Schedule`]: steady targets, each
+//! with a UDP echo and a TCP handshake at `rate` per second each, on
+//! schedules of their own, jittered so that the agents of a cluster (and
+//! the targets of one agent) do not fire together; and a sweep, whose
+//! targets are visited one after the other at a pace of their own, each
+//! visit one probe per signal of the sweep (the probe mesh's rotation,
+//! [`super::mesh`]).
 //!
 //! UDP: one unconnected socket for every target; a reply is matched by the
 //! prober's id and the sequence number, not by its source address, so a
@@ -84,6 +88,51 @@ impl Target {
     }
 }
 
+/// What a prober probes; replaced whole at runtime.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Schedule {
+    /// Probed at [`ProberConfig::rate`] each, every signal of the config.
+    pub steady: Vec<Target>,
+    pub sweep: Sweep,
+}
+
+/// Targets visited in turn, round after round: a visit sends one probe of
+/// each of `signals` to one target, and visits come `rate` a second. A
+/// target's series exists while its probes are in the window: between
+/// visits it ages out (nothing is held for it), and a target that leaves
+/// the sweep just is not visited again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sweep {
+    pub targets: Vec<Target>,
+    /// Visits per second (all targets together), at most
+    /// [`MAX_SWEEP_RATE`]; none (no sweep) unless positive.
+    pub rate: f64,
+    pub signals: Vec<Signal>,
+}
+
+/// The fastest sweep: a visit every 10 µs.
+pub const MAX_SWEEP_RATE: f64 = 100_000.0;
+
+impl Sweep {
+    /// Time for one round: every target visited once.
+    pub fn period(&self) -> Duration {
+        if self.targets.is_empty() || self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(self.targets.len() as f64 / self.rate)
+    }
+}
+
+/// Every target steady, the way the prober was first written.
+impl From<Vec<Target>> for Schedule {
+    fn from(steady: Vec<Target>) -> Self {
+        Schedule {
+            steady,
+            sweep: Sweep::default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ProberConfig {
     /// Probes per second per target, for each signal.
@@ -151,15 +200,21 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts probing on the current runtime. Each new value of `targets`
-    /// replaces the list: targets kept keep their schedule, new ones start
-    /// at a random phase, removed ones stop at once (their probes in flight
-    /// still resolve). A dropped sender leaves the last list in place.
-    pub fn spawn(
+    /// Starts probing on the current runtime. `targets` is a
+    /// [`Schedule`], or anything that makes one (a `Vec<Target>`: all
+    /// steady). Each new value replaces the schedule: steady targets kept
+    /// keep their schedule, new ones start at a random phase, removed ones
+    /// stop at once (their probes in flight still resolve, so leaving
+    /// creates no loss); a new sweep goes on after the target the old one
+    /// visited last. A dropped sender leaves the last schedule in place.
+    pub fn spawn<S>(
         config: ProberConfig,
         stats: ProbeStats,
-        targets: watch::Receiver<Vec<Target>>,
-    ) -> Result<Prober> {
+        targets: watch::Receiver<S>,
+    ) -> Result<Prober>
+    where
+        S: Clone + Into<Schedule> + Send + Sync + 'static,
+    {
         let (stop, stopped) = oneshot::channel();
         let engine = Engine::new(config, stats)?;
         let task = tokio::spawn(engine.run(targets, async {
@@ -251,9 +306,22 @@ struct Pending {
     fate: Fate,
 }
 
+/// Where the sweep is.
+#[derive(Default)]
+struct SweepState {
+    sweep: Sweep,
+    /// Index of the next target to visit.
+    next: usize,
+    /// When; none while there is nothing to sweep.
+    at: Option<Instant>,
+    /// The target visited last, to go on after it when the list changes.
+    last: Option<Target>,
+}
+
 struct Engine {
     config: ProberConfig,
     interval: Duration,
+    sweep: SweepState,
     stats: ProbeStats,
     rng: Rng,
     sender: u64,
@@ -287,6 +355,7 @@ impl Engine {
             rng,
             config,
             interval,
+            sweep: SweepState::default(),
             stats,
             epoch: Instant::now(),
             udp,
@@ -301,13 +370,13 @@ impl Engine {
         })
     }
 
-    async fn run(
+    async fn run<S: Clone + Into<Schedule>>(
         mut self,
-        mut targets: watch::Receiver<Vec<Target>>,
+        mut targets: watch::Receiver<S>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let initial = targets.borrow_and_update().clone();
-        self.replace(initial, Instant::now());
+        self.replace(initial.into(), Instant::now());
         let mut shutdown = std::pin::pin!(shutdown);
         let mut targets_open = true;
         let mut stop_at: Option<Instant> = None;
@@ -331,6 +400,11 @@ impl Engine {
             {
                 wake = wake.min(due.at);
             }
+            if stop_at.is_none()
+                && let Some(at) = self.sweep.at
+            {
+                wake = wake.min(at);
+            }
             if let Some(p) = self.pending.get(self.timed_out) {
                 wake = wake.min(p.sent + self.config.timeout);
             }
@@ -344,8 +418,8 @@ impl Engine {
                 changed = targets.changed(), if stop_at.is_none() && targets_open => {
                     match changed {
                         Ok(()) => {
-                            let list = targets.borrow_and_update().clone();
-                            self.replace(list, Instant::now());
+                            let schedule = targets.borrow_and_update().clone();
+                            self.replace(schedule.into(), Instant::now());
                         }
                         Err(_) => targets_open = false,
                     }
@@ -368,8 +442,39 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes `list` the targets.
-    fn replace(&mut self, list: Vec<Target>, now: Instant) {
+    /// Makes `schedule` what is probed.
+    fn replace(&mut self, schedule: Schedule, now: Instant) {
+        self.replace_sweep(schedule.sweep, now);
+        self.replace_steady(schedule.steady, now);
+    }
+
+    /// A new sweep goes on after the target visited last if it is still
+    /// there, else at the same index; a faster pace applies at once.
+    fn replace_sweep(&mut self, sweep: Sweep, now: Instant) {
+        let state = &mut self.sweep;
+        let pace = sweep.rate.is_finite() && sweep.rate > 0.0;
+        if sweep.targets.is_empty() || sweep.signals.is_empty() || !pace {
+            *state = SweepState::default();
+            return;
+        }
+        let interval = Duration::from_secs_f64(1.0 / sweep.rate.min(MAX_SWEEP_RATE));
+        state.next = match &state.last {
+            Some(last) => match sweep.targets.iter().position(|t| t == last) {
+                Some(i) => (i + 1) % sweep.targets.len(),
+                None => state.next % sweep.targets.len(),
+            },
+            None => 0,
+        };
+        state.at = Some(match state.at {
+            Some(at) => at.min(now + interval),
+            // A random phase, as steady targets start.
+            None => now + interval.mul_f64(self.rng.unit()),
+        });
+        state.sweep = sweep;
+    }
+
+    /// Makes `list` the steady targets.
+    fn replace_steady(&mut self, list: Vec<Target>, now: Instant) {
         let wanted: HashMap<Target, ()> = list.into_iter().map(|t| (t, ())).collect();
         let gone: Vec<Target> = self
             .by_target
@@ -429,6 +534,38 @@ impl Engine {
                 next = now + self.interval.mul_f64(self.rng.unit());
             }
             self.due.push(Reverse(Due { at: next, ..due }));
+        }
+        self.sweep_due(now).await;
+    }
+
+    /// The sweep's visits that are due: one probe of each of its signals
+    /// to the next target. Recorders are made per visit, so a target
+    /// holds a series only while its probes are in flight or in the window.
+    async fn sweep_due(&mut self, now: Instant) {
+        while let Some(at) = self.sweep.at
+            && at <= now
+        {
+            let sweep = &self.sweep.sweep;
+            let target = sweep.targets[self.sweep.next].clone();
+            let signals = sweep.signals.clone();
+            let interval = Duration::from_secs_f64(1.0 / sweep.rate.min(MAX_SWEEP_RATE));
+            self.sweep.next = (self.sweep.next + 1) % sweep.targets.len();
+            for signal in signals {
+                let recorder = self.stats.recorder(target.key(signal));
+                match signal {
+                    Signal::ProbeUdp => self.send_udp(&target, recorder).await,
+                    Signal::ProbeTcp => self.send_tcp(&target, recorder),
+                }
+            }
+            self.sweep.last = Some(target);
+            let stretch = 1.0 + self.config.jitter * (2.0 * self.rng.unit() - 1.0);
+            let mut next = at + interval.mul_f64(stretch);
+            if next < now {
+                // Fell behind: no burst of the missed visits (the budget
+                // holds); the round just takes longer.
+                next = now + interval.mul_f64(self.rng.unit());
+            }
+            self.sweep.at = Some(next);
         }
     }
 

@@ -18,29 +18,57 @@ pub fn pod_cidr(base: u8, i: usize) -> String {
     format!("10.{}.{}.0/24", base as usize + i / 256, i % 256)
 }
 
+/// Node i's `flannel.1` address (the network address of its legacy /24)
+/// and its `cilium_host` address (.1 of its Cilium /24): what the agent
+/// probes, with the probe case's shape.
+pub fn overlay_addrs(i: usize) -> [Ipv4Addr; 2] {
+    let (hi, lo) = ((i / 256) as u8, (i % 256) as u8);
+    [
+        Ipv4Addr::new(10, 244 + hi, lo, 0),
+        Ipv4Addr::new(10, 248 + hi, lo, 1),
+    ]
+}
+
+/// What a probe case adds: every node's overlay addresses (the sink owns
+/// them all and answers there), and the node under migration, for a
+/// binary whose shape knows `migrating`.
+#[derive(Clone, Debug, Default)]
+pub struct Probed {
+    pub migrating: Option<String>,
+}
+
 /// The legacy network routed (native), so the underlay counts per-peer
 /// slots of the pod traffic; Cilium on VXLAN 8473.
-pub fn shape(nodes: usize) -> Value {
+pub fn shape(nodes: usize, probed: Option<&Probed>) -> Value {
     let nodes: Vec<Value> = (0..nodes)
         .map(|i| {
-            json!({
+            let mut node = json!({
                 "name": format!("node-{i}"),
                 "underlay": underlay(i).to_string(),
                 "pod_cidrs": [
                     { "role": "legacy", "cidr": pod_cidr(244, i) },
                     { "role": "cilium", "cidr": pod_cidr(248, i) },
                 ],
-            })
+            });
+            if probed.is_some() {
+                let addrs: Vec<String> = overlay_addrs(i).iter().map(|a| a.to_string()).collect();
+                node["overlay_addrs"] = json!(addrs);
+            }
+            node
         })
         .collect();
-    json!({
+    let mut shape = json!({
         "local_node": "node-0",
         "networks": [
             { "role": "legacy", "cidrs": ["10.244.0.0/14"], "encapsulation": "native" },
             { "role": "cilium", "cidrs": ["10.248.0.0/14"], "encapsulation": { "vxlan": { "port": 8473 } } },
         ],
         "nodes": nodes,
-    })
+    });
+    if let Some(node) = probed.and_then(|p| p.migrating.as_ref()) {
+        shape["migrating"] = json!([node]);
+    }
+    shape
 }
 
 /// The three namespaces of a case and the directory holding the shape and
@@ -56,11 +84,18 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(nodes: usize) -> Self {
+        Self::with(nodes, None)
+    }
+
+    /// With `probed`, the shape has every node's overlay addresses and the
+    /// sink owns them (no pod traffic then: the pod's destinations would
+    /// be the sink's too).
+    pub fn with(nodes: usize, probed: Option<&Probed>) -> Self {
         let dir = TempDir::create();
         let shape = dir.0.join("shape.json");
         fs::write(
             &shape,
-            serde_json::to_vec_pretty(&self::shape(nodes)).unwrap(),
+            serde_json::to_vec_pretty(&self::shape(nodes, probed)).unwrap(),
         )
         .expect("write shape");
         let lab = Lab {
@@ -128,6 +163,9 @@ impl Lab {
             local.extend(
                 (51..=underlay(nodes - 1).octets()[2]).map(|o| format!("192.168.{o}.0/24")),
             );
+        }
+        if probed.is_some() {
+            local.extend(["10.244.0.0/14".into(), "10.248.0.0/14".into()]);
         }
         for net in &local {
             s.exec(&["ip", "route", "add", "local", net, "dev", "lo"]);

@@ -10,7 +10,7 @@ mod verify;
 
 pub use cilium::{current_agent_uid, restart_agent};
 pub use legacy::{Towards, restart_on};
-pub use node::{cordon, set_label};
+pub use node::{cordon, set_label, set_migrating};
 
 use super::{context::Context, gate::Decision, record::NodeRecord, state::Step};
 use crate::Result;
@@ -24,7 +24,10 @@ pub enum Outcome {
 }
 
 /// Runs `step` on `node`. `cilium_pod` is the agent pod UID the driver
-/// wrote down before `restart_cilium` deletes it.
+/// wrote down before `restart_cilium` deletes it. Every step up to the
+/// soak first makes sure the node is annotated as migrating (the agents'
+/// focus: a resumed migration, or one a driver without the annotation
+/// started, gets it too); the uncordon, the node's last, removes it.
 pub async fn run(
     ctx: &Context,
     node: &str,
@@ -32,6 +35,9 @@ pub async fn run(
     cilium_pod: Option<&str>,
     record: &mut NodeRecord,
 ) -> Result<Outcome> {
+    if !matches!(step, Step::Uncordon | Step::Done) {
+        node::set_migrating(ctx, node, true).await?;
+    }
     match step {
         Step::Baseline => hold::baseline(ctx, node, record).await,
         Step::Cordon => node::cordon(ctx, node, true).await.map(Outcome::Done),
@@ -46,7 +52,11 @@ pub async fn run(
             .map(Outcome::Done),
         Step::Verify => verify::verify(ctx, node).await.map(Outcome::Done),
         Step::Soak => hold::soak(ctx, node, record).await,
-        Step::Uncordon => node::cordon(ctx, node, false).await.map(Outcome::Done),
+        Step::Uncordon => {
+            let uncordoned = node::cordon(ctx, node, false).await?;
+            node::set_migrating(ctx, node, false).await?;
+            Ok(Outcome::Done(uncordoned))
+        }
         Step::Done => Ok(Outcome::Done(String::new())),
     }
 }
