@@ -18,8 +18,8 @@ use crossover_tests::{
     require_root,
 };
 use observer::probe::{
-    MeshConfig, ProbeStats, Prober, ProberConfig, Responder, ResponderConfig, ResponderCounters,
-    Schedule, Signal, Target, Totals, Window, mesh,
+    MeshConfig, Probe, ProbeStats, Prober, ProberConfig, Responder, ResponderConfig,
+    ResponderCounters, Schedule, Target, Totals, Window, mesh,
     metrics::{self, Report},
     stats::LossReason,
     wire::{HEADER_LEN, Header, Kind, WireError, reply_in_place},
@@ -203,7 +203,7 @@ fn totals_of<'a>(
     peer: &str,
     overlay: Overlay,
     net: Net,
-    signal: Signal,
+    signal: Probe,
 ) -> &'a Totals {
     totals
         .iter()
@@ -319,30 +319,18 @@ fn prober_loses_by_reason_and_follows_target_changes() {
     );
     thread::sleep(Duration::from_millis(1500));
     let totals = stats.totals();
-    for signal in Signal::ALL {
+    for signal in Probe::ALL {
         let up = totals_of(&totals, "up", Overlay::None, Net::Host, signal);
         assert!(up.sent >= 20, "{up:?}");
         assert_eq!(up.lost, 0, "{up:?}");
         // Probes in flight aside, every one answered.
         assert!(up.received + 3 >= up.sent, "{up:?}");
     }
-    let udp = totals_of(
-        &totals,
-        "closed",
-        Overlay::None,
-        Net::Host,
-        Signal::ProbeUdp,
-    );
+    let udp = totals_of(&totals, "closed", Overlay::None, Net::Host, Probe::Udp);
     assert!(udp.refused >= 20 && udp.lost == 0, "{udp:?}");
     assert_eq!(udp.received, 0);
     assert_eq!(lost_for(udp, LossReason::Timeout), 0);
-    let tcp = totals_of(
-        &totals,
-        "closed",
-        Overlay::None,
-        Net::Host,
-        Signal::ProbeTcp,
-    );
+    let tcp = totals_of(&totals, "closed", Overlay::None, Net::Host, Probe::Tcp);
     assert!(tcp.refused >= 20 && tcp.lost == 0, "{tcp:?}");
     assert_eq!(tcp.received, 0);
     for w in stats
@@ -359,18 +347,11 @@ fn prober_loses_by_reason_and_follows_target_changes() {
     targets.send_replace(vec![local_target("up", addr)]);
     thread::sleep(Duration::from_millis(100));
     let before = stats.totals();
-    let sent_closed = totals_of(
-        &before,
-        "closed",
-        Overlay::None,
-        Net::Host,
-        Signal::ProbeUdp,
-    )
-    .sent;
+    let sent_closed = totals_of(&before, "closed", Overlay::None, Net::Host, Probe::Udp).sent;
     thread::sleep(Duration::from_millis(500));
     let after = stats.totals();
     assert_eq!(
-        totals_of(&after, "closed", Overlay::None, Net::Host, Signal::ProbeUdp).sent,
+        totals_of(&after, "closed", Overlay::None, Net::Host, Probe::Udp).sent,
         sent_closed,
         "probes to a removed target"
     );
@@ -385,10 +366,10 @@ fn prober_loses_by_reason_and_follows_target_changes() {
     rt.stop(prober);
     // Stopped: everything sent has resolved, and the responder saw it all.
     let totals = stats.totals();
-    let udp = totals_of(&totals, "up", Overlay::None, Net::Host, Signal::ProbeUdp);
+    let udp = totals_of(&totals, "up", Overlay::None, Net::Host, Probe::Udp);
     assert_eq!(udp.received + udp.lost, udp.sent);
     assert_eq!(counters.totals().udp_replies, udp.received);
-    let tcp = totals_of(&totals, "up", Overlay::None, Net::Host, Signal::ProbeTcp);
+    let tcp = totals_of(&totals, "up", Overlay::None, Net::Host, Probe::Tcp);
     assert_eq!(tcp.received + tcp.lost, tcp.sent);
     assert!(
         stats.unattributed_totals().is_empty(),
@@ -506,7 +487,7 @@ fn lab_targets(lab: &Lab) -> Vec<Target> {
     targets
 }
 
-fn window_of<'a>(window: &'a [Window], t: &Target, signal: Signal) -> &'a Window {
+fn window_of<'a>(window: &'a [Window], t: &Target, signal: Probe) -> &'a Window {
     window
         .iter()
         .find(|w| w.key == t.key(signal))
@@ -519,7 +500,7 @@ fn faulty(t: &Target) -> bool {
 }
 
 /// Sum over the faulty pair's series of `signal`.
-fn faulty_totals(stats: &ProbeStats, targets: &[Target], signal: Signal) -> (u64, u64, u64) {
+fn faulty_totals(stats: &ProbeStats, targets: &[Target], signal: Probe) -> (u64, u64, u64) {
     let totals = stats.totals();
     targets
         .iter()
@@ -570,7 +551,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     let window = stats.window(Instant::now());
     assert_eq!(window.len(), targets.len() * 2);
     for t in &targets {
-        for signal in Signal::ALL {
+        for signal in Probe::ALL {
             let w = window_of(&window, t, signal);
             assert!(w.sent >= 20, "{w:?}");
             assert_eq!((w.lost, w.late), (0, 0), "loss with no fault: {w:?}");
@@ -599,7 +580,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     let detected = loop {
         let window = stats.window(Instant::now());
         let all = targets.iter().filter(|t| faulty(t)).all(|t| {
-            Signal::ALL
+            Probe::ALL
                 .iter()
                 .all(|s| window_of(&window, t, *s).lost > 0)
         });
@@ -617,7 +598,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     let window = stats.window(Instant::now());
     let totals = stats.totals();
     for t in &targets {
-        for signal in Signal::ALL {
+        for signal in Probe::ALL {
             let total = totals.iter().find(|s| s.key == t.key(signal)).unwrap();
             if faulty(t) {
                 let w = window_of(&window, t, signal);
@@ -698,14 +679,14 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     let stats = ProbeStats::new(Duration::from_secs(10));
     let config = ProberConfig {
         rate: 50.0,
-        signals: vec![Signal::ProbeUdp],
+        signals: vec![Probe::Udp],
         ..ProberConfig::default()
     };
     let (prober, _targets_tx) = prober_rt.prober(config, &stats, targets.clone());
     thread::sleep(Duration::from_secs(10));
     prober_rt.stop(prober);
     let drops = lab.drops(loss).unwrap();
-    let (sent, received, lost) = faulty_totals(&stats, &targets, Signal::ProbeUdp);
+    let (sent, received, lost) = faulty_totals(&stats, &targets, Probe::Udp);
     eprintln!("UDP at 10%: {lost} of {sent} probes lost, the wire dropped {drops}");
     assert_eq!(received + lost, sent);
     assert_eq!(
@@ -719,10 +700,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     );
     let totals = stats.totals();
     for t in targets.iter().filter(|t| !faulty(t)) {
-        let s = totals
-            .iter()
-            .find(|s| s.key == t.key(Signal::ProbeUdp))
-            .unwrap();
+        let s = totals.iter().find(|s| s.key == t.key(Probe::Udp)).unwrap();
         assert_eq!((s.lost, s.received), (0, s.sent), "{s:?}");
     }
     // Every probe that arrived was answered, by the node or its pod.
@@ -757,14 +735,14 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     let config = ProberConfig {
         rate: 50.0,
         timeout: Duration::from_millis(900),
-        signals: vec![Signal::ProbeTcp],
+        signals: vec![Probe::Tcp],
         ..ProberConfig::default()
     };
     let (prober, _targets_tx) = prober_rt.prober(config, &stats, targets.clone());
     thread::sleep(Duration::from_secs(10));
     prober_rt.stop(prober);
     let drops = lab.drops(loss).unwrap();
-    let (sent, received, lost) = faulty_totals(&stats, &targets, Signal::ProbeTcp);
+    let (sent, received, lost) = faulty_totals(&stats, &targets, Probe::Tcp);
     eprintln!("TCP at 10%: {lost} of {sent} handshakes lost, the wire dropped {drops}");
     assert_eq!(received + lost, sent);
     let ratio = lost as f64 / sent as f64;
@@ -778,17 +756,11 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     );
     let totals = stats.totals();
     for t in targets.iter().filter(|t| !faulty(t)) {
-        let s = totals
-            .iter()
-            .find(|s| s.key == t.key(Signal::ProbeTcp))
-            .unwrap();
+        let s = totals.iter().find(|s| s.key == t.key(Probe::Tcp)).unwrap();
         assert_eq!((s.lost, s.received), (0, s.sent), "{s:?}");
     }
     for t in targets.iter().filter(|t| faulty(t)) {
-        let s = totals
-            .iter()
-            .find(|s| s.key == t.key(Signal::ProbeTcp))
-            .unwrap();
+        let s = totals.iter().find(|s| s.key == t.key(Probe::Tcp)).unwrap();
         assert_eq!(lost_for(s, LossReason::Timeout), s.lost, "{s:?}");
     }
     lab.clear(loss).unwrap();
@@ -817,7 +789,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
     };
     let old_sent = |stats: &ProbeStats| -> Vec<u64> {
         let totals = stats.totals();
-        Signal::ALL
+        Probe::ALL
             .iter()
             .map(|s| {
                 totals
@@ -844,7 +816,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
         (new_target.overlay, new_target.dst_net),
         (Overlay::Cilium, Net::Cilium)
     );
-    for signal in Signal::ALL {
+    for signal in Probe::ALL {
         let w = window_of(&window, new_target, signal);
         assert!(
             w.sent >= 10 && w.lost == 0 && w.received + 2 >= w.sent,
@@ -960,7 +932,7 @@ fn mesh_finds_blackholes_towards_the_focus_within_5_s_and_elsewhere_within_the_p
     // Clean: every target probed, nothing lost.
     let window = stats.window(Instant::now());
     for t in &targets {
-        for signal in Signal::ALL {
+        for signal in Probe::ALL {
             let w = window_of(&window, t, signal);
             assert!(w.sent >= 1 && w.lost == 0, "{w:?}");
         }
@@ -973,7 +945,7 @@ fn mesh_finds_blackholes_towards_the_focus_within_5_s_and_elsewhere_within_the_p
         &stats,
         &targets,
         &focus,
-        &Signal::ALL,
+        &Probe::ALL,
         Duration::from_secs(5),
     );
     eprintln!("blackhole towards the node under migration {focus} seen after {took:?}");
@@ -982,14 +954,7 @@ fn mesh_finds_blackholes_towards_the_focus_within_5_s_and_elsewhere_within_the_p
     // so within the round (jitter aside) and the timeout. UDP is enough to
     // call it seen: each visit probes with both signals.
     let bound = period.mul_f64(1.2) + ProberConfig::default().timeout + Duration::from_secs(1);
-    let took = blackhole_seen(
-        &mut lab,
-        &stats,
-        &targets,
-        &rotated,
-        &[Signal::ProbeUdp],
-        bound,
-    );
+    let took = blackhole_seen(&mut lab, &stats, &targets, &rotated, &[Probe::Udp], bound);
     eprintln!("blackhole towards {rotated} (rotation, {period:?} round) seen after {took:?}");
 
     // The blackholes gone, swap the focus while probes are in flight: the
@@ -1026,7 +991,7 @@ fn blackhole_seen(
     stats: &ProbeStats,
     targets: &[Target],
     peer: &str,
-    signals: &[Signal],
+    signals: &[Probe],
     within: Duration,
 ) -> Duration {
     let id = lab
@@ -1087,7 +1052,7 @@ fn prober_cpu_at_200_targets() {
         tv(usage.ru_utime) + tv(usage.ru_stime)
     };
     let mut shares = Vec::new();
-    for signals in [vec![Signal::ProbeUdp], Signal::ALL.to_vec()] {
+    for signals in [vec![Probe::Udp], Probe::ALL.to_vec()] {
         let stats = ProbeStats::new(Duration::from_secs(10));
         let config = ProberConfig {
             signals: signals.clone(),

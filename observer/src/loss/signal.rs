@@ -76,12 +76,9 @@ impl FromStr for Signal {
     }
 }
 
-impl From<crate::probe::Signal> for Signal {
-    fn from(s: crate::probe::Signal) -> Self {
-        match s {
-            crate::probe::Signal::ProbeUdp => Signal::ProbeUdp,
-            crate::probe::Signal::ProbeTcp => Signal::ProbeTcp,
-        }
+impl From<crate::probe::Probe> for Signal {
+    fn from(p: crate::probe::Probe) -> Self {
+        p.signal()
     }
 }
 

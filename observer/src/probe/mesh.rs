@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use super::{
     prober::{Schedule, Sweep, Target},
-    stats::Signal,
+    stats::Probe,
 };
 use crate::{Error, Result};
 
@@ -59,15 +59,15 @@ pub const DEFAULT_PERIOD_GOAL: Duration = Duration::from_secs(50);
 pub const FOCUS_SHARE: f64 = 0.75;
 
 /// Packets one probe of `signal` may send.
-pub fn packets(signal: Signal) -> f64 {
+pub fn packets(signal: Probe) -> f64 {
     match signal {
-        Signal::ProbeUdp => UDP_PACKETS,
-        Signal::ProbeTcp => TCP_PACKETS,
+        Probe::Udp => UDP_PACKETS,
+        Probe::Tcp => TCP_PACKETS,
     }
 }
 
 /// Packets of one probe of each signal.
-pub fn visit_packets(signals: &[Signal]) -> f64 {
+pub fn visit_packets(signals: &[Probe]) -> f64 {
     signals.iter().map(|s| packets(*s)).sum()
 }
 
@@ -78,7 +78,7 @@ pub struct MeshConfig {
     /// Probes a second per target and signal of a node under migration;
     /// the most any target is probed at.
     pub rate: f64,
-    pub signals: Vec<Signal>,
+    pub signals: Vec<Probe>,
     pub period_goal: Duration,
 }
 
@@ -87,7 +87,7 @@ impl Default for MeshConfig {
         MeshConfig {
             budget: DEFAULT_BUDGET,
             rate: DEFAULT_RATE,
-            signals: Signal::ALL.to_vec(),
+            signals: Probe::ALL.to_vec(),
             period_goal: DEFAULT_PERIOD_GOAL,
         }
     }
@@ -157,14 +157,14 @@ pub struct Summary {
     /// false when they are swept.
     pub rotation_steady: bool,
     #[serde(serialize_with = "signal_labels")]
-    pub rotation_signals: Vec<Signal>,
+    pub rotation_signals: Vec<Probe>,
     pub rotation_packets: f64,
     /// Every rotation target is probed at least once within this.
     #[serde(serialize_with = "seconds")]
     pub period: Duration,
 }
 
-fn signal_labels<S: serde::Serializer>(signals: &[Signal], s: S) -> Result<S::Ok, S::Error> {
+fn signal_labels<S: serde::Serializer>(signals: &[Probe], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(signals.iter().map(|s| s.label()))
 }
 
@@ -186,11 +186,11 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let signals = |s: &[Signal]| {
+        let signals = |s: &[Probe]| {
             s.iter()
                 .map(|s| match s {
-                    Signal::ProbeUdp => "UDP",
-                    Signal::ProbeTcp => "TCP",
+                    Probe::Udp => "UDP",
+                    Probe::Tcp => "TCP",
                 })
                 .collect::<Vec<_>>()
                 .join("+")
@@ -395,11 +395,11 @@ impl<'a> Mesh<'a> {
             rotation_steady = false;
             let both = rotation.len() as f64 * c / left;
             rotation_signals = if both <= config.period_goal.as_secs_f64()
-                || !config.signals.contains(&Signal::ProbeUdp)
+                || !config.signals.contains(&Probe::Udp)
             {
                 config.signals.clone()
             } else {
-                vec![Signal::ProbeUdp]
+                vec![Probe::Udp]
             };
             rotation_packets = left;
             sweep = Sweep {
@@ -611,13 +611,13 @@ mod tests {
         assert_eq!(p.summary.covered_peers, 500);
         assert!(!p.summary.rotation_steady);
         assert_eq!(p.schedule.sweep.targets.len(), 1500);
-        assert_eq!(p.summary.rotation_signals, Signal::ALL.to_vec());
+        assert_eq!(p.summary.rotation_signals, Probe::ALL.to_vec());
         // 1500 targets x 4 packets over 200 packets/s.
         assert!((p.summary.period.as_secs_f64() - 30.0).abs() < 0.01);
 
         // 5000 nodes: UDP alone keeps the period under the goal.
         let p = plan_of("node-0000", &names(5000), &[], &config);
-        assert_eq!(p.summary.rotation_signals, vec![Signal::ProbeUdp]);
+        assert_eq!(p.summary.rotation_signals, vec![Probe::Udp]);
         assert!(p.summary.period <= DEFAULT_PERIOD_GOAL, "{}", p.summary);
     }
 

@@ -13,7 +13,7 @@
 use super::{
     mesh::Summary,
     responder::ResponderTotals,
-    stats::{Quantiles, Signal, Totals, Window},
+    stats::{Probe, Quantiles, Totals, Window},
 };
 
 /// Which number of a series a family shows.
@@ -95,11 +95,7 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         "counter",
         "UDP probes answered after the timeout (also counted as lost).",
     );
-    for t in report
-        .totals
-        .iter()
-        .filter(|t| t.key.signal == Signal::ProbeUdp)
-    {
+    for t in report.totals.iter().filter(|t| t.key.signal == Probe::Udp) {
         f.sample(&series(t), t.late);
     }
 
@@ -145,11 +141,11 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
             "Probes this node's responder answered: UDP echoes, TCP connections accepted.",
         );
         f.sample(
-            &[("node", node), ("signal", Signal::ProbeUdp.label())],
+            &[("node", node), ("signal", Probe::Udp.label())],
             r.udp_replies,
         );
         f.sample(
-            &[("node", node), ("signal", Signal::ProbeTcp.label())],
+            &[("node", node), ("signal", Probe::Tcp.label())],
             r.tcp_accepted,
         );
         let mut f = family(
@@ -215,7 +211,7 @@ mod tests {
     use super::*;
     use crate::probe::stats::SeriesKey;
 
-    fn key(signal: Signal) -> SeriesKey {
+    fn key(signal: Probe) -> SeriesKey {
         SeriesKey {
             peer_node: "odd\"name\\".into(),
             overlay: Overlay::Cilium,
@@ -224,7 +220,7 @@ mod tests {
         }
     }
 
-    fn totals(signal: Signal) -> Totals {
+    fn totals(signal: Probe) -> Totals {
         Totals {
             key: key(signal),
             sent: 10,
@@ -239,9 +235,9 @@ mod tests {
 
     #[test]
     fn families_have_help_and_type_and_escaped_labels() {
-        let totals = [totals(Signal::ProbeUdp), totals(Signal::ProbeTcp)];
+        let totals = [totals(Probe::Udp), totals(Probe::Tcp)];
         let window = [Window {
-            key: key(Signal::ProbeUdp),
+            key: key(Probe::Udp),
             seconds: 10.0,
             sent: 10,
             received: 8,

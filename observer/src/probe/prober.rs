@@ -38,7 +38,7 @@ use tokio::{
 };
 
 use super::{
-    stats::{LossReason, ProbeStats, Recorder, SeriesKey, Signal},
+    stats::{LossReason, Probe, ProbeStats, Recorder, SeriesKey},
     wire::{self, Header, Kind},
 };
 use crate::{Error, Result};
@@ -74,7 +74,7 @@ mod label {
 }
 
 impl Target {
-    pub fn key(&self, signal: Signal) -> SeriesKey {
+    pub fn key(&self, signal: Probe) -> SeriesKey {
         SeriesKey {
             peer_node: self.peer_node.clone(),
             overlay: self.overlay,
@@ -107,7 +107,7 @@ pub struct Sweep {
     /// Visits per second (all targets together), at most
     /// [`MAX_SWEEP_RATE`]; none (no sweep) unless positive.
     pub rate: f64,
-    pub signals: Vec<Signal>,
+    pub signals: Vec<Probe>,
 }
 
 /// The fastest sweep: a visit every 10 µs.
@@ -143,7 +143,7 @@ pub struct ProberConfig {
     pub jitter: f64,
     /// Replies up to this long after their probe count as late, not stray.
     pub late_horizon: Duration,
-    pub signals: Vec<Signal>,
+    pub signals: Vec<Probe>,
     /// TCP probes in flight at once; beyond, probes are skipped and
     /// counted (`tcp_over_cap`), not lost: the limit is ours, not the
     /// network's.
@@ -157,7 +157,7 @@ impl Default for ProberConfig {
             timeout: Duration::from_secs(1),
             jitter: 0.2,
             late_horizon: Duration::from_secs(10),
-            signals: Signal::ALL.to_vec(),
+            signals: Probe::ALL.to_vec(),
             max_tcp_in_flight: 4096,
         }
     }
@@ -276,14 +276,14 @@ impl Rng {
 
 struct Scheduled {
     target: Target,
-    recorders: HashMap<Signal, Recorder>,
+    recorders: HashMap<Probe, Recorder>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     at: Instant,
     id: u64,
-    signal: Signal,
+    signal: Probe,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -523,8 +523,8 @@ impl Engine {
             };
             let (target, recorder) = (s.target.clone(), s.recorders[&due.signal].clone());
             match due.signal {
-                Signal::ProbeUdp => self.send_udp(&target, recorder).await,
-                Signal::ProbeTcp => self.send_tcp(&target, recorder),
+                Probe::Udp => self.send_udp(&target, recorder).await,
+                Probe::Tcp => self.send_tcp(&target, recorder),
             }
             let stretch = 1.0 + self.config.jitter * (2.0 * self.rng.unit() - 1.0);
             let mut next = due.at + self.interval.mul_f64(stretch);
@@ -553,8 +553,8 @@ impl Engine {
             for signal in signals {
                 let recorder = self.stats.recorder(target.key(signal));
                 match signal {
-                    Signal::ProbeUdp => self.send_udp(&target, recorder).await,
-                    Signal::ProbeTcp => self.send_tcp(&target, recorder),
+                    Probe::Udp => self.send_udp(&target, recorder).await,
+                    Probe::Tcp => self.send_tcp(&target, recorder),
                 }
             }
             self.sweep.last = Some(target);

@@ -33,25 +33,34 @@ use hdrhistogram::Histogram;
 use observer_ebpf::{Net, Overlay};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
+use crate::loss::Signal;
+
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
-/// How a probe travels; the `signal` label, beside the passive signals.
+/// How a probe travels. Its loss is the [`Signal`] of the same name
+/// (`probe_udp`, `probe_tcp`): the one list of signals is
+/// [`crate::loss::Signal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Signal {
+pub enum Probe {
     /// Echo of a datagram: one packet each way.
-    ProbeUdp,
+    Udp,
     /// A TCP handshake, timed from connect to established.
-    ProbeTcp,
+    Tcp,
 }
 
-impl Signal {
-    pub const ALL: [Signal; 2] = [Signal::ProbeUdp, Signal::ProbeTcp];
+impl Probe {
+    pub const ALL: [Probe; 2] = [Probe::Udp, Probe::Tcp];
 
-    pub const fn label(self) -> &'static str {
+    pub const fn signal(self) -> Signal {
         match self {
-            Signal::ProbeUdp => "probe_udp",
-            Signal::ProbeTcp => "probe_tcp",
+            Probe::Udp => Signal::ProbeUdp,
+            Probe::Tcp => Signal::ProbeTcp,
         }
+    }
+
+    /// The signal's name, the `signal` label.
+    pub const fn label(self) -> &'static str {
+        self.signal().label()
     }
 }
 
@@ -86,14 +95,14 @@ impl LossReason {
     }
 
     /// The reasons a probe of `signal` can be lost for.
-    pub fn of(signal: Signal) -> &'static [LossReason] {
+    pub fn of(signal: Probe) -> &'static [LossReason] {
         match signal {
-            Signal::ProbeUdp => &[
+            Probe::Udp => &[
                 LossReason::Timeout,
                 LossReason::Unreachable,
                 LossReason::Other,
             ],
-            Signal::ProbeTcp => &Self::ALL,
+            Probe::Tcp => &Self::ALL,
         }
     }
 }
@@ -106,7 +115,7 @@ pub struct SeriesKey {
     pub peer_node: String,
     pub overlay: Overlay,
     pub dst_net: Net,
-    pub signal: Signal,
+    pub signal: Probe,
 }
 
 impl Serialize for SeriesKey {
@@ -471,7 +480,7 @@ impl ProbeStats {
 mod tests {
     use super::*;
 
-    fn key(peer: &str, signal: Signal) -> SeriesKey {
+    fn key(peer: &str, signal: Probe) -> SeriesKey {
         SeriesKey {
             peer_node: peer.into(),
             overlay: Overlay::Legacy,
@@ -485,7 +494,7 @@ mod tests {
         let stats = ProbeStats::new(Duration::from_secs(3));
         let t0 = stats.inner.epoch;
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let r = stats.recorder(key("b", Signal::ProbeUdp));
+        let r = stats.recorder(key("b", Probe::Udp));
         for s in 0..5u64 {
             r.sent(at(s * 1000));
             r.received(at(s * 1000 + 1), Duration::from_micros(100 * (s + 1)));
@@ -520,7 +529,7 @@ mod tests {
     fn ring_stays_bounded_and_reuses_histograms() {
         let stats = ProbeStats::new(Duration::from_secs(2));
         let t0 = stats.inner.epoch;
-        let r = stats.recorder(key("b", Signal::ProbeTcp));
+        let r = stats.recorder(key("b", Probe::Tcp));
         for ms in (0..100_000u64).step_by(100) {
             r.received(
                 t0 + Duration::from_millis(ms),
@@ -538,8 +547,8 @@ mod tests {
         let stats = ProbeStats::new(Duration::from_secs(5));
         let t0 = stats.inner.epoch;
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let kept = stats.recorder(key("a", Signal::ProbeUdp));
-        let gone = stats.recorder(key("b", Signal::ProbeUdp));
+        let kept = stats.recorder(key("a", Probe::Udp));
+        let gone = stats.recorder(key("b", Probe::Udp));
         kept.sent(at(1));
         gone.sent(at(1));
         gone.lost(at(2), LossReason::Timeout);
@@ -551,7 +560,7 @@ mod tests {
         assert_eq!(stats.series_count(), 1);
         assert_eq!(stats.totals()[0].key.peer_node, "a", "kept while recorded");
         // Coming back starts from zero.
-        let back = stats.recorder(key("b", Signal::ProbeUdp));
+        let back = stats.recorder(key("b", Probe::Udp));
         assert_eq!(stats.totals()[1].sent, 0);
         drop(back);
     }
