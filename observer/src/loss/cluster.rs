@@ -451,16 +451,50 @@ pub async fn read_at(
             .any(|n| *n == r.node || *n == r.peer_node)
     };
     let mut worst = Vec::new();
+    // A focus node's local rows summed over its peers, each way: at one
+    // probe a second per pair, a pair's window holds too few probes to be
+    // judged, all its peers together do.
+    let mut focus_sums: BTreeMap<(String, String, Signal, Triple), LossRow> = BTreeMap::new();
     for r in &readings {
         out.left_out += r.local_left_out;
         for row in &r.local {
             if is_focus(row) {
                 out.rows.push(row.clone());
+                let focus = options
+                    .focus
+                    .iter()
+                    .find(|n| **n == row.node || **n == row.peer_node);
+                if let Some(f) = focus {
+                    let (node, peer) = if *f == row.node {
+                        (f.clone(), CLUSTER.to_owned())
+                    } else {
+                        (CLUSTER.to_owned(), f.clone())
+                    };
+                    let key = (
+                        node.clone(),
+                        peer.clone(),
+                        row.signal,
+                        (row.overlay, row.src_net, row.dst_net),
+                    );
+                    let sum = focus_sums.entry(key).or_insert_with(|| LossRow {
+                        node,
+                        peer_node: peer,
+                        sent: 0,
+                        lost: 0,
+                        refused: 0,
+                        ..row.clone()
+                    });
+                    sum.sent += row.sent;
+                    sum.lost += row.lost;
+                    sum.refused += row.refused;
+                    sum.seconds = sum.seconds.max(row.seconds);
+                }
             } else if row.sent >= options.min_sent && row.lost > 0 {
                 worst.push(row);
             }
         }
     }
+    out.rows.extend(focus_sums.into_values());
     worst.sort_by(|a, b| LossRow::worse(a, b));
     out.left_out += worst.len().saturating_sub(options.top);
     out.rows

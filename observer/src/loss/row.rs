@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Signal;
 
-/// The node name of a row that sums the whole cluster (both ends): what
-/// [`super::cluster`] reports as totals. Never a Kubernetes node name
-/// (names are DNS subdomains).
+/// The node name standing for every node: both ends of a cluster total,
+/// one end of a focus node's row summed over its peers ([`super::cluster`]).
+/// Never a Kubernetes node name (names are DNS subdomains).
 pub const CLUSTER: &str = "*";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,9 +48,9 @@ impl LossRow {
         )
     }
 
-    /// A cluster-wide total.
+    /// A cluster-wide total: every node at both ends.
     pub fn is_total(&self) -> bool {
-        self.node == CLUSTER
+        self.node == CLUSTER && self.peer_node == CLUSTER
     }
 
     /// Worst first: highest ratio, then most lost, then by key.

@@ -131,6 +131,10 @@ pub struct Decision {
     pub more_breaches: usize,
 }
 
+/// Fewest sent for a row whose every packet or probe was lost to close
+/// the gate although it is under `min_sent`.
+pub const BLACKHOLE_MIN_SENT: u64 = 5;
+
 /// Breaches a decision lists, worst first.
 pub const MAX_BREACHES: usize = 50;
 
@@ -183,7 +187,12 @@ pub fn judge<'a>(
     let judged_rows = rows
         .into_iter()
         .filter(|r| !(r.is_total() && r.signal != Signal::Delivery));
-    for row in judged_rows.filter(|r| r.sent >= thresholds.min_sent) {
+    // Rows with too few sent to judge a ratio are still judged when every
+    // one was lost: a black hole, not noise.
+    let enough = |r: &LossRow| {
+        r.sent >= thresholds.min_sent || (r.sent >= BLACKHOLE_MIN_SENT && r.lost == r.sent)
+    };
+    for row in judged_rows.filter(|r| enough(r)) {
         let Some(ratio) = row.ratio() else { continue };
         judged += 1;
         let w = worst.entry(row.signal).or_default();
@@ -272,7 +281,7 @@ mod tests {
             row("n1", "n3", "probe_udp", 200, 10), // 5% > 1%
             row("n1", "n2", "retransmit", 200, 8), // 4% <= 5%
             row("n2", "n3", "delivery", 1000, 10), // 1% == 1%: passes
-            row("n2", "n1", "probe_tcp", 10, 10),  // too few to judge
+            row("n2", "n1", "probe_tcp", 10, 3),   // too few to judge
         ];
         let d = judge(&t, &rows, vec![], vec![], "now".into());
         assert!(!d.passed);
@@ -326,6 +335,23 @@ mod tests {
         );
         assert_eq!(d.breaches.len(), 1);
         assert!(d.breaches[0].row.is_total() && !d.passed);
+        // Too few to judge a ratio, but every one lost: a black hole.
+        let d = judge(
+            &t,
+            &[row("n1", "n2", "probe_udp", 8, 8)],
+            vec![],
+            vec![],
+            "now".into(),
+        );
+        assert!(!d.passed && d.breaches.len() == 1, "{d:?}");
+        let d = judge(
+            &t,
+            &[row("n1", "n2", "probe_udp", 4, 4)],
+            vec![],
+            vec![],
+            "now".into(),
+        );
+        assert!(d.passed, "four probes say nothing: {d:?}");
         // A total of a signal agents judge alone is a summary, not judged.
         let handshakes = LossRow {
             signal: Signal::Handshake,
