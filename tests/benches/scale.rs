@@ -39,6 +39,8 @@ use crossover_tests::footprint::{
     agent::{Agent, LISTEN, get},
     probes::{Counter, FakePeers, Responder},
     proc::{ProcSample, busiest_thread, clock_ticks, per_thread},
+    readers,
+    requests::RequestCounter,
     topology::{Lab, Probed, overlay_addrs, underlay},
     traffic::{FLOWS, Generator},
 };
@@ -107,6 +109,15 @@ fn main() {
                 .then_some("skipped: this binary's `agent --help` has no --read-peers"),
         },
         Case {
+            name: "100k flows, 5000 peers",
+            title: "100k flows, 5000-peer shape, --probe-rate 0",
+            nodes: 5000,
+            flags: vec!["--probe-rate", "0"],
+            traffic,
+            probes: false,
+            skip: None,
+        },
+        Case {
             name: "probes, 1000 peers",
             title: if mesh {
                 "probes, 1000-peer shape with overlay addresses, node-1 under migration, default flags"
@@ -140,6 +151,111 @@ fn main() {
         results.push(result);
     }
     print_table(&cases, &results);
+    if wanted.is_empty() || wanted.iter().any(|w| w == "readers") {
+        readers(&binary);
+    }
+}
+
+/// Readers against simulated fleets: the real `crossover loss` in its own
+/// process, over real HTTP to N simulated agents (tests/src/bin/fleet.rs).
+fn readers(binary: &Path) {
+    let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fleet");
+    let baseline = std::env::var_os("SCALE_READER_BASELINE").map(PathBuf::from);
+    println!("\n== readers: `crossover loss` against simulated agents on loopback");
+    let json = |run: &readers::Run| -> serde_json::Value {
+        serde_json::from_slice(&run.stdout).expect("crossover loss prints JSON")
+    };
+    let report = |title: &str, run: &readers::Run, detail: String| {
+        println!(
+            "{title}: {} ms, {:.1} MiB ({detail})",
+            run.wall.as_millis(),
+            run.max_rss_kib as f64 / 1024.0
+        );
+    };
+    // The gate's reading: the node under migration exactly, the totals,
+    // and a drill-down to a far pair that loses half its packets. The
+    // model's packets are never in flight: --in-flight 0.
+    let agents = readers::Fleet::start(
+        &fleet,
+        5000,
+        &[
+            "--fanout",
+            "4",
+            "--focus",
+            "0",
+            "--fault",
+            "2500:2501:cilium:0.5",
+        ],
+    );
+    let args = [
+        "loss",
+        "-o",
+        "json",
+        "--node",
+        "node-00000",
+        "--in-flight",
+        "0",
+        "--timeout",
+        "60s",
+    ];
+    let run = readers::run(binary, &args, &agents.urls);
+    let reading = json(&run);
+    let named = reading["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["lost"].as_u64() > Some(0))
+        .count();
+    report(
+        "gate reading, 5000 nodes",
+        &run,
+        format!(
+            "{} agents answered, {} requests, {} rows, drill-down: {} pair(s) with loss named",
+            reading["answered"],
+            reading["requests"],
+            reading["rows"].as_array().unwrap().len(),
+            named
+        ),
+    );
+    drop(agents);
+
+    let agents = readers::Fleet::start(
+        &fleet,
+        1000,
+        &["--fanout", "4", "--fault", "500:501:cilium:0.5"],
+    );
+    let args = ["loss", "-o", "json", "--in-flight", "0", "--timeout", "60s"];
+    let run = readers::run(binary, &args, &agents.urls);
+    let reading = json(&run);
+    report(
+        "loss default view, 1000 nodes",
+        &run,
+        format!(
+            "{} agents answered, {} requests, {} rows shown, {} left out",
+            reading["answered"],
+            reading["requests"],
+            reading["rows"].as_array().unwrap().len(),
+            reading["left_out"]
+        ),
+    );
+    match &baseline {
+        Some(old) => {
+            let run = readers::run(
+                old,
+                &["loss", "--format", "json", "--timeout", "60"],
+                &agents.urls,
+            );
+            let reading = json(&run);
+            report(
+                "  baseline (SCALE_READER_BASELINE, every agent's /api/v1/loss merged), 1000 nodes",
+                &run,
+                format!("{} rows", reading["rows"].as_array().map_or(0, Vec::len)),
+            );
+        }
+        None => println!(
+            "  (no baseline: set SCALE_READER_BASELINE to a build from before the reading API)"
+        ),
+    }
 }
 
 struct Settings {
@@ -267,6 +383,13 @@ struct Outcome {
     /// (thread name, how many, % of one core), busiest first.
     per_thread: Vec<(String, usize, f64)>,
     probes: Option<ProbeRates>,
+    /// Requests to peers' APIs per second, counted on the agent
+    /// namespace's output: connection attempts, request segments.
+    connects_per_second: f64,
+    requests_per_second: f64,
+    /// /metrics at the end: series (samples) and bytes.
+    metrics_series: usize,
+    metrics_bytes: usize,
 }
 
 fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outcome {
@@ -302,6 +425,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
         binary.display(),
         args.join(" ")
     );
+    let requests = RequestCounter::install(&lab.agent.name);
     let agent = Agent::start(&lab, binary, &args);
     let started = Instant::now();
     agent.wait_ready(&lab.agent.name);
@@ -345,6 +469,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
     std::thread::sleep(settings.settle);
     let sent_start = generator.as_ref().map(Generator::sent);
     let counted_start = probing.as_ref().map(|(_, _, c)| c.read());
+    let requests_start = requests.read();
     let before = ProcSample::take(agent.pid);
     // Memory and threads every 5 s of the window, to tell growth from a
     // plateau.
@@ -365,6 +490,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
     }
     let after = ProcSample::take(agent.pid);
     let counted_end = probing.as_ref().map(|(_, _, c)| c.read());
+    let requests_end = requests.read();
     println!(
         "   VmRSS MiB / threads every 5 s of the window: {}",
         timeline.join(" ")
@@ -431,7 +557,23 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
         );
     }
 
+    let metrics_series = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / wall;
+    println!(
+        "   requests to peers' APIs, counted on the agent's output over {wall:.1} s: {:.1} \
+         connections/s, {:.1} request segments/s; /metrics: {metrics_series} series, {} bytes",
+        per_second(requests_start.connects, requests_end.connects),
+        per_second(requests_start.segments, requests_end.segments),
+        metrics.len()
+    );
     let outcome = Outcome {
+        connects_per_second: per_second(requests_start.connects, requests_end.connects),
+        requests_per_second: per_second(requests_start.segments, requests_end.segments),
+        metrics_series,
+        metrics_bytes: metrics.len(),
         cpu_percent: after.ticks.saturating_sub(before.ticks) as f64 / clock_ticks() / wall * 100.0,
         hwm_kib: field("VmHWM:"),
         rss_kib: field("VmRSS:"),
@@ -561,6 +703,22 @@ fn print_table(cases: &[Case], results: &[Option<Outcome>]) {
         (
             "sampler round, s",
             Box::new(move |o| opt(o.sample_seconds.map(|v| format!("{v:.3}")))),
+        ),
+        (
+            "connections/s to peers' APIs",
+            Box::new(|o| format!("{:.1}", o.connects_per_second)),
+        ),
+        (
+            "request segments/s to peers' APIs",
+            Box::new(|o| format!("{:.1}", o.requests_per_second)),
+        ),
+        (
+            "/metrics series",
+            Box::new(|o| o.metrics_series.to_string()),
+        ),
+        (
+            "/metrics KiB",
+            Box::new(|o| format!("{:.0}", o.metrics_bytes as f64 / 1024.0)),
         ),
         (
             "threads by name, % core",

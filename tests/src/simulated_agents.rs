@@ -236,6 +236,33 @@ async fn reading_handler(
     }
 }
 
+/// `/api/v1/loss` as agents served it before the reading API (baselines
+/// in the scale bench): every agent a delivery row per peer and overlay,
+/// over its own window, for readers that merged them all.
+async fn old_loss_handler(State(shared): State<Shared>) -> Response {
+    let (model, i) = &*shared;
+    let rows: Vec<serde_json::Value> = (0..model.nodes)
+        .filter(|j| j != i)
+        .flat_map(|j| {
+            OVERLAYS.map(|overlay| {
+                let (src, dst) = nets(overlay);
+                let sent = model.rate * 10;
+                let lost = (sent as f64 * model.fault(*i, j, overlay)) as u64;
+                serde_json::json!({
+                    "node": Model::name(*i), "peer_node": Model::name(j),
+                    "overlay": overlay.label(), "src_net": src.label(), "dst_net": dst.label(),
+                    "signal": "delivery", "sent": sent, "lost": lost, "refused": 0, "seconds": 10.0,
+                })
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "version": 1, "node": Model::name(*i), "window_seconds": 10.0,
+        "rows": rows, "unreachable": [],
+    }))
+    .into_response()
+}
+
 /// The fleet's servers; they stop with the runtime.
 pub struct SimulatedAgents {
     pub urls: Vec<String>,
@@ -250,6 +277,7 @@ impl SimulatedAgents {
             urls.push(format!("http://{}", listener.local_addr()?));
             let app = Router::new()
                 .route(reading::READING_PATH, get(reading_handler))
+                .route("/api/v1/loss", get(old_loss_handler))
                 .with_state(Arc::new((model.clone(), i)));
             tokio::spawn(async move { axum::serve(listener, app).await });
         }

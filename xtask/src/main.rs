@@ -82,8 +82,17 @@ fn main() -> Result<()> {
         } => {
             setup::run()?;
             require_root("the benchmark builds network namespaces and runs the agent")?;
-            // The bench runs target/release/crossover, the real binary.
+            // The bench runs target/release/crossover, the real binary, and
+            // target/release/fleet, the simulated agents its readers read.
             cargo(&["build", "--release", "-p", "observer"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "crossover-tests",
+                "--bin",
+                "fleet",
+            ])?;
             cargo(&["bench", "-p", "crossover-tests", "--bench", "scale"])
         }
         Task::Demo => {

@@ -88,7 +88,7 @@ pub struct WindowArgs {
     /// The longest a packet spends between two nodes' NICs (a few ms
     /// within a data centre): delivery totals may be off by what is sent
     /// in that long, and are drilled down only past it.
-    #[arg(long, global = true, default_value = "2ms", value_parser = crate::duration::parse_duration)]
+    #[arg(long, global = true, default_value = "2ms", value_parser = crate::duration::parse_duration_or_zero)]
     pub in_flight: Duration,
 }
 

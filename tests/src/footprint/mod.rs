@@ -4,5 +4,7 @@
 pub mod agent;
 pub mod probes;
 pub mod proc;
+pub mod readers;
+pub mod requests;
 pub mod topology;
 pub mod traffic;
