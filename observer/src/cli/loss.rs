@@ -52,8 +52,9 @@ pub struct LossArgs {
     /// line), instead of the totals and the worst rows.
     #[arg(long)]
     pub all: bool,
-    /// Read this node's rows exactly (every peer, both directions), and
-    /// show only rows it is in. Repeatable.
+    /// Read this node's rows exactly (every peer, both directions), as the
+    /// gate does for the node under migration, and show the rows it is in
+    /// and rows with loss anywhere (what a drill-down named). Repeatable.
     #[arg(long = "node")]
     pub nodes: Vec<String>,
     /// Show only rows towards or from this peer node.
@@ -102,6 +103,7 @@ impl Filter<'_> {
         let a = self.args;
         let node = a.nodes.is_empty()
             || r.is_total()
+            || r.lost > 0
             || a.nodes.iter().any(|n| *n == r.node || *n == r.peer_node);
         let peer = a
             .peer
