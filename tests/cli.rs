@@ -279,6 +279,28 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
         (&rows[0]["node"], &rows[0]["peer_node"], &rows[0]["overlay"]),
         (&"node-00004".into(), &"node-00005".into(), &"cilium".into())
     );
+    // --all: every row, one JSON document a line, streamed group by group.
+    let mut all = vec!["loss", "--all", "-o", "json"];
+    for u in &urls {
+        all.extend(["--agent", u]);
+    }
+    let out = run(&all);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let pairs = rows.iter().filter(|r| r["node"] != "*").count();
+    assert_eq!(pairs, 30 * 8 * 2, "every pair both ways, both overlays");
+    let lost: Vec<_> = rows
+        .iter()
+        .filter(|r| r["lost"].as_u64() > Some(0))
+        .collect();
+    assert!(
+        lost.iter()
+            .any(|r| r["node"] == "node-00004" && r["peer_node"] == "node-00005"),
+        "{lost:?}"
+    );
     // Filters, and the table's missing pieces with exit 2: a duplicate
     // URL for one node, an agent of another version, one that is gone.
     args.truncate(1);

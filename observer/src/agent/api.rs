@@ -1,6 +1,6 @@
 //! The agent's versioned JSON API. `v1` is what `crossover loss` and the
 //! migration driver read; fields are only ever added within a version.
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +8,7 @@ use crate::{
     Error, Result,
     cluster::index::Identity,
     datapath::{Counters, FlowRecord, PeerRecord},
-    loss::{LossRow, delivery::NodeView},
+    loss::{LossRow, client::Client, delivery::NodeView},
 };
 
 pub const PEERS_PATH: &str = "/api/v1/peers";
@@ -72,24 +72,23 @@ impl PeersReport {
     }
 }
 
-/// One agent's peers report, checked against this version.
-pub fn fetch_peers(agent: &str, timeout: Duration) -> Result<PeersReport> {
-    fetch_peers_about(agent, None, timeout)
-}
-
-/// The same, with only its counters about `about` when given.
-pub fn fetch_peers_about(
-    agent: &str,
-    about: Option<Ipv4Addr>,
-    timeout: Duration,
-) -> Result<PeersReport> {
-    let path = match about {
-        Some(addr) => format!("{PEERS_PATH}?peer={addr}"),
-        None => PEERS_PATH.to_string(),
-    };
-    let report: PeersReport = get_json(agent, &path, "peers report", timeout)?;
-    check_version(agent, report.version)?;
-    Ok(report)
+/// Every agent's peers report at once, over `client`'s kept-alive
+/// connections, checked against this version; in the order asked.
+pub async fn fetch_peers(client: &Client, agents: &[String]) -> Result<Vec<PeersReport>> {
+    let mut reports: Vec<Option<Result<PeersReport>>> = (0..agents.len()).map(|_| None).collect();
+    let asks = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i, a.clone(), PEERS_PATH.to_string()));
+    client
+        .each(asks, "peers report", |i, r: Result<PeersReport>| {
+            reports[i] = Some(r.and_then(|r| check_version(&agents[i], r.version).map(|()| r)));
+        })
+        .await;
+    reports
+        .into_iter()
+        .map(|r| r.expect("every agent answered or failed"))
+        .collect()
 }
 
 fn check_version(agent: &str, version: u32) -> Result<()> {
@@ -100,27 +99,4 @@ fn check_version(agent: &str, version: u32) -> Result<()> {
         agent: agent.into(),
         reason: format!("speaks API version {version}, not 1"),
     })
-}
-
-fn get_json<T: serde::de::DeserializeOwned>(
-    agent: &str,
-    path: &str,
-    what: &str,
-    timeout: Duration,
-) -> Result<T> {
-    let url = format!("{}{}", agent.trim_end_matches('/'), path);
-    let fail = |reason: String| Error::Agent {
-        agent: agent.into(),
-        reason,
-    };
-    let config = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build();
-    ureq::Agent::new_with_config(config)
-        .get(&url)
-        .call()
-        .map_err(|e| fail(format!("GET {url}: {e}")))?
-        .body_mut()
-        .read_json()
-        .map_err(|e| fail(format!("{url} is not a v1 {what}: {e}")))
 }

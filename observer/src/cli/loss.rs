@@ -118,18 +118,15 @@ impl Filter<'_> {
 }
 
 pub async fn run(args: LossArgs) -> Result<i32> {
+    let client = Client::new(args.timeout);
     if args.since_start {
-        let (agents, timeout) = (args.agents.clone(), args.timeout);
-        let matrix = tokio::task::spawn_blocking(move || read_all(&agents, timeout))
-            .await
-            .map_err(|e| Error::io("loss", std::io::Error::other(e)))??;
+        let matrix = read_all(&client, &args.agents).await?;
         match args.format {
             LossFormat::Json => println!("{}", to_json(&matrix)?),
             LossFormat::Table => print!("{}", delivery_table(&matrix)),
         }
         return Ok(0);
     }
-    let client = Client::new(args.timeout);
     let options = cluster::ReadOptions {
         focus: args.nodes.clone(),
         min_sent: args.min_sent,
@@ -269,13 +266,10 @@ fn footer(reading: &ClusterReading) -> String {
     out
 }
 
-/// One reading of every agent's raw counters, back to back so the skew
+/// One reading of every agent's raw counters, all at once so the skew
 /// between one node's sends and its peer's receives stays small.
-pub fn read_all(agents: &[String], timeout: Duration) -> Result<Vec<Delivery>> {
-    let reports = agents
-        .iter()
-        .map(|a| api::fetch_peers(a, timeout))
-        .collect::<Result<Vec<_>>>()?;
+pub async fn read_all(client: &Client, agents: &[String]) -> Result<Vec<Delivery>> {
+    let reports = api::fetch_peers(client, agents).await?;
     let views: Vec<_> = reports.iter().map(api::PeersReport::view).collect();
     Ok(delivery::deliveries(&views))
 }

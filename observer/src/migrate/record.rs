@@ -158,4 +158,44 @@ mod tests {
         assert_eq!(r.steps[1].outcome, "ok");
         assert_eq!(r.steps[1].started, "t2");
     }
+
+    /// A reading of a 5,000-node cluster keeps its record far from a
+    /// ConfigMap's 1 MiB: the totals, the breaches (at most 50) and the
+    /// node's worst rows.
+    #[test]
+    fn a_reading_at_five_thousand_nodes_stays_under_64_kib() {
+        use crate::loss::{CLUSTER, Signal};
+        use observer_ebpf::{Net, Overlay};
+        let row = |node: String, peer: String, lost| LossRow {
+            node,
+            peer_node: peer,
+            overlay: Overlay::Cilium,
+            src_net: Net::Cilium,
+            dst_net: Net::Legacy,
+            signal: Signal::Delivery,
+            sent: 10_000,
+            lost,
+            refused: 0,
+            seconds: 10.0,
+        };
+        // Every peer both ways, every one over the threshold.
+        let all: Vec<LossRow> = (0..5000)
+            .flat_map(|i| {
+                let peer = format!("node-{i:05}");
+                [
+                    row("n1".into(), peer.clone(), 500),
+                    row(peer, "n1".into(), 500),
+                ]
+            })
+            .chain([row(CLUSTER.into(), CLUSTER.into(), 10)])
+            .collect();
+        let thresholds = crate::migrate::gate::Thresholds::default();
+        let decision = crate::migrate::gate::judge(&thresholds, &all, vec![], vec![], "t".into());
+        assert_eq!(decision.breaches.len(), crate::migrate::gate::MAX_BREACHES);
+        let mut r = NodeRecord::new("n1");
+        r.read(Moment::After, Step::Soak, decision, &all);
+        let bytes = serde_json::to_vec(&r).unwrap().len();
+        assert!(bytes <= 64 << 10, "{bytes} bytes");
+        assert_eq!(r.readings[0].rows_left_out, 2 * 5000 - 50 - RECORD_ROWS);
+    }
 }
