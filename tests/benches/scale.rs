@@ -151,7 +151,14 @@ fn main() {
         results.push(result);
     }
     print_table(&cases, &results);
-    if wanted.is_empty() || wanted.iter().any(|w| w == "readers") {
+    let loss_help = Command::new(&binary)
+        .args(["loss", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !loss_help.contains("--in-flight") {
+        println!("\n== readers: skipped, this binary's `crossover loss` has no reading API");
+    } else if wanted.is_empty() || wanted.iter().any(|w| w == "readers") {
         readers(&binary);
     }
 }
