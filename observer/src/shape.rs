@@ -321,3 +321,17 @@ pub fn wire_addr(addr: Ipv4Addr) -> u32 {
 pub fn addr_from_wire(addr: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr.to_ne_bytes())
 }
+
+/// A shape file, or the migration's defaults without one.
+pub fn load(path: Option<&std::path::Path>) -> crate::Result<ClusterShape> {
+    match path {
+        None => Ok(ClusterShape::migration_defaults()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                crate::Error::io(format!("reading shape file {}", path.display()), e)
+            })?;
+            ClusterShape::from_json(&text)
+                .map_err(|e| crate::Error::Shape(format!("{}: {e}", path.display())))
+        }
+    }
+}

@@ -173,13 +173,15 @@ fn main() {
     thousand_nodes();
 }
 
-/// What the agent's sampler reads every second at 1,000 nodes, every one
-/// of them a peer on both overlays both ways (4,000 keys in use, each
-/// given its slot): the per-peer counters and the reason counters;
-/// beside it the same read at 2 nodes.
+/// What the agent's sampler reads every tick at 1,000 and 5,000 nodes,
+/// every one of them a peer on both overlays both ways (4 keys a peer;
+/// slots for the first 8,192): the per-peer counters and the reason
+/// counters; beside it the same read at 2 nodes. And the per-peer families
+/// of `/metrics` rendered from that reading, the part that grows with the
+/// cluster.
 fn thousand_nodes() {
     println!();
-    for nodes in [2, 1000] {
+    for nodes in [2, 1000, 5000] {
         let mut harness = Harness::new(&n_node_shape(nodes));
         for i in 1..nodes {
             let peer = [192, 168, 50 + (i / 250) as u8, (i % 250) as u8 + 1];
@@ -204,7 +206,11 @@ fn thousand_nodes() {
             }
         }
         let promoted = harness.observer.promote_peer_slots().expect("promote");
-        assert_eq!(promoted, (nodes - 1) * 4);
+        let keys = (nodes - 1) * 4;
+        assert_eq!(
+            promoted,
+            keys.min(observer_ebpf::DEFAULT_PEER_SLOT_CAPACITY as usize)
+        );
         let samples: Vec<Duration> = (0..20)
             .map(|_| {
                 timed(|| {
@@ -216,8 +222,24 @@ fn thousand_nodes() {
             .collect();
         println!(
             "{:<38} {:>10.2?}",
-            format!("sampler's reading, {nodes} nodes, {promoted} keys"),
+            format!("sampler's reading, {nodes} nodes, {keys} keys"),
             median(samples)
+        );
+        let peers = harness.observer.peers().expect("peers");
+        assert_eq!(peers.len(), keys);
+        let mut metrics = String::new();
+        let name = |addr: std::net::Ipv4Addr| {
+            let [_, _, c, d] = addr.octets();
+            format!("node-{}", (c as usize - 50) * 250 + d as usize - 1)
+        };
+        observer::agent::metrics::peer_families(&mut metrics, "node-0", &peers, name);
+        let series = metrics.lines().filter(|l| !l.starts_with('#')).count();
+        println!(
+            "{:<38} {:>7} series ({:.1} a peer), {:.0} KiB",
+            format!("/metrics per-peer families, {nodes} nodes"),
+            series,
+            series as f64 / (nodes - 1) as f64,
+            metrics.len() as f64 / 1024.0
         );
     }
 }

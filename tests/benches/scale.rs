@@ -109,15 +109,6 @@ fn main() {
                 .then_some("skipped: this binary's `agent --help` has no --read-peers"),
         },
         Case {
-            name: "100k flows, 5000 peers",
-            title: "100k flows, 5000-peer shape, --probe-rate 0",
-            nodes: 5000,
-            flags: vec!["--probe-rate", "0"],
-            traffic,
-            probes: false,
-            skip: None,
-        },
-        Case {
             name: "probes, 1000 peers",
             title: if mesh {
                 "probes, 1000-peer shape with overlay addresses, node-1 under migration, default flags"

@@ -73,9 +73,22 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
     let mut out = String::new();
     let node = state.node.as_str();
     let view = state.view();
-    let names: Vec<String> = peers.iter().map(|p| view.node_name(p.peer)).collect();
+    peer_families(&mut out, node, peers, |addr| view.node_name(addr));
+    render_rest(&mut out, state, counters);
+    out
+}
+
+/// The per-peer counter families: what grows with the cluster, a few
+/// series per peer (the scale bench measures them at 5,000 nodes).
+pub fn peer_families(
+    out: &mut String,
+    node: &str,
+    peers: &[PeerRecord],
+    name: impl Fn(std::net::Ipv4Addr) -> String,
+) {
+    let names: Vec<String> = peers.iter().map(|p| name(p.peer)).collect();
     for (i, (name, help, value)) in PEER_FAMILIES.into_iter().enumerate() {
-        let mut f = family(&mut out, name, "counter", help);
+        let mut f = family(out, name, "counter", help);
         for (p, peer) in peers.iter().zip(&names) {
             // TCP families only where TCP ran: a UDP-only pair has no
             // zero series to carry.
@@ -86,7 +99,7 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
         }
     }
     let mut f = family(
-        &mut out,
+        out,
         "crossover_tcp_handshakes_total",
         "counter",
         "Handshakes this node's clients opened towards a peer node, by result: answered within 0.8 s, unanswered (answered later or never), reset.",
@@ -100,9 +113,13 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
             f.sample(&[a, b, c, d, e, g, ("result", result)], value(&p.counts));
         }
     }
+}
+
+fn render_rest(out: &mut String, state: &State, counters: &Counters) {
+    let node = state.node.as_str();
 
     let mut seen = family(
-        &mut out,
+        out,
         "crossover_seen_packets_total",
         "counter",
         "Packets the programs saw, per hook point.",
@@ -111,7 +128,7 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
         seen.sample(&[("node", node), ("point", &name["seen_".len()..])], *value);
     }
     let mut skipped = family(
-        &mut out,
+        out,
         "crossover_skipped_packets_total",
         "counter",
         "Packets not (fully) turned into a flow, by reason; refused map inserts included.",
@@ -125,7 +142,7 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
     let census = super::lock(&state.observer).census().cloned();
     if let Some(census) = census {
         let mut f = family(
-            &mut out,
+            out,
             "crossover_flows",
             "gauge",
             "Flows in the kernel's table at the last ageing sweep, by network pair and SNAT mark.",
@@ -143,7 +160,7 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
         }
     }
 
-    window_families(&mut out, state);
+    window_families(out, state);
     if let Some(probing) = &state.probing {
         let totals = probing.stats.totals();
         let window = probing.stats.window(std::time::Instant::now());
@@ -155,15 +172,15 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
             unattributed: &unattributed,
             responder: Some(&responder),
         };
-        crate::probe::metrics::write(&mut out, node, &report);
+        crate::probe::metrics::write(out, node, &report);
         if let Some(summary) = probing.summary() {
-            crate::probe::metrics::write_mesh(&mut out, node, &summary);
+            crate::probe::metrics::write_mesh(out, node, &summary);
         }
     }
-    cluster_families(&mut out, state);
+    cluster_families(out, state);
 
     let mut f = family(
-        &mut out,
+        out,
         "crossover_errors_total",
         "counter",
         "Errors of the agent itself, by reason.",
@@ -171,7 +188,6 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
     for (reason, n) in state.errors() {
         f.sample(&[("node", node), ("reason", reason)], n);
     }
-    out
 }
 
 /// The loss matrix over the current window, from this node's side.

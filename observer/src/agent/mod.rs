@@ -26,14 +26,10 @@ pub use routes::router;
 
 use crate::{
     Error, Result,
-    cli::{
-        observe::load_shape,
-        session::{Session, lock},
-    },
     cluster::{Cluster, ClusterOptions, derive::ShapeOverrides},
     connections::{self, Connection},
     conntrack,
-    datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, Selection},
+    datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, Selection, Session, lock},
     loss::{
         LossRow,
         reading::{Answerer, NodeReading, Request},
@@ -70,7 +66,7 @@ pub struct AgentArgs {
     /// NAME=HOOK. Overlay devices and pod veths are followed by name; with
     /// Kubernetes the underlay is the interface holding the node's
     /// InternalIP.
-    #[arg(long = "iface", value_parser = crate::cli::observe::parse_iface)]
+    #[arg(long = "iface", value_parser = crate::datapath::parse_iface)]
     pub ifaces: Vec<(String, Hook)>,
     /// Address for /metrics, /healthz, /readyz and /api/v1.
     #[arg(long, default_value = "0.0.0.0:9190")]
@@ -383,7 +379,7 @@ enum Source {
 
 async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
     if let Some(config) = &args.config {
-        let shape = load_shape(Some(config))?;
+        let shape = crate::shape::load(Some(config.as_path()))?;
         let node = shape.local_node.clone().ok_or_else(|| {
             Error::Shape(format!(
                 "{}: local_node must name this node",

@@ -2,4 +2,3 @@
 pub mod loss;
 pub mod observe;
 pub mod render;
-pub mod session;

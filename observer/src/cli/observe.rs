@@ -4,13 +4,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{
-    render::{self, Format},
-    session::Session,
-};
+use super::render::{self, Format};
 use crate::{
     Error, Result,
-    datapath::{AttachMode, Hook, LoadOptions, Observer, Selection},
+    datapath::{AttachMode, Hook, LoadOptions, Observer, Selection, Session},
     shape::ClusterShape,
 };
 
@@ -22,7 +19,7 @@ pub struct ObserveArgs {
     pub shape: Option<PathBuf>,
     /// Interface to observe, as NAME or NAME=HOOK (hooks: underlay,
     /// overlay-legacy, overlay-cilium, host, pod). Repeatable.
-    #[arg(long = "iface", value_parser = parse_iface)]
+    #[arg(long = "iface", value_parser = crate::datapath::parse_iface)]
     pub ifaces: Vec<(String, Hook)>,
     /// Also follow flannel.1, cilium_vxlan, cilium_geneve, cilium_host,
     /// veth* and lxc* as they appear and disappear.
@@ -46,36 +43,8 @@ pub struct ObserveArgs {
     pub flow_capacity: u32,
 }
 
-pub fn parse_iface(arg: &str) -> std::result::Result<(String, Hook), String> {
-    let (name, hook) = match arg.split_once('=') {
-        Some((name, hook)) => (name, hook.parse::<Hook>()?),
-        None => {
-            let hook = Hook::for_interface(arg).ok_or_else(|| {
-                format!("cannot tell the hook of {arg:?} from its name; write {arg}=underlay (or another hook)")
-            })?;
-            (arg, hook)
-        }
-    };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(format!("{name:?} is not a valid interface name"));
-    }
-    Ok((name.to_owned(), hook))
-}
-
-pub fn load_shape(path: Option<&PathBuf>) -> Result<ClusterShape> {
-    match path {
-        None => Ok(ClusterShape::migration_defaults()),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("reading shape file {}", path.display()), e))?;
-            ClusterShape::from_json(&text)
-                .map_err(|e| Error::Shape(format!("{}: {e}", path.display())))
-        }
-    }
-}
-
 pub async fn run(args: ObserveArgs) -> Result<()> {
-    let shape = load_shape(args.shape.as_ref())?;
+    let shape = crate::shape::load(args.shape.as_deref())?;
     if args.ifaces.is_empty() && !args.follow {
         return Err(Error::Shape(
             "nothing to observe: give --iface or --follow".into(),

@@ -88,3 +88,20 @@ impl FromStr for Hook {
             })
     }
 }
+
+/// `NAME=HOOK`, or a NAME whose hook its name tells (`--iface`).
+pub fn parse_iface(arg: &str) -> std::result::Result<(String, Hook), String> {
+    let (name, hook) = match arg.split_once('=') {
+        Some((name, hook)) => (name, hook.parse::<Hook>()?),
+        None => {
+            let hook = Hook::for_interface(arg).ok_or_else(|| {
+                format!("cannot tell the hook of {arg:?} from its name; write {arg}=underlay (or another hook)")
+            })?;
+            (arg, hook)
+        }
+    };
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok((name.to_owned(), hook))
+}

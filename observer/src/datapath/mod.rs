@@ -6,6 +6,7 @@ mod handshakes;
 mod hook;
 mod links;
 mod pin;
+mod session;
 mod slots;
 mod snapshot;
 mod sys;
@@ -28,10 +29,11 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
-pub use hook::Hook;
+pub use hook::{Hook, parse_iface};
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
+pub use session::{Session, lock};
 use slots::SlotRule;
 pub use snapshot::{Counters, FlowRecord, PeerCounts, PeerRecord, Snapshot, monotonic_ns};
 

@@ -4,11 +4,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::unix::AsyncFd;
 
-use crate::{
-    Error, Result,
-    datapath::{LinkEvents, LoadOptions, Observer, Selection, interfaces, reconcile},
-    shape::ClusterShape,
-};
+use super::{LinkEvents, LoadOptions, Observer, Selection, interfaces, reconcile};
+use crate::{Error, Result, shape::ClusterShape};
 
 pub struct Session {
     /// Shared with whoever reads counters (the agent's HTTP server).
