@@ -236,11 +236,32 @@ fn thousand_nodes() {
         let series = metrics.lines().filter(|l| !l.starts_with('#')).count();
         println!(
             "{:<38} {:>7} series ({:.1} a peer), {:.0} KiB",
-            format!("/metrics per-peer families, {nodes} nodes"),
+            format!("/metrics per-peer families, {nodes} nodes, every peer"),
             series,
             series as f64 / (nodes - 1) as f64,
             metrics.len() as f64 / 1024.0
         );
+        if nodes > observer::agent::metrics::PEER_DETAIL_NODES {
+            // The default past 100 nodes: the node under migration's own
+            // series, every other peer summed.
+            let mut metrics = String::new();
+            let focus = |addr| {
+                let n = name(addr);
+                if n == "node-1" {
+                    n
+                } else {
+                    observer::loss::CLUSTER.to_owned()
+                }
+            };
+            observer::agent::metrics::peer_families(&mut metrics, "node-0", &peers, focus);
+            let series = metrics.lines().filter(|l| !l.starts_with('#')).count();
+            println!(
+                "{:<38} {:>7} series, {:.0} KiB",
+                format!("  default: node-1 under migration, rest summed"),
+                series,
+                metrics.len() as f64 / 1024.0
+            );
+        }
     }
 }
 

@@ -73,20 +73,56 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
     let mut out = String::new();
     let node = state.node.as_str();
     let view = state.view();
-    peer_families(&mut out, node, peers, |addr| view.node_name(addr));
+    // Every peer its own series in a cluster of up to PEER_DETAIL_NODES;
+    // beyond, the nodes under migration only, and the rest summed (peer
+    // `*`): 5,000 peers x 8 series would be 5.5 MB a scrape.
+    let everyone = view.shape.nodes.len() <= PEER_DETAIL_NODES;
+    peer_families(&mut out, node, peers, |addr| {
+        let name = view.node_name(addr);
+        if everyone || view.focus.contains(&name) {
+            name
+        } else {
+            crate::loss::CLUSTER.to_owned()
+        }
+    });
     render_rest(&mut out, state, counters);
     out
 }
 
-/// The per-peer counter families: what grows with the cluster, a few
-/// series per peer (the scale bench measures them at 5,000 nodes).
+/// Clusters up to this size get a series per peer in every per-peer
+/// family; larger ones per node under migration, the rest summed.
+pub const PEER_DETAIL_NODES: usize = 100;
+
+/// The per-peer counter families: what grows with the cluster, 8 series a
+/// peer at most (the datapath bench measures them at 5,000 nodes). `name`
+/// gives a record's `peer_node`; records given the same name (and key)
+/// are summed into one series.
 pub fn peer_families(
     out: &mut String,
     node: &str,
     peers: &[PeerRecord],
     name: impl Fn(std::net::Ipv4Addr) -> String,
 ) {
-    let names: Vec<String> = peers.iter().map(|p| name(p.peer)).collect();
+    // Records of one name and key summed, in a stable order.
+    let mut summed: std::collections::BTreeMap<
+        (
+            String,
+            observer_ebpf::Overlay,
+            observer_ebpf::Direction,
+            observer_ebpf::Net,
+            observer_ebpf::Net,
+        ),
+        PeerRecord,
+    > = std::collections::BTreeMap::new();
+    for p in peers {
+        summed
+            .entry((name(p.peer), p.overlay, p.direction, p.src_net, p.dst_net))
+            .and_modify(|s| s.counts += p.counts)
+            .or_insert(*p);
+    }
+    let (names, records): (Vec<String>, Vec<PeerRecord>) =
+        summed.into_iter().map(|((n, ..), r)| (n, r)).unzip();
+    let peers = &records[..];
     for (i, (name, help, value)) in PEER_FAMILIES.into_iter().enumerate() {
         let mut f = family(out, name, "counter", help);
         for (p, peer) in peers.iter().zip(&names) {
