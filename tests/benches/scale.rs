@@ -171,8 +171,11 @@ fn readers(binary: &Path) {
         );
     };
     // The gate's reading: the node under migration exactly, the totals,
-    // and a drill-down to a far pair that loses half its packets. The
-    // model's packets are never in flight: --in-flight 0.
+    // and a drill-down to a far pair that loses half its packets, in this
+    // process as the driver makes it (`loss::cluster::read`, one client
+    // kept across readings): the first reading opens a connection to every
+    // agent, the next ones reuse them. The model's packets are never in
+    // flight: in_flight 0.
     let agents = readers::Fleet::start(
         &fleet,
         5000,
@@ -185,36 +188,35 @@ fn readers(binary: &Path) {
             "2500:2501:cilium:0.5",
         ],
     );
-    let args = [
-        "loss",
-        "-o",
-        "json",
-        "--node",
-        "node-00000",
-        "--in-flight",
-        "0",
-        "--timeout",
-        "60s",
-    ];
-    let run = readers::run(binary, &args, &agents.urls);
-    let reading = json(&run);
-    let named = reading["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["lost"].as_u64() > Some(0))
-        .count();
-    report(
-        "gate reading, 5000 nodes",
-        &run,
-        format!(
-            "{} agents answered, {} requests, {} rows, drill-down: {} pair(s) with loss named",
-            reading["answered"],
-            reading["requests"],
-            reading["rows"].as_array().unwrap().len(),
-            named
-        ),
-    );
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let hwm_before =
+        status_field(&fs::read_to_string("/proc/self/status").unwrap(), "VmHWM:").unwrap_or(0);
+    runtime.block_on(async {
+        use observer::loss::{client::Client, cluster};
+        let client = Client::new(Duration::from_secs(60));
+        let options = cluster::ReadOptions {
+            focus: vec!["node-00000".into()],
+            in_flight: Duration::ZERO,
+            ..cluster::ReadOptions::default()
+        };
+        for attempt in ["cold", "warm", "warm"] {
+            let started = Instant::now();
+            let reading = cluster::read(&client, &agents.urls, &options).await;
+            let took = started.elapsed();
+            let named = reading.rows.iter().filter(|r| r.lost > 0).count();
+            let hwm = status_field(&fs::read_to_string("/proc/self/status").unwrap(), "VmHWM:")
+                .unwrap_or(0);
+            println!(
+                "gate reading, 5000 nodes ({attempt}): {} ms, {:.1} MiB peak in the reader ({} agents \
+                 answered, {} requests, {} rows, drill-down: {named} pair(s) with loss named)",
+                took.as_millis(),
+                hwm.saturating_sub(hwm_before) as f64 / 1024.0,
+                reading.answered,
+                reading.requests,
+                reading.rows.len(),
+            );
+        }
+    });
     drop(agents);
 
     let agents = readers::Fleet::start(

@@ -501,6 +501,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(cluster) = cluster {
         view::rebuild(&state, &cluster);
         tasks.push(tokio::spawn(view::follow_cluster(state.clone(), cluster)));
+    } else {
+        // A shape file's view never changes: its probe targets are set once.
+        state.follow_probes();
     }
     sampler::spawn(state.clone(), args.sample_interval, args.reading_guard)?;
     if !args.ageing.interval.is_zero() {

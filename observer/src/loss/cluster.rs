@@ -357,20 +357,10 @@ pub async fn read_at(
             t.1 += h.received;
         }
         for l in &r.local_totals {
-            let t = local
+            local
                 .entry((l.signal, (l.overlay, l.src_net, l.dst_net)))
-                .or_insert_with(|| LossRow {
-                    node: CLUSTER.into(),
-                    peer_node: CLUSTER.into(),
-                    sent: 0,
-                    lost: 0,
-                    refused: 0,
-                    ..l.clone()
-                });
-            t.sent += l.sent;
-            t.lost += l.lost;
-            t.refused += l.refused;
-            t.seconds = t.seconds.max(l.seconds);
+                .or_insert_with(|| LossRow::sum_like(CLUSTER.into(), CLUSTER.into(), l))
+                .add(l);
         }
     }
     out.delivery_totals_left_out = !out.failed.is_empty();
@@ -476,18 +466,10 @@ pub async fn read_at(
                         row.signal,
                         (row.overlay, row.src_net, row.dst_net),
                     );
-                    let sum = focus_sums.entry(key).or_insert_with(|| LossRow {
-                        node,
-                        peer_node: peer,
-                        sent: 0,
-                        lost: 0,
-                        refused: 0,
-                        ..row.clone()
-                    });
-                    sum.sent += row.sent;
-                    sum.lost += row.lost;
-                    sum.refused += row.refused;
-                    sum.seconds = sum.seconds.max(row.seconds);
+                    focus_sums
+                        .entry(key)
+                        .or_insert_with(|| LossRow::sum_like(node, peer, row))
+                        .add(row);
                 }
             } else if row.sent >= options.min_sent && row.lost > 0 {
                 worst.push(row);

@@ -358,20 +358,9 @@ impl Answerer<'_> {
 fn local_totals(node: &str, rows: &[LossRow]) -> Vec<LossRow> {
     let mut sums: BTreeMap<(Signal, Overlay, Net, Net), LossRow> = BTreeMap::new();
     for r in rows {
-        let t = sums
-            .entry((r.signal, r.overlay, r.src_net, r.dst_net))
-            .or_insert_with(|| LossRow {
-                node: node.to_owned(),
-                peer_node: CLUSTER.to_owned(),
-                sent: 0,
-                lost: 0,
-                refused: 0,
-                ..r.clone()
-            });
-        t.sent += r.sent;
-        t.lost += r.lost;
-        t.refused += r.refused;
-        t.seconds = t.seconds.max(r.seconds);
+        sums.entry((r.signal, r.overlay, r.src_net, r.dst_net))
+            .or_insert_with(|| LossRow::sum_like(node.to_owned(), CLUSTER.to_owned(), r))
+            .add(r);
     }
     sums.into_values().collect()
 }

@@ -48,6 +48,28 @@ impl LossRow {
         )
     }
 
+    /// Nothing counted yet, between `node` and `peer`, on `like`'s signal,
+    /// overlay and networks: what a sum over pairs starts from.
+    pub fn sum_like(node: String, peer: String, like: &LossRow) -> LossRow {
+        LossRow {
+            node,
+            peer_node: peer,
+            sent: 0,
+            lost: 0,
+            refused: 0,
+            seconds: 0.0,
+            ..like.clone()
+        }
+    }
+
+    /// Adds another pair's figures to this sum.
+    pub fn add(&mut self, other: &LossRow) {
+        self.sent += other.sent;
+        self.lost += other.lost;
+        self.refused += other.refused;
+        self.seconds = self.seconds.max(other.seconds);
+    }
+
     /// A cluster-wide total: every node at both ends.
     pub fn is_total(&self) -> bool {
         self.node == CLUSTER && self.peer_node == CLUSTER

@@ -188,19 +188,23 @@ impl Counter {
         let text = sh(&[
             "ip", "netns", "exec", &self.ns, "nft", "list", "table", "inet", "xoprobe",
         ]);
-        let packets = |comment: &str| -> u64 {
-            text.lines()
-                .find(|l| l.contains(&format!("comment \"{comment}\"")))
-                .and_then(|l| {
-                    let rest = &l[l.find("counter packets ")? + "counter packets ".len()..];
-                    rest.split_whitespace().next()?.parse().ok()
-                })
-                .unwrap_or(0)
-        };
+        let packets = |comment: &str| nft_packets(&text, comment);
         Counted {
             udp: packets("udp"),
             tcp: packets("tcp"),
             focus: packets("focus"),
         }
     }
+}
+
+/// The packets of the nftables counter with this comment in `nft list`
+/// output (0 when absent).
+pub fn nft_packets(text: &str, comment: &str) -> u64 {
+    text.lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .and_then(|l| {
+            let rest = &l[l.find("counter packets ")? + "counter packets ".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
 }

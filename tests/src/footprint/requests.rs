@@ -1,9 +1,8 @@
 //! The agent's own requests to its peers' APIs, counted from outside by
 //! nftables on the agent namespace's output: connection attempts (SYN) and
 //! request segments (TCP with PSH) to the agents' port, whatever answers.
-use crate::netns::unique;
-
-use super::agent::LISTEN;
+use super::{agent::LISTEN, probes::nft_packets};
+use crate::netns::{sh, unique};
 
 pub struct RequestCounter {
     ns: String,
@@ -14,20 +13,6 @@ pub struct RequestCounter {
 pub struct Requests {
     pub connects: u64,
     pub segments: u64,
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl RequestCounter {
@@ -69,15 +54,7 @@ impl RequestCounter {
             "inet",
             "xorequests",
         ]);
-        let packets = |comment: &str| -> u64 {
-            text.lines()
-                .find(|l| l.contains(&format!("comment \"{comment}\"")))
-                .and_then(|l| {
-                    let rest = &l[l.find("counter packets ")? + "counter packets ".len()..];
-                    rest.split_whitespace().next()?.parse().ok()
-                })
-                .unwrap_or(0)
-        };
+        let packets = |comment: &str| nft_packets(&text, comment);
         Requests {
             connects: packets("connects"),
             segments: packets("segments"),
