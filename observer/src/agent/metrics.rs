@@ -196,10 +196,19 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
 
-    window_families(out, state);
+    // Past PEER_DETAIL_NODES, per-peer series of the probes and of this
+    // node's own windows for the nodes under migration only: the rest of
+    // the mesh is judged by readers (each agent's worst rows), and a
+    // scrape stays bounded whatever the cluster's size.
+    let view = state.view();
+    let detailed =
+        |peer: &str| view.shape.nodes.len() <= PEER_DETAIL_NODES || view.focus.contains(peer);
+    window_families(out, state, &detailed);
     if let Some(probing) = &state.probing {
-        let totals = probing.stats.totals();
-        let window = probing.stats.window(std::time::Instant::now());
+        let mut totals = probing.stats.totals();
+        totals.retain(|t| detailed(&t.key.peer_node));
+        let mut window = probing.stats.window(std::time::Instant::now());
+        window.retain(|w| detailed(&w.key.peer_node));
         let unattributed = probing.stats.unattributed_totals();
         let responder = probing.responder.totals();
         let report = crate::probe::metrics::Report {
@@ -227,8 +236,9 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
 }
 
 /// The loss matrix over the current window, from this node's side.
-fn window_families(out: &mut String, state: &State) {
-    let loss = state.loss();
+fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
+    let mut loss = state.loss();
+    loss.rows.retain(|r| detailed(&r.peer_node));
     let node = state.node.as_str();
     let labels = |r: &'_ LossRow| {
         [
