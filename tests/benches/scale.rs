@@ -21,10 +21,10 @@
 //!
 //! ```text
 //!  pod ns                 agent ns (node 0)                    sink ns (node 1 + every peer)
-//!  eth0 10.244.0.7/24 ── vethscale0 10.244.0.1/24
+//!  eth0 10.64.0.7/24 ─── vethscale0 10.64.0.1/24
 //!                         eth0 192.168.50.1/24 ───────────── eth0 192.168.50.2/24
-//!                         10.244.0.0/14, 10.248.0.0/14,        forwarding off: drops
-//!                         192.168.48.0/20 via 192.168.50.2     the pod traffic; owns every
+//!                         10.64.0.0/10, 10.128.0.0/10,         forwarding off: drops
+//!                         192.168.0.0/16 via 192.168.50.2      the pod traffic; owns every
 //!                                                              peer underlay (local routes)
 //!                                                              so peer API reads are refused
 //! ```
@@ -77,6 +77,7 @@ fn main() {
             nodes: 2,
             flags: vec![],
             traffic: Traffic::None,
+            spread: 1,
             probes: false,
             skip: None,
         },
@@ -86,6 +87,7 @@ fn main() {
             nodes: 2,
             flags: vec![],
             traffic,
+            spread: 1,
             probes: false,
             skip: None,
         },
@@ -95,6 +97,7 @@ fn main() {
             nodes: 1000,
             flags: vec!["--probe-rate", "0"],
             traffic,
+            spread: 1,
             probes: false,
             skip: None,
         },
@@ -104,9 +107,20 @@ fn main() {
             nodes: 1000,
             flags: vec!["--probe-rate", "0", "--read-peers", "false"],
             traffic,
+            spread: 1,
             probes: false,
             skip: (!read_peers)
                 .then_some("skipped: this binary's `agent --help` has no --read-peers"),
+        },
+        Case {
+            name: "100k flows to 5000 peers",
+            title: "100k flows spread over every peer of a 5000-node shape, --probe-rate 0",
+            nodes: 5000,
+            flags: vec!["--probe-rate", "0"],
+            traffic,
+            spread: 4999,
+            probes: false,
+            skip: None,
         },
         Case {
             name: "probes, 1000 peers",
@@ -118,6 +132,7 @@ fn main() {
             nodes: 1000,
             flags: vec![],
             traffic: Traffic::None,
+            spread: 1,
             probes: true,
             skip: None,
         },
@@ -346,6 +361,8 @@ struct Case {
     nodes: usize,
     flags: Vec<&'static str>,
     traffic: Traffic,
+    /// Nodes the flows go to: 1 (node 1), or every peer.
+    spread: usize,
     /// Overlay addresses in the shape, answered by the sink; probe packets
     /// counted.
     probes: bool,
@@ -438,7 +455,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
     let mut generator = None;
     let mut flows_before = None;
     if let Traffic::Steady { rate } = case.traffic {
-        let g = Generator::start(&lab.pod.name, rate);
+        let g = Generator::start(&lab.pod.name, rate, case.spread);
         let first = g.first_pass_done();
         println!(
             "   first pass: {FLOWS} flows sent in {:.2} s",
@@ -561,6 +578,21 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .count();
+    // What the agent counts per peer: the keys behind /metrics' per-peer
+    // families (summed past 100 nodes).
+    let (_, peers_body) = get(&lab.agent.name, "/api/v1/peers", Duration::from_secs(30));
+    let peers: serde_json::Value = serde_json::from_str(&peers_body).unwrap_or_default();
+    let records = peers["peers"].as_array().map_or(0, Vec::len);
+    let distinct: std::collections::BTreeSet<&str> = peers["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["peer"].as_str())
+        .collect();
+    println!(
+        "   per-peer counters: {records} keys towards {} peers",
+        distinct.len()
+    );
     let per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / wall;
     println!(
         "   requests to peers' APIs, counted on the agent's output over {wall:.1} s: {:.1} \

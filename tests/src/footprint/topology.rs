@@ -6,16 +6,29 @@ use serde_json::{Value, json};
 use crate::netns::{Netns, sh, unique};
 
 /// Node i's underlay: 192.168.(50 + i/250).(i%250 + 1); node 0 is the
-/// agent's (192.168.50.1), node 1 the sink's (192.168.50.2).
+/// agent's (192.168.50.1), node 1 the sink's (192.168.50.2). Up to 10,250
+/// nodes.
 pub fn underlay(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 50 + (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
-/// Node i's share of the legacy network 10.244.0.0/14 and of the Cilium
-/// network 10.248.0.0/14: node 0 owns the pod's 10.244.0.0/24, node 1
-/// 10.244.1.0/24, the traffic's destination.
-pub fn pod_cidr(base: u8, i: usize) -> String {
-    format!("10.{}.{}.0/24", base as usize + i / 256, i % 256)
+/// The legacy and the Cilium networks, a /24 for each of up to 16,384
+/// nodes.
+pub const LEGACY: &str = "10.64.0.0/10";
+pub const CILIUM: &str = "10.128.0.0/10";
+const LEGACY_BASE: usize = 64;
+const CILIUM_BASE: usize = 128;
+
+/// Node i's /24 of a network (base: the network's second octet): node 0
+/// owns the pod's 10.64.0.0/24, node 1 10.64.1.0/24, the traffic's
+/// destination.
+pub fn pod_cidr(base: usize, i: usize) -> String {
+    format!("10.{}.{}.0/24", base + i / 256, i % 256)
+}
+
+/// An address in node i's legacy /24.
+pub fn legacy_pod(i: usize, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, (LEGACY_BASE + i / 256) as u8, (i % 256) as u8, host)
 }
 
 /// Node i's `flannel.1` address (the network address of its legacy /24)
@@ -24,8 +37,8 @@ pub fn pod_cidr(base: u8, i: usize) -> String {
 pub fn overlay_addrs(i: usize) -> [Ipv4Addr; 2] {
     let (hi, lo) = ((i / 256) as u8, (i % 256) as u8);
     [
-        Ipv4Addr::new(10, 244 + hi, lo, 0),
-        Ipv4Addr::new(10, 248 + hi, lo, 1),
+        Ipv4Addr::new(10, LEGACY_BASE as u8 + hi, lo, 0),
+        Ipv4Addr::new(10, CILIUM_BASE as u8 + hi, lo, 1),
     ]
 }
 
@@ -46,8 +59,8 @@ pub fn shape(nodes: usize, probed: Option<&Probed>) -> Value {
                 "name": format!("node-{i}"),
                 "underlay": underlay(i).to_string(),
                 "pod_cidrs": [
-                    { "role": "legacy", "cidr": pod_cidr(244, i) },
-                    { "role": "cilium", "cidr": pod_cidr(248, i) },
+                    { "role": "legacy", "cidr": pod_cidr(LEGACY_BASE, i) },
+                    { "role": "cilium", "cidr": pod_cidr(CILIUM_BASE, i) },
                 ],
             });
             if probed.is_some() {
@@ -60,8 +73,8 @@ pub fn shape(nodes: usize, probed: Option<&Probed>) -> Value {
     let mut shape = json!({
         "local_node": "node-0",
         "networks": [
-            { "role": "legacy", "cidrs": ["10.244.0.0/14"], "encapsulation": "native" },
-            { "role": "cilium", "cidrs": ["10.248.0.0/14"], "encapsulation": { "vxlan": { "port": 8473 } } },
+            { "role": "legacy", "cidrs": [LEGACY], "encapsulation": "native" },
+            { "role": "cilium", "cidrs": [CILIUM], "encapsulation": { "vxlan": { "port": 8473 } } },
         ],
         "nodes": nodes,
     });
@@ -133,9 +146,9 @@ impl Lab {
         a.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         a.exec(&["ip", "addr", "add", "192.168.50.1/24", "dev", "eth0"]);
         a.exec(&["ip", "link", "set", "eth0", "up"]);
-        a.exec(&["ip", "addr", "add", "10.244.0.1/24", "dev", "vethscale0"]);
+        a.exec(&["ip", "addr", "add", "10.64.0.1/24", "dev", "vethscale0"]);
         a.exec(&["ip", "link", "set", "vethscale0", "up"]);
-        for net in ["10.244.0.0/14", "10.248.0.0/14", "192.168.48.0/20"] {
+        for net in [LEGACY, CILIUM, "192.168.0.0/16"] {
             a.exec(&[
                 "ip",
                 "route",
@@ -165,18 +178,18 @@ impl Lab {
             );
         }
         if probed.is_some() {
-            local.extend(["10.244.0.0/14".into(), "10.248.0.0/14".into()]);
+            local.extend([LEGACY.into(), CILIUM.into()]);
         }
         for net in &local {
             s.exec(&["ip", "route", "add", "local", net, "dev", "lo"]);
         }
 
         let p = &lab.pod;
-        p.exec(&["ip", "addr", "add", "10.244.0.7/24", "dev", "eth0"]);
+        p.exec(&["ip", "addr", "add", "10.64.0.7/24", "dev", "eth0"]);
         p.exec(&["ip", "link", "set", "eth0", "up"]);
-        p.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"]);
+        p.exec(&["ip", "route", "add", "default", "via", "10.64.0.1"]);
         // Neighbours resolved before the agent starts.
-        p.exec(&["ping", "-c1", "-W2", "10.244.0.1"]);
+        p.exec(&["ping", "-c1", "-W2", "10.64.0.1"]);
         a.exec(&["ping", "-c1", "-W2", "192.168.50.2"]);
         lab
     }

@@ -11,10 +11,28 @@ use std::{
 
 /// Node 1's legacy pod /24 (the sink's): two addresses x 50,000 ports.
 pub const DESTINATIONS: [Ipv4Addr; 2] =
-    [Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11)];
+    [Ipv4Addr::new(10, 64, 1, 10), Ipv4Addr::new(10, 64, 1, 11)];
 pub const FIRST_PORT: u16 = 10_000;
 pub const PORTS: u16 = 50_000;
 pub const FLOWS: u64 = DESTINATIONS.len() as u64 * PORTS as u64;
+
+/// The FLOWS (address, port) pairs: to node 1's pods, or spread over the
+/// pods of nodes 1 to `peers` (every peer then has its own counters).
+fn targets(peers: usize) -> Vec<SocketAddrV4> {
+    if peers <= 1 {
+        return DESTINATIONS
+            .iter()
+            .flat_map(|a| (0..PORTS).map(move |p| SocketAddrV4::new(*a, FIRST_PORT + p)))
+            .collect();
+    }
+    (0..FLOWS as usize)
+        .map(|n| {
+            let node = 1 + n % peers;
+            let port = FIRST_PORT + (n / peers) as u16;
+            SocketAddrV4::new(super::topology::legacy_pod(node, 10), port)
+        })
+        .collect()
+}
 
 /// UDP from the pod to 100k (address, port) pairs of node 1's legacy pod
 /// /24, on a thread inside the pod's namespace.
@@ -26,7 +44,8 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn start(pod_ns: &str, rate: u64) -> Self {
+    /// `peers`: how many nodes the flows go to (see [`targets`]).
+    pub fn start(pod_ns: &str, rate: u64, peers: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (tx, first_pass) = std::sync::mpsc::channel();
@@ -34,10 +53,7 @@ impl Generator {
         let handle = std::thread::spawn(move || {
             let _guard = observer::netns::enter(&ns).expect("enter the pod's netns");
             let socket = UdpSocket::bind("0.0.0.0:0").expect("UDP socket in the pod");
-            let targets: Vec<SocketAddrV4> = DESTINATIONS
-                .iter()
-                .flat_map(|a| (0..PORTS).map(move |p| SocketAddrV4::new(*a, FIRST_PORT + p)))
-                .collect();
+            let targets = targets(peers);
             let payload = [0u8; 16];
             let send = |to: &SocketAddrV4| loop {
                 match socket.send_to(&payload, to) {
