@@ -262,21 +262,15 @@ impl State {
 
     /// This agent's own signals (TCP, probes) over its window, every peer.
     pub fn loss(&self) -> api::LossReport {
-        let now = crate::loss::ring::unix_ms(std::time::SystemTime::now());
+        // The window ending at the newest tick, every peer, every row.
         let request = Request {
-            at_ms: now,
+            at_ms: self.newest_tick_ms(),
             window_ms: self.window.as_millis() as u64,
             nodes: vec![self.node.clone()],
             groups: None,
             group: None,
             top: 0,
             min_sent: 0,
-        };
-        let newest = *self.newest_tick.borrow();
-        let interval = self.ring.lock().unwrap_or_else(|e| e.into_inner()).interval;
-        let request = Request {
-            at_ms: newest * interval.as_millis() as u64,
-            ..request
         };
         let (rows, seconds) = match self.reading(&request) {
             Ok(r) => (r.local, r.to_ms.saturating_sub(r.from_ms) as f64 / 1000.0),

@@ -248,8 +248,7 @@ pub async fn read_at(
     // earlier: it says which ticks it used, and everyone is asked again for
     // the window they all have.
     for _ in 0..ALIGN_ROUNDS {
-        let spans = answers.iter().flatten().map(|r| (r.from_ms, r.to_ms));
-        let Some((start, end)) = spans.reduce(|(a, b), (c, d)| (a.max(c), b.min(d))) else {
+        let Some((start, end)) = common_span(&answers) else {
             break;
         };
         let redo: Vec<usize> = (0..agents.len())
@@ -294,12 +293,7 @@ pub async fn read_at(
             )
             .await;
     }
-    if let Some((start, end)) = answers
-        .iter()
-        .flatten()
-        .map(|r| (r.from_ms, r.to_ms))
-        .reduce(|(a, b), (c, d)| (a.max(c), b.min(d)))
-    {
+    if let Some((start, end)) = common_span(&answers) {
         for i in 0..agents.len() {
             if let Some(r) = answers[i].take_if(|r| (r.from_ms, r.to_ms) != (start, end)) {
                 errors[i] = Some(Error::Agent {
@@ -513,6 +507,15 @@ pub async fn read_at(
     out
 }
 
+/// The window every answer covers: the latest start, the earliest end.
+fn common_span(answers: &[Option<NodeReading>]) -> Option<(u64, u64)> {
+    answers
+        .iter()
+        .flatten()
+        .map(|r| (r.from_ms, r.to_ms))
+        .reduce(|(a, b), (c, d)| (a.max(c), b.min(d)))
+}
+
 fn delivery_row(
     (node, peer): (&str, &str),
     (overlay, src_net, dst_net): Triple,
@@ -585,6 +588,11 @@ async fn drill(
             },
         )
         .await;
+    let index: HashMap<&str, usize> = live
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i))
+        .collect();
     let named = &mut 0;
     for &key in breached {
         let mut over: Vec<((u32, u32), u64)> = cells
@@ -640,11 +648,6 @@ async fn drill(
                     }
                 })
                 .await;
-            let index: HashMap<&str, usize> = live
-                .iter()
-                .enumerate()
-                .map(|(i, (n, _))| (n.as_str(), i))
-                .collect();
             let mut found = Vec::new();
             for ((x, peer), &s) in &sent {
                 let Some(&y) = index.get(peer.as_str()) else {

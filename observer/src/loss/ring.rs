@@ -152,16 +152,6 @@ impl Ring {
         self.ticks.front()
     }
 
-    pub fn get(&self, k: u64) -> Option<&Tick> {
-        let first = self.ticks.front()?.k;
-        let i = k.checked_sub(first)? as usize;
-        // Ticks may skip (a stalled agent): search near the offset.
-        match self.ticks.get(i) {
-            Some(t) if t.k == k => Some(t),
-            _ => self.ticks.iter().find(|t| t.k == k),
-        }
-    }
-
     /// The ticks a window from `from` to `to` uses: the newest tick at or
     /// before `to` and the oldest at or after `from` (a tick may be missing:
     /// the agent had just started, or stalled past a tick). The caller
@@ -247,7 +237,8 @@ mod tests {
                 kept: 4
             })
         );
-        let t = ring.get(18).unwrap();
+        let t = ring.window(17, 18).unwrap().1;
+        assert_eq!(t.k, 18);
         let key = key_of(&record(2, Direction::Ingress, 0));
         assert_eq!(t.early(&key).unwrap().packets, 185);
         assert_eq!(t.late_packets(&key), 186);
