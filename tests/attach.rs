@@ -240,7 +240,7 @@ fn follows_pod_veths_as_they_come_and_go() {
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
     let selection = Selection {
         explicit: vec![("u0".into(), Hook::Underlay)],
-        follow_named: true,
+        follow: Some(observer::iface::Rules::default()),
     };
     let first = reconcile(&mut a, &selection).unwrap();
     let mut attached = first.attached.clone();

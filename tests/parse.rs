@@ -874,3 +874,190 @@ fn a_packet_refused_by_the_full_flow_table_keeps_its_network_pair() {
         "counted once, with the networks its peer will see"
     );
 }
+
+/// Calico in IP-in-IP mode as the legacy CNI: the legacy network's pods
+/// travel in IPv4 protocol 4 between nodes.
+fn calico_ipip_shape() -> ClusterShape {
+    let mut shape = two_node_shape();
+    shape.networks[0].encapsulation = observer::shape::Encapsulation::Ipip;
+    shape
+}
+
+#[test]
+fn ipip_is_an_overlay_with_options_on_either_header() {
+    let no_options: &[u8] = &[];
+    let options: &[u8] = &[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00];
+    for (outer_options, inner_options) in [
+        (no_options, no_options),
+        (options, no_options),
+        (no_options, options),
+        (options, options),
+    ] {
+        let h = Harness::new(&calico_ipip_shape());
+        let inner =
+            ip(LEGACY_A, LEGACY_B, tcp(33000, 80, 1000, SYN, 0)).with_options(inner_options);
+        let out = inner
+            .ipip(NODE_A, NODE_B)
+            .with_options(outer_options)
+            .frame();
+        run_ok(&h, UNDERLAY_OUT, &out);
+        let back = ip(LEGACY_B, LEGACY_A, tcp(80, 33000, 5000, SYN | ACK, 0))
+            .ipip(NODE_B, NODE_A)
+            .frame();
+        run_ok(&h, UNDERLAY_IN, &back);
+        let what = format!(
+            "options {} outer, {} inner",
+            outer_options.len(),
+            inner_options.len()
+        );
+        let snap = h.snapshot();
+        assert_eq!(problems(&snap), vec![], "{what}");
+        assert_eq!(snap.flows.len(), 2, "{what}: {:#?}", snap.flows);
+        let flow = snap
+            .flows
+            .iter()
+            .find(|f| f.direction == Direction::Egress)
+            .unwrap();
+        assert_eq!(
+            (flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto),
+            (LEGACY_A.into(), LEGACY_B.into(), 33000, 80, packet::TCP),
+            "{what}"
+        );
+        assert_eq!(
+            (
+                flow.point.label(),
+                flow.overlay.label(),
+                flow.src_net.label(),
+                flow.dst_net.label()
+            ),
+            ("underlay", "legacy", "legacy", "legacy"),
+            "{what}"
+        );
+        assert_eq!(
+            flow.peer,
+            Some(NODE_B.into()),
+            "the outer address names the peer"
+        );
+        assert_eq!(
+            flow.bytes,
+            40 + inner_options.len() as u64,
+            "inner length, {what}"
+        );
+        let rows = peer_rows(&snap);
+        assert_eq!(
+            rows,
+            vec![
+                (NODE_B.into(), "legacy", "egress", "legacy", "legacy", 1),
+                (NODE_B.into(), "legacy", "ingress", "legacy", "legacy", 1),
+            ],
+            "{what}"
+        );
+        let egress = snap
+            .peers
+            .iter()
+            .find(|p| p.direction == Direction::Egress)
+            .unwrap();
+        assert_eq!(egress.counts.bytes, out.len() as u64, "whole frame, {what}");
+    }
+}
+
+#[test]
+fn ipip_without_an_ipip_network_is_node_to_node_traffic() {
+    // Flannel's shape: protocol 4 between nodes is no overlay of the
+    // cluster's, and its inner packet is not looked into.
+    let h = Harness::new(&two_node_shape());
+    let out = ip(LEGACY_A, LEGACY_B, udp(9, 9, b"x"))
+        .ipip(NODE_A, NODE_B)
+        .frame();
+    run_ok(&h, UNDERLAY_OUT, &out);
+    let snap = h.snapshot();
+    let flow = only_flow(&snap);
+    assert_eq!(
+        (flow.src, flow.dst, flow.proto, flow.overlay.label()),
+        (NODE_A.into(), NODE_B.into(), packet::IPIP, "none")
+    );
+}
+
+#[test]
+fn ipip_truncated_at_every_boundary_and_fragmented() {
+    let h = Harness::new(&calico_ipip_shape());
+    let options = [0x94, 0x04, 0, 0];
+    let inner = ip(LEGACY_A, LEGACY_B, tcp(33000, 80, 1, ACK, 0)).with_options(&options);
+    let full = inner.ipip(NODE_A, NODE_B).frame();
+    assert_eq!(full.len(), 14 + 20 + 24 + 20);
+    let expect = |len: usize| -> &'static str {
+        match len {
+            34..=53 => "truncated_inner_ipv4",
+            54..=57 => "truncated_ipv4_options",
+            58..=77 => "truncated_l4",
+            _ => unreachable!(),
+        }
+    };
+    let mut want = std::collections::BTreeMap::<&str, u64>::new();
+    let mut cuts = 0;
+    for len in 34..full.len() {
+        run_ok(&h, UNDERLAY_OUT, &full[..len]);
+        *want.entry(expect(len)).or_default() += 1;
+        cuts += 1;
+    }
+    // Fragments. The outer header's first fragment carries the inner
+    // header: counted, flow and all. A later one carries no inner header:
+    // counted as a fragment, and (as for VXLAN) not towards the peer, on
+    // both nodes alike. An inner later fragment went to the peer whole.
+    let first = ip(LEGACY_A, LEGACY_B, udp(7000, 7001, &[0; 64]))
+        .ipip(NODE_A, NODE_B)
+        .fragment(0, true);
+    run_ok(&h, UNDERLAY_OUT, &first.frame());
+    let outer_later = ip(NODE_A, NODE_B, packet::raw(packet::IPIP, 64)).fragment(100, false);
+    run_ok(&h, UNDERLAY_OUT, &outer_later.frame());
+    let inner_later = ip(LEGACY_A, LEGACY_B, packet::raw(packet::UDP, 64))
+        .fragment(9, false)
+        .ipip(NODE_A, NODE_B);
+    run_ok(&h, UNDERLAY_OUT, &inner_later.frame());
+    *want.entry("fragment").or_default() += 1;
+    *want.entry("inner_fragment").or_default() += 1;
+    let snap = h.snapshot();
+    assert_eq!(problems(&snap), want.into_iter().collect::<Vec<_>>());
+    let flow = only_flow(&snap);
+    assert_eq!((flow.src_port, flow.dst_port), (7000, 7001));
+    // Every cut and the inner fragment count towards the peer without
+    // networks; the first fragment with its networks.
+    let unknown: u64 = snap
+        .peers
+        .iter()
+        .filter(|p| p.src_net.label() == "unknown")
+        .map(|p| p.counts.packets)
+        .sum();
+    assert_eq!(unknown, cuts + 1);
+    let known: u64 = snap
+        .peers
+        .iter()
+        .filter(|p| p.src_net.label() == "legacy")
+        .map(|p| p.counts.packets)
+        .sum();
+    assert_eq!(known, 1);
+}
+
+#[test]
+fn ip_only_overlay_devices_are_read_from_the_ipv4_header() {
+    // tunl0 has no link-layer header: its programs start at IPv4.
+    let h = Harness::new(&calico_ipip_shape());
+    let packet = ip(LEGACY_A, LEGACY_B, tcp(33000, 80, 1, ACK, 10)).bytes();
+    for (program, direction) in [
+        ("crossover_overlay_legacy_l3_egress", "egress"),
+        ("crossover_overlay_legacy_l3_ingress", "ingress"),
+        ("crossover_overlay_cilium_l3_egress", "egress"),
+    ] {
+        run_ok(&h, program, &packet);
+        let snap = h.snapshot();
+        assert_eq!(problems(&snap), vec![], "{program}");
+        assert!(
+            snap.flows.iter().any(|f| f.point.label() == "overlay"
+                && f.direction.label() == direction
+                && (f.src, f.dst, f.src_port) == (LEGACY_A.into(), LEGACY_B.into(), 33000)),
+            "{program}: {:#?}",
+            snap.flows
+        );
+    }
+    assert_eq!(h.snapshot().counter(Counter::SeenOverlay), 3);
+}

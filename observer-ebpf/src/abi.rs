@@ -206,11 +206,13 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// Encapsulation on a UDP port.
+    /// How an overlay carries its packets between nodes: a UDP port's
+    /// framing, or IP-in-IP (IPv4 protocol 4, Calico's `tunl0`).
     Encap {
         None = 0 => "none",
         Vxlan = 1 => "vxlan",
         Geneve = 2 => "geneve",
+        Ipip = 3 => "ipip",
     }
 }
 
@@ -297,7 +299,11 @@ pub struct Config {
     /// This node's underlay address: flows towards any other node's ranges
     /// get that node as their peer.
     pub local_node: u32,
-    pub _pad: u32,
+    /// [`Overlay`] wire value of the overlay that travels as IP-in-IP
+    /// (IPv4 protocol 4); [`Overlay::None`] when none does, and protocol 4
+    /// is then left out like any other non-cluster protocol.
+    pub ipip_overlay: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Value of an [`ADDRS`](map::ADDRS) entry.

@@ -15,6 +15,15 @@ pub enum Error {
     #[error("interface {0:?} does not exist in this network namespace")]
     NoInterface(String),
 
+    #[error(
+        "interface {iface:?} has no Ethernet header (an IP tunnel or TUN device); crossover's \
+         {hook} programs need one: only overlay devices may be IP-only"
+    )]
+    NoEthernet {
+        iface: String,
+        hook: crate::iface::Hook,
+    },
+
     #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{log}")]
     Verifier {
         program: String,
@@ -93,6 +102,7 @@ impl Error {
         match self {
             Error::Privilege { .. } => "privilege",
             Error::NoInterface(_) => "no_interface",
+            Error::NoEthernet { .. } => "no_ethernet",
             Error::Verifier { .. } => "verifier",
             Error::Load(_) => "load",
             Error::MissingProgram(_) | Error::MissingMap(_) => "object_mismatch",

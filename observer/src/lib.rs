@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod duration;
 pub mod error;
 pub mod exposition;
+pub mod iface;
 pub mod loss;
 pub mod migrate;
 pub mod netns;

@@ -44,6 +44,8 @@ pub enum Encapsulation {
     Geneve {
         port: u16,
     },
+    /// IP-in-IP, IPv4 protocol 4 (Calico's `ipipMode`, device `tunl0`).
+    Ipip,
     /// Routed, no tunnel (AWS VPC CNI, Calico without encapsulation).
     Native,
 }
@@ -54,6 +56,11 @@ pub struct Network {
     pub role: Role,
     pub cidrs: Vec<Ipv4Net>,
     pub encapsulation: Encapsulation,
+    /// Calico's `CrossSubnet` modes: the tunnel only towards nodes in
+    /// another subnet, native routing within one. The same network then
+    /// reaches some peers encapsulated and others on the native overlay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_subnet: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +103,11 @@ pub struct ClusterShape {
     /// them from the Nodes' `crossover.io/migrating` annotation instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migrating: Vec<String>,
+    /// Interface rules tried before the defaults (and after
+    /// `--follow-pattern`): `{"pattern": "gke*", "hook": "pod"}`, or
+    /// `"hook": "none"` to leave matching interfaces alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<crate::iface::Rule>,
 }
 
 fn default_extra_vxlan() -> BTreeMap<u16, Role> {
@@ -113,21 +125,25 @@ impl ClusterShape {
                     role: Role::Legacy,
                     cidrs: vec!["10.244.0.0/16".parse().expect("literal")],
                     encapsulation: Encapsulation::Vxlan { port: 8472 },
+                    cross_subnet: false,
                 },
                 Network {
                     role: Role::Cilium,
                     cidrs: vec!["10.245.0.0/16".parse().expect("literal")],
                     encapsulation: Encapsulation::Vxlan { port: 8473 },
+                    cross_subnet: false,
                 },
                 Network {
                     role: Role::Cilium,
                     cidrs: vec![],
                     encapsulation: Encapsulation::Geneve { port: 6081 },
+                    cross_subnet: false,
                 },
             ],
             nodes: vec![],
             extra_vxlan_ports: default_extra_vxlan(),
             migrating: vec![],
+            interfaces: vec![],
         }
     }
 
@@ -155,8 +171,15 @@ impl ClusterShape {
             {
                 return Err(Error::Shape(format!("networks[{i}].encapsulation: port 0")));
             }
+            if network.cross_subnet && network.encapsulation == Encapsulation::Native {
+                return Err(Error::Shape(format!(
+                    "networks[{i}].cross_subnet: a native network has no tunnel to use across subnets"
+                )));
+            }
         }
         self.encap_ports()?;
+        self.ipip_overlay()?;
+        self.interface_rules(&[])?;
         let mut names = std::collections::BTreeSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if node.name.is_empty() {
@@ -211,7 +234,7 @@ impl ClusterShape {
             match network.encapsulation {
                 Encapsulation::Vxlan { port } => add(port, Encap::Vxlan, network.role, what)?,
                 Encapsulation::Geneve { port } => add(port, Encap::Geneve, network.role, what)?,
-                Encapsulation::Native => {}
+                Encapsulation::Ipip | Encapsulation::Native => {}
             }
         }
         for (&port, &role) in &self.extra_vxlan_ports {
@@ -231,6 +254,39 @@ impl ClusterShape {
         Ok(ports)
     }
 
+    /// The rules for following interfaces: `first` (flags), then this
+    /// shape's, then the defaults.
+    pub fn interface_rules(&self, first: &[crate::iface::Rule]) -> Result<crate::iface::Rules> {
+        let shape = self.interfaces.iter().cloned().map(|mut rule| {
+            rule.source = "shape file";
+            rule
+        });
+        crate::iface::Rules::with_overrides(first.iter().cloned().chain(shape))
+    }
+
+    /// The overlay that travels as IP-in-IP, if any network does. IPv4
+    /// protocol 4 carries no port to tell two overlays apart: two roles
+    /// claiming it is an error.
+    pub fn ipip_overlay(&self) -> Result<Option<Overlay>> {
+        let mut found: Option<(Role, usize)> = None;
+        for (i, network) in self.networks.iter().enumerate() {
+            if network.encapsulation != Encapsulation::Ipip {
+                continue;
+            }
+            match found {
+                Some((role, j)) if role != network.role => {
+                    return Err(Error::Shape(format!(
+                        "networks[{i}].encapsulation: IP-in-IP is already used by networks[{j}] ({role:?}); \
+                         IPv4 protocol 4 has no port to tell two overlays apart"
+                    )));
+                }
+                Some(_) => {}
+                None => found = Some((network.role, i)),
+            }
+        }
+        Ok(found.map(|(role, _)| role.overlay()))
+    }
+
     pub fn local(&self) -> Option<&Node> {
         let name = self.local_node.as_ref()?;
         self.nodes.iter().find(|n| &n.name == name)
@@ -243,6 +299,7 @@ impl ClusterShape {
             *slot = port;
         }
         config.local_node = self.local().map_or(0, |n| wire_addr(n.underlay));
+        config.ipip_overlay = self.ipip_overlay()?.unwrap_or(Overlay::None).wire();
         Ok(config)
     }
 
@@ -279,11 +336,16 @@ impl ClusterShape {
     }
 
     /// The overlays traffic between nodes can travel on: those with a tunnel
-    /// port, and native when a network is routed.
+    /// (a port or IP-in-IP), and native when a network is routed, or
+    /// routed within a subnet (CrossSubnet).
     pub fn peer_overlays(&self) -> Result<Vec<Overlay>> {
         let mut overlays: Vec<Overlay> = Vec::new();
-        for port in self.encap_ports()? {
-            let overlay = Overlay::from_wire(port.overlay).unwrap_or(Overlay::None);
+        let tunnels = self
+            .encap_ports()?
+            .into_iter()
+            .map(|port| Overlay::from_wire(port.overlay).unwrap_or(Overlay::None))
+            .chain(self.ipip_overlay()?);
+        for overlay in tunnels {
             if !overlays.contains(&overlay) {
                 overlays.push(overlay);
             }
@@ -291,7 +353,7 @@ impl ClusterShape {
         if self
             .networks
             .iter()
-            .any(|n| n.encapsulation == Encapsulation::Native)
+            .any(|n| n.encapsulation == Encapsulation::Native || n.cross_subnet)
         {
             overlays.push(Overlay::Native);
         }

@@ -291,6 +291,7 @@ fn n_node_shape(nodes: usize) -> observer::shape::ClusterShape {
         role,
         cidrs: vec![cidr.parse().unwrap()],
         encapsulation: Encapsulation::Vxlan { port },
+        cross_subnet: false,
     };
     ClusterShape {
         local_node: Some("node-0".into()),

@@ -33,7 +33,7 @@ impl Fleet {
     pub fn attach(lab: &Lab) -> Result<Fleet> {
         let selection = Selection {
             explicit: vec![("eth0".into(), Hook::Underlay)],
-            follow_named: true,
+            follow: Some(observer::iface::Rules::default()),
         };
         let mut members = Vec::new();
         for (j, node) in lab.nodes().enumerate() {

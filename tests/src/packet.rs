@@ -5,6 +5,8 @@ use std::net::Ipv4Addr;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
+/// IP-in-IP: an IPv4 packet inside IPv4.
+pub const IPIP: u8 = 4;
 
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
@@ -221,6 +223,20 @@ impl Ipv4 {
         let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
         payload.extend(self.frame());
         ip(outer_src, outer_dst, udp(40000, port, &payload)).frame()
+    }
+
+    /// This packet tunnelled in IP-in-IP (IPv4 protocol 4, Calico's
+    /// `tunl0`) from `outer_src` to `outer_dst`: the outer header, then
+    /// this packet, no header between.
+    pub fn ipip(&self, outer_src: [u8; 4], outer_dst: [u8; 4]) -> Ipv4 {
+        ip(
+            outer_src,
+            outer_dst,
+            L4::Raw {
+                proto: IPIP,
+                payload: self.bytes(),
+            },
+        )
     }
 
     /// This packet tunnelled in Geneve with `option_words` 4-byte words of

@@ -38,7 +38,18 @@ pub fn observe_frame(
     seen: Seen,
 ) -> Result<(), Counter> {
     let l3 = eth::parse(ctx, offset, layer)?;
-    let ip = ipv4::parse(ctx, l3, layer)?;
+    observe_packet(ctx, l3, layer, seen)
+}
+
+/// Parses the IPv4 packet at `offset` down to L4 and records its flow.
+#[inline(always)]
+pub fn observe_packet(
+    ctx: &TcContext,
+    offset: usize,
+    layer: Layer,
+    seen: Seen,
+) -> Result<(), Counter> {
+    let ip = ipv4::parse(ctx, offset, layer)?;
     let l4 = l4::parse(ctx, &ip)?;
     flow::record(seen, &ip, &l4, ctx.len())
 }
@@ -48,4 +59,12 @@ pub fn observe_frame(
 pub fn observe_plain(ctx: &TcContext, seen: Seen) -> i32 {
     count_seen(seen.point);
     finish(observe_frame(ctx, 0, Layer::Outer, seen))
+}
+
+/// The whole of a hook on a device without a link-layer header (`tunl0`,
+/// a TUN device): the packet starts at its IPv4 header.
+#[inline(always)]
+pub fn observe_l3(ctx: &TcContext, seen: Seen) -> i32 {
+    count_seen(seen.point);
+    finish(observe_packet(ctx, 0, Layer::Outer, seen))
 }

@@ -68,6 +68,11 @@ pub struct AgentArgs {
     /// InternalIP.
     #[arg(long = "iface", value_parser = crate::datapath::parse_iface)]
     pub ifaces: Vec<(String, Hook)>,
+    /// GLOB=HOOK (or GLOB=none) tried before the shape file's and the
+    /// default rules for following interfaces, e.g. 'gke*=pod'. Repeatable;
+    /// the rules in force are printed at start.
+    #[arg(long = "follow-pattern", value_parser = crate::iface::parse_rule)]
+    pub follow_patterns: Vec<crate::iface::Rule>,
     /// Address for /metrics, /healthz, /readyz and /api/v1.
     #[arg(long, default_value = "0.0.0.0:9190")]
     pub listen: SocketAddr,
@@ -440,7 +445,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         &shape,
         Selection {
             explicit,
-            follow_named: true,
+            follow: Some(shape.interface_rules(&args.follow_patterns)?),
         },
     )?;
     let view = View::from_shape(shape);

@@ -21,10 +21,15 @@ pub struct ObserveArgs {
     /// overlay-legacy, overlay-cilium, host, pod). Repeatable.
     #[arg(long = "iface", value_parser = crate::datapath::parse_iface)]
     pub ifaces: Vec<(String, Hook)>,
-    /// Also follow flannel.1, cilium_vxlan, cilium_geneve, cilium_host,
-    /// veth* and lxc* as they appear and disappear.
+    /// Also follow the CNIs' devices and pod veths as they appear and
+    /// disappear, by name (Flannel, Calico, AWS VPC CNI, Cilium; the rules
+    /// are printed at start).
     #[arg(long)]
     pub follow: bool,
+    /// With --follow, GLOB=HOOK (or GLOB=none) tried before the default
+    /// rules, e.g. 'gke*=pod'. Repeatable.
+    #[arg(long = "follow-pattern", value_parser = crate::iface::parse_rule)]
+    pub follow_patterns: Vec<crate::iface::Rule>,
     /// Named network namespace (`ip netns`) holding the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
@@ -52,7 +57,10 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     }
     let selection = Selection {
         explicit: args.ifaces.clone(),
-        follow_named: args.follow,
+        follow: match args.follow {
+            true => Some(shape.interface_rules(&args.follow_patterns)?),
+            false => None,
+        },
     };
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,

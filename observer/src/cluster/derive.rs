@@ -18,6 +18,8 @@ use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, Role
 pub const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
 pub const CALICO_VXLAN_ADDR: &str = "projectcalico.org/IPv4VXLANTunnelAddr";
+/// `tunl0`'s address on a Calico node in IP-in-IP mode.
+pub const CALICO_IPIP_ADDR: &str = "projectcalico.org/IPv4IPIPTunnelAddr";
 pub const CILIUM_HOST_ANNOTATION: &str = "network.cilium.io/ipv4-cilium-host";
 /// Flannel's VXLAN port on Linux; its annotations do not carry it.
 pub const FLANNEL_VXLAN_PORT: u16 = 8472;
@@ -29,27 +31,29 @@ pub struct ShapeOverrides {
     /// Legacy pod CIDR (repeatable). Default: the Nodes' spec.podCIDRs.
     #[arg(long = "legacy-cidr")]
     pub legacy_cidrs: Vec<Ipv4Net>,
-    /// Legacy overlay: vxlan:PORT, geneve:PORT or native. Default: from
-    /// Flannel or Calico node annotations.
+    /// Legacy overlay: vxlan:PORT, geneve:PORT, ipip or native. Default:
+    /// from Flannel or Calico node annotations.
     #[arg(long, value_parser = parse_encapsulation)]
     pub legacy_encapsulation: Option<Encapsulation>,
     /// Cilium pod CIDR (repeatable). Default: cilium-config's
     /// cluster-pool-ipv4-cidr, else the CiliumNodes' podCIDRs.
     #[arg(long = "cilium-cidr")]
     pub cilium_cidrs: Vec<Ipv4Net>,
-    /// Cilium overlay: vxlan:PORT, geneve:PORT or native. Default: from
+    /// Cilium overlay: vxlan:PORT, geneve:PORT, ipip or native. Default: from
     /// cilium-config's routing-mode, tunnel-protocol and tunnel-port.
     #[arg(long, value_parser = parse_encapsulation)]
     pub cilium_encapsulation: Option<Encapsulation>,
 }
 
 pub fn parse_encapsulation(text: &str) -> Result<Encapsulation, String> {
-    if text == "native" {
-        return Ok(Encapsulation::Native);
+    match text {
+        "native" => return Ok(Encapsulation::Native),
+        "ipip" => return Ok(Encapsulation::Ipip),
+        _ => {}
     }
     let (kind, port) = text
         .split_once(':')
-        .ok_or_else(|| format!("{text:?}: expected vxlan:PORT, geneve:PORT or native"))?;
+        .ok_or_else(|| format!("{text:?}: expected vxlan:PORT, geneve:PORT, ipip or native"))?;
     let port: u16 = port
         .parse()
         .ok()
@@ -59,7 +63,7 @@ pub fn parse_encapsulation(text: &str) -> Result<Encapsulation, String> {
         "vxlan" => Ok(Encapsulation::Vxlan { port }),
         "geneve" => Ok(Encapsulation::Geneve { port }),
         _ => Err(format!(
-            "{text:?}: unknown encapsulation {kind:?} (vxlan, geneve, native)"
+            "{text:?}: unknown encapsulation {kind:?} (vxlan, geneve, ipip, native)"
         )),
     }
 }
@@ -188,6 +192,13 @@ fn legacy_network(
         Encapsulation::Vxlan {
             port: CALICO_VXLAN_PORT,
         }
+    } else if objects
+        .nodes
+        .iter()
+        .any(|n| annotation(n, CALICO_IPIP_ADDR).is_some())
+    {
+        out.source("legacy.encapsulation", CALICO_IPIP_ADDR);
+        Encapsulation::Ipip
     } else {
         out.warnings.push(format!(
             "legacy overlay not recognised from node annotations; assuming Flannel VXLAN {FLANNEL_VXLAN_PORT}: set --legacy-encapsulation"
@@ -201,6 +212,7 @@ fn legacy_network(
         role: Role::Legacy,
         cidrs,
         encapsulation,
+        cross_subnet: false,
     }
 }
 
@@ -247,6 +259,7 @@ fn cilium_network(
         role: Role::Cilium,
         cidrs,
         encapsulation,
+        cross_subnet: false,
     }
 }
 
@@ -323,8 +336,11 @@ fn shape_node(
     if flannel && let Some(share) = legacy_shares.first() {
         overlay_addrs.push(share.network());
     }
-    if let Some(addr) = annotation(node, CALICO_VXLAN_ADDR).and_then(|a| a.parse().ok()) {
-        overlay_addrs.push(addr);
+    // Calico SNATs to its tunnel device's address: vxlan.calico's or tunl0's.
+    for key in [CALICO_VXLAN_ADDR, CALICO_IPIP_ADDR] {
+        if let Some(addr) = annotation(node, key).and_then(|a| a.parse().ok()) {
+            overlay_addrs.push(addr);
+        }
     }
     let cilium_host = cilium
         .and_then(|c| c.internal_ip())

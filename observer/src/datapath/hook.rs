@@ -1,35 +1,31 @@
-//! Which programs go on which interface.
-use std::{fmt, str::FromStr};
+//! Which programs go on which interface: by its hook, and by how the
+//! device frames packets.
+use crate::iface::Hook;
 
-use serde::{Deserialize, Serialize};
+/// What a device's packets start with at its TC hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Ethernet,
+    /// No link-layer header (`tunl0`, TUN devices): the IPv4 header first.
+    Ip,
+}
 
-/// Kind of interface crossover observes; each has an ingress and an egress
-/// program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Hook {
-    /// The node's NIC, where tunnels are on the wire.
-    Underlay,
-    /// `flannel.1`.
-    OverlayLegacy,
-    /// `cilium_vxlan`, `cilium_geneve`.
-    OverlayCilium,
-    /// `cilium_host`.
-    Host,
-    /// Host side of a pod's veth: `veth*`, `lxc*`.
-    Pod,
+impl Framing {
+    /// From the device's `ARPHRD_*` type: Ethernet for Ethernet devices
+    /// (veths, VXLAN, bridges), IP for the others crossover may meet
+    /// (IP-in-IP tunnels, TUN, `none`).
+    pub fn of_link_type(link_type: u16) -> Framing {
+        if link_type == libc::ARPHRD_ETHER {
+            Framing::Ethernet
+        } else {
+            Framing::Ip
+        }
+    }
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
-        Hook::Underlay,
-        Hook::OverlayLegacy,
-        Hook::OverlayCilium,
-        Hook::Host,
-        Hook::Pod,
-    ];
-
-    /// (ingress, egress) program names in the eBPF object.
+    /// (ingress, egress) program names in the eBPF object, for Ethernet
+    /// devices.
     pub fn programs(self) -> [&'static str; 2] {
         match self {
             Hook::Underlay => ["crossover_underlay_ingress", "crossover_underlay_egress"],
@@ -46,62 +42,28 @@ impl Hook {
         }
     }
 
-    /// The hook an interface gets from its name alone, as the CNIs name
-    /// them. The underlay has no fixed name and must be given.
-    pub fn for_interface(name: &str) -> Option<Hook> {
-        match name {
-            "flannel.1" => Some(Hook::OverlayLegacy),
-            "cilium_vxlan" | "cilium_geneve" => Some(Hook::OverlayCilium),
-            "cilium_host" => Some(Hook::Host),
-            _ if name.starts_with("veth") || name.starts_with("lxc") => Some(Hook::Pod),
-            _ => None,
+    /// The programs for a device of `framing`; `None` where this hook has
+    /// none for it (only tunnel devices come without Ethernet).
+    pub fn programs_for(self, framing: Framing) -> Option<[&'static str; 2]> {
+        match (framing, self) {
+            (Framing::Ethernet, _) => Some(self.programs()),
+            (Framing::Ip, Hook::OverlayLegacy) => Some([
+                "crossover_overlay_legacy_l3_ingress",
+                "crossover_overlay_legacy_l3_egress",
+            ]),
+            (Framing::Ip, Hook::OverlayCilium) => Some([
+                "crossover_overlay_cilium_l3_ingress",
+                "crossover_overlay_cilium_l3_egress",
+            ]),
+            (Framing::Ip, _) => None,
         }
     }
 
-    pub fn label(self) -> &'static str {
-        match self {
-            Hook::Underlay => "underlay",
-            Hook::OverlayLegacy => "overlay-legacy",
-            Hook::OverlayCilium => "overlay-cilium",
-            Hook::Host => "host",
-            Hook::Pod => "pod",
-        }
-    }
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl FromStr for Hook {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Hook::ALL
+    /// Every program of this hook, for loading.
+    pub fn all_programs(self) -> impl Iterator<Item = &'static str> {
+        [Framing::Ethernet, Framing::Ip]
             .into_iter()
-            .find(|h| h.label() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Hook::ALL.iter().map(|h| h.label()).collect();
-                format!("unknown hook {s:?}; expected one of {}", known.join(", "))
-            })
+            .filter_map(move |framing| self.programs_for(framing))
+            .flatten()
     }
-}
-
-/// `NAME=HOOK`, or a NAME whose hook its name tells (`--iface`).
-pub fn parse_iface(arg: &str) -> std::result::Result<(String, Hook), String> {
-    let (name, hook) = match arg.split_once('=') {
-        Some((name, hook)) => (name, hook.parse::<Hook>()?),
-        None => {
-            let hook = Hook::for_interface(arg).ok_or_else(|| {
-                format!("cannot tell the hook of {arg:?} from its name; write {arg}=underlay (or another hook)")
-            })?;
-            (arg, hook)
-        }
-    };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(format!("{name:?} is not a valid interface name"));
-    }
-    Ok((name.to_owned(), hook))
 }

@@ -9,6 +9,7 @@ use std::{
 
 use super::{Hook, Observer, interfaces};
 use crate::Result;
+use crate::iface::Rules;
 
 /// rtnetlink multicast group for link changes.
 const RTMGRP_LINK: u32 = 1;
@@ -74,12 +75,13 @@ impl AsRawFd for LinkEvents {
 }
 
 /// Which interfaces to observe: the ones named on the command line, and
-/// optionally every interface whose name tells its hook.
+/// optionally every interface a rule gives a hook by its name.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
     pub explicit: Vec<(String, Hook)>,
-    /// Follow `flannel.1`, `cilium_*`, `veth*` and `lxc*` as they appear.
-    pub follow_named: bool,
+    /// Follow the interfaces these rules name as they come and go (the
+    /// CNIs' devices and pod veths by default).
+    pub follow: Option<Rules>,
 }
 
 impl Selection {
@@ -91,12 +93,12 @@ impl Selection {
             .filter(|(name, _)| present.contains(name))
             .cloned()
             .collect();
-        if self.follow_named {
+        if let Some(rules) = &self.follow {
             for name in present {
                 if out.iter().any(|(n, _)| n == name) {
                     continue;
                 }
-                if let Some(hook) = Hook::for_interface(name) {
+                if let Some(hook) = rules.hook_for(name) {
                     out.push((name.clone(), hook));
                 }
             }

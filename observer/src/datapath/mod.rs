@@ -24,12 +24,13 @@ use observer_ebpf::{
     DEFAULT_PEER_SLOT_CAPACITY, PEER_ABI_KEY, PEER_SLOT_RETIRED, PeerKey, map,
 };
 
+pub use crate::iface::{Hook, parse_iface};
 pub use ageing::{
     AgedSummary, AgeingPolicy, FlowCensus, Retired, RetiredGroup, RetiredReport, RetiredTotals,
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
-pub use hook::{Hook, parse_iface};
+pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
@@ -153,7 +154,7 @@ impl Observer {
             }
         })?;
         for hook in Hook::ALL {
-            for name in hook.programs() {
+            for name in hook.all_programs() {
                 load_program(classifier(&mut ebpf, name)?, name)?;
             }
         }
@@ -220,7 +221,12 @@ impl Observer {
                 report.links_removed.push(label);
                 continue;
             }
-            let [ingress, egress] = link.hook.programs();
+            let framing = framing(&link.iface).unwrap_or(Framing::Ethernet);
+            let Some([ingress, egress]) = link.hook.programs_for(framing) else {
+                pin::unpin_link(&link.path)?;
+                report.links_removed.push(label);
+                continue;
+            };
             let name = if link.direction == "ingress" {
                 ingress
             } else {
@@ -298,9 +304,15 @@ impl Observer {
             self.detach(iface)?;
         }
         let _ns = self.enter_netns()?;
-        if !interface_exists(iface) {
+        let Some(framing) = framing(iface) else {
             return Err(Error::NoInterface(iface.to_owned()));
-        }
+        };
+        let [ingress, egress] = hook
+            .programs_for(framing)
+            .ok_or_else(|| Error::NoEthernet {
+                iface: iface.to_owned(),
+                hook,
+            })?;
         let owns_clsact = match self.mode {
             AttachMode::Netlink => attach::ensure_clsact(iface)?,
             _ => false,
@@ -310,7 +322,6 @@ impl Observer {
             links: Vec::new(),
             owns_clsact,
         };
-        let [ingress, egress] = hook.programs();
         for (name, direction) in [
             (ingress, TcAttachType::Ingress),
             (egress, TcAttachType::Egress),
@@ -585,6 +596,36 @@ fn ifindex(iface: &str) -> Option<u32> {
     // SAFETY: valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// How `iface` frames its packets, from its `ARPHRD_*` type (the
+/// `SIOCGIFHWADDR` address family); `None` when it does not exist. Asked
+/// of the current network namespace (a socket's), not of /sys, which shows
+/// the namespace it was mounted in.
+pub fn framing(iface: &str) -> Option<Framing> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    if name.as_bytes_with_nul().len() > libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a socket owned right away; an ifreq whose name is a
+    // NUL-terminated string within IFNAMSIZ, read back after the ioctl.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes_with_nul()) {
+            *dst = src as libc::c_char;
+        }
+        let rc = libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        );
+        (rc == 0).then(|| Framing::of_link_type(req.ifr_ifru.ifru_hwaddr.sa_family))
+    }
 }
 
 /// True when `iface` exists in the current network namespace.

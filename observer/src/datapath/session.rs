@@ -24,6 +24,9 @@ impl Session {
             eprintln!("crossover: {}", report.summary());
         }
         observer.configure(shape)?;
+        if let Some(rules) = &selection.follow {
+            eprint!("crossover: following interfaces by name, first match wins:\n{rules}");
+        }
         let events = {
             let _ns = netns.as_deref().map(crate::netns::enter).transpose()?;
             if let Some(name) = selection.missing(&interfaces()).first() {

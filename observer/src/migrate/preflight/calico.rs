@@ -12,13 +12,13 @@ use super::{
     Check, Facts,
     networks::{Networks, overlaps},
 };
-use crate::cluster::derive::{self, CALICO_VXLAN_ADDR};
+use crate::cluster::derive::{self, CALICO_IPIP_ADDR, CALICO_VXLAN_ADDR};
 
 /// Calico's node annotations: a Calico node without the operator has them.
 const CALICO_ANNOTATIONS: [&str; 3] = [
     "projectcalico.org/IPv4Address",
     CALICO_VXLAN_ADDR,
-    "projectcalico.org/IPv4IPIPTunnelAddr",
+    CALICO_IPIP_ADDR,
 ];
 
 pub fn autodetection(facts: &Facts, net: &Networks) -> Check {

@@ -36,6 +36,7 @@ impl Overlay {
         let (desc, udp_port) = match e {
             Encapsulation::Vxlan { port } => (format!("VXLAN UDP {port}"), Some(port)),
             Encapsulation::Geneve { port } => (format!("Geneve UDP {port}"), Some(port)),
+            Encapsulation::Ipip => ("IP-in-IP (IPv4 protocol 4)".to_string(), None),
             Encapsulation::Native => ("native routing (no tunnel)".to_string(), None),
         };
         Overlay {
