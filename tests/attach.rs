@@ -10,8 +10,8 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use crossover_tests::{
     harness::two_node_shape,
-    netns::{Netns, TwoNodes, in_netns},
-    require_root,
+    netns::{Netns, Tun, TwoNodes, in_netns},
+    packet, require_root,
 };
 use observer::datapath::{AttachMode, Hook, LoadOptions, Observer, Selection, Snapshot, reconcile};
 
@@ -277,6 +277,108 @@ fn follows_pod_veths_as_they_come_and_go() {
     // Reconciling again changes nothing.
     let fourth = reconcile(&mut a, &selection).unwrap();
     assert!(fourth.attached.is_empty() && fourth.detached.is_empty());
+}
+
+#[test]
+fn follows_every_cnis_devices_and_reads_ip_only_tunnels() {
+    use std::io::Write;
+
+    use observer::iface::{Rules, parse_rule};
+
+    let nodes = TwoNodes::new();
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
+    for (veth, peer) in [
+        ("cali1a2b3c4d", "eth0c"),
+        ("eni0a1b2c", "eth0e"),
+        ("gke5f6a", "eth0g"),
+    ] {
+        nodes
+            .a
+            .exec(&["ip", "link", "add", veth, "type", "veth", "peer", peer]);
+    }
+    // Calico's IP-in-IP device has no link-layer header; the kernel here
+    // has no ipip module, so a TUN device, IP only like it, stands in.
+    let mut tunl0 = Tun::create(&nodes.a, "tunl0");
+    nodes
+        .a
+        .exec(&["ip", "addr", "add", "10.244.0.1/32", "dev", "tunl0"]);
+    nodes
+        .a
+        .exec(&["ip", "route", "add", "10.244.9.0/24", "dev", "tunl0"]);
+    let rules = Rules::with_overrides([
+        parse_rule("gke*=pod").unwrap(),
+        parse_rule("eni0a1b2c=none").unwrap(),
+    ])
+    .unwrap();
+    let selection = Selection {
+        explicit: vec![("u0".into(), Hook::Underlay)],
+        follow: Some(rules),
+    };
+    let first = reconcile(&mut a, &selection).unwrap();
+    let mut attached = first.attached.clone();
+    attached.sort();
+    assert_eq!(
+        attached,
+        vec![
+            "cali1a2b3c4d",
+            "cilium_vxlan",
+            "flannel.1",
+            "gke5f6a",
+            "tunl0",
+            "u0"
+        ],
+        "Calico's veth and tunnel by default, gke* by rule, eni0a1b2c left alone by rule"
+    );
+    assert!(first.failed.is_empty(), "{:?}", first.failed);
+    assert_eq!(tcx_programs(&nodes.a, "tunl0"), 2);
+
+    const EACH_WAY: u64 = 50;
+    in_netns(&nodes.a.name, || {
+        let socket = UdpSocket::bind("10.244.0.1:0").expect("bind");
+        for i in 0..EACH_WAY {
+            socket
+                .send_to(&i.to_be_bytes(), "10.244.9.5:7777")
+                .expect("send into tunl0");
+        }
+    });
+    let inbound = packet::ip(
+        [10, 244, 9, 5],
+        [10, 244, 0, 1],
+        packet::udp(5555, 7778, b"in"),
+    );
+    for _ in 0..EACH_WAY {
+        tunl0
+            .file
+            .write_all(&inbound.bytes())
+            .expect("write to tunl0");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let snap = a.snapshot().unwrap();
+    let out = udp_flow(&snap, "overlay", "egress");
+    assert_eq!(
+        (out.packets, out.overlay.label(), out.src_net.label()),
+        (EACH_WAY, "legacy", "legacy")
+    );
+    let inn = snap
+        .flows
+        .iter()
+        .find(|f| {
+            f.dst_port == 7778 && f.point.label() == "overlay" && f.direction.label() == "ingress"
+        })
+        .unwrap_or_else(|| panic!("no ingress flow on tunl0: {:#?}", snap.flows));
+    assert_eq!(inn.packets, EACH_WAY);
+    for reason in ["non_ip", "bad_ipv4", "truncated_l4", "ipv6"] {
+        assert_eq!(snap.counters[reason], 0, "{reason}");
+    }
+
+    // Only overlay devices may be IP-only: anything else is refused by name.
+    let _tun1 = Tun::create(&nodes.a, "tun1");
+    let err = a.attach("tun1", Hook::Pod).unwrap_err();
+    assert!(
+        err.to_string().contains("\"tun1\" has no Ethernet header"),
+        "{err}"
+    );
+    assert_eq!(tcx_programs(&nodes.a, "tun1"), 0, "nothing half-attached");
 }
 
 #[test]

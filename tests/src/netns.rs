@@ -206,3 +206,47 @@ pub fn http_get(ns: &str, url: &str) -> (u16, String) {
         }
     })
 }
+
+/// A TUN device (IP only, no link-layer header), as `tunl0` and WireGuard
+/// devices are: held open by this process, so its carrier is up; packets
+/// the stack routes to it are read from `file`, packets written to `file`
+/// arrive on it.
+pub struct Tun {
+    pub file: std::fs::File,
+}
+
+impl Tun {
+    /// Creates TUN device `name` in namespace `ns`, up.
+    pub fn create(ns: &Netns, name: &'static str) -> Self {
+        let file = in_netns(&ns.name, move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("open /dev/net/tun");
+            // SAFETY: an ifreq whose name fits IFNAMSIZ with its NUL; the
+            // fd is the file's, open for the call.
+            let rc = unsafe {
+                let mut req: libc::ifreq = std::mem::zeroed();
+                for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+                    *dst = src as libc::c_char;
+                }
+                req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::TUNSETIFF,
+                    &mut req,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "TUNSETIFF {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            file
+        });
+        ns.exec(&["ip", "link", "set", name, "up"]);
+        Tun { file }
+    }
+}
