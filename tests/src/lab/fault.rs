@@ -101,13 +101,13 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                  table netdev {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
-                     ip saddr {src} ip daddr {dst} udp dport {dport} {sample}counter drop comment \"{fault}\"\n\
+                     ip saddr {src} ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
                 port = LabState::underlay_port(j),
                 src = plan::underlay_addr(j),
                 dst = plan::underlay_addr(k),
-                dport = overlay.port(),
+                wire = overlay.nft_match(),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
         }
@@ -159,8 +159,11 @@ fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()>
     let device = match overlay {
         Overlay::Legacy => "flannel.1",
         Overlay::Cilium => "cilium_vxlan",
-        Overlay::Geneve => {
-            bail!("the lab has no Geneve device (no kernel module): no MTU to lower")
+        Overlay::Geneve | Overlay::Ipip => {
+            bail!(
+                "the lab has no {} device (no kernel module): no MTU to lower",
+                overlay.label()
+            )
         }
     };
     lab.node_index(node)?;

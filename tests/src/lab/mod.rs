@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod fault;
 pub mod geneve;
+pub mod ipip;
 pub mod node;
 pub mod plan;
 pub mod pod;
@@ -342,11 +343,20 @@ impl Lab {
                 ],
             })
             .collect();
-        Ok(ClusterShape {
+        let mut shape = ClusterShape {
             local_node: Some(node.into()),
             nodes,
             ..ClusterShape::migration_defaults()
-        })
+        };
+        // The crafted IP-in-IP of `ipip::send` carries legacy pods, as
+        // Calico's tunl0 would beside Flannel's VXLAN here.
+        shape.networks.push(observer::shape::Network {
+            role: Role::Legacy,
+            cidrs: vec![],
+            encapsulation: observer::shape::Encapsulation::Ipip,
+            cross_subnet: false,
+        });
+        Ok(shape)
     }
 
     /// Injects a fault; returns its id for [`Lab::clear`] and [`Lab::drops`].

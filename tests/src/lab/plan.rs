@@ -39,16 +39,27 @@ pub enum Overlay {
     Cilium,
     /// Crafted Geneve datagrams: the kernel here has no Geneve module.
     Geneve,
+    /// Crafted IP-in-IP (Calico's legacy overlay in IPIP mode): the kernel
+    /// here has no ipip module.
+    Ipip,
 }
 
 impl Overlay {
-    pub const ALL: [Overlay; 3] = [Overlay::Legacy, Overlay::Cilium, Overlay::Geneve];
+    pub const ALL: [Overlay; 4] = [
+        Overlay::Legacy,
+        Overlay::Cilium,
+        Overlay::Geneve,
+        Overlay::Ipip,
+    ];
 
-    pub fn port(self) -> u16 {
+    /// What an nftables rule matches this overlay's packets by on the wire.
+    pub fn nft_match(self) -> String {
         match self {
-            Overlay::Legacy => LEGACY_PORT,
-            Overlay::Cilium => CILIUM_PORT,
-            Overlay::Geneve => GENEVE_PORT,
+            Overlay::Legacy => format!("udp dport {LEGACY_PORT}"),
+            Overlay::Cilium => format!("udp dport {CILIUM_PORT}"),
+            Overlay::Geneve => format!("udp dport {GENEVE_PORT}"),
+            // By number: /etc/protocols names 4 `ipencap`; its `ipip` is 94.
+            Overlay::Ipip => "ip protocol 4".into(),
         }
     }
 
@@ -57,6 +68,7 @@ impl Overlay {
             Overlay::Legacy => "legacy",
             Overlay::Cilium => "cilium",
             Overlay::Geneve => "geneve",
+            Overlay::Ipip => "ipip",
         }
     }
 }
@@ -67,7 +79,9 @@ impl std::str::FromStr for Overlay {
         Overlay::ALL
             .into_iter()
             .find(|o| o.label() == s)
-            .ok_or_else(|| format!("unknown overlay {s:?}; expected legacy, cilium or geneve"))
+            .ok_or_else(|| {
+                format!("unknown overlay {s:?}; expected legacy, cilium, geneve or ipip")
+            })
     }
 }
 
