@@ -52,6 +52,12 @@ fn cases() -> Vec<Case> {
             fresh_flow: false,
         },
         Case {
+            name: "ipip tcp, known flow",
+            program: "crossover_underlay_egress",
+            packet: legacy.ipip([192, 168, 50, 1], [192, 168, 50, 2]).frame(),
+            fresh_flow: false,
+        },
+        Case {
             name: "native pod tcp, known (peer w/o slot)",
             program: "crossover_underlay_ingress",
             packet: ip(
@@ -83,7 +89,16 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let mut harness = Harness::new(&two_node_shape());
+    // Two nodes, with IP-in-IP as a second legacy overlay (Calico's) for
+    // the IPIP case.
+    let mut shape = two_node_shape();
+    shape.networks.push(observer::shape::Network {
+        role: observer::shape::Role::Legacy,
+        cidrs: vec![],
+        encapsulation: observer::shape::Encapsulation::Ipip,
+        cross_subnet: false,
+    });
+    let mut harness = Harness::new(&shape);
     let floor_packet = cases()[0].packet.clone();
     let floor = {
         let program = harness.observer.load_floor().expect("floor program");
