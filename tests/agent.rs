@@ -460,6 +460,116 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     }
 }
 
+/// Connections reset by their client, whose conntrack entries are gone
+/// before anyone reads the flows (the close timeout lowered to 1 s): each
+/// still shows once, joined across the SNAT to cilium_host, because the
+/// agent keeps the mappings conntrack announced when it destroyed them.
+#[test]
+fn connections_gone_from_conntrack_are_joined_once() {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+    };
+
+    const RESETS: usize = 5;
+    const SERVER_PORT: u16 = 7090;
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        name: unique("c"),
+        nodes: 3,
+        migrated: 1,
+        pods: 2,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let cp = lab.node_ns("control-plane");
+    crossover_tests::netns::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &cp,
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_tcp_timeout_close=1",
+    ]);
+    let client = lab.endpoint("control-plane/app-1").unwrap();
+    let server = lab.endpoint("worker-1/app-1").unwrap();
+    let server_ns = server.netns.clone();
+    let server_addr = server.addr;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let serving = std::thread::spawn(move || {
+        let _ns = observer::netns::enter(&server_ns).unwrap();
+        let listener = TcpListener::bind((server_addr, SERVER_PORT)).unwrap();
+        ready_tx.send(()).unwrap();
+        for _ in 0..RESETS {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 16];
+            conn.read_exact(&mut request).unwrap();
+            conn.write_all(&request).unwrap();
+            // Wait for the client's RST.
+            let _ = conn.read(&mut request);
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let client_ns = client.netns.clone();
+    std::thread::spawn(move || {
+        let _ns = observer::netns::enter(&client_ns).unwrap();
+        for _ in 0..RESETS {
+            let mut conn = TcpStream::connect((server_addr, SERVER_PORT)).unwrap();
+            conn.write_all(&[0x5a; 16]).unwrap();
+            let mut answer = [0u8; 16];
+            conn.read_exact(&mut answer).unwrap();
+            // Close with a RST: conntrack's entry goes to CLOSE, 1 s here.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: valid fd, option value and length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&conn),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+    })
+    .join()
+    .unwrap();
+    serving.join().unwrap();
+    // Past the close timeout: conntrack destroys the entries (its gc, or
+    // the agent's next dump, which finds them expired).
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, body) = http_get(&cp, &format!("{}/api/v1/connections", agents.urls[0]));
+    assert_eq!(status, 200);
+    let conns: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let server_end = format!("{server_addr}:{SERVER_PORT}");
+    let ours: Vec<&serde_json::Value> = conns
+        .iter()
+        .filter(|c| c["server"].as_str() == Some(server_end.as_str()))
+        .collect();
+    assert_eq!(ours.len(), RESETS, "each connection once: {ours:#?}");
+    for c in &ours {
+        assert_eq!(c["snat_seen"], "translated", "{c:#?}");
+        assert_eq!(
+            c["client"].as_str().unwrap().split(':').next(),
+            Some(client.addr.to_string().as_str()),
+            "named by the pod, {c:#?}"
+        );
+    }
+    let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
+    let kept: u64 = metric(
+        &metrics,
+        "crossover_conntrack_departed_kept_total{node=\"control-plane\"}",
+    );
+    assert!(kept >= RESETS as u64, "{kept} mappings kept");
+    assert_eq!(agents.stop(), vec![0, 0, 0]);
+}
+
 /// An agent killed mid-stream and started again over its pinned maps and
 /// links: its counters resume where they were, nothing is lost or counted
 /// twice, and the loss matrix still equals what the wire dropped.

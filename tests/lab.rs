@@ -519,6 +519,7 @@ fn ipip_loss_is_measured_per_node_pair_like_any_overlay() {
         );
         let back_path = pair(&window, "worker-2", "control-plane", "legacy");
         assert_eq!((back_path.sent, back_path.lost()), (2000, 0));
+        assert!(back > 0 && back <= 2000, "taken {back}");
         for d in window
             .iter()
             .filter(|d| !same_path(d, &faulty.from, &faulty.to, faulty.overlay))

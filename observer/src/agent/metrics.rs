@@ -223,6 +223,7 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
     cluster_families(out, state);
+    departed_nat_families(out, state);
 
     let mut f = family(
         out,
@@ -299,6 +300,41 @@ fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> b
         "How far the newest tick's two reads came after their instants (the tick, the tick plus the guard). Past the guard, a window's edges on this node no longer bracket its peers'.",
     );
     f.sample(&[("node", node)], state.tick_lateness().as_secs_f64());
+}
+
+/// The log of NAT mappings conntrack destroyed, when ctnetlink has one.
+fn departed_nat_families(out: &mut String, state: &State) {
+    let Some(stats) = state.departed_nat_stats() else {
+        return;
+    };
+    let node = state.node.as_str();
+    let mut f = family(
+        out,
+        "crossover_conntrack_departed_mappings",
+        "gauge",
+        "NAT mappings of connections conntrack destroyed, kept to join their flows across SNAT.",
+    );
+    f.sample(&[("node", node)], stats.held as f64);
+    for (name, help, value) in [
+        (
+            "crossover_conntrack_departed_kept_total",
+            "Destroyed NATed conntrack entries announced and kept.",
+            stats.kept_total,
+        ),
+        (
+            "crossover_conntrack_departed_evicted_total",
+            "Kept NAT mappings dropped early because the log was full.",
+            stats.evicted_total,
+        ),
+        (
+            "crossover_conntrack_departed_overruns_total",
+            "Times the kernel could not queue conntrack destroy announcements (ENOBUFS): mappings missed.",
+            stats.overruns_total,
+        ),
+    ] {
+        let mut f = family(out, name, "counter", help);
+        f.sample(&[("node", node)], value as f64);
+    }
 }
 
 /// The Kubernetes watches, when the agent follows a cluster.

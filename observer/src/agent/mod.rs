@@ -155,6 +155,9 @@ pub struct State {
     table_full: tokio::sync::Notify,
     /// `flow_map_full` at the last reading.
     refused_flows: std::sync::atomic::AtomicU64,
+    /// NAT mappings of connections conntrack destroyed, for joins after
+    /// they are gone from its table; `None` without ctnetlink.
+    departed_nat: Option<Mutex<conntrack::DepartedNat>>,
 }
 
 impl State {
@@ -322,19 +325,47 @@ impl State {
         })
     }
 
-    /// This node's NAT table. Without conntrack (no NAT module, no
-    /// privilege) it is empty and the error is counted: connections are
-    /// then reported unjoined across SNAT, and ageing keeps each flow on
-    /// its own.
+    /// This node's NAT table, and the mappings of connections conntrack
+    /// destroyed since (kept while their flows may be in the flow table).
+    /// Without conntrack (no NAT module, no privilege) it is empty and the
+    /// error is counted: connections are then reported unjoined across
+    /// SNAT, and ageing keeps each flow on its own.
     fn nat_entries(&self) -> Result<Vec<conntrack::NatEntry>> {
         let nat = {
             let _ns = self.netns.as_deref().map(crate::netns::enter).transpose()?;
             conntrack::nat_entries()
         };
-        Ok(nat.map(|d| d.entries).unwrap_or_else(|err| {
+        let mut entries = nat.map(|d| d.entries).unwrap_or_else(|err| {
             self.count(&err);
             Vec::new()
-        }))
+        });
+        if let Some(departed) = &self.departed_nat {
+            let mut departed = departed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = departed.drain(crate::datapath::monotonic_ns()) {
+                self.count(&err);
+            }
+            entries.extend(departed.entries().copied());
+        }
+        Ok(entries)
+    }
+
+    /// Takes conntrack's destroy announcements queued since the last call.
+    fn drain_departed_nat(&self) {
+        if let Some(departed) = &self.departed_nat
+            && let Err(err) = departed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(crate::datapath::monotonic_ns())
+        {
+            self.count(&err);
+        }
+    }
+
+    /// What the departed-NAT log kept and missed, if there is one.
+    pub fn departed_nat_stats(&self) -> Option<conntrack::DepartedStats> {
+        self.departed_nat
+            .as_ref()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).stats())
     }
 
     /// `flows` joined into connections with this node's NAT table.
@@ -495,6 +526,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         probing,
         table_full: tokio::sync::Notify::new(),
         refused_flows: std::sync::atomic::AtomicU64::new(0),
+        departed_nat: departed_nat(args.netns.as_deref(), &args.ageing),
     });
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster {
@@ -565,6 +597,33 @@ const EARLIEST_SWEEP: Duration = Duration::from_secs(5);
 
 /// Flow ageing (datapath/ageing.rs): a sweep every interval, off the async
 /// workers, or sooner when the sampler sees the flow table refuse flows.
+/// The departed-NAT log, subscribed in the agent's network namespace;
+/// mappings kept as long as a departed connection's flows can stay in the
+/// flow table (the longest idle limit and one sweep).
+fn departed_nat(
+    netns: Option<&str>,
+    ageing: &crate::datapath::AgeingPolicy,
+) -> Option<Mutex<conntrack::DepartedNat>> {
+    let retention = ageing
+        .tcp_established
+        .max(ageing.tcp_closed)
+        .max(ageing.other)
+        + ageing.interval;
+    let subscribed = netns
+        .map(crate::netns::enter)
+        .transpose()
+        .and_then(|_ns| conntrack::DepartedNat::subscribe(retention, conntrack::DEPARTED_CAPACITY));
+    match subscribed {
+        Ok(log) => Some(Mutex::new(log)),
+        Err(err) => {
+            eprintln!(
+                "crossover: warning: {err}; connections that end before they are read are not joined across SNAT"
+            );
+            None
+        }
+    }
+}
+
 async fn age_flows(state: Arc<State>, policy: crate::datapath::AgeingPolicy) {
     let mut sweep = tokio::time::interval(policy.interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -99,6 +99,8 @@ fn read(state: &State, chores: bool) -> Result<Vec<PeerRecord>> {
     }
     let counters = observer.counters()?;
     drop(observer);
+    // Before the kernel's queue of destroy announcements fills.
+    state.drain_departed_nat();
     let refused = counters
         .get(observer_ebpf::Counter::FlowMapFull.label())
         .copied()

@@ -20,6 +20,10 @@ use std::{
 
 use crate::{Error, Result};
 
+mod departed;
+
+pub use departed::{DEFAULT_CAPACITY as DEPARTED_CAPACITY, DepartedNat, DepartedStats};
+
 /// One conntrack entry that NAT rewrote: `original` is the tuple as the
 /// initiator sent it, `reply` as the responder answers it. For SNAT,
 /// `reply.dst` / `reply.dst_port` is the translated source.
