@@ -64,6 +64,49 @@ fn bad_flags_are_named() {
         "{}",
         stderr(&out)
     );
+    for (args, says) in [
+        (
+            &[
+                "observe",
+                "--follow",
+                "--duration",
+                "1",
+                "--flow-capacity",
+                "0",
+            ][..],
+            "invalid value '0' for '--flow-capacity <FLOW_CAPACITY>': 0 is not in 1..=16777216",
+        ),
+        (
+            &["agent", "--flow-capacity", "0"][..],
+            "invalid value '0' for '--flow-capacity <FLOW_CAPACITY>'",
+        ),
+        (
+            &[
+                "observe",
+                "--follow",
+                "--duration",
+                "1",
+                "--addr-capacity",
+                "1",
+            ][..],
+            "--addr-capacity 1 is below the 2 address ranges this shape needs",
+        ),
+        (
+            &[
+                "observe",
+                "--follow",
+                "--duration",
+                "1",
+                "--follow-pattern",
+                "cali*",
+            ][..],
+            "expected GLOB=HOOK (e.g. 'cali*=pod') or GLOB=none",
+        ),
+    ] {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]

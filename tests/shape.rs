@@ -31,7 +31,7 @@ fn a_valid_shape_round_trips() {
 
 #[test]
 fn every_invalid_field_is_named() {
-    let cases = [
+    let cases: [(&str, &str); 20] = [
         ("{", "invalid JSON"),
         (r#"{"networks":[],"bogus":1}"#, "unknown field `bogus`"),
         (
@@ -70,6 +70,48 @@ fn every_invalid_field_is_named() {
             r#"{"networks":[],"extra_vxlan_ports":{"1":"legacy","2":"legacy","3":"legacy","4":"legacy","5":"legacy","6":"legacy","7":"legacy","8":"legacy","9":"legacy"}}"#,
             "9 tunnel ports configured, the kernel program knows at most 8",
         ),
+        (
+            r#"{"networks":[{"role":"legacy","cidrs":["10.244.0.5/16"],"encapsulation":"native"}]}"#,
+            "networks[0].cidrs (10.244.0.5/16) has host bits set: write 10.244.0.0/16",
+        ),
+        (
+            r#"{"networks":[],"nodes":[{"name":"a","underlay":"1.1.1.1"},{"name":"b","underlay":"1.1.1.1"}]}"#,
+            "nodes[1] (b) and nodes[0] (a) have the same underlay 1.1.1.1",
+        ),
+        (
+            r#"{"networks":[],"nodes":[{"name":"a","underlay":"1.1.1.1"},{"name":"b","underlay":"1.1.1.2","overlay_addrs":["1.1.1.1"]}]}"#,
+            "nodes[1].overlay_addrs (1.1.1.1) is nodes[0] (a)'s underlay",
+        ),
+        (
+            &format!(
+                r#"{{"networks":[{NET_OK}],"nodes":[{{"name":"a","underlay":"1.1.1.1","pod_cidrs":[{{"role":"legacy","cidr":"10.244.0.0/24"}}]}},{{"name":"b","underlay":"1.1.1.2","pod_cidrs":[{{"role":"legacy","cidr":"10.244.0.128/25"}}]}}]}}"#
+            ),
+            "nodes[1].pod_cidrs[0] (b, 10.244.0.128/25) overlaps nodes[0].pod_cidrs[0] (a, 10.244.0.0/24)",
+        ),
+        (
+            &format!(
+                r#"{{"networks":[{NET_OK}],"nodes":[{{"name":"a","underlay":"1.1.1.1","pod_cidrs":[{{"role":"legacy","cidr":"10.99.0.0/24"}}]}}]}}"#
+            ),
+            "nodes[0].pod_cidrs[0] (a, 10.99.0.0/24) lies outside every Legacy network (10.244.0.0/16)",
+        ),
+        (
+            &format!(
+                r#"{{"networks":[{NET_OK}],"nodes":[{{"name":"a","underlay":"1.1.1.1","pod_cidrs":[{{"role":"legacy","cidr":"10.244.3.7/24"}}]}}]}}"#
+            ),
+            "nodes[0].pod_cidrs[0] (a, 10.244.3.7/24) has host bits set: write 10.244.3.0/24",
+        ),
+        (
+            r#"{"networks":[{"role":"legacy","cidrs":[],"encapsulation":"ipip"},{"role":"cilium","cidrs":[],"encapsulation":"ipip"}]}"#,
+            "networks[1].encapsulation: IP-in-IP is already used by networks[0] (Legacy)",
+        ),
+        (
+            r#"{"networks":[{"role":"legacy","cidrs":[],"encapsulation":"native","cross_subnet":true}]}"#,
+            "networks[0].cross_subnet: a native network has no tunnel to use across subnets",
+        ),
+        (
+            r#"{"networks":[],"interfaces":[{"pattern":"gke*","hook":"pods"}]}"#,
+            "unknown hook \"pods\"",
+        ),
     ];
     for (json, expected) in cases {
         let err = error_of(json);
@@ -79,4 +121,55 @@ fn every_invalid_field_is_named() {
         );
         assert!(err.starts_with("cluster shape: "), "{err}");
     }
+}
+
+#[test]
+fn an_aws_style_network_is_made_of_its_nodes_shares() {
+    // AWS VPC CNI: pods in the nodes' subnet, no cluster-wide pod range;
+    // each pod a /32 share of its node, routed natively.
+    let json = r#"{"networks":[{"role":"legacy","cidrs":[],"encapsulation":"native"}],"nodes":[
+        {"name":"a","underlay":"172.31.0.10","pod_cidrs":[{"role":"legacy","cidr":"172.31.0.23/32"},{"role":"legacy","cidr":"172.31.0.24/32"}]},
+        {"name":"b","underlay":"172.31.0.11","pod_cidrs":[{"role":"legacy","cidr":"172.31.0.31/32"}]}]}"#;
+    let shape = ClusterShape::from_json(json).unwrap();
+    assert_eq!(shape.kernel_addrs().len(), 5);
+    let err = ClusterShape::from_json(&json.replace("172.31.0.31/32", "172.31.0.23/32"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nodes[1].pod_cidrs[0] (b, 172.31.0.23/32) overlaps nodes[0].pod_cidrs[0] (a, 172.31.0.23/32)"), "{err}");
+}
+
+#[test]
+fn the_address_table_is_sized_from_the_shape() {
+    let nodes: Vec<String> = (0..10_000u32)
+        .map(|i| {
+            format!(
+                r#"{{"name":"n{i}","underlay":"172.16.{}.{}","overlay_addrs":["10.{}.{}.1"],"pod_cidrs":[{{"role":"legacy","cidr":"10.{}.{}.0/24"}}]}}"#,
+                i / 250,
+                i % 250 + 1,
+                64 + i / 256,
+                i % 256,
+                64 + i / 256,
+                i % 256,
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"networks":[{{"role":"legacy","cidrs":["10.64.0.0/10"],"encapsulation":"native"}}],"nodes":[{}]}}"#,
+        nodes.join(",")
+    );
+    let shape = ClusterShape::from_json(&json).unwrap();
+    assert_eq!(shape.kernel_addrs().len(), 30_001);
+    assert_eq!(shape.addr_capacity(None).unwrap(), 60_002, "room to double");
+    assert_eq!(shape.addr_capacity(Some(40_000)).unwrap(), 40_000);
+    let err = shape.addr_capacity(Some(16_384)).unwrap_err().to_string();
+    assert!(
+        err.contains("--addr-capacity 16384 is below the 30001 address ranges this shape needs"),
+        "{err}"
+    );
+    let small = ClusterShape::from_json(r#"{"networks":[]}"#).unwrap();
+    assert_eq!(
+        small.addr_capacity(None).unwrap(),
+        16_384,
+        "at least the default"
+    );
 }

@@ -161,6 +161,9 @@ impl ClusterShape {
         for (i, network) in self.networks.iter().enumerate() {
             for cidr in &network.cidrs {
                 let here = format!("networks[{i}].cidrs ({cidr})");
+                if let Some(problem) = host_bits(cidr, &here) {
+                    return Err(Error::Shape(problem));
+                }
                 if let Some((_, there)) = cidrs.iter().find(|(c, _)| overlaps(c, cidr)) {
                     return Err(Error::Shape(format!("{here} overlaps {there}")));
                 }
@@ -192,6 +195,7 @@ impl ClusterShape {
                 )));
             }
         }
+        self.validate_nodes()?;
         if let Some(local) = &self.local_node
             && !names.contains(local.as_str())
         {
@@ -207,6 +211,97 @@ impl ClusterShape {
             }
         }
         Ok(())
+    }
+
+    fn validate_nodes(&self) -> Result<()> {
+        match self.node_conflicts().into_iter().next() {
+            Some((_, problem)) => Err(Error::Shape(problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// What would make an address name two things, node by node: one
+    /// underlay on two nodes, an overlay address that is also an underlay,
+    /// one pod range on two nodes, a node's range outside its network,
+    /// host bits in a range. Each message names both sides; the later node
+    /// (in list order) is the one named. O(nodes log nodes).
+    pub fn node_conflicts(&self) -> Vec<(usize, String)> {
+        let mut problems = Vec::new();
+        let mut underlays: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match underlays.get(&node.underlay) {
+                Some(&j) => problems.push((
+                    i,
+                    format!(
+                        "nodes[{i}] ({}) and nodes[{j}] ({}) have the same underlay {}",
+                        node.name, self.nodes[j].name, node.underlay
+                    ),
+                )),
+                None => {
+                    underlays.insert(node.underlay, i);
+                }
+            }
+        }
+        let mut shares = RangeSet::default();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if problems.iter().any(|(k, _)| *k == i) {
+                continue;
+            }
+            if let Some(problem) = self.node_conflict(i, node, &underlays, &mut shares) {
+                problems.push((i, problem));
+            }
+        }
+        problems.sort_by_key(|(i, _)| *i);
+        problems
+    }
+
+    fn node_conflict(
+        &self,
+        i: usize,
+        node: &Node,
+        underlays: &BTreeMap<Ipv4Addr, usize>,
+        shares: &mut RangeSet,
+    ) -> Option<String> {
+        for addr in &node.overlay_addrs {
+            if let Some(&j) = underlays.get(addr) {
+                return Some(format!(
+                    "nodes[{i}].overlay_addrs ({addr}) is nodes[{j}] ({})'s underlay: \
+                     SNAT to it could not be told from node-to-node traffic",
+                    self.nodes[j].name
+                ));
+            }
+        }
+        let mut mine = Vec::new();
+        for (k, share) in node.pod_cidrs.iter().enumerate() {
+            let here = format!("nodes[{i}].pod_cidrs[{k}] ({}, {})", node.name, share.cidr);
+            if let Some(problem) = host_bits(&share.cidr, &here) {
+                return Some(problem);
+            }
+            if let Some(there) = shares.overlapping(&share.cidr) {
+                return Some(format!("{here} overlaps {there}"));
+            }
+            // A role without cluster-wide ranges (AWS VPC CNI: pods in the
+            // nodes' subnet) is made of its nodes' shares.
+            let networks: Vec<&Ipv4Net> = self
+                .networks
+                .iter()
+                .filter(|n| n.role == share.role)
+                .flat_map(|n| &n.cidrs)
+                .collect();
+            if !networks.is_empty() && !networks.iter().any(|n| n.contains(&share.cidr)) {
+                let list: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
+                return Some(format!(
+                    "{here} lies outside every {:?} network ({})",
+                    share.role,
+                    list.join(", ")
+                ));
+            }
+            mine.push((share.cidr, here));
+        }
+        for (cidr, here) in mine {
+            shares.insert(cidr, here);
+        }
+        None
     }
 
     /// The port table of the kernel config: each network's tunnel port,
@@ -262,6 +357,23 @@ impl ClusterShape {
             rule
         });
         crate::iface::Rules::with_overrides(first.iter().cloned().chain(shape))
+    }
+
+    /// ADDRS capacity for this shape: `asked` (`--addr-capacity`), else
+    /// room for the cluster to double and at least the default. The map is
+    /// sized once, at load: a shape that outgrows it later is refused with
+    /// an error naming the flag.
+    pub fn addr_capacity(&self, asked: Option<u32>) -> Result<u32> {
+        let needed = u32::try_from(self.kernel_addrs().len()).unwrap_or(u32::MAX);
+        match asked {
+            Some(asked) if asked < needed.max(1) => Err(Error::Shape(format!(
+                "--addr-capacity {asked} is below the {needed} address ranges this shape needs"
+            ))),
+            Some(asked) => Ok(asked),
+            None => Ok(needed
+                .saturating_mul(2)
+                .max(observer_ebpf::DEFAULT_ADDR_CAPACITY)),
+        }
     }
 
     /// The overlay that travels as IP-in-IP, if any network does. IPv4
@@ -364,6 +476,36 @@ impl ClusterShape {
     pub fn node_by_underlay(&self, addr: Ipv4Addr) -> Option<&Node> {
         self.nodes.iter().find(|n| n.underlay == addr)
     }
+}
+
+/// Disjoint address ranges, each with what it is, found by address.
+#[derive(Default)]
+struct RangeSet(BTreeMap<u32, (u32, String)>);
+
+impl RangeSet {
+    fn bounds(cidr: &Ipv4Net) -> (u32, u32) {
+        (u32::from(cidr.network()), u32::from(cidr.broadcast()))
+    }
+
+    /// What an inserted range overlapping `cidr` is.
+    fn overlapping(&self, cidr: &Ipv4Net) -> Option<&str> {
+        let (start, end) = Self::bounds(cidr);
+        // The last range starting at or before `end` is the only one that
+        // can overlap: the ranges are disjoint.
+        let (_, (last_end, what)) = self.0.range(..=end).next_back()?;
+        (*last_end >= start).then_some(what.as_str())
+    }
+
+    fn insert(&mut self, cidr: Ipv4Net, what: String) {
+        let (start, end) = Self::bounds(&cidr);
+        self.0.insert(start, (end, what));
+    }
+}
+
+/// `10.244.0.5/24` is ambiguous: meant as 10.244.0.0/24, or a typo?
+fn host_bits(cidr: &Ipv4Net, what: &str) -> Option<String> {
+    (cidr.addr() != cidr.network())
+        .then(|| format!("{what} has host bits set: write {}", cidr.trunc()))
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {

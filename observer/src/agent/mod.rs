@@ -110,8 +110,16 @@ pub struct AgentArgs {
     pub netns: Option<String>,
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
+    /// Capacity of the flow table (1 to 16,777,216); new flows beyond it
+    /// are refused and counted (flow_map_full).
+    #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..=crate::datapath::MAX_FLOW_CAPACITY as i64))]
     pub flow_capacity: u32,
+    /// Capacity of the address table (ADDRS: networks, node ranges, node
+    /// addresses). Default: twice what the shape at start needs, at least
+    /// 16,384.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub addr_capacity: Option<u32>,
     /// PEER_STATS slots: (peer node, overlay, direction, network pair)
     /// keys in use counted without a hash lookup, 64 bytes each per CPU.
     /// Keys beyond it are still counted (PEERS hash), and shown as
@@ -465,6 +473,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
+        addr_capacity: shape.addr_capacity(args.addr_capacity)?,
         peer_slot_capacity: args.peer_slot_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),

@@ -43,9 +43,15 @@ pub struct ObserveArgs {
     pub format: Format,
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    /// Capacity of the flow table; inserts beyond it are refused and counted.
-    #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
+    /// Capacity of the flow table (1 to 16,777,216); inserts beyond it are
+    /// refused and counted.
+    #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..=crate::datapath::MAX_FLOW_CAPACITY as i64))]
     pub flow_capacity: u32,
+    /// Capacity of the address table. Default: twice what the shape needs,
+    /// at least 16,384.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub addr_capacity: Option<u32>,
 }
 
 pub async fn run(args: ObserveArgs) -> Result<()> {
@@ -64,6 +70,7 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     };
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
+        addr_capacity: shape.addr_capacity(args.addr_capacity)?,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         ..LoadOptions::default()

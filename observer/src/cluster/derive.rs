@@ -127,6 +127,22 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
         }
     }
     out.shape.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    // One bad Node must not keep every other change out of the kernel: a
+    // node whose addresses clash with an earlier one's is left out, named.
+    let conflicts = out.shape.node_conflicts();
+    if !conflicts.is_empty() {
+        let dropped: std::collections::BTreeSet<usize> =
+            conflicts.iter().map(|(i, _)| *i).collect();
+        for (_, problem) in conflicts {
+            out.warnings
+                .push(format!("{problem}; that node is left out"));
+        }
+        let mut i = 0;
+        out.shape.nodes.retain(|_| {
+            i += 1;
+            !dropped.contains(&(i - 1))
+        });
+    }
     if !out.shape.nodes.iter().any(|n| n.name == local_node) {
         out.warnings.push(format!(
             "this node {local_node:?} is not among the Nodes with an InternalIP; peers cannot be named from here"
@@ -433,5 +449,64 @@ impl Derived {
             field,
             from: from.into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+
+    use super::*;
+
+    fn node(name: &str, ip: &str, pod_cidr: &str) -> KubeNode {
+        KubeNode {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(pod_cidr.into()),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.into(),
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_node_clashing_with_another_is_left_out_named_and_the_rest_applied() {
+        let nodes = [
+            node("a", "192.168.1.1", "10.244.0.0/24"),
+            node("b", "192.168.1.1", "10.244.1.0/24"),
+            node("c", "192.168.1.3", "10.244.0.0/25"),
+            node("d", "192.168.1.4", "10.244.3.0/24"),
+        ];
+        let objects = ClusterObjects {
+            nodes: nodes.iter().collect(),
+            cilium_nodes: vec![],
+            cilium_config: None,
+        };
+        let derived = derive(&objects, "a", &ShapeOverrides::default());
+        let names: Vec<&str> = derived
+            .shape
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["a", "d"]);
+        let left_out: Vec<&String> = derived
+            .warnings
+            .iter()
+            .filter(|w| w.ends_with("that node is left out"))
+            .collect();
+        assert_eq!(left_out.len(), 2, "{:#?}", derived.warnings);
+        assert!(left_out[0].contains("nodes[1] (b) and nodes[0] (a) have the same underlay"));
+        assert!(left_out[1].contains("(c, 10.244.0.0/25) overlaps"));
+        derived.shape.validate().unwrap();
     }
 }

@@ -51,6 +51,10 @@ pub const FLOOR: &str = "crossover_floor";
 /// The object observer-ebpf's build produced, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossover-tc"));
 
+/// Largest flow table a flag may ask for: preallocated, about 170 bytes an
+/// entry (2.7 GiB at this size).
+pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub flow_capacity: u32,
@@ -273,7 +277,10 @@ impl Observer {
             return Err(Error::MapFull {
                 map: map::ADDRS,
                 capacity: self.options.addr_capacity,
-                what: format!("the shape has {} address ranges", wanted.len()),
+                what: format!(
+                    "the shape has {} address ranges; raise --addr-capacity (sized at start)",
+                    wanted.len()
+                ),
             });
         }
         let previous = std::mem::take(&mut self.addrs);
