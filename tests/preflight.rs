@@ -384,3 +384,24 @@ async fn no_cilium_yet_is_a_fact_not_an_error() {
     );
     assert!(table.contains("remedy: as for cilium-ipam"), "{table}");
 }
+
+#[tokio::test]
+async fn broken_objects_are_named_through_the_api() {
+    let mut objects = guide_cluster();
+    objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "namespace": "default", "name": "web-0" },
+        "spec": { "nodeName": "worker-1", "containers": [{ "name": "web", "image": "web" }] },
+        "status": { "phase": "Running", "podIP": "999.1.2.3", "podIPs": [{ "ip": "999.1.2.3" }] },
+    }));
+    let checks = run(&server(objects), &options()).await;
+    assert_only(
+        &checks,
+        "cluster-objects",
+        Status::Fail,
+        "Pod default/web-0 status.podIP \"999.1.2.3\" is not an IP address",
+    );
+    let c = checks.iter().find(|c| c.name == "cluster-objects").unwrap();
+    assert!(c.detail.contains("3 Nodes, 3 CiliumNodes,"), "{}", c.detail);
+}

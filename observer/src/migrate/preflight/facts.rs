@@ -35,6 +35,8 @@ pub struct Facts {
     /// visible (kubeadm): the legacy cluster CIDR as Kubernetes allocates it.
     pub controller_cluster_cidrs: Vec<Ipv4Net>,
     pub overrides: ShapeOverrides,
+    /// Every Pod's addresses, checked as they were listed.
+    pub pods: super::PodAddresses,
 }
 
 impl Default for Facts {
@@ -54,6 +56,7 @@ impl Default for Facts {
             service_cidr: ServiceCidr::Unknown("not gathered".into()),
             controller_cluster_cidrs: Vec::new(),
             overrides: ShapeOverrides::default(),
+            pods: super::PodAddresses::default(),
         }
     }
 }

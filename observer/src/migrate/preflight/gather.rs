@@ -132,7 +132,37 @@ pub async fn gather(client: &Client, opts: &PreflightOptions) -> Result<Facts> {
         service_cidr,
         controller_cluster_cidrs,
         overrides: opts.overrides.clone(),
+        pods: pod_addresses(client).await?,
     })
+}
+
+/// Pods read before the list stops: a page at a time, only malformed ones
+/// kept, so the bound is on time, not memory.
+const MAX_PODS: u64 = 1_000_000;
+
+/// Every Pod's addresses checked, page by page.
+async fn pod_addresses(client: &Client) -> Result<super::PodAddresses> {
+    let api = Api::<Pod>::all(client.clone());
+    let mut params = ListParams::default().limit(500);
+    let mut out = super::PodAddresses::default();
+    loop {
+        let page = api
+            .list(&params)
+            .await
+            .map_err(kube_error("listing Pods"))?;
+        for pod in &page.items {
+            out.check(pod);
+        }
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(_) if out.checked >= MAX_PODS => {
+                out.truncated = true;
+                break;
+            }
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 fn agent_pod(pod: &Pod) -> AgentPod {

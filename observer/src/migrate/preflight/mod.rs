@@ -14,6 +14,7 @@ mod facts;
 mod gather;
 mod network;
 mod networks;
+mod objects;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ pub use facts::{
     NodeConfigs, ServiceCidr,
 };
 pub use gather::gather;
+pub use objects::PodAddresses;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +155,7 @@ pub fn checks(facts: &Facts, baseline: &Baseline) -> Vec<Check> {
         cilium::cni(facts),
         cilium::unmanaged_pod_watcher(facts),
         calico::autodetection(facts, &net),
+        objects::objects(facts),
         cluster::nodes_ready(facts),
         cluster::agents(facts),
         cluster::baseline(baseline),

@@ -164,6 +164,7 @@ fn guide_values_pass_every_check() {
             "cilium-cni-config",
             "cilium-unmanaged-pod-watcher",
             "calico-node-address",
+            "cluster-objects",
             "nodes-ready",
             "agents-everywhere",
             "baseline-loss",
@@ -176,7 +177,7 @@ fn guide_values_pass_every_check() {
     assert!(!blocking(&all));
     let table = render(&all);
     assert!(
-        table.contains("13 checks: 13 pass, 0 warn, 0 fail\n"),
+        table.contains("14 checks: 14 pass, 0 warn, 0 fail\n"),
         "{table}"
     );
 }
@@ -700,5 +701,85 @@ fn checks_serialize_for_json_output() {
     assert_eq!(
         serde_json::to_value(&c).unwrap(),
         json!({ "name": "cilium-ipam", "status": "pass", "detail": "cilium-config ipam=cluster-pool" })
+    );
+}
+
+#[test]
+fn broken_nodes_cilium_nodes_and_pods_are_named_with_their_field() {
+    let mut facts = migration_facts();
+    assert_status(
+        &facts,
+        "cluster-objects",
+        Status::Pass,
+        "3 Nodes, 0 CiliumNodes, 0 Pods read",
+    );
+    // A Node without podCIDR (and no InternalIP): warned.
+    let mut bare = node(3, true);
+    bare.spec.as_mut().unwrap().pod_cidr = None;
+    bare.spec.as_mut().unwrap().pod_cidrs = None;
+    bare.status.as_mut().unwrap().addresses = None;
+    facts.nodes.push(bare);
+    assert_status(
+        &facts,
+        "cluster-objects",
+        Status::Warn,
+        "Node worker-3 has no spec.podCIDR",
+    );
+    let c = check(&facts, "cluster-objects");
+    assert!(
+        c.detail.contains("Node worker-3 has no IPv4 InternalIP"),
+        "{}",
+        c.detail
+    );
+    // Unreadable values fail, each named with its field.
+    facts.nodes[0].spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.0.0/33".into()]);
+    facts.cilium_nodes.push(
+        serde_json::from_value(json!({
+            "metadata": { "name": "worker-1" },
+            "spec": {
+                "addresses": [{ "type": "InternalIP", "ip": "not-an-ip" }],
+                "ipam": { "podCIDRs": ["bad/cidr"] },
+            },
+        }))
+        .unwrap(),
+    );
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "namespace": "default", "name": "web-0" },
+        "status": { "podIP": "999.1.2.3", "podIPs": [{ "ip": "999.1.2.3" }] },
+    }))
+    .unwrap();
+    facts.pods.check(&pod);
+    let c = assert_status(
+        &facts,
+        "cluster-objects",
+        Status::Fail,
+        "Node control-plane spec.podCIDRs[0] \"10.244.0.0/33\" is not a CIDR",
+    );
+    for named in [
+        "CiliumNode worker-1 spec.addresses[0].ip \"not-an-ip\" is not an IP address",
+        "CiliumNode worker-1 spec.ipam.podCIDRs[0] \"bad/cidr\" is not a CIDR",
+        "Pod default/web-0 status.podIP \"999.1.2.3\" is not an IP address",
+        "Pod default/web-0 status.podIPs[0].ip \"999.1.2.3\" is not an IP address",
+        "1 Pods read",
+    ] {
+        assert!(c.detail.contains(named), "{named}: {}", c.detail);
+    }
+    assert!(blocking(&checks(&facts, &under())));
+}
+
+#[test]
+fn malformed_pods_are_kept_bounded_and_counted() {
+    let mut pods = PodAddresses::default();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "namespace": "default", "name": "web" },
+        "status": { "podIP": "nope" },
+    }))
+    .unwrap();
+    for _ in 0..150 {
+        pods.check(&pod);
+    }
+    assert_eq!(
+        (pods.checked, pods.malformed.len(), pods.more),
+        (150, 100, 50)
     );
 }
