@@ -207,13 +207,10 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     if let Some(probing) = &state.probing {
         let mut totals = probing.stats.totals();
         totals.retain(|t| detailed(&t.key.peer_node));
-        let mut window = probing.stats.window(std::time::Instant::now());
-        window.retain(|w| detailed(&w.key.peer_node));
         let unattributed = probing.stats.unattributed_totals();
         let responder = probing.responder.totals();
         let report = crate::probe::metrics::Report {
             totals: &totals,
-            window: &window,
             unattributed: &unattributed,
             responder: Some(&responder),
         };
@@ -230,10 +227,18 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         "counter",
         "Errors of the agent itself, by reason.",
     );
+    // Read before the errors are written, so a failed read is counted in
+    // this very scrape.
+    let process = super::process::Process::read().inspect_err(|e| state.count(e));
     for (reason, n) in state.errors() {
         f.sample(&[("node", node), ("reason", reason)], n);
     }
+    super::process::write_build_info(out, node);
+    if let Ok(process) = process {
+        process.write(out);
+    }
 }
+
 
 /// The loss matrix over the current window, from this node's side.
 fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod metrics;
 mod probing;
+mod process;
 mod routes;
 mod sampler;
 pub mod view;
@@ -475,7 +476,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         observer: session.observer.clone(),
         netns: args.netns.clone(),
         cluster: cluster.clone(),
-        errors: Mutex::new(BTreeMap::new()),
+        errors: Mutex::new(Error::METRIC_LABELS.into_iter().map(|r| (r, 0)).collect()),
         ring: Mutex::new(Ring::new(
             args.sample_interval,
             args.reading_guard,
