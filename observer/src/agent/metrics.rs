@@ -201,6 +201,14 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     // the mesh is judged by readers (each agent's worst rows), and a
     // scrape stays bounded whatever the cluster's size.
     let view = state.view();
+    let mut f = family(
+        out,
+        "crossover_node_migrating",
+        "gauge",
+        "1 while this node is under migration (annotated crossover.io/migrating=true by the driver, \
+         from its first step until done or rolled back; kept on a halt), else 0.",
+    );
+    f.sample(&[("node", node)], u64::from(view.focus.contains(node)));
     let detailed =
         |peer: &str| view.shape.nodes.len() <= PEER_DETAIL_NODES || view.focus.contains(peer);
     window_families(out, state, &detailed);
@@ -304,6 +312,14 @@ fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> b
         "How far the newest tick's two reads came after their instants (the tick, the tick plus the guard). Past the guard, a window's edges on this node no longer bracket its peers'.",
     );
     f.sample(&[("node", node)], state.tick_lateness().as_secs_f64());
+    let mut f = family(
+        out,
+        "crossover_newest_tick_timestamp_seconds",
+        "gauge",
+        "Wall-clock instant (Unix seconds) of the newest tick whose counters this node read; 0 before the first. \
+         Far behind time(), the sampler is stuck and readers get no window from this node.",
+    );
+    f.sample(&[("node", node)], state.newest_tick_ms() as f64 / 1e3);
 }
 
 /// The Kubernetes watches, when the agent follows a cluster.
