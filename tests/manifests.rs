@@ -63,6 +63,28 @@ struct Kustomization {
     api_version: String,
     kind: String,
     resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    config_map_generator: Vec<ConfigMapGenerator>,
+}
+
+/// A ConfigMap kustomize makes from files (the Grafana dashboard).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigMapGenerator {
+    name: String,
+    namespace: String,
+    files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<GeneratorOptions>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GeneratorOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_name_suffix_hash: Option<bool>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
 }
 
 /// Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), which
@@ -202,6 +224,16 @@ fn kustomization_files(dir: &Path, kustomizations: &mut BTreeSet<PathBuf>) -> Ve
         "{}",
         path.display()
     );
+    for generator in &k.config_map_generator {
+        for file in &generator.files {
+            assert!(
+                dir.join(file).is_file(),
+                "{}: configMapGenerator {} takes {file}, which does not exist",
+                path.display(),
+                generator.name
+            );
+        }
+    }
     let mut files = Vec::new();
     for resource in &k.resources {
         let target = dir.join(resource);

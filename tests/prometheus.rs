@@ -13,7 +13,10 @@ use crossover_tests::{
     agents::{Agents, PORT},
     lab::{Fault, Lab, LabSpec, Overlay, exec::run, plan, traffic},
     netns::{http_get, unique},
-    prometheus::{Server, manifests_dir, promtool, write_rules_file},
+    prometheus::{
+        Server, dashboard_queries, dashboard_variable_metrics, manifests_dir, metric_names,
+        promtool, recorded_names, write_rules_file,
+    },
     require_root,
 };
 use serde_json::Value;
@@ -233,6 +236,25 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
         }
     }
 
+    // Every dashboard query runs on the real server; the node-pair matrix
+    // of the Cilium overlay shows the faulted pair's figure.
+    for (panel, expr) in dashboard_queries() {
+        server
+            .query(&expr, at)
+            .unwrap_or_else(|e| panic!("panel {panel:?}: {e}"));
+    }
+    let matrix = dashboard_queries()
+        .into_iter()
+        .find(|(panel, _)| panel.starts_with("Node-pair loss"))
+        .unwrap()
+        .1;
+    let cells = server.query(&matrix, at).unwrap();
+    let cell = cells
+        .iter()
+        .find(|(s, _)| label(s, "node") == "control-plane" && label(s, "peer_node") == "worker-1")
+        .unwrap_or_else(|| panic!("{matrix}: {cells:?}"));
+    assert_eq!(cell.1, ratio);
+
     // Every family an agent serves is in the metrics reference, with its
     // labels.
     let (status, body) = http_get(
@@ -247,8 +269,14 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The families of docs/metrics.md's tables: name -> labels.
-fn documented() -> BTreeMap<String, BTreeSet<String>> {
+/// A family of docs/metrics.md's tables: its type and labels.
+struct Documented {
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+/// The families of docs/metrics.md's tables, by name.
+fn documented() -> BTreeMap<String, Documented> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
     let text = std::fs::read_to_string(path).unwrap();
     let mut families = BTreeMap::new();
@@ -272,7 +300,8 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
             .map(|l| l.trim().trim_matches('`').to_owned())
             .filter(|l| !l.is_empty() && l != "none")
             .collect();
-        families.insert(name.to_owned(), labels);
+        let kind = cells.get(2).unwrap_or(&"").to_string();
+        families.insert(name.to_owned(), Documented { kind, labels });
     }
     families
 }
@@ -285,7 +314,10 @@ fn check_documented(exposition: &str) {
     for line in exposition.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(docs.contains_key(name), "{name} is not in docs/metrics.md");
+            let doc = docs
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not in docs/metrics.md"));
+            assert_eq!(doc.kind, kind, "{name}'s type in docs/metrics.md");
             kinds.insert(name.to_owned(), kind.to_owned());
         } else if !line.starts_with('#') && !line.is_empty() {
             let series = line.split(['{', ' ']).next().unwrap();
@@ -304,11 +336,68 @@ fn check_documented(exposition: &str) {
             for pair in labels.split("\",").filter(|p| !p.is_empty()) {
                 let name = pair.split('=').next().unwrap();
                 assert!(
-                    docs[family].contains(name) || name == "le",
+                    docs[family].labels.contains(name) || name == "le",
                     "{family}: label {name} is not in docs/metrics.md"
                 );
             }
         }
     }
     assert!(kinds.len() >= 20, "{kinds:?}");
+}
+
+/// What a dashboard query may select: a family the agent serves (as
+/// documented; the lab test checks the documentation against a real
+/// agent), a histogram's series, a record of the shipped rules, or `up`.
+fn selectable() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (name, doc) in documented() {
+        if doc.kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+        names.insert(name);
+    }
+    names.extend(recorded_names());
+    names.insert("up".into());
+    names
+}
+
+#[test]
+fn dashboard_queries_use_only_served_or_recorded_metrics() {
+    // The parser finds selectors wherever they are nested.
+    let found = metric_names(
+        "histogram_quantile(0.99, sum by (le) (rate(a_bucket[1m]))) / on (x) group_left b{y=\"1\"} > 0",
+    )
+    .unwrap();
+    assert_eq!(found, BTreeSet::from(["a_bucket".into(), "b".into()]));
+    assert!(metric_names("sum(").is_err());
+
+    let allowed = selectable();
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 15, "{queries:?}");
+    let mut used = BTreeSet::new();
+    for (panel, expr) in &queries {
+        for name in metric_names(expr).unwrap_or_else(|e| panic!("panel {panel:?}: {e}")) {
+            assert!(
+                allowed.contains(&name),
+                "panel {panel:?} selects {name:?}, which neither the agent serves nor a rule records"
+            );
+            used.insert(name);
+        }
+    }
+    for name in dashboard_variable_metrics() {
+        assert!(allowed.contains(&name), "a variable lists values of {name:?}");
+    }
+    // The panels the dashboard is for: the node-pair matrix, loss per
+    // signal and network pair, the migration, the agents.
+    for name in [
+        "crossover:pair_overlay_loss_ratio:1m",
+        "crossover:net_pair_loss_ratio:1m",
+        "crossover_node_migrating",
+        "crossover_newest_tick_timestamp_seconds",
+        "up",
+    ] {
+        assert!(used.contains(name), "no panel shows {name}");
+    }
 }

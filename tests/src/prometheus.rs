@@ -2,6 +2,7 @@
 //! real server (Debian's `prometheus`) run inside a network namespace, its
 //! HTTP API, and promtool.
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -179,4 +180,91 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What the dashboard's template variables stand for when its queries are
+/// checked: one value each, as Grafana would put in.
+const DASHBOARD_VARIABLES: [(&str, &str); 3] = [
+    ("$__rate_interval", "1m"),
+    ("$overlay", "cilium"),
+    ("$signal", "delivery"),
+];
+
+/// The shipped Grafana dashboard.
+pub fn dashboard() -> Value {
+    let path = manifests_dir().join("monitoring/grafana/crossover.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the dashboard is JSON")
+}
+
+/// Every PromQL query of the dashboard's panels (rows' included), as
+/// (panel title, query with its variables filled in).
+pub fn dashboard_queries() -> Vec<(String, String)> {
+    fn panels(list: &Value, out: &mut Vec<(String, String)>) {
+        for panel in list.as_array().into_iter().flatten() {
+            panels(&panel["panels"], out);
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let mut expr = target["expr"].as_str().expect("a target without expr").to_owned();
+                for (variable, value) in DASHBOARD_VARIABLES {
+                    expr = expr.replace(variable, value);
+                }
+                let title = panel["title"].as_str().unwrap_or_default().to_owned();
+                out.push((title, expr));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dashboard()["panels"], &mut out);
+    out
+}
+
+/// The metrics the dashboard's variables list values of
+/// (`label_values(METRIC, LABEL)`).
+pub fn dashboard_variable_metrics() -> Vec<String> {
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"].as_array().expect("templating.list");
+    variables
+        .iter()
+        .filter_map(|v| v["definition"].as_str())
+        .map(|d| {
+            let inner = d
+                .strip_prefix("label_values(")
+                .and_then(|d| d.split(',').next())
+                .unwrap_or_else(|| panic!("a variable query this test does not read: {d}"));
+            inner.trim().to_owned()
+        })
+        .collect()
+}
+
+/// Every metric name `expr` selects, parsed with promql-parser.
+pub fn metric_names(expr: &str) -> Result<BTreeSet<String>> {
+    use promql_parser::{
+        parser::Expr,
+        util::{ExprVisitor, walk_expr},
+    };
+    struct Names(BTreeSet<String>);
+    impl ExprVisitor for Names {
+        type Error = std::convert::Infallible;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+            let selector = match expr {
+                Expr::VectorSelector(vs) => Some(vs),
+                Expr::MatrixSelector(ms) => Some(&ms.vs),
+                _ => None,
+            };
+            if let Some(vs) = selector {
+                let name = vs.name.clone().or_else(|| {
+                    vs.matchers
+                        .matchers
+                        .iter()
+                        .find(|m| m.name == "__name__")
+                        .map(|m| m.value.clone())
+                });
+                self.0.insert(name.unwrap_or_default());
+            }
+            Ok(true)
+        }
+    }
+    let parsed = promql_parser::parser::parse(expr).map_err(|e| anyhow::anyhow!("{expr}: {e}"))?;
+    let mut names = Names(BTreeSet::new());
+    let Ok(_) = walk_expr(&mut names, &parsed);
+    Ok(names.0)
 }
