@@ -2,14 +2,14 @@
 //! them: the figures come out of the HTTP API and /metrics, and match what
 //! the wire dropped. Needs root (namespaces, programs in the kernel).
 use std::{
-    process::{Child, Command},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER, PORT},
+    agents::{Agents, CROSSOVER},
     fleet::tcx_programs_in,
-    lab::{Fault, Lab, LabSpec, Overlay, plan, traffic},
+    lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
     require_root,
 };

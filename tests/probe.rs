@@ -654,7 +654,10 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
         "crossover_probe_rtt_seconds_bucket{},le=\"0.1\"}}",
         labels("cilium", "host", "probe_udp")
     ));
-    assert!(answered > 0.0 && under_100ms == answered, "{under_100ms} of {answered}");
+    assert!(
+        answered > 0.0 && under_100ms == answered,
+        "{under_100ms} of {answered}"
+    );
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap();
         assert!(

@@ -51,7 +51,10 @@ fn shipped_rules_pass_promtool_check_and_unit_tests() {
     // longer fires on the 5% and 2% pairs.
     let rules = std::fs::read_to_string(dir.join("crossover.rules.yml")).unwrap();
     let loosened = rules.replace("} > 0.01", "} > 0.1");
-    assert_ne!(loosened, rules, "the loss alert's threshold moved: update this test");
+    assert_ne!(
+        loosened, rules,
+        "the loss alert's threshold moved: update this test"
+    );
     std::fs::write(dir.join("crossover.rules.yml"), loosened).unwrap();
     let failed = promtool(&dir, &["test", "rules", "rules_test.yml"]).unwrap_err();
     assert!(
@@ -226,9 +229,7 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
         labels.iter().all(|l| !l.starts_with("exported_")),
         "{labels:?}"
     );
-    let build = server
-        .query("crossover_build_info", unix_now())
-        .unwrap();
+    let build = server.query("crossover_build_info", unix_now()).unwrap();
     assert_eq!(build.len(), lab.nodes().count(), "{build:?}");
     for (series, _) in &build {
         for (target, value) in servicemonitor_target_labels(label(series, "node")) {
@@ -387,7 +388,10 @@ fn dashboard_queries_use_only_served_or_recorded_metrics() {
         }
     }
     for name in dashboard_variable_metrics() {
-        assert!(allowed.contains(&name), "a variable lists values of {name:?}");
+        assert!(
+            allowed.contains(&name),
+            "a variable lists values of {name:?}"
+        );
     }
     // The panels the dashboard is for: the node-pair matrix, loss per
     // signal and network pair, the migration, the agents.

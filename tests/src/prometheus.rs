@@ -203,7 +203,10 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
         for panel in list.as_array().into_iter().flatten() {
             panels(&panel["panels"], out);
             for target in panel["targets"].as_array().into_iter().flatten() {
-                let mut expr = target["expr"].as_str().expect("a target without expr").to_owned();
+                let mut expr = target["expr"]
+                    .as_str()
+                    .expect("a target without expr")
+                    .to_owned();
                 for (variable, value) in DASHBOARD_VARIABLES {
                     expr = expr.replace(variable, value);
                 }
@@ -221,7 +224,9 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
 /// (`label_values(METRIC, LABEL)`).
 pub fn dashboard_variable_metrics() -> Vec<String> {
     let dashboard = dashboard();
-    let variables = dashboard["templating"]["list"].as_array().expect("templating.list");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
     variables
         .iter()
         .filter_map(|v| v["definition"].as_str())

@@ -247,7 +247,6 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     }
 }
 
-
 /// The loss matrix over the current window, from this node's side.
 fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
     let mut loss = state.loss();

@@ -187,13 +187,19 @@ mod tests {
         assert_eq!((s.threads, s.start_ticks), (7, 1234));
         assert_eq!((s.vsize, s.rss_pages), (104_857_600, 2560));
         assert!(parse_stat("42 (x) S 1 2").is_none());
-        assert_eq!(parse_boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000));
+        assert_eq!(
+            parse_boot_time("cpu 1 2\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
     }
 
     #[test]
     fn this_process_reads_and_writes_every_family() {
         let p = Process::read().unwrap();
-        assert!(p.resident_bytes > 0 && p.threads >= 1 && p.open_fds >= 3, "{p:?}");
+        assert!(
+            p.resident_bytes > 0 && p.threads >= 1 && p.open_fds >= 3,
+            "{p:?}"
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -102,7 +102,9 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         let mut cumulative = 0;
         for (i, n) in t.rtt_buckets.iter().enumerate() {
             cumulative += n;
-            let le = RTT_BUCKETS.get(i).map_or_else(|| "+Inf".into(), f64::to_string);
+            let le = RTT_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".into(), f64::to_string);
             let mut l = refs(&labels);
             l.push(("le", &le));
             f.sample_suffixed("_bucket", &l, cumulative);
