@@ -262,8 +262,9 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     );
     assert_eq!(egress, sent);
     for line in body.lines().filter(|l| !l.starts_with('#')) {
+        // crossover's families, and the standard process_* ones.
         assert!(
-            line.starts_with("crossover_")
+            (line.starts_with("crossover_") || line.starts_with("process_"))
                 && line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
             "{line}"
         );

@@ -457,3 +457,48 @@ fn dashboard_queries_use_only_served_or_recorded_metrics() {
         assert!(used.contains(name), "no panel shows {name}");
     }
 }
+
+/// Past `--metrics-peer-detail` nodes an agent sums every peer not under
+/// migration into `peer_node="*"`: what the rules cannot join (and
+/// exclude). A 3-node lab read as if it were large.
+#[test]
+fn past_the_detail_limit_peers_are_summed_into_a_star() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("pd"),
+        nodes: 3,
+        migrated: 1,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start_with(&lab, &["--metrics-peer-detail", "2"]);
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    for to in ["worker-1/app-1", "worker-2/app-1"] {
+        traffic::udp_stream(&e("control-plane/app-1"), &e(to), 200, 1000, 200).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = http_get(
+        &lab.node_ns("control-plane"),
+        &format!("{}/metrics", agents.urls[0]),
+    );
+    assert_eq!(status, 200);
+    let egress: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("crossover_underlay_packets_total{") && l.contains("direction=\"egress\"")
+        })
+        .collect();
+    assert!(!egress.is_empty(), "{body}");
+    for line in &egress {
+        assert!(line.contains("peer_node=\"*\""), "{line}");
+    }
+    // Both peers' 200 datagrams, in the sums.
+    let sent: u64 = egress
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(sent >= 400, "{egress:?}");
+    drop(agents);
+    lab.clear_all().unwrap();
+}

@@ -73,10 +73,11 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
     let mut out = String::new();
     let node = state.node.as_str();
     let view = state.view();
-    // Every peer its own series in a cluster of up to PEER_DETAIL_NODES;
-    // beyond, the nodes under migration only, and the rest summed (peer
-    // `*`): 5,000 peers x 8 series would be 5.5 MB a scrape.
-    let everyone = view.shape.nodes.len() <= PEER_DETAIL_NODES;
+    // Every peer its own series in a cluster of up to
+    // `--metrics-peer-detail` nodes (PEER_DETAIL_NODES); beyond, the nodes
+    // under migration only, and the rest summed (peer `*`): 5,000 peers x
+    // 8 series would be 5.5 MB a scrape.
+    let everyone = view.shape.nodes.len() <= state.peer_detail_nodes;
     peer_families(&mut out, node, peers, |addr| {
         let name = view.node_name(addr);
         if everyone || view.focus.contains(&name) {
@@ -90,7 +91,8 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
 }
 
 /// Clusters up to this size get a series per peer in every per-peer
-/// family; larger ones per node under migration, the rest summed.
+/// family; larger ones per node under migration, the rest summed. The
+/// default of `--metrics-peer-detail`.
 pub const PEER_DETAIL_NODES: usize = 100;
 
 /// The per-peer counter families: what grows with the cluster, 8 series a
@@ -196,7 +198,7 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
 
-    // Past PEER_DETAIL_NODES, per-peer series of the probes and of this
+    // Past --metrics-peer-detail nodes, per-peer series of the probes and of this
     // node's own windows for the nodes under migration only: the rest of
     // the mesh is judged by readers (each agent's worst rows), and a
     // scrape stays bounded whatever the cluster's size.
@@ -210,7 +212,7 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     );
     f.sample(&[("node", node)], u64::from(view.focus.contains(node)));
     let detailed =
-        |peer: &str| view.shape.nodes.len() <= PEER_DETAIL_NODES || view.focus.contains(peer);
+        |peer: &str| view.shape.nodes.len() <= state.peer_detail_nodes || view.focus.contains(peer);
     window_families(out, state, &detailed);
     if let Some(probing) = &state.probing {
         let mut totals = probing.stats.totals();
