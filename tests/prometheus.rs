@@ -235,6 +235,19 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
         }
     }
 
+    // The loss alert holds for the faulted pair alone (pending: it waits
+    // 3 minutes before firing, longer than this test).
+    let alerts = server
+        .query(
+            r#"ALERTS{alertname=~"CrossoverNodePairLoss|CrossoverProbesFailing"}"#,
+            at,
+        )
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let (alert, _) = &alerts[0];
+    assert!(faulted(alert) && alert["signal"] == "delivery", "{alert}");
+    assert_eq!(alert["alertstate"], "pending", "{alert}");
+
     // Every other node pair and overlay, and every network pair of the
     // faulted one but the stream's, stays under 0.1%.
     let others = server
