@@ -63,6 +63,28 @@ struct Kustomization {
     api_version: String,
     kind: String,
     resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    config_map_generator: Vec<ConfigMapGenerator>,
+}
+
+/// A ConfigMap kustomize makes from files (the Grafana dashboard).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigMapGenerator {
+    name: String,
+    namespace: String,
+    files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<GeneratorOptions>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GeneratorOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_name_suffix_hash: Option<bool>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
 }
 
 /// Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), which
@@ -202,6 +224,16 @@ fn kustomization_files(dir: &Path, kustomizations: &mut BTreeSet<PathBuf>) -> Ve
         "{}",
         path.display()
     );
+    for generator in &k.config_map_generator {
+        for file in &generator.files {
+            assert!(
+                dir.join(file).is_file(),
+                "{}: configMapGenerator {} takes {file}, which does not exist",
+                path.display(),
+                generator.name
+            );
+        }
+    }
     let mut files = Vec::new();
     for resource in &k.resources {
         let target = dir.join(resource);
@@ -238,6 +270,49 @@ fn yaml_files(dir: &Path, out: &mut BTreeSet<PathBuf>) {
     }
 }
 
+/// Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1): its
+/// spec is a Prometheus rules file, which tests/prometheus.rs runs through
+/// promtool and a real server; here only its shape.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PrometheusRule {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: RuleGroups,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroups {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroup {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<String>,
+    expr: String,
+    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+    for_: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
 /// Every object of the manifests, by type.
 #[derive(Default)]
 struct Manifests {
@@ -250,6 +325,7 @@ struct Manifests {
     daemon_sets: Vec<DaemonSet>,
     services: Vec<Service>,
     service_monitors: Vec<ServiceMonitor>,
+    prometheus_rules: Vec<PrometheusRule>,
     /// (apiVersion, kind, namespace, name) of every object, to find twins.
     ids: BTreeSet<(String, String, String, String)>,
 }
@@ -329,6 +405,9 @@ impl Manifests {
             }
             ("monitoring.coreos.com/v1", "ServiceMonitor") => {
                 self.service_monitors.push(strict(doc)?)
+            }
+            ("monitoring.coreos.com/v1", "PrometheusRule") => {
+                self.prometheus_rules.push(strict(doc)?)
             }
             _ => return Err(format!("{api_version} {kind}: no type for it in this test")),
         }
@@ -1208,6 +1287,34 @@ fn service_and_servicemonitor_reach_the_metrics_port() {
             "endpoint port name"
         );
         assert_eq!(e.path.as_deref().unwrap_or("/metrics"), "/metrics");
+    }
+}
+
+#[test]
+fn prometheusrule_sits_with_the_servicemonitor_and_every_rule_is_one_thing() {
+    let m = Manifests::load();
+    let [rule] = &m.prometheus_rules[..] else {
+        panic!("one PrometheusRule");
+    };
+    assert_eq!(
+        namespace(&rule.metadata),
+        namespace(&m.service_monitors[0].metadata)
+    );
+    let rules: Vec<&Rule> = rule.spec.groups.iter().flat_map(|g| &g.rules).collect();
+    assert!(!rules.is_empty());
+    for r in rules {
+        match (&r.record, &r.alert) {
+            (Some(record), None) => {
+                assert!(record.starts_with("crossover:"), "{record}");
+                assert!(r.for_.is_none() && r.annotations.is_empty(), "{r:?}");
+            }
+            (None, Some(alert)) => {
+                assert!(alert.starts_with("Crossover"), "{alert}");
+                assert!(r.labels.contains_key("severity"), "{alert}: no severity");
+                assert!(r.annotations.contains_key("summary"), "{alert}: no summary");
+            }
+            _ => panic!("a rule records or alerts: {r:?}"),
+        }
     }
 }
 

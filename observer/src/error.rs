@@ -97,6 +97,30 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Every value [`Error::metric_label`] gives, in its order: the agent
+    /// exports `crossover_errors_total` at 0 for each from its start, so an
+    /// `increase()` has a first sample to start from. A test checks the two
+    /// agree for every variant.
+    pub const METRIC_LABELS: [&'static str; 17] = [
+        "privilege",
+        "no_interface",
+        "verifier",
+        "load",
+        "object_mismatch",
+        "program",
+        "attach",
+        "map",
+        "map_full",
+        "shape",
+        "netns",
+        "conntrack",
+        "kube",
+        "probe",
+        "migration",
+        "agent",
+        "io",
+    ];
+
     /// Value of the `reason` label when this error is counted.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -153,4 +177,102 @@ pub(crate) fn root_io_error<'a>(
 
 pub(crate) fn is_permission(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every variant (the match makes a new variant fail to
+    /// compile here until it is added).
+    fn one_of_each() -> Vec<Error> {
+        let io = || io::Error::other("x");
+        let program = || Box::new(ProgramError::AlreadyAttached);
+        let all = vec![
+            Error::Privilege {
+                action: "a".into(),
+                source: io(),
+            },
+            Error::NoInterface("i".into()),
+            Error::Verifier {
+                program: "p".into(),
+                source: io(),
+                log: String::new(),
+            },
+            Error::Load(Box::new(EbpfError::FileError {
+                path: "o".into(),
+                error: io(),
+            })),
+            Error::MissingProgram("p".into()),
+            Error::MissingMap("m"),
+            Error::Program {
+                program: "p".into(),
+                source: program(),
+            },
+            Error::Attach {
+                program: "p".into(),
+                iface: "i".into(),
+                source: program(),
+            },
+            Error::Map {
+                map: "m",
+                source: Box::new(MapError::KeyNotFound),
+            },
+            Error::MapFull {
+                map: "m",
+                capacity: 1,
+                what: String::new(),
+            },
+            Error::Shape("s".into()),
+            Error::Netns {
+                name: "n".into(),
+                source: io(),
+            },
+            Error::Conntrack {
+                context: "c",
+                source: io(),
+            },
+            Error::Kube {
+                context: "c".into(),
+                reason: "r".into(),
+            },
+            Error::Probe("p".into()),
+            Error::Migration("m".into()),
+            Error::Agent {
+                agent: "a".into(),
+                reason: "r".into(),
+            },
+            Error::io("w", io()),
+        ];
+        for e in &all {
+            match e {
+                Error::Privilege { .. }
+                | Error::NoInterface(_)
+                | Error::Verifier { .. }
+                | Error::Load(_)
+                | Error::MissingProgram(_)
+                | Error::MissingMap(_)
+                | Error::Program { .. }
+                | Error::Attach { .. }
+                | Error::Map { .. }
+                | Error::MapFull { .. }
+                | Error::Shape(_)
+                | Error::Netns { .. }
+                | Error::Conntrack { .. }
+                | Error::Kube { .. }
+                | Error::Probe(_)
+                | Error::Migration(_)
+                | Error::Agent { .. }
+                | Error::Io { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_metric_label_is_listed_once() {
+        let mut labels: Vec<_> = one_of_each().iter().map(Error::metric_label).collect();
+        labels.dedup();
+        assert_eq!(labels, Error::METRIC_LABELS);
+    }
 }

@@ -1,6 +1,7 @@
 //! Fixtures shared by crossover's integration tests: crafted packets,
 //! a harness that runs the real programs on them with `BPF_PROG_TEST_RUN`,
 //! network namespaces for real traffic, and a fake Kubernetes API server.
+pub mod agents;
 pub mod apiserver;
 pub mod fleet;
 pub mod footprint;
@@ -10,6 +11,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod prometheus;
 pub mod simulated_agents;
 
 /// Every test here loads programs into the running kernel or builds

@@ -19,6 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iptables-restore", "iptables"),
     ("nft", "nftables"),
+    // promtool checks and unit-tests the shipped rules; the server runs
+    // them against the lab's agents (tests/prometheus.rs).
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -73,10 +73,11 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
     let mut out = String::new();
     let node = state.node.as_str();
     let view = state.view();
-    // Every peer its own series in a cluster of up to PEER_DETAIL_NODES;
-    // beyond, the nodes under migration only, and the rest summed (peer
-    // `*`): 5,000 peers x 8 series would be 5.5 MB a scrape.
-    let everyone = view.shape.nodes.len() <= PEER_DETAIL_NODES;
+    // Every peer its own series in a cluster of up to
+    // `--metrics-peer-detail` nodes (PEER_DETAIL_NODES); beyond, the nodes
+    // under migration only, and the rest summed (peer `*`): 5,000 peers x
+    // 8 series would be 5.5 MB a scrape.
+    let everyone = view.shape.nodes.len() <= state.peer_detail_nodes;
     peer_families(&mut out, node, peers, |addr| {
         let name = view.node_name(addr);
         if everyone || view.focus.contains(&name) {
@@ -90,7 +91,8 @@ pub fn render(state: &State, peers: &[PeerRecord], counters: &Counters) -> Strin
 }
 
 /// Clusters up to this size get a series per peer in every per-peer
-/// family; larger ones per node under migration, the rest summed.
+/// family; larger ones per node under migration, the rest summed. The
+/// default of `--metrics-peer-detail`.
 pub const PEER_DETAIL_NODES: usize = 100;
 
 /// The per-peer counter families: what grows with the cluster, 8 series a
@@ -196,24 +198,29 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
 
-    // Past PEER_DETAIL_NODES, per-peer series of the probes and of this
+    // Past --metrics-peer-detail nodes, per-peer series of the probes and of this
     // node's own windows for the nodes under migration only: the rest of
     // the mesh is judged by readers (each agent's worst rows), and a
     // scrape stays bounded whatever the cluster's size.
     let view = state.view();
+    let mut f = family(
+        out,
+        "crossover_node_migrating",
+        "gauge",
+        "1 while this node is under migration (annotated crossover.io/migrating=true by the driver, \
+         from its first step until done or rolled back; kept on a halt), else 0.",
+    );
+    f.sample(&[("node", node)], u64::from(view.focus.contains(node)));
     let detailed =
-        |peer: &str| view.shape.nodes.len() <= PEER_DETAIL_NODES || view.focus.contains(peer);
+        |peer: &str| view.shape.nodes.len() <= state.peer_detail_nodes || view.focus.contains(peer);
     window_families(out, state, &detailed);
     if let Some(probing) = &state.probing {
         let mut totals = probing.stats.totals();
         totals.retain(|t| detailed(&t.key.peer_node));
-        let mut window = probing.stats.window(std::time::Instant::now());
-        window.retain(|w| detailed(&w.key.peer_node));
         let unattributed = probing.stats.unattributed_totals();
         let responder = probing.responder.totals();
         let report = crate::probe::metrics::Report {
             totals: &totals,
-            window: &window,
             unattributed: &unattributed,
             responder: Some(&responder),
         };
@@ -231,8 +238,15 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         "counter",
         "Errors of the agent itself, by reason.",
     );
+    // Read before the errors are written, so a failed read is counted in
+    // this very scrape.
+    let process = super::process::Process::read().inspect_err(|e| state.count(e));
     for (reason, n) in state.errors() {
         f.sample(&[("node", node), ("reason", reason)], n);
+    }
+    super::process::write_build_info(out, node);
+    if let Ok(process) = process {
+        process.write(out);
     }
 }
 
@@ -300,6 +314,14 @@ fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> b
         "How far the newest tick's two reads came after their instants (the tick, the tick plus the guard). Past the guard, a window's edges on this node no longer bracket its peers'.",
     );
     f.sample(&[("node", node)], state.tick_lateness().as_secs_f64());
+    let mut f = family(
+        out,
+        "crossover_newest_tick_timestamp_seconds",
+        "gauge",
+        "Wall-clock instant (Unix seconds) of the newest tick whose counters this node read; 0 before the first. \
+         Far behind time(), the sampler is stuck and readers get no window from this node.",
+    );
+    f.sample(&[("node", node)], state.newest_tick_ms() as f64 / 1e3);
 }
 
 /// The log of NAT mappings conntrack destroyed, when ctnetlink has one.

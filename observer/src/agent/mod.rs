@@ -7,6 +7,7 @@
 pub mod api;
 pub mod metrics;
 mod probing;
+mod process;
 mod routes;
 mod sampler;
 pub mod view;
@@ -135,6 +136,12 @@ pub struct AgentArgs {
     /// leaving them for the next agent (uninstalling).
     #[arg(long, requires = "pin_path")]
     pub detach_on_exit: bool,
+    /// In a cluster of up to this many nodes /metrics has a series per
+    /// peer in every per-peer family; past it, per node under migration,
+    /// every other peer summed into peer_node="*" (which rules cannot join
+    /// with the peer's half: docs/metrics.md). 8 series a peer at most.
+    #[arg(long, default_value_t = metrics::PEER_DETAIL_NODES)]
+    pub metrics_peer_detail: usize,
     #[command(flatten)]
     pub ageing: crate::datapath::AgeingPolicy,
 }
@@ -157,6 +164,8 @@ pub struct State {
     /// The sampler's last reading, and how old it may be to be served.
     reading: Mutex<Option<Arc<sampler::Reading>>>,
     reading_max_age: Duration,
+    /// `--metrics-peer-detail`.
+    peer_detail_nodes: usize,
     probing: Option<probing::Probing>,
     /// Woken by the sampler when the flow table refused new flows since
     /// its last reading: the ageing sweep comes sooner.
@@ -520,7 +529,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         observer: session.observer.clone(),
         netns: args.netns.clone(),
         cluster: cluster.clone(),
-        errors: Mutex::new(BTreeMap::new()),
+        errors: Mutex::new(Error::METRIC_LABELS.into_iter().map(|r| (r, 0)).collect()),
         ring: Mutex::new(Ring::new(
             args.sample_interval,
             args.reading_guard,
@@ -532,6 +541,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         reading: Mutex::new(None),
         // A sampler that fell behind (or stopped) is not served from.
         reading_max_age: args.sample_interval * 3,
+        peer_detail_nodes: args.metrics_peer_detail,
         probing,
         table_full: tokio::sync::Notify::new(),
         refused_flows: std::sync::atomic::AtomicU64::new(0),

@@ -42,8 +42,13 @@ pub enum LossFormat {
 #[derive(Debug, Args)]
 pub struct LossArgs {
     /// An agent's base URL, e.g. http://10.0.0.5:9190. Repeat for every node.
-    #[arg(long = "agent", required = true)]
+    #[arg(long = "agent", required_unless_present = "prometheus")]
     pub agents: Vec<String>,
+    /// Read the shipped recording rules' records from this Prometheus
+    /// (base URL, e.g. http://prometheus:9090) instead of the agents:
+    /// whole minutes (--window rounded up), from scrapes (docs/metrics.md).
+    #[arg(long, conflicts_with_all = ["agents", "since_start", "all"])]
+    pub prometheus: Option<String>,
     /// Delivery since the agents started, from their raw underlay counters,
     /// instead of a window of every signal.
     #[arg(long, conflicts_with = "all")]
@@ -158,7 +163,13 @@ pub async fn run(args: LossArgs) -> Result<i32> {
         }
         summary
     } else {
-        let mut reading = cluster::read(&client, &args.agents, &options).await;
+        let mut reading = match &args.prometheus {
+            Some(url) => {
+                crate::loss::prometheus::read(&client, url, &options, std::time::SystemTime::now())
+                    .await?
+            }
+            None => cluster::read(&client, &args.agents, &options).await,
+        };
         reading.totals.retain(|r| filter.keeps(r));
         reading.rows.retain(|r| filter.keeps(r));
         if args.nodes.is_empty() {

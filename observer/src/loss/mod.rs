@@ -11,9 +11,12 @@
 //! * [`reading`]: `/api/v1/reading`, an agent's half of a window.
 //! * [`client`]: the readers' keep-alive HTTP client.
 //! * [`cluster`]: a reading of the whole cluster from every agent's half.
+//! * [`prometheus`]: the same reading from the shipped recording rules'
+//!   records in Prometheus.
 pub mod client;
 pub mod cluster;
 pub mod delivery;
+pub mod prometheus;
 pub mod reading;
 pub mod ring;
 pub mod row;

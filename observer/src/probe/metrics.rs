@@ -1,19 +1,16 @@
 //! The probes' Prometheus families, in the text format (0.0.4) of
 //! `agent/metrics.rs`, for the agent to append to its `/metrics`.
 //!
-//! RTT is a summary whose quantiles (0.5, 0.9, 0.99 and 1, the maximum)
-//! are over the stats' sliding window, with `_sum` and `_count` since the
-//! start, as summaries have them. Not a histogram: the question during a
-//! migration is "what is this node pair's RTT now", per pair, which the
-//! window answers directly, and a summary costs 6 series per pair and
-//! signal where a histogram of 12 buckets from 50 µs to 1 s costs 15;
-//! with a series per node pair that is the difference that matters. What
-//! a summary gives up, aggregating quantiles across pairs, is not a
-//! question these series are for.
+//! RTT is a histogram of fixed buckets ([`RTT_BUCKETS`], 50 µs to 1 s)
+//! since the start: a rule can aggregate it across node pairs, overlays
+//! and nodes (`histogram_quantile(0.99, sum by (le, overlay) (rate(...)))`),
+//! which a summary's quantiles cannot be, and Cilium, Hubble and
+//! goldpinger export theirs the same way. It costs 16 series a pair and signal; past 100 nodes only the nodes under
+//! migration have probe series at all (agent/metrics.rs).
 use super::{
     mesh::Summary,
     responder::ResponderTotals,
-    stats::{Probe, Quantiles, Totals, Window},
+    stats::{Probe, RTT_BUCKETS, Totals},
 };
 
 /// Which number of a series a family shows.
@@ -21,15 +18,9 @@ type Value = fn(&Totals) -> u64;
 
 use crate::exposition::family;
 
-/// Prometheus' float syntax: `NaN` for a quantile of an empty window.
-fn float(value: Option<f64>) -> String {
-    value.map_or_else(|| "NaN".into(), |v| v.to_string())
-}
-
 /// What one scrape shows of the probes.
 pub struct Report<'a> {
     pub totals: &'a [Totals],
-    pub window: &'a [Window],
     /// [`super::ProbeStats::unattributed_totals`].
     pub unattributed: &'a [(&'static str, u64)],
     /// The agent's own responder, if it runs one.
@@ -102,22 +93,21 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
     let mut f = family(
         out,
         "crossover_probe_rtt_seconds",
-        "summary",
-        "Probe round-trip time (UDP echo, TCP handshake): quantiles over the sliding window, \
-         sum and count since the start.",
+        "histogram",
+        "Probe round-trip time (UDP echo, TCP handshake) since the start, in fixed buckets \
+         from 50 us to 1 s (the probe timeout).",
     );
     for t in report.totals {
         let labels = series(t);
-        let quantiles = report
-            .window
-            .iter()
-            .find(|w| w.key == t.key)
-            .and_then(|w| w.rtt)
-            .map(|q| q.values());
-        for (i, level) in Quantiles::LABELS.iter().enumerate() {
+        let mut cumulative = 0;
+        for (i, n) in t.rtt_buckets.iter().enumerate() {
+            cumulative += n;
+            let le = RTT_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".into(), f64::to_string);
             let mut l = refs(&labels);
-            l.push(("quantile", level));
-            f.sample(&l, float(quantiles.map(|q| q[i])));
+            l.push(("le", &le));
+            f.sample_suffixed("_bucket", &l, cumulative);
         }
         f.sample_suffixed("_sum", &labels, t.rtt_sum_seconds);
         f.sample_suffixed("_count", &labels, t.received);
@@ -230,35 +220,20 @@ mod tests {
             lost_by_reason: vec![("timeout", 2)],
             late: 1,
             rtt_sum_seconds: 0.004,
+            // 8 received: 1 at most 50 µs, 6 in (250, 500] µs, 1 over 1 s.
+            rtt_buckets: [1, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
         }
     }
 
     #[test]
     fn families_have_help_and_type_and_escaped_labels() {
         let totals = [totals(Probe::Udp), totals(Probe::Tcp)];
-        let window = [Window {
-            key: key(Probe::Udp),
-            seconds: 10.0,
-            sent: 10,
-            received: 8,
-            lost: 2,
-            refused: 3,
-            late: 1,
-            loss_ratio: Some(0.2),
-            rtt: Some(Quantiles {
-                p50: 0.0005,
-                p90: 0.0006,
-                p99: 0.0007,
-                max: 0.0008,
-            }),
-        }];
         let mut out = String::new();
         write(
             &mut out,
             "n1",
             &Report {
                 totals: &totals,
-                window: &window,
                 unattributed: &[("stray", 3)],
                 responder: None,
             },
@@ -275,10 +250,11 @@ mod tests {
             format!("crossover_probes_lost_total{{{tcp},reason=\"timeout\"}} 2"),
             format!("crossover_probes_late_total{{{udp}}} 1"),
             format!("crossover_probes_refused_total{{{udp}}} 3"),
-            format!("crossover_probe_rtt_seconds{{{udp},quantile=\"0.99\"}} 0.0007"),
-            format!("crossover_probe_rtt_seconds{{{udp},quantile=\"1\"}} 0.0008"),
-            // No window for TCP: a quantile of nothing.
-            format!("crossover_probe_rtt_seconds{{{tcp},quantile=\"0.5\"}} NaN"),
+            format!("crossover_probe_rtt_seconds_bucket{{{udp},le=\"0.00005\"}} 1"),
+            format!("crossover_probe_rtt_seconds_bucket{{{udp},le=\"0.00025\"}} 1"),
+            format!("crossover_probe_rtt_seconds_bucket{{{udp},le=\"0.0005\"}} 7"),
+            format!("crossover_probe_rtt_seconds_bucket{{{tcp},le=\"1\"}} 7"),
+            format!("crossover_probe_rtt_seconds_bucket{{{tcp},le=\"+Inf\"}} 8"),
             format!("crossover_probe_rtt_seconds_sum{{{udp}}} 0.004"),
             format!("crossover_probe_rtt_seconds_count{{{udp}}} 8"),
             "crossover_probe_ignored_total{node=\"n1\",reason=\"stray\"} 3".into(),
@@ -296,6 +272,7 @@ mod tests {
                 let family = name
                     .strip_suffix("_sum")
                     .or_else(|| name.strip_suffix("_count"))
+                    .or_else(|| name.strip_suffix("_bucket"))
                     .filter(|f| *f == "crossover_probe_rtt_seconds")
                     .unwrap_or(name);
                 assert_eq!(declared.last().map(String::as_str), Some(family), "{line}");

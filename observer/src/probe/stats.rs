@@ -147,8 +147,31 @@ pub struct Totals {
     /// UDP replies that came after the timeout: those probes are lost, and
     /// counted here as well.
     pub late: u64,
-    /// Sum of the RTTs of received probes (for a summary's `_sum`).
+    /// Sum of the RTTs of received probes (the histogram's `_sum`).
     pub rtt_sum_seconds: f64,
+    /// Received probes by RTT bucket: `rtt_buckets[i]` counts RTTs in
+    /// (`RTT_BUCKETS[i-1]`, `RTT_BUCKETS[i]`], the last those above every
+    /// bound (only `+Inf` holds them). Not cumulative: the exposition adds.
+    pub rtt_buckets: [u64; RTT_BUCKETS.len() + 1],
+}
+
+/// Upper bounds, in seconds, of the RTT histogram's buckets: in-cluster
+/// RTTs run from tens of microseconds (same rack, the lab) to a few
+/// milliseconds (across zones), and a probe times out at 1 s. Roughly two
+/// buckets a decade from 50 µs to 1 s; 13 bounds make 16 series a pair and
+/// signal with `_sum` and `_count`. Fixed, so histograms of every node
+/// pair aggregate (`sum by (le)`) and `histogram_quantile` works on them.
+pub const RTT_BUCKETS: [f64; 13] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The bucket of an RTT: the first bound it does not exceed.
+fn rtt_bucket(rtt: Duration) -> usize {
+    let secs = rtt.as_secs_f64();
+    RTT_BUCKETS
+        .iter()
+        .position(|&le| secs <= le)
+        .unwrap_or(RTT_BUCKETS.len())
 }
 
 /// The last seconds of a series.
@@ -214,6 +237,7 @@ struct Series {
     refused: u64,
     late: u64,
     rtt_sum_ns: u64,
+    rtt_buckets: [u64; RTT_BUCKETS.len() + 1],
     buckets: VecDeque<Bucket>,
     /// A histogram of a bucket that left the window, for the next one.
     spare: Option<Histogram<u32>>,
@@ -275,6 +299,7 @@ impl Recorder {
             s.rtt_sum_ns = s
                 .rtt_sum_ns
                 .saturating_add(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
+            s.rtt_buckets[rtt_bucket(rtt)] += 1;
             let spare = s.spare.take();
             let b = s.bucket(second, window);
             b.received += 1;
@@ -409,6 +434,7 @@ impl ProbeStats {
                         .collect(),
                     late: s.late,
                     rtt_sum_seconds: s.rtt_sum_ns as f64 / 1e9,
+                    rtt_buckets: s.rtt_buckets,
                 }
             })
             .collect()
@@ -523,6 +549,9 @@ mod tests {
         assert_eq!((t.sent, t.received, t.lost, t.late), (10, 5, 5, 1));
         assert_eq!(t.lost_by_reason[0], ("timeout", 5));
         assert!((t.rtt_sum_seconds - 1500e-6).abs() < 1e-9);
+        // 100 µs in (50, 100], 200 in (100, 250], 300-500 in (250, 500].
+        assert_eq!(&t.rtt_buckets[..5], &[0, 1, 1, 3, 0]);
+        assert_eq!(t.rtt_buckets.iter().sum::<u64>(), t.received);
     }
 
     #[test]
@@ -563,6 +592,17 @@ mod tests {
         let back = stats.recorder(key("b", Probe::Udp));
         assert_eq!(stats.totals()[1].sent, 0);
         drop(back);
+    }
+
+    #[test]
+    fn rtts_fall_in_the_first_bucket_they_do_not_exceed() {
+        let us = Duration::from_micros;
+        assert_eq!(rtt_bucket(us(1)), 0);
+        assert_eq!(rtt_bucket(us(50)), 0);
+        assert_eq!(rtt_bucket(us(51)), 1);
+        assert_eq!(rtt_bucket(Duration::from_secs(1)), RTT_BUCKETS.len() - 1);
+        assert_eq!(rtt_bucket(Duration::from_millis(1001)), RTT_BUCKETS.len());
+        assert!(RTT_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -1,0 +1,514 @@
+//! Prometheus as the engine: the shipped rules (manifests/monitoring/
+//! prometheusrule.yaml) through promtool, and a real Prometheus server
+//! scraping the lab's agents with those rules loaded, against the wire's
+//! drop counter. The lab test needs root (namespaces, programs in the
+//! kernel); the promtool test does not.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crossover_tests::{
+    agents::{Agents, CROSSOVER, PORT},
+    lab::{Fault, Lab, LabSpec, Overlay, exec::run, plan, traffic},
+    netns::{http_get, unique},
+    prometheus::{
+        Server, dashboard_queries, dashboard_variable_metrics, manifests_dir, metric_names,
+        promtool, recorded_names, write_rules_file,
+    },
+    require_root,
+};
+use serde_json::Value;
+
+/// Prometheus' address on the lab's underlay bridge: it reaches every
+/// node's `eth0` directly, and to the agents it is no node, so its scrapes
+/// are no node pair's traffic.
+const PROMETHEUS_ADDR: &str = "172.18.255.254";
+const PROMETHEUS_PORT: u16 = 9090;
+
+fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn unit_tests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/rules_test.yml")
+}
+
+#[test]
+fn shipped_rules_pass_promtool_check_and_unit_tests() {
+    let dir = temp_dir("rules");
+    write_rules_file(&dir);
+    std::fs::copy(unit_tests(), dir.join("rules_test.yml")).unwrap();
+    let checked = promtool(&dir, &["check", "rules", "crossover.rules.yml"]).unwrap();
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let tested = promtool(&dir, &["test", "rules", "rules_test.yml"]).unwrap();
+    assert!(tested.contains("SUCCESS"), "{tested}");
+
+    // The unit tests can fail: the loss alert at 10% instead of 1% no
+    // longer fires on the 5% and 2% pairs.
+    let rules = std::fs::read_to_string(dir.join("crossover.rules.yml")).unwrap();
+    let loosened = rules.replace("} > 0.01", "} > 0.1");
+    assert_ne!(
+        loosened, rules,
+        "the loss alert's threshold moved: update this test"
+    );
+    std::fs::write(dir.join("crossover.rules.yml"), loosened).unwrap();
+    let failed = promtool(&dir, &["test", "rules", "rules_test.yml"]).unwrap_err();
+    assert!(
+        failed.to_string().contains("CrossoverNodePairLoss"),
+        "{failed}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The target labels the shipped ServiceMonitor gives a node's agent: its
+/// relabelings from the pod's node name (the rest is the Operator's).
+fn servicemonitor_target_labels(node: &str) -> BTreeMap<String, String> {
+    let path = manifests_dir().join("monitoring/servicemonitor.yaml");
+    let sm: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut labels = BTreeMap::new();
+    for endpoint in sm["spec"]["endpoints"].as_array().unwrap() {
+        for r in endpoint["relabelings"].as_array().into_iter().flatten() {
+            assert_eq!(
+                r["sourceLabels"],
+                serde_json::json!(["__meta_kubernetes_pod_node_name"]),
+                "a relabeling this test does not emulate: {r}"
+            );
+            let target = r["targetLabel"].as_str().unwrap();
+            labels.insert(target.to_owned(), node.to_owned());
+        }
+    }
+    labels
+}
+
+/// Scrapes every agent each second (labelled as the ServiceMonitor labels
+/// it), evaluates the rules each second.
+fn config(lab: &Lab) -> String {
+    let targets: Vec<Value> = lab
+        .nodes()
+        .enumerate()
+        .map(|(j, node)| {
+            serde_json::json!({
+                "targets": [format!("{}:{PORT}", plan::underlay_addr(j))],
+                "labels": servicemonitor_target_labels(&node.name),
+            })
+        })
+        .collect();
+    // JSON is YAML.
+    serde_json::json!({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["crossover.rules.yml"],
+        "scrape_configs": [{"job_name": "crossover-agent", "static_configs": targets}],
+    })
+    .to_string()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn label<'a>(series: &'a Value, name: &str) -> &'a str {
+    series[name].as_str().unwrap_or_default()
+}
+
+#[test]
+fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("pm"),
+        nodes: 3,
+        migrated: 1,
+        pods: 2,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    run(&[
+        "ip",
+        "-n",
+        &lab.underlay_ns(),
+        "addr",
+        "add",
+        &format!("{PROMETHEUS_ADDR}/16"),
+        "dev",
+        "underlay",
+    ])
+    .unwrap();
+    let dir = temp_dir("prometheus");
+    write_rules_file(&dir);
+    let server = Server::start(&lab.underlay_ns(), &dir, &config(&lab), PROMETHEUS_PORT).unwrap();
+
+    // 5% of control-plane's packets to worker-1 (migrated) on the Cilium
+    // overlay, from before the traffic to after the reading.
+    let fault = lab
+        .inject(Fault::Loss {
+            from: "control-plane".into(),
+            to: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            percent: 5.0,
+        })
+        .unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    // Steady streams (300 packets/s, 80 s): legacy to Cilium over the
+    // fault, Cilium to legacy, legacy to legacy, daemonset pods.
+    let streams = [
+        (e("control-plane/app-1"), e("worker-1/app-1")),
+        (e("worker-1/app-2"), e("worker-2/app-1")),
+        (e("worker-2/app-2"), e("control-plane/app-2")),
+        (e("worker-1/ds"), e("control-plane/ds")),
+    ];
+    let start = Instant::now();
+    // The rules' 1m window at `at` lies inside the traffic: from 10 s to
+    // 70 s after it started. The drop counter is read at both edges.
+    let (drops, at, readings) = std::thread::scope(|s| {
+        for (from, to) in &streams {
+            s.spawn(move || traffic::udp_stream(from, to, 300 * 80, 300, 200).unwrap());
+        }
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(start.elapsed()));
+        let before = lab.drops(fault).unwrap();
+        std::thread::sleep(Duration::from_secs(70).saturating_sub(start.elapsed()));
+        let (after, at) = (lab.drops(fault).unwrap(), unix_now());
+        // A scrape and an evaluation past `at`, traffic still running.
+        std::thread::sleep(Duration::from_secs(3));
+        // `crossover loss --prometheus`: the same records, summed over the
+        // last one and two minutes (the second reaches before the
+        // traffic, whose first minute the rules leave out).
+        let readings = ["1m", "2m"].map(|w| loss_from_prometheus(&lab, w));
+        (after - before, at, readings)
+    });
+
+    let faulted = |s: &Value| {
+        label(s, "node") == "control-plane"
+            && label(s, "peer_node") == "worker-1"
+            && label(s, "overlay") == "cilium"
+    };
+    let one = |expr: &str| -> f64 {
+        let found = server.query(expr, at).unwrap();
+        assert_eq!(found.len(), 1, "{expr}: {found:?}\n{}", server.log());
+        found[0].1
+    };
+    let pair = r#"node="control-plane",peer_node="worker-1",overlay="cilium",signal="delivery""#;
+    let ratio = one(&format!("crossover:pair_overlay_loss_ratio:1m{{{pair}}}"));
+    let sent = one(&format!("crossover:pair_overlay_sent:increase1m{{{pair}}}"));
+    let lost = one(&format!("crossover:pair_overlay_lost:increase1m{{{pair}}}"));
+    let wire = drops as f64 / sent;
+    eprintln!(
+        "faulted pair over 1m: sent {sent:.0}, lost {lost:.1}, ratio {:.3}%; the wire dropped {drops} ({:.3}%)",
+        ratio * 100.0,
+        wire * 100.0
+    );
+    // A minute of 300 packets/s: about 18,000 sent, 900 dropped.
+    assert!(sent > 15_000.0, "{sent}");
+    assert!(
+        (ratio - wire).abs() <= 0.005,
+        "the rule's {ratio} against the wire's {wire}"
+    );
+
+    for (window, reading) in ["1m", "2m"].iter().zip(&readings) {
+        let rows = reading["rows"].as_array().unwrap();
+        // The stream's network pair: the faulted pair's busiest.
+        let row = rows
+            .iter()
+            .filter(|r| faulted(r) && r["signal"] == "delivery")
+            .max_by_key(|r| r["sent"].as_u64())
+            .unwrap_or_else(|| panic!("--window {window}: no faulted row in {reading:#}"));
+        let (sent, lost) = (row["sent"].as_f64().unwrap(), row["lost"].as_f64().unwrap());
+        eprintln!("crossover loss --prometheus --window {window}: {lost} of {sent} lost");
+        assert!(sent > 15_000.0, "{row}");
+        assert!((lost / sent - wire).abs() <= 0.005, "{row} against {wire}");
+        assert_eq!(reading["answered"], 3, "{reading:#}");
+        // Two minutes reach the streams' start, where each end's series
+        // first appears at its own scrape: the rules leave a series' first
+        // minute out, so that shows as nothing rather than as loss.
+        for r in rows.iter().filter(|r| !faulted(r)) {
+            let (sent, lost) = (r["sent"].as_f64().unwrap(), r["lost"].as_f64().unwrap());
+            assert!(lost <= sent * 0.001, "--window {window}: {r}");
+        }
+    }
+
+    // The loss alert holds for the faulted pair alone (pending: it waits
+    // 3 minutes before firing, longer than this test).
+    let alerts = server
+        .query(
+            r#"ALERTS{alertname=~"CrossoverNodePairLoss|CrossoverProbesFailing"}"#,
+            at,
+        )
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let (alert, _) = &alerts[0];
+    assert!(faulted(alert) && alert["signal"] == "delivery", "{alert}");
+    assert_eq!(alert["alertstate"], "pending", "{alert}");
+
+    // Every other node pair and overlay, and every network pair of the
+    // faulted one but the stream's, stays under 0.1%.
+    let others = server
+        .query("crossover:pair_overlay_loss_ratio:1m", at)
+        .unwrap();
+    let clean: Vec<_> = others.iter().filter(|(s, _)| !faulted(s)).collect();
+    for (series, ratio) in &clean {
+        eprintln!("{series}: {:.4}%", ratio * 100.0);
+        assert!(ratio.abs() < 0.001, "{series}: {ratio}");
+    }
+    assert!(
+        clean.len() >= 3,
+        "the other streams' pairs are missing: {others:?}"
+    );
+
+    // No label of the agents' series collided with a target label
+    // (Prometheus would keep the series' own as exported_<name>), and
+    // each agent's own `node` is the node its target is.
+    let labels = server.label_names().unwrap();
+    assert!(
+        labels.iter().all(|l| !l.starts_with("exported_")),
+        "{labels:?}"
+    );
+    let build = server.query("crossover_build_info", unix_now()).unwrap();
+    assert_eq!(build.len(), lab.nodes().count(), "{build:?}");
+    for (series, _) in &build {
+        for (target, value) in servicemonitor_target_labels(label(series, "node")) {
+            assert_eq!(label(series, &target), value, "{series}");
+        }
+    }
+
+    // Every dashboard query runs on the real server; the node-pair matrix
+    // of the Cilium overlay shows the faulted pair's figure.
+    for (panel, expr) in dashboard_queries() {
+        server
+            .query(&expr, at)
+            .unwrap_or_else(|e| panic!("panel {panel:?}: {e}"));
+    }
+    let matrix = dashboard_queries()
+        .into_iter()
+        .find(|(panel, _)| panel.starts_with("Node-pair loss"))
+        .unwrap()
+        .1;
+    let cells = server.query(&matrix, at).unwrap();
+    let cell = cells
+        .iter()
+        .find(|(s, _)| label(s, "node") == "control-plane" && label(s, "peer_node") == "worker-1")
+        .unwrap_or_else(|| panic!("{matrix}: {cells:?}"));
+    assert_eq!(cell.1, ratio);
+
+    // Every family an agent serves is in the metrics reference, with its
+    // labels.
+    let (status, body) = http_get(
+        &lab.node_ns("control-plane"),
+        &format!("{}/metrics", agents.urls[1]),
+    );
+    assert_eq!(status, 200);
+    check_documented(&body);
+
+    drop(server);
+    lab.clear(fault).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A family of docs/metrics.md's tables: its type and labels.
+struct Documented {
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+/// `crossover loss --prometheus` over `window`, run where Prometheus is,
+/// for control-plane's rows exactly: its JSON.
+fn loss_from_prometheus(lab: &Lab, window: &str) -> Value {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.underlay_ns(), CROSSOVER, "loss"])
+        .args([
+            "--prometheus",
+            &format!("http://127.0.0.1:{PROMETHEUS_PORT}"),
+        ])
+        .args([
+            "--window",
+            window,
+            "--node",
+            "control-plane",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The families of docs/metrics.md's tables, by name.
+fn documented() -> BTreeMap<String, Documented> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut families = BTreeMap::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | `name` | type | `label`, `label` | what |
+        let Some(name) = cells
+            .get(1)
+            .and_then(|c| c.strip_prefix('`'))
+            .and_then(|c| c.strip_suffix('`'))
+        else {
+            continue;
+        };
+        if !(name.starts_with("crossover_") || name.starts_with("process_")) {
+            continue;
+        }
+        let labels = cells
+            .get(3)
+            .unwrap_or(&"")
+            .split(',')
+            .map(|l| l.trim().trim_matches('`').to_owned())
+            .filter(|l| !l.is_empty() && l != "none")
+            .collect();
+        let kind = cells.get(2).unwrap_or(&"").to_string();
+        families.insert(name.to_owned(), Documented { kind, labels });
+    }
+    families
+}
+
+/// Every family in `exposition` is documented, and its samples carry
+/// only documented labels.
+fn check_documented(exposition: &str) {
+    let docs = documented();
+    let mut kinds = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let doc = docs
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not in docs/metrics.md"));
+            assert_eq!(doc.kind, kind, "{name}'s type in docs/metrics.md");
+            kinds.insert(name.to_owned(), kind.to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let series = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    series
+                        .strip_suffix(s)
+                        .filter(|f| kinds.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(series);
+            let labels = line
+                .split_once('{')
+                .map(|(_, rest)| rest.rsplit_once('}').unwrap().0)
+                .unwrap_or_default();
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let name = pair.split('=').next().unwrap();
+                assert!(
+                    docs[family].labels.contains(name) || name == "le",
+                    "{family}: label {name} is not in docs/metrics.md"
+                );
+            }
+        }
+    }
+    assert!(kinds.len() >= 20, "{kinds:?}");
+}
+
+/// What a dashboard query may select: a family the agent serves (as
+/// documented; the lab test checks the documentation against a real
+/// agent), a histogram's series, a record of the shipped rules, or `up`.
+fn selectable() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (name, doc) in documented() {
+        if doc.kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+        names.insert(name);
+    }
+    names.extend(recorded_names());
+    names.insert("up".into());
+    names
+}
+
+#[test]
+fn dashboard_queries_use_only_served_or_recorded_metrics() {
+    // The parser finds selectors wherever they are nested.
+    let found = metric_names(
+        "histogram_quantile(0.99, sum by (le) (rate(a_bucket[1m]))) / on (x) group_left b{y=\"1\"} > 0",
+    )
+    .unwrap();
+    assert_eq!(found, BTreeSet::from(["a_bucket".into(), "b".into()]));
+    assert!(metric_names("sum(").is_err());
+
+    let allowed = selectable();
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 15, "{queries:?}");
+    let mut used = BTreeSet::new();
+    for (panel, expr) in &queries {
+        for name in metric_names(expr).unwrap_or_else(|e| panic!("panel {panel:?}: {e}")) {
+            assert!(
+                allowed.contains(&name),
+                "panel {panel:?} selects {name:?}, which neither the agent serves nor a rule records"
+            );
+            used.insert(name);
+        }
+    }
+    for name in dashboard_variable_metrics() {
+        assert!(
+            allowed.contains(&name),
+            "a variable lists values of {name:?}"
+        );
+    }
+    // The panels the dashboard is for: the node-pair matrix, loss per
+    // signal and network pair, the migration, the agents.
+    for name in [
+        "crossover:pair_overlay_loss_ratio:1m",
+        "crossover:net_pair_loss_ratio:1m",
+        "crossover_node_migrating",
+        "crossover_newest_tick_timestamp_seconds",
+        "up",
+    ] {
+        assert!(used.contains(name), "no panel shows {name}");
+    }
+}
+
+/// Past `--metrics-peer-detail` nodes an agent sums every peer not under
+/// migration into `peer_node="*"`: what the rules cannot join (and
+/// exclude). A 3-node lab read as if it were large.
+#[test]
+fn past_the_detail_limit_peers_are_summed_into_a_star() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("pd"),
+        nodes: 3,
+        migrated: 1,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start_with(&lab, &["--metrics-peer-detail", "2"]);
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    for to in ["worker-1/app-1", "worker-2/app-1"] {
+        traffic::udp_stream(&e("control-plane/app-1"), &e(to), 200, 1000, 200).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = http_get(
+        &lab.node_ns("control-plane"),
+        &format!("{}/metrics", agents.urls[0]),
+    );
+    assert_eq!(status, 200);
+    let egress: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("crossover_underlay_packets_total{") && l.contains("direction=\"egress\"")
+        })
+        .collect();
+    assert!(!egress.is_empty(), "{body}");
+    for line in &egress {
+        assert!(line.contains("peer_node=\"*\""), "{line}");
+    }
+    // Both peers' 200 datagrams, in the sums.
+    let sent: u64 = egress
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(sent >= 400, "{egress:?}");
+    drop(agents);
+    lab.clear_all().unwrap();
+}

@@ -1,0 +1,158 @@
+//! `crossover agent` on every node of a lab, as the DaemonSet runs it:
+//! inside the node's namespace (host network), configured from the lab's
+//! shape file, listening on every address of the node. Needs root.
+use std::{
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    lab::{Lab, plan},
+    netns::http_get,
+};
+
+pub const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
+pub const PORT: u16 = 9190;
+
+pub struct Agents {
+    children: Vec<Child>,
+    /// Each agent's URL, on its node's underlay address, in node order.
+    pub urls: Vec<String>,
+    /// Arguments every agent gets besides its config.
+    extra: Vec<String>,
+    dir: std::path::PathBuf,
+}
+
+impl Agents {
+    /// One agent per node, inside the node's namespace (host network, as
+    /// the DaemonSet runs), configured from the lab's shape file.
+    pub fn start(lab: &Lab) -> Agents {
+        Self::start_with(lab, &[])
+    }
+
+    /// `extra` may hold `{node}`, replaced by the node's name.
+    pub fn start_with(lab: &Lab, extra: &[&str]) -> Agents {
+        let dir = std::env::temp_dir().join(format!("crossover-agents-{}", lab.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut agents = Agents {
+            children: Vec::new(),
+            urls: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        for (j, node) in lab.nodes().enumerate() {
+            let child = agents.spawn(lab, &node.name);
+            agents.children.push(child);
+            agents
+                .urls
+                .push(format!("http://{}:{PORT}", plan::underlay_addr(j)));
+        }
+        agents.wait_ready(lab);
+        agents
+    }
+
+    fn spawn(&self, lab: &Lab, node: &str) -> Child {
+        let config = self.dir.join(format!("{node}.json"));
+        std::fs::write(
+            &config,
+            serde_json::to_vec(&lab.shape(node).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let extra: Vec<String> = self
+            .extra
+            .iter()
+            .map(|a| a.replace("{node}", node))
+            .collect();
+        Command::new("ip")
+            .args(["netns", "exec", &lab.node_ns(node), CROSSOVER, "agent"])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--iface",
+                "eth0=underlay",
+            ])
+            .args(["--listen", &format!("0.0.0.0:{PORT}")])
+            // Longer than the test: every window starts before the
+            // traffic, so window figures equal the fault's drops.
+            .args(["--window", "60s", "--sample-interval", "500ms"])
+            // No probes: their steady trickle through the fault would keep
+            // the drop counter moving between the readings compared here.
+            // Probes are tested with the API server (tests/kube.rs).
+            .args(["--probe-rate", "0"])
+            .args(&extra)
+            .stderr(std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{CROSSOVER}: {e} (cargo build -p observer --bin crossover)")
+            })
+    }
+
+    /// Kills agent `j` without warning (a crash, an OOM kill) and starts it
+    /// again.
+    pub fn crash_and_restart(&mut self, lab: &Lab, j: usize) {
+        let child = &mut self.children[j];
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let node = lab.nodes().nth(j).unwrap().name.clone();
+        self.children[j] = self.spawn(lab, &node);
+        self.wait_ready(lab);
+    }
+
+    pub fn wait_ready(&self, lab: &Lab) {
+        let ns = lab.node_ns("control-plane");
+        for url in self.urls.clone() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while http_get(&ns, &format!("{url}/readyz")).0 != 200 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} never became ready; logs in {}",
+                    self.dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Windows start from each agent's first tick.
+        for url in self.urls.clone() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let status: serde_json::Value =
+                    serde_json::from_str(&http_get(&ns, &format!("{url}/api/v1/status")).1)
+                        .unwrap_or_default();
+                let tick = |name: &str| status[name].as_u64().unwrap_or(0);
+                if tick("oldest_tick_ms") > 0
+                    && tick("newest_tick_ms") >= tick("oldest_tick_ms") + 1000
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} never read a tick: {status:#}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn stop(mut self) -> Vec<i32> {
+        let codes = self
+            .children
+            .iter_mut()
+            .map(|child| {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                child.wait().unwrap().code().unwrap_or(-1)
+            })
+            .collect();
+        self.children.clear();
+        codes
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
