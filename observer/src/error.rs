@@ -101,9 +101,10 @@ impl Error {
     /// exports `crossover_errors_total` at 0 for each from its start, so an
     /// `increase()` has a first sample to start from. A test checks the two
     /// agree for every variant.
-    pub const METRIC_LABELS: [&'static str; 17] = [
+    pub const METRIC_LABELS: [&'static str; 18] = [
         "privilege",
         "no_interface",
+        "no_ethernet",
         "verifier",
         "load",
         "object_mismatch",
@@ -194,6 +195,10 @@ mod tests {
                 source: io(),
             },
             Error::NoInterface("i".into()),
+            Error::NoEthernet {
+                iface: "i".into(),
+                hook: crate::iface::Hook::Pod,
+            },
             Error::Verifier {
                 program: "p".into(),
                 source: io(),
@@ -248,6 +253,7 @@ mod tests {
             match e {
                 Error::Privilege { .. }
                 | Error::NoInterface(_)
+                | Error::NoEthernet { .. }
                 | Error::Verifier { .. }
                 | Error::Load(_)
                 | Error::MissingProgram(_)
