@@ -2,6 +2,7 @@
 //! a harness that runs the real programs on them with `BPF_PROG_TEST_RUN`,
 //! network namespaces for real traffic, and a fake Kubernetes API server.
 pub mod apiserver;
+pub mod browser;
 pub mod fleet;
 pub mod footprint;
 pub mod harness;
