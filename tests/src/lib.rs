@@ -8,6 +8,7 @@ pub mod footprint;
 pub mod harness;
 pub mod kubelab;
 pub mod lab;
+pub mod migration;
 pub mod netns;
 pub mod packet;
 pub mod pins;

@@ -396,9 +396,10 @@ fn panel(title: String, node: &str, rows: &[&LossRow], t: &Thresholds, report: &
         let threshold = t.for_signal(r.signal);
         r.ratio().unwrap_or(0.0) / if threshold > 0.0 { threshold } else { 1.0 }
     };
-    // Peers worst first, plan order among equals; the node first.
+    // Every node of the plan (the same axes in every panel) and any other
+    // the rows name; past HEATMAP_NODES, the node and its worst peers.
     let plan: Vec<&str> = report.state.nodes.iter().map(|n| n.name.as_str()).collect();
-    let mut peers: Vec<(&str, f64)> = Vec::new();
+    let mut peers: Vec<(&str, f64)> = plan.iter().map(|p| (*p, 0.0)).collect();
     for r in rows.iter().filter(|r| is_pair(r)) {
         for name in [r.node.as_str(), r.peer_node.as_str()] {
             let badness = if judged(&r) { of_threshold(r) } else { 0.0 };
@@ -488,7 +489,7 @@ pub fn heatmap(panel: &Panel, row_names: bool) -> String {
         // Rows from top to bottom: the y axis counts down.
         let flip = |i: usize| n - 1 - i;
         let row_name = |v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) if *i < n => names[flip(*i)].clone(),
+            SegmentValue::CenterOf(i) if *i < n && row_names => names[flip(*i)].clone(),
             _ => String::new(),
         };
         chart
@@ -631,7 +632,8 @@ mod tests {
         let refs: Vec<&LossRow> = rows.iter().collect();
         let p = panel("x".into(), "worker-3", &refs, &t, &report);
         assert_eq!(p.nodes.len(), HEATMAP_NODES);
-        assert_eq!(p.left_out, 201 - HEATMAP_NODES);
+        // 200 senders and the plan's 4 nodes.
+        assert_eq!(p.left_out, 204 - HEATMAP_NODES);
         assert!(p.nodes.iter().any(|n| n == "node-150"), "{:?}", p.nodes);
     }
 
