@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crossover_tests::{
     apiserver::{Gvr, fixtures::PodBuilder},
+    browser,
     kubelab::within,
     lab::plan::Network,
     migration::{
@@ -161,6 +162,18 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     assert!(
         markdown.contains("**closed**") && markdown.contains("## worker-3"),
         "{markdown}"
+    );
+    // The HTML page, drawn by a browser, leads with the pair that stopped it.
+    let html = driver.report(&["-o", "html"]);
+    assert!(html.status.success(), "{html:?}");
+    let page = kl.lock().unwrap().dir.join("halted.html");
+    std::fs::write(&page, &html.stdout).unwrap();
+    let dom = browser::rendered(&page, 1100, 2400).unwrap();
+    assert!(
+        dom.contains("Stopped at worker-3, step soak: worker-3 lost")
+            && dom.contains("data-node=\"worker-3\"")
+            && dom.contains("<code>crossover migrate rollback worker-3</code>"),
+        "{dom}"
     );
 
     // worker-3 back on the legacy CNI by hand: label gone, uncordoned, its

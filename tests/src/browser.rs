@@ -69,3 +69,20 @@ pub fn ink(png: &Path) -> Result<(usize, usize, usize)> {
     let background = counts.values().copied().max().unwrap_or(0);
     Ok((total - background, counts.len(), total))
 }
+
+/// Renders `page` as a person would see it: its DOM, once a screenshot
+/// of `width` x `height` shows drawings (at least a fifth of the pixels
+/// off the background, in more than 200 colours), not a blank or an
+/// error page. The PNG is kept beside the page.
+pub fn rendered(page: &Path, width: u32, height: u32) -> Result<String> {
+    let png = page.with_extension("png");
+    screenshot(page, &png, width, height)?;
+    let (ink, colours, total) = ink(&png)?;
+    if ink <= total / 5 || colours <= 200 {
+        bail!(
+            "{}: {ink} of {total} pixels drawn, {colours} colours",
+            png.display()
+        );
+    }
+    dump_dom(page)
+}

@@ -12,6 +12,7 @@ use super::{
 use crate::{
     loss::Signal,
     migrate::{
+        gate::Breach,
         record::{Moment, NodeRecord},
         state::{Phase, Step},
     },
@@ -107,11 +108,18 @@ pub fn render(report: &Report) -> String {
             esc(reason)
         );
     }
-    left_to_do(&mut out, report);
+    // Stopped, the next move comes first; done, the figures do.
+    let done = matches!(s.phase, Phase::Done { .. });
+    if !done {
+        left_to_do(&mut out, report);
+    }
     timeline(&mut out, report);
     loss(&mut out, report);
     heatmaps(&mut out, report);
     worst_pairs(&mut out, report);
+    if done {
+        left_to_do(&mut out, report);
+    }
     details(&mut out, report);
     let a = &report.about;
     let _ = write!(
@@ -137,7 +145,18 @@ fn halt_headline(report: &Report) -> String {
         .filter(|r| r.node == *node)
         .flat_map(|r| r.readings.iter())
         .rfind(|r| !r.decision.passed && r.moment != Moment::During);
-    match closed.and_then(|r| r.decision.breaches.first()) {
+    // A pair towards the node first, then any pair, then a sum.
+    let breaches = closed
+        .map(|r| r.decision.breaches.as_slice())
+        .unwrap_or_default();
+    let pair = |b: &&Breach| super::is_pair(&b.row);
+    let headline = breaches
+        .iter()
+        .filter(pair)
+        .find(|b| b.row.peer_node == *node)
+        .or_else(|| breaches.iter().find(pair))
+        .or_else(|| breaches.first());
+    match headline {
         Some(b) => format!(
             "{} lost {} of what {} sent it on the {} overlay ({}, threshold {}).",
             b.row.peer_node,
@@ -160,7 +179,13 @@ fn facts(out: &mut String, report: &Report) {
         Phase::Running => "not yet",
     };
     let done = s.nodes.iter().filter(|n| n.step == Step::Done).count();
-    let rows: [(&str, String); 8] = [
+    let per_step: Vec<String> = d
+        .per_step
+        .iter()
+        .filter(|t| t.seconds > 0)
+        .map(|t| format!("{} {}", t.step, human(t.seconds)))
+        .collect();
+    let rows: [(&str, String); 9] = [
         (
             "started by",
             s.started_by
@@ -172,6 +197,10 @@ fn facts(out: &mut String, report: &Report) {
         (
             "took",
             d.total_seconds.map(human).unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "time per step",
+            format!("{} (all nodes; table below)", per_step.join(", ")),
         ),
         (
             "nodes",
@@ -216,7 +245,6 @@ fn left_to_do(out: &mut String, report: &Report) {
 }
 
 fn timeline(out: &mut String, report: &Report) {
-    let d = report.durations();
     out.push_str("<section id=\"timeline\"><h2>Timeline: nodes and steps</h2>");
     out.push_str(&plots::timeline(report));
     out.push_str("<div class=\"legend\">");
@@ -240,20 +268,7 @@ fn timeline(out: &mut String, report: &Report) {
             report.state.nodes.len() - TIMELINE_NODES
         );
     }
-    out.push_str(
-        "<h3>Time per step, all nodes</h3><table class=\"compact\"><tr><th>step</th>\
-         <th class=\"num\">runs</th><th class=\"num\">took</th></tr>",
-    );
-    for t in &d.per_step {
-        let _ = write!(
-            out,
-            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            t.step,
-            t.runs,
-            human(t.seconds)
-        );
-    }
-    out.push_str("</table></section>\n");
+    out.push_str("</section>\n");
 }
 
 fn loss(out: &mut String, report: &Report) {
@@ -356,7 +371,22 @@ fn worst_pairs(out: &mut String, report: &Report) {
 }
 
 fn details(out: &mut String, report: &Report) {
-    out.push_str("<section id=\"details\"><h2>Nodes in detail</h2>");
+    let d = report.durations();
+    out.push_str("<section id=\"details\"><h2>In detail</h2>");
+    out.push_str(
+        "<h3>Time per step, all nodes</h3><table class=\"compact\"><tr><th>step</th>\
+         <th class=\"num\">runs</th><th class=\"num\">took</th></tr>",
+    );
+    for t in &d.per_step {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            t.step,
+            t.runs,
+            human(t.seconds)
+        );
+    }
+    out.push_str("</table><h3>Per node</h3>");
     for r in &report.records {
         node_details(out, report, r);
     }

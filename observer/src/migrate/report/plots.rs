@@ -472,7 +472,14 @@ fn heat(of_threshold: f64) -> RGBColor {
 pub fn heatmap(panel: &Panel, row_names: bool) -> String {
     let n = panel.nodes.len().max(1);
     let cell = 40u32;
-    let label = 100u32;
+    // Room for the longest name (about 8 px a character at this size).
+    let longest = panel
+        .nodes
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(4) as u32;
+    let label = (longest * 8 + 14).clamp(40, 160);
     let left = if row_names { label } else { 4 };
     let size = (left + cell * n as u32 + 14, label + cell * n as u32 + 10);
     let names = &panel.nodes;
