@@ -4,10 +4,11 @@
 use std::fmt::Write;
 
 use super::{
-    Report, count, human,
+    ROW_HEADER, Report, count, human,
     markdown::moment_word,
     percent,
     plots::{self, HEATMAP_NODES, TIMELINE_NODES},
+    row_cells,
 };
 use crate::{
     loss::Signal,
@@ -60,6 +61,8 @@ summary { cursor: pointer; font-weight: 600; }
 footer { color: var(--muted); font-size: 12px; margin-top: 16px; }
 "#;
 
+/// Lines of the halt's reason shown before the rest is folded.
+const WHY_LINES: usize = 9;
 /// Worst pairs of the whole migration listed.
 const WORST_PAIRS: usize = 10;
 
@@ -102,11 +105,23 @@ pub fn render(report: &Report) -> String {
     );
     facts(&mut out, report);
     if let Phase::Halted { reason, .. } = &s.phase {
-        let _ = writeln!(
+        // The worst reasons in view, the rest one click away.
+        let lines: Vec<&str> = reason.lines().collect();
+        let shown = lines.len().min(WHY_LINES);
+        let _ = write!(
             out,
-            "<section id=\"why\"><h2>Why it stopped</h2><pre>{}</pre></section>",
-            esc(reason)
+            "<section id=\"why\"><h2>Why it stopped</h2><pre>{}</pre>",
+            esc(&lines[..shown].join("\n"))
         );
+        if lines.len() > shown {
+            let _ = write!(
+                out,
+                "<details><summary>{} more</summary><pre>{}</pre></details>",
+                count(lines.len() - shown, "line"),
+                esc(&lines[shown..].join("\n"))
+            );
+        }
+        out.push_str("</section>\n");
     }
     // Stopped, the next move comes first; done, the figures do.
     let done = matches!(s.phase, Phase::Done { .. });
@@ -338,30 +353,28 @@ fn worst_pairs(out: &mut String, report: &Report) {
         out.push_str("<p>No judged row lost anything.</p></section>\n");
         return;
     }
-    out.push_str(
-        "<table class=\"pairs\"><tr><th>node → peer</th><th>overlay</th><th>networks</th><th>signal</th>\
-         <th>sent</th><th>lost</th><th>ratio</th><th>threshold</th><th>while migrating</th>\
-         <th>when</th></tr>",
-    );
+    out.push_str("<table class=\"pairs\"><tr>");
+    for h in ROW_HEADER {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("<th>threshold</th><th>while migrating</th><th>when</th></tr>");
     let t = &report.state.settings.thresholds;
     for (node, moment, row) in worst {
-        let ratio = row.ratio().unwrap_or(0.0);
         let threshold = t.for_signal(row.signal);
-        let class = if ratio > threshold { "bad" } else { "" };
+        let over = row.ratio().unwrap_or(0.0) > threshold;
+        out.push_str("<tr>");
+        for (i, cell) in row_cells(row).iter().enumerate() {
+            // sent, lost, ratio: figures; the ratio red over its threshold.
+            let class = match i {
+                6 if over => "num bad",
+                4.. => "num",
+                _ => "",
+            };
+            let _ = write!(out, "<td class=\"{class}\">{}</td>", esc(cell));
+        }
         let _ = write!(
             out,
-            "<tr><td>{} → {}</td><td>{}</td><td>{} → {}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num {class}\">{}</td><td class=\"num\">{}</td>\
-             <td>{}</td><td>{}</td></tr>",
-            esc(&row.node),
-            esc(&row.peer_node),
-            row.overlay,
-            row.src_net,
-            row.dst_net,
-            row.signal,
-            row.sent,
-            row.lost,
-            percent(ratio),
+            "<td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             percent(threshold),
             esc(node),
             moment_word(moment)

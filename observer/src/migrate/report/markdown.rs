@@ -2,7 +2,7 @@
 //! one line per reading (the gate's decision) and its worst rows once.
 use std::fmt::Write;
 
-use super::{Report, count, human, percent};
+use super::{ROW_HEADER, Report, count, human, row_cells};
 use crate::migrate::{
     record::{Moment, NodeRecord, Reading},
     state::Phase,
@@ -40,7 +40,11 @@ pub fn render(report: &Report) -> String {
     }
     out += "\n## What is left to do\n\n";
     for item in report.left_to_do() {
-        let _ = writeln!(out, "- {}", cell(&item));
+        let mut lines = item.lines();
+        let _ = writeln!(out, "- {}", lines.next().unwrap_or_default());
+        for command in lines {
+            let _ = writeln!(out, "  - `{command}`");
+        }
     }
     out += "\n## Nodes\n\n| # | node | role | next step | took |\n|---|---|---|---|---|\n";
     for (i, n) in s.nodes.iter().enumerate() {
@@ -118,26 +122,15 @@ fn node_section(out: &mut String, report: &Report, r: &NodeRecord) {
         }
         let worst = report.worst_rows(r);
         if !worst.is_empty() {
-            out.push_str(
-                "\nWorst rows (each at its worst reading):\n\n\
-                 | node → peer | overlay | networks | signal | sent | lost | ratio | when |\n\
-                 |---|---|---|---|---|---|---|---|\n",
+            let _ = writeln!(
+                out,
+                "\nWorst rows (each at its worst reading):\n\n| {} | when |\n|{}---|",
+                ROW_HEADER.join(" | "),
+                "---|".repeat(ROW_HEADER.len())
             );
             for (moment, row) in worst {
-                let _ = writeln!(
-                    out,
-                    "| {} → {} | {} | {} → {} | {} | {} | {} | {} | {} |",
-                    row.node,
-                    row.peer_node,
-                    row.overlay,
-                    row.src_net,
-                    row.dst_net,
-                    row.signal,
-                    row.sent,
-                    row.lost,
-                    percent(row.ratio().unwrap_or(0.0)),
-                    moment_word(moment)
-                );
+                let cells = row_cells(row).join(" | ");
+                let _ = writeln!(out, "| {cells} | {} |", moment_word(moment));
             }
         }
     }

@@ -336,6 +336,30 @@ impl Report {
     }
 }
 
+/// The cells every output shows of a loss row: node → peer, overlay,
+/// networks, signal, sent, lost, ratio.
+pub const ROW_HEADER: [&str; 7] = [
+    "node → peer",
+    "overlay",
+    "networks",
+    "signal",
+    "sent",
+    "lost",
+    "ratio",
+];
+
+fn row_cells(row: &LossRow) -> [String; 7] {
+    [
+        format!("{} → {}", row.node, row.peer_node),
+        row.overlay.to_string(),
+        format!("{} → {}", row.src_net, row.dst_net),
+        row.signal.to_string(),
+        row.sent.to_string(),
+        row.lost.to_string(),
+        percent(row.ratio().unwrap_or(0.0)),
+    ]
+}
+
 /// A row between two real nodes (not a cluster total or a sum over peers).
 fn is_pair(r: &LossRow) -> bool {
     r.node != CLUSTER && r.peer_node != CLUSTER
