@@ -123,7 +123,7 @@ pub fn timeline(report: &Report) -> String {
             .margin(12)
             .x_label_area_size(28)
             .y_label_area_size(110)
-            .build_cartesian_2d(0f64..span, (0..n).into_segmented())?;
+            .build_cartesian_2d(0f64..span, (0..n - 1).into_segmented())?;
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -488,7 +488,7 @@ pub fn heatmap(panel: &Panel, row_names: bool) -> String {
             .margin(6)
             .x_label_area_size(label - 10)
             .y_label_area_size(left)
-            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())?;
+            .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())?;
         let name = |v: &SegmentValue<usize>| match v {
             SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
             _ => String::new(),
@@ -642,6 +642,18 @@ mod tests {
         // 200 senders and the plan's 4 nodes.
         assert_eq!(p.left_out, 204 - HEATMAP_NODES);
         assert!(p.nodes.iter().any(|n| n == "node-150"), "{:?}", p.nodes);
+    }
+
+    #[test]
+    fn a_one_node_heatmap_still_draws() {
+        let p = Panel {
+            title: "before".into(),
+            nodes: vec!["solo".into()],
+            cells: vec![vec![Cell::NotKept]],
+            left_out: 0,
+        };
+        let svg = heatmap(&p, true);
+        assert!(svg.starts_with("<svg") && svg.contains("solo"), "{svg}");
     }
 
     #[test]
