@@ -95,9 +95,15 @@ impl KubeLab {
     /// A `crossover probe` responder inside a pod's namespace: what the
     /// probe DaemonSet's pod runs.
     pub fn start_probe(&mut self, pod_netns: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("probes.log"))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", pod_netns, CROSSOVER, "probe"])
             .args(["--listen", &format!("0.0.0.0:{PROBE_PORT}")])
+            .stderr(log)
             .spawn()
             .unwrap();
         if let Some(mut old) = self.probes.insert(pod_netns.into(), child) {
@@ -138,11 +144,14 @@ impl KubeLab {
             .collect()
     }
 
-    /// GET from the control-plane node, as JSON (`Null` when not JSON).
+    /// GET from the control-plane node, as JSON (`Null` when not JSON;
+    /// said on stderr unless nothing answered yet, status 0).
     pub fn get_json(&self, url: &str) -> Value {
         let (status, body) = http_get(&self.lab.node_ns("control-plane"), url);
         serde_json::from_str(&body).unwrap_or_else(|_| {
-            eprintln!("{url}: {status} {body}");
+            if status != 0 {
+                eprintln!("{url}: {status} {body}");
+            }
             Value::Null
         })
     }

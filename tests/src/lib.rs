@@ -3,11 +3,13 @@
 //! network namespaces for real traffic, and a fake Kubernetes API server.
 pub mod agents;
 pub mod apiserver;
+pub mod browser;
 pub mod fleet;
 pub mod footprint;
 pub mod harness;
 pub mod kubelab;
 pub mod lab;
+pub mod migration;
 pub mod netns;
 pub mod packet;
 pub mod pins;

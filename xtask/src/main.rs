@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | lint | bench [datapath|scale] | demo | lab`.
+//! Project tasks: `cargo xtask setup | build | test | lint | bench [datapath|scale] | demo [loss] | lab`.
 //! Every task that needs the toolchain runs `setup` first, which installs
 //! only what is missing, so a fresh machine needs nothing done by hand.
 mod setup;
@@ -32,14 +32,27 @@ enum Task {
         #[arg(value_enum, default_value_t = Bench::Datapath)]
         which: Bench,
     },
-    /// The main job: crossover watching traffic in a small namespace lab.
-    Demo,
+    /// The whole job: a 4-node migration gated on loss, halted by a fault,
+    /// resumed, and its HTML report (root). `demo loss`: the live loss
+    /// view of a half-migrated lab.
+    Demo {
+        #[arg(value_enum, default_value_t = Demo::Migration)]
+        which: Demo,
+    },
     /// The namespace lab of a migrating cluster: `lab up`, `lab down`,
     /// `lab fault`, `lab traffic`, ... (`cargo xtask lab --help`).
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Demo {
+    /// `crossover migrate` from start to report (tests/src/bin/demo.rs).
+    Migration,
+    /// Loss per node pair while a fault comes and goes (tests/src/bin/loss_demo.rs).
+    Loss,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,18 +108,28 @@ fn main() -> Result<()> {
             ])?;
             cargo(&["bench", "-p", "crossover-tests", "--bench", "scale"])
         }
-        Task::Demo => {
+        Task::Demo {
+            which: Demo::Migration,
+        } => {
+            setup::run()?;
+            require_root("the demo builds network namespaces and attaches programs")?;
+            // The lab runs target/debug/crossover, as the tests do.
+            cargo(&["build", "-p", "observer", "--bin", "crossover"])?;
+            cargo(&["build", "-p", "crossover-tests", "--bin", "demo"])?;
+            run("target/debug/demo", &[])
+        }
+        Task::Demo { which: Demo::Loss } => {
             setup::run()?;
             require_root("the demo builds network namespaces and attaches programs")?;
             cargo(&[
                 "build",
                 "--release",
                 "-p",
-                "observer",
-                "-p",
                 "crossover-tests",
+                "--bin",
+                "loss-demo",
             ])?;
-            run("target/release/demo", &[])
+            run("target/release/loss-demo", &[])
         }
         Task::Lab { args } => {
             setup::run()?;

@@ -23,7 +23,17 @@ const PACKAGES: &[(&str, &str)] = &[
     // them against the lab's agents (tests/prometheus.rs).
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
+    // The HTML report's test renders it as a person sees it.
+    ("chromium", "chromium"),
+    // A font for that browser's text (nothing else on a minimal Debian).
+    ("fc-list", "fontconfig"),
 ];
+
+/// Files the tests need that no command stands for, and their package.
+const FILES: &[(&str, &str)] = &[(
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "fonts-dejavu-core",
+)];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -45,6 +55,12 @@ fn debian_packages() -> Result<()> {
         .iter()
         .filter(|(cmd, _)| !has_command(cmd))
         .map(|(_, pkg)| *pkg)
+        .chain(
+            FILES
+                .iter()
+                .filter(|(file, _)| !Path::new(file).exists())
+                .map(|(_, pkg)| *pkg),
+        )
         .collect();
     missing.dedup();
     if missing.is_empty() {

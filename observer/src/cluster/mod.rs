@@ -342,6 +342,40 @@ pub async fn client(kubeconfig: Option<&PathBuf>, retry: bool) -> Result<Client>
     })
 }
 
+/// The cluster a client of [`client`] talks to, in words for a report:
+/// the kubeconfig's current context and its server, or in-cluster.
+pub fn describe(kubeconfig: Option<&PathBuf>) -> String {
+    let file = match kubeconfig {
+        Some(path) => Kubeconfig::read_from(path),
+        None => {
+            // `client` tries in-cluster first.
+            if let Ok(host) = std::env::var("KUBERNETES_SERVICE_HOST") {
+                return format!("in-cluster (API server {host})");
+            }
+            Kubeconfig::read()
+        }
+    };
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => return format!("unknown (kubeconfig: {e})"),
+    };
+    let context = file.current_context.clone().unwrap_or_default();
+    let cluster = file
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    let server = file
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)
+        .and_then(|c| c.cluster.as_ref()?.server.clone())
+        .unwrap_or_else(|| "no server".into());
+    format!("context {context}, cluster {cluster} ({server})")
+}
+
 /// What every watch task shares.
 struct Watches<'a> {
     health: &'a Health,

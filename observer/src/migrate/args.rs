@@ -248,12 +248,28 @@ impl RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    /// Kubeconfig file; default: in-cluster, then $KUBECONFIG, ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the migration's state and records.
     #[arg(long, default_value = "crossover")]
     pub namespace: String,
+    /// Name of the migration (its state ConfigMap).
     #[arg(long, default_value = "crossover-migration")]
     pub name: String,
-    #[arg(long, value_enum, default_value_t = Format::Markdown)]
-    pub format: Format,
+    /// Where the CiliumNodeConfigs are, for what is left to do.
+    #[arg(long, default_value = "kube-system")]
+    pub cilium_namespace: String,
+    /// markdown, json, or html: one self-contained page with plots
+    /// (`crossover report -o html > report.html`).
+    #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Markdown)]
+    pub format: ReportFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    #[value(alias = "table")]
+    Markdown,
+    Json,
+    Html,
 }

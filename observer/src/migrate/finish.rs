@@ -22,7 +22,7 @@ pub struct Leftovers {
     pub node_configs: Vec<String>,
 }
 
-pub async fn find(client: &Client, options: &Options) -> Result<Leftovers> {
+pub async fn find(client: &Client, cilium_namespace: &str) -> Result<Leftovers> {
     let cilium: Vec<Ipv4Net> = Api::<CiliumNode>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -43,23 +43,22 @@ pub async fn find(client: &Client, options: &Options) -> Result<Leftovers> {
         .map(pods::name)
         .collect();
     // Absent CRD or none left: nothing to delete.
-    let node_configs =
-        Api::<CiliumNodeConfig>::namespaced(client.clone(), &options.cilium_namespace)
-            .list(&ListParams::default())
-            .await
-            .map(|l| {
-                l.items
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}/{}",
-                            c.metadata.namespace.as_deref().unwrap_or_default(),
-                            c.metadata.name.as_deref().unwrap_or_default()
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let node_configs = Api::<CiliumNodeConfig>::namespaced(client.clone(), cilium_namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}/{}",
+                        c.metadata.namespace.as_deref().unwrap_or_default(),
+                        c.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Leftovers {
         legacy_pods,
         node_configs,
@@ -67,39 +66,55 @@ pub async fn find(client: &Client, options: &Options) -> Result<Leftovers> {
 }
 
 impl Leftovers {
-    pub fn render(&self) -> String {
-        let mut out = String::from("\nwhat is left to do:\n");
+    /// What the guide still asks, one item each; commands on their own
+    /// lines.
+    pub fn items(&self) -> Vec<String> {
+        let mut out = Vec::new();
         if self.legacy_pods.is_empty() {
-            out += "  - no pod holds a legacy address any more\n";
+            out.push("no pod holds a legacy address any more".into());
         } else {
-            out += &format!(
-                "  - {} pods still hold legacy addresses; restart them (kubectl delete pod, or \
-                 kubectl rollout restart of their owners):\n",
-                self.legacy_pods.len()
+            let mut item = format!(
+                "{} still hold legacy addresses; restart them (kubectl delete pod, or kubectl \
+                 rollout restart of their owners):",
+                super::count(self.legacy_pods.len(), "pod")
             );
             for p in self.legacy_pods.iter().take(NAMED) {
-                out += &format!("      {p}\n");
+                item += &format!("\n{p}");
             }
             if self.legacy_pods.len() > NAMED {
-                out += &format!("      ... and {} more\n", self.legacy_pods.len() - NAMED);
+                item += &format!("\n... and {} more", self.legacy_pods.len() - NAMED);
             }
+            out.push(item);
         }
-        out += "  - final Helm values, then restart the agents:\n      helm upgrade cilium \
-                cilium/cilium -n kube-system --reuse-values \
-                --set operator.unmanagedPodWatcher.restart=true --set cni.customConf=false \
-                --set policyEnforcementMode=default\n      kubectl -n kube-system rollout \
-                restart ds/cilium\n";
+        out.push(
+            "final Helm values, then restart the agents:\nhelm upgrade cilium cilium/cilium -n \
+             kube-system --reuse-values --set operator.unmanagedPodWatcher.restart=true --set \
+             cni.customConf=false --set policyEnforcementMode=default\nkubectl -n kube-system \
+             rollout restart ds/cilium"
+                .into(),
+        );
         for c in &self.node_configs {
             let (ns, name) = c.split_once('/').unwrap_or(("kube-system", c));
-            out += &format!("  - kubectl -n {ns} delete ciliumnodeconfig {name}\n");
+            out.push(format!("kubectl -n {ns} delete ciliumnodeconfig {name}"));
         }
-        out += "  - remove the legacy CNI (e.g. kubectl delete -f kube-flannel.yml) and its \
-                leftover masquerade rules; optionally reboot every node again\n  - cilium \
-                connectivity test\n";
+        out.push(
+            "remove the legacy CNI (e.g. kubectl delete -f kube-flannel.yml) and its leftover \
+             masquerade rules; optionally reboot every node again"
+                .into(),
+        );
+        out.push("cilium connectivity test".into());
+        out
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("\nwhat is left to do:\n");
+        for item in self.items() {
+            out += &format!("  - {}\n", item.replace('\n', "\n      "));
+        }
         out
     }
 }
 
 pub async fn leftovers(client: &Client, options: &Options) -> Result<String> {
-    Ok(find(client, options).await?.render())
+    Ok(find(client, &options.cilium_namespace).await?.render())
 }

@@ -287,6 +287,15 @@ async fn preflight_passes(ctx: &Context, options: &preflight::PreflightOptions) 
     Ok(!preflight::blocking(&checks))
 }
 
+/// `1 reading`, `3 readings`: counts in messages and reports.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn phase_word(phase: &Phase) -> &'static str {
     match phase {
         Phase::Running => "running or crashed",
@@ -331,10 +340,23 @@ pub async fn report(args: ReportArgs) -> Result<()> {
         ))
     })?;
     let records = store.records().await?;
-    let report = report::Report::new(state, records);
+    // What the guide still asks, once every node is done.
+    let leftovers = match state.phase {
+        Phase::Done { .. } => Some(finish::find(&client, &args.cilium_namespace).await?),
+        _ => None,
+    };
+    let cluster = crate::cluster::describe(args.kubeconfig.as_ref());
+    let about = report::About::here(cluster, leftovers);
+    let report = report::Report::new(about, state, records);
     match args.format {
-        args::Format::Json => println!("{}", to_json(&report)?),
-        args::Format::Markdown | args::Format::Table => print!("{}", report.markdown()),
+        args::ReportFormat::Json => println!(
+            "{}",
+            report
+                .json()
+                .map_err(|e| Error::Migration(format!("encoding JSON: {e}")))?
+        ),
+        args::ReportFormat::Markdown => print!("{}", report.markdown()),
+        args::ReportFormat::Html => print!("{}", report.html()),
     }
     Ok(())
 }

@@ -129,8 +129,15 @@ impl NodeRecord {
             .filter(|r| (r.node == node || r.peer_node == node) && r.sent > 0 && !breached(r))
             .collect();
         own.sort_by(|a, b| LossRow::worse(a, b));
-        let rows_left_out = own.len().saturating_sub(RECORD_ROWS);
-        rows.extend(own.into_iter().take(RECORD_ROWS).cloned());
+        // The worst row of each node pair first, then the rest worst first:
+        // kept rows cover as many of the node's pairs as they can (the
+        // report's heatmaps), not one pair's every signal and network.
+        let mut pairs = std::collections::HashSet::new();
+        let (firsts, rest): (Vec<&LossRow>, Vec<&LossRow>) = own
+            .into_iter()
+            .partition(|r| pairs.insert((r.node.as_str(), r.peer_node.as_str())));
+        let rows_left_out = (firsts.len() + rest.len()).saturating_sub(RECORD_ROWS);
+        rows.extend(firsts.into_iter().chain(rest).take(RECORD_ROWS).cloned());
         self.readings.push(Reading {
             moment,
             step,
@@ -157,6 +164,57 @@ mod tests {
         assert_eq!(r.steps[0].ended.as_deref(), Some("t2"));
         assert_eq!(r.steps[1].outcome, "ok");
         assert_eq!(r.steps[1].started, "t2");
+    }
+
+    /// Rows kept reach every pair of the node before a second row of any.
+    #[test]
+    fn kept_rows_cover_every_pair_of_the_node() {
+        use crate::loss::Signal;
+        use observer_ebpf::{Net, Overlay};
+        // 3 peers both ways, 5 signals x 3 network pairs each: 90 rows,
+        // the first peer's (by name) sorting first when nothing is lost.
+        let mut all = Vec::new();
+        for peer in ["a", "b", "c"] {
+            for (node, peer) in [("n1", peer), (peer, "n1")] {
+                for signal in Signal::ALL {
+                    for (src_net, dst_net) in [
+                        (Net::Host, Net::Host),
+                        (Net::Host, Net::Cilium),
+                        (Net::Cilium, Net::Host),
+                    ] {
+                        all.push(LossRow {
+                            node: node.into(),
+                            peer_node: peer.into(),
+                            overlay: Overlay::Cilium,
+                            src_net,
+                            dst_net,
+                            signal,
+                            sent: 100,
+                            lost: 0,
+                            refused: 0,
+                            seconds: 6.0,
+                        });
+                    }
+                }
+            }
+        }
+        let decision = crate::migrate::gate::judge(
+            &crate::migrate::gate::Thresholds::default(),
+            &all,
+            vec![],
+            vec![],
+            "t".into(),
+        );
+        let mut r = NodeRecord::new("n1");
+        r.read(Moment::Before, Step::Baseline, decision, &all);
+        let kept = &r.readings[0].rows;
+        assert_eq!(kept.len(), RECORD_ROWS);
+        assert_eq!(r.readings[0].rows_left_out, 90 - RECORD_ROWS);
+        let pairs: std::collections::HashSet<_> = kept
+            .iter()
+            .map(|r| (r.node.as_str(), r.peer_node.as_str()))
+            .collect();
+        assert_eq!(pairs.len(), 6, "{pairs:?}");
     }
 
     /// A reading of a 5,000-node cluster keeps its record far from a

@@ -152,6 +152,28 @@ pub struct State {
     /// Nodes the plan left out, kept for the report.
     #[serde(default)]
     pub skipped: Vec<super::plan::Skipped>,
+    /// Who started it (`$USER@$HOSTNAME`), for the report.
+    #[serde(default)]
+    pub started_by: Option<String>,
+    /// The crossover version that started it.
+    #[serde(default)]
+    pub crossover_version: Option<String>,
+}
+
+/// `$USER@$HOSTNAME`, or what of it the environment has (a Job in the
+/// cluster has only its pod's host name).
+pub fn who() -> String {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    let host = var("HOSTNAME").or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+    });
+    match (var("USER"), host) {
+        (Some(user), Some(host)) => format!("{user}@{host}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => "unknown".into(),
+    }
 }
 
 impl State {
@@ -172,6 +194,8 @@ impl State {
                 })
                 .collect(),
             skipped: plan.skipped.clone(),
+            started_by: Some(who()),
+            crossover_version: Some(env!("CARGO_PKG_VERSION").into()),
         }
     }
 

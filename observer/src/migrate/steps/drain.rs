@@ -37,7 +37,7 @@ pub async fn drain(ctx: &Context, node: &str) -> Result<String> {
         let all = pods::on_node(ctx, node).await?;
         let left = to_evict(&all);
         if left.is_empty() {
-            return Ok(format!("{evicted} pods evicted"));
+            return Ok(format!("{} evicted", crate::migrate::count(evicted, "pod")));
         }
         let bare: Vec<String> = left
             .iter()

@@ -58,7 +58,8 @@ async fn hold(
         }
         if last {
             return Ok(Outcome::Done(format!(
-                "{judged} readings over {seconds}s: {summary}"
+                "{} over {seconds}s: {summary}",
+                crate::migrate::count(judged as usize, "reading")
             )));
         }
         tokio::time::sleep(ctx.options.gate_interval).await;
