@@ -231,6 +231,97 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
                 && f["dst_is"]["node"] == "worker-2"),
         "no flow to {probe_pod} named"
     );
+    // The flow table by page and filter: the whole of it read first, then
+    // page by page (3 entries a page) through the continue tokens. Flows
+    // are only added meanwhile, so every one of the first read is in the
+    // pages, and no page repeats another's.
+    let key = |f: &serde_json::Value| {
+        format!(
+            "{} {} {} {} {} {} {}",
+            f["src"],
+            f["dst"],
+            f["src_port"],
+            f["dst_port"],
+            f["proto"],
+            f["point"],
+            f["direction"]
+        )
+    };
+    let whole = get_json(&cp, &url(0, "/api/v1/flows?limit=10000"));
+    assert!(whole.get("continue").is_none(), "one page holds it all");
+    let mut paged = std::collections::BTreeSet::new();
+    let mut next: Option<String> = None;
+    for pages in 0.. {
+        assert!(pages < 1000, "paging ends");
+        let path = match &next {
+            None => "/api/v1/flows?limit=3".to_string(),
+            Some(token) => format!("/api/v1/flows?limit=3&continue={token}"),
+        };
+        let page = get_json(&cp, &url(0, &path));
+        assert!(page["scanned"].as_u64().unwrap() <= 3 + 8, "{page}");
+        for f in page["flows"].as_array().unwrap() {
+            assert!(paged.insert(key(f)), "a flow in two pages: {f}");
+        }
+        match page["continue"].as_str() {
+            Some(token) => next = Some(token.to_string()),
+            None => break,
+        }
+    }
+    for f in whole["flows"].as_array().unwrap() {
+        assert!(paged.contains(&key(f)), "paging missed {f}");
+    }
+    let probe_addr = kl
+        .lab
+        .nodes()
+        .nth(2)
+        .unwrap()
+        .pods
+        .iter()
+        .find(|p| p.kind == PodKind::DaemonSet)
+        .unwrap()
+        .addr
+        .to_string();
+    let to_pod = get_json(
+        &cp,
+        &url(
+            0,
+            &format!("/api/v1/flows?pod={probe_addr}&peer=worker-2&point=underlay"),
+        ),
+    );
+    let to_pod = to_pod["flows"].as_array().unwrap();
+    assert!(!to_pod.is_empty());
+    for f in to_pod {
+        assert!(
+            f["src"] == probe_addr.as_str() || f["dst"] == probe_addr.as_str(),
+            "{f}"
+        );
+        assert_eq!(
+            (f["point"].as_str(), f["peer"].as_str()),
+            (
+                Some("underlay"),
+                Some(
+                    crossover_tests::lab::plan::underlay_addr(2)
+                        .to_string()
+                        .as_str()
+                )
+            ),
+            "{f}"
+        );
+    }
+    for (query, says) in [
+        ("limit=0", "limit=\"0\": expected 1 to 10000 entries"),
+        ("continue=x", "continue=\"x\": not a token"),
+        (
+            "peer=nowhere",
+            "peer=\"nowhere\": neither a node nor an IPv4 address",
+        ),
+        ("src_net=pods", "src_net=\"pods\": expected"),
+        ("bogus=1", "unknown field `bogus`"),
+    ] {
+        let (status, body) = http_get(&cp, &url(0, &format!("/api/v1/flows?{query}")));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
 
     // The cluster changes under the agents. worker-2's agent pod goes away:
     // control-plane stops reading it; it comes back: reads it again.

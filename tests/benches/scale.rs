@@ -79,6 +79,7 @@ fn main() {
             traffic: Traffic::None,
             spread: 1,
             probes: false,
+            dumps: 0,
             skip: None,
         },
         Case {
@@ -89,6 +90,7 @@ fn main() {
             traffic,
             spread: 1,
             probes: false,
+            dumps: 0,
             skip: None,
         },
         Case {
@@ -99,6 +101,7 @@ fn main() {
             traffic,
             spread: 1,
             probes: false,
+            dumps: 0,
             skip: None,
         },
         Case {
@@ -109,6 +112,7 @@ fn main() {
             traffic,
             spread: 1,
             probes: false,
+            dumps: 0,
             skip: (!read_peers)
                 .then_some("skipped: this binary's `agent --help` has no --read-peers"),
         },
@@ -120,6 +124,7 @@ fn main() {
             traffic,
             spread: 4999,
             probes: false,
+            dumps: 0,
             skip: None,
         },
         Case {
@@ -134,6 +139,18 @@ fn main() {
             traffic: Traffic::None,
             spread: 1,
             probes: true,
+            dumps: 0,
+            skip: None,
+        },
+        Case {
+            name: "24 flow dumps",
+            title: "100k flows, 2-node shape, then 24 clients dumping /api/v1/flows at once",
+            nodes: 2,
+            flags: vec![],
+            traffic,
+            spread: 1,
+            probes: false,
+            dumps: 24,
             skip: None,
         },
     ];
@@ -366,6 +383,8 @@ struct Case {
     /// Overlay addresses in the shape, answered by the sink; probe packets
     /// counted.
     probes: bool,
+    /// Clients dumping the flow table at once after the window.
+    dumps: usize,
     skip: Option<&'static str>,
 }
 
@@ -638,6 +657,35 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
         after.threads.len(),
         (outcome.cpu_percent - live).max(0.0),
     );
+    if case.dumps > 0 {
+        let storm = crossover_tests::footprint::dumps::storm(
+            &lab.agent.name,
+            case.dumps,
+            Duration::from_secs(300),
+        );
+        let status = fs::read_to_string(format!("/proc/{}/status", agent.pid)).unwrap_or_default();
+        let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
+        println!(
+            "   {} clients dumping /api/v1/flows at once: {} whole dumps of {} flows in {:.1} s, \
+             {} pages, {} answered 429 (retried after 1 s), {} failed; /healthz max {:.0} ms \
+             (p99 {:.0}), /api/v1/loss max {:.0} ms (p99 {:.0}); agent VmHWM {:.1} MiB after \
+             (before the dumps {:.1} MiB), VmRSS {:.1} MiB",
+            storm.clients,
+            storm.whole,
+            storm.flows_per_dump,
+            storm.took.as_secs_f64(),
+            storm.pages,
+            storm.too_busy,
+            storm.failed,
+            storm.healthz_ms.0,
+            storm.healthz_ms.1,
+            storm.loss_ms.0,
+            storm.loss_ms.1,
+            mib(status_field(&status, "VmHWM:")),
+            outcome.hwm_kib as f64 / 1024.0,
+            mib(status_field(&status, "VmRSS:")),
+        );
+    }
     drop(agent);
     drop(probing);
     drop(lab);

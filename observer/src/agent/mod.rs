@@ -175,6 +175,9 @@ pub struct State {
     /// NAT mappings of connections conntrack destroyed, for joins after
     /// they are gone from its table; `None` without ctnetlink.
     departed_nat: Option<Mutex<conntrack::DepartedNat>>,
+    /// Flow and connection reads in progress, at most
+    /// [`routes::FLOW_READERS`].
+    flow_reads: tokio::sync::Semaphore,
 }
 
 impl State {
@@ -546,6 +549,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         table_full: tokio::sync::Notify::new(),
         refused_flows: std::sync::atomic::AtomicU64::new(0),
         departed_nat: departed_nat(args.netns.as_deref(), &args.ageing),
+        flow_reads: tokio::sync::Semaphore::new(routes::FLOW_READERS),
     });
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster {

@@ -91,12 +91,58 @@ async fn peers_handler(Extract(state): Extract<Shared>, RawQuery(query): RawQuer
     )
 }
 
-async fn flows_handler(Extract(state): Extract<Shared>) -> Response {
+/// Flow and connection reads served at once: each holds a page (or, for
+/// connections, the table) decoded; more wait for a 429's Retry-After
+/// rather than grow the agent's memory with every concurrent client.
+pub const FLOW_READERS: usize = 2;
+
+fn too_busy() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        format!("{FLOW_READERS} flow or connection reads are in progress, the most served at once; retry\n"),
+    )
+        .into_response()
+}
+
+/// `/api/v1/flows`: a page of the flow table (`limit`, `continue`),
+/// filtered (`peer`, `pod`, `src_net`, `dst_net`, `point`), read without
+/// the lock the tick's reads need.
+async fn flows_handler(
+    Extract(state): Extract<Shared>,
+    query: std::result::Result<Query<api::FlowsQuery>, QueryRejection>,
+) -> Response {
+    let view = state.view();
+    let node_addr = |name: &str| {
+        view.shape
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.underlay)
+    };
+    let request = match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| q.check(node_addr))
+    {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    let Ok(_permit) = state.flow_reads.try_acquire() else {
+        return too_busy();
+    };
     json(
-        blocking(&state, |s| {
-            let snapshot = lock(&s.observer).snapshot()?;
+        blocking(&state, move |s| {
+            let (table, counters) = {
+                let observer = lock(&s.observer);
+                let counters = match s.fresh_reading() {
+                    Some(reading) => reading.counters.clone(),
+                    None => observer.counters()?,
+                };
+                (observer.flow_table()?, counters)
+            };
+            let page = table.page(request.from, request.limit, |f| request.keeps(f))?;
             let view = s.view();
-            let flows = snapshot
+            let flows = page
                 .flows
                 .into_iter()
                 .map(|flow| api::AttributedFlow {
@@ -108,20 +154,28 @@ async fn flows_handler(Extract(state): Extract<Shared>) -> Response {
             Ok(api::FlowsReport {
                 version: 1,
                 node: s.node.clone(),
-                taken_ns: snapshot.finished_ns,
-                counters: snapshot.counters,
+                taken_ns: crate::datapath::monotonic_ns(),
+                counters,
                 flows,
+                scanned: page.scanned,
+                next: page.next.map(|n| n.to_string()),
             })
         })
         .await,
     )
 }
 
+/// `/api/v1/connections`: the whole table joined across hooks and SNAT,
+/// read without the tick's lock, one of [`FLOW_READERS`] at a time.
 async fn connections_handler(Extract(state): Extract<Shared>) -> Response {
+    let Ok(_permit) = state.flow_reads.try_acquire() else {
+        return too_busy();
+    };
     json(
         blocking(&state, |s| {
-            let snapshot = lock(&s.observer).snapshot()?;
-            s.connections(&snapshot.flows)
+            let table = lock(&s.observer).flow_table()?;
+            let flows = table.all()?;
+            s.connections(&flows)
         })
         .await,
     )

@@ -2,6 +2,7 @@
 //! attaching them, and reading back what they counted.
 mod ageing;
 mod attach;
+mod flows;
 mod handshakes;
 mod hook;
 mod links;
@@ -30,6 +31,7 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
+pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 use pin::PinDir;

@@ -215,6 +215,62 @@ pub(crate) fn lookup_batch<K: Pod, V: Pod>(
     })
 }
 
+/// One `BPF_MAP_LOOKUP_BATCH` call of a hash map from bucket `from` (the
+/// start when `None`): at most `chunk` entries handed to `each`, and the
+/// bucket to go on from, `None` at the end. The token is a bucket index:
+/// entries added or deleted meanwhile never make a page repeat or skip
+/// the others.
+pub(crate) fn lookup_batch_page<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    chunk: u32,
+    from: Option<u32>,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<Option<u32>> {
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let chunk = chunk.max(1) as usize;
+    let mut keys: Vec<MaybeUninit<K>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
+    // SAFETY: V is Pod: every byte pattern, zeroes included, is a value.
+    let mut values: Vec<V> = (0..chunk).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut token_in = u64::from(from.unwrap_or(0));
+    let mut token_out = 0u64;
+    let mut attr = Attr::new(BatchAttr {
+        in_batch: if from.is_none() {
+            0
+        } else {
+            &raw mut token_in as u64
+        },
+        out_batch: &raw mut token_out as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: chunk as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    });
+    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let done = attr.read::<BatchAttr>().count as usize;
+    for i in 0..done.min(chunk) {
+        // SAFETY: the kernel filled the first `done` keys.
+        each(unsafe { keys[i].assume_init_ref() }, &values[i]);
+    }
+    match result {
+        Ok(_) => Ok(Some(token_out as u32)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The same for a per-CPU map (array or hash) on `cpus` possible CPUs:
 /// each entry's values, one per CPU, until `each` returns false (an array
 /// read up to its last used index). `V`'s size must be a multiple of 8,
