@@ -111,7 +111,7 @@ pub struct PreflightOptions {
     /// Namespace of Cilium's agent, `cilium-config` and CiliumNodeConfigs.
     pub cilium_namespace: String,
     /// Namespace and label selector of the crossover agent pods
-    /// (`manifests/agent-daemonset.yaml`).
+    /// (`manifests/base/agent-daemonset.yaml`).
     pub agent_namespace: String,
     pub agent_selector: String,
     /// The Service CIDR(s), which most clusters do not publish in the API.
