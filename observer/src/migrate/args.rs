@@ -5,7 +5,8 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::{
     context::Options,
-    gate::{Ratio, SignalThreshold, Thresholds},
+    analysis::Policy,
+    gate::{GateScope, Ratio, SignalThreshold, Thresholds},
     plan::PlanOptions,
     preflight::PreflightOptions,
     state::{OnBreach, Settings},
@@ -160,6 +161,18 @@ pub struct RunArgs {
     /// Rows with fewer packets sent are recorded, not judged.
     #[arg(long, default_value_t = 20)]
     pub min_sent: u64,
+    /// Readings in a row, each over a window of its own, a row must stay
+    /// over its threshold before the gate closes (1: the first breach).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub consecutive_breaches: u32,
+    /// A loss ratio that closes the gate at the first reading, whatever
+    /// --consecutive-breaches says; `off` for none.
+    #[arg(long, default_value = "10%", value_parser = parse_ceiling)]
+    pub hard_ceiling: Ceiling,
+    /// Which pairs the gate judges: `all` (every pair and the cluster
+    /// totals) or `node` (pairs with the node under migration at one end).
+    #[arg(long, value_enum, default_value_t = GateScope::All)]
+    pub gate_scope: GateScope,
     /// How long the gate is held before a node is touched, after one full
     /// agent window has passed (0: one reading).
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]
@@ -190,6 +203,19 @@ pub struct ResumeArgs {
     pub yes: bool,
 }
 
+/// `--hard-ceiling`: a ratio, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceiling(pub Option<f64>);
+
+fn parse_ceiling(text: &str) -> std::result::Result<Ceiling, String> {
+    if text == "off" {
+        return Ok(Ceiling(None));
+    }
+    text.parse::<Ratio>()
+        .map(|r| Ceiling(Some(r.0)))
+        .map_err(|e| format!("{e}, or off"))
+}
+
 fn parse_seconds(text: &str) -> std::result::Result<u64, String> {
     if text == "0" {
         return Ok(0);
@@ -209,6 +235,11 @@ impl RunArgs {
         }
         Ok(Settings {
             thresholds,
+            policy: Policy {
+                consecutive: self.consecutive_breaches,
+                ceiling: self.hard_ceiling.0,
+                scope: self.gate_scope,
+            },
             baseline_seconds: self.baseline,
             soak_seconds: self.soak,
             on_breach: self.on_breach,
@@ -220,6 +251,7 @@ impl RunArgs {
     pub fn default_settings() -> Settings {
         Settings {
             thresholds: Thresholds::default(),
+            policy: Policy::default(),
             baseline_seconds: 10,
             soak_seconds: 30,
             on_breach: OnBreach::Halt,

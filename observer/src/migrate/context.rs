@@ -199,12 +199,15 @@ impl Context {
         })
     }
 
-    /// Measures and judges, with the node's stuck pods.
+    /// Measures and judges, with the node's stuck pods, in the policy's
+    /// scope around the node.
     pub async fn judge(&self, node: &str) -> Result<(Decision, Vec<LossRow>)> {
         let measured = self.measure(Some(node)).await?;
         let stuck = self.stuck(node).await?;
         let decision = gate::judge(
             &self.settings.thresholds,
+            self.settings.policy.scope,
+            Some(node),
             &measured.rows,
             measured.missing,
             stuck,

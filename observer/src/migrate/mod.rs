@@ -5,6 +5,7 @@ mod args;
 mod context;
 mod driver;
 mod finish;
+pub mod analysis;
 pub mod gate;
 mod lease;
 pub mod plan;
@@ -269,7 +270,15 @@ async fn preflight_passes(ctx: &Context, options: &preflight::PreflightOptions) 
     let facts = preflight::gather(&ctx.client, options).await?;
     let baseline = match ctx.measure(None).await {
         Ok(m) => {
-            let d = gate::judge(&ctx.settings.thresholds, &m.rows, m.missing, vec![], now());
+            let d = gate::judge(
+                &ctx.settings.thresholds,
+                gate::GateScope::All,
+                None,
+                &m.rows,
+                m.missing,
+                vec![],
+                now(),
+            );
             if d.passed {
                 preflight::Baseline::Under {
                     summary: d.summary(),

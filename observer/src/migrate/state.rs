@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{gate::Thresholds, plan::Plan};
+use super::{analysis::Policy, gate::Thresholds, plan::Plan};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -123,6 +123,10 @@ pub enum OnBreach {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub thresholds: Thresholds,
+    /// How readings add up to a halt; the defaults for a state written
+    /// before there was a policy.
+    #[serde(default)]
+    pub policy: Policy,
     pub baseline_seconds: u64,
     pub soak_seconds: u64,
     pub on_breach: OnBreach,
@@ -240,6 +244,7 @@ mod tests {
         };
         let settings = Settings {
             thresholds: Thresholds::default(),
+            policy: Policy::default(),
             baseline_seconds: 10,
             soak_seconds: 30,
             on_breach: OnBreach::Halt,
