@@ -570,6 +570,121 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     no_feed_errors(&errors);
 }
 
+/// The gate's policy in the lab: loss the gate sees for one window (a
+/// fault cleared as soon as the driver reports the breach pending) does
+/// not halt the migration, and the node's record keeps the pending
+/// decision with its figures; a fault that holds halts it once its breach
+/// was seen over two windows in a row. (Pairs without the node under
+/// migration carry too few probes here to reach --min-sent, so the noisy
+/// pair is one of the node's: the policy does not look at which pair.)
+#[test]
+fn a_breach_for_one_window_is_pending_and_a_held_one_halts() {
+    require_root();
+    let Migrating {
+        kl,
+        sim: _sim,
+        driver,
+        errors,
+    } = migrating_lab("g", 3, false);
+    let log = driver.log.clone();
+    // Soaks long enough to see a breach come and go; the ceiling out of
+    // the way of a 5% fault's noisier windows, so that what halts is the
+    // breach held (the ceiling has its unit tests).
+    let mut run = driver.spawn(&[
+        "migrate",
+        "run",
+        "--yes",
+        "--baseline",
+        "0",
+        "--soak",
+        "20s",
+        "--threshold",
+        "2%",
+        "--min-sent",
+        "50",
+        "--hard-ceiling",
+        "30%",
+    ]);
+    within(Duration::from_secs(90), "worker-1's soak", || {
+        (step_of(&state(&kl), "worker-1") == "soak").then_some(())
+    });
+    let noise = cilium_loss_towards(&kl, &["worker-2"], "worker-1");
+    let pending = |node: &str| {
+        let prefix = format!("crossover: {node}: soak reading ");
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&prefix) && l.contains("): pending: "))
+            .map(str::to_string)
+    };
+    let (line, _) = within(Duration::from_secs(60), "a pending breach", || {
+        pending("worker-1")
+    });
+    for f in noise {
+        kl.lock().unwrap().lab.clear(f).unwrap();
+    }
+    eprintln!("noise seen: {line}");
+    assert!(line.contains("-> worker-1 overlay cilium"), "{line}");
+    within(Duration::from_secs(90), "worker-1 done", || {
+        assert!(run.try_wait().unwrap().is_none(), "the driver stopped");
+        (step_of(&state(&kl), "worker-1") == "done").then_some(())
+    });
+    let w1 = record(&kl, "worker-1");
+    let gate: Vec<&Value> = w1["gate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "soak")
+        .collect();
+    let pending_entry = gate
+        .iter()
+        .find(|e| e["verdict"] == "pending")
+        .unwrap_or_else(|| panic!("a pending decision in the record: {w1:#}"));
+    let breach = &pending_entry["breaches"][0];
+    assert_eq!(breach["held"], 1, "{pending_entry:#}");
+    assert_eq!(pending_entry["consecutive"], 2);
+    assert!(breach["lost"].as_u64().unwrap() > 0 && breach["ratio"].as_f64().unwrap() > 0.02);
+    assert_eq!(pending_entry["passed"], true, "pending goes on");
+    assert!(gate.iter().all(|e| e["verdict"] != "halt"), "{w1:#}");
+    assert_eq!(gate.last().unwrap()["verdict"], "pass", "{w1:#}");
+
+    // A fault that holds, towards worker-2 in its soak: halts.
+    within(Duration::from_secs(120), "worker-2's soak", || {
+        (step_of(&state(&kl), "worker-2") == "soak").then_some(())
+    });
+    let faults = cilium_loss_towards(&kl, &["worker-1", "control-plane"], "worker-2");
+    let (status, _) = within(Duration::from_secs(120), "the gate closing", || {
+        run.try_wait().unwrap()
+    });
+    for f in faults {
+        kl.lock().unwrap().lab.clear(f).unwrap();
+    }
+    assert!(!status.success());
+    let halted = state(&kl);
+    assert_eq!(halted["phase"]["phase"], "halted", "{halted:#}");
+    assert_eq!(halted["phase"]["node"], "worker-2", "{halted:#}");
+    let reason = halted["phase"]["reason"].as_str().unwrap();
+    eprintln!("held fault: {reason}");
+    assert!(reason.contains("windows in a row"), "{reason}");
+    let w2 = record(&kl, "worker-2");
+    let gate = w2["gate"].as_array().unwrap();
+    let last = gate.last().unwrap();
+    assert_eq!(last["verdict"], "halt", "{w2:#}");
+    assert_eq!(last["passed"], false);
+    let held = last["breaches"].as_array().unwrap();
+    assert!(
+        held.iter()
+            .any(|b| b["held"].as_u64() >= Some(2) && b["over_ceiling"].is_null()),
+        "{last:#}"
+    );
+    assert!(
+        gate.iter()
+            .any(|e| e["step"] == "soak" && e["verdict"] == "pending"),
+        "the halt was pending first: {w2:#}"
+    );
+    no_feed_errors(&errors);
+}
+
 /// `--on-breach rollback` puts the node back on the legacy CNI by itself;
 /// the reboot hook runs per node; `status` tells where it stopped; `abort`
 /// from another terminal stops a running driver at its next step, and

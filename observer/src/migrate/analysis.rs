@@ -124,7 +124,10 @@ impl Analysis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{loss::LossRow, migrate::gate::{Thresholds, judge}};
+    use crate::{
+        loss::LossRow,
+        migrate::gate::{Thresholds, judge},
+    };
 
     const WINDOW: Duration = Duration::from_secs(10);
 
@@ -148,7 +151,15 @@ mod tests {
             default: 0.02,
             ..Thresholds::default()
         };
-        let d = judge(&t, GateScope::All, Some("n1"), rows, vec![], vec![], "t".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            Some("n1"),
+            rows,
+            vec![],
+            vec![],
+            "t".into(),
+        );
         a.weigh(d, Duration::from_secs(second))
     }
 
@@ -161,7 +172,11 @@ mod tests {
         assert_eq!(d.verdict, Some(Verdict::Pending));
         assert!(d.passed && a.is_pending());
         assert_eq!(d.breaches[0].held, 1);
-        assert!(d.summary().starts_with("pending: n2 -> n3"), "{}", d.summary());
+        assert!(
+            d.summary().starts_with("pending: n2 -> n3"),
+            "{}",
+            d.summary()
+        );
         // The same burst in the next readings of the same window: still
         // one window's worth, still pending.
         for second in [2, 4, 6, 8] {
@@ -178,8 +193,14 @@ mod tests {
     #[test]
     fn a_breach_held_over_two_windows_halts() {
         let mut a = Analysis::new(Policy::default(), WINDOW);
-        assert_eq!(reading(&mut a, &[row("n1", "n3", 4)], 0).verdict, Some(Verdict::Pending));
-        assert_eq!(reading(&mut a, &[row("n1", "n3", 4)], 5).verdict, Some(Verdict::Pending));
+        assert_eq!(
+            reading(&mut a, &[row("n1", "n3", 4)], 0).verdict,
+            Some(Verdict::Pending)
+        );
+        assert_eq!(
+            reading(&mut a, &[row("n1", "n3", 4)], 5).verdict,
+            Some(Verdict::Pending)
+        );
         let d = reading(&mut a, &[row("n1", "n3", 4)], 10);
         assert_eq!(d.verdict, Some(Verdict::Halt));
         assert!(!d.passed);
@@ -229,11 +250,27 @@ mod tests {
     fn stuck_pods_and_missing_agents_close_it_as_before() {
         let mut a = Analysis::new(Policy::default(), WINDOW);
         let t = Thresholds::default();
-        let d = judge(&t, GateScope::All, None, &[], vec![], vec!["default/web-1".into()], "t".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &[],
+            vec![],
+            vec!["default/web-1".into()],
+            "t".into(),
+        );
         let d = a.weigh(d, Duration::ZERO);
         assert_eq!((d.verdict, d.passed), (Some(Verdict::Halt), false));
         // Missing agents: not passed, pending (the hold waits for them).
-        let d = judge(&t, GateScope::All, None, &[], vec!["agent n3".into()], vec![], "t".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &[],
+            vec!["agent n3".into()],
+            vec![],
+            "t".into(),
+        );
         let d = a.weigh(d, Duration::ZERO);
         assert_eq!((d.verdict, d.passed), (Some(Verdict::Pending), false));
     }

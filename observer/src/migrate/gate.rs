@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::loss::{LossRow, Signal};
 
 /// Which pairs the gate judges.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum GateScope {
     /// Every node pair, network pair and the cluster totals.
@@ -154,7 +152,15 @@ impl fmt::Display for Breach {
             r.sent,
             self.ratio * 100.0,
             self.threshold * 100.0
-        )
+        )?;
+        if self.over_ceiling {
+            write!(f, ", at or over the hard ceiling")
+        } else if self.held > 0 {
+            let s = if self.held == 1 { "" } else { "s" };
+            write!(f, ", in {} window{s} in a row", self.held)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -371,7 +377,15 @@ mod tests {
             row("n2", "n3", "delivery", 1000, 10), // 1% == 1%: passes
             row("n2", "n1", "probe_tcp", 10, 3),   // too few to judge
         ];
-        let d = judge(&t, GateScope::All, None, &rows, vec![], vec![], "now".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &rows,
+            vec![],
+            vec![],
+            "now".into(),
+        );
         assert!(!d.passed);
         assert_eq!(d.judged, 3);
         assert_eq!(d.breaches.len(), 1);
@@ -388,8 +402,27 @@ mod tests {
     fn unmeasured_pairs_and_stuck_pods_close_the_gate() {
         let t = Thresholds::default();
         let rows = [row("n1", "n2", "delivery", 1000, 0)];
-        assert!(judge(&t, GateScope::All, None, &rows, vec![], vec![], "now".into()).passed);
-        let d = judge(&t, GateScope::All, None, &rows, vec!["agent n3".into()], vec![], "now".into());
+        assert!(
+            judge(
+                &t,
+                GateScope::All,
+                None,
+                &rows,
+                vec![],
+                vec![],
+                "now".into()
+            )
+            .passed
+        );
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &rows,
+            vec!["agent n3".into()],
+            vec![],
+            "now".into(),
+        );
         assert!(!d.passed && d.summary().contains("not measured: agent n3"));
         let d = judge(
             &t,
@@ -412,7 +445,15 @@ mod tests {
             ..row("x", "y", "delivery", 1000, lost)
         };
         let pair = row("n1", "n2", "delivery", 100, 20);
-        let d = judge(&t, GateScope::All, None, &[total(50), pair.clone()], vec![], vec![], "now".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &[total(50), pair.clone()],
+            vec![],
+            vec![],
+            "now".into(),
+        );
         assert_eq!(d.breaches.len(), 1, "{d:?}");
         assert_eq!(d.breaches[0].row, pair);
         // Spread thin over many pairs: the total itself breaches.
@@ -444,7 +485,15 @@ mod tests {
             signal: Signal::Handshake,
             ..total(50)
         };
-        let d = judge(&t, GateScope::All, None, &[handshakes], vec![], vec![], "now".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &[handshakes],
+            vec![],
+            vec![],
+            "now".into(),
+        );
         assert!(d.passed && d.judged == 0, "{d:?}");
     }
 
@@ -466,20 +515,58 @@ mod tests {
             control("handshake"),
             control("retransmit"),
         ];
-        let all = judge(&t, GateScope::All, Some("n1"), &rows, vec![], vec![], "t".into());
+        let all = judge(
+            &t,
+            GateScope::All,
+            Some("n1"),
+            &rows,
+            vec![],
+            vec![],
+            "t".into(),
+        );
         assert_eq!(all.breaches.len(), 2, "{all:?}");
-        assert_eq!((all.judged, all.control_traffic, all.out_of_scope), (2, 2, 0));
-        let node = judge(&t, GateScope::Node, Some("n1"), &rows, vec![], vec![], "t".into());
+        assert_eq!(
+            (all.judged, all.control_traffic, all.out_of_scope),
+            (2, 2, 0)
+        );
+        let node = judge(
+            &t,
+            GateScope::Node,
+            Some("n1"),
+            &rows,
+            vec![],
+            vec![],
+            "t".into(),
+        );
         assert_eq!(node.breaches.len(), 1, "{node:?}");
         assert_eq!(node.breaches[0].row, ours);
-        assert_eq!((node.judged, node.control_traffic, node.out_of_scope), (1, 2, 1));
+        assert_eq!(
+            (node.judged, node.control_traffic, node.out_of_scope),
+            (1, 2, 1)
+        );
         // Delivery on the same row is the underlay's loss: judged.
         let delivery = control("delivery");
-        let d = judge(&t, GateScope::All, None, &[delivery], vec![], vec![], "t".into());
+        let d = judge(
+            &t,
+            GateScope::All,
+            None,
+            &[delivery],
+            vec![],
+            vec![],
+            "t".into(),
+        );
         assert_eq!((d.breaches.len(), d.control_traffic), (1, 0));
         // The node's sums over its peers are in its scope.
         let sum = row("n1", crate::loss::CLUSTER, "probe_tcp", 100, 10);
-        let d = judge(&t, GateScope::Node, Some("n1"), &[sum], vec![], vec![], "t".into());
+        let d = judge(
+            &t,
+            GateScope::Node,
+            Some("n1"),
+            &[sum],
+            vec![],
+            vec![],
+            "t".into(),
+        );
         assert_eq!(d.breaches.len(), 1);
     }
 }

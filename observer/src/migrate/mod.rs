@@ -1,11 +1,11 @@
 //! `crossover migrate`: walks Cilium's documented live migration node by
 //! node over the cluster's API, and steps forward only while the loss the
 //! agents measure stays under the threshold.
+pub mod analysis;
 mod args;
 mod context;
 mod driver;
 mod finish;
-pub mod analysis;
 pub mod gate;
 mod lease;
 pub mod plan;

@@ -298,7 +298,11 @@ mod tests {
         }
         assert_eq!(r.gate.len(), GATE_ENTRIES);
         assert_eq!(r.gate_left_out, 300);
-        assert!(r.gate.iter().all(|e| e.decision.verdict == Some(Verdict::Pending)));
+        assert!(
+            r.gate
+                .iter()
+                .all(|e| e.decision.verdict == Some(Verdict::Pending))
+        );
         let first: &Vec<Breach> = &r.gate[0].decision.breaches;
         assert_eq!(first.len(), GATE_ENTRY_BREACHES);
         assert_eq!(r.gate[0].decision.more_breaches, 5000 - GATE_ENTRY_BREACHES);

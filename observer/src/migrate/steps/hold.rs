@@ -10,7 +10,7 @@ use crate::{
     migrate::{
         analysis::Analysis,
         context::Context,
-        gate::Verdict,
+        gate::{Decision, Verdict},
         record::{Moment, NodeRecord},
         state::Step,
     },
@@ -61,6 +61,12 @@ async fn hold(
             decision.verdict = Some(Verdict::Halt);
         }
         record.decide(moment, step, policy.consecutive, &decision);
+        let left = deadline.saturating_duration_since(now).as_secs();
+        eprintln!(
+            "crossover: {node}: {step} reading {judged} ({left}s left): {}: {}",
+            verdict_word(decision.verdict),
+            progress(&decision, policy.consecutive)
+        );
         if only_missing && missing_in_a_row < MISSING_READINGS {
             tokio::time::sleep(ctx.options.gate_interval).await;
             continue;
@@ -81,6 +87,29 @@ async fn hold(
             )));
         }
         tokio::time::sleep(ctx.options.gate_interval).await;
+    }
+}
+
+fn verdict_word(verdict: Option<Verdict>) -> &'static str {
+    match verdict {
+        Some(Verdict::Pass) | None => "pass",
+        Some(Verdict::Pending) => "pending",
+        Some(Verdict::Halt) => "halt",
+    }
+}
+
+/// One line: the worst breach with how long it held, or the worst ratios.
+fn progress(decision: &Decision, consecutive: u32) -> String {
+    match decision.breaches.first() {
+        Some(b) if !b.over_ceiling => format!(
+            "{b} (the gate closes at {consecutive}){}",
+            match decision.breaches.len() + decision.more_breaches {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        ),
+        Some(b) => b.to_string(),
+        None => decision.summary(),
     }
 }
 
