@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iptables-restore", "iptables"),
     ("nft", "nftables"),
+    // `cargo xtask image`: the container image, from scratch, offline.
+    ("buildah", "buildah"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
