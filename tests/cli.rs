@@ -66,6 +66,70 @@ fn bad_flags_are_named() {
     );
 }
 
+/// One duration syntax for every flag: humantime's, or bare seconds where
+/// a flag took integer seconds; `-o` with `--format` as its alias.
+#[test]
+fn durations_and_output_flags_read_alike_everywhere() {
+    // clap validates every value before the trailing --help stops it.
+    let accepts = |args: &[&str]| {
+        let out = Command::new(crossover())
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| stderr(&out))
+    };
+    for args in [
+        &["agent", "--flow-idle-tcp", "10m"][..],
+        &["agent", "--flow-idle-tcp", "600"],
+        &[
+            "agent",
+            "--flow-idle-closed",
+            "1h 30m",
+            "--flow-sweep-interval",
+            "0",
+        ],
+        &["observe", "--interval", "1m", "--duration", "90"],
+        &[
+            "loss",
+            "--window",
+            "1m",
+            "--timeout",
+            "1500ms",
+            "-o",
+            "wide",
+        ],
+        &["loss", "--format", "json"],
+        &["observe", "-o", "json"],
+        &["migrate", "--drain-timeout", "1h", "status", "-o", "json"],
+        &["migrate", "status", "--format", "markdown"],
+        &[
+            "migrate",
+            "run",
+            "--soak",
+            "2m",
+            "--consecutive-breaches",
+            "3",
+            "--hard-ceiling",
+            "off",
+        ],
+    ] {
+        accepts(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    let err = accepts(&["agent", "--flow-idle-tcp", "10 parsecs"]).unwrap_err();
+    assert!(
+        err.contains("--flow-idle-tcp") && err.contains("unknown time unit"),
+        "{err}"
+    );
+    let err = accepts(&["loss", "-o", "yaml"]).unwrap_err();
+    assert!(err.contains("table, wide, json"), "{err}");
+    let err = accepts(&["migrate", "run", "--hard-ceiling", "lots"]).unwrap_err();
+    assert!(err.contains("or off"), "{err}");
+}
+
 #[test]
 fn a_bad_shape_file_is_named() {
     let path =
@@ -279,6 +343,47 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
         (&rows[0]["node"], &rows[0]["peer_node"], &rows[0]["overlay"]),
         (&"node-00004".into(), &"node-00005".into(), &"cilium".into())
     );
+    // The ratio is in the JSON; the window's end is a wall-clock time.
+    let ratio = rows[0]["ratio"].as_f64().unwrap();
+    assert!((ratio - 0.2).abs() < 0.02, "{:#}", rows[0]);
+    let lost = rows[0]["lost"].as_f64().unwrap() / rows[0]["sent"].as_f64().unwrap();
+    assert_eq!(ratio, lost);
+    let end = json["window_end"].as_str().unwrap();
+    assert!(
+        end.len() == 24 && end.as_bytes()[10] == b'T' && end.ends_with('Z'),
+        "RFC 3339 UTC: {end}"
+    );
+    // The table names its columns as the JSON does; wide adds the rest.
+    for (output, extra) in [("table", false), ("wide", true)] {
+        let mut table = vec!["loss", "-o", output];
+        for u in &urls {
+            table.extend(["--agent", u]);
+        }
+        let out = run(&table);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let header: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        let mut expected = vec![
+            "node",
+            "peer_node",
+            "overlay",
+            "src_net",
+            "dst_net",
+            "signal",
+            "sent",
+            "lost",
+            "ratio",
+        ];
+        if extra {
+            expected.extend(["refused", "seconds"]);
+        }
+        assert_eq!(header, expected, "{text}");
+        let faulted = text
+            .lines()
+            .find(|l| l.starts_with("node-00004"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(faulted.split_whitespace().count(), expected.len(), "{text}");
+    }
     // --all: every row, one JSON document a line, streamed group by group.
     let mut all = vec!["loss", "--all", "-o", "json"];
     for u in &urls {
@@ -321,9 +426,11 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
     let table = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("node-00007       node-00008       legacy")),
+        lines.iter().any(|l| l.split_whitespace().take(3).eq([
+            "node-00007",
+            "node-00008",
+            "legacy"
+        ])),
         "{table}"
     );
     assert!(

@@ -33,9 +33,13 @@ use crate::{
 /// not answer.
 pub const EXIT_INCOMPLETE: i32 = 2;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LossFormat {
+    /// Worst first, one row per line.
     Table,
+    /// The table with every field of a row (refused, seconds).
+    Wide,
+    /// One document (with `--all`: one row per line, NDJSON).
     Json,
 }
 
@@ -78,7 +82,8 @@ pub struct LossArgs {
     pub min_sent: u64,
     #[command(flatten)]
     pub window: WindowArgs,
-    #[arg(long, short = 'o', value_enum, default_value_t = LossFormat::Table)]
+    /// Output: table, wide or json (`--format` too).
+    #[arg(long = "output", short = 'o', alias = "format", value_enum, default_value_t = LossFormat::Table)]
     pub format: LossFormat,
     /// Per-request timeout.
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
@@ -119,11 +124,15 @@ impl Filter<'_> {
 
 pub async fn run(args: LossArgs) -> Result<i32> {
     let client = Client::new(args.timeout);
+    let wide = args.format == LossFormat::Wide;
     if args.since_start {
         let matrix = read_all(&client, &args.agents).await?;
         match args.format {
-            LossFormat::Json => println!("{}", to_json(&matrix)?),
-            LossFormat::Table => print!("{}", delivery_table(&matrix)),
+            LossFormat::Json => {
+                let rows: Vec<serde_json::Value> = matrix.iter().map(delivery_json).collect();
+                println!("{}", to_json(&rows)?)
+            }
+            LossFormat::Table | LossFormat::Wide => print!("{}", delivery_table(&matrix)),
         }
         return Ok(0);
     }
@@ -135,17 +144,20 @@ pub async fn run(args: LossArgs) -> Result<i32> {
     };
     let filter = Filter { args: &args };
     let reading = if args.all {
+        // Streamed: a row is printed as its group arrives, so the table's
+        // columns are of fixed width rather than fitted to every row.
         let mut out = std::io::stdout().lock();
-        if let LossFormat::Table = args.format {
-            let _ = out.write_all(header().as_bytes());
+        let table = args.format != LossFormat::Json;
+        if table {
+            let _ = out.write_all(stream_line(&COLUMNS.map(str::to_string), wide).as_bytes());
         }
         let mut shown = |row: LossRow| {
             if !filter.keeps(&row) {
                 return;
             }
             let line = match args.format {
-                LossFormat::Table => line(&row),
-                LossFormat::Json => serde_json::to_string(&row).unwrap_or_default() + "\n",
+                LossFormat::Table | LossFormat::Wide => stream_line(&cells(&row), wide),
+                LossFormat::Json => row_json(&row).to_string() + "\n",
             };
             let _ = out.write_all(line.as_bytes());
         };
@@ -153,7 +165,7 @@ pub async fn run(args: LossArgs) -> Result<i32> {
         for row in &summary.totals {
             shown(row.clone());
         }
-        if let LossFormat::Table = args.format {
+        if table {
             let _ = out.write_all(footer(&summary).as_bytes());
         }
         summary
@@ -166,8 +178,8 @@ pub async fn run(args: LossArgs) -> Result<i32> {
             reading.rows.truncate(args.top);
         }
         match args.format {
-            LossFormat::Json => println!("{}", to_json(&reading)?),
-            LossFormat::Table => print!("{}", table(&reading)),
+            LossFormat::Json => println!("{}", reading_json(&reading)?),
+            LossFormat::Table | LossFormat::Wide => print!("{}", table(&reading, wide)),
         }
         reading
     };
@@ -178,52 +190,138 @@ pub async fn run(args: LossArgs) -> Result<i32> {
     })
 }
 
-fn header() -> String {
-    format!(
-        "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
-        "node", "peer", "overlay", "src_net", "dst_net", "signal", "sent", "lost", "ratio"
-    )
+/// Column names: the JSON's field names, one name per field.
+const COLUMNS: [&str; 11] = [
+    "node",
+    "peer_node",
+    "overlay",
+    "src_net",
+    "dst_net",
+    "signal",
+    "sent",
+    "lost",
+    "ratio",
+    "refused",
+    "seconds",
+];
+/// Columns of the narrow table; wide adds the rest.
+const NARROW: usize = 9;
+
+fn name(n: &str) -> String {
+    if n == crate::loss::CLUSTER {
+        "(cluster)".to_string()
+    } else {
+        n.to_string()
+    }
 }
 
-fn line(r: &LossRow) -> String {
-    let name = |n: &str| {
-        if n == crate::loss::CLUSTER {
-            "(cluster)".to_string()
-        } else {
-            n.to_string()
-        }
-    };
-    format!(
-        "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
+fn cells(r: &LossRow) -> [String; 11] {
+    [
         name(&r.node),
         name(&r.peer_node),
-        r.overlay,
-        r.src_net,
-        r.dst_net,
-        r.signal,
-        r.sent,
-        r.lost,
-        percent(r.ratio())
-    )
+        r.overlay.to_string(),
+        r.src_net.to_string(),
+        r.dst_net.to_string(),
+        r.signal.to_string(),
+        r.sent.to_string(),
+        r.lost.to_string(),
+        percent(r.ratio()),
+        r.refused.to_string(),
+        format!("{:.1}", r.seconds),
+    ]
+}
+
+/// A row as JSON: its fields and its loss ratio (null when nothing was
+/// sent), which the row type computes rather than stores.
+fn row_json(r: &LossRow) -> serde_json::Value {
+    let mut value = serde_json::to_value(r).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("ratio".into(), r.ratio().into());
+    }
+    value
+}
+
+/// The reading as JSON, every row with its ratio, and the window's end
+/// as an RFC 3339 time beside its Unix milliseconds.
+fn reading_json(reading: &ClusterReading) -> Result<String> {
+    let mut value =
+        serde_json::to_value(reading).map_err(|e| Error::io("encoding JSON", e.into()))?;
+    if let Some(fields) = value.as_object_mut() {
+        for (key, rows) in [("totals", &reading.totals), ("rows", &reading.rows)] {
+            fields.insert(key.into(), rows.iter().map(row_json).collect());
+        }
+        fields.insert("window_end".into(), rfc3339_ms(reading.to_ms).into());
+    }
+    to_json(&value)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time.
+fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn stream_line(cells: &[String; 11], wide: bool) -> String {
+    let shown = if wide { &cells[..] } else { &cells[..NARROW] };
+    let widths = [16, 16, 8, 8, 8, 10, 10, 8, 8, 8, 8];
+    let mut line = String::new();
+    for (i, (cell, width)) in shown.iter().zip(widths).enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        // Names left, figures right.
+        if i < 6 {
+            line += &format!("{cell:<width$}");
+        } else {
+            line += &format!("{cell:>width$}");
+        }
+    }
+    line.trim_end().to_string() + "\n"
+}
+
+/// A table without borders, kubectl's way: names left, figures right.
+fn new_table(columns: &[&str], figures_from: usize) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(columns.iter().copied());
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, 3));
+        if i >= figures_from {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    table
+}
+
+/// The lines of a table, each without the padding the preset leaves.
+fn lines(table: &comfy_table::Table) -> String {
+    table
+        .lines()
+        .map(|l| l.trim_end().to_string() + "\n")
+        .collect()
 }
 
 /// The totals, the rows worst first, then one line per missing piece.
-pub fn table(reading: &ClusterReading) -> String {
+pub fn table(reading: &ClusterReading, wide: bool) -> String {
     let mut out = format!(
-        "window {:.1}s ending {} (Unix ms), {} agents answered, reads at most {} ms off their ticks\n",
+        "window {:.1}s ending {}, {} agents answered, reads at most {} ms off their ticks\n",
         reading.seconds(),
-        reading.to_ms,
+        rfc3339_ms(reading.to_ms),
         reading.answered,
         reading.lateness_ms
     );
-    out += &header();
-    for r in &reading.totals {
-        out += &line(r);
+    let columns = if wide {
+        &COLUMNS[..]
+    } else {
+        &COLUMNS[..NARROW]
+    };
+    let mut t = new_table(columns, 6);
+    for r in reading.totals.iter().chain(&reading.rows) {
+        t.add_row(cells(r)[..columns.len()].to_vec());
     }
-    out += "\n";
-    for r in &reading.rows {
-        out += &line(r);
-    }
+    out += &lines(&t);
     out += &footer(reading);
     out
 }
@@ -275,25 +373,48 @@ pub async fn read_all(client: &Client, agents: &[String]) -> Result<Vec<Delivery
 }
 
 pub fn delivery_table(matrix: &[Delivery]) -> String {
-    let mut out = format!(
-        "{:<16} {:<16} {:<8} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8}\n",
-        "node", "peer", "overlay", "src_net", "dst_net", "sent", "received", "lost", "ratio"
-    );
+    let columns = [
+        "node",
+        "peer_node",
+        "overlay",
+        "src_net",
+        "dst_net",
+        "sent",
+        "received",
+        "lost",
+        "ratio",
+    ];
+    let mut t = new_table(&columns, 5);
     for d in matrix {
-        out += &format!(
-            "{:<16} {:<16} {:<8} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8}\n",
-            d.from,
-            d.to,
-            d.overlay,
-            d.src_net,
-            d.dst_net,
-            d.sent,
-            d.received,
-            d.lost(),
-            percent(d.loss_ratio())
-        );
+        t.add_row(vec![
+            d.from.clone(),
+            d.to.clone(),
+            d.overlay.to_string(),
+            d.src_net.to_string(),
+            d.dst_net.to_string(),
+            d.sent.to_string(),
+            d.received.to_string(),
+            d.lost().to_string(),
+            percent(d.loss_ratio()),
+        ]);
     }
-    out
+    lines(&t)
+}
+
+/// A since-start row as JSON, named as the loss rows are (`node`,
+/// `peer_node`), with what was lost and the ratio.
+fn delivery_json(d: &Delivery) -> serde_json::Value {
+    serde_json::json!({
+        "node": d.from,
+        "peer_node": d.to,
+        "overlay": d.overlay,
+        "src_net": d.src_net,
+        "dst_net": d.dst_net,
+        "sent": d.sent,
+        "received": d.received,
+        "lost": d.lost(),
+        "ratio": d.loss_ratio(),
+    })
 }
 
 fn percent(ratio: Option<f64>) -> String {

@@ -28,14 +28,17 @@ pub struct ObserveArgs {
     /// Named network namespace (`ip netns`) holding the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
-    /// Stop after this many seconds; 0 runs until SIGINT or SIGTERM.
-    #[arg(long, default_value_t = 0)]
-    pub duration: u64,
-    /// Print a snapshot every this many seconds (and always at the end).
-    #[arg(long, default_value_t = 5)]
-    pub interval: u64,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    /// Stop after this long (30s, 5m); 0 runs until SIGINT or SIGTERM.
+    #[arg(long, default_value = "0", value_parser = crate::duration::parse_duration_or_zero)]
+    pub duration: Duration,
+    /// Print a snapshot this often (and always at the end).
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+    pub interval: Duration,
+    /// Output: table for people, json for programs (`--format` too).
+    #[arg(long = "output", short = 'o', alias = "format", value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// How programs are attached: TCX links where the kernel has them
+    /// (6.6+), else netlink clsact; or force one.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
     /// Capacity of the flow table; inserts beyond it are refused and counted.
@@ -66,12 +69,12 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut tick = tokio::time::interval(Duration::from_secs(args.interval.max(1)));
+    let mut tick = tokio::time::interval(args.interval);
     tick.tick().await;
     let deadline = async {
         match args.duration {
-            0 => std::future::pending().await,
-            secs => tokio::time::sleep(Duration::from_secs(secs)).await,
+            Duration::ZERO => std::future::pending().await,
+            limit => tokio::time::sleep(limit).await,
         }
     };
     tokio::pin!(deadline);
