@@ -227,9 +227,23 @@ fn missing_interface_and_clean_exit_on_sigterm() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(attached(), 0, "programs left behind after SIGTERM");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one snapshot, one line: {stdout}"
+    );
     let snapshot: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("final snapshot is JSON");
+        serde_json::from_str(&stdout).expect("final snapshot is JSON");
     assert!(snapshot["counters"]["seen_underlay"].is_u64());
+    // Wall-clock times beside the kernel's boot-relative ones, within the
+    // run's minutes.
+    let started = snapshot["started"].as_str().unwrap();
+    let started = humantime::parse_rfc3339(started).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap();
+    assert!(age < Duration::from_secs(600), "{age:?}");
     assert!(stderr(&out).contains("crossover: detached"));
     assert_eq!(veth_attached(), 0);
 }

@@ -27,6 +27,7 @@ use crate::{
         cluster::{self, ClusterReading, WindowArgs},
         delivery::{self, Delivery},
     },
+    table,
 };
 
 /// Exit status when the matrix was printed but is incomplete: an agent did
@@ -179,7 +180,7 @@ pub async fn run(args: LossArgs) -> Result<i32> {
         }
         match args.format {
             LossFormat::Json => println!("{}", reading_json(&reading)?),
-            LossFormat::Table | LossFormat::Wide => print!("{}", table(&reading, wide)),
+            LossFormat::Table | LossFormat::Wide => print!("{}", render(&reading, wide)),
         }
         reading
     };
@@ -279,32 +280,8 @@ fn stream_line(cells: &[String; 11], wide: bool) -> String {
     line.trim_end().to_string() + "\n"
 }
 
-/// A table without borders, kubectl's way: names left, figures right.
-fn new_table(columns: &[&str], figures_from: usize) -> comfy_table::Table {
-    let mut table = comfy_table::Table::new();
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
-        .set_header(columns.iter().copied());
-    for (i, column) in table.column_iter_mut().enumerate() {
-        column.set_padding((0, 3));
-        if i >= figures_from {
-            column.set_cell_alignment(comfy_table::CellAlignment::Right);
-        }
-    }
-    table
-}
-
-/// The lines of a table, each without the padding the preset leaves.
-fn lines(table: &comfy_table::Table) -> String {
-    table
-        .lines()
-        .map(|l| l.trim_end().to_string() + "\n")
-        .collect()
-}
-
 /// The totals, the rows worst first, then one line per missing piece.
-pub fn table(reading: &ClusterReading, wide: bool) -> String {
+pub fn render(reading: &ClusterReading, wide: bool) -> String {
     let mut out = format!(
         "window {:.1}s ending {}, {} agents answered, reads at most {} ms off their ticks\n",
         reading.seconds(),
@@ -317,11 +294,11 @@ pub fn table(reading: &ClusterReading, wide: bool) -> String {
     } else {
         &COLUMNS[..NARROW]
     };
-    let mut t = new_table(columns, 6);
+    let mut t = table::new(columns, 6);
     for r in reading.totals.iter().chain(&reading.rows) {
         t.add_row(cells(r)[..columns.len()].to_vec());
     }
-    out += &lines(&t);
+    out += &table::render(&t);
     out += &footer(reading);
     out
 }
@@ -384,7 +361,7 @@ pub fn delivery_table(matrix: &[Delivery]) -> String {
         "lost",
         "ratio",
     ];
-    let mut t = new_table(&columns, 5);
+    let mut t = table::new(&columns, 5);
     for d in matrix {
         t.add_row(vec![
             d.from.clone(),
@@ -398,7 +375,7 @@ pub fn delivery_table(matrix: &[Delivery]) -> String {
             percent(d.loss_ratio()),
         ]);
     }
-    lines(&t)
+    table::render(&t)
 }
 
 /// A since-start row as JSON, named as the loss rows are (`node`,

@@ -96,6 +96,51 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape) -> String {
     out
 }
 
+/// One snapshot as one line of JSON (a stream of them is NDJSON), its
+/// kernel times (CLOCK_MONOTONIC, `*_ns`) also as RFC 3339 wall-clock
+/// times: `started`, `finished`, and each flow's `first_seen` and
+/// `last_seen`, converted with the offset between the two clocks now.
 pub fn json(snapshot: &Snapshot) -> String {
-    serde_json::to_string_pretty(snapshot).expect("snapshots serialize")
+    let mut value = serde_json::to_value(snapshot).expect("snapshots serialize");
+    let wall = std::time::SystemTime::now();
+    let since_epoch = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let offset = since_epoch as i128 - crate::datapath::monotonic_ns() as i128;
+    let at = |ns: &serde_json::Value| -> serde_json::Value {
+        let Some(ns) = ns.as_u64() else {
+            return serde_json::Value::Null;
+        };
+        let unix = offset + ns as i128;
+        if unix < 0 {
+            return serde_json::Value::Null;
+        }
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix as u64);
+        humantime::format_rfc3339_nanos(t).to_string().into()
+    };
+    if let Some(fields) = value.as_object_mut() {
+        for (from, to) in [("started_ns", "started"), ("finished_ns", "finished")] {
+            let wall = fields.get(from).map(at).unwrap_or_default();
+            fields.insert(to.into(), wall);
+        }
+        for flow in fields
+            .get_mut("flows")
+            .and_then(|f| f.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            let Some(flow) = flow.as_object_mut() else {
+                continue;
+            };
+            for (from, to) in [
+                ("first_seen_ns", "first_seen"),
+                ("last_seen_ns", "last_seen"),
+            ] {
+                let wall = flow.get(from).map(at).unwrap_or_default();
+                flow.insert(to.into(), wall);
+            }
+        }
+    }
+    value.to_string()
 }

@@ -201,14 +201,16 @@ impl State {
             Phase::Done { at } => format!("done at {at}"),
         };
         let mut out = format!("migration started {}: {phase}\n", self.started);
+        let mut table = crate::table::new(&["node", "state", "step"], 3);
         for n in &self.nodes {
             let marker = match n.step {
                 Step::Done => "done",
                 Step::Baseline => "pending",
                 _ => "IN PROGRESS",
             };
-            out += &format!("  {:<30} {:<12} next step: {}\n", n.name, marker, n.step);
+            table.add_row([n.name.as_str(), marker, n.step.label()]);
         }
+        out += &crate::table::render(&table);
         out
     }
 }
