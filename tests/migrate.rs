@@ -590,21 +590,11 @@ fn a_breach_for_one_window_is_pending_and_a_held_one_halts() {
     // Soaks long enough to see a breach come and go; the ceiling out of
     // the way of a 5% fault's noisier windows, so that what halts is the
     // breach held (the ceiling has its unit tests).
-    let mut run = driver.spawn(&[
-        "migrate",
-        "run",
-        "--yes",
-        "--baseline",
-        "0",
-        "--soak",
-        "20s",
-        "--threshold",
-        "2%",
-        "--min-sent",
-        "50",
-        "--hard-ceiling",
-        "30%",
-    ]);
+    let mut args = RUN.to_vec();
+    let soak = args.iter().position(|a| *a == "--soak").unwrap() + 1;
+    args[soak] = "20s";
+    args.extend(["--hard-ceiling", "30%"]);
+    let mut run = driver.spawn(&args);
     within(Duration::from_secs(90), "worker-1's soak", || {
         (step_of(&state(&kl), "worker-1") == "soak").then_some(())
     });

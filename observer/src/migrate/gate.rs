@@ -335,6 +335,24 @@ pub fn judge<'a>(
 mod tests {
     use super::*;
 
+    /// Every pair judged, no node under migration.
+    fn all(t: &Thresholds, rows: &[LossRow], missing: Vec<String>, stuck: Vec<String>) -> Decision {
+        judge(t, GateScope::All, None, rows, missing, stuck, "now".into())
+    }
+
+    /// Only `node`'s pairs judged.
+    fn around(t: &Thresholds, node: &str, rows: &[LossRow]) -> Decision {
+        judge(
+            t,
+            GateScope::Node,
+            Some(node),
+            rows,
+            vec![],
+            vec![],
+            "t".into(),
+        )
+    }
+
     fn row(node: &str, peer: &str, signal: &str, sent: u64, lost: u64) -> LossRow {
         LossRow {
             node: node.into(),
@@ -377,15 +395,7 @@ mod tests {
             row("n2", "n3", "delivery", 1000, 10), // 1% == 1%: passes
             row("n2", "n1", "probe_tcp", 10, 3),   // too few to judge
         ];
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &rows,
-            vec![],
-            vec![],
-            "now".into(),
-        );
+        let d = all(&t, &rows, vec![], vec![]);
         assert!(!d.passed);
         assert_eq!(d.judged, 3);
         assert_eq!(d.breaches.len(), 1);
@@ -402,37 +412,10 @@ mod tests {
     fn unmeasured_pairs_and_stuck_pods_close_the_gate() {
         let t = Thresholds::default();
         let rows = [row("n1", "n2", "delivery", 1000, 0)];
-        assert!(
-            judge(
-                &t,
-                GateScope::All,
-                None,
-                &rows,
-                vec![],
-                vec![],
-                "now".into()
-            )
-            .passed
-        );
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &rows,
-            vec!["agent n3".into()],
-            vec![],
-            "now".into(),
-        );
+        assert!(all(&t, &rows, vec![], vec![]).passed);
+        let d = all(&t, &rows, vec!["agent n3".into()], vec![]);
         assert!(!d.passed && d.summary().contains("not measured: agent n3"));
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &rows,
-            vec![],
-            vec!["default/web-1".into()],
-            "now".into(),
-        );
+        let d = all(&t, &rows, vec![], vec!["default/web-1".into()]);
         assert!(!d.passed && d.summary().contains("stuck: default/web-1"));
     }
 
@@ -445,55 +428,28 @@ mod tests {
             ..row("x", "y", "delivery", 1000, lost)
         };
         let pair = row("n1", "n2", "delivery", 100, 20);
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &[total(50), pair.clone()],
-            vec![],
-            vec![],
-            "now".into(),
-        );
+        let d = all(&t, &[total(50), pair.clone()], vec![], vec![]);
         assert_eq!(d.breaches.len(), 1, "{d:?}");
         assert_eq!(d.breaches[0].row, pair);
         // Spread thin over many pairs: the total itself breaches.
-        let d = judge(
+        let d = all(
             &t,
-            GateScope::All,
-            None,
             &[total(50), row("n1", "n2", "delivery", 100, 1)],
             vec![],
             vec![],
-            "now".into(),
         );
         assert_eq!(d.breaches.len(), 1);
         assert!(d.breaches[0].row.is_total() && !d.passed);
         // Too few to judge, even when every one was lost: probes to a pod
         // that just moved are lost until every agent's view drops it.
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &[row("n1", "n2", "probe_udp", 8, 8)],
-            vec![],
-            vec![],
-            "now".into(),
-        );
+        let d = all(&t, &[row("n1", "n2", "probe_udp", 8, 8)], vec![], vec![]);
         assert!(d.passed, "{d:?}");
         // A total of a signal agents judge alone is a summary, not judged.
         let handshakes = LossRow {
             signal: Signal::Handshake,
             ..total(50)
         };
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &[handshakes],
-            vec![],
-            vec![],
-            "now".into(),
-        );
+        let d = all(&t, &[handshakes], vec![], vec![]);
         assert!(d.passed && d.judged == 0, "{d:?}");
     }
 
@@ -515,29 +471,13 @@ mod tests {
             control("handshake"),
             control("retransmit"),
         ];
-        let all = judge(
-            &t,
-            GateScope::All,
-            Some("n1"),
-            &rows,
-            vec![],
-            vec![],
-            "t".into(),
-        );
-        assert_eq!(all.breaches.len(), 2, "{all:?}");
+        let every = all(&t, &rows, vec![], vec![]);
+        assert_eq!(every.breaches.len(), 2, "{every:?}");
         assert_eq!(
-            (all.judged, all.control_traffic, all.out_of_scope),
+            (every.judged, every.control_traffic, every.out_of_scope),
             (2, 2, 0)
         );
-        let node = judge(
-            &t,
-            GateScope::Node,
-            Some("n1"),
-            &rows,
-            vec![],
-            vec![],
-            "t".into(),
-        );
+        let node = around(&t, "n1", &rows);
         assert_eq!(node.breaches.len(), 1, "{node:?}");
         assert_eq!(node.breaches[0].row, ours);
         assert_eq!(
@@ -546,27 +486,11 @@ mod tests {
         );
         // Delivery on the same row is the underlay's loss: judged.
         let delivery = control("delivery");
-        let d = judge(
-            &t,
-            GateScope::All,
-            None,
-            &[delivery],
-            vec![],
-            vec![],
-            "t".into(),
-        );
+        let d = all(&t, &[delivery], vec![], vec![]);
         assert_eq!((d.breaches.len(), d.control_traffic), (1, 0));
         // The node's sums over its peers are in its scope.
         let sum = row("n1", crate::loss::CLUSTER, "probe_tcp", 100, 10);
-        let d = judge(
-            &t,
-            GateScope::Node,
-            Some("n1"),
-            &[sum],
-            vec![],
-            vec![],
-            "t".into(),
-        );
+        let d = around(&t, "n1", &[sum]);
         assert_eq!(d.breaches.len(), 1);
     }
 }
