@@ -81,8 +81,9 @@ async fn hold(
             return Ok(Outcome::Breach(decision));
         }
         if last {
+            let s = if judged == 1 { "" } else { "s" };
             return Ok(Outcome::Done(format!(
-                "{judged} readings over {}s: {summary}",
+                "{judged} reading{s} over {}s: {summary}",
                 started.elapsed().as_secs()
             )));
         }
