@@ -509,3 +509,96 @@ fn loss_names_an_agent_that_does_not_answer() {
         stderr(&out)
     );
 }
+
+/// Without --agent, `loss` finds the agents through the cluster's API, as
+/// the driver does: one per node from the agent pods (here the fake API
+/// server's, their addresses the simulated agents'), and names a node
+/// without one, exit 2: a node nobody measured is not lossless.
+#[test]
+fn loss_finds_the_agents_through_the_kubeconfig() {
+    use crossover_tests::{
+        apiserver::{
+            FakeApiServer,
+            fixtures::{self, Owner, PodBuilder},
+        },
+        simulated_agents::{Fault, Model},
+    };
+    use observer_ebpf::Overlay;
+    let port = std::net::TcpListener::bind((Model::address(0), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    simulated(Model {
+        nodes: 3,
+        port: Some(port),
+        faults: vec![Fault {
+            from: 1,
+            to: 2,
+            overlay: Overlay::Cilium,
+            ratio: 0.2,
+        }],
+        ..Model::default()
+    });
+    let server = FakeApiServer::start().unwrap();
+    let mut objects = fixtures::cluster(4, 0);
+    objects.push(fixtures::namespace("crossover"));
+    for i in 0..3 {
+        let node = fixtures::node_name(i);
+        objects.push(
+            PodBuilder::new("crossover", &format!("crossover-agent-{node}"))
+                .label("app.kubernetes.io/name", "crossover-agent")
+                .node(&node, &Model::address(i).to_string())
+                .ip(&Model::address(i).to_string())
+                .host_network(true)
+                .owner(Owner::DaemonSet("crossover-agent".into()))
+                .value(),
+        );
+    }
+    for o in objects {
+        server.apply(o).unwrap();
+    }
+    let kubeconfig =
+        std::env::temp_dir().join(format!("crossover-cli-kubeconfig-{}", std::process::id()));
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let port = port.to_string();
+    let out = run(&[
+        "loss",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kubeconfig,
+        "--agent-port",
+        &port,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let unmeasured = format!("no crossover agent pod on node {}", fixtures::node_name(3));
+    assert!(stderr(&out).contains(&unmeasured), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["answered"], 3, "{json:#}");
+    assert_eq!(json["failed"], serde_json::json!([]), "{json:#}");
+    let rows = json["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["node"] == "node-00001" && r["peer_node"] == "node-00002"),
+        "{json:#}"
+    );
+    // No agent pod at all: an error that says where it looked.
+    let out = run(&[
+        "loss",
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        "elsewhere",
+    ]);
+    std::fs::remove_file(kubeconfig).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "no pod matches app.kubernetes.io/name=crossover-agent in namespace elsewhere"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}

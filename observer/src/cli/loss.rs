@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::{
     Error, Result,
     agent::api,
+    cluster::agents::{self, AgentPods},
     loss::{
         LossRow, Signal,
         client::Client,
@@ -46,9 +47,24 @@ pub enum LossFormat {
 
 #[derive(Debug, Args)]
 pub struct LossArgs {
-    /// An agent's base URL, e.g. http://10.0.0.5:9190. Repeat for every node.
-    #[arg(long = "agent", required = true)]
+    /// An agent's base URL, e.g. http://10.0.0.5:9190. Repeat for every
+    /// node. Without it, the agents are found through the cluster's API
+    /// (--kubeconfig): one per node, from the agent pods.
+    #[arg(long = "agent")]
     pub agents: Vec<String>,
+    /// Kubeconfig file, to find the agents when no --agent is given;
+    /// default: in-cluster, then $KUBECONFIG, ~/.kube/config.
+    #[arg(long, conflicts_with = "agents")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the agent pods.
+    #[arg(long, default_value = "crossover")]
+    pub namespace: String,
+    /// Label selector of the agent pods.
+    #[arg(long, default_value = "app.kubernetes.io/name=crossover-agent")]
+    pub agent_selector: String,
+    /// Port of the agents' API (their --listen).
+    #[arg(long, default_value_t = 9190)]
+    pub agent_port: u16,
     /// Delivery since the agents started, from their raw underlay counters,
     /// instead of a window of every signal.
     #[arg(long, conflicts_with = "all")]
@@ -123,7 +139,45 @@ impl Filter<'_> {
     }
 }
 
-pub async fn run(args: LossArgs) -> Result<i32> {
+/// The agents named, or found through the API; nodes without one are
+/// named on stderr and make the reading incomplete.
+async fn agents(args: &LossArgs) -> Result<(Vec<String>, bool)> {
+    if !args.agents.is_empty() {
+        return Ok((args.agents.clone(), true));
+    }
+    let client = crate::cluster::client(args.kubeconfig.as_ref(), true).await?;
+    let how = AgentPods {
+        namespace: &args.namespace,
+        selector: &args.agent_selector,
+        port: args.agent_port,
+    };
+    let found = agents::find(&client, &how).await?;
+    if found.urls.is_empty() {
+        return Err(Error::Kube {
+            context: "finding the agents".into(),
+            reason: format!(
+                "no pod matches {} in namespace {} ({} nodes): is the agent DaemonSet \
+                 installed (manifests/)? Or name them with --agent URL",
+                args.agent_selector,
+                args.namespace,
+                found.missing.len()
+            ),
+        });
+    }
+    for missing in &found.missing {
+        eprintln!("crossover: {missing}: its pairs are not measured");
+    }
+    Ok((found.urls, found.missing.is_empty()))
+}
+
+pub async fn run(mut args: LossArgs) -> Result<i32> {
+    let (urls, complete) = agents(&args).await?;
+    args.agents = urls;
+    let code = read(args).await?;
+    Ok(if complete { code } else { EXIT_INCOMPLETE })
+}
+
+async fn read(args: LossArgs) -> Result<i32> {
     let client = Client::new(args.timeout);
     let wide = args.format == LossFormat::Wide;
     if args.since_start {

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     Error, Result,
+    cluster::agents::{self, AgentPods},
     loss::{
         LossRow,
         client::Client as Reader,
@@ -148,31 +149,13 @@ impl Context {
         if !self.options.agents.is_empty() {
             return Ok((self.options.agents.clone(), Vec::new()));
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.options.namespace);
-        let pods = api
-            .list(&ListParams::default().labels(&self.options.agent_selector))
-            .await
-            .map_err(kube_err("listing crossover agent pods"))?
-            .items;
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let nodes = nodes
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err("listing nodes"))?
-            .items;
-        let mut urls = Vec::new();
-        let mut missing = Vec::new();
-        for node in nodes.iter().filter_map(|n| n.metadata.name.as_deref()) {
-            let on = pods.iter().find(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
-                    && pods::ip(p).is_some()
-            });
-            match on.and_then(pods::ip) {
-                Some(ip) => urls.push(format!("http://{ip}:{}", self.options.agent_port)),
-                None => missing.push(format!("no crossover agent pod on node {node}")),
-            }
-        }
-        Ok((urls, missing))
+        let how = AgentPods {
+            namespace: &self.options.namespace,
+            selector: &self.options.agent_selector,
+            port: self.options.agent_port,
+        };
+        let found = agents::find(&self.client, &how).await?;
+        Ok((found.urls, found.missing))
     }
 
     /// One reading of every agent, the `focus` node's rows exactly; a
