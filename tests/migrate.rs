@@ -570,13 +570,14 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     no_feed_errors(&errors);
 }
 
-/// The gate's policy in the lab: loss the gate sees for one window (a
-/// fault cleared as soon as the driver reports the breach pending) does
-/// not halt the migration, and the node's record keeps the pending
-/// decision with its figures; a fault that holds halts it once its breach
-/// was seen over two windows in a row. (Pairs without the node under
-/// migration carry too few probes here to reach --min-sent, so the noisy
-/// pair is one of the node's: the policy does not look at which pair.)
+/// The gate's policy in the lab: a burst of loss the gate sees in one
+/// window (1 s of 30% loss, well inside the first window the soak judges,
+/// its consequences too) is a pending breach and does not halt the
+/// migration; the node's record keeps the pending decision with its
+/// figures. A fault that holds halts it once its breach was seen over two
+/// windows in a row. (Pairs without the node under migration carry too
+/// few probes here to reach --min-sent, so the noisy pair is one of the
+/// node's: the policy does not look at which pair.)
 #[test]
 fn a_breach_for_one_window_is_pending_and_a_held_one_halts() {
     require_root();
@@ -587,36 +588,49 @@ fn a_breach_for_one_window_is_pending_and_a_held_one_halts() {
         errors,
     } = migrating_lab("g", 3, false);
     let log = driver.log.clone();
+    let driver_log = || std::fs::read_to_string(&log).unwrap();
     // Soaks long enough to see a breach come and go; the ceiling out of
-    // the way of a 5% fault's noisier windows, so that what halts is the
-    // breach held (the ceiling has its unit tests).
+    // the way of the burst, so that what decides is how long a breach
+    // holds (the ceiling has its unit tests).
     let mut args = RUN.to_vec();
     let soak = args.iter().position(|a| *a == "--soak").unwrap() + 1;
     args[soak] = "20s";
-    args.extend(["--hard-ceiling", "30%"]);
+    args.extend(["--hard-ceiling", "50%"]);
     let mut run = driver.spawn(&args);
     within(Duration::from_secs(90), "worker-1's soak", || {
         (step_of(&state(&kl), "worker-1") == "soak").then_some(())
     });
-    let noise = cilium_loss_towards(&kl, &["worker-2"], "worker-1");
-    let pending = |node: &str| {
-        let prefix = format!("crossover: {node}: soak reading ");
-        std::fs::read_to_string(&log)
-            .unwrap()
+    // The soak waits one window (6 s) before it judges, a window that
+    // starts about when the soak does: the burst 1.5 s in, for 1 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let burst = kl
+        .lock()
+        .unwrap()
+        .lab
+        .inject(Fault::Loss {
+            from: "worker-2".into(),
+            to: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            percent: 30.0,
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    kl.lock().unwrap().lab.clear(burst).unwrap();
+    let pending = || {
+        driver_log()
             .lines()
-            .find(|l| l.starts_with(&prefix) && l.contains("): pending: "))
+            .find(|l| {
+                l.starts_with("crossover: worker-1: soak reading ") && l.contains("): pending: ")
+            })
             .map(str::to_string)
     };
-    let (line, _) = within(Duration::from_secs(60), "a pending breach", || {
-        pending("worker-1")
-    });
-    for f in noise {
-        kl.lock().unwrap().lab.clear(f).unwrap();
-    }
-    eprintln!("noise seen: {line}");
+    let (line, _) = within(Duration::from_secs(30), "a pending breach", pending);
+    eprintln!("burst seen: {line}");
     assert!(line.contains("-> worker-1 overlay cilium"), "{line}");
     within(Duration::from_secs(90), "worker-1 done", || {
-        assert!(run.try_wait().unwrap().is_none(), "the driver stopped");
+        if run.try_wait().unwrap().is_some() {
+            panic!("the driver stopped:\n{}", driver_log());
+        }
         (step_of(&state(&kl), "worker-1") == "done").then_some(())
     });
     let w1 = record(&kl, "worker-1");

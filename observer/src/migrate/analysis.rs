@@ -105,6 +105,11 @@ impl Analysis {
         // Breaches beyond the listed ones are not followed; they close the
         // gate only through those listed (the worst).
         self.pending = pending;
+        // What closed the gate first, then the rest worst first.
+        let consecutive = self.policy.consecutive.max(1);
+        decision
+            .breaches
+            .sort_by_key(|b| !(b.over_ceiling || b.held >= consecutive));
         let waiting = !decision.breaches.is_empty() || !decision.missing.is_empty();
         decision.verdict = Some(match (halt, waiting) {
             (true, _) => Verdict::Halt,
@@ -210,6 +215,17 @@ mod tests {
         reading(&mut a, &[row("n1", "n3", 4)], 0);
         let d = reading(&mut a, &[row("n1", "n2", 4)], 10);
         assert_eq!(d.verdict, Some(Verdict::Pending));
+        // The breach that closes the gate is listed first, though others
+        // are worse.
+        let mut a = Analysis::new(Policy::default(), WINDOW);
+        reading(&mut a, &[row("n1", "n3", 3)], 0);
+        let d = reading(&mut a, &[row("n1", "n2", 9), row("n1", "n3", 3)], 10);
+        assert_eq!(d.verdict, Some(Verdict::Halt));
+        assert_eq!(
+            (d.breaches[0].row.peer_node.as_str(), d.breaches[0].held),
+            ("n3", 2)
+        );
+        assert_eq!(d.breaches[1].held, 1);
         // A gap (a reading under the threshold) starts it again.
         let mut a = Analysis::new(Policy::default(), WINDOW);
         reading(&mut a, &[row("n1", "n3", 4)], 0);
