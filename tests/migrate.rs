@@ -840,6 +840,13 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
         reason.contains("goldpinger") && reason.contains("No more IPs available"),
         "{reason}"
     );
+    // The 8 s wait said where it was on the way, with the time left.
+    let said = std::fs::read_to_string(&driver.log).unwrap();
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("crossover: waiting for ") && l.ends_with("s left)")),
+        "{said}"
+    );
     assert_eq!(node(&kl, "worker-1")["spec"]["unschedulable"], true);
 
     // Addresses again: worker-1 completes; worker-2's singleton cannot be
@@ -855,6 +862,15 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
     assert!(
         reason.contains("timed out") && reason.contains("default/db-0 (429"),
         "{reason}"
+    );
+    // The drain counted down.
+    let said = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        said.lines().any(
+            |l| l.starts_with("crossover: worker-2: drain: 1 pod left, ")
+                && l.contains("before --drain-timeout")
+        ),
+        "{said}"
     );
     no_feed_errors(&errors);
 }

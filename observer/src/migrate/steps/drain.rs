@@ -52,8 +52,9 @@ pub async fn drain(ctx: &Context, node: &str) -> Result<String> {
                 .map(|(name, (_, _, why))| format!("{name}: {why}"))
                 .collect();
             let timeout = Duration::from_secs(deadline.saturating_duration_since(now).as_secs());
+            let s = if left.len() == 1 { "" } else { "s" };
             eprintln!(
-                "crossover: {node}: drain: {} pods left, {} before --drain-timeout{}{}",
+                "crossover: {node}: drain: {} pod{s} left, {} before --drain-timeout{}{}",
                 left.len(),
                 humantime::format_duration(timeout),
                 if waiting.is_empty() {
