@@ -64,6 +64,18 @@ fn bad_flags_are_named() {
         "{}",
         stderr(&out)
     );
+    let out = run(&["observe", "--follow", "--peer", "nosuch"]);
+    assert!(
+        stderr(&out).contains("--peer nosuch: no node of that name in the shape"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["observe", "--follow", "--point", "sideways"]);
+    assert!(
+        stderr(&out).contains("\"sideways\" is not a hook point"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// One duration syntax for every flag: humantime's, or bare seconds where

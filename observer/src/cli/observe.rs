@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::render::{self, Format};
+use observer_ebpf::Point;
+
+use super::render::{self, Format, View};
 use crate::{
     Error, Result,
     datapath::{AttachMode, Hook, LoadOptions, Observer, Selection, Session},
@@ -44,10 +46,45 @@ pub struct ObserveArgs {
     /// Capacity of the flow table; inserts beyond it are refused and counted.
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
+    /// Only flows and counters towards or from this peer node (a node of
+    /// the shape).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Only flows seen at this hook point: underlay, overlay, host, pod.
+    #[arg(long, value_parser = parse_point)]
+    pub point: Option<Point>,
+    /// Flows the table shows, worst first (retransmits, resets, then
+    /// packets); the rest are counted. 0 shows all. JSON has every flow
+    /// the filters keep.
+    #[arg(long, default_value_t = 40)]
+    pub top: usize,
+}
+
+fn parse_point(s: &str) -> std::result::Result<Point, String> {
+    Point::from_label(s)
+        .ok_or_else(|| format!("{s:?} is not a hook point (underlay, overlay, host, pod)"))
 }
 
 pub async fn run(args: ObserveArgs) -> Result<()> {
     let shape = crate::shape::load(args.shape.as_deref())?;
+    let peer = match &args.peer {
+        None => None,
+        Some(name) => Some(
+            shape
+                .nodes
+                .iter()
+                .find(|n| n.name == *name)
+                .map(|n| n.underlay)
+                .ok_or_else(|| {
+                    Error::Shape(format!("--peer {name}: no node of that name in the shape"))
+                })?,
+        ),
+    };
+    let view = View {
+        peer,
+        point: args.point,
+        top: args.top,
+    };
     if args.ifaces.is_empty() && !args.follow {
         return Err(Error::Shape(
             "nothing to observe: give --iface or --follow".into(),
@@ -83,25 +120,25 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
-            _ = tick.tick() => print(&mut session.observer(), &shape, args.format)?,
+            _ = tick.tick() => print(&mut session.observer(), &shape, &view, args.format)?,
             followed = session.follow_links() => followed?,
         }
     }
-    print(&mut session.observer(), &shape, args.format)?;
+    print(&mut session.observer(), &shape, &view, args.format)?;
     // Dropping the observer detaches everything we attached.
     drop(session);
     eprintln!("crossover: detached");
     Ok(())
 }
 
-fn print(observer: &mut Observer, shape: &ClusterShape, format: Format) -> Result<()> {
+fn print(observer: &mut Observer, shape: &ClusterShape, view: &View, format: Format) -> Result<()> {
     // As the agent's sampler: stamp known flows from now on, and count the
     // handshakes unanswered past the grace.
     observer.tick()?;
     observer.expire_handshakes(crate::datapath::monotonic_ns())?;
-    let snapshot = observer.snapshot()?;
+    let snapshot = view.keep(observer.snapshot()?);
     match format {
-        Format::Table => println!("{}", render::table(&snapshot, shape)),
+        Format::Table => println!("{}", render::table(&snapshot, shape, view.top)),
         Format::Json => println!("{}", render::json(&snapshot)),
     }
     Ok(())
