@@ -68,11 +68,17 @@ impl Analysis {
         }
     }
 
-    /// Weighs one reading's decision taken `at` (since the run began):
-    /// fills in each breach's `held` and `over_ceiling`, the verdict, and
-    /// `passed` (false when the gate closes, or when agents are missing:
-    /// the hold waits a few readings for them, a pending verdict).
+    /// Weighs one reading's decision: fills in each breach's `held` and
+    /// `over_ceiling`, the verdict, and `passed` (false when the gate
+    /// closes, or when agents are missing: the hold waits a few readings
+    /// for them, a pending verdict). Windows are told apart by the end of
+    /// the window each reading covered (`window_end_ms`, the agents' ticks),
+    /// or by `at`, when the reading was taken, for a decision without it.
     pub fn weigh(&mut self, mut decision: Decision, at: Duration) -> Decision {
+        let at = match decision.window_end_ms {
+            0 => at,
+            ms => Duration::from_millis(ms),
+        };
         let mut pending = BTreeMap::new();
         let mut halt = !decision.stuck.is_empty();
         for breach in &mut decision.breaches {
@@ -232,6 +238,36 @@ mod tests {
         reading(&mut a, &[row("n1", "n3", 1)], 5);
         let d = reading(&mut a, &[row("n1", "n3", 4)], 10);
         assert_eq!((d.verdict, d.breaches[0].held), (Some(Verdict::Pending), 1));
+    }
+
+    /// Windows are told apart by where the agents' windows ended, not by
+    /// when the readings were taken.
+    #[test]
+    fn windows_are_told_apart_by_their_end() {
+        let mut a = Analysis::new(Policy::default(), WINDOW);
+        let at_end = |a: &mut Analysis, end_ms: u64, taken: u64| {
+            let t = Thresholds {
+                default: 0.02,
+                ..Thresholds::default()
+            };
+            let mut d = judge(
+                &t,
+                GateScope::All,
+                None,
+                &[row("n1", "n3", 4)],
+                vec![],
+                vec![],
+                "t".into(),
+            );
+            d.window_end_ms = end_ms;
+            a.weigh(d, Duration::from_secs(taken))
+        };
+        assert_eq!(at_end(&mut a, 1_700_000_000_000, 0).breaches[0].held, 1);
+        // Taken 10 s later, but a tick short of a window after: the same.
+        let d = at_end(&mut a, 1_700_000_009_000, 10);
+        assert_eq!((d.verdict, d.breaches[0].held), (Some(Verdict::Pending), 1));
+        let d = at_end(&mut a, 1_700_000_010_000, 11);
+        assert_eq!((d.verdict, d.breaches[0].held), (Some(Verdict::Halt), 2));
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Measured {
     pub rows: Vec<LossRow>,
     /// Agents that did not answer, nodes without an agent.
     pub missing: Vec<String>,
+    /// End of the window read (Unix ms; 0 when no agent answered).
+    pub window_end_ms: u64,
 }
 
 pub fn now() -> String {
@@ -179,6 +181,7 @@ impl Context {
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
             missing,
+            window_end_ms: reading.to_ms,
         })
     }
 
@@ -187,7 +190,7 @@ impl Context {
     pub async fn judge(&self, node: &str) -> Result<(Decision, Vec<LossRow>)> {
         let measured = self.measure(Some(node)).await?;
         let stuck = self.stuck(node).await?;
-        let decision = gate::judge(
+        let mut decision = gate::judge(
             &self.settings.thresholds,
             self.settings.policy.scope,
             Some(node),
@@ -196,6 +199,7 @@ impl Context {
             stuck,
             now(),
         );
+        decision.window_end_ms = measured.window_end_ms;
         Ok((decision, measured.rows))
     }
 

@@ -136,6 +136,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_ms(n: &u64) -> bool {
+    *n == 0
+}
+
 impl fmt::Display for Breach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = &self.row;
@@ -187,6 +191,10 @@ pub struct Decision {
     /// node's changes, after a rollback) and in records written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// End of the window the reading covered (Unix ms), when known: what
+    /// the analysis tells separate windows by.
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    pub window_end_ms: u64,
     pub breaches: Vec<Breach>,
     /// Agents or pairs that could not be measured.
     pub missing: Vec<String>,
@@ -320,6 +328,7 @@ pub fn judge<'a>(
         at,
         passed: breaches.is_empty() && missing.is_empty() && stuck.is_empty(),
         verdict: None,
+        window_end_ms: 0,
         breaches,
         missing,
         stuck,
