@@ -112,8 +112,8 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         matrix
             .iter()
             .find(|d| {
-                d["from"] == from
-                    && d["to"] == to
+                d["node"] == from
+                    && d["peer_node"] == to
                     && d["overlay"] == overlay
                     && d["src_net"] == src
                     && d["dst_net"] == dst
@@ -515,8 +515,8 @@ fn a_crashed_agent_restarts_with_its_counters() {
         matrix
             .iter()
             .find(|d| {
-                d["from"] == from
-                    && d["to"] == to
+                d["node"] == from
+                    && d["peer_node"] == to
                     && d["overlay"] == overlay
                     && d["src_net"] == src
                     && d["dst_net"] == dst

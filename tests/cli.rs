@@ -107,6 +107,82 @@ fn bad_flags_are_named() {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
+    let out = run(&["observe", "--follow", "--peer", "nosuch"]);
+    assert!(
+        stderr(&out).contains("--peer nosuch: no node of that name in the shape"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["observe", "--follow", "--point", "sideways"]);
+    assert!(
+        stderr(&out).contains("\"sideways\" is not a hook point"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// One duration syntax for every flag: humantime's, or bare seconds where
+/// a flag took integer seconds; `-o` with `--format` as its alias.
+#[test]
+fn durations_and_output_flags_read_alike_everywhere() {
+    // clap validates every value before the trailing --help stops it.
+    let accepts = |args: &[&str]| {
+        let out = Command::new(crossover())
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| stderr(&out))
+    };
+    for args in [
+        &["agent", "--flow-idle-tcp", "10m"][..],
+        &["agent", "--flow-idle-tcp", "600"],
+        &[
+            "agent",
+            "--flow-idle-closed",
+            "1h 30m",
+            "--flow-sweep-interval",
+            "0",
+        ],
+        &["observe", "--interval", "1m", "--duration", "90"],
+        &[
+            "loss",
+            "--window",
+            "1m",
+            "--timeout",
+            "1500ms",
+            "-o",
+            "wide",
+        ],
+        &["loss", "--format", "json"],
+        &["observe", "-o", "json"],
+        &["migrate", "--drain-timeout", "1h", "status", "-o", "json"],
+        &["migrate", "status", "--format", "markdown"],
+        &[
+            "migrate",
+            "run",
+            "--soak",
+            "2m",
+            "--consecutive-breaches",
+            "3",
+            "--hard-ceiling",
+            "off",
+        ],
+    ] {
+        accepts(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    let err = accepts(&["agent", "--flow-idle-tcp", "10 parsecs"]).unwrap_err();
+    assert!(
+        err.contains("--flow-idle-tcp") && err.contains("unknown time unit"),
+        "{err}"
+    );
+    let err = accepts(&["loss", "-o", "yaml"]).unwrap_err();
+    assert!(err.contains("table, wide, json"), "{err}");
+    let err = accepts(&["migrate", "run", "--hard-ceiling", "lots"]).unwrap_err();
+    assert!(err.contains("or off"), "{err}");
 }
 
 #[test]
@@ -206,9 +282,23 @@ fn missing_interface_and_clean_exit_on_sigterm() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(attached(), 0, "programs left behind after SIGTERM");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one snapshot, one line: {stdout}"
+    );
     let snapshot: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("final snapshot is JSON");
+        serde_json::from_str(&stdout).expect("final snapshot is JSON");
     assert!(snapshot["counters"]["seen_underlay"].is_u64());
+    // Wall-clock times beside the kernel's boot-relative ones, within the
+    // run's minutes.
+    let started = snapshot["started"].as_str().unwrap();
+    let started = humantime::parse_rfc3339(started).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap();
+    assert!(age < Duration::from_secs(600), "{age:?}");
     assert!(stderr(&out).contains("crossover: detached"));
     assert_eq!(veth_attached(), 0);
 }
@@ -322,6 +412,47 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
         (&rows[0]["node"], &rows[0]["peer_node"], &rows[0]["overlay"]),
         (&"node-00004".into(), &"node-00005".into(), &"cilium".into())
     );
+    // The ratio is in the JSON; the window's end is a wall-clock time.
+    let ratio = rows[0]["ratio"].as_f64().unwrap();
+    assert!((ratio - 0.2).abs() < 0.02, "{:#}", rows[0]);
+    let lost = rows[0]["lost"].as_f64().unwrap() / rows[0]["sent"].as_f64().unwrap();
+    assert_eq!(ratio, lost);
+    let end = json["window_end"].as_str().unwrap();
+    assert!(
+        end.len() == 24 && end.as_bytes()[10] == b'T' && end.ends_with('Z'),
+        "RFC 3339 UTC: {end}"
+    );
+    // The table names its columns as the JSON does; wide adds the rest.
+    for (output, extra) in [("table", false), ("wide", true)] {
+        let mut table = vec!["loss", "-o", output];
+        for u in &urls {
+            table.extend(["--agent", u]);
+        }
+        let out = run(&table);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let header: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        let mut expected = vec![
+            "node",
+            "peer_node",
+            "overlay",
+            "src_net",
+            "dst_net",
+            "signal",
+            "sent",
+            "lost",
+            "ratio",
+        ];
+        if extra {
+            expected.extend(["refused", "seconds"]);
+        }
+        assert_eq!(header, expected, "{text}");
+        let faulted = text
+            .lines()
+            .find(|l| l.starts_with("node-00004"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(faulted.split_whitespace().count(), expected.len(), "{text}");
+    }
     // --all: every row, one JSON document a line, streamed group by group.
     let mut all = vec!["loss", "--all", "-o", "json"];
     for u in &urls {
@@ -364,9 +495,11 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
     let table = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("node-00007       node-00008       legacy")),
+        lines.iter().any(|l| l.split_whitespace().take(3).eq([
+            "node-00007",
+            "node-00008",
+            "legacy"
+        ])),
         "{table}"
     );
     assert!(
@@ -427,6 +560,99 @@ fn loss_names_an_agent_that_does_not_answer() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!("agent {dead}")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Without --agent, `loss` finds the agents through the cluster's API, as
+/// the driver does: one per node from the agent pods (here the fake API
+/// server's, their addresses the simulated agents'), and names a node
+/// without one, exit 2: a node nobody measured is not lossless.
+#[test]
+fn loss_finds_the_agents_through_the_kubeconfig() {
+    use crossover_tests::{
+        apiserver::{
+            FakeApiServer,
+            fixtures::{self, Owner, PodBuilder},
+        },
+        simulated_agents::{Fault, Model},
+    };
+    use observer_ebpf::Overlay;
+    let port = std::net::TcpListener::bind((Model::address(0), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    simulated(Model {
+        nodes: 3,
+        port: Some(port),
+        faults: vec![Fault {
+            from: 1,
+            to: 2,
+            overlay: Overlay::Cilium,
+            ratio: 0.2,
+        }],
+        ..Model::default()
+    });
+    let server = FakeApiServer::start().unwrap();
+    let mut objects = fixtures::cluster(4, 0);
+    objects.push(fixtures::namespace("crossover"));
+    for i in 0..3 {
+        let node = fixtures::node_name(i);
+        objects.push(
+            PodBuilder::new("crossover", &format!("crossover-agent-{node}"))
+                .label("app.kubernetes.io/name", "crossover-agent")
+                .node(&node, &Model::address(i).to_string())
+                .ip(&Model::address(i).to_string())
+                .host_network(true)
+                .owner(Owner::DaemonSet("crossover-agent".into()))
+                .value(),
+        );
+    }
+    for o in objects {
+        server.apply(o).unwrap();
+    }
+    let kubeconfig =
+        std::env::temp_dir().join(format!("crossover-cli-kubeconfig-{}", std::process::id()));
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let port = port.to_string();
+    let out = run(&[
+        "loss",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kubeconfig,
+        "--agent-port",
+        &port,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let unmeasured = format!("no crossover agent pod on node {}", fixtures::node_name(3));
+    assert!(stderr(&out).contains(&unmeasured), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["answered"], 3, "{json:#}");
+    assert_eq!(json["failed"], serde_json::json!([]), "{json:#}");
+    let rows = json["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["node"] == "node-00001" && r["peer_node"] == "node-00002"),
+        "{json:#}"
+    );
+    // No agent pod at all: an error that says where it looked.
+    let out = run(&[
+        "loss",
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        "elsewhere",
+    ]);
+    std::fs::remove_file(kubeconfig).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "no pod matches app.kubernetes.io/name=crossover-agent in namespace elsewhere"
+        ),
         "{}",
         stderr(&out)
     );

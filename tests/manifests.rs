@@ -1,6 +1,7 @@
-//! The Kubernetes manifests in `manifests/`, without a cluster: every file
-//! a kustomization lists (and no YAML file it does not) parses, document by
-//! document, into its k8s-openapi type with nothing left over (a misspelt
+//! The Kubernetes manifests in `manifests/`, without a cluster: every
+//! kustomization is built by the real `kubectl kustomize` (what users
+//! apply), every YAML file is listed by a kustomization, and every object
+//! built parses into its k8s-openapi type with nothing left over (a misspelt
 //! field fails), and the objects agree with each other and with the real
 //! `crossover` CLI: container args parse, env vars feed real flags, RBAC
 //! covers exactly what the agent watches, the Service and ServiceMonitor
@@ -65,6 +66,8 @@ struct Kustomization {
     resources: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     config_map_generator: Vec<ConfigMapGenerator>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    images: Vec<Image>,
 }
 
 /// A ConfigMap kustomize makes from files (the Grafana dashboard).
@@ -85,6 +88,15 @@ struct GeneratorOptions {
     disable_name_suffix_hash: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
+}
+
+/// A kustomization's `images:` entry.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Image {
+    name: String,
+    new_name: String,
+    new_tag: String,
 }
 
 /// Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), which
@@ -204,9 +216,40 @@ fn diff(path: &str, written: &Value, read: &Value, out: &mut Vec<String>) {
 fn documents(path: &Path) -> Vec<Value> {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-        .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
-    docs.into_iter().filter(|d| !d.is_null()).collect()
+    yaml_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The real kustomize, as users run it: `kubectl kustomize DIR`. kubectl
+/// is preinstalled on these machines (it is no Debian package); without
+/// it the test fails saying so rather than checking something else.
+fn kustomize_build(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running `kubectl kustomize {}`: {e}. The manifest checks read what the real \
+                 kustomize builds: install kubectl (https://kubernetes.io/docs/tasks/tools/) \
+                 and put it on PATH",
+                dir.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "`kubectl kustomize {}` failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let text = String::from_utf8(out.stdout).expect("kustomize output is UTF-8");
+    yaml_documents(&text)
+        .unwrap_or_else(|e| panic!("`kubectl kustomize {}` output: {e}", dir.display()))
 }
 
 /// The files a kustomization (directory) takes in, its nested
@@ -215,21 +258,13 @@ fn kustomization_files(dir: &Path, kustomizations: &mut BTreeSet<PathBuf>) -> Ve
     let path = dir.join("kustomization.yaml");
     assert!(path.is_file(), "{}: no kustomization.yaml", dir.display());
     kustomizations.insert(path.canonicalize().unwrap());
-    let docs = documents(&path);
-    assert_eq!(docs.len(), 1, "{}: one document", path.display());
-    let k: Kustomization = strict(&docs[0]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(
-        (k.api_version.as_str(), k.kind.as_str()),
-        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
-        "{}",
-        path.display()
-    );
+    let k = kustomization(dir);
     for generator in &k.config_map_generator {
         for file in &generator.files {
             assert!(
                 dir.join(file).is_file(),
                 "{}: configMapGenerator {} takes {file}, which does not exist",
-                path.display(),
+                dir.display(),
                 generator.name
             );
         }
@@ -256,6 +291,21 @@ fn kustomization_files(dir: &Path, kustomizations: &mut BTreeSet<PathBuf>) -> Ve
         path.display()
     );
     files
+}
+
+/// `dir/kustomization.yaml`, strictly.
+fn kustomization(dir: &Path) -> Kustomization {
+    let path = dir.join("kustomization.yaml");
+    let docs = documents(&path);
+    assert_eq!(docs.len(), 1, "{}: one document", path.display());
+    let k: Kustomization = strict(&docs[0]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        (k.api_version.as_str(), k.kind.as_str()),
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        "{}",
+        path.display()
+    );
+    k
 }
 
 /// Every YAML file under `dir`.
@@ -313,7 +363,12 @@ struct Rule {
     annotations: BTreeMap<String, String>,
 }
 
-/// Every object of the manifests, by type.
+/// (apiVersion, kind, namespace, name) of an object.
+type Id = (String, String, String, String);
+
+/// Every object of the manifests, by type: the union of what `kubectl
+/// kustomize` builds from each kustomization under manifests/, which is
+/// what users apply.
 #[derive(Default)]
 struct Manifests {
     namespaces: Vec<Namespace>,
@@ -325,48 +380,75 @@ struct Manifests {
     daemon_sets: Vec<DaemonSet>,
     services: Vec<Service>,
     service_monitors: Vec<ServiceMonitor>,
+    /// The Grafana dashboard, generated from its JSON file.
+    config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
     prometheus_rules: Vec<PrometheusRule>,
-    /// (apiVersion, kind, namespace, name) of every object, to find twins.
-    ids: BTreeSet<(String, String, String, String)>,
+    /// Every object built, by id: one object that two kustomizations both
+    /// build must come out the same from both.
+    objects: BTreeMap<Id, Value>,
+    /// Each kustomization (its directory under manifests/, "" for
+    /// manifests/ itself) and the ids of what it builds.
+    builds: BTreeMap<String, BTreeSet<Id>>,
 }
 
 impl Manifests {
-    /// Every file of every kustomization under manifests/; fails on a YAML
-    /// file none lists.
+    /// Builds every kustomization under manifests/ with `kubectl
+    /// kustomize`; fails on a YAML file none lists.
     fn load() -> Manifests {
+        static LOADED: OnceLock<Vec<(String, Vec<Value>)>> = OnceLock::new();
         let root = manifests_dir();
-        let mut kustomizations = BTreeSet::new();
-        let mut listed = BTreeSet::new();
-        listed.extend(kustomization_files(&root, &mut kustomizations));
-        // Nested kustomizations (manifests/monitoring) are entry points too.
-        let mut all = BTreeSet::new();
-        yaml_files(&root, &mut all);
-        for k in all.iter().filter(|p| p.ends_with("kustomization.yaml")) {
-            listed.extend(kustomization_files(
-                k.parent().unwrap(),
-                &mut kustomizations,
-            ));
-        }
-        let unlisted: Vec<_> = all
-            .iter()
-            .filter(|p| !listed.contains(*p) && !kustomizations.contains(*p))
-            .collect();
-        assert!(
-            unlisted.is_empty(),
-            "YAML files no kustomization.yaml lists: {unlisted:?}"
-        );
-        let mut manifests = Manifests::default();
-        for file in &listed {
-            for (i, doc) in documents(file).iter().enumerate() {
-                manifests
-                    .add(doc)
-                    .unwrap_or_else(|e| panic!("{} document {}: {e}", file.display(), i + 1));
+        let built = LOADED.get_or_init(|| {
+            let mut kustomizations = BTreeSet::new();
+            let mut listed = BTreeSet::new();
+            let mut all = BTreeSet::new();
+            yaml_files(&root, &mut all);
+            let dirs: Vec<PathBuf> = all
+                .iter()
+                .filter(|p| p.ends_with("kustomization.yaml"))
+                .map(|k| k.parent().unwrap().to_path_buf())
+                .collect();
+            for dir in &dirs {
+                listed.extend(kustomization_files(dir, &mut kustomizations));
             }
+            let unlisted: Vec<_> = all
+                .iter()
+                .filter(|p| !listed.contains(*p) && !kustomizations.contains(*p))
+                .collect();
+            assert!(
+                unlisted.is_empty(),
+                "YAML files no kustomization.yaml lists: {unlisted:?}"
+            );
+            let root = root.canonicalize().unwrap();
+            dirs.iter()
+                .map(|dir| {
+                    let name = dir.strip_prefix(&root).unwrap().display().to_string();
+                    (name, kustomize_build(dir))
+                })
+                .collect()
+        });
+        let mut manifests = Manifests::default();
+        for (name, docs) in built {
+            let mut ids = BTreeSet::new();
+            for (i, doc) in docs.iter().enumerate() {
+                let id = manifests.add(doc).unwrap_or_else(|e| {
+                    panic!(
+                        "`kubectl kustomize manifests/{name}` document {}: {e}",
+                        i + 1
+                    )
+                });
+                assert!(
+                    ids.insert(id.clone()),
+                    "manifests/{name}: {id:?} is built twice"
+                );
+            }
+            manifests.builds.insert(name.clone(), ids);
         }
         manifests
     }
 
-    fn add(&mut self, doc: &Value) -> Result<(), String> {
+    /// Takes in one built object; an object already taken in from another
+    /// kustomization must be the same.
+    fn add(&mut self, doc: &Value) -> Result<Id, String> {
         let field = |name: &str| doc.get(name).and_then(Value::as_str).unwrap_or_default();
         let (api_version, kind) = (field("apiVersion"), field("kind"));
         let meta = doc.get("metadata").cloned().unwrap_or_default();
@@ -385,9 +467,20 @@ impl Manifests {
         if id.3.is_empty() {
             return Err("no metadata.name".into());
         }
-        if !self.ids.insert(id.clone()) {
-            return Err(format!("{id:?} is defined twice"));
+        match self.objects.get(&id) {
+            Some(seen) if seen == doc => return Ok(id),
+            Some(_) => {
+                return Err(format!("{id:?} is built differently by two kustomizations"));
+            }
+            None => {
+                self.objects.insert(id.clone(), doc.clone());
+            }
         }
+        self.add_typed(api_version, kind, doc)?;
+        Ok(id)
+    }
+
+    fn add_typed(&mut self, api_version: &str, kind: &str, doc: &Value) -> Result<(), String> {
         match (api_version, kind) {
             ("v1", "Namespace") => self.namespaces.push(strict(doc)?),
             ("v1", "ServiceAccount") => self.service_accounts.push(strict(doc)?),
@@ -409,6 +502,7 @@ impl Manifests {
             ("monitoring.coreos.com/v1", "PrometheusRule") => {
                 self.prometheus_rules.push(strict(doc)?)
             }
+            ("v1", "ConfigMap") => self.config_maps.push(strict(doc)?),
             _ => return Err(format!("{api_version} {kind}: no type for it in this test")),
         }
         Ok(())
@@ -816,7 +910,7 @@ fn every_manifest_parses_strictly() {
         .filter_map(|n| n.metadata.name.as_deref())
         .collect();
     assert_eq!(created, BTreeSet::from(["crossover"]));
-    for (_, kind, ns, name) in &m.ids {
+    for (_, kind, ns, name) in m.objects.keys() {
         let cluster_scoped =
             ["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind.as_str());
         assert_eq!(
@@ -858,9 +952,15 @@ fn agent_daemonset_matches_the_cli_and_the_node() {
             .containers[0]
             .image
     );
+    // The image comes from the base kustomization's one `images:` entry,
+    // tagged with this version.
+    let images = kustomization(&manifests_dir().join("base")).images;
+    assert_eq!(images.len(), 1, "manifests/base names the image once");
+    assert_eq!(images[0].name, "crossover");
+    assert_eq!(images[0].new_tag, env!("CARGO_PKG_VERSION"));
     assert_eq!(
         c.image.as_deref(),
-        Some("ghcr.io/crossover/crossover:0.1.0")
+        Some(format!("{}:{}", images[0].new_name, images[0].new_tag).as_str())
     );
 
     // Peers are the pods of this DaemonSet, found in its namespace by the
@@ -1316,13 +1416,78 @@ fn prometheusrule_sits_with_the_servicemonitor_and_every_rule_is_one_thing() {
             _ => panic!("a rule records or alerts: {r:?}"),
         }
     }
+    // The dashboard, as kustomize generated it for Grafana's sidecar.
+    let [dashboard] = &m.config_maps[..] else {
+        panic!("one ConfigMap: the dashboard");
+    };
+    let labels = dashboard.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("grafana_dashboard").map(String::as_str),
+        Some("1")
+    );
+    let json = &dashboard.data.as_ref().expect("data")["crossover.json"];
+    let parsed: serde_json::Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+}
+
+/// Each entry point builds with the real kustomize and adds only its own
+/// part to the base: `manifests/` is the base, `monitoring/` adds the
+/// Prometheus Operator's objects and the Grafana dashboard's ConfigMap,
+/// `migrate/` the driver's ServiceAccount and RBAC.
+#[test]
+fn every_kustomization_builds_and_overlays_only_add() {
+    let m = Manifests::load();
+    let dirs: BTreeSet<&str> = m.builds.keys().map(String::as_str).collect();
+    assert_eq!(dirs, BTreeSet::from(["", "base", "migrate", "monitoring"]));
+    let base = &m.builds["base"];
+    assert_eq!(&m.builds[""], base, "manifests/ is the base");
+    for overlay in ["migrate", "monitoring"] {
+        assert!(
+            m.builds[overlay].is_superset(base),
+            "manifests/{overlay} leaves out part of the base"
+        );
+    }
+    for id in m.builds["monitoring"].difference(base) {
+        let dashboard = (id.0.as_str(), id.1.as_str(), id.3.as_str())
+            == ("v1", "ConfigMap", "crossover-dashboard");
+        assert!(
+            dashboard || id.0.split('/').next() == Some("monitoring.coreos.com"),
+            "manifests/monitoring adds {id:?}"
+        );
+    }
+    let migrate: Vec<_> = m.builds["migrate"].difference(base).collect();
+    assert_eq!(migrate.len(), 5, "{migrate:?}");
+    for id in migrate {
+        assert_eq!(id.3, "crossover-migrate", "manifests/migrate adds {id:?}");
+    }
+    // kustomize's own refusal surfaces as a failure naming it: an overlay
+    // inside its base (the layout this replaced) is a cycle.
+    let dir = std::env::temp_dir().join(format!("crossover-kustomize-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("overlay")).unwrap();
+    let k = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n";
+    std::fs::write(dir.join("kustomization.yaml"), format!("{k}  - cm.yaml\n")).unwrap();
+    std::fs::write(
+        dir.join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("overlay/kustomization.yaml"),
+        format!("{k}  - ..\n"),
+    )
+    .unwrap();
+    let built = std::panic::catch_unwind(|| kustomize_build(&dir.join("overlay")));
+    let err = built.expect_err("an overlay inside its base builds");
+    let message = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(message.contains("cycle detected"), "{message}");
 }
 
 // The checks themselves can fail: a typo, an unknown flag, a selector miss.
 
 #[test]
 fn a_misspelt_field_fails() {
-    let path = manifests_dir().join("agent-daemonset.yaml");
+    let path = manifests_dir().join("base/agent-daemonset.yaml");
     let mut doc = documents(&path).remove(0);
     strict::<DaemonSet>(&doc).unwrap();
     let spec = doc["spec"]["template"]["spec"].as_object_mut().unwrap();

@@ -12,7 +12,7 @@ use crossover_tests::{
     apiserver::{Gvr, fixtures::PodBuilder},
     browser,
     kubelab::within,
-    lab::plan::Network,
+    lab::{Fault, Overlay, plan::Network},
     migration::{
         Migrating, RUN, cilium_loss_towards, migrating, migrating_lab, no_feed_errors, node,
         record, state, step_of, steps, wait_clean_window,
@@ -248,6 +248,125 @@ fn a_migration_halts_on_loss_survives_a_crash_and_completes() {
     no_feed_errors(&errors);
 }
 
+/// The gate's policy in the lab: a burst of loss the gate sees in one
+/// window (1 s of 30% loss, well inside the first window the soak judges,
+/// its consequences too) is a pending breach and does not halt the
+/// migration; the node's record keeps the pending decision with its
+/// figures. A fault that holds halts it once its breach was seen over two
+/// windows in a row. (Pairs without the node under migration carry too
+/// few probes here to reach --min-sent, so the noisy pair is one of the
+/// node's: the policy does not look at which pair.)
+#[test]
+fn a_breach_for_one_window_is_pending_and_a_held_one_halts() {
+    require_root();
+    let Migrating {
+        kl,
+        sim: _sim,
+        driver,
+        errors,
+    } = migrating_lab("g", 3, false);
+    let log = driver.log.clone();
+    let driver_log = || std::fs::read_to_string(&log).unwrap();
+    // Soaks long enough to see a breach come and go; the ceiling out of
+    // the way of the burst, so that what decides is how long a breach
+    // holds (the ceiling has its unit tests).
+    let mut args = RUN.to_vec();
+    let soak = args.iter().position(|a| *a == "--soak").unwrap() + 1;
+    args[soak] = "20s";
+    args.extend(["--hard-ceiling", "50%"]);
+    let mut run = driver.spawn(&args);
+    within(Duration::from_secs(90), "worker-1's soak", || {
+        (step_of(&state(&kl), "worker-1") == "soak").then_some(())
+    });
+    // The soak waits one window (6 s) before it judges, a window that
+    // starts about when the soak does: the burst 1.5 s in, for 1 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let burst = kl
+        .lock()
+        .unwrap()
+        .lab
+        .inject(Fault::Loss {
+            from: "worker-2".into(),
+            to: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            percent: 30.0,
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    kl.lock().unwrap().lab.clear(burst).unwrap();
+    let pending = || {
+        driver_log()
+            .lines()
+            .find(|l| {
+                l.starts_with("crossover: worker-1: soak reading ") && l.contains("): pending: ")
+            })
+            .map(str::to_string)
+    };
+    let (line, _) = within(Duration::from_secs(30), "a pending breach", pending);
+    eprintln!("burst seen: {line}");
+    assert!(line.contains("-> worker-1 overlay cilium"), "{line}");
+    within(Duration::from_secs(90), "worker-1 done", || {
+        if run.try_wait().unwrap().is_some() {
+            panic!("the driver stopped:\n{}", driver_log());
+        }
+        (step_of(&state(&kl), "worker-1") == "done").then_some(())
+    });
+    let w1 = record(&kl, "worker-1");
+    let gate: Vec<&Value> = w1["gate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "soak")
+        .collect();
+    let pending_entry = gate
+        .iter()
+        .find(|e| e["verdict"] == "pending")
+        .unwrap_or_else(|| panic!("a pending decision in the record: {w1:#}"));
+    let breach = &pending_entry["breaches"][0];
+    assert_eq!(breach["held"], 1, "{pending_entry:#}");
+    assert_eq!(pending_entry["consecutive"], 2);
+    assert!(breach["lost"].as_u64().unwrap() > 0 && breach["ratio"].as_f64().unwrap() > 0.02);
+    assert_eq!(pending_entry["passed"], true, "pending goes on");
+    assert!(gate.iter().all(|e| e["verdict"] != "halt"), "{w1:#}");
+    assert_eq!(gate.last().unwrap()["verdict"], "pass", "{w1:#}");
+
+    // A fault that holds, towards worker-2 in its soak: halts.
+    within(Duration::from_secs(120), "worker-2's soak", || {
+        (step_of(&state(&kl), "worker-2") == "soak").then_some(())
+    });
+    let faults = cilium_loss_towards(&kl, &["worker-1", "control-plane"], "worker-2");
+    let (status, _) = within(Duration::from_secs(120), "the gate closing", || {
+        run.try_wait().unwrap()
+    });
+    for f in faults {
+        kl.lock().unwrap().lab.clear(f).unwrap();
+    }
+    assert!(!status.success());
+    let halted = state(&kl);
+    assert_eq!(halted["phase"]["phase"], "halted", "{halted:#}");
+    assert_eq!(halted["phase"]["node"], "worker-2", "{halted:#}");
+    let reason = halted["phase"]["reason"].as_str().unwrap();
+    eprintln!("held fault: {reason}");
+    assert!(reason.contains("windows in a row"), "{reason}");
+    let w2 = record(&kl, "worker-2");
+    let gate = w2["gate"].as_array().unwrap();
+    let last = gate.last().unwrap();
+    assert_eq!(last["verdict"], "halt", "{w2:#}");
+    assert_eq!(last["passed"], false);
+    let held = last["breaches"].as_array().unwrap();
+    assert!(
+        held.iter()
+            .any(|b| b["held"].as_u64() >= Some(2) && b["over_ceiling"].is_null()),
+        "{last:#}"
+    );
+    assert!(
+        gate.iter()
+            .any(|e| e["step"] == "soak" && e["verdict"] == "pending"),
+        "the halt was pending first: {w2:#}"
+    );
+    no_feed_errors(&errors);
+}
+
 /// `--on-breach rollback` puts the node back on the legacy CNI by itself;
 /// the reboot hook runs per node; `status` tells where it stopped; `abort`
 /// from another terminal stops a running driver at its next step, and
@@ -399,6 +518,13 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
         reason.contains("goldpinger") && reason.contains("No more IPs available"),
         "{reason}"
     );
+    // The 8 s wait said where it was on the way, with the time left.
+    let said = std::fs::read_to_string(&driver.log).unwrap();
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("crossover: waiting for ") && l.ends_with("s left)")),
+        "{said}"
+    );
     assert_eq!(node(&kl, "worker-1")["spec"]["unschedulable"], true);
 
     // Addresses again: worker-1 completes; worker-2's singleton cannot be
@@ -414,6 +540,15 @@ fn a_pod_without_an_address_or_a_drain_timing_out_halts_the_node() {
     assert!(
         reason.contains("timed out") && reason.contains("default/db-0 (429"),
         "{reason}"
+    );
+    // The drain counted down.
+    let said = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        said.lines().any(
+            |l| l.starts_with("crossover: worker-2: drain: 1 pod left, ")
+                && l.contains("before --drain-timeout")
+        ),
+        "{said}"
     );
     no_feed_errors(&errors);
 }

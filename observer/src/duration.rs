@@ -1,8 +1,9 @@
-//! Durations as an SRE writes them on a command line: `250ms`, `10s`,
-//! `2m`, or a bare number of seconds. Shared by every command's flags.
+//! Durations as an SRE writes them on a command line, one syntax for every
+//! flag: humantime's (`250ms`, `10s`, `2m`, `1h 30m`, `1min`), or a bare
+//! number of seconds (`30`, `0.5`), as the integer-second flags took.
 use std::time::Duration;
 
-/// `250ms`, `10s`, `2m`; a bare number is seconds. More than zero.
+/// A duration; more than zero.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let duration = parse_duration_or_zero(text)?;
     if duration.is_zero() {
@@ -13,23 +14,16 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// The same, where 0 means none (e.g. `--in-flight 0`).
 pub fn parse_duration_or_zero(text: &str) -> std::result::Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 10s or 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m)")),
-    };
-    if seconds < 0.0 || !seconds.is_finite() {
-        return Err(format!("{text:?}: must be zero or more"));
+    let text = text.trim();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let seconds: f64 = text
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 10s or 2m"))?;
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?}: {e} (expected a duration such as 500ms, 10s, 2m or 1h 30m)")
+    })
 }
 
 #[cfg(test)]
@@ -40,14 +34,23 @@ mod tests {
     fn units_bare_seconds_and_zero() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("0").unwrap_err().contains("more than zero"));
+        assert!(parse_duration("0s").unwrap_err().contains("more than zero"));
         assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("10h").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("10parsecs")
+                .unwrap_err()
+                .contains("unknown time unit")
+        );
         assert!(
             parse_duration("soon")
                 .unwrap_err()
                 .contains("expected a duration")
         );
+        assert!(parse_duration("").is_err());
     }
 }

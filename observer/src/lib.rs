@@ -15,5 +15,6 @@ pub mod migrate;
 pub mod netns;
 pub mod probe;
 pub mod shape;
+pub mod table;
 
 pub use error::{Error, Result};

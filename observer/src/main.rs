@@ -29,6 +29,7 @@ enum Command {
     /// Remove what an agent with --pin-path left on this node: its TCX
     /// links (detaching the programs) and pinned maps (docs/restarts.md).
     Uninstall {
+        /// The agent's --pin-path, e.g. /sys/fs/bpf/crossover.
         #[arg(long)]
         pin_path: std::path::PathBuf,
     },
@@ -66,5 +67,49 @@ async fn main() {
     if let Err(err) = result {
         eprintln!("crossover: error: {err}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every subcommand, at any depth, says what it is
+    /// for in `--help` (clap's own --help and --version aside).
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) || arg.is_hide_set() {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub
+                    .get_about()
+                    .is_none_or(|a| a.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "crossover", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+        // It can fail: an argument without help is found.
+        let bare = clap::Command::new("x").arg(clap::Arg::new("quiet").long("quiet"));
+        let mut found = Vec::new();
+        walk(&bare, "x", &mut found);
+        assert_eq!(found, ["x --quiet"]);
     }
 }

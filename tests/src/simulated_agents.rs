@@ -49,6 +49,9 @@ pub struct Model {
     /// Nodes whose agent restarted at this tick (Unix ms): they cannot
     /// serve a window starting earlier, and serve from it.
     pub restarted: Vec<(usize, u64)>,
+    /// Every agent on this port of an address of its own, 127.0.0.(2+i),
+    /// as agents are on their nodes; none: 127.0.0.1, any port.
+    pub port: Option<u16>,
 }
 
 impl Default for Model {
@@ -62,6 +65,7 @@ impl Default for Model {
             interval_ms: 1000,
             guard_ms: 20,
             restarted: Vec::new(),
+            port: None,
         }
     }
 }
@@ -77,6 +81,12 @@ pub fn nets(overlay: Overlay) -> (Net, Net) {
 pub const OVERLAYS: [Overlay; 2] = [Overlay::Legacy, Overlay::Cilium];
 
 impl Model {
+    /// Node `i`'s agent address with [`Model::port`].
+    pub fn address(i: usize) -> Ipv4Addr {
+        let i = u32::try_from(i + 2).expect("a /8 of loopback addresses");
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + i)
+    }
+
     pub fn name(i: usize) -> String {
         format!("node-{i:05}")
     }
@@ -273,7 +283,11 @@ impl SimulatedAgents {
     pub async fn start(model: Model) -> std::io::Result<Self> {
         let mut urls = Vec::with_capacity(model.nodes);
         for i in 0..model.nodes {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let at = match model.port {
+                Some(port) => format!("{}:{port}", Model::address(i)),
+                None => "127.0.0.1:0".into(),
+            };
+            let listener = tokio::net::TcpListener::bind(at).await?;
             urls.push(format!("http://{}", listener.local_addr()?));
             let app = Router::new()
                 .route(reading::READING_PATH, get(reading_handler))

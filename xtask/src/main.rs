@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | test | lint | bench [datapath|scale] | demo [loss] | lab`.
+//! Project tasks: `cargo xtask setup | build | image | test | lint | bench [datapath|scale] | demo [loss] | lab`.
 //! Every task that needs the toolchain runs `setup` first, which installs
 //! only what is missing, so a fresh machine needs nothing done by hand.
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -21,6 +22,9 @@ enum Task {
     Setup,
     /// Build the `crossover` binary (release) with the eBPF object embedded.
     Build,
+    /// The container image: the static release binary on `scratch`, built
+    /// offline with buildah into target/image/crossover-VERSION.oci.tar.
+    Image,
     /// Lint, then run every test (needs root: tests load real programs).
     Test,
     /// rustfmt and clippy, host crates and eBPF crate separately.
@@ -69,6 +73,10 @@ fn main() -> Result<()> {
         Task::Build => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "observer"])
+        }
+        Task::Image => {
+            setup::run()?;
+            image::run()
         }
         Task::Test => {
             setup::run()?;
@@ -190,6 +198,18 @@ fn require_root(why: &str) -> Result<()> {
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     run(env!("CARGO"), args)
+}
+
+pub(crate) fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .context("starting cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {

@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     // A font for that browser's text (nothing else on a minimal Debian).
     ("fc-list", "fontconfig"),
+    // `cargo xtask image`: the container image, from scratch, offline.
+    ("buildah", "buildah"),
 ];
 
 /// Files the tests need that no command stands for, and their package.

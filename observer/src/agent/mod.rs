@@ -54,8 +54,12 @@ pub struct AgentArgs {
     /// Namespace of the agent DaemonSet's pods, the peers.
     #[arg(long, env = "POD_NAMESPACE", default_value = "crossover")]
     pub namespace: String,
+    /// Label selector of the agent pods (in --namespace): the peers whose
+    /// overlay addresses are probed.
     #[arg(long, default_value = "app.kubernetes.io/name=crossover-agent")]
     pub agent_selector: String,
+    /// Label selector of the probe pods (any namespace): probed on the
+    /// pod networks.
     #[arg(long, default_value = "app.kubernetes.io/name=crossover-probe")]
     pub probe_selector: String,
     /// Namespace of Cilium and its `cilium-config`.
@@ -109,6 +113,8 @@ pub struct AgentArgs {
     /// Named network namespace (`ip netns`) of the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
+    /// How programs are attached: TCX links where the kernel has them
+    /// (6.6+), else netlink clsact; or force one.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
     /// Capacity of the flow table (1 to 16,777,216); new flows beyond it

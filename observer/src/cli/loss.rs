@@ -21,34 +21,56 @@ use serde::Serialize;
 use crate::{
     Error, Result,
     agent::api,
+    cluster::agents::{self, AgentPods},
     loss::{
         LossRow, Signal,
         client::Client,
         cluster::{self, ClusterReading, WindowArgs},
         delivery::{self, Delivery},
     },
+    table,
 };
 
 /// Exit status when the matrix was printed but is incomplete: an agent did
 /// not answer.
 pub const EXIT_INCOMPLETE: i32 = 2;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LossFormat {
+    /// Worst first, one row per line.
     Table,
+    /// The table with every field of a row (refused, seconds).
+    Wide,
+    /// One document (with `--all`: one row per line, NDJSON).
     Json,
 }
 
 #[derive(Debug, Args)]
 pub struct LossArgs {
-    /// An agent's base URL, e.g. http://10.0.0.5:9190. Repeat for every node.
-    #[arg(long = "agent", required_unless_present = "prometheus")]
+    /// An agent's base URL, e.g. http://10.0.0.5:9190. Repeat for every
+    /// node. Without it (and without --prometheus), the agents are found
+    /// through the cluster's API (--kubeconfig): one per node, from the
+    /// agent pods.
+    #[arg(long = "agent")]
     pub agents: Vec<String>,
     /// Read the shipped recording rules' records from this Prometheus
     /// (base URL, e.g. http://prometheus:9090) instead of the agents:
     /// whole minutes (--window rounded up), from scrapes (docs/metrics.md).
-    #[arg(long, conflicts_with_all = ["agents", "since_start", "all"])]
+    #[arg(long, conflicts_with_all = ["agents", "since_start", "all", "kubeconfig"])]
     pub prometheus: Option<String>,
+    /// Kubeconfig file, to find the agents when no --agent is given;
+    /// default: in-cluster, then $KUBECONFIG, ~/.kube/config.
+    #[arg(long, conflicts_with = "agents")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the agent pods.
+    #[arg(long, default_value = "crossover")]
+    pub namespace: String,
+    /// Label selector of the agent pods.
+    #[arg(long, default_value = "app.kubernetes.io/name=crossover-agent")]
+    pub agent_selector: String,
+    /// Port of the agents' API (their --listen).
+    #[arg(long, default_value_t = 9190)]
+    pub agent_port: u16,
     /// Delivery since the agents started, from their raw underlay counters,
     /// instead of a window of every signal.
     #[arg(long, conflicts_with = "all")]
@@ -83,7 +105,8 @@ pub struct LossArgs {
     pub min_sent: u64,
     #[command(flatten)]
     pub window: WindowArgs,
-    #[arg(long, short = 'o', value_enum, default_value_t = LossFormat::Table)]
+    /// Output: table, wide or json (`--format` too).
+    #[arg(long = "output", short = 'o', alias = "format", value_enum, default_value_t = LossFormat::Table)]
     pub format: LossFormat,
     /// Per-request timeout.
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
@@ -122,13 +145,55 @@ impl Filter<'_> {
     }
 }
 
-pub async fn run(args: LossArgs) -> Result<i32> {
+/// The agents named, or found through the API; nodes without one are
+/// named on stderr and make the reading incomplete.
+async fn agents(args: &LossArgs) -> Result<(Vec<String>, bool)> {
+    if !args.agents.is_empty() {
+        return Ok((args.agents.clone(), true));
+    }
+    let client = crate::cluster::client(args.kubeconfig.as_ref(), true).await?;
+    let how = AgentPods {
+        namespace: &args.namespace,
+        selector: &args.agent_selector,
+        port: args.agent_port,
+    };
+    let found = agents::find(&client, &how).await?;
+    if found.urls.is_empty() {
+        return Err(Error::Kube {
+            context: "finding the agents".into(),
+            reason: format!(
+                "no pod matches {} in namespace {} ({} nodes): is the agent DaemonSet \
+                 installed (manifests/)? Or name them with --agent URL",
+                args.agent_selector,
+                args.namespace,
+                found.missing.len()
+            ),
+        });
+    }
+    for missing in &found.missing {
+        eprintln!("crossover: {missing}: its pairs are not measured");
+    }
+    Ok((found.urls, found.missing.is_empty()))
+}
+
+pub async fn run(mut args: LossArgs) -> Result<i32> {
+    let (urls, complete) = agents(&args).await?;
+    args.agents = urls;
+    let code = read(args).await?;
+    Ok(if complete { code } else { EXIT_INCOMPLETE })
+}
+
+async fn read(args: LossArgs) -> Result<i32> {
     let client = Client::new(args.timeout);
+    let wide = args.format == LossFormat::Wide;
     if args.since_start {
         let matrix = read_all(&client, &args.agents).await?;
         match args.format {
-            LossFormat::Json => println!("{}", to_json(&matrix)?),
-            LossFormat::Table => print!("{}", delivery_table(&matrix)),
+            LossFormat::Json => {
+                let rows: Vec<serde_json::Value> = matrix.iter().map(delivery_json).collect();
+                println!("{}", to_json(&rows)?)
+            }
+            LossFormat::Table | LossFormat::Wide => print!("{}", delivery_table(&matrix)),
         }
         return Ok(0);
     }
@@ -140,17 +205,20 @@ pub async fn run(args: LossArgs) -> Result<i32> {
     };
     let filter = Filter { args: &args };
     let reading = if args.all {
+        // Streamed: a row is printed as its group arrives, so the table's
+        // columns are of fixed width rather than fitted to every row.
         let mut out = std::io::stdout().lock();
-        if let LossFormat::Table = args.format {
-            let _ = out.write_all(header().as_bytes());
+        let table = args.format != LossFormat::Json;
+        if table {
+            let _ = out.write_all(stream_line(&COLUMNS.map(str::to_string), wide).as_bytes());
         }
         let mut shown = |row: LossRow| {
             if !filter.keeps(&row) {
                 return;
             }
             let line = match args.format {
-                LossFormat::Table => line(&row),
-                LossFormat::Json => serde_json::to_string(&row).unwrap_or_default() + "\n",
+                LossFormat::Table | LossFormat::Wide => stream_line(&cells(&row), wide),
+                LossFormat::Json => row_json(&row).to_string() + "\n",
             };
             let _ = out.write_all(line.as_bytes());
         };
@@ -158,7 +226,7 @@ pub async fn run(args: LossArgs) -> Result<i32> {
         for row in &summary.totals {
             shown(row.clone());
         }
-        if let LossFormat::Table = args.format {
+        if table {
             let _ = out.write_all(footer(&summary).as_bytes());
         }
         summary
@@ -177,8 +245,8 @@ pub async fn run(args: LossArgs) -> Result<i32> {
             reading.rows.truncate(args.top);
         }
         match args.format {
-            LossFormat::Json => println!("{}", to_json(&reading)?),
-            LossFormat::Table => print!("{}", table(&reading)),
+            LossFormat::Json => println!("{}", reading_json(&reading)?),
+            LossFormat::Table | LossFormat::Wide => print!("{}", render(&reading, wide)),
         }
         reading
     };
@@ -189,52 +257,114 @@ pub async fn run(args: LossArgs) -> Result<i32> {
     })
 }
 
-fn header() -> String {
-    format!(
-        "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
-        "node", "peer", "overlay", "src_net", "dst_net", "signal", "sent", "lost", "ratio"
-    )
+/// Column names: the JSON's field names, one name per field.
+const COLUMNS: [&str; 11] = [
+    "node",
+    "peer_node",
+    "overlay",
+    "src_net",
+    "dst_net",
+    "signal",
+    "sent",
+    "lost",
+    "ratio",
+    "refused",
+    "seconds",
+];
+/// Columns of the narrow table; wide adds the rest.
+const NARROW: usize = 9;
+
+fn name(n: &str) -> String {
+    if n == crate::loss::CLUSTER {
+        "(cluster)".to_string()
+    } else {
+        n.to_string()
+    }
 }
 
-fn line(r: &LossRow) -> String {
-    let name = |n: &str| {
-        if n == crate::loss::CLUSTER {
-            "(cluster)".to_string()
-        } else {
-            n.to_string()
-        }
-    };
-    format!(
-        "{:<16} {:<16} {:<8} {:<8} {:<8} {:<10} {:>10} {:>8} {:>8}\n",
+fn cells(r: &LossRow) -> [String; 11] {
+    [
         name(&r.node),
         name(&r.peer_node),
-        r.overlay,
-        r.src_net,
-        r.dst_net,
-        r.signal,
-        r.sent,
-        r.lost,
-        percent(r.ratio())
-    )
+        r.overlay.to_string(),
+        r.src_net.to_string(),
+        r.dst_net.to_string(),
+        r.signal.to_string(),
+        r.sent.to_string(),
+        r.lost.to_string(),
+        percent(r.ratio()),
+        r.refused.to_string(),
+        format!("{:.1}", r.seconds),
+    ]
+}
+
+/// A row as JSON: its fields and its loss ratio (null when nothing was
+/// sent), which the row type computes rather than stores.
+fn row_json(r: &LossRow) -> serde_json::Value {
+    let mut value = serde_json::to_value(r).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("ratio".into(), r.ratio().into());
+    }
+    value
+}
+
+/// The reading as JSON, every row with its ratio, and the window's end
+/// as an RFC 3339 time beside its Unix milliseconds.
+fn reading_json(reading: &ClusterReading) -> Result<String> {
+    let mut value =
+        serde_json::to_value(reading).map_err(|e| Error::io("encoding JSON", e.into()))?;
+    if let Some(fields) = value.as_object_mut() {
+        for (key, rows) in [("totals", &reading.totals), ("rows", &reading.rows)] {
+            fields.insert(key.into(), rows.iter().map(row_json).collect());
+        }
+        fields.insert("window_end".into(), rfc3339_ms(reading.to_ms).into());
+    }
+    to_json(&value)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time.
+fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn stream_line(cells: &[String; 11], wide: bool) -> String {
+    let shown = if wide { &cells[..] } else { &cells[..NARROW] };
+    let widths = [16, 16, 8, 8, 8, 10, 10, 8, 8, 8, 8];
+    let mut line = String::new();
+    for (i, (cell, width)) in shown.iter().zip(widths).enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        // Names left, figures right.
+        if i < 6 {
+            line += &format!("{cell:<width$}");
+        } else {
+            line += &format!("{cell:>width$}");
+        }
+    }
+    line.trim_end().to_string() + "\n"
 }
 
 /// The totals, the rows worst first, then one line per missing piece.
-pub fn table(reading: &ClusterReading) -> String {
+pub fn render(reading: &ClusterReading, wide: bool) -> String {
     let mut out = format!(
-        "window {:.1}s ending {} (Unix ms), {} agents answered, reads at most {} ms off their ticks\n",
+        "window {:.1}s ending {}, {} agents answered, reads at most {} ms off their ticks\n",
         reading.seconds(),
-        reading.to_ms,
+        rfc3339_ms(reading.to_ms),
         reading.answered,
         reading.lateness_ms
     );
-    out += &header();
-    for r in &reading.totals {
-        out += &line(r);
+    let columns = if wide {
+        &COLUMNS[..]
+    } else {
+        &COLUMNS[..NARROW]
+    };
+    let mut t = table::new(columns, 6);
+    for r in reading.totals.iter().chain(&reading.rows) {
+        t.add_row(cells(r)[..columns.len()].to_vec());
     }
-    out += "\n";
-    for r in &reading.rows {
-        out += &line(r);
-    }
+    out += &table::render(&t);
     out += &footer(reading);
     out
 }
@@ -286,25 +416,48 @@ pub async fn read_all(client: &Client, agents: &[String]) -> Result<Vec<Delivery
 }
 
 pub fn delivery_table(matrix: &[Delivery]) -> String {
-    let mut out = format!(
-        "{:<16} {:<16} {:<8} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8}\n",
-        "node", "peer", "overlay", "src_net", "dst_net", "sent", "received", "lost", "ratio"
-    );
+    let columns = [
+        "node",
+        "peer_node",
+        "overlay",
+        "src_net",
+        "dst_net",
+        "sent",
+        "received",
+        "lost",
+        "ratio",
+    ];
+    let mut t = table::new(&columns, 5);
     for d in matrix {
-        out += &format!(
-            "{:<16} {:<16} {:<8} {:<8} {:<8} {:>10} {:>10} {:>8} {:>8}\n",
-            d.from,
-            d.to,
-            d.overlay,
-            d.src_net,
-            d.dst_net,
-            d.sent,
-            d.received,
-            d.lost(),
-            percent(d.loss_ratio())
-        );
+        t.add_row(vec![
+            d.from.clone(),
+            d.to.clone(),
+            d.overlay.to_string(),
+            d.src_net.to_string(),
+            d.dst_net.to_string(),
+            d.sent.to_string(),
+            d.received.to_string(),
+            d.lost().to_string(),
+            percent(d.loss_ratio()),
+        ]);
     }
-    out
+    table::render(&t)
+}
+
+/// A since-start row as JSON, named as the loss rows are (`node`,
+/// `peer_node`), with what was lost and the ratio.
+fn delivery_json(d: &Delivery) -> serde_json::Value {
+    serde_json::json!({
+        "node": d.from,
+        "peer_node": d.to,
+        "overlay": d.overlay,
+        "src_net": d.src_net,
+        "dst_net": d.dst_net,
+        "sent": d.sent,
+        "received": d.received,
+        "lost": d.lost(),
+        "ratio": d.loss_ratio(),
+    })
 }
 
 fn percent(ratio: Option<f64>) -> String {

@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::render::{self, Format};
+use observer_ebpf::Point;
+
+use super::render::{self, Format, View};
 use crate::{
     Error, Result,
     datapath::{AttachMode, Hook, LoadOptions, Observer, Selection, Session},
@@ -33,14 +35,17 @@ pub struct ObserveArgs {
     /// Named network namespace (`ip netns`) holding the interfaces.
     #[arg(long)]
     pub netns: Option<String>,
-    /// Stop after this many seconds; 0 runs until SIGINT or SIGTERM.
-    #[arg(long, default_value_t = 0)]
-    pub duration: u64,
-    /// Print a snapshot every this many seconds (and always at the end).
-    #[arg(long, default_value_t = 5)]
-    pub interval: u64,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    /// Stop after this long (30s, 5m); 0 runs until SIGINT or SIGTERM.
+    #[arg(long, default_value = "0", value_parser = crate::duration::parse_duration_or_zero)]
+    pub duration: Duration,
+    /// Print a snapshot this often (and always at the end).
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+    pub interval: Duration,
+    /// Output: table for people, json for programs (`--format` too).
+    #[arg(long = "output", short = 'o', alias = "format", value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// How programs are attached: TCX links where the kernel has them
+    /// (6.6+), else netlink clsact; or force one.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
     /// Capacity of the flow table (1 to 16,777,216); inserts beyond it are
@@ -52,10 +57,45 @@ pub struct ObserveArgs {
     /// at least 16,384.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub addr_capacity: Option<u32>,
+    /// Only flows and counters towards or from this peer node (a node of
+    /// the shape).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Only flows seen at this hook point: underlay, overlay, host, pod.
+    #[arg(long, value_parser = parse_point)]
+    pub point: Option<Point>,
+    /// Flows the table shows, worst first (retransmits, resets, then
+    /// packets); the rest are counted. 0 shows all. JSON has every flow
+    /// the filters keep.
+    #[arg(long, default_value_t = 40)]
+    pub top: usize,
+}
+
+fn parse_point(s: &str) -> std::result::Result<Point, String> {
+    Point::from_label(s)
+        .ok_or_else(|| format!("{s:?} is not a hook point (underlay, overlay, host, pod)"))
 }
 
 pub async fn run(args: ObserveArgs) -> Result<()> {
     let shape = crate::shape::load(args.shape.as_deref())?;
+    let peer = match &args.peer {
+        None => None,
+        Some(name) => Some(
+            shape
+                .nodes
+                .iter()
+                .find(|n| n.name == *name)
+                .map(|n| n.underlay)
+                .ok_or_else(|| {
+                    Error::Shape(format!("--peer {name}: no node of that name in the shape"))
+                })?,
+        ),
+    };
+    let view = View {
+        peer,
+        point: args.point,
+        top: args.top,
+    };
     if args.ifaces.is_empty() && !args.follow {
         return Err(Error::Shape(
             "nothing to observe: give --iface or --follow".into(),
@@ -81,12 +121,12 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut tick = tokio::time::interval(Duration::from_secs(args.interval.max(1)));
+    let mut tick = tokio::time::interval(args.interval);
     tick.tick().await;
     let deadline = async {
         match args.duration {
-            0 => std::future::pending().await,
-            secs => tokio::time::sleep(Duration::from_secs(secs)).await,
+            Duration::ZERO => std::future::pending().await,
+            limit => tokio::time::sleep(limit).await,
         }
     };
     tokio::pin!(deadline);
@@ -95,25 +135,25 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
-            _ = tick.tick() => print(&mut session.observer(), &shape, args.format)?,
+            _ = tick.tick() => print(&mut session.observer(), &shape, &view, args.format)?,
             followed = session.follow_links() => followed?,
         }
     }
-    print(&mut session.observer(), &shape, args.format)?;
+    print(&mut session.observer(), &shape, &view, args.format)?;
     // Dropping the observer detaches everything we attached.
     drop(session);
     eprintln!("crossover: detached");
     Ok(())
 }
 
-fn print(observer: &mut Observer, shape: &ClusterShape, format: Format) -> Result<()> {
+fn print(observer: &mut Observer, shape: &ClusterShape, view: &View, format: Format) -> Result<()> {
     // As the agent's sampler: stamp known flows from now on, and count the
     // handshakes unanswered past the grace.
     observer.tick()?;
     observer.expire_handshakes(crate::datapath::monotonic_ns())?;
-    let snapshot = observer.snapshot()?;
+    let snapshot = view.keep(observer.snapshot()?);
     match format {
-        Format::Table => println!("{}", render::table(&snapshot, shape)),
+        Format::Table => println!("{}", render::table(&snapshot, shape, view.top)),
         Format::Json => println!("{}", render::json(&snapshot)),
     }
     Ok(())

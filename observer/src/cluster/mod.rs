@@ -2,6 +2,7 @@
 //! reflectors): Nodes, Pods, Services, CiliumNodes, CiliumNodeConfigs, the
 //! `cilium-config` ConfigMap, and the crossover agent and probe pods. The
 //! agent derives its classification shape and its IP index from these.
+pub mod agents;
 pub mod cilium;
 pub mod derive;
 pub mod index;

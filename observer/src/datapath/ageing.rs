@@ -31,6 +31,7 @@ use observer_ebpf::{FlowKey, FlowStats, Net, Snat, map, tcp_flag};
 use serde::Serialize;
 
 use super::{FlowRecord, map_mut, snapshot::for_each_flow, sys};
+use crate::duration::parse_duration_or_zero;
 use crate::{
     Error, Result,
     connections::{self, Connection},
@@ -44,26 +45,21 @@ const BPF_NOEXIST: u64 = 1;
 /// How long a connection may stay silent before it is aged.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct AgeingPolicy {
-    /// Idle seconds before an established TCP connection's flows are aged.
-    #[arg(long = "flow-idle-tcp", value_parser = seconds, default_value = "600")]
+    /// How long an established TCP connection's flows may stay idle before
+    /// they are aged (10m, 600, 1h).
+    #[arg(long = "flow-idle-tcp", value_parser = parse_duration_or_zero, default_value = "10m")]
     pub tcp_established: Duration,
-    /// Idle seconds for TCP once a FIN or RST was seen.
-    #[arg(long = "flow-idle-closed", value_parser = seconds, default_value = "30")]
+    /// The same for TCP once a FIN or RST was seen.
+    #[arg(long = "flow-idle-closed", value_parser = parse_duration_or_zero, default_value = "30s")]
     pub tcp_closed: Duration,
-    /// Idle seconds for UDP, ICMP and anything else.
-    #[arg(long = "flow-idle-other", value_parser = seconds, default_value = "120")]
+    /// The same for UDP, ICMP and anything else.
+    #[arg(long = "flow-idle-other", value_parser = parse_duration_or_zero, default_value = "2m")]
     pub other: Duration,
-    /// Seconds between sweeps; 0 never ages flows. A full flow table
-    /// (new flows refused) brings the next sweep forward, to at most one
-    /// every 5 s.
-    #[arg(long = "flow-sweep-interval", value_parser = seconds, default_value = "30")]
+    /// Time between sweeps; 0 never ages flows. A full flow table (new
+    /// flows refused) brings the next sweep forward, to at most one every
+    /// 5 s.
+    #[arg(long = "flow-sweep-interval", value_parser = parse_duration_or_zero, default_value = "30s")]
     pub interval: Duration,
-}
-
-fn seconds(s: &str) -> std::result::Result<Duration, String> {
-    s.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|e| format!("{s:?}: {e} (whole seconds)"))
 }
 
 impl Default for AgeingPolicy {

@@ -4,8 +4,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{
+    analysis::Policy,
     context::Options,
-    gate::{Ratio, SignalThreshold, Thresholds},
+    gate::{GateScope, Ratio, SignalThreshold, Thresholds},
     plan::PlanOptions,
     preflight::PreflightOptions,
     state::{OnBreach, Settings},
@@ -28,19 +29,23 @@ pub enum MigrateCommand {
     Run(RunArgs),
     /// Where the migration is.
     Status {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        /// Output: table, markdown or json (`--format` too).
+        #[arg(long = "output", short = 'o', alias = "format", value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Continue a halted, aborted or crashed migration where it stopped.
     Resume(ResumeArgs),
     /// Stop the running driver at its next step; nodes stay as they are.
     Abort {
+        /// Do it without asking.
         #[arg(long)]
         yes: bool,
     },
     /// Put one node back on the legacy CNI.
     Rollback {
+        /// The node to put back.
         node: String,
+        /// Do it without asking.
         #[arg(long)]
         yes: bool,
     },
@@ -66,6 +71,7 @@ pub struct CommonArgs {
     /// Name of the migration: its state ConfigMap and its Lease.
     #[arg(long, global = true, default_value = "crossover-migration")]
     pub name: String,
+    /// Namespace of Cilium's agent pods and `cilium-config`.
     #[arg(long, global = true, default_value = "kube-system")]
     pub cilium_namespace: String,
     /// Label selector of the Cilium agent pods.
@@ -78,11 +84,14 @@ pub struct CommonArgs {
         default_value = "app.kubernetes.io/name=crossover-agent"
     )]
     pub agent_selector: String,
+    /// Port of the agents' API (their --listen).
     #[arg(long, global = true, default_value_t = 9190)]
     pub agent_port: u16,
     /// Agent URLs, instead of finding agents through their pods. Repeat.
     #[arg(long = "agent", global = true)]
     pub agents: Vec<String>,
+    /// How long a drain may take (evictions a disruption budget refuses
+    /// are retried until then).
     #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// How long pods (the Cilium agent, restarted pods, a rebooted node)
@@ -92,6 +101,7 @@ pub struct CommonArgs {
     /// How long probes may take to be answered both ways after the restart.
     #[arg(long, global = true, default_value = "2m", value_parser = parse_duration)]
     pub verify_timeout: Duration,
+    /// How long --reboot-hook may run.
     #[arg(long, global = true, default_value = "15m", value_parser = parse_duration)]
     pub hook_timeout: Duration,
     /// Evict pods without a controller too (they are not recreated).
@@ -101,11 +111,13 @@ pub struct CommonArgs {
     /// as stuck.
     #[arg(long, global = true, default_value = "2m", value_parser = parse_duration)]
     pub sandbox_grace: Duration,
+    /// How often the driver looks at what it waits for (pods, the node).
     #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How often the gate reads the agents during baseline and soak.
     #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
     pub gate_interval: Duration,
+    /// Timeout of one request to an agent.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub agent_timeout: Duration,
     #[command(flatten)]
@@ -160,6 +172,18 @@ pub struct RunArgs {
     /// Rows with fewer packets sent are recorded, not judged.
     #[arg(long, default_value_t = 20)]
     pub min_sent: u64,
+    /// Readings in a row, each over a window of its own, a row must stay
+    /// over its threshold before the gate closes (1: the first breach).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub consecutive_breaches: u32,
+    /// A loss ratio that closes the gate at the first reading, whatever
+    /// --consecutive-breaches says; `off` for none.
+    #[arg(long, default_value = "10%", value_parser = parse_ceiling)]
+    pub hard_ceiling: Ceiling,
+    /// Which pairs the gate judges: `all` (every pair and the cluster
+    /// totals) or `node` (pairs with the node under migration at one end).
+    #[arg(long, value_enum, default_value_t = GateScope::All)]
+    pub gate_scope: GateScope,
     /// How long the gate is held before a node is touched, after one full
     /// agent window has passed (0: one reading).
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]
@@ -168,6 +192,8 @@ pub struct RunArgs {
     /// counted from one agent window after its last change.
     #[arg(long, default_value = "30s", value_parser = parse_seconds)]
     pub soak: u64,
+    /// What to do when the gate closes: halt (node left cordoned) or
+    /// rollback (node put back on the legacy CNI, then halt).
     #[arg(long, value_enum, default_value_t = OnBreach::Halt)]
     pub on_breach: OnBreach,
     /// Command that reboots the node, run with NODE set (e.g.
@@ -180,14 +206,29 @@ pub struct RunArgs {
     pub service_cidrs: Vec<ipnet::Ipv4Net>,
     #[command(flatten)]
     pub overrides: crate::cluster::derive::ShapeOverrides,
+    /// Start without asking.
     #[arg(long)]
     pub yes: bool,
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct ResumeArgs {
+    /// Resume without asking.
     #[arg(long)]
     pub yes: bool,
+}
+
+/// `--hard-ceiling`: a ratio, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceiling(pub Option<f64>);
+
+fn parse_ceiling(text: &str) -> std::result::Result<Ceiling, String> {
+    if text == "off" {
+        return Ok(Ceiling(None));
+    }
+    text.parse::<Ratio>()
+        .map(|r| Ceiling(Some(r.0)))
+        .map_err(|e| format!("{e}, or off"))
 }
 
 fn parse_seconds(text: &str) -> std::result::Result<u64, String> {
@@ -209,6 +250,11 @@ impl RunArgs {
         }
         Ok(Settings {
             thresholds,
+            policy: Policy {
+                consecutive: self.consecutive_breaches,
+                ceiling: self.hard_ceiling.0,
+                scope: self.gate_scope,
+            },
             baseline_seconds: self.baseline,
             soak_seconds: self.soak,
             on_breach: self.on_breach,
@@ -220,6 +266,7 @@ impl RunArgs {
     pub fn default_settings() -> Settings {
         Settings {
             thresholds: Thresholds::default(),
+            policy: Policy::default(),
             baseline_seconds: 10,
             soak_seconds: 30,
             on_breach: OnBreach::Halt,

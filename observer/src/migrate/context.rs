@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     Error, Result,
+    cluster::agents::{self, AgentPods},
     loss::{
         LossRow,
         client::Client as Reader,
@@ -69,6 +70,8 @@ pub struct Measured {
     pub rows: Vec<LossRow>,
     /// Agents that did not answer, nodes without an agent.
     pub missing: Vec<String>,
+    /// End of the window read (Unix ms; 0 when no agent answered).
+    pub window_end_ms: u64,
 }
 
 pub fn now() -> String {
@@ -148,31 +151,13 @@ impl Context {
         if !self.options.agents.is_empty() {
             return Ok((self.options.agents.clone(), Vec::new()));
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.options.namespace);
-        let pods = api
-            .list(&ListParams::default().labels(&self.options.agent_selector))
-            .await
-            .map_err(kube_err("listing crossover agent pods"))?
-            .items;
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let nodes = nodes
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err("listing nodes"))?
-            .items;
-        let mut urls = Vec::new();
-        let mut missing = Vec::new();
-        for node in nodes.iter().filter_map(|n| n.metadata.name.as_deref()) {
-            let on = pods.iter().find(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
-                    && pods::ip(p).is_some()
-            });
-            match on.and_then(pods::ip) {
-                Some(ip) => urls.push(format!("http://{ip}:{}", self.options.agent_port)),
-                None => missing.push(format!("no crossover agent pod on node {node}")),
-            }
-        }
-        Ok((urls, missing))
+        let how = AgentPods {
+            namespace: &self.options.namespace,
+            selector: &self.options.agent_selector,
+            port: self.options.agent_port,
+        };
+        let found = agents::find(&self.client, &how).await?;
+        Ok((found.urls, found.missing))
     }
 
     /// One reading of every agent, the `focus` node's rows exactly; a
@@ -196,20 +181,25 @@ impl Context {
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
             missing,
+            window_end_ms: reading.to_ms,
         })
     }
 
-    /// Measures and judges, with the node's stuck pods.
+    /// Measures and judges, with the node's stuck pods, in the policy's
+    /// scope around the node.
     pub async fn judge(&self, node: &str) -> Result<(Decision, Vec<LossRow>)> {
         let measured = self.measure(Some(node)).await?;
         let stuck = self.stuck(node).await?;
-        let decision = gate::judge(
+        let mut decision = gate::judge(
             &self.settings.thresholds,
+            self.settings.policy.scope,
+            Some(node),
             &measured.rows,
             measured.missing,
             stuck,
             now(),
         );
+        decision.window_end_ms = measured.window_end_ms;
         Ok((decision, measured.rows))
     }
 

@@ -1,12 +1,45 @@
 //! The gate: may the migration go on? Loss over every node pair, network
-//! pair and signal must stay at or under the SRE's threshold, every agent
-//! must have answered (a pair nobody measured is not a lossless pair), and
-//! no pod on the node may be stuck without a sandbox.
+//! pair and signal in scope must stay at or under the SRE's threshold,
+//! every agent must have answered (a pair nobody measured is not a
+//! lossless pair), and no pod on the node may be stuck without a sandbox.
+//! This is one reading's judgement; how readings add up to a halt (a
+//! breach held over consecutive windows, or over the hard ceiling at once)
+//! is [`super::analysis`]'s.
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
+use observer_ebpf::{Net, Overlay};
 use serde::{Deserialize, Serialize};
 
 use crate::loss::{LossRow, Signal};
+
+/// Which pairs the gate judges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum GateScope {
+    /// Every node pair, network pair and the cluster totals.
+    #[default]
+    All,
+    /// Only pairs with the node under migration at one end (its sums over
+    /// its peers among them); the rest is recorded, not judged.
+    Node,
+}
+
+/// Whether a row is crossover's own control traffic, never judged: TCP
+/// handshakes and retransmits between two nodes' host addresses on the
+/// plain underlay (overlay `none`, host to host). That is where the
+/// agents' API (readers, the driver, `crossover loss` on the host
+/// network), their watches of the API server and the driver's own
+/// requests travel. The datapath counts TCP events per peer and network
+/// pair, not per port, so this row also holds every other host-network
+/// TCP connection between nodes (kubelets to the API server, etcd): none
+/// of it crosses a pod network, which is what a CNI migration changes.
+/// Judged still: delivery on that row (packets lost on the underlay), and
+/// every probe (a signal of its own, on the overlays and to probe pods).
+pub fn is_control_traffic(row: &LossRow) -> bool {
+    matches!(row.signal, Signal::Handshake | Signal::Retransmit)
+        && row.overlay == Overlay::None
+        && (row.src_net, row.dst_net) == (Net::Host, Net::Host)
+}
 
 /// Loss ratios the gate tolerates, per signal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +123,21 @@ pub struct Breach {
     pub row: LossRow,
     pub ratio: f64,
     pub threshold: f64,
+    /// Consecutive readings over separate windows this row has breached,
+    /// this one included (the analysis fills it in; 0 when not gated).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u32,
+    /// At or over the hard ceiling: closes the gate at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub over_ceiling: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_ms(n: &u64) -> bool {
+    *n == 0
 }
 
 impl fmt::Display for Breach {
@@ -108,15 +156,45 @@ impl fmt::Display for Breach {
             r.sent,
             self.ratio * 100.0,
             self.threshold * 100.0
-        )
+        )?;
+        if self.over_ceiling {
+            write!(f, ", at or over the hard ceiling")
+        } else if self.held > 0 {
+            let s = if self.held == 1 { "" } else { "s" };
+            write!(f, ", in {} window{s} in a row", self.held)
+        } else {
+            Ok(())
+        }
     }
+}
+
+/// What the gate made of a reading, once the analysis weighed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Nothing over its threshold (or only rows not judged).
+    Pass,
+    /// Rows over their threshold, not yet for the readings in a row the
+    /// policy asks for: the migration goes on, the next windows decide.
+    Pending,
+    /// The gate closed.
+    Halt,
 }
 
 /// What the gate saw and decided.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub at: String,
+    /// Whether the migration may go on: a pass, or breaches still pending.
     pub passed: bool,
+    /// The analysis's verdict; absent on readings only recorded (during a
+    /// node's changes, after a rollback) and in records written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// End of the window the reading covered (Unix ms), when known: what
+    /// the analysis tells separate windows by.
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    pub window_end_ms: u64,
     pub breaches: Vec<Breach>,
     /// Agents or pairs that could not be measured.
     pub missing: Vec<String>,
@@ -129,6 +207,14 @@ pub struct Decision {
     /// Breaches beyond the [`MAX_BREACHES`] worst: counted, not listed.
     #[serde(default)]
     pub more_breaches: usize,
+    /// Rows with enough packets left unjudged by the scope (pairs without
+    /// the node under migration, with `--gate-scope node`).
+    #[serde(default)]
+    pub out_of_scope: usize,
+    /// Rows of crossover's own control traffic ([`is_control_traffic`]),
+    /// never judged.
+    #[serde(default)]
+    pub control_traffic: usize,
 }
 
 /// Breaches a decision lists, worst first.
@@ -150,7 +236,9 @@ impl Decision {
     }
 
     pub fn summary(&self) -> String {
-        if self.passed {
+        if self.verdict == Some(Verdict::Pending) {
+            format!("pending: {}", self.reasons().join("; "))
+        } else if self.passed {
             let worst = self
                 .worst
                 .iter()
@@ -164,10 +252,13 @@ impl Decision {
     }
 }
 
-/// Judges one reading's rows (cluster totals among them). `missing` are
-/// agents that did not answer; `stuck` pods the caller found.
+/// Judges one reading's rows (cluster totals among them) in `scope`
+/// around `node` (the node under migration; none judges every pair).
+/// `missing` are agents that did not answer; `stuck` pods the caller found.
 pub fn judge<'a>(
     thresholds: &Thresholds,
+    scope: GateScope,
+    node: Option<&str>,
     rows: impl IntoIterator<Item = &'a LossRow>,
     missing: Vec<String>,
     stuck: Vec<String>,
@@ -180,10 +271,25 @@ pub fn judge<'a>(
     // agents' own rows (the worst of them listed) are what is judged, pair
     // by pair, as before; a sum of many pairs' few handshakes would judge
     // churn, not a network.
+    let mut out_of_scope = 0;
+    let mut control_traffic = 0;
+    let in_scope = |r: &LossRow| match (scope, node) {
+        (GateScope::Node, Some(n)) => r.node == n || r.peer_node == n,
+        _ => true,
+    };
     let judged_rows = rows
         .into_iter()
-        .filter(|r| !(r.is_total() && r.signal != Signal::Delivery));
-    for row in judged_rows.filter(|r| r.sent >= thresholds.min_sent) {
+        .filter(|r| !(r.is_total() && r.signal != Signal::Delivery))
+        .filter(|r| r.sent >= thresholds.min_sent);
+    for row in judged_rows {
+        if is_control_traffic(row) {
+            control_traffic += 1;
+            continue;
+        }
+        if !in_scope(row) {
+            out_of_scope += 1;
+            continue;
+        }
         let Some(ratio) = row.ratio() else { continue };
         judged += 1;
         let w = worst.entry(row.signal).or_default();
@@ -194,6 +300,8 @@ pub fn judge<'a>(
                 row: row.clone(),
                 ratio,
                 threshold,
+                held: 0,
+                over_ceiling: false,
             });
         }
     }
@@ -219,18 +327,40 @@ pub fn judge<'a>(
     Decision {
         at,
         passed: breaches.is_empty() && missing.is_empty() && stuck.is_empty(),
+        verdict: None,
+        window_end_ms: 0,
         breaches,
         missing,
         stuck,
         judged,
         worst,
         more_breaches,
+        out_of_scope,
+        control_traffic,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pair judged, no node under migration.
+    fn all(t: &Thresholds, rows: &[LossRow], missing: Vec<String>, stuck: Vec<String>) -> Decision {
+        judge(t, GateScope::All, None, rows, missing, stuck, "now".into())
+    }
+
+    /// Only `node`'s pairs judged.
+    fn around(t: &Thresholds, node: &str, rows: &[LossRow]) -> Decision {
+        judge(
+            t,
+            GateScope::Node,
+            Some(node),
+            rows,
+            vec![],
+            vec![],
+            "t".into(),
+        )
+    }
 
     fn row(node: &str, peer: &str, signal: &str, sent: u64, lost: u64) -> LossRow {
         LossRow {
@@ -274,7 +404,7 @@ mod tests {
             row("n2", "n3", "delivery", 1000, 10), // 1% == 1%: passes
             row("n2", "n1", "probe_tcp", 10, 3),   // too few to judge
         ];
-        let d = judge(&t, &rows, vec![], vec![], "now".into());
+        let d = all(&t, &rows, vec![], vec![]);
         assert!(!d.passed);
         assert_eq!(d.judged, 3);
         assert_eq!(d.breaches.len(), 1);
@@ -291,16 +421,10 @@ mod tests {
     fn unmeasured_pairs_and_stuck_pods_close_the_gate() {
         let t = Thresholds::default();
         let rows = [row("n1", "n2", "delivery", 1000, 0)];
-        assert!(judge(&t, &rows, vec![], vec![], "now".into()).passed);
-        let d = judge(&t, &rows, vec!["agent n3".into()], vec![], "now".into());
+        assert!(all(&t, &rows, vec![], vec![]).passed);
+        let d = all(&t, &rows, vec!["agent n3".into()], vec![]);
         assert!(!d.passed && d.summary().contains("not measured: agent n3"));
-        let d = judge(
-            &t,
-            &rows,
-            vec![],
-            vec!["default/web-1".into()],
-            "now".into(),
-        );
+        let d = all(&t, &rows, vec![], vec!["default/web-1".into()]);
         assert!(!d.passed && d.summary().contains("stuck: default/web-1"));
     }
 
@@ -313,35 +437,69 @@ mod tests {
             ..row("x", "y", "delivery", 1000, lost)
         };
         let pair = row("n1", "n2", "delivery", 100, 20);
-        let d = judge(&t, &[total(50), pair.clone()], vec![], vec![], "now".into());
+        let d = all(&t, &[total(50), pair.clone()], vec![], vec![]);
         assert_eq!(d.breaches.len(), 1, "{d:?}");
         assert_eq!(d.breaches[0].row, pair);
         // Spread thin over many pairs: the total itself breaches.
-        let d = judge(
+        let d = all(
             &t,
             &[total(50), row("n1", "n2", "delivery", 100, 1)],
             vec![],
             vec![],
-            "now".into(),
         );
         assert_eq!(d.breaches.len(), 1);
         assert!(d.breaches[0].row.is_total() && !d.passed);
         // Too few to judge, even when every one was lost: probes to a pod
         // that just moved are lost until every agent's view drops it.
-        let d = judge(
-            &t,
-            &[row("n1", "n2", "probe_udp", 8, 8)],
-            vec![],
-            vec![],
-            "now".into(),
-        );
+        let d = all(&t, &[row("n1", "n2", "probe_udp", 8, 8)], vec![], vec![]);
         assert!(d.passed, "{d:?}");
         // A total of a signal agents judge alone is a summary, not judged.
         let handshakes = LossRow {
             signal: Signal::Handshake,
             ..total(50)
         };
-        let d = judge(&t, &[handshakes], vec![], vec![], "now".into());
+        let d = all(&t, &[handshakes], vec![], vec![]);
         assert!(d.passed && d.judged == 0, "{d:?}");
+    }
+
+    #[test]
+    fn the_scope_and_control_traffic_leave_rows_unjudged() {
+        let t = Thresholds::default();
+        let unrelated = row("n2", "n3", "retransmit", 100, 10);
+        let ours = row("n1", "n2", "probe_udp", 100, 10);
+        // Host to host on the plain underlay: readers, watches, the driver.
+        let control = |signal: &str| LossRow {
+            overlay: Overlay::None,
+            src_net: Net::Host,
+            dst_net: Net::Host,
+            ..row("n1", "n3", signal, 100, 50)
+        };
+        let rows = [
+            unrelated.clone(),
+            ours.clone(),
+            control("handshake"),
+            control("retransmit"),
+        ];
+        let every = all(&t, &rows, vec![], vec![]);
+        assert_eq!(every.breaches.len(), 2, "{every:?}");
+        assert_eq!(
+            (every.judged, every.control_traffic, every.out_of_scope),
+            (2, 2, 0)
+        );
+        let node = around(&t, "n1", &rows);
+        assert_eq!(node.breaches.len(), 1, "{node:?}");
+        assert_eq!(node.breaches[0].row, ours);
+        assert_eq!(
+            (node.judged, node.control_traffic, node.out_of_scope),
+            (1, 2, 1)
+        );
+        // Delivery on the same row is the underlay's loss: judged.
+        let delivery = control("delivery");
+        let d = all(&t, &[delivery], vec![], vec![]);
+        assert_eq!((d.breaches.len(), d.control_traffic), (1, 0));
+        // The node's sums over its peers are in its scope.
+        let sum = row("n1", crate::loss::CLUSTER, "probe_tcp", 100, 10);
+        let d = around(&t, "n1", &[sum]);
+        assert_eq!(d.breaches.len(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! `crossover migrate`: walks Cilium's documented live migration node by
 //! node over the cluster's API, and steps forward only while the loss the
 //! agents measure stays under the threshold.
+pub mod analysis;
 mod args;
 mod context;
 mod driver;
@@ -269,7 +270,15 @@ async fn preflight_passes(ctx: &Context, options: &preflight::PreflightOptions) 
     let facts = preflight::gather(&ctx.client, options).await?;
     let baseline = match ctx.measure(None).await {
         Ok(m) => {
-            let d = gate::judge(&ctx.settings.thresholds, &m.rows, m.missing, vec![], now());
+            let d = gate::judge(
+                &ctx.settings.thresholds,
+                gate::GateScope::All,
+                None,
+                &m.rows,
+                m.missing,
+                vec![],
+                now(),
+            );
             if d.passed {
                 preflight::Baseline::Under {
                     summary: d.summary(),

@@ -126,8 +126,12 @@ pub async fn cilium_agent(ctx: &Context, node: &str) -> Result<Option<Pod>> {
     Ok(pods.into_iter().next())
 }
 
+/// A wait longer than this prints where it is, this often.
+const WAIT_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Polls `probe` until it returns `Some`, or fails with `what` after
-/// `timeout`, naming what was last seen.
+/// `timeout`, naming what was last seen; a long wait prints what it saw
+/// last and the time left every few seconds.
 pub async fn wait_for<T, F, Fut>(
     ctx: &Context,
     timeout: Duration,
@@ -138,14 +142,25 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Result<T, String>>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut said = started;
     loop {
         ctx.check_lease()?;
         let last = match probe().await? {
             Ok(done) => return Ok(done),
             Err(last) => last,
         };
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now - said >= WAIT_PROGRESS_EVERY && now < deadline {
+            said = now;
+            let left = std::time::Duration::from_secs((deadline - now).as_secs());
+            eprintln!(
+                "crossover: waiting for {what}: {last} ({} left)",
+                humantime::format_duration(left)
+            );
+        }
+        if now >= deadline {
             return Err(Error::Migration(format!(
                 "timed out after {}s waiting for {what}: {last}",
                 timeout.as_secs()

@@ -4,7 +4,10 @@
 //! outgrows a ConfigMap.
 use serde::{Deserialize, Serialize};
 
-use super::{gate::Decision, state::Step};
+use super::{
+    gate::{Decision, Verdict},
+    state::Step,
+};
 use crate::loss::LossRow;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,28 @@ pub struct Reading {
 /// The node's own rows a reading keeps, besides totals and breaches.
 pub const RECORD_ROWS: usize = 40;
 
+/// One decision of the gate during a baseline or soak: every reading's,
+/// pass, pending (with each breach's `held` of the policy's
+/// `consecutive`) or halt, with the figures of its breaches. The full
+/// rows are in [`Reading`]s (the halt, the last of a hold).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateEntry {
+    pub moment: Moment,
+    pub step: Step,
+    /// The policy's readings in a row, for reading `held` against.
+    pub consecutive: u32,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+/// Gate decisions a record keeps (a 10-minute soak read every 2 s makes
+/// 300): past it, the oldest pass makes room, then the oldest entry;
+/// counted in `gate_left_out`.
+pub const GATE_ENTRIES: usize = 120;
+/// Breaches a gate entry lists (the worst), the rest counted in its
+/// `more_breaches`: 120 entries stay under 300 KiB.
+pub const GATE_ENTRY_BREACHES: usize = 8;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub node: String,
@@ -61,6 +86,12 @@ pub struct NodeRecord {
     /// The Kubernetes Events put on the node.
     #[serde(default)]
     pub events: Vec<EventRecord>,
+    /// Every decision of the gate, oldest first, bounded by
+    /// [`GATE_ENTRIES`].
+    #[serde(default)]
+    pub gate: Vec<GateEntry>,
+    #[serde(default)]
+    pub gate_left_out: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,6 +145,28 @@ impl NodeRecord {
             open.outcome = outcome.into();
             open.detail = detail;
         }
+    }
+
+    /// Keeps one decision of the gate, its breaches bounded.
+    pub fn decide(&mut self, moment: Moment, step: Step, consecutive: u32, decision: &Decision) {
+        let mut decision = decision.clone();
+        let listed = decision.breaches.len().min(GATE_ENTRY_BREACHES);
+        decision.more_breaches += decision.breaches.len() - listed;
+        decision.breaches.truncate(listed);
+        if self.gate.len() >= GATE_ENTRIES {
+            let oldest_pass = self
+                .gate
+                .iter()
+                .position(|e| e.decision.verdict == Some(Verdict::Pass));
+            self.gate.remove(oldest_pass.unwrap_or(0));
+            self.gate_left_out += 1;
+        }
+        self.gate.push(GateEntry {
+            moment,
+            step,
+            consecutive,
+            decision,
+        });
     }
 
     pub fn read(&mut self, moment: Moment, step: Step, decision: Decision, all: &[LossRow]) {
@@ -200,6 +253,8 @@ mod tests {
         }
         let decision = crate::migrate::gate::judge(
             &crate::migrate::gate::Thresholds::default(),
+            crate::migrate::gate::GateScope::All,
+            None,
             &all,
             vec![],
             vec![],
@@ -248,12 +303,70 @@ mod tests {
             .chain([row(CLUSTER.into(), CLUSTER.into(), 10)])
             .collect();
         let thresholds = crate::migrate::gate::Thresholds::default();
-        let decision = crate::migrate::gate::judge(&thresholds, &all, vec![], vec![], "t".into());
+        let decision = crate::migrate::gate::judge(
+            &thresholds,
+            crate::migrate::gate::GateScope::All,
+            Some("n1"),
+            &all,
+            vec![],
+            vec![],
+            "t".into(),
+        );
         assert_eq!(decision.breaches.len(), crate::migrate::gate::MAX_BREACHES);
         let mut r = NodeRecord::new("n1");
         r.read(Moment::After, Step::Soak, decision, &all);
         let bytes = serde_json::to_vec(&r).unwrap().len();
         assert!(bytes <= 64 << 10, "{bytes} bytes");
         assert_eq!(r.readings[0].rows_left_out, 2 * 5000 - 50 - RECORD_ROWS);
+    }
+
+    /// Every gate decision of a long soak, each with its worst breaches,
+    /// stays far from a ConfigMap's 1 MiB; the pending and halting ones
+    /// are kept over passes.
+    #[test]
+    fn gate_decisions_are_bounded_and_keep_breaches_over_passes() {
+        use crate::{
+            loss::Signal,
+            migrate::gate::{Breach, GateScope, Thresholds, judge},
+        };
+        use observer_ebpf::{Net, Overlay};
+        let row = |peer: usize| LossRow {
+            node: "n1".into(),
+            peer_node: format!("node-{peer:05}"),
+            overlay: Overlay::Cilium,
+            src_net: Net::Cilium,
+            dst_net: Net::Legacy,
+            signal: Signal::Delivery,
+            sent: 10_000,
+            lost: 500,
+            refused: 0,
+            seconds: 10.0,
+        };
+        let all: Vec<LossRow> = (0..5000).map(row).collect();
+        let t = Thresholds::default();
+        let mut breached = judge(&t, GateScope::All, None, &all, vec![], vec![], "t".into());
+        breached.verdict = Some(Verdict::Pending);
+        let mut passed = judge(&t, GateScope::All, None, &[], vec![], vec![], "t".into());
+        passed.verdict = Some(Verdict::Pass);
+        let mut r = NodeRecord::new("n1");
+        r.decide(Moment::After, Step::Soak, 2, &breached);
+        for _ in 0..300 {
+            r.decide(Moment::After, Step::Soak, 2, &passed);
+        }
+        for _ in 0..(GATE_ENTRIES - 1) {
+            r.decide(Moment::After, Step::Soak, 2, &breached);
+        }
+        assert_eq!(r.gate.len(), GATE_ENTRIES);
+        assert_eq!(r.gate_left_out, 300);
+        assert!(
+            r.gate
+                .iter()
+                .all(|e| e.decision.verdict == Some(Verdict::Pending))
+        );
+        let first: &Vec<Breach> = &r.gate[0].decision.breaches;
+        assert_eq!(first.len(), GATE_ENTRY_BREACHES);
+        assert_eq!(r.gate[0].decision.more_breaches, 5000 - GATE_ENTRY_BREACHES);
+        let bytes = serde_json::to_vec(&r).unwrap().len();
+        assert!(bytes <= 300 << 10, "{bytes} bytes");
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{gate::Thresholds, plan::Plan};
+use super::{analysis::Policy, gate::Thresholds, plan::Plan};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -123,6 +123,10 @@ pub enum OnBreach {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub thresholds: Thresholds,
+    /// How readings add up to a halt; the defaults for a state written
+    /// before there was a policy.
+    #[serde(default)]
+    pub policy: Policy,
     pub baseline_seconds: u64,
     pub soak_seconds: u64,
     pub on_breach: OnBreach,
@@ -221,14 +225,16 @@ impl State {
             Phase::Done { at } => format!("done at {at}"),
         };
         let mut out = format!("migration started {}: {phase}\n", self.started);
+        let mut table = crate::table::new(&["node", "state", "step"], 3);
         for n in &self.nodes {
             let marker = match n.step {
                 Step::Done => "done",
                 Step::Baseline => "pending",
                 _ => "IN PROGRESS",
             };
-            out += &format!("  {:<30} {:<12} next step: {}\n", n.name, marker, n.step);
+            table.add_row([n.name.as_str(), marker, n.step.label()]);
         }
+        out += &crate::table::render(&table);
         out
     }
 }
@@ -264,6 +270,7 @@ mod tests {
         };
         let settings = Settings {
             thresholds: Thresholds::default(),
+            policy: Policy::default(),
             baseline_seconds: 10,
             soak_seconds: 30,
             on_breach: OnBreach::Halt,

@@ -862,7 +862,7 @@ pub fn flannel_lab_config() -> Value {
 }
 
 /// The `crossover` namespace and a Ready crossover agent pod (host
-/// network, `manifests/agent-daemonset.yaml`'s labels) on each of the
+/// network, `manifests/base/agent-daemonset.yaml`'s labels) on each of the
 /// first `nodes` lab nodes.
 pub fn agent_pods(nodes: usize) -> Vec<Value> {
     let mut out = vec![namespace("crossover")];

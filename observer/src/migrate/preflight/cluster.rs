@@ -107,7 +107,7 @@ pub fn agents(facts: &Facts) -> Check {
         return Check::fail(
             NAME,
             format!("no crossover agent pod in namespace {ns} with labels {sel}"),
-            "kubectl apply -f manifests/\nkubectl -n crossover rollout status ds/crossover-agent",
+            "kubectl apply -k manifests/\nkubectl -n crossover rollout status ds/crossover-agent",
         );
     }
     if missing.is_empty() {

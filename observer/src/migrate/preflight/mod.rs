@@ -113,7 +113,7 @@ pub struct PreflightOptions {
     /// Namespace of Cilium's agent, `cilium-config` and CiliumNodeConfigs.
     pub cilium_namespace: String,
     /// Namespace and label selector of the crossover agent pods
-    /// (`manifests/agent-daemonset.yaml`).
+    /// (`manifests/base/agent-daemonset.yaml`).
     pub agent_namespace: String,
     pub agent_selector: String,
     /// The Service CIDR(s), which most clusters do not publish in the API.
@@ -167,41 +167,30 @@ pub fn blocking(checks: &[Check]) -> bool {
     checks.iter().any(|c| c.status == Status::Fail)
 }
 
-/// A table for humans: one line per check, its remedy indented below.
+/// A table for humans: one row per check, its remedy indented below its
+/// detail; columns named as the JSON's fields.
 pub fn render(checks: &[Check]) -> String {
-    let width = checks
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(0)
-        .max("CHECK".len());
-    let mut out = String::new();
-    let _ = writeln!(out, "{:width$}  STATUS  DETAIL", "CHECK");
+    let mut table = crate::table::new(&["name", "status", "detail"], 3);
     for c in checks {
-        let mut lines = c.detail.lines();
-        let first = lines.next().unwrap_or_default();
-        let _ = writeln!(out, "{:width$}  {:6}  {first}", c.name, c.status.label());
-        for line in lines {
-            let _ = writeln!(out, "{:width$}  {:6}  {line}", "", "");
+        let mut detail = c.detail.clone();
+        if let Some(remedy) = &c.remedy {
+            // One missing prerequisite (no Cilium yet) fails several checks
+            // with the same remedy: print it once.
+            match checks.iter().find(|o| o.remedy.as_ref() == Some(remedy)) {
+                Some(first) if first.name != c.name => {
+                    detail += &format!("\nremedy: as for {}", first.name);
+                }
+                _ => {
+                    detail += "\nremedy:";
+                    for line in remedy.lines() {
+                        detail += &format!("\n  {line}");
+                    }
+                }
+            }
         }
-        let Some(remedy) = &c.remedy else { continue };
-        // One missing prerequisite (no Cilium yet) fails several checks
-        // with the same remedy: print it once.
-        if let Some(first) = checks.iter().find(|o| o.remedy.as_ref() == Some(remedy))
-            && first.name != c.name
-        {
-            let _ = writeln!(
-                out,
-                "{:width$}  {:6}  remedy: as for {}",
-                "", "", first.name
-            );
-            continue;
-        }
-        let _ = writeln!(out, "{:width$}  {:6}  remedy:", "", "");
-        for line in remedy.lines() {
-            let _ = writeln!(out, "{:width$}  {:6}    {line}", "", "");
-        }
+        table.add_row([c.name, c.status.label(), detail.as_str()]);
     }
+    let mut out = crate::table::render(&table);
     let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
     let _ = writeln!(
         out,

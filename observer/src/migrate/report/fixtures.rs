@@ -9,7 +9,7 @@ use super::{About, Report};
 use crate::{
     loss::{CLUSTER, LossRow, Signal},
     migrate::{
-        gate::{self, Thresholds},
+        gate::{self, GateScope, Thresholds},
         plan::{Plan, PlannedNode},
         record::{Moment, NodeRecord},
         state::{OnBreach, Phase, Settings, State, Step},
@@ -112,7 +112,7 @@ pub fn node_record(node: &str, start: i64, faulted: bool) -> (NodeRecord, i64) {
     let mut now = start;
     let clean = |_: &str, _: &str, _: Signal| 0;
     let read = |r: &mut NodeRecord, moment, step, now: i64, rows: Vec<LossRow>| {
-        let decision = gate::judge(&t, &rows, vec![], vec![], at(now));
+        let decision = gate::judge(&t, GateScope::All, None, &rows, vec![], vec![], at(now));
         r.read(moment, step, decision, &rows);
     };
     for (step, seconds) in [
@@ -163,7 +163,8 @@ pub fn node_record(node: &str, start: i64, faulted: bool) -> (NodeRecord, i64) {
                     _ => 0,
                 };
                 let breach = rows(node, overlay, lost);
-                let decision = gate::judge(&t, &breach, vec![], vec![], at(now));
+                let decision =
+                    gate::judge(&t, GateScope::All, None, &breach, vec![], vec![], at(now));
                 r.end(step, &at(now), "breach", decision.reasons().join("\n"));
                 r.read(Moment::After, step, decision, &breach);
                 return (r, now);
@@ -199,6 +200,7 @@ fn state(phase: Phase, steps: [Step; 4]) -> State {
         soak_seconds: 30,
         on_breach: OnBreach::Halt,
         reboot_hook: None,
+        policy: Default::default(),
     };
     let mut state = State::new(&plan, settings, at(0));
     state.started_by = Some("sre@laptop".into());
@@ -255,7 +257,15 @@ pub fn completed_migration() -> Report {
     let resumed = halted + 60;
     w3.begin(Step::Soak, &at(resumed));
     let clean = rows(NODES[2], Overlay::Cilium, |_, _, _| 0);
-    let decision = gate::judge(&thresholds(), &clean, vec![], vec![], at(resumed + 36));
+    let decision = gate::judge(
+        &thresholds(),
+        GateScope::All,
+        None,
+        &clean,
+        vec![],
+        vec![],
+        at(resumed + 36),
+    );
     w3.read(Moment::After, Step::Soak, decision, &clean);
     w3.end(
         Step::Soak,

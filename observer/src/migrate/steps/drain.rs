@@ -19,6 +19,9 @@ use crate::{
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
+/// A progress line at least this often while pods remain, and whenever
+/// their number changes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Pods the drain must move.
 fn to_evict(all: &[Pod]) -> Vec<&Pod> {
@@ -32,12 +35,34 @@ pub async fn drain(ctx: &Context, node: &str) -> Result<String> {
     // Per pod (namespace/name): when to try again, the backoff, why.
     let mut blocked: BTreeMap<String, (Instant, Duration, String)> = BTreeMap::new();
     let mut evicted = 0usize;
+    let mut said: Option<(usize, Instant)> = None;
     loop {
         ctx.check_lease()?;
         let all = pods::on_node(ctx, node).await?;
         let left = to_evict(&all);
         if left.is_empty() {
             return Ok(format!("{} evicted", crate::migrate::count(evicted, "pod")));
+        }
+        let now = Instant::now();
+        if said.is_none_or(|(n, at)| n != left.len() || now - at >= PROGRESS_EVERY) {
+            said = Some((left.len(), now));
+            let waiting: Vec<String> = blocked
+                .iter()
+                .map(|(name, (_, _, why))| format!("{name}: {why}"))
+                .collect();
+            let timeout = Duration::from_secs(deadline.saturating_duration_since(now).as_secs());
+            let s = if left.len() == 1 { "" } else { "s" };
+            eprintln!(
+                "crossover: {node}: drain: {} pod{s} left, {} before --drain-timeout{}{}",
+                left.len(),
+                humantime::format_duration(timeout),
+                if waiting.is_empty() {
+                    ""
+                } else {
+                    "; held back: "
+                },
+                waiting.join(", ")
+            );
         }
         let bare: Vec<String> = left
             .iter()

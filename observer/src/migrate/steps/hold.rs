@@ -8,7 +8,9 @@ use super::Outcome;
 use crate::{
     Result,
     migrate::{
+        analysis::Analysis,
         context::Context,
+        gate::{Decision, Verdict},
         record::{Moment, NodeRecord},
         state::Step,
     },
@@ -19,8 +21,11 @@ use crate::{
 /// gone for three readings is.
 const MISSING_READINGS: u32 = 3;
 
-/// Judges the cluster every gate interval for `seconds` (at least once);
-/// the first closed gate ends it.
+/// Judges the cluster every gate interval for `seconds` (at least once),
+/// each reading weighed by the policy's analysis and recorded; the first
+/// closed gate ends it. A hold does not end on a pending breach: it goes
+/// on until the breach holds (a halt) or clears, for at most
+/// `consecutive` windows more; a breach still pending then closes it.
 async fn hold(
     ctx: &Context,
     node: &str,
@@ -29,27 +34,46 @@ async fn hold(
     step: Step,
     record: &mut NodeRecord,
 ) -> Result<Outcome> {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let policy = ctx.settings.policy;
+    let window = ctx.options.read.window;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let extended = deadline + window * policy.consecutive + ctx.options.gate_interval;
+    let mut analysis = Analysis::new(policy, window);
     let mut judged = 0u32;
     let mut missing_in_a_row = 0u32;
     loop {
         ctx.check_lease()?;
         let (decision, rows) = ctx.judge(node).await?;
+        let mut decision = analysis.weigh(decision, started.elapsed());
         judged += 1;
-        let only_missing =
-            !decision.passed && decision.breaches.is_empty() && decision.stuck.is_empty();
+        let only_missing = !decision.passed && decision.verdict != Some(Verdict::Halt);
         missing_in_a_row = if only_missing {
             missing_in_a_row + 1
         } else {
             0
         };
+        let now = Instant::now();
+        // Agents missing too long, or breaches still pending when the
+        // extension ran out (new ones kept appearing): the gate closes.
+        if missing_in_a_row >= MISSING_READINGS || analysis.is_pending() && now >= extended {
+            decision.passed = false;
+            decision.verdict = Some(Verdict::Halt);
+        }
+        record.decide(moment, step, policy.consecutive, &decision);
+        let left = deadline.saturating_duration_since(now).as_secs();
+        eprintln!(
+            "crossover: {node}: {step} reading {judged} ({left}s left): {}: {}",
+            verdict_word(decision.verdict),
+            progress(&decision, policy.consecutive)
+        );
         if only_missing && missing_in_a_row < MISSING_READINGS {
             tokio::time::sleep(ctx.options.gate_interval).await;
             continue;
         }
         let passed = decision.passed;
         let summary = decision.summary();
-        let last = Instant::now() >= deadline;
+        let last = now >= deadline && !analysis.is_pending();
         if !passed || last {
             record.read(moment, step, decision.clone(), &rows);
         }
@@ -58,11 +82,35 @@ async fn hold(
         }
         if last {
             return Ok(Outcome::Done(format!(
-                "{} over {seconds}s: {summary}",
-                crate::migrate::count(judged as usize, "reading")
+                "{} over {}s: {summary}",
+                crate::migrate::count(judged as usize, "reading"),
+                started.elapsed().as_secs()
             )));
         }
         tokio::time::sleep(ctx.options.gate_interval).await;
+    }
+}
+
+fn verdict_word(verdict: Option<Verdict>) -> &'static str {
+    match verdict {
+        Some(Verdict::Pass) | None => "pass",
+        Some(Verdict::Pending) => "pending",
+        Some(Verdict::Halt) => "halt",
+    }
+}
+
+/// One line: the worst breach with how long it held, or the worst ratios.
+fn progress(decision: &Decision, consecutive: u32) -> String {
+    match decision.breaches.first() {
+        Some(b) if !b.over_ceiling => format!(
+            "{b} (the gate closes at {consecutive}){}",
+            match decision.breaches.len() + decision.more_breaches {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        ),
+        Some(b) => b.to_string(),
+        None => decision.summary(),
     }
 }
 

@@ -49,7 +49,7 @@ pub async fn verify(ctx: &Context, node: &str) -> Result<String> {
         let cidrs: Vec<String> = cilium.iter().map(|c| c.to_string()).collect();
         return Err(Error::Migration(format!(
             "no Ready pod on {node} has an address from its Cilium CIDR [{}]: the node did not \
-             move to Cilium. Is the crossover probe DaemonSet (manifests/probe-daemonset.yaml) \
+             move to Cilium. Is the crossover probe DaemonSet (manifests/base/probe-daemonset.yaml) \
              running there?",
             cidrs.join(", ")
         )));
