@@ -3,6 +3,7 @@
 //! network namespaces for real traffic, and a fake Kubernetes API server.
 pub mod agents;
 pub mod apiserver;
+pub mod counting;
 pub mod fleet;
 pub mod footprint;
 pub mod harness;
@@ -13,6 +14,7 @@ pub mod packet;
 pub mod pins;
 pub mod prometheus;
 pub mod simulated_agents;
+pub mod standin;
 
 /// Every test here loads programs into the running kernel or builds
 /// network namespaces: it needs root. CI runs as root.

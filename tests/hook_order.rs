@@ -1,0 +1,187 @@
+//! crossover seen before Cilium decides (root): real traffic through the
+//! two-node lab with a stand-in for Cilium's programs on node A's underlay
+//! egress, attached the way Cilium's loader attaches them and ending every
+//! packet's journey (TC_ACT_OK). crossover counts every packet while it is
+//! first, keeps its place when Cilium restarts (its programs replaced in
+//! place mid-stream), reports the hook blind when something gets in front,
+//! and takes the front back.
+use aya::programs::TcAttachType;
+use crossover_tests::{
+    counting::{observer_in, send_udp},
+    netns::TwoNodes,
+    standin::{Place, Standin},
+};
+use observer::datapath::{AttachMode, Hook, HookOrder, Observer, Placement};
+
+const DATAGRAMS: u64 = 300;
+
+/// The placement of `u0`'s egress hook after a check.
+fn u0_egress(observer: &mut Observer, reassert: bool) -> HookOrder {
+    let order = observer.check_order(reassert).expect("checking the order");
+    assert_eq!(order.len(), 2, "u0 ingress and egress: {order:?}");
+    let ingress = order.iter().find(|o| o.direction == "ingress").unwrap();
+    assert_eq!(ingress.placement, Placement::First, "nothing on ingress");
+    order
+        .iter()
+        .find(|o| o.iface == "u0" && o.direction == "egress")
+        .cloned()
+        .unwrap()
+}
+
+/// Datagrams to :7777 node A's underlay egress counted so far, over every
+/// flow (each send is from a new source port).
+fn counted(observer: &Observer) -> u64 {
+    let snap = observer.snapshot().unwrap();
+    snap.flows
+        .iter()
+        .filter(|f| {
+            f.dst_port == 7777 && f.point.label() == "underlay" && f.direction.label() == "egress"
+        })
+        .map(|f| f.packets)
+        .sum()
+}
+
+/// Datagrams of the stream a restart happens in: paced 64 a millisecond,
+/// it lasts over 75 ms, and the restart starts 10 ms in.
+const STREAM: u64 = 5000;
+
+/// Restarts Cilium's stand-in while `STREAM` datagrams are sent, and
+/// checks the restart fell in the middle: both programs saw part of it.
+fn restart_mid_stream(nodes: &TwoNodes, cilium: Standin) -> Standin {
+    let restarted = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| send_udp(nodes, STREAM));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let restarted = cilium.restart(&nodes.a);
+        sender.join().expect("sender");
+        restarted
+    });
+    assert!(
+        (1..STREAM).contains(&restarted.seen()),
+        "the restart fell mid-stream: the new program saw {} of {STREAM}",
+        restarted.seen()
+    );
+    restarted
+}
+
+#[test]
+fn tcx_stays_first_through_cilium_restarts_and_takes_the_head_back() {
+    let nodes = TwoNodes::new();
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Tcx);
+    a.attach("u0", Hook::Underlay).unwrap();
+    let mut cilium = Standin::load();
+    cilium.attach(&nodes.a, "u0", TcAttachType::Egress, Place::TcxTail);
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), DATAGRAMS);
+    assert!(cilium.seen() >= DATAGRAMS, "the stand-in ran behind us");
+
+    // Cilium's agent restarts mid-stream: its link gets the new program.
+    let before = cilium.program_id();
+    let cilium = restart_mid_stream(&nodes, cilium);
+    assert_ne!(cilium.program_id(), before, "a new program took the link");
+    assert_eq!(
+        counted(&a),
+        DATAGRAMS + STREAM,
+        "no count lost across the restart"
+    );
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+
+    // Something attaches at the head, in front of us, and ends the
+    // packets' journey there: we are blind and say so.
+    let mut intruder = Standin::load();
+    intruder.attach(&nodes.a, "u0", TcAttachType::Egress, Place::TcxHead);
+    let seen = u0_egress(&mut a, false);
+    assert_eq!(
+        (seen.placement, seen.ahead),
+        (Placement::Blind, vec![intruder.program_id()])
+    );
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), DATAGRAMS + STREAM, "behind it we saw nothing");
+    assert!(intruder.seen() >= DATAGRAMS);
+
+    // Re-asserted: at the head again, counting again.
+    let taken = u0_egress(&mut a, true);
+    assert_eq!((taken.placement, a.reasserted()), (Placement::First, 1));
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), 2 * DATAGRAMS + STREAM);
+    assert_eq!(u0_egress(&mut a, true).placement, Placement::First);
+    assert_eq!(a.reasserted(), 1, "nothing to re-assert when first");
+}
+
+#[test]
+fn clsact_runs_before_a_cilium_filter_installed_before_it() {
+    let nodes = TwoNodes::new();
+    let mut cilium = Standin::load();
+    cilium.attach(&nodes.a, "u0", TcAttachType::Egress, Place::Clsact);
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
+    a.attach("u0", Hook::Underlay).unwrap();
+    let filters = nodes
+        .a
+        .exec(&["tc", "filter", "show", "dev", "u0", "egress"]);
+    assert!(
+        filters.contains("handle 0xc055") && filters.contains("handle 0x1"),
+        "{filters}"
+    );
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), DATAGRAMS);
+    assert!(cilium.seen() >= DATAGRAMS, "the stand-in ran behind us");
+
+    // Cilium's restart replaces its filter in place: we stay in front.
+    let cilium = restart_mid_stream(&nodes, cilium);
+    assert_eq!(
+        counted(&a),
+        DATAGRAMS + STREAM,
+        "no count lost across the restart"
+    );
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+    drop(cilium);
+}
+
+#[test]
+fn clsact_filter_added_after_ours_is_reported_blind_until_reasserted() {
+    let nodes = TwoNodes::new();
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
+    a.attach("u0", Hook::Underlay).unwrap();
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+
+    // Cilium starts after crossover: its new filter at priority 1 runs
+    // first (cls_bpf runs a priority's newest filter first).
+    let mut cilium = Standin::load();
+    cilium.attach(&nodes.a, "u0", TcAttachType::Egress, Place::Clsact);
+    let seen = u0_egress(&mut a, false);
+    assert_eq!(
+        (seen.placement, seen.ahead),
+        (Placement::Blind, vec![cilium.program_id()])
+    );
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(
+        counted(&a),
+        0,
+        "behind Cilium's final verdict we see nothing"
+    );
+    assert!(cilium.seen() >= DATAGRAMS);
+
+    let taken = u0_egress(&mut a, true);
+    assert_eq!((taken.placement, a.reasserted()), (Placement::First, 1));
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), DATAGRAMS);
+
+    // And a Cilium restart after that keeps us in front.
+    let cilium = restart_mid_stream(&nodes, cilium);
+    assert_eq!(counted(&a), DATAGRAMS + STREAM);
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+
+    // crossover leaves: it added clsact, but Cilium's filter is on it now,
+    // so the qdisc stays (removing it would take Cilium's filter along).
+    drop(a);
+    let filters = nodes
+        .a
+        .exec(&["tc", "filter", "show", "dev", "u0", "egress"]);
+    assert!(
+        filters.contains("handle 0x1") && !filters.contains("0xc055"),
+        "{filters}"
+    );
+    drop(cilium);
+}

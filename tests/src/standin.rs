@@ -1,0 +1,164 @@
+//! A stand-in for Cilium's TC programs (`tests/bpf/cilium_standin.c`),
+//! attached the way Cilium's loader attaches them: on TCX at the tail of
+//! the chain (`link.Tail()`), updated in place on an agent restart
+//! (`BPF_LINK_UPDATE`); on older kernels a direct-action cls_bpf filter at
+//! priority 1, handle 1, replaced in place on restart. It returns a final
+//! verdict (TC_ACT_OK), so nothing behind it on its hook sees a packet.
+use std::{path::PathBuf, process::Command, sync::OnceLock};
+
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
+    },
+};
+
+use crate::netns::Netns;
+
+const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/cilium_standin.c");
+const PROGRAM: &str = "cilium_standin";
+
+/// Where on a hook the stand-in goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// TCX, at the tail of the chain: where Cilium's loader puts it.
+    TcxTail,
+    /// TCX, at the head: something that pushes in front of everyone.
+    TcxHead,
+    /// cls_bpf on clsact, direct action, priority 1 handle 1 (Cilium's
+    /// filter on kernels without TCX).
+    Clsact,
+}
+
+/// The object file, compiled once per test process.
+fn object() -> &'static PathBuf {
+    static OBJECT: OnceLock<PathBuf> = OnceLock::new();
+    OBJECT.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("cilium_standin-{}.o", std::process::id()));
+        // linux/types.h includes asm/types.h, which Debian keeps under the
+        // multiarch directory.
+        let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+        let result = Command::new("clang")
+            .args([
+                "-O2", "-g", "-target", "bpf", "-I", &multiarch, "-c", SOURCE, "-o",
+            ])
+            .arg(&out)
+            .output();
+        match result {
+            Err(err) => panic!(
+                "clang is needed to build the Cilium stand-in ({SOURCE}) but could not be run: \
+                 {err}; `cargo xtask setup` installs it (Debian package clang)"
+            ),
+            Ok(o) if !o.status.success() => panic!(
+                "clang could not build {SOURCE}:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Ok(_) => out,
+        }
+    })
+}
+
+/// One loaded stand-in and the hooks it is attached to.
+pub struct Standin {
+    ebpf: Ebpf,
+    links: Vec<SchedClassifierLinkId>,
+    /// The namespace of its hooks: links are taken off there on drop (a
+    /// netlink filter would otherwise be looked for in this thread's).
+    netns: Option<String>,
+}
+
+impl Standin {
+    pub fn load() -> Standin {
+        crate::require_root();
+        let mut ebpf = Ebpf::load_file(object()).expect("loading the Cilium stand-in");
+        program(&mut ebpf)
+            .load()
+            .expect("verifying the Cilium stand-in");
+        Standin {
+            ebpf,
+            links: Vec::new(),
+            netns: None,
+        }
+    }
+
+    /// Packets the stand-in has seen, in every hook it is on.
+    pub fn seen(&self) -> u64 {
+        let map: Array<_, u64> = Array::try_from(self.ebpf.map("STANDIN_SEEN").unwrap()).unwrap();
+        map.get(&0, 0).unwrap()
+    }
+
+    /// The kernel's id of the program (as TCX queries and `tc filter
+    /// show` name it).
+    pub fn program_id(&self) -> u32 {
+        let program: &SchedClassifier = self.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
+        program.info().unwrap().id()
+    }
+
+    /// Attaches to `iface` of `ns` at `place`.
+    pub fn attach(&mut self, ns: &Netns, iface: &str, direction: TcAttachType, place: Place) {
+        let _ns = observer::netns::enter(&ns.name).expect("enter netns");
+        self.netns = Some(ns.name.clone());
+        let options = match place {
+            Place::TcxTail => TcAttachOptions::TcxOrder(LinkOrder::last()),
+            Place::TcxHead => TcAttachOptions::TcxOrder(LinkOrder::first()),
+            Place::Clsact => {
+                // Cilium adds clsact if missing and never removes it.
+                let _ = aya::programs::tc::qdisc_add_clsact(iface);
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: 1,
+                    handle: TcHandle::from(1u32),
+                    ..NlOptions::default()
+                })
+            }
+        };
+        let id = program(&mut self.ebpf)
+            .attach_with_options(iface, direction, options)
+            .unwrap_or_else(|e| panic!("attaching the stand-in to {iface} ({place:?}): {e:?}"));
+        self.links.push(id);
+    }
+
+    /// A Cilium agent restart: a new stand-in takes over every link of
+    /// this one in place (TCX: `BPF_LINK_UPDATE`; clsact: the filter at
+    /// the same priority and handle replaced), as Cilium's loader does.
+    pub fn restart(mut self, ns: &Netns) -> Standin {
+        let _ns = observer::netns::enter(&ns.name).expect("enter netns");
+        let mut next = Standin::load();
+        next.netns = Some(ns.name.clone());
+        for id in std::mem::take(&mut self.links) {
+            let link = program(&mut self.ebpf).take_link(id).unwrap();
+            let id = program(&mut next.ebpf)
+                .attach_to_link(link)
+                .expect("replacing the stand-in in place");
+            next.links.push(id);
+        }
+        next
+    }
+
+    /// Takes the stand-in off every hook it is on.
+    pub fn detach(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let Some(netns) = &self.netns else {
+            return;
+        };
+        let _ns = observer::netns::enter(netns).expect("enter netns");
+        for id in links {
+            // Fails only when the namespace or interface is already gone.
+            let _ = program(&mut self.ebpf).detach(id);
+        }
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(PROGRAM)
+        .expect("the stand-in's program")
+        .try_into()
+        .expect("a TC program")
+}
