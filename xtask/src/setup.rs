@@ -22,9 +22,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // promtool checks and unit-tests the shipped rules; the server runs
     // them against the lab's agents (tests/prometheus.rs).
     ("promtool", "prometheus"),
-    // builds the Cilium stand-in the hook-order tests attach (tests/bpf/).
-    ("clang", "clang"),
     ("prometheus", "prometheus"),
+    // Builds the Cilium stand-in the hook-order tests attach (tests/bpf/).
+    ("clang", "clang"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
