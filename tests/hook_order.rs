@@ -5,10 +5,14 @@
 //! first, keeps its place when Cilium restarts (its programs replaced in
 //! place mid-stream), reports the hook blind when something gets in front,
 //! and takes the front back.
+use std::time::{Duration, Instant};
+
 use aya::programs::TcAttachType;
 use crossover_tests::{
+    agents::Agents,
     counting::{observer_in, send_udp},
-    netns::TwoNodes,
+    lab::{Lab, LabSpec},
+    netns::{TwoNodes, http_get, unique},
     standin::{Place, Standin},
 };
 use observer::datapath::{AttachMode, Hook, HookOrder, Observer, Placement};
@@ -42,16 +46,21 @@ fn counted(observer: &Observer) -> u64 {
 }
 
 /// Datagrams of the stream a restart happens in: paced 64 a millisecond,
-/// it lasts over 75 ms, and the restart starts 10 ms in.
+/// it lasts over 75 ms.
 const STREAM: u64 = 5000;
 
-/// Restarts Cilium's stand-in while `STREAM` datagrams are sent, and
-/// checks the restart fell in the middle: both programs saw part of it.
+/// Restarts Cilium's stand-in while `STREAM` datagrams are sent, once the
+/// old program has seen the stream start, and checks the restart fell in
+/// the middle: the new program saw part of it, not all.
 fn restart_mid_stream(nodes: &TwoNodes, cilium: Standin) -> Standin {
+    let next = Standin::load();
+    let started = cilium.seen() + 100;
     let restarted = std::thread::scope(|scope| {
         let sender = scope.spawn(|| send_udp(nodes, STREAM));
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        let restarted = cilium.restart(&nodes.a);
+        while cilium.seen() < started && !sender.is_finished() {
+            std::thread::yield_now();
+        }
+        let restarted = cilium.hand_over(next);
         sender.join().expect("sender");
         restarted
     });
@@ -69,7 +78,7 @@ fn tcx_stays_first_through_cilium_restarts_and_takes_the_head_back() {
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Tcx);
     a.attach("u0", Hook::Underlay).unwrap();
     let mut cilium = Standin::load();
-    cilium.attach(&nodes.a, "u0", TcAttachType::Egress, Place::TcxTail);
+    cilium.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::TcxTail);
     assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
 
     send_udp(&nodes, DATAGRAMS);
@@ -90,7 +99,7 @@ fn tcx_stays_first_through_cilium_restarts_and_takes_the_head_back() {
     // Something attaches at the head, in front of us, and ends the
     // packets' journey there: we are blind and say so.
     let mut intruder = Standin::load();
-    intruder.attach(&nodes.a, "u0", TcAttachType::Egress, Place::TcxHead);
+    intruder.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::TcxHead);
     let seen = u0_egress(&mut a, false);
     assert_eq!(
         (seen.placement, seen.ahead),
@@ -113,7 +122,7 @@ fn tcx_stays_first_through_cilium_restarts_and_takes_the_head_back() {
 fn clsact_runs_before_a_cilium_filter_installed_before_it() {
     let nodes = TwoNodes::new();
     let mut cilium = Standin::load();
-    cilium.attach(&nodes.a, "u0", TcAttachType::Egress, Place::Clsact);
+    cilium.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::Clsact);
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
     a.attach("u0", Hook::Underlay).unwrap();
     let filters = nodes
@@ -149,7 +158,7 @@ fn clsact_filter_added_after_ours_is_reported_blind_until_reasserted() {
     // Cilium starts after crossover: its new filter at priority 1 runs
     // first (cls_bpf runs a priority's newest filter first).
     let mut cilium = Standin::load();
-    cilium.attach(&nodes.a, "u0", TcAttachType::Egress, Place::Clsact);
+    cilium.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::Clsact);
     let seen = u0_egress(&mut a, false);
     assert_eq!(
         (seen.placement, seen.ahead),
@@ -184,4 +193,76 @@ fn clsact_filter_added_after_ours_is_reported_blind_until_reasserted() {
         "{filters}"
     );
     drop(cilium);
+}
+
+/// The agent checks its place periodically (attaching a TCX program raises
+/// no link event): something attached at the head of a node's underlay
+/// egress is found and moved behind crossover, and the agent says so in
+/// /api/v1/status and /metrics.
+#[test]
+fn the_agent_takes_the_head_back_and_reports_it() {
+    let lab = Lab::up(&LabSpec {
+        name: unique("ho"),
+        nodes: 2,
+        migrated: 1,
+        pods: 0,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let ns = lab.node_ns("control-plane");
+    let url = &agents.urls[0];
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&http_get(&ns, &format!("{url}/api/v1/status")).1).unwrap()
+    };
+    let metrics = || http_get(&ns, &format!("{url}/metrics")).1;
+    let eth0_egress = |s: &serde_json::Value| {
+        s["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["iface"] == "eth0" && h["direction"] == "egress")
+            .cloned()
+            .unwrap_or_else(|| panic!("no eth0 egress in {s:#}"))
+    };
+    let before = status();
+    assert_eq!(eth0_egress(&before)["placement"], "first", "{before:#}");
+    assert_eq!(eth0_egress(&before)["hook"], "underlay");
+    let body = metrics();
+    assert!(
+        body.contains("crossover_hook_reasserted_total{node=\"control-plane\"} 0"),
+        "{body}"
+    );
+    assert!(body.contains(
+        "crossover_hooks_blind{node=\"control-plane\",hook=\"underlay\",direction=\"egress\"} 0"
+    ));
+
+    let mut intruder = Standin::load();
+    intruder.attach(&ns, "eth0", TcAttachType::Egress, Place::TcxHead);
+    let deadline = Instant::now() + observer::datapath::ORDER_CHECK + Duration::from_secs(5);
+    while !metrics().contains("crossover_hook_reasserted_total{node=\"control-plane\"} 1") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never took the head back: {:#}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = status();
+    assert_eq!(eth0_egress(&after)["placement"], "first", "{after:#}");
+    let chain = crossover_tests::netns::in_netns(&ns, || {
+        aya::programs::SchedClassifier::query_tcx("eth0", TcAttachType::Egress)
+            .unwrap()
+            .1
+            .iter()
+            .map(|p| p.id())
+            .collect::<Vec<u32>>()
+    });
+    assert_eq!(
+        (chain.len(), chain.last().copied()),
+        (2, Some(intruder.program_id())),
+        "crossover first, the intruder behind it"
+    );
+    drop(intruder);
+    drop(agents);
 }

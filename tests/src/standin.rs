@@ -15,8 +15,6 @@ use aya::{
     },
 };
 
-use crate::netns::Netns;
-
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/cilium_standin.c");
 const PROGRAM: &str = "cilium_standin";
 
@@ -96,10 +94,11 @@ impl Standin {
         program.info().unwrap().id()
     }
 
-    /// Attaches to `iface` of `ns` at `place`.
-    pub fn attach(&mut self, ns: &Netns, iface: &str, direction: TcAttachType, place: Place) {
-        let _ns = observer::netns::enter(&ns.name).expect("enter netns");
-        self.netns = Some(ns.name.clone());
+    /// Attaches to `iface` of the network namespace named `netns` at
+    /// `place`.
+    pub fn attach(&mut self, netns: &str, iface: &str, direction: TcAttachType, place: Place) {
+        let _ns = observer::netns::enter(netns).expect("enter netns");
+        self.netns = Some(netns.to_owned());
         let options = match place {
             Place::TcxTail => TcAttachOptions::TcxOrder(LinkOrder::last()),
             Place::TcxHead => TcAttachOptions::TcxOrder(LinkOrder::first()),
@@ -122,10 +121,16 @@ impl Standin {
     /// A Cilium agent restart: a new stand-in takes over every link of
     /// this one in place (TCX: `BPF_LINK_UPDATE`; clsact: the filter at
     /// the same priority and handle replaced), as Cilium's loader does.
-    pub fn restart(mut self, ns: &Netns) -> Standin {
-        let _ns = observer::netns::enter(&ns.name).expect("enter netns");
-        let mut next = Standin::load();
-        next.netns = Some(ns.name.clone());
+    pub fn restart(self) -> Standin {
+        self.hand_over(Standin::load())
+    }
+
+    /// The second half of a restart, `next` loaded beforehand (as Cilium
+    /// loads its new programs before swapping them in).
+    pub fn hand_over(mut self, mut next: Standin) -> Standin {
+        let netns = self.netns.clone().expect("restarting an attached stand-in");
+        let _ns = observer::netns::enter(&netns).expect("enter netns");
+        next.netns = Some(netns);
         for id in std::mem::take(&mut self.links) {
             let link = program(&mut self.ebpf).take_link(id).unwrap();
             let id = program(&mut next.ebpf)

@@ -33,10 +33,10 @@ pub use attach::AttachMode;
 use attach::{Attachment, Held};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
-pub use order::{HookOrder, Placement};
+pub use order::{HookOrder, Placement, blind_by_hook};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
-pub use session::{Session, lock};
+pub use session::{ORDER_CHECK, Session, lock};
 use slots::SlotRule;
 pub use snapshot::{Counters, FlowRecord, PeerCounts, PeerRecord, Snapshot, monotonic_ns};
 
@@ -456,7 +456,7 @@ impl Observer {
     /// Re-attaching takes the program off for the moment between detach
     /// and attach (TCX refuses the same program twice on one hook): the
     /// packets of that moment are not counted, where behind another
-    /// program none would be.
+    /// program none would be. A hook whose order cannot be read is blind.
     pub fn check_order(&mut self, reassert: bool) -> Result<&[HookOrder]> {
         let _ns = self.enter_netns()?;
         let mut order = Vec::new();
@@ -469,9 +469,30 @@ impl Observer {
             let Some(mut attachment) = self.attached.remove(&iface) else {
                 continue;
             };
-            let result = self.check_attachment(&iface, &mut attachment, reassert, &mut order);
+            let mut checked = Vec::new();
+            let result = self.check_attachment(&iface, &mut attachment, reassert, &mut checked);
+            if let Err(err) = result {
+                if !interface_exists(&iface) {
+                    // Went away while we looked.
+                    self.attached.insert(iface, attachment);
+                    continue;
+                }
+                // What cannot be checked cannot be trusted.
+                eprintln!("crossover: checking the order of programs on {iface}: {err}");
+                checked = attachment
+                    .links
+                    .iter()
+                    .map(|(name, _)| HookOrder {
+                        iface: iface.clone(),
+                        hook: attachment.hook,
+                        direction: direction_label(direction_of(name)),
+                        placement: Placement::Blind,
+                        ahead: Vec::new(),
+                    })
+                    .collect();
+            }
+            order.extend(checked);
             self.attached.insert(iface, attachment);
-            result?;
         }
         self.order = order;
         Ok(&self.order)
@@ -512,6 +533,7 @@ impl Observer {
             };
             order.push(HookOrder {
                 iface: iface.to_owned(),
+                hook: attachment.hook,
                 direction: direction_label(direction),
                 placement,
                 ahead: ahead.unwrap_or_default(),

@@ -15,7 +15,7 @@ use std::{io, process::Command};
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
 
-use super::AttachMode;
+use super::{AttachMode, Hook};
 use crate::{Error, Result};
 
 /// How a hook's program stands.
@@ -30,10 +30,29 @@ pub enum Placement {
     Blind,
 }
 
+/// How many hooks of each kind and direction are blind: what `/metrics`
+/// shows (bounded: a series per hook kind and direction, whatever the
+/// number of pod veths).
+pub fn blind_by_hook(order: &[HookOrder]) -> Vec<(Hook, &'static str, u64)> {
+    let mut out = Vec::new();
+    for hook in Hook::ALL {
+        for direction in ["ingress", "egress"] {
+            let blind = order
+                .iter()
+                .filter(|o| o.hook == hook && o.direction == direction)
+                .filter(|o| o.placement == Placement::Blind)
+                .count();
+            out.push((hook, direction, blind as u64));
+        }
+    }
+    out
+}
+
 /// One hook's placement, as last checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HookOrder {
     pub iface: String,
+    pub hook: Hook,
     pub direction: &'static str,
     pub placement: Placement,
     /// Kernel ids of the programs that run before ours (empty when first).
