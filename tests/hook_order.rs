@@ -5,15 +5,18 @@
 //! first, keeps its place when Cilium restarts (its programs replaced in
 //! place mid-stream), reports the hook blind when something gets in front,
 //! and takes the front back.
-use std::time::{Duration, Instant};
+use std::{
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
 
 use aya::programs::TcAttachType;
 use crossover_tests::{
     agents::Agents,
     counting::{observer_in, send_udp},
     lab::{Lab, LabSpec},
-    netns::{TwoNodes, http_get, unique},
-    standin::{Place, Standin},
+    netns::{Netns, TwoNodes, http_get, in_netns, unique},
+    standin::{Place, Standin, Verdict},
 };
 use observer::datapath::{AttachMode, Hook, HookOrder, Observer, Placement};
 
@@ -265,4 +268,162 @@ fn the_agent_takes_the_head_back_and_reports_it() {
     );
     drop(intruder);
     drop(agents);
+}
+
+/// A pod on node B behind the host-side veth `lxcpod`, at 10.245.1.5 on
+/// Cilium's pod network, with static neighbours so no ARP crosses a count.
+/// Returns the pod's namespace.
+fn pod_on_b(nodes: &TwoNodes) -> Netns {
+    let pod = Netns::new("hp");
+    nodes.b.exec(&[
+        "ip",
+        "link",
+        "add",
+        "lxcpod",
+        "type",
+        "veth",
+        "peer",
+        "eth0",
+        "netns",
+        &pod.name,
+        "address",
+        "02:00:00:00:05:05",
+    ]);
+    pod.exec(&["ip", "addr", "add", "10.245.1.5/32", "dev", "eth0"]);
+    pod.exec(&["ip", "link", "set", "eth0", "up"]);
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        nodes.b.exec(&["sysctl", "-qw", sysctl]);
+    }
+    nodes.b.exec(&["ip", "link", "set", "lxcpod", "up"]);
+    nodes
+        .b
+        .exec(&["ip", "route", "add", "10.245.1.5/32", "dev", "lxcpod"]);
+    nodes.b.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.245.1.5",
+        "lladdr",
+        "02:00:00:00:05:05",
+        "dev",
+        "lxcpod",
+        "nud",
+        "permanent",
+    ]);
+    pod
+}
+
+/// Sends `count` datagrams from node A's cilium_vxlan address to the pod's
+/// `port`; returns how many the pod received.
+fn send_to_pod(nodes: &TwoNodes, pod: &Netns, port: u16, count: u64) -> u64 {
+    let receiver = in_netns(&pod.name, move || {
+        UdpSocket::bind(("10.245.1.5", port)).expect("bind in the pod")
+    });
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        (0..count)
+            .take_while(|_| receiver.recv(&mut buf).is_ok())
+            .count() as u64
+    });
+    in_netns(&nodes.a.name, move || {
+        let socket = UdpSocket::bind("10.245.0.1:0").expect("bind");
+        for i in 0..count {
+            socket
+                .send_to(&i.to_be_bytes(), ("10.245.1.5", port))
+                .expect("send");
+            if i % 64 == 63 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    reader.join().unwrap()
+}
+
+/// Datagrams to `port` counted at `point` `direction`.
+fn at(observer: &Observer, port: u16, point: &str, direction: &str) -> u64 {
+    let snap = observer.snapshot().unwrap();
+    snap.flows
+        .iter()
+        .filter(|f| {
+            f.dst_port == port && f.point.label() == point && f.direction.label() == direction
+        })
+        .map(|f| f.packets)
+        .sum()
+}
+
+/// Under legacy host routing a packet to a pod crosses the host-side
+/// veth's egress; under BPF host routing Cilium's program on the overlay
+/// device hands it to the pod with `bpf_redirect_peer` and that hook never
+/// runs. The pod receives every datagram either way, the underlay and the
+/// overlay device (where crossover runs before Cilium) count every one, and
+/// the pod hook counts them only under legacy routing (docs/hooks.md).
+#[test]
+fn bpf_host_routing_skips_the_pod_veth_but_not_the_underlay() {
+    let nodes = TwoNodes::new();
+    let pod = pod_on_b(&nodes);
+    let mut b = observer_in(&nodes.b, "node-b", AttachMode::Tcx);
+    for (iface, hook) in [
+        ("u0", Hook::Underlay),
+        ("cilium_vxlan", Hook::OverlayCilium),
+        ("lxcpod", Hook::Pod),
+    ] {
+        b.attach(iface, hook).unwrap();
+    }
+    const LEGACY: u16 = 7001;
+    const BPF: u16 = 7002;
+
+    let mut cilium = Standin::load();
+    cilium.attach(
+        &nodes.b.name,
+        "cilium_vxlan",
+        TcAttachType::Ingress,
+        Place::TcxTail,
+    );
+    assert_eq!(send_to_pod(&nodes, &pod, LEGACY, DATAGRAMS), DATAGRAMS);
+    assert_eq!(
+        [
+            at(&b, LEGACY, "underlay", "ingress"),
+            at(&b, LEGACY, "overlay", "ingress"),
+            at(&b, LEGACY, "pod", "egress"),
+        ],
+        [DATAGRAMS; 3],
+        "legacy host routing: every hook on the way sees every datagram"
+    );
+    drop(cilium);
+
+    // `ip netns exec` mounts the namespace's own /sys.
+    let lxcpod: u32 = nodes
+        .b
+        .exec(&["cat", "/sys/class/net/lxcpod/ifindex"])
+        .trim()
+        .parse()
+        .unwrap();
+    let mut cilium = Standin::with(Verdict::RedirectPeer(lxcpod));
+    cilium.attach(
+        &nodes.b.name,
+        "cilium_vxlan",
+        TcAttachType::Ingress,
+        Place::TcxTail,
+    );
+    // The stack is not on the way any more: without forwarding the pod
+    // still gets everything.
+    nodes.b.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_eq!(send_to_pod(&nodes, &pod, BPF, DATAGRAMS), DATAGRAMS);
+    assert!(cilium.seen() >= DATAGRAMS);
+    assert_eq!(
+        [
+            at(&b, BPF, "underlay", "ingress"),
+            at(&b, BPF, "overlay", "ingress"),
+            at(&b, BPF, "pod", "egress"),
+        ],
+        [DATAGRAMS, DATAGRAMS, 0],
+        "BPF host routing: redirect_peer skips the host-side veth's egress"
+    );
 }

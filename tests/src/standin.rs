@@ -16,7 +16,6 @@ use aya::{
 };
 
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/cilium_standin.c");
-const PROGRAM: &str = "cilium_standin";
 
 /// Where on a hook the stand-in goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,9 +57,29 @@ fn object() -> &'static PathBuf {
     })
 }
 
+/// What the stand-in does with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// TC_ACT_OK: up the stack or out of the device, final.
+    Pass,
+    /// `bpf_redirect_peer` into the pod whose host-side veth has this
+    /// ifindex (BPF host routing), from an ingress hook.
+    RedirectPeer(u32),
+}
+
+impl Verdict {
+    fn program(self) -> &'static str {
+        match self {
+            Verdict::Pass => "cilium_standin",
+            Verdict::RedirectPeer(_) => "cilium_standin_redirect_peer",
+        }
+    }
+}
+
 /// One loaded stand-in and the hooks it is attached to.
 pub struct Standin {
     ebpf: Ebpf,
+    verdict: Verdict,
     links: Vec<SchedClassifierLinkId>,
     /// The namespace of its hooks: links are taken off there on drop (a
     /// netlink filter would otherwise be looked for in this thread's).
@@ -68,14 +87,25 @@ pub struct Standin {
 }
 
 impl Standin {
+    /// A stand-in that passes every packet on (TC_ACT_OK).
     pub fn load() -> Standin {
+        Standin::with(Verdict::Pass)
+    }
+
+    pub fn with(verdict: Verdict) -> Standin {
         crate::require_root();
         let mut ebpf = Ebpf::load_file(object()).expect("loading the Cilium stand-in");
-        program(&mut ebpf)
+        if let Verdict::RedirectPeer(ifindex) = verdict {
+            let mut map: Array<_, u32> =
+                Array::try_from(ebpf.map_mut("STANDIN_PEER").unwrap()).unwrap();
+            map.set(0, ifindex, 0).unwrap();
+        }
+        program(&mut ebpf, verdict)
             .load()
             .expect("verifying the Cilium stand-in");
         Standin {
             ebpf,
+            verdict,
             links: Vec::new(),
             netns: None,
         }
@@ -90,7 +120,12 @@ impl Standin {
     /// The kernel's id of the program (as TCX queries and `tc filter
     /// show` name it).
     pub fn program_id(&self) -> u32 {
-        let program: &SchedClassifier = self.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(self.verdict.program())
+            .unwrap()
+            .try_into()
+            .unwrap();
         program.info().unwrap().id()
     }
 
@@ -112,7 +147,7 @@ impl Standin {
                 })
             }
         };
-        let id = program(&mut self.ebpf)
+        let id = program(&mut self.ebpf, self.verdict)
             .attach_with_options(iface, direction, options)
             .unwrap_or_else(|e| panic!("attaching the stand-in to {iface} ({place:?}): {e:?}"));
         self.links.push(id);
@@ -122,7 +157,8 @@ impl Standin {
     /// this one in place (TCX: `BPF_LINK_UPDATE`; clsact: the filter at
     /// the same priority and handle replaced), as Cilium's loader does.
     pub fn restart(self) -> Standin {
-        self.hand_over(Standin::load())
+        let verdict = self.verdict;
+        self.hand_over(Standin::with(verdict))
     }
 
     /// The second half of a restart, `next` loaded beforehand (as Cilium
@@ -132,8 +168,8 @@ impl Standin {
         let _ns = observer::netns::enter(&netns).expect("enter netns");
         next.netns = Some(netns);
         for id in std::mem::take(&mut self.links) {
-            let link = program(&mut self.ebpf).take_link(id).unwrap();
-            let id = program(&mut next.ebpf)
+            let link = program(&mut self.ebpf, self.verdict).take_link(id).unwrap();
+            let id = program(&mut next.ebpf, next.verdict)
                 .attach_to_link(link)
                 .expect("replacing the stand-in in place");
             next.links.push(id);
@@ -150,7 +186,7 @@ impl Standin {
         let _ns = observer::netns::enter(netns).expect("enter netns");
         for id in links {
             // Fails only when the namespace or interface is already gone.
-            let _ = program(&mut self.ebpf).detach(id);
+            let _ = program(&mut self.ebpf, self.verdict).detach(id);
         }
     }
 }
@@ -161,8 +197,8 @@ impl Drop for Standin {
     }
 }
 
-fn program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
-    ebpf.program_mut(PROGRAM)
+fn program(ebpf: &mut Ebpf, verdict: Verdict) -> &mut SchedClassifier {
+    ebpf.program_mut(verdict.program())
         .expect("the stand-in's program")
         .try_into()
         .expect("a TC program")
