@@ -198,12 +198,11 @@ fn clsact_filter_added_after_ours_is_reported_blind_until_reasserted() {
     drop(cilium);
 }
 
-/// The agent checks its place periodically (attaching a TCX program raises
-/// no link event): something attached at the head of a node's underlay
-/// egress is found and moved behind crossover, and the agent says so in
-/// /api/v1/status and /metrics.
-#[test]
-fn the_agent_takes_the_head_back_and_reports_it() {
+/// The agent checks its place periodically (attaching a TCX program or a
+/// filter raises no link event): something put in front of it on a node's
+/// underlay egress is found and moved behind crossover again, and the agent
+/// says so in /api/v1/status and /metrics.
+fn agent_takes_the_front_back(attach_mode: &str, intruder_place: Place) {
     let lab = Lab::up(&LabSpec {
         name: unique("ho"),
         nodes: 2,
@@ -212,7 +211,7 @@ fn the_agent_takes_the_head_back_and_reports_it() {
     })
     .unwrap()
     .remove_on_drop();
-    let agents = Agents::start(&lab);
+    let agents = Agents::start_with(&lab, &["--attach-mode", attach_mode]);
     let ns = lab.node_ns("control-plane");
     let url = &agents.urls[0];
     let status = || -> serde_json::Value {
@@ -241,33 +240,53 @@ fn the_agent_takes_the_head_back_and_reports_it() {
     ));
 
     let mut intruder = Standin::load();
-    intruder.attach(&ns, "eth0", TcAttachType::Egress, Place::TcxHead);
+    intruder.attach(&ns, "eth0", TcAttachType::Egress, intruder_place);
     let deadline = Instant::now() + observer::datapath::ORDER_CHECK + Duration::from_secs(5);
     while !metrics().contains("crossover_hook_reasserted_total{node=\"control-plane\"} 1") {
         assert!(
             Instant::now() < deadline,
-            "the agent never took the head back: {:#}",
+            "the agent never took the front back: {:#}",
             status()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     let after = status();
     assert_eq!(eth0_egress(&after)["placement"], "first", "{after:#}");
-    let chain = crossover_tests::netns::in_netns(&ns, || {
-        aya::programs::SchedClassifier::query_tcx("eth0", TcAttachType::Egress)
-            .unwrap()
-            .1
-            .iter()
-            .map(|p| p.id())
-            .collect::<Vec<u32>>()
-    });
-    assert_eq!(
-        (chain.len(), chain.last().copied()),
-        (2, Some(intruder.program_id())),
-        "crossover first, the intruder behind it"
-    );
+    // And the kernel agrees: the intruder runs last.
+    if intruder_place == Place::Clsact {
+        let filters = crossover_tests::netns::sh(&[
+            "ip", "netns", "exec", &ns, "tc", "filter", "show", "dev", "eth0", "egress",
+        ]);
+        let ours = filters.find("handle 0xc055").expect("our filter");
+        let theirs = filters.find("handle 0x1 ").expect("the intruder's filter");
+        assert!(ours < theirs, "ours listed (and run) first:\n{filters}");
+    } else {
+        let chain = in_netns(&ns, || {
+            aya::programs::SchedClassifier::query_tcx("eth0", TcAttachType::Egress)
+                .unwrap()
+                .1
+                .iter()
+                .map(|p| p.id())
+                .collect::<Vec<u32>>()
+        });
+        assert_eq!(
+            (chain.len(), chain.last().copied()),
+            (2, Some(intruder.program_id())),
+            "crossover first, the intruder behind it"
+        );
+    }
     drop(intruder);
     drop(agents);
+}
+
+#[test]
+fn the_agent_takes_the_tcx_head_back_and_reports_it() {
+    agent_takes_the_front_back("tcx", Place::TcxHead);
+}
+
+#[test]
+fn the_agent_gets_in_front_of_a_later_cilium_filter() {
+    agent_takes_the_front_back("netlink", Place::Clsact);
 }
 
 /// A pod on node B behind the host-side veth `lxcpod`, at 10.245.1.5 on
