@@ -13,7 +13,7 @@ use std::{
 use aya::programs::TcAttachType;
 use crossover_tests::{
     agents::Agents,
-    counting::{observer_in, send_udp},
+    counting::{observer_in, send_datagrams, send_udp},
     lab::{Lab, LabSpec},
     netns::{Netns, TwoNodes, http_get, in_netns, unique},
     standin::{Place, Standin, Verdict},
@@ -33,6 +33,22 @@ fn u0_egress(observer: &mut Observer, reassert: bool) -> HookOrder {
         .find(|o| o.iface == "u0" && o.direction == "egress")
         .cloned()
         .unwrap()
+}
+
+/// u0's egress is reported blind behind `ahead`, and `DATAGRAMS` sent
+/// then reach `ahead` (the caller checks crossover counted none).
+fn assert_blind_behind(a: &mut Observer, ahead: &Standin, nodes: &TwoNodes) {
+    let seen = u0_egress(a, false);
+    assert_eq!(
+        (seen.placement, seen.ahead),
+        (Placement::Blind, vec![ahead.program_id()])
+    );
+    let before = ahead.seen();
+    send_udp(nodes, DATAGRAMS);
+    assert!(
+        ahead.seen() >= before + DATAGRAMS,
+        "the program ahead saw them"
+    );
 }
 
 /// Datagrams to :7777 node A's underlay egress counted so far, over every
@@ -103,14 +119,8 @@ fn tcx_stays_first_through_cilium_restarts_and_takes_the_head_back() {
     // packets' journey there: we are blind and say so.
     let mut intruder = Standin::load();
     intruder.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::TcxHead);
-    let seen = u0_egress(&mut a, false);
-    assert_eq!(
-        (seen.placement, seen.ahead),
-        (Placement::Blind, vec![intruder.program_id()])
-    );
-    send_udp(&nodes, DATAGRAMS);
+    assert_blind_behind(&mut a, &intruder, &nodes);
     assert_eq!(counted(&a), DATAGRAMS + STREAM, "behind it we saw nothing");
-    assert!(intruder.seen() >= DATAGRAMS);
 
     // Re-asserted: at the head again, counting again.
     let taken = u0_egress(&mut a, true);
@@ -162,18 +172,12 @@ fn clsact_filter_added_after_ours_is_reported_blind_until_reasserted() {
     // first (cls_bpf runs a priority's newest filter first).
     let mut cilium = Standin::load();
     cilium.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::Clsact);
-    let seen = u0_egress(&mut a, false);
-    assert_eq!(
-        (seen.placement, seen.ahead),
-        (Placement::Blind, vec![cilium.program_id()])
-    );
-    send_udp(&nodes, DATAGRAMS);
+    assert_blind_behind(&mut a, &cilium, &nodes);
     assert_eq!(
         counted(&a),
         0,
         "behind Cilium's final verdict we see nothing"
     );
-    assert!(cilium.seen() >= DATAGRAMS);
 
     let taken = u0_egress(&mut a, true);
     assert_eq!((taken.placement, a.reasserted()), (Placement::First, 1));
@@ -339,30 +343,11 @@ fn pod_on_b(nodes: &TwoNodes) -> Netns {
 /// Sends `count` datagrams from node A's cilium_vxlan address to the pod's
 /// `port`; returns how many the pod received.
 fn send_to_pod(nodes: &TwoNodes, pod: &Netns, port: u16, count: u64) -> u64 {
-    let receiver = in_netns(&pod.name, move || {
-        UdpSocket::bind(("10.245.1.5", port)).expect("bind in the pod")
-    });
-    receiver
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        (0..count)
-            .take_while(|_| receiver.recv(&mut buf).is_ok())
-            .count() as u64
-    });
-    in_netns(&nodes.a.name, move || {
-        let socket = UdpSocket::bind("10.245.0.1:0").expect("bind");
-        for i in 0..count {
-            socket
-                .send_to(&i.to_be_bytes(), ("10.245.1.5", port))
-                .expect("send");
-            if i % 64 == 63 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    });
-    reader.join().unwrap()
+    send_datagrams(
+        (&nodes.a.name, "10.245.0.1:0"),
+        (&pod.name, &format!("10.245.1.5:{port}")),
+        count,
+    )
 }
 
 /// Datagrams to `port` counted at `point` `direction`.

@@ -27,12 +27,24 @@ pub fn observer_in(ns: &Netns, local: &str, mode: AttachMode) -> Observer {
 }
 
 /// Sends `count` UDP datagrams from node A's flannel.1 address to B's and
-/// checks every one arrived (B reads while A sends, so its socket buffer
-/// never overflows).
+/// checks every one arrived.
 pub fn send_udp(nodes: &TwoNodes, count: u64) {
-    let receiver = in_netns(&nodes.b.name, || {
-        UdpSocket::bind("10.244.1.0:7777").expect("bind")
-    });
+    let received = send_datagrams(
+        (&nodes.a.name, "10.244.0.0:0"),
+        (&nodes.b.name, "10.244.1.0:7777"),
+        count,
+    );
+    assert_eq!(received, count, "every datagram arrives on a clean lab");
+}
+
+/// Sends `count` UDP datagrams from an address in one namespace to an
+/// address in another; how many arrived (read while they are sent, so the
+/// receiver's socket buffer never overflows).
+pub fn send_datagrams(from: (&str, &str), to: (&str, &str), count: u64) -> u64 {
+    let (from_ns, from_addr) = (from.0.to_owned(), from.1.to_owned());
+    let to_addr = to.1.to_owned();
+    let bind = to_addr.clone();
+    let receiver = in_netns(to.0, move || UdpSocket::bind(&bind).expect("bind"));
     receiver
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
@@ -42,23 +54,17 @@ pub fn send_udp(nodes: &TwoNodes, count: u64) {
             .filter(|_| receiver.recv(&mut buf).is_ok())
             .count() as u64
     });
-    in_netns(&nodes.a.name, move || {
-        let socket = UdpSocket::bind("10.244.0.0:0").expect("bind");
+    in_netns(&from_ns, move || {
+        let socket = UdpSocket::bind(&from_addr).expect("bind");
         for i in 0..count {
-            socket
-                .send_to(&i.to_be_bytes(), "10.244.1.0:7777")
-                .expect("send");
+            socket.send_to(&i.to_be_bytes(), &to_addr).expect("send");
             if i % 64 == 63 {
                 // Pace the burst: the lab must not lose what we count.
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
     });
-    assert_eq!(
-        reader.join().unwrap(),
-        count,
-        "every datagram arrives on a clean lab"
-    );
+    reader.join().unwrap()
 }
 
 pub fn udp_flow<'a>(

@@ -181,33 +181,34 @@ pub(crate) fn ensure_clsact(iface: &str) -> Result<bool> {
 /// Deletes the filter at crossover's priority and handle on `iface`.
 fn remove_filter(iface: &str, direction: TcAttachType) -> Result<()> {
     let parent = super::direction_label(direction);
-    let status = Command::new("tc")
-        .args(["filter", "del", "dev", iface, parent, "pref"])
-        .arg(FILTER_PRIORITY.to_string())
-        .args(["handle", &format!("{FILTER_HANDLE:#x}"), "bpf"])
-        .status()
-        .map_err(|e| Error::io(format!("running tc to remove a stale filter of {iface}"), e))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::io(
-            format!("removing the stale crossover filter of {iface} {parent}"),
-            io::Error::other(format!("tc exited with {status}")),
-        ))
-    }
+    let (priority, handle) = (FILTER_PRIORITY.to_string(), format!("{FILTER_HANDLE:#x}"));
+    tc(
+        &[
+            "filter", "del", "dev", iface, parent, "pref", &priority, "handle", &handle, "bpf",
+        ],
+        &format!("removing the stale crossover filter of {iface} {parent}"),
+    )
 }
 
 /// Removes the clsact qdisc we added (aya has no call for it).
 pub(crate) fn remove_clsact(iface: &str) -> Result<()> {
+    tc(
+        &["qdisc", "del", "dev", iface, "clsact"],
+        &format!("removing clsact from {iface}"),
+    )
+}
+
+/// Runs `tc` with `args`; an error says what it was `doing`.
+fn tc(args: &[&str], doing: &str) -> Result<()> {
     let status = Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .args(args)
         .status()
-        .map_err(|e| Error::io(format!("running tc to remove clsact from {iface}"), e))?;
+        .map_err(|e| Error::io(format!("running tc for {doing}"), e))?;
     if status.success() {
         Ok(())
     } else {
         Err(Error::io(
-            format!("removing clsact from {iface}"),
+            doing.to_owned(),
             io::Error::other(format!("tc exited with {status}")),
         ))
     }
