@@ -5,10 +5,7 @@
 //! first, keeps its place when Cilium restarts (its programs replaced in
 //! place mid-stream), reports the hook blind when something gets in front,
 //! and takes the front back.
-use std::{
-    net::UdpSocket,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::programs::TcAttachType;
 use crossover_tests::{
