@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use aya::programs::TcAttachType;
 use crossover_tests::{
-    agents::Agents,
+    agents::{Agents, CROSSOVER},
     counting::{observer_in, send_datagrams, send_udp},
-    lab::{Lab, LabSpec},
+    lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{Netns, TwoNodes, http_get, in_netns, unique},
     standin::{Place, Standin, Verdict},
 };
@@ -427,4 +427,145 @@ fn bpf_host_routing_skips_the_pod_veth_but_not_the_underlay() {
         [DATAGRAMS, DATAGRAMS, 0],
         "BPF host routing: redirect_peer skips the host-side veth's egress"
     );
+}
+
+/// The devices Cilium's programs sit on in a lab node: its NIC, its own
+/// devices and its pods' veths.
+fn cilium_devices(ns: &str) -> Vec<String> {
+    crossover_tests::netns::sh(&["ip", "-n", ns, "-o", "link", "show"])
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .filter(|name| name == "eth0" || name.starts_with("cilium_") || name.starts_with("lxc"))
+        .collect()
+}
+
+/// Exact loss with Cilium's stand-in on both hooks of every Cilium device
+/// of every node, installed before crossover as in a migration, and every
+/// stand-in restarted (Cilium's agents restarting) in the middle of the
+/// stream: the loss the agents report on the faulted pair is what the wire
+/// dropped, and no hook is blind.
+fn exact_loss_beside_cilium(attach_mode: &str, place: Place) {
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("hc"),
+        nodes: 3,
+        migrated: 2,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let mut standins: Vec<Standin> = lab
+        .nodes()
+        .map(|node| {
+            let ns = lab.node_ns(&node.name);
+            let mut standin = Standin::load();
+            let devices = cilium_devices(&ns);
+            if node.name != "control-plane" {
+                assert!(
+                    ["eth0", "cilium_vxlan", "cilium_host"]
+                        .iter()
+                        .all(|d| devices.iter().any(|n| n == d))
+                        && devices.iter().any(|n| n.starts_with("lxc")),
+                    "a migrated node's Cilium devices: {devices:?}"
+                );
+            }
+            for iface in devices {
+                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    standin.attach(&ns, &iface, direction, place);
+                }
+            }
+            standin
+        })
+        .collect();
+    let agents = Agents::start_with(&lab, &["--attach-mode", attach_mode]);
+    let cp = lab.node_ns("control-plane");
+    for url in &agents.urls {
+        let status: serde_json::Value =
+            serde_json::from_str(&http_get(&cp, &format!("{url}/api/v1/status")).1).unwrap();
+        let hooks = status["hooks"].as_array().unwrap();
+        assert!(
+            hooks.len() >= 2 && hooks.iter().all(|h| h["placement"] == "first"),
+            "{url}: {status:#}"
+        );
+    }
+    let id = lab
+        .inject(Fault::Loss {
+            from: "worker-1".into(),
+            to: "worker-2".into(),
+            overlay: Overlay::Cilium,
+            percent: 3.0,
+        })
+        .unwrap();
+    let (from, to) = (
+        lab.endpoint("worker-1/app-1").unwrap(),
+        lab.endpoint("worker-2/app-1").unwrap(),
+    );
+    let udp = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| traffic::udp_stream(&from, &to, 20_000, 10_000, 200));
+        std::thread::sleep(Duration::from_secs(1));
+        standins = std::mem::take(&mut standins)
+            .into_iter()
+            .map(Standin::restart)
+            .collect();
+        stream.join().unwrap().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let drops = lab.drops(id).unwrap();
+    assert!(drops > 0, "the fault dropped something");
+    // Nodes in order: control-plane (no traffic of the stream), worker-1,
+    // worker-2.
+    assert!(
+        standins[1..].iter().all(|s| s.seen() > 0),
+        "the stream's nodes' restarted stand-ins ran"
+    );
+
+    let mut loss = std::process::Command::new("ip");
+    loss.args([
+        "netns",
+        "exec",
+        &cp,
+        CROSSOVER,
+        "loss",
+        "--since-start",
+        "--format",
+        "json",
+    ]);
+    for url in &agents.urls {
+        loss.args(["--agent", url]);
+    }
+    let out = loss.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let faulty = matrix
+        .iter()
+        .find(|d| {
+            d["from"] == "worker-1"
+                && d["to"] == "worker-2"
+                && d["overlay"] == "cilium"
+                && d["src_net"] == "cilium"
+                && d["dst_net"] == "cilium"
+        })
+        .unwrap_or_else(|| panic!("no worker-1 -> worker-2 Cilium row in {matrix:#?}"));
+    let (sent, received) = (
+        faulty["sent"].as_u64().unwrap(),
+        faulty["received"].as_u64().unwrap(),
+    );
+    assert!(sent >= udp.sent, "{faulty}");
+    assert_eq!(
+        sent - received,
+        drops,
+        "loss from the agents is what the wire dropped"
+    );
+    drop(agents);
+    drop(standins);
+}
+
+#[test]
+fn exact_loss_beside_cilium_on_tcx() {
+    exact_loss_beside_cilium("tcx", Place::TcxTail);
+}
+
+#[test]
+fn exact_loss_beside_cilium_on_netlink() {
+    exact_loss_beside_cilium("netlink", Place::Clsact);
 }
