@@ -347,6 +347,22 @@ fn send_to_pod(nodes: &TwoNodes, pod: &Netns, port: u16, count: u64) -> u64 {
     )
 }
 
+/// The ifindex of `iface` in namespace `ns` (`ip netns exec` mounts the
+/// namespace's own /sys).
+fn host_ifindex(ns: &str, iface: &str) -> u32 {
+    crossover_tests::netns::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "cat",
+        &format!("/sys/class/net/{iface}/ifindex"),
+    ])
+    .trim()
+    .parse()
+    .unwrap()
+}
+
 /// Datagrams to `port` counted at `point` `direction`.
 fn at(observer: &Observer, port: u16, point: &str, direction: &str) -> u64 {
     let snap = observer.snapshot().unwrap();
@@ -399,14 +415,9 @@ fn bpf_host_routing_skips_the_pod_veth_but_not_the_underlay() {
     );
     drop(cilium);
 
-    // `ip netns exec` mounts the namespace's own /sys.
-    let lxcpod: u32 = nodes
-        .b
-        .exec(&["cat", "/sys/class/net/lxcpod/ifindex"])
-        .trim()
-        .parse()
-        .unwrap();
-    let mut cilium = Standin::with(Verdict::RedirectPeer(lxcpod));
+    let lxcpod = host_ifindex(&nodes.b.name, "lxcpod");
+    let mut cilium = Standin::with(Verdict::RedirectPeer);
+    cilium.pod([10, 245, 1, 5].into(), lxcpod);
     cilium.attach(
         &nodes.b.name,
         "cilium_vxlan",
@@ -417,7 +428,7 @@ fn bpf_host_routing_skips_the_pod_veth_but_not_the_underlay() {
     // still gets everything.
     nodes.b.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     assert_eq!(send_to_pod(&nodes, &pod, BPF, DATAGRAMS), DATAGRAMS);
-    assert!(cilium.seen() >= DATAGRAMS);
+    assert!(cilium.redirected() >= DATAGRAMS);
     assert_eq!(
         [
             at(&b, BPF, "underlay", "ingress"),
@@ -444,8 +455,10 @@ fn cilium_devices(ns: &str) -> Vec<String> {
 /// of every node, installed before crossover as in a migration, and every
 /// stand-in restarted (Cilium's agents restarting) in the middle of the
 /// stream: the loss the agents report on the faulted pair is what the wire
-/// dropped, and no hook is blind.
-fn exact_loss_beside_cilium(attach_mode: &str, place: Place) {
+/// dropped, and no hook is blind. With `host_routing`, the stand-in on
+/// `cilium_vxlan`'s ingress redirects into Cilium's pods with
+/// `bpf_redirect_peer` (BPF host routing) instead of passing packets up.
+fn exact_loss_beside_cilium(attach_mode: &str, place: Place, host_routing: bool) {
     let mut lab = Lab::up(&LabSpec {
         name: unique("hc"),
         nodes: 3,
@@ -454,29 +467,41 @@ fn exact_loss_beside_cilium(attach_mode: &str, place: Place) {
     })
     .unwrap()
     .remove_on_drop();
-    let mut standins: Vec<Standin> = lab
-        .nodes()
-        .map(|node| {
-            let ns = lab.node_ns(&node.name);
-            let mut standin = Standin::load();
-            let devices = cilium_devices(&ns);
-            if node.name != "control-plane" {
-                assert!(
-                    ["eth0", "cilium_vxlan", "cilium_host"]
-                        .iter()
-                        .all(|d| devices.iter().any(|n| n == d))
-                        && devices.iter().any(|n| n.starts_with("lxc")),
-                    "a migrated node's Cilium devices: {devices:?}"
-                );
-            }
-            for iface in devices {
-                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+    let mut standins: Vec<Standin> = Vec::new();
+    // The node and index of each redirecting stand-in.
+    let mut redirecting: Vec<(String, usize)> = Vec::new();
+    for node in lab.nodes() {
+        let ns = lab.node_ns(&node.name);
+        let mut standin = Standin::load();
+        let devices = cilium_devices(&ns);
+        if node.name != "control-plane" {
+            assert!(
+                ["eth0", "cilium_vxlan", "cilium_host"]
+                    .iter()
+                    .all(|d| devices.iter().any(|n| n == d))
+                    && devices.iter().any(|n| n.starts_with("lxc")),
+                "a migrated node's Cilium devices: {devices:?}"
+            );
+        }
+        for iface in devices {
+            for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                if host_routing && iface == "cilium_vxlan" && direction == TcAttachType::Ingress {
+                    let mut redirect = Standin::with(Verdict::RedirectPeer);
+                    for pod in &node.pods {
+                        if pod.host_if.starts_with("lxc") {
+                            redirect.pod(pod.addr, host_ifindex(&ns, &pod.host_if));
+                        }
+                    }
+                    redirect.attach(&ns, &iface, direction, place);
+                    redirecting.push((node.name.clone(), standins.len()));
+                    standins.push(redirect);
+                } else {
                     standin.attach(&ns, &iface, direction, place);
                 }
             }
-            standin
-        })
-        .collect();
+        }
+        standins.push(standin);
+    }
     let agents = Agents::start_with(&lab, &["--attach-mode", attach_mode]);
     let cp = lab.node_ns("control-plane");
     for url in &agents.urls {
@@ -500,24 +525,43 @@ fn exact_loss_beside_cilium(attach_mode: &str, place: Place) {
         lab.endpoint("worker-1/app-1").unwrap(),
         lab.endpoint("worker-2/app-1").unwrap(),
     );
+    // Cilium's agents restart mid-stream: their new programs loaded first,
+    // swapped in once the stream is under way.
+    let next: Vec<Standin> = standins.iter().map(Standin::successor).collect();
+    let seen = |standins: &[Standin]| standins.iter().map(Standin::seen).sum::<u64>();
+    let started = seen(&standins) + 2000;
     let udp = std::thread::scope(|scope| {
         let stream = scope.spawn(|| traffic::udp_stream(&from, &to, 20_000, 10_000, 200));
-        std::thread::sleep(Duration::from_secs(1));
+        while seen(&standins) < started && !stream.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         standins = std::mem::take(&mut standins)
             .into_iter()
-            .map(Standin::restart)
+            .zip(next)
+            .map(|(old, next)| old.hand_over(next))
             .collect();
         stream.join().unwrap().unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
     let drops = lab.drops(id).unwrap();
     assert!(drops > 0, "the fault dropped something");
-    // Nodes in order: control-plane (no traffic of the stream), worker-1,
-    // worker-2.
+    // The control-plane carries none of the stream.
     assert!(
-        standins[1..].iter().all(|s| s.seen() > 0),
+        standins.iter().filter(|s| s.seen() > 0).count() >= 2,
         "the stream's nodes' restarted stand-ins ran"
     );
+    // The stream's receiving end redirected it into the pod.
+    for (node, j) in &redirecting {
+        if node == "worker-2" {
+            assert!(
+                standins[*j].redirected() > 0,
+                "worker-2 redirected the stream"
+            );
+        }
+    }
+    // Every node runs Cilium's overlay, migrated or not.
+    let nodes = if host_routing { lab.nodes().count() } else { 0 };
+    assert_eq!(redirecting.len(), nodes);
 
     let mut loss = std::process::Command::new("ip");
     loss.args([
@@ -562,10 +606,20 @@ fn exact_loss_beside_cilium(attach_mode: &str, place: Place) {
 
 #[test]
 fn exact_loss_beside_cilium_on_tcx() {
-    exact_loss_beside_cilium("tcx", Place::TcxTail);
+    exact_loss_beside_cilium("tcx", Place::TcxTail, false);
+}
+
+#[test]
+fn exact_loss_beside_cilium_with_bpf_host_routing() {
+    exact_loss_beside_cilium("tcx", Place::TcxTail, true);
+}
+
+#[test]
+fn exact_loss_beside_cilium_with_bpf_host_routing_on_netlink() {
+    exact_loss_beside_cilium("netlink", Place::Clsact, true);
 }
 
 #[test]
 fn exact_loss_beside_cilium_on_netlink() {
-    exact_loss_beside_cilium("netlink", Place::Clsact);
+    exact_loss_beside_cilium("netlink", Place::Clsact, false);
 }

@@ -3,12 +3,13 @@
 //! the chain (`link.Tail()`), updated in place on an agent restart
 //! (`BPF_LINK_UPDATE`); on older kernels a direct-action cls_bpf filter at
 //! priority 1, handle 1, replaced in place on restart. It returns a final
-//! verdict (TC_ACT_OK), so nothing behind it on its hook sees a packet.
-use std::{path::PathBuf, process::Command, sync::OnceLock};
+//! verdict (TC_ACT_OK, or a redirect into a pod as BPF host routing does),
+//! so nothing behind it on its hook sees a packet.
+use std::{net::Ipv4Addr, path::PathBuf, process::Command, sync::OnceLock};
 
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, HashMap},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
@@ -62,16 +63,17 @@ fn object() -> &'static PathBuf {
 pub enum Verdict {
     /// TC_ACT_OK: up the stack or out of the device, final.
     Pass,
-    /// `bpf_redirect_peer` into the pod whose host-side veth has this
-    /// ifindex (BPF host routing), from an ingress hook.
-    RedirectPeer(u32),
+    /// `bpf_redirect_peer` into the pod a packet is addressed to, for the
+    /// pods given with [`Standin::pod`] (BPF host routing), from an ingress
+    /// hook; others pass.
+    RedirectPeer,
 }
 
 impl Verdict {
     fn program(self) -> &'static str {
         match self {
             Verdict::Pass => "cilium_standin",
-            Verdict::RedirectPeer(_) => "cilium_standin_redirect_peer",
+            Verdict::RedirectPeer => "cilium_standin_redirect_peer",
         }
     }
 }
@@ -80,6 +82,8 @@ impl Verdict {
 pub struct Standin {
     ebpf: Ebpf,
     verdict: Verdict,
+    /// Pods redirected into: address and host-side ifindex.
+    pods: Vec<(Ipv4Addr, u32)>,
     links: Vec<SchedClassifierLinkId>,
     /// The namespace of its hooks: links are taken off there on drop (a
     /// netlink filter would otherwise be looked for in this thread's).
@@ -95,26 +99,41 @@ impl Standin {
     pub fn with(verdict: Verdict) -> Standin {
         crate::require_root();
         let mut ebpf = Ebpf::load_file(object()).expect("loading the Cilium stand-in");
-        if let Verdict::RedirectPeer(ifindex) = verdict {
-            let mut map: Array<_, u32> =
-                Array::try_from(ebpf.map_mut("STANDIN_PEER").unwrap()).unwrap();
-            map.set(0, ifindex, 0).unwrap();
-        }
         program(&mut ebpf, verdict)
             .load()
             .expect("verifying the Cilium stand-in");
         Standin {
             ebpf,
             verdict,
+            pods: Vec::new(),
             links: Vec::new(),
             netns: None,
         }
     }
 
+    /// Redirects packets to `addr` into the pod behind the host-side veth
+    /// `host_ifindex` ([`Verdict::RedirectPeer`]).
+    pub fn pod(&mut self, addr: Ipv4Addr, host_ifindex: u32) {
+        let mut map: HashMap<_, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut("STANDIN_PODS").unwrap()).unwrap();
+        map.insert(u32::from_ne_bytes(addr.octets()), host_ifindex, 0)
+            .unwrap();
+        self.pods.push((addr, host_ifindex));
+    }
+
     /// Packets the stand-in has seen, in every hook it is on.
     pub fn seen(&self) -> u64 {
+        self.counter(0)
+    }
+
+    /// Of those, redirected into a pod ([`Verdict::RedirectPeer`]).
+    pub fn redirected(&self) -> u64 {
+        self.counter(1)
+    }
+
+    fn counter(&self, index: u32) -> u64 {
         let map: Array<_, u64> = Array::try_from(self.ebpf.map("STANDIN_SEEN").unwrap()).unwrap();
-        map.get(&0, 0).unwrap()
+        map.get(&index, 0).unwrap()
     }
 
     /// The kernel's id of the program (as TCX queries and `tc filter
@@ -157,8 +176,18 @@ impl Standin {
     /// this one in place (TCX: `BPF_LINK_UPDATE`; clsact: the filter at
     /// the same priority and handle replaced), as Cilium's loader does.
     pub fn restart(self) -> Standin {
-        let verdict = self.verdict;
-        self.hand_over(Standin::with(verdict))
+        let next = self.successor();
+        self.hand_over(next)
+    }
+
+    /// A new stand-in doing what this one does, loaded but not attached:
+    /// the first half of a restart.
+    pub fn successor(&self) -> Standin {
+        let mut next = Standin::with(self.verdict);
+        for &(addr, ifindex) in &self.pods {
+            next.pod(addr, ifindex);
+        }
+        next
     }
 
     /// The second half of a restart, `next` loaded beforehand (as Cilium
