@@ -290,6 +290,31 @@ fn the_agent_gets_in_front_of_a_later_cilium_filter() {
     agent_takes_the_front_back("netlink", Place::Clsact);
 }
 
+/// A crossover killed in netlink mode leaves its filters behind (they are
+/// not links and die with nothing); the next one finds its handle taken at
+/// priority 1, replaces the stale filter, and counts: one crossover filter
+/// per hook, still in front of Cilium's.
+#[test]
+fn a_stale_filter_of_a_killed_crossover_is_replaced() {
+    let nodes = TwoNodes::new();
+    let mut cilium = Standin::load();
+    cilium.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::Clsact);
+    let mut killed = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
+    killed.attach("u0", Hook::Underlay).unwrap();
+    // As if SIGKILLed: nothing of it runs again, its filters stay.
+    std::mem::forget(killed);
+
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
+    a.attach("u0", Hook::Underlay).unwrap();
+    let filters = nodes
+        .a
+        .exec(&["tc", "filter", "show", "dev", "u0", "egress"]);
+    assert_eq!(filters.matches("handle 0xc055").count(), 1, "{filters}");
+    assert_eq!(u0_egress(&mut a, false).placement, Placement::First);
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), DATAGRAMS);
+}
+
 /// A pod on node B behind the host-side veth `lxcpod`, at 10.245.1.5 on
 /// Cilium's pod network, with static neighbours so no ARP crosses a count.
 /// Returns the pod's namespace.
