@@ -7,7 +7,7 @@ use std::{
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER},
+    agents::{Agents, CROSSOVER, loss_row},
     fleet::tcx_programs_in,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
@@ -91,34 +91,9 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     );
 
     // crossover loss, run where an SRE would: on a node.
-    let mut loss = Command::new("ip");
-    loss.args([
-        "netns",
-        "exec",
-        &cp,
-        CROSSOVER,
-        "loss",
-        "--since-start",
-        "--format",
-        "json",
-    ]);
-    for url in &agents.urls {
-        loss.args(["--agent", url]);
-    }
-    let out = loss.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let matrix = agents.loss_since_start(&cp);
     let row = |from: &str, to: &str, overlay: &str, src: &str, dst: &str| {
-        matrix
-            .iter()
-            .find(|d| {
-                d["from"] == from
-                    && d["to"] == to
-                    && d["overlay"] == overlay
-                    && d["src_net"] == src
-                    && d["dst_net"] == dst
-            })
-            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
+        loss_row(&matrix, from, to, overlay, (src, dst))
     };
     let faulty = row("control-plane", "worker-2", "legacy", "legacy", "legacy");
     let (sent, received) = (

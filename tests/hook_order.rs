@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aya::programs::TcAttachType;
 use crossover_tests::{
-    agents::{Agents, CROSSOVER},
+    agents::{Agents, loss_row},
     counting::{observer_in, send_datagrams, send_udp},
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{Netns, TwoNodes, http_get, in_netns, unique},
@@ -588,33 +588,14 @@ fn exact_loss_beside_cilium(attach_mode: &str, place: Place, host_routing: bool)
     let nodes = if host_routing { lab.nodes().count() } else { 0 };
     assert_eq!(redirecting.len(), nodes);
 
-    let mut loss = std::process::Command::new("ip");
-    loss.args([
-        "netns",
-        "exec",
-        &cp,
-        CROSSOVER,
-        "loss",
-        "--since-start",
-        "--format",
-        "json",
-    ]);
-    for url in &agents.urls {
-        loss.args(["--agent", url]);
-    }
-    let out = loss.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let faulty = matrix
-        .iter()
-        .find(|d| {
-            d["from"] == "worker-1"
-                && d["to"] == "worker-2"
-                && d["overlay"] == "cilium"
-                && d["src_net"] == "cilium"
-                && d["dst_net"] == "cilium"
-        })
-        .unwrap_or_else(|| panic!("no worker-1 -> worker-2 Cilium row in {matrix:#?}"));
+    let matrix = agents.loss_since_start(&cp);
+    let faulty = loss_row(
+        &matrix,
+        "worker-1",
+        "worker-2",
+        "cilium",
+        ("cilium", "cilium"),
+    );
     let (sent, received) = (
         faulty["sent"].as_u64().unwrap(),
         faulty["received"].as_u64().unwrap(),

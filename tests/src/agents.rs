@@ -148,6 +148,51 @@ impl Agents {
     }
 }
 
+impl Agents {
+    /// `crossover loss --since-start --format json` run in network
+    /// namespace `ns` against every agent: the delivery matrix.
+    pub fn loss_since_start(&self, ns: &str) -> Vec<serde_json::Value> {
+        let mut loss = Command::new("ip");
+        loss.args([
+            "netns",
+            "exec",
+            ns,
+            CROSSOVER,
+            "loss",
+            "--since-start",
+            "--format",
+            "json",
+        ]);
+        for url in &self.urls {
+            loss.args(["--agent", url]);
+        }
+        let out = loss.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// The matrix's row from node `from` to `to` on `overlay`, `src` to `dst`
+/// network.
+pub fn loss_row<'a>(
+    matrix: &'a [serde_json::Value],
+    from: &str,
+    to: &str,
+    overlay: &str,
+    (src, dst): (&str, &str),
+) -> &'a serde_json::Value {
+    matrix
+        .iter()
+        .find(|d| {
+            d["from"] == from
+                && d["to"] == to
+                && d["overlay"] == overlay
+                && d["src_net"] == src
+                && d["dst_net"] == dst
+        })
+        .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
+}
+
 impl Drop for Agents {
     fn drop(&mut self) {
         for child in &mut self.children {
