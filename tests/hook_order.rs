@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aya::programs::TcAttachType;
 use crossover_tests::{
-    agents::{Agents, loss_row},
+    agents::{Agents, assert_wire_drops, loss_row},
     counting::{observer_in, send_datagrams, send_udp},
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{Netns, TwoNodes, http_get, in_netns, unique},
@@ -596,16 +596,7 @@ fn exact_loss_beside_cilium(attach_mode: &str, place: Place, host_routing: bool)
         "cilium",
         ("cilium", "cilium"),
     );
-    let (sent, received) = (
-        faulty["sent"].as_u64().unwrap(),
-        faulty["received"].as_u64().unwrap(),
-    );
-    assert!(sent >= udp.sent, "{faulty}");
-    assert_eq!(
-        sent - received,
-        drops,
-        "loss from the agents is what the wire dropped"
-    );
+    assert_wire_drops(faulty, udp.sent, drops);
     drop(agents);
     drop(standins);
 }

@@ -193,6 +193,22 @@ pub fn loss_row<'a>(
         .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
 }
 
+/// Checks a faulted row: at least `sent_at_least` sent, and exactly the
+/// wire's `drops` not received. Returns (sent, received).
+pub fn assert_wire_drops(row: &serde_json::Value, sent_at_least: u64, drops: u64) -> (u64, u64) {
+    let (sent, received) = (
+        row["sent"].as_u64().unwrap(),
+        row["received"].as_u64().unwrap(),
+    );
+    assert!(sent >= sent_at_least, "{row}");
+    assert_eq!(
+        sent - received,
+        drops,
+        "loss from the agents is what the wire dropped"
+    );
+    (sent, received)
+}
+
 impl Drop for Agents {
     fn drop(&mut self) {
         for child in &mut self.children {
