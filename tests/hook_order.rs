@@ -290,6 +290,43 @@ fn the_agent_gets_in_front_of_a_later_cilium_filter() {
     agent_takes_the_front_back("netlink", Place::Clsact);
 }
 
+/// With pinned TCX links (`--pin-path`), re-asserting replaces the pin:
+/// the link in front is the one a restarted crossover adopts, and it stays
+/// in front and counts.
+#[test]
+fn a_reasserted_pinned_link_is_the_one_a_restart_adopts() {
+    let nodes = TwoNodes::new();
+    let pins = crossover_tests::pins::TestPins::new();
+    let load = || {
+        let mut observer = Observer::load(observer::datapath::LoadOptions {
+            netns: Some(nodes.a.name.clone()),
+            attach_mode: AttachMode::Tcx,
+            pin_path: Some(pins.path.clone()),
+            ..observer::datapath::LoadOptions::default()
+        })
+        .expect("load");
+        observer
+            .configure(&crossover_tests::harness::two_node_shape())
+            .expect("configure");
+        observer
+    };
+    let mut a = load();
+    a.attach("u0", Hook::Underlay).unwrap();
+    let mut intruder = Standin::load();
+    intruder.attach(&nodes.a.name, "u0", TcAttachType::Egress, Place::TcxHead);
+    assert_eq!(u0_egress(&mut a, true).placement, Placement::First);
+    assert_eq!(a.reasserted(), 1);
+    // A restart: the old process leaves its pinned links, the new one
+    // adopts them (its programs swapped in, in place).
+    drop(a);
+    let mut b = load();
+    assert_eq!(b.attached().count(), 1, "u0 adopted from its pins");
+    assert_eq!(u0_egress(&mut b, false).placement, Placement::First);
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&b), DATAGRAMS);
+    b.uninstall().unwrap();
+}
+
 /// A crossover killed in netlink mode leaves its filters behind (they are
 /// not links and die with nothing); the next one finds its handle taken at
 /// priority 1, replaces the stale filter, and counts: one crossover filter
