@@ -239,6 +239,13 @@ fn agent_takes_the_front_back(attach_mode: &str, intruder_place: Place) {
     assert!(body.contains(
         "crossover_hooks_blind{node=\"control-plane\",hook=\"underlay\",direction=\"egress\"} 0"
     ));
+    // The families are valid exposition: promtool's lint finds nothing in
+    // them (other families are not this test's business).
+    let lint = promtool_check_metrics(&body);
+    assert!(
+        !lint.contains("crossover_hook"),
+        "promtool on the hook families:\n{lint}"
+    );
 
     let mut intruder = Standin::load();
     intruder.attach(&ns, "eth0", TcAttachType::Egress, intruder_place);
@@ -278,6 +285,30 @@ fn agent_takes_the_front_back(attach_mode: &str, intruder_place: Place) {
     }
     drop(intruder);
     drop(agents);
+}
+
+/// `promtool check metrics` on `body`: what it printed.
+fn promtool_check_metrics(body: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
