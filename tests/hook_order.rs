@@ -358,6 +358,48 @@ fn a_reasserted_pinned_link_is_the_one_a_restart_adopts() {
     b.uninstall().unwrap();
 }
 
+/// Priority 1 taken by a filter crossover cannot share it with (another
+/// protocol: here a classic-BPF filter for IPv4 only, returning TC_ACT_OK):
+/// crossover still attaches, behind it, and says the hook is blind, every
+/// check, rather than report the nothing it sees as nothing sent.
+#[test]
+fn clsact_behind_a_filter_it_cannot_share_priority_1_with_is_blind() {
+    let nodes = TwoNodes::new();
+    nodes.a.exec(&["tc", "qdisc", "add", "dev", "u0", "clsact"]);
+    nodes.a.exec(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        "u0",
+        "egress",
+        "prio",
+        "1",
+        "protocol",
+        "ip",
+        "bpf",
+        "da",
+        "bytecode",
+        "1,6 0 0 0,",
+    ]);
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
+    a.attach("u0", Hook::Underlay).unwrap();
+    for _ in 0..2 {
+        let seen = u0_egress(&mut a, true);
+        assert_eq!(
+            (seen.placement, seen.ahead),
+            (Placement::Blind, vec![0]),
+            "a filter without a program id ahead"
+        );
+    }
+    assert_eq!(a.reasserted(), 2, "tried on every check");
+    send_udp(&nodes, DATAGRAMS);
+    assert_eq!(counted(&a), 0, "behind its final verdict we see nothing");
+    let blind = observer::datapath::blind_by_hook(a.order());
+    assert!(blind.contains(&(Hook::Underlay, "egress", 1)), "{blind:?}");
+    assert!(blind.contains(&(Hook::Underlay, "ingress", 0)), "{blind:?}");
+}
+
 /// A crossover killed in netlink mode leaves its filters behind (they are
 /// not links and die with nothing); the next one finds its handle taken at
 /// priority 1, replaces the stale filter, and counts: one crossover filter

@@ -6,7 +6,7 @@ use std::{fs, io, path::PathBuf, process::Command};
 
 use aya::{
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{
             self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle,
@@ -132,14 +132,28 @@ pub(crate) fn attach_one(
         _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
     };
     let mut attached = program.attach_with_options(iface, direction, options());
-    if mode == AttachMode::Netlink
-        && let Err(err) = &attached
-        && root_io_error(err).is_some_and(|e| e.raw_os_error() == Some(libc::EEXIST))
-    {
+    let errno = |attached: &std::result::Result<_, ProgramError>| {
+        attached
+            .as_ref()
+            .err()
+            .and_then(|err| root_io_error(err))
+            .and_then(|e| e.raw_os_error())
+    };
+    if mode == AttachMode::Netlink && errno(&attached) == Some(libc::EEXIST) {
         // A filter with our handle: left by a crossover that was killed
         // (netlink filters do not outlive a clean exit). Replace it.
         remove_filter(iface, direction)?;
         attached = program.attach_with_options(iface, direction, options());
+    }
+    if mode == AttachMode::Netlink && errno(&attached) == Some(libc::EINVAL) {
+        // Priority 1 holds filters of another kind or protocol: one
+        // priority takes one of each. Attach where the kernel puts us,
+        // behind them; the order check reports the hook blind.
+        attached = program.attach_with_options(
+            iface,
+            direction,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        );
     }
     attached.map_err(|source| {
         if root_io_error(&source).is_some_and(|e| e.raw_os_error() == Some(libc::ENODEV)) {
