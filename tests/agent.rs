@@ -7,7 +7,7 @@ use std::{
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER},
+    agents::{Agents, CROSSOVER, assert_wire_drops, loss_row},
     fleet::tcx_programs_in,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
@@ -91,46 +91,12 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     );
 
     // crossover loss, run where an SRE would: on a node.
-    let mut loss = Command::new("ip");
-    loss.args([
-        "netns",
-        "exec",
-        &cp,
-        CROSSOVER,
-        "loss",
-        "--since-start",
-        "--format",
-        "json",
-    ]);
-    for url in &agents.urls {
-        loss.args(["--agent", url]);
-    }
-    let out = loss.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let matrix = agents.loss_since_start(&cp);
     let row = |from: &str, to: &str, overlay: &str, src: &str, dst: &str| {
-        matrix
-            .iter()
-            .find(|d| {
-                d["node"] == from
-                    && d["peer_node"] == to
-                    && d["overlay"] == overlay
-                    && d["src_net"] == src
-                    && d["dst_net"] == dst
-            })
-            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
+        loss_row(&matrix, from, to, overlay, (src, dst))
     };
     let faulty = row("control-plane", "worker-2", "legacy", "legacy", "legacy");
-    let (sent, received) = (
-        faulty["sent"].as_u64().unwrap(),
-        faulty["received"].as_u64().unwrap(),
-    );
-    assert!(sent >= udp.sent, "{faulty}");
-    assert_eq!(
-        sent - received,
-        drops,
-        "loss from the agents is what the wire dropped"
-    );
+    let (sent, received) = assert_wire_drops(faulty, udp.sent, drops);
     let ratio = (sent - received) as f64 / sent as f64 * 100.0;
     assert!(
         (ratio - 3.0).abs() < 0.75,
@@ -512,17 +478,7 @@ fn a_crashed_agent_restarts_with_its_counters() {
     assert!(out.status.success(), "{out:?}");
     let matrix: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let row = |from: &str, to: &str, overlay: &str, src: &str, dst: &str| {
-        matrix
-            .iter()
-            .find(|d| {
-                d["node"] == from
-                    && d["peer_node"] == to
-                    && d["overlay"] == overlay
-                    && d["src_net"] == src
-                    && d["dst_net"] == dst
-            })
-            .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
-            .clone()
+        loss_row(&matrix, from, to, overlay, (src, dst)).clone()
     };
     // A legacy pod to a Cilium pod goes on the Cilium overlay, SNATed to
     // cilium_host (host to Cilium); the other stream on the legacy one,

@@ -148,6 +148,67 @@ impl Agents {
     }
 }
 
+impl Agents {
+    /// `crossover loss --since-start --format json` run in network
+    /// namespace `ns` against every agent: the delivery matrix.
+    pub fn loss_since_start(&self, ns: &str) -> Vec<serde_json::Value> {
+        let mut loss = Command::new("ip");
+        loss.args([
+            "netns",
+            "exec",
+            ns,
+            CROSSOVER,
+            "loss",
+            "--since-start",
+            "--format",
+            "json",
+        ]);
+        for url in &self.urls {
+            loss.args(["--agent", url]);
+        }
+        let out = loss.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// The matrix's row from node `from` to `to` on `overlay`, `src` to `dst`
+/// network.
+pub fn loss_row<'a>(
+    matrix: &'a [serde_json::Value],
+    from: &str,
+    to: &str,
+    overlay: &str,
+    (src, dst): (&str, &str),
+) -> &'a serde_json::Value {
+    matrix
+        .iter()
+        .find(|d| {
+            d["node"] == from
+                && d["peer_node"] == to
+                && d["overlay"] == overlay
+                && d["src_net"] == src
+                && d["dst_net"] == dst
+        })
+        .unwrap_or_else(|| panic!("no {from} -> {to} {overlay} {src}->{dst} in {matrix:#?}"))
+}
+
+/// Checks a faulted row: at least `sent_at_least` sent, and exactly the
+/// wire's `drops` not received. Returns (sent, received).
+pub fn assert_wire_drops(row: &serde_json::Value, sent_at_least: u64, drops: u64) -> (u64, u64) {
+    let (sent, received) = (
+        row["sent"].as_u64().unwrap(),
+        row["received"].as_u64().unwrap(),
+    );
+    assert!(sent >= sent_at_least, "{row}");
+    assert_eq!(
+        sent - received,
+        drops,
+        "loss from the agents is what the wire dropped"
+    );
+    (sent, received)
+}
+
 impl Drop for Agents {
     fn drop(&mut self) {
         for child in &mut self.children {

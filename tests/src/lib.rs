@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod apiserver;
 pub mod browser;
+pub mod counting;
 pub mod fleet;
 pub mod footprint;
 pub mod harness;
@@ -15,6 +16,7 @@ pub mod packet;
 pub mod pins;
 pub mod prometheus;
 pub mod simulated_agents;
+pub mod standin;
 
 /// Every test here loads programs into the running kernel or builds
 /// network namespaces: it needs root. CI runs as root.

@@ -29,6 +29,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("fc-list", "fontconfig"),
     // `cargo xtask image`: the container image, from scratch, offline.
     ("buildah", "buildah"),
+    // Builds the Cilium stand-in the hook-order tests attach (tests/bpf/).
+    ("clang", "clang"),
 ];
 
 /// Files the tests need that no command stands for, and their package.

@@ -175,6 +175,8 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         skipped.sample(&[("node", node), ("reason", name)], *value);
     }
 
+    hook_families(out, state);
+
     // The flow table is counted by the ageing sweep, which reads it at its
     // own cadence anyway; absent until the first sweep.
     let census = super::lock(&state.observer).census().cloned();
@@ -248,6 +250,44 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     if let Ok(process) = process {
         process.write(out);
     }
+}
+
+/// Hooks where another program runs before ours (order.rs): a series per
+/// hook kind and direction, not per interface (pod veths are many).
+fn hook_families(out: &mut String, state: &State) {
+    let node = state.node.as_str();
+    let (blind, reasserted) = {
+        let observer = super::lock(&state.observer);
+        (
+            crate::datapath::blind_by_hook(observer.order()),
+            observer.reasserted(),
+        )
+    };
+    let mut f = family(
+        out,
+        "crossover_hooks_blind",
+        "gauge",
+        "Interfaces whose hook runs another program before crossover's (which may end a \
+         packet's journey there, as Cilium's do), by hook and direction: their counts are not \
+         what crossed them.",
+    );
+    for (hook, direction, n) in blind {
+        f.sample(
+            &[
+                ("node", node),
+                ("hook", hook.label()),
+                ("direction", direction),
+            ],
+            n,
+        );
+    }
+    let mut f = family(
+        out,
+        "crossover_hook_reasserted_total",
+        "counter",
+        "Times crossover re-attached a program in front of one that had got ahead of it.",
+    );
+    f.sample(&[("node", node)], reasserted);
 }
 
 /// The loss matrix over the current window, from this node's side.

@@ -583,12 +583,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut server = Box::pin(axum::serve(listener, router(state)).into_future());
+    let mut order_check = tokio::time::interval(crate::datapath::ORDER_CHECK);
     let result = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
             served = &mut server => break served.map_err(|e| Error::io("serving HTTP", e)),
             followed = session.follow_links() => if let Err(err) = followed { break Err(err) },
+            _ = order_check.tick() => if let Err(err) = session.keep_order() { break Err(err) },
         }
     };
     for task in tasks {

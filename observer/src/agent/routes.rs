@@ -237,6 +237,8 @@ struct Status<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     unready: Option<String>,
     attached: Vec<(String, &'static str)>,
+    /// Every hook's placement: `blind` where another program runs first.
+    hooks: Vec<crate::datapath::HookOrder>,
     #[serde(skip_serializing_if = "Option::is_none")]
     watches: Option<std::collections::BTreeMap<&'static str, crate::cluster::WatchHealth>>,
     sample_seconds: f64,
@@ -249,10 +251,14 @@ struct Status<'a> {
 
 async fn status_handler(Extract(state): Extract<Shared>) -> Response {
     let unready = state.unready();
-    let attached = lock(&state.observer)
-        .attached()
-        .map(|(name, hook)| (name.to_string(), hook.label()))
-        .collect();
+    let (attached, hooks) = {
+        let observer = lock(&state.observer);
+        let attached = observer
+            .attached()
+            .map(|(name, hook)| (name.to_string(), hook.label()))
+            .collect();
+        (attached, observer.order().to_vec())
+    };
     let view = state.view();
     Json(Status {
         version: 1,
@@ -260,6 +266,7 @@ async fn status_handler(Extract(state): Extract<Shared>) -> Response {
         ready: unready.is_none(),
         unready,
         attached,
+        hooks,
         watches: state.cluster.as_ref().map(|c| c.health()),
         sample_seconds: state.sample_duration().as_secs_f64(),
         oldest_tick_ms: state.oldest_tick_ms(),

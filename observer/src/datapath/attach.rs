@@ -1,13 +1,16 @@
 //! Attaching beside whatever else is on a hook. TCX (Linux 6.6+) puts us
-//! first in its chain; older kernels get a cls_bpf filter on clsact. Either
-//! way the program returns "next", so Cilium's programs still run.
+//! first in its chain; older kernels get a cls_bpf filter on clsact at
+//! Cilium's priority, where the newest filter runs first (see order.rs).
+//! Either way the program returns "next", so Cilium's programs still run.
 use std::{fs, io, path::PathBuf, process::Command};
 
 use aya::{
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle,
+        },
     },
     util::KernelVersion,
 };
@@ -52,6 +55,8 @@ pub(crate) enum Held {
     /// program was last swapped into it, until the pin is removed. The fd
     /// is only this process's handle on it.
     Pinned { link: FdLink, path: PathBuf },
+    /// Taken off for the moment of a re-attachment (order.rs).
+    Detached,
 }
 
 /// Moves a just-attached TCX link out of the program (which would detach
@@ -102,6 +107,15 @@ pub(crate) fn adopt(program: &mut SchedClassifier, name: &str, path: PathBuf) ->
     Ok(Held::Pinned { link, path })
 }
 
+/// Priority of crossover's cls_bpf filters: Cilium's (1, the lowest number
+/// that is not "pick one for me"). Within one priority cls_bpf runs the
+/// filters newest first, so ours, added after Cilium's, runs before it; and
+/// Cilium replaces its filter in place on restart, which keeps that order.
+pub(crate) const FILTER_PRIORITY: u16 = 1;
+/// Handle of crossover's filters within [`FILTER_PRIORITY`]: not Cilium's
+/// (1), whose in-place replacement must not hit ours.
+pub(crate) const FILTER_HANDLE: u32 = 0xc055;
+
 pub(crate) fn attach_one(
     program: &mut SchedClassifier,
     name: &'static str,
@@ -109,30 +123,54 @@ pub(crate) fn attach_one(
     direction: TcAttachType,
     mode: AttachMode,
 ) -> Result<SchedClassifierLinkId> {
-    let options = match mode {
-        AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
+    let options = || match mode {
+        AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
+            priority: FILTER_PRIORITY,
+            handle: TcHandle::from(FILTER_HANDLE),
+            ..NlOptions::default()
+        }),
         _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
     };
-    program
-        .attach_with_options(iface, direction, options)
-        .map_err(|source| {
-            if root_io_error(&source).is_some_and(|e| e.raw_os_error() == Some(libc::ENODEV)) {
-                Error::NoInterface(iface.to_owned())
-            } else if let Some(io) =
-                root_io_error(&source).filter(|e| crate::error::is_permission(e))
-            {
-                Error::Privilege {
-                    action: format!("attaching {name} to {iface}"),
-                    source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
-                }
-            } else {
-                Error::Attach {
-                    program: name.to_owned(),
-                    iface: iface.to_owned(),
-                    source: Box::new(source),
-                }
+    let mut attached = program.attach_with_options(iface, direction, options());
+    let errno = |attached: &std::result::Result<_, ProgramError>| {
+        attached
+            .as_ref()
+            .err()
+            .and_then(|err| root_io_error(err))
+            .and_then(|e| e.raw_os_error())
+    };
+    if mode == AttachMode::Netlink && errno(&attached) == Some(libc::EEXIST) {
+        // A filter with our handle: left by a crossover that was killed
+        // (netlink filters do not outlive a clean exit). Replace it.
+        remove_filter(iface, direction)?;
+        attached = program.attach_with_options(iface, direction, options());
+    }
+    if mode == AttachMode::Netlink && errno(&attached) == Some(libc::EINVAL) {
+        // Priority 1 holds filters of another kind or protocol: one
+        // priority takes one of each. Attach where the kernel puts us,
+        // behind them; the order check reports the hook blind.
+        attached = program.attach_with_options(
+            iface,
+            direction,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        );
+    }
+    attached.map_err(|source| {
+        if root_io_error(&source).is_some_and(|e| e.raw_os_error() == Some(libc::ENODEV)) {
+            Error::NoInterface(iface.to_owned())
+        } else if let Some(io) = root_io_error(&source).filter(|e| crate::error::is_permission(e)) {
+            Error::Privilege {
+                action: format!("attaching {name} to {iface}"),
+                source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
             }
-        })
+        } else {
+            Error::Attach {
+                program: name.to_owned(),
+                iface: iface.to_owned(),
+                source: Box::new(source),
+            }
+        }
+    })
 }
 
 fn fail(what: String, e: &dyn std::fmt::Display) -> Error {
@@ -154,17 +192,37 @@ pub(crate) fn ensure_clsact(iface: &str) -> Result<bool> {
     }
 }
 
+/// Deletes the filter at crossover's priority and handle on `iface`.
+fn remove_filter(iface: &str, direction: TcAttachType) -> Result<()> {
+    let parent = super::direction_label(direction);
+    let (priority, handle) = (FILTER_PRIORITY.to_string(), format!("{FILTER_HANDLE:#x}"));
+    tc(
+        &[
+            "filter", "del", "dev", iface, parent, "pref", &priority, "handle", &handle, "bpf",
+        ],
+        &format!("removing the stale crossover filter of {iface} {parent}"),
+    )
+}
+
 /// Removes the clsact qdisc we added (aya has no call for it).
 pub(crate) fn remove_clsact(iface: &str) -> Result<()> {
+    tc(
+        &["qdisc", "del", "dev", iface, "clsact"],
+        &format!("removing clsact from {iface}"),
+    )
+}
+
+/// Runs `tc` with `args`; an error says what it was `doing`.
+fn tc(args: &[&str], doing: &str) -> Result<()> {
     let status = Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .args(args)
         .status()
-        .map_err(|e| Error::io(format!("running tc to remove clsact from {iface}"), e))?;
+        .map_err(|e| Error::io(format!("running tc for {doing}"), e))?;
     if status.success() {
         Ok(())
     } else {
         Err(Error::io(
-            format!("removing clsact from {iface}"),
+            doing.to_owned(),
             io::Error::other(format!("tc exited with {status}")),
         ))
     }

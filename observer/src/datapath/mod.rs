@@ -6,6 +6,7 @@ mod flows;
 mod handshakes;
 mod hook;
 mod links;
+mod order;
 mod pin;
 mod session;
 mod slots;
@@ -34,9 +35,10 @@ use attach::{Attachment, Held};
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
+pub use order::{HookOrder, Placement, blind_by_hook};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
-pub use session::{Session, lock};
+pub use session::{ORDER_CHECK, Session, lock};
 use slots::SlotRule;
 pub use snapshot::{Counters, FlowRecord, PeerCounts, PeerRecord, Snapshot, monotonic_ns};
 
@@ -124,6 +126,12 @@ pub struct Observer {
     /// of `handshakes_unanswered` the kernel cannot count. Lives in the
     /// process (a restart starts it over; windows clamp, docs/restarts.md).
     expired_handshakes: BTreeMap<PeerKey, u64>,
+    /// Every hook's placement as last checked (one entry per attached
+    /// interface and direction).
+    order: Vec<HookOrder>,
+    /// Times a program was re-attached in front of one that had moved
+    /// ahead of it, since load.
+    reasserted: u64,
 }
 
 impl Observer {
@@ -179,6 +187,8 @@ impl Observer {
             retired: Retired::default(),
             census: None,
             expired_handshakes: BTreeMap::new(),
+            order: Vec::new(),
+            reasserted: 0,
         };
         if observer.pins.is_some() {
             observer.recover()?;
@@ -372,24 +382,15 @@ impl Observer {
 
     fn release(&mut self, iface: &str, attachment: Attachment) {
         for (name, held) in attachment.links {
-            match held {
-                Held::Owned(id) => {
-                    if let Ok(program) = classifier(&mut self.ebpf, name) {
-                        // Fails only when the interface is already gone.
-                        let _ = program.detach(id);
-                    }
-                }
-                // Without its pin, closing our fd releases the link.
-                Held::Pinned { link, path } => {
-                    if let Err(err) = pin::unpin_link(&path) {
-                        eprintln!("crossover: {err}");
-                    }
-                    drop(link);
-                }
+            if let Ok(program) = classifier(&mut self.ebpf, name) {
+                release_link(program, held);
             }
         }
+        // The qdisc we added goes, unless someone (Cilium, started after
+        // us) has put filters on it since: removing it would take theirs.
         if attachment.owns_clsact
             && interface_exists(iface)
+            && !order::filters_remain(iface)
             && let Err(err) = attach::remove_clsact(iface)
         {
             eprintln!("crossover: {err}");
@@ -448,6 +449,109 @@ impl Observer {
             }
         }
         Ok(())
+    }
+
+    /// Checks that our program runs first on every hook we are on; with
+    /// `reassert`, re-attaches in front any that is not (TCX: at the head
+    /// again; clsact: our filter added anew, so the newest in priority 1).
+    /// A hook that is still not first afterwards is [`Placement::Blind`].
+    /// Re-attaching takes the program off for the moment between detach
+    /// and attach (TCX refuses the same program twice on one hook): the
+    /// packets of that moment are not counted, where behind another
+    /// program none would be. A hook whose order cannot be read is blind.
+    pub fn check_order(&mut self, reassert: bool) -> Result<&[HookOrder]> {
+        let _ns = self.enter_netns()?;
+        let mut order = Vec::new();
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for iface in names {
+            if !interface_exists(&iface) {
+                // Gone with its programs; the next reconcile forgets it.
+                continue;
+            }
+            let Some(mut attachment) = self.attached.remove(&iface) else {
+                continue;
+            };
+            let mut checked = Vec::new();
+            let result = self.check_attachment(&iface, &mut attachment, reassert, &mut checked);
+            if let Err(err) = result {
+                if !interface_exists(&iface) {
+                    // Went away while we looked.
+                    self.attached.insert(iface, attachment);
+                    continue;
+                }
+                // What cannot be checked cannot be trusted.
+                eprintln!("crossover: checking the order of programs on {iface}: {err}");
+                checked = attachment
+                    .links
+                    .iter()
+                    .map(|(name, _)| HookOrder {
+                        iface: iface.clone(),
+                        hook: attachment.hook,
+                        direction: direction_label(direction_of(name)),
+                        placement: Placement::Blind,
+                        ahead: Vec::new(),
+                    })
+                    .collect();
+            }
+            order.extend(checked);
+            self.attached.insert(iface, attachment);
+        }
+        self.order = order;
+        Ok(&self.order)
+    }
+
+    fn check_attachment(
+        &mut self,
+        iface: &str,
+        attachment: &mut Attachment,
+        reassert: bool,
+        order: &mut Vec<HookOrder>,
+    ) -> Result<()> {
+        for (name, held) in &mut attachment.links {
+            let direction = direction_of(name);
+            let program = classifier(&mut self.ebpf, name)?;
+            let ours = program_id(program, name)?;
+            let mut ahead = order::ahead_of(self.mode, iface, direction, ours)?;
+            if reassert && ahead.as_ref().is_none_or(|a| !a.is_empty()) {
+                let path = match held {
+                    Held::Pinned { path, .. } => Some(path.clone()),
+                    Held::Owned(_) | Held::Detached => None,
+                };
+                let previous = std::mem::replace(held, Held::Detached);
+                release_link(program, previous);
+                let id = attach::attach_one(program, name, iface, direction, self.mode)?;
+                *held = match path {
+                    Some(path) => attach::pin(program, name, id, path)?,
+                    None => Held::Owned(id),
+                };
+                self.reasserted += 1;
+                ahead = order::ahead_of(self.mode, iface, direction, ours)?;
+            }
+            // Not on the hook at all (taken off by someone else): as blind
+            // as behind another program.
+            let placement = match &ahead {
+                Some(ahead) if ahead.is_empty() => Placement::First,
+                _ => Placement::Blind,
+            };
+            order.push(HookOrder {
+                iface: iface.to_owned(),
+                hook: attachment.hook,
+                direction: direction_label(direction),
+                placement,
+                ahead: ahead.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every hook's placement as last checked by [`Observer::check_order`].
+    pub fn order(&self) -> &[HookOrder] {
+        &self.order
+    }
+
+    /// Re-attachments in front since load.
+    pub fn reasserted(&self) -> u64 {
+        self.reasserted
     }
 
     /// Interfaces we are attached to, with their hook.
@@ -589,6 +693,44 @@ impl Drop for Observer {
         if let Err(err) = self.exit(false) {
             eprintln!("crossover: {err}");
         }
+    }
+}
+
+/// Takes one link of `program` off its hook.
+fn release_link(program: &mut SchedClassifier, held: Held) {
+    match held {
+        // Fails only when the interface is already gone.
+        Held::Owned(id) => {
+            let _ = program.detach(id);
+        }
+        // Without its pin, closing our fd releases the link.
+        Held::Pinned { link, path } => {
+            if let Err(err) = pin::unpin_link(&path) {
+                eprintln!("crossover: {err}");
+            }
+            drop(link);
+        }
+        Held::Detached => {}
+    }
+}
+
+/// The kernel's id of a loaded program.
+fn program_id(program: &SchedClassifier, name: &str) -> Result<u32> {
+    program
+        .info()
+        .map(|info| info.id())
+        .map_err(|source| Error::Program {
+            program: name.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+/// The hook direction of one of our programs, from its name.
+fn direction_of(program: &str) -> TcAttachType {
+    if program.ends_with("_ingress") {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
     }
 }
 

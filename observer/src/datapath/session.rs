@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::unix::AsyncFd;
 
-use super::{LinkEvents, LoadOptions, Observer, Selection, interfaces, reconcile};
+use super::{LinkEvents, LoadOptions, Observer, Placement, Selection, interfaces, reconcile};
 use crate::{Error, Result, shape::ClusterShape};
 
 pub struct Session {
@@ -46,6 +46,7 @@ impl Session {
                 std::io::Error::other(err.clone()),
             ));
         }
+        keep_order(&mut observer)?;
         Ok(Session {
             observer: Arc::new(Mutex::new(observer)),
             selection,
@@ -76,9 +77,17 @@ impl Session {
             for (name, err) in &done.failed {
                 eprintln!("crossover: {name}: {err}");
             }
+            keep_order(&mut lock(&self.observer))?;
         }
         guard.clear_ready();
         Ok(())
+    }
+
+    /// Checks every hook's placement now (the agent does it every
+    /// [`ORDER_CHECK`], as attaching a TCX program or a filter raises no
+    /// link event) and re-asserts ours where something got in front.
+    pub fn keep_order(&self) -> Result<()> {
+        keep_order(&mut lock(&self.observer))
     }
 
     pub fn attached_list(&self) -> String {
@@ -93,6 +102,27 @@ impl Session {
             list.join(", ")
         }
     }
+}
+
+/// How often the agent checks that its programs still run first.
+pub const ORDER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Re-asserts our place on every hook where something got in front, and
+/// says so, and which hooks stay blind (see order.rs).
+fn keep_order(observer: &mut Observer) -> Result<()> {
+    let before = observer.reasserted();
+    let order = observer.check_order(true)?;
+    for hook in order.iter().filter(|o| o.placement == Placement::Blind) {
+        eprintln!(
+            "crossover: {} {} is blind: programs {:?} run before ours and may end a packet's journey there",
+            hook.iface, hook.direction, hook.ahead
+        );
+    }
+    let reasserted = observer.reasserted() - before;
+    if reasserted > 0 {
+        eprintln!("crossover: re-attached in front of other programs on {reasserted} hook(s)");
+    }
+    Ok(())
 }
 
 /// A poisoned lock only means a reader panicked; the maps are intact.

@@ -215,6 +215,20 @@ pub(crate) fn lookup_batch<K: Pod, V: Pod>(
     })
 }
 
+/// `bpf_attr` of the batch map operations.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
 /// One `BPF_MAP_LOOKUP_BATCH` call of a hash map from bucket `from` (the
 /// start when `None`): at most `chunk` entries handed to `each`, and the
 /// bucket to go on from, `None` at the end. The token is a bucket index:
@@ -226,18 +240,6 @@ pub(crate) fn lookup_batch_page<K: Pod, V: Pod>(
     from: Option<u32>,
     mut each: impl FnMut(&K, &V),
 ) -> io::Result<Option<u32>> {
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     let chunk = chunk.max(1) as usize;
     let mut keys: Vec<MaybeUninit<K>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
     // SAFETY: V is Pod: every byte pattern, zeroes included, is a value.
@@ -281,18 +283,6 @@ pub(crate) fn lookup_batch_per_cpu<K: Pod, V: Pod>(
     cpus: usize,
     mut each: impl FnMut(&K, &[V]) -> bool,
 ) -> io::Result<()> {
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     assert!(
         cpus == 1 || size_of::<V>().is_multiple_of(8),
         "per-CPU values are 8-byte strided"

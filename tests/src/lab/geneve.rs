@@ -8,11 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::{
     Lab, plan,
-    traffic::{Endpoint, Pacer, join, spawn_in, start_server},
+    traffic::{Crafted, Pacer, join, spawn_in, start_server},
 };
 use crate::packet::{self, geneve_header};
 
@@ -29,24 +29,13 @@ pub fn send(
     count: u64,
     pps: u64,
 ) -> Result<u64> {
-    if count > super::traffic::MAX_COUNT || pps == 0 {
-        bail!(
-            "geneve: count {count} must be at most {} and pps above 0",
-            super::traffic::MAX_COUNT
-        );
-    }
-    let j = lab.state().node_index(from)?;
-    let k = lab.state().node_index(to)?;
-    let src = lab.endpoint(inner_src)?.addr;
-    let dst = lab.endpoint(inner_dst)?.addr;
-    let outer_src = plan::underlay_addr(j);
-    let outer_dst = plan::underlay_addr(k);
-    let deadline = Duration::from_secs_f64(count as f64 / pps as f64) + Duration::from_secs(1);
-    let to_node = Endpoint {
-        label: to.into(),
-        netns: lab.node_ns(to),
-        addr: outer_dst,
-    };
+    let Crafted {
+        src,
+        dst,
+        outer_src,
+        to_node,
+        deadline,
+    } = Crafted::plan(lab, "geneve", from, to, inner_src, inner_dst, count, pps)?;
     let (target, receiver) = start_server(
         &to_node,
         plan::GENEVE_PORT,

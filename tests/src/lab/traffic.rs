@@ -378,3 +378,49 @@ pub fn ping(from: &Endpoint, to: &Endpoint, count: u64, interval: Duration) -> R
     };
     Ok(PingReport { sent, received })
 }
+
+/// A crafted tunnel run between two nodes (the kernel here has neither a
+/// Geneve nor an ipip module): the inner addresses, the sending node's
+/// underlay address, the receiving node as an endpoint at its underlay
+/// address, and how long its receiver waits.
+pub(super) struct Crafted {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub outer_src: std::net::Ipv4Addr,
+    pub to_node: Endpoint,
+    pub deadline: Duration,
+}
+
+impl Crafted {
+    /// `count` packets from node `from` to node `to`, inner addresses
+    /// `inner_src` to `inner_dst` (as [`Lab::endpoint`] names them), `pps`
+    /// a second; `what` names the run in errors.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan(
+        lab: &super::Lab,
+        what: &str,
+        from: &str,
+        to: &str,
+        inner_src: &str,
+        inner_dst: &str,
+        count: u64,
+        pps: u64,
+    ) -> Result<Self> {
+        if count > MAX_COUNT || pps == 0 {
+            bail!("{what}: count {count} must be at most {MAX_COUNT} and pps above 0");
+        }
+        let j = lab.state().node_index(from)?;
+        let k = lab.state().node_index(to)?;
+        Ok(Crafted {
+            src: lab.endpoint(inner_src)?.addr,
+            dst: lab.endpoint(inner_dst)?.addr,
+            outer_src: super::plan::underlay_addr(j),
+            to_node: Endpoint {
+                label: to.into(),
+                netns: lab.node_ns(to),
+                addr: super::plan::underlay_addr(k),
+            },
+            deadline: Duration::from_secs_f64(count as f64 / pps as f64) + Duration::from_secs(1),
+        })
+    }
+}

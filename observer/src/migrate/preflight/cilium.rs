@@ -136,14 +136,33 @@ pub fn host_legacy_routing(facts: &Facts) -> Check {
             "ds/cilium",
         )
     };
+    // What crossover can see in the mode found (docs/hooks.md): its loss
+    // signals come from the underlay, which sees every packet in any mode;
+    // its pod hooks do not under eBPF host routing or on netkit devices.
+    let netkit = match config(facts, NAME, "datapath-mode") {
+        Ok(Some(mode)) if mode.starts_with("netkit") => format!(
+            "; datapath-mode={mode}: crossover's pod hooks do not see Cilium's pods (netkit \
+             devices have their own attach points, not attached), its loss signals come from the \
+             underlay and are unaffected"
+        ),
+        _ => String::new(),
+    };
     match config(facts, NAME, "enable-host-legacy-routing") {
         Err(check) => check,
-        Ok(Some("true")) => Check::pass(NAME, "cilium-config enable-host-legacy-routing=true"),
+        Ok(Some("true")) => Check::pass(
+            NAME,
+            format!(
+                "cilium-config enable-host-legacy-routing=true: every hook crossover attaches to \
+                 sees every packet{netkit}"
+            ),
+        ),
         Ok(value) => Check::fail(
             NAME,
             format!(
                 "cilium-config enable-host-legacy-routing={}: traffic between Cilium and legacy pods \
-                 must go through the host's routing stack, where the two overlays meet",
+                 must go through the host's routing stack, where the two overlays meet; under eBPF \
+                 host routing crossover's pod hooks also miss what Cilium redirects into its pods \
+                 (bpf_redirect_peer), though not its loss signals, from the underlay{netkit}",
                 shown(
                     value,
                     "unset, Cilium uses eBPF host routing where the kernel allows"

@@ -253,6 +253,34 @@ fn host_legacy_routing_must_be_on() {
 }
 
 #[test]
+fn host_routing_check_says_what_crossover_sees() {
+    let mut facts = migration_facts();
+    let c = assert_status(
+        &facts,
+        "cilium-host-legacy-routing",
+        Status::Pass,
+        "sees every packet",
+    );
+    assert!(!c.detail.contains("netkit"), "{}", c.detail);
+    set(&mut facts, "datapath-mode", Some("netkit"));
+    assert_status(
+        &facts,
+        "cilium-host-legacy-routing",
+        Status::Pass,
+        "datapath-mode=netkit: crossover's pod hooks do not see Cilium's pods",
+    );
+    set(&mut facts, "datapath-mode", Some("veth"));
+    set(&mut facts, "enable-host-legacy-routing", Some("false"));
+    let c = assert_status(
+        &facts,
+        "cilium-host-legacy-routing",
+        Status::Fail,
+        "crossover's pod hooks also miss what Cilium redirects into its pods",
+    );
+    assert!(!c.detail.contains("netkit"), "{}", c.detail);
+}
+
+#[test]
 fn cni_custom_conf_on_and_uninstall_off() {
     let mut facts = migration_facts();
     set(&mut facts, "cni-uninstall", Some("false"));
