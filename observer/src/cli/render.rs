@@ -59,31 +59,34 @@ fn peer_name(shape: &ClusterShape, peer: Option<std::net::Ipv4Addr>) -> String {
 }
 
 /// Tables of the peer counters and the first `top` flows (0: all), the
-/// rest counted.
+/// rest counted; columns named as the JSON's fields.
 pub fn table(snapshot: &Snapshot, shape: &ClusterShape, top: usize) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "UNDERLAY TRAFFIC PER PEER NODE");
-    let _ = writeln!(
-        out,
-        "{:<18} {:<8} {:<10} {:>10} {:>12}",
-        "PEER", "OVERLAY", "DIRECTION", "PACKETS", "BYTES"
+    let _ = writeln!(out, "Underlay traffic per peer node");
+    let mut peers = crate::table::new(
+        &[
+            "peer",
+            "overlay",
+            "direction",
+            "src_net",
+            "dst_net",
+            "packets",
+            "bytes",
+        ],
+        5,
     );
     for p in &snapshot.peers {
-        let direction = if p.direction == observer_ebpf::Direction::Egress {
-            "sent"
-        } else {
-            "received"
-        };
-        let _ = writeln!(
-            out,
-            "{:<18} {:<8} {:<10} {:>10} {:>12}",
+        peers.add_row([
             peer_name(shape, Some(p.peer)),
-            p.overlay,
-            direction,
-            p.counts.packets,
-            p.counts.bytes
-        );
+            p.overlay.to_string(),
+            p.direction.to_string(),
+            p.src_net.to_string(),
+            p.dst_net.to_string(),
+            p.counts.packets.to_string(),
+            p.counts.bytes.to_string(),
+        ]);
     }
+    out.push_str(&crate::table::render(&peers));
     let shown = if top == 0 {
         snapshot.flows.len()
     } else {
@@ -91,7 +94,7 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape, top: usize) -> String {
     };
     let _ = writeln!(
         out,
-        "\nFLOWS ({}, worst first{})",
+        "\nFlows ({}, worst first{})",
         snapshot.flows.len(),
         if shown < snapshot.flows.len() {
             format!(
@@ -102,23 +105,25 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape, top: usize) -> String {
             String::new()
         }
     );
-    let _ = writeln!(
-        out,
-        "{:<9} {:<7} {:<5} {:<22} {:<22} {:<15} {:<7} {:<10} {:<18} {:>8} {:>6} {:>6} {:>4} {:>5}",
-        "POINT",
-        "DIR",
-        "PROTO",
-        "SOURCE",
-        "DESTINATION",
-        "NETWORKS",
-        "OVERLAY",
-        "PEER",
-        "SNAT",
-        "PACKETS",
-        "SYN",
-        "SYNACK",
-        "RST",
-        "RETX"
+    let mut flows = crate::table::new(
+        &[
+            "point",
+            "direction",
+            "proto",
+            "src",
+            "dst",
+            "src_net",
+            "dst_net",
+            "overlay",
+            "peer",
+            "snat",
+            "packets",
+            "syns",
+            "syn_acks",
+            "rsts",
+            "retransmits",
+        ],
+        10,
     );
     for f in &snapshot.flows[..shown] {
         let snat = match (f.snat, f.snat_addr) {
@@ -126,27 +131,27 @@ pub fn table(snapshot: &Snapshot, shape: &ClusterShape, top: usize) -> String {
             (observer_ebpf::Snat::Destination, Some(addr)) => format!("dst={addr}"),
             _ => "-".to_string(),
         };
-        let _ = writeln!(
-            out,
-            "{:<9} {:<7} {:<5} {:<22} {:<22} {:<15} {:<7} {:<10} {:<18} {:>8} {:>6} {:>6} {:>4} {:>5}",
-            f.point,
-            f.direction,
+        flows.add_row([
+            f.point.to_string(),
+            f.direction.to_string(),
             f.proto_name(),
             format!("{}:{}", f.src, f.src_port),
             format!("{}:{}", f.dst, f.dst_port),
-            format!("{}->{}", f.src_net, f.dst_net),
-            f.overlay,
+            f.src_net.to_string(),
+            f.dst_net.to_string(),
+            f.overlay.to_string(),
             peer_name(shape, f.peer),
             snat,
-            f.packets,
-            f.syns,
-            f.syn_acks,
-            f.rsts,
-            f.retransmits
-        );
+            f.packets.to_string(),
+            f.syns.to_string(),
+            f.syn_acks.to_string(),
+            f.rsts.to_string(),
+            f.retransmits.to_string(),
+        ]);
     }
+    out.push_str(&crate::table::render(&flows));
     let problems: Vec<_> = snapshot.counters.iter().filter(|(_, v)| **v != 0).collect();
-    let _ = writeln!(out, "\nCOUNTERS");
+    let _ = writeln!(out, "\nCounters (not zero)");
     for (name, value) in problems {
         let _ = writeln!(out, "  {name:<26} {value}");
     }
@@ -278,7 +283,7 @@ mod tests {
         let shape = ClusterShape::default();
         let text = table(&all, &shape, 2);
         assert!(
-            text.contains("FLOWS (4, worst first, 2 more not shown: --top 0 shows all)"),
+            text.contains("Flows (4, worst first, 2 more not shown: --top 0 shows all)"),
             "{text}"
         );
         let listed = text
@@ -286,6 +291,11 @@ mod tests {
             .filter(|l| l.starts_with("pod ") || l.starts_with("underlay "))
             .count();
         assert_eq!(listed, 2, "{text}");
+        // Columns named as the JSON's fields.
+        assert!(
+            text.lines().any(|l| l.starts_with("point ") && l.contains(" retransmits")),
+            "{text}"
+        );
         assert!(!table(&all, &shape, 0).contains("more not shown"));
     }
 }

@@ -130,18 +130,28 @@ fn natural_key(name: &str) -> Vec<(String, u64)> {
 }
 
 impl Plan {
+    /// The order the nodes go in, then those left out and why.
     pub fn render(&self) -> String {
-        let mut out = String::from("plan (one node at a time):\n");
+        let mut table = crate::table::new(&["order", "node", "role"], 3);
         for (i, n) in self.nodes.iter().enumerate() {
             let role = if n.control_plane {
-                "control plane"
+                "control-plane"
             } else {
                 "worker"
             };
-            out += &format!("  {:>3}. {:<30} {role}\n", i + 1, n.name);
+            table.add_row([(i + 1).to_string(), n.name.clone(), role.to_string()]);
         }
-        for s in &self.skipped {
-            out += &format!("  skip {:<30} {}\n", s.name, s.reason);
+        let mut out = format!(
+            "plan (one node at a time):\n{}",
+            crate::table::render(&table)
+        );
+        if !self.skipped.is_empty() {
+            let mut skipped = crate::table::new(&["skipped", "reason"], 2);
+            for s in &self.skipped {
+                skipped.add_row([s.name.clone(), s.reason.clone()]);
+            }
+            out.push('\n');
+            out.push_str(&crate::table::render(&skipped));
         }
         out
     }

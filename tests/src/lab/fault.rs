@@ -159,11 +159,11 @@ fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()>
     let device = match overlay {
         Overlay::Legacy => "flannel.1",
         Overlay::Cilium => "cilium_vxlan",
-        Overlay::Geneve | Overlay::Ipip => {
-            bail!(
-                "the lab has no {} device (no kernel module): no MTU to lower",
-                overlay.label()
-            )
+        Overlay::Geneve => {
+            bail!("the lab has no Geneve device (no kernel module): no MTU to lower")
+        }
+        Overlay::Ipip => {
+            bail!("the lab has no IP-in-IP device (no kernel module): no MTU to lower")
         }
     };
     lab.node_index(node)?;

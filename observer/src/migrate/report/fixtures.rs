@@ -9,6 +9,7 @@ use super::{About, Report};
 use crate::{
     loss::{CLUSTER, LossRow, Signal},
     migrate::{
+        analysis::{Analysis, Policy},
         gate::{self, GateScope, Thresholds},
         plan::{Plan, PlannedNode},
         record::{Moment, NodeRecord},
@@ -111,6 +112,16 @@ pub fn node_record(node: &str, start: i64, faulted: bool) -> (NodeRecord, i64) {
     let mut r = NodeRecord::new(node);
     let mut now = start;
     let clean = |_: &str, _: &str, _: Signal| 0;
+    // The gate's decisions as the driver weighs them: two readings in a
+    // row over separate windows close it.
+    let policy = Policy::default();
+    let mut analysis = Analysis::new(policy, std::time::Duration::from_secs(10));
+    let mut weigh = |r: &mut NodeRecord, moment, step, now: i64, rows: &[LossRow]| {
+        let decision = gate::judge(&t, GateScope::All, None, rows, vec![], vec![], at(now));
+        let decision = analysis.weigh(decision, std::time::Duration::from_secs(now as u64));
+        r.decide(moment, step, policy.consecutive, &decision);
+        decision
+    };
     let read = |r: &mut NodeRecord, moment, step, now: i64, rows: Vec<LossRow>| {
         let decision = gate::judge(&t, GateScope::All, None, &rows, vec![], vec![], at(now));
         r.read(moment, step, decision, &rows);
@@ -143,13 +154,11 @@ pub fn node_record(node: &str, start: i64, faulted: bool) -> (NodeRecord, i64) {
         }
         now += seconds;
         match step {
-            Step::Baseline => read(
-                &mut r,
-                Moment::Before,
-                step,
-                now,
-                rows(node, Overlay::Legacy, clean),
-            ),
+            Step::Baseline => {
+                let clean = rows(node, Overlay::Legacy, clean);
+                let decision = weigh(&mut r, Moment::Before, step, now, &clean);
+                r.read(Moment::Before, step, decision, &clean);
+            }
             Step::Drain | Step::RestartCilium | Step::RestartLegacy => {
                 let lost = |from: &str, _: &str, s: Signal| {
                     u64::from(from == node && s == Signal::Delivery) * 8
@@ -163,13 +172,18 @@ pub fn node_record(node: &str, start: i64, faulted: bool) -> (NodeRecord, i64) {
                     _ => 0,
                 };
                 let breach = rows(node, overlay, lost);
-                let decision =
-                    gate::judge(&t, GateScope::All, None, &breach, vec![], vec![], at(now));
+                // Pending at the first window, closed at the second.
+                weigh(&mut r, Moment::After, step, now - 12, &breach);
+                let decision = weigh(&mut r, Moment::After, step, now, &breach);
                 r.end(step, &at(now), "breach", decision.reasons().join("\n"));
                 r.read(Moment::After, step, decision, &breach);
                 return (r, now);
             }
-            Step::Soak => read(&mut r, Moment::After, step, now, rows(node, overlay, clean)),
+            Step::Soak => {
+                let clean = rows(node, overlay, clean);
+                let decision = weigh(&mut r, Moment::After, step, now, &clean);
+                r.read(Moment::After, step, decision, &clean);
+            }
             _ => {}
         }
         let detail = match step {

@@ -454,6 +454,36 @@ fn node_details(out: &mut String, report: &Report, r: &NodeRecord) {
         );
     }
     out.push_str("</table>");
+    let gate = Report::gate_lines(r);
+    if !gate.is_empty() {
+        let _ = write!(
+            out,
+            "<h3>Gate decisions ({}{})</h3><table><tr><th>at</th><th>step</th><th>verdict</th>\
+             <th>on what</th></tr>",
+            gate.len(),
+            if r.gate_left_out > 0 {
+                format!(", {} more left out of the record", r.gate_left_out)
+            } else {
+                String::new()
+            }
+        );
+        for line in gate {
+            let class = match line.verdict {
+                super::GateVerdict::Pass => "ok",
+                super::GateVerdict::Pending => "",
+                super::GateVerdict::Halt => "bad",
+            };
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
+                esc(&line.at),
+                line.step,
+                line.verdict.word(),
+                esc(&line.detail)
+            );
+        }
+        out.push_str("</table>");
+    }
     if !r.readings.is_empty() {
         out.push_str(
             "<h3>Readings</h3><table><tr><th>at</th><th>when</th><th>gate</th><th>what it saw</th></tr>",

@@ -134,6 +134,29 @@ fn node_section(out: &mut String, report: &Report, r: &NodeRecord) {
             }
         }
     }
+    let gate = Report::gate_lines(r);
+    if !gate.is_empty() {
+        let left_out = if r.gate_left_out > 0 {
+            format!(" ({} more left out of the record)", r.gate_left_out)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "\n### Gate decisions: {}{left_out}\n\n| at | step | verdict | on what |\n|---|---|---|---|",
+            gate.len()
+        );
+        for line in gate {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                line.at,
+                line.step,
+                line.verdict.word(),
+                cell(&line.detail)
+            );
+        }
+    }
     if !r.events.is_empty() {
         out.push_str(
             "\n### Events on the node\n\n| at | type | reason | note |\n|---|---|---|---|\n",

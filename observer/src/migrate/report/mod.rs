@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use super::count;
 use super::{
     finish::Leftovers,
-    gate::Decision,
+    gate::{Decision, GateScope, Verdict},
     record::{EventRecord, Moment, NodeRecord, RollbackRecord, StepRecord},
     state::{OnBreach, Phase, State, Step},
 };
@@ -325,14 +325,102 @@ impl Report {
             OnBreach::Halt => "halt, the node left cordoned for a human",
             OnBreach::Rollback => "roll the node back to the legacy CNI, then halt",
         };
+        let p = &s.policy;
+        let held = match p.consecutive {
+            1 => "at the first reading over it".to_string(),
+            n => format!("when it holds {n} readings in a row, each over a window of its own"),
+        };
+        let ceiling = p
+            .ceiling
+            .map(|c| format!(", or at once at {}", percent(c)))
+            .unwrap_or_default();
+        let scope = match p.scope {
+            GateScope::All => "every node pair",
+            GateScope::Node => "the pairs of the node under migration",
+        };
         format!(
-            "loss at most {} for every signal{overrides}, judged on rows of at least {} packets; \
-             baseline {}, soak {}; on breach: {on_breach}",
+            "loss at most {} for every signal{overrides}, judged on rows of at least {} packets \
+             ({scope}; crossover's own host-to-host TCP never judged); the gate closes {held}\
+             {ceiling}; baseline {}, soak {}; on breach: {on_breach}",
             percent(t.default),
             t.min_sent,
             human(s.baseline_seconds as i64),
             human(s.soak_seconds as i64),
         )
+    }
+
+    /// Every gate decision the node's record kept, as lines for a table:
+    /// when, at which step, the verdict, and what it rests on.
+    pub fn gate_lines(r: &NodeRecord) -> Vec<GateLine> {
+        r.gate
+            .iter()
+            .map(|entry| {
+                let d = &entry.decision;
+                let verdict = match (d.verdict, d.passed) {
+                    (Some(Verdict::Halt), _) | (None, false) => GateVerdict::Halt,
+                    (Some(Verdict::Pending), _) => GateVerdict::Pending,
+                    _ => GateVerdict::Pass,
+                };
+                let worst = d.breaches.first();
+                let detail = match (verdict, worst) {
+                    (GateVerdict::Pass, _) | (_, None) => format!(
+                        "{} judged{}",
+                        count(d.judged, "row"),
+                        d.worst
+                            .iter()
+                            .max_by(|a, b| a.1.total_cmp(b.1))
+                            .map(|(signal, ratio)| format!(", worst {signal} {}", percent(*ratio)))
+                            .unwrap_or_default()
+                    ),
+                    (_, Some(b)) => {
+                        let why = if b.over_ceiling {
+                            "at or over the ceiling".to_string()
+                        } else {
+                            format!("held {} of {}", b.held.max(1), entry.consecutive.max(1))
+                        };
+                        let more = d.breaches.len() - 1 + d.more_breaches;
+                        let more = if more > 0 {
+                            format!("; {more} more")
+                        } else {
+                            String::new()
+                        };
+                        format!("{b} ({why}){more}")
+                    }
+                };
+                GateLine {
+                    at: d.at.clone(),
+                    step: entry.step,
+                    verdict,
+                    detail,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One gate decision, for the report's tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateLine {
+    pub at: String,
+    pub step: Step,
+    pub verdict: GateVerdict,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateVerdict {
+    Pass,
+    Pending,
+    Halt,
+}
+
+impl GateVerdict {
+    pub fn word(self) -> &'static str {
+        match self {
+            GateVerdict::Pass => "pass",
+            GateVerdict::Pending => "pending",
+            GateVerdict::Halt => "halt",
+        }
     }
 }
 
@@ -415,9 +503,41 @@ mod tests {
         );
         assert!(line.contains("on breach: halt,"), "{line}");
         assert!(line.contains("soak 30s"), "{line}");
+        assert!(
+            line.contains(
+                "the gate closes when it holds 2 readings in a row, each over a window of its own, or at once at 10.00%"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("(every node pair; crossover's own host-to-host TCP never judged)"),
+            "{line}"
+        );
         assert!(!line.contains("()"), "{line}");
         assert_eq!(count(1, "reading"), "1 reading");
         assert_eq!(count(2, "pod"), "2 pods");
+    }
+
+    #[test]
+    fn every_gate_decision_is_in_the_report_with_what_it_rests_on() {
+        let report = fixtures::halted_migration();
+        let halted = report
+            .records
+            .iter()
+            .find(|r| r.steps.iter().any(|s| s.outcome == "breach"))
+            .expect("a node whose soak closed the gate");
+        let lines = Report::gate_lines(halted);
+        let verdicts: Vec<&str> = lines.iter().map(|l| l.verdict.word()).collect();
+        assert_eq!(verdicts, ["pass", "pending", "halt"], "{lines:#?}");
+        assert!(lines[0].detail.contains("rows judged"), "{lines:#?}");
+        assert!(lines[1].detail.contains("(held 1 of 2)"), "{lines:#?}");
+        assert!(lines[2].detail.contains("(held 2 of 2)"), "{lines:#?}");
+        let markdown = report.markdown();
+        assert!(markdown.contains("### Gate decisions: 3"), "{markdown}");
+        assert!(markdown.contains("| soak | pending |"), "{markdown}");
+        let html = report.html();
+        assert!(html.contains("<h3>Gate decisions (3)</h3>"));
+        assert!(html.contains("<td class=\"bad\">halt</td>"));
     }
 
     #[test]
