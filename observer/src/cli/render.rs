@@ -293,7 +293,8 @@ mod tests {
         assert_eq!(listed, 2, "{text}");
         // Columns named as the JSON's fields.
         assert!(
-            text.lines().any(|l| l.starts_with("point ") && l.contains(" retransmits")),
+            text.lines()
+                .any(|l| l.starts_with("point ") && l.contains(" retransmits")),
             "{text}"
         );
         assert!(!table(&all, &shape, 0).contains("more not shown"));
