@@ -229,21 +229,17 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// One `BPF_MAP_LOOKUP_BATCH` call of a hash map from bucket `from` (the
-/// start when `None`): at most `chunk` entries handed to `each`, and the
-/// bucket to go on from, `None` at the end. The token is a bucket index:
-/// entries added or deleted meanwhile never make a page repeat or skip
-/// the others.
-pub(crate) fn lookup_batch_page<K: Pod, V: Pod>(
+/// One `BPF_MAP_LOOKUP_BATCH` call from bucket `from` (the start when
+/// `None`) into `keys` and `values` (`values.len() / keys.len()` a key, one
+/// per CPU): how many entries the kernel copied (it says so also on
+/// ENOENT), and the bucket to go on from, `None` at the end.
+fn batch_call<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
-    chunk: u32,
+    keys: &mut [MaybeUninit<K>],
+    values: &mut [V],
     from: Option<u32>,
-    mut each: impl FnMut(&K, &V),
-) -> io::Result<Option<u32>> {
-    let chunk = chunk.max(1) as usize;
-    let mut keys: Vec<MaybeUninit<K>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
-    // SAFETY: V is Pod: every byte pattern, zeroes included, is a value.
-    let mut values: Vec<V> = (0..chunk).map(|_| unsafe { std::mem::zeroed() }).collect();
+) -> (usize, io::Result<Option<u32>>) {
+    // The hash map's batch token is a bucket index (u32); 8 bytes to spare.
     let mut token_in = u64::from(from.unwrap_or(0));
     let mut token_out = 0u64;
     let mut attr = Attr::new(BatchAttr {
@@ -255,22 +251,49 @@ pub(crate) fn lookup_batch_page<K: Pod, V: Pod>(
         out_batch: &raw mut token_out as u64,
         keys: keys.as_mut_ptr() as u64,
         values: values.as_mut_ptr() as u64,
-        count: chunk as u32,
+        count: keys.len() as u32,
         map_fd: map.as_raw_fd() as u32,
         elem_flags: 0,
         flags: 0,
     });
     let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-    let done = attr.read::<BatchAttr>().count as usize;
-    for i in 0..done.min(chunk) {
-        // SAFETY: the kernel filled the first `done` keys.
-        each(unsafe { keys[i].assume_init_ref() }, &values[i]);
-    }
-    match result {
+    let done = (attr.read::<BatchAttr>().count as usize).min(keys.len());
+    let next = match result {
         Ok(_) => Ok(Some(token_out as u32)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
+    };
+    (done, next)
+}
+
+/// `chunk` zeroed keys and `chunk * cpus` zeroed values for [`batch_call`].
+fn batch_buffers<K: Pod, V: Pod>(chunk: usize, cpus: usize) -> (Vec<MaybeUninit<K>>, Vec<V>) {
+    let keys = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
+    // SAFETY: V is Pod: every byte pattern, zeroes included, is a value.
+    let values = (0..chunk * cpus)
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    (keys, values)
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call of a hash map from bucket `from` (the
+/// start when `None`): at most `chunk` entries handed to `each`, and the
+/// bucket to go on from, `None` at the end. The token is a bucket index:
+/// entries added or deleted meanwhile never make a page repeat or skip
+/// the others.
+pub(crate) fn lookup_batch_page<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    chunk: u32,
+    from: Option<u32>,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<Option<u32>> {
+    let (mut keys, mut values) = batch_buffers::<K, V>(chunk.max(1) as usize, 1);
+    let (done, next) = batch_call(map, &mut keys, &mut values, from);
+    for i in 0..done {
+        // SAFETY: the kernel filled the first `done` keys.
+        each(unsafe { keys[i].assume_init_ref() }, &values[i]);
     }
+    next
 }
 
 /// The same for a per-CPU map (array or hash) on `cpus` possible CPUs:
@@ -287,44 +310,21 @@ pub(crate) fn lookup_batch_per_cpu<K: Pod, V: Pod>(
         cpus == 1 || size_of::<V>().is_multiple_of(8),
         "per-CPU values are 8-byte strided"
     );
-    let chunk = chunk.max(1) as usize;
     let cpus = cpus.max(1);
-    let mut keys: Vec<MaybeUninit<K>> = (0..chunk).map(|_| MaybeUninit::zeroed()).collect();
-    // SAFETY: V is Pod: every byte pattern, zeroes included, is a value.
-    let mut values: Vec<V> = (0..chunk * cpus)
-        .map(|_| unsafe { std::mem::zeroed() })
-        .collect();
-    // The hash map's batch token is a bucket index (u32); 8 bytes to spare.
-    let mut token_in = 0u64;
-    let mut token_out = 0u64;
-    let mut first = true;
+    let (mut keys, mut values) = batch_buffers::<K, V>(chunk.max(1) as usize, cpus);
+    let mut from = None;
     loop {
-        let mut attr = Attr::new(BatchAttr {
-            in_batch: if first { 0 } else { &raw mut token_in as u64 },
-            out_batch: &raw mut token_out as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: map.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        });
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // The kernel writes back how many entries it copied, also on ENOENT.
-        let done = attr.read::<BatchAttr>().count as usize;
-        for i in 0..done.min(chunk) {
+        let (done, next) = batch_call(map, &mut keys, &mut values, from);
+        for i in 0..done {
             // SAFETY: the kernel filled the first `done` keys.
             let key = unsafe { keys[i].assume_init_ref() };
             if !each(key, &values[i * cpus..(i + 1) * cpus]) {
                 return Ok(());
             }
         }
-        match result {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => return Err(e),
+        match next? {
+            Some(bucket) => from = Some(bucket),
+            None => return Ok(()),
         }
-        token_in = token_out;
-        first = false;
     }
 }
