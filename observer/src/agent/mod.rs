@@ -16,7 +16,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
     time::Duration,
 };
 
@@ -365,26 +365,29 @@ impl State {
             self.count(&err);
             Vec::new()
         });
-        if let Some(departed) = &self.departed_nat {
-            let mut departed = departed.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(err) = departed.drain(crate::datapath::monotonic_ns()) {
-                self.count(&err);
-            }
+        if let Some(departed) = self.drained_departed_nat() {
             entries.extend(departed.entries().copied());
         }
         Ok(entries)
     }
 
-    /// Takes conntrack's destroy announcements queued since the last call.
-    fn drain_departed_nat(&self) {
-        if let Some(departed) = &self.departed_nat
-            && let Err(err) = departed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(crate::datapath::monotonic_ns())
-        {
+    /// The departed-NAT log (when there is one) with conntrack's destroy
+    /// announcements queued since the last call taken in.
+    fn drained_departed_nat(&self) -> Option<MutexGuard<'_, conntrack::DepartedNat>> {
+        let mut log = self
+            .departed_nat
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = log.drain(crate::datapath::monotonic_ns()) {
             self.count(&err);
         }
+        Some(log)
+    }
+
+    /// Takes conntrack's destroy announcements queued since the last call.
+    fn drain_departed_nat(&self) {
+        drop(self.drained_departed_nat());
     }
 
     /// What the departed-NAT log kept and missed, if there is one.
