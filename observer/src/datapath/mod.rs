@@ -412,14 +412,26 @@ impl Observer {
     /// maps themselves go when this Observer is dropped.
     pub fn uninstall(&mut self) -> Result<Uninstalled> {
         let mut done = Uninstalled::default();
+        // The links we hold are unpinned and closed by detach_all; the
+        // kernel releases them from a workqueue, so their ids are kept to
+        // wait for, as for the pins found below.
+        let mut releasing = Vec::new();
         for (iface, attachment) in &self.attached {
             for (name, held) in &attachment.links {
-                if let Held::Pinned { .. } = held {
+                if let Held::Pinned { link, .. } = held {
                     done.links.push(format!("{iface}/{name}"));
+                    match link.info() {
+                        Ok(info) => releasing.push(pin::Releasing {
+                            id: info.id(),
+                            what: format!("{iface} ({name})"),
+                        }),
+                        Err(err) => eprintln!("crossover: reading link {iface}/{name}: {err}"),
+                    }
                 }
             }
         }
         self.detach_all();
+        pin::wait_released(&releasing)?;
         if let Some(pins) = &self.pins {
             let rest = pin::uninstall_in(pins)?;
             done.links.extend(rest.links);

@@ -487,7 +487,14 @@ pub(crate) fn uninstall_in(pins: &PinDir) -> Result<Uninstalled> {
         done.links
             .push(format!("{}/{}-{}", link.iface, link.hook, link.direction));
     }
-    wait_released(&links)?;
+    let releasing: Vec<Releasing> = links
+        .iter()
+        .map(|link| Releasing {
+            id: link.id,
+            what: format!("{} ({}-{})", link.iface, link.hook, link.direction),
+        })
+        .collect();
+    wait_released(&releasing)?;
     for entry in fs::read_dir(pins.maps()).map_err(|e| Error::io("listing pinned maps", e))? {
         let entry = entry.map_err(|e| Error::io("listing pinned maps", e))?;
         fs::remove_file(entry.path())
@@ -503,11 +510,19 @@ pub(crate) fn uninstall_in(pins: &PinDir) -> Result<Uninstalled> {
 /// releases it from a workqueue, normally within milliseconds.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// A link whose pin was removed and whose last fd is closed (or about to
+/// be): the kernel's id and where it was attached, for the error.
+pub(crate) struct Releasing {
+    pub id: u32,
+    pub what: String,
+}
+
 /// Returns once every unpinned link is gone from its interface, so that
-/// `crossover uninstall` returning means the programs no longer run. A link
-/// still there after [`RELEASE_WAIT`] is held by another process's fd
-/// (bpftool, a debugger): named in the error.
-fn wait_released(links: &[FoundLink]) -> Result<()> {
+/// `crossover uninstall` (and an agent leaving with `--detach-on-exit`)
+/// returning means the programs no longer run. A link still there after
+/// [`RELEASE_WAIT`] is held by another process's fd (bpftool, a
+/// debugger): named in the error.
+pub(crate) fn wait_released(links: &[Releasing]) -> Result<()> {
     let deadline = Instant::now() + RELEASE_WAIT;
     for link in links {
         loop {
@@ -519,10 +534,7 @@ fn wait_released(links: &[FoundLink]) -> Result<()> {
             }
             if Instant::now() >= deadline {
                 return Err(Error::io(
-                    format!(
-                        "link {} on {} ({}-{})",
-                        link.id, link.iface, link.hook, link.direction
-                    ),
+                    format!("link {} on {}", link.id, link.what),
                     io::Error::other(format!(
                         "still attached {}s after its pin was removed: another process holds it open",
                         RELEASE_WAIT.as_secs()
