@@ -271,11 +271,15 @@ wire_enum! {
         PeerMapFull = 27 => "peer_map_full",
         /// A handshake was not tracked: the HANDSHAKES map was full.
         HandshakeMapFull = 28 => "handshake_map_full",
+        /// An underlay packet of crossover's own control traffic
+        /// ([`Config::control_port`]) whose TCP events were left out of
+        /// the peer counters (the packet itself counts towards delivery).
+        Control = 29 => "control",
     }
 }
 
 /// Number of [`Counter`] slots; the COUNTERS map has exactly this many.
-pub const COUNTER_SLOTS: u32 = 29;
+pub const COUNTER_SLOTS: u32 = 30;
 
 /// One encapsulation port: which overlay uses it and how it is framed.
 #[repr(C)]
@@ -303,7 +307,14 @@ pub struct Config {
     /// (IPv4 protocol 4); [`Overlay::None`] when none does, and protocol 4
     /// is then left out like any other non-cluster protocol.
     pub ipip_overlay: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// TCP port of crossover's own control connections (the agents' API,
+    /// host byte order; 0: none). A flow with it at either end is marked
+    /// [`FlowStats::control`] when first seen: its packets count towards
+    /// delivery, its TCP events (handshakes, segments, retransmits) are
+    /// left out of the peer counters and counted as [`Counter::Control`],
+    /// so the gate never judges the traffic of its own readings.
+    pub control_port: u16,
 }
 
 /// Value of an [`ADDRS`](map::ADDRS) entry.
@@ -382,7 +393,11 @@ pub struct FlowStats {
     pub snat: u8,
     /// OR of every TCP flag byte seen.
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// 1 for crossover's own control traffic ([`Config::control_port`]):
+    /// the flow is counted as usual, its TCP events stay out of the peer
+    /// counters.
+    pub control: u8,
+    pub _pad: [u8; 2],
     /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction,
     /// networks) on the underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
     /// slot (its packets go straight to the PEERS hash).

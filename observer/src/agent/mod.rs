@@ -499,6 +499,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         pin_path: args.pin_path.clone(),
+        // Readers of this API (the driver, `crossover loss`, Prometheus)
+        // connect to this port on every node: never judged.
+        control_port: args.listen.port(),
         ..LoadOptions::default()
     };
     let session = Session::open(

@@ -77,6 +77,10 @@ pub struct LoadOptions {
     /// process counts on where this one stopped (docs/restarts.md).
     /// `None`: nothing outlives the process.
     pub pin_path: Option<PathBuf>,
+    /// TCP port of crossover's own control connections (the agent's API):
+    /// their TCP events stay out of the peer counters, so the gate never
+    /// judges its own readings (`Config::control_port`). 0: none.
+    pub control_port: u16,
 }
 
 impl Default for LoadOptions {
@@ -90,6 +94,7 @@ impl Default for LoadOptions {
             attach_mode: AttachMode::Auto,
             netns: None,
             pin_path: None,
+            control_port: 0,
         }
     }
 }
@@ -279,7 +284,10 @@ impl Observer {
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
         self.tick()?;
-        let config = shape.kernel_config()?;
+        let config = observer_ebpf::Config {
+            control_port: self.options.control_port,
+            ..shape.kernel_config()?
+        };
         let mut array: Array<&mut MapData, observer_ebpf::Config> =
             map_mut(&mut self.ebpf, map::CONFIG)?;
         array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
@@ -423,6 +431,8 @@ impl Observer {
                     match link.info() {
                         Ok(info) => releasing.push(pin::Releasing {
                             id: info.id(),
+                            program: info.program_id(),
+                            iface: iface.clone(),
                             what: format!("{iface} ({name})"),
                         }),
                         Err(err) => eprintln!("crossover: reading link {iface}/{name}: {err}"),
@@ -431,7 +441,10 @@ impl Observer {
             }
         }
         self.detach_all();
-        pin::wait_released(&releasing)?;
+        {
+            let _ns = self.enter_netns()?;
+            pin::wait_released(&releasing)?;
+        }
         if let Some(pins) = &self.pins {
             let rest = pin::uninstall_in(pins)?;
             done.links.extend(rest.links);

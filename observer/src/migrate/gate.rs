@@ -26,15 +26,12 @@ pub enum GateScope {
 
 /// Whether a row is crossover's own control traffic, never judged: TCP
 /// handshakes and retransmits between two nodes' host addresses on the
-/// plain underlay (overlay `none`, host to host). That is where the
-/// agents' API (readers, the driver, `crossover loss` on the host
-/// network), their watches of the API server and the driver's own
-/// requests travel. The datapath counts TCP events per peer and network
-/// pair, not per port, so this row also holds every other host-network
-/// TCP connection between nodes (kubelets to the API server, etcd): none
-/// of it crosses a pod network, which is what a CNI migration changes.
-/// Judged still: delivery on that row (packets lost on the underlay), and
-/// every probe (a signal of its own, on the overlays and to probe pods).
+/// plain underlay (overlay `none`, host to host). A guard: the datapath
+/// keeps host-to-host traffic out of the peer counters, and the agents'
+/// port out of the TCP signals wherever it comes from
+/// (`Config::control_port`, docs/migrate.md); a row like this from another
+/// source (Prometheus, an older agent) is left out all the same.
+/// Judged still: delivery on that row, and every probe.
 pub fn is_control_traffic(row: &LossRow) -> bool {
     matches!(row.signal, Signal::Handshake | Signal::Retransmit)
         && row.overlay == Overlay::None
