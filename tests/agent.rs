@@ -680,3 +680,85 @@ fn connections_on_the_agents_port_are_not_judged() {
         control(&after)
     );
 }
+
+/// A node whose underlay hook runs behind a program crossover cannot get in
+/// front of (netlink mode, a classic-BPF filter holding priority 1 for
+/// another protocol) is blind there: its agent is not ready and refuses
+/// readings, naming the hook, so `crossover loss` reports the node failed
+/// rather than its counts, while the other node reads as usual.
+#[test]
+fn a_blind_underlay_is_unready_and_refuses_readings() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        name: unique("b"),
+        nodes: 2,
+        migrated: 0,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let cp = lab.node_ns("control-plane");
+    let tc = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &cp, "tc"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    tc(&["qdisc", "add", "dev", "eth0", "clsact"]);
+    tc(&[
+        "filter",
+        "add",
+        "dev",
+        "eth0",
+        "egress",
+        "prio",
+        "1",
+        "protocol",
+        "ip",
+        "bpf",
+        "da",
+        "bytecode",
+        "1,6 0 0 0,",
+    ]);
+    let agents = Agents::spawn_all(&lab, &["--attach-mode", "netlink"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        let (status, body) = http_get(&cp, &format!("{}/readyz", agents.urls[0]));
+        if status == 503 && body.contains("blind") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never unready for blindness: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(why.contains("eth0 egress"), "{why}");
+    // worker-1 sees first and is ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&cp, &format!("{}/readyz", agents.urls[1])).0 != 200 {
+        assert!(Instant::now() < deadline, "worker-1 never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let out = Command::new("ip")
+        .args(["netns", "exec", &cp, CROSSOVER, "loss", "-o", "json"])
+        .args(["--agent", &agents.urls[0], "--agent", &agents.urls[1]])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("underlay hook blind (eth0 egress"),
+        "the reader names the blind hook: {text}"
+    );
+}

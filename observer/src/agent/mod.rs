@@ -421,6 +421,9 @@ impl State {
         if !observer.attached().any(|(_, hook)| hook == Hook::Underlay) {
             return Some("not attached to an underlay interface".into());
         }
+        if let Some(blind) = blind_underlay(observer.order()) {
+            return Some(blind);
+        }
         if let Some(cluster) = &self.cluster
             && !cluster.synced()
         {
@@ -428,6 +431,25 @@ impl State {
         }
         None
     }
+}
+
+/// Why this node's readings cannot be trusted, when a program runs before
+/// ours on an underlay hook (docs/hooks.md): what it drops or redirects
+/// never reaches our counters, so a reading would report as delivered, or
+/// as never sent, what the wire never saw. `None` when every underlay hook
+/// sees first.
+pub(crate) fn blind_underlay(order: &[crate::datapath::HookOrder]) -> Option<String> {
+    let blind: Vec<String> = order
+        .iter()
+        .filter(|o| o.hook == Hook::Underlay && o.placement == crate::datapath::Placement::Blind)
+        .map(|o| format!("{} {} behind programs {:?}", o.iface, o.direction, o.ahead))
+        .collect();
+    (!blind.is_empty()).then(|| {
+        format!(
+            "underlay hook blind ({}): another program runs before crossover's and may drop or redirect what it never sees; no reading is served from here",
+            blind.join(", ")
+        )
+    })
 }
 
 /// Where the cluster's shape comes from.
