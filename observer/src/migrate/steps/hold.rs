@@ -35,7 +35,7 @@ async fn hold(
     record: &mut NodeRecord,
 ) -> Result<Outcome> {
     let policy = ctx.settings.policy;
-    let window = ctx.options.read.window;
+    let window = ctx.window();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let extended = deadline + window * policy.consecutive + ctx.options.gate_interval;
@@ -114,11 +114,11 @@ fn progress(decision: &Decision, consecutive: u32) -> String {
     }
 }
 
-/// Waits one agent window, so that what is judged next was measured
-/// after this moment: after a node's changes, or after a fault was fixed
-/// and the migration resumed.
+/// Waits one window (and, from Prometheus, an evaluation of the rules),
+/// so that what is judged next was measured after this moment: after a
+/// node's changes, or after a fault was fixed and the migration resumed.
 async fn settle(ctx: &Context) -> Result<()> {
-    let until = Instant::now() + ctx.options.read.window.min(Duration::from_secs(600));
+    let until = Instant::now() + ctx.settle_time().min(Duration::from_secs(600));
     while Instant::now() < until {
         ctx.check_lease()?;
         tokio::time::sleep(ctx.options.poll.min(until - Instant::now())).await;
