@@ -10,22 +10,16 @@ use std::{
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER, PORT},
-    lab::{Fault, Lab, LabSpec, Overlay, exec::run, plan, traffic},
+    agents::{Agents, CROSSOVER},
+    lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
     prometheus::{
-        Server, dashboard_queries, dashboard_variable_metrics, manifests_dir, metric_names,
-        promtool, recorded_names, write_rules_file,
+        PROMETHEUS_PORT, Server, dashboard_queries, dashboard_variable_metrics, metric_names,
+        promtool, recorded_names, servicemonitor_target_labels, write_rules_file,
     },
     require_root,
 };
 use serde_json::Value;
-
-/// Prometheus' address on the lab's underlay bridge: it reaches every
-/// node's `eth0` directly, and to the agents it is no node, so its scrapes
-/// are no node pair's traffic.
-const PROMETHEUS_ADDR: &str = "172.18.255.254";
-const PROMETHEUS_PORT: u16 = 9090;
 
 fn temp_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(prefix));
@@ -64,48 +58,6 @@ fn shipped_rules_pass_promtool_check_and_unit_tests() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The target labels the shipped ServiceMonitor gives a node's agent: its
-/// relabelings from the pod's node name (the rest is the Operator's).
-fn servicemonitor_target_labels(node: &str) -> BTreeMap<String, String> {
-    let path = manifests_dir().join("monitoring/servicemonitor.yaml");
-    let sm: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut labels = BTreeMap::new();
-    for endpoint in sm["spec"]["endpoints"].as_array().unwrap() {
-        for r in endpoint["relabelings"].as_array().into_iter().flatten() {
-            assert_eq!(
-                r["sourceLabels"],
-                serde_json::json!(["__meta_kubernetes_pod_node_name"]),
-                "a relabeling this test does not emulate: {r}"
-            );
-            let target = r["targetLabel"].as_str().unwrap();
-            labels.insert(target.to_owned(), node.to_owned());
-        }
-    }
-    labels
-}
-
-/// Scrapes every agent each second (labelled as the ServiceMonitor labels
-/// it), evaluates the rules each second.
-fn config(lab: &Lab) -> String {
-    let targets: Vec<Value> = lab
-        .nodes()
-        .enumerate()
-        .map(|(j, node)| {
-            serde_json::json!({
-                "targets": [format!("{}:{PORT}", plan::underlay_addr(j))],
-                "labels": servicemonitor_target_labels(&node.name),
-            })
-        })
-        .collect();
-    // JSON is YAML.
-    serde_json::json!({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["crossover.rules.yml"],
-        "scrape_configs": [{"job_name": "crossover-agent", "static_configs": targets}],
-    })
-    .to_string()
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,20 +81,9 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
     .unwrap()
     .remove_on_drop();
     let agents = Agents::start(&lab);
-    run(&[
-        "ip",
-        "-n",
-        &lab.underlay_ns(),
-        "addr",
-        "add",
-        &format!("{PROMETHEUS_ADDR}/16"),
-        "dev",
-        "underlay",
-    ])
-    .unwrap();
     let dir = temp_dir("prometheus");
     write_rules_file(&dir);
-    let server = Server::start(&lab.underlay_ns(), &dir, &config(&lab), PROMETHEUS_PORT).unwrap();
+    let server = Server::on_lab(&lab, &dir).unwrap();
 
     // 5% of control-plane's packets to worker-1 (migrated) on the Cilium
     // overlay, from before the traffic to after the reading.
