@@ -159,7 +159,16 @@ impl Server {
     /// already written into `dir`.
     pub fn on_lab(lab: &Lab, dir: &Path) -> Result<Server> {
         let cidr = format!("{PROMETHEUS_ADDR}/16");
-        run(&["ip", "-n", &lab.underlay_ns(), "addr", "add", &cidr, "dev", "underlay"])?;
+        run(&[
+            "ip",
+            "-n",
+            &lab.underlay_ns(),
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            "underlay",
+        ])?;
         Server::start(&lab.underlay_ns(), dir, &lab_config(lab), PROMETHEUS_PORT)
     }
 

@@ -144,9 +144,11 @@ async fn api<T: DeserializeOwned>(client: &Client, url: &str, path: &str, what: 
     if answer.status != "success" {
         return Err(fail(format!("{path}: {}", answer.error)));
     }
-    answer
-        .data
-        .ok_or_else(|| fail(format!("{path}: a success without data: is this Prometheus?")))
+    answer.data.ok_or_else(|| {
+        fail(format!(
+            "{path}: a success without data: is this Prometheus?"
+        ))
+    })
 }
 
 /// One instant query at `at_ms` (Unix ms): its samples.
@@ -183,9 +185,8 @@ pub async fn records(client: &Client, url: &str, now: SystemTime) -> Result<Reco
             let Some(suffix) = rule.name.strip_prefix(SENT) else {
                 continue;
             };
-            let window = humantime::parse_duration(suffix).map_err(|e| {
-                fail(format!("record {}: its window {suffix:?}: {e}", rule.name))
-            })?;
+            let window = humantime::parse_duration(suffix)
+                .map_err(|e| fail(format!("record {}: its window {suffix:?}: {e}", rule.name)))?;
             if found.as_ref().is_none_or(|(_, w, _)| window < *w) {
                 found = Some((group, window, suffix.to_owned()));
             }
@@ -205,7 +206,11 @@ pub async fn records(client: &Client, url: &str, now: SystemTime) -> Result<Reco
             group.name
         )));
     }
-    for rule in group.rules.iter().filter(|r| r.name == sent || r.name == lost) {
+    for rule in group
+        .rules
+        .iter()
+        .filter(|r| r.name == sent || r.name == lost)
+    {
         if rule.health != "ok" {
             return Err(fail(format!(
                 "rule {} of group {} is {:?}{}",
@@ -434,7 +439,10 @@ pub async fn read_records(
             sent_and_lost(client, url, to, exprs, &mut requests).await?,
         ));
         for node in &options.focus {
-            if !found.iter().any(|r| r.node == *node || r.peer_node == *node) {
+            if !found
+                .iter()
+                .any(|r| r.node == *node || r.peer_node == *node)
+            {
                 reading.failed.push(missing(format!(
                     "no record of node {node}'s pairs: its agent is not scraped, or its series \
                      are younger than two record windows"
@@ -482,11 +490,12 @@ pub async fn read_records(
     // another job, or not at all.
     if !options.expect.is_empty() {
         requests += 1;
-        let scraped: BTreeSet<String> = query(client, url, "group by (node) (crossover_build_info)", to)
-            .await?
-            .into_iter()
-            .filter_map(|s| s.metric.get("node").cloned())
-            .collect();
+        let scraped: BTreeSet<String> =
+            query(client, url, "group by (node) (crossover_build_info)", to)
+                .await?
+                .into_iter()
+                .filter_map(|s| s.metric.get("node").cloned())
+                .collect();
         for node in options.expect.iter().filter(|n| !scraped.contains(*n)) {
             reading.failed.push(missing(format!(
                 "no series of node {node}'s agent: Prometheus does not scrape it"

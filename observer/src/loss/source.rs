@@ -94,6 +94,9 @@ mod tests {
         // Kept in records by name.
         let json = serde_json::to_string(&Source::Prometheus("http://p:9090".into())).unwrap();
         assert_eq!(json, r#"{"prometheus":"http://p:9090"}"#);
-        assert_eq!(serde_json::to_string(&Source::Agents).unwrap(), "\"agents\"");
+        assert_eq!(
+            serde_json::to_string(&Source::Agents).unwrap(),
+            "\"agents\""
+        );
     }
 }

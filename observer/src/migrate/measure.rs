@@ -84,7 +84,9 @@ impl Context {
     /// windows of Prometheus.
     pub fn window(&self) -> Duration {
         match self.records.get() {
-            Some(r) if !self.options.source.is_agents() => r.reading_window(self.options.read.window),
+            Some(r) if !self.options.source.is_agents() => {
+                r.reading_window(self.options.read.window)
+            }
             _ => self.options.read.window,
         }
     }

@@ -28,6 +28,7 @@ pub use args::{MigrateArgs, MigrateCommand, ReportArgs};
 use context::{Context, now};
 use lease::Lease;
 use state::{Phase, State};
+pub use store::decode_state;
 use store::{Store, kube_err};
 
 use crate::{Error, Result};

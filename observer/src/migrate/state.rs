@@ -5,7 +5,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{analysis::Policy, gate::Thresholds, plan::Plan};
+use super::{
+    analysis::Policy,
+    gate::{Thresholds, Verdict},
+    plan::Plan,
+};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -108,6 +112,67 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// Its name, as the state and the agents' metrics write it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Halted { .. } => "halted",
+            Phase::Aborted { .. } => "aborted",
+            Phase::Done { .. } => "done",
+        }
+    }
+
+    pub const LABELS: [&'static str; 4] = ["running", "halted", "aborted", "done"];
+}
+
+/// The gate's decisions, by verdict: counted by the node's record as they
+/// are taken, added to the state's when the step ends, and exported by
+/// the agents from there (docs/metrics.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateTally {
+    pub pass: u64,
+    pub pending: u64,
+    pub halt: u64,
+}
+
+impl GateTally {
+    pub fn add(&mut self, verdict: Option<Verdict>) {
+        match verdict {
+            Some(Verdict::Pass) => self.pass += 1,
+            Some(Verdict::Pending) => self.pending += 1,
+            Some(Verdict::Halt) => self.halt += 1,
+            None => {}
+        }
+    }
+
+    /// What `self` counted since it was `before`.
+    pub fn since(self, before: GateTally) -> GateTally {
+        GateTally {
+            pass: self.pass.saturating_sub(before.pass),
+            pending: self.pending.saturating_sub(before.pending),
+            halt: self.halt.saturating_sub(before.halt),
+        }
+    }
+
+    pub fn plus(self, other: GateTally) -> GateTally {
+        GateTally {
+            pass: self.pass + other.pass,
+            pending: self.pending + other.pending,
+            halt: self.halt + other.halt,
+        }
+    }
+
+    /// (verdict, count), every verdict.
+    pub fn by_verdict(self) -> [(&'static str, u64); 3] {
+        [
+            ("pass", self.pass),
+            ("pending", self.pending),
+            ("halt", self.halt),
+        ]
+    }
+}
+
 /// What to do when the gate closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +227,9 @@ pub struct State {
     /// The crossover version that started it.
     #[serde(default)]
     pub crossover_version: Option<String>,
+    /// The gate's decisions over every node so far.
+    #[serde(default)]
+    pub gate: GateTally,
 }
 
 /// `$USER@$HOSTNAME`, or what of it the environment has (a Job in the
@@ -200,6 +268,7 @@ impl State {
             skipped: plan.skipped.clone(),
             started_by: Some(who()),
             crossover_version: Some(env!("CARGO_PKG_VERSION").into()),
+            gate: GateTally::default(),
         }
     }
 

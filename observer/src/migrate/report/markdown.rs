@@ -263,6 +263,10 @@ mod tests {
         );
         // The agents' readings say nothing of where they came from.
         assert_eq!(md.matches("read from").count(), 1, "{md}");
-        assert!(report.html().contains(&format!("read from Prometheus at {url}")));
+        assert!(
+            report
+                .html()
+                .contains(&format!("read from Prometheus at {url}"))
+        );
     }
 }
