@@ -12,13 +12,57 @@ use crossover_tests::{
     kubelab::within,
     lab::{Fault, Overlay},
     migration::{Migrating, RUN, migrating_lab, no_feed_errors, record, state, step_of},
-    prometheus::{Server, write_rules_file_at},
+    netns::http_get,
+    prometheus::{Server, check_documented, dashboard_queries, write_rules_file_at},
     require_root,
 };
 use serde_json::Value;
 
 /// The record window the rules are rendered at.
 const WINDOW: &str = "10s";
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The migration as Prometheus has it from the agents, once every agent
+/// exports `phase`: (agents exporting it, the step at 1 if any, nodes done
+/// and planned, decisions by verdict).
+struct Progress {
+    agents: usize,
+    step: Option<String>,
+    nodes: (f64, f64),
+    decisions: Value,
+}
+
+fn progress(server: &Server, phase: &str, agents: usize) -> Progress {
+    let (p, _) = within(Duration::from_secs(20), &format!("phase {phase}"), || {
+        let now = unix_now();
+        let q = |expr: &str| server.query(expr, now).unwrap();
+        let exporting = q(&format!("crossover_migration_phase{{phase=\"{phase}\"}} == 1")).len();
+        if exporting < agents {
+            return None;
+        }
+        let step = q("max by (step) (crossover_migration_step) == 1")
+            .first()
+            .map(|(s, _)| s["step"].as_str().unwrap().to_owned());
+        let nodes = |p: &str| q(&format!("max(crossover_migration_nodes{{progress=\"{p}\"}})"))[0].1;
+        let mut decisions = serde_json::Map::new();
+        for (s, v) in q("max by (verdict) (crossover_migration_gate_decisions_total)") {
+            decisions.insert(s["verdict"].as_str().unwrap().to_owned(), Value::from(v as u64));
+        }
+        Some(Progress {
+            agents: exporting,
+            step,
+            nodes: (nodes("done"), nodes("planned")),
+            decisions: Value::Object(decisions),
+        })
+    });
+    p
+}
 
 fn failure(out: &std::process::Output) -> String {
     assert!(!out.status.success(), "{out:?}");
@@ -61,6 +105,17 @@ fn the_gate_reads_prometheus_halts_on_the_faulted_node_and_completes() {
         "{said}"
     );
     assert_eq!(state(&kl), Value::Null, "nothing started");
+
+    // An agent with Kubernetes serves the migration's families, each in
+    // the metrics reference; no migration yet.
+    let (status, body) = {
+        let kl = kl.lock().unwrap();
+        http_get(&kl.lab.underlay_ns(), &kl.url(0, "/metrics"))
+    };
+    assert_eq!(status, 200);
+    check_documented(&body);
+    let none = progress(&server, "none", 2);
+    assert_eq!((none.step, none.nodes), (None, (0.0, 0.0)));
 
     // The delivery records exist once a pair's series are two windows old.
     let delivery = format!("crossover:signal_sent:increase{WINDOW}{{signal=\"delivery\"}}");
@@ -132,6 +187,31 @@ fn the_gate_reads_prometheus_halts_on_the_faulted_node_and_completes() {
     assert_eq!(breach["seconds"], 10.0, "{breach:#}");
     assert!(breach["held"].as_u64() >= Some(2), "{breach:#}");
 
+    // Prometheus has the halt from every agent: the step it stopped at,
+    // no node done, the decisions the state counted; the alert fires.
+    let halted_progress = progress(&server, "halted", 2);
+    assert_eq!(halted_progress.agents, 2);
+    assert_eq!(halted_progress.step.as_deref(), Some("soak"));
+    assert_eq!(halted_progress.nodes, (0.0, 2.0));
+    assert_eq!(halted_progress.decisions, halted["gate"], "{halted:#}");
+    assert!(halted["gate"]["halt"] == 1 && halted["gate"]["pass"].as_u64() >= Some(1));
+    // (at the alerts' next evaluation)
+    let alert = r#"ALERTS{alertname="CrossoverMigrationHalted", alertstate="firing"}"#;
+    within(Duration::from_secs(10), "the halted alert", || {
+        let alerts = server.query(alert, unix_now()).unwrap();
+        (alerts.len() == 1).then_some(())
+    });
+    // The dashboard's migration panels show it.
+    for (panel, expr) in dashboard_queries() {
+        let found = server
+            .query(&expr, unix_now())
+            .unwrap_or_else(|e| panic!("panel {panel:?}: {e}"));
+        if panel == "Migration phase" {
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].0["phase"], "halted");
+        }
+    }
+
     // The fault cleared and a window past, resume completes on Prometheus'
     // readings.
     kl.lock().unwrap().lab.clear(fault).unwrap();
@@ -143,7 +223,12 @@ fn the_gate_reads_prometheus_halts_on_the_faulted_node_and_completes() {
         String::from_utf8_lossy(&done.stdout),
         String::from_utf8_lossy(&done.stderr)
     );
-    assert_eq!(state(&kl)["phase"]["phase"], "done");
+    let finished = state(&kl);
+    assert_eq!(finished["phase"]["phase"], "done");
+    let done_progress = progress(&server, "done", 2);
+    assert_eq!(done_progress.step, None);
+    assert_eq!(done_progress.nodes, (2.0, 2.0));
+    assert_eq!(done_progress.decisions, finished["gate"], "{finished:#}");
     let passed = record(&kl, "control-plane")["gate"]
         .as_array()
         .unwrap()

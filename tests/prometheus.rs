@@ -4,7 +4,7 @@
 //! drop counter. The lab test needs root (namespaces, programs in the
 //! kernel); the promtool test does not.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -14,7 +14,7 @@ use crossover_tests::{
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
     prometheus::{
-        PROMETHEUS_PORT, Server, dashboard_queries, dashboard_variable_metrics, metric_names,
+        PROMETHEUS_PORT, Server, check_documented, dashboard_queries, documented, dashboard_variable_metrics, metric_names,
         promtool, recorded_names, servicemonitor_target_labels, write_rules_file,
     },
     require_root,
@@ -250,12 +250,6 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A family of docs/metrics.md's tables: its type and labels.
-struct Documented {
-    kind: String,
-    labels: BTreeSet<String>,
-}
-
 /// `crossover loss --prometheus` over `window`, run where Prometheus is,
 /// for control-plane's rows exactly: its JSON.
 fn loss_from_prometheus(lab: &Lab, window: &str) -> Value {
@@ -277,76 +271,6 @@ fn loss_from_prometheus(lab: &Lab, window: &str) -> Value {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The families of docs/metrics.md's tables, by name.
-fn documented() -> BTreeMap<String, Documented> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut families = BTreeMap::new();
-    for line in text.lines() {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        // | `name` | type | `label`, `label` | what |
-        let Some(name) = cells
-            .get(1)
-            .and_then(|c| c.strip_prefix('`'))
-            .and_then(|c| c.strip_suffix('`'))
-        else {
-            continue;
-        };
-        if !(name.starts_with("crossover_") || name.starts_with("process_")) {
-            continue;
-        }
-        let labels = cells
-            .get(3)
-            .unwrap_or(&"")
-            .split(',')
-            .map(|l| l.trim().trim_matches('`').to_owned())
-            .filter(|l| !l.is_empty() && l != "none")
-            .collect();
-        let kind = cells.get(2).unwrap_or(&"").to_string();
-        families.insert(name.to_owned(), Documented { kind, labels });
-    }
-    families
-}
-
-/// Every family in `exposition` is documented, and its samples carry
-/// only documented labels.
-fn check_documented(exposition: &str) {
-    let docs = documented();
-    let mut kinds = BTreeMap::new();
-    for line in exposition.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap();
-            let doc = docs
-                .get(name)
-                .unwrap_or_else(|| panic!("{name} is not in docs/metrics.md"));
-            assert_eq!(doc.kind, kind, "{name}'s type in docs/metrics.md");
-            kinds.insert(name.to_owned(), kind.to_owned());
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let series = line.split(['{', ' ']).next().unwrap();
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| {
-                    series
-                        .strip_suffix(s)
-                        .filter(|f| kinds.get(*f).is_some_and(|k| k == "histogram"))
-                })
-                .unwrap_or(series);
-            let labels = line
-                .split_once('{')
-                .map(|(_, rest)| rest.rsplit_once('}').unwrap().0)
-                .unwrap_or_default();
-            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
-                let name = pair.split('=').next().unwrap();
-                assert!(
-                    docs[family].labels.contains(name) || name == "le",
-                    "{family}: label {name} is not in docs/metrics.md"
-                );
-            }
-        }
-    }
-    assert!(kinds.len() >= 20, "{kinds:?}");
 }
 
 /// What a dashboard query may select: a family the agent serves (as
@@ -402,6 +326,10 @@ fn dashboard_queries_use_only_served_or_recorded_metrics() {
         "crossover:pair_overlay_loss_ratio:1m",
         "crossover:net_pair_loss_ratio:1m",
         "crossover_node_migrating",
+        "crossover_migration_phase",
+        "crossover_migration_nodes",
+        "crossover_migration_step",
+        "crossover_migration_gate_decisions_total",
         "crossover_newest_tick_timestamp_seconds",
         "up",
     ] {
