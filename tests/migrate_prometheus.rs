@@ -42,17 +42,28 @@ fn progress(server: &Server, phase: &str, agents: usize) -> Progress {
     let (p, _) = within(Duration::from_secs(20), &format!("phase {phase}"), || {
         let now = unix_now();
         let q = |expr: &str| server.query(expr, now).unwrap();
-        let exporting = q(&format!("crossover_migration_phase{{phase=\"{phase}\"}} == 1")).len();
+        let exporting = q(&format!(
+            "crossover_migration_phase{{phase=\"{phase}\"}} == 1"
+        ))
+        .len();
         if exporting < agents {
             return None;
         }
         let step = q("max by (step) (crossover_migration_step) == 1")
             .first()
             .map(|(s, _)| s["step"].as_str().unwrap().to_owned());
-        let nodes = |p: &str| q(&format!("max(crossover_migration_nodes{{progress=\"{p}\"}})"))[0].1;
+        let nodes = |p: &str| {
+            q(&format!(
+                "max(crossover_migration_nodes{{progress=\"{p}\"}})"
+            ))[0]
+                .1
+        };
         let mut decisions = serde_json::Map::new();
         for (s, v) in q("max by (verdict) (crossover_migration_gate_decisions_total)") {
-            decisions.insert(s["verdict"].as_str().unwrap().to_owned(), Value::from(v as u64));
+            decisions.insert(
+                s["verdict"].as_str().unwrap().to_owned(),
+                Value::from(v as u64),
+            );
         }
         Some(Progress {
             agents: exporting,

@@ -11,11 +11,13 @@ use std::{
 
 use crossover_tests::{
     agents::{Agents, CROSSOVER},
+    kubelab::within,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
-    netns::{http_get, unique},
+    netns::{Netns, http_get, unique},
     prometheus::{
-        PROMETHEUS_PORT, Server, check_documented, dashboard_queries, documented, dashboard_variable_metrics, metric_names,
-        promtool, recorded_names, servicemonitor_target_labels, write_rules_file,
+        PROMETHEUS_PORT, Server, check_documented, dashboard_queries, dashboard_variable_metrics,
+        documented, metric_names, promtool, recorded_names, servicemonitor_target_labels,
+        write_rules_file,
     },
     require_root,
 };
@@ -335,6 +337,71 @@ fn dashboard_queries_use_only_served_or_recorded_metrics() {
     ] {
         assert!(used.contains(name), "no panel shows {name}");
     }
+}
+
+/// `crossover loss --prometheus` against `url`, run in `ns`: its exit
+/// status and what it printed (stdout, stderr).
+fn loss_at(ns: &str, url: &str) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, CROSSOVER, "loss", "--prometheus", url])
+        .args(["--node", "n1", "--format", "json"])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A real Prometheus that cannot give a reading: without crossover's
+/// rules it is an error naming them; with them but scraping nothing, the
+/// reading is incomplete (exit status 2) with every reason listed, never
+/// an empty, lossless one. Needs root (a network namespace).
+#[test]
+fn a_prometheus_without_rules_or_agents_gives_no_lossless_reading() {
+    require_root();
+    let ns = Netns::new("pe");
+    let url = format!("http://127.0.0.1:{PROMETHEUS_PORT}");
+    let config = |rules: bool| {
+        serde_json::json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": if rules { vec!["crossover.rules.yml"] } else { vec![] },
+        })
+        .to_string()
+    };
+
+    let dir = temp_dir("norules");
+    let server = Server::start(&ns.name, &dir, &config(false), PROMETHEUS_PORT).unwrap();
+    let (code, _, said) = loss_at(&ns.name, &url);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "Prometheus at {url}: no recording rule crossover:signal_sent:increase<window>"
+        )),
+        "{said}"
+    );
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let dir = temp_dir("notargets");
+    write_rules_file(&dir);
+    let server = Server::start(&ns.name, &dir, &config(true), PROMETHEUS_PORT).unwrap();
+    // Until the group has run once: an error; then, nothing recorded.
+    let ((out, said), _) = within(Duration::from_secs(10), "an evaluated group", || {
+        let (code, out, said) = loss_at(&ns.name, &url);
+        (code == Some(2)).then_some((out, said))
+    });
+    let reading: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{said}"));
+    let failed = reading["failed"].to_string();
+    for why in [
+        "no sample of crossover:signal_sent:increase1m",
+        "no record of node n1's pairs",
+        "no target of job crossover-agent",
+    ] {
+        assert!(failed.contains(why), "{why}: {reading:#}");
+    }
+    assert_eq!(reading["answered"], 0);
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Past `--metrics-peer-detail` nodes an agent sums every peer not under

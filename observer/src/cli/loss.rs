@@ -55,7 +55,8 @@ pub struct LossArgs {
     pub agents: Vec<String>,
     /// Read the shipped recording rules' records from this Prometheus
     /// (base URL, e.g. http://prometheus:9090) instead of the agents:
-    /// whole minutes (--window rounded up), from scrapes (docs/metrics.md).
+    /// whole record windows (--window rounded up: minutes with the shipped
+    /// rules), from scrapes (docs/metrics.md).
     #[arg(long, conflicts_with_all = ["agents", "since_start", "all", "kubeconfig"])]
     pub prometheus: Option<String>,
     /// Kubeconfig file, to find the agents when no --agent is given;
