@@ -258,7 +258,7 @@ mod tests {
             .find(|l| l.contains("read from Prometheus"))
             .unwrap_or_else(|| panic!("{md}"));
         assert!(
-            line.contains(&format!("rows under threshold")) && line.contains(url),
+            line.contains("rows under threshold") && line.contains(url),
             "{line}"
         );
         // The agents' readings say nothing of where they came from.
