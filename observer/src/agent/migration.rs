@@ -94,10 +94,9 @@ mod tests {
 
     use super::*;
     use crate::migrate::{
-        analysis::Policy,
-        gate::{Thresholds, Verdict},
-        plan::{Plan, PlannedNode},
-        state::{GateTally, OnBreach, Settings},
+        gate::Verdict,
+        plan::Plan,
+        state::{GateTally, Settings},
     };
 
     fn config_map(state: &str) -> ConfigMap {
@@ -115,25 +114,8 @@ mod tests {
 
     #[test]
     fn the_state_becomes_phase_progress_step_and_decisions() {
-        let plan = Plan {
-            nodes: ["a", "b", "c"]
-                .iter()
-                .map(|n| PlannedNode {
-                    name: n.to_string(),
-                    control_plane: false,
-                })
-                .collect(),
-            skipped: vec![],
-        };
-        let settings = Settings {
-            thresholds: Thresholds::default(),
-            policy: Policy::default(),
-            baseline_seconds: 10,
-            soak_seconds: 30,
-            on_breach: OnBreach::Halt,
-            reboot_hook: None,
-        };
-        let mut state = State::new(&plan, settings, "t0".into());
+        let plan = Plan::of(&["a", "b", "c"]);
+        let mut state = State::new(&plan, Settings::default(), "t0".into());
         state.nodes[0].step = Step::Done;
         state.nodes[1].step = Step::Soak;
         state.phase = Phase::Halted {

@@ -272,14 +272,7 @@ impl RunArgs {
 
     /// For a `rollback` outside any migration: judged by the defaults.
     pub fn default_settings() -> Settings {
-        Settings {
-            thresholds: Thresholds::default(),
-            policy: Policy::default(),
-            baseline_seconds: 10,
-            soak_seconds: 30,
-            on_breach: OnBreach::Halt,
-            reboot_hook: None,
-        }
+        Settings::default()
     }
 
     pub fn preflight_options(&self, common: &CommonArgs) -> PreflightOptions {

@@ -198,6 +198,21 @@ pub struct Settings {
     pub reboot_hook: Option<String>,
 }
 
+/// The flags' defaults (`crossover migrate run --help`): what a
+/// `rollback` outside any migration is judged by.
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            thresholds: Thresholds::default(),
+            policy: Policy::default(),
+            baseline_seconds: 10,
+            soak_seconds: 30,
+            on_breach: OnBreach::Halt,
+            reboot_hook: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     pub name: String,
@@ -311,7 +326,6 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::plan::PlannedNode;
 
     #[test]
     fn steps_walk_the_documented_order_and_end_done() {
@@ -327,25 +341,8 @@ mod tests {
 
     #[test]
     fn the_current_node_is_the_first_not_done_and_state_round_trips() {
-        let plan = Plan {
-            nodes: ["a", "b"]
-                .iter()
-                .map(|n| PlannedNode {
-                    name: n.to_string(),
-                    control_plane: false,
-                })
-                .collect(),
-            skipped: vec![],
-        };
-        let settings = Settings {
-            thresholds: Thresholds::default(),
-            policy: Policy::default(),
-            baseline_seconds: 10,
-            soak_seconds: 30,
-            on_breach: OnBreach::Halt,
-            reboot_hook: None,
-        };
-        let mut state = State::new(&plan, settings, "t0".into());
+        let plan = Plan::of(&["a", "b"]);
+        let mut state = State::new(&plan, Settings::default(), "t0".into());
         assert_eq!(state.current(), Some(0));
         state.nodes[0].step = Step::Done;
         state.nodes[1].step = Step::Drain;
