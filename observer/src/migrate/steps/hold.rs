@@ -42,9 +42,18 @@ async fn hold(
     let mut analysis = Analysis::new(policy, window);
     let mut judged = 0u32;
     let mut missing_in_a_row = 0u32;
+    let mut judged_end = None;
     loop {
         ctx.check_lease()?;
         let (decision, rows) = ctx.judge(node).await?;
+        // The window the last reading judged, again (Prometheus' records
+        // change once an evaluation; a gate interval shorter than the
+        // agents' tick): nothing new to judge or count.
+        if decision.window_end_ms != 0 && judged_end == Some(decision.window_end_ms) {
+            tokio::time::sleep(ctx.options.gate_interval).await;
+            continue;
+        }
+        judged_end = Some(decision.window_end_ms);
         let mut decision = analysis.weigh(decision, started.elapsed());
         judged += 1;
         let only_missing = !decision.passed && decision.verdict != Some(Verdict::Halt);
