@@ -90,6 +90,11 @@ pub enum Error {
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
+    /// A Prometheus server read instead of the agents (`--source
+    /// prometheus=URL`, `crossover loss --prometheus`).
+    #[error("Prometheus at {url}: {reason}")]
+    Prometheus { url: String, reason: String },
+
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -101,7 +106,7 @@ impl Error {
     /// exports `crossover_errors_total` at 0 for each from its start, so an
     /// `increase()` has a first sample to start from. A test checks the two
     /// agree for every variant.
-    pub const METRIC_LABELS: [&'static str; 18] = [
+    pub const METRIC_LABELS: [&'static str; 19] = [
         "privilege",
         "no_interface",
         "no_ethernet",
@@ -119,6 +124,7 @@ impl Error {
         "probe",
         "migration",
         "agent",
+        "prometheus",
         "io",
     ];
 
@@ -143,6 +149,7 @@ impl Error {
             Error::Probe(_) => "probe",
             Error::Migration(_) => "migration",
             Error::Agent { .. } => "agent",
+            Error::Prometheus { .. } => "prometheus",
             Error::Io { .. } => "io",
         }
     }
@@ -247,6 +254,10 @@ mod tests {
                 agent: "a".into(),
                 reason: "r".into(),
             },
+            Error::Prometheus {
+                url: "u".into(),
+                reason: "r".into(),
+            },
             Error::io("w", io()),
         ];
         for e in &all {
@@ -269,6 +280,7 @@ mod tests {
                 | Error::Probe(_)
                 | Error::Migration(_)
                 | Error::Agent { .. }
+                | Error::Prometheus { .. }
                 | Error::Io { .. } => {}
             }
         }

@@ -232,6 +232,9 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
     cluster_families(out, state);
+    if let Some(cluster) = &state.cluster {
+        super::migration::write(out, node, cluster.migration_state().as_deref());
+    }
     departed_nat_families(out, state);
 
     let mut f = family(

@@ -6,6 +6,7 @@
 //! versioned JSON API.
 pub mod api;
 pub mod metrics;
+mod migration;
 mod probing;
 mod process;
 mod routes;
@@ -62,6 +63,11 @@ pub struct AgentArgs {
     /// pod networks.
     #[arg(long, default_value = "app.kubernetes.io/name=crossover-probe")]
     pub probe_selector: String,
+    /// The migration's name (`crossover migrate --name`): its state
+    /// ConfigMap in --namespace, whose progress is exported as
+    /// `crossover_migration_*` metrics.
+    #[arg(long, default_value = "crossover-migration")]
+    pub migration_name: String,
     /// Namespace of Cilium and its `cilium-config`.
     #[arg(long, default_value = "kube-system")]
     pub cilium_namespace: String,
@@ -480,6 +486,7 @@ async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
         agent_namespace: args.namespace.clone(),
         agent_selector: args.agent_selector.clone(),
         probe_selector: args.probe_selector.clone(),
+        migration_name: args.migration_name.clone(),
         overrides: args.overrides.clone(),
     })
     .await?;

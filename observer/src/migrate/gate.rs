@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use observer_ebpf::{Net, Overlay};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{LossRow, Signal};
+use crate::loss::{LossRow, Signal, Source};
 
 /// Which pairs the gate judges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -212,6 +212,10 @@ pub struct Decision {
     /// never judged.
     #[serde(default)]
     pub control_traffic: usize,
+    /// Where the reading came from (`--source`); the agents in records
+    /// written before there was a choice.
+    #[serde(default)]
+    pub source: Source,
 }
 
 /// Breaches a decision lists, worst first.
@@ -230,6 +234,15 @@ impl Decision {
         out.extend(self.missing.iter().map(|m| format!("not measured: {m}")));
         out.extend(self.stuck.iter().map(|s| format!("stuck: {s}")));
         out
+    }
+
+    /// Where the reading came from, for a report's line: nothing for the
+    /// agents (the default), else `; read from Prometheus at URL`.
+    pub fn read_from(&self) -> String {
+        match &self.source {
+            Source::Agents => String::new(),
+            other => format!("; read from {other}"),
+        }
     }
 
     pub fn summary(&self) -> String {
@@ -334,6 +347,7 @@ pub fn judge<'a>(
         more_breaches,
         out_of_scope,
         control_traffic,
+        source: Source::Agents,
     }
 }
 

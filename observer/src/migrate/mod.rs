@@ -8,6 +8,7 @@ mod driver;
 mod finish;
 pub mod gate;
 mod lease;
+mod measure;
 pub mod plan;
 mod pods;
 pub mod preflight;
@@ -27,6 +28,7 @@ pub use args::{MigrateArgs, MigrateCommand, ReportArgs};
 use context::{Context, now};
 use lease::Lease;
 use state::{Phase, State};
+pub use store::decode_state;
 use store::{Store, kube_err};
 
 use crate::{Error, Result};
@@ -44,6 +46,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let plan = plan_nodes(&client, run).await?;
             print!("{}", plan.render());
             let ctx = Context::new(client, args.common.options(), run.settings()?, None);
+            ctx.check_source().await?;
             if preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 Ok(())
             } else {
@@ -67,6 +70,10 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let settings = run.settings()?;
             let lease = take_lease(&client, &args).await?;
             let ctx = Context::new(client, args.common.options(), settings.clone(), Some(lease));
+            if let Err(e) = ctx.check_source().await {
+                release(ctx).await;
+                return Err(e);
+            }
             if !preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 release(ctx).await;
                 return Err(Error::Migration(
@@ -104,6 +111,10 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 state.settings.clone(),
                 Some(lease),
             );
+            if let Err(e) = ctx.check_source().await {
+                release(ctx).await;
+                return Err(e);
+            }
             print!("{}", state.render());
             if !confirm(resume.yes, "This continues the migration where it stopped.")? {
                 release(ctx).await;
