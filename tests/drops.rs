@@ -37,7 +37,9 @@ fn drop_rule(ns: &Netns, hook: &str, rule: &str, every: u32) {
 /// `count` datagrams from A's flannel.1 address to B's, a send refused by
 /// A's own output chain (EPERM) included: how many B received.
 fn send(nodes: &TwoNodes, count: u64) -> u64 {
-    let receiver = in_netns(&nodes.b.name, || UdpSocket::bind("10.244.1.0:7777").unwrap());
+    let receiver = in_netns(&nodes.b.name, || {
+        UdpSocket::bind("10.244.1.0:7777").unwrap()
+    });
     receiver
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -104,12 +106,18 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     let received = send(&nodes, 400);
     let dropped = dropped_by_rule(&nodes.a);
     assert_eq!(received, 400 - dropped);
-    assert!(dropped >= 100, "one in four of the tunnel's packets: {dropped}");
+    assert!(
+        dropped >= 100,
+        "one in four of the tunnel's packets: {dropped}"
+    );
     let drops = a.drops().unwrap();
     let tunnel = netfilter(&drops, Overlay::Legacy);
     assert_eq!(tunnel.len(), 1, "{drops:#?}");
     assert_eq!(tunnel[0].packets, dropped, "{:?}", tunnel[0]);
     assert_eq!(tunnel[0].peer, Some([192, 168, 50, 2].into()));
-    assert_eq!((tunnel[0].src_net, tunnel[0].dst_net), (Net::Host, Net::Host));
+    assert_eq!(
+        (tunnel[0].src_net, tunnel[0].dst_net),
+        (Net::Host, Net::Host)
+    );
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
 }

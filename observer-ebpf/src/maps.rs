@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use observer_ebpf::{
     AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_DROP_CAPACITY,
-    DEFAULT_FLOW_CAPACITY, DropConfig, DropKey,
-    DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, FlowKey,
-    FlowStats, PeerKey, PeerStats, PendingHandshake,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY,
+    DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats, PeerKey, PeerStats,
+    PendingHandshake,
 };
 
 #[map(name = "CONFIG")]

@@ -75,7 +75,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Outcome {
     // SAFETY: offsets into this tracepoint's record, from its format.
     let (skb, protocol, reason) = unsafe {
         (
-            ctx.read_at::<u64>(config.record_skb as usize).map_err(|_| None)?,
+            ctx.read_at::<u64>(config.record_skb as usize)
+                .map_err(|_| None)?,
             ctx.read_at::<u16>(config.record_protocol as usize)
                 .map_err(|_| None)?,
             ctx.read_at::<u32>(config.record_reason as usize)

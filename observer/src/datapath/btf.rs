@@ -62,29 +62,42 @@ impl Btf {
         while at < types_data.len() {
             let name = u32_at(types_data, at)?;
             let info = u32_at(types_data, at + 4)?;
-            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
+            let (kind, vlen, kind_flag) =
+                ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
             at += 12;
             let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4,       // int, var, decl_tag
-                3 => 12,                // array
+                1 | 14 | 17 => 4, // int, var, decl_tag
+                3 => 12,          // array
                 4 | 5 => {
                     for m in 0..vlen {
                         let base = at + m * 12;
                         let offset = u32_at(types_data, base + 8)?;
                         // With kind_flag, the top 8 bits are a bitfield's size.
-                        let bits = if kind_flag == 1 { offset & 0xff_ffff } else { offset };
-                        members.push((u32_at(types_data, base)?, u32_at(types_data, base + 4)?, bits));
+                        let bits = if kind_flag == 1 {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        };
+                        members.push((
+                            u32_at(types_data, base)?,
+                            u32_at(types_data, base + 4)?,
+                            bits,
+                        ));
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,       // enum, func_proto
-                15 | 19 => vlen * 12,     // datasec, enum64
+                6 | 13 => vlen * 8,        // enum, func_proto
+                15 | 19 => vlen * 12,      // datasec, enum64
                 2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type_tag
                 other => return Err(bad(format!("unknown BTF kind {other}"))),
             };
             at += extra;
-            types.push(Type { kind, name, members });
+            types.push(Type {
+                kind,
+                name,
+                members,
+            });
         }
         Ok(Btf { types, strings })
     }
@@ -160,7 +173,10 @@ mod tests {
         assert!(network < head && len < network, "{len} {network} {head}");
         assert_eq!(head % 8, 0, "a pointer is aligned");
         let err = btf.member_offset("sk_buff", "no_such_member").unwrap_err();
-        assert!(err.to_string().contains("has no member no_such_member"), "{err}");
+        assert!(
+            err.to_string().contains("has no member no_such_member"),
+            "{err}"
+        );
         assert!(Btf::parse(b"not btf at all, not at all").is_err());
     }
 }

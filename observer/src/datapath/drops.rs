@@ -38,8 +38,12 @@ impl Format {
         let offset = |field: &str| -> std::result::Result<u32, String> {
             let line = text
                 .lines()
-                .find(|l| l.contains("field:") && l.split(';').next().is_some_and(|f| f.ends_with(field)))
-                .ok_or_else(|| format!("no field {field:?} (a kernel before 5.17 has no drop reasons)"))?;
+                .find(|l| {
+                    l.contains("field:") && l.split(';').next().is_some_and(|f| f.ends_with(field))
+                })
+                .ok_or_else(|| {
+                    format!("no field {field:?} (a kernel before 5.17 has no drop reasons)")
+                })?;
             line.split(';')
                 .find_map(|part| part.trim().strip_prefix("offset:"))
                 .and_then(|v| v.parse().ok())
@@ -73,7 +77,10 @@ impl Format {
 /// The mounted tracefs, mounting it where the kernel expects it when it is
 /// not (a privileged container's fresh /sys).
 fn tracefs() -> Result<&'static str> {
-    if let Some(found) = TRACEFS.iter().find(|dir| Path::new(dir).join(EVENT).exists()) {
+    if let Some(found) = TRACEFS
+        .iter()
+        .find(|dir| Path::new(dir).join(EVENT).exists())
+    {
         return Ok(found);
     }
     let status = std::process::Command::new("mount")
@@ -96,9 +103,8 @@ pub(crate) fn enable(ebpf: &mut Ebpf) -> Result<BTreeMap<u32, String>> {
     let path = Path::new(dir).join(EVENT);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let format = Format::parse(&text).map_err(|why| {
-        Error::io(format!("{}", path.display()), std::io::Error::other(why))
-    })?;
+    let format = Format::parse(&text)
+        .map_err(|why| Error::io(format!("{}", path.display()), std::io::Error::other(why)))?;
     let btf = Btf::load(super::btf::VMLINUX)
         .map_err(|e| Error::io(format!("reading {}", super::btf::VMLINUX), e))?;
     let member = |name: &str| {
@@ -114,7 +120,9 @@ pub(crate) fn enable(ebpf: &mut Ebpf) -> Result<BTreeMap<u32, String>> {
         _pad: 0,
     };
     let mut array: Array<&mut MapData, DropConfig> = map_mut(ebpf, map::DROP_CONFIG)?;
-    array.set(0, config, 0).map_err(Error::map(map::DROP_CONFIG))?;
+    array
+        .set(0, config, 0)
+        .map_err(Error::map(map::DROP_CONFIG))?;
     let program: &mut TracePoint = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| Error::MissingProgram(PROGRAM.to_owned()))?
@@ -166,7 +174,10 @@ pub(crate) fn read(ebpf: &Ebpf, reasons: &BTreeMap<u32, String>) -> Result<Vec<D
             packets: values.iter().sum(),
         });
     }
-    out.sort_by(|a, b| (&a.reason, a.peer, a.overlay, a.src_net, a.dst_net).cmp(&(&b.reason, b.peer, b.overlay, b.src_net, b.dst_net)));
+    out.sort_by(|a, b| {
+        (&a.reason, a.peer, a.overlay, a.src_net, a.dst_net)
+            .cmp(&(&b.reason, b.peer, b.overlay, b.src_net, b.dst_net))
+    });
     Ok(out)
 }
 

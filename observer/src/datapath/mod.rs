@@ -34,10 +34,10 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
+pub use drops::DropRecord;
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
-pub use drops::DropRecord;
 pub use order::{HookOrder, Placement, blind_by_hook};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
