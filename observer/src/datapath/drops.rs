@@ -127,7 +127,7 @@ pub(crate) fn enable(ebpf: &mut Ebpf) -> Result<BTreeMap<u32, String>> {
         .program_mut(PROGRAM)
         .ok_or_else(|| Error::MissingProgram(PROGRAM.to_owned()))?
         .try_into()
-        .map_err(|e| program_error(e))?;
+        .map_err(program_error)?;
     program.load().map_err(program_error)?;
     program.attach("skb", "kfree_skb").map_err(program_error)?;
     Ok(format.reasons)
