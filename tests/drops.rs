@@ -67,7 +67,7 @@ fn dropped_by_rule(ns: &Netns) -> u64 {
         .unwrap_or_else(|| panic!("no counter in {out}"))
 }
 
-fn netfilter<'a>(drops: &'a [DropRecord], overlay: Overlay) -> Vec<&'a DropRecord> {
+fn netfilter(drops: &[DropRecord], overlay: Overlay) -> Vec<&DropRecord> {
     drops
         .iter()
         .filter(|d| d.reason == "NETFILTER_DROP" && d.overlay == overlay)
