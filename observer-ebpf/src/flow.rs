@@ -289,7 +289,7 @@ fn count_underlay(seen: Seen, class: Class, slot: u32, frame_len: u32, tcp: Tcp)
 /// undefined, and LLVM may spill that undefined register, which the
 /// verifier refuses (`!read_ok`).
 #[inline(always)]
-fn lookup(addr: u32) -> AddrInfo {
+pub(crate) fn lookup(addr: u32) -> AddrInfo {
     ADDRS.get(Key::new(32, addr)).copied().unwrap_or(AddrInfo {
         net: Net::External.wire(),
         kind: u8::MAX,
@@ -304,7 +304,7 @@ fn is_node_overlay(info: &AddrInfo) -> bool {
 }
 
 #[inline(always)]
-fn node_of(info: &AddrInfo, local: u32) -> u32 {
+pub(crate) fn node_of(info: &AddrInfo, local: u32) -> u32 {
     match info.node {
         node if node != local => node,
         _ => 0,

@@ -154,6 +154,10 @@ pub struct AgentArgs {
     /// with the peer's half: docs/metrics.md). 8 series a peer at most.
     #[arg(long, default_value_t = metrics::PEER_DETAIL_NODES)]
     pub metrics_peer_detail: usize,
+    /// Do not count the kernel's drops of cluster traffic by reason (the
+    /// skb:kfree_skb program; kernels 5.17+, tracefs and BTF needed).
+    #[arg(long)]
+    pub no_drop_reasons: bool,
     #[command(flatten)]
     pub ageing: crate::datapath::AgeingPolicy,
 }
@@ -567,6 +571,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .await?,
         )
     };
+    if !args.no_drop_reasons {
+        // Without drop reasons every other signal still stands: said, and
+        // counted as an error, not fatal.
+        match lock(&session.observer).enable_drops() {
+            Ok(()) => eprintln!("crossover: counting the kernel's drops by reason (skb:kfree_skb)"),
+            Err(err) => eprintln!("crossover: warning: no drop reasons: {err}"),
+        }
+    }
     let state = Arc::new(State {
         node,
         view: RwLock::new(Arc::new(view)),

@@ -2,6 +2,8 @@
 //! attaching them, and reading back what they counted.
 mod ageing;
 mod attach;
+mod btf;
+mod drops;
 mod flows;
 mod handshakes;
 mod hook;
@@ -32,6 +34,7 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
+pub use drops::DropRecord;
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
@@ -137,6 +140,8 @@ pub struct Observer {
     /// Times a program was re-attached in front of one that had moved
     /// ahead of it, since load.
     reasserted: u64,
+    /// The kernel's drop reasons by value, once the drop program runs.
+    drop_reasons: Option<BTreeMap<u32, String>>,
 }
 
 impl Observer {
@@ -194,6 +199,7 @@ impl Observer {
             expired_handshakes: BTreeMap::new(),
             order: Vec::new(),
             reasserted: 0,
+            drop_reasons: None,
         };
         if observer.pins.is_some() {
             observer.recover()?;
@@ -667,6 +673,23 @@ impl Observer {
 
     /// Packets, bytes and TCP events per (peer node, overlay, direction,
     /// network pair).
+    /// Starts counting the kernel's drops of cluster traffic by reason
+    /// (`skb:kfree_skb`; kernels 5.17 and later): needs tracefs and BTF.
+    pub fn enable_drops(&mut self) -> Result<()> {
+        if self.drop_reasons.is_none() {
+            self.drop_reasons = Some(drops::enable(&mut self.ebpf)?);
+        }
+        Ok(())
+    }
+
+    /// What the drop program counted; empty until [`Observer::enable_drops`].
+    pub fn drops(&self) -> Result<Vec<DropRecord>> {
+        match &self.drop_reasons {
+            Some(reasons) => drops::read(&self.ebpf, reasons),
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn peers(&self) -> Result<Vec<PeerRecord>> {
         snapshot::read_peers(&self.ebpf, &self.peer_slots, &self.expired_handshakes)
     }
