@@ -48,6 +48,7 @@ pub fn send_datagrams(from: (&str, &str), to: (&str, &str), count: u64) -> u64 {
     receiver
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
+    hold_a_burst(&receiver);
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         (0..count)
@@ -65,6 +66,26 @@ pub fn send_datagrams(from: (&str, &str), to: (&str, &str), count: u64) -> u64 {
         }
     });
     reader.join().unwrap()
+}
+
+/// A receive buffer that holds every datagram of a burst even when the
+/// reader is not scheduled for a while (a loaded CI machine): 8 MiB, past
+/// `rmem_max` (SO_RCVBUFFORCE, root). The lab must not lose what is
+/// counted.
+fn hold_a_burst(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: a valid socket fd and a c_int option value of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 pub fn udp_flow<'a>(
