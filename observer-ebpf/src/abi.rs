@@ -307,9 +307,21 @@ pub struct DropConfig {
     pub record_protocol: u32,
     pub record_reason: u32,
     /// In `struct sk_buff`: `head` (pointer) and `network_header` (u16,
-    /// from `head`).
+    /// from `head`), `dev` and `sk` (pointers, either may be null).
     pub skb_head: u32,
     pub skb_network_header: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    /// `net_device.nd_net` and `sock_common.skc_net` (a `struct net *`),
+    /// and where `struct net` keeps its namespace's inode number.
+    pub dev_net: u32,
+    pub sk_net: u32,
+    pub net_inum: u32,
+    /// Only drops in the network namespace of this inode number are
+    /// counted (the node's: several lab nodes share one kernel); 0: every
+    /// namespace. A drop whose namespace cannot be told (no device, no
+    /// socket) is counted.
+    pub netns_inum: u32,
     pub _pad: u32,
 }
 
@@ -550,7 +562,7 @@ pub mod tcp_flag {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<DropConfig>() == 24);
+    assert!(core::mem::size_of::<DropConfig>() == 48);
     assert!(core::mem::size_of::<DropKey>() == 12);
     assert!(core::mem::size_of::<EncapPort>() == 4);
     assert!(core::mem::size_of::<Config>() == 40);

@@ -83,7 +83,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Outcome {
                 .map_err(|_| None)?,
         )
     };
-    if protocol != ETH_P_IP {
+    if protocol != ETH_P_IP || !in_our_netns(&config, skb) {
         return Err(None);
     }
     let head: u64 = read(skb + config.skb_head as u64)?;
@@ -179,6 +179,28 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Outcome {
         }
     }
     Ok(())
+}
+
+/// Whether the packet was dropped in the node's network namespace: the
+/// one of its device, else of its socket; unknown counts.
+#[inline(always)]
+fn in_our_netns(config: &DropConfig, skb: u64) -> bool {
+    if config.netns_inum == 0 {
+        return true;
+    }
+    let dev: u64 = read(skb + config.skb_dev as u64).unwrap_or(0);
+    let net: u64 = if dev != 0 {
+        read(dev + config.dev_net as u64).unwrap_or(0)
+    } else {
+        match read::<u64>(skb + config.skb_sk as u64).unwrap_or(0) {
+            0 => 0,
+            sk => read(sk + config.sk_net as u64).unwrap_or(0),
+        }
+    };
+    if net == 0 {
+        return true;
+    }
+    read::<u32>(net + config.net_inum as u64).is_ok_and(|inum| inum == config.netns_inum)
 }
 
 #[inline(always)]

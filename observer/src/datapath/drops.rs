@@ -74,6 +74,15 @@ impl Format {
     }
 }
 
+/// The inode number of the network namespace this thread is in: where
+/// the node's stack runs (after entering `--netns`).
+pub(crate) fn current_netns_inum() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino() as u32)
+        .map_err(|e| Error::io("reading /proc/thread-self/ns/net", e))
+}
+
 /// The mounted tracefs, mounting it where the kernel expects it when it is
 /// not (a privileged container's fresh /sys).
 fn tracefs() -> Result<&'static str> {
@@ -98,7 +107,7 @@ fn tracefs() -> Result<&'static str> {
 
 /// Writes DROP_CONFIG, loads and attaches the program; returns the
 /// reasons' names.
-pub(crate) fn enable(ebpf: &mut Ebpf) -> Result<BTreeMap<u32, String>> {
+pub(crate) fn enable(ebpf: &mut Ebpf, netns_inum: u32) -> Result<BTreeMap<u32, String>> {
     let dir = tracefs()?;
     let path = Path::new(dir).join(EVENT);
     let text = std::fs::read_to_string(&path)
@@ -107,16 +116,23 @@ pub(crate) fn enable(ebpf: &mut Ebpf) -> Result<BTreeMap<u32, String>> {
         .map_err(|why| Error::io(format!("{}", path.display()), std::io::Error::other(why)))?;
     let btf = Btf::load(super::btf::VMLINUX)
         .map_err(|e| Error::io(format!("reading {}", super::btf::VMLINUX), e))?;
-    let member = |name: &str| {
-        btf.member_offset("sk_buff", name)
-            .map_err(|e| Error::io(format!("struct sk_buff in {}", super::btf::VMLINUX), e))
+    let member = |ty: &str, name: &str| {
+        btf.member_offset(ty, name)
+            .map_err(|e| Error::io(format!("struct {ty} in {}", super::btf::VMLINUX), e))
     };
     let config = DropConfig {
         record_skb: format.skb,
         record_protocol: format.protocol,
         record_reason: format.reason,
-        skb_head: member("head")?,
-        skb_network_header: member("network_header")?,
+        skb_head: member("sk_buff", "head")?,
+        skb_network_header: member("sk_buff", "network_header")?,
+        skb_dev: member("sk_buff", "dev")?,
+        skb_sk: member("sk_buff", "sk")?,
+        // possible_net_t holds the pointer first (or only).
+        dev_net: member("net_device", "nd_net")?,
+        sk_net: member("sock_common", "skc_net")?,
+        net_inum: member("net", "ns")? + member("ns_common", "inum")?,
+        netns_inum,
         _pad: 0,
     };
     let mut array: Array<&mut MapData, DropConfig> = map_mut(ebpf, map::DROP_CONFIG)?;

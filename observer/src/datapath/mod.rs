@@ -675,9 +675,15 @@ impl Observer {
     /// network pair).
     /// Starts counting the kernel's drops of cluster traffic by reason
     /// (`skb:kfree_skb`; kernels 5.17 and later): needs tracefs and BTF.
+    /// Only drops in the node's network namespace (`--netns`, else this
+    /// process's) count: in a lab several nodes share one kernel.
     pub fn enable_drops(&mut self) -> Result<()> {
         if self.drop_reasons.is_none() {
-            self.drop_reasons = Some(drops::enable(&mut self.ebpf)?);
+            let inum = {
+                let _ns = self.enter_netns()?;
+                drops::current_netns_inum()?
+            };
+            self.drop_reasons = Some(drops::enable(&mut self.ebpf, inum)?);
         }
         Ok(())
     }
