@@ -285,11 +285,17 @@ wire_enum! {
         /// A kernel drop of cluster traffic was not counted: the DROPS
         /// map was full.
         DropMapFull = 30 => "drop_map_full",
+        /// A new PEERS entry was refused for want of memory, not room:
+        /// PEERS is not preallocated, and a burst of new keys can empty
+        /// the kernel's allocation cache before it refills. The key is
+        /// counted from a later packet; keys in PEER_STATS slots never
+        /// allocate.
+        PeerAllocFailed = 31 => "peer_alloc_failed",
     }
 }
 
 /// Number of [`Counter`] slots; the COUNTERS map has exactly this many.
-pub const COUNTER_SLOTS: u32 = 31;
+pub const COUNTER_SLOTS: u32 = 32;
 
 /// Entries of [`DROPS`](map::DROPS): reasons x peers x overlays x network
 /// pairs that actually drop, a few dozen on a sick node.

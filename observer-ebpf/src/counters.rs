@@ -6,6 +6,7 @@ use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -158,6 +159,7 @@ fn with_unslotted(key: &PeerKey, f: impl Fn(&mut PeerStats)) {
                 f(unsafe { &mut *stats });
             }
         }
+        Err(e) if e == -ENOMEM => count(Counter::PeerAllocFailed),
         Err(_) => count(Counter::PeerMapFull),
     }
 }

@@ -19,6 +19,9 @@ use super::{btf::Btf, map_mut, map_ref};
 use crate::{Error, Result};
 
 pub const PROGRAM: &str = "crossover_kfree_skb";
+/// An empty program on the same tracepoint: the drop program's benchmark
+/// floor.
+pub const FLOOR_PROGRAM: &str = "crossover_tp_floor";
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const EVENT: &str = "events/skb/kfree_skb/format";
 
@@ -139,21 +142,24 @@ pub(crate) fn enable(ebpf: &mut Ebpf, netns_inum: u32) -> Result<BTreeMap<u32, S
     array
         .set(0, config, 0)
         .map_err(Error::map(map::DROP_CONFIG))?;
-    let program: &mut TracePoint = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| Error::MissingProgram(PROGRAM.to_owned()))?
-        .try_into()
-        .map_err(program_error)?;
-    program.load().map_err(program_error)?;
-    program.attach("skb", "kfree_skb").map_err(program_error)?;
+    attach(ebpf, PROGRAM)?;
     Ok(format.reasons)
 }
 
-fn program_error(source: aya::programs::ProgramError) -> Error {
-    Error::Program {
-        program: PROGRAM.to_owned(),
+/// Loads `name` and attaches it to `skb:kfree_skb`.
+pub(crate) fn attach(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
+    let failed = |source: aya::programs::ProgramError| Error::Program {
+        program: name.to_owned(),
         source: Box::new(source),
-    }
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::MissingProgram(name.to_owned()))?
+        .try_into()
+        .map_err(failed)?;
+    program.load().map_err(failed)?;
+    program.attach("skb", "kfree_skb").map_err(failed)?;
+    Ok(())
 }
 
 /// Packets of one reason, peer, overlay and network pair the kernel

@@ -35,6 +35,9 @@ pub use ageing::{
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
 pub use drops::DropRecord;
+/// The drop program and its floor, by name (the benchmark reads their
+/// kernel statistics).
+pub const DROP_PROGRAMS: [&str; 2] = [drops::PROGRAM, drops::FLOOR_PROGRAM];
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
@@ -686,6 +689,12 @@ impl Observer {
             self.drop_reasons = Some(drops::enable(&mut self.ebpf, inum)?);
         }
         Ok(())
+    }
+
+    /// Attaches an empty program beside the drop program: what the
+    /// benchmark measures it against.
+    pub fn attach_drop_floor(&mut self) -> Result<()> {
+        drops::attach(&mut self.ebpf, drops::FLOOR_PROGRAM)
     }
 
     /// What the drop program counted; empty until [`Observer::enable_drops`].
