@@ -90,6 +90,14 @@ pub enum Error {
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
+    /// The agent answered, and refused this reader (401 or 403).
+    #[error("agent {agent} refused the reader: {status}: {reason}")]
+    Refused {
+        agent: String,
+        status: u16,
+        reason: String,
+    },
+
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -101,7 +109,7 @@ impl Error {
     /// exports `crossover_errors_total` at 0 for each from its start, so an
     /// `increase()` has a first sample to start from. A test checks the two
     /// agree for every variant.
-    pub const METRIC_LABELS: [&'static str; 18] = [
+    pub const METRIC_LABELS: [&'static str; 19] = [
         "privilege",
         "no_interface",
         "no_ethernet",
@@ -119,6 +127,7 @@ impl Error {
         "probe",
         "migration",
         "agent",
+        "refused",
         "io",
     ];
 
@@ -143,6 +152,7 @@ impl Error {
             Error::Probe(_) => "probe",
             Error::Migration(_) => "migration",
             Error::Agent { .. } => "agent",
+            Error::Refused { .. } => "refused",
             Error::Io { .. } => "io",
         }
     }
@@ -247,6 +257,11 @@ mod tests {
                 agent: "a".into(),
                 reason: "r".into(),
             },
+            Error::Refused {
+                agent: "a".into(),
+                status: 401,
+                reason: "r".into(),
+            },
             Error::io("w", io()),
         ];
         for e in &all {
@@ -269,6 +284,7 @@ mod tests {
                 | Error::Probe(_)
                 | Error::Migration(_)
                 | Error::Agent { .. }
+                | Error::Refused { .. }
                 | Error::Io { .. } => {}
             }
         }

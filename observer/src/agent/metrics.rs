@@ -233,6 +233,9 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     }
     cluster_families(out, state);
     departed_nat_families(out, state);
+    if let Some(auth) = &state.auth {
+        auth.write_metrics(out, node);
+    }
 
     let mut f = family(
         out,

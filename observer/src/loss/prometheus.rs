@@ -250,6 +250,7 @@ pub async fn read(
             reading.failed.push(FailedAgent {
                 agent: instance,
                 error: "down: Prometheus cannot scrape it (up == 0)".into(),
+                refused: false,
             });
         }
     }
@@ -259,6 +260,7 @@ pub async fn read(
             error: format!(
                 "{unreadable} series with a label value crossover does not know (another version's rules?)"
             ),
+            refused: false,
         });
     }
     reading.requests = requests;

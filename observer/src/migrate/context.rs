@@ -48,6 +48,9 @@ pub struct Options {
     pub poll: Duration,
     pub gate_interval: Duration,
     pub agent_timeout: Duration,
+    /// The bearer token sent to the agents: the kubeconfig's or the
+    /// service account's.
+    pub agent_credentials: Option<crate::loss::client::Credentials>,
     /// The window and ticks of a reading (focus and drill-down set per
     /// reading from the node and the thresholds).
     pub read: ReadOptions,
@@ -88,7 +91,8 @@ impl Context {
             instance: std::env::var("HOSTNAME").ok(),
         };
         Context {
-            reader: Reader::new(options.agent_timeout),
+            reader: Reader::new(options.agent_timeout)
+                .with_credentials(options.agent_credentials.clone()),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             options,
@@ -176,7 +180,10 @@ impl Context {
             reading
                 .failed
                 .iter()
-                .map(|f| format!("agent {} did not answer: {}", f.agent, f.error)),
+                .map(|f| match f.refused {
+                    true => format!("agent {} refused the driver: {}", f.agent, f.error),
+                    false => format!("agent {} did not answer: {}", f.agent, f.error),
+                }),
         );
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
