@@ -7,16 +7,21 @@ use std::time::Duration;
 
 use crossover_tests::{
     apiserver::{
-        Gvr,
+        ADMIN_TOKEN, Gvr,
         fixtures::{self, PodBuilder},
     },
     kubelab::{AGENT_PORT, CROSSOVER, KubeLab, within},
     lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan, traffic},
-    netns::{http_get, unique},
+    netns::{http_get_as, unique},
     require_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use serde_json::{Value, json};
+
+/// A GET as the admin: the agents check bearer tokens with the server.
+fn http_get(ns: &str, url: &str) -> (u16, String) {
+    http_get_as(ns, url, Some(ADMIN_TOKEN))
+}
 
 fn get_json(ns: &str, url: &str) -> Value {
     let (status, body) = http_get(ns, url);
@@ -550,6 +555,7 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
         "--node",
         "control-plane",
     ]);
+    loss.args(["--kubeconfig", kl.kubeconfig.to_str().unwrap()]);
     for url in kl.agent_urls() {
         loss.args(["--agent", &url]);
     }

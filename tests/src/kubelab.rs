@@ -1,8 +1,10 @@
 //! A lab whose cluster is the fake API server: the server listens on the
 //! underlay bridge (172.18.0.1, reachable from every node as a real API
 //! server is), and `crossover agent --kubeconfig` runs in every node's
-//! namespace, host network, as the DaemonSet does. Each test applies its
-//! own objects. Needs root.
+//! namespace, host network, as the DaemonSet does: listening on the node's
+//! address, checking bearer tokens with the server (the lab's readers send
+//! [`ADMIN_TOKEN`], the kubeconfig's). Each test applies its own objects.
+//! Needs root.
 use std::{
     collections::HashMap,
     net::TcpListener,
@@ -14,9 +16,9 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    apiserver::FakeApiServer,
+    apiserver::{ADMIN_TOKEN, FakeApiServer},
     lab::{Lab, LabSpec, PodKind, plan},
-    netns::{http_get, in_netns, sh},
+    netns::{http_get_as, in_netns, sh},
 };
 
 pub const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
@@ -82,7 +84,6 @@ impl KubeLab {
                 ])
                 .args(["--kubeconfig", self.kubeconfig.to_str().unwrap()])
                 .args(["--node-name", &node])
-                .args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")])
                 .args(["--probe-port", &PROBE_PORT.to_string()])
                 .args(extra)
                 .stderr(log)
@@ -144,10 +145,12 @@ impl KubeLab {
             .collect()
     }
 
-    /// GET from the control-plane node, as JSON (`Null` when not JSON;
-    /// said on stderr unless nothing answered yet, status 0).
+    /// GET from the control-plane node with the admin's token, as JSON
+    /// (`Null` when not JSON; said on stderr unless nothing answered yet,
+    /// status 0).
     pub fn get_json(&self, url: &str) -> Value {
-        let (status, body) = http_get(&self.lab.node_ns("control-plane"), url);
+        let (status, body) =
+            http_get_as(&self.lab.node_ns("control-plane"), url, Some(ADMIN_TOKEN));
         serde_json::from_str(&body).unwrap_or_else(|_| {
             if status != 0 {
                 eprintln!("{url}: {status} {body}");
