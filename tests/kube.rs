@@ -10,7 +10,7 @@ use crossover_tests::{
         ADMIN_TOKEN, Gvr,
         fixtures::{self, PodBuilder},
     },
-    kubelab::{AGENT_PORT, CROSSOVER, KubeLab, within},
+    kubelab::{self, AGENT_PORT, CROSSOVER, KubeLab, within},
     lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan, traffic},
     netns::{http_get_as, unique},
     require_root,
@@ -31,48 +31,6 @@ fn get_json(ns: &str, url: &str) -> Value {
     })
 }
 
-/// The lab as the API sees it: the fixture cluster's nodes, CiliumNodes and
-/// configuration, with the lab's real pods instead of the fixture's, the
-/// agent pods (host network) and the lab's DaemonSet pods as probe pods.
-fn objects(lab: &Lab) -> Vec<Value> {
-    let nodes = lab.nodes().count();
-    let migrated = lab.nodes().filter(|n| n.migrated).count();
-    let mut out: Vec<Value> = fixtures::cluster_with_apps(nodes, migrated, 0)
-        .into_iter()
-        .filter(|o| o["kind"] != "Pod")
-        .collect();
-    out.push(fixtures::namespace("crossover"));
-    for (j, node) in lab.nodes().enumerate() {
-        let host = plan::underlay_addr(j).to_string();
-        out.push(
-            PodBuilder::new("crossover", &format!("crossover-agent-{j}"))
-                .node(&node.name, &host)
-                .ip(&host)
-                .host_network(true)
-                .label("app.kubernetes.io/name", "crossover-agent")
-                .value(),
-        );
-        for pod in &node.pods {
-            let probe = pod.kind == PodKind::DaemonSet;
-            let (key, value) = if probe {
-                ("app.kubernetes.io/name", "crossover-probe")
-            } else {
-                ("app", "demo")
-            };
-            out.push(
-                // Lab pod names repeat per node; the API's are unique.
-                PodBuilder::new("default", &format!("{}-{}", node.name, pod.name))
-                    .node(&node.name, &host)
-                    .ip(&pod.addr.to_string())
-                    .ready(true)
-                    .label(key, value)
-                    .value(),
-            );
-        }
-    }
-    out
-}
-
 #[test]
 fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     require_root();
@@ -82,7 +40,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
         migrated: 1,
         pods: 1,
     });
-    for object in objects(&kl.lab) {
+    for object in kubelab::objects(&kl.lab) {
         kl.server.apply(object).unwrap();
     }
     kl.start_agents(&[]);
@@ -500,7 +458,7 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
         migrated: 1,
         pods: 2,
     });
-    for object in objects(&kl.lab) {
+    for object in kubelab::objects(&kl.lab) {
         kl.server.apply(object).unwrap();
     }
     // No probes: their trickle through the fault would keep the drop

@@ -16,7 +16,10 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    apiserver::{ADMIN_TOKEN, FakeApiServer},
+    apiserver::{
+        ADMIN_TOKEN, FakeApiServer,
+        fixtures::{self, PodBuilder},
+    },
     lab::{Lab, LabSpec, PodKind, plan},
     netns::{http_get_as, in_netns, sh},
 };
@@ -73,24 +76,29 @@ impl KubeLab {
     pub fn start_agents(&mut self, extra: &[&str]) {
         let nodes: Vec<String> = self.lab.nodes().map(|n| n.name.clone()).collect();
         for node in nodes {
-            let log = std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap();
-            let child = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.lab.node_ns(&node),
-                    CROSSOVER,
-                    "agent",
-                ])
-                .args(["--kubeconfig", self.kubeconfig.to_str().unwrap()])
-                .args(["--node-name", &node])
-                .args(["--probe-port", &PROBE_PORT.to_string()])
-                .args(extra)
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("{CROSSOVER}: {e} (cargo build --bin crossover)"));
-            self.agents.push(child);
+            self.start_agent(&node, extra);
         }
+    }
+
+    /// `crossover agent --kubeconfig` on `node`, with `extra` flags; its
+    /// log is [`KubeLab::agent_log`].
+    pub fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.node_ns(node), CROSSOVER, "agent"])
+            .args(["--kubeconfig", self.kubeconfig.to_str().unwrap()])
+            .args(["--node-name", node])
+            .args(["--probe-port", &PROBE_PORT.to_string()])
+            .args(extra)
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{CROSSOVER}: {e} (cargo build --bin crossover)"));
+        self.agents.push(child);
+    }
+
+    /// What `node`'s agent logged so far.
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{node}.log"))).unwrap_or_default()
     }
 
     /// A `crossover probe` responder inside a pod's namespace: what the
@@ -204,4 +212,46 @@ pub fn within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
         assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The lab as the API sees it: the fixture cluster's nodes, CiliumNodes and
+/// configuration, with the lab's real pods instead of the fixture's, the
+/// agent pods (host network) and the lab's DaemonSet pods as probe pods.
+pub fn objects(lab: &Lab) -> Vec<Value> {
+    let nodes = lab.nodes().count();
+    let migrated = lab.nodes().filter(|n| n.migrated).count();
+    let mut out: Vec<Value> = fixtures::cluster_with_apps(nodes, migrated, 0)
+        .into_iter()
+        .filter(|o| o["kind"] != "Pod")
+        .collect();
+    out.push(fixtures::namespace("crossover"));
+    for (j, node) in lab.nodes().enumerate() {
+        let host = plan::underlay_addr(j).to_string();
+        out.push(
+            PodBuilder::new("crossover", &format!("crossover-agent-{j}"))
+                .node(&node.name, &host)
+                .ip(&host)
+                .host_network(true)
+                .label("app.kubernetes.io/name", "crossover-agent")
+                .value(),
+        );
+        for pod in &node.pods {
+            let probe = pod.kind == PodKind::DaemonSet;
+            let (key, value) = if probe {
+                ("app.kubernetes.io/name", "crossover-probe")
+            } else {
+                ("app", "demo")
+            };
+            out.push(
+                // Lab pod names repeat per node; the API's are unique.
+                PodBuilder::new("default", &format!("{}-{}", node.name, pod.name))
+                    .node(&node.name, &host)
+                    .ip(&pod.addr.to_string())
+                    .ready(true)
+                    .label(key, value)
+                    .value(),
+            );
+        }
+    }
+    out
 }
