@@ -6,12 +6,9 @@
 use std::time::Duration;
 
 use crossover_tests::{
-    apiserver::{
-        ADMIN_TOKEN, Gvr,
-        fixtures::{self, PodBuilder},
-    },
+    apiserver::{ADMIN_TOKEN, Gvr},
     kubelab::{self, AGENT_PORT, CROSSOVER, KubeLab, within},
-    lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan, traffic},
+    lab::{Fault, LabSpec, Overlay, PodKind, plan, traffic},
     netns::{http_get_as, unique},
     require_root,
 };
