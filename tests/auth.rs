@@ -43,9 +43,15 @@ fn sample(metrics: &str, family: &str, labels: &str) -> f64 {
 /// with `kubeconfig` (or none, and no ~/.kube either): exit code, stdout.
 fn loss(kl: &KubeLab, kubeconfig: Option<&std::path::Path>) -> (Option<i32>, String, String) {
     let mut c = std::process::Command::new("ip");
-    c.args(["netns", "exec", &kl.lab.node_ns("control-plane"), CROSSOVER, "loss"])
-        .env_remove("KUBECONFIG")
-        .env("HOME", &kl.dir);
+    c.args([
+        "netns",
+        "exec",
+        &kl.lab.node_ns("control-plane"),
+        CROSSOVER,
+        "loss",
+    ])
+    .env_remove("KUBECONFIG")
+    .env("HOME", &kl.dir);
     if let Some(k) = kubeconfig {
         c.arg("--kubeconfig").arg(k);
     }
@@ -86,12 +92,18 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
     let log = kl.agent_log("control-plane");
     let addr = plan::underlay_addr(0);
     assert!(
-        log.contains(&format!("on {addr}:{AGENT_PORT} (this node's underlay address)")),
+        log.contains(&format!(
+            "on {addr}:{AGENT_PORT} (this node's underlay address)"
+        )),
         "{log}"
     );
-    assert!(log.contains("auth on: /api/v1 need a bearer token"), "{log}");
     assert!(
-        kl.agent_log("worker-1").contains("auth on: /api/v1 and /metrics need"),
+        log.contains("auth on: /api/v1 need a bearer token"),
+        "{log}"
+    );
+    assert!(
+        kl.agent_log("worker-1")
+            .contains("auth on: /api/v1 and /metrics need"),
         "{}",
         kl.agent_log("worker-1")
     );
@@ -108,7 +120,10 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
     assert!(body.contains("no bearer token"), "{body}");
     let (status, body) = get(0, "/api/v1/status", Some("forged"));
     assert_eq!(status, 401, "{body}");
-    assert!(body.contains("not accepted by the Kubernetes API"), "{body}");
+    assert!(
+        body.contains("not accepted by the Kubernetes API"),
+        "{body}"
+    );
 
     // Known but not allowed: 403 naming the user and the path.
     kl.server.add_token("bob-token", User::new("bob"));
@@ -125,7 +140,10 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
         .allow(Rule::urls(&["/api/v1/*"], &["get"]).for_user(&reader().name));
     let (status, body) = get(0, "/api/v1/loss", Some("reader-token"));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["node"], "control-plane");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["node"],
+        "control-plane"
+    );
 
     // Probes stay open; /metrics is open by default, checked with the flag.
     assert_eq!(get(0, "/healthz", None).0, 200);
@@ -154,10 +172,26 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
     assert_eq!(asked("subjectaccessreviews"), paths.len(), "one per path");
     let (_, metrics) = get(0, "/metrics", None);
     check_documented(&metrics);
-    assert!(sample(&metrics, "crossover_auth_cache_hits_total", "review=\"token\"") >= 59.0);
-    assert!(sample(&metrics, "crossover_auth_requests_total", "result=\"denied\"") >= 1.0);
     assert!(
-        sample(&metrics, "crossover_auth_requests_total", "result=\"unauthenticated\"") >= 2.0
+        sample(
+            &metrics,
+            "crossover_auth_cache_hits_total",
+            "review=\"token\""
+        ) >= 59.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "crossover_auth_requests_total",
+            "result=\"denied\""
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "crossover_auth_requests_total",
+            "result=\"unauthenticated\""
+        ) >= 2.0
     );
 
     // `crossover loss` with the reader's token reads every agent; with no
@@ -178,7 +212,10 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
             "{out}"
         );
     }
-    assert!(out.contains("401") && out.contains("sent no token"), "{out}");
+    assert!(
+        out.contains("401") && out.contains("sent no token"),
+        "{out}"
+    );
     assert!(!out.contains("did not answer"), "{out}");
     let (code, out, _) = loss(&kl, Some(&kubeconfig("bob.kubeconfig", "bob-token")));
     assert_eq!(code, Some(2));
@@ -193,14 +230,24 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
     let (status, body) = get(0, "/api/v1/status", Some("late-token"));
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("did not answer within 1s"), "{body}");
-    assert!(asked_at.elapsed() < Duration::from_secs(4), "{:?}", asked_at.elapsed());
+    assert!(
+        asked_at.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        asked_at.elapsed()
+    );
     kl.server.stop();
     let (status, body) = get(0, "/api/v1/status", Some("late-token"));
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("cannot check the bearer token"), "{body}");
     assert_eq!(get(0, "/api/v1/status", Some("poll-token")).0, 200);
     let (_, metrics) = get(0, "/metrics", None);
-    assert!(sample(&metrics, "crossover_auth_requests_total", "result=\"unavailable\"") >= 2.0);
+    assert!(
+        sample(
+            &metrics,
+            "crossover_auth_requests_total",
+            "result=\"unavailable\""
+        ) >= 2.0
+    );
     assert!(
         sample(
             &metrics,

@@ -799,10 +799,13 @@ impl<'a> Rbac<'a> {
     fn allows_url(&self, verb: &str, path: &str) -> bool {
         self.rules(Scope::All).iter().any(|r| {
             r.verbs.iter().any(|v| v == verb || v == "*")
-                && r.non_resource_urls.iter().flatten().any(|u| match u.strip_suffix('*') {
-                    Some(prefix) => path.starts_with(prefix),
-                    None => u == path,
-                })
+                && r.non_resource_urls
+                    .iter()
+                    .flatten()
+                    .any(|u| match u.strip_suffix('*') {
+                        Some(prefix) => path.starts_with(prefix),
+                        None => u == path,
+                    })
         })
     }
 
@@ -1277,8 +1280,16 @@ fn readers_may_read_what_the_agents_check() {
         name,
     };
     let driver = who("crossover", "crossover-migrate");
-    for path in ["/api/v1/reading", "/api/v1/loss", "/api/v1/status", "/api/v1/flows"] {
-        assert!(driver.allows_url("get", path), "the driver may not get {path}");
+    for path in [
+        "/api/v1/reading",
+        "/api/v1/loss",
+        "/api/v1/status",
+        "/api/v1/flows",
+    ] {
+        assert!(
+            driver.allows_url("get", path),
+            "the driver may not get {path}"
+        );
     }
     assert!(!driver.allows_url("get", "/metrics"));
     let prometheus = who(PROMETHEUS_SA.0, PROMETHEUS_SA.1);
@@ -1286,8 +1297,14 @@ fn readers_may_read_what_the_agents_check() {
     assert!(!prometheus.allows_url("get", "/api/v1/flows"));
     for (ns, name) in [("crossover", AGENT), ("crossover", PROBE)] {
         let sa = who(ns, name);
-        assert!(!sa.allows_url("get", "/api/v1/reading"), "{name} may read agents");
-        assert!(!sa.allows_url("get", "/metrics"), "{name} may read /metrics");
+        assert!(
+            !sa.allows_url("get", "/api/v1/reading"),
+            "{name} may read agents"
+        );
+        assert!(
+            !sa.allows_url("get", "/metrics"),
+            "{name} may read /metrics"
+        );
     }
     // The reader role grants URLs only: nothing on the API server's
     // resources.
@@ -1297,7 +1314,10 @@ fn readers_may_read_what_the_agents_check() {
         .find(|r| r.metadata.name.as_deref() == Some("crossover-reader"))
         .expect("ClusterRole crossover-reader");
     for rule in reader.rules.iter().flatten() {
-        assert!(rule.resources.is_none() && rule.api_groups.is_none(), "{rule:?}");
+        assert!(
+            rule.resources.is_none() && rule.api_groups.is_none(),
+            "{rule:?}"
+        );
         assert_eq!(rule.verbs, ["get"]);
     }
 }
@@ -1349,7 +1369,11 @@ fn rbac_grants_exactly_what_the_agent_watches() {
         .collect();
     for scope in [Scope::All, Scope::In(ns), Scope::In(&args.cilium_namespace)] {
         for rule in rbac.rules(scope) {
-            let review = rule.resources.iter().flatten().all(|r| r.ends_with("reviews"));
+            let review = rule
+                .resources
+                .iter()
+                .flatten()
+                .all(|r| r.ends_with("reviews"));
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())

@@ -10,9 +10,9 @@ use std::{
 };
 
 use crossover_tests::{
-    metrics_doc::{check_documented, documented},
     agents::{Agents, CROSSOVER, PORT},
     lab::{Fault, Lab, LabSpec, Overlay, exec::run, plan, traffic},
+    metrics_doc::{check_documented, documented},
     netns::{http_get, unique},
     prometheus::{
         Server, dashboard_queries, dashboard_variable_metrics, manifests_dir, metric_names,

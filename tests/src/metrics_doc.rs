@@ -81,4 +81,3 @@ pub fn check_documented(exposition: &str) {
     }
     assert!(kinds.len() >= 20, "{kinds:?}");
 }
-

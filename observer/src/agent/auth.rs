@@ -336,7 +336,12 @@ impl Auth {
     }
 
     fn until(&self, allowed: bool) -> Instant {
-        Instant::now() + if allowed { self.ttl } else { self.ttl.min(NEGATIVE_TTL) }
+        Instant::now()
+            + if allowed {
+                self.ttl
+            } else {
+                self.ttl.min(NEGATIVE_TTL)
+            }
     }
 
     /// Who the token is (`Ok(Err)`: not a valid token), from the cache or
@@ -441,11 +446,7 @@ impl Auth {
     ) -> std::result::Result<T, String> {
         let what = ["TokenReview", "SubjectAccessReview"][which];
         let asked = tokio::time::timeout(self.timeout, async {
-            let _permit = self
-                .in_flight
-                .acquire()
-                .await
-                .map_err(|e| e.to_string())?;
+            let _permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
             review.await.map_err(|e| e.to_string())
         })
         .await

@@ -747,3 +747,33 @@ async fn age_flows(state: Arc<State>, policy: crate::datapath::AgeingPolicy) {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_listens_on_its_node_unless_told() {
+        let underlay = std::net::Ipv4Addr::new(10, 0, 0, 5);
+        let node = parse_listen("node:9190").unwrap();
+        assert_eq!(node, Listen::Node(9190));
+        assert_eq!(
+            node.resolve(None, underlay).0,
+            "10.0.0.5:9190".parse().unwrap()
+        );
+        let host_ip = "10.0.0.7".parse().ok();
+        assert_eq!(
+            node.resolve(host_ip, underlay),
+            ("10.0.0.7:9190".parse().unwrap(), "--host-ip")
+        );
+        let every = parse_listen("0.0.0.0:9190").unwrap();
+        assert_eq!(
+            every.resolve(host_ip, underlay),
+            ("0.0.0.0:9190".parse().unwrap(), "--listen")
+        );
+        for bad in ["node:", "node:http", "everywhere", "10.0.0.5"] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}

@@ -187,7 +187,8 @@ pub async fn run(mut args: LossArgs) -> Result<i32> {
     args.agents = urls;
     // Named agents with no kubeconfig around are read without a token.
     let required = args.kubeconfig.is_some();
-    let credentials = crate::cluster::reader_credentials(args.kubeconfig.as_ref(), required).await?;
+    let credentials =
+        crate::cluster::reader_credentials(args.kubeconfig.as_ref(), required).await?;
     let code = read_with(args, credentials).await?;
     Ok(if complete { code } else { EXIT_INCOMPLETE })
 }

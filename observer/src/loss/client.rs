@@ -9,11 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{self, HeaderValue};
 use hyper_util::{
     client::legacy::{Client as Pool, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use hyper::header::{self, HeaderValue};
 use serde::de::DeserializeOwned;
 use tower::{BoxError, ServiceExt, util::BoxCloneSyncService};
 

@@ -176,15 +176,10 @@ impl Context {
             ..self.options.read.clone()
         };
         let reading = cluster::read(&self.reader, &agents, &options).await;
-        missing.extend(
-            reading
-                .failed
-                .iter()
-                .map(|f| match f.refused {
-                    true => format!("agent {} refused the driver: {}", f.agent, f.error),
-                    false => format!("agent {} did not answer: {}", f.agent, f.error),
-                }),
-        );
+        missing.extend(reading.failed.iter().map(|f| match f.refused {
+            true => format!("agent {} refused the driver: {}", f.agent, f.error),
+            false => format!("agent {} did not answer: {}", f.agent, f.error),
+        }));
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
             missing,

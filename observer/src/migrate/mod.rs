@@ -104,12 +104,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             }
             let lease = take_lease(&client, &args).await?;
             // The settings that judged the first nodes judge the rest.
-            let ctx = Context::new(
-                client,
-                options(),
-                state.settings.clone(),
-                Some(lease),
-            );
+            let ctx = Context::new(client, options(), state.settings.clone(), Some(lease));
             print!("{}", state.render());
             if !confirm(resume.yes, "This continues the migration where it stopped.")? {
                 release(ctx).await;

@@ -350,7 +350,10 @@ impl FakeApiServer {
     }
 
     fn reviews(&self) -> std::sync::RwLockWriteGuard<'_, Reviews> {
-        self.shared.reviews.write().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .reviews
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops serving now, as a crashed API server: open watches end and

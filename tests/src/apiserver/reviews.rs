@@ -58,7 +58,10 @@ impl User {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Grant {
     Urls(Vec<String>),
-    Resources { group: String, resources: Vec<String> },
+    Resources {
+        group: String,
+        resources: Vec<String>,
+    },
     /// Every URL and resource: `cluster-admin`.
     Everything,
 }
@@ -148,7 +151,10 @@ fn url_matches(rule: &str, path: &str) -> bool {
 enum Target {
     Url(String),
     /// `plural` or `plural/subresource`.
-    Resource { group: String, resource: String },
+    Resource {
+        group: String,
+        resource: String,
+    },
 }
 
 #[derive(Debug)]
@@ -226,7 +232,11 @@ impl Reviews {
         let user = spec["user"].as_str().unwrap_or("");
         let groups: Vec<String> = spec["groups"]
             .as_array()
-            .map(|g| g.iter().filter_map(|g| g.as_str().map(String::from)).collect())
+            .map(|g| {
+                g.iter()
+                    .filter_map(|g| g.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if user.is_empty() && groups.is_empty() {
             return Err(ApiError::invalid(
@@ -235,7 +245,10 @@ impl Reviews {
                 "spec.user: Invalid value: \"\": at least one of user or group must be specified",
             ));
         }
-        let attrs = match (spec.get("resourceAttributes"), spec.get("nonResourceAttributes")) {
+        let attrs = match (
+            spec.get("resourceAttributes"),
+            spec.get("nonResourceAttributes"),
+        ) {
             (Some(r), None) => Attributes {
                 verb: r["verb"].as_str().unwrap_or("").into(),
                 target: Target::Resource {
@@ -306,7 +319,11 @@ mod tests {
         };
         assert!(allowed("reader", &[], "/api/v1/flows"));
         assert!(!allowed("reader", &[], "/metrics"));
-        assert!(!allowed("other", &["system:authenticated"], "/api/v1/flows"));
+        assert!(!allowed(
+            "other",
+            &["system:authenticated"],
+            "/api/v1/flows"
+        ));
         assert!(allowed("admin", &["system:masters"], "/metrics"));
     }
 
@@ -318,7 +335,10 @@ mod tests {
                 .token_review(&token_reviews(), &json!({"spec": {"token": token}}))
                 .unwrap()
         };
-        assert_eq!(review(ADMIN_TOKEN)["status"]["user"]["username"], ADMIN_USER);
+        assert_eq!(
+            review(ADMIN_TOKEN)["status"]["user"]["username"],
+            ADMIN_USER
+        );
         assert_eq!(review("nope")["status"]["authenticated"], Value::Null);
         assert!(
             reviews

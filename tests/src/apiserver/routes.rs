@@ -118,7 +118,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let stall = shared.reviews.read().unwrap_or_else(|e| e.into_inner()).stall;
+    let stall = shared
+        .reviews
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .stall;
     if let Some(stall) = stall.filter(|_| path.ends_with("reviews")) {
         tokio::time::sleep(stall).await;
     }
