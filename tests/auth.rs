@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossover_tests::{
     apiserver::{ADMIN_TOKEN, RequestRecord, Rule, User},
-    kubelab::{self, AGENT_PORT, CROSSOVER, KubeLab},
+    kubelab::{AGENT_PORT, CROSSOVER, KubeLab},
     lab::{LabSpec, plan},
     metrics_doc::check_documented,
     netns::{http_get, http_get_as, unique},
@@ -69,15 +69,12 @@ fn loss(kl: &KubeLab, kubeconfig: Option<&std::path::Path>) -> (Option<i32>, Str
 #[test]
 fn agents_let_in_only_tokens_the_api_server_allows() {
     require_root();
-    let mut kl = KubeLab::up(&LabSpec {
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
         name: unique("au"),
         nodes: 2,
         migrated: 0,
         pods: 1,
     });
-    for object in kubelab::objects(&kl.lab) {
-        kl.server.apply(object).unwrap();
-    }
     let quick = ["--probe-rate", "0", "--auth-timeout", "1s"];
     kl.start_agent("control-plane", &quick);
     kl.start_agent("worker-1", &[&quick[..], &["--auth-metrics"]].concat());

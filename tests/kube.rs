@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crossover_tests::{
     apiserver::{ADMIN_TOKEN, Gvr},
-    kubelab::{self, AGENT_PORT, CROSSOVER, KubeLab, within},
+    kubelab::{AGENT_PORT, CROSSOVER, KubeLab, within},
     lab::{Fault, LabSpec, Overlay, PodKind, plan, traffic},
     netns::{http_get_as, unique},
     require_root,
@@ -31,15 +31,12 @@ fn get_json(ns: &str, url: &str) -> Value {
 #[test]
 fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     require_root();
-    let mut kl = KubeLab::up(&LabSpec {
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
         name: unique("k"),
         nodes: 3,
         migrated: 1,
         pods: 1,
     });
-    for object in kubelab::objects(&kl.lab) {
-        kl.server.apply(object).unwrap();
-    }
     kl.start_agents(&[]);
     kl.start_probes();
     kl.wait_agents_ready();
@@ -449,15 +446,12 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
 #[test]
 fn loss_from_kube_mode_agents_equals_the_wire_drops() {
     require_root();
-    let mut kl = KubeLab::up(&LabSpec {
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
         name: unique("q"),
         nodes: 3,
         migrated: 1,
         pods: 2,
     });
-    for object in kubelab::objects(&kl.lab) {
-        kl.server.apply(object).unwrap();
-    }
     // No probes: their trickle through the fault would keep the drop
     // counter moving between the readings compared (tests/agent.rs).
     kl.start_agents(&[

@@ -72,6 +72,15 @@ impl KubeLab {
         }
     }
 
+    /// [`KubeLab::up`] with the lab's own objects applied ([`objects`]).
+    pub fn up_with_objects(spec: &LabSpec) -> KubeLab {
+        let kl = KubeLab::up(spec);
+        for object in objects(&kl.lab) {
+            kl.server.apply(object).unwrap();
+        }
+        kl
+    }
+
     /// `crossover agent --kubeconfig` on every node, with `extra` flags.
     pub fn start_agents(&mut self, extra: &[&str]) {
         let nodes: Vec<String> = self.lab.nodes().map(|n| n.name.clone()).collect();

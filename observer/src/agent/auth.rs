@@ -490,39 +490,33 @@ impl Auth {
                 );
             }
         }
-        let mut f = family(
-            out,
-            "crossover_auth_cache_hits_total",
-            "counter",
-            "Checks answered from the cache, without asking the API server.",
-        );
-        for (i, review) in REVIEWS.iter().enumerate() {
-            f.sample(
-                &[("node", node), ("review", review)],
-                self.counts.hits[i].load(Relaxed),
-            );
-        }
-        let mut f = family(
-            out,
-            "crossover_auth_cache_evictions_total",
-            "counter",
-            "Cached answers dropped before they expired because the cache was full.",
-        );
-        for (i, review) in REVIEWS.iter().enumerate() {
-            f.sample(
-                &[("node", node), ("review", review)],
-                self.counts.evictions[i].load(Relaxed),
-            );
-        }
+        let load = |counts: &[AtomicU64; 2]| counts.each_ref().map(|c| c.load(Relaxed));
         let sizes = [lock(&self.identities).len(), lock(&self.decisions).len()];
-        let mut f = family(
-            out,
-            "crossover_auth_cache_entries",
-            "gauge",
-            "Answers cached (expired ones included until looked up or evicted).",
-        );
-        for (review, n) in REVIEWS.iter().zip(sizes) {
-            f.sample(&[("node", node), ("review", review)], n);
+        let per_review = [
+            (
+                "crossover_auth_cache_hits_total",
+                "counter",
+                "Checks answered from the cache, without asking the API server.",
+                load(&self.counts.hits),
+            ),
+            (
+                "crossover_auth_cache_evictions_total",
+                "counter",
+                "Cached answers dropped before they expired because the cache was full.",
+                load(&self.counts.evictions),
+            ),
+            (
+                "crossover_auth_cache_entries",
+                "gauge",
+                "Answers cached (expired ones included until looked up or evicted).",
+                sizes.map(|n| n as u64),
+            ),
+        ];
+        for (name, kind, help, values) in per_review {
+            let mut f = family(out, name, kind, help);
+            for (review, n) in REVIEWS.iter().zip(values) {
+                f.sample(&[("node", node), ("review", review)], n);
+            }
         }
     }
 }
