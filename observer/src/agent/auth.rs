@@ -223,6 +223,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Expiring<K, V> {
 
 type TokenHash = [u8; 32];
 
+/// A review's answer (`Ok(Err(why))`: a no), or why the API server could
+/// not be asked.
+type Asked<V> = std::result::Result<std::result::Result<V, String>, String>;
+
 /// The checker the router's middleware asks.
 pub struct Auth {
     client: kube::Client,
@@ -346,64 +350,35 @@ impl Auth {
 
     /// Who the token is (`Ok(Err)`: not a valid token), from the cache or
     /// a TokenReview; `Err` when the API server cannot say.
-    async fn identity(
-        &self,
-        hash: &TokenHash,
-        token: &str,
-    ) -> std::result::Result<std::result::Result<Identity, String>, String> {
-        let cached = lock(&self.identities).get(hash, Instant::now());
-        if let Some(known) = cached {
-            self.counts.hits[0].fetch_add(1, Relaxed);
-            return Ok(known);
-        }
-        let review = TokenReview {
+    async fn identity(&self, hash: &TokenHash, token: &str) -> Asked<Identity> {
+        let review = || TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
                 audiences: None,
             },
             ..Default::default()
         };
-        let answer = self
-            .ask(0, async {
-                Api::<TokenReview>::all(self.client.clone())
-                    .create(&PostParams::default(), &review)
-                    .await
-            })
-            .await?;
-        let status = answer.status.unwrap_or_default();
-        let known = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) if user.username.is_some() => Ok(Identity {
-                user: user.username.unwrap_or_default(),
-                uid: user.uid,
-                groups: user.groups.unwrap_or_default(),
-                extra: user.extra,
-            }),
-            _ => Err(status
-                .error
-                .unwrap_or_else(|| "not authenticated".to_owned())),
-        };
-        let until = self.until(known.is_ok());
-        if lock(&self.identities).insert(*hash, known.clone(), until) {
-            self.counts.evictions[0].fetch_add(1, Relaxed);
-        }
-        Ok(known)
+        self.remembered(0, &self.identities, *hash, review, |answer| {
+            let status = answer.status.unwrap_or_default();
+            match (status.authenticated, status.user) {
+                (Some(true), Some(user)) if user.username.is_some() => Ok(Identity {
+                    user: user.username.unwrap_or_default(),
+                    uid: user.uid,
+                    groups: user.groups.unwrap_or_default(),
+                    extra: user.extra,
+                }),
+                _ => Err(status
+                    .error
+                    .unwrap_or_else(|| "not authenticated".to_owned())),
+            }
+        })
+        .await
     }
 
     /// Whether `who` may get `path` (`Ok(Err(reason))`: denied), from the
     /// cache or a SubjectAccessReview.
-    async fn decision(
-        &self,
-        hash: &TokenHash,
-        who: &Identity,
-        path: &str,
-    ) -> std::result::Result<std::result::Result<(), String>, String> {
-        let key = (*hash, path.to_owned());
-        let cached = lock(&self.decisions).get(&key, Instant::now());
-        if let Some(known) = cached {
-            self.counts.hits[1].fetch_add(1, Relaxed);
-            return Ok(known);
-        }
-        let review = SubjectAccessReview {
+    async fn decision(&self, hash: &TokenHash, who: &Identity, path: &str) -> Asked<()> {
+        let review = || SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(who.user.clone()),
                 uid: who.uid.clone(),
@@ -417,22 +392,54 @@ impl Auth {
             },
             ..Default::default()
         };
+        let key = (*hash, path.to_owned());
+        self.remembered(1, &self.decisions, key, review, |answer| {
+            let status = answer.status.unwrap_or_default();
+            if status.allowed && status.denied != Some(true) {
+                Ok(())
+            } else {
+                Err(status.reason.unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    /// The cached answer for `key`, or review `which` (0 token, 1 access)
+    /// asked, read and cached (an error is not).
+    async fn remembered<K, V, R>(
+        &self,
+        which: usize,
+        cache: &Mutex<Expiring<K, std::result::Result<V, String>>>,
+        key: K,
+        review: impl FnOnce() -> R,
+        read: impl FnOnce(R) -> std::result::Result<V, String>,
+    ) -> Asked<V>
+    where
+        K: std::hash::Hash + Eq + Clone,
+        V: Clone,
+        R: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let cached = lock(cache).get(&key, Instant::now());
+        if let Some(known) = cached {
+            self.counts.hits[which].fetch_add(1, Relaxed);
+            return Ok(known);
+        }
+        let review = review();
         let answer = self
-            .ask(1, async {
-                Api::<SubjectAccessReview>::all(self.client.clone())
+            .ask(which, async {
+                Api::<R>::all(self.client.clone())
                     .create(&PostParams::default(), &review)
                     .await
             })
             .await?;
-        let status = answer.status.unwrap_or_default();
-        let known = if status.allowed && status.denied != Some(true) {
-            Ok(())
-        } else {
-            Err(status.reason.unwrap_or_default())
-        };
+        let known = read(answer);
         let until = self.until(known.is_ok());
-        if lock(&self.decisions).insert(key, known.clone(), until) {
-            self.counts.evictions[1].fetch_add(1, Relaxed);
+        if lock(cache).insert(key, known.clone(), until) {
+            self.counts.evictions[which].fetch_add(1, Relaxed);
         }
         Ok(known)
     }
