@@ -239,6 +239,8 @@ pub struct Auth {
     in_flight: tokio::sync::Semaphore,
     pub metrics: bool,
     counts: Counts,
+    /// This agent's own, for [`Auth::until`]'s spread.
+    salt: u64,
 }
 
 impl Auth {
@@ -283,6 +285,9 @@ impl Auth {
             in_flight: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
             metrics: args.auth_metrics,
             counts: Counts::default(),
+            salt: ring::rand::generate::<[u8; 8]>(&ring::rand::SystemRandom::new())
+                .map(|r| u64::from_ne_bytes(r.expose()))
+                .unwrap_or(u64::from(std::process::id())),
         }))
     }
 
@@ -339,13 +344,16 @@ impl Auth {
         }
     }
 
-    fn until(&self, allowed: bool) -> Instant {
-        Instant::now()
-            + if allowed {
-                self.ttl
-            } else {
-                self.ttl.min(NEGATIVE_TTL)
-            }
+    /// When an answer about `token` expires: allowed ones after the TTL
+    /// less up to a quarter, which differs from agent to agent (the salt),
+    /// so a reader's token does not expire on every agent at the same
+    /// instant and turn the next reading into two API calls per node at
+    /// once.
+    fn until(&self, allowed: bool, token: &TokenHash) -> Instant {
+        if !allowed {
+            return Instant::now() + self.ttl.min(NEGATIVE_TTL);
+        }
+        Instant::now() + lifetime(self.ttl, self.salt, token)
     }
 
     /// Who the token is (`Ok(Err)`: not a valid token), from the cache or
@@ -358,7 +366,7 @@ impl Auth {
             },
             ..Default::default()
         };
-        self.remembered(0, &self.identities, *hash, review, |answer| {
+        self.remembered(0, &self.identities, hash, *hash, review, |answer| {
             let status = answer.status.unwrap_or_default();
             match (status.authenticated, status.user) {
                 (Some(true), Some(user)) if user.username.is_some() => Ok(Identity {
@@ -393,7 +401,7 @@ impl Auth {
             ..Default::default()
         };
         let key = (*hash, path.to_owned());
-        self.remembered(1, &self.decisions, key, review, |answer| {
+        self.remembered(1, &self.decisions, hash, key, review, |answer| {
             let status = answer.status.unwrap_or_default();
             if status.allowed && status.denied != Some(true) {
                 Ok(())
@@ -404,12 +412,13 @@ impl Auth {
         .await
     }
 
-    /// The cached answer for `key`, or review `which` (0 token, 1 access)
-    /// asked, read and cached (an error is not).
+    /// The cached answer for `key` (about `token`), or review `which` (0
+    /// token, 1 access) asked, read and cached (an error is not).
     async fn remembered<K, V, R>(
         &self,
         which: usize,
         cache: &Mutex<Expiring<K, std::result::Result<V, String>>>,
+        token: &TokenHash,
         key: K,
         review: impl FnOnce() -> R,
         read: impl FnOnce(R) -> std::result::Result<V, String>,
@@ -437,7 +446,7 @@ impl Auth {
             })
             .await?;
         let known = read(answer);
-        let until = self.until(known.is_ok());
+        let until = self.until(known.is_ok(), token);
         if lock(cache).insert(key, known.clone(), until) {
             self.counts.evictions[which].fetch_add(1, Relaxed);
         }
@@ -528,6 +537,13 @@ impl Auth {
     }
 }
 
+/// How long an allowed answer about `token` is kept: `ttl` less up to a
+/// quarter, by the token and this agent's `salt`.
+fn lifetime(ttl: Duration, salt: u64, token: &TokenHash) -> Duration {
+    let spread = u64::from_ne_bytes(token[..8].try_into().expect("8 bytes")) ^ salt;
+    ttl - ttl / 4 * (spread % 1024) as u32 / 1024
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -580,6 +596,17 @@ mod tests {
         assert_eq!(bearer(&headers), None);
         headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn one_token_expires_at_different_times_on_different_agents() {
+        let ttl = Duration::from_secs(120);
+        let token = sha256("a reader's token");
+        let lifetimes: std::collections::BTreeSet<Duration> = (0..16u64)
+            .map(|agent| lifetime(ttl, agent.wrapping_mul(0x9e37_79b9_7f4a_7c15), &token))
+            .collect();
+        assert!(lifetimes.len() > 8, "{lifetimes:?}");
+        assert!(lifetimes.iter().all(|l| *l > ttl * 3 / 4 && *l <= ttl));
     }
 
     #[test]
