@@ -7,7 +7,7 @@ use std::{
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER, assert_wire_drops, loss_row},
+    agents::{Agents, CROSSOVER, PORT, assert_wire_drops, loss_row},
     fleet::tcx_programs_in,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
@@ -599,4 +599,166 @@ fn a_clean_lab_under_continuous_traffic_reads_no_loss_for_minutes() {
         assert!(readings >= seconds / 4);
         drop(agents);
     });
+}
+
+/// Sum of one node's `crossover_tcp_handshakes_total` towards one peer,
+/// over every overlay, network pair and outcome.
+fn handshakes_towards(body: &str, node: &str, peer: &str) -> u64 {
+    let labels = format!("node=\"{node}\",peer_node=\"{peer}\",");
+    body.lines()
+        .filter(|l| l.starts_with("crossover_tcp_handshakes_total{") && l.contains(&labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// TCP to or from the agents' port (`--listen`) is crossover's own
+/// control traffic: a reader in a pod (a driver Job, `crossover loss` in a
+/// debug pod) whose connections to the agents cross an overlay, as Cilium's
+/// tunnel carries pod-to-node traffic. The datapath keeps their TCP events
+/// out of the peer counters (counted as `control`), so the gate never
+/// judges them, while connections to any other port along the same path
+/// count as before. The lab masquerades pod-to-node traffic to the node's
+/// address (plain host to host, never in the peer counters), so the
+/// connections here go pod to pod, to a server on the agents' port.
+#[test]
+fn connections_on_the_agents_port_are_not_judged() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        name: unique("c"),
+        nodes: 2,
+        migrated: 0,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let cp = lab.node_ns("control-plane");
+    let (from, to) = (
+        lab.endpoint("control-plane/app-1").unwrap(),
+        lab.endpoint("worker-1/app-1").unwrap(),
+    );
+    let metrics = || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (status, body) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let control = |body: &str| -> u64 {
+        metric(
+            body,
+            "crossover_skipped_packets_total{node=\"control-plane\",reason=\"control\"}",
+        )
+    };
+    let before = metrics();
+
+    // Another port: counted.
+    let tcp = traffic::tcp_connections(&from, &to, 3, Duration::from_secs(1)).unwrap();
+    assert_eq!(tcp.answered, 3);
+    let counted = metrics();
+    let handshakes = handshakes_towards(&counted, "control-plane", "worker-1");
+    assert_eq!(
+        handshakes - handshakes_towards(&before, "control-plane", "worker-1"),
+        3,
+        "{counted}"
+    );
+
+    // The agents' port: ten connections, none of them a handshake.
+    let tcp =
+        traffic::tcp_connections_to_port(&from, &to, PORT, 10, Duration::from_secs(1)).unwrap();
+    assert_eq!(tcp.answered, 10);
+    let after = metrics();
+    assert_eq!(
+        handshakes_towards(&after, "control-plane", "worker-1"),
+        handshakes,
+        "connections on the agents' port are not handshakes the gate judges: {after}"
+    );
+    // Each connection's SYN, request and FIN out, and their answers in.
+    assert!(
+        control(&after) >= control(&counted) + 60,
+        "control packets counted: {} -> {}",
+        control(&counted),
+        control(&after)
+    );
+}
+
+/// A node whose underlay hook runs behind a program crossover cannot get in
+/// front of (netlink mode, a classic-BPF filter holding priority 1 for
+/// another protocol) is blind there: its agent is not ready and refuses
+/// readings, naming the hook, so `crossover loss` reports the node failed
+/// rather than its counts, while the other node reads as usual.
+#[test]
+fn a_blind_underlay_is_unready_and_refuses_readings() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        name: unique("b"),
+        nodes: 2,
+        migrated: 0,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let cp = lab.node_ns("control-plane");
+    let tc = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &cp, "tc"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    tc(&["qdisc", "add", "dev", "eth0", "clsact"]);
+    tc(&[
+        "filter",
+        "add",
+        "dev",
+        "eth0",
+        "egress",
+        "prio",
+        "1",
+        "protocol",
+        "ip",
+        "bpf",
+        "da",
+        "bytecode",
+        "1,6 0 0 0,",
+    ]);
+    let agents = Agents::spawn_all(&lab, &["--attach-mode", "netlink"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        let (status, body) = http_get(&cp, &format!("{}/readyz", agents.urls[0]));
+        if status == 503 && body.contains("blind") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never unready for blindness: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(why.contains("eth0 egress"), "{why}");
+    // worker-1 sees first and is ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&cp, &format!("{}/readyz", agents.urls[1])).0 != 200 {
+        assert!(Instant::now() < deadline, "worker-1 never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let out = Command::new("ip")
+        .args(["netns", "exec", &cp, CROSSOVER, "loss", "-o", "json"])
+        .args(["--agent", &agents.urls[0], "--agent", &agents.urls[1]])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("underlay hook blind (eth0 egress"),
+        "the reader names the blind hook: {text}"
+    );
 }

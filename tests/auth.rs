@@ -11,8 +11,8 @@ use crossover_tests::{
     apiserver::{ADMIN_TOKEN, RequestRecord, Rule, User},
     kubelab::{AGENT_PORT, CROSSOVER, KubeLab},
     lab::{LabSpec, plan},
-    metrics_doc::check_documented,
     netns::{http_get, http_get_as, unique},
+    prometheus::check_documented,
     require_root,
 };
 use serde_json::Value;

@@ -43,6 +43,8 @@ const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// The one ConfigMap the agent reads, by a `metadata.name` field selector
 /// (observer/src/cluster/mod.rs).
 const CILIUM_CONFIG: &str = "cilium-config";
+/// The migration driver's state ConfigMap, by its default name.
+const MIGRATION_STATE: &str = "crossover-migration";
 /// What the probe DaemonSet runs: kept exactly so (the probe subcommand).
 const PROBE_ARGS: [&str; 3] = ["probe", "--listen", "0.0.0.0:9191"];
 /// docs/restarts.md at 100k flows: RSS after the ageing sweeps, growth while
@@ -729,6 +731,11 @@ fn watched(args: &AgentArgs) -> Vec<Watched<'_>> {
         ),
         of::<Pod>("agent-pods", Scope::In(&args.namespace), None),
         of::<Pod>("probe-pods", Scope::All, None),
+        of::<ConfigMap>(
+            "migration-state",
+            Scope::In(&args.namespace),
+            Some(MIGRATION_STATE),
+        ),
     ]
 }
 
@@ -1573,9 +1580,9 @@ fn every_kustomization_builds_and_overlays_only_add() {
     }
     // The agent and probe DaemonSets, their ServiceAccounts, the
     // namespace, the Service; the agent's ClusterRole and binding, its
-    // cilium-config Role and binding, its auth-delegator binding, and the
-    // readers' ClusterRole.
-    assert_eq!(base.len(), 12, "{base:?}");
+    // cilium-config and migration-state Roles and bindings, its
+    // auth-delegator binding, and the readers' ClusterRole.
+    assert_eq!(base.len(), 14, "{base:?}");
     let monitoring: Vec<_> = m.builds["monitoring"].difference(base).collect();
     // ServiceMonitor, PrometheusRule, the dashboard, Prometheus' /metrics
     // ClusterRole and binding.

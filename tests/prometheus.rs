@@ -4,29 +4,24 @@
 //! drop counter. The lab test needs root (namespaces, programs in the
 //! kernel); the promtool test does not.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER, PORT},
-    lab::{Fault, Lab, LabSpec, Overlay, exec::run, plan, traffic},
-    metrics_doc::{check_documented, documented},
-    netns::{http_get, unique},
+    agents::{Agents, CROSSOVER},
+    kubelab::within,
+    lab::{Fault, Lab, LabSpec, Overlay, traffic},
+    netns::{Netns, http_get, unique},
     prometheus::{
-        Server, dashboard_queries, dashboard_variable_metrics, manifests_dir, metric_names,
-        promtool, recorded_names, write_rules_file,
+        PROMETHEUS_PORT, Server, check_documented, dashboard_queries, dashboard_variable_metrics,
+        documented, metric_names, promtool, recorded_names, servicemonitor_target_labels,
+        write_rules_file,
     },
     require_root,
 };
 use serde_json::Value;
-
-/// Prometheus' address on the lab's underlay bridge: it reaches every
-/// node's `eth0` directly, and to the agents it is no node, so its scrapes
-/// are no node pair's traffic.
-const PROMETHEUS_ADDR: &str = "172.18.255.254";
-const PROMETHEUS_PORT: u16 = 9090;
 
 fn temp_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(prefix));
@@ -65,48 +60,6 @@ fn shipped_rules_pass_promtool_check_and_unit_tests() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The target labels the shipped ServiceMonitor gives a node's agent: its
-/// relabelings from the pod's node name (the rest is the Operator's).
-fn servicemonitor_target_labels(node: &str) -> BTreeMap<String, String> {
-    let path = manifests_dir().join("monitoring/servicemonitor.yaml");
-    let sm: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut labels = BTreeMap::new();
-    for endpoint in sm["spec"]["endpoints"].as_array().unwrap() {
-        for r in endpoint["relabelings"].as_array().into_iter().flatten() {
-            assert_eq!(
-                r["sourceLabels"],
-                serde_json::json!(["__meta_kubernetes_pod_node_name"]),
-                "a relabeling this test does not emulate: {r}"
-            );
-            let target = r["targetLabel"].as_str().unwrap();
-            labels.insert(target.to_owned(), node.to_owned());
-        }
-    }
-    labels
-}
-
-/// Scrapes every agent each second (labelled as the ServiceMonitor labels
-/// it), evaluates the rules each second.
-fn config(lab: &Lab) -> String {
-    let targets: Vec<Value> = lab
-        .nodes()
-        .enumerate()
-        .map(|(j, node)| {
-            serde_json::json!({
-                "targets": [format!("{}:{PORT}", plan::underlay_addr(j))],
-                "labels": servicemonitor_target_labels(&node.name),
-            })
-        })
-        .collect();
-    // JSON is YAML.
-    serde_json::json!({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["crossover.rules.yml"],
-        "scrape_configs": [{"job_name": "crossover-agent", "static_configs": targets}],
-    })
-    .to_string()
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -130,20 +83,9 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
     .unwrap()
     .remove_on_drop();
     let agents = Agents::start(&lab);
-    run(&[
-        "ip",
-        "-n",
-        &lab.underlay_ns(),
-        "addr",
-        "add",
-        &format!("{PROMETHEUS_ADDR}/16"),
-        "dev",
-        "underlay",
-    ])
-    .unwrap();
     let dir = temp_dir("prometheus");
     write_rules_file(&dir);
-    let server = Server::start(&lab.underlay_ns(), &dir, &config(&lab), PROMETHEUS_PORT).unwrap();
+    let server = Server::on_lab(&lab, &dir).unwrap();
 
     // 5% of control-plane's packets to worker-1 (migrated) on the Cilium
     // overlay, from before the traffic to after the reading.
@@ -386,11 +328,80 @@ fn dashboard_queries_use_only_served_or_recorded_metrics() {
         "crossover:pair_overlay_loss_ratio:1m",
         "crossover:net_pair_loss_ratio:1m",
         "crossover_node_migrating",
+        "crossover_migration_phase",
+        "crossover_migration_nodes",
+        "crossover_migration_step",
+        "crossover_migration_gate_decisions_total",
         "crossover_newest_tick_timestamp_seconds",
         "up",
     ] {
         assert!(used.contains(name), "no panel shows {name}");
     }
+}
+
+/// `crossover loss --prometheus` against `url`, run in `ns`: its exit
+/// status and what it printed (stdout, stderr).
+fn loss_at(ns: &str, url: &str) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, CROSSOVER, "loss", "--prometheus", url])
+        .args(["--node", "n1", "--format", "json"])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A real Prometheus that cannot give a reading: without crossover's
+/// rules it is an error naming them; with them but scraping nothing, the
+/// reading is incomplete (exit status 2) with every reason listed, never
+/// an empty, lossless one. Needs root (a network namespace).
+#[test]
+fn a_prometheus_without_rules_or_agents_gives_no_lossless_reading() {
+    require_root();
+    let ns = Netns::new("pe");
+    let url = format!("http://127.0.0.1:{PROMETHEUS_PORT}");
+    let config = |rules: bool| {
+        serde_json::json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": if rules { vec!["crossover.rules.yml"] } else { vec![] },
+        })
+        .to_string()
+    };
+
+    let dir = temp_dir("norules");
+    let server = Server::start(&ns.name, &dir, &config(false), PROMETHEUS_PORT).unwrap();
+    let (code, _, said) = loss_at(&ns.name, &url);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "Prometheus at {url}: no recording rule crossover:signal_sent:increase<window>"
+        )),
+        "{said}"
+    );
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let dir = temp_dir("notargets");
+    write_rules_file(&dir);
+    let server = Server::start(&ns.name, &dir, &config(true), PROMETHEUS_PORT).unwrap();
+    // Until the group has run once: an error; then, nothing recorded.
+    let ((out, said), _) = within(Duration::from_secs(10), "an evaluated group", || {
+        let (code, out, said) = loss_at(&ns.name, &url);
+        (code == Some(2)).then_some((out, said))
+    });
+    let reading: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{said}"));
+    let failed = reading["failed"].to_string();
+    for why in [
+        "no sample of crossover:signal_sent:increase1m",
+        "no record of node n1's pairs",
+        "no target of job crossover-agent",
+    ] {
+        assert!(failed.contains(why), "{why}: {reading:#}");
+    }
+    assert_eq!(reading["answered"], 0);
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Past `--metrics-peer-detail` nodes an agent sums every peer not under

@@ -398,7 +398,9 @@ fn uninstall_leaves_nothing_behind() {
     assert_eq!((progs.len(), maps.len()), (4, 9));
     drop(observer);
     assert_eq!(tcx_ids(&nodes.a, "u0").len(), 2, "left attached");
-    let done = observer::datapath::uninstall(&pins.path).unwrap();
+    // Run on the node, where its interfaces are, as the CLI is.
+    let path = pins.path.clone();
+    let done = in_netns(&nodes.a.name, move || observer::datapath::uninstall(&path)).unwrap();
     assert_eq!((done.links.len(), done.maps.len()), (4, 9), "{done:?}");
     check_nothing_left(&nodes, &pins, &progs, &maps);
 

@@ -26,6 +26,13 @@ pub mod map {
     pub const PEERS: &str = "PEERS";
     /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
+    /// `Array<DropConfig>`, one entry, written by userspace: where the
+    /// `skb:kfree_skb` record and `struct sk_buff` keep what the drop
+    /// program reads (from tracefs and BTF, as this kernel lays them out).
+    pub const DROP_CONFIG: &str = "DROP_CONFIG";
+    /// `PerCpuHashMap<DropKey, u64>`: packets of the cluster the kernel
+    /// dropped, by reason, peer node, overlay and network pair.
+    pub const DROPS: &str = "DROPS";
     /// `Array<u64>`, one entry: CLOCK_MONOTONIC as userspace last wrote it
     /// (every sample, before every sweep). A known flow's `last_seen_ns`
     /// is this, not the kernel clock: the clock helper costs more than the
@@ -271,11 +278,59 @@ wire_enum! {
         PeerMapFull = 27 => "peer_map_full",
         /// A handshake was not tracked: the HANDSHAKES map was full.
         HandshakeMapFull = 28 => "handshake_map_full",
+        /// An underlay packet of crossover's own control traffic
+        /// ([`Config::control_port`]) whose TCP events were left out of
+        /// the peer counters (the packet itself counts towards delivery).
+        Control = 29 => "control",
+        /// A kernel drop of cluster traffic was not counted: the DROPS
+        /// map was full.
+        DropMapFull = 30 => "drop_map_full",
     }
 }
 
 /// Number of [`Counter`] slots; the COUNTERS map has exactly this many.
-pub const COUNTER_SLOTS: u32 = 29;
+pub const COUNTER_SLOTS: u32 = 31;
+
+/// Entries of [`DROPS`](map::DROPS): reasons x peers x overlays x network
+/// pairs that actually drop, a few dozen on a sick node.
+pub const DEFAULT_DROP_CAPACITY: u32 = 4096;
+
+/// The single entry of [`DROP_CONFIG`](map::DROP_CONFIG): byte offsets,
+/// as this kernel lays them out, of what the drop program reads. All zero
+/// (never written) disables it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct DropConfig {
+    /// In the tracepoint's record: `skbaddr`, `protocol`, `reason`.
+    pub record_skb: u32,
+    pub record_protocol: u32,
+    pub record_reason: u32,
+    /// In `struct sk_buff`: `head` (pointer) and `network_header` (u16,
+    /// from `head`).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`DROPS`](map::DROPS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct DropKey {
+    /// `enum skb_drop_reason` value; its name comes from the kernel
+    /// (tracefs), not from this crate: the enum grows every release.
+    pub reason: u32,
+    /// The other node of the packet: the tunnel's other end, else the node
+    /// owning the remote address; 0 for none (local, or not a node's).
+    pub peer: u32,
+    /// [`Overlay`] wire value.
+    pub overlay: u8,
+    /// [`Net`] wire values of the (inner) source and destination.
+    pub src_net: u8,
+    pub dst_net: u8,
+    pub _pad: u8,
+}
 
 /// One encapsulation port: which overlay uses it and how it is framed.
 #[repr(C)]
@@ -303,7 +358,14 @@ pub struct Config {
     /// (IPv4 protocol 4); [`Overlay::None`] when none does, and protocol 4
     /// is then left out like any other non-cluster protocol.
     pub ipip_overlay: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// TCP port of crossover's own control connections (the agents' API,
+    /// host byte order; 0: none). A flow with it at either end is marked
+    /// [`FlowStats::control`] when first seen: its packets count towards
+    /// delivery, its TCP events (handshakes, segments, retransmits) are
+    /// left out of the peer counters and counted as [`Counter::Control`],
+    /// so the gate never judges the traffic of its own readings.
+    pub control_port: u16,
 }
 
 /// Value of an [`ADDRS`](map::ADDRS) entry.
@@ -382,7 +444,11 @@ pub struct FlowStats {
     pub snat: u8,
     /// OR of every TCP flag byte seen.
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// 1 for crossover's own control traffic ([`Config::control_port`]):
+    /// the flow is counted as usual, its TCP events stay out of the peer
+    /// counters.
+    pub control: u8,
+    pub _pad: [u8; 2],
     /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction,
     /// networks) on the underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
     /// slot (its packets go straight to the PEERS hash).
@@ -484,6 +550,8 @@ pub mod tcp_flag {
 }
 
 const _: () = {
+    assert!(core::mem::size_of::<DropConfig>() == 24);
+    assert!(core::mem::size_of::<DropKey>() == 12);
     assert!(core::mem::size_of::<EncapPort>() == 4);
     assert!(core::mem::size_of::<Config>() == 40);
     assert!(core::mem::size_of::<AddrInfo>() == 8);
@@ -508,4 +576,6 @@ mod user {
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for PeerStats {}
     unsafe impl aya::Pod for PendingHandshake {}
+    unsafe impl aya::Pod for DropConfig {}
+    unsafe impl aya::Pod for DropKey {}
 }

@@ -18,7 +18,7 @@ use crate::{
     maps::{ADDRS, CLOCK, CONFIG, FLOWS, HANDSHAKES},
     parse::{
         ipv4::Ipv4,
-        l4::{Echo, L4},
+        l4::{Echo, IPPROTO_TCP, L4},
     },
 };
 
@@ -66,7 +66,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             (
                 Class::of(&*stats),
                 (*stats).peer_slot,
-                tcp,
+                judged(seen, (*stats).control, tcp),
                 (*stats).packets,
             )
         };
@@ -91,7 +91,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
     }
 
     let now = kernel_clock();
-    let mut fresh = classify(seen, ip)?;
+    let mut fresh = classify(seen, ip, l4)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
     let class = Class::of(&fresh);
@@ -100,6 +100,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         slot => slot,
     });
     let slot = fresh.peer_slot;
+    let control = fresh.control;
     let mut tcp = apply_first(&mut fresh, ip, l4);
     match FLOWS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
@@ -115,13 +116,29 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             // table may have room): so does this one, the long way. With
             // no flow to remember them, its TCP events are taken as those
             // of a first packet.
-            count_underlay(seen, class, 0, frame_len, tcp);
+            count_underlay(seen, class, 0, frame_len, judged(seen, control, tcp));
             return Err(Counter::FlowMapFull);
         }
     }
+    let tcp = judged(seen, control, tcp);
     count_underlay(seen, class, slot, frame_len, tcp);
     track_handshake(seen, class, &key, tcp);
     Ok(())
+}
+
+/// The TCP events the peer counters take from a packet: none for
+/// crossover's own control traffic (counted as [`Counter::Control`] where
+/// they would have been, on the underlay), so the gate never judges the
+/// connections its own readings make.
+#[inline(always)]
+fn judged(seen: Seen, control: u8, tcp: Tcp) -> Tcp {
+    if control == 0 {
+        return tcp;
+    }
+    if seen.point == Point::Underlay {
+        count(Counter::Control);
+    }
+    Tcp::default()
 }
 
 #[inline(always)]
@@ -272,7 +289,7 @@ fn count_underlay(seen: Seen, class: Class, slot: u32, frame_len: u32, tcp: Tcp)
 /// undefined, and LLVM may spill that undefined register, which the
 /// verifier refuses (`!read_ok`).
 #[inline(always)]
-fn lookup(addr: u32) -> AddrInfo {
+pub(crate) fn lookup(addr: u32) -> AddrInfo {
     ADDRS.get(Key::new(32, addr)).copied().unwrap_or(AddrInfo {
         net: Net::External.wire(),
         kind: u8::MAX,
@@ -287,7 +304,7 @@ fn is_node_overlay(info: &AddrInfo) -> bool {
 }
 
 #[inline(always)]
-fn node_of(info: &AddrInfo, local: u32) -> u32 {
+pub(crate) fn node_of(info: &AddrInfo, local: u32) -> u32 {
     match info.node {
         node if node != local => node,
         _ => 0,
@@ -296,7 +313,7 @@ fn node_of(info: &AddrInfo, local: u32) -> u32 {
 
 /// A new flow's classification: networks, overlay, peer node and SNAT.
 #[inline(always)]
-fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
+fn classify(seen: Seen, ip: &Ipv4, l4: &L4) -> Result<FlowStats, Counter> {
     let src = lookup(ip.src);
     let dst = lookup(ip.dst);
     let (src_net, dst_net) = (src.net, dst.net);
@@ -313,7 +330,12 @@ fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
             overlay = Overlay::None;
         }
     }
-    let local = CONFIG.get(0).map_or(0, |config| config.local_node);
+    let (local, control_port) = CONFIG
+        .get(0)
+        .map_or((0, 0), |config| (config.local_node, config.control_port));
+    let control = control_port != 0
+        && ip.proto == IPPROTO_TCP
+        && (l4.src_port == control_port || l4.dst_port == control_port);
     let peer = match seen.outer_peer {
         0 => match node_of(&dst, local) {
             0 => node_of(&src, local),
@@ -335,6 +357,7 @@ fn classify(seen: Seen, ip: &Ipv4) -> Result<FlowStats, Counter> {
         dst_net,
         overlay: overlay.wire(),
         snat: snat.wire(),
+        control: control as u8,
         ..FlowStats::default()
     })
 }

@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use observer_ebpf::{
-    AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, FlowKey,
-    FlowStats, PeerKey, PeerStats, PendingHandshake,
+    AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_DROP_CAPACITY,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY,
+    DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats, PeerKey, PeerStats,
+    PendingHandshake,
 };
 
 #[map(name = "CONFIG")]
@@ -45,3 +46,11 @@ pub static HANDSHAKES: HashMap<FlowKey, PendingHandshake> =
 
 #[map(name = "CLOCK")]
 pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map(name = "DROP_CONFIG")]
+pub static DROP_CONFIG: Array<DropConfig> = Array::with_max_entries(1, 0);
+
+/// Not preallocated: a node drops for a few reasons towards a few peers.
+#[map(name = "DROPS")]
+pub static DROPS: PerCpuHashMap<DropKey, u64> =
+    PerCpuHashMap::with_max_entries(DEFAULT_DROP_CAPACITY, BPF_F_NO_PREALLOC);

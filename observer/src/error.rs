@@ -97,6 +97,10 @@ pub enum Error {
         status: u16,
         reason: String,
     },
+    /// A Prometheus server read instead of the agents (`--source
+    /// prometheus=URL`, `crossover loss --prometheus`).
+    #[error("Prometheus at {url}: {reason}")]
+    Prometheus { url: String, reason: String },
 
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
@@ -109,7 +113,7 @@ impl Error {
     /// exports `crossover_errors_total` at 0 for each from its start, so an
     /// `increase()` has a first sample to start from. A test checks the two
     /// agree for every variant.
-    pub const METRIC_LABELS: [&'static str; 19] = [
+    pub const METRIC_LABELS: [&'static str; 20] = [
         "privilege",
         "no_interface",
         "no_ethernet",
@@ -128,6 +132,7 @@ impl Error {
         "migration",
         "agent",
         "refused",
+        "prometheus",
         "io",
     ];
 
@@ -153,6 +158,7 @@ impl Error {
             Error::Migration(_) => "migration",
             Error::Agent { .. } => "agent",
             Error::Refused { .. } => "refused",
+            Error::Prometheus { .. } => "prometheus",
             Error::Io { .. } => "io",
         }
     }
@@ -262,6 +268,10 @@ mod tests {
                 status: 401,
                 reason: "r".into(),
             },
+            Error::Prometheus {
+                url: "u".into(),
+                reason: "r".into(),
+            },
             Error::io("w", io()),
         ];
         for e in &all {
@@ -285,6 +295,7 @@ mod tests {
                 | Error::Migration(_)
                 | Error::Agent { .. }
                 | Error::Refused { .. }
+                | Error::Prometheus { .. }
                 | Error::Io { .. } => {}
             }
         }

@@ -32,6 +32,13 @@ impl Agents {
 
     /// `extra` may hold `{node}`, replaced by the node's name.
     pub fn start_with(lab: &Lab, extra: &[&str]) -> Agents {
+        let agents = Self::spawn_all(lab, extra);
+        agents.wait_ready(lab);
+        agents
+    }
+
+    /// [`Agents::start_with`] without waiting for them to be ready.
+    pub fn spawn_all(lab: &Lab, extra: &[&str]) -> Agents {
         let dir = std::env::temp_dir().join(format!("crossover-agents-{}", lab.name()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut agents = Agents {
@@ -47,7 +54,6 @@ impl Agents {
                 .urls
                 .push(format!("http://{}:{PORT}", plan::underlay_addr(j)));
         }
-        agents.wait_ready(lab);
         agents
     }
 

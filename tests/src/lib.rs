@@ -10,7 +10,6 @@ pub mod footprint;
 pub mod harness;
 pub mod kubelab;
 pub mod lab;
-pub mod metrics_doc;
 pub mod migration;
 pub mod netns;
 pub mod packet;

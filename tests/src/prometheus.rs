@@ -2,7 +2,7 @@
 //! real server (Debian's `prometheus`) run inside a network namespace, its
 //! HTTP API, and promtool.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -11,7 +11,17 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::netns::in_netns;
+use crate::{
+    agents::PORT,
+    lab::{Lab, exec::run, plan},
+    netns::in_netns,
+};
+
+/// Prometheus' address on a lab's underlay bridge: it reaches every
+/// node's `eth0` directly, and to the agents it is no node, so its scrapes
+/// are no node pair's traffic.
+pub const PROMETHEUS_ADDR: &str = "172.18.255.254";
+pub const PROMETHEUS_PORT: u16 = 9090;
 
 pub fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
@@ -31,6 +41,80 @@ pub fn write_rules_file(dir: &Path) -> PathBuf {
     let spec = &prometheus_rule()["spec"];
     std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
     path
+}
+
+/// The shipped rules rendered at a record window of `window` instead of
+/// `1m`, as docs/metrics.md tells an SRE whose Prometheus scrapes faster:
+/// every `[1m]`, `offset 1m` and record name's `1m` of the loss group
+/// (and the alerts' references to those records) replaced. Written like
+/// [`write_rules_file`].
+pub fn write_rules_file_at(dir: &Path, window: &str) -> PathBuf {
+    let mut spec = prometheus_rule()["spec"].clone();
+    let groups = spec["groups"].as_array_mut().expect("spec.groups");
+    for group in groups.iter_mut() {
+        let loss = group["name"] == "crossover.loss";
+        for rule in group["rules"].as_array_mut().expect("rules") {
+            for field in ["record", "expr"] {
+                let Some(text) = rule[field].as_str() else {
+                    continue;
+                };
+                let mut text = text.replace(":increase1m", &format!(":increase{window}"));
+                text = text.replace(":1m", &format!(":{window}"));
+                if loss {
+                    text = text.replace("[1m]", &format!("[{window}]"));
+                    text = text.replace("offset 1m", &format!("offset {window}"));
+                    assert!(!text.contains("1m"), "a 1m left in {text}");
+                }
+                rule[field] = Value::String(text);
+            }
+        }
+    }
+    let path = dir.join("crossover.rules.yml");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    path
+}
+
+/// The target labels the shipped ServiceMonitor gives a node's agent: its
+/// relabelings from the pod's node name (the rest is the Operator's).
+pub fn servicemonitor_target_labels(node: &str) -> BTreeMap<String, String> {
+    let path = manifests_dir().join("monitoring/servicemonitor.yaml");
+    let sm: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut labels = BTreeMap::new();
+    for endpoint in sm["spec"]["endpoints"].as_array().unwrap() {
+        for r in endpoint["relabelings"].as_array().into_iter().flatten() {
+            assert_eq!(
+                r["sourceLabels"],
+                serde_json::json!(["__meta_kubernetes_pod_node_name"]),
+                "a relabeling this test does not emulate: {r}"
+            );
+            let target = r["targetLabel"].as_str().unwrap();
+            labels.insert(target.to_owned(), node.to_owned());
+        }
+    }
+    labels
+}
+
+/// Scrapes every agent of `lab` each second (labelled as the
+/// ServiceMonitor labels it, job `crossover-agent`), evaluates the rules
+/// each second.
+pub fn lab_config(lab: &Lab) -> String {
+    let targets: Vec<Value> = lab
+        .nodes()
+        .enumerate()
+        .map(|(j, node)| {
+            serde_json::json!({
+                "targets": [format!("{}:{PORT}", plan::underlay_addr(j))],
+                "labels": servicemonitor_target_labels(&node.name),
+            })
+        })
+        .collect();
+    // JSON is YAML.
+    serde_json::json!({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["crossover.rules.yml"],
+        "scrape_configs": [{"job_name": "crossover-agent", "static_configs": targets}],
+    })
+    .to_string()
 }
 
 /// Every recording rule's `record` name.
@@ -70,6 +154,29 @@ pub struct Server {
 }
 
 impl Server {
+    /// Prometheus in `lab`'s underlay namespace at [`PROMETHEUS_ADDR`],
+    /// listening on its loopback, scraping every agent with the rules
+    /// already written into `dir`.
+    pub fn on_lab(lab: &Lab, dir: &Path) -> Result<Server> {
+        let cidr = format!("{PROMETHEUS_ADDR}/16");
+        run(&[
+            "ip",
+            "-n",
+            &lab.underlay_ns(),
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            "underlay",
+        ])?;
+        Server::start(&lab.underlay_ns(), dir, &lab_config(lab), PROMETHEUS_PORT)
+    }
+
+    /// Its base URL, from inside its namespace.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Starts `prometheus` with `config` (YAML text) written into `dir`,
     /// where rule files it names are looked up too; waits until ready.
     pub fn start(ns: &str, dir: &Path, config: &str, port: u16) -> Result<Server> {
@@ -272,4 +379,80 @@ pub fn metric_names(expr: &str) -> Result<BTreeSet<String>> {
     let mut names = Names(BTreeSet::new());
     let Ok(_) = walk_expr(&mut names, &parsed);
     Ok(names.0)
+}
+
+/// A family of docs/metrics.md's tables: its type and labels.
+pub struct Documented {
+    pub kind: String,
+    pub labels: BTreeSet<String>,
+}
+
+/// The families of docs/metrics.md's tables, by name.
+pub fn documented() -> BTreeMap<String, Documented> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut families = BTreeMap::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | `name` | type | `label`, `label` | what |
+        let Some(name) = cells
+            .get(1)
+            .and_then(|c| c.strip_prefix('`'))
+            .and_then(|c| c.strip_suffix('`'))
+        else {
+            continue;
+        };
+        if !(name.starts_with("crossover_") || name.starts_with("process_")) {
+            continue;
+        }
+        let labels = cells
+            .get(3)
+            .unwrap_or(&"")
+            .split(',')
+            .map(|l| l.trim().trim_matches('`').to_owned())
+            .filter(|l| !l.is_empty() && l != "none")
+            .collect();
+        let kind = cells.get(2).unwrap_or(&"").to_string();
+        families.insert(name.to_owned(), Documented { kind, labels });
+    }
+    families
+}
+
+/// Every family in `exposition` is documented, and its samples carry
+/// only documented labels.
+pub fn check_documented(exposition: &str) {
+    let docs = documented();
+    let mut kinds = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let doc = docs
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not in docs/metrics.md"));
+            assert_eq!(doc.kind, kind, "{name}'s type in docs/metrics.md");
+            kinds.insert(name.to_owned(), kind.to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let series = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    series
+                        .strip_suffix(s)
+                        .filter(|f| kinds.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(series);
+            let labels = line
+                .split_once('{')
+                .map(|(_, rest)| rest.rsplit_once('}').unwrap().0)
+                .unwrap_or_default();
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let name = pair.split('=').next().unwrap();
+                assert!(
+                    docs[family].labels.contains(name) || name == "le",
+                    "{family}: label {name} is not in docs/metrics.md"
+                );
+            }
+        }
+    }
+    assert!(kinds.len() >= 20, "{kinds:?}");
 }

@@ -1,6 +1,7 @@
 //! One file per hook. Every entry point is a thin wrapper: it calls its
 //! `try_` function, counts the reason if that stopped early, and hands the
 //! packet on.
+mod drop;
 mod floor;
 mod host;
 mod overlay;

@@ -232,10 +232,14 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
     cluster_families(out, state);
+    if let Some(cluster) = &state.cluster {
+        super::migration::write(out, node, cluster.migration_state().as_deref());
+    }
     departed_nat_families(out, state);
     if let Some(auth) = &state.auth {
         auth.write_metrics(out, node);
     }
+    drop_families(out, state, &detailed);
 
     let mut f = family(
         out,
@@ -252,6 +256,55 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     super::process::write_build_info(out, node);
     if let Ok(process) = process {
         process.write(out);
+    }
+}
+
+/// The kernel's drops of cluster traffic by reason: a series per reason,
+/// peer, overlay and network pair that dropped (bounded by DROPS), peers
+/// past `--metrics-peer-detail` summed into `*` like the per-peer families.
+fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
+    let node = state.node.as_str();
+    let drops = match super::lock(&state.observer).drops() {
+        Ok(drops) => drops,
+        Err(e) => {
+            state.count(&e);
+            return;
+        }
+    };
+    let view = state.view();
+    let mut summed: std::collections::BTreeMap<_, u64> = std::collections::BTreeMap::new();
+    for d in &drops {
+        let peer = match d.peer {
+            None => "none".to_owned(),
+            Some(addr) => match view.node_name(addr) {
+                name if detailed(&name) => name,
+                _ => crate::loss::CLUSTER.to_owned(),
+            },
+        };
+        *summed
+            .entry((d.reason.as_str(), peer, d.overlay, d.src_net, d.dst_net))
+            .or_default() += d.packets;
+    }
+    let mut f = family(
+        out,
+        "crossover_drops_total",
+        "counter",
+        "Packets of the cluster the kernel dropped on this node, by the kernel's drop reason \
+         (skb:kfree_skb), peer node, overlay (the tunnel it was in; native or none before \
+         or outside one) and network pair.",
+    );
+    for ((reason, peer, overlay, src, dst), n) in &summed {
+        f.sample(
+            &[
+                ("node", node),
+                ("reason", reason),
+                ("peer_node", peer),
+                ("overlay", overlay.label()),
+                ("src_net", src.label()),
+                ("dst_net", dst.label()),
+            ],
+            *n,
+        );
     }
 }
 

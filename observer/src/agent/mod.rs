@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod metrics;
+mod migration;
 mod probing;
 mod process;
 mod routes;
@@ -64,6 +65,11 @@ pub struct AgentArgs {
     /// pod networks.
     #[arg(long, default_value = "app.kubernetes.io/name=crossover-probe")]
     pub probe_selector: String,
+    /// The migration's name (`crossover migrate --name`): its state
+    /// ConfigMap in --namespace, whose progress is exported as
+    /// `crossover_migration_*` metrics.
+    #[arg(long, default_value = "crossover-migration")]
+    pub migration_name: String,
     /// Namespace of Cilium and its `cilium-config`.
     #[arg(long, default_value = "kube-system")]
     pub cilium_namespace: String,
@@ -159,6 +165,10 @@ pub struct AgentArgs {
     /// with the peer's half: docs/metrics.md). 8 series a peer at most.
     #[arg(long, default_value_t = metrics::PEER_DETAIL_NODES)]
     pub metrics_peer_detail: usize,
+    /// Do not count the kernel's drops of cluster traffic by reason (the
+    /// skb:kfree_skb program; kernels 5.17+, tracefs and BTF needed).
+    #[arg(long)]
+    pub no_drop_reasons: bool,
     #[command(flatten)]
     pub ageing: crate::datapath::AgeingPolicy,
 }
@@ -479,6 +489,9 @@ impl State {
         if !observer.attached().any(|(_, hook)| hook == Hook::Underlay) {
             return Some("not attached to an underlay interface".into());
         }
+        if let Some(blind) = blind_underlay(observer.order()) {
+            return Some(blind);
+        }
         if let Some(cluster) = &self.cluster
             && !cluster.synced()
         {
@@ -486,6 +499,25 @@ impl State {
         }
         None
     }
+}
+
+/// Why this node's readings cannot be trusted, when a program runs before
+/// ours on an underlay hook (docs/hooks.md): what it drops or redirects
+/// never reaches our counters, so a reading would report as delivered, or
+/// as never sent, what the wire never saw. `None` when every underlay hook
+/// sees first.
+pub(crate) fn blind_underlay(order: &[crate::datapath::HookOrder]) -> Option<String> {
+    let blind: Vec<String> = order
+        .iter()
+        .filter(|o| o.hook == Hook::Underlay && o.placement == crate::datapath::Placement::Blind)
+        .map(|o| format!("{} {} behind programs {:?}", o.iface, o.direction, o.ahead))
+        .collect();
+    (!blind.is_empty()).then(|| {
+        format!(
+            "underlay hook blind ({}): another program runs before crossover's and may drop or redirect what it never sees; no reading is served from here",
+            blind.join(", ")
+        )
+    })
 }
 
 /// Where the cluster's shape comes from.
@@ -521,6 +553,7 @@ async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
         agent_namespace: args.namespace.clone(),
         agent_selector: args.agent_selector.clone(),
         probe_selector: args.probe_selector.clone(),
+        migration_name: args.migration_name.clone(),
         overrides: args.overrides.clone(),
     })
     .await?;
@@ -562,6 +595,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         pin_path: args.pin_path.clone(),
+        // Readers of this API (the driver, `crossover loss`, Prometheus)
+        // connect to this port on every node: never judged.
+        control_port: args.listen.port(),
         ..LoadOptions::default()
     };
     let session = Session::open(
@@ -599,6 +635,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         )
     };
     let auth = auth::Auth::start(&args.auth, cluster.is_some(), args.kubeconfig.as_ref()).await?;
+    if !args.no_drop_reasons {
+        // Without drop reasons every other signal still stands: said, and
+        // counted as an error, not fatal.
+        match lock(&session.observer).enable_drops() {
+            Ok(()) => eprintln!("crossover: counting the kernel's drops by reason (skb:kfree_skb)"),
+            Err(err) => eprintln!("crossover: warning: no drop reasons: {err}"),
+        }
+    }
     let state = Arc::new(State {
         node,
         view: RwLock::new(Arc::new(view)),

@@ -199,6 +199,12 @@ async fn reading_handler(
         Ok(r) => r,
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
+    // Counts from an underlay hook that runs behind another program are
+    // not a number to report: the reader sees this node as failed, with
+    // why, and the gate treats it as it treats a missing agent.
+    if let Some(blind) = super::blind_underlay(lock(&state.observer).order()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{blind}\n")).into_response();
+    }
     let interval = state.interval();
     let k = request.at_ms / interval.as_millis().max(1) as u64;
     let s = state.clone();

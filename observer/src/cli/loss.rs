@@ -55,8 +55,9 @@ pub struct LossArgs {
     pub agents: Vec<String>,
     /// Read the shipped recording rules' records from this Prometheus
     /// (base URL, e.g. http://prometheus:9090) instead of the agents:
-    /// whole minutes (--window rounded up), from scrapes (docs/metrics.md).
-    #[arg(long, conflicts_with_all = ["agents", "since_start", "all", "kubeconfig"])]
+    /// whole record windows (--window rounded up: minutes with the shipped
+    /// rules), from scrapes (docs/metrics.md).
+    #[arg(long, value_parser = parse_prometheus, conflicts_with_all = ["agents", "since_start", "all", "kubeconfig"])]
     pub prometheus: Option<String>,
     /// Kubeconfig file, to find the agents when no --agent is given, and
     /// whose user's bearer token is sent to the agents (they check it with
@@ -117,6 +118,14 @@ pub struct LossArgs {
 
 fn parse_overlay(s: &str) -> std::result::Result<Overlay, String> {
     Overlay::from_label(s).ok_or_else(|| format!("{s:?} is not an overlay (legacy, cilium)"))
+}
+
+/// A Prometheus base URL, checked as `--source prometheus=URL` is.
+fn parse_prometheus(s: &str) -> std::result::Result<String, String> {
+    match format!("prometheus={s}").parse::<crate::loss::Source>()? {
+        crate::loss::Source::Prometheus(url) => Ok(url),
+        crate::loss::Source::Agents => Err(format!("{s:?} is not a Prometheus URL")),
+    }
 }
 
 fn parse_ratio(s: &str) -> std::result::Result<f64, String> {

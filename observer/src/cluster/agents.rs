@@ -22,6 +22,8 @@ pub struct AgentPods<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Found {
     pub urls: Vec<String>,
+    /// The node of each URL.
+    pub nodes: Vec<String>,
     pub missing: Vec<String>,
 }
 
@@ -60,7 +62,10 @@ pub async fn find(client: &Client, how: &AgentPods<'_>) -> Result<Found> {
                 && ip(p).is_some()
         });
         match on.and_then(ip) {
-            Some(ip) => found.urls.push(format!("http://{ip}:{}", how.port)),
+            Some(ip) => {
+                found.urls.push(format!("http://{ip}:{}", how.port));
+                found.nodes.push(node.to_owned());
+            }
             None => found
                 .missing
                 .push(format!("no crossover agent pod on node {node}")),

@@ -51,6 +51,9 @@ pub struct ClusterOptions {
     /// Label selector of the probe responder pods (any namespace... the
     /// agent's).
     pub probe_selector: String,
+    /// The migration driver's state ConfigMap, in the agent's namespace
+    /// (`crossover migrate --name`): its progress is exported as metrics.
+    pub migration_name: String,
     pub overrides: ShapeOverrides,
 }
 
@@ -85,6 +88,10 @@ impl Health {
 /// The watched resources the shape cannot do without. Cilium's are
 /// optional: before Cilium is installed its CRDs do not exist.
 const REQUIRED: [&str; 2] = ["nodes", "pods"];
+/// Watched for what the agent exports, not for its shape: never waited
+/// for (an agent whose RBAC predates it still measures).
+const NOT_AWAITED: [&str; 1] = [MIGRATION_STATE];
+const MIGRATION_STATE: &str = "migration-state";
 
 pub struct Cluster {
     options: ClusterOptions,
@@ -96,6 +103,7 @@ pub struct Cluster {
     cilium_config: Store<ConfigMap>,
     agents: Store<Pod>,
     probes: Store<Pod>,
+    migration: Store<ConfigMap>,
     health: Health,
     changes: watch::Receiver<u64>,
 }
@@ -171,9 +179,15 @@ impl Cluster {
             ),
             probes: w.spawn(
                 "probe-pods",
-                Api::all(client),
-                all.labels(&options.probe_selector),
+                Api::all(client.clone()),
+                all.clone().labels(&options.probe_selector),
                 slim_pod,
+            ),
+            migration: w.spawn(
+                MIGRATION_STATE,
+                Api::namespaced(client, &options.agent_namespace),
+                all.fields(&format!("metadata.name={}", options.migration_name)),
+                |c: &mut ConfigMap| c.metadata.managed_fields = None,
             ),
             options,
             health,
@@ -188,6 +202,7 @@ impl Cluster {
         let health = self.health.snapshot();
         health
             .iter()
+            .filter(|(name, _)| !NOT_AWAITED.contains(name))
             .all(|(name, h)| h.synced || (h.absent && !REQUIRED.contains(name)))
             && REQUIRED
                 .iter()
@@ -268,6 +283,11 @@ impl Cluster {
             })
             .filter_map(|n| n.metadata.name.clone())
             .collect()
+    }
+
+    /// The migration driver's state ConfigMap, when there is one.
+    pub fn migration_state(&self) -> Option<Arc<ConfigMap>> {
+        self.migration.state().into_iter().next()
     }
 
     /// Ready probe responder pods on other nodes.

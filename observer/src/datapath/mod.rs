@@ -2,6 +2,8 @@
 //! attaching them, and reading back what they counted.
 mod ageing;
 mod attach;
+mod btf;
+mod drops;
 mod flows;
 mod handshakes;
 mod hook;
@@ -32,6 +34,7 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
+pub use drops::DropRecord;
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
@@ -77,6 +80,10 @@ pub struct LoadOptions {
     /// process counts on where this one stopped (docs/restarts.md).
     /// `None`: nothing outlives the process.
     pub pin_path: Option<PathBuf>,
+    /// TCP port of crossover's own control connections (the agent's API):
+    /// their TCP events stay out of the peer counters, so the gate never
+    /// judges its own readings (`Config::control_port`). 0: none.
+    pub control_port: u16,
 }
 
 impl Default for LoadOptions {
@@ -90,6 +97,7 @@ impl Default for LoadOptions {
             attach_mode: AttachMode::Auto,
             netns: None,
             pin_path: None,
+            control_port: 0,
         }
     }
 }
@@ -132,6 +140,8 @@ pub struct Observer {
     /// Times a program was re-attached in front of one that had moved
     /// ahead of it, since load.
     reasserted: u64,
+    /// The kernel's drop reasons by value, once the drop program runs.
+    drop_reasons: Option<BTreeMap<u32, String>>,
 }
 
 impl Observer {
@@ -189,6 +199,7 @@ impl Observer {
             expired_handshakes: BTreeMap::new(),
             order: Vec::new(),
             reasserted: 0,
+            drop_reasons: None,
         };
         if observer.pins.is_some() {
             observer.recover()?;
@@ -279,7 +290,10 @@ impl Observer {
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
         self.tick()?;
-        let config = shape.kernel_config()?;
+        let config = observer_ebpf::Config {
+            control_port: self.options.control_port,
+            ..shape.kernel_config()?
+        };
         let mut array: Array<&mut MapData, observer_ebpf::Config> =
             map_mut(&mut self.ebpf, map::CONFIG)?;
         array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
@@ -423,6 +437,8 @@ impl Observer {
                     match link.info() {
                         Ok(info) => releasing.push(pin::Releasing {
                             id: info.id(),
+                            program: info.program_id(),
+                            iface: iface.clone(),
                             what: format!("{iface} ({name})"),
                         }),
                         Err(err) => eprintln!("crossover: reading link {iface}/{name}: {err}"),
@@ -431,7 +447,10 @@ impl Observer {
             }
         }
         self.detach_all();
-        pin::wait_released(&releasing)?;
+        {
+            let _ns = self.enter_netns()?;
+            pin::wait_released(&releasing)?;
+        }
         if let Some(pins) = &self.pins {
             let rest = pin::uninstall_in(pins)?;
             done.links.extend(rest.links);
@@ -654,6 +673,23 @@ impl Observer {
 
     /// Packets, bytes and TCP events per (peer node, overlay, direction,
     /// network pair).
+    /// Starts counting the kernel's drops of cluster traffic by reason
+    /// (`skb:kfree_skb`; kernels 5.17 and later): needs tracefs and BTF.
+    pub fn enable_drops(&mut self) -> Result<()> {
+        if self.drop_reasons.is_none() {
+            self.drop_reasons = Some(drops::enable(&mut self.ebpf)?);
+        }
+        Ok(())
+    }
+
+    /// What the drop program counted; empty until [`Observer::enable_drops`].
+    pub fn drops(&self) -> Result<Vec<DropRecord>> {
+        match &self.drop_reasons {
+            Some(reasons) => drops::read(&self.ebpf, reasons),
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn peers(&self) -> Result<Vec<PeerRecord>> {
         snapshot::read_peers(&self.ebpf, &self.peer_slots, &self.expired_handshakes)
     }

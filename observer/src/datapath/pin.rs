@@ -30,6 +30,7 @@ use aya::maps::{HashMap, Map, MapData};
 use aya::{
     EbpfLoader,
     maps::{MapInfo, MapType},
+    programs::{SchedClassifier, TcAttachType},
 };
 use observer_ebpf::{
     AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PEER_ABI_KEY, PEER_ABI_VERSION,
@@ -397,6 +398,8 @@ pub(crate) struct FoundLink {
     pub ifindex: u32,
     /// The kernel's id of the link.
     pub id: u32,
+    /// The program it runs.
+    pub prog_id: u32,
 }
 
 /// Every pinned link under `links/`. Entries that are not ours or not a
@@ -438,6 +441,7 @@ pub(crate) fn found_links(links: &Path) -> Result<Vec<FoundLink>> {
                 direction: direction.to_owned(),
                 path,
                 ifindex: target.ifindex,
+                prog_id: target.prog_id,
                 id: target.id,
             });
         }
@@ -491,6 +495,8 @@ pub(crate) fn uninstall_in(pins: &PinDir) -> Result<Uninstalled> {
         .iter()
         .map(|link| Releasing {
             id: link.id,
+            program: link.prog_id,
+            iface: link.iface.clone(),
             what: format!("{} ({}-{})", link.iface, link.hook, link.direction),
         })
         .collect();
@@ -511,17 +517,24 @@ pub(crate) fn uninstall_in(pins: &PinDir) -> Result<Uninstalled> {
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// A link whose pin was removed and whose last fd is closed (or about to
-/// be): the kernel's id and where it was attached, for the error.
+/// be): the kernel's ids of it and its program, the interface it is on,
+/// and how to name it in an error.
 pub(crate) struct Releasing {
     pub id: u32,
+    pub program: u32,
+    pub iface: String,
     pub what: String,
 }
 
 /// Returns once every unpinned link is gone from its interface, so that
 /// `crossover uninstall` (and an agent leaving with `--detach-on-exit`)
-/// returning means the programs no longer run. A link still there after
-/// [`RELEASE_WAIT`] is held by another process's fd (bpftool, a
-/// debugger): named in the error.
+/// returning means the programs no longer run. The kernel releases a link
+/// from a workqueue, and frees its id before it takes the program off the
+/// hook (under the RTNL lock, which a busy node's netlink traffic can hold
+/// for a while): so the wait is for both, the id and the program off the
+/// interface's TCX chain, where the interface is visible from here. A link
+/// still there after [`RELEASE_WAIT`] is held by another process's fd
+/// (bpftool, a debugger): named in the error.
 pub(crate) fn wait_released(links: &[Releasing]) -> Result<()> {
     let deadline = Instant::now() + RELEASE_WAIT;
     for link in links {
@@ -529,7 +542,7 @@ pub(crate) fn wait_released(links: &[Releasing]) -> Result<()> {
             let exists = sys::link_exists(link.id).map_err(|e| {
                 Error::io(format!("checking that link {} was released", link.id), e)
             })?;
-            if !exists {
+            if !exists && !still_on_hook(&link.iface, link.program) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -545,6 +558,18 @@ pub(crate) fn wait_released(links: &[Releasing]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `program` still runs on either TCX hook of `iface`. An
+/// interface that cannot be queried here (gone, or in another network
+/// namespace) has nothing to wait for.
+fn still_on_hook(iface: &str, program: u32) -> bool {
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .any(|direction| {
+            SchedClassifier::query_tcx(iface, direction)
+                .is_ok_and(|(_, programs)| programs.iter().any(|p| p.id() == program))
+        })
 }
 
 /// Removes the (now empty) directory tree of the pins.

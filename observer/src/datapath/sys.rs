@@ -87,6 +87,8 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 pub(crate) struct LinkTarget {
     pub link_type: u32,
     pub id: u32,
+    /// The program the link runs.
+    pub prog_id: u32,
     pub ifindex: u32,
 }
 
@@ -123,6 +125,7 @@ pub(crate) fn link_target(fd: BorrowedFd<'_>) -> io::Result<LinkTarget> {
     Ok(LinkTarget {
         link_type: info.link_type,
         id: info.id,
+        prog_id: info.prog_id,
         ifindex: info.ifindex,
     })
 }

@@ -51,6 +51,10 @@ pub struct ReadOptions {
     /// The longest a packet spends between two nodes' NICs: what a
     /// total's uncertainty counts as in flight at the window's edges.
     pub in_flight: Duration,
+    /// Nodes whose agents a reading must hold (those with an agent pod),
+    /// for a reader that does not ask each agent itself (Prometheus): one
+    /// it has nothing of is named, not taken for lossless.
+    pub expect: Vec<String>,
 }
 
 impl Default for ReadOptions {
@@ -65,6 +69,7 @@ impl Default for ReadOptions {
             top: 20,
             drill_cells: 8,
             in_flight: Duration::from_millis(2),
+            expect: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! * [`cluster`]: a reading of the whole cluster from every agent's half.
 //! * [`prometheus`]: the same reading from the shipped recording rules'
 //!   records in Prometheus.
+//! * [`source`]: which of the two a reader uses.
 pub mod client;
 pub mod cluster;
 pub mod delivery;
@@ -21,6 +22,8 @@ pub mod reading;
 pub mod ring;
 pub mod row;
 pub mod signal;
+pub mod source;
 
 pub use row::{CLUSTER, LossRow};
 pub use signal::Signal;
+pub use source::Source;

@@ -1,20 +1,33 @@
 //! A reading of the cluster from Prometheus instead of the agents. The
 //! shipped recording rules (manifests/monitoring/prometheusrule.yaml,
 //! docs/metrics.md) already join every node's sends with its peer's
-//! receives, per minute; this sums their records over the window into the
-//! same totals and rows a reading of the agents gives, so `crossover loss
-//! --prometheus` prints them alike. Every query is bounded: totals by
-//! signals x overlays x network pairs, rows by the focus nodes' pairs and
-//! `top`, whatever the cluster's size.
+//! receives, over a record window (`1m` as shipped); this sums their
+//! records over the reading's window into the same totals and rows a
+//! reading of the agents gives, so `crossover loss --prometheus` prints
+//! them alike and the migration gate (`--source prometheus=URL`) judges
+//! them alike. Every query is bounded: totals by signals x overlays x
+//! network pairs, rows by the focus nodes' pairs and `top`, whatever the
+//! cluster's size.
+//!
+//! The records are found through Prometheus' rules API: their window is
+//! the suffix of their name (`:increase1m`, or `:increase10s` for rules
+//! rendered for a faster scrape), and a reading ends at the group's last
+//! evaluation, so every reading of the same evaluation is the same window.
+//! Rules missing, failing or not evaluated, an answer that is not
+//! Prometheus', no agent scraped, no record at all: each is an error or a
+//! missing part of the reading, never an empty, lossless one.
 //!
 //! The figures are Prometheus' (`increase()` over scrapes that are not
 //! simultaneous: docs/metrics.md, "What the rules cannot see"), over whole
-//! minutes: the window is rounded up to minutes (at most
-//! [`MAX_MINUTES`]) and ends at the rules' newest evaluation.
-use std::{collections::BTreeMap, time::SystemTime};
+//! record windows: the window asked is rounded up to them (at most
+//! [`MAX_TERMS`]).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, SystemTime},
+};
 
 use observer_ebpf::{Net, Overlay};
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
     CLUSTER, LossRow, Signal,
@@ -24,22 +37,25 @@ use super::{
 };
 use crate::{Error, Result};
 
-/// The records summed: per node pair, overlay, network pair and signal,
-/// what was sent and lost in the minute before each evaluation.
-pub const SENT: &str = "crossover:signal_sent:increase1m";
-pub const LOST: &str = "crossover:signal_lost:increase1m";
+/// The records summed, but for their window: per node pair, overlay,
+/// network pair and signal, what was sent and lost in the window before
+/// each evaluation.
+pub const SENT: &str = "crossover:signal_sent:increase";
+pub const LOST: &str = "crossover:signal_lost:increase";
 /// The scrape job the shipped ServiceMonitor makes (the alerts' too).
 pub const JOB: &str = "crossover-agent";
 /// The labels of a row.
 const ROW: &str = "node, peer_node, overlay, src_net, dst_net, signal";
+/// The most record windows a reading sums: one term each.
+pub const MAX_TERMS: u64 = 60;
 
 #[derive(Deserialize)]
-struct Answer {
+struct Answer<T> {
     status: String,
     #[serde(default)]
     error: String,
-    #[serde(default)]
-    data: Option<Data>,
+    #[serde(default = "Option::default")]
+    data: Option<T>,
 }
 
 #[derive(Deserialize)]
@@ -54,46 +70,217 @@ struct Sample {
     value: (f64, String),
 }
 
-/// One instant query at `at` (Unix seconds): its samples.
-async fn query(client: &Client, url: &str, expr: &str, at: u64) -> Result<Vec<Sample>> {
+#[derive(Deserialize)]
+struct Rules {
+    groups: Vec<Group>,
+}
+
+#[derive(Deserialize)]
+struct Group {
+    name: String,
+    /// Seconds.
+    #[serde(default)]
+    interval: f64,
+    #[serde(default, rename = "lastEvaluation")]
+    last_evaluation: String,
+    rules: Vec<Rule>,
+}
+
+#[derive(Deserialize)]
+struct Rule {
+    name: String,
+    #[serde(default)]
+    health: String,
+    #[serde(default, rename = "lastError")]
+    last_error: String,
+}
+
+/// What the rules API says of the records a reading sums.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Records {
+    /// Their names (`crossover:signal_sent:increase1m`, ...).
+    pub sent: String,
+    pub lost: String,
+    /// The range each record's `increase()` covers.
+    pub window: Duration,
+    /// How often their group is evaluated.
+    pub interval: Duration,
+    /// When the group last finished an evaluation (Unix ms): the end of
+    /// every reading until the next.
+    pub evaluated_ms: u64,
+}
+
+impl Records {
+    /// The window a reading asked for `requested` covers: whole record
+    /// windows, at least one.
+    pub fn reading_window(&self, requested: Duration) -> Duration {
+        self.window * self.terms(requested) as u32
+    }
+
+    fn terms(&self, requested: Duration) -> u64 {
+        let w = self.window.as_millis().max(1);
+        (requested.as_millis().div_ceil(w) as u64).max(1)
+    }
+}
+
+/// An error of the server at `url`, whatever the client called it.
+fn at(url: &str) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Agent { reason, .. } => Error::Prometheus {
+            url: url.to_owned(),
+            reason,
+        },
+        e => e,
+    }
+}
+
+/// GET `path` of the API: its data, or Prometheus' own error.
+async fn api<T: DeserializeOwned>(client: &Client, url: &str, path: &str, what: &str) -> Result<T> {
+    let answer: Answer<T> = client.get_json(url, path, what).await.map_err(at(url))?;
+    let fail = |reason: String| Error::Prometheus {
+        url: url.to_owned(),
+        reason,
+    };
+    if answer.status != "success" {
+        return Err(fail(format!("{path}: {}", answer.error)));
+    }
+    answer.data.ok_or_else(|| {
+        fail(format!(
+            "{path}: a success without data: is this Prometheus?"
+        ))
+    })
+}
+
+/// One instant query at `at_ms` (Unix ms): its samples.
+async fn query(client: &Client, url: &str, expr: &str, at_ms: u64) -> Result<Vec<Sample>> {
     let path = format!(
         "/api/v1/query?{}",
         form_urlencoded::Serializer::new(String::new())
             .append_pair("query", expr)
-            .append_pair("time", &at.to_string())
+            .append_pair("time", &format!("{}.{:03}", at_ms / 1000, at_ms % 1000))
             .finish()
     );
-    let answer: Answer = client
-        .get_json(url, &path, "Prometheus query answer")
-        .await?;
-    if answer.status != "success" {
-        return Err(Error::Agent {
-            agent: url.to_owned(),
-            reason: format!("query {expr:?}: {}", answer.error),
-        });
-    }
-    Ok(answer.data.map(|d| d.result).unwrap_or_default())
+    let data: Data = api(client, url, &path, "Prometheus query answer").await?;
+    Ok(data.result)
 }
 
-/// The longest window a reading sums: one term a minute.
-pub const MAX_MINUTES: u64 = 60;
+/// The records the rules of the server at `url` make, checked: loaded,
+/// healthy, evaluated lately (by `now`).
+pub async fn records(client: &Client, url: &str, now: SystemTime) -> Result<Records> {
+    let rules: Rules = api(
+        client,
+        url,
+        "/api/v1/rules?type=record",
+        "Prometheus rules answer",
+    )
+    .await?;
+    let fail = |reason: String| Error::Prometheus {
+        url: url.to_owned(),
+        reason,
+    };
+    // The finest window loaded, should there be several.
+    let mut found: Option<(&Group, Duration, String)> = None;
+    for group in &rules.groups {
+        for rule in &group.rules {
+            let Some(suffix) = rule.name.strip_prefix(SENT) else {
+                continue;
+            };
+            let window = humantime::parse_duration(suffix)
+                .map_err(|e| fail(format!("record {}: its window {suffix:?}: {e}", rule.name)))?;
+            if found.as_ref().is_none_or(|(_, w, _)| window < *w) {
+                found = Some((group, window, suffix.to_owned()));
+            }
+        }
+    }
+    let Some((group, window, suffix)) = found else {
+        return Err(fail(format!(
+            "no recording rule {SENT}<window>: load crossover's rules \
+             (manifests/monitoring/prometheusrule.yaml; docs/metrics.md says how without the \
+             Prometheus Operator)"
+        )));
+    };
+    let (sent, lost) = (format!("{SENT}{suffix}"), format!("{LOST}{suffix}"));
+    if !group.rules.iter().any(|r| r.name == lost) {
+        return Err(fail(format!(
+            "group {} records {sent} but not {lost}: load the whole of crossover's rules",
+            group.name
+        )));
+    }
+    for rule in group
+        .rules
+        .iter()
+        .filter(|r| r.name == sent || r.name == lost)
+    {
+        if rule.health != "ok" {
+            return Err(fail(format!(
+                "rule {} of group {} is {:?}{}",
+                rule.name,
+                group.name,
+                rule.health,
+                if rule.last_error.is_empty() {
+                    " (not evaluated yet?)".to_owned()
+                } else {
+                    format!(": {}", rule.last_error)
+                }
+            )));
+        }
+    }
+    let evaluated_ms = group
+        .last_evaluation
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .and_then(|t| u64::try_from(t.as_millisecond()).ok())
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| {
+            fail(format!(
+                "group {} was never evaluated (lastEvaluation {:?})",
+                group.name, group.last_evaluation
+            ))
+        })?;
+    let interval = Duration::try_from_secs_f64(group.interval).unwrap_or_default();
+    // A group that stopped being evaluated serves its last records for
+    // minutes: old figures are no reading of now.
+    let age = unix_ms(now).saturating_sub(evaluated_ms);
+    let stale = (interval * 3).max(Duration::from_secs(60));
+    if Duration::from_millis(age) > stale {
+        return Err(fail(format!(
+            "group {} was last evaluated {}s ago (every {}s): its records are not current",
+            group.name,
+            age / 1000,
+            interval.as_secs_f64()
+        )));
+    }
+    Ok(Records {
+        sent,
+        lost,
+        window,
+        interval,
+        evaluated_ms,
+    })
+}
 
-/// `record` summed over the `minutes` before the query's instant: the
-/// records of now, a minute ago, ... (a subquery's steps would fall on
-/// whole minutes instead, up to a minute stale). Each minute's series
-/// gets its own `minute` label so that `or` keeps them all for the sum.
-fn over(record: &str, selector: &str, minutes: u64) -> String {
-    if minutes <= 1 {
+/// A Prometheus duration of whole milliseconds.
+fn promql_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// `record` summed over `terms` record windows before the query's
+/// instant: the records of now, a window ago, ... (a subquery's steps
+/// would fall on multiples of the step instead, up to a window stale).
+/// Each term's series gets its own `term` label so that `or` keeps them
+/// all for the sum.
+fn over(record: &str, selector: &str, terms: u64, window: Duration) -> String {
+    if terms <= 1 {
         return format!("{record}{selector}");
     }
-    let terms: Vec<String> = (0..minutes)
+    let terms: Vec<String> = (0..terms)
         .map(|k| {
             let offset = if k == 0 {
                 String::new()
             } else {
-                format!(" offset {k}m")
+                format!(" offset {}", promql_duration(window * k as u32))
             };
-            format!("label_replace({record}{selector}{offset}, \"minute\", \"{k}\", \"\", \"\")")
+            format!("label_replace({record}{selector}{offset}, \"term\", \"{k}\", \"\", \"\")")
         })
         .collect();
     format!("sum by ({ROW}) ({})", terms.join(" or "))
@@ -111,14 +298,14 @@ type Figures = BTreeMap<Vec<(String, String)>, (f64, f64)>;
 async fn sent_and_lost(
     client: &Client,
     url: &str,
-    at: u64,
+    at_ms: u64,
     [sent, lost]: [String; 2],
     requests: &mut usize,
 ) -> Result<Figures> {
     let mut figures = Figures::new();
     for (i, expr) in [sent, lost].iter().enumerate() {
         *requests += 1;
-        for s in query(client, url, expr, at).await? {
+        for s in query(client, url, expr, at_ms).await? {
             let value: f64 = s.value.1.parse().unwrap_or(f64::NAN);
             let key = s
                 .metric
@@ -165,31 +352,49 @@ fn row(labels: &[(String, String)], (sent, lost): (f64, f64), seconds: f64) -> O
 /// One reading from the Prometheus server at `url` (its base URL): the
 /// cluster totals per signal, overlay and network pair, every row of the
 /// nodes in `options.focus`, and the `options.top` worst rows with at
-/// least `options.min_sent` sent. Agents Prometheus finds down are
-/// `failed`: their pairs are missing, not lossless.
+/// least `options.min_sent` sent, over the records' newest evaluation.
+/// Agents Prometheus finds down, nodes of `options.expect` it has no
+/// series of, a focus node without a record and a reading without any
+/// record are `failed`: their pairs are missing, not lossless. A server
+/// that cannot be read, or without crossover's rules, is an error.
 pub async fn read(
     client: &Client,
     url: &str,
     options: &ReadOptions,
     now: SystemTime,
 ) -> Result<ClusterReading> {
-    let minutes = options.window.as_secs().div_ceil(60).max(1);
-    if minutes > MAX_MINUTES {
-        return Err(Error::Agent {
-            agent: url.to_owned(),
+    let records = records(client, url, now).await?;
+    read_records(client, url, options, &records).await
+}
+
+/// [`read`] of records already found.
+pub async fn read_records(
+    client: &Client,
+    url: &str,
+    options: &ReadOptions,
+    records: &Records,
+) -> Result<ClusterReading> {
+    let terms = records.terms(options.window);
+    if terms > MAX_TERMS {
+        return Err(Error::Prometheus {
+            url: url.to_owned(),
             reason: format!(
-                "a window of {minutes} minutes: a reading from Prometheus sums at most {MAX_MINUTES}"
+                "a window of {terms} records of {}: a reading sums at most {MAX_TERMS}",
+                humantime::format_duration(records.window)
             ),
         });
     }
-    let to = unix_ms(now) / 1000;
-    let seconds = (minutes * 60) as f64;
-    let mut requests = 0;
+    let to = records.evaluated_ms;
+    let window = records.reading_window(options.window);
+    let seconds = window.as_secs_f64();
+    let mut requests = 1;
     let mut reading = ClusterReading {
-        from_ms: (to - minutes * 60) * 1000,
-        to_ms: to * 1000,
+        from_ms: to.saturating_sub(window.as_millis() as u64),
+        to_ms: to,
         ..ClusterReading::default()
     };
+    let over = |record: &str, selector: &str| over(record, selector, terms, records.window);
+    let (sent, lost) = (records.sent.as_str(), records.lost.as_str());
     let mut unreadable = 0;
     let mut rows = |figures: Figures| -> Vec<LossRow> {
         let rows: Vec<LossRow> = figures
@@ -199,15 +404,26 @@ pub async fn read(
         unreadable += figures.len() - rows.len();
         rows
     };
+    let missing = |error: String| FailedAgent {
+        agent: url.to_owned(),
+        error,
+        refused: false,
+    };
 
     let total = |record| {
         format!(
             "sum by (overlay, src_net, dst_net, signal) ({})",
-            over(record, "", minutes)
+            over(record, "")
         )
     };
-    let totals = sent_and_lost(client, url, to, [total(SENT), total(LOST)], &mut requests).await?;
+    let totals = sent_and_lost(client, url, to, [total(sent), total(lost)], &mut requests).await?;
     reading.totals = rows(totals);
+    if reading.totals.is_empty() {
+        reading.failed.push(missing(format!(
+            "no sample of {sent}: the rules run but recorded nothing (the agents scraped for \
+             less than two record windows, or not as job {JOB})"
+        )));
+    }
 
     let mut found = Vec::new();
     if !options.focus.is_empty() {
@@ -215,24 +431,35 @@ pub async fn read(
         let focus = |record| {
             format!(
                 "{} or {}",
-                over(record, &format!("{{node=~\"{nodes}\"}}"), minutes),
-                over(record, &format!("{{peer_node=~\"{nodes}\"}}"), minutes)
+                over(record, &format!("{{node=~\"{nodes}\"}}")),
+                over(record, &format!("{{peer_node=~\"{nodes}\"}}"))
             )
         };
-        let exprs = [focus(SENT), focus(LOST)];
+        let exprs = [focus(sent), focus(lost)];
         found.extend(rows(
             sent_and_lost(client, url, to, exprs, &mut requests).await?,
         ));
+        for node in &options.focus {
+            if !found
+                .iter()
+                .any(|r| r.node == *node || r.peer_node == *node)
+            {
+                reading.failed.push(missing(format!(
+                    "no record of node {node}'s pairs: its agent is not scraped, or its series \
+                     are younger than two record windows"
+                )));
+            }
+        }
     }
     let worst = format!(
         "topk({}, {} / ({} >= {}))",
         options.top,
-        over(LOST, "", minutes),
-        over(SENT, "", minutes),
+        over(lost, ""),
+        over(sent, ""),
         options.min_sent
     );
-    let of_worst = |record| format!("{} and on ({ROW}) {worst}", over(record, "", minutes));
-    let exprs = [of_worst(SENT), of_worst(LOST)];
+    let of_worst = |record| format!("{} and on ({ROW}) {worst}", over(record, ""));
+    let exprs = [of_worst(sent), of_worst(lost)];
     found.extend(rows(
         sent_and_lost(client, url, to, exprs, &mut requests).await?,
     ));
@@ -242,7 +469,14 @@ pub async fn read(
 
     // The agents, as Prometheus last scraped them.
     requests += 1;
-    for s in query(client, url, &format!("up{{job=\"{JOB}\"}}"), to).await? {
+    let up = query(client, url, &format!("up{{job=\"{JOB}\"}}"), to).await?;
+    if up.is_empty() {
+        reading.failed.push(missing(format!(
+            "no target of job {JOB}: Prometheus does not scrape the agents (the shipped \
+             ServiceMonitor, docs/metrics.md)"
+        )));
+    }
+    for s in up {
         if s.value.1 == "1" {
             reading.answered += 1;
         } else {
@@ -254,14 +488,26 @@ pub async fn read(
             });
         }
     }
+    // Nodes with an agent Prometheus has no series of: scraped under
+    // another job, or not at all.
+    if !options.expect.is_empty() {
+        requests += 1;
+        let scraped: BTreeSet<String> =
+            query(client, url, "group by (node) (crossover_build_info)", to)
+                .await?
+                .into_iter()
+                .filter_map(|s| s.metric.get("node").cloned())
+                .collect();
+        for node in options.expect.iter().filter(|n| !scraped.contains(*n)) {
+            reading.failed.push(missing(format!(
+                "no series of node {node}'s agent: Prometheus does not scrape it"
+            )));
+        }
+    }
     if unreadable > 0 {
-        reading.failed.push(FailedAgent {
-            agent: url.to_owned(),
-            error: format!(
-                "{unreadable} series with a label value crossover does not know (another version's rules?)"
-            ),
-            refused: false,
-        });
+        reading.failed.push(missing(format!(
+            "{unreadable} series with a label value crossover does not know (another version's rules?)"
+        )));
     }
     reading.requests = requests;
     Ok(reading)
@@ -299,13 +545,15 @@ mod tests {
         bad[2].1 = "vxlan".into();
         assert!(row(&bad, (1.0, 0.0), 60.0).is_none());
         assert_eq!(any_of(&["a.b".into(), "c".into()]), "a\\\\.b|c");
+        let record = "crossover:signal_sent:increase10s";
+        let ten = Duration::from_secs(10);
         assert_eq!(
-            over(SENT, "{a=\"b\"}", 1),
-            "crossover:signal_sent:increase1m{a=\"b\"}"
+            over(record, "{a=\"b\"}", 1, ten),
+            "crossover:signal_sent:increase10s{a=\"b\"}"
         );
-        let two = over(SENT, "", 2);
+        let two = over(record, "", 2, ten);
         assert!(
-            two.contains(" or label_replace(crossover:signal_sent:increase1m offset 1m, "),
+            two.contains(" or label_replace(crossover:signal_sent:increase10s offset 10000ms, "),
             "{two}"
         );
     }

@@ -120,6 +120,13 @@ pub struct CommonArgs {
     /// Timeout of one request to an agent.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub agent_timeout: Duration,
+    /// Where the gate reads loss: `agents` (each asked for its half of
+    /// the same window), or `prometheus=URL` (the shipped recording
+    /// rules' records in that Prometheus, over whole record windows:
+    /// docs/migrate.md). The agents are still asked for what only they
+    /// know (verify's probes).
+    #[arg(long, global = true, default_value = "agents")]
+    pub source: crate::loss::Source,
     #[command(flatten)]
     pub window: crate::loss::cluster::WindowArgs,
     /// A crashed driver's Lease is taken over after this long unrenewed.
@@ -147,6 +154,7 @@ impl CommonArgs {
             gate_interval: self.gate_interval,
             agent_timeout: self.agent_timeout,
             read: self.window.options(),
+            source: self.source.clone(),
         }
     }
 }
@@ -265,14 +273,7 @@ impl RunArgs {
 
     /// For a `rollback` outside any migration: judged by the defaults.
     pub fn default_settings() -> Settings {
-        Settings {
-            thresholds: Thresholds::default(),
-            policy: Policy::default(),
-            baseline_seconds: 10,
-            soak_seconds: 30,
-            on_breach: OnBreach::Halt,
-            reboot_hook: None,
-        }
+        Settings::default()
     }
 
     pub fn preflight_options(&self, common: &CommonArgs) -> PreflightOptions {

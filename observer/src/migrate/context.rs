@@ -10,7 +10,6 @@ use kube::{
 };
 
 use super::{
-    gate::{self, Decision},
     lease::Lease,
     pods,
     record::{EventRecord, NodeRecord},
@@ -19,12 +18,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    cluster::agents::{self, AgentPods},
-    loss::{
-        LossRow,
-        client::Client as Reader,
-        cluster::{self, ReadOptions},
-    },
+    loss::{Source, client::Client as Reader, cluster::ReadOptions, prometheus::Records},
 };
 
 /// Options that may differ between a run and its resume (timeouts, where
@@ -54,6 +48,8 @@ pub struct Options {
     /// The window and ticks of a reading (focus and drill-down set per
     /// reading from the node and the thresholds).
     pub read: ReadOptions,
+    /// Where the gate's readings come from.
+    pub source: Source,
 }
 
 pub struct Context {
@@ -62,19 +58,12 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub lease: Option<Lease>,
-    /// Kept-alive connections to the agents, across readings.
-    reader: Reader,
-}
-
-/// One loss reading of the whole cluster.
-pub struct Measured {
-    /// The cluster totals, then the rows: the node's exactly, drilled
-    /// pairs, the worst of the rest.
-    pub rows: Vec<LossRow>,
-    /// Agents that did not answer, nodes without an agent.
-    pub missing: Vec<String>,
-    /// End of the window read (Unix ms; 0 when no agent answered).
-    pub window_end_ms: u64,
+    /// Kept-alive connections to the agents (or Prometheus), across
+    /// readings.
+    pub(super) reader: Reader,
+    /// The records the gate reads, with `--source prometheus=URL`, as
+    /// [`Context::check_source`] found them: their window is the hold's.
+    pub(super) records: std::sync::OnceLock<Records>,
 }
 
 pub fn now() -> String {
@@ -93,6 +82,7 @@ impl Context {
         Context {
             reader: Reader::new(options.agent_timeout)
                 .with_credentials(options.agent_credentials.clone()),
+            records: std::sync::OnceLock::new(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             options,
@@ -148,61 +138,6 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             eprintln!("crossover: could not record event {reason} on node {node}: {e}");
         }
-    }
-
-    /// Agent URLs by node: named ones, else every agent pod's.
-    async fn agents(&self) -> Result<(Vec<String>, Vec<String>)> {
-        if !self.options.agents.is_empty() {
-            return Ok((self.options.agents.clone(), Vec::new()));
-        }
-        let how = AgentPods {
-            namespace: &self.options.namespace,
-            selector: &self.options.agent_selector,
-            port: self.options.agent_port,
-        };
-        let found = agents::find(&self.client, &how).await?;
-        Ok((found.urls, found.missing))
-    }
-
-    /// One reading of every agent, the `focus` node's rows exactly; a
-    /// delivery total over the threshold is drilled down to the pairs
-    /// responsible.
-    pub async fn measure(&self, focus: Option<&str>) -> Result<Measured> {
-        let (agents, mut missing) = self.agents().await?;
-        let thresholds = &self.settings.thresholds;
-        let options = ReadOptions {
-            focus: focus.into_iter().map(str::to_owned).collect(),
-            min_sent: thresholds.min_sent,
-            ..self.options.read.clone()
-        };
-        let reading = cluster::read(&self.reader, &agents, &options).await;
-        missing.extend(reading.failed.iter().map(|f| match f.refused {
-            true => format!("agent {} refused the driver: {}", f.agent, f.error),
-            false => format!("agent {} did not answer: {}", f.agent, f.error),
-        }));
-        Ok(Measured {
-            rows: reading.all_rows().cloned().collect(),
-            missing,
-            window_end_ms: reading.to_ms,
-        })
-    }
-
-    /// Measures and judges, with the node's stuck pods, in the policy's
-    /// scope around the node.
-    pub async fn judge(&self, node: &str) -> Result<(Decision, Vec<LossRow>)> {
-        let measured = self.measure(Some(node)).await?;
-        let stuck = self.stuck(node).await?;
-        let mut decision = gate::judge(
-            &self.settings.thresholds,
-            self.settings.policy.scope,
-            Some(node),
-            &measured.rows,
-            measured.missing,
-            stuck,
-            now(),
-        );
-        decision.window_end_ms = measured.window_end_ms;
-        Ok((decision, measured.rows))
     }
 
     /// Pods on the node that cannot get a sandbox: a

@@ -74,7 +74,10 @@ pub async fn run(ctx: &Context, store: &mut Store, state: &mut State) -> Result<
             .await;
         store.save_record(&record).await?;
         let cilium_pod = state.nodes[i].cilium_pod_deleted.clone();
+        let decided = record.decisions;
         let outcome = steps::run(ctx, &node, step, cilium_pod.as_deref(), &mut record).await;
+        // The step's gate decisions, in the state the agents export.
+        state.gate = state.gate.plus(record.decisions.since(decided));
         match outcome {
             Ok(Outcome::Done(detail)) => {
                 eprintln!("crossover: {node}: {step} done: {detail}");

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use observer_ebpf::{Net, Overlay};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{LossRow, Signal};
+use crate::loss::{LossRow, Signal, Source};
 
 /// Which pairs the gate judges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -26,15 +26,12 @@ pub enum GateScope {
 
 /// Whether a row is crossover's own control traffic, never judged: TCP
 /// handshakes and retransmits between two nodes' host addresses on the
-/// plain underlay (overlay `none`, host to host). That is where the
-/// agents' API (readers, the driver, `crossover loss` on the host
-/// network), their watches of the API server and the driver's own
-/// requests travel. The datapath counts TCP events per peer and network
-/// pair, not per port, so this row also holds every other host-network
-/// TCP connection between nodes (kubelets to the API server, etcd): none
-/// of it crosses a pod network, which is what a CNI migration changes.
-/// Judged still: delivery on that row (packets lost on the underlay), and
-/// every probe (a signal of its own, on the overlays and to probe pods).
+/// plain underlay (overlay `none`, host to host). A guard: the datapath
+/// keeps host-to-host traffic out of the peer counters, and the agents'
+/// port out of the TCP signals wherever it comes from
+/// (`Config::control_port`, docs/migrate.md); a row like this from another
+/// source (Prometheus, an older agent) is left out all the same.
+/// Judged still: delivery on that row, and every probe.
 pub fn is_control_traffic(row: &LossRow) -> bool {
     matches!(row.signal, Signal::Handshake | Signal::Retransmit)
         && row.overlay == Overlay::None
@@ -215,6 +212,10 @@ pub struct Decision {
     /// never judged.
     #[serde(default)]
     pub control_traffic: usize,
+    /// Where the reading came from (`--source`); the agents in records
+    /// written before there was a choice.
+    #[serde(default)]
+    pub source: Source,
 }
 
 /// Breaches a decision lists, worst first.
@@ -233,6 +234,15 @@ impl Decision {
         out.extend(self.missing.iter().map(|m| format!("not measured: {m}")));
         out.extend(self.stuck.iter().map(|s| format!("stuck: {s}")));
         out
+    }
+
+    /// Where the reading came from, for a report's line: nothing for the
+    /// agents (the default), else `; read from Prometheus at URL`.
+    pub fn read_from(&self) -> String {
+        match &self.source {
+            Source::Agents => String::new(),
+            other => format!("; read from {other}"),
+        }
     }
 
     pub fn summary(&self) -> String {
@@ -337,6 +347,7 @@ pub fn judge<'a>(
         more_breaches,
         out_of_scope,
         control_traffic,
+        source: Source::Agents,
     }
 }
 

@@ -8,6 +8,7 @@ mod driver;
 mod finish;
 pub mod gate;
 mod lease;
+mod measure;
 pub mod plan;
 mod pods;
 pub mod preflight;
@@ -27,6 +28,7 @@ pub use args::{MigrateArgs, MigrateCommand, ReportArgs};
 use context::{Context, Options, now};
 use lease::Lease;
 use state::{Phase, State};
+pub use store::decode_state;
 use store::{Store, kube_err};
 
 use crate::{Error, Result};
@@ -50,6 +52,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let plan = plan_nodes(&client, run).await?;
             print!("{}", plan.render());
             let ctx = Context::new(client, options(), run.settings()?, None);
+            ctx.check_source().await?;
             if preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 Ok(())
             } else {
@@ -73,6 +76,10 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let settings = run.settings()?;
             let lease = take_lease(&client, &args).await?;
             let ctx = Context::new(client, options(), settings.clone(), Some(lease));
+            if let Err(e) = ctx.check_source().await {
+                release(ctx).await;
+                return Err(e);
+            }
             if !preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 release(ctx).await;
                 return Err(Error::Migration(
@@ -105,6 +112,10 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let lease = take_lease(&client, &args).await?;
             // The settings that judged the first nodes judge the rest.
             let ctx = Context::new(client, options(), state.settings.clone(), Some(lease));
+            if let Err(e) = ctx.check_source().await {
+                release(ctx).await;
+                return Err(e);
+            }
             print!("{}", state.render());
             if !confirm(resume.yes, "This continues the migration where it stopped.")? {
                 release(ctx).await;

@@ -30,6 +30,23 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
 }
 
+#[cfg(test)]
+impl Plan {
+    /// Worker nodes `names`, in order, none skipped.
+    pub fn of(names: &[&str]) -> Plan {
+        Plan {
+            nodes: names
+                .iter()
+                .map(|n| PlannedNode {
+                    name: n.to_string(),
+                    control_plane: false,
+                })
+                .collect(),
+            skipped: vec![],
+        }
+    }
+}
+
 /// How to choose and order nodes.
 #[derive(Clone, Debug, Default)]
 pub struct PlanOptions {

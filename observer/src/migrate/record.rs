@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     gate::{Decision, Verdict},
-    state::Step,
+    state::{GateTally, Step},
 };
 use crate::loss::LossRow;
 
@@ -92,6 +92,10 @@ pub struct NodeRecord {
     pub gate: Vec<GateEntry>,
     #[serde(default)]
     pub gate_left_out: usize,
+    /// Every decision of the gate by verdict, the ones left out of `gate`
+    /// too.
+    #[serde(default)]
+    pub decisions: GateTally,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,6 +153,7 @@ impl NodeRecord {
 
     /// Keeps one decision of the gate, its breaches bounded.
     pub fn decide(&mut self, moment: Moment, step: Step, consecutive: u32, decision: &Decision) {
+        self.decisions.add(decision.verdict);
         let mut decision = decision.clone();
         let listed = decision.breaches.len().min(GATE_ENTRY_BREACHES);
         decision.more_breaches += decision.breaches.len() - listed;

@@ -5,7 +5,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{analysis::Policy, gate::Thresholds, plan::Plan};
+use super::{
+    analysis::Policy,
+    gate::{Thresholds, Verdict},
+    plan::Plan,
+};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -108,6 +112,67 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// Its name, as the state and the agents' metrics write it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Halted { .. } => "halted",
+            Phase::Aborted { .. } => "aborted",
+            Phase::Done { .. } => "done",
+        }
+    }
+
+    pub const LABELS: [&'static str; 4] = ["running", "halted", "aborted", "done"];
+}
+
+/// The gate's decisions, by verdict: counted by the node's record as they
+/// are taken, added to the state's when the step ends, and exported by
+/// the agents from there (docs/metrics.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateTally {
+    pub pass: u64,
+    pub pending: u64,
+    pub halt: u64,
+}
+
+impl GateTally {
+    pub fn add(&mut self, verdict: Option<Verdict>) {
+        match verdict {
+            Some(Verdict::Pass) => self.pass += 1,
+            Some(Verdict::Pending) => self.pending += 1,
+            Some(Verdict::Halt) => self.halt += 1,
+            None => {}
+        }
+    }
+
+    /// What `self` counted since it was `before`.
+    pub fn since(self, before: GateTally) -> GateTally {
+        GateTally {
+            pass: self.pass.saturating_sub(before.pass),
+            pending: self.pending.saturating_sub(before.pending),
+            halt: self.halt.saturating_sub(before.halt),
+        }
+    }
+
+    pub fn plus(self, other: GateTally) -> GateTally {
+        GateTally {
+            pass: self.pass + other.pass,
+            pending: self.pending + other.pending,
+            halt: self.halt + other.halt,
+        }
+    }
+
+    /// (verdict, count), every verdict.
+    pub fn by_verdict(self) -> [(&'static str, u64); 3] {
+        [
+            ("pass", self.pass),
+            ("pending", self.pending),
+            ("halt", self.halt),
+        ]
+    }
+}
+
 /// What to do when the gate closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +196,21 @@ pub struct Settings {
     pub soak_seconds: u64,
     pub on_breach: OnBreach,
     pub reboot_hook: Option<String>,
+}
+
+/// The flags' defaults (`crossover migrate run --help`): what a
+/// `rollback` outside any migration is judged by.
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            thresholds: Thresholds::default(),
+            policy: Policy::default(),
+            baseline_seconds: 10,
+            soak_seconds: 30,
+            on_breach: OnBreach::Halt,
+            reboot_hook: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -162,6 +242,9 @@ pub struct State {
     /// The crossover version that started it.
     #[serde(default)]
     pub crossover_version: Option<String>,
+    /// The gate's decisions over every node so far.
+    #[serde(default)]
+    pub gate: GateTally,
 }
 
 /// `$USER@$HOSTNAME`, or what of it the environment has (a Job in the
@@ -200,6 +283,7 @@ impl State {
             skipped: plan.skipped.clone(),
             started_by: Some(who()),
             crossover_version: Some(env!("CARGO_PKG_VERSION").into()),
+            gate: GateTally::default(),
         }
     }
 
@@ -242,7 +326,6 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::plan::PlannedNode;
 
     #[test]
     fn steps_walk_the_documented_order_and_end_done() {
@@ -258,25 +341,8 @@ mod tests {
 
     #[test]
     fn the_current_node_is_the_first_not_done_and_state_round_trips() {
-        let plan = Plan {
-            nodes: ["a", "b"]
-                .iter()
-                .map(|n| PlannedNode {
-                    name: n.to_string(),
-                    control_plane: false,
-                })
-                .collect(),
-            skipped: vec![],
-        };
-        let settings = Settings {
-            thresholds: Thresholds::default(),
-            policy: Policy::default(),
-            baseline_seconds: 10,
-            soak_seconds: 30,
-            on_breach: OnBreach::Halt,
-            reboot_hook: None,
-        };
-        let mut state = State::new(&plan, settings, "t0".into());
+        let plan = Plan::of(&["a", "b"]);
+        let mut state = State::new(&plan, Settings::default(), "t0".into());
         assert_eq!(state.current(), Some(0));
         state.nodes[0].step = Step::Done;
         state.nodes[1].step = Step::Drain;

@@ -169,6 +169,11 @@ impl Store {
     }
 }
 
+/// The state a migration's ConfigMap holds (what the agents export).
+pub fn decode_state(cm: &ConfigMap) -> Result<State> {
+    decode(cm, STATE_KEY)
+}
+
 fn decode<T: DeserializeOwned>(cm: &ConfigMap, key: &str) -> Result<T> {
     let name = cm.metadata.name.as_deref().unwrap_or("?");
     let text = cm

@@ -161,10 +161,22 @@ pub fn tcp_connections(
     count: u64,
     timeout: Duration,
 ) -> Result<TcpReport> {
+    tcp_connections_to_port(from, to, next_port(), count, timeout)
+}
+
+/// [`tcp_connections`] to a server on `port` (one a datapath treats
+/// specially, such as the agents' API port).
+pub fn tcp_connections_to_port(
+    from: &Endpoint,
+    to: &Endpoint,
+    port: u16,
+    count: u64,
+    timeout: Duration,
+) -> Result<TcpReport> {
     bound(count, timeout * count.min(u32::MAX as u64) as u32)?;
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
-    let (target, server) = start_server(to, next_port(), TcpListener::bind, move |listener| {
+    let (target, server) = start_server(to, port, TcpListener::bind, move |listener| {
         listener.set_nonblocking(true)?;
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {

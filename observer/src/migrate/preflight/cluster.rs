@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Node as KubeNode;
 
-use super::{Baseline, Check, Facts};
+use super::{Baseline, Check, DriverPlace, Facts};
 use crate::cluster::derive;
 
 fn ready(node: &KubeNode) -> bool {
@@ -155,6 +155,49 @@ pub fn baseline(baseline: &Baseline) -> Check {
             ),
             "# find and fix the lossy pairs first; the migration would be judged against this noise\n\
              kubectl -n crossover get pods -o wide",
+        ),
+    }
+}
+
+/// The driver's own connections (to the API server and the agents) must
+/// not be judged by its gate. The agents' port is left out in the datapath
+/// wherever it is read from; the API server's is not, so a driver in a pod
+/// on the pod network has its requests to the API server counted like any
+/// pod's wherever the CNI carries pod-to-node traffic unmasqueraded
+/// (Cilium's tunnel does).
+pub fn driver_network(facts: &Facts) -> Check {
+    const NAME: &str = "driver-host-network";
+    const REMEDY: &str = "run the driver from a workstation or a node, or give its pod\n\
+         spec.hostNetwork: true and spec.dnsPolicy: ClusterFirstWithHostNet";
+    match &facts.driver {
+        DriverPlace::Outside => Check::pass(
+            NAME,
+            "the driver runs outside the cluster's pods: its own connections are host or \
+             external traffic, never judged",
+        ),
+        DriverPlace::Pod {
+            pod,
+            host_network: true,
+        } => Check::pass(
+            NAME,
+            format!("the driver runs in pod {pod} on its node's host network: never judged"),
+        ),
+        DriverPlace::Pod {
+            pod,
+            host_network: false,
+        } => Check::warn(
+            NAME,
+            format!(
+                "the driver runs in pod {pod} on the pod network: its readings of the agents are \
+                 left out of the gate (the agents' port), its requests to the API server are \
+                 not, and a lost segment of theirs counts as the pod network's"
+            ),
+            REMEDY,
+        ),
+        DriverPlace::Unknown { pod, reason } => Check::warn(
+            NAME,
+            format!("the driver runs in pod {pod}, which could not be read ({reason})"),
+            REMEDY,
         ),
     }
 }

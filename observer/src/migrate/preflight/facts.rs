@@ -37,6 +37,20 @@ pub struct Facts {
     pub overrides: ShapeOverrides,
     /// Every Pod's addresses, checked as they were listed.
     pub pods: super::PodAddresses,
+    /// Where this driver itself runs.
+    pub driver: DriverPlace,
+}
+
+/// Where the driver runs, for whether its own connections can be judged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DriverPlace {
+    /// Not in a pod (no `KUBERNETES_SERVICE_HOST`): a workstation, a node.
+    #[default]
+    Outside,
+    /// In pod `namespace/name`, on its node's host network or not.
+    Pod { pod: String, host_network: bool },
+    /// In a pod that could not be read (named, with why).
+    Unknown { pod: String, reason: String },
 }
 
 impl Default for Facts {
@@ -57,6 +71,7 @@ impl Default for Facts {
             controller_cluster_cidrs: Vec::new(),
             overrides: ShapeOverrides::default(),
             pods: super::PodAddresses::default(),
+            driver: DriverPlace::Outside,
         }
     }
 }

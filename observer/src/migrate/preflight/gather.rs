@@ -15,8 +15,8 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    AgentPod, CalicoInstallation, CalicoIpPool, Facts, FlannelConfig, NodeAddressAutodetection,
-    NodeConfigs, PreflightOptions, ServiceCidr,
+    AgentPod, CalicoInstallation, CalicoIpPool, DriverPlace, Facts, FlannelConfig,
+    NodeAddressAutodetection, NodeConfigs, PreflightOptions, ServiceCidr,
 };
 use crate::{
     Error, Result,
@@ -133,7 +133,41 @@ pub async fn gather(client: &Client, opts: &PreflightOptions) -> Result<Facts> {
         controller_cluster_cidrs,
         overrides: opts.overrides.clone(),
         pods: pod_addresses(client).await?,
+        driver: driver_place(client).await,
     })
+}
+
+/// Where the service account's namespace is mounted in every pod.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// This process's pod, when it runs in one: its name is the hostname
+/// (unless the spec sets another), its namespace the service account's.
+async fn driver_place(client: &Client) -> DriverPlace {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        return DriverPlace::Outside;
+    }
+    let name = std::env::var("HOSTNAME").unwrap_or_default();
+    let namespace = std::fs::read_to_string(POD_NAMESPACE_FILE).unwrap_or_default();
+    let pod = format!("{}/{name}", namespace.trim());
+    if name.is_empty() || namespace.trim().is_empty() {
+        return DriverPlace::Unknown {
+            pod,
+            reason: format!("no HOSTNAME or no {POD_NAMESPACE_FILE}"),
+        };
+    }
+    match Api::<Pod>::namespaced(client.clone(), namespace.trim())
+        .get(&name)
+        .await
+    {
+        Ok(found) => DriverPlace::Pod {
+            pod,
+            host_network: found.spec.and_then(|s| s.host_network).unwrap_or(false),
+        },
+        Err(e) => DriverPlace::Unknown {
+            pod,
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Pods read before the list stops: a page at a time, only malformed ones

@@ -167,6 +167,7 @@ fn guide_values_pass_every_check() {
             "cluster-objects",
             "nodes-ready",
             "agents-everywhere",
+            "driver-host-network",
             "baseline-loss",
         ]
     );
@@ -177,7 +178,7 @@ fn guide_values_pass_every_check() {
     assert!(!blocking(&all));
     let table = render(&all);
     assert!(
-        table.contains("14 checks: 14 pass, 0 warn, 0 fail\n"),
+        table.contains("15 checks: 15 pass, 0 warn, 0 fail\n"),
         "{table}"
     );
 }
@@ -810,4 +811,36 @@ fn malformed_pods_are_kept_bounded_and_counted() {
         (pods.checked, pods.malformed.len(), pods.more),
         (150, 100, 50)
     );
+}
+
+#[test]
+fn a_driver_on_the_pod_network_is_warned_of_its_own_connections() {
+    let mut facts = migration_facts();
+    assert_status(&facts, "driver-host-network", Status::Pass, "outside");
+    facts.driver = DriverPlace::Pod {
+        pod: "crossover/migrate-x".into(),
+        host_network: true,
+    };
+    assert_status(
+        &facts,
+        "driver-host-network",
+        Status::Pass,
+        "pod crossover/migrate-x on its node's host network",
+    );
+    facts.driver = DriverPlace::Pod {
+        pod: "crossover/migrate-x".into(),
+        host_network: false,
+    };
+    let c = assert_status(
+        &facts,
+        "driver-host-network",
+        Status::Warn,
+        "its requests to the API server are not",
+    );
+    assert!(c.remedy.unwrap().contains("hostNetwork: true"));
+    facts.driver = DriverPlace::Unknown {
+        pod: "crossover/migrate-x".into(),
+        reason: "pods \"migrate-x\" is forbidden".into(),
+    };
+    assert_status(&facts, "driver-host-network", Status::Warn, "is forbidden");
 }

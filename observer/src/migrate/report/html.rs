@@ -501,7 +501,7 @@ fn node_details(out: &mut String, report: &Report, r: &NodeRecord) {
                 esc(&d.at),
                 moment_word(reading.moment),
                 reading.step,
-                esc(&d.summary())
+                esc(&(d.summary() + &d.read_from()))
             );
         }
         out.push_str("</table>");

@@ -202,7 +202,7 @@ fn reading_line(out: &mut String, reading: &Reading) {
         d.at,
         moment_word(reading.moment),
         reading.step,
-        cell(&d.summary())
+        cell(&(d.summary() + &d.read_from()))
     );
 }
 
@@ -243,5 +243,30 @@ mod tests {
             .count();
         assert_eq!(row_lines, 3 * super::super::WORST_ROWS, "{md}");
         assert!(md.contains("| worker-1 → worker-3 | cilium | cilium → cilium | delivery | 1000 | 52 | 5.20% | after (soak, the gate) |"), "{md}");
+    }
+
+    #[test]
+    fn a_reading_from_prometheus_says_so() {
+        let mut report = fixtures::completed_migration();
+        let url = "http://prometheus.monitoring:9090";
+        let w3 = &mut report.records[2];
+        let last = w3.readings.last_mut().unwrap();
+        last.decision.source = crate::loss::Source::Prometheus(url.into());
+        let md = report.markdown();
+        let line = md
+            .lines()
+            .find(|l| l.contains("read from Prometheus"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(
+            line.contains("rows under threshold") && line.contains(url),
+            "{line}"
+        );
+        // The agents' readings say nothing of where they came from.
+        assert_eq!(md.matches("read from").count(), 1, "{md}");
+        assert!(
+            report
+                .html()
+                .contains(&format!("read from Prometheus at {url}"))
+        );
     }
 }

@@ -340,7 +340,7 @@ impl Report {
         };
         format!(
             "loss at most {} for every signal{overrides}, judged on rows of at least {} packets \
-             ({scope}; crossover's own host-to-host TCP never judged); the gate closes {held}\
+             ({scope}; crossover's own connections never judged); the gate closes {held}\
              {ceiling}; baseline {}, soak {}; on breach: {on_breach}",
             percent(t.default),
             t.min_sent,
@@ -510,7 +510,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("(every node pair; crossover's own host-to-host TCP never judged)"),
+            line.contains("(every node pair; crossover's own connections never judged)"),
             "{line}"
         );
         assert!(!line.contains("()"), "{line}");

@@ -35,16 +35,25 @@ async fn hold(
     record: &mut NodeRecord,
 ) -> Result<Outcome> {
     let policy = ctx.settings.policy;
-    let window = ctx.options.read.window;
+    let window = ctx.window();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let extended = deadline + window * policy.consecutive + ctx.options.gate_interval;
     let mut analysis = Analysis::new(policy, window);
     let mut judged = 0u32;
     let mut missing_in_a_row = 0u32;
+    let mut judged_end = None;
     loop {
         ctx.check_lease()?;
         let (decision, rows) = ctx.judge(node).await?;
+        // The window the last reading judged, again (Prometheus' records
+        // change once an evaluation; a gate interval shorter than the
+        // agents' tick): nothing new to judge or count.
+        if decision.window_end_ms != 0 && judged_end == Some(decision.window_end_ms) {
+            tokio::time::sleep(ctx.options.gate_interval).await;
+            continue;
+        }
+        judged_end = Some(decision.window_end_ms);
         let mut decision = analysis.weigh(decision, started.elapsed());
         judged += 1;
         let only_missing = !decision.passed && decision.verdict != Some(Verdict::Halt);
@@ -114,11 +123,11 @@ fn progress(decision: &Decision, consecutive: u32) -> String {
     }
 }
 
-/// Waits one agent window, so that what is judged next was measured
-/// after this moment: after a node's changes, or after a fault was fixed
-/// and the migration resumed.
+/// Waits one window (and, from Prometheus, an evaluation of the rules),
+/// so that what is judged next was measured after this moment: after a
+/// node's changes, or after a fault was fixed and the migration resumed.
 async fn settle(ctx: &Context) -> Result<()> {
-    let until = Instant::now() + ctx.options.read.window.min(Duration::from_secs(600));
+    let until = Instant::now() + ctx.settle_time().min(Duration::from_secs(600));
     while Instant::now() < until {
         ctx.check_lease()?;
         tokio::time::sleep(ctx.options.poll.min(until - Instant::now())).await;

@@ -65,7 +65,8 @@ pub async fn verify(ctx: &Context, node: &str) -> Result<String> {
     }
     let what = format!("answered probes from and to {node} on both overlays");
     pods::wait_for(ctx, ctx.options.verify_timeout, &what, || async {
-        let measured = ctx.measure(Some(node)).await?;
+        // The agents' own fresh readings, whatever the gate's source.
+        let measured = ctx.measure_agents(Some(node)).await?;
         let missing = unanswered(&measured.rows, node);
         Ok(if missing.is_empty() {
             Ok(())

@@ -1,0 +1,123 @@
+//! The kernel's drops of cluster traffic, counted by reason, peer node,
+//! overlay and network pair by the `skb:kfree_skb` program: real packets
+//! through two namespaces, dropped by real nftables rules whose own
+//! counters are the truth. Needs root (namespaces, programs, tracefs).
+//!
+//! Its own test binary: the tracepoint sees every namespace on the
+//! machine, and the fault-injecting tests of other binaries (which drop
+//! with netfilter too) never run beside it.
+use std::{net::UdpSocket, time::Duration};
+
+use crossover_tests::{
+    counting::observer_in,
+    netns::{Netns, TwoNodes, in_netns},
+};
+use observer::datapath::{AttachMode, DropRecord, Hook};
+use observer_ebpf::{Net, Overlay};
+
+/// An nftables table in `ns` dropping one packet in `every` of those
+/// matching `rule` at `hook`, counted.
+fn drop_rule(ns: &Netns, hook: &str, rule: &str, every: u32) {
+    ns.exec(&["nft", "add", "table", "ip", "xodrop"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "xodrop",
+        "c",
+        &format!("{{ type filter hook {hook} priority 0; }}"),
+    ]);
+    let rule = format!("{rule} numgen inc mod {every} == 0 counter drop");
+    let mut args = vec!["nft", "add", "rule", "ip", "xodrop", "c"];
+    args.extend(rule.split(' '));
+    ns.exec(&args);
+}
+
+/// `count` datagrams from A's flannel.1 address to B's, a send refused by
+/// A's own output chain (EPERM) included: how many B received.
+fn send(nodes: &TwoNodes, count: u64) -> u64 {
+    let receiver = in_netns(&nodes.b.name, || {
+        UdpSocket::bind("10.244.1.0:7777").unwrap()
+    });
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // Read while they are sent: the socket buffer holds a few hundred.
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        std::iter::from_fn(|| receiver.recv(&mut buf).ok()).count() as u64
+    });
+    in_netns(&nodes.a.name, move || {
+        let socket = UdpSocket::bind("10.244.0.0:0").unwrap();
+        for i in 0..count {
+            let _ = socket.send_to(&i.to_be_bytes(), "10.244.1.0:7777");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    reader.join().unwrap()
+}
+
+fn dropped_by_rule(ns: &Netns) -> u64 {
+    let out = ns.exec(&["nft", "list", "table", "ip", "xodrop"]);
+    out.split("packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
+}
+
+fn netfilter(drops: &[DropRecord], overlay: Overlay) -> Vec<&DropRecord> {
+    drops
+        .iter()
+        .filter(|d| d.reason == "NETFILTER_DROP" && d.overlay == overlay)
+        .collect()
+}
+
+/// Dropped before the tunnel (the inner packet in A's output chain) and
+/// after it (the VXLAN packet in A's postrouting): each counted with its
+/// reason, peer and networks, exactly as many as netfilter dropped.
+#[test]
+fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
+    let nodes = TwoNodes::with_prefix("drop");
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
+    a.attach("u0", Hook::Underlay).unwrap();
+    a.enable_drops().unwrap();
+    assert!(a.drops().unwrap().is_empty(), "{:?}", a.drops());
+
+    // Inside the node, before encapsulation: A's flannel.1 address to B's
+    // (node addresses: host to host), towards node B.
+    drop_rule(&nodes.a, "output", "udp dport 7777", 10);
+    let received = send(&nodes, 500);
+    let dropped = dropped_by_rule(&nodes.a);
+    assert_eq!(dropped, 50);
+    assert_eq!(received, 450);
+    let drops = a.drops().unwrap();
+    let before = netfilter(&drops, Overlay::None);
+    assert_eq!(before.len(), 1, "{drops:#?}");
+    let d = before[0];
+    assert_eq!(d.packets, dropped, "{d:?}");
+    assert_eq!(d.peer, Some([192, 168, 50, 2].into()));
+    assert_eq!((d.src_net, d.dst_net), (Net::Host, Net::Host));
+    nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+
+    // On the way out, in the tunnel: the VXLAN packet itself.
+    drop_rule(&nodes.a, "postrouting", "udp dport 8472", 4);
+    let received = send(&nodes, 400);
+    let dropped = dropped_by_rule(&nodes.a);
+    assert_eq!(received, 400 - dropped);
+    assert!(
+        dropped >= 100,
+        "one in four of the tunnel's packets: {dropped}"
+    );
+    let drops = a.drops().unwrap();
+    let tunnel = netfilter(&drops, Overlay::Legacy);
+    assert_eq!(tunnel.len(), 1, "{drops:#?}");
+    assert_eq!(tunnel[0].packets, dropped, "{:?}", tunnel[0]);
+    assert_eq!(tunnel[0].peer, Some([192, 168, 50, 2].into()));
+    assert_eq!(
+        (tunnel[0].src_net, tunnel[0].dst_net),
+        (Net::Host, Net::Host)
+    );
+    nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+}
