@@ -6,17 +6,19 @@
 use std::time::Duration;
 
 use crossover_tests::{
-    apiserver::{
-        Gvr,
-        fixtures::{self, PodBuilder},
-    },
+    apiserver::{ADMIN_TOKEN, Gvr},
     kubelab::{AGENT_PORT, CROSSOVER, KubeLab, within},
-    lab::{Fault, Lab, LabSpec, Overlay, PodKind, plan, traffic},
-    netns::{http_get, unique},
+    lab::{Fault, LabSpec, Overlay, PodKind, plan, traffic},
+    netns::{http_get_as, unique},
     require_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use serde_json::{Value, json};
+
+/// A GET as the admin: the agents check bearer tokens with the server.
+fn http_get(ns: &str, url: &str) -> (u16, String) {
+    http_get_as(ns, url, Some(ADMIN_TOKEN))
+}
 
 fn get_json(ns: &str, url: &str) -> Value {
     let (status, body) = http_get(ns, url);
@@ -26,60 +28,15 @@ fn get_json(ns: &str, url: &str) -> Value {
     })
 }
 
-/// The lab as the API sees it: the fixture cluster's nodes, CiliumNodes and
-/// configuration, with the lab's real pods instead of the fixture's, the
-/// agent pods (host network) and the lab's DaemonSet pods as probe pods.
-fn objects(lab: &Lab) -> Vec<Value> {
-    let nodes = lab.nodes().count();
-    let migrated = lab.nodes().filter(|n| n.migrated).count();
-    let mut out: Vec<Value> = fixtures::cluster_with_apps(nodes, migrated, 0)
-        .into_iter()
-        .filter(|o| o["kind"] != "Pod")
-        .collect();
-    out.push(fixtures::namespace("crossover"));
-    for (j, node) in lab.nodes().enumerate() {
-        let host = plan::underlay_addr(j).to_string();
-        out.push(
-            PodBuilder::new("crossover", &format!("crossover-agent-{j}"))
-                .node(&node.name, &host)
-                .ip(&host)
-                .host_network(true)
-                .label("app.kubernetes.io/name", "crossover-agent")
-                .value(),
-        );
-        for pod in &node.pods {
-            let probe = pod.kind == PodKind::DaemonSet;
-            let (key, value) = if probe {
-                ("app.kubernetes.io/name", "crossover-probe")
-            } else {
-                ("app", "demo")
-            };
-            out.push(
-                // Lab pod names repeat per node; the API's are unique.
-                PodBuilder::new("default", &format!("{}-{}", node.name, pod.name))
-                    .node(&node.name, &host)
-                    .ip(&pod.addr.to_string())
-                    .ready(true)
-                    .label(key, value)
-                    .value(),
-            );
-        }
-    }
-    out
-}
-
 #[test]
 fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
     require_root();
-    let mut kl = KubeLab::up(&LabSpec {
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
         name: unique("k"),
         nodes: 3,
         migrated: 1,
         pods: 1,
     });
-    for object in objects(&kl.lab) {
-        kl.server.apply(object).unwrap();
-    }
     kl.start_agents(&[]);
     kl.start_probes();
     kl.wait_agents_ready();
@@ -489,15 +446,12 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
 #[test]
 fn loss_from_kube_mode_agents_equals_the_wire_drops() {
     require_root();
-    let mut kl = KubeLab::up(&LabSpec {
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
         name: unique("q"),
         nodes: 3,
         migrated: 1,
         pods: 2,
     });
-    for object in objects(&kl.lab) {
-        kl.server.apply(object).unwrap();
-    }
     // No probes: their trickle through the fault would keep the drop
     // counter moving between the readings compared (tests/agent.rs).
     kl.start_agents(&[
@@ -550,6 +504,7 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
         "--node",
         "control-plane",
     ]);
+    loss.args(["--kubeconfig", kl.kubeconfig.to_str().unwrap()]);
     for url in kl.agent_urls() {
         loss.args(["--agent", &url]);
     }

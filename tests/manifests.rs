@@ -641,6 +641,7 @@ fn agent_args(ds: &DaemonSet, c: &Container) -> Result<AgentArgs, String> {
                     .ok_or_else(|| format!("env {}: only fieldRef is expected", env.name))?;
                 match field.field_path.as_str() {
                     "spec.nodeName" => "node-a".into(),
+                    "status.hostIP" => "10.0.0.1".into(),
                     "metadata.namespace" => namespace(&ds.metadata).to_string(),
                     other => return Err(format!("env {}: unexpected fieldRef {other}", env.name)),
                 }
@@ -758,6 +759,7 @@ impl<'a> Rbac<'a> {
         let cluster_role = |name: &str| {
             m.cluster_roles
                 .iter()
+                .chain(builtin_cluster_roles())
                 .find(|r| r.metadata.name.as_deref() == Some(name))
                 .unwrap_or_else(|| panic!("no ClusterRole {name}"))
         };
@@ -799,6 +801,21 @@ impl<'a> Rbac<'a> {
         rules
     }
 
+    /// Whether `verb` on the non-resource URL `path` is allowed (RBAC: an
+    /// exact URL, or a prefix ending in `*`).
+    fn allows_url(&self, verb: &str, path: &str) -> bool {
+        self.rules(Scope::All).iter().any(|r| {
+            r.verbs.iter().any(|v| v == verb || v == "*")
+                && r.non_resource_urls
+                    .iter()
+                    .flatten()
+                    .any(|u| match u.strip_suffix('*') {
+                        Some(prefix) => path.starts_with(prefix),
+                        None => u == path,
+                    })
+        })
+    }
+
     /// Whether `verb` on `group/resource` in `scope` is allowed; `name` is
     /// the object's name, for list and watch the `metadata.name` field
     /// selector's value (the API server's RequestInfo since 1.11).
@@ -821,6 +838,31 @@ impl<'a> Rbac<'a> {
                 }
         })
     }
+}
+
+/// The cluster roles the API server bootstraps that the manifests bind:
+/// `system:auth-delegator`, as Kubernetes defines it.
+fn builtin_cluster_roles() -> &'static [ClusterRole] {
+    static BUILTIN: OnceLock<Vec<ClusterRole>> = OnceLock::new();
+    BUILTIN.get_or_init(|| {
+        let create = |group: &str, resource: &str| PolicyRule {
+            api_groups: Some(vec![group.into()]),
+            resources: Some(vec![resource.into()]),
+            verbs: vec!["create".into()],
+            ..Default::default()
+        };
+        vec![ClusterRole {
+            metadata: ObjectMeta {
+                name: Some("system:auth-delegator".into()),
+                ..Default::default()
+            },
+            rules: Some(vec![
+                create("authentication.k8s.io", "tokenreviews"),
+                create("authorization.k8s.io", "subjectaccessreviews"),
+            ]),
+            ..Default::default()
+        }]
+    })
 }
 
 // ------------------------------------------------------- other helpers
@@ -1229,6 +1271,64 @@ fn probe_daemonset_is_a_plain_pod_on_every_node() {
     }
 }
 
+/// kube-prometheus' Prometheus, bound in manifests/monitoring to read
+/// /metrics when the agents check tokens there.
+const PROMETHEUS_SA: (&str, &str) = ("monitoring", "prometheus-k8s");
+
+/// Whoever the agents must let in may: the driver reads the JSON API,
+/// Prometheus /metrics; and nobody else is granted either by the
+/// manifests (the agent, the probes).
+#[test]
+fn readers_may_read_what_the_agents_check() {
+    let m = Manifests::load();
+    let who = |namespace, name| Rbac {
+        manifests: &m,
+        namespace,
+        name,
+    };
+    let driver = who("crossover", "crossover-migrate");
+    for path in [
+        "/api/v1/reading",
+        "/api/v1/loss",
+        "/api/v1/status",
+        "/api/v1/flows",
+    ] {
+        assert!(
+            driver.allows_url("get", path),
+            "the driver may not get {path}"
+        );
+    }
+    assert!(!driver.allows_url("get", "/metrics"));
+    let prometheus = who(PROMETHEUS_SA.0, PROMETHEUS_SA.1);
+    assert!(prometheus.allows_url("get", "/metrics"));
+    assert!(!prometheus.allows_url("get", "/api/v1/flows"));
+    for (ns, name) in [("crossover", AGENT), ("crossover", PROBE)] {
+        let sa = who(ns, name);
+        assert!(
+            !sa.allows_url("get", "/api/v1/reading"),
+            "{name} may read agents"
+        );
+        assert!(
+            !sa.allows_url("get", "/metrics"),
+            "{name} may read /metrics"
+        );
+    }
+    // The reader role grants URLs only: nothing on the API server's
+    // resources.
+    let reader = m
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("crossover-reader"))
+        .expect("ClusterRole crossover-reader");
+    for rule in reader.rules.iter().flatten() {
+        assert!(
+            rule.resources.is_none() && rule.api_groups.is_none(),
+            "{rule:?}"
+        );
+        assert_eq!(rule.verbs, ["get"]);
+    }
+}
+
 #[test]
 fn rbac_grants_exactly_what_the_agent_watches() {
     let m = Manifests::load();
@@ -1256,17 +1356,37 @@ fn rbac_grants_exactly_what_the_agent_watches() {
             );
         }
     }
-    // Nothing more: read-only, only those resources, no wildcards.
+    // Its readers' tokens checked (agent/auth.rs): the two reviews.
+    let reviews = [
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+    ];
+    for (group, resource) in reviews {
+        assert!(
+            rbac.allows("create", group, resource, Scope::All, None),
+            "the agent cannot create {group}/{resource}: its readers' tokens go unchecked"
+        );
+    }
+    // Nothing more: read-only but for the reviews, only those resources,
+    // no wildcards.
     let known: BTreeSet<(&str, &str)> = watched
         .iter()
         .map(|w| (w.group.as_str(), w.resource.as_str()))
+        .chain(reviews)
         .collect();
     for scope in [Scope::All, Scope::In(ns), Scope::In(&args.cilium_namespace)] {
         for rule in rbac.rules(scope) {
+            let review = rule
+                .resources
+                .iter()
+                .flatten()
+                .all(|r| r.ends_with("reviews"));
             for verb in &rule.verbs {
                 assert!(
-                    ["get", "list", "watch"].contains(&verb.as_str()),
-                    "verb {verb} granted"
+                    ["get", "list", "watch"].contains(&verb.as_str())
+                        || (review && verb == "create"),
+                    "verb {verb} granted on {:?}",
+                    rule.resources
                 );
             }
             assert!(
@@ -1326,6 +1446,10 @@ fn rbac_grants_exactly_what_the_agent_watches() {
     for s in subjects {
         assert_eq!(s.kind, "ServiceAccount");
         let s_ns = s.namespace.as_deref().expect("subject namespace");
+        if (s_ns, s.name.as_str()) == PROMETHEUS_SA {
+            // Prometheus' own, which the manifests do not install.
+            continue;
+        }
         assert!(
             m.service_account(s_ns, &s.name).is_some(),
             "no ServiceAccount {s_ns}/{}",
@@ -1454,18 +1578,35 @@ fn every_kustomization_builds_and_overlays_only_add() {
             "manifests/{overlay} leaves out part of the base"
         );
     }
-    for id in m.builds["monitoring"].difference(base) {
+    // The agent and probe DaemonSets, their ServiceAccounts, the
+    // namespace, the Service; the agent's ClusterRole and binding, its
+    // cilium-config and migration-state Roles and bindings, its
+    // auth-delegator binding, and the readers' ClusterRole.
+    assert_eq!(base.len(), 14, "{base:?}");
+    let monitoring: Vec<_> = m.builds["monitoring"].difference(base).collect();
+    // ServiceMonitor, PrometheusRule, the dashboard, Prometheus' /metrics
+    // ClusterRole and binding.
+    assert_eq!(monitoring.len(), 5, "{monitoring:?}");
+    for id in monitoring {
         let dashboard = (id.0.as_str(), id.1.as_str(), id.3.as_str())
             == ("v1", "ConfigMap", "crossover-dashboard");
+        let metrics_reader = id.0 == "rbac.authorization.k8s.io/v1"
+            && ["ClusterRole", "ClusterRoleBinding"].contains(&id.1.as_str())
+            && id.3 == "crossover-metrics-reader";
         assert!(
-            dashboard || id.0.split('/').next() == Some("monitoring.coreos.com"),
+            dashboard || metrics_reader || id.0.split('/').next() == Some("monitoring.coreos.com"),
             "manifests/monitoring adds {id:?}"
         );
     }
     let migrate: Vec<_> = m.builds["migrate"].difference(base).collect();
-    assert_eq!(migrate.len(), 5, "{migrate:?}");
+    // ServiceAccount, ClusterRole and binding, Role and binding, and the
+    // binding to crossover-reader.
+    assert_eq!(migrate.len(), 6, "{migrate:?}");
     for id in migrate {
-        assert_eq!(id.3, "crossover-migrate", "manifests/migrate adds {id:?}");
+        assert!(
+            ["crossover-migrate", "crossover-migrate-reader"].contains(&id.3.as_str()),
+            "manifests/migrate adds {id:?}"
+        );
     }
     // kustomize's own refusal surfaces as a failure naming it: an overlay
     // inside its base (the layout this replaced) is a cycle.
@@ -1533,13 +1674,14 @@ fn an_unknown_flag_or_bad_value_fails() {
     c.env.as_mut().unwrap()[0].name = "NODENAME".into();
     let err = agent_args(ds, &c).expect_err("an env var no flag reads");
     assert!(err.contains("NODENAME"), "{err}");
-    // --config conflicts with --kubeconfig: clap's own validation runs.
+    // Values are parsed by the agent's own parsers.
     let mut c = only_container(ds).clone();
     c.args
         .as_mut()
         .unwrap()
-        .extend(strings(&["--config", "a.json", "--kubeconfig", "k"]));
-    assert!(agent_args(ds, &c).is_err());
+        .extend(strings(&["--listen", "everywhere:9190"]));
+    let err = agent_args(ds, &c).expect_err("a --listen that is no address");
+    assert!(err.contains("node:PORT"), "{err}");
 }
 
 #[test]

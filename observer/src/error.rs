@@ -90,6 +90,13 @@ pub enum Error {
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
+    /// The agent answered, and refused this reader (401 or 403).
+    #[error("agent {agent} refused the reader: {status}: {reason}")]
+    Refused {
+        agent: String,
+        status: u16,
+        reason: String,
+    },
     /// A Prometheus server read instead of the agents (`--source
     /// prometheus=URL`, `crossover loss --prometheus`).
     #[error("Prometheus at {url}: {reason}")]
@@ -106,7 +113,7 @@ impl Error {
     /// exports `crossover_errors_total` at 0 for each from its start, so an
     /// `increase()` has a first sample to start from. A test checks the two
     /// agree for every variant.
-    pub const METRIC_LABELS: [&'static str; 19] = [
+    pub const METRIC_LABELS: [&'static str; 20] = [
         "privilege",
         "no_interface",
         "no_ethernet",
@@ -124,6 +131,7 @@ impl Error {
         "probe",
         "migration",
         "agent",
+        "refused",
         "prometheus",
         "io",
     ];
@@ -149,6 +157,7 @@ impl Error {
             Error::Probe(_) => "probe",
             Error::Migration(_) => "migration",
             Error::Agent { .. } => "agent",
+            Error::Refused { .. } => "refused",
             Error::Prometheus { .. } => "prometheus",
             Error::Io { .. } => "io",
         }
@@ -254,6 +263,11 @@ mod tests {
                 agent: "a".into(),
                 reason: "r".into(),
             },
+            Error::Refused {
+                agent: "a".into(),
+                status: 401,
+                reason: "r".into(),
+            },
             Error::Prometheus {
                 url: "u".into(),
                 reason: "r".into(),
@@ -280,6 +294,7 @@ mod tests {
                 | Error::Probe(_)
                 | Error::Migration(_)
                 | Error::Agent { .. }
+                | Error::Refused { .. }
                 | Error::Prometheus { .. }
                 | Error::Io { .. } => {}
             }

@@ -8,6 +8,8 @@
 //! the steady packet rate (default 20000/s), `SCALE_BINARY` another
 //! build of crossover to measure, `SCALE_CASES` which cases to run (names
 //! or parts of names, comma-separated, e.g. `SCALE_CASES=probes`).
+//! `SCALE_CASES=auth` runs only the token checks' cost: reviews the API
+//! server answers per reading, with the agent's cache and without.
 //!
 //! The probe case gives every node of a 1000-node shape its overlay
 //! addresses, which the sink owns and answers on (`crossover probe`), with
@@ -37,6 +39,7 @@ use std::{
 
 use crossover_tests::footprint::{
     agent::{Agent, LISTEN, get},
+    auth::{self, AuthCost},
     probes::{Counter, FakePeers, Responder},
     proc::{ProcSample, busiest_thread, clock_ticks, per_thread},
     readers,
@@ -183,6 +186,42 @@ fn main() {
         println!("\n== readers: skipped, this binary's `crossover loss` has no reading API");
     } else if wanted.is_empty() || wanted.iter().any(|w| w == "readers") {
         readers(&binary);
+    }
+    if wanted.is_empty() || wanted.iter().any(|w| w == "auth") {
+        auth_cost(&binary);
+    }
+}
+
+/// Reviews the API server answers per reading of one agent checking
+/// tokens, with the cache (the default TTL) and without (1 ms), side by
+/// side in the same run.
+fn auth_cost(binary: &Path) {
+    let help = Command::new(binary)
+        .args(["agent", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !help.contains("--auth-cache-ttl") {
+        println!("\n== auth: skipped, this binary's agent does not check tokens");
+        return;
+    }
+    const READINGS: usize = 20;
+    println!(
+        "\n== auth: TokenReviews and SubjectAccessReviews the API server answers, \
+         {READINGS} readings of one agent (`crossover loss` with a reader's token)"
+    );
+    for ttl in ["2m", "1ms"] {
+        let cost: AuthCost = auth::measure(binary, ttl, READINGS);
+        println!(
+            "   --auth-cache-ttl {:>3}: {} TokenReviews + {} SubjectAccessReviews for {} \
+             readings ({} requests): {:.2} API calls per reading",
+            cost.ttl,
+            cost.token_reviews,
+            cost.access_reviews,
+            cost.readings,
+            cost.requests,
+            cost.per_reading()
+        );
     }
 }
 

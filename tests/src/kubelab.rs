@@ -1,8 +1,10 @@
 //! A lab whose cluster is the fake API server: the server listens on the
 //! underlay bridge (172.18.0.1, reachable from every node as a real API
 //! server is), and `crossover agent --kubeconfig` runs in every node's
-//! namespace, host network, as the DaemonSet does. Each test applies its
-//! own objects. Needs root.
+//! namespace, host network, as the DaemonSet does: listening on the node's
+//! address, checking bearer tokens with the server (the lab's readers send
+//! [`ADMIN_TOKEN`], the kubeconfig's). Each test applies its own objects.
+//! Needs root.
 use std::{
     collections::HashMap,
     net::TcpListener,
@@ -14,9 +16,12 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    apiserver::FakeApiServer,
+    apiserver::{
+        ADMIN_TOKEN, FakeApiServer,
+        fixtures::{self, PodBuilder},
+    },
     lab::{Lab, LabSpec, PodKind, plan},
-    netns::{http_get, in_netns, sh},
+    netns::{http_get_as, in_netns, sh},
 };
 
 pub const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
@@ -67,29 +72,42 @@ impl KubeLab {
         }
     }
 
+    /// [`KubeLab::up`] with the lab's own objects applied ([`objects`]).
+    pub fn up_with_objects(spec: &LabSpec) -> KubeLab {
+        let kl = KubeLab::up(spec);
+        for object in objects(&kl.lab) {
+            kl.server.apply(object).unwrap();
+        }
+        kl
+    }
+
     /// `crossover agent --kubeconfig` on every node, with `extra` flags.
     pub fn start_agents(&mut self, extra: &[&str]) {
         let nodes: Vec<String> = self.lab.nodes().map(|n| n.name.clone()).collect();
         for node in nodes {
-            let log = std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap();
-            let child = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.lab.node_ns(&node),
-                    CROSSOVER,
-                    "agent",
-                ])
-                .args(["--kubeconfig", self.kubeconfig.to_str().unwrap()])
-                .args(["--node-name", &node])
-                .args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")])
-                .args(["--probe-port", &PROBE_PORT.to_string()])
-                .args(extra)
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("{CROSSOVER}: {e} (cargo build --bin crossover)"));
-            self.agents.push(child);
+            self.start_agent(&node, extra);
         }
+    }
+
+    /// `crossover agent --kubeconfig` on `node`, with `extra` flags; its
+    /// log is [`KubeLab::agent_log`].
+    pub fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.node_ns(node), CROSSOVER, "agent"])
+            .args(["--kubeconfig", self.kubeconfig.to_str().unwrap()])
+            .args(["--node-name", node])
+            .args(["--probe-port", &PROBE_PORT.to_string()])
+            .args(extra)
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{CROSSOVER}: {e} (cargo build --bin crossover)"));
+        self.agents.push(child);
+    }
+
+    /// What `node`'s agent logged so far.
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{node}.log"))).unwrap_or_default()
     }
 
     /// A `crossover probe` responder inside a pod's namespace: what the
@@ -144,10 +162,12 @@ impl KubeLab {
             .collect()
     }
 
-    /// GET from the control-plane node, as JSON (`Null` when not JSON;
-    /// said on stderr unless nothing answered yet, status 0).
+    /// GET from the control-plane node with the admin's token, as JSON
+    /// (`Null` when not JSON; said on stderr unless nothing answered yet,
+    /// status 0).
     pub fn get_json(&self, url: &str) -> Value {
-        let (status, body) = http_get(&self.lab.node_ns("control-plane"), url);
+        let (status, body) =
+            http_get_as(&self.lab.node_ns("control-plane"), url, Some(ADMIN_TOKEN));
         serde_json::from_str(&body).unwrap_or_else(|_| {
             if status != 0 {
                 eprintln!("{url}: {status} {body}");
@@ -201,4 +221,46 @@ pub fn within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
         assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The lab as the API sees it: the fixture cluster's nodes, CiliumNodes and
+/// configuration, with the lab's real pods instead of the fixture's, the
+/// agent pods (host network) and the lab's DaemonSet pods as probe pods.
+pub fn objects(lab: &Lab) -> Vec<Value> {
+    let nodes = lab.nodes().count();
+    let migrated = lab.nodes().filter(|n| n.migrated).count();
+    let mut out: Vec<Value> = fixtures::cluster_with_apps(nodes, migrated, 0)
+        .into_iter()
+        .filter(|o| o["kind"] != "Pod")
+        .collect();
+    out.push(fixtures::namespace("crossover"));
+    for (j, node) in lab.nodes().enumerate() {
+        let host = plan::underlay_addr(j).to_string();
+        out.push(
+            PodBuilder::new("crossover", &format!("crossover-agent-{j}"))
+                .node(&node.name, &host)
+                .ip(&host)
+                .host_network(true)
+                .label("app.kubernetes.io/name", "crossover-agent")
+                .value(),
+        );
+        for pod in &node.pods {
+            let probe = pod.kind == PodKind::DaemonSet;
+            let (key, value) = if probe {
+                ("app.kubernetes.io/name", "crossover-probe")
+            } else {
+                ("app", "demo")
+            };
+            out.push(
+                // Lab pod names repeat per node; the API's are unique.
+                PodBuilder::new("default", &format!("{}-{}", node.name, pod.name))
+                    .node(&node.name, &host)
+                    .ip(&pod.addr.to_string())
+                    .ready(true)
+                    .label(key, value)
+                    .value(),
+            );
+        }
+    }
+    out
 }

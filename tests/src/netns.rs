@@ -189,7 +189,13 @@ pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 's
 /// GET `url` from inside namespace `ns` (where a lab node's agent is
 /// reachable): (status, body); status 0 when nothing answered in 5 s.
 pub fn http_get(ns: &str, url: &str) -> (u16, String) {
+    http_get_as(ns, url, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer TOKEN` when `token` is given.
+pub fn http_get_as(ns: &str, url: &str, token: Option<&str>) -> (u16, String) {
     let url = url.to_owned();
+    let token = token.map(|t| format!("Bearer {t}"));
     in_netns(ns, move || {
         let agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
@@ -197,7 +203,11 @@ pub fn http_get(ns: &str, url: &str) -> (u16, String) {
                 .http_status_as_error(false)
                 .build(),
         );
-        match agent.get(&url).call() {
+        let mut request = agent.get(&url);
+        if let Some(token) = &token {
+            request = request.header("Authorization", token);
+        }
+        match request.call() {
             Ok(mut response) => (
                 response.status().as_u16(),
                 response.body_mut().read_to_string().unwrap_or_default(),

@@ -236,6 +236,9 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         super::migration::write(out, node, cluster.migration_state().as_deref());
     }
     departed_nat_families(out, state);
+    if let Some(auth) = &state.auth {
+        auth.write_metrics(out, node);
+    }
     drop_families(out, state, &detailed);
 
     let mut f = family(

@@ -5,6 +5,7 @@
 //! reads its peers), and serves it all as Prometheus metrics and a
 //! versioned JSON API.
 pub mod api;
+pub mod auth;
 pub mod metrics;
 mod migration;
 mod probing;
@@ -44,9 +45,10 @@ use view::View;
 pub struct AgentArgs {
     /// Cluster shape with `local_node` set (JSON, see docs/shape.md), for
     /// running without Kubernetes. Without it the agent reads the cluster.
-    #[arg(long, conflicts_with = "kubeconfig")]
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Kubeconfig file; default: in-cluster credentials, then $KUBECONFIG.
+    /// With --config, used only to check tokens (--auth on).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (the DaemonSet passes spec.nodeName).
@@ -84,9 +86,18 @@ pub struct AgentArgs {
     /// the rules in force are printed at start.
     #[arg(long = "follow-pattern", value_parser = crate::iface::parse_rule)]
     pub follow_patterns: Vec<crate::iface::Rule>,
-    /// Address for /metrics, /healthz, /readyz and /api/v1.
-    #[arg(long, default_value = "0.0.0.0:9190")]
-    pub listen: SocketAddr,
+    /// Address for /metrics, /healthz, /readyz and /api/v1: ADDR:PORT, or
+    /// node:PORT for this node's address only (--host-ip, else the node's
+    /// underlay address: its InternalIP with Kubernetes), not every
+    /// address of the host.
+    #[arg(long, default_value = "node:9190", value_parser = parse_listen)]
+    pub listen: Listen,
+    /// This node's address, for --listen node:PORT (the DaemonSet passes
+    /// the downward API's status.hostIP).
+    #[arg(long, env = "HOST_IP")]
+    pub host_ip: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
     /// Length of this agent's own loss window (`/api/v1/loss`); readers
     /// choose theirs, up to this plus two ticks back.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -164,6 +175,51 @@ pub struct AgentArgs {
 
 pub use crate::duration::parse_duration;
 
+/// Where the agent listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// This node's own address, this port.
+    Node(u16),
+    Addr(SocketAddr),
+}
+
+impl Listen {
+    pub fn port(&self) -> u16 {
+        match self {
+            Listen::Node(port) => *port,
+            Listen::Addr(addr) => addr.port(),
+        }
+    }
+
+    /// The address to bind, and where it came from (for the log).
+    fn resolve(
+        self,
+        host_ip: Option<std::net::IpAddr>,
+        underlay: std::net::Ipv4Addr,
+    ) -> (SocketAddr, &'static str) {
+        match (self, host_ip) {
+            (Listen::Addr(addr), _) => (addr, "--listen"),
+            (Listen::Node(port), Some(ip)) => (SocketAddr::new(ip, port), "--host-ip"),
+            (Listen::Node(port), None) => (
+                SocketAddr::new(underlay.into(), port),
+                "this node's underlay address",
+            ),
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> std::result::Result<Listen, String> {
+    match s.strip_prefix("node:") {
+        Some(port) => port
+            .parse()
+            .map(Listen::Node)
+            .map_err(|_| format!("{s:?}: node:PORT needs a port number")),
+        None => s.parse().map(Listen::Addr).map_err(|_| {
+            format!("{s:?}: expected ADDR:PORT (0.0.0.0:9190 for every address) or node:PORT")
+        }),
+    }
+}
+
 /// What the HTTP handlers and the background tasks share.
 pub struct State {
     pub node: String,
@@ -194,6 +250,8 @@ pub struct State {
     /// Flow and connection reads in progress, at most
     /// [`routes::FLOW_READERS`].
     flow_reads: tokio::sync::Semaphore,
+    /// Bearer token checks; `None` when auth is off.
+    auth: Option<auth::Auth>,
 }
 
 impl State {
@@ -469,6 +527,11 @@ enum Source {
 }
 
 async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
+    if args.config.is_some() && args.kubeconfig.is_some() && args.auth.mode != auth::Mode::On {
+        return Err(Error::Shape(
+            "--kubeconfig with --config is only for checking tokens: add --auth on".into(),
+        ));
+    }
     if let Some(config) = &args.config {
         let shape = crate::shape::load(Some(config.as_path()))?;
         let node = shape.local_node.clone().ok_or_else(|| {
@@ -571,6 +634,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .await?,
         )
     };
+    let auth = auth::Auth::start(&args.auth, cluster.is_some(), args.kubeconfig.as_ref()).await?;
     if !args.no_drop_reasons {
         // Without drop reasons every other signal still stands: said, and
         // counted as an error, not fatal.
@@ -603,6 +667,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         refused_flows: std::sync::atomic::AtomicU64::new(0),
         departed_nat: departed_nat(args.netns.as_deref(), &args.ageing),
         flow_reads: tokio::sync::Semaphore::new(routes::FLOW_READERS),
+        auth,
     });
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster {
@@ -617,15 +682,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tasks.push(tokio::spawn(age_flows(state.clone(), args.ageing.clone())));
     }
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let (listen, from) = args.listen.resolve(args.host_ip, underlay);
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::io(format!("listening on {}", args.listen), e))?;
+        .map_err(|e| Error::io(format!("listening on {listen} ({from})"), e))?;
     eprintln!(
-        "crossover: agent for {} on {}, observing {}",
+        "crossover: agent for {} on {listen} ({from}), observing {}",
         state.node,
-        args.listen,
         session.attached_list()
     );
+    eprintln!("crossover: {}", auth::Auth::describe(state.auth.as_ref()));
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
@@ -723,5 +789,35 @@ async fn age_flows(state: Arc<State>, policy: crate::datapath::AgeingPolicy) {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_listens_on_its_node_unless_told() {
+        let underlay = std::net::Ipv4Addr::new(10, 0, 0, 5);
+        let node = parse_listen("node:9190").unwrap();
+        assert_eq!(node, Listen::Node(9190));
+        assert_eq!(
+            node.resolve(None, underlay).0,
+            "10.0.0.5:9190".parse().unwrap()
+        );
+        let host_ip = "10.0.0.7".parse().ok();
+        assert_eq!(
+            node.resolve(host_ip, underlay),
+            ("10.0.0.7:9190".parse().unwrap(), "--host-ip")
+        );
+        let every = parse_listen("0.0.0.0:9190").unwrap();
+        assert_eq!(
+            every.resolve(host_ip, underlay),
+            ("0.0.0.0:9190".parse().unwrap(), "--listen")
+        );
+        for bad in ["node:", "node:http", "everywhere", "10.0.0.5"] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
     }
 }

@@ -299,16 +299,27 @@ async fn readyz(Extract(state): Extract<Shared>) -> Response {
     }
 }
 
+/// Every route; the JSON API (and `/metrics` with `--auth-metrics`)
+/// behind the bearer token check when auth is on. `/healthz` and
+/// `/readyz` stay open: the kubelet's probes carry no token.
 pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let check = || axum::middleware::from_fn_with_state(state.clone(), super::auth::require);
+    let api = Router::new()
         .route(api::PEERS_PATH, get(peers_handler))
         .route(api::FLOWS_PATH, get(flows_handler))
         .route(api::CONNECTIONS_PATH, get(connections_handler))
         .route(api::LOSS_PATH, get(loss_handler))
         .route(api::READING_PATH, get(reading_handler))
         .route(api::STATUS_PATH, get(status_handler))
+        .route_layer(check());
+    let mut metrics = Router::new().route("/metrics", get(metrics_handler));
+    if state.auth.as_ref().is_some_and(|a| a.metrics) {
+        metrics = metrics.route_layer(check());
+    }
+    Router::new()
+        .merge(api)
+        .merge(metrics)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }

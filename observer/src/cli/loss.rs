@@ -59,9 +59,11 @@ pub struct LossArgs {
     /// rules), from scrapes (docs/metrics.md).
     #[arg(long, value_parser = parse_prometheus, conflicts_with_all = ["agents", "since_start", "all", "kubeconfig"])]
     pub prometheus: Option<String>,
-    /// Kubeconfig file, to find the agents when no --agent is given;
-    /// default: in-cluster, then $KUBECONFIG, ~/.kube/config.
-    #[arg(long, conflicts_with = "agents")]
+    /// Kubeconfig file, to find the agents when no --agent is given, and
+    /// whose user's bearer token is sent to the agents (they check it with
+    /// the API server); default: in-cluster, then $KUBECONFIG,
+    /// ~/.kube/config (with --agent: only if there is one).
+    #[arg(long)]
     pub kubeconfig: Option<std::path::PathBuf>,
     /// Namespace of the agent pods.
     #[arg(long, default_value = "crossover")]
@@ -192,12 +194,24 @@ pub async fn run(mut args: LossArgs) -> Result<i32> {
     }
     let (urls, complete) = agents(&args).await?;
     args.agents = urls;
-    let code = read(args).await?;
+    // Named agents with no kubeconfig around are read without a token.
+    let required = args.kubeconfig.is_some();
+    let credentials =
+        crate::cluster::reader_credentials(args.kubeconfig.as_ref(), required).await?;
+    let code = read_with(args, credentials).await?;
     Ok(if complete { code } else { EXIT_INCOMPLETE })
 }
 
 async fn read(args: LossArgs) -> Result<i32> {
-    let client = Client::new(args.timeout);
+    read_with(args, None).await
+}
+
+/// `credentials`: the agents' bearer token (never sent to Prometheus).
+async fn read_with(
+    args: LossArgs,
+    credentials: Option<crate::loss::client::Credentials>,
+) -> Result<i32> {
+    let client = Client::new(args.timeout).with_credentials(credentials);
     let wide = args.format == LossFormat::Wide;
     if args.since_start {
         let matrix = read_all(&client, &args.agents).await?;
@@ -412,10 +426,17 @@ fn footer(reading: &ClusterReading) -> String {
         );
     }
     for f in &reading.failed {
-        out += &format!(
-            "failed: {} did not answer ({}); its node's pairs are missing\n",
-            f.agent, f.error
-        );
+        out += &if f.refused {
+            format!(
+                "refused: {} does not let this reader in ({}); its node's pairs are missing\n",
+                f.agent, f.error
+            )
+        } else {
+            format!(
+                "failed: {} did not answer ({}); its node's pairs are missing\n",
+                f.agent, f.error
+            )
+        };
     }
     out
 }

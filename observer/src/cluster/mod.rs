@@ -338,7 +338,18 @@ impl Cluster {
 /// kube's own retries of 429/503/504; the migration driver turns them off
 /// to see disruption budgets itself.
 pub async fn client(kubeconfig: Option<&PathBuf>, retry: bool) -> Result<Client> {
-    let mut config = match kubeconfig {
+    let mut config = config(kubeconfig).await?;
+    config.default_retry = retry;
+    Client::try_from(config).map_err(|e| Error::Kube {
+        context: "building the API client".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The configuration [`client`] uses: the kubeconfig file, else
+/// in-cluster, $KUBECONFIG, ~/.kube/config.
+pub async fn config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|e| Error::Kube {
                 context: format!("reading kubeconfig {}", path.display()),
@@ -355,12 +366,23 @@ pub async fn client(kubeconfig: Option<&PathBuf>, retry: bool) -> Result<Client>
             context: "finding cluster credentials (in-cluster, $KUBECONFIG, ~/.kube/config)".into(),
             reason: e.to_string(),
         })?,
-    };
-    config.default_retry = retry;
-    Client::try_from(config).map_err(|e| Error::Kube {
-        context: "building the API client".into(),
-        reason: e.to_string(),
     })
+}
+
+/// The bearer token readers send to agents (agent/auth.rs): the
+/// kubeconfig's user's, or the service account's in a pod. `None` when
+/// the credentials carry no token (client certificates) or, unless
+/// `required`, when there are no credentials at all.
+pub async fn reader_credentials(
+    kubeconfig: Option<&PathBuf>,
+    required: bool,
+) -> Result<Option<crate::loss::client::Credentials>> {
+    let config = match config(kubeconfig).await {
+        Ok(config) => config,
+        Err(_) if !required => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    crate::loss::client::Credentials::from_config(&config, &describe(kubeconfig))
 }
 
 /// The cluster a client of [`client`] talks to, in words for a report:

@@ -121,6 +121,10 @@ pub struct FailedAgent {
     /// The URL as given.
     pub agent: String,
     pub error: String,
+    /// It answered, refusing this reader's token (401, 403): a matter of
+    /// credentials or RBAC, not of the agent's health.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// What a drill-down of one delivery total found.
@@ -334,6 +338,7 @@ pub async fn read_at(
             out.failed.push(FailedAgent {
                 agent: agents[i].clone(),
                 error: e.to_string(),
+                refused: matches!(e, Error::Refused { .. }),
             });
         }
     }

@@ -407,6 +407,7 @@ pub async fn read_records(
     let missing = |error: String| FailedAgent {
         agent: url.to_owned(),
         error,
+        refused: false,
     };
 
     let total = |record| {
@@ -483,6 +484,7 @@ pub async fn read_records(
             reading.failed.push(FailedAgent {
                 agent: instance,
                 error: "down: Prometheus cannot scrape it (up == 0)".into(),
+                refused: false,
             });
         }
     }

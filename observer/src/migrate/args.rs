@@ -137,6 +137,7 @@ pub struct CommonArgs {
 impl CommonArgs {
     pub fn options(&self) -> Options {
         Options {
+            agent_credentials: None,
             namespace: self.namespace.clone(),
             cilium_namespace: self.cilium_namespace.clone(),
             cilium_selector: self.cilium_selector.clone(),

@@ -42,6 +42,9 @@ pub struct Options {
     pub poll: Duration,
     pub gate_interval: Duration,
     pub agent_timeout: Duration,
+    /// The bearer token sent to the agents: the kubeconfig's or the
+    /// service account's.
+    pub agent_credentials: Option<crate::loss::client::Credentials>,
     /// The window and ticks of a reading (focus and drill-down set per
     /// reading from the node and the thresholds).
     pub read: ReadOptions,
@@ -77,7 +80,8 @@ impl Context {
             instance: std::env::var("HOSTNAME").ok(),
         };
         Context {
-            reader: Reader::new(options.agent_timeout),
+            reader: Reader::new(options.agent_timeout)
+                .with_credentials(options.agent_credentials.clone()),
             records: std::sync::OnceLock::new(),
             recorder: Recorder::new(client.clone(), reporter),
             client,

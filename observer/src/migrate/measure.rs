@@ -145,12 +145,10 @@ impl Context {
         let found = self.agents().await?;
         let reading = cluster::read(&self.reader, &found.urls, &self.read_options(focus)).await;
         let mut missing = found.missing;
-        missing.extend(
-            reading
-                .failed
-                .iter()
-                .map(|f| format!("agent {} did not answer: {}", f.agent, f.error)),
-        );
+        missing.extend(reading.failed.iter().map(|f| match f.refused {
+            true => format!("agent {} refused the driver: {}", f.agent, f.error),
+            false => format!("agent {} did not answer: {}", f.agent, f.error),
+        }));
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
             missing,

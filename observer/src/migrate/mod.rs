@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client, api::ListParams};
 
 pub use args::{MigrateArgs, MigrateCommand, ReportArgs};
-use context::{Context, now};
+use context::{Context, Options, now};
 use lease::Lease;
 use state::{Phase, State};
 pub use store::decode_state;
@@ -41,11 +41,17 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     // own retry of 429 would hide it for minutes.
     let client = crate::cluster::client(args.common.kubeconfig.as_ref(), false).await?;
     let mut store = Store::new(&client, &args.common.namespace, &args.common.name);
+    let credentials =
+        crate::cluster::reader_credentials(args.common.kubeconfig.as_ref(), true).await?;
+    let options = || Options {
+        agent_credentials: credentials.clone(),
+        ..args.common.options()
+    };
     match &args.command {
         MigrateCommand::Plan(run) => {
             let plan = plan_nodes(&client, run).await?;
             print!("{}", plan.render());
-            let ctx = Context::new(client, args.common.options(), run.settings()?, None);
+            let ctx = Context::new(client, options(), run.settings()?, None);
             ctx.check_source().await?;
             if preflight_passes(&ctx, &run.preflight_options(&args.common)).await? {
                 Ok(())
@@ -69,7 +75,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             print!("{}", plan.render());
             let settings = run.settings()?;
             let lease = take_lease(&client, &args).await?;
-            let ctx = Context::new(client, args.common.options(), settings.clone(), Some(lease));
+            let ctx = Context::new(client, options(), settings.clone(), Some(lease));
             if let Err(e) = ctx.check_source().await {
                 release(ctx).await;
                 return Err(e);
@@ -105,12 +111,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             }
             let lease = take_lease(&client, &args).await?;
             // The settings that judged the first nodes judge the rest.
-            let ctx = Context::new(
-                client,
-                args.common.options(),
-                state.settings.clone(),
-                Some(lease),
-            );
+            let ctx = Context::new(client, options(), state.settings.clone(), Some(lease));
             if let Err(e) = ctx.check_source().await {
                 release(ctx).await;
                 return Err(e);
@@ -181,7 +182,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 Some(s) => s.settings.clone(),
                 None => args::RunArgs::default_settings(),
             };
-            let ctx = Context::new(client, args.common.options(), settings, Some(lease));
+            let ctx = Context::new(client, options(), settings, Some(lease));
             pods::get_node(&ctx, node).await?;
             if !confirm(
                 *yes,

@@ -160,6 +160,13 @@ impl Registry {
         r.register(ResourceKind::of::<Lease>());
         r.register(ResourceKind::of::<k8s_openapi::api::events::v1::Event>());
         r.register(ResourceKind::of::<PodDisruptionBudget>().with_subresources(&["status"]));
+        // Create-only reviews, answered by `reviews`, never stored.
+        r.register(ResourceKind::of::<
+            k8s_openapi::api::authentication::v1::TokenReview,
+        >());
+        r.register(ResourceKind::of::<
+            k8s_openapi::api::authorization::v1::SubjectAccessReview,
+        >());
         r.register(
             ResourceKind::new(Gvr::cilium_nodes(), "CiliumNode", false)
                 .with_subresources(&["status"]),

@@ -41,6 +41,7 @@ pub mod fixtures;
 mod kinds;
 mod log;
 mod patch;
+pub mod reviews;
 mod routes;
 mod selector;
 pub mod sim;
@@ -66,6 +67,7 @@ use tokio::{runtime::Handle, sync::oneshot};
 pub use kinds::{Gvr, Registry, ResourceKind};
 pub use log::{RequestRecord, Stats};
 pub use patch::{Patch, merge};
+pub use reviews::{ADMIN_TOKEN, Reviews, Rule, User};
 pub use selector::{FieldSelector, LabelSelector, Selectors};
 pub use status::{ApiError, success};
 pub use store::{Change, ChangeType, DEFAULT_HISTORY, ObjKey, Reactor, Store};
@@ -142,6 +144,7 @@ impl FakeApiServer {
             log: Default::default(),
             options,
             handlers: RwLock::new(Handlers::defaults()),
+            reviews: RwLock::new(Reviews::default()),
             closer: tokio::sync::watch::channel(Close::default()).0,
         });
         let app = Router::new()
@@ -176,20 +179,26 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// A kubeconfig for this server: plain HTTP, no credentials,
-    /// namespace `default`.
+    /// A kubeconfig for this server: plain HTTP, namespace `default`, the
+    /// admin's bearer token ([`ADMIN_TOKEN`], allowed everything).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with_token(ADMIN_TOKEN)
+    }
+
+    /// A kubeconfig whose user sends `token`.
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
              clusters:\n\
              - name: crossover-fake\n  cluster:\n    server: {}\n\
              users:\n\
-             - name: crossover-fake\n  user: {{}}\n\
+             - name: crossover-fake\n  user:\n    token: {}\n\
              contexts:\n\
              - name: crossover-fake\n  context:\n    cluster: crossover-fake\n    user: crossover-fake\n    namespace: default\n\
              current-context: crossover-fake\n",
-            self.url()
+            self.url(),
+            token
         )
     }
 
@@ -324,6 +333,38 @@ impl FakeApiServer {
         handlers.insert(group, plural, sub, Arc::new(handler));
     }
 
+    /// `token` authenticates as `user` in TokenReviews.
+    pub fn add_token(&self, token: &str, user: User) {
+        self.reviews().add_token(token, user);
+    }
+
+    /// SubjectAccessReviews matching `rule` are allowed.
+    pub fn allow(&self, rule: Rule) {
+        self.reviews().allow(rule);
+    }
+
+    /// Reviews answered `by` late (`None`: at once), as from an API server
+    /// that is overloaded or half gone.
+    pub fn stall_reviews(&self, by: Option<Duration>) {
+        self.reviews().stall = by;
+    }
+
+    fn reviews(&self) -> std::sync::RwLockWriteGuard<'_, Reviews> {
+        self.shared
+            .reviews
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops serving now, as a crashed API server: open watches end and
+    /// new connections are refused. Dropping stops it too.
+    pub fn stop(&mut self) {
+        self.close_watches();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     pub fn stats(&self) -> Stats {
         self.shared.log.stats()
     }
@@ -351,10 +392,7 @@ impl FakeApiServer {
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
-        self.close_watches();
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.stop();
         if let Some(rt) = self.runtime.take() {
             // Allowed from inside another runtime, unlike dropping it.
             rt.shutdown_background();

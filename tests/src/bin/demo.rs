@@ -251,6 +251,7 @@ fn loss_view(kl: &Arc<Mutex<KubeLab>>, driver: &Driver) -> Result<String> {
     let urls = kl.lock().unwrap().agent_urls();
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &driver.underlay, CROSSOVER, "loss"])
+        .args(["--kubeconfig", &driver.kubeconfig])
         .args([
             "--peer",
             FAULTED,

@@ -2,6 +2,7 @@
 //! scale`): a namespace lab of one node and a sink, a pod sending real
 //! traffic, the release agent as a process, and /proc read around it.
 pub mod agent;
+pub mod auth;
 pub mod dumps;
 pub mod probes;
 pub mod proc;
