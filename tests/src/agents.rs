@@ -90,9 +90,20 @@ impl Agents {
     /// Kills agent `j` without warning (a crash, an OOM kill) and starts it
     /// again.
     pub fn crash_and_restart(&mut self, lab: &Lab, j: usize) {
+        self.kill(j);
+        self.restart(lab, j);
+    }
+
+    /// Kills agent `j` without warning (SIGKILL) and waits for it to end.
+    pub fn kill(&mut self, j: usize) {
         let child = &mut self.children[j];
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Starts agent `j` again (after [`Agents::kill`]) and waits until
+    /// every agent is ready.
+    pub fn restart(&mut self, lab: &Lab, j: usize) {
         let node = lab.nodes().nth(j).unwrap().name.clone();
         self.children[j] = self.spawn(lab, &node);
         self.wait_ready(lab);

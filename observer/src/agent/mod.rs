@@ -33,6 +33,7 @@ use crate::{
     datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, Selection, Session, lock},
     loss::{
         LossRow,
+        kept::{Keeper, KeptReport},
         reading::{Answerer, NodeReading, Request},
         ring::{Ring, Tick, Unservable},
     },
@@ -165,6 +166,10 @@ pub struct State {
     /// This node's reads, one per tick, and the newest tick's number.
     ring: Mutex<Ring>,
     newest_tick: tokio::sync::watch::Sender<u64>,
+    /// With pins: every tick also kept beside the counters, and what this
+    /// agent found of its predecessor's (loss/kept.rs).
+    keeper: Option<Mutex<Keeper>>,
+    kept: Option<KeptReport>,
     window: Duration,
     sample_duration: Mutex<Duration>,
     /// The sampler's last reading, and how old it may be to be served.
@@ -227,6 +232,12 @@ impl State {
     }
 
     fn push_tick(&self, tick: Tick) {
+        if let Some(keeper) = &self.keeper {
+            let kept = keeper.lock().unwrap_or_else(|e| e.into_inner()).keep(&tick);
+            if let Err(err) = kept {
+                self.count(&err);
+            }
+        }
         let k = tick.k;
         self.ring
             .lock()
@@ -511,6 +522,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     )?;
     let view = View::from_shape(shape);
     check_ticks(args.sample_interval, args.reading_guard)?;
+    let capacity = Ring::capacity_for(args.window, args.sample_interval);
+    let mut ring = Ring::new(args.sample_interval, args.reading_guard, capacity);
+    let (keeper, kept) = match kept_ticks(&session.observer(), &mut ring) {
+        Ok(Some((keeper, report))) => (Some(Mutex::new(keeper)), Some(report)),
+        Ok(None) => (None, None),
+        Err(err) => {
+            eprintln!("crossover: warning: ticks are not kept across restarts: {err}");
+            (None, None)
+        }
+    };
     let probing = if args.probe_rate <= 0.0 {
         None
     } else if args.netns.is_some() {
@@ -542,12 +563,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         netns: args.netns.clone(),
         cluster: cluster.clone(),
         errors: Mutex::new(Error::METRIC_LABELS.into_iter().map(|r| (r, 0)).collect()),
-        ring: Mutex::new(Ring::new(
-            args.sample_interval,
-            args.reading_guard,
-            Ring::capacity_for(args.window, args.sample_interval),
-        )),
-        newest_tick: tokio::sync::watch::Sender::new(0),
+        newest_tick: tokio::sync::watch::Sender::new(ring.newest().map_or(0, |t| t.k)),
+        ring: Mutex::new(ring),
+        keeper,
+        kept,
         window: args.window,
         sample_duration: Mutex::new(Duration::ZERO),
         reading: Mutex::new(None),
@@ -606,6 +625,35 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     drop(session);
     eprintln!("crossover: exited");
     result.and(exited)
+}
+
+/// With pins, the keeper of this agent's ticks, and the ticks its
+/// predecessor kept put into `ring`: a window that began before the
+/// restart still starts at its own tick (loss/kept.rs).
+fn kept_ticks(observer: &Observer, ring: &mut Ring) -> Result<Option<(Keeper, KeptReport)>> {
+    let options = observer.options();
+    // A tick of every counter the per-peer maps can hold fits a slot.
+    let keys = options.peer_capacity as usize + options.peer_slot_capacity as usize;
+    let slots = ring.capacity() as u32;
+    let Some((pages, found)) =
+        observer.pinned_pages(crate::loss::kept::MAP, slots, Keeper::max_bytes(keys))?
+    else {
+        return Ok(None);
+    };
+    let interval_ms = ring.interval.as_millis() as u64;
+    let basis = crate::loss::kept::Basis {
+        interval_ms,
+        guard_ms: ring.guard.as_millis() as u64,
+        counters: observer.counter_ids()?,
+    };
+    let keeper = Keeper::new(pages, basis);
+    let now = crate::loss::ring::unix_ms(std::time::SystemTime::now()) / interval_ms;
+    let (ticks, report) = keeper.adopt(found, now, u64::from(slots))?;
+    for tick in ticks {
+        ring.push(tick);
+    }
+    eprintln!("crossover: {}", report.summary());
+    Ok(Some((keeper, report)))
 }
 
 /// The tick and its guard, as readers rely on them: whole milliseconds

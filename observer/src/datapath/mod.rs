@@ -5,6 +5,7 @@ mod attach;
 mod flows;
 mod handshakes;
 mod hook;
+mod kept;
 mod links;
 mod order;
 mod pin;
@@ -34,6 +35,7 @@ pub use attach::AttachMode;
 use attach::{Attachment, Held};
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
+pub use kept::{Found as KeptFound, PAGE as KEPT_PAGE, PinnedPages, Slot as KeptSlot};
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 pub use order::{HookOrder, Placement, blind_by_hook};
 use pin::PinDir;
@@ -271,6 +273,34 @@ impl Observer {
 
     pub fn options(&self) -> &LoadOptions {
         &self.options
+    }
+
+    /// With pins, the pinned pages `name` for `slots` blobs of at most
+    /// `max_bytes` (see `kept.rs`); `None` without pins.
+    pub fn pinned_pages(
+        &self,
+        name: &'static str,
+        slots: u32,
+        max_bytes: usize,
+    ) -> Result<Option<(PinnedPages, KeptFound)>> {
+        self.pins
+            .as_ref()
+            .map(|pins| PinnedPages::open(pins, name, slots, max_bytes))
+            .transpose()
+    }
+
+    /// The kernel's ids of the maps the per-peer counters live in (PEERS,
+    /// PEER_STATS): anything kept about their values holds only while they
+    /// are the same maps.
+    pub fn counter_ids(&self) -> Result<[u32; 2]> {
+        let id = |name: &'static str| -> Result<u32> {
+            let data = match self.ebpf.map(name).ok_or(Error::MissingMap(name))? {
+                aya::maps::Map::PerCpuHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
+                _ => return Err(Error::MissingMap(name)),
+            };
+            Ok(data.info().map_err(Error::map(name))?.id())
+        };
+        Ok([id(map::PEERS)?, id(map::PEER_STATS)?])
     }
 
     /// Writes the cluster's shape into CONFIG and ADDRS. Applied as a
