@@ -83,7 +83,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "0.0.0.0:9190")]
     pub listen: SocketAddr,
     /// Length of this agent's own loss window (`/api/v1/loss`); readers
-    /// choose theirs, up to this plus two ticks back.
+    /// choose theirs, up to this plus two ticks back. At most 600 ticks of
+    /// --sample-interval.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub window: Duration,
     /// Port of the probe responders: this agent's own (host network, every
@@ -478,6 +479,8 @@ async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
+    // Before anything is loaded or attached.
+    check_ticks(args.sample_interval, args.reading_guard, args.window)?;
     let (node, source) = open_source(&args).await?;
     let (shape, cluster) = match source {
         Source::File(shape) => (shape, None),
@@ -521,7 +524,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
     )?;
     let view = View::from_shape(shape);
-    check_ticks(args.sample_interval, args.reading_guard)?;
     let capacity = Ring::capacity_for(args.window, args.sample_interval);
     let mut ring = Ring::new(args.sample_interval, args.reading_guard, capacity);
     let (keeper, kept) = match kept_ticks(&session.observer(), &mut ring) {
@@ -631,8 +633,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 /// predecessor kept put into `ring`: a window that began before the
 /// restart still starts at its own tick (loss/kept.rs).
 fn kept_ticks(observer: &Observer, ring: &mut Ring) -> Result<Option<(Keeper, KeptReport)>> {
-    let options = observer.options();
     // A tick of every counter the per-peer maps can hold fits a slot.
+    let options = observer.options();
     let keys = options.peer_capacity as usize + options.peer_slot_capacity as usize;
     let slots = ring.capacity() as u32;
     let Some((pages, found)) =
@@ -656,11 +658,23 @@ fn kept_ticks(observer: &Observer, ring: &mut Ring) -> Result<Option<(Keeper, Ke
     Ok(Some((keeper, report)))
 }
 
+/// Ticks a window may span: 10 minutes at the default 1 s tick. The ring
+/// and the ticks kept beside the pins grow with it (docs/restarts.md).
+const MAX_WINDOW_TICKS: u32 = 600;
+
 /// The tick and its guard, as readers rely on them: whole milliseconds
 /// (ticks are numbered in ms on every node), and a guard that leaves the
 /// tick time to read twice.
-fn check_ticks(interval: Duration, guard: Duration) -> Result<()> {
+fn check_ticks(interval: Duration, guard: Duration, window: Duration) -> Result<()> {
     let bad = |reason: String| Err(Error::Shape(reason));
+    // The ring (and the ticks kept beside the pins) holds a tick of every
+    // counter per tick of the window.
+    if window > interval * MAX_WINDOW_TICKS {
+        return bad(format!(
+            "--window {window:?}: at most {MAX_WINDOW_TICKS} ticks of --sample-interval ({:?})",
+            interval * MAX_WINDOW_TICKS
+        ));
+    }
     if interval < Duration::from_millis(100) || !interval.subsec_nanos().is_multiple_of(1_000_000) {
         return bad(format!(
             "--sample-interval {interval:?}: expected whole milliseconds, at least 100ms"
@@ -727,5 +741,25 @@ async fn age_flows(state: Arc<State>, policy: crate::datapath::AgeingPolicy) {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_and_windows_are_range_checked() {
+        let ms = Duration::from_millis;
+        let err = |i, g, w| check_ticks(ms(i), ms(g), ms(w)).unwrap_err().to_string();
+        assert!(check_ticks(ms(1000), ms(20), ms(600_000)).is_ok());
+        let long = err(1000, 20, 600_001);
+        assert!(
+            long.contains("--window") && long.contains("600 ticks"),
+            "{long}"
+        );
+        assert!(err(500, 20, 300_001).contains("(300s)"));
+        assert!(err(99, 20, 1000).contains("--sample-interval"));
+        assert!(err(1000, 500, 1000).contains("--reading-guard"));
     }
 }
