@@ -404,7 +404,7 @@ fn footer(reading: &ClusterReading) -> String {
     }
     for f in &reading.failed {
         out += &format!(
-            "failed: {} did not answer ({}); its node's pairs are missing\n",
+            "failed: {}: {}; its node's pairs are missing\n",
             f.agent, f.error
         );
     }

@@ -176,7 +176,7 @@ impl Context {
             reading
                 .failed
                 .iter()
-                .map(|f| format!("agent {} did not answer: {}", f.agent, f.error)),
+                .map(|f| format!("agent {}: {}", f.agent, f.error)),
         );
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
