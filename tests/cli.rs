@@ -81,6 +81,10 @@ fn bad_flags_are_named() {
             "invalid value '0' for '--flow-capacity <FLOW_CAPACITY>'",
         ),
         (
+            &["agent", "--peer-slot-capacity", "4294967295"][..],
+            "4294967295 is not in 1..=262144",
+        ),
+        (
             &[
                 "observe",
                 "--follow",

@@ -134,7 +134,7 @@ pub struct AgentArgs {
     /// Keys beyond it are still counted (PEERS hash), and shown as
     /// crossover_peer_keys_without_slot.
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_PEER_SLOT_CAPACITY,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=crate::datapath::MAX_PEER_SLOT_CAPACITY as i64))]
     pub peer_slot_capacity: u32,
     /// bpffs directory (e.g. /sys/fs/bpf/crossover) to pin maps and TCX
     /// links in: a restarted agent counts on with no gap (docs/restarts.md).

@@ -61,6 +61,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cr
 /// entry (2.7 GiB at this size).
 pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
 
+/// Most PEER_STATS slots a flag may ask for: a per-CPU array of 64 bytes
+/// a slot (16 MiB per CPU at this size), and PEER_SLOTS holds one more.
+pub const MAX_PEER_SLOT_CAPACITY: u32 = 1 << 18;
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub flow_capacity: u32,
