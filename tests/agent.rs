@@ -604,21 +604,20 @@ fn a_clean_lab_under_continuous_traffic_reads_no_loss_for_minutes() {
 /// `crossover loss` over a window of `window_s` seconds, control-plane's
 /// rows exactly, run in namespace `ns`.
 fn window_reading(ns: &str, agents: &Agents, window_s: u64) -> serde_json::Value {
-    let mut loss = Command::new("ip");
-    loss.args(["netns", "exec", ns, CROSSOVER, "loss", "-o", "json"]);
-    loss.args(["--node", "control-plane", "--top", "1000"]);
-    loss.args([
-        "--window",
-        &format!("{window_s}s"),
-        "--sample-interval",
-        "500ms",
-    ]);
-    for url in &agents.urls {
-        loss.args(["--agent", url]);
-    }
-    let out = loss.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    let window = format!("{window_s}s");
+    agents.loss_json(
+        ns,
+        &[
+            "--node",
+            "control-plane",
+            "--top",
+            "1000",
+            "--window",
+            &window,
+            "--sample-interval",
+            "500ms",
+        ],
+    )
 }
 
 fn unix_ms() -> u64 {

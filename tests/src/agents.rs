@@ -163,17 +163,15 @@ impl Agents {
     /// `crossover loss --since-start --format json` run in network
     /// namespace `ns` against every agent: the delivery matrix.
     pub fn loss_since_start(&self, ns: &str) -> Vec<serde_json::Value> {
+        serde_json::from_value(self.loss_json(ns, &["--since-start"])).unwrap()
+    }
+
+    /// `crossover loss --format json ARGS` run in network namespace `ns`
+    /// against every agent; it must succeed.
+    pub fn loss_json(&self, ns: &str, args: &[&str]) -> serde_json::Value {
         let mut loss = Command::new("ip");
-        loss.args([
-            "netns",
-            "exec",
-            ns,
-            CROSSOVER,
-            "loss",
-            "--since-start",
-            "--format",
-            "json",
-        ]);
+        loss.args(["netns", "exec", ns, CROSSOVER, "loss", "--format", "json"]);
+        loss.args(args);
         for url in &self.urls {
             loss.args(["--agent", url]);
         }
