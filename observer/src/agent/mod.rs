@@ -531,7 +531,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         Ok(None) => (None, None),
         Err(err) => {
             eprintln!("crossover: warning: ticks are not kept across restarts: {err}");
-            (None, None)
+            (None, Some(KeptReport::unavailable(err.to_string())))
         }
     };
     let probing = if args.probe_rate <= 0.0 {

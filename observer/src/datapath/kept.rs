@@ -39,6 +39,9 @@ pub enum Found {
     /// Pinned with another geometry (another window, tick, capacity or
     /// page size): replaced, its contents not read.
     Recreated { pinned: Geometry, wanted: Geometry },
+    /// Could not be opened or created: nothing is kept (the caller says
+    /// why).
+    Unavailable,
 }
 
 /// What a slot holds.

@@ -326,6 +326,21 @@ pub struct RefusedSlot {
 }
 
 impl KeptReport {
+    /// When the pinned map cannot be had: windows start at every start,
+    /// and the report says why.
+    pub fn unavailable(why: String) -> Self {
+        KeptReport {
+            found: KeptFound::Unavailable,
+            slots: 0,
+            adopted: 0,
+            oldest_ms: 0,
+            newest_ms: 0,
+            expired: 0,
+            refused: Vec::new(),
+            restarted: Some(format!("ticks cannot be kept across restarts: {why}")),
+        }
+    }
+
     /// One line for the log.
     pub fn summary(&self) -> String {
         let mut out = format!(
@@ -335,6 +350,7 @@ impl KeptReport {
                 KeptFound::Reused => "reused",
                 KeptFound::Created => "created",
                 KeptFound::Recreated { .. } => "recreated",
+                KeptFound::Unavailable => "unavailable",
             },
             self.adopted,
             self.expired,
@@ -536,6 +552,20 @@ mod tests {
         let refusal = decode(&bytes, &recreated).unwrap_err();
         assert_eq!(refusal.reason, Reason::Counters);
         assert!(refusal.detail.contains("[7, 9]"), "{}", refusal.detail);
+    }
+
+    #[test]
+    fn a_map_that_cannot_be_had_says_windows_restart() {
+        let report = KeptReport::unavailable("map KEPT_TICKS: out of memory".into());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["map"], "unavailable");
+        assert!(
+            json["restarted"]
+                .as_str()
+                .unwrap()
+                .contains("ticks cannot be kept across restarts: map KEPT_TICKS"),
+            "{json}"
+        );
     }
 
     #[test]
