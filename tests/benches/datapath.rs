@@ -320,16 +320,16 @@ fn kept_tick(peers: &[observer::datapath::PeerRecord], nodes: usize) {
     let samples: Vec<Duration> = (0..20)
         .map(|i| {
             let t = tick(now - 19 + i);
-            timed(|| keeper.keep(&t).expect("keep")).1
+            timed(|| keeper.keep(&t, &[]).expect("keep")).1
         })
         .collect();
     println!(
         "{:<38} {:>10.2?}  ({} KiB a tick)",
         format!("  keeping it (--pin-path), {nodes} nodes"),
         median(samples),
-        kept::encode(&tick(now), &basis).len() / 1024
+        kept::encode(&tick(now), &[], &basis).len() / 1024
     );
-    let ((ticks, _), took) = timed(|| keeper.adopt(found, now, 13).expect("adopt"));
+    let ((ticks, _, _), took) = timed(|| keeper.adopt(found, now, 13).expect("adopt"));
     assert_eq!(ticks.len(), 13);
     println!(
         "{:<38} {:>10.2?}",

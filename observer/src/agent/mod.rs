@@ -234,7 +234,12 @@ impl State {
 
     fn push_tick(&self, tick: Tick) {
         if let Some(keeper) = &self.keeper {
-            let kept = keeper.lock().unwrap_or_else(|e| e.into_inner()).keep(&tick);
+            // What the process alone counts goes with the tick.
+            let expired = lock(&self.observer).expired_handshakes();
+            let kept = keeper
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keep(&tick, &expired);
             if let Err(err) = kept {
                 self.count(&err);
             }
@@ -526,7 +531,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let view = View::from_shape(shape);
     let capacity = Ring::capacity_for(args.window, args.sample_interval);
     let mut ring = Ring::new(args.sample_interval, args.reading_guard, capacity);
-    let (keeper, kept) = match kept_ticks(&session.observer(), &mut ring) {
+    let (keeper, kept) = match kept_ticks(&mut session.observer(), &mut ring) {
         Ok(Some((keeper, report))) => (Some(Mutex::new(keeper)), Some(report)),
         Ok(None) => (None, None),
         Err(err) => {
@@ -632,7 +637,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 /// With pins, the keeper of this agent's ticks, and the ticks its
 /// predecessor kept put into `ring`: a window that began before the
 /// restart still starts at its own tick (loss/kept.rs).
-fn kept_ticks(observer: &Observer, ring: &mut Ring) -> Result<Option<(Keeper, KeptReport)>> {
+fn kept_ticks(observer: &mut Observer, ring: &mut Ring) -> Result<Option<(Keeper, KeptReport)>> {
     // A tick of every counter the per-peer maps can hold fits a slot.
     let options = observer.options();
     let keys = options.peer_capacity as usize + options.peer_slot_capacity as usize;
@@ -650,10 +655,13 @@ fn kept_ticks(observer: &Observer, ring: &mut Ring) -> Result<Option<(Keeper, Ke
     };
     let keeper = Keeper::new(pages, basis);
     let now = crate::loss::ring::unix_ms(std::time::SystemTime::now()) / interval_ms;
-    let (ticks, report) = keeper.adopt(found, now, u64::from(slots))?;
+    let (ticks, expired, report) = keeper.adopt(found, now, u64::from(slots))?;
     for tick in ticks {
         ring.push(tick);
     }
+    // Handshakes the last process expired unanswered: counted on, as the
+    // kernel's counts are.
+    observer.adopt_expired_handshakes(&expired);
     eprintln!("crossover: {}", report.summary());
     Ok(Some((keeper, report)))
 }

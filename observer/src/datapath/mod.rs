@@ -692,6 +692,25 @@ impl Observer {
         snapshot::read_peers(&self.ebpf, &self.peer_slots, &self.expired_handshakes)
     }
 
+    /// Handshakes this process expired unanswered, per key: the part of
+    /// `handshakes_unanswered` the kernel cannot count, which lives in the
+    /// process. The agent keeps it with its ticks (loss/kept.rs).
+    pub fn expired_handshakes(&self) -> Vec<(PeerKey, u64)> {
+        self.expired_handshakes
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect()
+    }
+
+    /// Takes over what a previous process over the same pinned maps had
+    /// expired (as it kept it), so unanswered handshakes carry on across
+    /// a restart as the kernel's counts do.
+    pub fn adopt_expired_handshakes(&mut self, kept: &[(PeerKey, u64)]) {
+        for (key, n) in kept {
+            *self.expired_handshakes.entry(*key).or_default() += n;
+        }
+    }
+
     /// Expires handshakes unanswered past the grace (see
     /// `datapath/handshakes.rs`): call before reading the counters, at
     /// least once a second. Returns how many were expired.

@@ -20,12 +20,14 @@
 //!
 //! Layout, little-endian: a [`HEADER`]-byte header, then the early reads
 //! ([`EARLY`] bytes each: key, then the eight counts of `PeerCounts`), then
-//! the late reads ([`LATE`] bytes each: key, packets). A key is the peer's
-//! address (network order) and the wire values of overlay, direction and
-//! the two networks.
+//! the late reads ([`LATE`] bytes each: key, packets), then the handshakes
+//! the agent had expired unanswered by then ([`LATE`] bytes each: the
+//! kernel's `PeerKey`, count), which live in the process and so are kept
+//! too. A key is the peer's address (network order) and the wire values of
+//! overlay, direction and the two networks.
 use std::net::Ipv4Addr;
 
-use observer_ebpf::{Direction, Net, Overlay};
+use observer_ebpf::{Direction, Net, Overlay, PeerKey};
 use serde::Serialize;
 
 use super::ring::{Key, Tick, key_of};
@@ -95,10 +97,14 @@ fn refuse<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Refusal> {
     })
 }
 
-/// Bytes of a tick of `early` and `late` reads.
-pub fn encoded_len(early: usize, late: usize) -> usize {
-    HEADER + early * EARLY + late * LATE
+/// Bytes of a tick of `early` and `late` reads and `expired` handshake
+/// counts.
+pub fn encoded_len(early: usize, late: usize, expired: usize) -> usize {
+    HEADER + early * EARLY + (late + expired) * LATE
 }
+
+/// Handshakes expired unanswered, per the kernel's key.
+pub type Expired = Vec<(PeerKey, u64)>;
 
 fn put_key(out: &mut Vec<u8>, (peer, overlay, direction, src, dst): Key) {
     out.extend_from_slice(&peer.octets());
@@ -118,8 +124,12 @@ fn counts(c: &PeerCounts) -> [u64; 8] {
     ]
 }
 
-pub fn encode(tick: &Tick, basis: &Basis) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded_len(tick.early.len(), tick.late.len()));
+pub fn encode(tick: &Tick, expired: &[(PeerKey, u64)], basis: &Basis) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len(
+        tick.early.len(),
+        tick.late.len(),
+        expired.len(),
+    ));
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
     out.extend_from_slice(&(tick.early.len() as u32).to_le_bytes());
@@ -127,7 +137,7 @@ pub fn encode(tick: &Tick, basis: &Basis) -> Vec<u8> {
     for id in basis.counters {
         out.extend_from_slice(&id.to_le_bytes());
     }
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(expired.len() as u32).to_le_bytes());
     for v in [
         basis.interval_ms,
         basis.guard_ms,
@@ -148,6 +158,11 @@ pub fn encode(tick: &Tick, basis: &Basis) -> Vec<u8> {
     for (key, packets) in &tick.late {
         put_key(&mut out, *key);
         out.extend_from_slice(&packets.to_le_bytes());
+    }
+    for (key, n) in expired {
+        out.extend_from_slice(&key.peer.to_le_bytes());
+        out.extend_from_slice(&[key.overlay, key.direction, key.src_net, key.dst_net]);
+        out.extend_from_slice(&n.to_le_bytes());
     }
     let crc = crc32fast::hash(&out);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
@@ -189,8 +204,9 @@ impl Fields<'_> {
     }
 }
 
-/// A kept tick, checked against what it must have been read under.
-pub fn decode(bytes: &[u8], basis: &Basis) -> Result<Tick, Refusal> {
+/// A kept tick and the handshakes expired by then, checked against what
+/// it must have been read under.
+pub fn decode(bytes: &[u8], basis: &Basis) -> Result<(Tick, Expired), Refusal> {
     if bytes.len() < HEADER || bytes[..8] != MAGIC {
         return refuse(Reason::Foreign, "not a kept tick (no header)");
     }
@@ -213,7 +229,7 @@ pub fn decode(bytes: &[u8], basis: &Basis) -> Result<Tick, Refusal> {
     }
     let (early_n, late_n) = (f.u32() as usize, f.u32() as usize);
     let counters = [f.u32(), f.u32()];
-    let _reserved = f.u32();
+    let expired_n = f.u32() as usize;
     let (interval_ms, guard_ms) = (f.u64(), f.u64());
     let (k, early_ms, late_ms) = (f.u64(), f.u64(), f.u64());
     if (interval_ms, guard_ms) != (basis.interval_ms, basis.guard_ms) {
@@ -234,16 +250,17 @@ pub fn decode(bytes: &[u8], basis: &Basis) -> Result<Tick, Refusal> {
             ),
         );
     }
-    if early_n
-        .checked_mul(EARLY)
-        .zip(late_n.checked_mul(LATE))
-        .map(|(e, l)| HEADER + e + l)
-        != Some(bytes.len())
-    {
+    let body = early_n.checked_mul(EARLY).zip(
+        late_n
+            .checked_add(expired_n)
+            .and_then(|n| n.checked_mul(LATE)),
+    );
+    if body.and_then(|(e, l)| e.checked_add(l)?.checked_add(HEADER)) != Some(bytes.len()) {
         return refuse(
             Reason::Corrupt,
             format!(
-                "{} bytes for {early_n} early and {late_n} late reads",
+                "{} bytes for {early_n} early and {late_n} late reads and {expired_n} expired \
+                 handshake counts",
                 bytes.len()
             ),
         );
@@ -284,17 +301,34 @@ pub fn decode(bytes: &[u8], basis: &Basis) -> Result<Tick, Refusal> {
     for _ in 0..late_n {
         late.push((f.key()?, f.u64()));
     }
+    let mut expired = Vec::with_capacity(expired_n);
+    for _ in 0..expired_n {
+        // The same checks as a read's key, kept in the kernel's form.
+        let peer = u32::from_le_bytes(f.0[..4].try_into().expect("4 bytes"));
+        let (_, overlay, direction, src, dst) = f.key()?;
+        let key = PeerKey {
+            peer,
+            overlay: overlay.wire(),
+            direction: direction.wire(),
+            src_net: src.wire(),
+            dst_net: dst.wire(),
+        };
+        expired.push((key, f.u64()));
+    }
     // The ring finds reads by binary search.
     if !early.is_sorted_by_key(key_of) || !late.is_sorted_by_key(|(key, _)| *key) {
         return refuse(Reason::Corrupt, "reads out of order");
     }
-    Ok(Tick {
-        k,
-        early_ms,
-        late_ms,
-        early,
-        late,
-    })
+    Ok((
+        Tick {
+            k,
+            early_ms,
+            late_ms,
+            early,
+            late,
+        },
+        expired,
+    ))
 }
 
 /// What a restarted agent found of its predecessor's ticks.
@@ -386,19 +420,28 @@ impl Keeper {
 
     /// Bytes a slot needs for a tick of `keys` counters at most.
     pub fn max_bytes(keys: usize) -> usize {
-        encoded_len(keys, keys)
+        encoded_len(keys, keys, keys)
     }
 
-    pub fn keep(&mut self, tick: &Tick) -> Result<()> {
+    /// Keeps `tick`, with the handshakes expired unanswered by now.
+    pub fn keep(&mut self, tick: &Tick, expired: &[(PeerKey, u64)]) -> Result<()> {
         let slot = (tick.k % u64::from(self.pages.slots())) as u32;
-        self.pages.write(slot, &encode(tick, &self.basis))
+        self.pages.write(slot, &encode(tick, expired, &self.basis))
     }
 
     /// Every kept tick of the ring's span ending at tick `now` (`span`
-    /// ticks), oldest first, and what became of the others.
-    pub fn adopt(&self, found: KeptFound, now: u64, span: u64) -> Result<(Vec<Tick>, KeptReport)> {
+    /// ticks), oldest first; the handshakes expired by the newest tick that
+    /// could be read (adopted or too old), to carry on from; and what
+    /// became of the others.
+    pub fn adopt(
+        &self,
+        found: KeptFound,
+        now: u64,
+        span: u64,
+    ) -> Result<(Vec<Tick>, Expired, KeptReport)> {
         let slots = self.pages.slots();
         let mut ticks = Vec::new();
+        let mut newest: Option<(u64, Expired)> = None;
         let mut report = KeptReport {
             found: found.clone(),
             slots,
@@ -422,18 +465,31 @@ impl Keeper {
                 }
                 KeptSlot::Bytes(bytes) => bytes,
             };
-            match decode(&bytes, &self.basis) {
-                Err(refusal) => report.refused.push(refused(refusal)),
-                Ok(tick) if tick.k % u64::from(slots) != u64::from(slot) => {
+            let (tick, expired) = match decode(&bytes, &self.basis) {
+                Err(refusal) => {
+                    report.refused.push(refused(refusal));
+                    continue;
+                }
+                Ok(kept) => kept,
+            };
+            match tick {
+                tick if tick.k % u64::from(slots) != u64::from(slot) => {
                     report.refused.push(refused(Refusal {
                         reason: Reason::Corrupt,
                         detail: format!("tick {} found in slot {slot}", tick.k),
                     }));
                 }
-                Ok(tick) if tick.k > now || tick.k.saturating_add(span) <= now => {
-                    report.expired += 1
+                tick if tick.k > now => report.expired += 1,
+                tick => {
+                    if newest.as_ref().is_none_or(|(k, _)| *k < tick.k) {
+                        newest = Some((tick.k, expired));
+                    }
+                    if tick.k.saturating_add(span) <= now {
+                        report.expired += 1;
+                    } else {
+                        ticks.push(tick);
+                    }
                 }
-                Ok(tick) => ticks.push(tick),
             }
         }
         ticks.sort_by_key(|t| t.k);
@@ -453,7 +509,7 @@ impl Keeper {
             )),
             _ => None,
         };
-        Ok((ticks, report))
+        Ok((ticks, newest.map(|(_, e)| e).unwrap_or_default(), report))
     }
 }
 
@@ -506,11 +562,24 @@ mod tests {
     #[test]
     fn a_kept_tick_reads_back_as_it_was() {
         let t = tick();
-        let bytes = encode(&t, &BASIS);
-        assert_eq!(bytes.len(), encoded_len(3, 3));
-        assert_eq!(decode(&bytes, &BASIS), Ok(t));
+        let expired = vec![(
+            PeerKey {
+                peer: 0x0200_000a,
+                overlay: Overlay::Legacy.wire(),
+                direction: Direction::Egress.wire(),
+                src_net: Net::Legacy.wire(),
+                dst_net: Net::Cilium.wire(),
+            },
+            7,
+        )];
+        let bytes = encode(&t, &expired, &BASIS);
+        assert_eq!(bytes.len(), encoded_len(3, 3, 1));
+        assert_eq!(decode(&bytes, &BASIS), Ok((t, expired)));
         let empty = Tick::new(1, (500, Vec::new()), (520, Vec::new()));
-        assert_eq!(decode(&encode(&empty, &BASIS), &BASIS), Ok(empty));
+        assert_eq!(
+            decode(&encode(&empty, &[], &BASIS), &BASIS),
+            Ok((empty, Vec::new()))
+        );
     }
 
     fn reason(bytes: &[u8], basis: &Basis) -> Reason {
@@ -519,7 +588,7 @@ mod tests {
 
     #[test]
     fn foreign_corrupt_and_other_ticks_are_refused() {
-        let bytes = encode(&tick(), &BASIS);
+        let bytes = encode(&tick(), &[], &BASIS);
         // Every single flipped bit and every truncation is refused.
         for i in 0..bytes.len() {
             for bit in 0..8 {
@@ -572,7 +641,7 @@ mod tests {
     fn a_consistent_tick_with_an_unknown_value_is_refused_not_guessed() {
         let mut t = tick();
         t.early.truncate(1);
-        let mut bytes = encode(&t, &BASIS);
+        let mut bytes = encode(&t, &[], &BASIS);
         // Overlay byte of the first early read, checksum made right.
         bytes[HEADER + 4] = 77;
         bytes[CRC_AT..CRC_AT + 4].fill(0);
