@@ -620,6 +620,7 @@ impl Observer {
     }
 
     /// Loads the empty program the benchmark uses as its floor.
+    #[cfg(feature = "test-api")]
     pub fn load_floor(&mut self) -> Result<&SchedClassifier> {
         let program = classifier(&mut self.ebpf, FLOOR)?;
         if program.fd().is_err() {
@@ -671,13 +672,9 @@ impl Observer {
         self.census.as_ref()
     }
 
-    /// Totals of every flow aged since load.
-    pub fn retired(&self) -> &Retired {
-        &self.retired
-    }
-
     /// Reads FLOWS raw, batched as snapshots do or key by key (two
     /// syscalls per flow); the number of flows. For the benchmark.
+    #[cfg(feature = "test-api")]
     pub fn read_flows_raw(&self, batched: bool) -> Result<usize> {
         if batched {
             snapshot::read_flows(&self.ebpf).map(|f| f.len())
@@ -739,6 +736,7 @@ impl Observer {
     }
 
     /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
+    #[cfg(feature = "test-api")]
     pub fn reset_counters(&mut self) -> Result<()> {
         handshakes::clear(&self.ebpf)?;
         self.expired_handshakes.clear();
@@ -953,7 +951,8 @@ pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
     let mut found = None;
     // SAFETY: getifaddrs fills a linked list freed with freeifaddrs; entries
     // are only read while the list is alive, and ifa_addr is checked for
-    // null and for AF_INET before it is read as a sockaddr_in.
+    // null and for AF_INET before it is read as a sockaddr_in (unaligned:
+    // a sockaddr promises less alignment than a sockaddr_in needs).
     unsafe {
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
         if libc::getifaddrs(&mut list) != 0 {
@@ -963,7 +962,7 @@ pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
         while !entry.is_null() {
             let sa = (*entry).ifa_addr;
             if !sa.is_null() && i32::from((*sa).sa_family) == libc::AF_INET {
-                let sin = &*(sa as *const libc::sockaddr_in);
+                let sin: libc::sockaddr_in = std::ptr::read_unaligned(sa.cast());
                 if u32::from_be(sin.sin_addr.s_addr) == u32::from(addr) {
                     found = Some(
                         std::ffi::CStr::from_ptr((*entry).ifa_name)
@@ -978,4 +977,16 @@ pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
         libc::freeifaddrs(list);
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_interface_holding_an_address_is_found() {
+        assert_eq!(
+            super::interface_with(std::net::Ipv4Addr::LOCALHOST).as_deref(),
+            Some("lo")
+        );
+        assert_eq!(super::interface_with([192, 0, 2, 77].into()), None);
+    }
 }
