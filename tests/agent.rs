@@ -762,3 +762,185 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
         "the reader names the blind hook: {text}"
     );
 }
+
+/// `crossover loss` over a window of `window_s` seconds, control-plane's
+/// rows exactly, run in namespace `ns`.
+fn window_reading(ns: &str, agents: &Agents, window_s: u64) -> serde_json::Value {
+    let window = format!("{window_s}s");
+    agents.loss_json(
+        ns,
+        &[
+            "--node",
+            "control-plane",
+            "--top",
+            "1000",
+            "--window",
+            &window,
+            "--sample-interval",
+            "500ms",
+        ],
+    )
+}
+
+fn unix_ms() -> u64 {
+    observer::loss::ring::unix_ms(std::time::SystemTime::now())
+}
+
+/// An agent killed mid-soak under a fault and started again over its pins:
+/// a window that began before the crash still starts at its own tick (the
+/// ticks are kept beside the counters, observer/src/loss/kept.rs), so it
+/// counts every packet the wire dropped since, not only those since the
+/// restart. Then the kept ticks are corrupted behind a crashed agent's
+/// back: the next one refuses them, says so in its status and metrics, and
+/// its windows start at its own start.
+#[test]
+fn a_window_read_after_a_crash_counts_every_loss_since_it_began() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("kw"),
+        nodes: 2,
+        migrated: 1,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let pins = crossover_tests::pins::TestPins::outside_sys();
+    let pin_arg = format!("{}/{{node}}", pins.path.display());
+    let mut agents = Agents::start_with(&lab, &["--pin-path", &pin_arg]);
+    let cp = lab.node_ns("control-plane");
+    let id = lab
+        .inject(Fault::Loss {
+            from: "worker-1".into(),
+            to: "control-plane".into(),
+            overlay: Overlay::Legacy,
+            percent: 5.0,
+        })
+        .unwrap();
+    // A tick or two before the traffic, inside every agent's ring.
+    std::thread::sleep(Duration::from_secs(1));
+    let began_ms = unix_ms();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let stream = std::thread::scope(|s| {
+        let stream = s.spawn(|| {
+            traffic::udp_stream(
+                &e("worker-1/app-1"),
+                &e("control-plane/app-1"),
+                24_000,
+                4000,
+                200,
+            )
+            .unwrap()
+        });
+        // The receiver dies with two thirds of the stream to come.
+        std::thread::sleep(Duration::from_secs(2));
+        agents.crash_and_restart(&lab, 0);
+        stream.join().unwrap()
+    });
+    // The stream's last packets read by a tick's late read on both sides.
+    std::thread::sleep(Duration::from_millis(1500));
+    let drops = lab.drops(id).unwrap();
+    assert!(drops > 0);
+    let status = |agents: &Agents| -> serde_json::Value {
+        serde_json::from_str(&http_get(&cp, &format!("{}/api/v1/status", agents.urls[0])).1)
+            .unwrap()
+    };
+    let kept = status(&agents)["kept"].clone();
+    assert_eq!(kept["map"], "reused", "{kept:#}");
+    assert!(kept["adopted"].as_u64().unwrap() >= 4, "{kept:#}");
+    // The slot being written when the process died may be torn, no other.
+    assert!(kept["refused"].as_array().unwrap().len() <= 1, "{kept:#}");
+    assert!(kept.get("restarted").is_none(), "{kept:#}");
+
+    let window_s = (unix_ms() - began_ms).div_ceil(1000) + 1;
+    let reading = window_reading(&cp, &agents, window_s);
+    assert!(
+        reading["from_ms"].as_u64().unwrap() <= began_ms,
+        "the window starts at its own tick, before the crash: {reading:#}"
+    );
+    let rows = reading["rows"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| {
+            r["node"] == "worker-1"
+                && r["peer_node"] == "control-plane"
+                && r["overlay"] == "legacy"
+                && r["signal"] == "delivery"
+                && r["lost"].as_u64().unwrap() > 0
+        })
+        .unwrap_or_else(|| panic!("no faulted row in {reading:#}"));
+    assert!(row["sent"].as_u64().unwrap() >= stream.sent, "{row}");
+    assert_eq!(
+        row["lost"].as_u64().unwrap(),
+        drops,
+        "every packet the wire dropped since the window began: {row}"
+    );
+
+    // Kept ticks tampered with while no agent runs: one slot of another
+    // format, every other with a byte changed.
+    agents.kill(0);
+    tamper(&pins.path.join("control-plane/maps/KEPT_TICKS"));
+    let restarted_ms = unix_ms();
+    agents.restart(&lab, 0);
+    let kept = status(&agents)["kept"].clone();
+    assert_eq!(kept["adopted"], 0, "{kept:#}");
+    let reasons: Vec<&str> = kept["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"foreign"), "{kept:#}");
+    assert!(reasons.contains(&"corrupt"), "{kept:#}");
+    assert!(
+        kept["restarted"].as_str().unwrap().contains("refused"),
+        "{kept:#}"
+    );
+    let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
+    let series = |s: &str| metric::<u64>(&metrics, s);
+    assert_eq!(
+        series("crossover_window_restarted{node=\"control-plane\"}"),
+        1
+    );
+    assert_eq!(
+        series("crossover_window_kept_refused{node=\"control-plane\",reason=\"foreign\"}"),
+        1
+    );
+    assert_eq!(
+        series("crossover_window_kept_ticks{node=\"control-plane\",outcome=\"adopted\"}"),
+        0
+    );
+    // Its windows now start at its own start.
+    let reading = window_reading(&cp, &agents, window_s);
+    assert!(
+        reading["from_ms"].as_u64().unwrap() >= restarted_ms - 500,
+        "{reading:#}"
+    );
+    drop(agents);
+}
+
+/// Writes over every slot's first page of the pinned kept ticks: the
+/// first slot found with bytes of no format, the others with one byte of
+/// the header changed.
+fn tamper(map: &std::path::Path) {
+    use aya::maps::{HashMap, Map, MapData};
+    let data = MapData::from_pin(map).unwrap();
+    let mut pages: HashMap<MapData, [u32; 2], [u8; observer::datapath::KEPT_PAGE]> =
+        Map::HashMap(data).try_into().unwrap();
+    let firsts: Vec<[u32; 2]> = pages
+        .keys()
+        .map(Result::unwrap)
+        .filter(|[_, page]| *page == 0)
+        .collect();
+    assert!(firsts.len() >= 2, "{} slots kept", firsts.len());
+    for (i, key) in firsts.iter().enumerate() {
+        let mut page = pages.get(key, 0).unwrap();
+        if i == 0 {
+            page = [0; observer::datapath::KEPT_PAGE];
+            page[..4].copy_from_slice(&100u32.to_le_bytes());
+        } else {
+            // The tick's number, inside the checksum.
+            page[4 + 48] ^= 0x40;
+        }
+        pages.insert(key, page, 0).unwrap();
+    }
+}

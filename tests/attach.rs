@@ -104,7 +104,7 @@ fn tcp_handshake_through_the_tunnel() {
     in_netns(&nodes.a.name, || {
         use std::io::Write;
         let mut conn = TcpStream::connect("10.244.1.0:8080").unwrap();
-        conn.write_all(&[7u8; 100_000]).unwrap();
+        conn.write_all(&vec![7u8; 100_000]).unwrap();
     });
     server.join().unwrap();
     let snap = a.snapshot().unwrap();

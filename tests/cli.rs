@@ -81,6 +81,10 @@ fn bad_flags_are_named() {
             "invalid value '0' for '--flow-capacity <FLOW_CAPACITY>'",
         ),
         (
+            &["agent", "--peer-slot-capacity", "4294967295"][..],
+            "4294967295 is not in 1..=262144",
+        ),
+        (
             &[
                 "observe",
                 "--follow",
@@ -510,10 +514,10 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
         "rows filtered to legacy: {table}"
     );
     assert!(
-        lines.iter().any(
-            |l| l.starts_with(&format!("failed: {} did not answer", urls[3]))
-                && l.contains("already answered by")
-        ),
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("failed: {}: ", urls[3]))
+                && l.contains("already answered by")),
         "{table}"
     );
     assert!(
@@ -525,7 +529,7 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with(&format!("failed: {dead} did not answer"))),
+            .any(|l| l.starts_with(&format!("failed: {dead}: ")) && l.contains("did not answer")),
         "{table}"
     );
 }
@@ -539,7 +543,7 @@ fn loss_names_an_agent_that_does_not_answer() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with(&format!("failed: {dead} did not answer"))),
+            .any(|l| l.starts_with(&format!("failed: {dead}: ")) && l.contains("did not answer")),
         "{table}"
     );
     let out = run(&[
@@ -560,6 +564,77 @@ fn loss_names_an_agent_that_does_not_answer() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!("agent {dead}")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A local server answering every request with `response`, then closing.
+fn canned(response: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    url
+}
+
+/// An agent address that redirects, or answers with something that is no
+/// reading, is named for what it did, not as silent: a redirect is not
+/// followed (it would send the reading elsewhere), junk is not a reading.
+/// And a zero timeout is refused before any request.
+#[test]
+fn loss_names_redirects_and_junk_for_what_they_are() {
+    let moved = canned(
+        "HTTP/1.1 302 Found\r\nLocation: http://192.0.2.1:9190/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let junk = canned(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let out = run(&[
+        "loss",
+        "--timeout",
+        "2s",
+        "--agent",
+        &moved,
+        "--agent",
+        &junk,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = |agent: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("failed: {agent}: ")))
+            .unwrap_or_else(|| panic!("{agent} not named: {table}"))
+            .to_owned()
+    };
+    let moved_line = line(&moved);
+    assert!(
+        moved_line.contains("302 Found to http://192.0.2.1:9190/: redirects are not followed"),
+        "{moved_line}"
+    );
+    let junk_line = line(&junk);
+    assert!(junk_line.contains("is not a v1 reading"), "{junk_line}");
+    for l in [&moved_line, &junk_line] {
+        assert!(!l.contains("did not answer"), "{l}");
+    }
+    let out = run(&["loss", "--timeout", "0", "--agent", &junk]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must be more than zero"),
         "{}",
         stderr(&out)
     );

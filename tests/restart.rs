@@ -19,7 +19,7 @@ use aya::{
 use crossover_tests::{
     harness::{Harness, two_node_shape},
     netns::{Netns, TwoNodes, in_netns, sh},
-    packet::{ACK, ip, tcp},
+    packet::{self, ACK, ip, tcp},
     pins::TestPins,
 };
 use observer::{
@@ -482,4 +482,71 @@ fn pinned_peer_maps_of_another_abi_are_recreated() {
     let (more, _) = stream.stop();
     // The new stream is a new flow; the peer counts from zero.
     assert_eq!(counts(&second.snapshot().unwrap())[2], more);
+}
+
+/// Handshakes the agent expired unanswered live in the process, not the
+/// kernel: they are kept with the ticks (observer/src/loss/kept.rs), and a
+/// restarted process over the same pins carries on from them, so the
+/// unanswered count of a window spanning the restart does not drop.
+#[test]
+fn expired_handshakes_are_carried_across_a_restart() {
+    use observer::loss::{
+        kept::{Basis, Keeper, MAP},
+        ring::Tick,
+    };
+    let pins = TestPins::new();
+    let options = || LoadOptions {
+        pin_path: Some(pins.path.clone()),
+        ..LoadOptions::default()
+    };
+    let unanswered = |h: &Harness| -> u64 {
+        h.observer
+            .peers()
+            .unwrap()
+            .iter()
+            .map(|p| p.counts.handshakes_unanswered)
+            .sum()
+    };
+    let keeper = |h: &Harness| {
+        let (pages, found) = h
+            .observer
+            .pinned_pages(MAP, 4, Keeper::max_bytes(64))
+            .unwrap()
+            .expect("pinned");
+        let basis = Basis {
+            interval_ms: 1000,
+            guard_ms: 20,
+            counters: h.observer.counter_ids().unwrap(),
+        };
+        (Keeper::new(pages, basis), found)
+    };
+    let mut h = Harness::with_options(&two_node_shape(), options());
+    for port in [40000, 40001, 40002] {
+        let syn = ip(
+            [10, 244, 0, 7],
+            [10, 244, 1, 5],
+            tcp(port, 443, 7, packet::SYN, 0),
+        )
+        .vxlan([192, 168, 50, 1], [192, 168, 50, 2], 8472);
+        h.run("crossover_underlay_egress", &syn);
+    }
+    // Past the grace: all three expire unanswered, counted by the process.
+    let later = observer::datapath::monotonic_ns() + 5_000_000_000;
+    assert_eq!(h.observer.expire_handshakes(later).unwrap(), 3);
+    assert_eq!(unanswered(&h), 3);
+    let (mut kept, _) = keeper(&h);
+    let peers = h.observer.peers().unwrap();
+    let tick = Tick::new(2, (2000, peers.clone()), (2020, peers.clone()));
+    kept.keep(&tick, &h.observer.expired_handshakes()).unwrap();
+    drop(kept);
+    drop(h);
+
+    let mut h = Harness::with_options(&two_node_shape(), options());
+    assert_eq!(unanswered(&h), 0, "the kernel never counted them");
+    let (kept, found) = keeper(&h);
+    let (ticks, expired, report) = kept.adopt(found, 2, 4).unwrap();
+    assert_eq!((ticks.len(), report.refused.len()), (1, 0), "{report:?}");
+    h.observer.adopt_expired_handshakes(&expired);
+    assert_eq!(unanswered(&h), 3, "carried on from the kept tick");
+    assert_eq!(ticks[0].early, peers);
 }

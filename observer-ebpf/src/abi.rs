@@ -588,12 +588,20 @@ mod user {
     // SAFETY: all of these are #[repr(C)], contain only integers and have
     // explicit padding fields, so every byte pattern is a valid value.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for AddrInfo {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PeerKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PeerStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PendingHandshake {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for DropConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for DropKey {}
 }

@@ -391,6 +391,9 @@ fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) -> Tcp {
 #[inline(always)]
 unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> Tcp {
     let mut tcp = Tcp::default();
+    // SAFETY: `stats` points into FLOWS (the caller's contract): a live
+    // value the kernel keeps while the program runs; counters are added
+    // atomically, the rest written as one packet's last sighting.
     unsafe {
         add64(&raw mut (*stats).packets, 1);
         add64(&raw mut (*stats).bytes, ip.total_len as u64);

@@ -267,6 +267,9 @@ fn thousand_nodes() {
         );
         let peers = harness.observer.peers().expect("peers");
         assert_eq!(peers.len(), keys);
+        if nodes > 2 {
+            kept_tick(&peers, nodes);
+        }
         let mut metrics = String::new();
         let name = |addr: std::net::Ipv4Addr| {
             let [_, _, c, d] = addr.octets();
@@ -303,6 +306,61 @@ fn thousand_nodes() {
             );
         }
     }
+}
+
+/// What the sampler adds to each tick with `--pin-path`: keeping the tick
+/// (both reads) beside the counters; and what a restarted agent spends
+/// reading a whole ring of such ticks back (13 slots: the default 10 s
+/// window at 1 s).
+fn kept_tick(peers: &[observer::datapath::PeerRecord], nodes: usize) {
+    use observer::loss::{kept, ring::Tick};
+    let pins = crossover_tests::pins::TestPins::new();
+    let pinned = observer::datapath::Observer::load(observer::datapath::LoadOptions {
+        pin_path: Some(pins.path.clone()),
+        ..Default::default()
+    })
+    .expect("pinned load");
+    let options = pinned.options();
+    let max =
+        kept::Keeper::max_bytes((options.peer_capacity + options.peer_slot_capacity) as usize);
+    let slots = 13;
+    let (pages, found) = pinned
+        .pinned_pages(kept::MAP, slots, max)
+        .expect("pages")
+        .expect("pinned");
+    let basis = kept::Basis {
+        interval_ms: 1000,
+        guard_ms: 20,
+        counters: pinned.counter_ids().expect("ids"),
+    };
+    let mut keeper = kept::Keeper::new(pages, basis);
+    let now = observer::loss::ring::unix_ms(std::time::SystemTime::now()) / 1000;
+    let tick = |k: u64| {
+        Tick::new(
+            k,
+            (k * 1000, peers.to_vec()),
+            (k * 1000 + 20, peers.to_vec()),
+        )
+    };
+    let samples: Vec<Duration> = (0..20)
+        .map(|i| {
+            let t = tick(now - 19 + i);
+            timed(|| keeper.keep(&t, &[]).expect("keep")).1
+        })
+        .collect();
+    println!(
+        "{:<38} {:>10.2?}  ({} KiB a tick)",
+        format!("  keeping it (--pin-path), {nodes} nodes"),
+        median(samples),
+        kept::encode(&tick(now), &[], &basis).len() / 1024
+    );
+    let ((ticks, _, _), took) = timed(|| keeper.adopt(found, now, 13).expect("adopt"));
+    assert_eq!(ticks.len(), 13);
+    println!(
+        "{:<38} {:>10.2?}",
+        format!("  a restart reading 13 back, {nodes} nodes"),
+        took
+    );
 }
 
 /// `nodes` nodes, each with a legacy and a Cilium /24 of 10.0.0.0/8.

@@ -96,9 +96,20 @@ impl Agents {
     /// Kills agent `j` without warning (a crash, an OOM kill) and starts it
     /// again.
     pub fn crash_and_restart(&mut self, lab: &Lab, j: usize) {
+        self.kill(j);
+        self.restart(lab, j);
+    }
+
+    /// Kills agent `j` without warning (SIGKILL) and waits for it to end.
+    pub fn kill(&mut self, j: usize) {
         let child = &mut self.children[j];
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Starts agent `j` again (after [`Agents::kill`]) and waits until
+    /// every agent is ready.
+    pub fn restart(&mut self, lab: &Lab, j: usize) {
         let node = lab.nodes().nth(j).unwrap().name.clone();
         self.children[j] = self.spawn(lab, &node);
         self.wait_ready(lab);
@@ -158,17 +169,15 @@ impl Agents {
     /// `crossover loss --since-start --format json` run in network
     /// namespace `ns` against every agent: the delivery matrix.
     pub fn loss_since_start(&self, ns: &str) -> Vec<serde_json::Value> {
+        serde_json::from_value(self.loss_json(ns, &["--since-start"])).unwrap()
+    }
+
+    /// `crossover loss --format json ARGS` run in network namespace `ns`
+    /// against every agent; it must succeed.
+    pub fn loss_json(&self, ns: &str, args: &[&str]) -> serde_json::Value {
         let mut loss = Command::new("ip");
-        loss.args([
-            "netns",
-            "exec",
-            ns,
-            CROSSOVER,
-            "loss",
-            "--since-start",
-            "--format",
-            "json",
-        ]);
+        loss.args(["netns", "exec", ns, CROSSOVER, "loss", "--format", "json"]);
+        loss.args(args);
         for url in &self.urls {
             loss.args(["--agent", url]);
         }

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod counting;
 pub mod fleet;
 pub mod footprint;
+pub mod fuzz;
 pub mod harness;
 pub mod kubelab;
 pub mod lab;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | image | test | lint | bench [datapath|scale] | demo [loss] | lab`.
+//! Project tasks: `cargo xtask setup | build | image | test | lint | fuzz | bench [datapath|scale] | demo [loss] | lab`.
 //! Every task that needs the toolchain runs `setup` first, which installs
 //! only what is missing, so a fresh machine needs nothing done by hand.
 mod image;
@@ -29,6 +29,16 @@ enum Task {
     Test,
     /// rustfmt and clippy, host crates and eBPF crate separately.
     Lint,
+    /// Random and mutated packets through every program (root): the long
+    /// form of tests/fuzz.rs, 1,000,000 packets unless `--packets` says.
+    Fuzz {
+        /// Packets to generate; each goes through every program.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Replay a run: the seed a failure (or the start) printed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// `bench` or `bench datapath`: ns per packet of each program, with
     /// BPF_PROG_TEST_RUN repeat. `bench scale`: the release agent's CPU and
     /// memory in a namespace, idle and with 100k flows (root).
@@ -90,6 +100,19 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup::run()?;
             lint()
+        }
+        Task::Fuzz { packets, seed } => {
+            setup::run()?;
+            require_root("the fuzz run loads eBPF programs")?;
+            // Debug build, as the tests: the kernel's test runs dominate.
+            cargo(&["build", "-p", "crossover-tests", "--bin", "fuzz"])?;
+            let packets = packets.to_string();
+            let seed = seed.map(|s| s.to_string());
+            let mut args = vec!["--packets", packets.as_str()];
+            if let Some(seed) = &seed {
+                args.extend(["--seed", seed.as_str()]);
+            }
+            run("target/debug/fuzz", &args)
         }
         Task::Bench {
             which: Bench::Datapath,

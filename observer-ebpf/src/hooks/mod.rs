@@ -8,7 +8,10 @@ mod overlay;
 mod pod;
 mod underlay;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, tcx_action_base::TCX_NEXT},
+    programs::TcContext,
+};
 use observer_ebpf::Counter;
 
 use crate::{
@@ -17,10 +20,11 @@ use crate::{
     parse::{Layer, eth, ipv4, l4},
 };
 
-/// `TC_ACT_UNSPEC` for cls_bpf and `TCX_NEXT` for TCX are both -1: run the
-/// next program on the hook, then let the stack have the packet. Returning
-/// anything else would make crossover part of the datapath.
-pub const NEXT: i32 = -1;
+/// `TCX_NEXT` for TCX, the same value as `TC_ACT_UNSPEC` for cls_bpf: run
+/// the next program on the hook, then let the stack have the packet.
+/// Returning anything else would make crossover part of the datapath.
+pub const NEXT: i32 = TCX_NEXT;
+const _: () = assert!(TCX_NEXT == TC_ACT_UNSPEC);
 
 #[inline(always)]
 pub fn finish(result: Result<(), Counter>) -> i32 {

@@ -541,7 +541,8 @@ impl Auth {
 /// quarter, by the token and this agent's `salt`.
 fn lifetime(ttl: Duration, salt: u64, token: &TokenHash) -> Duration {
     let spread = u64::from_ne_bytes(token[..8].try_into().expect("8 bytes")) ^ salt;
-    ttl - ttl / 4 * (spread % 1024) as u32 / 1024
+    // At most a quarter of ttl: never below zero.
+    ttl.saturating_sub(ttl / 4 * (spread % 1024) as u32 / 1024)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -240,6 +240,7 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         auth.write_metrics(out, node);
     }
     drop_families(out, state, &detailed);
+    kept_families(out, state);
 
     let mut f = family(
         out,
@@ -418,6 +419,51 @@ fn window_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> b
          Far behind time(), the sampler is stuck and readers get no window from this node.",
     );
     f.sample(&[("node", node)], state.newest_tick_ms() as f64 / 1e3);
+}
+
+/// With pins: what became of the ticks the previous agent kept.
+fn kept_families(out: &mut String, state: &State) {
+    use crate::loss::kept::Reason;
+    let Some(kept) = &state.kept else {
+        return;
+    };
+    let node = state.node.as_str();
+    let mut f = family(
+        out,
+        "crossover_window_kept_ticks",
+        "gauge",
+        "At this agent's start, the ticks its predecessor kept (pinned beside the counters): \
+         adopted into the ring, expired (older than the window), or refused as untrustworthy.",
+    );
+    for (outcome, n) in [
+        ("adopted", kept.adopted),
+        ("expired", kept.expired),
+        ("refused", kept.refused.len()),
+    ] {
+        f.sample(&[("node", node), ("outcome", outcome)], n as u64);
+    }
+    let mut f = family(
+        out,
+        "crossover_window_kept_refused",
+        "gauge",
+        "Kept ticks refused at this agent's start, by reason: foreign (another format or version), \
+         corrupt (checksum, length, order or a value), tick (another interval or guard), \
+         counters (the counter maps were recreated since).",
+    );
+    for reason in Reason::ALL {
+        f.sample(
+            &[("node", node), ("reason", reason.label())],
+            kept.refused_by(reason) as u64,
+        );
+    }
+    let mut f = family(
+        out,
+        "crossover_window_restarted",
+        "gauge",
+        "1 when ticks were kept but none could be trusted: windows start over at this agent's \
+         start instead of at their own tick (the reason is in /api/v1/status, kept.restarted).",
+    );
+    f.sample(&[("node", node)], u64::from(kept.restarted.is_some()));
 }
 
 /// The log of NAT mappings conntrack destroyed, when ctnetlink has one.

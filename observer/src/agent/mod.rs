@@ -35,6 +35,7 @@ use crate::{
     datapath::{AttachMode, FlowRecord, Hook, LoadOptions, Observer, Selection, Session, lock},
     loss::{
         LossRow,
+        kept::{Keeper, KeptReport},
         reading::{Answerer, NodeReading, Request},
         ring::{Ring, Tick, Unservable},
     },
@@ -99,7 +100,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub auth: auth::AuthArgs,
     /// Length of this agent's own loss window (`/api/v1/loss`); readers
-    /// choose theirs, up to this plus two ticks back.
+    /// choose theirs, up to this plus two ticks back. At most 600 ticks of
+    /// --sample-interval.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub window: Duration,
     /// Port of the probe responders: this agent's own (host network, every
@@ -149,7 +151,7 @@ pub struct AgentArgs {
     /// Keys beyond it are still counted (PEERS hash), and shown as
     /// crossover_peer_keys_without_slot.
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_PEER_SLOT_CAPACITY,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=crate::datapath::MAX_PEER_SLOT_CAPACITY as i64))]
     pub peer_slot_capacity: u32,
     /// bpffs directory (e.g. /sys/fs/bpf/crossover) to pin maps and TCX
     /// links in: a restarted agent counts on with no gap (docs/restarts.md).
@@ -231,6 +233,10 @@ pub struct State {
     /// This node's reads, one per tick, and the newest tick's number.
     ring: Mutex<Ring>,
     newest_tick: tokio::sync::watch::Sender<u64>,
+    /// With pins: every tick also kept beside the counters, and what this
+    /// agent found of its predecessor's (loss/kept.rs).
+    keeper: Option<Mutex<Keeper>>,
+    kept: Option<KeptReport>,
     window: Duration,
     sample_duration: Mutex<Duration>,
     /// The sampler's last reading, and how old it may be to be served.
@@ -295,6 +301,17 @@ impl State {
     }
 
     fn push_tick(&self, tick: Tick) {
+        if let Some(keeper) = &self.keeper {
+            // What the process alone counts goes with the tick.
+            let expired = lock(&self.observer).expired_handshakes();
+            let kept = keeper
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keep(&tick, &expired);
+            if let Err(err) = kept {
+                self.count(&err);
+            }
+        }
         let k = tick.k;
         self.ring
             .lock()
@@ -563,6 +580,8 @@ async fn open_source(args: &AgentArgs) -> Result<(String, Source)> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
+    // Before anything is loaded or attached.
+    check_ticks(args.sample_interval, args.reading_guard, args.window)?;
     let (node, source) = open_source(&args).await?;
     let (shape, cluster) = match source {
         Source::File(shape) => (shape, None),
@@ -609,7 +628,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
     )?;
     let view = View::from_shape(shape);
-    check_ticks(args.sample_interval, args.reading_guard)?;
+    let capacity = Ring::capacity_for(args.window, args.sample_interval);
+    let mut ring = Ring::new(args.sample_interval, args.reading_guard, capacity);
+    let (keeper, kept) = match kept_ticks(&mut session.observer(), &mut ring) {
+        Ok(Some((keeper, report))) => (Some(Mutex::new(keeper)), Some(report)),
+        Ok(None) => (None, None),
+        Err(err) => {
+            eprintln!("crossover: warning: ticks are not kept across restarts: {err}");
+            (None, Some(KeptReport::unavailable(err.to_string())))
+        }
+    };
     let probing = if args.probe_rate <= 0.0 {
         None
     } else if args.netns.is_some() {
@@ -650,12 +678,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         netns: args.netns.clone(),
         cluster: cluster.clone(),
         errors: Mutex::new(Error::METRIC_LABELS.into_iter().map(|r| (r, 0)).collect()),
-        ring: Mutex::new(Ring::new(
-            args.sample_interval,
-            args.reading_guard,
-            Ring::capacity_for(args.window, args.sample_interval),
-        )),
-        newest_tick: tokio::sync::watch::Sender::new(0),
+        newest_tick: tokio::sync::watch::Sender::new(ring.newest().map_or(0, |t| t.k)),
+        ring: Mutex::new(ring),
+        keeper,
+        kept,
         window: args.window,
         sample_duration: Mutex::new(Duration::ZERO),
         reading: Mutex::new(None),
@@ -718,11 +744,55 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     result.and(exited)
 }
 
+/// With pins, the keeper of this agent's ticks, and the ticks its
+/// predecessor kept put into `ring`: a window that began before the
+/// restart still starts at its own tick (loss/kept.rs).
+fn kept_ticks(observer: &mut Observer, ring: &mut Ring) -> Result<Option<(Keeper, KeptReport)>> {
+    // A tick of every counter the per-peer maps can hold fits a slot.
+    let options = observer.options();
+    let keys = options.peer_capacity as usize + options.peer_slot_capacity as usize;
+    let slots = ring.capacity() as u32;
+    let Some((pages, found)) =
+        observer.pinned_pages(crate::loss::kept::MAP, slots, Keeper::max_bytes(keys))?
+    else {
+        return Ok(None);
+    };
+    let interval_ms = ring.interval.as_millis() as u64;
+    let basis = crate::loss::kept::Basis {
+        interval_ms,
+        guard_ms: ring.guard.as_millis() as u64,
+        counters: observer.counter_ids()?,
+    };
+    let keeper = Keeper::new(pages, basis);
+    let now = crate::loss::ring::unix_ms(std::time::SystemTime::now()) / interval_ms;
+    let (ticks, expired, report) = keeper.adopt(found, now, u64::from(slots))?;
+    for tick in ticks {
+        ring.push(tick);
+    }
+    // Handshakes the last process expired unanswered: counted on, as the
+    // kernel's counts are.
+    observer.adopt_expired_handshakes(&expired);
+    eprintln!("crossover: {}", report.summary());
+    Ok(Some((keeper, report)))
+}
+
+/// Ticks a window may span: 10 minutes at the default 1 s tick. The ring
+/// and the ticks kept beside the pins grow with it (docs/restarts.md).
+const MAX_WINDOW_TICKS: u32 = 600;
+
 /// The tick and its guard, as readers rely on them: whole milliseconds
 /// (ticks are numbered in ms on every node), and a guard that leaves the
 /// tick time to read twice.
-fn check_ticks(interval: Duration, guard: Duration) -> Result<()> {
+fn check_ticks(interval: Duration, guard: Duration, window: Duration) -> Result<()> {
     let bad = |reason: String| Err(Error::Shape(reason));
+    // The ring (and the ticks kept beside the pins) holds a tick of every
+    // counter per tick of the window.
+    if window > interval * MAX_WINDOW_TICKS {
+        return bad(format!(
+            "--window {window:?}: at most {MAX_WINDOW_TICKS} ticks of --sample-interval ({:?})",
+            interval * MAX_WINDOW_TICKS
+        ));
+    }
     if interval < Duration::from_millis(100) || !interval.subsec_nanos().is_multiple_of(1_000_000) {
         return bad(format!(
             "--sample-interval {interval:?}: expected whole milliseconds, at least 100ms"
@@ -819,5 +889,20 @@ mod tests {
             let err = parse_listen(bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn ticks_and_windows_are_range_checked() {
+        let ms = Duration::from_millis;
+        let err = |i, g, w| check_ticks(ms(i), ms(g), ms(w)).unwrap_err().to_string();
+        assert!(check_ticks(ms(1000), ms(20), ms(600_000)).is_ok());
+        let long = err(1000, 20, 600_001);
+        assert!(
+            long.contains("--window") && long.contains("600 ticks"),
+            "{long}"
+        );
+        assert!(err(500, 20, 300_001).contains("(300s)"));
+        assert!(err(99, 20, 1000).contains("--sample-interval"));
+        assert!(err(1000, 500, 1000).contains("--reading-guard"));
     }
 }

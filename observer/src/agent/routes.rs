@@ -252,6 +252,10 @@ struct Status<'a> {
     /// can serve (0 before the first tick).
     oldest_tick_ms: u64,
     newest_tick_ms: u64,
+    /// With pins: what this agent found of the ticks its predecessor kept,
+    /// and whether windows restarted at its start (loss/kept.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<&'a crate::loss::kept::KeptReport>,
     view: super::view::ViewStatus<'a>,
 }
 
@@ -277,6 +281,7 @@ async fn status_handler(Extract(state): Extract<Shared>) -> Response {
         sample_seconds: state.sample_duration().as_secs_f64(),
         oldest_tick_ms: state.oldest_tick_ms(),
         newest_tick_ms: state.newest_tick_ms(),
+        kept: state.kept.as_ref(),
         view: view.status(),
     })
     .into_response()

@@ -433,7 +433,7 @@ fn footer(reading: &ClusterReading) -> String {
             )
         } else {
             format!(
-                "failed: {} did not answer ({}); its node's pairs are missing\n",
+                "failed: {}: {}; its node's pairs are missing\n",
                 f.agent, f.error
             )
         };

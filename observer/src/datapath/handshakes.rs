@@ -42,6 +42,7 @@ pub(crate) fn expire(
 }
 
 /// Empties HANDSHAKES (tests start clean).
+#[cfg(feature = "test-api")]
 pub(crate) fn clear(ebpf: &Ebpf) -> Result<()> {
     remove_where(ebpf, |_| true).map(|_| ())
 }

@@ -7,6 +7,7 @@ mod drops;
 mod flows;
 mod handshakes;
 mod hook;
+mod kept;
 mod links;
 mod order;
 mod pin;
@@ -40,6 +41,7 @@ pub use drops::DropRecord;
 pub const DROP_PROGRAMS: [&str; 2] = [drops::PROGRAM, drops::FLOOR_PROGRAM];
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
 pub use hook::Framing;
+pub use kept::{Found as KeptFound, PAGE as KEPT_PAGE, PinnedPages, Slot as KeptSlot};
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 pub use order::{HookOrder, Placement, blind_by_hook};
 use pin::PinDir;
@@ -64,6 +66,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cr
 /// Largest flow table a flag may ask for: preallocated, about 170 bytes an
 /// entry (2.7 GiB at this size).
 pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
+
+/// Most PEER_STATS slots a flag may ask for: a per-CPU array of 64 bytes
+/// a slot (16 MiB per CPU at this size), and PEER_SLOTS holds one more.
+pub const MAX_PEER_SLOT_CAPACITY: u32 = 1 << 18;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -285,6 +291,34 @@ impl Observer {
 
     pub fn options(&self) -> &LoadOptions {
         &self.options
+    }
+
+    /// With pins, the pinned pages `name` for `slots` blobs of at most
+    /// `max_bytes` (see `kept.rs`); `None` without pins.
+    pub fn pinned_pages(
+        &self,
+        name: &'static str,
+        slots: u32,
+        max_bytes: usize,
+    ) -> Result<Option<(PinnedPages, KeptFound)>> {
+        self.pins
+            .as_ref()
+            .map(|pins| PinnedPages::open(pins, name, slots, max_bytes))
+            .transpose()
+    }
+
+    /// The kernel's ids of the maps the per-peer counters live in (PEERS,
+    /// PEER_STATS): anything kept about their values holds only while they
+    /// are the same maps.
+    pub fn counter_ids(&self) -> Result<[u32; 2]> {
+        let id = |name: &'static str| -> Result<u32> {
+            let data = match self.ebpf.map(name).ok_or(Error::MissingMap(name))? {
+                aya::maps::Map::PerCpuHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
+                _ => return Err(Error::MissingMap(name)),
+            };
+            Ok(data.info().map_err(Error::map(name))?.id())
+        };
+        Ok([id(map::PEERS)?, id(map::PEER_STATS)?])
     }
 
     /// Writes the cluster's shape into CONFIG and ADDRS. Applied as a
@@ -608,6 +642,7 @@ impl Observer {
     }
 
     /// Loads the empty program the benchmark uses as its floor.
+    #[cfg(feature = "test-api")]
     pub fn load_floor(&mut self) -> Result<&SchedClassifier> {
         let program = classifier(&mut self.ebpf, FLOOR)?;
         if program.fd().is_err() {
@@ -659,13 +694,9 @@ impl Observer {
         self.census.as_ref()
     }
 
-    /// Totals of every flow aged since load.
-    pub fn retired(&self) -> &Retired {
-        &self.retired
-    }
-
     /// Reads FLOWS raw, batched as snapshots do or key by key (two
     /// syscalls per flow); the number of flows. For the benchmark.
+    #[cfg(feature = "test-api")]
     pub fn read_flows_raw(&self, batched: bool) -> Result<usize> {
         if batched {
             snapshot::read_flows(&self.ebpf).map(|f| f.len())
@@ -709,6 +740,25 @@ impl Observer {
         snapshot::read_peers(&self.ebpf, &self.peer_slots, &self.expired_handshakes)
     }
 
+    /// Handshakes this process expired unanswered, per key: the part of
+    /// `handshakes_unanswered` the kernel cannot count, which lives in the
+    /// process. The agent keeps it with its ticks (loss/kept.rs).
+    pub fn expired_handshakes(&self) -> Vec<(PeerKey, u64)> {
+        self.expired_handshakes
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect()
+    }
+
+    /// Takes over what a previous process over the same pinned maps had
+    /// expired (as it kept it), so unanswered handshakes carry on across
+    /// a restart as the kernel's counts do.
+    pub fn adopt_expired_handshakes(&mut self, kept: &[(PeerKey, u64)]) {
+        for (key, n) in kept {
+            *self.expired_handshakes.entry(*key).or_default() += n;
+        }
+    }
+
     /// Expires handshakes unanswered past the grace (see
     /// `datapath/handshakes.rs`): call before reading the counters, at
     /// least once a second. Returns how many were expired.
@@ -737,6 +787,7 @@ impl Observer {
     }
 
     /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
+    #[cfg(feature = "test-api")]
     pub fn reset_counters(&mut self) -> Result<()> {
         handshakes::clear(&self.ebpf)?;
         self.expired_handshakes.clear();
@@ -951,7 +1002,8 @@ pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
     let mut found = None;
     // SAFETY: getifaddrs fills a linked list freed with freeifaddrs; entries
     // are only read while the list is alive, and ifa_addr is checked for
-    // null and for AF_INET before it is read as a sockaddr_in.
+    // null and for AF_INET before it is read as a sockaddr_in (unaligned:
+    // a sockaddr promises less alignment than a sockaddr_in needs).
     unsafe {
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
         if libc::getifaddrs(&mut list) != 0 {
@@ -961,7 +1013,7 @@ pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
         while !entry.is_null() {
             let sa = (*entry).ifa_addr;
             if !sa.is_null() && i32::from((*sa).sa_family) == libc::AF_INET {
-                let sin = &*(sa as *const libc::sockaddr_in);
+                let sin: libc::sockaddr_in = std::ptr::read_unaligned(sa.cast());
                 if u32::from_be(sin.sin_addr.s_addr) == u32::from(addr) {
                     found = Some(
                         std::ffi::CStr::from_ptr((*entry).ifa_name)
@@ -976,4 +1028,16 @@ pub fn interface_with(addr: std::net::Ipv4Addr) -> Option<String> {
         libc::freeifaddrs(list);
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_interface_holding_an_address_is_found() {
+        assert_eq!(
+            super::interface_with(std::net::Ipv4Addr::LOCALHOST).as_deref(),
+            Some("lo")
+        );
+        assert_eq!(super::interface_with([192, 0, 2, 77].into()), None);
+    }
 }

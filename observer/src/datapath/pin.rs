@@ -59,7 +59,7 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    fn of(info: &MapInfo) -> Self {
+    pub(crate) fn of(info: &MapInfo) -> Self {
         Geometry {
             map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
             key_size: info.key_size(),

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap},
     util::nr_cpus,
 };
 use observer_ebpf::{
@@ -326,6 +326,7 @@ pub(crate) fn for_each_flow(ebpf: &Ebpf, mut each: impl FnMut(&FlowKey, &FlowSta
 }
 
 /// Every entry of FLOWS, two syscalls per entry (next key, lookup).
+#[cfg(feature = "test-api")]
 pub(crate) fn read_flows_by_key(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
     let flows: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, map::FLOWS)?;
     flows
@@ -457,7 +458,9 @@ pub(crate) fn clear_flows(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "test-api")]
 pub(crate) fn reset(ebpf: &mut Ebpf, peer_slots: u32) -> Result<()> {
+    use aya::maps::PerCpuValues;
     clear_flows(ebpf)?;
     {
         let mut peers: PerCpuHashMap<&mut MapData, PeerKey, PeerStats> = map_mut(ebpf, map::PEERS)?;

@@ -141,8 +141,18 @@ impl Client {
                 .pool
                 .request(request)
                 .await
-                .map_err(|e| fail(format!("GET {url}: {}", chain(&e))))?;
+                .map_err(|e| fail(format!("GET {url}: did not answer: {}", chain(&e))))?;
             let status = response.status();
+            if status.is_redirection() {
+                let to = response
+                    .headers()
+                    .get(hyper::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .unwrap_or("nowhere");
+                return Err(fail(format!(
+                    "GET {url}: {status} to {to}: redirects are not followed; give the agent's own address"
+                )));
+            }
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await

@@ -42,6 +42,7 @@ impl Delivery {
         (self.sent > 0).then(|| self.lost() as f64 / self.sent as f64)
     }
 
+    #[cfg(feature = "test-api")]
     fn key(&self) -> (&str, &str, Overlay, Net, Net) {
         (
             &self.from,
@@ -101,6 +102,7 @@ fn records(
 }
 
 /// What happened between two readings of [`deliveries`]: a window.
+#[cfg(feature = "test-api")]
 pub fn window(before: &[Delivery], after: &[Delivery]) -> Vec<Delivery> {
     after
         .iter()

@@ -8,6 +8,7 @@
 //! * [`row`]: a row of the loss matrix.
 //! * [`delivery`]: delivery from two nodes' cumulative counters.
 //! * [`ring`]: an agent's aligned reads of its own counters.
+//! * [`kept`]: the ring's ticks kept across an agent restart.
 //! * [`reading`]: `/api/v1/reading`, an agent's half of a window.
 //! * [`client`]: the readers' keep-alive HTTP client.
 //! * [`cluster`]: a reading of the whole cluster from every agent's half.
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod cluster;
 pub mod delivery;
+pub mod kept;
 pub mod prometheus;
 pub mod reading;
 pub mod ring;

@@ -144,6 +144,10 @@ impl Ring {
         }
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn newest(&self) -> Option<&Tick> {
         self.ticks.back()
     }

@@ -48,6 +48,8 @@ impl Lease {
         // (resourceVersion, first seen): a version unchanged for a whole
         // lease duration belongs to a holder that is gone.
         let mut watched: Option<(String, Instant)> = None;
+        // Whether another holder wrote its Lease while we watched.
+        let mut renewed = false;
         let mut told = false;
         loop {
             let current = api
@@ -67,6 +69,9 @@ impl Lease {
                         .filter(|h| !h.is_empty() && *h != holder);
                     let version = l.metadata.resource_version.clone().unwrap_or_default();
                     if watched.as_ref().is_none_or(|(v, _)| *v != version) {
+                        // A new version of a Lease we were already
+                        // watching: its holder renewed it.
+                        renewed |= watched.is_some() && other.is_some();
                         watched = Some((version, Instant::now()));
                     }
                     let seen_for = watched
@@ -78,17 +83,21 @@ impl Lease {
                     match other {
                         Some(other) if seen_for < held_for => {
                             if started.elapsed() >= patience {
-                                return Err(Error::Migration(format!(
-                                    "another driver ({other}) holds Lease {namespace}/{name} and \
-                                     is renewing it: only one driver may run. Wait for it, or stop \
-                                     it with `crossover migrate abort`"
+                                return Err(Error::Migration(refusal(
+                                    &format!("{namespace}/{name}"),
+                                    other,
+                                    renewed,
+                                    seen_for,
+                                    held_for,
                                 )));
                             }
                             if !told {
+                                let wait = patience.min(held_for.saturating_sub(seen_for));
                                 eprintln!(
-                                    "crossover: Lease {name} is held by {other}; waiting up to \
-                                     {}s for it to expire",
-                                    held_for.as_secs()
+                                    "crossover: Lease {name} is held by {other} ({}s lease); \
+                                     waiting up to {}s for it to expire",
+                                    held_for.as_secs(),
+                                    wait.as_secs()
                                 );
                                 told = true;
                             }
@@ -224,5 +233,55 @@ async fn renew(
             // before the lease runs out.
             Err(_) => {}
         }
+    }
+}
+
+/// Why a driver gives up on a Lease another holds: renewed while it
+/// waited (a live driver), or not changed at all (a driver that stopped
+/// renewing, whose Lease has not expired yet).
+fn refusal(
+    lease: &str,
+    other: &str,
+    renewed: bool,
+    unchanged_for: Duration,
+    held_for: Duration,
+) -> String {
+    if renewed {
+        format!(
+            "another driver ({other}) holds Lease {lease} and is renewing it: only one driver may \
+             run. Wait for it, or stop it with `crossover migrate abort`"
+        )
+    } else {
+        format!(
+            "another driver ({other}) holds Lease {lease}: not renewed for {}s of its {}s, it \
+             expires in {}s unless renewed. Run again then (a driver that crashed leaves it to \
+             expire), or stop it with `crossover migrate abort`",
+            unchanged_for.as_secs(),
+            held_for.as_secs(),
+            held_for.saturating_sub(unchanged_for).as_secs()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_never_renewed_is_not_said_to_be_renewed() {
+        let s = Duration::from_secs;
+        let quiet = refusal("ns/l", "driver-a", false, s(30), s(3600));
+        assert!(!quiet.contains("renewing"), "{quiet}");
+        assert!(
+            quiet.contains(
+                "holds Lease ns/l: not renewed for 30s of its 3600s, it expires in 3570s"
+            ),
+            "{quiet}"
+        );
+        let live = refusal("ns/l", "driver-a", true, s(2), s(15));
+        assert!(
+            live.contains("holds Lease ns/l and is renewing it"),
+            "{live}"
+        );
     }
 }

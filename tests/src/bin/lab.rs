@@ -170,10 +170,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     if !matches!(cli.command, Command::Shape { .. } | Command::Status { .. }) {
         // SAFETY: geteuid has no preconditions.
-        anyhow::ensure!(
-            unsafe { libc::geteuid() } == 0,
-            "the lab needs root (network namespaces)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        anyhow::ensure!(euid == 0, "the lab needs root (network namespaces)");
     }
     match cli.command {
         Command::Up {
