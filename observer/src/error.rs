@@ -34,6 +34,16 @@ pub enum Error {
     #[error("loading the eBPF object: {0}")]
     Load(#[source] Box<EbpfError>),
 
+    /// The kernel refused a map of the size asked for (memory, or a
+    /// memlock limit): named with the flag that sizes it.
+    #[error("creating map {map} ({sized_by}): {source}")]
+    MapCreate {
+        map: String,
+        sized_by: String,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("program {0} is missing from the eBPF object (built from another version?)")]
     MissingProgram(String),
 
@@ -143,7 +153,7 @@ impl Error {
             Error::NoInterface(_) => "no_interface",
             Error::NoEthernet { .. } => "no_ethernet",
             Error::Verifier { .. } => "verifier",
-            Error::Load(_) => "load",
+            Error::Load(_) | Error::MapCreate { .. } => "load",
             Error::MissingProgram(_) | Error::MissingMap(_) => "object_mismatch",
             Error::Program { .. } => "program",
             Error::Attach { .. } => "attach",
@@ -224,6 +234,11 @@ mod tests {
                 path: "o".into(),
                 error: io(),
             })),
+            Error::MapCreate {
+                map: "m".into(),
+                sized_by: "s".into(),
+                source: io(),
+            },
             Error::MissingProgram("p".into()),
             Error::MissingMap("m"),
             Error::Program {
@@ -281,6 +296,7 @@ mod tests {
                 | Error::NoEthernet { .. }
                 | Error::Verifier { .. }
                 | Error::Load(_)
+                | Error::MapCreate { .. }
                 | Error::MissingProgram(_)
                 | Error::MissingMap(_)
                 | Error::Program { .. }

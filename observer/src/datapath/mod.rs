@@ -178,12 +178,21 @@ impl Observer {
             pin_report = Some(report);
         }
         let mut ebpf = loader.load(OBJECT).map_err(|err| {
-            match root_io_error(&err).filter(|e| is_permission(e)) {
-                Some(io) => Error::Privilege {
+            if let Some(io) = root_io_error(&err).filter(|e| is_permission(e)) {
+                return Error::Privilege {
                     action: "creating BPF maps".into(),
                     source: std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(1)),
-                },
-                None => Error::Load(Box::new(err)),
+                };
+            }
+            match err {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => {
+                    Error::MapCreate {
+                        sized_by: sized_by(&name, &options),
+                        map: name,
+                        source: io_error,
+                    }
+                }
+                err => Error::Load(Box::new(err)),
             }
         })?;
         for hook in Hook::ALL {
@@ -929,6 +938,22 @@ where
 {
     let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
     T::try_from(map).map_err(Error::map(name))
+}
+
+/// What sizes map `name`, for an error when the kernel refuses it: the
+/// flag and the size asked for.
+fn sized_by(name: &str, options: &LoadOptions) -> String {
+    let (flag, entries) = match name {
+        map::FLOWS => ("--flow-capacity", options.flow_capacity),
+        map::ADDRS => ("--addr-capacity", options.addr_capacity),
+        map::PEER_SLOTS | map::PEER_STATS => ("--peer-slot-capacity", options.peer_slot_capacity),
+        map::PEERS => ("its fixed capacity", options.peer_capacity),
+        map::HANDSHAKES => ("its fixed capacity", options.handshake_capacity),
+        _ => return "its fixed capacity".into(),
+    };
+    format!(
+        "{entries} entries, set by {flag}: lower it, or give the agent more memory or a higher memlock limit"
+    )
 }
 
 /// Map `name` of `ebpf` as the typed map `T`, writable.
