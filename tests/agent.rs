@@ -393,14 +393,17 @@ fn connections_gone_from_conntrack_are_joined_once() {
     assert_eq!(agents.stop(), vec![0, 0, 0]);
 }
 
-/// An agent killed mid-stream and started again over its pinned maps and
-/// links: its counters resume where they were, nothing is lost or counted
-/// twice, and the loss matrix still equals what the wire dropped.
-#[test]
-fn a_crashed_agent_restarts_with_its_counters() {
+/// A 2-node lab (one node migrated) with agents that pin their maps, so a
+/// restarted one adopts them, and `percent` loss on the wire from worker-1
+/// to control-plane on the legacy overlay: the lab, the pins (removed on
+/// drop), the agents and the fault.
+fn pinned_agents_under_loss(
+    name: &str,
+    percent: f64,
+) -> (Lab, crossover_tests::pins::TestPins, Agents, u32) {
     require_root();
     let mut lab = Lab::up(&LabSpec {
-        name: unique("ar"),
+        name: unique(name),
         nodes: 2,
         migrated: 1,
         pods: 1,
@@ -409,16 +412,25 @@ fn a_crashed_agent_restarts_with_its_counters() {
     .remove_on_drop();
     let pins = crossover_tests::pins::TestPins::outside_sys();
     let pin_arg = format!("{}/{{node}}", pins.path.display());
-    let mut agents = Agents::start_with(&lab, &["--pin-path", &pin_arg]);
-    let cp = lab.node_ns("control-plane");
+    let agents = Agents::start_with(&lab, &["--pin-path", &pin_arg]);
     let id = lab
         .inject(Fault::Loss {
             from: "worker-1".into(),
             to: "control-plane".into(),
             overlay: Overlay::Legacy,
-            percent: 2.0,
+            percent,
         })
         .unwrap();
+    (lab, pins, agents, id)
+}
+
+/// An agent killed mid-stream and started again over its pinned maps and
+/// links: its counters resume where they were, nothing is lost or counted
+/// twice, and the loss matrix still equals what the wire dropped.
+#[test]
+fn a_crashed_agent_restarts_with_its_counters() {
+    let (lab, _pins, mut agents, id) = pinned_agents_under_loss("ar", 2.0);
+    let cp = lab.node_ns("control-plane");
     let egress = |agents: &Agents| -> u64 {
         let (_, body) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
         metric(
@@ -795,27 +807,8 @@ fn unix_ms() -> u64 {
 /// its windows start at its own start.
 #[test]
 fn a_window_read_after_a_crash_counts_every_loss_since_it_began() {
-    require_root();
-    let mut lab = Lab::up(&LabSpec {
-        name: unique("kw"),
-        nodes: 2,
-        migrated: 1,
-        pods: 1,
-    })
-    .unwrap()
-    .remove_on_drop();
-    let pins = crossover_tests::pins::TestPins::outside_sys();
-    let pin_arg = format!("{}/{{node}}", pins.path.display());
-    let mut agents = Agents::start_with(&lab, &["--pin-path", &pin_arg]);
+    let (lab, pins, mut agents, id) = pinned_agents_under_loss("kw", 5.0);
     let cp = lab.node_ns("control-plane");
-    let id = lab
-        .inject(Fault::Loss {
-            from: "worker-1".into(),
-            to: "control-plane".into(),
-            overlay: Overlay::Legacy,
-            percent: 5.0,
-        })
-        .unwrap();
     // A tick or two before the traffic, inside every agent's ring.
     std::thread::sleep(Duration::from_secs(1));
     let began_ms = unix_ms();

@@ -86,6 +86,20 @@ fn bad_flags_are_named() {
         ),
         (
             &[
+                "loss",
+                "--agent",
+                "http://127.0.0.1:1",
+                "--timeout",
+                "100000000y",
+            ][..],
+            "\"100000000y\": at most 30 days",
+        ),
+        (
+            &["agent", "--flow-idle-tcp", "31d"][..],
+            "\"31d\": at most 30 days",
+        ),
+        (
+            &[
                 "observe",
                 "--follow",
                 "--duration",

@@ -3,6 +3,10 @@
 //! number of seconds (`30`, `0.5`), as the integer-second flags took.
 use std::time::Duration;
 
+/// The longest duration any flag takes: longer outlasts any migration,
+/// and far longer overflows the clocks it is added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A duration; more than zero.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let duration = parse_duration_or_zero(text)?;
@@ -14,7 +18,14 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// The same, where 0 means none (e.g. `--in-flight 0`).
 pub fn parse_duration_or_zero(text: &str) -> std::result::Result<Duration, String> {
-    let text = text.trim();
+    let duration = parse_any(text.trim())?;
+    if duration > MAX_DURATION {
+        return Err(format!("{:?}: at most 30 days", text.trim()));
+    }
+    Ok(duration)
+}
+
+fn parse_any(text: &str) -> std::result::Result<Duration, String> {
     if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.') {
         let seconds: f64 = text
             .parse()
@@ -52,5 +63,17 @@ mod tests {
                 .contains("expected a duration")
         );
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("30d"), Ok(MAX_DURATION));
+        assert!(
+            parse_duration("31d")
+                .unwrap_err()
+                .contains("at most 30 days")
+        );
+        assert!(parse_duration("1e30").is_err());
+        assert!(
+            parse_duration_or_zero("100000000y")
+                .unwrap_err()
+                .contains("at most 30 days")
+        );
     }
 }
