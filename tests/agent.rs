@@ -215,7 +215,8 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("failed: http://127.0.0.1:9 ")),
+            .any(|l| l.starts_with("failed: http://127.0.0.1:9: GET ")
+                && l.contains("did not answer")),
         "{table}"
     );
 

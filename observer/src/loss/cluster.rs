@@ -337,7 +337,11 @@ pub async fn read_at(
         if let Some(e) = e {
             out.failed.push(FailedAgent {
                 agent: agents[i].clone(),
-                error: e.to_string(),
+                // The agent is named beside it: its reason alone.
+                error: match e {
+                    Error::Agent { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                },
                 refused: matches!(e, Error::Refused { .. }),
             });
         }

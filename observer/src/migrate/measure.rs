@@ -147,7 +147,8 @@ impl Context {
         let mut missing = found.missing;
         missing.extend(reading.failed.iter().map(|f| match f.refused {
             true => format!("agent {} refused the driver: {}", f.agent, f.error),
-            false => format!("agent {} did not answer: {}", f.agent, f.error),
+            // The reason says whether it did not answer or answered junk.
+            false => format!("agent {}: {}", f.agent, f.error),
         }));
         Ok(Measured {
             rows: reading.all_rows().cloned().collect(),
