@@ -15,25 +15,6 @@ use crossover_tests::{
 use observer::datapath::{AttachMode, DropRecord, Hook};
 use observer_ebpf::{Net, Overlay};
 
-/// An nftables table in `ns` dropping one packet in `every` of those
-/// matching `rule` at `hook`, counted.
-fn drop_rule(ns: &Netns, hook: &str, rule: &str, every: u32) {
-    ns.exec(&["nft", "add", "table", "ip", "xodrop"]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "ip",
-        "xodrop",
-        "c",
-        &format!("{{ type filter hook {hook} priority 0; }}"),
-    ]);
-    let rule = format!("{rule} numgen inc mod {every} == 0 counter drop");
-    let mut args = vec!["nft", "add", "rule", "ip", "xodrop", "c"];
-    args.extend(rule.split(' '));
-    ns.exec(&args);
-}
-
 /// `count` datagrams from A's flannel.1 address to B's, a send refused by
 /// A's own output chain (EPERM) included: how many B received.
 fn send(nodes: &TwoNodes, count: u64) -> u64 {
@@ -87,7 +68,7 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
 
     // Inside the node, before encapsulation: A's flannel.1 address to B's
     // (node addresses: host to host), towards node B.
-    drop_rule(&nodes.a, "output", "udp dport 7777", 10);
+    nodes.a.drop_every("output", "udp dport 7777", 10);
     let received = send(&nodes, 500);
     let dropped = dropped_by_rule(&nodes.a);
     assert_eq!(dropped, 50);
@@ -102,7 +83,7 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
 
     // On the way out, in the tunnel: the VXLAN packet itself.
-    drop_rule(&nodes.a, "postrouting", "udp dport 8472", 4);
+    nodes.a.drop_every("postrouting", "udp dport 8472", 4);
     let received = send(&nodes, 400);
     let dropped = dropped_by_rule(&nodes.a);
     assert_eq!(received, 400 - dropped);

@@ -538,19 +538,7 @@ fn kernel_drops() {
     a.enable_drops().expect("drop program");
     a.attach_drop_floor().expect("floor program");
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-    nodes.a.exec(&["nft", "add", "table", "ip", "xobench"]);
-    nodes.a.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "ip",
-        "xobench",
-        "c",
-        "{ type filter hook output priority 0; }",
-    ]);
-    nodes.a.exec(&[
-        "nft", "add", "rule", "ip", "xobench", "c", "udp", "dport", "7777", "drop",
-    ]);
+    nodes.a.drop_every("output", "udp dport 7777", 1);
     // The kernel keeps 15 bytes of a program's name; the newest program of
     // that name is this run's.
     let stats = || -> Vec<(u64, u64)> {

@@ -49,6 +49,27 @@ impl Netns {
         full.extend_from_slice(args);
         sh(&full)
     }
+
+    /// An nftables table `xodrop` in the namespace dropping one packet in
+    /// `every` of those matching `rule` at `hook`, counted (the kernel's
+    /// drops with reason NETFILTER_DROP); `nft delete table ip xodrop`
+    /// removes it.
+    pub fn drop_every(&self, hook: &str, rule: &str, every: u32) {
+        self.exec(&["nft", "add", "table", "ip", "xodrop"]);
+        self.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "xodrop",
+            "c",
+            &format!("{{ type filter hook {hook} priority 0; }}"),
+        ]);
+        let rule = format!("{rule} numgen inc mod {every} == 0 counter drop");
+        let mut args = vec!["nft", "add", "rule", "ip", "xodrop", "c"];
+        args.extend(rule.split(' '));
+        self.exec(&args);
+    }
 }
 
 impl Drop for Netns {

@@ -130,7 +130,7 @@ fn observe_tunnel(
 
 /// The encapsulation configured on UDP destination port `port`, if any.
 #[inline(always)]
-fn encap_for(config: &Config, port: u16) -> Option<EncapPort> {
+pub(super) fn encap_for(config: &Config, port: u16) -> Option<EncapPort> {
     config
         .encap_ports
         .into_iter()
