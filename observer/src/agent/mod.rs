@@ -619,7 +619,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         control_port: args.listen.port(),
         ..LoadOptions::default()
     };
-    let session = Session::open(
+    let mut session = Session::open(
         options,
         &shape,
         Selection {
@@ -704,6 +704,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.follow_probes();
     }
     sampler::spawn(state.clone(), args.sample_interval, args.reading_guard)?;
+    session.keep_clear_of(crate::datapath::ReadTimes {
+        interval: args.sample_interval,
+        guard: args.reading_guard,
+    });
     if !args.ageing.interval.is_zero() {
         tasks.push(tokio::spawn(age_flows(state.clone(), args.ageing.clone())));
     }
@@ -729,7 +733,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             _ = sigterm.recv() => break Ok(()),
             served = &mut server => break served.map_err(|e| Error::io("serving HTTP", e)),
             followed = session.follow_links() => if let Err(err) = followed { break Err(err) },
-            _ = order_check.tick() => if let Err(err) = session.keep_order() { break Err(err) },
+            _ = order_check.tick() => if let Err(err) = session.keep_order().await { break Err(err) },
         }
     };
     for task in tasks {

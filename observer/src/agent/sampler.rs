@@ -66,23 +66,26 @@ fn run(state: &State, interval: Duration, guard: Duration) {
 }
 
 fn read_tick(state: &State, k: u64, late_at: u64) -> Result<Tick> {
-    let early_ms = unix_ms(SystemTime::now());
     let early = read(state, true)?;
     until(late_at);
-    let late_ms = unix_ms(SystemTime::now());
     let late = read(state, false)?;
-    Ok(Tick::new(k, (early_ms, early), (late_ms, late)))
+    Ok(Tick::new(k, early, late))
 }
 
-/// One read of the per-peer counters. The early read of a tick also does
-/// the tick's chores (after the read, so they never delay it): the
-/// kernel's clock, expired handshakes, new slots, and the reading
+/// One read of the per-peer counters, and when it ended (Unix ms). The
+/// counters are from some instant between the tick and that end, so the
+/// end is what the tick's lateness is measured by: a read that waited for
+/// the observer's lock, or lost the CPU, says so rather than passing for
+/// punctual (a reader's uncertainty is built on it). The early read of a
+/// tick also does the tick's chores (after the read, so they never delay
+/// it): the kernel's clock, expired handshakes, new slots, and the reading
 /// `/metrics` serves.
-fn read(state: &State, chores: bool) -> Result<Vec<PeerRecord>> {
+fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>)> {
     let mut observer = super::lock(&state.observer);
     let peers = observer.peers()?;
+    let read_ms = unix_ms(SystemTime::now());
     if !chores {
-        return Ok(peers);
+        return Ok((read_ms, peers));
     }
     // Known flows' packets are stamped with this time until the next.
     if let Err(err) = observer.tick() {
@@ -114,5 +117,5 @@ fn read(state: &State, chores: bool) -> Result<Vec<PeerRecord>> {
         peers: peers.clone(),
         counters,
     });
-    Ok(peers)
+    Ok((read_ms, peers))
 }

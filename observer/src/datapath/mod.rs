@@ -46,7 +46,7 @@ pub use links::{LinkEvents, Reconciled, Selection, reconcile};
 pub use order::{HookOrder, Placement, blind_by_hook};
 use pin::PinDir;
 pub use pin::{Geometry, PinReport, Recreated, Uninstalled, uninstall};
-pub use session::{ORDER_CHECK, Session, lock};
+pub use session::{ORDER_CHECK, ReadTimes, Session, lock};
 use slots::SlotRule;
 pub use snapshot::{Counters, FlowRecord, PeerCounts, PeerRecord, Snapshot, monotonic_ns};
 

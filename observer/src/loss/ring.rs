@@ -42,8 +42,8 @@ pub fn unix_ms(at: SystemTime) -> u64 {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tick {
     pub k: u64,
-    /// When the early read was taken (Unix ms); a tick whose read came
-    /// late says so in every answer that uses it.
+    /// When the early read ended (Unix ms); a tick whose read came late
+    /// (or took long) says so in every answer that uses it.
     pub early_ms: u64,
     pub late_ms: u64,
     /// Every counter at the early read, sorted by [`Key`].
