@@ -13,14 +13,20 @@ use crossover_tests::{
     netns::{Netns, TwoNodes, in_netns},
 };
 use observer::datapath::{AttachMode, DropRecord, Hook};
-use observer_ebpf::{Net, Overlay};
+use observer_ebpf::{Direction, Net, Overlay};
 
 /// `count` datagrams from A's flannel.1 address to B's, a send refused by
 /// A's own output chain (EPERM) included: how many B received.
 fn send(nodes: &TwoNodes, count: u64) -> u64 {
-    let receiver = in_netns(&nodes.b.name, || {
-        UdpSocket::bind("10.244.1.0:7777").unwrap()
-    });
+    send_between((&nodes.a, "10.244.0.0"), (&nodes.b, "10.244.1.0"), count)
+}
+
+/// `count` datagrams from one node's flannel.1 address to the other's:
+/// how many arrived.
+fn send_between(from: (&Netns, &str), to: (&Netns, &str), count: u64) -> u64 {
+    let target = format!("{}:7777", to.1);
+    let bind = target.clone();
+    let receiver = in_netns(&to.0.name, move || UdpSocket::bind(&bind).unwrap());
     receiver
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -29,10 +35,11 @@ fn send(nodes: &TwoNodes, count: u64) -> u64 {
         let mut buf = [0u8; 16];
         std::iter::from_fn(|| receiver.recv(&mut buf).ok()).count() as u64
     });
-    in_netns(&nodes.a.name, move || {
-        let socket = UdpSocket::bind("10.244.0.0:0").unwrap();
+    let source = format!("{}:0", from.1);
+    in_netns(&from.0.name, move || {
+        let socket = UdpSocket::bind(&source).unwrap();
         for i in 0..count {
-            let _ = socket.send_to(&i.to_be_bytes(), "10.244.1.0:7777");
+            let _ = socket.send_to(&i.to_be_bytes(), &target);
             std::thread::sleep(Duration::from_micros(200));
         }
     });
@@ -79,6 +86,7 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     let d = before[0];
     assert_eq!(d.packets, dropped, "{d:?}");
     assert_eq!(d.peer, Some([192, 168, 50, 2].into()));
+    assert_eq!(d.direction, Direction::Egress);
     assert_eq!((d.src_net, d.dst_net), (Net::Host, Net::Host));
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
 
@@ -96,9 +104,27 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     assert_eq!(tunnel.len(), 1, "{drops:#?}");
     assert_eq!(tunnel[0].packets, dropped, "{:?}", tunnel[0]);
     assert_eq!(tunnel[0].peer, Some([192, 168, 50, 2].into()));
+    assert_eq!(tunnel[0].direction, Direction::Egress);
     assert_eq!(
         (tunnel[0].src_net, tunnel[0].dst_net),
         (Net::Host, Net::Host)
     );
+    nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+
+    // Coming in, in the tunnel: B's VXLAN packets dropped on arrival at A,
+    // counted apart from A's own sends to B (the same peer and networks).
+    nodes.a.drop_every("prerouting", "udp dport 8472", 4);
+    let received = send_between((&nodes.b, "10.244.1.0"), (&nodes.a, "10.244.0.0"), 400);
+    let dropped = dropped_by_rule(&nodes.a);
+    assert_eq!(received, 400 - dropped);
+    assert!(dropped >= 100, "one in four arriving: {dropped}");
+    let drops = a.drops().unwrap();
+    let arriving: Vec<_> = netfilter(&drops, Overlay::Legacy)
+        .into_iter()
+        .filter(|d| d.direction == Direction::Ingress)
+        .collect();
+    assert_eq!(arriving.len(), 1, "{drops:#?}");
+    assert_eq!(arriving[0].packets, dropped, "{:?}", arriving[0]);
+    assert_eq!(arriving[0].peer, Some([192, 168, 50, 2].into()));
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
 }

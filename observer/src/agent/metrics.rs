@@ -283,7 +283,14 @@ fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> boo
             },
         };
         *summed
-            .entry((d.reason.as_str(), peer, d.overlay, d.src_net, d.dst_net))
+            .entry((
+                d.reason.as_str(),
+                peer,
+                d.direction,
+                d.overlay,
+                d.src_net,
+                d.dst_net,
+            ))
             .or_default() += d.packets;
     }
     let mut f = family(
@@ -291,15 +298,16 @@ fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> boo
         "crossover_drops_total",
         "counter",
         "Packets of the cluster the kernel dropped on this node, by the kernel's drop reason \
-         (skb:kfree_skb), peer node, overlay (the tunnel it was in; native or none before \
-         or outside one) and network pair.",
+         (skb:kfree_skb), peer node, direction (egress: on its way to the peer), overlay \
+         (the tunnel it was in; native or none before or outside one) and network pair.",
     );
-    for ((reason, peer, overlay, src, dst), n) in &summed {
+    for ((reason, peer, direction, overlay, src, dst), n) in &summed {
         f.sample(
             &[
                 ("node", node),
                 ("reason", reason),
                 ("peer_node", peer),
+                ("direction", direction.label()),
                 ("overlay", overlay.label()),
                 ("src_net", src.label()),
                 ("dst_net", dst.label()),
