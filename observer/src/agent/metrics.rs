@@ -265,12 +265,16 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
 /// past `--metrics-peer-detail` summed into `*` like the per-peer families.
 fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
     let node = state.node.as_str();
-    let drops = match super::lock(&state.observer).drops() {
-        Ok(drops) => drops,
-        Err(e) => {
-            state.count(&e);
-            return;
-        }
+    // The sampler's last read when fresh: a scrape reads no map itself.
+    let drops = match state.fresh_reading() {
+        Some(reading) => reading.drops.clone(),
+        None => match super::lock(&state.observer).drops() {
+            Ok(drops) => drops,
+            Err(e) => {
+                state.count(&e);
+                return;
+            }
+        },
     };
     let view = state.view();
     let mut summed: std::collections::BTreeMap<_, u64> = std::collections::BTreeMap::new();

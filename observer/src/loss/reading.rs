@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CLUSTER, LossRow, Signal,
+    dropped::DropRow,
     ring::{Key, Tick, key_of},
 };
 use crate::datapath::PeerCounts;
@@ -201,6 +202,13 @@ pub struct NodeReading {
     pub local_totals: Vec<LossRow>,
     /// Local rows neither asked for nor among the worst: not listed.
     pub local_left_out: usize,
+    /// The kernel's drops over the window towards or from the nodes asked
+    /// for, then the largest others (`top`).
+    #[serde(default)]
+    pub drops: Vec<DropRow>,
+    /// Drop rows neither asked for nor among the largest.
+    #[serde(default)]
+    pub drops_left_out: usize,
 }
 
 impl NodeReading {
@@ -327,6 +335,8 @@ impl Answerer<'_> {
         let left_out = rest.len().saturating_sub(request.top);
         rest.truncate(request.top);
         local.extend(rest);
+        let (drops, drops_left_out) =
+            super::dropped::window(self.node, (start, end), &mut name, &asked, request.top);
 
         NodeReading {
             version: VERSION,
@@ -350,6 +360,8 @@ impl Answerer<'_> {
             local,
             local_totals,
             local_left_out: left_out,
+            drops,
+            drops_left_out,
         }
     }
 }

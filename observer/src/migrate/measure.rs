@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{
     context::{Context, now},
-    gate::{self, Decision},
+    gate::{self, Breach, Decision},
 };
 use crate::{
     Result,
@@ -27,6 +27,7 @@ use crate::{
     loss::{
         LossRow, Source,
         cluster::{self, ReadOptions},
+        dropped::DropRow,
         prometheus,
     },
 };
@@ -40,6 +41,9 @@ pub struct Measured {
     pub missing: Vec<String>,
     /// End of the window read (Unix ms; 0 when nothing was read).
     pub window_end_ms: u64,
+    /// The kernel's drops over the window (the agents'; none from
+    /// Prometheus yet): what a breach is explained by.
+    pub drops: Vec<DropRow>,
 }
 
 impl Context {
@@ -126,6 +130,7 @@ impl Context {
                     rows: reading.all_rows().cloned().collect(),
                     missing,
                     window_end_ms: reading.to_ms,
+                    drops: reading.drops,
                 })
             }
             // Not this reading: missing, as an agent that did not answer.
@@ -135,6 +140,7 @@ impl Context {
                     rows: Vec::new(),
                     missing,
                     window_end_ms: 0,
+                    drops: Vec::new(),
                 })
             }
         }
@@ -154,6 +160,7 @@ impl Context {
             rows: reading.all_rows().cloned().collect(),
             missing,
             window_end_ms: reading.to_ms,
+            drops: reading.drops,
         })
     }
 
@@ -181,6 +188,7 @@ impl Context {
         );
         decision.window_end_ms = measured.window_end_ms;
         decision.source = self.options.source.clone();
+        Breach::explain(&mut decision.breaches, &measured.drops);
         Ok((decision, measured.rows))
     }
 }
