@@ -447,6 +447,37 @@ mod tests {
     }
 
     #[test]
+    fn a_breach_names_the_kernels_drops_behind_it() {
+        let mut d = all(
+            &Thresholds::default(),
+            &[row("n1", "n3", "probe_udp", 200, 10)],
+            vec![],
+            vec![],
+        );
+        let dropped = |node: &str, peer: &str, direction, packets| DropRow {
+            node: node.into(),
+            peer_node: peer.into(),
+            direction,
+            overlay: Overlay::Cilium,
+            src_net: Net::Host,
+            dst_net: Net::Cilium,
+            reason: "NETFILTER_DROP".into(),
+            packets,
+        };
+        let drops = [
+            dropped("n1", "n3", observer_ebpf::Direction::Egress, 9),
+            // n3's own sends to n1: another row's.
+            dropped("n3", "n1", observer_ebpf::Direction::Egress, 4),
+        ];
+        Breach::explain(&mut d.breaches, &drops);
+        let reason = &d.reasons()[0];
+        assert!(
+            reason.ends_with("; 9 dropped on n1 by NETFILTER_DROP"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn unmeasured_pairs_and_stuck_pods_close_the_gate() {
         let t = Thresholds::default();
         let rows = [row("n1", "n2", "delivery", 1000, 0)];
