@@ -943,7 +943,8 @@ fn tamper(map: &std::path::Path) {
 /// legacy tunnel, inside the node: the wire loses nothing (delivery is
 /// underlay to underlay and says 0), and the reading says where and why:
 /// dropped on control-plane, on their way to worker-1, by
-/// `NETFILTER_DROP`, exactly as many as the firewall's own counter.
+/// `NETFILTER_DROP`, exactly as many as the firewall's own counter, and
+/// the `in_node` signal counts them against what left.
 #[test]
 fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     require_root();
@@ -1038,6 +1039,21 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     assert_eq!(delivery["lost"], 0, "{delivery}");
     let sent = delivery["sent"].as_u64().unwrap();
     assert!(sent + dropped >= udp.sent, "{delivery} {dropped}");
+    // Loss inside the node: the drops against what left plus them.
+    let in_node = rows
+        .iter()
+        .find(|r| {
+            r["signal"] == "in_node"
+                && r["node"] == "control-plane"
+                && r["peer_node"] == "worker-1"
+                && r["overlay"] == "legacy"
+        })
+        .unwrap_or_else(|| panic!("no in_node row: {reading:#}"));
+    assert_eq!(in_node["lost"], dropped, "{in_node}");
+    let through = in_node["sent"].as_u64().unwrap() - dropped;
+    assert!(through >= sent, "{in_node} {delivery}");
+    let ratio = in_node["ratio"].as_f64().unwrap();
+    assert!((0.05..0.15).contains(&ratio), "a tenth: {in_node}");
 
     let table = loss("table");
     assert!(

@@ -14,7 +14,7 @@ use observer_ebpf::{Direction, Net, Overlay};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LossRow,
+    LossRow, Signal,
     ring::{Tick, drop_key_of},
 };
 
@@ -124,6 +124,71 @@ pub fn window(
     (listed, left_out)
 }
 
+/// The kernel's reason for a packet to a socket nobody listens on: refused
+/// (as a handshake's RST is), not lost.
+pub const REFUSED: &str = "NO_SOCKET";
+
+/// Loss inside a node ([`Signal::InNode`]) over a window: per peer,
+/// direction, overlay and network pair the node's kernel dropped, against
+/// what its underlay exchanged with that peer that way (`exchanged`, every
+/// overlay and pair, early read to early read as the drops are) plus what
+/// was dropped. A drop towards a peer is a row from this node to it; one
+/// coming in, a row from the peer to this node.
+pub fn in_node_rows(
+    node: &str,
+    (start, end): (&Tick, &Tick),
+    name: &mut dyn FnMut(Ipv4Addr) -> Option<String>,
+    exchanged: &BTreeMap<(String, Direction), u64>,
+    seconds: f64,
+) -> Vec<LossRow> {
+    let mut rows: BTreeMap<(String, Direction, Overlay, Net, Net), (u64, u64)> = BTreeMap::new();
+    for d in &end.drops {
+        let key = drop_key_of(d);
+        let before = start.dropped(&key);
+        let n = d.packets.checked_sub(before).unwrap_or(d.packets);
+        if n == 0 {
+            continue;
+        }
+        let Some(peer) = d.peer.and_then(&mut *name) else {
+            continue;
+        };
+        let row = rows
+            .entry((peer, d.direction, d.overlay, d.src_net, d.dst_net))
+            .or_default();
+        if d.reason == REFUSED {
+            row.1 += n;
+        } else {
+            row.0 += n;
+        }
+    }
+    rows.into_iter()
+        .map(
+            |((peer, direction, overlay, src_net, dst_net), (lost, refused))| {
+                let through = exchanged
+                    .get(&(peer.clone(), direction))
+                    .copied()
+                    .unwrap_or(0);
+                let (from, to) = match direction {
+                    Direction::Egress => (node.to_owned(), peer),
+                    Direction::Ingress => (peer, node.to_owned()),
+                };
+                LossRow {
+                    node: from,
+                    peer_node: to,
+                    overlay,
+                    src_net,
+                    dst_net,
+                    signal: Signal::InNode,
+                    sent: through + lost,
+                    lost,
+                    refused,
+                    seconds,
+                }
+            },
+        )
+        .collect()
+}
+
 /// The drops behind `row`, most first.
 pub fn behind<'a>(drops: &'a [DropRow], row: &LossRow) -> Vec<&'a DropRow> {
     let mut found: Vec<&DropRow> = drops.iter().filter(|d| d.behind(row)).collect();
@@ -160,7 +225,7 @@ pub fn describe(drops: &[&DropRow], most: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{datapath::DropRecord, loss::Signal};
+    use crate::datapath::DropRecord;
 
     fn record(peer: u8, direction: Direction, reason: &str, packets: u64) -> DropRecord {
         DropRecord {
@@ -236,6 +301,49 @@ mod tests {
         );
         assert_eq!((rows.len(), left_out), (1, 1));
         assert_eq!(rows[0].peer_node, "worker-3");
+    }
+
+    #[test]
+    fn loss_inside_a_node_is_what_it_dropped_against_what_it_exchanged() {
+        let start = tick(
+            10,
+            vec![record(2, Direction::Egress, "NETFILTER_DROP", 100)],
+        );
+        let end = tick(
+            20,
+            vec![
+                record(2, Direction::Egress, "NETFILTER_DROP", 150),
+                record(3, Direction::Ingress, "QDISC_DROP", 5),
+                record(3, Direction::Ingress, REFUSED, 7),
+            ],
+        );
+        let exchanged = BTreeMap::from([
+            (("worker-2".to_owned(), Direction::Egress), 950),
+            (("worker-3".to_owned(), Direction::Ingress), 95),
+        ]);
+        let rows = in_node_rows("worker-1", (&start, &end), &mut name, &exchanged, 5.0);
+        let got: Vec<(&str, &str, u64, u64, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.node.as_str(),
+                    r.peer_node.as_str(),
+                    r.sent,
+                    r.lost,
+                    r.refused,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // Sent towards worker-2: 950 left, 50 dropped on the way.
+                ("worker-1", "worker-2", 1000, 50, 0),
+                // From worker-3: 95 arrived, 5 dropped inside, 7 refused.
+                ("worker-3", "worker-1", 100, 5, 7),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.signal == Signal::InNode));
     }
 
     #[test]
