@@ -35,7 +35,14 @@ fn send_between(from: (&Netns, &str), to: (&Netns, &str), count: u64) -> u64 {
         let mut buf = [0u8; 16];
         std::iter::from_fn(|| receiver.recv(&mut buf).ok()).count() as u64
     });
-    let source = format!("{}:0", from.1);
+    send_to(from, &target, count);
+    reader.join().unwrap()
+}
+
+/// `count` datagrams from an address of `from` to `target`, paced; a send
+/// its own node refuses (EPERM) counts as sent.
+fn send_to(from: (&Netns, &str), target: &str, count: u64) {
+    let (source, target) = (format!("{}:0", from.1), target.to_owned());
     in_netns(&from.0.name, move || {
         let socket = UdpSocket::bind(&source).unwrap();
         for i in 0..count {
@@ -43,7 +50,6 @@ fn send_between(from: (&Netns, &str), to: (&Netns, &str), count: u64) -> u64 {
             std::thread::sleep(Duration::from_micros(200));
         }
     });
-    reader.join().unwrap()
 }
 
 fn dropped_by_rule(ns: &Netns) -> u64 {
@@ -127,4 +133,80 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     assert_eq!(arriving[0].packets, dropped, "{:?}", arriving[0]);
     assert_eq!(arriving[0].peer, Some([192, 168, 50, 2].into()));
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+}
+
+/// Two more of the kernel's reasons, each counted on the node that dropped,
+/// as coming in from its peer: B's datagrams to an address A routes into a
+/// blackhole (`ip route add blackhole`, forwarded after the tunnel), and to
+/// a socket on A whose receive buffer is full. Exactly as many as were
+/// sent and not received.
+#[test]
+fn a_route_blackhole_and_a_full_socket_buffer_are_counted_with_their_reasons() {
+    let nodes = TwoNodes::with_prefix("dropr");
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
+    a.attach("u0", Hook::Underlay).unwrap();
+    a.enable_drops().unwrap();
+    let from_b = |drops: &[DropRecord]| -> Vec<DropRecord> {
+        drops
+            .iter()
+            .filter(|d| {
+                d.peer == Some([192, 168, 50, 2].into()) && d.direction == Direction::Ingress
+            })
+            .cloned()
+            .collect()
+    };
+
+    // A route blackhole on A for an address in its pod range.
+    nodes.a.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    nodes
+        .a
+        .exec(&["ip", "route", "add", "blackhole", "10.244.0.77/32"]);
+    send_to((&nodes.b, "10.244.1.0"), "10.244.0.77:7777", 300);
+    let drops = a.drops().unwrap();
+    let blackholed = from_b(&drops);
+    assert_eq!(blackholed.len(), 1, "{drops:#?}");
+    let d = &blackholed[0];
+    assert_eq!(d.packets, 300, "{d:?}");
+    assert_eq!((d.src_net, d.dst_net), (Net::Host, Net::Legacy), "{d:?}");
+    // Forwarded after the tunnel: no longer in it.
+    assert_eq!(d.overlay, Overlay::Native, "{d:?}");
+    // What the kernel says: a blackhole route's input is `dst_discard`,
+    // which frees without a reason (6.18).
+    assert_eq!(d.reason, "NOT_SPECIFIED", "{d:?}");
+    let blackhole_reason = d.reason.clone();
+
+    // A socket on A nobody reads, its buffer at the minimum.
+    let socket = in_netns(&nodes.a.name, || {
+        UdpSocket::bind("10.244.0.0:7778").unwrap()
+    });
+    {
+        use std::os::fd::AsRawFd;
+        // The kernel raises it to its minimum (a couple of KiB).
+        let size: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a c_int option value of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    }
+    send_to((&nodes.b, "10.244.1.0"), "10.244.0.0:7778", 500);
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let queued = std::iter::from_fn(|| socket.recv(&mut buf).ok()).count() as u64;
+    assert!(queued < 500, "a full buffer drops: {queued} queued");
+    let drops = a.drops().unwrap();
+    let full: Vec<DropRecord> = from_b(&drops)
+        .into_iter()
+        .filter(|d| d.reason != blackhole_reason)
+        .collect();
+    assert_eq!(full.len(), 1, "{drops:#?}");
+    assert_eq!(full[0].reason, "SOCKET_RCVBUFF", "{:?}", full[0]);
+    assert_eq!(full[0].packets, 500 - queued, "{:?}", full[0]);
+    assert_eq!((full[0].src_net, full[0].dst_net), (Net::Host, Net::Host));
 }
