@@ -124,6 +124,8 @@ pub fn window(
     (listed, left_out)
 }
 
+type Figures = (u64, u64);
+
 /// The kernel's reason for a packet to a socket nobody listens on: refused
 /// (as a handshake's RST is), not lost.
 pub const REFUSED: &str = "NO_SOCKET";
@@ -141,7 +143,8 @@ pub fn in_node_rows(
     exchanged: &BTreeMap<(String, Direction), u64>,
     seconds: f64,
 ) -> Vec<LossRow> {
-    let mut rows: BTreeMap<(String, Direction, Overlay, Net, Net), (u64, u64)> = BTreeMap::new();
+    // (lost, refused) per peer, direction, overlay and network pair.
+    let mut rows: BTreeMap<(String, Direction, Overlay, Net, Net), Figures> = BTreeMap::new();
     for d in &end.drops {
         let key = drop_key_of(d);
         let before = start.dropped(&key);
