@@ -41,8 +41,7 @@ pub struct Measured {
     pub missing: Vec<String>,
     /// End of the window read (Unix ms; 0 when nothing was read).
     pub window_end_ms: u64,
-    /// The kernel's drops over the window (the agents'; none from
-    /// Prometheus yet): what a breach is explained by.
+    /// The kernel's drops over the window: what a breach is explained by.
     pub drops: Vec<DropRow>,
 }
 
