@@ -9,7 +9,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use crossover_tests::{
-    counting::observer_in,
+    counting::{observer_in, set_receive_buffer},
     netns::{Netns, TwoNodes, in_netns},
 };
 use observer::datapath::{AttachMode, DropRecord, Hook};
@@ -179,22 +179,8 @@ fn a_route_blackhole_and_a_full_socket_buffer_are_counted_with_their_reasons() {
     let socket = in_netns(&nodes.a.name, || {
         UdpSocket::bind("10.244.0.0:7778").unwrap()
     });
-    {
-        use std::os::fd::AsRawFd;
-        // The kernel raises it to its minimum (a couple of KiB).
-        let size: libc::c_int = 1;
-        // SAFETY: a valid socket fd and a c_int option value of its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
-    }
+    // The kernel raises it to its minimum (a couple of KiB).
+    set_receive_buffer(&socket, libc::SO_RCVBUF, 1);
     send_to((&nodes.b, "10.244.1.0"), "10.244.0.0:7778", 500);
     socket.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 16];

@@ -17,6 +17,7 @@ use super::{
     LossRow, Signal,
     ring::{Tick, drop_key_of},
 };
+use crate::datapath::DropRecord;
 
 /// Packets one node's kernel dropped over a window, for one reason, on
 /// their way to (`egress`) or from (`ingress`) one peer node.
@@ -68,6 +69,28 @@ impl DropRow {
     }
 }
 
+/// Each drop counter that moved between two ticks' early reads, with its
+/// peer node's name and how many it dropped; drops of no node's traffic and
+/// towards addresses `name` does not know are left out.
+fn between<'t>(
+    (start, end): (&'t Tick, &'t Tick),
+    name: &mut dyn FnMut(Ipv4Addr) -> Option<String>,
+) -> Vec<(String, &'t DropRecord, u64)> {
+    let mut out = Vec::new();
+    for d in &end.drops {
+        // A counter that went backwards (maps recreated) counts from zero.
+        let before = start.dropped(&drop_key_of(d));
+        let n = d.packets.checked_sub(before).unwrap_or(d.packets);
+        if n == 0 {
+            continue;
+        }
+        if let Some(peer) = d.peer.and_then(&mut *name) {
+            out.push((peer, d, n));
+        }
+    }
+    out
+}
+
 /// A node's drops between two ticks' early reads: those towards the nodes
 /// `asked`, then the `top` largest of the rest; how many were left out.
 /// Drops of no node's traffic (`peer` none) and towards addresses `name`
@@ -80,17 +103,7 @@ pub fn window(
     top: usize,
 ) -> (Vec<DropRow>, usize) {
     let mut rows: BTreeMap<(String, Direction, Overlay, Net, Net, &str), u64> = BTreeMap::new();
-    for d in &end.drops {
-        let key = drop_key_of(d);
-        // A counter that went backwards (maps recreated) counts from zero.
-        let before = start.dropped(&key);
-        let n = d.packets.checked_sub(before).unwrap_or(d.packets);
-        if n == 0 {
-            continue;
-        }
-        let Some(peer) = d.peer.and_then(&mut *name) else {
-            continue;
-        };
+    for (peer, d, n) in between((start, end), name) {
         *rows
             .entry((
                 peer,
@@ -145,16 +158,7 @@ pub fn in_node_rows(
 ) -> Vec<LossRow> {
     // (lost, refused) per peer, direction, overlay and network pair.
     let mut rows: BTreeMap<(String, Direction, Overlay, Net, Net), Figures> = BTreeMap::new();
-    for d in &end.drops {
-        let key = drop_key_of(d);
-        let before = start.dropped(&key);
-        let n = d.packets.checked_sub(before).unwrap_or(d.packets);
-        if n == 0 {
-            continue;
-        }
-        let Some(peer) = d.peer.and_then(&mut *name) else {
-            continue;
-        };
+    for (peer, d, n) in between((start, end), name) {
         let row = rows
             .entry((peer, d.direction, d.overlay, d.src_net, d.dst_net))
             .or_default();
@@ -228,7 +232,6 @@ pub fn describe(drops: &[&DropRow], most: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::DropRecord;
 
     fn record(peer: u8, direction: Direction, reason: &str, packets: u64) -> DropRecord {
         DropRecord {
