@@ -1,6 +1,8 @@
 //! ns per packet of each program, measured in the kernel with
 //! BPF_PROG_TEST_RUN repeat (root), then the userspace side at 100k flows:
 //! snapshot, ageing sweep and memory. Run with `cargo xtask bench`.
+//! `DATAPATH_CASES=packets` runs only the per-packet programs (the first
+//! table and new flows back to back), in a few seconds.
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -182,6 +184,9 @@ fn main() {
         );
     }
     new_flows_back_to_back(&mut harness);
+    if std::env::var("DATAPATH_CASES").is_ok_and(|cases| cases == "packets") {
+        return;
+    }
     kernel_drops();
     let snap = harness.snapshot();
     assert_eq!(snap.counters["flow_map_full"], 0);
