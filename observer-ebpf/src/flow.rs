@@ -86,11 +86,11 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             }
         }
         count_underlay(seen, class, slot, frame_len, tcp);
-        track_handshake(seen, class, &key, tcp);
+        track_handshake(seen, class, &key, tcp, None);
         return Ok(());
     }
 
-    let now = kernel_clock();
+    let now = first_seen_clock(ip, l4);
     let mut fresh = classify(seen, ip, l4)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
@@ -122,8 +122,26 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
     }
     let tcp = judged(seen, control, tcp);
     count_underlay(seen, class, slot, frame_len, tcp);
-    track_handshake(seen, class, &key, tcp);
+    // A handshake packet's `now` is the kernel clock (first_seen_clock).
+    track_handshake(seen, class, &key, tcp, Some(now));
     Ok(())
+}
+
+/// A new flow's `first_seen_ns`. The kernel clock where its precision is
+/// used: a first packet with SYN or RST (a connection's age is judged
+/// against the handshake grace, under a second, from it, and the handshake
+/// tracker times the same packet with the same reading) and non-TCP flows
+/// (whose client is the end seen first). Otherwise, a TCP flow picked up
+/// mid-connection (after a restart or ageing: its ends are not told apart
+/// by time), the clock userspace writes, as for a known flow: the helper
+/// costs a tenth of a new flow's path.
+#[inline(always)]
+fn first_seen_clock(ip: &Ipv4, l4: &L4) -> u64 {
+    if ip.proto != IPPROTO_TCP || l4.tcp_flags & (tcp_flag::SYN | tcp_flag::RST) != 0 {
+        kernel_clock()
+    } else {
+        userspace_clock()
+    }
 }
 
 /// The TCP events the peer counters take from a packet: none for
@@ -162,15 +180,16 @@ fn userspace_clock() -> u64 {
 /// back: a first SYN out opens a pending handshake under its flow's key;
 /// a SYN-ACK or RST in closes the one its reverse flow opened, and counts
 /// its outcome towards the client's peer. Only handshake packets pay.
+/// `kernel_now` is the kernel clock when the caller has read it already.
 #[inline(always)]
-fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp) {
+fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp, kernel_now: Option<u64>) {
     let events = tcp.0;
     if events & (Tcp::SYN | Tcp::SYN_ACK | Tcp::RST) == 0 || seen.point != Point::Underlay {
         return;
     }
     // Handshakes are timed against a grace under a second: the kernel
     // clock, paid by handshake packets only.
-    let now = kernel_clock();
+    let now = kernel_now.unwrap_or_else(kernel_clock);
     if seen.direction == Direction::Egress {
         if events & Tcp::SYN == 0 || events & Tcp::SYN_RETRANSMIT != 0 {
             return;
