@@ -431,9 +431,7 @@ pub struct FlowStats {
     /// Sum of IPv4 total lengths (inner packet for encapsulated traffic).
     pub bytes: u64,
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the first
-    /// packet when it was not TCP or carried SYN or RST; for a TCP flow
-    /// picked up mid-connection, the [`CLOCK`](map::CLOCK) userspace last
-    /// wrote (up to a sample interval earlier).
+    /// packet.
     pub first_seen_ns: u64,
     /// The latest of that and the [`CLOCK`](map::CLOCK) userspace wrote
     /// before a later packet: to the sample interval.

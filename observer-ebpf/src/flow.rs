@@ -90,7 +90,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         return Ok(());
     }
 
-    let now = first_seen_clock(ip, l4);
+    let now = kernel_clock();
     let mut fresh = classify(seen, ip, l4)?;
     fresh.first_seen_ns = now;
     fresh.last_seen_ns = now;
@@ -122,26 +122,10 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
     }
     let tcp = judged(seen, control, tcp);
     count_underlay(seen, class, slot, frame_len, tcp);
-    // A handshake packet's `now` is the kernel clock (first_seen_clock).
+    // The flow's first_seen is the kernel clock: the handshake tracker
+    // times its SYN with the same reading instead of a second helper call.
     track_handshake(seen, class, &key, tcp, Some(now));
     Ok(())
-}
-
-/// A new flow's `first_seen_ns`. The kernel clock where its precision is
-/// used: a first packet with SYN or RST (a connection's age is judged
-/// against the handshake grace, under a second, from it, and the handshake
-/// tracker times the same packet with the same reading) and non-TCP flows
-/// (whose client is the end seen first). Otherwise, a TCP flow picked up
-/// mid-connection (after a restart or ageing: its ends are not told apart
-/// by time), the clock userspace writes, as for a known flow: the helper
-/// costs a tenth of a new flow's path.
-#[inline(always)]
-fn first_seen_clock(ip: &Ipv4, l4: &L4) -> u64 {
-    if ip.proto != IPPROTO_TCP || l4.tcp_flags & (tcp_flag::SYN | tcp_flag::RST) != 0 {
-        kernel_clock()
-    } else {
-        userspace_clock()
-    }
 }
 
 /// The TCP events the peer counters take from a packet: none for
