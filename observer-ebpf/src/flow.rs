@@ -86,7 +86,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             }
         }
         count_underlay(seen, class, slot, frame_len, tcp);
-        track_handshake(seen, class, &key, tcp);
+        track_handshake(seen, class, &key, tcp, None);
         return Ok(());
     }
 
@@ -122,7 +122,9 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
     }
     let tcp = judged(seen, control, tcp);
     count_underlay(seen, class, slot, frame_len, tcp);
-    track_handshake(seen, class, &key, tcp);
+    // The flow's first_seen is the kernel clock: the handshake tracker
+    // times its SYN with the same reading instead of a second helper call.
+    track_handshake(seen, class, &key, tcp, Some(now));
     Ok(())
 }
 
@@ -162,15 +164,16 @@ fn userspace_clock() -> u64 {
 /// back: a first SYN out opens a pending handshake under its flow's key;
 /// a SYN-ACK or RST in closes the one its reverse flow opened, and counts
 /// its outcome towards the client's peer. Only handshake packets pay.
+/// `kernel_now` is the kernel clock when the caller has read it already.
 #[inline(always)]
-fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp) {
+fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp, kernel_now: Option<u64>) {
     let events = tcp.0;
     if events & (Tcp::SYN | Tcp::SYN_ACK | Tcp::RST) == 0 || seen.point != Point::Underlay {
         return;
     }
     // Handshakes are timed against a grace under a second: the kernel
     // clock, paid by handshake packets only.
-    let now = kernel_clock();
+    let now = kernel_now.unwrap_or_else(kernel_clock);
     if seen.direction == Direction::Egress {
         if events & Tcp::SYN == 0 || events & Tcp::SYN_RETRANSMIT != 0 {
             return;

@@ -1,6 +1,8 @@
 //! ns per packet of each program, measured in the kernel with
 //! BPF_PROG_TEST_RUN repeat (root), then the userspace side at 100k flows:
 //! snapshot, ageing sweep and memory. Run with `cargo xtask bench`.
+//! `DATAPATH_CASES=packets` runs only the per-packet programs (the first
+//! table and new flows back to back), in a few seconds.
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -145,18 +147,7 @@ fn main() {
     );
     for case in cases() {
         let per_packet = if case.fresh_flow {
-            // One run = one packet into an empty flow table: every run pays
-            // for classification and the insert. The flow's peer key has
-            // its slot, as any key has a sample after its first packet.
-            harness.run(case.program, &case.packet);
-            harness.observer.promote_peer_slots().expect("promote");
-            let samples = (0..2000)
-                .map(|_| {
-                    harness.observer.clear_flows().expect("clear flows");
-                    harness.time(case.program, &case.packet, 1)
-                })
-                .collect();
-            median(samples)
+            new_flow(&mut harness, case.program, &case.packet)
         } else {
             // As in the agent: the key gets its slot at the sample after
             // its first packet, and the flow takes it on its next.
@@ -181,7 +172,11 @@ fn main() {
             ns - base.as_secs_f64() * 1e9
         );
     }
+    new_flow_thousand_nodes(floor_once);
     new_flows_back_to_back(&mut harness);
+    if std::env::var("DATAPATH_CASES").is_ok_and(|cases| cases == "packets") {
+        return;
+    }
     kernel_drops();
     let snap = harness.snapshot();
     assert_eq!(snap.counters["flow_map_full"], 0);
@@ -400,6 +395,41 @@ fn n_node_shape(nodes: usize) -> observer::shape::ClusterShape {
         nodes: (0..nodes).map(node).collect(),
         ..ClusterShape::migration_defaults()
     }
+}
+
+/// One run = one packet into an empty flow table: every run pays for
+/// classification and the insert. The flow's peer key has its slot, as
+/// any key has a sample after its first packet.
+fn new_flow(harness: &mut Harness, program: &str, packet: &[u8]) -> Duration {
+    harness.run(program, packet);
+    harness.observer.promote_peer_slots().expect("promote");
+    median(
+        (0..2000)
+            .map(|_| {
+                harness.observer.clear_flows().expect("clear flows");
+                harness.time(program, packet, 1)
+            })
+            .collect(),
+    )
+}
+
+/// The same new flow with the address table of a 1,000-node shape (3,000
+/// prefixes, a deeper trie for the LPM lookups), towards node 500.
+fn new_flow_thousand_nodes(floor_once: Duration) {
+    let mut harness = Harness::new(&n_node_shape(1000));
+    let packet = ip(
+        [10, 64, 0, 7],
+        [10, 65, 244, 7],
+        tcp(33000, 80, 1, ACK, 100),
+    )
+    .vxlan([192, 168, 50, 1], [192, 168, 52, 1], 8472);
+    let ns = new_flow(&mut harness, "crossover_underlay_egress", &packet).as_secs_f64() * 1e9;
+    println!(
+        "{:<38} {:>10.1} {:>14.1} (over floor 1)",
+        "vxlan tcp, new flow, 1,000 nodes",
+        ns,
+        ns - floor_once.as_secs_f64() * 1e9
+    );
 }
 
 /// New flows as a busy node meets them: distinct packets one after the
