@@ -37,6 +37,7 @@ fn lab() -> Lab {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     })
     .expect("lab up")
     .remove_on_drop()

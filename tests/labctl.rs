@@ -180,6 +180,7 @@ fn migrating_a_node_moves_its_pods_to_cilium() {
         nodes: 3,
         migrated: 0,
         pods: 2,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -228,6 +229,7 @@ fn a_lowered_overlay_mtu_refuses_what_no_longer_fits() {
         nodes: 2,
         migrated: 1,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
