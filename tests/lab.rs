@@ -9,7 +9,7 @@ use std::{
 
 use crossover_tests::{
     fleet::{Fleet, tcx_programs_in},
-    lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, PodKind, geneve, ipip, plan, traffic},
+    lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, PodKind, exec, geneve, ipip, plan, traffic},
     netns::unique,
     require_root,
 };
@@ -77,6 +77,7 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
     // still has its legacy address, as the guide leaves a node before the
     // DaemonSet restart. Now every combination crosses two nodes.
     lab.migrate("worker-2", false).unwrap();
+    assert_shape_names_the_legacy_tunnel(&lab, legacy);
     let fleet = Fleet::attach(&lab).unwrap();
     // Sender's view: client and server networks, overlay, the device whose
     // address SNAT gave the client. Receiver's view: the client's network,
@@ -219,6 +220,45 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
             ),
             ("cilium", "cilium", "cilium", 20),
             "{node}: {flow:#?}"
+        );
+    }
+}
+
+/// The shape the agents get names the legacy overlay's real port and, for
+/// every node, the address its legacy tunnel device really has.
+fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
+    let shape = lab.shape("control-plane").unwrap();
+    let encapsulations: Vec<_> = shape
+        .networks
+        .iter()
+        .filter(|n| n.role == observer::shape::Role::Legacy && !n.cidrs.is_empty())
+        .map(|n| n.encapsulation)
+        .collect();
+    assert_eq!(
+        encapsulations,
+        vec![observer::shape::Encapsulation::Vxlan {
+            port: legacy.port()
+        }],
+        "{legacy}"
+    );
+    for node in &shape.nodes {
+        let out = exec::in_ns(
+            &lab.node_ns(&node.name),
+            &["ip", "-4", "-o", "addr", "show", "dev", legacy.device()],
+        )
+        .unwrap();
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("{}: no address on {}: {out}", node.name, legacy.device()));
+        assert_eq!(
+            node.overlay_addrs[0].to_string(),
+            addr,
+            "{}: the shape's overlay address is {}'s",
+            node.name,
+            legacy.device()
         );
     }
 }
@@ -367,7 +407,12 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         "{legacy}'s tunnel followed by its name"
     );
     let cases = [
-        ("control-plane", "worker-1/app-1", legacy.veth_prefix(), "legacy"),
+        (
+            "control-plane",
+            "worker-1/app-1",
+            legacy.veth_prefix(),
+            "legacy",
+        ),
         ("worker-1", "worker-2/app-1", "lxc", "cilium"),
     ];
     for (node, peer, prefix, net) in cases {
@@ -398,7 +443,10 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
             std::thread::sleep(Duration::from_millis(100));
         };
         let flow = seen.unwrap_or_else(|| {
-            panic!("{node}: {} not counted at its pod hook within {WITHIN:?}", pod.addr)
+            panic!(
+                "{node}: {} not counted at its pod hook within {WITHIN:?}",
+                pod.addr
+            )
         });
         assert!(flow.packets > 0, "{flow:#?}");
         assert_eq!(flow.src_net.label(), net, "{node}: {flow:#?}");
