@@ -12,24 +12,12 @@ use super::{
     plan::{self, Network},
 };
 
-/// `vxlan.calico` as Felix creates it: VNI 4096, UDP 4789, learning off,
-/// MTU 1450, the tunnel address (from the node's block) as a /32; and the
-/// blackhole route Felix keeps for the node's own block, so an address no
-/// pod holds goes nowhere instead of back out.
+/// Beside `vxlan.calico` (created with Flannel's device in `node.rs`:
+/// Felix's VNI 4096 and UDP 4789): the blackhole route Felix keeps for the
+/// node's own block, so an address no pod holds goes nowhere instead of
+/// back out.
 pub fn node(ip: &mut IpBatch, j: usize) {
-    let underlay = plan::underlay_addr(j);
     ip.add(format!(
-        "link add vxlan.calico address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
-        plan::mac(plan::MAC_CALICO_VXLAN, j),
-        plan::CALICO_VNI,
-        plan::CALICO_PORT
-    ))
-    .add(format!("link set vxlan.calico mtu {} up", plan::OVERLAY_MTU))
-    .add(format!(
-        "addr add {}/32 dev vxlan.calico",
-        plan::flannel_addr(j)
-    ))
-    .add(format!(
         "route add blackhole {} proto 80",
         plan::pod_cidr(j, Network::Legacy)
     ));

@@ -50,6 +50,7 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
         ))
         .add(format!("addr add {underlay}/16 dev eth0"))
         .add("link set eth0 up");
+    legacy_tunnel(&mut ip, lab.legacy, j);
     match lab.legacy {
         LegacyCni::Flannel => flannel(&mut ip, j),
         LegacyCni::CalicoVxlan => calico::node(&mut ip, j),
@@ -77,22 +78,27 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
     masquerade(&ns, lab.legacy, j)
 }
 
-fn flannel(ip: &mut IpBatch, j: usize) {
+/// The legacy CNI's VXLAN device as flanneld and Felix both create it:
+/// its VNI and port, learning off (peers come as static entries), MTU
+/// 1450, the node's tunnel address as a /32.
+fn legacy_tunnel(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
     let underlay = plan::underlay_addr(j);
+    let dev = cni.device();
     ip.add(format!(
-        "link add flannel.1 address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
-        plan::mac(plan::MAC_FLANNEL, j),
-        plan::LEGACY_VNI,
-        plan::LEGACY_PORT
+        "link add {dev} address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
+        plan::mac(cni.vtep_mac_kind(), j),
+        cni.vni(),
+        cni.port()
     ))
-    .add(format!("link set flannel.1 mtu {} up", plan::OVERLAY_MTU))
-    .add(format!("addr add {}/32 dev flannel.1", plan::flannel_addr(j)))
-    .add("link add cni0 type bridge")
-    .add(format!("link set cni0 mtu {} up", plan::OVERLAY_MTU))
-    .add(format!(
-        "addr add {}/24 dev cni0",
-        plan::cni0_addr(j)
-    ));
+    .add(format!("link set {dev} mtu {} up", plan::OVERLAY_MTU))
+    .add(format!("addr add {}/32 dev {dev}", plan::flannel_addr(j)));
+}
+
+/// Flannel's bridge, the legacy pods' gateway.
+fn flannel(ip: &mut IpBatch, j: usize) {
+    ip.add("link add cni0 type bridge")
+        .add(format!("link set cni0 mtu {} up", plan::OVERLAY_MTU))
+        .add(format!("addr add {}/24 dev cni0", plan::cni0_addr(j)));
 }
 
 /// Cilium with `bpf.hostLegacyRouting`: pods' traffic goes through the
