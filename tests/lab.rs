@@ -1,5 +1,7 @@
 //! End to end, in a 3-node lab with one node migrated and crossover on
-//! every node: classification, SNAT, loss, handshakes, and detaching.
+//! every node: classification, SNAT, loss, handshakes, and detaching, on
+//! Flannel's legacy nodes; classification, SNAT, loss and pods created
+//! after start also on Calico's (VXLAN mode).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},

@@ -380,4 +380,14 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     assert_eq!(answered(), 0);
     assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
     assert_eq!(answered(), 1);
+    // The MTU fault lowers Calico's tunnel, and clearing it restores 1450.
+    let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
+    assert!(
+        lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>())
+            .status
+            .success()
+    );
+    assert!(sh("ip link show vxlan.calico").contains("mtu 1300"));
+    assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
+    assert!(sh("ip link show vxlan.calico").contains("mtu 1450"));
 }

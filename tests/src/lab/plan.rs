@@ -257,4 +257,22 @@ mod tests {
             pod_mac(host(pod_cidr(0, Network::Legacy), 5), 1)
         );
     }
+
+    #[test]
+    fn legacy_cnis_parse_by_name_and_keep_their_ports() {
+        for cni in LegacyCni::ALL {
+            assert_eq!(cni.label().parse::<LegacyCni>(), Ok(cni));
+        }
+        assert_eq!(LegacyCni::default(), LegacyCni::Flannel);
+        assert_eq!(
+            Overlay::Legacy.nft_match(LegacyCni::CalicoVxlan),
+            "udp dport 4789"
+        );
+        assert_eq!(
+            Overlay::Legacy.nft_match(LegacyCni::Flannel),
+            "udp dport 8472"
+        );
+        let err = "weave".parse::<LegacyCni>().unwrap_err();
+        assert!(err.contains("flannel or calico-vxlan"), "{err}");
+    }
 }
