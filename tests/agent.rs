@@ -28,6 +28,7 @@ fn loss_per_node_pair_comes_out_of_the_agents() {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -303,6 +304,7 @@ fn connections_gone_from_conntrack_are_joined_once() {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -408,6 +410,7 @@ fn pinned_agents_under_loss(
         nodes: 2,
         migrated: 1,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -535,6 +538,7 @@ fn a_clean_lab_under_continuous_traffic_reads_no_loss_for_minutes() {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -641,6 +645,7 @@ fn connections_on_the_agents_port_are_not_judged() {
         nodes: 2,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -707,6 +712,7 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
         nodes: 2,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -953,6 +959,7 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
         nodes: 2,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();

@@ -74,6 +74,7 @@ fn agents_let_in_only_tokens_the_api_server_allows() {
         nodes: 2,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     });
     let quick = ["--probe-rate", "0", "--auth-timeout", "1s"];
     kl.start_agent("control-plane", &quick);

@@ -29,6 +29,7 @@ fn agent_takes_the_front_back(attach_mode: &str, intruder_place: Place) {
         nodes: 2,
         migrated: 1,
         pods: 0,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -315,6 +316,7 @@ fn exact_loss_beside_cilium(attach_mode: &str, place: Place, host_routing: bool)
         nodes: 3,
         migrated: 2,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();

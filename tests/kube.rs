@@ -36,6 +36,7 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
         nodes: 3,
         migrated: 1,
         pods: 1,
+        ..LabSpec::default()
     });
     kl.start_agents(&[]);
     kl.start_probes();
@@ -451,6 +452,7 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     });
     // No probes: their trickle through the fault would keep the drop
     // counter moving between the readings compared (tests/agent.rs).

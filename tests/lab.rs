@@ -1,15 +1,17 @@
 //! End to end, in a 3-node lab with one node migrated and crossover on
-//! every node: classification, SNAT, loss, handshakes, and detaching.
+//! every node: classification, SNAT, loss, handshakes, and detaching, on
+//! Flannel's legacy nodes; classification, SNAT, loss and pods created
+//! after start also on Calico's (VXLAN mode).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crossover_tests::{
     fleet::{Fleet, tcx_programs_in},
-    lab::{Fault, Lab, LabSpec, Overlay, geneve, ipip, plan, traffic},
+    lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, PodKind, exec, geneve, ipip, plan, traffic},
     netns::unique,
     require_root,
 };
@@ -18,7 +20,7 @@ use std::collections::BTreeMap;
 
 use observer::{
     connections::{Connection, Handshake, SnatSeen},
-    datapath::{PeerCounts, Snapshot},
+    datapath::{Hook, PeerCounts, Snapshot},
     loss::delivery::{self, Delivery},
 };
 
@@ -29,14 +31,15 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 /// control-plane (legacy pods), worker-1 (migrated: Cilium pods),
-/// worker-2 (legacy pods).
-fn lab() -> Lab {
+/// worker-2 (legacy pods), the legacy ones built as `legacy` builds them.
+fn lab(legacy: LegacyCni) -> Lab {
     require_root();
     Lab::up(&LabSpec {
         name: unique("e"),
         nodes: 3,
         migrated: 1,
         pods: 2,
+        legacy,
     })
     .expect("lab up")
     .remove_on_drop()
@@ -61,24 +64,35 @@ fn find<'a>(conns: &'a [Connection], server: SocketAddrV4, node: &str) -> &'a Co
 
 #[test]
 fn every_network_combination_is_classified_on_both_nodes() {
+    every_network_combination_is_classified(LegacyCni::Flannel);
+}
+
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_calico_vxlan() {
+    every_network_combination_is_classified(LegacyCni::CalicoVxlan);
+}
+
+fn every_network_combination_is_classified(legacy: LegacyCni) {
     let _serial = serial();
-    let mut lab = lab();
+    let mut lab = lab(legacy);
     // worker-2 half way: its app pods are back on Cilium, its DaemonSet pod
     // still has its legacy address, as the guide leaves a node before the
     // DaemonSet restart. Now every combination crosses two nodes.
     lab.migrate("worker-2", false).unwrap();
+    assert_shape_names_the_legacy_tunnel(&lab, legacy);
     let fleet = Fleet::attach(&lab).unwrap();
     // Sender's view: client and server networks, overlay, the device whose
     // address SNAT gave the client. Receiver's view: the client's network,
     // and `arrived` when its source is a peer's overlay address (after
     // SNAT, or a node's own traffic into an overlay, which leaves from that
     // overlay's address: the receiver cannot tell the two apart).
+    // `tunnel` is the legacy tunnel device: flannel.1 or vxlan.calico.
     const CASES: [&str; 9] = [
         // from             to                  nets           overlay  SNAT         receiver
         "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
         "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
         "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
-        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   flannel.1    host,arrived",
+        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
         "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
         "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
         "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
@@ -140,7 +154,7 @@ fn every_network_combination_is_classified_on_both_nodes() {
         }
         let snat_addr = match snat {
             "cilium_host" => Some(plan::cilium_host_addr(j)),
-            "flannel.1" => Some(plan::flannel_addr(j)),
+            "tunnel" => Some(plan::flannel_addr(j)),
             "eth0" => Some(plan::underlay_addr(j)),
             _ => None,
         };
@@ -212,6 +226,45 @@ fn every_network_combination_is_classified_on_both_nodes() {
     }
 }
 
+/// The shape the agents get names the legacy overlay's real port and, for
+/// every node, the address its legacy tunnel device really has.
+fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
+    let shape = lab.shape("control-plane").unwrap();
+    let encapsulations: Vec<_> = shape
+        .networks
+        .iter()
+        .filter(|n| n.role == observer::shape::Role::Legacy && !n.cidrs.is_empty())
+        .map(|n| n.encapsulation)
+        .collect();
+    assert_eq!(
+        encapsulations,
+        vec![observer::shape::Encapsulation::Vxlan {
+            port: legacy.port()
+        }],
+        "{legacy}"
+    );
+    for node in &shape.nodes {
+        let out = exec::in_ns(
+            &lab.node_ns(&node.name),
+            &["ip", "-4", "-o", "addr", "show", "dev", legacy.device()],
+        )
+        .unwrap();
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("{}: no address on {}: {out}", node.name, legacy.device()));
+        assert_eq!(
+            node.overlay_addrs[0].to_string(),
+            addr,
+            "{}: the shape's overlay address is {}'s",
+            node.name,
+            legacy.device()
+        );
+    }
+}
+
 fn v4(addr: SocketAddr) -> SocketAddrV4 {
     match addr {
         SocketAddr::V4(v4) => v4,
@@ -221,11 +274,22 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 
 #[test]
 fn snat_is_seen_through_to_the_pods() {
+    snat_is_seen_through(LegacyCni::Flannel);
+}
+
+/// Calico's natOutgoing in place of Flannel's masquerade: the same
+/// addresses, the same joins.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_calico_vxlan() {
+    snat_is_seen_through(LegacyCni::CalicoVxlan);
+}
+
+fn snat_is_seen_through(legacy: LegacyCni) {
     let _serial = serial();
-    let lab = lab();
+    let lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
     let cases = [
-        // Flannel's masquerade (--random-fully) onto cilium_host.
+        // The legacy CNI's masquerade (--random-fully) onto cilium_host.
         (
             "control-plane/app-1",
             "worker-1/app-1",
@@ -233,7 +297,7 @@ fn snat_is_seen_through_to_the_pods() {
             "legacy",
             "cilium",
         ),
-        // Cilium's masquerade onto flannel.1.
+        // Cilium's masquerade onto the legacy tunnel's address.
         (
             "worker-1/app-1",
             "control-plane/app-1",
@@ -311,6 +375,91 @@ fn snat_is_seen_through_to_the_pods() {
     }
 }
 
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook() {
+    pods_created_after_start_are_observed(LegacyCni::Flannel);
+}
+
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_vxlan() {
+    pods_created_after_start_are_observed(LegacyCni::CalicoVxlan);
+}
+
+/// The fleet follows interfaces by their names' default patterns, as the
+/// agent does on every link event: the legacy CNI's tunnel from the start,
+/// and a pod created afterwards (on a legacy node a `veth`/`cali` veth, on
+/// the migrated node an `lxc`) at its pod hook, its traffic counted there
+/// under its own address and network within 5 s of its creation.
+fn pods_created_after_start_are_observed(legacy: LegacyCni) {
+    const WITHIN: Duration = Duration::from_secs(5);
+    let _serial = serial();
+    let mut lab = lab(legacy);
+    let mut fleet = Fleet::attach(&lab).unwrap();
+    let hook_of = |fleet: &Fleet, node: &str, iface: &str| {
+        fleet
+            .member(node)
+            .observer
+            .attached()
+            .find(|(name, _)| *name == iface)
+            .map(|(_, hook)| hook)
+    };
+    assert_eq!(
+        hook_of(&fleet, "control-plane", legacy.device()),
+        Some(Hook::OverlayLegacy),
+        "{legacy}'s tunnel followed by its name"
+    );
+    let cases = [
+        (
+            "control-plane",
+            "worker-1/app-1",
+            legacy.veth_prefix(),
+            "legacy",
+        ),
+        ("worker-1", "worker-2/app-1", "lxc", "cilium"),
+    ];
+    for (node, peer, prefix, net) in cases {
+        let created = Instant::now();
+        let pod = lab.add_pod(node, "late", PodKind::App).unwrap();
+        assert!(pod.host_if.starts_with(prefix), "{pod:?}");
+        fleet.follow().unwrap();
+        assert_eq!(
+            hook_of(&fleet, node, &pod.host_if),
+            Some(Hook::Pod),
+            "{node}: {} followed",
+            pod.host_if
+        );
+        let (a, b) = (
+            lab.endpoint(&format!("{node}/late")).unwrap(),
+            lab.endpoint(peer).unwrap(),
+        );
+        let report = traffic::tcp_connections(&a, &b, 1, CONNECT_TIMEOUT).unwrap();
+        assert_eq!(report.answered, 1, "{node}/late -> {peer}: {report:?}");
+        let seen = loop {
+            let snapshot = fleet.member(node).observer.snapshot().unwrap();
+            let at_pod = snapshot.flows.into_iter().find(|f| {
+                f.src == pod.addr && f.dst_port == report.port && f.point.label() == "pod"
+            });
+            if at_pod.is_some() || created.elapsed() > WITHIN {
+                break at_pod;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let flow = seen.unwrap_or_else(|| {
+            panic!(
+                "{node}: {} not counted at its pod hook within {WITHIN:?}",
+                pod.addr
+            )
+        });
+        assert!(flow.packets > 0, "{flow:#?}");
+        assert_eq!(flow.src_net.label(), net, "{node}: {flow:#?}");
+        eprintln!(
+            "{legacy}: {node}/late on {} seen after {:?}",
+            pod.host_if,
+            created.elapsed()
+        );
+    }
+}
+
 const LOSS_PACKETS: u64 = 40_000;
 
 /// A node pair's delivery on one overlay, summed over its network pairs.
@@ -358,8 +507,19 @@ fn same_path(d: &Delivery, from: &str, to: &str, overlay: observer_ebpf::Overlay
 
 #[test]
 fn injected_loss_is_measured_per_node_pair_and_overlay() {
+    injected_loss_is_measured(LegacyCni::Flannel);
+}
+
+/// The fault matches Calico's UDP 4789 on the wire; crossover counts the
+/// legacy overlay there.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_vxlan() {
+    injected_loss_is_measured(LegacyCni::CalicoVxlan);
+}
+
+fn injected_loss_is_measured(legacy: LegacyCni) {
     let _serial = serial();
-    let mut lab = lab();
+    let mut lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
     let e = |id: &str| lab.endpoint(id).unwrap();
     // The faulty path first (control-plane to worker-2 on the legacy
@@ -445,7 +605,7 @@ fn ipip_loss_is_measured_per_node_pair_like_any_overlay() {
     // sigma miss.
     const PACKETS: u64 = 48_000;
     let _serial = serial();
-    let mut lab = lab();
+    let mut lab = lab(LegacyCni::Flannel);
     let fleet = Fleet::attach(&lab).unwrap();
     for percent in [2.0, 10.0] {
         let before = fleet.deliveries().unwrap();
@@ -536,7 +696,7 @@ fn ipip_loss_is_measured_per_node_pair_like_any_overlay() {
 #[test]
 fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
     let _serial = serial();
-    let mut lab = lab();
+    let mut lab = lab(LegacyCni::Flannel);
     // A = worker-2, half way through its migration (a legacy DaemonSet pod
     // and Cilium app pods); B = worker-1, migrated; C = control-plane.
     lab.migrate("worker-2", false).unwrap();
@@ -720,7 +880,7 @@ fn assert_peer_tcp_counts_match_flows(snap: &Snapshot) {
 #[test]
 fn detaching_leaves_traffic_untouched_and_nothing_attached() {
     let _serial = serial();
-    let lab = lab();
+    let lab = lab(LegacyCni::Flannel);
     let namespaces: Vec<String> = lab.nodes().map(|n| lab.node_ns(&n.name)).collect();
     let fleet = Fleet::attach(&lab).unwrap();
     for ns in &namespaces {

@@ -6,7 +6,11 @@ use std::{
 };
 
 use crossover_tests::{
-    lab::{Fault, Lab, LabSpec, Network, Overlay, PodKind, exec::netns_list, traffic},
+    lab::{
+        Fault, Lab, LabSpec, Network, Overlay, PodKind,
+        exec::{self, netns_list},
+        traffic,
+    },
     netns::unique,
     require_root,
 };
@@ -180,6 +184,7 @@ fn migrating_a_node_moves_its_pods_to_cilium() {
         nodes: 3,
         migrated: 0,
         pods: 2,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -228,6 +233,7 @@ fn a_lowered_overlay_mtu_refuses_what_no_longer_fits() {
         nodes: 2,
         migrated: 1,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -275,4 +281,113 @@ fn a_lowered_overlay_mtu_refuses_what_no_longer_fits() {
         out.status.success(),
         "fits again once the fault is cleared: {out:?}"
     );
+}
+
+/// `lab up --legacy calico-vxlan` builds legacy nodes as Calico does in
+/// VXLAN mode (no bridge, `vxlan.calico` on 4789 with VNI 4096, `cali*`
+/// veths with /32 routes and proxy ARP, `169.254.1.1` in the pod, Felix's
+/// natOutgoing), pods reach each other through it, and a legacy-overlay
+/// blackhole cuts exactly that path on Calico's port.
+#[test]
+fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
+    require_root();
+    let bad = lab_cmd(&unique("w"), &["up", "--legacy", "weave"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected flannel or calico-vxlan"),
+        "{bad:?}"
+    );
+    let name = unique("cv");
+    let up = lab_cmd(
+        &name,
+        &[
+            "up",
+            "--nodes",
+            "2",
+            "--migrated",
+            "0",
+            "--pods",
+            "1",
+            "--legacy",
+            "calico-vxlan",
+        ],
+    );
+    assert!(up.status.success(), "{up:?}");
+    let lab = Lab::open(&name).unwrap().remove_on_drop();
+    let ns = lab.node_ns("control-plane");
+    let sh = |args: &str| {
+        exec::in_ns(&ns, &args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let vxlan = sh("ip -d link show vxlan.calico");
+    for want in ["vxlan id 4096", "dstport 4789", "mtu 1450", "nolearning"] {
+        assert!(vxlan.contains(want), "{want}: {vxlan}");
+    }
+    assert!(
+        exec::in_ns(&ns, &["ip", "link", "show", "cni0"]).is_err(),
+        "Calico has no bridge"
+    );
+    let routes = sh("ip -4 route");
+    assert!(routes.contains("blackhole 10.244.0.0/24"), "{routes}");
+    assert!(
+        routes.contains("10.244.1.0/24 via 10.244.1.0 dev vxlan.calico onlink"),
+        "{routes}"
+    );
+    let pod = lab.pod("control-plane/app-1").unwrap();
+    assert!(pod.host_if.starts_with("cali"), "{pod:?}");
+    assert!(
+        routes.contains(&format!("{} dev {} scope link", pod.addr, pod.host_if)),
+        "{routes}"
+    );
+    assert_eq!(
+        sh(&format!(
+            "sysctl -n net.ipv4.conf.{}.proxy_arp",
+            pod.host_if
+        ))
+        .trim(),
+        "1"
+    );
+    let inside = exec::in_ns(&pod.netns, &["ip", "-4", "route"]).unwrap();
+    assert!(
+        inside.contains("default via 169.254.1.1 dev eth0"),
+        "{inside}"
+    );
+    assert!(sh("iptables -t nat -S").contains("-N cali-nat-outgoing"));
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(
+        shape["networks"][0]["encapsulation"],
+        serde_json::json!({"vxlan": {"port": 4789}}),
+        "{shape:#}"
+    );
+
+    let answered = || {
+        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
+        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if report["answered"] == 1 {
+            let seen = report["seen_as"][0].as_str().unwrap();
+            assert!(
+                seen.starts_with(&format!("{}:", pod.addr)),
+                "no NAT inside the pool: {report}"
+            );
+        }
+        report["answered"].as_u64().unwrap()
+    };
+    assert_eq!(answered(), 1);
+    let blackhole = "fault blackhole --from control-plane --to worker-1 --overlay legacy";
+    let fault = lab_cmd(&name, &blackhole.split(' ').collect::<Vec<_>>());
+    assert!(fault.status.success(), "{fault:?}");
+    assert_eq!(answered(), 0);
+    assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
+    assert_eq!(answered(), 1);
+    // The MTU fault lowers Calico's tunnel, and clearing it restores 1450.
+    let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
+    assert!(
+        lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>())
+            .status
+            .success()
+    );
+    assert!(sh("ip link show vxlan.calico").contains("mtu 1300"));
+    assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
+    assert!(sh("ip link show vxlan.calico").contains("mtu 1450"));
 }

@@ -521,6 +521,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
         nodes: 3,
         migrated: 1,
         pods: 0,
+        ..LabSpec::default()
     })
     .expect("lab up")
     .remove_on_drop();
@@ -861,6 +862,7 @@ fn mesh_finds_blackholes_towards_the_focus_within_5_s_and_elsewhere_within_the_p
         nodes: 3,
         migrated: 1,
         pods: 0,
+        ..LabSpec::default()
     })
     .expect("lab up")
     .remove_on_drop();

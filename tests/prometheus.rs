@@ -79,6 +79,7 @@ fn prometheus_with_the_shipped_rules_finds_the_faulted_pair() {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();
@@ -471,6 +472,7 @@ fn past_the_detail_limit_peers_are_summed_into_a_star() {
         nodes: 3,
         migrated: 1,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();

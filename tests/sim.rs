@@ -917,6 +917,7 @@ async fn placed_pods_become_lab_pods_that_answer_ping() {
         nodes: 3,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     })
     .unwrap()
     .remove_on_drop();

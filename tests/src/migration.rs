@@ -261,6 +261,7 @@ pub fn migrating_lab(prefix: &str, nodes: usize, with_db: bool) -> Migrating {
         nodes,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     });
     for object in objects(nodes, with_db) {
         kl.server.apply(object).unwrap();

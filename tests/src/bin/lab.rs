@@ -4,7 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use crossover_tests::lab::{Fault, Lab, LabSpec, Overlay, geneve, traffic};
+use crossover_tests::lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, geneve, traffic};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,9 @@ enum Command {
         /// App pods per node, besides one DaemonSet pod.
         #[arg(long, default_value_t = 2)]
         pods: usize,
+        /// The CNI migrated from: flannel or calico-vxlan.
+        #[arg(long, default_value = "flannel")]
+        legacy: LegacyCni,
     },
     /// Remove the lab and everything in it; safe to repeat.
     Down,
@@ -186,12 +189,14 @@ fn run(cli: Cli) -> Result<()> {
             nodes,
             migrated,
             pods,
+            legacy,
         } => {
             let lab = Lab::up(&LabSpec {
                 name: cli.name,
                 nodes,
                 migrated,
                 pods,
+                legacy,
             })?;
             print_status(&lab);
         }
@@ -321,12 +326,13 @@ fn traffic(name: &str, command: TrafficCommand) -> Result<()> {
 }
 
 fn print_status(lab: &Lab) {
-    println!("lab {}", lab.name());
+    let legacy = lab.state().legacy;
+    println!("lab {} (legacy CNI: {legacy})", lab.name());
     for node in lab.nodes() {
         let state = match (node.migrated, node.cordoned) {
-            (_, true) => "cordoned",
-            (true, _) => "migrated (Cilium)",
-            (false, _) => "legacy (Flannel)",
+            (_, true) => "cordoned".to_string(),
+            (true, _) => "migrated (Cilium)".to_string(),
+            (false, _) => format!("legacy ({legacy})"),
         };
         let role = if node.control_plane {
             "control plane"

@@ -68,6 +68,7 @@ fn run() -> Result<()> {
         nodes: 3,
         migrated: 1,
         pods: 2,
+        ..LabSpec::default()
     })?
     .remove_on_drop();
     let fleet = Fleet::attach(&lab)?;

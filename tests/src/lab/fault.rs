@@ -142,7 +142,7 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                 port = LabState::underlay_port(j),
                 src = plan::underlay_addr(j),
                 dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(),
+                wire = overlay.nft_match(lab.legacy),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
         }
@@ -166,7 +166,7 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                    }}\n\
                  }}\n",
                 dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(),
+                wire = overlay.nft_match(lab.legacy),
                 sample = sample(*percent)?,
             );
             batch(&lab.node_ns(node), &["nft", "-f", "-"], &script)
@@ -217,7 +217,7 @@ pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
 
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {
     let device = match overlay {
-        Overlay::Legacy => "flannel.1",
+        Overlay::Legacy => lab.legacy.device(),
         Overlay::Cilium => "cilium_vxlan",
         Overlay::Geneve => {
             bail!("the lab has no Geneve device (no kernel module): no MTU to lower")

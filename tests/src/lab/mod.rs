@@ -1,8 +1,10 @@
 //! The lab: a Kubernetes cluster in the middle of its migration to Cilium,
 //! reduced to its datapath. Nodes are network namespaces on one underlay
-//! bridge; each runs Flannel's overlay and Cilium's side by side, with both
-//! CNIs' masquerade rules; pods are namespaces on `veth`s (Flannel) or
-//! `lxc`s (Cilium). See `docs/lab.md` for the picture.
+//! bridge; each runs the legacy CNI's overlay (Flannel's or Calico's VXLAN)
+//! and Cilium's side by side, with both CNIs' masquerade rules; pods are
+//! namespaces on `veth`s (Flannel), `cali`s (Calico) or `lxc`s (Cilium).
+//! See `docs/lab.md` for the picture.
+pub mod calico;
 pub mod exec;
 pub mod fault;
 pub mod geneve;
@@ -22,7 +24,7 @@ use self::{
 };
 pub use self::{
     fault::Fault,
-    plan::{Network, Overlay},
+    plan::{LegacyCni, Network, Overlay},
     state::{LabState, NodeState, Pod, PodKind},
 };
 
@@ -36,6 +38,8 @@ pub struct LabSpec {
     pub migrated: usize,
     /// App pods per node, besides the one DaemonSet pod every node has.
     pub pods: usize,
+    /// The CNI the cluster migrates from: how legacy nodes are built.
+    pub legacy: LegacyCni,
 }
 
 impl Default for LabSpec {
@@ -45,6 +49,7 @@ impl Default for LabSpec {
             nodes: 3,
             migrated: 1,
             pods: 2,
+            legacy: LegacyCni::Flannel,
         }
     }
 }
@@ -96,6 +101,7 @@ impl Lab {
         let mut lab = Lab {
             state: LabState {
                 name: spec.name.clone(),
+                legacy: spec.legacy,
                 nodes,
                 faults: vec![],
                 next_fault: 1,
@@ -348,8 +354,13 @@ impl Lab {
             nodes,
             ..ClusterShape::migration_defaults()
         };
+        // The legacy overlay's port: Flannel's 8472 is the default.
+        let port = self.state.legacy.port();
+        for network in shape.networks.iter_mut().filter(|n| n.role == Role::Legacy) {
+            network.encapsulation = observer::shape::Encapsulation::Vxlan { port };
+        }
         // The crafted IP-in-IP of `ipip::send` carries legacy pods, as
-        // Calico's tunl0 would beside Flannel's VXLAN here.
+        // Calico's tunl0 would beside the legacy VXLAN here.
         shape.networks.push(observer::shape::Network {
             role: Role::Legacy,
             cidrs: vec![],

@@ -1,11 +1,13 @@
-//! One node's datapath as both CNIs build it during a migration: Flannel's
-//! `flannel.1` and `cni0`, Cilium's `cilium_host`/`cilium_net` pair and
+//! One node's datapath as both CNIs build it during a migration: the legacy
+//! CNI's (Flannel's `flannel.1` and `cni0`, or Calico's `vxlan.calico`,
+//! see `calico.rs`), Cilium's `cilium_host`/`cilium_net` pair and
 //! `cilium_vxlan`, and the masquerade rules of both.
 use anyhow::Result;
 
 use super::{
+    calico,
     exec::{IpBatch, batch, sysctls},
-    plan::{self, Network},
+    plan::{self, LegacyCni, Network},
     state::LabState,
 };
 
@@ -48,10 +50,14 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
         ))
         .add(format!("addr add {underlay}/16 dev eth0"))
         .add("link set eth0 up");
-    flannel(&mut ip, j);
+    legacy_tunnel(&mut ip, lab.legacy, j);
+    match lab.legacy {
+        LegacyCni::Flannel => flannel(&mut ip, j),
+        LegacyCni::CalicoVxlan => calico::node(&mut ip, j),
+    }
     cilium(&mut ip, j);
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
-        peer_routes(&mut ip, j, k);
+        peer_routes(&mut ip, lab.legacy, j, k);
     }
     ip.run(&ns)?;
     let mut bridge = IpBatch::default();
@@ -69,25 +75,30 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
         ],
     )?;
     fdb(lab, j)?;
-    masquerade(&ns, j)
+    masquerade(&ns, lab.legacy, j)
 }
 
-fn flannel(ip: &mut IpBatch, j: usize) {
+/// The legacy CNI's VXLAN device as flanneld and Felix both create it:
+/// its VNI and port, learning off (peers come as static entries), MTU
+/// 1450, the node's tunnel address as a /32.
+fn legacy_tunnel(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
     let underlay = plan::underlay_addr(j);
+    let dev = cni.device();
     ip.add(format!(
-        "link add flannel.1 address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
-        plan::mac(plan::MAC_FLANNEL, j),
-        plan::LEGACY_VNI,
-        plan::LEGACY_PORT
+        "link add {dev} address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
+        plan::mac(cni.vtep_mac_kind(), j),
+        cni.vni(),
+        cni.port()
     ))
-    .add(format!("link set flannel.1 mtu {} up", plan::OVERLAY_MTU))
-    .add(format!("addr add {}/32 dev flannel.1", plan::flannel_addr(j)))
-    .add("link add cni0 type bridge")
-    .add(format!("link set cni0 mtu {} up", plan::OVERLAY_MTU))
-    .add(format!(
-        "addr add {}/24 dev cni0",
-        plan::cni0_addr(j)
-    ));
+    .add(format!("link set {dev} mtu {} up", plan::OVERLAY_MTU))
+    .add(format!("addr add {}/32 dev {dev}", plan::flannel_addr(j)));
+}
+
+/// Flannel's bridge, the legacy pods' gateway.
+fn flannel(ip: &mut IpBatch, j: usize) {
+    ip.add("link add cni0 type bridge")
+        .add(format!("link set cni0 mtu {} up", plan::OVERLAY_MTU))
+        .add(format!("addr add {}/24 dev cni0", plan::cni0_addr(j)));
 }
 
 /// Cilium with `bpf.hostLegacyRouting`: pods' traffic goes through the
@@ -134,17 +145,20 @@ fn cilium(ip: &mut IpBatch, j: usize) {
     ));
 }
 
-/// What Flannel writes for each peer (onlink route, permanent neighbour for
-/// the peer's `flannel.1`) and what Cilium routes for each peer's CIDR.
-fn peer_routes(ip: &mut IpBatch, j: usize, k: usize) {
+/// What Flannel and Felix alike write for each peer (an onlink route to
+/// its subnet or block via its tunnel address, a permanent neighbour for
+/// that address with its VTEP MAC) and what Cilium routes for each peer's
+/// CIDR.
+fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
     let legacy = plan::pod_cidr(k, Network::Legacy);
-    let flannel_peer = plan::flannel_addr(k);
+    let tunnel_peer = plan::flannel_addr(k);
+    let dev = cni.device();
     ip.add(format!(
-        "route add {legacy} via {flannel_peer} dev flannel.1 onlink"
+        "route add {legacy} via {tunnel_peer} dev {dev} onlink"
     ))
     .add(format!(
-        "neigh add {flannel_peer} lladdr {} dev flannel.1 nud permanent",
-        plan::mac(plan::MAC_FLANNEL, k)
+        "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
+        plan::mac(cni.vtep_mac_kind(), k)
     ));
     let cilium = plan::pod_cidr(k, Network::Cilium);
     let host = plan::cilium_host_addr(j);
@@ -169,7 +183,7 @@ fn fdb(lab: &LabState, j: usize) -> Result<()> {
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
         let dst = plan::underlay_addr(k);
         for (kind, dev) in [
-            (plan::MAC_FLANNEL, "flannel.1"),
+            (lab.legacy.vtep_mac_kind(), lab.legacy.device()),
             (plan::MAC_CILIUM_VXLAN, "cilium_vxlan"),
         ] {
             bridge += &format!("fdb append {} dev {dev} dst {dst}\n", plan::mac(kind, k));
@@ -186,20 +200,19 @@ fn fdb(lab: &LabState, j: usize) -> Result<()> {
 }
 
 /// The NAT rules both CNIs install. Flannel's `--ip-masq` chain verbatim
-/// (with this node's subnet), Cilium's iptables masquerade for traffic
-/// leaving its cluster pool, and the lab's `NOTRACK` for the second
-/// routing pass, so conntrack sees each flow once and de-NATs replies.
-fn masquerade(ns: &str, j: usize) -> Result<()> {
+/// (with this node's subnet) or Calico's `natOutgoing`, Cilium's iptables
+/// masquerade for traffic leaving its cluster pool, and the lab's
+/// `NOTRACK` for the second routing pass, so conntrack sees each flow once
+/// and de-NATs replies.
+fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
     let legacy = plan::cluster_cidr(Network::Legacy);
     let subnet = plan::pod_cidr(j, Network::Legacy);
     let cilium = plan::cluster_cidr(Network::Cilium);
     let cilium_subnet = plan::pod_cidr(j, Network::Cilium);
     let flannel = r#"-m comment --comment "flanneld masq""#;
-    let rules = format!(
-        r#"*nat
-:FLANNEL-POSTRTG - [0:0]
-:CILIUM_POST_nat - [0:0]
--A POSTROUTING -m comment --comment "cilium-feeder: CILIUM_POST_nat" -j CILIUM_POST_nat
+    let legacy_rules = match cni {
+        LegacyCni::Flannel => format!(
+            r#":FLANNEL-POSTRTG - [0:0]
 -A POSTROUTING {flannel} -j FLANNEL-POSTRTG
 -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {flannel} -j RETURN
 -A FLANNEL-POSTRTG -s {subnet} -d {legacy} {flannel} -j RETURN
@@ -207,7 +220,15 @@ fn masquerade(ns: &str, j: usize) -> Result<()> {
 -A FLANNEL-POSTRTG ! -s {legacy} -d {subnet} {flannel} -j RETURN
 -A FLANNEL-POSTRTG -s {legacy} ! -d 224.0.0.0/4 {flannel} -j MASQUERADE --random-fully
 -A FLANNEL-POSTRTG ! -s {legacy} -d {legacy} {flannel} -j MASQUERADE --random-fully
--A CILIUM_POST_nat -s {cilium_subnet} ! -d {cilium} ! -o cilium_+ -m comment --comment "cilium masquerade non-cluster" -j MASQUERADE
+"#
+        ),
+        LegacyCni::CalicoVxlan => calico::masquerade_rules(),
+    };
+    let rules = format!(
+        r#"*nat
+:CILIUM_POST_nat - [0:0]
+-A POSTROUTING -m comment --comment "cilium-feeder: CILIUM_POST_nat" -j CILIUM_POST_nat
+{legacy_rules}-A CILIUM_POST_nat -s {cilium_subnet} ! -d {cilium} ! -o cilium_+ -m comment --comment "cilium masquerade non-cluster" -j MASQUERADE
 COMMIT
 *raw
 -A PREROUTING -i cilium_net -m comment --comment "crossover lab: second routing pass, BPF in real Cilium" -j CT --notrack

@@ -10,7 +10,19 @@ use serde::{Deserialize, Serialize};
 /// The most nodes the plan has addresses for (one octet of /24s).
 pub const MAX_NODES: usize = 200;
 
+/// Flannel's VXLAN port (`flannel.1`).
 pub const LEGACY_PORT: u16 = 8472;
+/// Calico's VXLAN port (`vxlan.calico`, Felix's `vxlanPort` default, the
+/// IANA port).
+pub const CALICO_PORT: u16 = 4789;
+/// Calico's VXLAN VNI (Felix's `vxlanVNI` default).
+pub const CALICO_VNI: u32 = 4096;
+/// The MAC Calico gives the host end of every pod veth, so a pod's
+/// neighbour entry for its gateway is the same on every node.
+pub const CALICO_HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+/// The gateway Calico writes into every pod; the host end answers its ARP
+/// by proxy.
+pub const CALICO_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const CILIUM_PORT: u16 = 8473;
 pub const GENEVE_PORT: u16 = 6081;
 /// Flannel's VNI. Real Cilium puts the source identity in the VNI; the lab
@@ -22,6 +34,85 @@ pub const OVERLAY_MTU: u32 = 1450;
 /// Policy routing table for the second pass from `cilium_net` into the
 /// tunnel (real Cilium does that hop in BPF).
 pub const TUNNEL_TABLE: u32 = 2004;
+
+/// The CNI the cluster migrates away from: how the lab builds the legacy
+/// side of every node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegacyCni {
+    /// `flannel.1` (VXLAN 8472), pods on `veth*` off the `cni0` bridge.
+    #[default]
+    Flannel,
+    /// Calico in VXLAN mode: `vxlan.calico` (VXLAN 4789, VNI 4096), pods
+    /// on `cali*` veths with /32 routes and proxy ARP, no bridge.
+    CalicoVxlan,
+}
+
+impl LegacyCni {
+    pub const ALL: [LegacyCni; 2] = [LegacyCni::Flannel, LegacyCni::CalicoVxlan];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LegacyCni::Flannel => "flannel",
+            LegacyCni::CalicoVxlan => "calico-vxlan",
+        }
+    }
+
+    /// The legacy overlay's tunnel device.
+    pub fn device(self) -> &'static str {
+        match self {
+            LegacyCni::Flannel => "flannel.1",
+            LegacyCni::CalicoVxlan => "vxlan.calico",
+        }
+    }
+
+    /// The legacy overlay's VXLAN port.
+    pub fn port(self) -> u16 {
+        match self {
+            LegacyCni::Flannel => LEGACY_PORT,
+            LegacyCni::CalicoVxlan => CALICO_PORT,
+        }
+    }
+
+    pub fn vni(self) -> u32 {
+        match self {
+            LegacyCni::Flannel => LEGACY_VNI,
+            LegacyCni::CalicoVxlan => CALICO_VNI,
+        }
+    }
+
+    /// Which of [`mac`]'s kinds the legacy tunnel device's MAC is.
+    pub fn vtep_mac_kind(self) -> u8 {
+        match self {
+            LegacyCni::Flannel => MAC_FLANNEL,
+            LegacyCni::CalicoVxlan => MAC_CALICO_VXLAN,
+        }
+    }
+
+    /// Prefix of the host end of a legacy pod's veth.
+    pub fn veth_prefix(self) -> &'static str {
+        match self {
+            LegacyCni::Flannel => "veth",
+            LegacyCni::CalicoVxlan => "cali",
+        }
+    }
+}
+
+impl std::str::FromStr for LegacyCni {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        LegacyCni::ALL
+            .into_iter()
+            .find(|c| c.label() == s)
+            .ok_or_else(|| format!("unknown legacy CNI {s:?}; expected flannel or calico-vxlan"))
+    }
+}
+
+impl std::fmt::Display for LegacyCni {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// A pod's network: which CNI gave it its address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,10 +143,11 @@ impl Overlay {
         Overlay::Ipip,
     ];
 
-    /// What an nftables rule matches this overlay's packets by on the wire.
-    pub fn nft_match(self) -> String {
+    /// What an nftables rule matches this overlay's packets by on the
+    /// wire, in a lab whose legacy CNI is `legacy`.
+    pub fn nft_match(self, legacy: LegacyCni) -> String {
         match self {
-            Overlay::Legacy => format!("udp dport {LEGACY_PORT}"),
+            Overlay::Legacy => format!("udp dport {}", legacy.port()),
             Overlay::Cilium => format!("udp dport {CILIUM_PORT}"),
             Overlay::Geneve => format!("udp dport {GENEVE_PORT}"),
             // By number: /etc/protocols names 4 `ipencap`; its `ipip` is 94.
@@ -104,7 +196,9 @@ pub fn cluster_cidr(network: Network) -> Ipv4Net {
         .trunc()
 }
 
-/// `flannel.1`'s address: the network address of the node's subnet.
+/// The legacy overlay device's address, the network address of the node's
+/// subnet: `flannel.1`'s, or `vxlan.calico`'s tunnel address (Calico's
+/// IPAM gives the tunnel the block's first free address, which is it).
 pub fn flannel_addr(j: usize) -> Ipv4Addr {
     pod_cidr(j, Network::Legacy).network()
 }
@@ -133,6 +227,7 @@ pub fn mac(kind: u8, j: usize) -> String {
 pub const MAC_FLANNEL: u8 = 1;
 pub const MAC_CILIUM_VXLAN: u8 = 2;
 pub const MAC_CILIUM_NET: u8 = 3;
+pub const MAC_CALICO_VXLAN: u8 = 4;
 
 /// A pod interface's MAC, from its address: `side` 0 is the pod's `eth0`,
 /// 1 the host end.
@@ -161,5 +256,23 @@ mod tests {
             pod_mac(host(pod_cidr(0, Network::Legacy), 5), 0),
             pod_mac(host(pod_cidr(0, Network::Legacy), 5), 1)
         );
+    }
+
+    #[test]
+    fn legacy_cnis_parse_by_name_and_keep_their_ports() {
+        for cni in LegacyCni::ALL {
+            assert_eq!(cni.label().parse::<LegacyCni>(), Ok(cni));
+        }
+        assert_eq!(LegacyCni::default(), LegacyCni::Flannel);
+        assert_eq!(
+            Overlay::Legacy.nft_match(LegacyCni::CalicoVxlan),
+            "udp dport 4789"
+        );
+        assert_eq!(
+            Overlay::Legacy.nft_match(LegacyCni::Flannel),
+            "udp dport 8472"
+        );
+        let err = "weave".parse::<LegacyCni>().unwrap_err();
+        assert!(err.contains("flannel or calico-vxlan"), "{err}");
     }
 }

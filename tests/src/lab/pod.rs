@@ -1,14 +1,16 @@
 //! Pods as network namespaces, wired the way each CNI wires them: a Flannel
-//! pod is a veth on `cni0` with a /24 and `cni0` as gateway; a Cilium pod is
-//! an `lxc` veth with a /32, `cilium_host` as gateway, and a /32 route on the
-//! node.
+//! pod is a veth on `cni0` with a /24 and `cni0` as gateway; a Calico pod a
+//! `cali` veth with a /32 and `169.254.1.1` as gateway (`calico.rs`); a
+//! Cilium pod is an `lxc` veth with a /32, `cilium_host` as gateway, and a
+//! /32 route on the node.
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
 
 use super::{
+    calico,
     exec::{IpBatch, run, sysctls},
-    plan::{self, Network},
+    plan::{self, LegacyCni, Network},
     state::{LabState, Pod, PodKind},
 };
 
@@ -52,9 +54,11 @@ pub fn create_at(
     if let Some(p) = node.pods.iter().find(|p| p.addr == addr) {
         bail!("{addr} is held by pod {:?} on {}", p.name, node.name);
     }
-    let prefix = match network {
-        Network::Legacy => "veth",
-        Network::Cilium => "lxc",
+    let calico = network == Network::Legacy && lab.legacy == LegacyCni::CalicoVxlan;
+    let host_if = match network {
+        Network::Legacy if calico => calico::veth_name(addr),
+        Network::Legacy => format!("veth{:08x}", u32::from(addr)),
+        Network::Cilium => format!("lxc{:08x}", u32::from(addr)),
     };
     let pod = Pod {
         name: name.into(),
@@ -63,7 +67,7 @@ pub fn create_at(
         network,
         addr,
         netns: lab.pod_ns(&node.name, name),
-        host_if: format!("{prefix}{:08x}", u32::from(addr)),
+        host_if,
     };
     let node_ns = lab.node_ns(&node.name);
     run(&["ip", "netns", "add", &pod.netns])?;
@@ -77,7 +81,11 @@ pub fn create_at(
         ],
     )?;
     let pod_mac = plan::pod_mac(addr, 0);
-    let host_mac = plan::pod_mac(addr, 1);
+    let host_mac = if calico {
+        plan::CALICO_HOST_MAC.to_string()
+    } else {
+        plan::pod_mac(addr, 1)
+    };
     let mut host = IpBatch::default();
     host.add(format!(
         "link add {} address {host_mac} type veth peer name eth0 address {pod_mac} netns {}",
@@ -86,6 +94,9 @@ pub fn create_at(
     let mut inside = IpBatch::default();
     inside.add("link set lo up");
     match network {
+        Network::Legacy if calico => {
+            calico::wire_pod(&mut host, &mut inside, &pod.host_if, addr, &pod_mac)
+        }
         Network::Legacy => {
             let gateway = plan::cni0_addr(j);
             host.add(format!(
@@ -126,6 +137,9 @@ pub fn create_at(
         }
     }
     host.run(&node_ns)?;
+    if calico {
+        calico::host_sysctls(&node_ns, &pod.host_if)?;
+    }
     inside.run(&pod.netns)?;
     lab.nodes[j].pods.push(pod.clone());
     Ok(pod)

@@ -9,7 +9,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{fault::Fault, plan::Network};
+use super::{
+    fault::Fault,
+    plan::{LegacyCni, Network},
+};
 
 pub const STATE_DIR: &str = "/run/crossover-lab";
 /// Every namespace of every lab starts with this.
@@ -18,6 +21,10 @@ pub const NS_PREFIX: &str = "xo.";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
+    /// How the legacy side of every node is built (labs saved before the
+    /// choice existed are Flannel labs).
+    #[serde(default)]
+    pub legacy: LegacyCni,
     pub nodes: Vec<NodeState>,
     #[serde(default)]
     pub faults: Vec<FaultState>,
@@ -56,7 +63,7 @@ pub struct Pod {
     pub network: Network,
     pub addr: Ipv4Addr,
     pub netns: String,
-    /// Host end of the pod's veth (`veth…` on `cni0`, or `lxc…`).
+    /// Host end of the pod's veth (`veth…` on `cni0`, `cali…`, or `lxc…`).
     pub host_if: String,
 }
 
