@@ -70,8 +70,9 @@ impl DropRow {
 }
 
 /// Each drop counter that moved between two ticks' early reads, with its
-/// peer node's name and how many it dropped; drops of no node's traffic and
-/// towards addresses `name` does not know are left out.
+/// peer node's name and how many it dropped; drops of no node's traffic,
+/// towards addresses `name` does not know, or between nodes outside any
+/// tunnel are left out.
 fn between<'t>(
     (start, end): (&'t Tick, &'t Tick),
     name: &mut dyn FnMut(Ipv4Addr) -> Option<String>,
@@ -82,6 +83,14 @@ fn between<'t>(
         let before = start.dropped(&drop_key_of(d));
         let n = d.packets.checked_sub(before).unwrap_or(d.packets);
         if n == 0 {
+            continue;
+        }
+        // Node to node, outside any tunnel (`none`): no peer counter
+        // counts it (the underlay leaves it out by design), and its drops
+        // are the nodes' own sockets (late segments of closed control
+        // connections): not the overlays' to explain or judge. /metrics
+        // keeps them.
+        if d.overlay == Overlay::None {
             continue;
         }
         if let Some(peer) = d.peer.and_then(&mut *name) {
@@ -275,6 +284,11 @@ mod tests {
                 // No node's, or a stranger's: not about a pair.
                 record(0, Direction::Egress, "NETFILTER_DROP", 50),
                 record(9, Direction::Egress, "NETFILTER_DROP", 50),
+                // Node to node outside a tunnel: its sockets', not ours.
+                DropRecord {
+                    overlay: Overlay::None,
+                    ..record(2, Direction::Ingress, "TCP_OLD_ACK", 5)
+                },
             ],
         );
         let (rows, left_out) = window("worker-1", (&start, &end), &mut name, &|_| true, 10);

@@ -492,7 +492,7 @@ pub async fn read_records(
     let drops = |selector: &str| {
         format!(
             "sum by (node, peer_node, direction, overlay, src_net, dst_net, reason) \
-             (increase(crossover_drops_total{{job=\"{JOB}\", peer_node!~\"[*]|none\"{selector}}}[{}ms]))",
+             (increase(crossover_drops_total{{job=\"{JOB}\", overlay!=\"none\", peer_node!~\"[*]|none\"{selector}}}[{}ms]))",
             window.as_millis()
         )
     };
