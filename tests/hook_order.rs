@@ -13,6 +13,7 @@ use crossover_tests::{
     standin::{Place, Standin},
 };
 use observer::datapath::{AttachMode, Hook, HookOrder, Observer, Placement};
+use observer_ebpf::Direction;
 
 const DATAGRAMS: u64 = 300;
 
@@ -20,11 +21,11 @@ const DATAGRAMS: u64 = 300;
 fn u0_egress(observer: &mut Observer, reassert: bool) -> HookOrder {
     let order = observer.check_order(reassert).expect("checking the order");
     assert_eq!(order.len(), 2, "u0 ingress and egress: {order:?}");
-    let ingress = order.iter().find(|o| o.direction == "ingress").unwrap();
+    let ingress = order.iter().find(|o| o.direction == Direction::Ingress).unwrap();
     assert_eq!(ingress.placement, Placement::First, "nothing on ingress");
     order
         .iter()
-        .find(|o| o.iface == "u0" && o.direction == "egress")
+        .find(|o| o.iface == "u0" && o.direction == Direction::Egress)
         .cloned()
         .unwrap()
 }
@@ -271,8 +272,8 @@ fn clsact_behind_a_filter_it_cannot_share_priority_1_with_is_blind() {
     send_udp(&nodes, DATAGRAMS);
     assert_eq!(counted(&a), 0, "behind its final verdict we see nothing");
     let blind = observer::datapath::blind_by_hook(a.order());
-    assert!(blind.contains(&(Hook::Underlay, "egress", 1)), "{blind:?}");
-    assert!(blind.contains(&(Hook::Underlay, "ingress", 0)), "{blind:?}");
+    assert!(blind.contains(&(Hook::Underlay, Direction::Egress, 1)), "{blind:?}");
+    assert!(blind.contains(&(Hook::Underlay, Direction::Ingress, 0)), "{blind:?}");
 }
 
 /// A crossover killed in netlink mode leaves its filters behind (they are

@@ -323,6 +323,9 @@ impl State {
     /// This node's half of the window `request` asks for. `Err` when the
     /// window's end tick is not read yet.
     pub fn reading(&self, request: &Request) -> std::result::Result<NodeReading, Unservable> {
+        // Taken before the ring: the observer's lock is never waited for
+        // while holding the ring's.
+        let blind = crate::loss::blind::BlindHooks::of(lock(&self.observer).order());
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let interval_ms = ring.interval.as_millis().max(1) as u64;
         let (from, to) = request.ticks(interval_ms);
@@ -338,6 +341,7 @@ impl State {
             interval_ms,
             name: &name,
             probes: self.probe_rows(),
+            blind,
         };
         Ok(answerer.answer(request, start, end))
     }

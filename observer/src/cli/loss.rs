@@ -254,6 +254,8 @@ async fn read_with(
             shown(row.clone());
         }
         if table {
+            // Streamed rows come first: the blind hooks follow them.
+            let _ = out.write_all(blind_lines(&summary).as_bytes());
             let _ = out.write_all(footer(&summary).as_bytes());
         }
         summary
@@ -382,6 +384,7 @@ pub fn render(reading: &ClusterReading, wide: bool) -> String {
         reading.answered,
         reading.lateness_ms
     );
+    out += &blind_lines(reading);
     let columns = if wide {
         &COLUMNS[..]
     } else {
@@ -393,6 +396,16 @@ pub fn render(reading: &ClusterReading, wide: bool) -> String {
     }
     out += &table::render(&t);
     out += &footer(reading);
+    out
+}
+
+/// Each node's blind hooks and what they mean for its rows: above the
+/// rows, so none passes unremarked.
+fn blind_lines(reading: &ClusterReading) -> String {
+    let mut out = String::new();
+    for b in &reading.blind {
+        out += &format!("blind: {b}\n  {}: {}\n", b.node, b.rows_affected());
+    }
     out
 }
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CLUSTER, LossRow, Signal,
+    blind::NodeBlind,
     client::Client,
     reading::{self, Half, NodeReading, Query},
     ring::unix_ms,
@@ -174,6 +175,10 @@ pub struct ClusterReading {
     /// count on one side only, so they are left out (and not drilled).
     #[serde(default)]
     pub delivery_totals_left_out: bool,
+    /// Nodes with hooks that run behind another program (docs/hooks.md),
+    /// by node: a count per hook kind and direction, a few named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blind: Vec<NodeBlind>,
 }
 
 impl ClusterReading {
@@ -348,6 +353,15 @@ pub async fn read_at(
     }
     let readings: Vec<&NodeReading> = answers.iter().flatten().collect();
     out.answered = readings.len();
+    out.blind = readings
+        .iter()
+        .filter(|r| !r.blind.is_empty())
+        .map(|r| NodeBlind {
+            node: r.node.clone(),
+            hooks: r.blind.clone(),
+        })
+        .collect();
+    out.blind.sort_by(|a, b| a.node.cmp(&b.node));
     if let Some(r) = readings.first() {
         (out.from_ms, out.to_ms) = (r.from_ms, r.to_ms);
     }

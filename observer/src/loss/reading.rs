@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CLUSTER, LossRow, Signal,
+    blind::BlindHooks,
     ring::{Key, Tick, key_of},
 };
 use crate::datapath::PeerCounts;
@@ -201,6 +202,10 @@ pub struct NodeReading {
     pub local_totals: Vec<LossRow>,
     /// Local rows neither asked for nor among the worst: not listed.
     pub local_left_out: usize,
+    /// This node's hooks that run behind another program, as last checked
+    /// (absent from agents that predate it: none known).
+    #[serde(default, skip_serializing_if = "BlindHooks::is_empty")]
+    pub blind: BlindHooks,
 }
 
 impl NodeReading {
@@ -219,6 +224,8 @@ pub struct Answerer<'a> {
     pub name: &'a dyn Fn(Ipv4Addr) -> Option<String>,
     /// The probes' own rows over their window.
     pub probes: Vec<LossRow>,
+    /// This node's blind hooks, as last checked.
+    pub blind: BlindHooks,
 }
 
 /// A counter's window: the sender side from `start`'s late read to `end`'s
@@ -350,6 +357,7 @@ impl Answerer<'_> {
             local,
             local_totals,
             local_left_out: left_out,
+            blind: self.blind.clone(),
         }
     }
 }
@@ -416,6 +424,7 @@ mod tests {
             interval_ms: 1000,
             name,
             probes: Vec::new(),
+            blind: Default::default(),
         }
     }
 
