@@ -6,6 +6,7 @@
 //! versioned JSON API.
 pub mod api;
 pub mod auth;
+mod hook_events;
 pub mod metrics;
 mod migration;
 mod probing;
@@ -700,7 +701,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         auth,
     });
     let mut tasks = Vec::new();
+    // Every order check's result, for the Events on the Node (Kubernetes
+    // only): the newest kept, never queued.
+    let (orders, orders_rx) = tokio::sync::watch::channel(Vec::new());
     if let Some(cluster) = cluster {
+        tasks.push(tokio::spawn(hook_events::follow(cluster.clone(), orders_rx)));
         view::rebuild(&state, &cluster);
         tasks.push(tokio::spawn(view::follow_cluster(state.clone(), cluster)));
     } else {
@@ -739,6 +744,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             followed = session.follow_links() => if let Err(err) = followed { break Err(err) },
             _ = order_check.tick() => if let Err(err) = session.keep_order().await { break Err(err) },
         }
+        let observer = session.observer();
+        orders.send_if_modified(|last| {
+            let changed = last.as_slice() != observer.order();
+            if changed {
+                *last = observer.order().to_vec();
+            }
+            changed
+        });
     };
     for task in tasks {
         task.abort();
