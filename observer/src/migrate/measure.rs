@@ -26,6 +26,7 @@ use crate::{
     cluster::agents::{self, AgentPods, Found},
     loss::{
         LossRow, Source,
+        blind::NodeBlind,
         cluster::{self, ReadOptions},
         prometheus,
     },
@@ -40,6 +41,9 @@ pub struct Measured {
     pub missing: Vec<String>,
     /// End of the window read (Unix ms; 0 when nothing was read).
     pub window_end_ms: u64,
+    /// From the agents: how many answered, and the nodes with blind hooks;
+    /// `None` from Prometheus, whose records do not name hooks.
+    pub hooks: Option<(usize, Vec<NodeBlind>)>,
 }
 
 impl Context {
@@ -126,6 +130,7 @@ impl Context {
                     rows: reading.all_rows().cloned().collect(),
                     missing,
                     window_end_ms: reading.to_ms,
+                    hooks: None,
                 })
             }
             // Not this reading: missing, as an agent that did not answer.
@@ -135,6 +140,7 @@ impl Context {
                     rows: Vec::new(),
                     missing,
                     window_end_ms: 0,
+                    hooks: None,
                 })
             }
         }
@@ -154,6 +160,7 @@ impl Context {
             rows: reading.all_rows().cloned().collect(),
             missing,
             window_end_ms: reading.to_ms,
+            hooks: Some((reading.answered, reading.blind)),
         })
     }
 
