@@ -157,6 +157,13 @@ pub fn hooks_first(facts: &Facts) -> Check {
                 "crossover migrate plan  # again once every agent is Ready",
             );
         }
+        AgentHooks::Read { answered: 0, .. } => {
+            return Check::warn(
+                NAME,
+                "the agents' hooks were not read: no agent answered",
+                "crossover migrate plan  # again once every agent is Ready",
+            );
+        }
         AgentHooks::Read { answered, blind } => (answered, blind),
     };
     if blind.is_empty() {

@@ -912,6 +912,16 @@ fn blind_hooks_are_named_and_a_blind_underlay_fails() {
     );
     assert!(blocking(&checks(&facts, &under())));
 
+    facts.hooks = AgentHooks::Read {
+        answered: 0,
+        blind: Vec::new(),
+    };
+    assert_status(
+        &facts,
+        "hooks-seen-first",
+        Status::Warn,
+        "not read: no agent answered",
+    );
     facts.hooks = AgentHooks::NotRead("no agent answered".into());
     assert_status(
         &facts,
