@@ -133,7 +133,8 @@ impl NodeBlind {
     /// standing and make the node's flows and connections incomplete.
     pub fn rows_affected(&self) -> &'static str {
         if self.hooks.underlay() {
-            "its rows are counted behind another program: not what crossed its NIC"
+            "it serves no reading (every loss signal is counted on the underlay): its pairs \
+             are missing, not lossless"
         } else {
             "its loss rows are counted on its underlay, which sees first; its flows and \
              connections through these hooks are incomplete"
@@ -149,6 +150,16 @@ impl fmt::Display for NodeBlind {
             self.node, self.hooks
         )
     }
+}
+
+/// The body of a reading an agent refuses because its underlay is blind
+/// (503): why, in words, and which hooks, typed, so a reader names them
+/// as it names any node's blind hooks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlindRefusal {
+    pub version: u32,
+    pub error: String,
+    pub blind: NodeBlind,
 }
 
 #[cfg(test)]

@@ -340,11 +340,14 @@ pub async fn read_at(
     }
     for (i, e) in errors.iter().enumerate() {
         if let Some(e) = e {
+            if let Error::Blind { blind, .. } = e {
+                out.blind.push((**blind).clone());
+            }
             out.failed.push(FailedAgent {
                 agent: agents[i].clone(),
                 // The agent is named beside it: its reason alone.
                 error: match e {
-                    Error::Agent { reason, .. } => reason.clone(),
+                    Error::Agent { reason, .. } | Error::Blind { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 },
                 refused: matches!(e, Error::Refused { .. }),
@@ -353,14 +356,16 @@ pub async fn read_at(
     }
     let readings: Vec<&NodeReading> = answers.iter().flatten().collect();
     out.answered = readings.len();
-    out.blind = readings
-        .iter()
-        .filter(|r| !r.blind.is_empty())
-        .map(|r| NodeBlind {
-            node: r.node.clone(),
-            hooks: r.blind.clone(),
-        })
-        .collect();
+    // Those that answered, beside those refused for a blind underlay.
+    out.blind.extend(
+        readings
+            .iter()
+            .filter(|r| !r.blind.is_empty())
+            .map(|r| NodeBlind {
+                node: r.node.clone(),
+                hooks: r.blind.clone(),
+            }),
+    );
     out.blind.sort_by(|a, b| a.node.cmp(&b.node));
     if let Some(r) = readings.first() {
         (out.from_ms, out.to_ms) = (r.from_ms, r.to_ms);
