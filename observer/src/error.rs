@@ -287,11 +287,6 @@ mod tests {
                 agent: "a".into(),
                 reason: "r".into(),
             },
-            Error::Refused {
-                agent: "a".into(),
-                status: 401,
-                reason: "r".into(),
-            },
             Error::Blind {
                 agent: "a".into(),
                 reason: "r".into(),
@@ -299,6 +294,11 @@ mod tests {
                     node: "n".into(),
                     hooks: Default::default(),
                 }),
+            },
+            Error::Refused {
+                agent: "a".into(),
+                status: 401,
+                reason: "r".into(),
             },
             Error::Prometheus {
                 url: "u".into(),
