@@ -800,7 +800,10 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
         )),
         "{table}"
     );
-    assert!(table.contains("control-plane: it serves no reading"), "{table}");
+    assert!(
+        table.contains("control-plane: it serves no reading"),
+        "{table}"
+    );
 }
 
 /// `crossover loss` over a window of `window_s` seconds, control-plane's

@@ -21,7 +21,10 @@ const DATAGRAMS: u64 = 300;
 fn u0_egress(observer: &mut Observer, reassert: bool) -> HookOrder {
     let order = observer.check_order(reassert).expect("checking the order");
     assert_eq!(order.len(), 2, "u0 ingress and egress: {order:?}");
-    let ingress = order.iter().find(|o| o.direction == Direction::Ingress).unwrap();
+    let ingress = order
+        .iter()
+        .find(|o| o.direction == Direction::Ingress)
+        .unwrap();
     assert_eq!(ingress.placement, Placement::First, "nothing on ingress");
     order
         .iter()
@@ -272,8 +275,14 @@ fn clsact_behind_a_filter_it_cannot_share_priority_1_with_is_blind() {
     send_udp(&nodes, DATAGRAMS);
     assert_eq!(counted(&a), 0, "behind its final verdict we see nothing");
     let blind = observer::datapath::blind_by_hook(a.order());
-    assert!(blind.contains(&(Hook::Underlay, Direction::Egress, 1)), "{blind:?}");
-    assert!(blind.contains(&(Hook::Underlay, Direction::Ingress, 0)), "{blind:?}");
+    assert!(
+        blind.contains(&(Hook::Underlay, Direction::Egress, 1)),
+        "{blind:?}"
+    );
+    assert!(
+        blind.contains(&(Hook::Underlay, Direction::Ingress, 0)),
+        "{blind:?}"
+    );
 }
 
 /// A crossover killed in netlink mode leaves its filters behind (they are

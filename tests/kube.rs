@@ -634,8 +634,19 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
     for veth in &veths {
         tc(&["qdisc", "add", "dev", veth, "clsact"]);
         tc(&[
-            "filter", "add", "dev", veth, "egress", "prio", "1", "protocol", "ip", "bpf", "da",
-            "bytecode", "1,6 0 0 0,",
+            "filter",
+            "add",
+            "dev",
+            veth,
+            "egress",
+            "prio",
+            "1",
+            "protocol",
+            "ip",
+            "bpf",
+            "da",
+            "bytecode",
+            "1,6 0 0 0,",
         ]);
     }
     kl.start_agents(&["--attach-mode", "netlink", "--probe-rate", "0"]);
@@ -673,7 +684,13 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
     // The reading carries the hooks, and `crossover loss` names them.
     let mut loss = std::process::Command::new("ip");
     loss.args(["netns", "exec", &kl.lab.node_ns("control-plane"), CROSSOVER]);
-    loss.args(["loss", "-o", "json", "--kubeconfig", kl.kubeconfig.to_str().unwrap()]);
+    loss.args([
+        "loss",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kl.kubeconfig.to_str().unwrap(),
+    ]);
     for url in kl.agent_urls() {
         loss.args(["--agent", &url]);
     }
@@ -721,7 +738,10 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
     }
     let status = kl.get_json(&kl.url(1, "/api/v1/status"));
     let hooks = status["hooks"].as_array().unwrap();
-    assert!(hooks.iter().all(|h| h["placement"] == "first"), "{status:#}");
+    assert!(
+        hooks.iter().all(|h| h["placement"] == "first"),
+        "{status:#}"
+    );
     assert_eq!(node_events(&kl, "worker-1", "HookBlind").len(), 1);
     for reason in ["HookBlind", "HookSeen"] {
         assert!(node_events(&kl, "control-plane", reason).is_empty());

@@ -158,9 +158,17 @@ pub async fn follow(cluster: Arc<Cluster>, mut orders: watch::Receiver<Vec<HookO
         for notice in told.step(&order, Instant::now()) {
             let found = cluster.node(&node);
             let regarding = events::node_reference(found.as_deref(), &node);
-            let event = events::event(notice.reason, &notice.note, "CheckHookOrder", notice.warning);
+            let event = events::event(
+                notice.reason,
+                &notice.note,
+                "CheckHookOrder",
+                notice.warning,
+            );
             match events::publish_new(&client, &reporter, &event, &regarding).await {
-                Ok(()) => eprintln!("crossover: event {} on node {node}: {}", notice.reason, notice.note),
+                Ok(()) => eprintln!(
+                    "crossover: event {} on node {node}: {}",
+                    notice.reason, notice.note
+                ),
                 Err(e) => eprintln!(
                     "crossover: could not record event {} on node {node}: {e}",
                     notice.reason
@@ -237,12 +245,23 @@ mod tests {
         let now = at(62);
         let notices = told.step(&order, now);
         assert_eq!(notices.len(), 1, "spacing from at(1) is over: {notices:?}");
-        assert!(notices[0].note.starts_with("1 overlay-cilium hook (egress) blind"));
+        assert!(
+            notices[0]
+                .note
+                .starts_with("1 overlay-cilium hook (egress) blind")
+        );
         order.push(hook("cilium_geneve", Hook::OverlayCilium, true));
-        assert!(told.step(&order, at(70)).is_empty(), "within 30 s of the last");
+        assert!(
+            told.step(&order, at(70)).is_empty(),
+            "within 30 s of the last"
+        );
         assert_eq!(told.next_due(), Some(at(92)));
         let notices = told.step(&order, at(92));
-        assert!(notices[0].note.starts_with("1 overlay-cilium hook (egress) blind; cilium_geneve"));
+        assert!(
+            notices[0]
+                .note
+                .starts_with("1 overlay-cilium hook (egress) blind; cilium_geneve")
+        );
 
         // lxc0000 was replaced by eth0 (gone): forgotten, not "seen". The
         // rest see first again: one HookSeen.

@@ -705,7 +705,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // only): the newest kept, never queued.
     let (orders, orders_rx) = tokio::sync::watch::channel(Vec::new());
     if let Some(cluster) = cluster {
-        tasks.push(tokio::spawn(hook_events::follow(cluster.clone(), orders_rx)));
+        tasks.push(tokio::spawn(hook_events::follow(
+            cluster.clone(),
+            orders_rx,
+        )));
         view::rebuild(&state, &cluster);
         tasks.push(tokio::spawn(view::follow_cluster(state.clone(), cluster)));
     } else {

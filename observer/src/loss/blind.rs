@@ -43,12 +43,17 @@ pub struct BlindHooks {
 impl BlindHooks {
     /// The blind hooks of one order check.
     pub fn of<'a>(order: impl IntoIterator<Item = &'a HookOrder>) -> BlindHooks {
-        BlindHooks::of_hooks(order.into_iter().filter(|o| o.is_blind()).map(|o| BlindHook {
-            iface: o.iface.clone(),
-            hook: o.hook,
-            direction: o.direction,
-            ahead: o.ahead.clone(),
-        }))
+        BlindHooks::of_hooks(
+            order
+                .into_iter()
+                .filter(|o| o.is_blind())
+                .map(|o| BlindHook {
+                    iface: o.iface.clone(),
+                    hook: o.hook,
+                    direction: o.direction,
+                    ahead: o.ahead.clone(),
+                }),
+        )
     }
 
     /// Counted and the first few named, from every blind hook.
@@ -106,7 +111,12 @@ impl fmt::Display for BlindHooks {
         let named: Vec<String> = self
             .named
             .iter()
-            .map(|h| format!("{} {}: programs {:?} run first", h.iface, h.direction, h.ahead))
+            .map(|h| {
+                format!(
+                    "{} {}: programs {:?} run first",
+                    h.iface, h.direction, h.ahead
+                )
+            })
             .collect();
         if !named.is_empty() {
             write!(f, "; {}", named.join(", "))?;
@@ -187,7 +197,12 @@ mod tests {
             .map(|i| order(&format!("lxc{i:04}"), Hook::Pod, Direction::Ingress, true))
             .collect();
         checked.push(order("lxcfirst", Hook::Pod, Direction::Egress, false));
-        checked.push(order("cilium_vxlan", Hook::OverlayCilium, Direction::Egress, true));
+        checked.push(order(
+            "cilium_vxlan",
+            Hook::OverlayCilium,
+            Direction::Egress,
+            true,
+        ));
         let blind = BlindHooks::of(&checked);
         assert_eq!(
             blind.counts,

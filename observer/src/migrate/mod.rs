@@ -26,8 +26,8 @@ use kube::{Api, Client, api::ListParams};
 
 pub use args::{MigrateArgs, MigrateCommand, ReportArgs};
 use context::{Context, Options, now};
-use measure::Measured;
 use lease::Lease;
+use measure::Measured;
 use state::{Phase, State};
 pub use store::decode_state;
 use store::{Store, kube_err};

@@ -890,7 +890,8 @@ fn blind_hooks_are_named_and_a_blind_underlay_fails() {
         "worker-1: 3 pod hooks (ingress) blind; lxc12ab0 ingress: programs [123] run first",
     );
     assert!(
-        c.detail.contains("worker-1: its loss rows are counted on its underlay"),
+        c.detail
+            .contains("worker-1: its loss rows are counted on its underlay"),
         "{}",
         c.detail
     );
