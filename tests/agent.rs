@@ -712,34 +712,7 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
     .unwrap()
     .remove_on_drop();
     let cp = lab.node_ns("control-plane");
-    let tc = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &cp, "tc"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tc {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    tc(&["qdisc", "add", "dev", "eth0", "clsact"]);
-    tc(&[
-        "filter",
-        "add",
-        "dev",
-        "eth0",
-        "egress",
-        "prio",
-        "1",
-        "protocol",
-        "ip",
-        "bpf",
-        "da",
-        "bytecode",
-        "1,6 0 0 0,",
-    ]);
+    crossover_tests::standin::hold_priority_1(&cp, "eth0", "egress");
     let agents = Agents::spawn_all(&lab, &["--attach-mode", "netlink"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let why = loop {

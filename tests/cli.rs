@@ -555,17 +555,14 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
 fn loss_names_blind_hooks_above_the_rows() {
     use crossover_tests::simulated_agents::Model;
     use observer::{
-        datapath::{Hook, HookOrder, Placement},
+        datapath::{Hook, HookOrder},
         loss::blind::BlindHooks,
     };
     use observer_ebpf::Direction;
     let order: Vec<HookOrder> = (0..3)
-        .map(|i| HookOrder {
-            iface: format!("lxc12ab{i}"),
-            hook: Hook::Pod,
-            direction: Direction::Ingress,
-            placement: Placement::Blind,
-            ahead: vec![123],
+        .map(|i| {
+            let iface = format!("lxc12ab{i}");
+            HookOrder::from_ahead(&iface, Hook::Pod, Direction::Ingress, Some(vec![123]))
         })
         .collect();
     let urls = simulated(Model {

@@ -244,23 +244,7 @@ fn a_reasserted_pinned_link_is_the_one_a_restart_adopts() {
 #[test]
 fn clsact_behind_a_filter_it_cannot_share_priority_1_with_is_blind() {
     let nodes = TwoNodes::new();
-    nodes.a.exec(&["tc", "qdisc", "add", "dev", "u0", "clsact"]);
-    nodes.a.exec(&[
-        "tc",
-        "filter",
-        "add",
-        "dev",
-        "u0",
-        "egress",
-        "prio",
-        "1",
-        "protocol",
-        "ip",
-        "bpf",
-        "da",
-        "bytecode",
-        "1,6 0 0 0,",
-    ]);
+    crossover_tests::standin::hold_priority_1(&nodes.a.name, "u0", "egress");
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
     a.attach("u0", Hook::Underlay).unwrap();
     for _ in 0..2 {

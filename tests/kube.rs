@@ -11,6 +11,7 @@ use crossover_tests::{
     lab::{Fault, LabSpec, Overlay, PodKind, plan, traffic},
     netns::{http_get_as, unique},
     require_root,
+    standin::hold_priority_1,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use serde_json::{Value, json};
@@ -586,6 +587,16 @@ fn node_events(kl: &KubeLab, node: &str, reason: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The Events of `reason` on `node`, once there is one (30 s at most).
+fn wait_events(kl: &KubeLab, node: &str, reason: &str) -> Vec<Value> {
+    let what = format!("a {reason} Event on {node}");
+    within(Duration::from_secs(30), &what, || {
+        let events = node_events(kl, node, reason);
+        (!events.is_empty()).then_some(events)
+    })
+    .0
+}
+
 /// `crossover_hook_reasserted_total` of agent `j`: it grows by one per
 /// blind hook at every order check.
 fn reasserted(kl: &KubeLab, j: usize) -> Option<u64> {
@@ -626,40 +637,13 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
         .map(|p| p.host_if.clone())
         .collect();
     assert!(!veths.is_empty());
-    let tc = |args: &[&str]| {
-        let mut all = vec!["ip", "netns", "exec", &worker, "tc"];
-        all.extend(args);
-        crossover_tests::netns::sh(&all);
-    };
     for veth in &veths {
-        tc(&["qdisc", "add", "dev", veth, "clsact"]);
-        tc(&[
-            "filter",
-            "add",
-            "dev",
-            veth,
-            "egress",
-            "prio",
-            "1",
-            "protocol",
-            "ip",
-            "bpf",
-            "da",
-            "bytecode",
-            "1,6 0 0 0,",
-        ]);
+        hold_priority_1(&worker, veth, "egress");
     }
     kl.start_agents(&["--attach-mode", "netlink", "--probe-rate", "0"]);
     kl.wait_agents_ready();
 
-    let (blind, _) = within(
-        Duration::from_secs(30),
-        "a HookBlind Event on worker-1",
-        || {
-            let events = node_events(&kl, "worker-1", "HookBlind");
-            (!events.is_empty()).then_some(events)
-        },
-    );
+    let blind = wait_events(&kl, "worker-1", "HookBlind");
     assert_eq!(blind.len(), 1, "{blind:#?}");
     let event = &blind[0];
     assert_eq!(event["type"], "Warning");
@@ -720,16 +704,12 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
 
     // The filters go: crossover is put first at the next check, and says so.
     for veth in &veths {
-        tc(&["filter", "del", "dev", veth, "egress", "pref", "1"]);
+        crossover_tests::netns::sh(&[
+            "ip", "netns", "exec", &worker, "tc", "filter", "del", "dev", veth, "egress", "pref",
+            "1",
+        ]);
     }
-    let (seen, _) = within(
-        Duration::from_secs(30),
-        "a HookSeen Event on worker-1",
-        || {
-            let events = node_events(&kl, "worker-1", "HookSeen");
-            (!events.is_empty()).then_some(events)
-        },
-    );
+    let seen = wait_events(&kl, "worker-1", "HookSeen");
     assert_eq!(seen.len(), 1, "{seen:#?}");
     assert_eq!(seen[0]["type"], "Normal");
     let note = seen[0]["note"].as_str().unwrap();

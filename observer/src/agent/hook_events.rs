@@ -194,17 +194,8 @@ mod tests {
     use crate::datapath::Placement;
 
     fn hook(iface: &str, hook: Hook, blind: bool) -> HookOrder {
-        HookOrder {
-            iface: iface.into(),
-            hook,
-            direction: Direction::Egress,
-            placement: if blind {
-                Placement::Blind
-            } else {
-                Placement::First
-            },
-            ahead: if blind { vec![0] } else { vec![] },
-        }
+        let ahead = if blind { vec![0] } else { vec![] };
+        HookOrder::from_ahead(iface, hook, Direction::Egress, Some(ahead))
     }
 
     #[test]

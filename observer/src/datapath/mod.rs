@@ -606,17 +606,12 @@ impl Observer {
             }
             // Not on the hook at all (taken off by someone else): as blind
             // as behind another program.
-            let placement = match &ahead {
-                Some(ahead) if ahead.is_empty() => Placement::First,
-                _ => Placement::Blind,
-            };
-            order.push(HookOrder {
-                iface: iface.to_owned(),
-                hook: attachment.hook,
-                direction: direction_of_hook(direction),
-                placement,
-                ahead: ahead.unwrap_or_default(),
-            });
+            order.push(HookOrder::from_ahead(
+                iface,
+                attachment.hook,
+                direction_of_hook(direction),
+                ahead,
+            ));
         }
         Ok(())
     }

@@ -61,6 +61,28 @@ pub struct HookOrder {
 }
 
 impl HookOrder {
+    /// A hook's placement from the programs found ahead of ours: first
+    /// when none; blind behind any, or when ours is not on the hook at all
+    /// (`None`: taken off by someone else).
+    pub fn from_ahead(
+        iface: &str,
+        hook: Hook,
+        direction: Direction,
+        ahead: Option<Vec<u32>>,
+    ) -> HookOrder {
+        let placement = match &ahead {
+            Some(ahead) if ahead.is_empty() => Placement::First,
+            _ => Placement::Blind,
+        };
+        HookOrder {
+            iface: iface.to_owned(),
+            hook,
+            direction,
+            placement,
+            ahead: ahead.unwrap_or_default(),
+        }
+    }
+
     pub fn is_blind(&self) -> bool {
         self.placement == Placement::Blind
     }

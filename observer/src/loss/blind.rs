@@ -175,20 +175,10 @@ pub struct BlindRefusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::Placement;
 
     fn order(iface: &str, hook: Hook, direction: Direction, blind: bool) -> HookOrder {
-        HookOrder {
-            iface: iface.into(),
-            hook,
-            direction,
-            placement: if blind {
-                Placement::Blind
-            } else {
-                Placement::First
-            },
-            ahead: if blind { vec![123] } else { vec![] },
-        }
+        let ahead = if blind { vec![123] } else { vec![] };
+        HookOrder::from_ahead(iface, hook, direction, Some(ahead))
     }
 
     #[test]

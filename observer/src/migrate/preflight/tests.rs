@@ -855,17 +855,12 @@ fn a_driver_on_the_pod_network_is_warned_of_its_own_connections() {
 #[test]
 fn blind_hooks_are_named_and_a_blind_underlay_fails() {
     use crate::{
-        datapath::{Hook, HookOrder, Placement},
+        datapath::{Hook, HookOrder},
         loss::blind::{BlindHooks, NodeBlind},
     };
     use observer_ebpf::Direction;
-    let blind = |iface: &str, hook| HookOrder {
-        iface: iface.into(),
-        hook,
-        direction: Direction::Ingress,
-        placement: Placement::Blind,
-        ahead: vec![123],
-    };
+    let blind =
+        |iface: &str, hook| HookOrder::from_ahead(iface, hook, Direction::Ingress, Some(vec![123]));
     let mut facts = migration_facts();
     assert_status(
         &facts,
