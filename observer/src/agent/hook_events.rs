@@ -120,26 +120,16 @@ impl Told {
 
 /// `2 pod hooks (ingress): lxc1 ingress, lxc2 ingress`.
 fn seen_names(hooks: &BlindHooks) -> String {
-    let counts: Vec<String> = hooks
-        .counts
-        .iter()
-        .map(|c| {
-            let s = if c.blind == 1 { "" } else { "s" };
-            format!("{} {} hook{s} ({})", c.blind, c.hook, c.direction)
-        })
-        .collect();
     let named: Vec<String> = hooks
         .named
         .iter()
         .map(|h| format!("{} {}", h.iface, h.direction))
         .collect();
-    let more = hooks.total().saturating_sub(hooks.named.len() as u64);
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
+    let more = match hooks.unnamed() {
+        0 => String::new(),
+        n => format!(" and {n} more"),
     };
-    format!("{}: {}{more}", counts.join(", "), named.join(", "))
+    format!("{}: {}{more}", hooks.counted(), named.join(", "))
 }
 
 /// Publishes the Events the order checks call for, until the agent ends:

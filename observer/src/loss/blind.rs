@@ -88,17 +88,13 @@ impl BlindHooks {
         self.counts.iter().map(|c| c.blind).sum()
     }
 
-    /// True when an underlay hook is blind: then no loss figure of the
-    /// node stands (every loss signal is counted there).
-    pub fn underlay(&self) -> bool {
-        self.counts.iter().any(|c| c.hook == Hook::Underlay)
+    /// Counted but not named.
+    pub fn unnamed(&self) -> u64 {
+        self.total().saturating_sub(self.named.len() as u64)
     }
-}
 
-/// `3 pod hooks (ingress), 1 overlay-cilium hook (egress) blind: lxc12ab
-/// ingress behind programs [123], ... and 2 more`.
-impl fmt::Display for BlindHooks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// `3 pod hooks (ingress), 1 overlay-cilium hook (egress)`.
+    pub fn counted(&self) -> String {
         let counts: Vec<String> = self
             .counts
             .iter()
@@ -107,7 +103,21 @@ impl fmt::Display for BlindHooks {
                 format!("{} {} hook{s} ({})", c.blind, c.hook, c.direction)
             })
             .collect();
-        write!(f, "{} blind", counts.join(", "))?;
+        counts.join(", ")
+    }
+
+    /// True when an underlay hook is blind: then no loss figure of the
+    /// node stands (every loss signal is counted there).
+    pub fn underlay(&self) -> bool {
+        self.counts.iter().any(|c| c.hook == Hook::Underlay)
+    }
+}
+
+/// `3 pod hooks (ingress), 1 overlay-cilium hook (egress) blind; lxc12ab
+/// ingress: programs [123] run first, ... and 2 more`.
+impl fmt::Display for BlindHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} blind", self.counted())?;
         let named: Vec<String> = self
             .named
             .iter()
@@ -121,9 +131,8 @@ impl fmt::Display for BlindHooks {
         if !named.is_empty() {
             write!(f, "; {}", named.join(", "))?;
         }
-        let more = self.total().saturating_sub(self.named.len() as u64);
-        if more > 0 {
-            write!(f, " and {more} more")?;
+        if self.unnamed() > 0 {
+            write!(f, " and {} more", self.unnamed())?;
         }
         Ok(())
     }
