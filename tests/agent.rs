@@ -774,7 +774,9 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
         "{table}"
     );
     assert!(
-        table.contains("control-plane: it serves no reading"),
+        table.contains(
+            "control-plane: every loss signal is counted on its underlay, which runs behind"
+        ),
         "{table}"
     );
 }

@@ -693,6 +693,24 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
         "{reading:#}"
     );
 
+    // And the raw counters since start say it above their rows.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &kl.lab.node_ns("control-plane"), CROSSOVER])
+        .args(["loss", "--since-start", "--kubeconfig"])
+        .arg(&kl.kubeconfig)
+        .args(kl.agent_urls().iter().flat_map(|u| ["--agent", u.as_str()]))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with(&format!("blind: worker-1: {count}; ")),
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(2).unwrap().starts_with("node "),
+        "{table}"
+    );
+
     // Another whole order check (every blind hook re-attached once more):
     // still the one Event.
     let before = reasserted(&kl, 1).unwrap();

@@ -423,7 +423,11 @@ impl State {
     }
 
     fn peers_report(&self) -> Result<api::PeersReport> {
-        let peers = lock(&self.observer).peers()?;
+        let (peers, blind) = {
+            let observer = lock(&self.observer);
+            let blind = crate::loss::blind::BlindHooks::of(observer.order());
+            (observer.peers()?, blind)
+        };
         let underlay = self
             .view()
             .local()
@@ -438,6 +442,7 @@ impl State {
             underlay,
             taken_ns: crate::datapath::monotonic_ns(),
             peers,
+            blind,
         })
     }
 

@@ -152,8 +152,8 @@ impl NodeBlind {
     /// standing and make the node's flows and connections incomplete.
     pub fn rows_affected(&self) -> &'static str {
         if self.hooks.underlay() {
-            "it serves no reading (every loss signal is counted on the underlay): its pairs \
-             are missing, not lossless"
+            "every loss signal is counted on its underlay, which runs behind another program: \
+             no figure of this node is what crossed its NIC (its agent refuses windowed readings)"
         } else {
             "its loss rows are counted on its underlay, which sees first; its flows and \
              connections through these hooks are incomplete"
