@@ -943,3 +943,139 @@ fn tamper(map: &std::path::Path) {
         pages.insert(key, page, 0).unwrap();
     }
 }
+
+/// A node's own firewall drops 5% of what it sends a peer through the
+/// legacy tunnel, inside the node: the wire loses nothing (delivery is
+/// underlay to underlay and says 0), and the reading says where and why:
+/// dropped on control-plane, on their way to worker-1, by
+/// `NETFILTER_DROP`, exactly as many as the firewall's own counter, and
+/// the `in_node` signal counts them against what left.
+#[test]
+fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("fw"),
+        nodes: 2,
+        migrated: 0,
+        pods: 1,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let cp = lab.node_ns("control-plane");
+    let id = lab
+        .inject(Fault::Firewall {
+            node: "control-plane".into(),
+            peer: "worker-1".into(),
+            overlay: Overlay::Legacy,
+            percent: 5.0,
+        })
+        .unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let udp = traffic::udp_stream(
+        &e("control-plane/app-1"),
+        &e("worker-1/app-1"),
+        10_000,
+        5000,
+        200,
+    )
+    .unwrap();
+    let dropped = lab.drops(id).unwrap();
+    lab.clear(id).unwrap();
+    assert!(
+        (350..=650).contains(&dropped),
+        "a twentieth of {}: {dropped}",
+        udp.sent
+    );
+    // The window's end past the last drop.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let loss = |format: &str| {
+        let mut loss = Command::new("ip");
+        loss.args(["netns", "exec", &cp, CROSSOVER, "loss", "-o", format]);
+        loss.args(["--node", "control-plane", "--window", "60s"]);
+        loss.args(["--sample-interval", "500ms"]);
+        for url in &agents.urls {
+            loss.args(["--agent", url]);
+        }
+        let out = loss.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let reading: serde_json::Value = serde_json::from_str(&loss("json")).unwrap();
+    let drops = reading["drops"].as_array().unwrap();
+    let firewall: Vec<_> = drops
+        .iter()
+        .filter(|d| d["reason"] == "NETFILTER_DROP")
+        .collect();
+    assert_eq!(firewall.len(), 1, "{reading:#}");
+    let d = firewall[0];
+    assert_eq!(
+        (
+            &d["node"],
+            &d["peer_node"],
+            &d["direction"],
+            &d["overlay"],
+            &d["src_net"],
+            &d["dst_net"]
+        ),
+        (
+            &"control-plane".into(),
+            &"worker-1".into(),
+            &"egress".into(),
+            &"legacy".into(),
+            &"legacy".into(),
+            &"legacy".into()
+        ),
+        "{reading:#}"
+    );
+    assert_eq!(d["packets"], dropped, "the firewall's own counter: {d}");
+    // Dropped before the NIC: what left the underlay arrived.
+    let rows = reading["rows"].as_array().unwrap();
+    let delivery = rows
+        .iter()
+        .find(|r| {
+            r["signal"] == "delivery"
+                && r["node"] == "control-plane"
+                && r["peer_node"] == "worker-1"
+                && r["overlay"] == "legacy"
+        })
+        .unwrap_or_else(|| panic!("{reading:#}"));
+    assert_eq!(delivery["lost"], 0, "{delivery}");
+    let sent = delivery["sent"].as_u64().unwrap();
+    assert!(sent + dropped >= udp.sent, "{delivery} {dropped}");
+    // Loss inside the node: the drops against what left plus them.
+    let in_node = rows
+        .iter()
+        .find(|r| {
+            r["signal"] == "in_node"
+                && r["node"] == "control-plane"
+                && r["peer_node"] == "worker-1"
+                && r["overlay"] == "legacy"
+        })
+        .unwrap_or_else(|| panic!("no in_node row: {reading:#}"));
+    assert_eq!(in_node["lost"], dropped, "{in_node}");
+    let through = in_node["sent"].as_u64().unwrap() - dropped;
+    assert!(through >= sent, "{in_node} {delivery}");
+    // The signal is the firewall's own rate, to 0.5 pp.
+    let ratio = in_node["ratio"].as_f64().unwrap();
+    let injected = dropped as f64 / udp.sent as f64;
+    assert!((ratio - injected).abs() < 0.005, "{injected}: {in_node}");
+    assert!((ratio - 0.05).abs() < 0.01, "5% injected: {in_node}");
+
+    let table = loss("table");
+    assert!(
+        table.contains("dropped by the kernel")
+            && table
+                .lines()
+                .any(|l| l.contains("control-plane") && l.contains("NETFILTER_DROP")),
+        "{table}"
+    );
+    // /metrics: the same count, by direction.
+    let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[0]));
+    let series = "crossover_drops_total{node=\"control-plane\",reason=\"NETFILTER_DROP\",\
+                  peer_node=\"worker-1\",direction=\"egress\",overlay=\"legacy\",\
+                  src_net=\"legacy\",dst_net=\"legacy\"}";
+    assert_eq!(metric::<u64>(&metrics, series), dropped, "{metrics}");
+    drop(agents);
+}

@@ -9,18 +9,24 @@
 use std::{net::UdpSocket, time::Duration};
 
 use crossover_tests::{
-    counting::observer_in,
+    counting::{observer_in, set_receive_buffer},
     netns::{Netns, TwoNodes, in_netns},
 };
 use observer::datapath::{AttachMode, DropRecord, Hook};
-use observer_ebpf::{Net, Overlay};
+use observer_ebpf::{Direction, Net, Overlay};
 
 /// `count` datagrams from A's flannel.1 address to B's, a send refused by
 /// A's own output chain (EPERM) included: how many B received.
 fn send(nodes: &TwoNodes, count: u64) -> u64 {
-    let receiver = in_netns(&nodes.b.name, || {
-        UdpSocket::bind("10.244.1.0:7777").unwrap()
-    });
+    send_between((&nodes.a, "10.244.0.0"), (&nodes.b, "10.244.1.0"), count)
+}
+
+/// `count` datagrams from one node's flannel.1 address to the other's:
+/// how many arrived.
+fn send_between(from: (&Netns, &str), to: (&Netns, &str), count: u64) -> u64 {
+    let target = format!("{}:7777", to.1);
+    let bind = target.clone();
+    let receiver = in_netns(&to.0.name, move || UdpSocket::bind(&bind).unwrap());
     receiver
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -29,14 +35,21 @@ fn send(nodes: &TwoNodes, count: u64) -> u64 {
         let mut buf = [0u8; 16];
         std::iter::from_fn(|| receiver.recv(&mut buf).ok()).count() as u64
     });
-    in_netns(&nodes.a.name, move || {
-        let socket = UdpSocket::bind("10.244.0.0:0").unwrap();
+    send_to(from, &target, count);
+    reader.join().unwrap()
+}
+
+/// `count` datagrams from an address of `from` to `target`, paced; a send
+/// its own node refuses (EPERM) counts as sent.
+fn send_to(from: (&Netns, &str), target: &str, count: u64) {
+    let (source, target) = (format!("{}:0", from.1), target.to_owned());
+    in_netns(&from.0.name, move || {
+        let socket = UdpSocket::bind(&source).unwrap();
         for i in 0..count {
-            let _ = socket.send_to(&i.to_be_bytes(), "10.244.1.0:7777");
+            let _ = socket.send_to(&i.to_be_bytes(), &target);
             std::thread::sleep(Duration::from_micros(200));
         }
     });
-    reader.join().unwrap()
 }
 
 fn dropped_by_rule(ns: &Netns) -> u64 {
@@ -79,6 +92,7 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     let d = before[0];
     assert_eq!(d.packets, dropped, "{d:?}");
     assert_eq!(d.peer, Some([192, 168, 50, 2].into()));
+    assert_eq!(d.direction, Direction::Egress);
     assert_eq!((d.src_net, d.dst_net), (Net::Host, Net::Host));
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
 
@@ -96,9 +110,89 @@ fn netfilter_drops_are_counted_with_reason_peer_and_overlay() {
     assert_eq!(tunnel.len(), 1, "{drops:#?}");
     assert_eq!(tunnel[0].packets, dropped, "{:?}", tunnel[0]);
     assert_eq!(tunnel[0].peer, Some([192, 168, 50, 2].into()));
+    assert_eq!(tunnel[0].direction, Direction::Egress);
     assert_eq!(
         (tunnel[0].src_net, tunnel[0].dst_net),
         (Net::Host, Net::Host)
     );
     nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+
+    // Coming in, in the tunnel: B's VXLAN packets dropped on arrival at A,
+    // counted apart from A's own sends to B (the same peer and networks).
+    nodes.a.drop_every("prerouting", "udp dport 8472", 4);
+    let received = send_between((&nodes.b, "10.244.1.0"), (&nodes.a, "10.244.0.0"), 400);
+    let dropped = dropped_by_rule(&nodes.a);
+    assert_eq!(received, 400 - dropped);
+    assert!(dropped >= 100, "one in four arriving: {dropped}");
+    let drops = a.drops().unwrap();
+    let arriving: Vec<_> = netfilter(&drops, Overlay::Legacy)
+        .into_iter()
+        .filter(|d| d.direction == Direction::Ingress)
+        .collect();
+    assert_eq!(arriving.len(), 1, "{drops:#?}");
+    assert_eq!(arriving[0].packets, dropped, "{:?}", arriving[0]);
+    assert_eq!(arriving[0].peer, Some([192, 168, 50, 2].into()));
+    nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+}
+
+/// Two more of the kernel's reasons, each counted on the node that dropped,
+/// as coming in from its peer: B's datagrams to an address A routes into a
+/// blackhole (`ip route add blackhole`, forwarded after the tunnel), and to
+/// a socket on A whose receive buffer is full. Exactly as many as were
+/// sent and not received.
+#[test]
+fn a_route_blackhole_and_a_full_socket_buffer_are_counted_with_their_reasons() {
+    let nodes = TwoNodes::with_prefix("dropr");
+    let mut a = observer_in(&nodes.a, "node-a", AttachMode::Auto);
+    a.attach("u0", Hook::Underlay).unwrap();
+    a.enable_drops().unwrap();
+    let from_b = |drops: &[DropRecord]| -> Vec<DropRecord> {
+        drops
+            .iter()
+            .filter(|d| {
+                d.peer == Some([192, 168, 50, 2].into()) && d.direction == Direction::Ingress
+            })
+            .cloned()
+            .collect()
+    };
+
+    // A route blackhole on A for an address in its pod range.
+    nodes.a.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    nodes
+        .a
+        .exec(&["ip", "route", "add", "blackhole", "10.244.0.77/32"]);
+    send_to((&nodes.b, "10.244.1.0"), "10.244.0.77:7777", 300);
+    let drops = a.drops().unwrap();
+    let blackholed = from_b(&drops);
+    assert_eq!(blackholed.len(), 1, "{drops:#?}");
+    let d = &blackholed[0];
+    assert_eq!(d.packets, 300, "{d:?}");
+    assert_eq!((d.src_net, d.dst_net), (Net::Host, Net::Legacy), "{d:?}");
+    // Forwarded after the tunnel: no longer in it.
+    assert_eq!(d.overlay, Overlay::Native, "{d:?}");
+    // What the kernel says: a blackhole route's input is `dst_discard`,
+    // which frees without a reason (6.18).
+    assert_eq!(d.reason, "NOT_SPECIFIED", "{d:?}");
+    let blackhole_reason = d.reason.clone();
+
+    // A socket on A nobody reads, its buffer at the minimum.
+    let socket = in_netns(&nodes.a.name, || {
+        UdpSocket::bind("10.244.0.0:7778").unwrap()
+    });
+    // The kernel raises it to its minimum (a couple of KiB).
+    set_receive_buffer(&socket, libc::SO_RCVBUF, 1);
+    send_to((&nodes.b, "10.244.1.0"), "10.244.0.0:7778", 500);
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let queued = std::iter::from_fn(|| socket.recv(&mut buf).ok()).count() as u64;
+    assert!(queued < 500, "a full buffer drops: {queued} queued");
+    let drops = a.drops().unwrap();
+    let full: Vec<DropRecord> = from_b(&drops)
+        .into_iter()
+        .filter(|d| d.reason != blackhole_reason)
+        .collect();
+    assert_eq!(full.len(), 1, "{drops:#?}");
+    assert_eq!(full[0].reason, "SOCKET_RCVBUFF", "{:?}", full[0]);
+    assert_eq!(full[0].packets, 500 - queued, "{:?}", full[0]);
+    assert_eq!((full[0].src_net, full[0].dst_net), (Net::Host, Net::Host));
 }

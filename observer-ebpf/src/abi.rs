@@ -347,7 +347,9 @@ pub struct DropKey {
     /// [`Net`] wire values of the (inner) source and destination.
     pub src_net: u8,
     pub dst_net: u8,
-    pub _pad: u8,
+    /// [`Direction`] wire value: egress towards `peer` (or leaving for no
+    /// node), ingress from it.
+    pub direction: u8,
 }
 
 /// One encapsulation port: which overlay uses it and how it is framed.

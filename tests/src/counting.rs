@@ -73,19 +73,29 @@ pub fn send_datagrams(from: (&str, &str), to: (&str, &str), count: u64) -> u64 {
 /// `rmem_max` (SO_RCVBUFFORCE, root). The lab must not lose what is
 /// counted.
 fn hold_a_burst(socket: &UdpSocket) {
+    set_receive_buffer(socket, libc::SO_RCVBUFFORCE, 8 << 20);
+}
+
+/// Sets a socket's receive buffer with `option` (`SO_RCVBUF`, or
+/// `SO_RCVBUFFORCE` past `rmem_max`); the kernel doubles it, with a floor.
+pub fn set_receive_buffer(socket: &UdpSocket, option: libc::c_int, size: libc::c_int) {
     use std::os::fd::AsRawFd;
-    let size: libc::c_int = 8 << 20;
     // SAFETY: a valid socket fd and a c_int option value of its size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
+            option,
             (&raw const size).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {option}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 pub fn udp_flow<'a>(

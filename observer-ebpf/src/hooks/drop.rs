@@ -6,7 +6,7 @@
 //! and network pair in DROPS. Everything else (not IPv4, not the cluster's)
 //! is left alone uncounted: a node drops plenty that is none of ours.
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
-use observer_ebpf::{Counter, DropConfig, DropKey, Encap, Net, Overlay};
+use observer_ebpf::{Counter, Direction, DropConfig, DropKey, Encap, Net, Overlay};
 
 use super::underlay::encap_for;
 use crate::{
@@ -149,12 +149,18 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Outcome {
     } else {
         Overlay::None.wire()
     };
-    let peer = match peer_hint {
+    // Towards the tunnel's other end or the destination's node: egress;
+    // from the tunnel's other end or the source's node: ingress.
+    let (peer, direction) = match peer_hint {
         0 => match node_of(&dst, local) {
-            0 => node_of(&src, local),
-            node => node,
+            0 => match node_of(&src, local) {
+                0 => (0, Direction::Egress),
+                node => (node, Direction::Ingress),
+            },
+            node => (node, Direction::Egress),
         },
-        hint => hint,
+        hint if outer.src == local => (hint, Direction::Egress),
+        hint => (hint, Direction::Ingress),
     };
     let key = DropKey {
         reason,
@@ -162,7 +168,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Outcome {
         overlay,
         src_net: src.net,
         dst_net: dst.net,
-        _pad: 0,
+        direction: direction.wire(),
     };
     match DROPS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value: this CPU's, nobody else writes it.

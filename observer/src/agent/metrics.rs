@@ -265,12 +265,16 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
 /// past `--metrics-peer-detail` summed into `*` like the per-peer families.
 fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
     let node = state.node.as_str();
-    let drops = match super::lock(&state.observer).drops() {
-        Ok(drops) => drops,
-        Err(e) => {
-            state.count(&e);
-            return;
-        }
+    // The sampler's last read when fresh: a scrape reads no map itself.
+    let drops = match state.fresh_reading() {
+        Some(reading) => reading.drops.clone(),
+        None => match super::lock(&state.observer).drops() {
+            Ok(drops) => drops,
+            Err(e) => {
+                state.count(&e);
+                return;
+            }
+        },
     };
     let view = state.view();
     let mut summed: std::collections::BTreeMap<_, u64> = std::collections::BTreeMap::new();
@@ -283,7 +287,14 @@ fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> boo
             },
         };
         *summed
-            .entry((d.reason.as_str(), peer, d.overlay, d.src_net, d.dst_net))
+            .entry((
+                d.reason.as_str(),
+                peer,
+                d.direction,
+                d.overlay,
+                d.src_net,
+                d.dst_net,
+            ))
             .or_default() += d.packets;
     }
     let mut f = family(
@@ -291,15 +302,16 @@ fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> boo
         "crossover_drops_total",
         "counter",
         "Packets of the cluster the kernel dropped on this node, by the kernel's drop reason \
-         (skb:kfree_skb), peer node, overlay (the tunnel it was in; native or none before \
-         or outside one) and network pair.",
+         (skb:kfree_skb), peer node, direction (egress: on its way to the peer), overlay \
+         (the tunnel it was in; native or none before or outside one) and network pair.",
     );
-    for ((reason, peer, overlay, src, dst), n) in &summed {
+    for ((reason, peer, direction, overlay, src, dst), n) in &summed {
         f.sample(
             &[
                 ("node", node),
                 ("reason", reason),
                 ("peer_node", peer),
+                ("direction", direction.label()),
                 ("overlay", overlay.label()),
                 ("src_net", src.label()),
                 ("dst_net", dst.label()),

@@ -16,7 +16,7 @@ use std::{
 use super::State;
 use crate::{
     Result,
-    datapath::{Counters, PeerRecord, monotonic_ns},
+    datapath::{Counters, DropRecord, PeerRecord, monotonic_ns},
     loss::ring::{Tick, unix_ms},
 };
 
@@ -26,6 +26,7 @@ pub struct Reading {
     pub taken: Instant,
     pub peers: Vec<PeerRecord>,
     pub counters: Counters,
+    pub drops: Vec<DropRecord>,
 }
 
 /// Sleeps until the wall clock reaches `at_ms` (Unix ms).
@@ -66,10 +67,10 @@ fn run(state: &State, interval: Duration, guard: Duration) {
 }
 
 fn read_tick(state: &State, k: u64, late_at: u64) -> Result<Tick> {
-    let early = read(state, true)?;
+    let (early_ms, early, drops) = read(state, true)?;
     until(late_at);
-    let late = read(state, false)?;
-    Ok(Tick::new(k, early, late))
+    let (late_ms, late, _) = read(state, false)?;
+    Ok(Tick::new(k, (early_ms, early), (late_ms, late)).with_drops(drops))
 }
 
 /// One read of the per-peer counters, and when it ended (Unix ms). The
@@ -79,14 +80,18 @@ fn read_tick(state: &State, k: u64, late_at: u64) -> Result<Tick> {
 /// punctual (a reader's uncertainty is built on it). The early read of a
 /// tick also does the tick's chores (after the read, so they never delay
 /// it): the kernel's clock, expired handshakes, new slots, and the reading
-/// `/metrics` serves.
-fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>)> {
+/// `/metrics` serves, with the kernel's drops.
+fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>, Vec<DropRecord>)> {
     let mut observer = super::lock(&state.observer);
     let peers = observer.peers()?;
     let read_ms = unix_ms(SystemTime::now());
     if !chores {
-        return Ok((read_ms, peers));
+        return Ok((read_ms, peers, Vec::new()));
     }
+    let drops = observer.drops().unwrap_or_else(|err| {
+        state.count(&err);
+        Vec::new()
+    });
     // Known flows' packets are stamped with this time until the next.
     if let Err(err) = observer.tick() {
         state.count(&err);
@@ -116,6 +121,7 @@ fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>)> {
         taken: Instant::now(),
         peers: peers.clone(),
         counters,
+        drops: drops.clone(),
     });
-    Ok((read_ms, peers))
+    Ok((read_ms, peers, drops))
 }

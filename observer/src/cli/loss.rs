@@ -401,6 +401,23 @@ pub fn render(reading: &ClusterReading, wide: bool) -> String {
         t.add_row(cells(r)[..columns.len()].to_vec());
     }
     out += &table::render(&t);
+    if !reading.drops.is_empty() {
+        out += "dropped by the kernel (skb:kfree_skb), most first:\n";
+        let mut t = table::new(&DROP_COLUMNS, 7);
+        for d in &reading.drops {
+            t.add_row(vec![
+                d.node.clone(),
+                d.peer_node.clone(),
+                d.direction.to_string(),
+                d.overlay.to_string(),
+                d.src_net.to_string(),
+                d.dst_net.to_string(),
+                d.reason.clone(),
+                d.packets.to_string(),
+            ]);
+        }
+        out += &table::render(&t);
+    }
     out += &footer(reading);
     out
 }
@@ -415,12 +432,45 @@ fn blind_lines(blind: &[NodeBlind]) -> String {
     out
 }
 
+/// Columns of the drops table: the JSON's field names.
+const DROP_COLUMNS: [&str; 8] = [
+    "node",
+    "peer_node",
+    "direction",
+    "overlay",
+    "src_net",
+    "dst_net",
+    "reason",
+    "packets",
+];
+
 fn footer(reading: &ClusterReading) -> String {
     let mut out = String::new();
     for r in reading.all_rows().filter(|r| r.refused > 0) {
         out += &format!(
             "refused: {} -> {} {} {}: {} refused, nothing listening (not loss)\n",
             r.node, r.peer_node, r.overlay, r.signal, r.refused
+        );
+    }
+    for r in reading.rows.iter().filter(|r| r.lost > 0) {
+        let behind = reading.drops_behind(r);
+        if !behind.is_empty() {
+            out += &format!(
+                "why: {} -> {} {} {}->{} lost {}: {}\n",
+                r.node,
+                r.peer_node,
+                r.overlay,
+                r.src_net,
+                r.dst_net,
+                r.lost,
+                crate::loss::dropped::describe(&behind, 3)
+            );
+        }
+    }
+    if reading.drops_left_out > 0 {
+        out += &format!(
+            "left out: {} drop rows (neither about the nodes asked for nor among the largest)\n",
+            reading.drops_left_out
         );
     }
     for d in &reading.drills {

@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, MapData, PerCpuHashMap},
     programs::TracePoint,
 };
-use observer_ebpf::{DropConfig, DropKey, Net, Overlay, map};
+use observer_ebpf::{Direction, DropConfig, DropKey, Net, Overlay, map};
 use serde::Serialize;
 
 use super::{btf::Btf, map_mut, map_ref};
@@ -176,6 +176,8 @@ pub struct DropRecord {
     pub overlay: Overlay,
     pub src_net: Net,
     pub dst_net: Net,
+    /// Egress: on its way to `peer` (or to no node); ingress: from it.
+    pub direction: Direction,
     pub packets: u64,
 }
 
@@ -193,12 +195,27 @@ pub(crate) fn read(ebpf: &Ebpf, reasons: &BTreeMap<u32, String>) -> Result<Vec<D
             overlay: Overlay::from_wire(key.overlay).unwrap_or(Overlay::None),
             src_net: Net::from_wire(key.src_net).unwrap_or(Net::Unknown),
             dst_net: Net::from_wire(key.dst_net).unwrap_or(Net::Unknown),
+            direction: Direction::from_wire(key.direction).unwrap_or(Direction::Egress),
             packets: values.iter().sum(),
         });
     }
     out.sort_by(|a, b| {
-        (&a.reason, a.peer, a.overlay, a.src_net, a.dst_net)
-            .cmp(&(&b.reason, b.peer, b.overlay, b.src_net, b.dst_net))
+        (
+            &a.reason,
+            a.peer,
+            a.direction,
+            a.overlay,
+            a.src_net,
+            a.dst_net,
+        )
+            .cmp(&(
+                &b.reason,
+                b.peer,
+                b.direction,
+                b.overlay,
+                b.src_net,
+                b.dst_net,
+            ))
     });
     Ok(out)
 }

@@ -25,6 +25,7 @@ use super::{
     CLUSTER, LossRow, Signal,
     blind::NodeBlind,
     client::Client,
+    dropped::DropRow,
     reading::{self, Half, NodeReading, Query},
     ring::unix_ms,
 };
@@ -179,6 +180,14 @@ pub struct ClusterReading {
     /// by node: a count per hook kind and direction, a few named.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blind: Vec<NodeBlind>,
+    /// The kernel's drops over the window, by node, peer, direction and
+    /// reason: the focus nodes' (both ends) and the largest others
+    /// ([`super::dropped`]); most first.
+    #[serde(default)]
+    pub drops: Vec<DropRow>,
+    /// Drop rows neither about a focus node nor among the largest.
+    #[serde(default)]
+    pub drops_left_out: usize,
 }
 
 impl ClusterReading {
@@ -190,6 +199,12 @@ impl ClusterReading {
 
     pub fn seconds(&self) -> f64 {
         self.to_ms.saturating_sub(self.from_ms) as f64 / 1000.0
+    }
+
+    /// The drops behind `row` (its sender's on the way, its receiver's
+    /// on arrival), most first.
+    pub fn drops_behind(&self, row: &LossRow) -> Vec<&DropRow> {
+        super::dropped::behind(&self.drops, row)
     }
 
     /// Totals first, then the rows.
@@ -505,6 +520,7 @@ pub async fn read_at(
     }
     out.rows.extend(focus_sums.into_values());
     worst.sort_by(|a, b| LossRow::worse(a, b));
+    gather_drops(&readings, options, &mut out);
     out.left_out += worst.len().saturating_sub(options.top);
     out.rows
         .extend(worst.into_iter().take(options.top).cloned());
@@ -538,6 +554,33 @@ pub async fn read_at(
     }
     out.rows.sort_by(LossRow::worse);
     out
+}
+
+/// Every answer's drops: the focus nodes' at both ends, then the largest
+/// others, `top` of them.
+fn gather_drops(readings: &[&NodeReading], options: &ReadOptions, out: &mut ClusterReading) {
+    let is_focus = |d: &DropRow| {
+        options
+            .focus
+            .iter()
+            .any(|n| *n == d.node || *n == d.peer_node)
+    };
+    let mut rest = Vec::new();
+    for r in readings {
+        out.drops_left_out += r.drops_left_out;
+        for d in &r.drops {
+            if is_focus(d) {
+                out.drops.push(d.clone());
+            } else {
+                rest.push(d);
+            }
+        }
+    }
+    rest.sort_by(|a, b| DropRow::worse(a, b));
+    out.drops_left_out += rest.len().saturating_sub(options.top);
+    out.drops
+        .extend(rest.into_iter().take(options.top).cloned());
+    out.drops.sort_by(DropRow::worse);
 }
 
 /// The window every answer covers: the latest start, the earliest end.

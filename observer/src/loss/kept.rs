@@ -326,6 +326,7 @@ pub fn decode(bytes: &[u8], basis: &Basis) -> Result<(Tick, Expired), Refusal> {
             late_ms,
             early,
             late,
+            drops: Vec::new(),
         },
         expired,
     ))

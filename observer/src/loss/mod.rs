@@ -8,6 +8,8 @@
 //! * [`row`]: a row of the loss matrix.
 //! * [`delivery`]: delivery from two nodes' cumulative counters.
 //! * [`ring`]: an agent's aligned reads of its own counters.
+//! * [`dropped`]: the kernel's drops over a window, and which lie behind
+//!   a row.
 //! * [`kept`]: the ring's ticks kept across an agent restart.
 //! * [`reading`]: `/api/v1/reading`, an agent's half of a window.
 //! * [`client`]: the readers' keep-alive HTTP client.
@@ -20,6 +22,7 @@ pub mod blind;
 pub mod client;
 pub mod cluster;
 pub mod delivery;
+pub mod dropped;
 pub mod kept;
 pub mod prometheus;
 pub mod reading;

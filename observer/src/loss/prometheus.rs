@@ -26,13 +26,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use observer_ebpf::{Net, Overlay};
+use observer_ebpf::{Direction, Net, Overlay};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
     CLUSTER, LossRow, Signal,
     client::Client,
     cluster::{ClusterReading, FailedAgent, ReadOptions},
+    dropped::DropRow,
     ring::unix_ms,
 };
 use crate::{Error, Result};
@@ -349,6 +350,24 @@ fn row(labels: &[(String, String)], (sent, lost): (f64, f64), seconds: f64) -> O
     })
 }
 
+/// A drop row from a sample of `crossover_drops_total`'s increase; `None`
+/// for nothing dropped, or a label crossover does not know.
+fn drop_row(s: &Sample) -> Option<DropRow> {
+    let get = |name: &str| s.metric.get(name).map(String::as_str);
+    let packets = s.value.1.parse::<f64>().ok()?.max(0.0).round() as u64;
+    (packets > 0).then_some(())?;
+    Some(DropRow {
+        node: get("node")?.to_owned(),
+        peer_node: get("peer_node")?.to_owned(),
+        direction: Direction::from_label(get("direction")?)?,
+        overlay: Overlay::from_label(get("overlay")?)?,
+        src_net: Net::from_label(get("src_net")?)?,
+        dst_net: Net::from_label(get("dst_net")?)?,
+        reason: get("reason")?.to_owned(),
+        packets,
+    })
+}
+
 /// One reading from the Prometheus server at `url` (its base URL): the
 /// cluster totals per signal, overlay and network pair, every row of the
 /// nodes in `options.focus`, and the `options.top` worst rows with at
@@ -466,6 +485,30 @@ pub async fn read_records(
     found.sort_by(LossRow::worse);
     found.dedup_by(|a, b| a.key() == b.key());
     reading.rows = found;
+
+    // The kernel's drops over the window: the focus nodes' (both ends),
+    // then the largest.
+    requests += 1;
+    let drops = |selector: &str| {
+        format!(
+            "sum by (node, peer_node, direction, overlay, src_net, dst_net, reason) \
+             (increase(crossover_drops_total{{job=\"{JOB}\", peer_node!~\"[*]|none\"{selector}}}[{}ms]))",
+            window.as_millis()
+        )
+    };
+    let mut expr = format!("topk({}, {})", options.top, drops(""));
+    if !options.focus.is_empty() {
+        let nodes = any_of(&options.focus);
+        for label in ["node", "peer_node"] {
+            expr += &format!(" or {}", drops(&format!(", {label}=~\"{nodes}\"")));
+        }
+    }
+    reading.drops = query(client, url, &expr, to)
+        .await?
+        .iter()
+        .filter_map(drop_row)
+        .collect();
+    reading.drops.sort_by(DropRow::worse);
 
     // The agents, as Prometheus last scraped them.
     requests += 1;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     CLUSTER, LossRow, Signal,
     blind::BlindHooks,
+    dropped::DropRow,
     ring::{Key, Tick, key_of},
 };
 use crate::datapath::PeerCounts;
@@ -206,6 +207,13 @@ pub struct NodeReading {
     /// (absent from agents that predate it: none known).
     #[serde(default, skip_serializing_if = "BlindHooks::is_empty")]
     pub blind: BlindHooks,
+    /// The kernel's drops over the window towards or from the nodes asked
+    /// for, then the largest others (`top`).
+    #[serde(default)]
+    pub drops: Vec<DropRow>,
+    /// Drop rows neither asked for nor among the largest.
+    #[serde(default)]
+    pub drops_left_out: usize,
 }
 
 impl NodeReading {
@@ -254,12 +262,18 @@ impl Answerer<'_> {
         let mut peers: BTreeMap<(String, Overlay, Net, Net), Half> = BTreeMap::new();
         let mut groups: BTreeMap<(u32, Overlay, Net, Net), Half> = BTreeMap::new();
         let mut tcp: Vec<(String, Key, PeerCounts)> = Vec::new();
+        // What the underlay exchanged with each peer, each way, between the
+        // early reads (the drops' instants): loss inside the node's base.
+        let mut exchanged: BTreeMap<(String, Direction), u64> = BTreeMap::new();
         for record in &end.early {
             let key = key_of(record);
             let Some(peer) = name(record.peer) else {
                 continue;
             };
             let before = start.early(&key).map_or(0, |c| c.packets);
+            *exchanged
+                .entry((peer.clone(), record.direction))
+                .or_default() += delta(record.counts.packets, before);
             let (sent, sent_all, received) = match record.direction {
                 Direction::Egress => (
                     delta(record.counts.packets, start.late_packets(&key)),
@@ -326,14 +340,26 @@ impl Answerer<'_> {
             }
         }
         rows.extend(self.probes.iter().cloned());
+        rows.extend(super::dropped::in_node_rows(
+            self.node,
+            (start, end),
+            &mut name,
+            &exchanged,
+            seconds,
+        ));
         let local_totals = local_totals(self.node, &rows);
-        let (mut local, mut rest): (Vec<LossRow>, Vec<LossRow>) =
-            rows.into_iter().partition(|r| asked(&r.peer_node));
+        // A row is this node's (`node`) but for loss inside it of what a
+        // peer sent (`peer_node` is this node): asked for by either end.
+        let (mut local, mut rest): (Vec<LossRow>, Vec<LossRow>) = rows
+            .into_iter()
+            .partition(|r| asked(&r.peer_node) || (r.node != self.node && asked(&r.node)));
         rest.retain(|r| r.sent >= request.min_sent && r.lost > 0);
         rest.sort_by(LossRow::worse);
         let left_out = rest.len().saturating_sub(request.top);
         rest.truncate(request.top);
         local.extend(rest);
+        let (drops, drops_left_out) =
+            super::dropped::window(self.node, (start, end), &mut name, &asked, request.top);
 
         NodeReading {
             version: VERSION,
@@ -358,6 +384,8 @@ impl Answerer<'_> {
             local_totals,
             local_left_out: left_out,
             blind: self.blind.clone(),
+            drops,
+            drops_left_out,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::{
 
 use observer_ebpf::{Direction, Net, Overlay};
 
-use crate::datapath::{PeerCounts, PeerRecord};
+use crate::datapath::{DropRecord, PeerCounts, PeerRecord};
 
 /// A counter's identity within one node's maps.
 pub type Key = (Ipv4Addr, Overlay, Direction, Net, Net);
@@ -50,6 +50,25 @@ pub struct Tick {
     pub early: Vec<PeerRecord>,
     /// Packets of every counter at the late read, sorted by [`Key`].
     pub late: Vec<(Key, u64)>,
+    /// The kernel's drops of cluster traffic at the early read, sorted by
+    /// [`DropKey`] (none when drop reasons are off). Local events, so one
+    /// read a tick serves: no peer's read is compared with them. Not kept
+    /// across restarts, as the kernel's drop counts are not either.
+    pub drops: Vec<DropRecord>,
+}
+
+/// A drop counter's identity within one node's maps.
+pub type DropKey<'a> = (Option<Ipv4Addr>, Direction, Overlay, Net, Net, &'a str);
+
+pub fn drop_key_of(d: &DropRecord) -> DropKey<'_> {
+    (
+        d.peer,
+        d.direction,
+        d.overlay,
+        d.src_net,
+        d.dst_net,
+        d.reason.as_str(),
+    )
 }
 
 impl Tick {
@@ -69,7 +88,22 @@ impl Tick {
             late_ms,
             early,
             late,
+            drops: Vec::new(),
         }
+    }
+
+    /// With the drops read at the early read.
+    pub fn with_drops(mut self, mut drops: Vec<DropRecord>) -> Self {
+        drops.sort_unstable_by(|a, b| drop_key_of(a).cmp(&drop_key_of(b)));
+        self.drops = drops;
+        self
+    }
+
+    /// Packets dropped under `key` by the early read (0: none yet).
+    pub fn dropped(&self, key: &DropKey<'_>) -> u64 {
+        self.drops
+            .binary_search_by(|d| drop_key_of(d).cmp(key))
+            .map_or(0, |i| self.drops[i].packets)
     }
 
     pub fn early(&self, key: &Key) -> Option<&PeerCounts> {

@@ -22,22 +22,30 @@ pub enum Signal {
     ProbeUdp,
     /// Probe TCP handshakes, timed from connect to established.
     ProbeTcp,
+    /// Packets of the cluster a node's kernel dropped on their way to a
+    /// peer, or on their way in from it (`skb:kfree_skb`, any reason but
+    /// `NO_SOCKET`, which is refused), against everything the node's
+    /// underlay exchanged with that peer that way: loss inside a node,
+    /// which delivery (underlay to underlay) cannot see.
+    InNode,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 5] = [
+    pub const ALL: [Signal; 6] = [
         Signal::Delivery,
         Signal::Handshake,
         Signal::Retransmit,
         Signal::ProbeUdp,
         Signal::ProbeTcp,
+        Signal::InNode,
     ];
     /// The signals one agent measures alone, from its own counters.
-    pub const LOCAL: [Signal; 4] = [
+    pub const LOCAL: [Signal; 5] = [
         Signal::Handshake,
         Signal::Retransmit,
         Signal::ProbeUdp,
         Signal::ProbeTcp,
+        Signal::InNode,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -47,6 +55,7 @@ impl Signal {
             Signal::Retransmit => "retransmit",
             Signal::ProbeUdp => "probe_udp",
             Signal::ProbeTcp => "probe_tcp",
+            Signal::InNode => "in_node",
         }
     }
 

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use observer_ebpf::{Net, Overlay};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{LossRow, Signal, Source};
+use crate::loss::{LossRow, Signal, Source, dropped::DropRow};
 
 /// Which pairs the gate judges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -127,6 +127,21 @@ pub struct Breach {
     /// At or over the hard ceiling: closes the gate at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub over_ceiling: bool,
+    /// The kernel's drops behind the loss, where the reading had them
+    /// ("37 dropped on worker-3 by NETFILTER_DROP"): where and why.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
+}
+
+impl Breach {
+    /// Names the kernel's drops behind each breach (`drops` of the same
+    /// reading, [`crate::loss::dropped`]).
+    pub fn explain(breaches: &mut [Breach], drops: &[DropRow]) {
+        for b in breaches {
+            let behind = crate::loss::dropped::behind(drops, &b.row);
+            b.why = crate::loss::dropped::describe(&behind, 3);
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -155,13 +170,15 @@ impl fmt::Display for Breach {
             self.threshold * 100.0
         )?;
         if self.over_ceiling {
-            write!(f, ", at or over the hard ceiling")
+            write!(f, ", at or over the hard ceiling")?;
         } else if self.held > 0 {
             let s = if self.held == 1 { "" } else { "s" };
-            write!(f, ", in {} window{s} in a row", self.held)
-        } else {
-            Ok(())
+            write!(f, ", in {} window{s} in a row", self.held)?;
         }
+        if !self.why.is_empty() {
+            write!(f, "; {}", self.why)?;
+        }
+        Ok(())
     }
 }
 
@@ -312,6 +329,7 @@ pub fn judge<'a>(
                 threshold,
                 held: 0,
                 over_ceiling: false,
+                why: String::new(),
             });
         }
     }
@@ -424,6 +442,37 @@ mod tests {
         let reason = &d.reasons()[0];
         assert!(
             reason.contains("n1 -> n3") && reason.contains("10 of 200"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_breach_names_the_kernels_drops_behind_it() {
+        let mut d = all(
+            &Thresholds::default(),
+            &[row("n1", "n3", "probe_udp", 200, 10)],
+            vec![],
+            vec![],
+        );
+        let dropped = |node: &str, peer: &str, direction, packets| DropRow {
+            node: node.into(),
+            peer_node: peer.into(),
+            direction,
+            overlay: Overlay::Cilium,
+            src_net: Net::Host,
+            dst_net: Net::Cilium,
+            reason: "NETFILTER_DROP".into(),
+            packets,
+        };
+        let drops = [
+            dropped("n1", "n3", observer_ebpf::Direction::Egress, 9),
+            // n3's own sends to n1: another row's.
+            dropped("n3", "n1", observer_ebpf::Direction::Egress, 4),
+        ];
+        Breach::explain(&mut d.breaches, &drops);
+        let reason = &d.reasons()[0];
+        assert!(
+            reason.ends_with("; 9 dropped on n1 by NETFILTER_DROP"),
             "{reason}"
         );
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{
     context::{Context, now},
-    gate::{self, Decision},
+    gate::{self, Breach, Decision},
 };
 use crate::{
     Result,
@@ -28,6 +28,7 @@ use crate::{
         LossRow, Source,
         blind::NodeBlind,
         cluster::{self, ReadOptions},
+        dropped::DropRow,
         prometheus,
     },
 };
@@ -44,6 +45,8 @@ pub struct Measured {
     /// From the agents: how many answered, and the nodes with blind hooks;
     /// `None` from Prometheus, whose records do not name hooks.
     pub hooks: Option<(usize, Vec<NodeBlind>)>,
+    /// The kernel's drops over the window: what a breach is explained by.
+    pub drops: Vec<DropRow>,
 }
 
 impl Context {
@@ -131,6 +134,7 @@ impl Context {
                     missing,
                     window_end_ms: reading.to_ms,
                     hooks: None,
+                    drops: reading.drops,
                 })
             }
             // Not this reading: missing, as an agent that did not answer.
@@ -141,6 +145,7 @@ impl Context {
                     missing,
                     window_end_ms: 0,
                     hooks: None,
+                    drops: Vec::new(),
                 })
             }
         }
@@ -161,6 +166,7 @@ impl Context {
             missing,
             window_end_ms: reading.to_ms,
             hooks: Some((reading.answered, reading.blind)),
+            drops: reading.drops,
         })
     }
 
@@ -188,6 +194,7 @@ impl Context {
         );
         decision.window_end_ms = measured.window_end_ms;
         decision.source = self.options.source.clone();
+        Breach::explain(&mut decision.breaches, &measured.drops);
         Ok((decision, measured.rows))
     }
 }

@@ -229,7 +229,7 @@ mod tests {
     fn kept_rows_cover_every_pair_of_the_node() {
         use crate::loss::Signal;
         use observer_ebpf::{Net, Overlay};
-        // 3 peers both ways, 5 signals x 3 network pairs each: 90 rows,
+        // 3 peers both ways, every signal x 3 network pairs each,
         // the first peer's (by name) sorting first when nothing is lost.
         let mut all = Vec::new();
         for peer in ["a", "b", "c"] {
@@ -269,7 +269,8 @@ mod tests {
         r.read(Moment::Before, Step::Baseline, decision, &all);
         let kept = &r.readings[0].rows;
         assert_eq!(kept.len(), RECORD_ROWS);
-        assert_eq!(r.readings[0].rows_left_out, 90 - RECORD_ROWS);
+        let rows = 3 * 2 * Signal::ALL.len() * 3;
+        assert_eq!(r.readings[0].rows_left_out, rows - RECORD_ROWS);
         let pairs: std::collections::HashSet<_> = kept
             .iter()
             .map(|r| (r.node.as_str(), r.peer_node.as_str()))

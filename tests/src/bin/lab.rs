@@ -73,6 +73,14 @@ enum FaultCommand {
         #[command(flatten)]
         path: PathArgs,
     },
+    /// FROM's own firewall drops PERCENT of what it sends TO on one
+    /// overlay (inside FROM, before its NIC: the kernel names the reason).
+    Firewall {
+        #[command(flatten)]
+        path: PathArgs,
+        #[arg(long)]
+        percent: f64,
+    },
     /// Lower one overlay's MTU on one node.
     Mtu {
         #[arg(long)]
@@ -236,6 +244,12 @@ fn fault(name: &str, command: FaultCommand) -> Result<()> {
             to: path.to,
             overlay: path.overlay,
             percent: 100.0,
+        },
+        FaultCommand::Firewall { path, percent } => Fault::Firewall {
+            node: path.from,
+            peer: path.to,
+            overlay: path.overlay,
+            percent,
         },
         FaultCommand::Mtu { node, overlay, mtu } => Fault::Mtu { node, overlay, mtu },
         FaultCommand::Clear { id: Some(id), .. } => return lab.clear(id),

@@ -32,6 +32,16 @@ pub enum Fault {
         overlay: Overlay,
         percent: f64,
     },
+    /// `node`'s own firewall drops `percent` of the tunnel packets it
+    /// sends `peer` on `overlay` (postrouting, in the node's namespace):
+    /// inside the node, before its NIC, where the kernel names the
+    /// reason (`NETFILTER_DROP`) and the wire never sees them.
+    Firewall {
+        node: String,
+        peer: String,
+        overlay: Overlay,
+        percent: f64,
+    },
     /// `overlay`'s device MTU on `node` set to `mtu`.
     Mtu {
         node: String,
@@ -65,11 +75,45 @@ impl fmt::Display for Fault {
                 "{percent}% loss {from} -> {to} on the {} overlay",
                 overlay.label()
             ),
+            Fault::Firewall {
+                node,
+                peer,
+                overlay,
+                percent,
+            } => write!(
+                f,
+                "{node}'s firewall drops {percent}% of what it sends {peer} on the {} overlay",
+                overlay.label()
+            ),
             Fault::Mtu { node, overlay, mtu } => {
                 write!(f, "MTU {mtu} on {node}'s {} overlay", overlay.label())
             }
         }
     }
+}
+
+/// `numgen` sampling for `percent` (1/10000 resolution: 2% is 200 of
+/// every 10000 at random); nothing at 100%.
+fn sample(percent: f64) -> Result<String> {
+    if !(percent > 0.0 && percent <= 100.0) {
+        bail!("loss percent {percent} must be in (0, 100]");
+    }
+    let threshold = (percent * 100.0).round() as u32;
+    Ok(if threshold >= 10_000 {
+        String::new()
+    } else {
+        format!("numgen random mod 10000 < {threshold} ")
+    })
+}
+
+/// The first counter's packets in `nft list` output.
+fn counted(out: &str, what: &str) -> Result<u64> {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .windows(3)
+        .find(|w| w[0] == "counter" && w[1] == "packets")
+        .and_then(|w| w[2].parse().ok())
+        .with_context(|| format!("no counter in {what}:\n{out}"))
 }
 
 /// Applies `fault` as fault number `id`.
@@ -81,21 +125,12 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             overlay,
             percent,
         } => {
-            if !(*percent > 0.0 && *percent <= 100.0) {
-                bail!("loss percent {percent} must be in (0, 100]");
-            }
             let j = lab.node_index(from)?;
             let k = lab.node_index(to)?;
             if j == k {
                 bail!("loss from {from} to itself: pick two nodes");
             }
-            // 1/10000 resolution: 2% is 200 of every 10000 at random.
-            let threshold = (percent * 100.0).round() as u32;
-            let sample = if threshold >= 10_000 {
-                String::new()
-            } else {
-                format!("numgen random mod 10000 < {threshold} ")
-            };
+            let sample = sample(*percent)?;
             let script = format!(
                 "table netdev {TABLE} {{}}\n\
                  table netdev {TABLE} {{\n\
@@ -110,6 +145,31 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                 wire = overlay.nft_match(),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
+        }
+        Fault::Firewall {
+            node,
+            peer,
+            overlay,
+            percent,
+        } => {
+            lab.node_index(node)?;
+            let k = lab.node_index(peer)?;
+            if node == peer {
+                bail!("a firewall drop from {node} to itself: pick two nodes");
+            }
+            let script = format!(
+                "table ip {TABLE} {{}}\n\
+                 table ip {TABLE} {{\n\
+                   chain fault{id} {{\n\
+                     type filter hook postrouting priority 0; policy accept;\n\
+                     ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                   }}\n\
+                 }}\n",
+                dst = plan::underlay_addr(k),
+                wire = overlay.nft_match(),
+                sample = sample(*percent)?,
+            );
+            batch(&lab.node_ns(node), &["nft", "-f", "-"], &script)
         }
         Fault::Mtu { node, overlay, mtu } => {
             if !(68..=plan::OVERLAY_MTU).contains(mtu) {
@@ -130,29 +190,29 @@ pub fn remove(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             &["nft", "-f", "-"],
             &format!("delete chain netdev {TABLE} fault{id}\n"),
         ),
+        Fault::Firewall { node, .. } => batch(
+            &lab.node_ns(node),
+            &["nft", "-f", "-"],
+            &format!("delete chain ip {TABLE} fault{id}\n"),
+        ),
         Fault::Mtu { node, overlay, .. } => set_mtu(lab, node, *overlay, plan::OVERLAY_MTU),
     }
 }
 
-/// Packets fault `id` has dropped so far (loss faults only).
-pub fn drops(lab: &LabState, id: u32) -> Result<u64> {
-    let out = in_ns(
-        &lab.underlay_ns(),
-        &[
-            "nft",
-            "list",
-            "chain",
-            "netdev",
-            TABLE,
-            &format!("fault{id}"),
-        ],
-    )?;
-    let words: Vec<&str> = out.split_whitespace().collect();
-    words
-        .windows(3)
-        .find(|w| w[0] == "counter" && w[1] == "packets")
-        .and_then(|w| w[2].parse().ok())
-        .with_context(|| format!("no counter in fault{id}:\n{out}"))
+/// Packets fault `id` has dropped so far (loss and firewall faults).
+pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
+    let chain = format!("fault{id}");
+    let out = match fault {
+        Fault::Firewall { node, .. } => in_ns(
+            &lab.node_ns(node),
+            &["nft", "list", "chain", "ip", TABLE, &chain],
+        )?,
+        _ => in_ns(
+            &lab.underlay_ns(),
+            &["nft", "list", "chain", "netdev", TABLE, &chain],
+        )?,
+    };
+    counted(&out, &chain)
 }
 
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {

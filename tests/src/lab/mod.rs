@@ -383,9 +383,13 @@ impl Lab {
         ids.into_iter().try_for_each(|id| self.clear(id))
     }
 
-    /// Packets loss fault `id` dropped on the wire so far.
+    /// Packets fault `id` dropped so far: a loss fault on the wire, a
+    /// firewall fault inside its node.
     pub fn drops(&self, id: u32) -> Result<u64> {
-        fault::drops(&self.state, id)
+        let Some(f) = self.state.faults.iter().find(|f| f.id == id) else {
+            bail!("no fault {id} in lab {}", self.state.name);
+        };
+        fault::drops(&self.state, id, &f.fault)
     }
 }
 

@@ -172,15 +172,21 @@ fn halt_headline(report: &Report) -> String {
         .or_else(|| breaches.iter().find(pair))
         .or_else(|| breaches.first());
     match headline {
-        Some(b) => format!(
-            "{} lost {} of what {} sent it on the {} overlay ({}, threshold {}).",
-            b.row.peer_node,
-            percent(b.ratio),
-            b.row.node,
-            b.row.overlay,
-            b.row.signal,
-            percent(b.threshold)
-        ),
+        Some(b) => {
+            let mut line = format!(
+                "{} lost {} of what {} sent it on the {} overlay ({}, threshold {}).",
+                b.row.peer_node,
+                percent(b.ratio),
+                b.row.node,
+                b.row.overlay,
+                b.row.signal,
+                percent(b.threshold)
+            );
+            if !b.why.is_empty() {
+                line += &format!(" The kernel: {}.", b.why);
+            }
+            line
+        }
         None => reason.lines().next().unwrap_or_default().to_string(),
     }
 }

@@ -59,6 +59,7 @@ pub fn signal_colour(signal: Signal) -> RGBColor {
         Signal::Retransmit => RGBColor(0xff, 0x7f, 0x0e),
         Signal::ProbeUdp => RGBColor(0x17, 0xbe, 0xcf),
         Signal::ProbeTcp => RGBColor(0xe3, 0x77, 0xc2),
+        Signal::InNode => RGBColor(0xd6, 0x27, 0x28),
     }
 }
 
