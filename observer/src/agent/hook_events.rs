@@ -58,8 +58,10 @@ impl Told {
     /// The Events one order check calls for, at most one per reason.
     pub fn step(&mut self, order: &[HookOrder], now: Instant) -> Vec<Notice> {
         let due = |last: Option<Instant>| last.is_none_or(|t| now.duration_since(t) >= MIN_SPACING);
-        // Gone with their interface: neither blind nor seen any more.
-        self.blind.retain(|k| order.iter().any(|o| key(o) == *k));
+        // Gone with their interface: neither blind nor seen any more. A set
+        // of what is present, not a scan per hook: nodes have thousands.
+        let present: BTreeSet<Key> = order.iter().map(key).collect();
+        self.blind.retain(|k| present.contains(k));
         let mut out = Vec::new();
         if due(self.last_blind) {
             let newly: Vec<&HookOrder> = order
