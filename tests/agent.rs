@@ -703,7 +703,8 @@ fn connections_on_the_agents_port_are_not_judged() {
 /// front of (netlink mode, a classic-BPF filter holding priority 1 for
 /// another protocol) is blind there: its agent is not ready and refuses
 /// readings, naming the hook, so `crossover loss` reports the node failed
-/// rather than its counts, while the other node reads as usual.
+/// rather than its counts, and names its blind hook above the rows (typed
+/// in its JSON), while the other node reads as usual.
 #[test]
 fn a_blind_underlay_is_unready_and_refuses_readings() {
     require_root();
@@ -717,34 +718,7 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
     .unwrap()
     .remove_on_drop();
     let cp = lab.node_ns("control-plane");
-    let tc = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &cp, "tc"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tc {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    tc(&["qdisc", "add", "dev", "eth0", "clsact"]);
-    tc(&[
-        "filter",
-        "add",
-        "dev",
-        "eth0",
-        "egress",
-        "prio",
-        "1",
-        "protocol",
-        "ip",
-        "bpf",
-        "da",
-        "bytecode",
-        "1,6 0 0 0,",
-    ]);
+    crossover_tests::standin::hold_priority_1(&cp, "eth0", "egress");
     let agents = Agents::spawn_all(&lab, &["--attach-mode", "netlink"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let why = loop {
@@ -779,6 +753,37 @@ fn a_blind_underlay_is_unready_and_refuses_readings() {
     assert!(
         text.contains("underlay hook blind (eth0 egress"),
         "the reader names the blind hook: {text}"
+    );
+    // Typed too: the refusal carries the node's blind hooks, which the
+    // reading lists as it lists any node's.
+    let reading: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reading["blind"],
+        serde_json::json!([{
+            "node": "control-plane",
+            "counts": [{"hook": "underlay", "direction": "egress", "blind": 1}],
+            "named": [{"iface": "eth0", "hook": "underlay", "direction": "egress", "ahead": [0]}],
+        }]),
+        "{reading:#}"
+    );
+    // The table says it above the rows, and what it means for them.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &cp, CROSSOVER, "loss"])
+        .args(["--agent", &agents.urls[0], "--agent", &agents.urls[1]])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.starts_with(
+            "blind: control-plane: 1 underlay hook (egress) blind; eth0 egress: programs [0] run first"
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "control-plane: every loss signal is counted on its underlay, which runs behind"
+        ),
+        "{table}"
     );
 }
 

@@ -548,6 +548,64 @@ fn loss_reads_every_agent_once_and_names_what_is_missing() {
     );
 }
 
+/// An agent reporting blind pod hooks: `crossover loss` names them above
+/// the rows, says what they mean for the node's rows, and carries them in
+/// its JSON by hook and direction; the nodes without any are not named.
+#[test]
+fn loss_names_blind_hooks_above_the_rows() {
+    use crossover_tests::simulated_agents::Model;
+    use observer::{
+        datapath::{Hook, HookOrder},
+        loss::blind::BlindHooks,
+    };
+    use observer_ebpf::Direction;
+    let order: Vec<HookOrder> = (0..3)
+        .map(|i| {
+            let iface = format!("lxc12ab{i}");
+            HookOrder::from_ahead(&iface, Hook::Pod, Direction::Ingress, Some(vec![123]))
+        })
+        .collect();
+    let urls = simulated(Model {
+        nodes: 3,
+        blind: vec![(1, BlindHooks::of(&order))],
+        ..Model::default()
+    });
+    let mut args = vec!["loss"];
+    for u in &urls {
+        args.extend(["--agent", u]);
+    }
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1],
+        "blind: node-00001: 3 pod hooks (ingress) blind; lxc12ab0 ingress: programs [123] run \
+         first, lxc12ab1 ingress: programs [123] run first, lxc12ab2 ingress: programs [123] run \
+         first; their counts are not what crossed them",
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("node-00001: its loss rows are counted on its underlay"),
+        "{text}"
+    );
+    assert!(lines[3].starts_with("node "), "the rows follow: {text}");
+    assert!(!text.contains("node-00000:") && !text.contains("node-00002:"));
+
+    args.extend(["-o", "json"]);
+    let out = run(&args);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blind = json["blind"].as_array().unwrap();
+    assert_eq!(blind.len(), 1, "{json:#}");
+    assert_eq!(blind[0]["node"], "node-00001");
+    assert_eq!(
+        blind[0]["counts"],
+        serde_json::json!([{"hook": "pod", "direction": "ingress", "blind": 3}])
+    );
+    assert_eq!(blind[0]["named"][0]["iface"], "lxc12ab0");
+    assert_eq!(blind[0]["named"][0]["ahead"], serde_json::json!([123]));
+}
+
 #[test]
 fn loss_names_an_agent_that_does_not_answer() {
     let dead = "http://127.0.0.1:9";

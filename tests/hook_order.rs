@@ -13,6 +13,7 @@ use crossover_tests::{
     standin::{Place, Standin},
 };
 use observer::datapath::{AttachMode, Hook, HookOrder, Observer, Placement};
+use observer_ebpf::Direction;
 
 const DATAGRAMS: u64 = 300;
 
@@ -20,11 +21,14 @@ const DATAGRAMS: u64 = 300;
 fn u0_egress(observer: &mut Observer, reassert: bool) -> HookOrder {
     let order = observer.check_order(reassert).expect("checking the order");
     assert_eq!(order.len(), 2, "u0 ingress and egress: {order:?}");
-    let ingress = order.iter().find(|o| o.direction == "ingress").unwrap();
+    let ingress = order
+        .iter()
+        .find(|o| o.direction == Direction::Ingress)
+        .unwrap();
     assert_eq!(ingress.placement, Placement::First, "nothing on ingress");
     order
         .iter()
-        .find(|o| o.iface == "u0" && o.direction == "egress")
+        .find(|o| o.iface == "u0" && o.direction == Direction::Egress)
         .cloned()
         .unwrap()
 }
@@ -240,23 +244,7 @@ fn a_reasserted_pinned_link_is_the_one_a_restart_adopts() {
 #[test]
 fn clsact_behind_a_filter_it_cannot_share_priority_1_with_is_blind() {
     let nodes = TwoNodes::new();
-    nodes.a.exec(&["tc", "qdisc", "add", "dev", "u0", "clsact"]);
-    nodes.a.exec(&[
-        "tc",
-        "filter",
-        "add",
-        "dev",
-        "u0",
-        "egress",
-        "prio",
-        "1",
-        "protocol",
-        "ip",
-        "bpf",
-        "da",
-        "bytecode",
-        "1,6 0 0 0,",
-    ]);
+    crossover_tests::standin::hold_priority_1(&nodes.a.name, "u0", "egress");
     let mut a = observer_in(&nodes.a, "node-a", AttachMode::Netlink);
     a.attach("u0", Hook::Underlay).unwrap();
     for _ in 0..2 {
@@ -271,8 +259,14 @@ fn clsact_behind_a_filter_it_cannot_share_priority_1_with_is_blind() {
     send_udp(&nodes, DATAGRAMS);
     assert_eq!(counted(&a), 0, "behind its final verdict we see nothing");
     let blind = observer::datapath::blind_by_hook(a.order());
-    assert!(blind.contains(&(Hook::Underlay, "egress", 1)), "{blind:?}");
-    assert!(blind.contains(&(Hook::Underlay, "ingress", 0)), "{blind:?}");
+    assert!(
+        blind.contains(&(Hook::Underlay, Direction::Egress, 1)),
+        "{blind:?}"
+    );
+    assert!(
+        blind.contains(&(Hook::Underlay, Direction::Ingress, 0)),
+        "{blind:?}"
+    );
 }
 
 /// A crossover killed in netlink mode leaves its filters behind (they are

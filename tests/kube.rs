@@ -11,6 +11,7 @@ use crossover_tests::{
     lab::{Fault, LabSpec, Overlay, PodKind, plan, traffic},
     netns::{http_get_as, unique},
     require_root,
+    standin::hold_priority_1,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use serde_json::{Value, json};
@@ -575,4 +576,174 @@ fn loss_from_kube_mode_agents_equals_the_wire_drops() {
         drops,
         "/metrics: sends less receives are the drops"
     );
+}
+
+/// The Events of `reason` on `node` the agents wrote (events.k8s.io, in
+/// `default`, where a Node's Events live).
+fn node_events(kl: &KubeLab, node: &str, reason: &str) -> Vec<Value> {
+    kl.server
+        .list(&Gvr::new("events.k8s.io", "v1", "events"), Some("default"))
+        .into_iter()
+        .filter(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == node)
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+/// The Events of `reason` on `node`, once there is one (30 s at most).
+fn wait_events(kl: &KubeLab, node: &str, reason: &str) -> Vec<Value> {
+    let what = format!("a {reason} Event on {node}");
+    within(Duration::from_secs(30), &what, || {
+        let events = node_events(kl, node, reason);
+        (!events.is_empty()).then_some(events)
+    })
+    .0
+}
+
+/// `crossover_hook_reasserted_total` of agent `j`: it grows by one per
+/// blind hook at every order check.
+fn reasserted(kl: &KubeLab, j: usize) -> Option<u64> {
+    let (_, metrics) = http_get(&kl.lab.node_ns("control-plane"), &kl.url(j, "/metrics"));
+    metrics
+        .lines()
+        .find(|l| l.starts_with("crossover_hook_reasserted_total"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A pod hook crossover cannot get in front of (netlink mode, priority 1
+/// held by a classic-BPF filter for IPv4 only, returning TC_ACT_OK) on
+/// every pod veth of worker-1: its agent writes one `HookBlind` Warning on
+/// its Node naming every hook, counted by kind and direction, and writes
+/// it once, not at every check; a reading carries the hooks and
+/// `crossover loss` names them; once the filters go, one `HookSeen`.
+/// control-plane, which sees first, writes nothing.
+#[test]
+fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
+    require_root();
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
+        name: unique("e"),
+        nodes: 2,
+        migrated: 0,
+        pods: 1,
+    });
+    let worker = kl.lab.node_ns("worker-1");
+    let veths: Vec<String> = kl
+        .lab
+        .nodes()
+        .find(|n| n.name == "worker-1")
+        .unwrap()
+        .pods
+        .iter()
+        .map(|p| p.host_if.clone())
+        .collect();
+    assert!(!veths.is_empty());
+    for veth in &veths {
+        hold_priority_1(&worker, veth, "egress");
+    }
+    kl.start_agents(&["--attach-mode", "netlink", "--probe-rate", "0"]);
+    kl.wait_agents_ready();
+
+    let blind = wait_events(&kl, "worker-1", "HookBlind");
+    assert_eq!(blind.len(), 1, "{blind:#?}");
+    let event = &blind[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reportingController"], "crossover-agent");
+    assert_eq!(event["action"], "CheckHookOrder");
+    let note = event["note"].as_str().unwrap();
+    let n = veths.len();
+    let count = if n == 1 {
+        "1 pod hook (egress) blind".to_string()
+    } else {
+        format!("{n} pod hooks (egress) blind")
+    };
+    assert!(note.starts_with(&count), "{note}");
+    for veth in &veths {
+        assert!(
+            note.contains(&format!("{veth} egress: programs [0] run first")),
+            "{note}"
+        );
+    }
+    assert!(note.contains("is not what crossed them"), "{note}");
+
+    // The reading carries the hooks, and `crossover loss` names them.
+    let mut loss = std::process::Command::new("ip");
+    loss.args(["netns", "exec", &kl.lab.node_ns("control-plane"), CROSSOVER]);
+    loss.args([
+        "loss",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kl.kubeconfig.to_str().unwrap(),
+    ]);
+    for url in kl.agent_urls() {
+        loss.args(["--agent", &url]);
+    }
+    let out = loss.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let reading: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reading["blind"],
+        json!([{
+            "node": "worker-1",
+            "counts": [{"hook": "pod", "direction": "egress", "blind": n}],
+            "named": veths.iter().map(|v| json!({
+                "iface": v, "hook": "pod", "direction": "egress", "ahead": [0]
+            })).collect::<Vec<_>>(),
+        }]),
+        "{reading:#}"
+    );
+
+    // And the raw counters since start say it above their rows.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &kl.lab.node_ns("control-plane"), CROSSOVER])
+        .args(["loss", "--since-start", "--kubeconfig"])
+        .arg(&kl.kubeconfig)
+        .args(kl.agent_urls().iter().flat_map(|u| ["--agent", u.as_str()]))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with(&format!("blind: worker-1: {count}; ")),
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(2).unwrap().starts_with("node "),
+        "{table}"
+    );
+
+    // Another whole order check (every blind hook re-attached once more):
+    // still the one Event.
+    let before = reasserted(&kl, 1).unwrap();
+    within(Duration::from_secs(25), "another order check", || {
+        (reasserted(&kl, 1)? >= before + n as u64).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(node_events(&kl, "worker-1", "HookBlind").len(), 1);
+
+    // The filters go: crossover is put first at the next check, and says so.
+    for veth in &veths {
+        crossover_tests::netns::sh(&[
+            "ip", "netns", "exec", &worker, "tc", "filter", "del", "dev", veth, "egress", "pref",
+            "1",
+        ]);
+    }
+    let seen = wait_events(&kl, "worker-1", "HookSeen");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0]["type"], "Normal");
+    let note = seen[0]["note"].as_str().unwrap();
+    for veth in &veths {
+        assert!(note.contains(&format!("{veth} egress")), "{note}");
+    }
+    let status = kl.get_json(&kl.url(1, "/api/v1/status"));
+    let hooks = status["hooks"].as_array().unwrap();
+    assert!(
+        hooks.iter().all(|h| h["placement"] == "first"),
+        "{status:#}"
+    );
+    assert_eq!(node_events(&kl, "worker-1", "HookBlind").len(), 1);
+    for reason in ["HookBlind", "HookSeen"] {
+        assert!(node_events(&kl, "control-plane", reason).is_empty());
+    }
 }

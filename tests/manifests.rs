@@ -952,7 +952,8 @@ fn every_manifest_parses_strictly() {
     assert_eq!(m.services.len(), 1);
     assert_eq!(m.service_monitors.len(), 1);
     // No namespace transformer: every namespaced object names its
-    // namespace, which the manifests create, or is Cilium's.
+    // namespace, which the manifests create, or is Cilium's, or is
+    // `default` (where Node Events live: the agent's events Role).
     let created: BTreeSet<&str> = m
         .namespaces
         .iter()
@@ -968,7 +969,10 @@ fn every_manifest_parses_strictly() {
             "{kind} {name}: namespace {ns:?}"
         );
         assert!(
-            ns.is_empty() || created.contains(ns.as_str()) || ns == "kube-system",
+            ns.is_empty()
+                || created.contains(ns.as_str())
+                || ns == "kube-system"
+                || (ns == "default" && name == "crossover-agent-node-events"),
             "{kind} {name}: namespace {ns} is neither created here nor Cilium's"
         );
     }
@@ -1367,24 +1371,51 @@ fn rbac_grants_exactly_what_the_agent_watches() {
             "the agent cannot create {group}/{resource}: its readers' tokens go unchecked"
         );
     }
-    // Nothing more: read-only but for the reviews, only those resources,
-    // no wildcards.
+    // Events on its own Node when a hook turns blind or sees again
+    // (agent/hook_events.rs): a Node's Events are in `default`, and only
+    // there; created, never patched (each is new).
+    let events = ("events.k8s.io", "events");
+    assert!(
+        rbac.allows("create", events.0, events.1, Scope::In("default"), None),
+        "the agent cannot create Events on its Node (in default)"
+    );
+    for (verb, scope) in [
+        ("patch", Scope::In("default")),
+        ("list", Scope::In("default")),
+        ("create", Scope::In(ns)),
+        ("create", Scope::All),
+    ] {
+        assert!(
+            !rbac.allows(verb, events.0, events.1, scope, None),
+            "the agent may {verb} Events in {scope:?}"
+        );
+    }
+    // Nothing more: read-only but for the reviews and its Node's Events,
+    // only those resources, no wildcards.
     let known: BTreeSet<(&str, &str)> = watched
         .iter()
         .map(|w| (w.group.as_str(), w.resource.as_str()))
         .chain(reviews)
+        .chain([events])
         .collect();
-    for scope in [Scope::All, Scope::In(ns), Scope::In(&args.cilium_namespace)] {
+    for scope in [
+        Scope::All,
+        Scope::In(ns),
+        Scope::In(&args.cilium_namespace),
+        Scope::In("default"),
+    ] {
         for rule in rbac.rules(scope) {
             let review = rule
                 .resources
                 .iter()
                 .flatten()
                 .all(|r| r.ends_with("reviews"));
+            let event = rule.resources.as_deref() == Some(&[events.1.to_owned()][..])
+                && rule.api_groups.as_deref() == Some(&[events.0.to_owned()][..]);
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())
-                        || (review && verb == "create"),
+                        || ((review || event) && verb == "create"),
                     "verb {verb} granted on {:?}",
                     rule.resources
                 );
@@ -1580,9 +1611,9 @@ fn every_kustomization_builds_and_overlays_only_add() {
     }
     // The agent and probe DaemonSets, their ServiceAccounts, the
     // namespace, the Service; the agent's ClusterRole and binding, its
-    // cilium-config and migration-state Roles and bindings, its
-    // auth-delegator binding, and the readers' ClusterRole.
-    assert_eq!(base.len(), 14, "{base:?}");
+    // cilium-config, migration-state and node-events Roles and bindings,
+    // its auth-delegator binding, and the readers' ClusterRole.
+    assert_eq!(base.len(), 16, "{base:?}");
     let monitoring: Vec<_> = m.builds["monitoring"].difference(base).collect();
     // ServiceMonitor, PrometheusRule, the dashboard, Prometheus' /metrics
     // ClusterRole and binding.

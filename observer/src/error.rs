@@ -100,6 +100,15 @@ pub enum Error {
     #[error("agent {agent}: {reason}")]
     Agent { agent: String, reason: String },
 
+    /// The agent refused to read: an underlay hook of its node is blind
+    /// (docs/hooks.md), and it says which hooks.
+    #[error("agent {agent}: {reason}")]
+    Blind {
+        agent: String,
+        reason: String,
+        blind: Box<crate::loss::blind::NodeBlind>,
+    },
+
     /// The agent answered, and refused this reader (401 or 403).
     #[error("agent {agent} refused the reader: {status}: {reason}")]
     Refused {
@@ -166,7 +175,7 @@ impl Error {
 
             Error::Probe(_) => "probe",
             Error::Migration(_) => "migration",
-            Error::Agent { .. } => "agent",
+            Error::Agent { .. } | Error::Blind { .. } => "agent",
             Error::Refused { .. } => "refused",
             Error::Prometheus { .. } => "prometheus",
             Error::Io { .. } => "io",
@@ -278,6 +287,14 @@ mod tests {
                 agent: "a".into(),
                 reason: "r".into(),
             },
+            Error::Blind {
+                agent: "a".into(),
+                reason: "r".into(),
+                blind: Box::new(crate::loss::blind::NodeBlind {
+                    node: "n".into(),
+                    hooks: Default::default(),
+                }),
+            },
             Error::Refused {
                 agent: "a".into(),
                 status: 401,
@@ -310,6 +327,7 @@ mod tests {
                 | Error::Probe(_)
                 | Error::Migration(_)
                 | Error::Agent { .. }
+                | Error::Blind { .. }
                 | Error::Refused { .. }
                 | Error::Prometheus { .. }
                 | Error::Io { .. } => {}

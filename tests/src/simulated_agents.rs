@@ -52,6 +52,9 @@ pub struct Model {
     /// Every agent on this port of an address of its own, 127.0.0.(2+i),
     /// as agents are on their nodes; none: 127.0.0.1, any port.
     pub port: Option<u16>,
+    /// Nodes with hooks that run behind another program, as their agents
+    /// report them.
+    pub blind: Vec<(usize, observer::loss::blind::BlindHooks)>,
 }
 
 impl Default for Model {
@@ -66,6 +69,7 @@ impl Default for Model {
             guard_ms: 20,
             restarted: Vec::new(),
             port: None,
+            blind: Vec::new(),
         }
     }
 }
@@ -236,6 +240,12 @@ async fn reading_handler(
             interval_ms: model.interval_ms,
             name: &name,
             probes: Vec::new(),
+            blind: model
+                .blind
+                .iter()
+                .find(|(n, _)| n == i)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default(),
         };
         answerer.answer(&request, &model.tick(*i, from), &model.tick(*i, to))
     })

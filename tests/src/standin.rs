@@ -232,3 +232,32 @@ fn program(ebpf: &mut Ebpf, verdict: Verdict) -> &mut SchedClassifier {
         .try_into()
         .expect("a TC program")
 }
+
+/// Holds priority 1 of `iface`'s clsact `direction` ("ingress" or
+/// "egress") in the network namespace `netns` with a filter crossover
+/// cannot share it with: classic BPF for IPv4 only, returning TC_ACT_OK, a
+/// final verdict. crossover attaches behind it and the hook stays blind
+/// whatever it re-asserts, until `tc filter del ... pref 1` takes it away.
+pub fn hold_priority_1(netns: &str, iface: &str, direction: &str) {
+    let tc = |args: &[&str]| {
+        let mut all = vec!["ip", "netns", "exec", netns, "tc"];
+        all.extend(args);
+        crate::netns::sh(&all);
+    };
+    tc(&["qdisc", "add", "dev", iface, "clsact"]);
+    tc(&[
+        "filter",
+        "add",
+        "dev",
+        iface,
+        direction,
+        "prio",
+        "1",
+        "protocol",
+        "ip",
+        "bpf",
+        "da",
+        "bytecode",
+        "1,6 0 0 0,",
+    ]);
+}

@@ -161,6 +161,13 @@ pub struct PeersReport {
     /// Overlays, directions and networks by name; a name this version
     /// does not know makes the whole report refused, never guessed.
     pub peers: Vec<PeerRecord>,
+    /// This node's hooks that run behind another program, as last checked
+    /// (absent when none, and from agents that predate it).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::loss::blind::BlindHooks::is_empty"
+    )]
+    pub blind: crate::loss::blind::BlindHooks,
 }
 
 impl PeersReport {

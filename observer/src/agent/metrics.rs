@@ -345,7 +345,7 @@ fn hook_families(out: &mut String, state: &State) {
             &[
                 ("node", node),
                 ("hook", hook.label()),
-                ("direction", direction),
+                ("direction", direction.label()),
             ],
             n,
         );

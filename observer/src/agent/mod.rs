@@ -6,6 +6,7 @@
 //! versioned JSON API.
 pub mod api;
 pub mod auth;
+mod hook_events;
 pub mod metrics;
 mod migration;
 mod probing;
@@ -323,6 +324,9 @@ impl State {
     /// This node's half of the window `request` asks for. `Err` when the
     /// window's end tick is not read yet.
     pub fn reading(&self, request: &Request) -> std::result::Result<NodeReading, Unservable> {
+        // Taken before the ring: the observer's lock is never waited for
+        // while holding the ring's.
+        let blind = crate::loss::blind::BlindHooks::of(lock(&self.observer).order());
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let interval_ms = ring.interval.as_millis().max(1) as u64;
         let (from, to) = request.ticks(interval_ms);
@@ -338,6 +342,7 @@ impl State {
             interval_ms,
             name: &name,
             probes: self.probe_rows(),
+            blind,
         };
         Ok(answerer.answer(request, start, end))
     }
@@ -418,7 +423,11 @@ impl State {
     }
 
     fn peers_report(&self) -> Result<api::PeersReport> {
-        let peers = lock(&self.observer).peers()?;
+        let (peers, blind) = {
+            let observer = lock(&self.observer);
+            let blind = crate::loss::blind::BlindHooks::of(observer.order());
+            (observer.peers()?, blind)
+        };
         let underlay = self
             .view()
             .local()
@@ -433,6 +442,7 @@ impl State {
             underlay,
             taken_ns: crate::datapath::monotonic_ns(),
             peers,
+            blind,
         })
     }
 
@@ -696,7 +706,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         auth,
     });
     let mut tasks = Vec::new();
+    // Every order check's result, for the Events on the Node (Kubernetes
+    // only): the newest kept, never queued.
+    let (orders, orders_rx) = tokio::sync::watch::channel(Vec::new());
     if let Some(cluster) = cluster {
+        tasks.push(tokio::spawn(hook_events::follow(
+            cluster.clone(),
+            orders_rx,
+        )));
         view::rebuild(&state, &cluster);
         tasks.push(tokio::spawn(view::follow_cluster(state.clone(), cluster)));
     } else {
@@ -735,6 +752,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             followed = session.follow_links() => if let Err(err) = followed { break Err(err) },
             _ = order_check.tick() => if let Err(err) = session.keep_order().await { break Err(err) },
         }
+        let observer = session.observer();
+        orders.send_if_modified(|last| {
+            let changed = last.as_slice() != observer.order();
+            if changed {
+                *last = observer.order().to_vec();
+            }
+            changed
+        });
     };
     for task in tasks {
         task.abort();

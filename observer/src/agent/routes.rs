@@ -12,7 +12,10 @@ use axum::{
 use serde::Serialize;
 
 use super::{State, api, lock, metrics};
-use crate::Result;
+use crate::{
+    Result,
+    loss::blind::{BlindHooks, BlindRefusal, NodeBlind},
+};
 
 type Shared = Arc<State>;
 
@@ -202,8 +205,19 @@ async fn reading_handler(
     // Counts from an underlay hook that runs behind another program are
     // not a number to report: the reader sees this node as failed, with
     // why, and the gate treats it as it treats a missing agent.
-    if let Some(blind) = super::blind_underlay(lock(&state.observer).order()) {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{blind}\n")).into_response();
+    let refusal = {
+        let observer = lock(&state.observer);
+        super::blind_underlay(observer.order()).map(|error| BlindRefusal {
+            version: crate::loss::reading::VERSION,
+            error,
+            blind: NodeBlind {
+                node: state.node.clone(),
+                hooks: BlindHooks::of(observer.order()),
+            },
+        })
+    };
+    if let Some(refusal) = refusal {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(refusal)).into_response();
     }
     let interval = state.interval();
     let k = request.at_ms / interval.as_millis().max(1) as u64;

@@ -24,6 +24,7 @@ use crate::{
     cluster::agents::{self, AgentPods},
     loss::{
         LossRow, Signal,
+        blind::NodeBlind,
         client::Client,
         cluster::{self, ClusterReading, WindowArgs},
         delivery::{self, Delivery},
@@ -214,13 +215,18 @@ async fn read_with(
     let client = Client::new(args.timeout).with_credentials(credentials);
     let wide = args.format == LossFormat::Wide;
     if args.since_start {
-        let matrix = read_all(&client, &args.agents).await?;
+        let (matrix, blind) = read_all(&client, &args.agents).await?;
+        let blind = blind_lines(&blind);
         match args.format {
             LossFormat::Json => {
+                // The rows stay an array, as before: the hooks go to stderr.
+                eprint!("{blind}");
                 let rows: Vec<serde_json::Value> = matrix.iter().map(delivery_json).collect();
                 println!("{}", to_json(&rows)?)
             }
-            LossFormat::Table | LossFormat::Wide => print!("{}", delivery_table(&matrix)),
+            LossFormat::Table | LossFormat::Wide => {
+                print!("{blind}{}", delivery_table(&matrix))
+            }
         }
         return Ok(0);
     }
@@ -254,6 +260,8 @@ async fn read_with(
             shown(row.clone());
         }
         if table {
+            // Streamed rows come first: the blind hooks follow them.
+            let _ = out.write_all(blind_lines(&summary.blind).as_bytes());
             let _ = out.write_all(footer(&summary).as_bytes());
         }
         summary
@@ -382,6 +390,7 @@ pub fn render(reading: &ClusterReading, wide: bool) -> String {
         reading.answered,
         reading.lateness_ms
     );
+    out += &blind_lines(&reading.blind);
     let columns = if wide {
         &COLUMNS[..]
     } else {
@@ -410,6 +419,16 @@ pub fn render(reading: &ClusterReading, wide: bool) -> String {
         out += &table::render(&t);
     }
     out += &footer(reading);
+    out
+}
+
+/// Each node's blind hooks and what they mean for its rows: above the
+/// rows, so none passes unremarked.
+fn blind_lines(blind: &[NodeBlind]) -> String {
+    let mut out = String::new();
+    for b in blind {
+        out += &format!("blind: {b}\n  {}: {}\n", b.node, b.rows_affected());
+    }
     out
 }
 
@@ -492,11 +511,23 @@ fn footer(reading: &ClusterReading) -> String {
 }
 
 /// One reading of every agent's raw counters, all at once so the skew
-/// between one node's sends and its peer's receives stays small.
-pub async fn read_all(client: &Client, agents: &[String]) -> Result<Vec<Delivery>> {
+/// between one node's sends and its peer's receives stays small; and the
+/// nodes with blind hooks.
+pub async fn read_all(
+    client: &Client,
+    agents: &[String],
+) -> Result<(Vec<Delivery>, Vec<NodeBlind>)> {
     let reports = api::fetch_peers(client, agents).await?;
     let views: Vec<_> = reports.iter().map(api::PeersReport::view).collect();
-    Ok(delivery::deliveries(&views))
+    let blind = reports
+        .iter()
+        .filter(|r| !r.blind.is_empty())
+        .map(|r| NodeBlind {
+            node: r.node.clone(),
+            hooks: r.blind.clone(),
+        })
+        .collect();
+    Ok((delivery::deliveries(&views), blind))
 }
 
 pub fn delivery_table(matrix: &[Delivery]) -> String {

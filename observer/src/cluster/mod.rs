@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod cilium;
 pub mod derive;
+pub mod events;
 pub mod index;
 
 use std::{
@@ -106,6 +107,8 @@ pub struct Cluster {
     migration: Store<ConfigMap>,
     health: Health,
     changes: watch::Receiver<u64>,
+    /// For what the agent writes: Events on its Node.
+    client: Client,
 }
 
 /// The annotation the migration driver sets on the Node it is migrating
@@ -185,13 +188,14 @@ impl Cluster {
             ),
             migration: w.spawn(
                 MIGRATION_STATE,
-                Api::namespaced(client, &options.agent_namespace),
+                Api::namespaced(client.clone(), &options.agent_namespace),
                 all.fields(&format!("metadata.name={}", options.migration_name)),
                 |c: &mut ConfigMap| c.metadata.managed_fields = None,
             ),
             options,
             health,
             changes,
+            client,
         };
         Ok(cluster)
     }
@@ -216,6 +220,11 @@ impl Cluster {
     /// Changes whenever any watched object does.
     pub fn changed(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// The API client the watches use.
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     pub fn node_name(&self) -> &str {

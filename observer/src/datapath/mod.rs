@@ -564,7 +564,7 @@ impl Observer {
                     .map(|(name, _)| HookOrder {
                         iface: iface.clone(),
                         hook: attachment.hook,
-                        direction: direction_label(direction_of(name)),
+                        direction: direction_of_hook(direction_of(name)),
                         placement: Placement::Blind,
                         ahead: Vec::new(),
                     })
@@ -606,17 +606,12 @@ impl Observer {
             }
             // Not on the hook at all (taken off by someone else): as blind
             // as behind another program.
-            let placement = match &ahead {
-                Some(ahead) if ahead.is_empty() => Placement::First,
-                _ => Placement::Blind,
-            };
-            order.push(HookOrder {
-                iface: iface.to_owned(),
-                hook: attachment.hook,
-                direction: direction_label(direction),
-                placement,
-                ahead: ahead.unwrap_or_default(),
-            });
+            order.push(HookOrder::from_ahead(
+                iface,
+                attachment.hook,
+                direction_of_hook(direction),
+                ahead,
+            ));
         }
         Ok(())
     }
@@ -858,9 +853,14 @@ fn direction_of(program: &str) -> TcAttachType {
 }
 
 fn direction_label(direction: TcAttachType) -> &'static str {
+    direction_of_hook(direction).label()
+}
+
+/// The ABI's direction of a TC attach point.
+fn direction_of_hook(direction: TcAttachType) -> observer_ebpf::Direction {
     match direction {
-        TcAttachType::Ingress => "ingress",
-        _ => "egress",
+        TcAttachType::Ingress => observer_ebpf::Direction::Ingress,
+        _ => observer_ebpf::Direction::Egress,
     }
 }
 

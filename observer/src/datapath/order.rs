@@ -13,13 +13,14 @@
 use std::io;
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use serde::Serialize;
+use observer_ebpf::Direction;
+use serde::{Deserialize, Serialize};
 
 use super::{AttachMode, Hook};
 use crate::{Error, Result};
 
 /// How a hook's program stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Placement {
     /// Ours runs before every other program on the hook: it sees every
@@ -33,14 +34,14 @@ pub enum Placement {
 /// How many hooks of each kind and direction are blind: what `/metrics`
 /// shows (bounded: a series per hook kind and direction, whatever the
 /// number of pod veths).
-pub fn blind_by_hook(order: &[HookOrder]) -> Vec<(Hook, &'static str, u64)> {
+pub fn blind_by_hook(order: &[HookOrder]) -> Vec<(Hook, Direction, u64)> {
     let mut out = Vec::new();
     for hook in Hook::ALL {
-        for direction in ["ingress", "egress"] {
+        for &direction in Direction::ALL {
             let blind = order
                 .iter()
                 .filter(|o| o.hook == hook && o.direction == direction)
-                .filter(|o| o.placement == Placement::Blind)
+                .filter(|o| o.is_blind())
                 .count();
             out.push((hook, direction, blind as u64));
         }
@@ -49,14 +50,42 @@ pub fn blind_by_hook(order: &[HookOrder]) -> Vec<(Hook, &'static str, u64)> {
 }
 
 /// One hook's placement, as last checked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookOrder {
     pub iface: String,
     pub hook: Hook,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub placement: Placement,
     /// Kernel ids of the programs that run before ours (empty when first).
     pub ahead: Vec<u32>,
+}
+
+impl HookOrder {
+    /// A hook's placement from the programs found ahead of ours: first
+    /// when none; blind behind any, or when ours is not on the hook at all
+    /// (`None`: taken off by someone else).
+    pub fn from_ahead(
+        iface: &str,
+        hook: Hook,
+        direction: Direction,
+        ahead: Option<Vec<u32>>,
+    ) -> HookOrder {
+        let placement = match &ahead {
+            Some(ahead) if ahead.is_empty() => Placement::First,
+            _ => Placement::Blind,
+        };
+        HookOrder {
+            iface: iface.to_owned(),
+            hook,
+            direction,
+            placement,
+            ahead: ahead.unwrap_or_default(),
+        }
+    }
+
+    pub fn is_blind(&self) -> bool {
+        self.placement == Placement::Blind
+    }
 }
 
 /// Programs ahead of the program `ours` on `iface`'s `direction` hook, in

@@ -180,6 +180,13 @@ impl Client {
                 });
             }
             if !status.is_success() {
+                if let Ok(r) = serde_json::from_slice::<super::blind::BlindRefusal>(&body) {
+                    return Err(Error::Blind {
+                        agent: base.to_owned(),
+                        reason: format!("GET {url}: {status}: {}", r.error),
+                        blind: Box::new(r.blind),
+                    });
+                }
                 let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
                 return Err(fail(format!("GET {url}: {status}: {}", text.trim())));
             }

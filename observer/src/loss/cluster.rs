@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CLUSTER, LossRow, Signal,
+    blind::NodeBlind,
     client::Client,
     dropped::DropRow,
     reading::{self, Half, NodeReading, Query},
@@ -175,6 +176,10 @@ pub struct ClusterReading {
     /// count on one side only, so they are left out (and not drilled).
     #[serde(default)]
     pub delivery_totals_left_out: bool,
+    /// Nodes with hooks that run behind another program (docs/hooks.md),
+    /// by node: a count per hook kind and direction, a few named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blind: Vec<NodeBlind>,
     /// The kernel's drops over the window, by node, peer, direction and
     /// reason: the focus nodes' (both ends) and the largest others
     /// ([`super::dropped`]); most first.
@@ -350,11 +355,14 @@ pub async fn read_at(
     }
     for (i, e) in errors.iter().enumerate() {
         if let Some(e) = e {
+            if let Error::Blind { blind, .. } = e {
+                out.blind.push((**blind).clone());
+            }
             out.failed.push(FailedAgent {
                 agent: agents[i].clone(),
                 // The agent is named beside it: its reason alone.
                 error: match e {
-                    Error::Agent { reason, .. } => reason.clone(),
+                    Error::Agent { reason, .. } | Error::Blind { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 },
                 refused: matches!(e, Error::Refused { .. }),
@@ -363,6 +371,17 @@ pub async fn read_at(
     }
     let readings: Vec<&NodeReading> = answers.iter().flatten().collect();
     out.answered = readings.len();
+    // Those that answered, beside those refused for a blind underlay.
+    out.blind.extend(
+        readings
+            .iter()
+            .filter(|r| !r.blind.is_empty())
+            .map(|r| NodeBlind {
+                node: r.node.clone(),
+                hooks: r.blind.clone(),
+            }),
+    );
+    out.blind.sort_by(|a, b| a.node.cmp(&b.node));
     if let Some(r) = readings.first() {
         (out.from_ms, out.to_ms) = (r.from_ms, r.to_ms);
     }

@@ -17,6 +17,8 @@
 //! * [`prometheus`]: the same reading from the shipped recording rules'
 //!   records in Prometheus.
 //! * [`source`]: which of the two a reader uses.
+//! * [`blind`]: a node's blind hooks, as a reading carries them.
+pub mod blind;
 pub mod client;
 pub mod cluster;
 pub mod delivery;

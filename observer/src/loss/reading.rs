@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CLUSTER, LossRow, Signal,
+    blind::BlindHooks,
     dropped::DropRow,
     ring::{Key, Tick, key_of},
 };
@@ -202,6 +203,10 @@ pub struct NodeReading {
     pub local_totals: Vec<LossRow>,
     /// Local rows neither asked for nor among the worst: not listed.
     pub local_left_out: usize,
+    /// This node's hooks that run behind another program, as last checked
+    /// (absent from agents that predate it: none known).
+    #[serde(default, skip_serializing_if = "BlindHooks::is_empty")]
+    pub blind: BlindHooks,
     /// The kernel's drops over the window towards or from the nodes asked
     /// for, then the largest others (`top`).
     #[serde(default)]
@@ -227,6 +232,8 @@ pub struct Answerer<'a> {
     pub name: &'a dyn Fn(Ipv4Addr) -> Option<String>,
     /// The probes' own rows over their window.
     pub probes: Vec<LossRow>,
+    /// This node's blind hooks, as last checked.
+    pub blind: BlindHooks,
 }
 
 /// A counter's window: the sender side from `start`'s late read to `end`'s
@@ -376,6 +383,7 @@ impl Answerer<'_> {
             local,
             local_totals,
             local_left_out: left_out,
+            blind: self.blind.clone(),
             drops,
             drops_left_out,
         }
@@ -444,6 +452,7 @@ mod tests {
             interval_ms: 1000,
             name,
             probes: Vec::new(),
+            blind: Default::default(),
         }
     }
 

@@ -2,11 +2,11 @@
 //! event recorder, and the way loss is measured.
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, Resource,
+    Api, Client,
     api::ListParams,
-    runtime::events::{Event, EventType, Recorder, Reporter},
+    runtime::events::{Recorder, Reporter},
 };
 
 use super::{
@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     Error, Result,
+    cluster::events,
     loss::{Source, client::Client as Reader, cluster::ReadOptions, prometheus::Records},
 };
 
@@ -115,26 +116,9 @@ impl Context {
             warning,
             note: note.clone(),
         });
-        let reference = match pods::get_node(self, node).await {
-            Ok(n) => n.object_ref(&()),
-            Err(_) => ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some(<Node as k8s_openapi::Resource>::KIND.into()),
-                name: Some(node.into()),
-                ..Default::default()
-            },
-        };
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Migrate".into(),
-            secondary: None,
-        };
+        let found = pods::get_node(self, node).await.ok();
+        let reference = events::node_reference(found.as_ref(), node);
+        let event = events::event(reason, &note, "Migrate", warning);
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             eprintln!("crossover: could not record event {reason} on node {node}: {e}");
         }

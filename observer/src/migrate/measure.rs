@@ -26,6 +26,7 @@ use crate::{
     cluster::agents::{self, AgentPods, Found},
     loss::{
         LossRow, Source,
+        blind::NodeBlind,
         cluster::{self, ReadOptions},
         dropped::DropRow,
         prometheus,
@@ -41,6 +42,9 @@ pub struct Measured {
     pub missing: Vec<String>,
     /// End of the window read (Unix ms; 0 when nothing was read).
     pub window_end_ms: u64,
+    /// From the agents: how many answered, and the nodes with blind hooks;
+    /// `None` from Prometheus, whose records do not name hooks.
+    pub hooks: Option<(usize, Vec<NodeBlind>)>,
     /// The kernel's drops over the window: what a breach is explained by.
     pub drops: Vec<DropRow>,
 }
@@ -129,6 +133,7 @@ impl Context {
                     rows: reading.all_rows().cloned().collect(),
                     missing,
                     window_end_ms: reading.to_ms,
+                    hooks: None,
                     drops: reading.drops,
                 })
             }
@@ -139,6 +144,7 @@ impl Context {
                     rows: Vec::new(),
                     missing,
                     window_end_ms: 0,
+                    hooks: None,
                     drops: Vec::new(),
                 })
             }
@@ -159,6 +165,7 @@ impl Context {
             rows: reading.all_rows().cloned().collect(),
             missing,
             window_end_ms: reading.to_ms,
+            hooks: Some((reading.answered, reading.blind)),
             drops: reading.drops,
         })
     }

@@ -27,6 +27,7 @@ use kube::{Api, Client, api::ListParams};
 pub use args::{MigrateArgs, MigrateCommand, ReportArgs};
 use context::{Context, Options, now};
 use lease::Lease;
+use measure::Measured;
 use state::{Phase, State};
 pub use store::decode_state;
 use store::{Store, kube_err};
@@ -279,8 +280,24 @@ async fn plan_nodes(client: &Client, run: &args::RunArgs) -> Result<plan::Plan> 
 /// Prints the preflight checks, the baseline loss among them; `false`
 /// when one fails.
 async fn preflight_passes(ctx: &Context, options: &preflight::PreflightOptions) -> Result<bool> {
-    let facts = preflight::gather(&ctx.client, options).await?;
-    let baseline = match ctx.measure(None).await {
+    let mut facts = preflight::gather(&ctx.client, options).await?;
+    let measured = ctx.measure(None).await;
+    // Hooks only the agents can name: asked of them when the baseline
+    // came from Prometheus.
+    let hooks = match &measured {
+        Ok(Measured {
+            hooks: Some(hooks), ..
+        }) => Ok(hooks.clone()),
+        _ => ctx
+            .measure_agents(None)
+            .await
+            .map(|m| m.hooks.unwrap_or_default()),
+    };
+    facts.hooks = match hooks {
+        Ok((answered, blind)) => preflight::AgentHooks::Read { answered, blind },
+        Err(e) => preflight::AgentHooks::NotRead(e.to_string()),
+    };
+    let baseline = match measured {
         Ok(m) => {
             let d = gate::judge(
                 &ctx.settings.thresholds,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Node as KubeNode;
 
-use super::{Baseline, Check, DriverPlace, Facts};
+use super::{AgentHooks, Baseline, Check, DriverPlace, Facts};
 use crate::cluster::derive;
 
 fn ready(node: &KubeNode) -> bool {
@@ -136,6 +136,52 @@ pub fn agents(facts: &Facts) -> Check {
         ),
         remedy,
     )
+}
+
+/// Every hook of every agent runs crossover first (docs/hooks.md): a hook
+/// behind another program counts what that program lets through, not what
+/// crossed it. A blind underlay fails (every loss signal is counted
+/// there; such an agent also refuses readings, so it is missing from the
+/// baseline too); blind pod, overlay or host hooks warn: the loss figures
+/// stand, the node's flows and connections through them do not.
+pub fn hooks_first(facts: &Facts) -> Check {
+    const NAME: &str = "hooks-seen-first";
+    const DOCS: &str = "# see docs/hooks.md; list what runs on a hook, on its node:\n\
+         bpftool net show dev IFACE\n\
+         tc filter show dev IFACE ingress; tc filter show dev IFACE egress";
+    let (answered, blind) = match &facts.hooks {
+        AgentHooks::NotRead(why) => {
+            return Check::warn(
+                NAME,
+                format!("the agents' hooks were not read: {why}"),
+                "crossover migrate plan  # again once every agent is Ready",
+            );
+        }
+        AgentHooks::Read { answered: 0, .. } => {
+            return Check::warn(
+                NAME,
+                "the agents' hooks were not read: no agent answered",
+                "crossover migrate plan  # again once every agent is Ready",
+            );
+        }
+        AgentHooks::Read { answered, blind } => (answered, blind),
+    };
+    if blind.is_empty() {
+        return Check::pass(
+            NAME,
+            format!("crossover runs first on every hook of the {answered} agents that answered"),
+        );
+    }
+    let mut detail = String::new();
+    for b in blind {
+        detail += &format!("{b}\n  {}: {}\n", b.node, b.rows_affected());
+    }
+    let detail = detail.trim_end().to_owned();
+    if blind.iter().any(|b| b.hooks.underlay()) {
+        Check::fail(NAME, detail, DOCS)
+    } else {
+        Check::warn(NAME, detail, DOCS)
+    }
 }
 
 pub fn baseline(baseline: &Baseline) -> Check {

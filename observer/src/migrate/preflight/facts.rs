@@ -39,6 +39,21 @@ pub struct Facts {
     pub pods: super::PodAddresses,
     /// Where this driver itself runs.
     pub driver: DriverPlace,
+    /// What the agents' readings say of their hooks (not the API's: set
+    /// from the baseline reading).
+    pub hooks: AgentHooks,
+}
+
+/// The agents' blind hooks (docs/hooks.md), from their readings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentHooks {
+    /// No reading of the agents (why).
+    NotRead(String),
+    /// The nodes with blind hooks, of `answered` agents that answered.
+    Read {
+        answered: usize,
+        blind: Vec<crate::loss::blind::NodeBlind>,
+    },
 }
 
 /// Where the driver runs, for whether its own connections can be judged.
@@ -72,6 +87,7 @@ impl Default for Facts {
             overrides: ShapeOverrides::default(),
             pods: super::PodAddresses::default(),
             driver: DriverPlace::Outside,
+            hooks: AgentHooks::NotRead("the agents were not read".into()),
         }
     }
 }

@@ -15,7 +15,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    AgentPod, CalicoInstallation, CalicoIpPool, DriverPlace, Facts, FlannelConfig,
+    AgentHooks, AgentPod, CalicoInstallation, CalicoIpPool, DriverPlace, Facts, FlannelConfig,
     NodeAddressAutodetection, NodeConfigs, PreflightOptions, ServiceCidr,
 };
 use crate::{
@@ -134,6 +134,7 @@ pub async fn gather(client: &Client, opts: &PreflightOptions) -> Result<Facts> {
         overrides: opts.overrides.clone(),
         pods: pod_addresses(client).await?,
         driver: driver_place(client).await,
+        hooks: AgentHooks::NotRead("the agents are read after the API".into()),
     })
 }
 

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::cluster::derive::ShapeOverrides;
 
 pub use facts::{
-    AgentPod, CalicoInstallation, CalicoIpPool, DriverPlace, Facts, FlannelConfig,
+    AgentHooks, AgentPod, CalicoInstallation, CalicoIpPool, DriverPlace, Facts, FlannelConfig,
     NodeAddressAutodetection, NodeConfigs, ServiceCidr,
 };
 pub use gather::gather;
@@ -158,6 +158,7 @@ pub fn checks(facts: &Facts, baseline: &Baseline) -> Vec<Check> {
         objects::objects(facts),
         cluster::nodes_ready(facts),
         cluster::agents(facts),
+        cluster::hooks_first(facts),
         cluster::driver_network(facts),
         cluster::baseline(baseline),
     ]

@@ -100,6 +100,10 @@ fn migration_facts() -> Facts {
             cidrs: vec!["10.96.0.0/12".parse().unwrap()],
             source: "--service-cidr".into(),
         },
+        hooks: AgentHooks::Read {
+            answered: 3,
+            blind: Vec::new(),
+        },
         ..Facts::default()
     }
 }
@@ -167,6 +171,7 @@ fn guide_values_pass_every_check() {
             "cluster-objects",
             "nodes-ready",
             "agents-everywhere",
+            "hooks-seen-first",
             "driver-host-network",
             "baseline-loss",
         ]
@@ -178,7 +183,7 @@ fn guide_values_pass_every_check() {
     assert!(!blocking(&all));
     let table = render(&all);
     assert!(
-        table.contains("15 checks: 15 pass, 0 warn, 0 fail\n"),
+        table.contains("16 checks: 16 pass, 0 warn, 0 fail\n"),
         "{table}"
     );
 }
@@ -843,4 +848,81 @@ fn a_driver_on_the_pod_network_is_warned_of_its_own_connections() {
         reason: "pods \"migrate-x\" is forbidden".into(),
     };
     assert_status(&facts, "driver-host-network", Status::Warn, "is forbidden");
+}
+
+/// Blind hooks the agents report are named, node by node: pod hooks warn
+/// (the loss figures stand), a blind underlay fails; agents not read warn.
+#[test]
+fn blind_hooks_are_named_and_a_blind_underlay_fails() {
+    use crate::{
+        datapath::{Hook, HookOrder},
+        loss::blind::{BlindHooks, NodeBlind},
+    };
+    use observer_ebpf::Direction;
+    let blind =
+        |iface: &str, hook| HookOrder::from_ahead(iface, hook, Direction::Ingress, Some(vec![123]));
+    let mut facts = migration_facts();
+    assert_status(
+        &facts,
+        "hooks-seen-first",
+        Status::Pass,
+        "every hook of the 3 agents that answered",
+    );
+    let pods: Vec<HookOrder> = (0..3)
+        .map(|i| blind(&format!("lxc12ab{i}"), Hook::Pod))
+        .collect();
+    facts.hooks = AgentHooks::Read {
+        answered: 3,
+        blind: vec![NodeBlind {
+            node: "worker-1".into(),
+            hooks: BlindHooks::of(&pods),
+        }],
+    };
+    let c = assert_status(
+        &facts,
+        "hooks-seen-first",
+        Status::Warn,
+        "worker-1: 3 pod hooks (ingress) blind; lxc12ab0 ingress: programs [123] run first",
+    );
+    assert!(
+        c.detail
+            .contains("worker-1: its loss rows are counted on its underlay"),
+        "{}",
+        c.detail
+    );
+    assert!(c.remedy.unwrap().contains("bpftool net show dev IFACE"));
+    assert!(!blocking(&checks(&facts, &under())));
+
+    facts.hooks = AgentHooks::Read {
+        answered: 3,
+        blind: vec![NodeBlind {
+            node: "worker-2".into(),
+            hooks: BlindHooks::of(&[blind("eth0", Hook::Underlay)]),
+        }],
+    };
+    assert_status(
+        &facts,
+        "hooks-seen-first",
+        Status::Fail,
+        "worker-2: 1 underlay hook (ingress) blind; eth0 ingress",
+    );
+    assert!(blocking(&checks(&facts, &under())));
+
+    facts.hooks = AgentHooks::Read {
+        answered: 0,
+        blind: Vec::new(),
+    };
+    assert_status(
+        &facts,
+        "hooks-seen-first",
+        Status::Warn,
+        "not read: no agent answered",
+    );
+    facts.hooks = AgentHooks::NotRead("no agent answered".into());
+    assert_status(
+        &facts,
+        "hooks-seen-first",
+        Status::Warn,
+        "not read: no agent answered",
+    );
 }
