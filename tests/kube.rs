@@ -627,6 +627,7 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
         nodes: 2,
         migrated: 0,
         pods: 1,
+        ..LabSpec::default()
     });
     let worker = kl.lab.node_ns("worker-1");
     let veths: Vec<String> = kl
