@@ -997,19 +997,15 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     // The window's end past the last drop.
     std::thread::sleep(Duration::from_millis(1500));
 
-    let loss = |format: &str| {
-        let mut loss = Command::new("ip");
-        loss.args(["netns", "exec", &cp, CROSSOVER, "loss", "-o", format]);
-        loss.args(["--node", "control-plane", "--window", "60s"]);
-        loss.args(["--sample-interval", "500ms"]);
-        for url in &agents.urls {
-            loss.args(["--agent", url]);
-        }
-        let out = loss.output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let reading: serde_json::Value = serde_json::from_str(&loss("json")).unwrap();
+    let window = [
+        "--node",
+        "control-plane",
+        "--window",
+        "60s",
+        "--sample-interval",
+        "500ms",
+    ];
+    let reading = agents.loss_json(&cp, &window);
     let drops = reading["drops"].as_array().unwrap();
     let firewall: Vec<_> = drops
         .iter()
@@ -1070,7 +1066,7 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     assert!((ratio - injected).abs() < 0.005, "{injected}: {in_node}");
     assert!((ratio - 0.05).abs() < 0.01, "5% injected: {in_node}");
 
-    let table = loss("table");
+    let table = agents.loss(&cp, &[&["-o", "table"], &window[..]].concat());
     assert!(
         table.contains("dropped by the kernel")
             && table

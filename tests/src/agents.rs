@@ -175,15 +175,22 @@ impl Agents {
     /// `crossover loss --format json ARGS` run in network namespace `ns`
     /// against every agent; it must succeed.
     pub fn loss_json(&self, ns: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.loss(ns, &[&["--format", "json"], args].concat());
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// `crossover loss ARGS` run in network namespace `ns` against every
+    /// agent: what it printed; it must succeed.
+    pub fn loss(&self, ns: &str, args: &[&str]) -> String {
         let mut loss = Command::new("ip");
-        loss.args(["netns", "exec", ns, CROSSOVER, "loss", "--format", "json"]);
+        loss.args(["netns", "exec", ns, CROSSOVER, "loss"]);
         loss.args(args);
         for url in &self.urls {
             loss.args(["--agent", url]);
         }
         let out = loss.output().unwrap();
         assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 
