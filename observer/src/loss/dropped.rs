@@ -152,6 +152,15 @@ type Figures = (u64, u64);
 /// (as a handshake's RST is), not lost.
 pub const REFUSED: &str = "NO_SOCKET";
 
+/// Whether a reason is a node's own socket's (its TCP state machine:
+/// `TCP_CLOSE`, `TCP_OLD_DATA`, ...; its buffers and filters: `SOCKET_*`):
+/// the host stack's endpoints at work, not the datapath losing the
+/// overlays' packets. Shown with the drops, never counted as loss inside
+/// the node.
+pub fn is_socket_reason(reason: &str) -> bool {
+    reason.starts_with("TCP_") || reason.starts_with("SOCKET_")
+}
+
 /// Loss inside a node ([`Signal::InNode`]) over a window: per peer,
 /// direction, overlay and network pair the node's kernel dropped, against
 /// what its underlay exchanged with that peer that way (`exchanged`, every
@@ -171,6 +180,9 @@ pub fn in_node_rows(
         let row = rows
             .entry((peer, d.direction, d.overlay, d.src_net, d.dst_net))
             .or_default();
+        if is_socket_reason(&d.reason) {
+            continue;
+        }
         if d.reason == REFUSED {
             row.1 += n;
         } else {
@@ -335,6 +347,9 @@ mod tests {
                 record(2, Direction::Egress, "NETFILTER_DROP", 150),
                 record(3, Direction::Ingress, "QDISC_DROP", 5),
                 record(3, Direction::Ingress, REFUSED, 7),
+                // The node's own sockets at work: not loss.
+                record(3, Direction::Ingress, "TCP_CLOSE", 3),
+                record(2, Direction::Egress, "SOCKET_RCVBUFF", 3),
             ],
         );
         let exchanged = BTreeMap::from([

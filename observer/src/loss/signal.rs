@@ -23,8 +23,9 @@ pub enum Signal {
     /// Probe TCP handshakes, timed from connect to established.
     ProbeTcp,
     /// Packets of the cluster a node's kernel dropped on their way to a
-    /// peer, or on their way in from it (`skb:kfree_skb`, any reason but
-    /// `NO_SOCKET`, which is refused), against everything the node's
+    /// peer, or on their way in from it (`skb:kfree_skb`; `NO_SOCKET` is
+    /// refused, the node's own sockets' `TCP_*` and `SOCKET_*` are not
+    /// counted), against everything the node's
     /// underlay exchanged with that peer that way: loss inside a node,
     /// which delivery (underlay to underlay) cannot see.
     InNode,
