@@ -76,6 +76,14 @@ impl Default for ReadOptions {
     }
 }
 
+impl ReadOptions {
+    /// Whether a row (or drop) between `node` and `peer` is about a focus
+    /// node, at either end.
+    pub fn about_focus(&self, node: &str, peer: &str) -> bool {
+        self.focus.iter().any(|n| n == node || n == peer)
+    }
+}
+
 pub const DEFAULT_GUARD: Duration = Duration::from_millis(20);
 
 /// The window a reader asks every agent for, and the agents' ticks it is
@@ -476,12 +484,7 @@ pub async fn read_at(
     }
 
     // Local signals: rows about the focus, then the worst of the rest.
-    let is_focus = |r: &LossRow| {
-        options
-            .focus
-            .iter()
-            .any(|n| *n == r.node || *n == r.peer_node)
-    };
+    let is_focus = |r: &LossRow| options.about_focus(&r.node, &r.peer_node);
     let mut worst = Vec::new();
     // A focus node's local rows summed over its peers, each way: at one
     // probe a second per pair, a pair's window holds too few probes to be
@@ -559,12 +562,7 @@ pub async fn read_at(
 /// Every answer's drops: the focus nodes' at both ends, then the largest
 /// others, `top` of them.
 fn gather_drops(readings: &[&NodeReading], options: &ReadOptions, out: &mut ClusterReading) {
-    let is_focus = |d: &DropRow| {
-        options
-            .focus
-            .iter()
-            .any(|n| *n == d.node || *n == d.peer_node)
-    };
+    let is_focus = |d: &DropRow| options.about_focus(&d.node, &d.peer_node);
     let mut rest = Vec::new();
     for r in readings {
         out.drops_left_out += r.drops_left_out;
