@@ -2,6 +2,7 @@
 //! attaching them, and reading back what they counted.
 mod ageing;
 mod attach;
+mod blocks;
 mod btf;
 mod drops;
 mod flows;
@@ -35,6 +36,7 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
+pub use blocks::{BlockPlan, BlockSummary};
 pub use drops::DropRecord;
 /// The drop program and its floor, by name (the benchmark reads their
 /// kernel statistics).
@@ -67,6 +69,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cr
 /// entry (2.7 GiB at this size).
 pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
 
+/// Largest ADDR_BLOCKS a flag may ask for: 24 bytes an entry (24 MiB), a
+/// /8 cut into /28 blocks.
+pub const MAX_ADDR_BLOCK_CAPACITY: u32 = 1 << 20;
+
 /// Most PEER_STATS slots a flag may ask for: a per-CPU array of 64 bytes
 /// a slot (16 MiB per CPU at this size), and PEER_SLOTS holds one more.
 pub const MAX_PEER_SLOT_CAPACITY: u32 = 1 << 18;
@@ -80,6 +86,9 @@ pub struct LoadOptions {
     /// nodes; PEER_SLOTS holds one more entry, the ABI version.
     pub peer_slot_capacity: u32,
     pub addr_capacity: u32,
+    /// ADDR_BLOCKS entries: pod ranges classified by block instead of the
+    /// trie (`blocks.rs`); 0 leaves every address to the trie.
+    pub addr_block_capacity: u32,
     /// Handshakes in flight at once (HANDSHAKES).
     pub handshake_capacity: u32,
     pub attach_mode: AttachMode,
@@ -102,6 +111,7 @@ impl Default for LoadOptions {
             peer_capacity: DEFAULT_PEER_CAPACITY,
             peer_slot_capacity: DEFAULT_PEER_SLOT_CAPACITY,
             addr_capacity: DEFAULT_ADDR_CAPACITY,
+            addr_block_capacity: observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY,
             handshake_capacity: observer_ebpf::DEFAULT_HANDSHAKE_CAPACITY,
             attach_mode: AttachMode::Auto,
             netns: None,
@@ -122,6 +132,8 @@ pub struct Observer {
     attached: BTreeMap<String, Attachment>,
     /// ADDRS as last written, to apply a new shape as a difference.
     addrs: BTreeMap<Ipv4Net, AddrInfo>,
+    /// ADDR_BLOCKS and CONFIG's block ranges as last written.
+    blocks: BlockPlan,
     /// PEER_STATS slots handed out. Never reused, so a peer's counters stay
     /// monotonic while the shape changes around it. PEER_SLOTS holds all of
     /// them (peers that left the shape marked retired), so a restarted
@@ -166,6 +178,9 @@ impl Observer {
             .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity + 1)
             .map_max_entries(map::PEER_STATS, options.peer_slot_capacity)
             .map_max_entries(map::ADDRS, options.addr_capacity)
+            // An array of no entries cannot be created; one unused entry
+            // stands for "off".
+            .map_max_entries(map::ADDR_BLOCKS, options.addr_block_capacity.max(1))
             .map_max_entries(map::HANDSHAKES, options.handshake_capacity);
         let pins = options.pin_path.as_deref().map(PinDir::open).transpose()?;
         let mut pin_report = None;
@@ -207,6 +222,7 @@ impl Observer {
             mode,
             attached: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            blocks: BlockPlan::default(),
             peer_slots: BTreeMap::new(),
             slotless: 0,
             slottable: SlotRule::default(),
@@ -330,20 +346,18 @@ impl Observer {
         Ok([id(map::PEERS)?, id(map::PEER_STATS)?])
     }
 
-    /// Writes the cluster's shape into CONFIG and ADDRS. Applied as a
-    /// difference, so a changed shape never leaves the kernel with an empty
-    /// table in between.
+    /// Writes the cluster's shape into CONFIG, ADDRS and ADDR_BLOCKS.
+    /// Applied as a difference, so a changed shape never leaves the kernel
+    /// with an empty table in between.
+    /// The pod ranges new flows are classified in by block, and what is
+    /// left to the trie.
+    pub fn block_summary(&self) -> &BlockSummary {
+        &self.blocks.summary
+    }
+
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
         self.tick()?;
-        let config = observer_ebpf::Config {
-            control_port: self.options.control_port,
-            ..shape.kernel_config()?
-        };
-        let mut array: Array<&mut MapData, observer_ebpf::Config> =
-            map_mut(&mut self.ebpf, map::CONFIG)?;
-        array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
-
         let wanted: BTreeMap<Ipv4Net, AddrInfo> = shape.kernel_addrs().into_iter().collect();
         if wanted.len() as u32 > self.options.addr_capacity {
             return Err(Error::MapFull {
@@ -355,6 +369,23 @@ impl Observer {
                 ),
             });
         }
+        let plan = blocks::plan(&wanted, self.options.addr_block_capacity);
+        // New ranges (or a restart, which knows nothing of the array): the
+        // kernel asks the trie alone while the whole array is rewritten.
+        let relaid = plan.ranges != self.blocks.ranges;
+        let mut config = observer_ebpf::Config {
+            control_port: self.options.control_port,
+            block_ranges: if relaid {
+                Default::default()
+            } else {
+                plan.ranges
+            },
+            ..shape.kernel_config()?
+        };
+        let mut array: Array<&mut MapData, observer_ebpf::Config> =
+            map_mut(&mut self.ebpf, map::CONFIG)?;
+        array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
+
         let previous = std::mem::take(&mut self.addrs);
         let mut trie: LpmTrie<&mut MapData, u32, AddrInfo> = map_mut(&mut self.ebpf, map::ADDRS)?;
         let key = |net: &Ipv4Net| Key::new(u32::from(net.prefix_len()), wire_addr(net.network()));
@@ -367,6 +398,25 @@ impl Observer {
         for net in previous.keys().filter(|net| !wanted.contains_key(net)) {
             trie.remove(&key(net)).map_err(Error::map(map::ADDRS))?;
         }
+
+        let writes = match relaid {
+            true => (0u32..).zip(plan.entries.iter().copied()).collect(),
+            false => self.blocks.writes_to(&plan),
+        };
+        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
+            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
+        for (index, block) in writes {
+            entries
+                .set(index, block, 0)
+                .map_err(Error::map(map::ADDR_BLOCKS))?;
+        }
+        if relaid {
+            config.block_ranges = plan.ranges;
+            let mut array: Array<&mut MapData, observer_ebpf::Config> =
+                map_mut(&mut self.ebpf, map::CONFIG)?;
+            array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
+        }
+        self.blocks = plan;
         self.addrs = wanted;
         self.assign_peer_slots(shape)
     }
@@ -790,6 +840,22 @@ impl Observer {
         snapshot::clear_flows(&mut self.ebpf)
     }
 
+    /// Overwrites ADDR_BLOCKS entry `index` behind the plan's back: tests
+    /// prove the kernel answers from it.
+    #[cfg(feature = "test-api")]
+    pub fn write_addr_block(&mut self, index: u32, block: observer_ebpf::AddrBlock) -> Result<()> {
+        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
+            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
+        entries
+            .set(index, block, 0)
+            .map_err(Error::map(map::ADDR_BLOCKS))
+    }
+
+    /// The plan last written to ADDR_BLOCKS and CONFIG.
+    pub fn block_plan(&self) -> &BlockPlan {
+        &self.blocks
+    }
+
     /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
     #[cfg(feature = "test-api")]
     pub fn reset_counters(&mut self) -> Result<()> {
@@ -946,6 +1012,7 @@ fn sized_by(name: &str, options: &LoadOptions) -> String {
     let (flag, entries) = match name {
         map::FLOWS => ("--flow-capacity", options.flow_capacity),
         map::ADDRS => ("--addr-capacity", options.addr_capacity),
+        map::ADDR_BLOCKS => ("--addr-block-capacity", options.addr_block_capacity),
         map::PEER_SLOTS | map::PEER_STATS => ("--peer-slot-capacity", options.peer_slot_capacity),
         map::PEERS => ("its fixed capacity", options.peer_capacity),
         map::HANDSHAKES => ("its fixed capacity", options.handshake_capacity),

@@ -33,7 +33,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use observer_ebpf::{
-    AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PEER_ABI_KEY, PEER_ABI_VERSION,
+    AddrBlock, AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PEER_ABI_KEY, PEER_ABI_VERSION,
     PEER_SLOT_RETIRED, PeerKey, PeerStats, PendingHandshake, map,
 };
 use serde::Serialize;
@@ -72,7 +72,7 @@ impl Geometry {
 
 /// Every map of the object and the geometry this binary gives it. Sizes
 /// come from the ABI crate the programs were built with.
-pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
+pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 10] {
     let g = |map_type: MapType, key: usize, value: usize, max_entries: u32, flags: u32| Geometry {
         map_type: map_type as u32,
         key_size: key as u32,
@@ -94,6 +94,16 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
                 size_of::<AddrInfo>(),
                 options.addr_capacity,
                 BPF_F_NO_PREALLOC,
+            ),
+        ),
+        (
+            map::ADDR_BLOCKS,
+            g(
+                MapType::Array,
+                u32s,
+                size_of::<AddrBlock>(),
+                options.addr_block_capacity.max(1),
+                0,
             ),
         ),
         (
