@@ -147,6 +147,13 @@ pub struct AgentArgs {
     /// 16,384.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub addr_capacity: Option<u32>,
+    /// Pods' /32 entries in the address table, for pods whose addresses
+    /// no network range covers (AWS VPC CNI: pods in the nodes' subnet,
+    /// listed from the Pods or the shape file's `pods`). Pods beyond it
+    /// are left out, classified as outside the cluster, and counted
+    /// (crossover_pod_addrs{state="refused"}, /api/v1/status).
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_POD_ADDR_CAPACITY)]
+    pub pod_addr_capacity: u32,
     /// PEER_STATS slots: (peer node, overlay, direction, network pair)
     /// keys in use counted without a hash lookup, 64 bytes each per CPU.
     /// Keys beyond it are still counted (PEERS hash), and shown as
@@ -620,6 +627,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
         addr_capacity: shape.addr_capacity(args.addr_capacity)?,
+        pod_addr_capacity: args.pod_addr_capacity,
         peer_slot_capacity: args.peer_slot_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
@@ -738,6 +746,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.node,
         session.attached_list()
     );
+    let pods = lock(&state.observer).pod_addrs();
+    if pods.in_table + pods.refused > 0 {
+        eprintln!(
+            "crossover: {} pod addresses as /32 entries (--pod-addr-capacity {}), {} left out",
+            pods.in_table, pods.capacity, pods.refused
+        );
+    }
     eprintln!("crossover: {}", auth::Auth::describe(state.auth.as_ref()));
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =

@@ -57,6 +57,10 @@ pub struct ObserveArgs {
     /// at least 16,384.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub addr_capacity: Option<u32>,
+    /// Pods' /32 entries in the address table (the shape file's `pods`);
+    /// pods beyond it are left out and counted.
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_POD_ADDR_CAPACITY)]
+    pub pod_addr_capacity: u32,
     /// Only flows and counters towards or from this peer node (a node of
     /// the shape).
     #[arg(long)]
@@ -111,6 +115,7 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
         addr_capacity: shape.addr_capacity(args.addr_capacity)?,
+        pod_addr_capacity: args.pod_addr_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         ..LoadOptions::default()
