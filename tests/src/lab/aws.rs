@@ -122,6 +122,31 @@ pub fn snat_rules(j: usize) -> String {
     )
 }
 
+/// Mark of what real Cilium moves in BPF: from its tunnel, and from its
+/// pods to other Cilium pods (a bit no CNI here uses).
+const MOVED_BY_CILIUM: &str = "0x200/0x200";
+
+/// Keeps `AWS-SNAT-CHAIN-0` off what Cilium moves between its pods and
+/// its tunnel. Real Cilium hands a packet from `cilium_vxlan` to the pod's
+/// `lxc`, and a pod's packet for another node's Cilium pod to the tunnel,
+/// in BPF, past netfilter; the lab routes both through the kernel, where
+/// the chain (which matches any source, for anything leaving the VPC)
+/// would SNAT them. The node's own traffic into Cilium's range takes the
+/// kernel's path on a real node too, and is SNATed there as here.
+pub fn cilium_delivery_rules() -> String {
+    let lab = r#"-m comment --comment "crossover lab: Cilium moves this in BPF, past netfilter""#;
+    let cilium = plan::cluster_cidr(plan::Network::Cilium);
+    format!(
+        "*mangle\n\
+         -A PREROUTING -i cilium_vxlan {lab} -j MARK --set-xmark {MOVED_BY_CILIUM}\n\
+         -A PREROUTING -i lxc+ -d {cilium} {lab} -j MARK --set-xmark {MOVED_BY_CILIUM}\n\
+         COMMIT\n\
+         *nat\n\
+         -I POSTROUTING 1 -m mark --mark {MOVED_BY_CILIUM} {lab} -j RETURN\n\
+         COMMIT\n"
+    )
+}
+
 /// What an nftables rule on node `j`'s bridge port matches of the native
 /// path from `j` to `k`: frames for `k`'s `eth0` that are not node `j` to
 /// node `k` (those are tunnels, or the nodes' own traffic).

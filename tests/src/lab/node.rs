@@ -246,5 +246,13 @@ COMMIT
 COMMIT
 "#
     );
-    batch(ns, &["iptables-restore", "--noflush"], &rules)
+    batch(ns, &["iptables-restore", "--noflush"], &rules)?;
+    if cni == LegacyCni::AwsNative {
+        batch(
+            ns,
+            &["iptables-restore", "--noflush"],
+            &aws::cilium_delivery_rules(),
+        )?;
+    }
+    Ok(())
 }
