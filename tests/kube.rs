@@ -793,15 +793,20 @@ fn aws_pods_are_each_a_32_in_the_agents_address_table() {
         legacy: crossover_tests::lab::LegacyCni::AwsNative,
     });
     let pins = crossover_tests::pins::TestPins::outside_sys();
-    let pin_arg = format!("{}/{{node}}", pins.path.display());
-    kl.start_agents(&[
-        "--probe-rate",
-        "0",
-        "--pin-path",
-        &pin_arg,
-        "--pod-addr-capacity",
-        "4",
-    ]);
+    for node in ["control-plane", "worker-1"] {
+        let pin_path = pins.path.join(node);
+        kl.start_agent(
+            node,
+            &[
+                "--probe-rate",
+                "0",
+                "--pin-path",
+                pin_path.to_str().unwrap(),
+                "--pod-addr-capacity",
+                "4",
+            ],
+        );
+    }
     kl.wait_agents_ready();
     let addrs = |node: &str| pins.path.join(node).join("maps").join("ADDRS");
     let cp = plan::underlay_addr(0);
