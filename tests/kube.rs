@@ -894,12 +894,16 @@ fn aws_pods_are_each_a_32_in_the_agents_address_table() {
     }
     let mut left = started.clone();
     left.push(new[2]);
-    within(WITHIN, "gone pods' /32s removed, the refused one in", || {
-        ["control-plane", "worker-1"]
-            .iter()
-            .all(|n| pinned_pod_entries(&addrs(n)) == legacy(&left))
-            .then_some(())
-    });
+    within(
+        WITHIN,
+        "gone pods' /32s removed, the refused one in",
+        || {
+            ["control-plane", "worker-1"]
+                .iter()
+                .all(|n| pinned_pod_entries(&addrs(n)) == legacy(&left))
+                .then_some(())
+        },
+    );
     let status = kl.get_json(&kl.url(0, "/api/v1/status"));
     assert_eq!(
         status["view"]["pod_addrs"],

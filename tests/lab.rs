@@ -462,7 +462,10 @@ fn snat_is_seen_through(legacy: LegacyCni) {
             } else {
                 // A node's underlay address is no overlay address: the
                 // receiver sees the node itself as the client.
-                assert_eq!((r.snat_seen, r.client_net.label()), (SnatSeen::None, "host"));
+                assert_eq!(
+                    (r.snat_seen, r.client_net.label()),
+                    (SnatSeen::None, "host")
+                );
             }
         }
     }

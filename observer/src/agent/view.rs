@@ -86,7 +86,11 @@ impl View {
             n.underlay == ip
                 || n.overlay_addrs.contains(&ip)
                 || n.pod_cidrs.iter().any(|c| c.cidr.contains(&ip))
-                || self.shape.pods.iter().any(|p| p.addr == ip && p.node == n.name)
+                || self
+                    .shape
+                    .pods
+                    .iter()
+                    .any(|p| p.addr == ip && p.node == n.name)
         })
     }
 }
@@ -174,9 +178,10 @@ pub struct ViewStatus<'a> {
 }
 
 /// How the shape was derived, as `/api/v1/status` shows it: the derived
-/// shape itself is `shape` (or was rejected), so it is left out.
+/// shape (the one in force, or the one rejected) without its pod list.
 #[derive(Serialize)]
 pub struct DerivedStatus<'a> {
+    pub shape: ClusterShape,
     pub sources: &'a [crate::cluster::derive::Source],
     pub warnings: &'a [String],
 }
@@ -194,6 +199,7 @@ impl View {
         ViewStatus {
             shape: self.shape.without_pods(),
             derived: self.derived.as_ref().map(|d| DerivedStatus {
+                shape: d.shape.without_pods(),
                 sources: &d.sources,
                 warnings: &d.warnings,
             }),

@@ -435,7 +435,10 @@ fn rangeless_pods(shape: &ClusterShape, pods: &[&Pod]) -> Vec<PodAddr> {
         .flat_map(|n| std::iter::once(n.underlay).chain(n.overlay_addrs.iter().copied()))
         .collect();
     let in_range = |ip: &Ipv4Addr| {
-        shape.networks.iter().any(|n| n.cidrs.iter().any(|c| c.contains(ip)))
+        shape
+            .networks
+            .iter()
+            .any(|n| n.cidrs.iter().any(|c| c.contains(ip)))
             || shape
                 .nodes
                 .iter()
@@ -591,5 +594,99 @@ mod tests {
         assert!(left_out[0].contains("nodes[1] (b) and nodes[0] (a) have the same underlay"));
         assert!(left_out[1].contains("(c, 10.244.0.0/25) overlaps"));
         derived.shape.validate().unwrap();
+    }
+
+    fn ec2(name: &str, ip: &str) -> KubeNode {
+        let mut n = node(name, ip, "");
+        let spec = n.spec.as_mut().unwrap();
+        spec.pod_cidr = None;
+        spec.provider_id = Some(format!("aws:///eu-west-1a/i-{name}"));
+        n
+    }
+
+    fn pod(node: &str, ip: &str, host_network: bool, phase: &str) -> Pod {
+        use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+        Pod {
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                host_network: Some(host_network),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn aws_nodes_make_a_native_legacy_network_of_their_pods() {
+        let nodes = [ec2("a", "172.31.0.10"), ec2("b", "172.31.0.11")];
+        let pods = [
+            pod("a", "172.31.5.23", false, "Running"),
+            pod("b", "172.31.9.40", false, "Pending"),
+            // The same address again (a pod gone, its successor there):
+            // one entry, the first one's.
+            pod("b", "172.31.5.23", false, "Running"),
+            // Host network, finished, on no known node, a node's own
+            // address: none of them a pod address of the network.
+            pod("a", "172.31.0.10", true, "Running"),
+            pod("a", "172.31.5.99", false, "Succeeded"),
+            pod("ghost", "172.31.5.77", false, "Running"),
+            pod("b", "172.31.0.10", false, "Running"),
+        ];
+        let objects = ClusterObjects {
+            nodes: nodes.iter().collect(),
+            cilium_nodes: vec![],
+            cilium_config: None,
+            pods: pods.iter().collect(),
+        };
+        let derived = derive(&objects, "a", &ShapeOverrides::default());
+        let legacy = &derived.shape.networks[0];
+        assert_eq!(
+            (legacy.encapsulation, legacy.cidrs.len()),
+            (Encapsulation::Native, 0)
+        );
+        assert!(
+            derived
+                .sources
+                .iter()
+                .any(|s| s.field == "legacy.encapsulation" && s.from.contains("providerID")),
+            "{:#?}",
+            derived.sources
+        );
+        assert!(
+            !derived.warnings.iter().any(|w| w.contains("podCIDRs")),
+            "no range is expected: {:#?}",
+            derived.warnings
+        );
+        let listed: Vec<(String, &str)> = derived
+            .shape
+            .pods
+            .iter()
+            .map(|p| (p.addr.to_string(), p.node.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![("172.31.5.23".into(), "a"), ("172.31.9.40".into(), "b")]
+        );
+        derived.shape.validate().unwrap();
+
+        // With ranges (Flannel's podCIDRs), no pod is listed.
+        let flannel = [node("a", "172.31.0.10", "10.244.0.0/24")];
+        let objects = ClusterObjects {
+            nodes: flannel.iter().collect(),
+            cilium_nodes: vec![],
+            cilium_config: None,
+            pods: pods.iter().collect(),
+        };
+        assert!(
+            derive(&objects, "a", &ShapeOverrides::default())
+                .shape
+                .pods
+                .is_empty()
+        );
     }
 }

@@ -232,7 +232,10 @@ pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {
     let device = match overlay {
         Overlay::Legacy if !lab.legacy.tunnelled() => {
-            bail!("{} routes natively: no legacy tunnel device to lower", lab.legacy)
+            bail!(
+                "{} routes natively: no legacy tunnel device to lower",
+                lab.legacy
+            )
         }
         Overlay::Legacy => lab.legacy.device(),
         Overlay::Cilium => "cilium_vxlan",

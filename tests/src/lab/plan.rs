@@ -130,7 +130,10 @@ impl std::str::FromStr for LegacyCni {
             .find(|c| c.label() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = LegacyCni::ALL.iter().map(|c| c.label()).collect();
-                format!("unknown legacy CNI {s:?}; expected one of {}", names.join(", "))
+                format!(
+                    "unknown legacy CNI {s:?}; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
