@@ -297,23 +297,7 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
         String::from_utf8_lossy(&bad.stderr).contains("expected one of flannel, calico-vxlan"),
         "{bad:?}"
     );
-    let name = unique("cv");
-    let up = lab_cmd(
-        &name,
-        &[
-            "up",
-            "--nodes",
-            "2",
-            "--migrated",
-            "0",
-            "--pods",
-            "1",
-            "--legacy",
-            "calico-vxlan",
-        ],
-    );
-    assert!(up.status.success(), "{up:?}");
-    let lab = Lab::open(&name).unwrap().remove_on_drop();
+    let (name, lab) = up_two_nodes("cv", "calico-vxlan");
     let ns = lab.node_ns("control-plane");
     let sh = |args: &str| {
         exec::in_ns(&ns, &args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e:#}"))
@@ -360,26 +344,7 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
         "{shape:#}"
     );
 
-    let answered = || {
-        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
-        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if report["answered"] == 1 {
-            let seen = report["seen_as"][0].as_str().unwrap();
-            assert!(
-                seen.starts_with(&format!("{}:", pod.addr)),
-                "no NAT inside the pool: {report}"
-            );
-        }
-        report["answered"].as_u64().unwrap()
-    };
-    assert_eq!(answered(), 1);
-    let blackhole = "fault blackhole --from control-plane --to worker-1 --overlay legacy";
-    let fault = lab_cmd(&name, &blackhole.split(' ').collect::<Vec<_>>());
-    assert!(fault.status.success(), "{fault:?}");
-    assert_eq!(answered(), 0);
-    assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
-    assert_eq!(answered(), 1);
+    blackhole_cuts_the_legacy_path(&name, pod.addr, "no NAT inside the pool");
     // The MTU fault lowers Calico's tunnel, and clearing it restores 1450.
     let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
     assert!(
@@ -401,23 +366,7 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
 #[test]
 fn aws_native_nodes_are_built_as_the_aws_vpc_cni_builds_them() {
     require_root();
-    let name = unique("aw");
-    let up = lab_cmd(
-        &name,
-        &[
-            "up",
-            "--nodes",
-            "2",
-            "--migrated",
-            "0",
-            "--pods",
-            "1",
-            "--legacy",
-            "aws-native",
-        ],
-    );
-    assert!(up.status.success(), "{up:?}");
-    let mut lab = Lab::open(&name).unwrap().remove_on_drop();
+    let (name, mut lab) = up_two_nodes("aw", "aws-native");
     let ns = lab.node_ns("control-plane");
     let sh = |args: &str| {
         exec::in_ns(&ns, &args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e:#}"))
@@ -475,26 +424,7 @@ fn aws_native_nodes_are_built_as_the_aws_vpc_cni_builds_them() {
         "{shape:#}"
     );
 
-    let answered = || {
-        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
-        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if report["answered"] == 1 {
-            let seen = report["seen_as"][0].as_str().unwrap();
-            assert!(
-                seen.starts_with(&format!("{}:", pod.addr)),
-                "no SNAT inside the VPC: {report}"
-            );
-        }
-        report["answered"].as_u64().unwrap()
-    };
-    assert_eq!(answered(), 1);
-    let blackhole = "fault blackhole --from control-plane --to worker-1 --overlay legacy";
-    let fault = lab_cmd(&name, &blackhole.split(' ').collect::<Vec<_>>());
-    assert!(fault.status.success(), "{fault:?}");
-    assert_eq!(answered(), 0);
-    assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
-    assert_eq!(answered(), 1);
+    blackhole_cuts_the_legacy_path(&name, pod.addr, "no SNAT inside the VPC");
     let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
     let out = lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>());
     assert!(
@@ -509,4 +439,38 @@ fn aws_native_nodes_are_built_as_the_aws_vpc_cni_builds_them() {
     assert!(!sh("ip -4 route").contains(&peer.addr.to_string()));
     let rules = exec::in_ns(&worker, &["ip", "rule"]).unwrap();
     assert!(!rules.contains(&peer.addr.to_string()), "{rules}");
+}
+
+/// `lab up` of two nodes, none migrated, one app pod each, the legacy side
+/// built as `legacy` builds it.
+fn up_two_nodes(prefix: &str, legacy: &str) -> (String, Lab) {
+    let name = unique(prefix);
+    let args = format!("up --nodes 2 --migrated 0 --pods 1 --legacy {legacy}");
+    let up = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+    assert!(up.status.success(), "{up:?}");
+    let lab = Lab::open(&name).unwrap().remove_on_drop();
+    (name, lab)
+}
+
+/// control-plane/app-1 (at `pod`) reaches worker-1/app-1 untranslated
+/// (`why`), not while a legacy blackhole cuts control-plane to worker-1
+/// (fault 1), and again once it is cleared.
+fn blackhole_cuts_the_legacy_path(name: &str, pod: std::net::Ipv4Addr, why: &str) {
+    let answered = || {
+        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
+        let out = lab_cmd(name, &args.split(' ').collect::<Vec<_>>());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if report["answered"] == 1 {
+            let seen = report["seen_as"][0].as_str().unwrap();
+            assert!(seen.starts_with(&format!("{pod}:")), "{why}: {report}");
+        }
+        report["answered"].as_u64().unwrap()
+    };
+    assert_eq!(answered(), 1);
+    let blackhole = "fault blackhole --from control-plane --to worker-1 --overlay legacy";
+    let fault = lab_cmd(name, &blackhole.split(' ').collect::<Vec<_>>());
+    assert!(fault.status.success(), "{fault:?}");
+    assert_eq!(answered(), 0);
+    assert!(lab_cmd(name, &["fault", "clear", "1"]).status.success());
+    assert_eq!(answered(), 1);
 }
