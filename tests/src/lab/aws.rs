@@ -160,3 +160,30 @@ pub fn native_wire_match(lab: &LabState, j: usize, k: usize) -> Result<String> {
         plan::underlay_addr(k)
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_lie_in_the_vpc_off_the_nodes_and_apart() {
+        let vpc = vpc_cidr();
+        assert_eq!(vpc.to_string(), "172.18.0.0/16");
+        for j in 0..plan::MAX_NODES {
+            let pool = pool(j);
+            assert!(vpc.contains(&pool), "{pool}");
+            assert!(
+                (0..plan::MAX_NODES).all(|k| !pool.contains(&plan::underlay_addr(k))),
+                "{pool} holds a node's primary address"
+            );
+            assert!(j == 0 || !pool.contains(&pool_of(j - 1)), "{pool}");
+        }
+        assert_eq!(veth_name(Ipv4Addr::new(172, 18, 1, 3)).len(), 14);
+        assert!(!plan::LegacyCni::AwsNative.tunnelled());
+        assert_eq!(plan::LegacyCni::AwsNative.overlay_label(), "native");
+    }
+
+    fn pool_of(j: usize) -> Ipv4Addr {
+        pool(j).network()
+    }
+}
