@@ -422,7 +422,8 @@ fn on_aws(node: &KubeNode) -> bool {
 /// With a routed network without ranges (AWS VPC CNI), every pod that
 /// holds an address on a node of the shape, outside every range and off
 /// the nodes' own addresses: a /32 each, in address order (one entry per
-/// address: the first pod listed keeps a reused one). O(pods).
+/// address: the first pod listed keeps a reused one). O((pods + ranges)
+/// log ranges).
 fn rangeless_pods(shape: &ClusterShape, pods: &[&Pod]) -> Vec<PodAddr> {
     let Some(role) = shape.rangeless_role() else {
         return Vec::new();
@@ -434,15 +435,24 @@ fn rangeless_pods(shape: &ClusterShape, pods: &[&Pod]) -> Vec<PodAddr> {
         .iter()
         .flat_map(|n| std::iter::once(n.underlay).chain(n.overlay_addrs.iter().copied()))
         .collect();
-    let in_range = |ip: &Ipv4Addr| {
-        shape
-            .networks
-            .iter()
-            .any(|n| n.cidrs.iter().any(|c| c.contains(ip)))
-            || shape
+    // Every range, merged into disjoint ones in address order: one binary
+    // search a pod, never a scan of the nodes.
+    let all: Vec<Ipv4Net> = shape
+        .networks
+        .iter()
+        .flat_map(|n| n.cidrs.iter().copied())
+        .chain(
+            shape
                 .nodes
                 .iter()
-                .any(|n| n.pod_cidrs.iter().any(|c| c.cidr.contains(ip)))
+                .flat_map(|n| n.pod_cidrs.iter().map(|c| c.cidr)),
+        )
+        .collect();
+    let mut ranges = Ipv4Net::aggregate(&all);
+    ranges.sort();
+    let in_range = |ip: &Ipv4Addr| {
+        let after = ranges.partition_point(|r| r.network() <= *ip);
+        after > 0 && ranges[after - 1].contains(ip)
     };
     let mut out: BTreeMap<Ipv4Addr, PodAddr> = BTreeMap::new();
     for pod in pods {
@@ -636,6 +646,8 @@ mod tests {
             pod("a", "172.31.5.99", false, "Succeeded"),
             pod("ghost", "172.31.5.77", false, "Running"),
             pod("b", "172.31.0.10", false, "Running"),
+            // Cilium's: its range covers it.
+            pod("a", "10.245.1.5", false, "Running"),
         ];
         let objects = ClusterObjects {
             nodes: nodes.iter().collect(),
@@ -643,7 +655,11 @@ mod tests {
             cilium_config: None,
             pods: pods.iter().collect(),
         };
-        let derived = derive(&objects, "a", &ShapeOverrides::default());
+        let overrides = ShapeOverrides {
+            cilium_cidrs: vec!["10.245.0.0/16".parse().unwrap()],
+            ..ShapeOverrides::default()
+        };
+        let derived = derive(&objects, "a", &overrides);
         let legacy = &derived.shape.networks[0];
         assert_eq!(
             (legacy.encapsulation, legacy.cidrs.len()),
