@@ -634,7 +634,7 @@ mod tests {
     #[test]
     fn aws_nodes_make_a_native_legacy_network_of_their_pods() {
         let nodes = [ec2("a", "172.31.0.10"), ec2("b", "172.31.0.11")];
-        let pods = [
+        let pods = vec![
             pod("a", "172.31.5.23", false, "Running"),
             pod("b", "172.31.9.40", false, "Pending"),
             // The same address again (a pod gone, its successor there):
