@@ -634,21 +634,24 @@ mod tests {
     #[test]
     fn aws_nodes_make_a_native_legacy_network_of_their_pods() {
         let nodes = [ec2("a", "172.31.0.10"), ec2("b", "172.31.0.11")];
-        let pods = vec![
-            pod("a", "172.31.5.23", false, "Running"),
-            pod("b", "172.31.9.40", false, "Pending"),
+        let pods: Vec<Pod> = [
+            ("a", "172.31.5.23", false, "Running"),
+            ("b", "172.31.9.40", false, "Pending"),
             // The same address again (a pod gone, its successor there):
             // one entry, the first one's.
-            pod("b", "172.31.5.23", false, "Running"),
+            ("b", "172.31.5.23", false, "Running"),
             // Host network, finished, on no known node, a node's own
             // address: none of them a pod address of the network.
-            pod("a", "172.31.0.10", true, "Running"),
-            pod("a", "172.31.5.99", false, "Succeeded"),
-            pod("ghost", "172.31.5.77", false, "Running"),
-            pod("b", "172.31.0.10", false, "Running"),
+            ("a", "172.31.0.10", true, "Running"),
+            ("a", "172.31.5.99", false, "Succeeded"),
+            ("ghost", "172.31.5.77", false, "Running"),
+            ("b", "172.31.0.10", false, "Running"),
             // Cilium's: its range covers it.
-            pod("a", "10.245.1.5", false, "Running"),
-        ];
+            ("a", "10.245.1.5", false, "Running"),
+        ]
+        .into_iter()
+        .map(|(node, ip, host, phase)| pod(node, ip, host, phase))
+        .collect();
         let objects = ClusterObjects {
             nodes: nodes.iter().collect(),
             cilium_nodes: vec![],
