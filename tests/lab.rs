@@ -1,7 +1,8 @@
 //! End to end, in a 3-node lab with one node migrated and crossover on
 //! every node: classification, SNAT, loss, handshakes, and detaching, on
 //! Flannel's legacy nodes; classification, SNAT, loss and pods created
-//! after start also on Calico's (VXLAN mode).
+//! after start also on Calico's (VXLAN mode) and the AWS VPC CNI's
+//! (natively routed pods in the nodes' subnet, each a /32 of the shape).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -72,6 +73,49 @@ fn every_network_combination_is_classified_on_both_nodes_from_calico_vxlan() {
     every_network_combination_is_classified(LegacyCni::CalicoVxlan);
 }
 
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_aws_native() {
+    every_network_combination_is_classified(LegacyCni::AwsNative);
+}
+
+// Sender's view: client and server networks, overlay, the device whose
+// address SNAT gave the client. Receiver's view: the client's network,
+// and `arrived` when its source is a peer's overlay address (after SNAT,
+// or a node's own traffic into an overlay, which leaves from that
+// overlay's address: the receiver cannot tell the two apart). `tunnel`
+// is the legacy tunnel device: flannel.1 or vxlan.calico.
+const TUNNELLED_CASES: [&str; 9] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+    "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
+    "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+    "worker-1            worker-2            host>host      none     -            host",
+];
+
+// The AWS VPC CNI: legacy pods are routed natively, with their own
+// addresses inside the VPC (no SNAT to nodes or to other legacy pods);
+// AWS-SNAT-CHAIN-0 rewrites everything leaving the VPC (Cilium's range)
+// to the primary address, pod or host traffic alike, and Cilium's
+// masquerade leaves by eth0 towards legacy pods: the receiver sees a
+// node's underlay, which is no overlay address (never `arrived`).
+const NATIVE_CASES: [&str; 9] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   eth0         host",
+    "control-plane/app-2 worker-1            legacy>host    native   -            legacy",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  native   eth0         host",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    native   -            host",
+    "control-plane       worker-1/app-2      host>cilium    cilium   eth0         host",
+    "worker-1            worker-2            host>host      none     -            host",
+];
+
 fn every_network_combination_is_classified(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
@@ -79,27 +123,18 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
     // still has its legacy address, as the guide leaves a node before the
     // DaemonSet restart. Now every combination crosses two nodes.
     lab.migrate("worker-2", false).unwrap();
-    assert_shape_names_the_legacy_tunnel(&lab, legacy);
+    if legacy.tunnelled() {
+        assert_shape_names_the_legacy_tunnel(&lab, legacy);
+    } else {
+        assert_shape_lists_the_legacy_pods(&lab);
+    }
     let fleet = Fleet::attach(&lab).unwrap();
-    // Sender's view: client and server networks, overlay, the device whose
-    // address SNAT gave the client. Receiver's view: the client's network,
-    // and `arrived` when its source is a peer's overlay address (after
-    // SNAT, or a node's own traffic into an overlay, which leaves from that
-    // overlay's address: the receiver cannot tell the two apart).
-    // `tunnel` is the legacy tunnel device: flannel.1 or vxlan.calico.
-    const CASES: [&str; 9] = [
-        // from             to                  nets           overlay  SNAT         receiver
-        "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
-        "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
-        "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
-        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
-        "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
-        "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
-        "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
-        "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
-        "worker-1            worker-2            host>host      none     -            host",
-    ];
-    let cases: Vec<Vec<&str>> = CASES
+    let table = if legacy.tunnelled() {
+        TUNNELLED_CASES
+    } else {
+        NATIVE_CASES
+    };
+    let cases: Vec<Vec<&str>> = table
         .iter()
         .map(|c| c.split_whitespace().collect())
         .collect();
@@ -265,6 +300,44 @@ fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
     }
 }
 
+/// Natively routed legacy pods: the shape has no legacy range and no
+/// legacy tunnel address, and lists every legacy pod as a /32 of its node.
+fn assert_shape_lists_the_legacy_pods(lab: &Lab) {
+    let shape = lab.shape("control-plane").unwrap();
+    let legacy: Vec<_> = shape
+        .networks
+        .iter()
+        .filter(|n| n.role == observer::shape::Role::Legacy && n.cidrs.is_empty())
+        .map(|n| n.encapsulation)
+        .collect();
+    assert!(
+        legacy.contains(&observer::shape::Encapsulation::Native),
+        "{shape:#?}"
+    );
+    let mut listed: Vec<(Ipv4Addr, &str)> = shape
+        .pods
+        .iter()
+        .map(|p| (p.addr, p.node.as_str()))
+        .collect();
+    let mut expected: Vec<(Ipv4Addr, &str)> = lab
+        .nodes()
+        .flat_map(|n| &n.pods)
+        .filter(|p| p.network == crossover_tests::lab::Network::Legacy)
+        .map(|p| (p.addr, p.node.as_str()))
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(listed, expected, "every legacy pod, on its node");
+    for (j, node) in shape.nodes.iter().enumerate() {
+        assert_eq!(
+            node.overlay_addrs,
+            vec![plan::cilium_host_addr(j)],
+            "no legacy tunnel address"
+        );
+    }
+}
+
 fn v4(addr: SocketAddr) -> SocketAddrV4 {
     match addr {
         SocketAddr::V4(v4) => v4,
@@ -284,24 +357,38 @@ fn snat_is_seen_through_to_the_pods_from_calico_vxlan() {
     snat_is_seen_through(LegacyCni::CalicoVxlan);
 }
 
+/// AWS-SNAT-CHAIN-0 (to the primary address, leaving the VPC for Cilium's
+/// range) and Cilium's masquerade out of eth0 towards the VPC: both onto
+/// a node's underlay address, joined the same way.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_aws_native() {
+    snat_is_seen_through(LegacyCni::AwsNative);
+}
+
 fn snat_is_seen_through(legacy: LegacyCni) {
     let _serial = serial();
     let lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
+    // The address each direction is translated to: the tunnelled CNIs'
+    // masquerade (--random-fully) onto cilium_host and Cilium's onto the
+    // legacy tunnel's address, or the nodes' primary addresses.
+    let (to_cilium, to_legacy) = if legacy.tunnelled() {
+        (plan::cilium_host_addr(0), plan::flannel_addr(1))
+    } else {
+        (plan::underlay_addr(0), plan::underlay_addr(1))
+    };
     let cases = [
-        // The legacy CNI's masquerade (--random-fully) onto cilium_host.
         (
             "control-plane/app-1",
             "worker-1/app-1",
-            plan::cilium_host_addr(0),
+            to_cilium,
             "legacy",
             "cilium",
         ),
-        // Cilium's masquerade onto the legacy tunnel's address.
         (
             "worker-1/app-1",
             "control-plane/app-1",
-            plan::flannel_addr(1),
+            to_legacy,
             "cilium",
             "legacy",
         ),
@@ -369,8 +456,17 @@ fn snat_is_seen_through(legacy: LegacyCni) {
                 .iter()
                 .find(|c| c.server == server && c.client == v4(*seen))
                 .unwrap_or_else(|| panic!("receiver: no connection from {seen}: {receiver:#?}"));
-            assert_eq!(r.snat_seen, SnatSeen::Arrived);
-            assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
+            if legacy.tunnelled() {
+                assert_eq!(r.snat_seen, SnatSeen::Arrived);
+                assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
+            } else {
+                // A node's underlay address is no overlay address: the
+                // receiver sees the node itself as the client.
+                assert_eq!(
+                    (r.snat_seen, r.client_net.label()),
+                    (SnatSeen::None, "host")
+                );
+            }
         }
     }
 }
@@ -383,6 +479,14 @@ fn pods_created_after_start_are_observed_at_their_pod_hook() {
 #[test]
 fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_vxlan() {
     pods_created_after_start_are_observed(LegacyCni::CalicoVxlan);
+}
+
+/// An `eni` veth followed, and the new pod's /32 in every node's address
+/// table: its node counts it as a legacy pod at its hook, and the peer
+/// names the pod's node as the sender of what it receives natively.
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_aws_native() {
+    pods_created_after_start_are_observed(LegacyCni::AwsNative);
 }
 
 /// The fleet follows interfaces by their names' default patterns, as the
@@ -403,18 +507,22 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
             .find(|(name, _)| *name == iface)
             .map(|(_, hook)| hook)
     };
-    assert_eq!(
-        hook_of(&fleet, "control-plane", legacy.device()),
-        Some(Hook::OverlayLegacy),
-        "{legacy}'s tunnel followed by its name"
-    );
+    if legacy.tunnelled() {
+        assert_eq!(
+            hook_of(&fleet, "control-plane", legacy.device()),
+            Some(Hook::OverlayLegacy),
+            "{legacy}'s tunnel followed by its name"
+        );
+    }
+    // Natively routed, the late legacy pod talks to a legacy pod on
+    // another node, which receives it with the pod's own address.
+    let legacy_peer = if legacy.tunnelled() {
+        "worker-1/app-1"
+    } else {
+        "worker-2/app-1"
+    };
     let cases = [
-        (
-            "control-plane",
-            "worker-1/app-1",
-            legacy.veth_prefix(),
-            "legacy",
-        ),
+        ("control-plane", legacy_peer, legacy.veth_prefix(), "legacy"),
         ("worker-1", "worker-2/app-1", "lxc", "cilium"),
     ];
     for (node, peer, prefix, net) in cases {
@@ -422,6 +530,9 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         let pod = lab.add_pod(node, "late", PodKind::App).unwrap();
         assert!(pod.host_if.starts_with(prefix), "{pod:?}");
         fleet.follow().unwrap();
+        // The pod as the API reports it: a natively routed legacy pod's
+        // /32 enters every node's address table.
+        fleet.configure(&lab).unwrap();
         assert_eq!(
             hook_of(&fleet, node, &pod.host_if),
             Some(Hook::Pod),
@@ -452,6 +563,26 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         });
         assert!(flow.packets > 0, "{flow:#?}");
         assert_eq!(flow.src_net.label(), net, "{node}: {flow:#?}");
+        if !legacy.tunnelled() && net == "legacy" {
+            let receiver = node_of(peer);
+            let snapshot = fleet.member(receiver).observer.snapshot().unwrap();
+            let arrived = snapshot
+                .flows
+                .iter()
+                .find(|f| {
+                    f.src == pod.addr && f.dst_port == report.port && f.point.label() == "underlay"
+                })
+                .unwrap_or_else(|| panic!("{receiver}: nothing from {}", pod.addr));
+            assert_eq!(
+                (
+                    arrived.src_net.label(),
+                    arrived.overlay.label(),
+                    arrived.peer
+                ),
+                ("legacy", "native", Some(plan::underlay_addr(0))),
+                "{receiver} names the new pod's network and node: {arrived:#?}"
+            );
+        }
         eprintln!(
             "{legacy}: {node}/late on {} seen after {:?}",
             pod.host_if,
@@ -517,6 +648,15 @@ fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_vxlan() {
     injected_loss_is_measured(LegacyCni::CalicoVxlan);
 }
 
+/// No tunnel: the fault drops what control-plane sends worker-2 that is
+/// not node to node (its pods' packets, routed natively), and crossover
+/// counts the same packets on the native overlay, attributed to the node
+/// pair by the pods' /32s.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_aws_native() {
+    injected_loss_is_measured(LegacyCni::AwsNative);
+}
+
 fn injected_loss_is_measured(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
@@ -560,10 +700,10 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
         let drops = lab.drops(id).unwrap();
         lab.clear(id).unwrap();
 
-        let faulty = pair(&window, "control-plane", "worker-2", "legacy");
+        let faulty = pair(&window, "control-plane", "worker-2", legacy.overlay_label());
         let ratio = faulty.loss_ratio().unwrap();
         eprintln!(
-            "{percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
+            "{legacy} {percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
             ratio * 100.0
         );
         assert!(faulty.sent >= 10_000, "at least 10,000 packets: {faulty:?}");
@@ -585,9 +725,9 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
             assert!(d.lost() * 1000 <= d.sent, "no loss elsewhere: {d:?}");
         }
         for (from, to, overlay) in [
-            ("worker-2", "control-plane", "legacy"),
+            ("worker-2", "control-plane", legacy.overlay_label()),
             ("control-plane", "worker-1", "cilium"),
-            ("worker-1", "worker-2", "legacy"),
+            ("worker-1", "worker-2", legacy.overlay_label()),
         ] {
             pair(&window, from, to, overlay);
         }

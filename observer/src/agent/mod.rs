@@ -154,6 +154,13 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY,
           value_parser = clap::value_parser!(u32).range(0..=crate::datapath::MAX_ADDR_BLOCK_CAPACITY as i64))]
     pub addr_block_capacity: u32,
+    /// Pods' /32 entries in the address table, for pods whose addresses
+    /// no network range covers (AWS VPC CNI: pods in the nodes' subnet,
+    /// listed from the Pods or the shape file's `pods`). Pods beyond it
+    /// are left out, classified as outside the cluster, and counted
+    /// (crossover_pod_addrs{state="refused"}, /api/v1/status).
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_POD_ADDR_CAPACITY)]
+    pub pod_addr_capacity: u32,
     /// PEER_STATS slots: (peer node, overlay, direction, network pair)
     /// keys in use counted without a hash lookup, 64 bytes each per CPU.
     /// Keys beyond it are still counted (PEERS hash), and shown as
@@ -628,6 +635,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         flow_capacity: args.flow_capacity,
         addr_capacity: shape.addr_capacity(args.addr_capacity)?,
         addr_block_capacity: args.addr_block_capacity,
+        pod_addr_capacity: args.pod_addr_capacity,
         peer_slot_capacity: args.peer_slot_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
@@ -750,6 +758,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.node,
         session.attached_list()
     );
+    let pods = lock(&state.observer).pod_addrs();
+    if pods.in_table + pods.refused > 0 {
+        eprintln!(
+            "crossover: {} pod addresses as /32 entries (--pod-addr-capacity {}), {} left out",
+            pods.in_table, pods.capacity, pods.refused
+        );
+    }
     eprintln!("crossover: {}", auth::Auth::describe(state.auth.as_ref()));
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =

@@ -64,6 +64,10 @@ pub struct ObserveArgs {
     #[arg(long, default_value_t = observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY,
           value_parser = clap::value_parser!(u32).range(0..=crate::datapath::MAX_ADDR_BLOCK_CAPACITY as i64))]
     pub addr_block_capacity: u32,
+    /// Pods' /32 entries in the address table (the shape file's `pods`);
+    /// pods beyond it are left out and counted.
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_POD_ADDR_CAPACITY)]
+    pub pod_addr_capacity: u32,
     /// Only flows and counters towards or from this peer node (a node of
     /// the shape).
     #[arg(long)]
@@ -119,6 +123,7 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         flow_capacity: args.flow_capacity,
         addr_capacity: shape.addr_capacity(args.addr_capacity)?,
         addr_block_capacity: args.addr_block_capacity,
+        pod_addr_capacity: args.pod_addr_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         ..LoadOptions::default()

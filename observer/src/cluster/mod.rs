@@ -243,10 +243,12 @@ impl Cluster {
         let nodes = self.nodes.state();
         let cilium_nodes = self.cilium_nodes.state();
         let config = self.cilium_config.state();
+        let pods = self.pods.state();
         let objects = ClusterObjects {
             nodes: nodes.iter().map(AsRef::as_ref).collect(),
             cilium_nodes: cilium_nodes.iter().map(AsRef::as_ref).collect(),
             cilium_config: config.first().map(AsRef::as_ref),
+            pods: pods.iter().map(AsRef::as_ref).collect(),
         };
         derive::derive(&objects, &self.options.node_name, &self.options.overrides)
     }

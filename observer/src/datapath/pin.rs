@@ -92,7 +92,7 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 11] {
                 MapType::LpmTrie,
                 2 * u32s,
                 size_of::<AddrInfo>(),
-                options.addr_capacity,
+                options.addrs_entries(),
                 BPF_F_NO_PREALLOC,
             ),
         ),

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    aws,
     exec::{batch, in_ns},
     plan::{self, Overlay},
     state::LabState,
@@ -131,18 +132,25 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                 bail!("loss from {from} to itself: pick two nodes");
             }
             let sample = sample(*percent)?;
+            let path = if *overlay == Overlay::Legacy && !lab.legacy.tunnelled() {
+                aws::native_wire_match(lab, j, k)?
+            } else {
+                format!(
+                    "ip saddr {} ip daddr {} {}",
+                    plan::underlay_addr(j),
+                    plan::underlay_addr(k),
+                    overlay.nft_match(lab.legacy)
+                )
+            };
             let script = format!(
                 "table netdev {TABLE} {{}}\n\
                  table netdev {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
-                     ip saddr {src} ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                     {path} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
                 port = LabState::underlay_port(j),
-                src = plan::underlay_addr(j),
-                dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(lab.legacy),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
         }
@@ -156,6 +164,12 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             let k = lab.node_index(peer)?;
             if node == peer {
                 bail!("a firewall drop from {node} to itself: pick two nodes");
+            }
+            if *overlay == Overlay::Legacy && !lab.legacy.tunnelled() {
+                bail!(
+                    "{}'s pods are routed natively: no legacy tunnel packets to drop; use a loss fault",
+                    lab.legacy
+                );
             }
             let script = format!(
                 "table ip {TABLE} {{}}\n\
@@ -217,6 +231,12 @@ pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
 
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {
     let device = match overlay {
+        Overlay::Legacy if !lab.legacy.tunnelled() => {
+            bail!(
+                "{} routes natively: no legacy tunnel device to lower",
+                lab.legacy
+            )
+        }
         Overlay::Legacy => lab.legacy.device(),
         Overlay::Cilium => "cilium_vxlan",
         Overlay::Geneve => {

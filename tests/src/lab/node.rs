@@ -1,11 +1,11 @@
 //! One node's datapath as both CNIs build it during a migration: the legacy
-//! CNI's (Flannel's `flannel.1` and `cni0`, or Calico's `vxlan.calico`,
-//! see `calico.rs`), Cilium's `cilium_host`/`cilium_net` pair and
+//! CNI's (Flannel's `flannel.1` and `cni0`, Calico's `vxlan.calico`, see
+//! `calico.rs`, or the AWS VPC CNI's routes and SNAT, see `aws.rs`), Cilium's `cilium_host`/`cilium_net` pair and
 //! `cilium_vxlan`, and the masquerade rules of both.
 use anyhow::Result;
 
 use super::{
-    calico,
+    aws, calico,
     exec::{IpBatch, batch, sysctls},
     plan::{self, LegacyCni, Network},
     state::LabState,
@@ -50,10 +50,14 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
         ))
         .add(format!("addr add {underlay}/16 dev eth0"))
         .add("link set eth0 up");
-    legacy_tunnel(&mut ip, lab.legacy, j);
+    if lab.legacy.tunnelled() {
+        legacy_tunnel(&mut ip, lab.legacy, j);
+    }
     match lab.legacy {
         LegacyCni::Flannel => flannel(&mut ip, j),
         LegacyCni::CalicoVxlan => calico::node(&mut ip, j),
+        // Nothing before pods: the fabric's routes come with each pod.
+        LegacyCni::AwsNative => {}
     }
     cilium(&mut ip, j);
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
@@ -150,16 +154,18 @@ fn cilium(ip: &mut IpBatch, j: usize) {
 /// that address with its VTEP MAC) and what Cilium routes for each peer's
 /// CIDR.
 fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
-    let legacy = plan::pod_cidr(k, Network::Legacy);
-    let tunnel_peer = plan::flannel_addr(k);
-    let dev = cni.device();
-    ip.add(format!(
-        "route add {legacy} via {tunnel_peer} dev {dev} onlink"
-    ))
-    .add(format!(
-        "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
-        plan::mac(cni.vtep_mac_kind(), k)
-    ));
+    if cni.tunnelled() {
+        let legacy = plan::pod_cidr(k, Network::Legacy);
+        let tunnel_peer = plan::flannel_addr(k);
+        let dev = cni.device();
+        ip.add(format!(
+            "route add {legacy} via {tunnel_peer} dev {dev} onlink"
+        ))
+        .add(format!(
+            "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
+            plan::mac(cni.vtep_mac_kind(), k)
+        ));
+    }
     let cilium = plan::pod_cidr(k, Network::Cilium);
     let host = plan::cilium_host_addr(j);
     let host_peer = plan::cilium_host_addr(k);
@@ -182,10 +188,14 @@ fn fdb(lab: &LabState, j: usize) -> Result<()> {
     let mut bridge = String::new();
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
         let dst = plan::underlay_addr(k);
-        for (kind, dev) in [
-            (lab.legacy.vtep_mac_kind(), lab.legacy.device()),
-            (plan::MAC_CILIUM_VXLAN, "cilium_vxlan"),
-        ] {
+        let legacy = lab
+            .legacy
+            .tunnelled()
+            .then(|| (lab.legacy.vtep_mac_kind(), lab.legacy.device()));
+        for (kind, dev) in legacy
+            .into_iter()
+            .chain([(plan::MAC_CILIUM_VXLAN, "cilium_vxlan")])
+        {
             bridge += &format!("fdb append {} dev {dev} dst {dst}\n", plan::mac(kind, k));
         }
     }
@@ -223,6 +233,7 @@ fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
 "#
         ),
         LegacyCni::CalicoVxlan => calico::masquerade_rules(),
+        LegacyCni::AwsNative => aws::snat_rules(j),
     };
     let rules = format!(
         r#"*nat
@@ -235,5 +246,13 @@ COMMIT
 COMMIT
 "#
     );
-    batch(ns, &["iptables-restore", "--noflush"], &rules)
+    batch(ns, &["iptables-restore", "--noflush"], &rules)?;
+    if cni == LegacyCni::AwsNative {
+        batch(
+            ns,
+            &["iptables-restore", "--noflush"],
+            &aws::cilium_delivery_rules(),
+        )?;
+    }
+    Ok(())
 }

@@ -46,31 +46,47 @@ pub enum LegacyCni {
     /// Calico in VXLAN mode: `vxlan.calico` (VXLAN 4789, VNI 4096), pods
     /// on `cali*` veths with /32 routes and proxy ARP, no bridge.
     CalicoVxlan,
+    /// The AWS VPC CNI: pods take addresses from the nodes' own subnet,
+    /// on `eni*` veths with /32 routes, routed natively (`aws.rs`).
+    AwsNative,
 }
 
 impl LegacyCni {
-    pub const ALL: [LegacyCni; 2] = [LegacyCni::Flannel, LegacyCni::CalicoVxlan];
+    pub const ALL: [LegacyCni; 3] = [
+        LegacyCni::Flannel,
+        LegacyCni::CalicoVxlan,
+        LegacyCni::AwsNative,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "flannel",
             LegacyCni::CalicoVxlan => "calico-vxlan",
+            LegacyCni::AwsNative => "aws-native",
         }
     }
 
-    /// The legacy overlay's tunnel device.
+    /// The device legacy pods' traffic leaves a node by: the legacy
+    /// overlay's tunnel device, or `eth0` where it is routed natively.
     pub fn device(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "flannel.1",
             LegacyCni::CalicoVxlan => "vxlan.calico",
+            LegacyCni::AwsNative => "eth0",
         }
     }
 
-    /// The legacy overlay's VXLAN port.
+    /// The legacy pods' traffic between nodes is tunnelled (VXLAN).
+    pub fn tunnelled(self) -> bool {
+        self != LegacyCni::AwsNative
+    }
+
+    /// The legacy overlay's VXLAN port; 0 where nothing is tunnelled.
     pub fn port(self) -> u16 {
         match self {
             LegacyCni::Flannel => LEGACY_PORT,
             LegacyCni::CalicoVxlan => CALICO_PORT,
+            LegacyCni::AwsNative => 0,
         }
     }
 
@@ -78,6 +94,7 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => LEGACY_VNI,
             LegacyCni::CalicoVxlan => CALICO_VNI,
+            LegacyCni::AwsNative => 0,
         }
     }
 
@@ -85,8 +102,14 @@ impl LegacyCni {
     pub fn vtep_mac_kind(self) -> u8 {
         match self {
             LegacyCni::Flannel => MAC_FLANNEL,
-            LegacyCni::CalicoVxlan => MAC_CALICO_VXLAN,
+            LegacyCni::CalicoVxlan | LegacyCni::AwsNative => MAC_CALICO_VXLAN,
         }
+    }
+
+    /// crossover's name for the overlay legacy pods' traffic between
+    /// nodes travels on.
+    pub fn overlay_label(self) -> &'static str {
+        if self.tunnelled() { "legacy" } else { "native" }
     }
 
     /// Prefix of the host end of a legacy pod's veth.
@@ -94,6 +117,7 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => "veth",
             LegacyCni::CalicoVxlan => "cali",
+            LegacyCni::AwsNative => "eni",
         }
     }
 }
@@ -104,7 +128,13 @@ impl std::str::FromStr for LegacyCni {
         LegacyCni::ALL
             .into_iter()
             .find(|c| c.label() == s)
-            .ok_or_else(|| format!("unknown legacy CNI {s:?}; expected flannel or calico-vxlan"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = LegacyCni::ALL.iter().map(|c| c.label()).collect();
+                format!(
+                    "unknown legacy CNI {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -144,7 +174,8 @@ impl Overlay {
     ];
 
     /// What an nftables rule matches this overlay's packets by on the
-    /// wire, in a lab whose legacy CNI is `legacy`.
+    /// wire, in a lab whose legacy CNI is `legacy` and tunnelled (a native
+    /// path is matched by addresses: `aws::native_wire_match`).
     pub fn nft_match(self, legacy: LegacyCni) -> String {
         match self {
             Overlay::Legacy => format!("udp dport {}", legacy.port()),
@@ -273,6 +304,6 @@ mod tests {
             "udp dport 8472"
         );
         let err = "weave".parse::<LegacyCni>().unwrap_err();
-        assert!(err.contains("flannel or calico-vxlan"), "{err}");
+        assert!(err.contains("flannel, calico-vxlan, aws-native"), "{err}");
     }
 }
