@@ -840,15 +840,6 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
     // A = worker-2, half way through its migration (a legacy DaemonSet pod
     // and Cilium app pods); B = worker-1, migrated; C = control-plane.
     lab.migrate("worker-2", false).unwrap();
-    let mut fleet = Fleet::attach(&lab).unwrap();
-    let id = lab
-        .inject(Fault::Loss {
-            from: "worker-2".into(),
-            to: "worker-1".into(),
-            overlay: Overlay::Cilium,
-            percent: 100.0,
-        })
-        .unwrap();
     // client, server, fails
     let cases = [
         ("worker-2/ds", "worker-1/app-1", true), // legacy to Cilium, A to B
@@ -863,6 +854,63 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         ("worker-1/app-1", "control-plane/app-1", false),
         ("worker-2", "worker-1", false),
     ];
+    blackhole_fails_exactly(
+        &mut lab,
+        LegacyCni::Flannel,
+        ("worker-2", "worker-1", Overlay::Cilium),
+        &cases,
+    );
+}
+
+/// The same on each legacy CNI's own path: control-plane's legacy overlay
+/// (its tunnel, or for AWS its natively routed pod traffic) towards
+/// worker-2 cut, both legacy nodes' pods and hosts on either side of it.
+#[test]
+fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
+    let _serial = serial();
+    // client, server, fails: C = control-plane (legacy), B = worker-1
+    // (migrated), A = worker-2 (legacy); C to A on the legacy path is cut.
+    let cases = [
+        ("control-plane/app-1", "worker-2/app-1", true), // legacy to legacy, C to A
+        ("worker-2/app-2", "control-plane/app-2", true), // A to C: its SYN-ACK goes C to A
+        ("control-plane", "worker-2/app-1", true),       // C's host to a legacy pod: the same path
+        ("worker-1/app-1", "worker-2/app-1", false),     // Cilium to legacy, from B
+        ("control-plane/app-1", "worker-1/app-1", false), // legacy to Cilium rides Cilium's overlay
+        ("worker-2/app-1", "worker-1/app-2", false),
+        ("control-plane", "worker-2", false), // host to host: plain underlay
+    ];
+    for legacy in LegacyCni::ALL {
+        let mut lab = lab(legacy);
+        eprintln!("{legacy}");
+        blackhole_fails_exactly(
+            &mut lab,
+            legacy,
+            ("control-plane", "worker-2", Overlay::Legacy),
+            &cases,
+        );
+    }
+}
+
+/// Cuts `cut` (from, to, overlay) whole and opens two TCP connections per
+/// case (client, server, whether it must fail): exactly the failing ones
+/// are unanswered on the client's node, once each in the kernel's
+/// per-peer counters, which agree with the flows; the cut pair's delivery
+/// loss is what the wire dropped and no other pair loses.
+fn blackhole_fails_exactly(
+    lab: &mut Lab,
+    legacy: LegacyCni,
+    cut: (&str, &str, Overlay),
+    cases: &[(&str, &str, bool)],
+) {
+    let mut fleet = Fleet::attach(lab).unwrap();
+    let id = lab
+        .inject(Fault::Loss {
+            from: cut.0.into(),
+            to: cut.1.into(),
+            overlay: cut.2,
+            percent: 100.0,
+        })
+        .unwrap();
     let before = fleet.deliveries().unwrap();
     let reports: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
@@ -875,7 +923,6 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     std::thread::sleep(Duration::from_millis(1000));
-
     let mut failing = Vec::new();
     for ((from, to, fails), report) in cases.iter().zip(&reports) {
         // The generator is the ground truth crossover is checked against.
@@ -932,15 +979,20 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         "every failed handshake, once"
     );
     let window = delivery::window(&before, &fleet.deliveries().unwrap());
-    let cut = pair(&window, "worker-2", "worker-1", "cilium");
-    assert!(cut.sent > 0 && cut.received == 0, "{cut:?}");
-    assert_eq!(cut.lost(), lab.drops(id).unwrap());
+    let label = match cut.2 {
+        Overlay::Legacy => legacy.overlay_label(),
+        overlay => overlay.label(),
+    };
+    let cut_path = pair(&window, cut.0, cut.1, label);
+    assert!(cut_path.sent > 0 && cut_path.received == 0, "{cut_path:?}");
+    assert_eq!(cut_path.lost(), lab.drops(id).unwrap());
     for d in window
         .iter()
-        .filter(|d| !same_path(d, &cut.from, &cut.to, cut.overlay))
+        .filter(|d| !same_path(d, &cut_path.from, &cut_path.to, cut_path.overlay))
     {
-        assert_eq!(d.lost(), 0, "only A to B on Cilium loses: {d:?}");
+        assert_eq!(d.lost(), 0, "only the cut path loses: {d:?}");
     }
+    lab.clear(id).unwrap();
 }
 
 /// Per (peer, overlay, direction, network pair): the slot counters equal
