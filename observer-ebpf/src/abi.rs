@@ -421,6 +421,28 @@ pub struct BlockRange {
     pub _pad: [u8; 3],
 }
 
+impl BlockRange {
+    /// The ADDR_BLOCKS index of `host` (an address in host byte order)
+    /// when this range holds it. The kernel and userspace's model of it
+    /// both find entries here.
+    #[inline(always)]
+    pub fn index_of(&self, host: u32) -> Option<u32> {
+        (host & self.mask == self.base).then(|| self.offset + ((host - self.base) >> self.shift))
+    }
+}
+
+impl AddrBlock {
+    /// What the entry answers for `host`, an address of its block.
+    #[inline(always)]
+    pub fn info_for(&self, host: u32) -> AddrInfo {
+        if self.exact != 0 && host == self.exact {
+            self.exact_info
+        } else {
+            self.info
+        }
+    }
+}
+
 /// [`AddrBlock::state`]: ADDRS has more inside this block than one
 /// address (or the entry is being rewritten): ask it. All zeroes, so an
 /// entry never written is this.

@@ -321,21 +321,16 @@ fn block_answer(addr: u32, out: &mut AddrInfo) -> bool {
         if range.shift == 0 {
             return false;
         }
-        if host & range.mask != range.base {
+        let Some(index) = range.index_of(host) else {
             continue;
-        }
-        let index = range.offset + ((host - range.base) >> range.shift);
+        };
         let Some(block) = ADDR_BLOCKS.get(index) else {
             return false;
         };
         if block.state != BLOCK_ANSWERS {
             return false;
         }
-        *out = if block.exact != 0 && host == block.exact {
-            block.exact_info
-        } else {
-            block.info
-        };
+        *out = block.info_for(host);
         return true;
     }
     false

@@ -227,19 +227,14 @@ impl BlockPlan {
             if range.shift == 0 {
                 return None;
             }
-            if host & range.mask != range.base {
+            let Some(index) = range.index_of(host) else {
                 continue;
-            }
-            let index = range.offset + ((host - range.base) >> range.shift);
+            };
             let block = self.entries.get(index as usize)?;
             if block.state != BLOCK_ANSWERS {
                 return None;
             }
-            return Some(if block.exact != 0 && host == block.exact {
-                block.exact_info
-            } else {
-                block.info
-            });
+            return Some(block.info_for(host));
         }
         None
     }
