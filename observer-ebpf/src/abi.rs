@@ -30,6 +30,11 @@ pub mod map {
     /// `PerCpuHashMap<PeerKey, PeerStats>`: underlay traffic of peers that
     /// have no slot (not in the cluster shape, or not yet).
     pub const PEERS: &str = "PEERS";
+    /// `PerCpuArray<SlotCacheEntry>`: PEER_SLOTS's answers this CPU met
+    /// lately, direct-mapped by a hash of the key, so a new flow towards a
+    /// peer finds its slot without a hash-map lookup. The process's own,
+    /// never pinned: a restarted agent starts it empty.
+    pub const SLOT_CACHE: &str = "SLOT_CACHE";
     /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
     /// `Array<DropConfig>`, one entry, written by userspace: where the
@@ -68,6 +73,9 @@ pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
 /// preallocated: 64 B x slots per CPU (512 KiB; 32 MiB on 64 CPUs). Keys
 /// beyond it are counted in the PEERS hash.
 pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 8_192;
+/// [`SLOT_CACHE`](map::SLOT_CACHE) entries per CPU (16 B each, 64 KiB):
+/// a power of two, indexed by the top bits of a hash of the key.
+pub const SLOT_CACHE_ENTRIES: u32 = 4096;
 /// Networks whose pairs get a PEER_STATS slot: what pods and nodes of the
 /// cluster send over an overlay.
 pub const SLOTTED_NETS: [Net; 3] = [Net::Legacy, Net::Cilium, Net::Host];
@@ -584,6 +592,31 @@ pub struct PeerKey {
     pub dst_net: u8,
 }
 
+impl PeerKey {
+    /// The [`SLOT_CACHE`](map::SLOT_CACHE) entry of this key: the top bits
+    /// of a multiplicative hash of its 8 bytes.
+    #[inline(always)]
+    pub fn cache_index(&self) -> u32 {
+        let bits = self.peer as u64
+            | (self.overlay as u64) << 32
+            | (self.direction as u64) << 40
+            | (self.src_net as u64) << 48
+            | (self.dst_net as u64) << 56;
+        (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_CACHE_ENTRIES.trailing_zeros()))
+            as u32
+    }
+}
+
+/// Value of [`SLOT_CACHE`](map::SLOT_CACHE): a key and the PEER_STATS
+/// slot + 1 PEER_SLOTS gave it; `slot` 0 is an empty entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCacheEntry {
+    pub key: PeerKey,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// Meaning of [`PeerKey`] and of the maps keyed by it. Version 1 had no
 /// networks (their bytes were padding, so its keys have the same size);
 /// version 2 had [`PeerStats`] of packets and bytes only (16 B);
@@ -661,6 +694,8 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 16);
     assert!(core::mem::size_of::<FlowStats>() == 112);
     assert!(core::mem::size_of::<PeerKey>() == 8);
+    assert!(core::mem::size_of::<SlotCacheEntry>() == 16);
+    assert!(SLOT_CACHE_ENTRIES.is_power_of_two());
     assert!(core::mem::size_of::<PeerStats>() == 64);
     assert!(core::mem::size_of::<PendingHandshake>() == 16);
     assert!(Counter::ALL.len() as u32 == COUNTER_SLOTS);

@@ -9,7 +9,7 @@ use observer_ebpf::{
     AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_BLOCK_CAPACITY, DEFAULT_ADDR_CAPACITY,
     DEFAULT_DROP_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY,
     DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats,
-    PeerKey, PeerStats, PendingHandshake,
+    PeerKey, PeerStats, PendingHandshake, SLOT_CACHE_ENTRIES, SlotCacheEntry,
 };
 
 #[map(name = "CONFIG")]
@@ -28,6 +28,10 @@ pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAUL
 #[map(name = "PEER_SLOTS")]
 pub static PEER_SLOTS: HashMap<PeerKey, u32> =
     HashMap::with_max_entries(DEFAULT_PEER_SLOT_CAPACITY, 0);
+
+#[map(name = "SLOT_CACHE")]
+pub static SLOT_CACHE: PerCpuArray<SlotCacheEntry> =
+    PerCpuArray::with_max_entries(SLOT_CACHE_ENTRIES, 0);
 
 #[map(name = "PEER_STATS")]
 pub static PEER_STATS: PerCpuArray<PeerStats> =
