@@ -190,7 +190,7 @@ pub struct AgentArgs {
     pub ageing: crate::datapath::AgeingPolicy,
 }
 
-pub use crate::duration::parse_duration;
+use crate::duration::parse_duration;
 
 /// Where the agent listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
