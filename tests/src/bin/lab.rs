@@ -31,7 +31,7 @@ enum Command {
         /// App pods per node, besides one DaemonSet pod.
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// The CNI migrated from: flannel or calico-vxlan.
+        /// The CNI migrated from: flannel, calico-vxlan or calico-crosssubnet.
         #[arg(long, default_value = "flannel")]
         legacy: LegacyCni,
     },

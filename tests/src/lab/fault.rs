@@ -136,13 +136,11 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                  table netdev {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
-                     ip saddr {src} ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                     {path} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
                 port = LabState::underlay_port(j),
-                src = plan::underlay_addr(j),
-                dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(lab.legacy),
+                path = overlay.nft_path(lab.legacy, j, k),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
         }
@@ -152,7 +150,7 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             overlay,
             percent,
         } => {
-            lab.node_index(node)?;
+            let j = lab.node_index(node)?;
             let k = lab.node_index(peer)?;
             if node == peer {
                 bail!("a firewall drop from {node} to itself: pick two nodes");
@@ -162,11 +160,10 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                  table ip {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook postrouting priority 0; policy accept;\n\
-                     ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                     {path} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
-                dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(lab.legacy),
+                path = overlay.nft_path(lab.legacy, j, k),
                 sample = sample(*percent)?,
             );
             batch(&lab.node_ns(node), &["nft", "-f", "-"], &script)
@@ -225,6 +222,7 @@ fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()>
         Overlay::Ipip => {
             bail!("the lab has no IP-in-IP device (no kernel module): no MTU to lower")
         }
+        Overlay::Native => bail!("the native overlay has no device of its own: no MTU to lower"),
     };
     lab.node_index(node)?;
     in_ns(

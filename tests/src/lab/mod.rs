@@ -161,7 +161,7 @@ impl Lab {
                         "-c1",
                         "-W2",
                         "-q",
-                        &plan::underlay_addr(k).to_string(),
+                        &self.state.underlay_addr(k).to_string(),
                     ],
                 )?;
             }
@@ -335,7 +335,7 @@ impl Lab {
             .enumerate()
             .map(|(j, n)| Node {
                 name: n.name.clone(),
-                underlay: plan::underlay_addr(j),
+                underlay: self.state.underlay_addr(j),
                 overlay_addrs: vec![plan::flannel_addr(j), plan::cilium_host_addr(j)],
                 pod_cidrs: vec![
                     NodePodCidr {
@@ -356,8 +356,11 @@ impl Lab {
         };
         // The legacy overlay's port: Flannel's 8472 is the default.
         let port = self.state.legacy.port();
+        // CrossSubnet: the tunnel only towards the other underlay subnet.
+        let cross_subnet = self.state.legacy.cross_subnet();
         for network in shape.networks.iter_mut().filter(|n| n.role == Role::Legacy) {
             network.encapsulation = observer::shape::Encapsulation::Vxlan { port };
+            network.cross_subnet = cross_subnet;
         }
         // The crafted IP-in-IP of `ipip::send` carries legacy pods, as
         // Calico's tunl0 would beside the legacy VXLAN here.

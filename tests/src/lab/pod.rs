@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use super::{
     calico,
     exec::{IpBatch, run, sysctls},
-    plan::{self, LegacyCni, Network},
+    plan::{self, Network},
     state::{LabState, Pod, PodKind},
 };
 
@@ -54,7 +54,7 @@ pub fn create_at(
     if let Some(p) = node.pods.iter().find(|p| p.addr == addr) {
         bail!("{addr} is held by pod {:?} on {}", p.name, node.name);
     }
-    let calico = network == Network::Legacy && lab.legacy == LegacyCni::CalicoVxlan;
+    let calico = network == Network::Legacy && lab.legacy.is_calico();
     let host_if = match network {
         Network::Legacy if calico => calico::veth_name(addr),
         Network::Legacy => format!("veth{:08x}", u32::from(addr)),
