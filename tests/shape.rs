@@ -331,3 +331,24 @@ async fn calico_pools_and_blocks_from_the_api_make_the_shape() {
     }
     derived.shape.validate().unwrap();
 }
+
+/// A CrossSubnet network's peers are on its tunnel's overlay or on
+/// `native`: both get PEER_STATS slots (`peer_overlays`); without the flag
+/// a VXLAN network's pairs are only on its tunnel's overlay.
+#[test]
+fn a_cross_subnet_network_reaches_peers_on_its_tunnel_and_natively() {
+    use observer_ebpf::Overlay;
+    let json = |cross: bool| {
+        format!(
+            r#"{{"networks":[{{"role":"legacy","cidrs":["10.244.0.0/16"],"encapsulation":{{"vxlan":{{"port":4789}}}},"cross_subnet":{cross}}}],"extra_vxlan_ports":{{}}}}"#
+        )
+    };
+    let overlays = |cross: bool| {
+        ClusterShape::from_json(&json(cross))
+            .unwrap()
+            .peer_overlays()
+            .unwrap()
+    };
+    assert_eq!(overlays(true), [Overlay::Legacy, Overlay::Native]);
+    assert_eq!(overlays(false), [Overlay::Legacy]);
+}
