@@ -65,9 +65,20 @@ fn small_struct_layouts() {
     assert_eq!(size_of::<AddrInfo>(), 8);
     assert_eq!(offset_of!(AddrInfo, node), 4);
     assert_eq!(size_of::<EncapPort>(), 4);
-    assert_eq!(size_of::<Config>(), 4 * MAX_ENCAP_PORTS + 8);
+    assert_eq!(
+        size_of::<Config>(),
+        4 * MAX_ENCAP_PORTS + 8 + 16 * MAX_BLOCK_RANGES
+    );
     assert_eq!(offset_of!(Config, local_node), 32);
     assert_eq!(offset_of!(Config, control_port), 38);
+    assert_eq!(offset_of!(Config, block_ranges), 40);
+    assert_eq!(size_of::<BlockRange>(), 16);
+    assert_eq!(offset_of!(BlockRange, shift), 12);
+    // An entry never written (all zeroes) asks the trie.
+    assert_eq!(BLOCK_ASK, 0);
+    assert_eq!(size_of::<AddrBlock>(), 24);
+    assert_eq!(offset_of!(AddrBlock, exact), 16);
+    assert_eq!(offset_of!(AddrBlock, state), 20);
 }
 
 /// Userspace serialises the wire enums by name, and reads back only names

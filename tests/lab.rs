@@ -3,7 +3,8 @@
 //! Flannel's legacy nodes; classification, SNAT, loss and pods created
 //! after start also on Calico's (VXLAN mode, and CrossSubnet: the legacy
 //! network native within an underlay subnet, VXLAN across, in a 4-node
-//! lab).
+//! lab) and the AWS VPC CNI's (natively routed pods in the nodes' subnet,
+//! each a /32 of the shape).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -86,6 +87,70 @@ fn every_network_combination_is_classified_on_both_nodes_from_calico_crosssubnet
     every_network_combination_is_classified(LegacyCni::CalicoCrossSubnet);
 }
 
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_aws_native() {
+    every_network_combination_is_classified(LegacyCni::AwsNative);
+}
+
+// Sender's view: client and server networks, overlay, the device whose
+// address SNAT gave the client. Receiver's view: the client's network,
+// and `arrived` when its source is a peer's overlay address (after SNAT,
+// or a node's own traffic into an overlay, which leaves from that
+// overlay's address: the receiver cannot tell the two apart). `tunnel`
+// is the legacy tunnel device: flannel.1 or vxlan.calico.
+const TUNNELLED_CASES: [&str; 9] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+    "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
+    "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+    "worker-1            worker-2            host>host      none     -            host",
+];
+
+// The AWS VPC CNI: legacy pods are routed natively, with their own
+// addresses inside the VPC (no SNAT to nodes or to other legacy pods);
+// AWS-SNAT-CHAIN-0 rewrites everything leaving the VPC (Cilium's range)
+// to the primary address, pod or host traffic alike, and Cilium's
+// masquerade leaves by eth0 towards legacy pods: the receiver sees a
+// node's underlay, which is no overlay address (never `arrived`).
+const NATIVE_CASES: [&str; 9] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   eth0         host",
+    "control-plane/app-2 worker-1            legacy>host    native   -            legacy",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  native   eth0         host",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    native   -            host",
+    "control-plane       worker-1/app-2      host>cilium    cilium   eth0         host",
+    "worker-1            worker-2            host>host      none     -            host",
+];
+
+// CrossSubnet (a 4-node lab): control-plane and worker-2 share a subnet, so
+// what the legacy network carries between them is native (a node's own
+// traffic then leaves from its `eth0`, not the tunnel's address, so
+// arrives as plain host traffic); worker-3 reaches the control plane
+// through vxlan.calico, and worker-1's Cilium pods reach worker-3's legacy
+// pods natively, masqueraded onto worker-1's `eth0`.
+const CROSS_SUBNET_CASES: [&str; 11] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+    "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    native   -            host",
+    "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+    "worker-1            worker-2            host>host      none     -            host",
+    "worker-3/app-1      control-plane/app-1 legacy>legacy  legacy   -            legacy",
+    "worker-1/app-2      worker-3/app-2      cilium>legacy  native   eth0         host",
+];
+
 fn every_network_combination_is_classified(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
@@ -93,50 +158,18 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
     // still has its legacy address, as the guide leaves a node before the
     // DaemonSet restart. Now every combination crosses two nodes.
     lab.migrate("worker-2", false).unwrap();
-    assert_shape_names_the_legacy_tunnel(&lab, legacy);
+    if legacy.tunnelled() {
+        assert_shape_names_the_legacy_tunnel(&lab, legacy);
+    } else {
+        assert_shape_lists_the_legacy_pods(&lab);
+    }
     let fleet = Fleet::attach(&lab).unwrap();
-    // Sender's view: client and server networks, overlay, the device whose
-    // address SNAT gave the client. Receiver's view: the client's network,
-    // and `arrived` when its source is a peer's overlay address (after
-    // SNAT, or a node's own traffic into an overlay, which leaves from that
-    // overlay's address: the receiver cannot tell the two apart).
-    // `tunnel` is the legacy tunnel device: flannel.1 or vxlan.calico.
-    const CASES: [&str; 9] = [
-        // from             to                  nets           overlay  SNAT         receiver
-        "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
-        "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
-        "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
-        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
-        "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
-        "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
-        "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
-        "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
-        "worker-1            worker-2            host>host      none     -            host",
-    ];
-    // CrossSubnet: control-plane and worker-2 share a subnet, so what the
-    // legacy network carries between them is native (a node's own traffic
-    // then leaves from its `eth0`, not the tunnel's address, so arrives as
-    // plain host traffic); worker-3 reaches the control plane through
-    // vxlan.calico, and worker-1's Cilium pods reach worker-3's legacy pods
-    // natively, masqueraded onto worker-1's `eth0`.
-    const CROSS_SUBNET_CASES: [&str; 11] = [
-        // from             to                  nets           overlay  SNAT         receiver
-        "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
-        "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
-        "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
-        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
-        "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
-        "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
-        "control-plane       worker-2/ds         host>legacy    native   -            host",
-        "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
-        "worker-1            worker-2            host>host      none     -            host",
-        "worker-3/app-1      control-plane/app-1 legacy>legacy  legacy   -            legacy",
-        "worker-1/app-2      worker-3/app-2      cilium>legacy  native   eth0         host",
-    ];
     let table: &[&str] = if legacy.cross_subnet() {
         &CROSS_SUBNET_CASES
+    } else if legacy.tunnelled() {
+        &TUNNELLED_CASES
     } else {
-        &CASES
+        &NATIVE_CASES
     };
     let cases: Vec<Vec<&str>> = table
         .iter()
@@ -312,6 +345,44 @@ fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
     }
 }
 
+/// Natively routed legacy pods: the shape has no legacy range and no
+/// legacy tunnel address, and lists every legacy pod as a /32 of its node.
+fn assert_shape_lists_the_legacy_pods(lab: &Lab) {
+    let shape = lab.shape("control-plane").unwrap();
+    let legacy: Vec<_> = shape
+        .networks
+        .iter()
+        .filter(|n| n.role == observer::shape::Role::Legacy && n.cidrs.is_empty())
+        .map(|n| n.encapsulation)
+        .collect();
+    assert!(
+        legacy.contains(&observer::shape::Encapsulation::Native),
+        "{shape:#?}"
+    );
+    let mut listed: Vec<(Ipv4Addr, &str)> = shape
+        .pods
+        .iter()
+        .map(|p| (p.addr, p.node.as_str()))
+        .collect();
+    let mut expected: Vec<(Ipv4Addr, &str)> = lab
+        .nodes()
+        .flat_map(|n| &n.pods)
+        .filter(|p| p.network == crossover_tests::lab::Network::Legacy)
+        .map(|p| (p.addr, p.node.as_str()))
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(listed, expected, "every legacy pod, on its node");
+    for (j, node) in shape.nodes.iter().enumerate() {
+        assert_eq!(
+            node.overlay_addrs,
+            vec![plan::cilium_host_addr(j)],
+            "no legacy tunnel address"
+        );
+    }
+}
+
 fn v4(addr: SocketAddr) -> SocketAddrV4 {
     match addr {
         SocketAddr::V4(v4) => v4,
@@ -340,24 +411,38 @@ fn snat_is_seen_through_to_the_pods_from_calico_crosssubnet() {
     snat_is_seen_through(LegacyCni::CalicoCrossSubnet);
 }
 
+/// AWS-SNAT-CHAIN-0 (to the primary address, leaving the VPC for Cilium's
+/// range) and Cilium's masquerade out of eth0 towards the VPC: both onto
+/// a node's underlay address, joined the same way.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_aws_native() {
+    snat_is_seen_through(LegacyCni::AwsNative);
+}
+
 fn snat_is_seen_through(legacy: LegacyCni) {
     let _serial = serial();
     let lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
+    // The address each direction is translated to: the tunnelled CNIs'
+    // masquerade (--random-fully) onto cilium_host and Cilium's onto the
+    // legacy tunnel's address, or the nodes' primary addresses.
+    let (to_cilium, to_legacy) = if legacy.tunnelled() {
+        (plan::cilium_host_addr(0), plan::flannel_addr(1))
+    } else {
+        (plan::underlay_addr(0), plan::underlay_addr(1))
+    };
     let mut cases = vec![
-        // The legacy CNI's masquerade (--random-fully) onto cilium_host.
         (
             "control-plane/app-1",
             "worker-1/app-1",
-            plan::cilium_host_addr(0),
+            to_cilium,
             "legacy",
             "cilium",
         ),
-        // Cilium's masquerade onto the legacy tunnel's address.
         (
             "worker-1/app-1",
             "control-plane/app-1",
-            plan::flannel_addr(1),
+            to_legacy,
             "cilium",
             "legacy",
         ),
@@ -442,9 +527,11 @@ fn snat_is_seen_through(legacy: LegacyCni) {
                 .find(|c| c.server == server && c.client == v4(*seen))
                 .unwrap_or_else(|| panic!("receiver: no connection from {seen}: {receiver:#?}"));
             if onto_underlay {
+                // A node's underlay address is no overlay address: the
+                // receiver sees the node itself as the client.
                 assert_eq!(
-                    (r.snat_seen, r.client_net, r.overlay.label()),
-                    (SnatSeen::None, Net::Host, "native"),
+                    (r.snat_seen, r.client_net.label()),
+                    (SnatSeen::None, "host"),
                     "{r:#?}"
                 );
             } else {
@@ -470,6 +557,14 @@ fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_crosssubnet
     pods_created_after_start_are_observed(LegacyCni::CalicoCrossSubnet);
 }
 
+/// An `eni` veth followed, and the new pod's /32 in every node's address
+/// table: its node counts it as a legacy pod at its hook, and the peer
+/// names the pod's node as the sender of what it receives natively.
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_aws_native() {
+    pods_created_after_start_are_observed(LegacyCni::AwsNative);
+}
+
 /// The fleet follows interfaces by their names' default patterns, as the
 /// agent does on every link event: the legacy CNI's tunnel from the start,
 /// and a pod created afterwards (on a legacy node a `veth`/`cali` veth, on
@@ -488,18 +583,22 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
             .find(|(name, _)| *name == iface)
             .map(|(_, hook)| hook)
     };
-    assert_eq!(
-        hook_of(&fleet, "control-plane", legacy.device()),
-        Some(Hook::OverlayLegacy),
-        "{legacy}'s tunnel followed by its name"
-    );
+    if legacy.tunnelled() {
+        assert_eq!(
+            hook_of(&fleet, "control-plane", legacy.device()),
+            Some(Hook::OverlayLegacy),
+            "{legacy}'s tunnel followed by its name"
+        );
+    }
+    // Natively routed, the late legacy pod talks to a legacy pod on
+    // another node, which receives it with the pod's own address.
+    let legacy_peer = if legacy.tunnelled() {
+        "worker-1/app-1"
+    } else {
+        "worker-2/app-1"
+    };
     let cases = [
-        (
-            "control-plane",
-            "worker-1/app-1",
-            legacy.veth_prefix(),
-            "legacy",
-        ),
+        ("control-plane", legacy_peer, legacy.veth_prefix(), "legacy"),
         ("worker-1", "worker-2/app-1", "lxc", "cilium"),
     ];
     for (node, peer, prefix, net) in cases {
@@ -507,6 +606,9 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         let pod = lab.add_pod(node, "late", PodKind::App).unwrap();
         assert!(pod.host_if.starts_with(prefix), "{pod:?}");
         fleet.follow().unwrap();
+        // The pod as the API reports it: a natively routed legacy pod's
+        // /32 enters every node's address table.
+        fleet.configure(&lab).unwrap();
         assert_eq!(
             hook_of(&fleet, node, &pod.host_if),
             Some(Hook::Pod),
@@ -537,6 +639,26 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         });
         assert!(flow.packets > 0, "{flow:#?}");
         assert_eq!(flow.src_net.label(), net, "{node}: {flow:#?}");
+        if !legacy.tunnelled() && net == "legacy" {
+            let receiver = node_of(peer);
+            let snapshot = fleet.member(receiver).observer.snapshot().unwrap();
+            let arrived = snapshot
+                .flows
+                .iter()
+                .find(|f| {
+                    f.src == pod.addr && f.dst_port == report.port && f.point.label() == "underlay"
+                })
+                .unwrap_or_else(|| panic!("{receiver}: nothing from {}", pod.addr));
+            assert_eq!(
+                (
+                    arrived.src_net.label(),
+                    arrived.overlay.label(),
+                    arrived.peer
+                ),
+                ("legacy", "native", Some(plan::underlay_addr(0))),
+                "{receiver} names the new pod's network and node: {arrived:#?}"
+            );
+        }
         eprintln!(
             "{legacy}: {node}/late on {} seen after {:?}",
             pod.host_if,
@@ -602,6 +724,15 @@ fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_vxlan() {
     injected_loss_is_measured(LegacyCni::CalicoVxlan);
 }
 
+/// No tunnel: the fault drops what control-plane sends worker-2 that is
+/// not node to node (its pods' packets, routed natively), and crossover
+/// counts the same packets on the native overlay, attributed to the node
+/// pair by the pods' /32s.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_aws_native() {
+    injected_loss_is_measured(LegacyCni::AwsNative);
+}
+
 /// CrossSubnet: loss on the same legacy network's native path within a
 /// subnet (control-plane to worker-2) and on its VXLAN path across
 /// (control-plane to worker-3), each alone among rows of both kinds.
@@ -617,6 +748,8 @@ struct LossCase {
     from: &'static str,
     to: &'static str,
     overlay: Overlay,
+    /// The overlay crossover counts the faulty path on.
+    row: &'static str,
     others: Vec<(&'static str, &'static str)>,
     /// A long TCP stream beside the UDP ones.
     tcp: (&'static str, &'static str),
@@ -634,6 +767,8 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
         from: "control-plane/app-1",
         to: "worker-2/app-1",
         overlay: Overlay::Legacy,
+        // An untunnelled lab's legacy path is native.
+        row: legacy.overlay_label(),
         others: vec![
             ("worker-2/app-2", "control-plane/app-2"),
             ("control-plane/app-2", "worker-1/app-1"),
@@ -641,9 +776,9 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
         ],
         tcp: ("worker-2/ds", "control-plane/ds"),
         around: vec![
-            ("worker-2", "control-plane", "legacy"),
+            ("worker-2", "control-plane", legacy.overlay_label()),
             ("control-plane", "worker-1", "cilium"),
-            ("worker-1", "worker-2", "legacy"),
+            ("worker-1", "worker-2", legacy.overlay_label()),
         ],
     }];
     if legacy.cross_subnet() {
@@ -670,6 +805,7 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
                 from: "control-plane/app-1",
                 to: "worker-2/app-1",
                 overlay: Overlay::Native,
+                row: "native",
                 others: others.clone(),
                 tcp: ("worker-2/ds", "control-plane/ds"),
                 around: around.clone(),
@@ -678,6 +814,7 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
                 from: "control-plane/app-1",
                 to: "worker-3/app-1",
                 overlay: Overlay::Legacy,
+                row: "legacy",
                 others,
                 tcp: ("worker-3/ds", "control-plane/ds"),
                 around,
@@ -721,7 +858,7 @@ fn loss_on_one_path_only(lab: &mut Lab, fleet: &Fleet, case: &LossCase) {
         let drops = lab.drops(id).unwrap();
         lab.clear(id).unwrap();
 
-        let faulty = pair(&window, from_node, to_node, case.overlay.label());
+        let faulty = pair(&window, from_node, to_node, case.row);
         let ratio = faulty.loss_ratio().unwrap();
         eprintln!(
             "{} {percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
@@ -858,15 +995,6 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
     // A = worker-2, half way through its migration (a legacy DaemonSet pod
     // and Cilium app pods); B = worker-1, migrated; C = control-plane.
     lab.migrate("worker-2", false).unwrap();
-    let mut fleet = Fleet::attach(&lab).unwrap();
-    let id = lab
-        .inject(Fault::Loss {
-            from: "worker-2".into(),
-            to: "worker-1".into(),
-            overlay: Overlay::Cilium,
-            percent: 100.0,
-        })
-        .unwrap();
     // client, server, fails
     let cases = [
         ("worker-2/ds", "worker-1/app-1", true), // legacy to Cilium, A to B
@@ -881,6 +1009,63 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         ("worker-1/app-1", "control-plane/app-1", false),
         ("worker-2", "worker-1", false),
     ];
+    blackhole_fails_exactly(
+        &mut lab,
+        LegacyCni::Flannel,
+        ("worker-2", "worker-1", Overlay::Cilium),
+        &cases,
+    );
+}
+
+/// The same on each legacy CNI's own path: control-plane's legacy overlay
+/// (its tunnel, or for AWS its natively routed pod traffic) towards
+/// worker-2 cut, both legacy nodes' pods and hosts on either side of it.
+#[test]
+fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
+    let _serial = serial();
+    // client, server, fails: C = control-plane (legacy), B = worker-1
+    // (migrated), A = worker-2 (legacy); C to A on the legacy path is cut.
+    let cases = [
+        ("control-plane/app-1", "worker-2/app-1", true), // legacy to legacy, C to A
+        ("worker-2/app-2", "control-plane/app-2", true), // A to C: its SYN-ACK goes C to A
+        ("control-plane", "worker-2/app-1", true),       // C's host to a legacy pod: the same path
+        ("worker-1/app-1", "worker-2/app-1", false),     // Cilium to legacy, from B
+        ("control-plane/app-1", "worker-1/app-1", false), // legacy to Cilium rides Cilium's overlay
+        ("worker-2/app-1", "worker-1/app-2", false),
+        ("control-plane", "worker-2", false), // host to host: plain underlay
+    ];
+    for legacy in LegacyCni::ALL {
+        let mut lab = lab(legacy);
+        eprintln!("{legacy}");
+        blackhole_fails_exactly(
+            &mut lab,
+            legacy,
+            ("control-plane", "worker-2", Overlay::Legacy),
+            &cases,
+        );
+    }
+}
+
+/// Cuts `cut` (from, to, overlay) whole and opens two TCP connections per
+/// case (client, server, whether it must fail): exactly the failing ones
+/// are unanswered on the client's node, once each in the kernel's
+/// per-peer counters, which agree with the flows; the cut pair's delivery
+/// loss is what the wire dropped and no other pair loses.
+fn blackhole_fails_exactly(
+    lab: &mut Lab,
+    legacy: LegacyCni,
+    cut: (&str, &str, Overlay),
+    cases: &[(&str, &str, bool)],
+) {
+    let mut fleet = Fleet::attach(lab).unwrap();
+    let id = lab
+        .inject(Fault::Loss {
+            from: cut.0.into(),
+            to: cut.1.into(),
+            overlay: cut.2,
+            percent: 100.0,
+        })
+        .unwrap();
     let before = fleet.deliveries().unwrap();
     let reports: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
@@ -893,7 +1078,6 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     std::thread::sleep(Duration::from_millis(1000));
-
     let mut failing = Vec::new();
     for ((from, to, fails), report) in cases.iter().zip(&reports) {
         // The generator is the ground truth crossover is checked against.
@@ -950,15 +1134,20 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         "every failed handshake, once"
     );
     let window = delivery::window(&before, &fleet.deliveries().unwrap());
-    let cut = pair(&window, "worker-2", "worker-1", "cilium");
-    assert!(cut.sent > 0 && cut.received == 0, "{cut:?}");
-    assert_eq!(cut.lost(), lab.drops(id).unwrap());
+    let label = match cut.2 {
+        Overlay::Legacy => legacy.overlay_label(),
+        overlay => overlay.label(),
+    };
+    let cut_path = pair(&window, cut.0, cut.1, label);
+    assert!(cut_path.sent > 0 && cut_path.received == 0, "{cut_path:?}");
+    assert_eq!(cut_path.lost(), lab.drops(id).unwrap());
     for d in window
         .iter()
-        .filter(|d| !same_path(d, &cut.from, &cut.to, cut.overlay))
+        .filter(|d| !same_path(d, &cut_path.from, &cut_path.to, cut_path.overlay))
     {
-        assert_eq!(d.lost(), 0, "only A to B on Cilium loses: {d:?}");
+        assert_eq!(d.lost(), 0, "only the cut path loses: {d:?}");
     }
+    lab.clear(id).unwrap();
 }
 
 /// Per (peer, overlay, direction, network pair): the slot counters equal

@@ -352,3 +352,73 @@ fn a_cross_subnet_network_reaches_peers_on_its_tunnel_and_natively() {
     assert_eq!(overlays(true), [Overlay::Legacy, Overlay::Native]);
     assert_eq!(overlays(false), [Overlay::Legacy]);
 }
+
+#[test]
+fn listed_pods_are_32s_of_their_node_and_checked() {
+    // The AWS VPC CNI's network: no ranges, each pod listed.
+    let json = r#"{"networks":[{"role":"legacy","cidrs":[],"encapsulation":"native"},
+        {"role":"cilium","cidrs":["10.245.0.0/16"],"encapsulation":{"vxlan":{"port":8473}}}],
+        "nodes":[{"name":"a","underlay":"172.31.0.10"},{"name":"b","underlay":"172.31.0.11"}],
+        "pods":[{"addr":"172.31.5.23","node":"a","role":"legacy"},{"addr":"172.31.9.40","node":"b","role":"legacy"}]}"#;
+    let shape = ClusterShape::from_json(json).unwrap();
+    assert_eq!(shape.rangeless_role(), Some(observer::shape::Role::Legacy));
+    let entries: Vec<(String, u8, std::net::Ipv4Addr)> = shape
+        .pod_entries()
+        .into_iter()
+        .map(|(net, info)| {
+            (
+                net.to_string(),
+                info.net,
+                observer::shape::addr_from_wire(info.node),
+            )
+        })
+        .collect();
+    let legacy = observer_ebpf::Net::Legacy.wire();
+    assert_eq!(
+        entries,
+        vec![
+            (
+                "172.31.5.23/32".into(),
+                legacy,
+                "172.31.0.10".parse().unwrap()
+            ),
+            (
+                "172.31.9.40/32".into(),
+                legacy,
+                "172.31.0.11".parse().unwrap()
+            ),
+        ]
+    );
+    // Kept apart from the ranges, which the kernel takes all or none.
+    assert!(
+        shape
+            .kernel_addrs()
+            .iter()
+            .all(|(net, _)| net.prefix_len() < 32
+                || !["172.31.5.23", "172.31.9.40"].contains(&net.addr().to_string().as_str()))
+    );
+    assert!(shape.without_pods().pods.is_empty());
+
+    let second = r#"{"addr":"172.31.9.40","node":"b","role":"legacy"}"#;
+    for (bad, want) in [
+        (
+            r#"{"addr":"172.31.9.40","node":"c","role":"legacy"}"#,
+            "pods[1] (172.31.9.40, c): the node is not in nodes",
+        ),
+        (
+            r#"{"addr":"172.31.5.23","node":"b","role":"legacy"}"#,
+            "pods[1] (172.31.5.23, b): the address is listed twice",
+        ),
+        (
+            r#"{"addr":"172.31.0.10","node":"b","role":"legacy"}"#,
+            "pods[1] (172.31.0.10, b): the address is a node's own",
+        ),
+        (
+            r#"{"addr":"10.245.3.4","node":"b","role":"legacy"}"#,
+            "pods[1] (10.245.3.4, b): a Legacy pod inside a Cilium range",
+        ),
+    ] {
+        let err = error_of(&json.replace(second, bad));
+        assert!(err.contains(want), "{err}");
+    }
+}

@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use observer_ebpf::{
-    AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_DROP_CAPACITY,
-    DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY,
-    DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats, PeerKey, PeerStats,
-    PendingHandshake,
+    AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_BLOCK_CAPACITY, DEFAULT_ADDR_CAPACITY,
+    DEFAULT_DROP_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY,
+    DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats,
+    PeerKey, PeerStats, PendingHandshake,
 };
 
 #[map(name = "CONFIG")]
@@ -18,6 +18,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "ADDRS")]
 pub static ADDRS: LpmTrie<u32, AddrInfo> =
     LpmTrie::with_max_entries(DEFAULT_ADDR_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "ADDR_BLOCKS")]
+pub static ADDR_BLOCKS: Array<AddrBlock> = Array::with_max_entries(DEFAULT_ADDR_BLOCK_CAPACITY, 0);
 
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);

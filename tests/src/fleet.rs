@@ -67,6 +67,16 @@ impl Fleet {
         Ok(())
     }
 
+    /// Gives every node the lab's shape as it is now: what the agent does
+    /// when the API reports a pod that came or went (a natively routed
+    /// legacy pod is a /32 of the shape).
+    pub fn configure(&mut self, lab: &Lab) -> Result<()> {
+        for m in &mut self.members {
+            m.observer.configure(&lab.shape(&m.name)?)?;
+        }
+        Ok(())
+    }
+
     pub fn member(&self, node: &str) -> &Member {
         self.members
             .iter()

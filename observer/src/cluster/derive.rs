@@ -9,12 +9,12 @@ use std::{collections::BTreeMap, net::Ipv4Addr, str::FromStr};
 
 use clap::Args;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode};
+use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode, Pod};
 use kube::api::DynamicObject;
 use serde::Serialize;
 
 use super::{calico, cilium::CiliumNode};
-use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, Role};
+use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, PodAddr, Role};
 
 pub const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
@@ -25,6 +25,8 @@ pub const CILIUM_HOST_ANNOTATION: &str = "network.cilium.io/ipv4-cilium-host";
 /// Flannel's VXLAN port on Linux; its annotations do not carry it.
 pub const FLANNEL_VXLAN_PORT: u16 = 8472;
 pub const CALICO_VXLAN_PORT: u16 = 4789;
+/// A Node's `spec.providerID` on EC2: `aws:///ZONE/INSTANCE`.
+pub const AWS_PROVIDER: &str = "aws://";
 
 /// Flags that win over what the cluster says.
 #[derive(Clone, Debug, Default, Args)]
@@ -86,6 +88,9 @@ pub struct ClusterObjects<'a> {
     /// CRDs exist.
     pub ip_pools: Vec<&'a DynamicObject>,
     pub block_affinities: Vec<&'a DynamicObject>,
+    /// Pods, for the addresses of a network without ranges (AWS VPC CNI);
+    /// none needed otherwise.
+    pub pods: Vec<&'a Pod>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -159,6 +164,15 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
             !dropped.contains(&(i - 1))
         });
     }
+    out.shape.pods = rangeless_pods(&out.shape, &objects.pods);
+    if let Some(role) = out.shape.rangeless_role() {
+        out.source(
+            "pods",
+            format!(
+                "Pods' status.podIP and spec.nodeName ({role:?} network without ranges: a /32 each)"
+            ),
+        );
+    }
     if !out.shape.nodes.iter().any(|n| n.name == local_node) {
         out.warnings.push(format!(
             "this node {local_node:?} is not among the Nodes with an InternalIP; peers cannot be named from here"
@@ -179,10 +193,6 @@ fn legacy_network(
             .iter()
             .flat_map(|n| node_pod_cidrs(n))
             .collect();
-        if shares.is_empty() {
-            out.warnings
-                .push("no Node has spec.podCIDRs: set --legacy-cidr".into());
-        }
         out.source("legacy.cidrs", "Nodes' spec.podCIDRs");
         Ipv4Net::aggregate(&shares)
     } else {
@@ -231,6 +241,17 @@ fn legacy_network(
     {
         out.source("legacy.encapsulation", CALICO_IPIP_ADDR);
         Encapsulation::Ipip
+    } else if cidrs.is_empty()
+        && !objects.nodes.is_empty()
+        && objects.nodes.iter().all(|n| on_aws(n))
+    {
+        // No node range, no Flannel or Calico annotation, EC2 instances:
+        // the AWS VPC CNI, pods routed natively in the VPC's subnets.
+        out.source(
+            "legacy.encapsulation",
+            format!("Nodes' spec.providerID {AWS_PROVIDER} without spec.podCIDRs (AWS VPC CNI)"),
+        );
+        Encapsulation::Native
     } else {
         out.warnings.push(format!(
             "legacy overlay not recognised from node annotations; assuming Flannel VXLAN {FLANNEL_VXLAN_PORT}: set --legacy-encapsulation"
@@ -240,6 +261,11 @@ fn legacy_network(
             port: FLANNEL_VXLAN_PORT,
         }
     };
+    // A routed network needs no ranges: its pods are listed one by one.
+    if cidrs.is_empty() && encapsulation != Encapsulation::Native {
+        out.warnings
+            .push("no Node has spec.podCIDRs: set --legacy-cidr".into());
+    }
     Network {
         role: Role::Legacy,
         cidrs,
@@ -469,6 +495,75 @@ fn shape_node(
         overlay_addrs,
         pod_cidrs,
     })
+}
+
+/// The node is an EC2 instance.
+fn on_aws(node: &KubeNode) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .is_some_and(|p| p.starts_with(AWS_PROVIDER))
+}
+
+/// With a routed network without ranges (AWS VPC CNI), every pod that
+/// holds an address on a node of the shape, outside every range and off
+/// the nodes' own addresses: a /32 each, in address order (one entry per
+/// address: the first pod listed keeps a reused one). O((pods + ranges)
+/// log ranges).
+fn rangeless_pods(shape: &ClusterShape, pods: &[&Pod]) -> Vec<PodAddr> {
+    let Some(role) = shape.rangeless_role() else {
+        return Vec::new();
+    };
+    let nodes: std::collections::BTreeSet<&str> =
+        shape.nodes.iter().map(|n| n.name.as_str()).collect();
+    let node_addrs: std::collections::BTreeSet<Ipv4Addr> = shape
+        .nodes
+        .iter()
+        .flat_map(|n| std::iter::once(n.underlay).chain(n.overlay_addrs.iter().copied()))
+        .collect();
+    // Every range, merged into disjoint ones in address order: one binary
+    // search a pod, never a scan of the nodes.
+    let all: Vec<Ipv4Net> = shape
+        .networks
+        .iter()
+        .flat_map(|n| n.cidrs.iter().copied())
+        .chain(
+            shape
+                .nodes
+                .iter()
+                .flat_map(|n| n.pod_cidrs.iter().map(|c| c.cidr)),
+        )
+        .collect();
+    let mut ranges = Ipv4Net::aggregate(&all);
+    ranges.sort();
+    let in_range = |ip: &Ipv4Addr| {
+        let after = ranges.partition_point(|r| r.network() <= *ip);
+        after > 0 && ranges[after - 1].contains(ip)
+    };
+    let mut out: BTreeMap<Ipv4Addr, PodAddr> = BTreeMap::new();
+    for pod in pods {
+        let Some(spec) = pod.spec.as_ref() else {
+            continue;
+        };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if spec.host_network == Some(true) || matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(node) = spec.node_name.as_deref().filter(|n| nodes.contains(n)) else {
+            continue;
+        };
+        for addr in super::index::pod_ips(pod) {
+            if node_addrs.contains(&addr) || in_range(&addr) {
+                continue;
+            }
+            out.entry(addr).or_insert_with(|| PodAddr {
+                addr,
+                node: node.to_string(),
+                role,
+            });
+        }
+    }
+    out.into_values().collect()
 }
 
 pub fn name(node: &KubeNode) -> &str {
@@ -705,5 +800,106 @@ mod tests {
         );
         assert_eq!(flagged.shape.networks[0].encapsulation, Encapsulation::Ipip);
         assert!(!flagged.shape.networks[0].cross_subnet);
+    }
+
+    fn ec2(name: &str, ip: &str) -> KubeNode {
+        let mut n = node(name, ip, "");
+        let spec = n.spec.as_mut().unwrap();
+        spec.pod_cidr = None;
+        spec.provider_id = Some(format!("aws:///eu-west-1a/i-{name}"));
+        n
+    }
+
+    fn pod(node: &str, ip: &str, host_network: bool, phase: &str) -> Pod {
+        use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+        Pod {
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                host_network: Some(host_network),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn aws_nodes_make_a_native_legacy_network_of_their_pods() {
+        let nodes = [ec2("a", "172.31.0.10"), ec2("b", "172.31.0.11")];
+        let pods: Vec<Pod> = [
+            ("a", "172.31.5.23", false, "Running"),
+            ("b", "172.31.9.40", false, "Pending"),
+            // The same address again (a pod gone, its successor there):
+            // one entry, the first one's.
+            ("b", "172.31.5.23", false, "Running"),
+            // Host network, finished, on no known node, a node's own
+            // address: none of them a pod address of the network.
+            ("a", "172.31.0.10", true, "Running"),
+            ("a", "172.31.5.99", false, "Succeeded"),
+            ("ghost", "172.31.5.77", false, "Running"),
+            ("b", "172.31.0.10", false, "Running"),
+            // Cilium's: its range covers it.
+            ("a", "10.245.1.5", false, "Running"),
+        ]
+        .into_iter()
+        .map(|(node, ip, host, phase)| pod(node, ip, host, phase))
+        .collect();
+        let objects = ClusterObjects {
+            nodes: nodes.iter().collect(),
+            pods: pods.iter().collect(),
+            ..ClusterObjects::default()
+        };
+        let overrides = ShapeOverrides {
+            cilium_cidrs: vec!["10.245.0.0/16".parse().unwrap()],
+            ..ShapeOverrides::default()
+        };
+        let derived = derive(&objects, "a", &overrides);
+        let legacy = &derived.shape.networks[0];
+        assert_eq!(
+            (legacy.encapsulation, legacy.cidrs.len()),
+            (Encapsulation::Native, 0)
+        );
+        assert!(
+            derived
+                .sources
+                .iter()
+                .any(|s| s.field == "legacy.encapsulation" && s.from.contains("providerID")),
+            "{:#?}",
+            derived.sources
+        );
+        assert!(
+            !derived.warnings.iter().any(|w| w.contains("podCIDRs")),
+            "no range is expected: {:#?}",
+            derived.warnings
+        );
+        let listed: Vec<(String, &str)> = derived
+            .shape
+            .pods
+            .iter()
+            .map(|p| (p.addr.to_string(), p.node.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![("172.31.5.23".into(), "a"), ("172.31.9.40".into(), "b")]
+        );
+        derived.shape.validate().unwrap();
+
+        // With ranges (Flannel's podCIDRs), no pod is listed.
+        let flannel = [node("a", "172.31.0.10", "10.244.0.0/24")];
+        let objects = ClusterObjects {
+            nodes: flannel.iter().collect(),
+            pods: pods.iter().collect(),
+            ..ClusterObjects::default()
+        };
+        assert!(
+            derive(&objects, "a", &ShapeOverrides::default())
+                .shape
+                .pods
+                .is_empty()
+        );
     }
 }

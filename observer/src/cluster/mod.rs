@@ -257,12 +257,14 @@ impl Cluster {
         let config = self.cilium_config.state();
         let ip_pools = self.ip_pools.state();
         let block_affinities = self.block_affinities.state();
+        let pods = self.pods.state();
         let objects = ClusterObjects {
             nodes: nodes.iter().map(AsRef::as_ref).collect(),
             cilium_nodes: cilium_nodes.iter().map(AsRef::as_ref).collect(),
             cilium_config: config.first().map(AsRef::as_ref),
             ip_pools: ip_pools.iter().map(AsRef::as_ref).collect(),
             block_affinities: block_affinities.iter().map(AsRef::as_ref).collect(),
+            pods: pods.iter().map(AsRef::as_ref).collect(),
         };
         derive::derive(&objects, &self.options.node_name, &self.options.overrides)
     }

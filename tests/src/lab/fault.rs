@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    aws,
     exec::{batch, in_ns},
     plan::{self, Overlay},
     state::LabState,
@@ -131,6 +132,16 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                 bail!("loss from {from} to itself: pick two nodes");
             }
             let sample = sample(*percent)?;
+            // An untunnelled lab's legacy path is native, matched by the
+            // receiver's MAC; a CrossSubnet lab's native path by its pods'
+            // ranges (`Overlay::nft_path`).
+            let untunnelled =
+                !lab.legacy.tunnelled() && matches!(overlay, Overlay::Legacy | Overlay::Native);
+            let path = if untunnelled {
+                aws::native_wire_match(lab, j, k)?
+            } else {
+                overlay.nft_path(lab.legacy, j, k)
+            };
             let script = format!(
                 "table netdev {TABLE} {{}}\n\
                  table netdev {TABLE} {{\n\
@@ -140,7 +151,6 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                    }}\n\
                  }}\n",
                 port = LabState::underlay_port(j),
-                path = overlay.nft_path(lab.legacy, j, k),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
         }
@@ -154,6 +164,12 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             let k = lab.node_index(peer)?;
             if node == peer {
                 bail!("a firewall drop from {node} to itself: pick two nodes");
+            }
+            if matches!(overlay, Overlay::Legacy | Overlay::Native) && !lab.legacy.tunnelled() {
+                bail!(
+                    "{}'s pods are routed natively: no legacy tunnel packets to drop; use a loss fault",
+                    lab.legacy
+                );
             }
             let script = format!(
                 "table ip {TABLE} {{}}\n\
@@ -214,6 +230,12 @@ pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
 
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {
     let device = match overlay {
+        Overlay::Legacy if !lab.legacy.tunnelled() => {
+            bail!(
+                "{} routes natively: no legacy tunnel device to lower",
+                lab.legacy
+            )
+        }
         Overlay::Legacy => lab.legacy.device(),
         Overlay::Cilium => "cilium_vxlan",
         Overlay::Geneve => {

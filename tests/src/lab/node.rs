@@ -1,11 +1,11 @@
 //! One node's datapath as both CNIs build it during a migration: the legacy
-//! CNI's (Flannel's `flannel.1` and `cni0`, or Calico's `vxlan.calico`,
-//! see `calico.rs`), Cilium's `cilium_host`/`cilium_net` pair and
+//! CNI's (Flannel's `flannel.1` and `cni0`, Calico's `vxlan.calico`, see
+//! `calico.rs`, or the AWS VPC CNI's routes and SNAT, see `aws.rs`), Cilium's `cilium_host`/`cilium_net` pair and
 //! `cilium_vxlan`, and the masquerade rules of both.
 use anyhow::Result;
 
 use super::{
-    calico,
+    aws, calico,
     exec::{IpBatch, batch, sysctls},
     plan::{self, LegacyCni, Network},
     state::LabState,
@@ -86,10 +86,14 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
             ));
         }
     }
-    legacy_tunnel(&mut ip, lab.legacy, j);
+    if lab.legacy.tunnelled() {
+        legacy_tunnel(&mut ip, lab.legacy, j);
+    }
     match lab.legacy {
         LegacyCni::Flannel => flannel(&mut ip, j),
         LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => calico::node(&mut ip, j),
+        // Nothing before pods: the fabric's routes come with each pod.
+        LegacyCni::AwsNative => {}
     }
     cilium(&mut ip, lab.legacy, j);
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
@@ -192,21 +196,23 @@ fn cilium(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
 /// protocol (80), and keeps the VTEP's neighbour and FDB entries all the
 /// same.
 fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
-    let legacy = plan::pod_cidr(k, Network::Legacy);
-    let tunnel_peer = plan::flannel_addr(k);
-    let dev = cni.device();
-    if cni.cross_subnet() && plan::underlay_subnet(cni, j) == plan::underlay_subnet(cni, k) {
-        let peer = plan::node_underlay(cni, k).addr();
-        ip.add(format!("route add {legacy} via {peer} dev eth0 proto 80"));
-    } else {
+    if cni.tunnelled() {
+        let legacy = plan::pod_cidr(k, Network::Legacy);
+        let tunnel_peer = plan::flannel_addr(k);
+        let dev = cni.device();
+        if cni.cross_subnet() && plan::underlay_subnet(cni, j) == plan::underlay_subnet(cni, k) {
+            let peer = plan::node_underlay(cni, k).addr();
+            ip.add(format!("route add {legacy} via {peer} dev eth0 proto 80"));
+        } else {
+            ip.add(format!(
+                "route add {legacy} via {tunnel_peer} dev {dev} onlink"
+            ));
+        }
         ip.add(format!(
-            "route add {legacy} via {tunnel_peer} dev {dev} onlink"
+            "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
+            plan::mac(cni.vtep_mac_kind(), k)
         ));
     }
-    ip.add(format!(
-        "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
-        plan::mac(cni.vtep_mac_kind(), k)
-    ));
     let cilium = plan::pod_cidr(k, Network::Cilium);
     let host = plan::cilium_host_addr(j);
     let host_peer = plan::cilium_host_addr(k);
@@ -229,10 +235,14 @@ fn fdb(lab: &LabState, j: usize) -> Result<()> {
     let mut bridge = String::new();
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
         let dst = lab.underlay_addr(k);
-        for (kind, dev) in [
-            (lab.legacy.vtep_mac_kind(), lab.legacy.device()),
-            (plan::MAC_CILIUM_VXLAN, "cilium_vxlan"),
-        ] {
+        let legacy = lab
+            .legacy
+            .tunnelled()
+            .then(|| (lab.legacy.vtep_mac_kind(), lab.legacy.device()));
+        for (kind, dev) in legacy
+            .into_iter()
+            .chain([(plan::MAC_CILIUM_VXLAN, "cilium_vxlan")])
+        {
             bridge += &format!("fdb append {} dev {dev} dst {dst}\n", plan::mac(kind, k));
         }
     }
@@ -270,6 +280,7 @@ fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
 "#
         ),
         LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => calico::masquerade_rules(),
+        LegacyCni::AwsNative => aws::snat_rules(j),
     };
     let rules = format!(
         r#"*nat
@@ -282,5 +293,13 @@ COMMIT
 COMMIT
 "#
     );
-    batch(ns, &["iptables-restore", "--noflush"], &rules)
+    batch(ns, &["iptables-restore", "--noflush"], &rules)?;
+    if cni == LegacyCni::AwsNative {
+        batch(
+            ns,
+            &["iptables-restore", "--noflush"],
+            &aws::cilium_delivery_rules(),
+        )?;
+    }
+    Ok(())
 }

@@ -48,6 +48,9 @@ pub enum LegacyCni {
     /// Calico in VXLAN mode: `vxlan.calico` (VXLAN 4789, VNI 4096), pods
     /// on `cali*` veths with /32 routes and proxy ARP, no bridge.
     CalicoVxlan,
+    /// The AWS VPC CNI: pods take addresses from the nodes' own subnet,
+    /// on `eni*` veths with /32 routes, routed natively (`aws.rs`).
+    AwsNative,
     /// Calico with `vxlanMode: CrossSubnet`: as [`LegacyCni::CalicoVxlan`],
     /// but the nodes sit in two underlay subnets and a peer's block in the
     /// same subnet is routed natively through `eth0`, without the tunnel.
@@ -55,9 +58,10 @@ pub enum LegacyCni {
 }
 
 impl LegacyCni {
-    pub const ALL: [LegacyCni; 3] = [
+    pub const ALL: [LegacyCni; 4] = [
         LegacyCni::Flannel,
         LegacyCni::CalicoVxlan,
+        LegacyCni::AwsNative,
         LegacyCni::CalicoCrossSubnet,
     ];
 
@@ -65,23 +69,32 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => "flannel",
             LegacyCni::CalicoVxlan => "calico-vxlan",
+            LegacyCni::AwsNative => "aws-native",
             LegacyCni::CalicoCrossSubnet => "calico-crosssubnet",
         }
     }
 
-    /// The legacy overlay's tunnel device.
+    /// The device legacy pods' traffic leaves a node by: the legacy
+    /// overlay's tunnel device, or `eth0` where it is routed natively.
     pub fn device(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "flannel.1",
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "vxlan.calico",
+            LegacyCni::AwsNative => "eth0",
         }
     }
 
-    /// The legacy overlay's VXLAN port.
+    /// The legacy pods' traffic between nodes is tunnelled (VXLAN).
+    pub fn tunnelled(self) -> bool {
+        self != LegacyCni::AwsNative
+    }
+
+    /// The legacy overlay's VXLAN port; 0 where nothing is tunnelled.
     pub fn port(self) -> u16 {
         match self {
             LegacyCni::Flannel => LEGACY_PORT,
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_PORT,
+            LegacyCni::AwsNative => 0,
         }
     }
 
@@ -89,6 +102,7 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => LEGACY_VNI,
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_VNI,
+            LegacyCni::AwsNative => 0,
         }
     }
 
@@ -96,8 +110,16 @@ impl LegacyCni {
     pub fn vtep_mac_kind(self) -> u8 {
         match self {
             LegacyCni::Flannel => MAC_FLANNEL,
-            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => MAC_CALICO_VXLAN,
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::AwsNative => {
+                MAC_CALICO_VXLAN
+            }
         }
+    }
+
+    /// crossover's name for the overlay legacy pods' traffic between
+    /// nodes travels on.
+    pub fn overlay_label(self) -> &'static str {
+        if self.tunnelled() { "legacy" } else { "native" }
     }
 
     /// Prefix of the host end of a legacy pod's veth.
@@ -105,6 +127,7 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => "veth",
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "cali",
+            LegacyCni::AwsNative => "eni",
         }
     }
 
@@ -176,9 +199,10 @@ impl Overlay {
     ];
 
     /// What an nftables rule matches this overlay's packets by on the
-    /// wire, in a lab whose legacy CNI is `legacy`, beside the outer
-    /// addresses; `None` for the native overlay, which has no outer
-    /// header (see [`Overlay::nft_path`]).
+    /// wire, in a lab whose legacy CNI is `legacy` and tunnelled, beside
+    /// the outer addresses; `None` for the native overlay, which has no
+    /// outer header (a native path is matched by addresses:
+    /// `aws::native_wire_match`).
     pub fn nft_match(self, legacy: LegacyCni) -> Option<String> {
         match self {
             Overlay::Legacy => Some(format!("udp dport {}", legacy.port())),
@@ -412,7 +436,7 @@ mod tests {
         );
         let err = "weave".parse::<LegacyCni>().unwrap_err();
         assert!(
-            err.contains("flannel, calico-vxlan, calico-crosssubnet"),
+            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet"),
             "{err}"
         );
     }
