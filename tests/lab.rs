@@ -1018,8 +1018,9 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
 }
 
 /// The same on each legacy CNI's own path: control-plane's legacy overlay
-/// (its tunnel, or for AWS its natively routed pod traffic) towards
-/// worker-2 cut, both legacy nodes' pods and hosts on either side of it.
+/// (its tunnel, or for AWS and within a CrossSubnet lab's subnet its
+/// natively routed pod traffic) towards worker-2 cut, both legacy nodes'
+/// pods and hosts on either side of it.
 #[test]
 fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
     let _serial = serial();
@@ -1037,10 +1038,22 @@ fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
     for legacy in LegacyCni::ALL {
         let mut lab = lab(legacy);
         eprintln!("{legacy}");
+        // CrossSubnet: control-plane and worker-2 share an underlay
+        // subnet, so the legacy network's path between them is native.
+        // Its worker-3 reaches control-plane through vxlan.calico,
+        // untouched.
+        let (path, extra) = match legacy.cross_subnet() {
+            true => (
+                Overlay::Native,
+                Some(("worker-3/app-1", "control-plane/app-1", false)),
+            ),
+            false => (Overlay::Legacy, None),
+        };
+        let cases: Vec<_> = cases.iter().copied().chain(extra).collect();
         blackhole_fails_exactly(
             &mut lab,
             legacy,
-            ("control-plane", "worker-2", Overlay::Legacy),
+            ("control-plane", "worker-2", path),
             &cases,
         );
     }
