@@ -311,7 +311,7 @@ async fn calico_pools_and_blocks_from_the_api_make_the_shape() {
         ),
         (
             "nodes[].pod_cidrs (legacy)",
-            "BlockAffinities' spec.cidr by spec.node (confirmed)",
+            "BlockAffinities' spec.cidr by spec.node (confirmed); 1 pending, deleted or IPv6 left out",
         ),
     ] {
         assert!(

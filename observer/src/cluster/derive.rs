@@ -297,10 +297,11 @@ fn calico_pools(
     );
     if !pools.pools.is_empty() {
         let names: Vec<&str> = pools.pools.iter().map(|p| p.name.as_str()).collect();
-        out.source(
-            "legacy.cidrs",
-            format!("IPPools' spec.cidr ({})", names.join(", ")),
-        );
+        let mut from = format!("IPPools' spec.cidr ({})", names.join(", "));
+        if pools.skipped > 0 {
+            from += &format!("; {} disabled or IPv6 left out", pools.skipped);
+        }
+        out.source("legacy.cidrs", from);
     }
     pools
         .pools
@@ -334,10 +335,11 @@ fn calico_blocks(
             .into_iter()
             .map(|e| format!("{e}; that block is left out")),
     );
-    out.source(
-        "nodes[].pod_cidrs (legacy)",
-        "BlockAffinities' spec.cidr by spec.node (confirmed)",
-    );
+    let mut from = "BlockAffinities' spec.cidr by spec.node (confirmed)".to_string();
+    if blocks.skipped > 0 {
+        from += &format!("; {} pending, deleted or IPv6 left out", blocks.skipped);
+    }
+    out.source("nodes[].pod_cidrs (legacy)", from);
     Some(blocks.by_node)
 }
 
