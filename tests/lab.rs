@@ -1,8 +1,10 @@
 //! End to end, in a 3-node lab with one node migrated and crossover on
 //! every node: classification, SNAT, loss, handshakes, and detaching, on
 //! Flannel's legacy nodes; classification, SNAT, loss and pods created
-//! after start also on Calico's (VXLAN mode) and the AWS VPC CNI's
-//! (natively routed pods in the nodes' subnet, each a /32 of the shape).
+//! after start also on Calico's (VXLAN mode, and CrossSubnet: the legacy
+//! network native within an underlay subnet, VXLAN across, in a 4-node
+//! lab) and the AWS VPC CNI's (natively routed pods in the nodes' subnet,
+//! each a /32 of the shape).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -33,11 +35,15 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// control-plane (legacy pods), worker-1 (migrated: Cilium pods),
 /// worker-2 (legacy pods), the legacy ones built as `legacy` builds them.
+/// A CrossSubnet lab has worker-3 (legacy pods) too: its nodes alternate
+/// between two underlay subnets (control-plane and worker-2 in one,
+/// worker-1 and worker-3 in the other), so legacy nodes meet peers both in
+/// their subnet (natively routed) and across (VXLAN).
 fn lab(legacy: LegacyCni) -> Lab {
     require_root();
     Lab::up(&LabSpec {
         name: unique("e"),
-        nodes: 3,
+        nodes: if legacy.cross_subnet() { 4 } else { 3 },
         migrated: 1,
         pods: 2,
         legacy,
@@ -71,6 +77,14 @@ fn every_network_combination_is_classified_on_both_nodes() {
 #[test]
 fn every_network_combination_is_classified_on_both_nodes_from_calico_vxlan() {
     every_network_combination_is_classified(LegacyCni::CalicoVxlan);
+}
+
+/// The same legacy network natively within a subnet (control-plane and
+/// worker-2) and through `vxlan.calico` across (worker-3 to the control
+/// plane; worker-1 to the control plane after Cilium's masquerade).
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_calico_crosssubnet() {
+    every_network_combination_is_classified(LegacyCni::CalicoCrossSubnet);
 }
 
 #[test]
@@ -116,6 +130,27 @@ const NATIVE_CASES: [&str; 9] = [
     "worker-1            worker-2            host>host      none     -            host",
 ];
 
+// CrossSubnet (a 4-node lab): control-plane and worker-2 share a subnet, so
+// what the legacy network carries between them is native (a node's own
+// traffic then leaves from its `eth0`, not the tunnel's address, so
+// arrives as plain host traffic); worker-3 reaches the control plane
+// through vxlan.calico, and worker-1's Cilium pods reach worker-3's legacy
+// pods natively, masqueraded onto worker-1's `eth0`.
+const CROSS_SUBNET_CASES: [&str; 11] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+    "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    native   -            host",
+    "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+    "worker-1            worker-2            host>host      none     -            host",
+    "worker-3/app-1      control-plane/app-1 legacy>legacy  legacy   -            legacy",
+    "worker-1/app-2      worker-3/app-2      cilium>legacy  native   eth0         host",
+];
+
 fn every_network_combination_is_classified(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
@@ -129,10 +164,12 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
         assert_shape_lists_the_legacy_pods(&lab);
     }
     let fleet = Fleet::attach(&lab).unwrap();
-    let table = if legacy.tunnelled() {
-        TUNNELLED_CASES
+    let table: &[&str] = if legacy.cross_subnet() {
+        &CROSS_SUBNET_CASES
+    } else if legacy.tunnelled() {
+        &TUNNELLED_CASES
     } else {
-        NATIVE_CASES
+        &NATIVE_CASES
     };
     let cases: Vec<Vec<&str>> = table
         .iter()
@@ -190,7 +227,7 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
         let snat_addr = match snat {
             "cilium_host" => Some(plan::cilium_host_addr(j)),
             "tunnel" => Some(plan::flannel_addr(j)),
-            "eth0" => Some(plan::underlay_addr(j)),
+            "eth0" => Some(lab.state().underlay_addr(j)),
             _ => None,
         };
         match snat_addr {
@@ -278,6 +315,14 @@ fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
         }],
         "{legacy}"
     );
+    assert!(
+        shape
+            .networks
+            .iter()
+            .filter(|n| n.role == observer::shape::Role::Legacy && !n.cidrs.is_empty())
+            .all(|n| n.cross_subnet == legacy.cross_subnet()),
+        "{legacy}: the tunnel only across subnets when CrossSubnet: {shape:#?}"
+    );
     for node in &shape.nodes {
         let out = exec::in_ns(
             &lab.node_ns(&node.name),
@@ -357,6 +402,15 @@ fn snat_is_seen_through_to_the_pods_from_calico_vxlan() {
     snat_is_seen_through(LegacyCni::CalicoVxlan);
 }
 
+/// CrossSubnet: the same two cases (worker-1 and the control plane are in
+/// different subnets, so Cilium's masquerade is onto `vxlan.calico`), and
+/// a Cilium pod to a legacy pod in worker-1's own subnet, natively, which
+/// Cilium's masquerade puts onto worker-1's `eth0`.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_calico_crosssubnet() {
+    snat_is_seen_through(LegacyCni::CalicoCrossSubnet);
+}
+
 /// AWS-SNAT-CHAIN-0 (to the primary address, leaving the VPC for Cilium's
 /// range) and Cilium's masquerade out of eth0 towards the VPC: both onto
 /// a node's underlay address, joined the same way.
@@ -377,7 +431,7 @@ fn snat_is_seen_through(legacy: LegacyCni) {
     } else {
         (plan::underlay_addr(0), plan::underlay_addr(1))
     };
-    let cases = [
+    let mut cases = vec![
         (
             "control-plane/app-1",
             "worker-1/app-1",
@@ -393,6 +447,15 @@ fn snat_is_seen_through(legacy: LegacyCni) {
             "legacy",
         ),
     ];
+    if legacy.cross_subnet() {
+        cases.push((
+            "worker-1/app-1",
+            "worker-3/app-1",
+            lab.state().underlay_addr(1),
+            "cilium",
+            "legacy",
+        ));
+    }
     for (from, to, snat_addr, client_net, server_net) in cases {
         let (a, b) = (lab.endpoint(from).unwrap(), lab.endpoint(to).unwrap());
         let report = traffic::tcp_connections(&a, &b, 3, CONNECT_TIMEOUT).unwrap();
@@ -449,23 +512,31 @@ fn snat_is_seen_through(legacy: LegacyCni) {
                 "post-NAT flows joined, not reported twice: {conns:#?}"
             );
         }
-        // The receiving node sees the SNAT address arrive from the sender.
+        // The receiving node sees the SNAT address arrive from the sender:
+        // an overlay address as such; a node's underlay address (native,
+        // CrossSubnet) as that node's own traffic, which it cannot be told
+        // from.
         let receiver = fleet.connections(node_of(to)).unwrap();
+        let onto_underlay = lab
+            .nodes()
+            .enumerate()
+            .any(|(j, _)| lab.state().underlay_addr(j) == snat_addr);
         for seen in &report.seen_as {
             let r = receiver
                 .iter()
                 .find(|c| c.server == server && c.client == v4(*seen))
                 .unwrap_or_else(|| panic!("receiver: no connection from {seen}: {receiver:#?}"));
-            if legacy.tunnelled() {
-                assert_eq!(r.snat_seen, SnatSeen::Arrived);
-                assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
-            } else {
+            if onto_underlay {
                 // A node's underlay address is no overlay address: the
                 // receiver sees the node itself as the client.
                 assert_eq!(
                     (r.snat_seen, r.client_net.label()),
-                    (SnatSeen::None, "host")
+                    (SnatSeen::None, "host"),
+                    "{r:#?}"
                 );
+            } else {
+                assert_eq!(r.snat_seen, SnatSeen::Arrived);
+                assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
             }
         }
     }
@@ -479,6 +550,11 @@ fn pods_created_after_start_are_observed_at_their_pod_hook() {
 #[test]
 fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_vxlan() {
     pods_created_after_start_are_observed(LegacyCni::CalicoVxlan);
+}
+
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_crosssubnet() {
+    pods_created_after_start_are_observed(LegacyCni::CalicoCrossSubnet);
 }
 
 /// An `eni` veth followed, and the new pod's /32 in every node's address
@@ -657,33 +733,115 @@ fn injected_loss_is_measured_per_node_pair_and_overlay_from_aws_native() {
     injected_loss_is_measured(LegacyCni::AwsNative);
 }
 
+/// CrossSubnet: loss on the same legacy network's native path within a
+/// subnet (control-plane to worker-2) and on its VXLAN path across
+/// (control-plane to worker-3), each alone among rows of both kinds.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_crosssubnet() {
+    injected_loss_is_measured(LegacyCni::CalicoCrossSubnet);
+}
+
+/// One node pair's path at fault, the streams around it, and the paths
+/// those streams must show (with no loss).
+struct LossCase {
+    /// The faulty stream's pods; the fault is between their nodes.
+    from: &'static str,
+    to: &'static str,
+    overlay: Overlay,
+    /// The overlay crossover counts the faulty path on.
+    row: &'static str,
+    others: Vec<(&'static str, &'static str)>,
+    /// A long TCP stream beside the UDP ones.
+    tcp: (&'static str, &'static str),
+    around: Vec<(&'static str, &'static str, &'static str)>,
+}
+
 fn injected_loss_is_measured(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
-    let e = |id: &str| lab.endpoint(id).unwrap();
     // The faulty path first (control-plane to worker-2 on the legacy
     // overlay), then everything around it: the way back, the other
     // overlay, other pairs.
-    let streams = [
-        (
-            e("control-plane/app-1"),
-            e("worker-2/app-1"),
-            LOSS_PACKETS,
-            10_000,
-        ),
-        (e("worker-2/app-2"), e("control-plane/app-2"), 4000, 1000),
-        (e("control-plane/app-2"), e("worker-1/app-1"), 4000, 1000),
-        (e("worker-1/app-2"), e("worker-2/app-2"), 4000, 1000),
-    ];
-    let (tcp_from, tcp_to) = (e("worker-2/ds"), e("control-plane/ds"));
+    let mut cases = vec![LossCase {
+        from: "control-plane/app-1",
+        to: "worker-2/app-1",
+        overlay: Overlay::Legacy,
+        // An untunnelled lab's legacy path is native.
+        row: legacy.overlay_label(),
+        others: vec![
+            ("worker-2/app-2", "control-plane/app-2"),
+            ("control-plane/app-2", "worker-1/app-1"),
+            ("worker-1/app-2", "worker-2/app-2"),
+        ],
+        tcp: ("worker-2/ds", "control-plane/ds"),
+        around: vec![
+            ("worker-2", "control-plane", legacy.overlay_label()),
+            ("control-plane", "worker-1", "cilium"),
+            ("worker-1", "worker-2", legacy.overlay_label()),
+        ],
+    }];
+    if legacy.cross_subnet() {
+        // Both kinds of legacy path carry traffic in both runs: native
+        // between control-plane and worker-2 (and worker-1's Cilium pods
+        // to worker-3), VXLAN from worker-3 (and worker-1's Cilium pods
+        // to worker-2) across.
+        let others = vec![
+            ("worker-2/app-2", "control-plane/app-2"),
+            ("control-plane/app-2", "worker-1/app-1"),
+            ("worker-1/app-2", "worker-2/app-2"),
+            ("worker-3/app-2", "control-plane/app-2"),
+            ("worker-1/app-1", "worker-3/app-1"),
+        ];
+        let around = vec![
+            ("worker-2", "control-plane", "native"),
+            ("control-plane", "worker-1", "cilium"),
+            ("worker-1", "worker-2", "legacy"),
+            ("worker-3", "control-plane", "legacy"),
+            ("worker-1", "worker-3", "native"),
+        ];
+        cases = vec![
+            LossCase {
+                from: "control-plane/app-1",
+                to: "worker-2/app-1",
+                overlay: Overlay::Native,
+                row: "native",
+                others: others.clone(),
+                tcp: ("worker-2/ds", "control-plane/ds"),
+                around: around.clone(),
+            },
+            LossCase {
+                from: "control-plane/app-1",
+                to: "worker-3/app-1",
+                overlay: Overlay::Legacy,
+                row: "legacy",
+                others,
+                tcp: ("worker-3/ds", "control-plane/ds"),
+                around,
+            },
+        ];
+    }
+    for case in &cases {
+        loss_on_one_path_only(&mut lab, &fleet, case);
+    }
+}
+
+/// 2% and then 10% on `case`'s path: crossover's loss there is what the
+/// wire dropped, within 0.5 pp of what was injected over at least 10,000
+/// packets, and nothing is lost elsewhere.
+fn loss_on_one_path_only(lab: &mut Lab, fleet: &Fleet, case: &LossCase) {
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let (from_node, to_node) = (node_of(case.from), node_of(case.to));
+    let mut streams = vec![(e(case.from), e(case.to), LOSS_PACKETS, 10_000)];
+    streams.extend(case.others.iter().map(|(a, b)| (e(a), e(b), 4000, 1000)));
+    let (tcp_from, tcp_to) = (e(case.tcp.0), e(case.tcp.1));
     for percent in [2.0, 10.0] {
         let before = fleet.deliveries().unwrap();
         let id = lab
             .inject(Fault::Loss {
-                from: "control-plane".into(),
-                to: "worker-2".into(),
-                overlay: Overlay::Legacy,
+                from: from_node.into(),
+                to: to_node.into(),
+                overlay: case.overlay,
                 percent,
             })
             .unwrap();
@@ -700,10 +858,11 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
         let drops = lab.drops(id).unwrap();
         lab.clear(id).unwrap();
 
-        let faulty = pair(&window, "control-plane", "worker-2", legacy.overlay_label());
+        let faulty = pair(&window, from_node, to_node, case.row);
         let ratio = faulty.loss_ratio().unwrap();
         eprintln!(
-            "{legacy} {percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
+            "{} {percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
+            lab.state().legacy,
             ratio * 100.0
         );
         assert!(faulty.sent >= 10_000, "at least 10,000 packets: {faulty:?}");
@@ -724,11 +883,7 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
             assert!(d.sent > 0, "{d:?}");
             assert!(d.lost() * 1000 <= d.sent, "no loss elsewhere: {d:?}");
         }
-        for (from, to, overlay) in [
-            ("worker-2", "control-plane", legacy.overlay_label()),
-            ("control-plane", "worker-1", "cilium"),
-            ("worker-1", "worker-2", legacy.overlay_label()),
-        ] {
+        for (from, to, overlay) in &case.around {
             pair(&window, from, to, overlay);
         }
     }
@@ -863,8 +1018,9 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
 }
 
 /// The same on each legacy CNI's own path: control-plane's legacy overlay
-/// (its tunnel, or for AWS its natively routed pod traffic) towards
-/// worker-2 cut, both legacy nodes' pods and hosts on either side of it.
+/// (its tunnel, or for AWS and within a CrossSubnet lab's subnet its
+/// natively routed pod traffic) towards worker-2 cut, both legacy nodes'
+/// pods and hosts on either side of it.
 #[test]
 fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
     let _serial = serial();
@@ -882,10 +1038,22 @@ fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
     for legacy in LegacyCni::ALL {
         let mut lab = lab(legacy);
         eprintln!("{legacy}");
+        // CrossSubnet: control-plane and worker-2 share an underlay
+        // subnet, so the legacy network's path between them is native.
+        // Its worker-3 reaches control-plane through vxlan.calico,
+        // untouched.
+        let (path, extra) = match legacy.cross_subnet() {
+            true => (
+                Overlay::Native,
+                Some(("worker-3/app-1", "control-plane/app-1", false)),
+            ),
+            false => (Overlay::Legacy, None),
+        };
+        let cases: Vec<_> = cases.iter().copied().chain(extra).collect();
         blackhole_fails_exactly(
             &mut lab,
             legacy,
-            ("control-plane", "worker-2", Overlay::Legacy),
+            ("control-plane", "worker-2", path),
             &cases,
         );
     }

@@ -12,10 +12,7 @@ use observer::{
     loss::delivery::{self, Delivery, NodeView},
 };
 
-use crate::{
-    lab::{Lab, plan},
-    netns::in_netns,
-};
+use crate::{lab::Lab, netns::in_netns};
 
 pub struct Member {
     pub name: String,
@@ -46,7 +43,7 @@ impl Fleet {
             members.push(Member {
                 name: node.name.clone(),
                 netns,
-                underlay: plan::underlay_addr(j),
+                underlay: lab.state().underlay_addr(j),
                 observer,
             });
         }

@@ -10,9 +10,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, str::FromStr};
 use clap::Args;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode, Pod};
+use kube::api::DynamicObject;
 use serde::Serialize;
 
-use super::cilium::CiliumNode;
+use super::{calico, cilium::CiliumNode};
 use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, PodAddr, Role};
 
 pub const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
@@ -83,6 +84,10 @@ pub struct ClusterObjects<'a> {
     pub nodes: Vec<&'a KubeNode>,
     pub cilium_nodes: Vec<&'a CiliumNode>,
     pub cilium_config: Option<&'a ConfigMap>,
+    /// Calico's IPPools and BlockAffinities (`calico.rs`), when Calico's
+    /// CRDs exist.
+    pub ip_pools: Vec<&'a DynamicObject>,
+    pub block_affinities: Vec<&'a DynamicObject>,
     /// Pods, for the addresses of a network without ranges (AWS VPC CNI);
     /// none needed otherwise.
     pub pods: Vec<&'a Pod>,
@@ -106,14 +111,22 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
         warnings: Vec::new(),
     };
     let config = cilium_config(objects.cilium_config);
-    let legacy = legacy_network(objects, overrides, &mut out);
+    let pools = calico_pools(objects, overrides, &mut out);
+    let blocks = calico_blocks(objects, !pools.is_empty(), &mut out);
+    let legacy = match pools.is_empty() {
+        true => vec![legacy_network(objects, overrides, &mut out)],
+        false => pools,
+    };
     let cilium = cilium_network(objects, &config, overrides, &mut out);
-    let legacy_is_flannel = matches!(legacy.encapsulation, Encapsulation::Vxlan { port } if port == FLANNEL_VXLAN_PORT)
+    let legacy_is_flannel = matches!(legacy[0].encapsulation, Encapsulation::Vxlan { port } if port == FLANNEL_VXLAN_PORT)
         && objects
             .nodes
             .iter()
             .any(|n| annotation(n, FLANNEL_BACKEND_TYPE).is_some());
-    out.shape.networks = vec![legacy, cilium];
+    // The first legacy network, then Cilium's, then any other pools.
+    let mut legacy = legacy.into_iter();
+    out.shape.networks = legacy.next().into_iter().chain([cilium]).collect();
+    out.shape.networks.extend(legacy);
     out.shape.extra_vxlan_ports = BTreeMap::new();
 
     let by_name: BTreeMap<&str, &CiliumNode> = objects
@@ -126,6 +139,9 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
             node,
             by_name.get(name(node)).copied(),
             legacy_is_flannel,
+            blocks
+                .as_ref()
+                .map(|b| b.get(name(node)).cloned().unwrap_or_default()),
             &mut out.warnings,
         ) {
             out.shape.nodes.push(node);
@@ -258,6 +274,75 @@ fn legacy_network(
     }
 }
 
+/// One legacy network per enabled IPv4 Calico IPPool, its range and
+/// encapsulation (CrossSubnet included) from the pool; empty when there
+/// are none, or when flags name the legacy network (they win).
+fn calico_pools(
+    objects: &ClusterObjects,
+    overrides: &ShapeOverrides,
+    out: &mut Derived,
+) -> Vec<Network> {
+    if objects.ip_pools.is_empty()
+        || !overrides.legacy_cidrs.is_empty()
+        || overrides.legacy_encapsulation.is_some()
+    {
+        return vec![];
+    }
+    let pools = calico::pools(&objects.ip_pools, CALICO_VXLAN_PORT);
+    out.warnings.extend(
+        pools
+            .errors
+            .into_iter()
+            .map(|e| format!("{e}; that pool is left out")),
+    );
+    if !pools.pools.is_empty() {
+        let names: Vec<&str> = pools.pools.iter().map(|p| p.name.as_str()).collect();
+        let mut from = format!("IPPools' spec.cidr ({})", names.join(", "));
+        if pools.skipped > 0 {
+            from += &format!("; {} disabled or IPv6 left out", pools.skipped);
+        }
+        out.source("legacy.cidrs", from);
+    }
+    pools
+        .pools
+        .into_iter()
+        .map(|pool| {
+            out.source("legacy.encapsulation", pool.source);
+            Network {
+                role: Role::Legacy,
+                cidrs: vec![pool.cidr],
+                encapsulation: pool.encapsulation,
+                cross_subnet: pool.cross_subnet,
+            }
+        })
+        .collect()
+}
+
+/// Each node's blocks from the BlockAffinities, when the legacy network
+/// is Calico's pools (`None` otherwise: the Nodes' spec.podCIDRs serve).
+fn calico_blocks(
+    objects: &ClusterObjects,
+    from_pools: bool,
+    out: &mut Derived,
+) -> Option<BTreeMap<String, Vec<Ipv4Net>>> {
+    if !from_pools {
+        return None;
+    }
+    let blocks = calico::blocks(&objects.block_affinities);
+    out.warnings.extend(
+        blocks
+            .errors
+            .into_iter()
+            .map(|e| format!("{e}; that block is left out")),
+    );
+    let mut from = "BlockAffinities' spec.cidr by spec.node (confirmed)".to_string();
+    if blocks.skipped > 0 {
+        from += &format!("; {} pending, deleted or IPv6 left out", blocks.skipped);
+    }
+    out.source("nodes[].pod_cidrs (legacy)", from);
+    Some(blocks.by_node)
+}
+
 /// `cilium-config`'s data, or nothing when Cilium is not installed yet.
 fn cilium_config(config: Option<&ConfigMap>) -> BTreeMap<String, String> {
     config.and_then(|c| c.data.clone()).unwrap_or_default()
@@ -359,10 +444,13 @@ fn cilium_encapsulation(config: &BTreeMap<String, String>, out: &mut Derived) ->
     }
 }
 
+/// `calico_blocks`: the node's Calico blocks when the legacy network is
+/// Calico's (they, not the Node's spec.podCIDRs, are where its pods are).
 fn shape_node(
     node: &KubeNode,
     cilium: Option<&CiliumNode>,
     flannel: bool,
+    calico_blocks: Option<Vec<Ipv4Net>>,
     warnings: &mut Vec<String>,
 ) -> Option<Node> {
     let name = name(node).to_string();
@@ -372,7 +460,7 @@ fn shape_node(
         warnings.push(format!("Node {name:?} has no IPv4 InternalIP: left out"));
         return None;
     };
-    let legacy_shares = node_pod_cidrs(node);
+    let legacy_shares = calico_blocks.unwrap_or_else(|| node_pod_cidrs(node));
     let mut overlay_addrs = Vec::new();
     // flannel.1 holds the network address of the node's share.
     if flannel && let Some(share) = legacy_shares.first() {
@@ -583,9 +671,7 @@ mod tests {
         ];
         let objects = ClusterObjects {
             nodes: nodes.iter().collect(),
-            cilium_nodes: vec![],
-            cilium_config: None,
-            pods: vec![],
+            ..ClusterObjects::default()
         };
         let derived = derive(&objects, "a", &ShapeOverrides::default());
         let names: Vec<&str> = derived
@@ -604,6 +690,118 @@ mod tests {
         assert!(left_out[0].contains("nodes[1] (b) and nodes[0] (a) have the same underlay"));
         assert!(left_out[1].contains("(c, 10.244.0.0/25) overlaps"));
         derived.shape.validate().unwrap();
+    }
+
+    /// A Calico cluster: the legacy network from its IPPool (VXLAN
+    /// CrossSubnet), each node's share from its BlockAffinities (not the
+    /// Node's spec.podCIDR, which Calico's IPAM ignores), each value's
+    /// source named; a bad block is left out, named, and the rest applies.
+    #[test]
+    fn calico_pools_and_blocks_make_the_legacy_network_and_the_nodes_shares() {
+        let nodes = [
+            node("a", "192.168.1.1", "10.96.0.0/24"),
+            node("b", "192.168.2.1", "10.96.1.0/24"),
+        ];
+        let pool = super::calico::ip_pool_resource();
+        let block = super::calico::block_affinity_resource();
+        let object = |r: &kube::api::ApiResource, name: &str, spec: serde_json::Value| {
+            DynamicObject::new(name, r).data(serde_json::json!({ "spec": spec }))
+        };
+        let pools = [object(
+            &pool,
+            "default-ipv4-ippool",
+            serde_json::json!({"cidr": "10.244.0.0/16", "vxlanMode": "CrossSubnet"}),
+        )];
+        let blocks = [
+            object(
+                &block,
+                "a-1",
+                serde_json::json!({"cidr": "10.244.0.0/26", "node": "a", "state": "confirmed"}),
+            ),
+            object(
+                &block,
+                "b-1",
+                serde_json::json!({"cidr": "10.244.0.64/26", "node": "b", "state": "confirmed"}),
+            ),
+            object(
+                &block,
+                "b-bad",
+                serde_json::json!({"cidr": "10.244.300.0/26", "node": "b"}),
+            ),
+        ];
+        let objects = ClusterObjects {
+            nodes: nodes.iter().collect(),
+            ip_pools: pools.iter().collect(),
+            block_affinities: blocks.iter().collect(),
+            ..ClusterObjects::default()
+        };
+        let derived = derive(&objects, "a", &ShapeOverrides::default());
+        let legacy = &derived.shape.networks[0];
+        assert_eq!(
+            (
+                legacy.role,
+                legacy.cidrs.clone(),
+                legacy.encapsulation,
+                legacy.cross_subnet
+            ),
+            (
+                Role::Legacy,
+                vec!["10.244.0.0/16".parse().unwrap()],
+                Encapsulation::Vxlan { port: 4789 },
+                true
+            )
+        );
+        assert_eq!(derived.shape.networks[1].role, Role::Cilium);
+        let shares: Vec<(String, Vec<String>)> = derived
+            .shape
+            .nodes
+            .iter()
+            .map(|n| {
+                let cidrs = n.pod_cidrs.iter().map(|c| c.cidr.to_string()).collect();
+                (n.name.clone(), cidrs)
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("a".to_string(), vec!["10.244.0.0/26".to_string()]),
+                ("b".to_string(), vec!["10.244.0.64/26".to_string()]),
+            ]
+        );
+        let from = |field: &str| {
+            derived
+                .sources
+                .iter()
+                .filter(|s| s.field == field)
+                .map(|s| s.from.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            from("legacy.encapsulation"),
+            ["IPPool default-ipv4-ippool spec.vxlanMode=CrossSubnet"]
+        );
+        assert_eq!(
+            from("legacy.cidrs"),
+            ["IPPools' spec.cidr (default-ipv4-ippool)"]
+        );
+        assert!(
+            derived.warnings.iter().any(|w| w
+                == "BlockAffinity \"b-bad\" spec.cidr: \"10.244.300.0/26\" is not an IPv4 CIDR; that block is left out"),
+            "{:?}",
+            derived.warnings
+        );
+        derived.shape.validate().unwrap();
+        // Flags still win: --legacy-encapsulation leaves the pools unread.
+        let flagged = derive(
+            &objects,
+            "a",
+            &ShapeOverrides {
+                legacy_encapsulation: Some(Encapsulation::Ipip),
+                ..ShapeOverrides::default()
+            },
+        );
+        assert_eq!(flagged.shape.networks[0].encapsulation, Encapsulation::Ipip);
+        assert!(!flagged.shape.networks[0].cross_subnet);
     }
 
     fn ec2(name: &str, ip: &str) -> KubeNode {
@@ -654,9 +852,8 @@ mod tests {
         .collect();
         let objects = ClusterObjects {
             nodes: nodes.iter().collect(),
-            cilium_nodes: vec![],
-            cilium_config: None,
             pods: pods.iter().collect(),
+            ..ClusterObjects::default()
         };
         let overrides = ShapeOverrides {
             cilium_cidrs: vec!["10.245.0.0/16".parse().unwrap()],
@@ -697,9 +894,8 @@ mod tests {
         let flannel = [node("a", "172.31.0.10", "10.244.0.0/24")];
         let objects = ClusterObjects {
             nodes: flannel.iter().collect(),
-            cilium_nodes: vec![],
-            cilium_config: None,
             pods: pods.iter().collect(),
+            ..ClusterObjects::default()
         };
         assert!(
             derive(&objects, "a", &ShapeOverrides::default())

@@ -930,3 +930,15 @@ pub fn calico_installation(pool_cidr: &str, autodetection_v4: Value) -> Value {
         "spec": { "calicoNetwork": network },
     })
 }
+
+/// A Calico CRD object (`crd.projectcalico.org/v1`, cluster-scoped) of
+/// `kind` (`IPPool`, `BlockAffinity`) with `spec`, as Calico's KDD backend
+/// stores it.
+pub fn calico_object(kind: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": kind,
+        "metadata": { "name": name },
+        "spec": spec,
+    })
+}

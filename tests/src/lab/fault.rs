@@ -132,15 +132,15 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                 bail!("loss from {from} to itself: pick two nodes");
             }
             let sample = sample(*percent)?;
-            let path = if *overlay == Overlay::Legacy && !lab.legacy.tunnelled() {
+            // An untunnelled lab's legacy path is native, matched by the
+            // receiver's MAC; a CrossSubnet lab's native path by its pods'
+            // ranges (`Overlay::nft_path`).
+            let untunnelled =
+                !lab.legacy.tunnelled() && matches!(overlay, Overlay::Legacy | Overlay::Native);
+            let path = if untunnelled {
                 aws::native_wire_match(lab, j, k)?
             } else {
-                format!(
-                    "ip saddr {} ip daddr {} {}",
-                    plan::underlay_addr(j),
-                    plan::underlay_addr(k),
-                    overlay.nft_match(lab.legacy)
-                )
+                overlay.nft_path(lab.legacy, j, k)
             };
             let script = format!(
                 "table netdev {TABLE} {{}}\n\
@@ -160,12 +160,12 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             overlay,
             percent,
         } => {
-            lab.node_index(node)?;
+            let j = lab.node_index(node)?;
             let k = lab.node_index(peer)?;
             if node == peer {
                 bail!("a firewall drop from {node} to itself: pick two nodes");
             }
-            if *overlay == Overlay::Legacy && !lab.legacy.tunnelled() {
+            if matches!(overlay, Overlay::Legacy | Overlay::Native) && !lab.legacy.tunnelled() {
                 bail!(
                     "{}'s pods are routed natively: no legacy tunnel packets to drop; use a loss fault",
                     lab.legacy
@@ -176,11 +176,10 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                  table ip {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook postrouting priority 0; policy accept;\n\
-                     ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                     {path} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
-                dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(lab.legacy),
+                path = overlay.nft_path(lab.legacy, j, k),
                 sample = sample(*percent)?,
             );
             batch(&lab.node_ns(node), &["nft", "-f", "-"], &script)
@@ -245,6 +244,7 @@ fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()>
         Overlay::Ipip => {
             bail!("the lab has no IP-in-IP device (no kernel module): no MTU to lower")
         }
+        Overlay::Native => bail!("the native overlay has no device of its own: no MTU to lower"),
     };
     lab.node_index(node)?;
     in_ns(

@@ -163,7 +163,7 @@ impl Lab {
                         "-c1",
                         "-W2",
                         "-q",
-                        &plan::underlay_addr(k).to_string(),
+                        &self.state.underlay_addr(k).to_string(),
                     ],
                 )?;
             }
@@ -357,7 +357,7 @@ impl Lab {
                 };
                 Node {
                     name: n.name.clone(),
-                    underlay: plan::underlay_addr(j),
+                    underlay: self.state.underlay_addr(j),
                     overlay_addrs,
                     pod_cidrs,
                 }
@@ -373,6 +373,9 @@ impl Lab {
                 // The legacy overlay's port: Flannel's 8472 is the default.
                 let port = self.state.legacy.port();
                 network.encapsulation = observer::shape::Encapsulation::Vxlan { port };
+                // CrossSubnet: the tunnel only towards the other underlay
+                // subnet.
+                network.cross_subnet = self.state.legacy.cross_subnet();
             } else {
                 network.cidrs.clear();
                 network.encapsulation = observer::shape::Encapsulation::Native;

@@ -55,7 +55,7 @@ pub fn create_at(
     if let Some(p) = node.pods.iter().find(|p| p.addr == addr) {
         bail!("{addr} is held by pod {:?} on {}", p.name, node.name);
     }
-    let calico = network == Network::Legacy && lab.legacy == LegacyCni::CalicoVxlan;
+    let calico = network == Network::Legacy && lab.legacy.is_calico();
     let aws = network == Network::Legacy && lab.legacy == LegacyCni::AwsNative;
     let host_if = match network {
         Network::Legacy if calico => calico::veth_name(addr),
