@@ -211,6 +211,7 @@ pub fn in_node_rows(
                     lost,
                     refused,
                     seconds,
+                    mtu: None,
                 }
             },
         )

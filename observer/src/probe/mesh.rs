@@ -25,7 +25,9 @@
 //! SYN, the handshake's ACK, and the RST that closes it (zero linger: no
 //! FIN exchange, no TIME_WAIT); unanswered it sends one SYN (two if the
 //! kernel's one-second SYN retransmission beats the timeout); refused, one.
-//! The plan counts three per TCP probe, the most one sends. Answers are
+//! The plan counts three per TCP probe, the most one sends. A large
+//! probe ([`Probe::Mtu`], the route's MTU with DF set) is one datagram;
+//! the MTU ladders it may start have [`LADDER_SHARE`] of the budget. Answers are
 //! sent by the peers' responders and count in nobody's budget; a node
 //! answers about as many probes as it sends, and a node under migration
 //! answers every peer's focus probes.
@@ -57,11 +59,17 @@ pub const DEFAULT_PERIOD_GOAL: Duration = Duration::from_secs(50);
 /// At most this share of the budget goes to steady focus probes: of a
 /// focus list longer than that pays for, the rest joins the rotation.
 pub const FOCUS_SHARE: f64 = 0.75;
+/// This share of the budget is kept for the MTU ladders: when a node
+/// pair's large probes are lost while its small ones pass, the prober
+/// sends rounds of sizes between the two to find the one that fits
+/// ([`super::prober::ladder`]), paced by a token bucket at this rate.
+/// The rest pays for the plan's probes; the two together stay within it.
+pub const LADDER_SHARE: f64 = 0.1;
 
 /// Packets one probe of `signal` may send.
 pub fn packets(signal: Probe) -> f64 {
     match signal {
-        Probe::Udp => UDP_PACKETS,
+        Probe::Udp | Probe::Mtu => UDP_PACKETS,
         Probe::Tcp => TCP_PACKETS,
     }
 }
@@ -112,12 +120,15 @@ impl MeshConfig {
         if self.signals.is_empty() {
             return Err(Error::Probe("no signal to probe with".into()));
         }
-        let least = self.rate * visit_packets(&self.signals);
+        let least = self.rate * visit_packets(&self.signals) / (1.0 - LADDER_SHARE);
         if self.budget < least {
             return Err(Error::Probe(format!(
                 "--probe-budget {}: below {least} packets a second, what one target costs at \
-                 --probe-rate {} (a UDP probe is 1 packet, a TCP probe 3: SYN, ACK, RST)",
-                self.budget, self.rate
+                 --probe-rate {} (a UDP probe is 1 packet, a TCP probe 3: SYN, ACK, RST, a large \
+                 probe 1; {}% kept for MTU ladders)",
+                self.budget,
+                self.rate,
+                LADDER_SHARE * 100.0
             )));
         }
         Ok(())
@@ -159,6 +170,9 @@ pub struct Summary {
     #[serde(serialize_with = "signal_labels")]
     pub rotation_signals: Vec<Probe>,
     pub rotation_packets: f64,
+    /// Packets a second kept for MTU ladders, sent only while a pair's
+    /// large probes are lost and its small ones pass.
+    pub ladder_packets: f64,
     /// Every rotation target is probed at least once within this.
     #[serde(serialize_with = "seconds")]
     pub period: Duration,
@@ -175,7 +189,7 @@ fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 impl Summary {
     /// Packets a second the plan sends.
     pub fn packets(&self) -> f64 {
-        self.focus_packets + self.rotation_packets
+        self.focus_packets + self.rotation_packets + self.ladder_packets
     }
 
     /// Targets probed, focus and rotation.
@@ -191,6 +205,7 @@ impl fmt::Display for Summary {
                 .map(|s| match s {
                     Probe::Udp => "UDP",
                     Probe::Tcp => "TCP",
+                    Probe::Mtu => "MTU",
                 })
                 .collect::<Vec<_>>()
                 .join("+")
@@ -228,14 +243,15 @@ impl fmt::Display for Summary {
             self.rotation_packets,
         )?;
         if self.rotation_steady {
-            write!(f, "each at {}/s", self.rate)
+            write!(f, "each at {}/s", self.rate)?;
         } else {
             write!(
                 f,
                 "swept: each target once every {:.1} s",
                 self.period.as_secs_f64()
-            )
+            )?;
         }
+        write!(f, "; MTU ladders {:.1} packets/s", self.ladder_packets)
     }
 }
 
@@ -335,9 +351,11 @@ impl<'a> Mesh<'a> {
 
         let c = visit_packets(&config.signals);
         let steady_cost = |n: usize| n as f64 * config.rate * c;
+        let ladder_packets = LADDER_SHARE * config.budget;
+        let budget = config.budget - ladder_packets;
 
         // Focus: steady, within its share of the budget.
-        let focus_cap = (FOCUS_SHARE * config.budget / (config.rate * c)).floor() as usize;
+        let focus_cap = (FOCUS_SHARE * budget / (config.rate * c)).floor() as usize;
         let mut focus_steady: Vec<Target> = Vec::new();
         let mut overflow: Vec<Target> = Vec::new();
         let mut focus_peers = Vec::new();
@@ -356,7 +374,7 @@ impl<'a> Mesh<'a> {
                 }
             }
         }
-        let left = config.budget - steady_cost(focus_steady.len());
+        let left = budget - steady_cost(focus_steady.len());
 
         // Rotation: every peer if they all fit steadily, else half the
         // ring.
@@ -423,10 +441,15 @@ impl<'a> Mesh<'a> {
             rotation_steady,
             rotation_signals,
             rotation_packets,
+            ladder_packets,
             period,
         };
         Plan {
-            schedule: Schedule { steady, sweep },
+            schedule: Schedule {
+                steady,
+                sweep,
+                ladder_rate: ladder_packets,
+            },
             summary,
         }
     }
@@ -515,6 +538,7 @@ mod tests {
     fn scheduled_packets(plan: &Plan, config: &MeshConfig) -> f64 {
         let s = &plan.schedule;
         s.steady.len() as f64 * config.rate * visit_packets(&config.signals)
+            + s.ladder_rate
             + if s.sweep.targets.is_empty() {
                 0.0
             } else {
