@@ -624,6 +624,7 @@ fn probes_measure_each_overlay_of_each_node_pair_in_the_lab() {
             totals: &totals,
             unattributed: &unattributed,
             responder: None,
+            ladder_packets: 0,
         },
     );
     let sample = |series: &str| -> f64 {

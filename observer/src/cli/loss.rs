@@ -452,6 +452,12 @@ fn footer(reading: &ClusterReading) -> String {
             r.node, r.peer_node, r.overlay, r.signal, r.refused
         );
     }
+    for r in reading.rows.iter().filter(|r| r.signal == Signal::Mtu && r.lost > 0) {
+        out += &format!(
+            "mtu: {}\n",
+            crate::loss::mtu::why(r, &reading.drops)
+        );
+    }
     for r in reading.rows.iter().filter(|r| r.lost > 0) {
         let behind = reading.drops_behind(r);
         if !behind.is_empty() {

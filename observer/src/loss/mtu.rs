@@ -6,7 +6,12 @@
 //! MTU, and the gate and the report name it with the size that fits.
 use serde::{Deserialize, Serialize};
 
-use super::LossRow;
+use super::{LossRow, dropped::DropRow};
+
+/// The kernel's reason for a packet over the MTU of the device it was
+/// routed to, DF set (or GSO that cannot be segmented): evidence of an
+/// MTU problem on the node that dropped it.
+pub const PKT_TOO_BIG: &str = "PKT_TOO_BIG";
 
 /// What the large probes of one series know of their path's MTU (IPv4
 /// packet sizes, headers included): the size they are sent at, the
@@ -74,4 +79,108 @@ pub fn describe(row: &LossRow) -> String {
         _ => out += ": large packets lost while small ones pass",
     }
     out
+}
+
+/// A lossy mtu row as the gate's halt message and the report say it: its
+/// description, then the kernel's `PKT_TOO_BIG` drops on either node of
+/// the pair, that way (the only reason that is an MTU's).
+pub fn why(row: &LossRow, drops: &[DropRow]) -> String {
+    let mut behind = super::dropped::behind(drops, row);
+    behind.retain(|d| d.reason == PKT_TOO_BIG);
+    let kernel = super::dropped::describe(&behind, 3);
+    let mut out = describe(row);
+    if !kernel.is_empty() {
+        out += "; the kernel: ";
+        out += &kernel;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_ebpf::{Direction, Net, Overlay};
+
+    use super::*;
+    use crate::loss::Signal;
+
+    fn row(node: &str, peer: &str, mtu: Option<PathMtu>) -> LossRow {
+        LossRow {
+            node: node.into(),
+            peer_node: peer.into(),
+            overlay: Overlay::Cilium,
+            src_net: Net::Host,
+            dst_net: Net::Host,
+            signal: Signal::Mtu,
+            sent: 5,
+            lost: 5,
+            refused: 0,
+            seconds: 10.0,
+            mtu,
+        }
+    }
+
+    fn drop(node: &str, peer: &str, direction: Direction, reason: &str) -> DropRow {
+        DropRow {
+            node: node.into(),
+            peer_node: peer.into(),
+            direction,
+            overlay: Overlay::Cilium,
+            src_net: Net::Host,
+            dst_net: Net::Host,
+            reason: reason.into(),
+            packets: 3,
+        }
+    }
+
+    #[test]
+    fn an_mtu_row_is_named_with_the_size_that_fits_and_its_evidence() {
+        let known = PathMtu {
+            probed: 1450,
+            fits: Some(1400),
+            ..PathMtu::default()
+        };
+        let r = row("worker-1", "worker-2", Some(known));
+        assert_eq!(
+            describe(&r),
+            "MTU black hole on worker-1 -> worker-2, cilium overlay: 1450-byte packets lost, 1400 pass"
+        );
+        let drops = [
+            drop("worker-2", "worker-1", Direction::Ingress, PKT_TOO_BIG),
+            drop("worker-1", "worker-2", Direction::Egress, "NETFILTER_DROP"),
+            // The other way: not this row's.
+            drop("worker-1", "worker-2", Direction::Ingress, PKT_TOO_BIG),
+        ];
+        let why = why(&r, &drops);
+        assert!(
+            why.ends_with("; the kernel: 3 dropped on worker-2 by PKT_TOO_BIG"),
+            "{why}"
+        );
+        let searching = PathMtu {
+            fits: None,
+            ..known
+        };
+        assert!(describe(&row("a", "b", Some(searching))).ends_with("not found yet"));
+        assert!(describe(&row("a", "b", None)).ends_with("while small ones pass"));
+    }
+
+    #[test]
+    fn sums_keep_the_smallest_sizes() {
+        let a = PathMtu {
+            probed: 1450,
+            fits: Some(1400),
+            icmp_frag_needed: 1,
+            ..PathMtu::default()
+        };
+        let b = PathMtu {
+            probed: 1500,
+            fits: None,
+            icmp_next_hop: Some(1300),
+            icmp_frag_needed: 2,
+        };
+        let m = PathMtu::merge(Some(a), Some(b)).unwrap();
+        assert_eq!((m.probed, m.fits, m.icmp_next_hop), (1450, Some(1400), Some(1300)));
+        assert_eq!(m.icmp_frag_needed, 3);
+        assert_eq!(PathMtu::merge(None, Some(a)), Some(a));
+        assert_eq!(PathMtu::merge(None, None), None);
+    }
 }

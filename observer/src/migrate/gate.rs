@@ -138,6 +138,10 @@ impl Breach {
     /// reading, [`crate::loss::dropped`]).
     pub fn explain(breaches: &mut [Breach], drops: &[DropRow]) {
         for b in breaches {
+            if b.row.signal == Signal::Mtu {
+                b.why = crate::loss::mtu::why(&b.row, drops);
+                continue;
+            }
             let behind = crate::loss::dropped::behind(drops, &b.row);
             b.why = crate::loss::dropped::describe(&behind, 3);
         }
@@ -403,6 +407,7 @@ mod tests {
             lost,
             refused: 0,
             seconds: 10.0,
+            mtu: None,
         }
     }
 

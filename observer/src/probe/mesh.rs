@@ -123,7 +123,7 @@ impl MeshConfig {
         let least = self.rate * visit_packets(&self.signals) / (1.0 - LADDER_SHARE);
         if self.budget < least {
             return Err(Error::Probe(format!(
-                "--probe-budget {}: below {least} packets a second, what one target costs at \
+                "--probe-budget {}: below {least:.1} packets a second, what one target costs at \
                  --probe-rate {} (a UDP probe is 1 packet, a TCP probe 3: SYN, ACK, RST, a large \
                  probe 1; {}% kept for MTU ladders)",
                 self.budget,
@@ -636,8 +636,10 @@ mod tests {
         assert!(!p.summary.rotation_steady);
         assert_eq!(p.schedule.sweep.targets.len(), 1500);
         assert_eq!(p.summary.rotation_signals, Probe::ALL.to_vec());
-        // 1500 targets x 4 packets over 200 packets/s.
-        assert!((p.summary.period.as_secs_f64() - 30.0).abs() < 0.01);
+        assert_eq!(p.summary.ladder_packets, 20.0);
+        // 1500 targets x 5 packets (UDP, TCP, large) over the 180
+        // packets/s the ladders leave.
+        assert!((p.summary.period.as_secs_f64() - 1500.0 * 5.0 / 180.0).abs() < 0.01);
 
         // 5000 nodes: UDP alone keeps the period under the goal.
         let p = plan_of("node-0000", &names(5000), &[], &config);
@@ -688,8 +690,9 @@ mod tests {
         let nodes = names(100);
         let focus: Vec<&str> = nodes.iter().skip(1).map(String::as_str).collect();
         let p = plan_of("node-0000", &nodes, &focus, &config);
-        // 150 packets/s pay for 37 targets at 1/s; the rest is swept.
-        assert_eq!(p.summary.focus_targets, 37);
+        // 75% of the 180 packets/s the ladders leave pay for 27 targets
+        // at 5 packets (UDP, TCP, large) a second; the rest is swept.
+        assert_eq!(p.summary.focus_targets, 27);
         assert!(!p.schedule.sweep.targets.is_empty());
         assert!(scheduled_packets(&p, &config) <= config.budget + 1e-6);
         assert_eq!(probed(&p).len(), 99, "every focus node is still probed");
@@ -760,7 +763,8 @@ mod tests {
             ..MeshConfig::default()
         };
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("below 4 packets"), "{err}");
+        // 1 UDP + 3 TCP + 1 large at 1/s, with 10% kept for ladders.
+        assert!(err.contains("below 5.6 packets"), "{err}");
         MeshConfig::default().validate().unwrap();
     }
 }

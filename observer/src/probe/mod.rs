@@ -47,7 +47,7 @@ pub use self::{
     mesh::{MeshConfig, Plan},
     prober::{Prober, ProberConfig, Schedule, Sweep, Target},
     responder::{Responder, ResponderConfig, ResponderCounters, ResponderTotals},
-    stats::{Probe, ProbeStats, Quantiles, SeriesKey, Totals, Window},
+    stats::{PathMtu, Probe, ProbeStats, Quantiles, SeriesKey, Totals, Window},
 };
 use crate::{Error, Result};
 

@@ -182,7 +182,9 @@ fn halt_headline(report: &Report) -> String {
                 b.row.signal,
                 percent(b.threshold)
             );
-            if !b.why.is_empty() {
+            if b.row.signal == crate::loss::Signal::Mtu {
+                line += &format!(" {}.", b.why);
+            } else if !b.why.is_empty() {
                 line += &format!(" The kernel: {}.", b.why);
             }
             line
