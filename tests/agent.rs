@@ -1082,3 +1082,158 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     assert_eq!(metric::<u64>(&metrics, series), dropped, "{metrics}");
     drop(agents);
 }
+
+/// An MTU black hole between worker-1 and worker-2 on the Cilium overlay
+/// (the wire drops that tunnel's packets over 1450 bytes, both ways, no
+/// ICMP): with probes on, the agents name it as an MTU problem within 5 s,
+/// on that node pair and overlay only, with the size that fits: the
+/// 1450-byte large probes are lost, 1400-byte packets (1450 on the wire
+/// once VXLAN's 50 bytes are added) pass. Every other pair and overlay
+/// keeps its large probes.
+#[test]
+fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("mtu"),
+        nodes: 3,
+        migrated: 1,
+        pods: 0,
+        ..LabSpec::default()
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
+    let cp = lab.node_ns("control-plane");
+    let nodes = ["control-plane", "worker-1", "worker-2"];
+    let mtu_rows = || -> Vec<serde_json::Value> {
+        let mut args = vec!["--signal", "mtu", "--window", "60s", "--sample-interval", "500ms"];
+        for n in nodes {
+            args.extend(["--node", n]);
+        }
+        let reading = agents.loss_json(&cp, &args);
+        reading["rows"].as_array().unwrap().clone()
+    };
+    let name = |r: &serde_json::Value| {
+        format!(
+            "{} -> {} {}",
+            r["node"].as_str().unwrap(),
+            r["peer_node"].as_str().unwrap(),
+            r["overlay"].as_str().unwrap()
+        )
+    };
+    // Before the fault: every pair's large probes on both overlays pass
+    // at the overlay's MTU (a lab whose large probes did not fit would
+    // fail here, not pass below).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = mtu_rows();
+        let answered: std::collections::BTreeSet<String> = rows
+            .iter()
+            .filter(|r| r["sent"].as_u64() > Some(0) && r["peer_node"] != "*" && r["node"] != "*")
+            .map(name)
+            .collect();
+        for r in &rows {
+            assert_eq!(r["lost"], 0, "large probes lost without a fault: {r}");
+            if r["peer_node"] != "*" && r["node"] != "*" {
+                assert_eq!(r["mtu"]["probed"], 1450, "{r}");
+            }
+        }
+        // 3 nodes x 2 peers x 2 overlays.
+        if answered.len() == 12 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "large probes answered on {answered:?} only"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let id = lab
+        .inject(Fault::MtuBlackhole {
+            a: "worker-1".into(),
+            b: "worker-2".into(),
+            overlay: Overlay::Cilium,
+            mtu: 1450,
+        })
+        .unwrap();
+    let injected = Instant::now();
+    let pair = ["worker-1 -> worker-2 cilium", "worker-2 -> worker-1 cilium"];
+    let (rows, took) = loop {
+        let rows = mtu_rows();
+        let named = rows.iter().any(|r| {
+            pair.contains(&name(r).as_str()) && r["lost"].as_u64() > Some(0) && r["mtu"]["fits"].is_u64()
+        });
+        let took = injected.elapsed();
+        if named {
+            break (rows, took);
+        }
+        assert!(
+            took < Duration::from_secs(10),
+            "no MTU black hole named after {took:?}: {rows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(took <= Duration::from_secs(5), "named after {took:?}");
+    let check = |rows: &[serde_json::Value]| {
+        for r in rows {
+            if r["peer_node"] == "*" || r["node"] == "*" {
+                continue;
+            }
+            if !pair.contains(&name(r).as_str()) {
+                assert_eq!(r["lost"], 0, "only the faulted pair and overlay: {r}");
+                assert!(r["mtu"].get("fits").is_none(), "{r}");
+            } else if r["mtu"]["fits"].is_u64() {
+                assert_eq!(r["mtu"]["probed"], 1450, "{r}");
+                // 1450 on the wire less VXLAN's 50 bytes: the ladder ends
+                // on the exact size.
+                assert_eq!(r["mtu"]["fits"], 1400, "{r}");
+            }
+        }
+    };
+    check(&rows);
+    // Both ends of the pair find it (each end's own probes and ladder).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = mtu_rows();
+        check(&rows);
+        let found = rows
+            .iter()
+            .filter(|r| pair.contains(&name(r).as_str()) && r["mtu"]["fits"] == 1400)
+            .count();
+        if found == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(lab.drops(id).unwrap() > 0, "the wire dropped large packets");
+
+    // The table names it the way an SRE reads it.
+    let table = agents.loss(
+        &cp,
+        &["--node", "worker-1", "--window", "60s", "--sample-interval", "500ms"],
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("mtu: MTU black hole on worker-")
+            && l.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
+        "{table}"
+    );
+    // /metrics: the size probed and the size that fits.
+    let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[1]));
+    let series = "crossover_path_mtu_bytes{node=\"worker-1\",peer_node=\"worker-2\",\
+                  overlay=\"cilium\",dst_net=\"host\",signal=\"mtu\",kind=\"fits\"}";
+    let fits: Option<u64> = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()));
+    // worker-1's own probes may be between two ladders: either the size
+    // that fits or none yet, never another.
+    assert!(matches!(fits, None | Some(1400)), "{metrics}");
+    let ladder: u64 = metric(
+        &metrics,
+        "crossover_probe_mtu_ladder_packets_total{node=\"worker-1\"}",
+    );
+    assert!((1..=64).contains(&ladder), "one or two searches' rungs: {ladder}");
+    lab.clear(id).unwrap();
+    drop(agents);
+}

@@ -95,7 +95,7 @@ pub struct LossArgs {
     #[arg(long, value_parser = parse_overlay)]
     pub overlay: Option<Overlay>,
     /// Show only this signal (delivery, handshake, retransmit, probe_udp,
-    /// probe_tcp).
+    /// probe_tcp, in_node, mtu).
     #[arg(long)]
     pub signal: Option<Signal>,
     /// Show only rows whose loss ratio is at least this (1%, 0.5% or 0.01).
