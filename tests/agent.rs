@@ -1174,6 +1174,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
         );
         std::thread::sleep(Duration::from_millis(250));
     };
+    eprintln!("named after {took:?}");
     assert!(took <= Duration::from_secs(5), "named after {took:?}");
     let check = |rows: &[serde_json::Value]| {
         for r in rows {
