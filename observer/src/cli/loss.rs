@@ -453,10 +453,9 @@ fn footer(reading: &ClusterReading) -> String {
         );
     }
     for r in reading.rows.iter().filter(|r| r.signal == Signal::Mtu && r.lost > 0) {
-        out += &format!(
-            "mtu: {}\n",
-            crate::loss::mtu::why(r, &reading.drops)
-        );
+        if crate::loss::mtu::describe(r).is_some() {
+            out += &format!("mtu: {}\n", crate::loss::mtu::why(r, &reading.drops));
+        }
     }
     for r in reading.rows.iter().filter(|r| r.lost > 0) {
         let behind = reading.drops_behind(r);

@@ -54,46 +54,41 @@ impl PathMtu {
     }
 }
 
-/// How a lossy mtu row reads to an SRE: "MTU black hole on worker-1 ->
-/// worker-2, cilium overlay: 1450-byte packets lost, 1400 pass".
-pub fn describe(row: &LossRow) -> String {
+/// How a lossy mtu row reads to an SRE once the ladder confirmed the
+/// black hole: "MTU black hole on worker-1 -> worker-2, cilium overlay:
+/// 1450-byte packets lost, 1400 pass". None while no size that fits is
+/// known: large probes lost with no smaller size seen to pass instead are
+/// loss, not yet an MTU's.
+pub fn describe(row: &LossRow) -> Option<String> {
+    let m = row.mtu?;
+    let fits = m.fits?;
     let mut out = format!(
-        "MTU black hole on {} -> {}, {} overlay",
-        row.node, row.peer_node, row.overlay
+        "MTU black hole on {} -> {}, {} overlay: {}-byte packets lost, {fits} pass",
+        row.node, row.peer_node, row.overlay, m.probed
     );
-    match row.mtu {
-        Some(m) if m.probed > 0 => {
-            out += &format!(": {}-byte packets lost", m.probed);
-            match m.fits {
-                Some(fits) => out += &format!(", {fits} pass"),
-                None => out += ", the size that fits not found yet",
-            }
-            if m.icmp_frag_needed > 0 {
-                out += &format!(
-                    " ({} ICMP fragmentation-needed seen, next-hop MTU {})",
-                    m.icmp_frag_needed,
-                    m.icmp_next_hop.unwrap_or(0)
-                );
-            }
-        }
-        _ => out += ": large packets lost while small ones pass",
+    if m.icmp_frag_needed > 0 {
+        out += &format!(
+            " ({} ICMP fragmentation-needed seen, next-hop MTU {})",
+            m.icmp_frag_needed,
+            m.icmp_next_hop.unwrap_or(0)
+        );
     }
-    out
+    Some(out)
 }
 
 /// A lossy mtu row as the gate's halt message and the report say it: its
-/// description, then the kernel's `PKT_TOO_BIG` drops on either node of
-/// the pair, that way (the only reason that is an MTU's).
+/// description if the black hole is confirmed, then the kernel's
+/// `PKT_TOO_BIG` drops on either node of the pair, that way (the only
+/// reason that is an MTU's), as [`super::dropped::describe`] says them.
 pub fn why(row: &LossRow, drops: &[DropRow]) -> String {
     let mut behind = super::dropped::behind(drops, row);
     behind.retain(|d| d.reason == PKT_TOO_BIG);
     let kernel = super::dropped::describe(&behind, 3);
-    let mut out = describe(row);
-    if !kernel.is_empty() {
-        out += "; the kernel: ";
-        out += &kernel;
+    match describe(row) {
+        Some(named) if kernel.is_empty() => named,
+        Some(named) => format!("{named}; the kernel: {kernel}"),
+        None => kernel,
     }
-    out
 }
 
 #[cfg(test)]
@@ -141,7 +136,7 @@ mod tests {
         };
         let r = row("worker-1", "worker-2", Some(known));
         assert_eq!(
-            describe(&r),
+            describe(&r).unwrap(),
             "MTU black hole on worker-1 -> worker-2, cilium overlay: 1450-byte packets lost, 1400 pass"
         );
         let drops = [
@@ -159,8 +154,15 @@ mod tests {
             fits: None,
             ..known
         };
-        assert!(describe(&row("a", "b", Some(searching))).ends_with("not found yet"));
-        assert!(describe(&row("a", "b", None)).ends_with("while small ones pass"));
+        // No size seen to pass: loss, not named an MTU's; the kernel's
+        // PKT_TOO_BIG drops still said.
+        assert_eq!(describe(&row("a", "b", Some(searching))), None);
+        assert_eq!(describe(&row("a", "b", None)), None);
+        let unconfirmed = row("worker-1", "worker-2", Some(searching));
+        assert_eq!(
+            super::why(&unconfirmed, &drops),
+            "3 dropped on worker-2 by PKT_TOO_BIG"
+        );
     }
 
     #[test]

@@ -774,7 +774,7 @@ impl Engine {
                 continue;
             }
             if search.ladder.done() {
-                search.recorder.fits(Some(search.ladder.fits()));
+                search.recorder.fits(search.ladder.fits());
                 search.state = SearchState::Held(now + ladder::HOLD);
                 continue;
             }

@@ -182,7 +182,7 @@ fn halt_headline(report: &Report) -> String {
                 b.row.signal,
                 percent(b.threshold)
             );
-            if b.row.signal == crate::loss::Signal::Mtu {
+            if crate::loss::mtu::describe(&b.row).is_some() {
                 line += &format!(" {}.", b.why);
             } else if !b.why.is_empty() {
                 line += &format!(" The kernel: {}.", b.why);
