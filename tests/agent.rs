@@ -1083,6 +1083,26 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     drop(agents);
 }
 
+/// The rows of signal mtu about every node of the 3-node lab, over 60 s.
+fn mtu_rows(agents: &Agents, ns: &str) -> Vec<serde_json::Value> {
+    let mut args = vec!["--signal", "mtu", "--window", "60s", "--sample-interval", "500ms"];
+    for n in ["control-plane", "worker-1", "worker-2"] {
+        args.extend(["--node", n]);
+    }
+    let reading = agents.loss_json(ns, &args);
+    reading["rows"].as_array().unwrap().clone()
+}
+
+/// "node -> peer overlay" of a row.
+fn name(r: &serde_json::Value) -> String {
+    format!(
+        "{} -> {} {}",
+        r["node"].as_str().unwrap(),
+        r["peer_node"].as_str().unwrap(),
+        r["overlay"].as_str().unwrap()
+    )
+}
+
 /// An MTU black hole between worker-1 and worker-2 on the Cilium overlay
 /// (the wire drops that tunnel's packets over 1450 bytes, both ways, no
 /// ICMP): with probes on, the agents name it as an MTU problem within 5 s,
@@ -1104,23 +1124,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
     .remove_on_drop();
     let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
     let cp = lab.node_ns("control-plane");
-    let nodes = ["control-plane", "worker-1", "worker-2"];
-    let mtu_rows = || -> Vec<serde_json::Value> {
-        let mut args = vec!["--signal", "mtu", "--window", "60s", "--sample-interval", "500ms"];
-        for n in nodes {
-            args.extend(["--node", n]);
-        }
-        let reading = agents.loss_json(&cp, &args);
-        reading["rows"].as_array().unwrap().clone()
-    };
-    let name = |r: &serde_json::Value| {
-        format!(
-            "{} -> {} {}",
-            r["node"].as_str().unwrap(),
-            r["peer_node"].as_str().unwrap(),
-            r["overlay"].as_str().unwrap()
-        )
-    };
+    let mtu_rows = || mtu_rows(&agents, &cp);
     // Before the fault: every pair's large probes on both overlays pass
     // at the overlay's MTU (a lab whose large probes did not fit would
     // fail here, not pass below).
@@ -1234,7 +1238,69 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
         &metrics,
         "crossover_probe_mtu_ladder_packets_total{node=\"worker-1\"}",
     );
-    assert!((1..=64).contains(&ladder), "one or two searches' rungs: {ladder}");
+    assert!((1..=72).contains(&ladder), "one or two searches' rungs: {ladder}");
+    lab.clear(id).unwrap();
+    drop(agents);
+}
+
+/// The lab's other MTU fault, one node's Cilium overlay device lowered
+/// to 1300, is no black hole: the node's kernel drops its first oversize
+/// DF packet and answers ICMP fragmentation needed. The agents see that:
+/// worker-1's large probes are answered by ICMP (counted, with the
+/// next-hop MTU 1300, refused rather than lost) and then sized to the
+/// route's new MTU; no row names an MTU black hole.
+#[test]
+fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("mtui"),
+        nodes: 3,
+        migrated: 1,
+        pods: 0,
+        ..LabSpec::default()
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
+    let cp = lab.node_ns("control-plane");
+    let id = lab
+        .inject(Fault::Mtu {
+            node: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            mtu: 1300,
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rows = loop {
+        let rows = mtu_rows(&agents, &cp);
+        let told = rows.iter().any(|r| {
+            name(r) == "worker-1 -> worker-2 cilium"
+                && r["mtu"]["icmp_frag_needed"].as_u64() > Some(0)
+                && r["mtu"]["probed"] == 1300
+                && r["sent"].as_u64() > Some(0)
+        });
+        if told {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "{rows:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for r in &rows {
+        assert!(r["mtu"].get("fits").is_none(), "no black hole: {r}");
+        if r["node"] == "worker-1" && r["overlay"] == "cilium" && r["peer_node"] != "*" {
+            assert_eq!(r["mtu"]["icmp_next_hop"], 1300, "{r}");
+            assert!(r["refused"].as_u64() > Some(0), "answered by ICMP: {r}");
+        }
+    }
+    let table = agents.loss(
+        &cp,
+        &["--node", "worker-1", "--window", "60s", "--sample-interval", "500ms"],
+    );
+    assert!(!table.contains("MTU black hole"), "{table}");
+    let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[1]));
+    let series = "crossover_probe_icmp_frag_needed_total{node=\"worker-1\",peer_node=\"worker-2\",\
+                  overlay=\"cilium\",dst_net=\"host\",signal=\"mtu\"}";
+    assert!(metric::<u64>(&metrics, series) > 0, "{metrics}");
     lab.clear(id).unwrap();
     drop(agents);
 }
