@@ -1085,7 +1085,14 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
 
 /// The rows of signal mtu about every node of the 3-node lab, over 60 s.
 fn mtu_rows(agents: &Agents, ns: &str) -> Vec<serde_json::Value> {
-    let mut args = vec!["--signal", "mtu", "--window", "60s", "--sample-interval", "500ms"];
+    let mut args = vec![
+        "--signal",
+        "mtu",
+        "--window",
+        "60s",
+        "--sample-interval",
+        "500ms",
+    ];
     for n in ["control-plane", "worker-1", "worker-2"] {
         args.extend(["--node", n]);
     }
@@ -1166,7 +1173,9 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
     let (rows, took) = loop {
         let rows = mtu_rows();
         let named = rows.iter().any(|r| {
-            pair.contains(&name(r).as_str()) && r["lost"].as_u64() > Some(0) && r["mtu"]["fits"].is_u64()
+            pair.contains(&name(r).as_str())
+                && r["lost"].as_u64() > Some(0)
+                && r["mtu"]["fits"].is_u64()
         });
         let took = injected.elapsed();
         if named {
@@ -1217,11 +1226,20 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
     // The table names it the way an SRE reads it.
     let table = agents.loss(
         &cp,
-        &["--node", "worker-1", "--window", "60s", "--sample-interval", "500ms"],
+        &[
+            "--node",
+            "worker-1",
+            "--window",
+            "60s",
+            "--sample-interval",
+            "500ms",
+        ],
     );
     assert!(
-        table.lines().any(|l| l.starts_with("mtu: MTU black hole on worker-")
-            && l.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
+        table
+            .lines()
+            .any(|l| l.starts_with("mtu: MTU black hole on worker-")
+                && l.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
         "{table}"
     );
     // /metrics: the size probed and the size that fits.
@@ -1238,7 +1256,10 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
         &metrics,
         "crossover_probe_mtu_ladder_packets_total{node=\"worker-1\"}",
     );
-    assert!((1..=72).contains(&ladder), "one or two searches' rungs: {ladder}");
+    assert!(
+        (1..=72).contains(&ladder),
+        "one or two searches' rungs: {ladder}"
+    );
     lab.clear(id).unwrap();
     drop(agents);
 }
@@ -1294,7 +1315,14 @@ fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
     }
     let table = agents.loss(
         &cp,
-        &["--node", "worker-1", "--window", "60s", "--sample-interval", "500ms"],
+        &[
+            "--node",
+            "worker-1",
+            "--window",
+            "60s",
+            "--sample-interval",
+            "500ms",
+        ],
     );
     assert!(!table.contains("MTU black hole"), "{table}");
     let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[1]));

@@ -371,10 +371,7 @@ fn prober_loses_by_reason_and_follows_target_changes() {
     // The responder echoes small and large probes alike.
     let large = totals_of(&totals, "up", Overlay::None, Net::Host, Probe::Mtu);
     assert_eq!(large.received + large.lost, large.sent);
-    assert_eq!(
-        counters.totals().udp_replies,
-        udp.received + large.received
-    );
+    assert_eq!(counters.totals().udp_replies, udp.received + large.received);
     let tcp = totals_of(&totals, "up", Overlay::None, Net::Host, Probe::Tcp);
     assert_eq!(tcp.received + tcp.lost, tcp.sent);
     assert!(

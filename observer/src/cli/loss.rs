@@ -452,7 +452,11 @@ fn footer(reading: &ClusterReading) -> String {
             r.node, r.peer_node, r.overlay, r.signal, r.refused
         );
     }
-    for r in reading.rows.iter().filter(|r| r.signal == Signal::Mtu && r.lost > 0) {
+    for r in reading
+        .rows
+        .iter()
+        .filter(|r| r.signal == Signal::Mtu && r.lost > 0)
+    {
         if crate::loss::mtu::describe(r).is_some() {
             out += &format!("mtu: {}\n", crate::loss::mtu::why(r, &reading.drops));
         }

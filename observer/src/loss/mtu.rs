@@ -180,7 +180,10 @@ mod tests {
             icmp_frag_needed: 2,
         };
         let m = PathMtu::merge(Some(a), Some(b)).unwrap();
-        assert_eq!((m.probed, m.fits, m.icmp_next_hop), (1450, Some(1400), Some(1300)));
+        assert_eq!(
+            (m.probed, m.fits, m.icmp_next_hop),
+            (1450, Some(1400), Some(1300))
+        );
         assert_eq!(m.icmp_frag_needed, 3);
         assert_eq!(PathMtu::merge(None, Some(a)), Some(a));
         assert_eq!(PathMtu::merge(None, None), None);

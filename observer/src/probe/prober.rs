@@ -662,7 +662,12 @@ impl Engine {
 
     /// Sends one probe datagram, padded to the size `what` says, and
     /// keeps it pending until its echo or its timeout.
-    async fn send_datagram(&mut self, target: &Target, recorder: Option<Recorder>, what: What) -> u64 {
+    async fn send_datagram(
+        &mut self,
+        target: &Target,
+        recorder: Option<Recorder>,
+        what: What,
+    ) -> u64 {
         let sent = Instant::now();
         let sent_ns = u64::try_from(sent.duration_since(self.epoch).as_nanos()).unwrap_or(0);
         let seq = self.base + self.pending.len() as u64;

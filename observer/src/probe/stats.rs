@@ -33,8 +33,8 @@ use hdrhistogram::Histogram;
 use observer_ebpf::{Net, Overlay};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
-pub use crate::loss::mtu::PathMtu;
 use crate::loss::Signal;
+pub use crate::loss::mtu::PathMtu;
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 

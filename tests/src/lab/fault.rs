@@ -262,7 +262,9 @@ pub fn remove(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
         Fault::MtuBlackhole { .. } => batch(
             &lab.underlay_ns(),
             &["nft", "-f", "-"],
-            &format!("delete chain netdev {TABLE} fault{id}\ndelete chain netdev {TABLE} fault{id}b\n"),
+            &format!(
+                "delete chain netdev {TABLE} fault{id}\ndelete chain netdev {TABLE} fault{id}b\n"
+            ),
         ),
     }
 }

@@ -203,7 +203,11 @@ mod tests {
     /// A search on a path passing up to `mtu` bytes whose `lost(n)` says
     /// if the n-th probe is lost anyway: what it finds, and the packets
     /// it sent.
-    fn search_with(probed: u32, mtu: u32, lost: &mut dyn FnMut(usize) -> bool) -> (Option<u32>, usize) {
+    fn search_with(
+        probed: u32,
+        mtu: u32,
+        lost: &mut dyn FnMut(usize) -> bool,
+    ) -> (Option<u32>, usize) {
         let mut ladder = Ladder::new(probed);
         let mut sent = 0;
         while !ladder.done() {
@@ -247,8 +251,10 @@ mod tests {
         // whatever its size (splitmix-like, deterministic).
         let mut state = 7u64;
         let mut lossy = |_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 33) % 10 == 0
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33).is_multiple_of(10)
         };
         for _ in 0..1000 {
             let (fits, _) = search_with(1450, 1450, &mut lossy);
@@ -257,12 +263,9 @@ mod tests {
         // A real black hole on a lossy path: right, or no answer.
         let mut found = 0;
         for _ in 0..1000 {
-            match search_with(1450, 1400, &mut lossy).0 {
-                Some(fits) => {
-                    assert_eq!(fits, 1400);
-                    found += 1;
-                }
-                None => {}
+            if let Some(fits) = search_with(1450, 1400, &mut lossy).0 {
+                assert_eq!(fits, 1400);
+                found += 1;
             }
         }
         assert!(found > 300, "{found} of 1000 searches confirmed");
@@ -296,7 +299,10 @@ mod tests {
             rounds += 1;
         }
         assert_eq!(rounds, MAX_ROUNDS);
-        assert!(bucket.take(1 + VERIFY, at(10_400)), "and its verifying round");
+        assert!(
+            bucket.take(1 + VERIFY, at(10_400)),
+            "and its verifying round"
+        );
         assert!(!bucket.take(1, at(10_400)));
         let mut off = TokenBucket::new(0.0, t0);
         assert!(!off.take(1, at(100_000)), "no rate, no ladder");
