@@ -1083,6 +1083,21 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     drop(agents);
 }
 
+/// A 3-node lab (worker-1 migrated) with an agent on every node, probes on.
+fn probed_lab(prefix: &str) -> (Lab, Agents) {
+    let lab = Lab::up(&LabSpec {
+        name: unique(prefix),
+        nodes: 3,
+        migrated: 1,
+        pods: 0,
+        ..LabSpec::default()
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
+    (lab, agents)
+}
+
 /// The rows of signal mtu about every node of the 3-node lab, over 60 s.
 fn mtu_rows(agents: &Agents, ns: &str) -> Vec<serde_json::Value> {
     let mut args = vec![
@@ -1120,16 +1135,7 @@ fn name(r: &serde_json::Value) -> String {
 #[test]
 fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() {
     require_root();
-    let mut lab = Lab::up(&LabSpec {
-        name: unique("mtu"),
-        nodes: 3,
-        migrated: 1,
-        pods: 0,
-        ..LabSpec::default()
-    })
-    .unwrap()
-    .remove_on_drop();
-    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
+    let (mut lab, agents) = probed_lab("mtu");
     let cp = lab.node_ns("control-plane");
     let mtu_rows = || mtu_rows(&agents, &cp);
     // Before the fault: every pair's large probes on both overlays pass
@@ -1273,16 +1279,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
 #[test]
 fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
     require_root();
-    let mut lab = Lab::up(&LabSpec {
-        name: unique("mtui"),
-        nodes: 3,
-        migrated: 1,
-        pods: 0,
-        ..LabSpec::default()
-    })
-    .unwrap()
-    .remove_on_drop();
-    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
+    let (mut lab, agents) = probed_lab("mtui");
     let cp = lab.node_ns("control-plane");
     let id = lab
         .inject(Fault::Mtu {
