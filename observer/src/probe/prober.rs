@@ -783,11 +783,11 @@ impl Engine {
                 search.state = SearchState::Held(now + ladder::HOLD);
                 continue;
             }
+            // Without the tokens, the round waits for them (the next
+            // pass, within `ladder::WAIT`): the budget holds.
             let sizes = search.ladder.rungs();
             if self.tokens.take(sizes.len(), now) {
                 rounds.push((target.clone(), sizes));
-            } else {
-                self.stats.unattributed("mtu_ladder_waiting");
             }
         }
         for (target, sizes) in rounds {
@@ -809,9 +809,13 @@ impl Engine {
     }
 
     /// Forgets route MTUs past their time, small echoes too old to
-    /// count, and searches whose answer no longer holds: each map stays
+    /// count, and searches whose answer no longer holds (every search,
+    /// when the schedule leaves the ladders no packets): each map stays
     /// within the targets probed lately.
     fn forget(&mut self, now: Instant) {
+        if self.tokens_off() {
+            self.searches.clear();
+        }
         self.route_mtu
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < ROUTE_MTU_TTL);
         self.small_ok
