@@ -896,10 +896,9 @@ fn mesh_finds_blackholes_towards_the_focus_within_5_s_and_elsewhere_within_the_p
         .find(|n| **n != rotated)
         .unwrap()
         .to_string();
-    // 25 packets/s, 2.5 of them kept for MTU ladders: the focus's 3
-    // targets at 1/s (15: UDP 1, TCP 3, large 1), 7.5 left for the
-    // other's 3, swept: 1.5 visits (UDP + TCP + large) a second, a 2 s
-    // round.
+    // 25 packets/s: the focus's 3 targets at 1/s (15: UDP 1, TCP 3,
+    // large 1), 2.5 kept for MTU ladders, 7.5 left for the other's 3,
+    // swept: 1.5 visits (UDP + TCP + large) a second, a 2 s round.
     let config = MeshConfig {
         budget: 25.0,
         ..MeshConfig::default()

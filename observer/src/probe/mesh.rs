@@ -63,7 +63,8 @@ pub const FOCUS_SHARE: f64 = 0.75;
 /// pair's large probes are lost while its small ones pass, the prober
 /// sends rounds of sizes between the two to find the one that fits
 /// ([`super::prober::ladder`]), paced by a token bucket at this rate.
-/// The rest pays for the plan's probes; the two together stay within it.
+/// It comes out of the rotation's part, never the focus's; the plan's
+/// probes and the ladders together stay within the budget.
 pub const LADDER_SHARE: f64 = 0.1;
 
 /// Packets one probe of `signal` may send.
@@ -351,11 +352,12 @@ impl<'a> Mesh<'a> {
 
         let c = visit_packets(&config.signals);
         let steady_cost = |n: usize| n as f64 * config.rate * c;
+        // The ladders' share comes out of the rotation's: the focus keeps
+        // its own whole (FOCUS_SHARE + LADDER_SHARE < 1).
         let ladder_packets = LADDER_SHARE * config.budget;
-        let budget = config.budget - ladder_packets;
 
         // Focus: steady, within its share of the budget.
-        let focus_cap = (FOCUS_SHARE * budget / (config.rate * c)).floor() as usize;
+        let focus_cap = (FOCUS_SHARE * config.budget / (config.rate * c)).floor() as usize;
         let mut focus_steady: Vec<Target> = Vec::new();
         let mut overflow: Vec<Target> = Vec::new();
         let mut focus_peers = Vec::new();
@@ -374,7 +376,7 @@ impl<'a> Mesh<'a> {
                 }
             }
         }
-        let left = budget - steady_cost(focus_steady.len());
+        let left = config.budget - ladder_packets - steady_cost(focus_steady.len());
 
         // Rotation: every peer if they all fit steadily, else half the
         // ring.
@@ -690,9 +692,9 @@ mod tests {
         let nodes = names(100);
         let focus: Vec<&str> = nodes.iter().skip(1).map(String::as_str).collect();
         let p = plan_of("node-0000", &nodes, &focus, &config);
-        // 75% of the 180 packets/s the ladders leave pay for 27 targets
-        // at 5 packets (UDP, TCP, large) a second; the rest is swept.
-        assert_eq!(p.summary.focus_targets, 27);
+        // 150 packets/s pay for 30 targets at 5 packets (UDP, TCP, large)
+        // a second; the rest is swept.
+        assert_eq!(p.summary.focus_targets, 30);
         assert!(!p.schedule.sweep.targets.is_empty());
         assert!(scheduled_packets(&p, &config) <= config.budget + 1e-6);
         assert_eq!(probed(&p).len(), 99, "every focus node is still probed");
