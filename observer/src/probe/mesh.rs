@@ -213,8 +213,8 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "probe budget {} packets/s (a UDP probe 1 packet, a TCP probe 3: SYN, ACK, RST), \
-             {:.1} planned; ",
+            "probe budget {} packets/s (a UDP probe 1 packet, a TCP probe 3: SYN, ACK, RST, a \
+             large probe 1), {:.1} planned; ",
             self.budget,
             self.packets()
         )?;
