@@ -27,7 +27,9 @@
 //! kernel's one-second SYN retransmission beats the timeout); refused, one.
 //! The plan counts three per TCP probe, the most one sends. A large
 //! probe ([`Probe::Mtu`], the route's MTU with DF set) is one datagram;
-//! the MTU ladders it may start have [`LADDER_SHARE`] of the budget. Answers are
+//! the plan counts one for every target, though probe pods get none
+//! ([`Target::takes`]): an upper bound. The MTU ladders it may start have
+//! [`LADDER_SHARE`] of the budget. Answers are
 //! sent by the peers' responders and count in nobody's budget; a node
 //! answers about as many probes as it sends, and a node under migration
 //! answers every peer's focus probes.

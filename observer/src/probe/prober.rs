@@ -94,6 +94,16 @@ impl Target {
         }
     }
 
+    /// Whether probes of `signal` go to this target. Large probes go to a
+    /// peer's own overlay addresses only (its host network): the path MTU
+    /// is the node pair's and the overlay's, which they cross as a pod's
+    /// packets do, while probe pods come and go with a migration (a large
+    /// probe towards a pod being restarted only adds to the drops its
+    /// node counts, `NEIGH_FAILED`).
+    pub fn takes(&self, signal: Probe) -> bool {
+        signal != Probe::Mtu || self.dst_net == Net::Host
+    }
+
     fn socket_addr(&self) -> SocketAddr {
         SocketAddr::from((self.addr, self.port))
     }
@@ -572,13 +582,18 @@ impl Engine {
             }
             let id = self.next_id;
             self.next_id += 1;
-            let recorders = self
+            let signals: Vec<Probe> = self
                 .config
                 .signals
                 .iter()
+                .copied()
+                .filter(|s| target.takes(*s))
+                .collect();
+            let recorders = signals
+                .iter()
                 .map(|s| (*s, self.stats.recorder(target.key(*s))))
                 .collect();
-            for signal in self.config.signals.clone() {
+            for signal in signals {
                 let phase = self.interval.mul_f64(self.rng.unit());
                 self.due.push(Reverse(Due {
                     at: now + phase,
@@ -628,7 +643,7 @@ impl Engine {
             let signals = sweep.signals.clone();
             let interval = Duration::from_secs_f64(1.0 / sweep.rate.min(MAX_SWEEP_RATE));
             self.sweep.next = (self.sweep.next + 1) % sweep.targets.len();
-            for signal in signals {
+            for signal in signals.into_iter().filter(|s| target.takes(*s)) {
                 let recorder = self.stats.recorder(target.key(signal));
                 match signal {
                     Probe::Udp | Probe::Mtu => self.send_udp(&target, recorder, signal).await,
