@@ -1083,6 +1083,16 @@ fn a_firewall_inside_a_node_is_named_by_the_kernels_drop_reason() {
     drop(agents);
 }
 
+/// `crossover loss` about worker-1 over the agents' whole 60 s window.
+const WORKER_1_60S: [&str; 6] = [
+    "--node",
+    "worker-1",
+    "--window",
+    "60s",
+    "--sample-interval",
+    "500ms",
+];
+
 /// A 3-node lab (worker-1 migrated) with an agent on every node, probes on.
 fn probed_lab(prefix: &str) -> (Lab, Agents) {
     let lab = Lab::up(&LabSpec {
@@ -1246,17 +1256,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
     assert!(lab.drops(id).unwrap() > 0, "the wire dropped large packets");
 
     // The table names it the way an SRE reads it.
-    let table = agents.loss(
-        &cp,
-        &[
-            "--node",
-            "worker-1",
-            "--window",
-            "60s",
-            "--sample-interval",
-            "500ms",
-        ],
-    );
+    let table = agents.loss(&cp, &WORKER_1_60S);
     assert!(
         table
             .lines()
@@ -1326,17 +1326,7 @@ fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
             assert!(r["refused"].as_u64() > Some(0), "answered by ICMP: {r}");
         }
     }
-    let table = agents.loss(
-        &cp,
-        &[
-            "--node",
-            "worker-1",
-            "--window",
-            "60s",
-            "--sample-interval",
-            "500ms",
-        ],
-    );
+    let table = agents.loss(&cp, &WORKER_1_60S);
     assert!(!table.contains("MTU black hole"), "{table}");
     let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[1]));
     let series = "crossover_probe_icmp_frag_needed_total{node=\"worker-1\",peer_node=\"worker-2\",\
