@@ -65,9 +65,53 @@ fn small_struct_layouts() {
     assert_eq!(size_of::<AddrInfo>(), 8);
     assert_eq!(offset_of!(AddrInfo, node), 4);
     assert_eq!(size_of::<EncapPort>(), 4);
-    assert_eq!(size_of::<Config>(), 4 * MAX_ENCAP_PORTS + 8);
+    assert_eq!(
+        size_of::<Config>(),
+        4 * MAX_ENCAP_PORTS + 8 + 16 * MAX_BLOCK_RANGES
+    );
     assert_eq!(offset_of!(Config, local_node), 32);
     assert_eq!(offset_of!(Config, control_port), 38);
+    assert_eq!(offset_of!(Config, block_ranges), 40);
+    assert_eq!(size_of::<BlockRange>(), 16);
+    assert_eq!(offset_of!(BlockRange, shift), 12);
+    // An entry never written (all zeroes) asks the trie.
+    assert_eq!(BLOCK_ASK, 0);
+    assert_eq!(size_of::<AddrBlock>(), 24);
+    assert_eq!(offset_of!(AddrBlock, exact), 16);
+    assert_eq!(offset_of!(AddrBlock, state), 20);
+    assert_eq!(size_of::<SlotCacheEntry>(), 16);
+    assert_eq!(offset_of!(SlotCacheEntry, slot), 8);
+}
+
+/// The slot cache's index is inside the map, and the keys of a large
+/// cluster spread over it: 1,000 peers, each on two overlays both ways,
+/// collide little in 4,096 direct-mapped entries.
+#[test]
+fn slot_cache_indices_stay_in_the_map_and_spread() {
+    let mut used = std::collections::BTreeMap::new();
+    for peer in 0..1000u32 {
+        for overlay in [Overlay::Legacy, Overlay::Cilium] {
+            for direction in [Direction::Egress, Direction::Ingress] {
+                let key = PeerKey {
+                    peer: u32::from_ne_bytes([
+                        192,
+                        168,
+                        50 + (peer / 250) as u8,
+                        (peer % 250) as u8,
+                    ]),
+                    overlay: overlay.wire(),
+                    direction: direction.wire(),
+                    src_net: Net::Legacy.wire(),
+                    dst_net: Net::Cilium.wire(),
+                };
+                let index = key.cache_index();
+                assert!(index < SLOT_CACHE_ENTRIES);
+                *used.entry(index).or_insert(0u32) += 1;
+            }
+        }
+    }
+    // 4,000 keys into 4,096 entries: a uniform hash fills about 63%.
+    assert!(used.len() > 2300, "{} entries used", used.len());
 }
 
 /// Userspace serialises the wire enums by name, and reads back only names

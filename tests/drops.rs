@@ -196,3 +196,54 @@ fn a_route_blackhole_and_a_full_socket_buffer_are_counted_with_their_reasons() {
     assert_eq!(full[0].packets, 500 - queued, "{:?}", full[0]);
     assert_eq!((full[0].src_net, full[0].dst_net), (Net::Host, Net::Host));
 }
+
+/// DROPS is pinned with the counters: an agent restarted over its pins
+/// finds the drops counted before, and counts on into them, so a window
+/// across a restart holds every drop.
+#[test]
+fn drops_counted_before_a_restart_are_still_there_after_it() {
+    let nodes = TwoNodes::with_prefix("dpin");
+    let pins = crossover_tests::pins::TestPins::new();
+    let load = || {
+        let mut shape = crossover_tests::harness::two_node_shape();
+        shape.local_node = Some("node-a".into());
+        let mut observer = observer::datapath::Observer::load(observer::datapath::LoadOptions {
+            netns: Some(nodes.a.name.clone()),
+            pin_path: Some(pins.path.clone()),
+            ..observer::datapath::LoadOptions::default()
+        })
+        .expect("load");
+        observer.configure(&shape).expect("configure");
+        observer.attach("u0", Hook::Underlay).expect("attach u0");
+        observer.enable_drops().expect("drops");
+        observer
+    };
+    let netfilter_total = |observer: &observer::datapath::Observer| -> u64 {
+        netfilter(&observer.drops().unwrap(), Overlay::None)
+            .iter()
+            .map(|d| d.packets)
+            .sum()
+    };
+    let first = load();
+    nodes.a.drop_every("output", "udp dport 7777", 10);
+    send(&nodes, 300);
+    let before = dropped_by_rule(&nodes.a);
+    assert_eq!(before, 30);
+    assert_eq!(netfilter_total(&first), before);
+    // The process goes; its pins stay (no uninstall).
+    drop(first);
+    let second = load();
+    let report = second.pin_report().expect("pinned").clone();
+    assert!(
+        report.reused.contains(&observer_ebpf::map::DROPS),
+        "{report:?}"
+    );
+    assert_eq!(netfilter_total(&second), before, "the drops before it");
+    send(&nodes, 200);
+    let after = dropped_by_rule(&nodes.a);
+    assert_eq!(after, 50);
+    assert_eq!(netfilter_total(&second), after);
+    nodes.a.exec(&["nft", "delete", "table", "ip", "xodrop"]);
+    drop(second);
+    observer::datapath::uninstall(&pins.path).expect("uninstall");
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crossover_tests::{
-    apiserver::{ADMIN_TOKEN, Gvr},
+    apiserver::{ADMIN_TOKEN, Gvr, fixtures::PodBuilder},
     kubelab::{AGENT_PORT, CROSSOVER, KubeLab, within},
     lab::{Fault, LabSpec, Overlay, PodKind, plan, traffic},
     netns::{http_get_as, unique},
@@ -88,7 +88,18 @@ fn agents_follow_the_cluster_and_probes_catch_a_quiet_blackhole() {
         "underlay found from the InternalIP: {status:#}"
     );
     let watches = status["watches"].as_object().unwrap();
-    assert!(watches.values().all(|w| w["synced"] == true), "{status:#}");
+    // A Flannel cluster has no Calico CRDs: those watches find them absent.
+    let calico = ["ippools", "blockaffinities"];
+    assert!(
+        watches
+            .iter()
+            .all(|(name, w)| if calico.contains(&name.as_str()) {
+                w["absent"] == true
+            } else {
+                w["synced"] == true
+            }),
+        "{status:#}"
+    );
 
     // Every peer is probed on both overlays and on its probe pod; a clean
     // lab loses nothing.
@@ -747,4 +758,168 @@ fn a_blind_pod_hook_is_one_event_on_its_node_until_it_sees_again() {
     for reason in ["HookBlind", "HookSeen"] {
         assert!(node_events(&kl, "control-plane", reason).is_empty());
     }
+}
+
+/// The pods' /32 entries in a pinned ADDRS: address -> (network, node
+/// underlay).
+fn pinned_pod_entries(
+    addrs: &std::path::Path,
+) -> std::collections::BTreeMap<std::net::Ipv4Addr, (observer_ebpf::Net, std::net::Ipv4Addr)> {
+    use aya::maps::{LpmTrie, Map, MapData};
+    let data = MapData::from_pin(addrs).unwrap();
+    let trie: LpmTrie<MapData, u32, observer_ebpf::AddrInfo> =
+        Map::LpmTrie(data).try_into().unwrap();
+    trie.iter()
+        .map(Result::unwrap)
+        .filter(|(key, info)| {
+            key.prefix_len() == 32 && info.kind == observer_ebpf::AddrKind::PodNetwork.wire()
+        })
+        .map(|(key, info)| {
+            (
+                observer::shape::addr_from_wire(key.data()),
+                (
+                    observer_ebpf::Net::from_wire(info.net).unwrap_or(observer_ebpf::Net::Unknown),
+                    observer::shape::addr_from_wire(info.node),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The AWS VPC CNI's cluster, as agents see it through the API: EC2 nodes
+/// without ranges, so the legacy network is routed natively and every
+/// legacy pod a /32 in the kernel's address table, naming its node. Pods
+/// that come get their entry and pods that go lose it, within 5 s, on
+/// every node; past --pod-addr-capacity a pod is refused, counted in
+/// /metrics and the status, and takes its place once another goes.
+#[test]
+fn aws_pods_are_each_a_32_in_the_agents_address_table() {
+    const WITHIN: Duration = Duration::from_secs(5);
+    require_root();
+    let mut kl = KubeLab::up_with_objects(&LabSpec {
+        name: unique("aw"),
+        nodes: 2,
+        migrated: 1,
+        pods: 1,
+        legacy: crossover_tests::lab::LegacyCni::AwsNative,
+    });
+    let pins = crossover_tests::pins::TestPins::outside_sys();
+    for node in ["control-plane", "worker-1"] {
+        let pin_path = pins.path.join(node);
+        kl.start_agent(
+            node,
+            &[
+                "--probe-rate",
+                "0",
+                "--pin-path",
+                pin_path.to_str().unwrap(),
+                "--pod-addr-capacity",
+                "4",
+            ],
+        );
+    }
+    kl.wait_agents_ready();
+    let addrs = |node: &str| pins.path.join(node).join("maps").join("ADDRS");
+    let cp = plan::underlay_addr(0);
+    let legacy = |addrs: &[std::net::Ipv4Addr]| {
+        addrs
+            .iter()
+            .map(|a| (*a, (observer_ebpf::Net::Legacy, cp)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let started: Vec<std::net::Ipv4Addr> = kl
+        .lab
+        .nodes()
+        .flat_map(|n| &n.pods)
+        .filter(|p| p.network == crossover_tests::lab::Network::Legacy)
+        .map(|p| p.addr)
+        .collect();
+    assert_eq!(started.len(), 2, "control-plane's ds and app-1");
+
+    // Derived from the API: native legacy network, no ranges, pods listed.
+    let status = kl.get_json(&kl.url(0, "/api/v1/status"));
+    let view = &status["view"];
+    assert_eq!(view["shape"]["networks"][0]["encapsulation"], "native");
+    assert_eq!(view["shape"]["networks"][0]["cidrs"], json!([]));
+    let sources = view["derived"]["sources"].as_array().unwrap();
+    assert!(
+        sources.iter().any(|s| s["field"] == "legacy.encapsulation"
+            && s["from"].as_str().unwrap().contains("providerID")),
+        "{view:#}"
+    );
+    assert_eq!(
+        view["pod_addrs"],
+        json!({"listed": 2, "capacity": 4, "in_table": 2, "refused": 0}),
+        "{view:#}"
+    );
+    for node in ["control-plane", "worker-1"] {
+        assert_eq!(
+            pinned_pod_entries(&addrs(node)),
+            legacy(&started),
+            "{node}: the legacy pods' /32s, naming control-plane"
+        );
+    }
+
+    // Three more pods on control-plane: one past the capacity.
+    let host = cp.to_string();
+    let new: Vec<std::net::Ipv4Addr> = (10..13)
+        .map(|n| std::net::Ipv4Addr::new(172, 18, 1, n))
+        .collect();
+    for (i, addr) in new.iter().enumerate() {
+        kl.server
+            .apply(
+                PodBuilder::new("default", &format!("new-{i}"))
+                    .node("control-plane", &host)
+                    .ip(&addr.to_string())
+                    .ready(true)
+                    .value(),
+            )
+            .unwrap();
+    }
+    // The pods held keep their entries; the new ones in address order.
+    let mut held = started.clone();
+    held.extend(&new[..2]);
+    let (_, took) = within(WITHIN, "new pods' /32s on both nodes", || {
+        ["control-plane", "worker-1"]
+            .iter()
+            .all(|n| pinned_pod_entries(&addrs(n)) == legacy(&held))
+            .then_some(())
+    });
+    eprintln!("new pods' /32s in ADDRS after {took:?}");
+    let status = kl.get_json(&kl.url(1, "/api/v1/status"));
+    assert_eq!(
+        status["view"]["pod_addrs"],
+        json!({"listed": 5, "capacity": 4, "in_table": 4, "refused": 1}),
+    );
+    let (_, metrics) = http_get(&kl.lab.node_ns("control-plane"), &kl.url(0, "/metrics"));
+    assert!(
+        metrics.contains(r#"crossover_pod_addrs{node="control-plane",state="refused"} 1"#),
+        "{metrics}"
+    );
+
+    // Two go: their entries with them, and the refused pod gets its place.
+    for i in 0..2 {
+        kl.server
+            .delete(&Gvr::of::<Pod>(), Some("default"), &format!("new-{i}"))
+            .unwrap();
+    }
+    let mut left = started.clone();
+    left.push(new[2]);
+    within(
+        WITHIN,
+        "gone pods' /32s removed, the refused one in",
+        || {
+            ["control-plane", "worker-1"]
+                .iter()
+                .all(|n| pinned_pod_entries(&addrs(n)) == legacy(&left))
+                .then_some(())
+        },
+    );
+    let status = kl.get_json(&kl.url(0, "/api/v1/status"));
+    assert_eq!(
+        status["view"]["pod_addrs"],
+        json!({"listed": 3, "capacity": 4, "in_table": 3, "refused": 0}),
+    );
+    drop(kl);
+    drop(pins);
 }

@@ -1,7 +1,10 @@
 //! End to end, in a 3-node lab with one node migrated and crossover on
 //! every node: classification, SNAT, loss, handshakes, and detaching, on
 //! Flannel's legacy nodes; classification, SNAT, loss and pods created
-//! after start also on Calico's (VXLAN mode).
+//! after start also on Calico's (VXLAN mode, and CrossSubnet: the legacy
+//! network native within an underlay subnet, VXLAN across, in a 4-node
+//! lab) and the AWS VPC CNI's (natively routed pods in the nodes' subnet,
+//! each a /32 of the shape).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -32,11 +35,15 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// control-plane (legacy pods), worker-1 (migrated: Cilium pods),
 /// worker-2 (legacy pods), the legacy ones built as `legacy` builds them.
+/// A CrossSubnet lab has worker-3 (legacy pods) too: its nodes alternate
+/// between two underlay subnets (control-plane and worker-2 in one,
+/// worker-1 and worker-3 in the other), so legacy nodes meet peers both in
+/// their subnet (natively routed) and across (VXLAN).
 fn lab(legacy: LegacyCni) -> Lab {
     require_root();
     Lab::up(&LabSpec {
         name: unique("e"),
-        nodes: 3,
+        nodes: if legacy.cross_subnet() { 4 } else { 3 },
         migrated: 1,
         pods: 2,
         legacy,
@@ -72,6 +79,78 @@ fn every_network_combination_is_classified_on_both_nodes_from_calico_vxlan() {
     every_network_combination_is_classified(LegacyCni::CalicoVxlan);
 }
 
+/// The same legacy network natively within a subnet (control-plane and
+/// worker-2) and through `vxlan.calico` across (worker-3 to the control
+/// plane; worker-1 to the control plane after Cilium's masquerade).
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_calico_crosssubnet() {
+    every_network_combination_is_classified(LegacyCni::CalicoCrossSubnet);
+}
+
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_aws_native() {
+    every_network_combination_is_classified(LegacyCni::AwsNative);
+}
+
+// Sender's view: client and server networks, overlay, the device whose
+// address SNAT gave the client. Receiver's view: the client's network,
+// and `arrived` when its source is a peer's overlay address (after SNAT,
+// or a node's own traffic into an overlay, which leaves from that
+// overlay's address: the receiver cannot tell the two apart). `tunnel`
+// is the legacy tunnel device: flannel.1 or vxlan.calico.
+const TUNNELLED_CASES: [&str; 9] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+    "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
+    "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+    "worker-1            worker-2            host>host      none     -            host",
+];
+
+// The AWS VPC CNI: legacy pods are routed natively, with their own
+// addresses inside the VPC (no SNAT to nodes or to other legacy pods);
+// AWS-SNAT-CHAIN-0 rewrites everything leaving the VPC (Cilium's range)
+// to the primary address, pod or host traffic alike, and Cilium's
+// masquerade leaves by eth0 towards legacy pods: the receiver sees a
+// node's underlay, which is no overlay address (never `arrived`).
+const NATIVE_CASES: [&str; 9] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   eth0         host",
+    "control-plane/app-2 worker-1            legacy>host    native   -            legacy",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  native   eth0         host",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    native   -            host",
+    "control-plane       worker-1/app-2      host>cilium    cilium   eth0         host",
+    "worker-1            worker-2            host>host      none     -            host",
+];
+
+// CrossSubnet (a 4-node lab): control-plane and worker-2 share a subnet, so
+// what the legacy network carries between them is native (a node's own
+// traffic then leaves from its `eth0`, not the tunnel's address, so
+// arrives as plain host traffic); worker-3 reaches the control plane
+// through vxlan.calico, and worker-1's Cilium pods reach worker-3's legacy
+// pods natively, masqueraded onto worker-1's `eth0`.
+const CROSS_SUBNET_CASES: [&str; 11] = [
+    // from             to                  nets           overlay  SNAT         receiver
+    "control-plane/app-1 worker-2/ds         legacy>legacy  native   -            legacy",
+    "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
+    "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
+    "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
+    "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
+    "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
+    "control-plane       worker-2/ds         host>legacy    native   -            host",
+    "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
+    "worker-1            worker-2            host>host      none     -            host",
+    "worker-3/app-1      control-plane/app-1 legacy>legacy  legacy   -            legacy",
+    "worker-1/app-2      worker-3/app-2      cilium>legacy  native   eth0         host",
+];
+
 fn every_network_combination_is_classified(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
@@ -79,27 +158,20 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
     // still has its legacy address, as the guide leaves a node before the
     // DaemonSet restart. Now every combination crosses two nodes.
     lab.migrate("worker-2", false).unwrap();
-    assert_shape_names_the_legacy_tunnel(&lab, legacy);
+    if legacy.tunnelled() {
+        assert_shape_names_the_legacy_tunnel(&lab, legacy);
+    } else {
+        assert_shape_lists_the_legacy_pods(&lab);
+    }
     let fleet = Fleet::attach(&lab).unwrap();
-    // Sender's view: client and server networks, overlay, the device whose
-    // address SNAT gave the client. Receiver's view: the client's network,
-    // and `arrived` when its source is a peer's overlay address (after
-    // SNAT, or a node's own traffic into an overlay, which leaves from that
-    // overlay's address: the receiver cannot tell the two apart).
-    // `tunnel` is the legacy tunnel device: flannel.1 or vxlan.calico.
-    const CASES: [&str; 9] = [
-        // from             to                  nets           overlay  SNAT         receiver
-        "control-plane/app-1 worker-2/ds         legacy>legacy  legacy   -            legacy",
-        "control-plane/app-1 worker-1/app-1      legacy>cilium  cilium   cilium_host  host,arrived",
-        "control-plane/app-2 worker-1            legacy>host    none     eth0         host",
-        "worker-1/app-1      control-plane/app-1 cilium>legacy  legacy   tunnel       host,arrived",
-        "worker-1/app-1      worker-2/app-1      cilium>cilium  cilium   -            cilium",
-        "worker-1/app-2      control-plane       cilium>host    none     eth0         host",
-        "control-plane       worker-2/ds         host>legacy    legacy   -            host,arrived",
-        "control-plane       worker-1/app-2      host>cilium    cilium   -            host,arrived",
-        "worker-1            worker-2            host>host      none     -            host",
-    ];
-    let cases: Vec<Vec<&str>> = CASES
+    let table: &[&str] = if legacy.cross_subnet() {
+        &CROSS_SUBNET_CASES
+    } else if legacy.tunnelled() {
+        &TUNNELLED_CASES
+    } else {
+        &NATIVE_CASES
+    };
+    let cases: Vec<Vec<&str>> = table
         .iter()
         .map(|c| c.split_whitespace().collect())
         .collect();
@@ -155,7 +227,7 @@ fn every_network_combination_is_classified(legacy: LegacyCni) {
         let snat_addr = match snat {
             "cilium_host" => Some(plan::cilium_host_addr(j)),
             "tunnel" => Some(plan::flannel_addr(j)),
-            "eth0" => Some(plan::underlay_addr(j)),
+            "eth0" => Some(lab.state().underlay_addr(j)),
             _ => None,
         };
         match snat_addr {
@@ -243,6 +315,14 @@ fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
         }],
         "{legacy}"
     );
+    assert!(
+        shape
+            .networks
+            .iter()
+            .filter(|n| n.role == observer::shape::Role::Legacy && !n.cidrs.is_empty())
+            .all(|n| n.cross_subnet == legacy.cross_subnet()),
+        "{legacy}: the tunnel only across subnets when CrossSubnet: {shape:#?}"
+    );
     for node in &shape.nodes {
         let out = exec::in_ns(
             &lab.node_ns(&node.name),
@@ -261,6 +341,44 @@ fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
             "{}: the shape's overlay address is {}'s",
             node.name,
             legacy.device()
+        );
+    }
+}
+
+/// Natively routed legacy pods: the shape has no legacy range and no
+/// legacy tunnel address, and lists every legacy pod as a /32 of its node.
+fn assert_shape_lists_the_legacy_pods(lab: &Lab) {
+    let shape = lab.shape("control-plane").unwrap();
+    let legacy: Vec<_> = shape
+        .networks
+        .iter()
+        .filter(|n| n.role == observer::shape::Role::Legacy && n.cidrs.is_empty())
+        .map(|n| n.encapsulation)
+        .collect();
+    assert!(
+        legacy.contains(&observer::shape::Encapsulation::Native),
+        "{shape:#?}"
+    );
+    let mut listed: Vec<(Ipv4Addr, &str)> = shape
+        .pods
+        .iter()
+        .map(|p| (p.addr, p.node.as_str()))
+        .collect();
+    let mut expected: Vec<(Ipv4Addr, &str)> = lab
+        .nodes()
+        .flat_map(|n| &n.pods)
+        .filter(|p| p.network == crossover_tests::lab::Network::Legacy)
+        .map(|p| (p.addr, p.node.as_str()))
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(listed, expected, "every legacy pod, on its node");
+    for (j, node) in shape.nodes.iter().enumerate() {
+        assert_eq!(
+            node.overlay_addrs,
+            vec![plan::cilium_host_addr(j)],
+            "no legacy tunnel address"
         );
     }
 }
@@ -284,28 +402,60 @@ fn snat_is_seen_through_to_the_pods_from_calico_vxlan() {
     snat_is_seen_through(LegacyCni::CalicoVxlan);
 }
 
+/// CrossSubnet: the same two cases (worker-1 and the control plane are in
+/// different subnets, so Cilium's masquerade is onto `vxlan.calico`), and
+/// a Cilium pod to a legacy pod in worker-1's own subnet, natively, which
+/// Cilium's masquerade puts onto worker-1's `eth0`.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_calico_crosssubnet() {
+    snat_is_seen_through(LegacyCni::CalicoCrossSubnet);
+}
+
+/// AWS-SNAT-CHAIN-0 (to the primary address, leaving the VPC for Cilium's
+/// range) and Cilium's masquerade out of eth0 towards the VPC: both onto
+/// a node's underlay address, joined the same way.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_aws_native() {
+    snat_is_seen_through(LegacyCni::AwsNative);
+}
+
 fn snat_is_seen_through(legacy: LegacyCni) {
     let _serial = serial();
     let lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
-    let cases = [
-        // The legacy CNI's masquerade (--random-fully) onto cilium_host.
+    // The address each direction is translated to: the tunnelled CNIs'
+    // masquerade (--random-fully) onto cilium_host and Cilium's onto the
+    // legacy tunnel's address, or the nodes' primary addresses.
+    let (to_cilium, to_legacy) = if legacy.tunnelled() {
+        (plan::cilium_host_addr(0), plan::flannel_addr(1))
+    } else {
+        (plan::underlay_addr(0), plan::underlay_addr(1))
+    };
+    let mut cases = vec![
         (
             "control-plane/app-1",
             "worker-1/app-1",
-            plan::cilium_host_addr(0),
+            to_cilium,
             "legacy",
             "cilium",
         ),
-        // Cilium's masquerade onto the legacy tunnel's address.
         (
             "worker-1/app-1",
             "control-plane/app-1",
-            plan::flannel_addr(1),
+            to_legacy,
             "cilium",
             "legacy",
         ),
     ];
+    if legacy.cross_subnet() {
+        cases.push((
+            "worker-1/app-1",
+            "worker-3/app-1",
+            lab.state().underlay_addr(1),
+            "cilium",
+            "legacy",
+        ));
+    }
     for (from, to, snat_addr, client_net, server_net) in cases {
         let (a, b) = (lab.endpoint(from).unwrap(), lab.endpoint(to).unwrap());
         let report = traffic::tcp_connections(&a, &b, 3, CONNECT_TIMEOUT).unwrap();
@@ -362,15 +512,32 @@ fn snat_is_seen_through(legacy: LegacyCni) {
                 "post-NAT flows joined, not reported twice: {conns:#?}"
             );
         }
-        // The receiving node sees the SNAT address arrive from the sender.
+        // The receiving node sees the SNAT address arrive from the sender:
+        // an overlay address as such; a node's underlay address (native,
+        // CrossSubnet) as that node's own traffic, which it cannot be told
+        // from.
         let receiver = fleet.connections(node_of(to)).unwrap();
+        let onto_underlay = lab
+            .nodes()
+            .enumerate()
+            .any(|(j, _)| lab.state().underlay_addr(j) == snat_addr);
         for seen in &report.seen_as {
             let r = receiver
                 .iter()
                 .find(|c| c.server == server && c.client == v4(*seen))
                 .unwrap_or_else(|| panic!("receiver: no connection from {seen}: {receiver:#?}"));
-            assert_eq!(r.snat_seen, SnatSeen::Arrived);
-            assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
+            if onto_underlay {
+                // A node's underlay address is no overlay address: the
+                // receiver sees the node itself as the client.
+                assert_eq!(
+                    (r.snat_seen, r.client_net.label()),
+                    (SnatSeen::None, "host"),
+                    "{r:#?}"
+                );
+            } else {
+                assert_eq!(r.snat_seen, SnatSeen::Arrived);
+                assert_eq!(r.snat.map(|s| *s.ip()), Some(snat_addr));
+            }
         }
     }
 }
@@ -383,6 +550,19 @@ fn pods_created_after_start_are_observed_at_their_pod_hook() {
 #[test]
 fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_vxlan() {
     pods_created_after_start_are_observed(LegacyCni::CalicoVxlan);
+}
+
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_crosssubnet() {
+    pods_created_after_start_are_observed(LegacyCni::CalicoCrossSubnet);
+}
+
+/// An `eni` veth followed, and the new pod's /32 in every node's address
+/// table: its node counts it as a legacy pod at its hook, and the peer
+/// names the pod's node as the sender of what it receives natively.
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_aws_native() {
+    pods_created_after_start_are_observed(LegacyCni::AwsNative);
 }
 
 /// The fleet follows interfaces by their names' default patterns, as the
@@ -403,18 +583,22 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
             .find(|(name, _)| *name == iface)
             .map(|(_, hook)| hook)
     };
-    assert_eq!(
-        hook_of(&fleet, "control-plane", legacy.device()),
-        Some(Hook::OverlayLegacy),
-        "{legacy}'s tunnel followed by its name"
-    );
+    if legacy.tunnelled() {
+        assert_eq!(
+            hook_of(&fleet, "control-plane", legacy.device()),
+            Some(Hook::OverlayLegacy),
+            "{legacy}'s tunnel followed by its name"
+        );
+    }
+    // Natively routed, the late legacy pod talks to a legacy pod on
+    // another node, which receives it with the pod's own address.
+    let legacy_peer = if legacy.tunnelled() {
+        "worker-1/app-1"
+    } else {
+        "worker-2/app-1"
+    };
     let cases = [
-        (
-            "control-plane",
-            "worker-1/app-1",
-            legacy.veth_prefix(),
-            "legacy",
-        ),
+        ("control-plane", legacy_peer, legacy.veth_prefix(), "legacy"),
         ("worker-1", "worker-2/app-1", "lxc", "cilium"),
     ];
     for (node, peer, prefix, net) in cases {
@@ -422,6 +606,9 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         let pod = lab.add_pod(node, "late", PodKind::App).unwrap();
         assert!(pod.host_if.starts_with(prefix), "{pod:?}");
         fleet.follow().unwrap();
+        // The pod as the API reports it: a natively routed legacy pod's
+        // /32 enters every node's address table.
+        fleet.configure(&lab).unwrap();
         assert_eq!(
             hook_of(&fleet, node, &pod.host_if),
             Some(Hook::Pod),
@@ -452,6 +639,26 @@ fn pods_created_after_start_are_observed(legacy: LegacyCni) {
         });
         assert!(flow.packets > 0, "{flow:#?}");
         assert_eq!(flow.src_net.label(), net, "{node}: {flow:#?}");
+        if !legacy.tunnelled() && net == "legacy" {
+            let receiver = node_of(peer);
+            let snapshot = fleet.member(receiver).observer.snapshot().unwrap();
+            let arrived = snapshot
+                .flows
+                .iter()
+                .find(|f| {
+                    f.src == pod.addr && f.dst_port == report.port && f.point.label() == "underlay"
+                })
+                .unwrap_or_else(|| panic!("{receiver}: nothing from {}", pod.addr));
+            assert_eq!(
+                (
+                    arrived.src_net.label(),
+                    arrived.overlay.label(),
+                    arrived.peer
+                ),
+                ("legacy", "native", Some(plan::underlay_addr(0))),
+                "{receiver} names the new pod's network and node: {arrived:#?}"
+            );
+        }
         eprintln!(
             "{legacy}: {node}/late on {} seen after {:?}",
             pod.host_if,
@@ -517,33 +724,124 @@ fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_vxlan() {
     injected_loss_is_measured(LegacyCni::CalicoVxlan);
 }
 
+/// No tunnel: the fault drops what control-plane sends worker-2 that is
+/// not node to node (its pods' packets, routed natively), and crossover
+/// counts the same packets on the native overlay, attributed to the node
+/// pair by the pods' /32s.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_aws_native() {
+    injected_loss_is_measured(LegacyCni::AwsNative);
+}
+
+/// CrossSubnet: loss on the same legacy network's native path within a
+/// subnet (control-plane to worker-2) and on its VXLAN path across
+/// (control-plane to worker-3), each alone among rows of both kinds.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_crosssubnet() {
+    injected_loss_is_measured(LegacyCni::CalicoCrossSubnet);
+}
+
+/// One node pair's path at fault, the streams around it, and the paths
+/// those streams must show (with no loss).
+struct LossCase {
+    /// The faulty stream's pods; the fault is between their nodes.
+    from: &'static str,
+    to: &'static str,
+    overlay: Overlay,
+    /// The overlay crossover counts the faulty path on.
+    row: &'static str,
+    others: Vec<(&'static str, &'static str)>,
+    /// A long TCP stream beside the UDP ones.
+    tcp: (&'static str, &'static str),
+    around: Vec<(&'static str, &'static str, &'static str)>,
+}
+
 fn injected_loss_is_measured(legacy: LegacyCni) {
     let _serial = serial();
     let mut lab = lab(legacy);
     let fleet = Fleet::attach(&lab).unwrap();
-    let e = |id: &str| lab.endpoint(id).unwrap();
     // The faulty path first (control-plane to worker-2 on the legacy
     // overlay), then everything around it: the way back, the other
     // overlay, other pairs.
-    let streams = [
-        (
-            e("control-plane/app-1"),
-            e("worker-2/app-1"),
-            LOSS_PACKETS,
-            10_000,
-        ),
-        (e("worker-2/app-2"), e("control-plane/app-2"), 4000, 1000),
-        (e("control-plane/app-2"), e("worker-1/app-1"), 4000, 1000),
-        (e("worker-1/app-2"), e("worker-2/app-2"), 4000, 1000),
-    ];
-    let (tcp_from, tcp_to) = (e("worker-2/ds"), e("control-plane/ds"));
+    let mut cases = vec![LossCase {
+        from: "control-plane/app-1",
+        to: "worker-2/app-1",
+        overlay: Overlay::Legacy,
+        // An untunnelled lab's legacy path is native.
+        row: legacy.overlay_label(),
+        others: vec![
+            ("worker-2/app-2", "control-plane/app-2"),
+            ("control-plane/app-2", "worker-1/app-1"),
+            ("worker-1/app-2", "worker-2/app-2"),
+        ],
+        tcp: ("worker-2/ds", "control-plane/ds"),
+        around: vec![
+            ("worker-2", "control-plane", legacy.overlay_label()),
+            ("control-plane", "worker-1", "cilium"),
+            ("worker-1", "worker-2", legacy.overlay_label()),
+        ],
+    }];
+    if legacy.cross_subnet() {
+        // Both kinds of legacy path carry traffic in both runs: native
+        // between control-plane and worker-2 (and worker-1's Cilium pods
+        // to worker-3), VXLAN from worker-3 (and worker-1's Cilium pods
+        // to worker-2) across.
+        let others = vec![
+            ("worker-2/app-2", "control-plane/app-2"),
+            ("control-plane/app-2", "worker-1/app-1"),
+            ("worker-1/app-2", "worker-2/app-2"),
+            ("worker-3/app-2", "control-plane/app-2"),
+            ("worker-1/app-1", "worker-3/app-1"),
+        ];
+        let around = vec![
+            ("worker-2", "control-plane", "native"),
+            ("control-plane", "worker-1", "cilium"),
+            ("worker-1", "worker-2", "legacy"),
+            ("worker-3", "control-plane", "legacy"),
+            ("worker-1", "worker-3", "native"),
+        ];
+        cases = vec![
+            LossCase {
+                from: "control-plane/app-1",
+                to: "worker-2/app-1",
+                overlay: Overlay::Native,
+                row: "native",
+                others: others.clone(),
+                tcp: ("worker-2/ds", "control-plane/ds"),
+                around: around.clone(),
+            },
+            LossCase {
+                from: "control-plane/app-1",
+                to: "worker-3/app-1",
+                overlay: Overlay::Legacy,
+                row: "legacy",
+                others,
+                tcp: ("worker-3/ds", "control-plane/ds"),
+                around,
+            },
+        ];
+    }
+    for case in &cases {
+        loss_on_one_path_only(&mut lab, &fleet, case);
+    }
+}
+
+/// 2% and then 10% on `case`'s path: crossover's loss there is what the
+/// wire dropped, within 0.5 pp of what was injected over at least 10,000
+/// packets, and nothing is lost elsewhere.
+fn loss_on_one_path_only(lab: &mut Lab, fleet: &Fleet, case: &LossCase) {
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let (from_node, to_node) = (node_of(case.from), node_of(case.to));
+    let mut streams = vec![(e(case.from), e(case.to), LOSS_PACKETS, 10_000)];
+    streams.extend(case.others.iter().map(|(a, b)| (e(a), e(b), 4000, 1000)));
+    let (tcp_from, tcp_to) = (e(case.tcp.0), e(case.tcp.1));
     for percent in [2.0, 10.0] {
         let before = fleet.deliveries().unwrap();
         let id = lab
             .inject(Fault::Loss {
-                from: "control-plane".into(),
-                to: "worker-2".into(),
-                overlay: Overlay::Legacy,
+                from: from_node.into(),
+                to: to_node.into(),
+                overlay: case.overlay,
                 percent,
             })
             .unwrap();
@@ -560,10 +858,11 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
         let drops = lab.drops(id).unwrap();
         lab.clear(id).unwrap();
 
-        let faulty = pair(&window, "control-plane", "worker-2", "legacy");
+        let faulty = pair(&window, from_node, to_node, case.row);
         let ratio = faulty.loss_ratio().unwrap();
         eprintln!(
-            "{percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
+            "{} {percent}%: {faulty:?} -> {:.3}%, wire dropped {drops}",
+            lab.state().legacy,
             ratio * 100.0
         );
         assert!(faulty.sent >= 10_000, "at least 10,000 packets: {faulty:?}");
@@ -584,11 +883,7 @@ fn injected_loss_is_measured(legacy: LegacyCni) {
             assert!(d.sent > 0, "{d:?}");
             assert!(d.lost() * 1000 <= d.sent, "no loss elsewhere: {d:?}");
         }
-        for (from, to, overlay) in [
-            ("worker-2", "control-plane", "legacy"),
-            ("control-plane", "worker-1", "cilium"),
-            ("worker-1", "worker-2", "legacy"),
-        ] {
+        for (from, to, overlay) in &case.around {
             pair(&window, from, to, overlay);
         }
     }
@@ -700,15 +995,6 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
     // A = worker-2, half way through its migration (a legacy DaemonSet pod
     // and Cilium app pods); B = worker-1, migrated; C = control-plane.
     lab.migrate("worker-2", false).unwrap();
-    let mut fleet = Fleet::attach(&lab).unwrap();
-    let id = lab
-        .inject(Fault::Loss {
-            from: "worker-2".into(),
-            to: "worker-1".into(),
-            overlay: Overlay::Cilium,
-            percent: 100.0,
-        })
-        .unwrap();
     // client, server, fails
     let cases = [
         ("worker-2/ds", "worker-1/app-1", true), // legacy to Cilium, A to B
@@ -723,6 +1009,76 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         ("worker-1/app-1", "control-plane/app-1", false),
         ("worker-2", "worker-1", false),
     ];
+    blackhole_fails_exactly(
+        &mut lab,
+        LegacyCni::Flannel,
+        ("worker-2", "worker-1", Overlay::Cilium),
+        &cases,
+    );
+}
+
+/// The same on each legacy CNI's own path: control-plane's legacy overlay
+/// (its tunnel, or for AWS and within a CrossSubnet lab's subnet its
+/// natively routed pod traffic) towards worker-2 cut, both legacy nodes'
+/// pods and hosts on either side of it.
+#[test]
+fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
+    let _serial = serial();
+    // client, server, fails: C = control-plane (legacy), B = worker-1
+    // (migrated), A = worker-2 (legacy); C to A on the legacy path is cut.
+    let cases = [
+        ("control-plane/app-1", "worker-2/app-1", true), // legacy to legacy, C to A
+        ("worker-2/app-2", "control-plane/app-2", true), // A to C: its SYN-ACK goes C to A
+        ("control-plane", "worker-2/app-1", true),       // C's host to a legacy pod: the same path
+        ("worker-1/app-1", "worker-2/app-1", false),     // Cilium to legacy, from B
+        ("control-plane/app-1", "worker-1/app-1", false), // legacy to Cilium rides Cilium's overlay
+        ("worker-2/app-1", "worker-1/app-2", false),
+        ("control-plane", "worker-2", false), // host to host: plain underlay
+    ];
+    for legacy in LegacyCni::ALL {
+        let mut lab = lab(legacy);
+        eprintln!("{legacy}");
+        // CrossSubnet: control-plane and worker-2 share an underlay
+        // subnet, so the legacy network's path between them is native.
+        // Its worker-3 reaches control-plane through vxlan.calico,
+        // untouched.
+        let (path, extra) = match legacy.cross_subnet() {
+            true => (
+                Overlay::Native,
+                Some(("worker-3/app-1", "control-plane/app-1", false)),
+            ),
+            false => (Overlay::Legacy, None),
+        };
+        let cases: Vec<_> = cases.iter().copied().chain(extra).collect();
+        blackhole_fails_exactly(
+            &mut lab,
+            legacy,
+            ("control-plane", "worker-2", path),
+            &cases,
+        );
+    }
+}
+
+/// Cuts `cut` (from, to, overlay) whole and opens two TCP connections per
+/// case (client, server, whether it must fail): exactly the failing ones
+/// are unanswered on the client's node, once each in the kernel's
+/// per-peer counters, which agree with the flows; the cut pair's delivery
+/// loss is what the wire dropped and no other pair loses.
+fn blackhole_fails_exactly(
+    lab: &mut Lab,
+    legacy: LegacyCni,
+    cut: (&str, &str, Overlay),
+    cases: &[(&str, &str, bool)],
+) {
+    let mut fleet = Fleet::attach(lab).unwrap();
+    let id = lab
+        .inject(Fault::Loss {
+            from: cut.0.into(),
+            to: cut.1.into(),
+            overlay: cut.2,
+            percent: 100.0,
+        })
+        .unwrap();
     let before = fleet.deliveries().unwrap();
     let reports: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
@@ -735,7 +1091,6 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     std::thread::sleep(Duration::from_millis(1000));
-
     let mut failing = Vec::new();
     for ((from, to, fails), report) in cases.iter().zip(&reports) {
         // The generator is the ground truth crossover is checked against.
@@ -792,15 +1147,20 @@ fn a_blackholed_overlay_fails_exactly_the_handshakes_that_cross_it() {
         "every failed handshake, once"
     );
     let window = delivery::window(&before, &fleet.deliveries().unwrap());
-    let cut = pair(&window, "worker-2", "worker-1", "cilium");
-    assert!(cut.sent > 0 && cut.received == 0, "{cut:?}");
-    assert_eq!(cut.lost(), lab.drops(id).unwrap());
+    let label = match cut.2 {
+        Overlay::Legacy => legacy.overlay_label(),
+        overlay => overlay.label(),
+    };
+    let cut_path = pair(&window, cut.0, cut.1, label);
+    assert!(cut_path.sent > 0 && cut_path.received == 0, "{cut_path:?}");
+    assert_eq!(cut_path.lost(), lab.drops(id).unwrap());
     for d in window
         .iter()
-        .filter(|d| !same_path(d, &cut.from, &cut.to, cut.overlay))
+        .filter(|d| !same_path(d, &cut_path.from, &cut_path.to, cut_path.overlay))
     {
-        assert_eq!(d.lost(), 0, "only A to B on Cilium loses: {d:?}");
+        assert_eq!(d.lost(), 0, "only the cut path loses: {d:?}");
     }
+    lab.clear(id).unwrap();
 }
 
 /// Per (peer, overlay, direction, network pair): the slot counters equal

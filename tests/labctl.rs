@@ -347,26 +347,11 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     let bad = lab_cmd(&unique("w"), &["up", "--legacy", "weave"]);
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("expected flannel or calico-vxlan"),
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("expected one of flannel, calico-vxlan, aws-native, calico-crosssubnet"),
         "{bad:?}"
     );
-    let name = unique("cv");
-    let up = lab_cmd(
-        &name,
-        &[
-            "up",
-            "--nodes",
-            "2",
-            "--migrated",
-            "0",
-            "--pods",
-            "1",
-            "--legacy",
-            "calico-vxlan",
-        ],
-    );
-    assert!(up.status.success(), "{up:?}");
-    let lab = Lab::open(&name).unwrap().remove_on_drop();
+    let (name, lab) = up_two_nodes("cv", "calico-vxlan");
     let ns = lab.node_ns("control-plane");
     let sh = |args: &str| {
         exec::in_ns(&ns, &args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e:#}"))
@@ -413,26 +398,7 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
         "{shape:#}"
     );
 
-    let answered = || {
-        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
-        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if report["answered"] == 1 {
-            let seen = report["seen_as"][0].as_str().unwrap();
-            assert!(
-                seen.starts_with(&format!("{}:", pod.addr)),
-                "no NAT inside the pool: {report}"
-            );
-        }
-        report["answered"].as_u64().unwrap()
-    };
-    assert_eq!(answered(), 1);
-    let blackhole = "fault blackhole --from control-plane --to worker-1 --overlay legacy";
-    let fault = lab_cmd(&name, &blackhole.split(' ').collect::<Vec<_>>());
-    assert!(fault.status.success(), "{fault:?}");
-    assert_eq!(answered(), 0);
-    assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
-    assert_eq!(answered(), 1);
+    blackhole_cuts_the_legacy_path(&name, pod.addr, "no NAT inside the pool");
     // The MTU fault lowers Calico's tunnel, and clearing it restores 1450.
     let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
     assert!(
@@ -443,4 +409,227 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     assert!(sh("ip link show vxlan.calico").contains("mtu 1300"));
     assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
     assert!(sh("ip link show vxlan.calico").contains("mtu 1450"));
+}
+
+/// `lab up --legacy calico-crosssubnet` builds Calico's `vxlanMode:
+/// CrossSubnet`: nodes alternate between two underlay /24s with a router
+/// between them; a peer's block in the same subnet is routed via its
+/// underlay address on `eth0` (Felix's protocol 80), one across subnets
+/// through `vxlan.calico`, whose VTEP entries exist for every peer. A
+/// native blackhole cuts exactly the same-subnet pair's pod traffic, a
+/// legacy one exactly the cross-subnet pair's.
+#[test]
+fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
+    require_root();
+    let name = unique("cs");
+    let args = "up --nodes 4 --migrated 0 --pods 1 --legacy calico-crosssubnet";
+    let up = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+    assert!(up.status.success(), "{up:?}");
+    let lab = Lab::open(&name).unwrap().remove_on_drop();
+    let sh = |node: &str, args: &str| {
+        exec::in_ns(&lab.node_ns(node), &args.split(' ').collect::<Vec<_>>())
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    for (node, addr) in [
+        ("control-plane", "172.18.0.2/24"),
+        ("worker-1", "172.18.1.3/24"),
+        ("worker-2", "172.18.0.4/24"),
+        ("worker-3", "172.18.1.5/24"),
+    ] {
+        assert!(
+            sh(node, "ip -4 addr show dev eth0").contains(addr),
+            "{node}: {addr}"
+        );
+    }
+    let routes = sh("control-plane", "ip -4 route");
+    for want in [
+        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto 80",
+        "10.244.1.0/24 via 10.244.1.0 dev vxlan.calico onlink",
+        "10.244.3.0/24 via 10.244.3.0 dev vxlan.calico onlink",
+        "172.18.1.0/24 via 172.18.0.254 dev eth0",
+        "blackhole 10.244.0.0/24",
+    ] {
+        assert!(routes.contains(want), "{want}:\n{routes}");
+    }
+    let routes = sh("worker-1", "ip -4 route");
+    assert!(
+        routes.contains("10.244.3.0/24 via 172.18.1.5 dev eth0 proto 80"),
+        "{routes}"
+    );
+    // Felix programs every VTEP, whichever route a peer's block takes.
+    let neigh = sh("control-plane", "ip neigh show dev vxlan.calico");
+    for peer in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
+        assert!(neigh.contains(peer), "{peer}: {neigh}");
+    }
+    let underlay = exec::in_ns(&lab.underlay_ns(), &["ip", "-4", "addr"]).unwrap();
+    assert!(
+        underlay.contains("172.18.0.254/24") && underlay.contains("172.18.1.254/24"),
+        "{underlay}"
+    );
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(shape["networks"][0]["cross_subnet"], true, "{shape:#}");
+    assert_eq!(shape["nodes"][3]["underlay"], "172.18.1.5", "{shape:#}");
+
+    let answered = |to: &str| {
+        let args = format!("traffic tcp --from control-plane/app-1 --to {to} --count 1");
+        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["answered"].as_u64().unwrap()
+    };
+    // Which of the same-subnet and the cross-subnet pair answer while
+    // `fault` (if any) is in place, the fault cleared afterwards.
+    let mut next_fault = 1;
+    let mut with_fault = |fault: Option<&str>| {
+        if let Some(fault) = fault {
+            let out = lab_cmd(&name, &fault.split(' ').collect::<Vec<_>>());
+            assert!(out.status.success(), "{out:?}");
+        }
+        let both = (answered("worker-2/app-1"), answered("worker-3/app-1"));
+        if fault.is_some() {
+            let id = next_fault.to_string();
+            assert!(lab_cmd(&name, &["fault", "clear", &id]).status.success());
+            next_fault += 1;
+        }
+        both
+    };
+    assert_eq!(with_fault(None), (1, 1));
+    assert_eq!(
+        with_fault(Some(
+            "fault blackhole --from control-plane --to worker-2 --overlay native"
+        )),
+        (0, 1)
+    );
+    assert_eq!(
+        with_fault(Some(
+            "fault blackhole --from control-plane --to worker-3 --overlay legacy"
+        )),
+        (1, 0)
+    );
+    // The native overlay has no device whose MTU a fault could lower.
+    let mtu = "fault mtu --node control-plane --overlay native --mtu 1300";
+    let out = lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>());
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no device of its own"),
+        "{out:?}"
+    );
+}
+
+/// `lab up --legacy aws-native` builds legacy nodes as the AWS VPC CNI
+/// does: no tunnel and no bridge, `eni*` veths with /32 routes and the
+/// to-pod rule, pods with addresses of the node subnet and `169.254.1.1`
+/// as gateway, `AWS-SNAT-CHAIN-0`, a /32 route per peer pod via its node
+/// (the VPC fabric's stand-in) that goes with the pod; pods reach each
+/// other natively, and a legacy blackhole cuts exactly that path.
+#[test]
+fn aws_native_nodes_are_built_as_the_aws_vpc_cni_builds_them() {
+    require_root();
+    let (name, mut lab) = up_two_nodes("aw", "aws-native");
+    let ns = lab.node_ns("control-plane");
+    let sh = |args: &str| {
+        exec::in_ns(&ns, &args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    for absent in ["cni0", "flannel.1", "vxlan.calico"] {
+        assert!(
+            exec::in_ns(&ns, &["ip", "link", "show", absent]).is_err(),
+            "the AWS VPC CNI has no {absent}"
+        );
+    }
+    let pod = lab.pod("control-plane/app-1").unwrap().clone();
+    let peer = lab.pod("worker-1/app-1").unwrap().clone();
+    assert!(pod.host_if.starts_with("eni"), "{pod:?}");
+    let subnet: ipnet::Ipv4Net = "172.18.0.0/16".parse().unwrap();
+    assert!(
+        subnet.contains(&pod.addr) && subnet.contains(&peer.addr),
+        "pods in the nodes' subnet: {pod:?} {peer:?}"
+    );
+    let routes = sh("ip -4 route");
+    assert!(
+        routes.contains(&format!("{} dev {} scope link", pod.addr, pod.host_if)),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!("{} via 172.18.0.3 dev eth0", peer.addr)),
+        "the fabric's route to the peer's pod: {routes}"
+    );
+    assert!(
+        sh("ip rule").contains(&format!("512:\tfrom all to {} lookup main", pod.addr)),
+        "{}",
+        sh("ip rule")
+    );
+    let inside = exec::in_ns(&pod.netns, &["ip", "-4", "route"]).unwrap();
+    assert!(
+        inside.contains("default via 169.254.1.1 dev eth0"),
+        "{inside}"
+    );
+    let addr = exec::in_ns(&pod.netns, &["ip", "-4", "addr", "show", "eth0"]).unwrap();
+    assert!(addr.contains(&format!("{}/32", pod.addr)), "{addr}");
+    let nat = sh("iptables -t nat -S");
+    assert!(
+        nat.contains("-A AWS-SNAT-CHAIN-0 -d 172.18.0.0/16")
+            && nat.contains("-j SNAT --to-source 172.18.0.2 --random-fully"),
+        "{nat}"
+    );
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(shape["networks"][0]["encapsulation"], "native", "{shape:#}");
+    assert_eq!(shape["networks"][0]["cidrs"], serde_json::json!([]));
+    let listed = shape["pods"].as_array().unwrap();
+    assert!(
+        listed.contains(&serde_json::json!({
+            "addr": pod.addr.to_string(), "node": "control-plane", "role": "legacy"
+        })),
+        "{shape:#}"
+    );
+
+    blackhole_cuts_the_legacy_path(&name, pod.addr, "no SNAT inside the VPC");
+    let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
+    let out = lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>());
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no legacy tunnel device"),
+        "{out:?}"
+    );
+
+    // A pod's fabric route and rule go with it.
+    let worker = lab.node_ns("worker-1");
+    lab.delete_pod("worker-1", "app-1").unwrap();
+    assert!(!sh("ip -4 route").contains(&peer.addr.to_string()));
+    let rules = exec::in_ns(&worker, &["ip", "rule"]).unwrap();
+    assert!(!rules.contains(&peer.addr.to_string()), "{rules}");
+}
+
+/// `lab up` of two nodes, none migrated, one app pod each, the legacy side
+/// built as `legacy` builds it.
+fn up_two_nodes(prefix: &str, legacy: &str) -> (String, Lab) {
+    let name = unique(prefix);
+    let args = format!("up --nodes 2 --migrated 0 --pods 1 --legacy {legacy}");
+    let up = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+    assert!(up.status.success(), "{up:?}");
+    let lab = Lab::open(&name).unwrap().remove_on_drop();
+    (name, lab)
+}
+
+/// control-plane/app-1 (at `pod`) reaches worker-1/app-1 untranslated
+/// (`why`), not while a legacy blackhole cuts control-plane to worker-1
+/// (fault 1), and again once it is cleared.
+fn blackhole_cuts_the_legacy_path(name: &str, pod: std::net::Ipv4Addr, why: &str) {
+    let answered = || {
+        let args = "traffic tcp --from control-plane/app-1 --to worker-1/app-1 --count 1";
+        let out = lab_cmd(name, &args.split(' ').collect::<Vec<_>>());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if report["answered"] == 1 {
+            let seen = report["seen_as"][0].as_str().unwrap();
+            assert!(seen.starts_with(&format!("{pod}:")), "{why}: {report}");
+        }
+        report["answered"].as_u64().unwrap()
+    };
+    assert_eq!(answered(), 1);
+    let blackhole = "fault blackhole --from control-plane --to worker-1 --overlay legacy";
+    let fault = lab_cmd(name, &blackhole.split(' ').collect::<Vec<_>>());
+    assert!(fault.status.success(), "{fault:?}");
+    assert_eq!(answered(), 0);
+    assert!(lab_cmd(name, &["fault", "clear", "1"]).status.success());
+    assert_eq!(answered(), 1);
 }

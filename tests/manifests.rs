@@ -729,6 +729,27 @@ fn watched(args: &AgentArgs) -> Vec<Watched<'_>> {
             Scope::In(&args.cilium_namespace),
             Some(CILIUM_CONFIG),
         ),
+        // Calico's CRDs, read as dynamic objects.
+        {
+            let r = observer::cluster::calico::ip_pool_resource();
+            Watched {
+                what: "ippools",
+                group: r.group,
+                resource: r.plural,
+                scope: Scope::All,
+                name: None,
+            }
+        },
+        {
+            let r = observer::cluster::calico::block_affinity_resource();
+            Watched {
+                what: "blockaffinities",
+                group: r.group,
+                resource: r.plural,
+                scope: Scope::All,
+                name: None,
+            }
+        },
         of::<Pod>("agent-pods", Scope::In(&args.namespace), None),
         of::<Pod>("probe-pods", Scope::All, None),
         of::<ConfigMap>(

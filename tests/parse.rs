@@ -1061,3 +1061,99 @@ fn ip_only_overlay_devices_are_read_from_the_ipv4_header() {
     }
     assert_eq!(h.snapshot().counter(Counter::SeenOverlay), 3);
 }
+
+/// Pod addresses are classified from ADDR_BLOCKS, everything else by the
+/// trie: both must give every address the same networks, node and SNAT.
+/// The same packets through a harness whose blocks are off (capacity 0)
+/// are the reference. Covers pods on both nodes, the nodes' overlay /32s
+/// inside their blocks, a block holding two /32s (left to the trie), an
+/// address of a cluster range no node has, node and outside addresses.
+#[test]
+fn pod_addresses_classify_the_same_by_block_as_by_the_trie() {
+    let mut shape = two_node_shape();
+    shape.nodes[1].overlay_addrs.push([10, 244, 1, 9].into());
+    let by_block = Harness::new(&shape);
+    let by_trie = Harness::with_options(
+        &shape,
+        LoadOptions {
+            addr_block_capacity: 0,
+            ..LoadOptions::default()
+        },
+    );
+    let summary = by_block.observer.block_summary();
+    assert_eq!(summary.ranges.len(), 2, "{summary:?}");
+    assert_eq!(summary.asking, 1, "{summary:?}");
+    assert!(by_trie.observer.block_summary().ranges.is_empty());
+
+    let addresses: [[u8; 4]; 12] = [
+        LEGACY_A,
+        LEGACY_B,
+        CILIUM_A,
+        CILIUM_B,
+        [10, 244, 0, 0],
+        [10, 245, 1, 1],
+        [10, 244, 1, 9],
+        [10, 244, 77, 3],
+        [10, 245, 255, 255],
+        NODE_A,
+        NODE_B,
+        [203, 0, 113, 9],
+    ];
+    for src in addresses {
+        for dst in addresses {
+            let packet = ip(src, dst, udp(4000, 53, b"q")).frame();
+            run_ok(&by_block, "crossover_pod_egress", &packet);
+            run_ok(&by_trie, "crossover_pod_egress", &packet);
+        }
+    }
+    let classes = |h: &Harness| {
+        let mut flows: Vec<_> = h
+            .snapshot()
+            .flows
+            .into_iter()
+            .map(|f| {
+                (
+                    f.src,
+                    f.dst,
+                    f.src_net,
+                    f.dst_net,
+                    f.snat,
+                    f.snat_addr,
+                    f.peer,
+                )
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.0, f.1));
+        flows
+    };
+    let (block, trie) = (classes(&by_block), classes(&by_trie));
+    assert_eq!(block.len(), addresses.len() * addresses.len());
+    assert_eq!(block, trie);
+
+    // The kernel does answer from the blocks: an entry changed behind the
+    // plan's back changes what a new flow towards its block is given.
+    let mut by_block = by_block;
+    let plan = by_block.observer.block_plan().clone();
+    // node-b's legacy block holds two /32s and asks the trie: its Cilium
+    // block answers.
+    let range = plan.ranges[1];
+    let cilium_b = u32::from(std::net::Ipv4Addr::from(CILIUM_B));
+    assert_eq!(range.base, cilium_b & range.mask);
+    let index = range.offset + ((cilium_b - range.base) >> range.shift);
+    let mut poisoned = plan.entries[index as usize];
+    poisoned.info.node = u32::from_ne_bytes([1, 2, 3, 4]);
+    by_block
+        .observer
+        .write_addr_block(index, poisoned)
+        .expect("write entry");
+    by_block.observer.clear_flows().expect("clear");
+    run_ok(
+        &by_block,
+        "crossover_pod_egress",
+        &ip(LEGACY_A, CILIUM_B, udp(4001, 53, b"q")).frame(),
+    );
+    assert_eq!(
+        only_flow(&by_block.snapshot()).peer,
+        Some([1, 2, 3, 4].into())
+    );
+}

@@ -17,7 +17,7 @@ use crossover_tests::{
     prometheus::{
         PROMETHEUS_PORT, Server, check_documented, dashboard_queries, dashboard_variable_metrics,
         documented, metric_names, promtool, recorded_names, servicemonitor_target_labels,
-        write_rules_file,
+        write_rules_file, write_rules_file_at,
     },
     require_root,
 };
@@ -505,4 +505,80 @@ fn past_the_detail_limit_peers_are_summed_into_a_star() {
     assert!(sent >= 400, "{egress:?}");
     drop(agents);
     lab.clear_all().unwrap();
+}
+
+/// A node whose underlay hook runs behind another program (held at
+/// priority 1 in netlink mode, as in tests/agent.rs) is blind: a reading
+/// from Prometheus lists its blind hook as a reading of the agents does,
+/// names the node failed, and leaves every pair of it out of the rows
+/// (its agent's figures are not what crossed its NIC), while the other
+/// pairs read as usual. Rules at a 10 s record window, for a short test.
+#[test]
+fn a_blind_underlay_is_left_out_of_a_prometheus_reading() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        name: unique("pb"),
+        nodes: 3,
+        migrated: 0,
+        pods: 1,
+        ..LabSpec::default()
+    })
+    .unwrap()
+    .remove_on_drop();
+    crossover_tests::standin::hold_priority_1(&lab.node_ns("worker-1"), "eth0", "egress");
+    let agents = Agents::spawn_all(&lab, &["--attach-mode", "netlink"]);
+    let dir = temp_dir("prometheus-blind");
+    write_rules_file_at(&dir, "10s");
+    let server = Server::on_lab(&lab, &dir).unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let streams = [
+        (e("control-plane/app-1"), e("worker-1/app-1")),
+        (e("worker-1/app-1"), e("control-plane/app-1")),
+        (e("control-plane/app-1"), e("worker-2/app-1")),
+        (e("worker-2/app-1"), e("control-plane/app-1")),
+    ];
+    let reading = std::thread::scope(|s| {
+        for (from, to) in &streams {
+            s.spawn(move || traffic::udp_stream(from, to, 100 * 40, 100, 200).unwrap());
+        }
+        // Two record windows of traffic, then read while it runs.
+        let ((reading, _), _) = within(Duration::from_secs(40), "worker-2's rows", || {
+            std::thread::sleep(Duration::from_secs(2));
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.underlay_ns(), CROSSOVER, "loss"])
+                .args(["--prometheus", server.url()])
+                .args(["--window", "10s", "--format", "json"])
+                .output()
+                .unwrap();
+            let reading: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let rows = reading["rows"].as_array()?;
+            rows.iter()
+                .any(|r| r["node"] == "worker-2" || r["peer_node"] == "worker-2")
+                .then_some((reading, ()))
+        });
+        reading
+    });
+    assert_eq!(
+        reading["blind"],
+        serde_json::json!([{
+            "node": "worker-1",
+            "counts": [{"hook": "underlay", "direction": "egress", "blind": 1}],
+            "named": [],
+        }]),
+        "{reading:#}"
+    );
+    let failed = reading["failed"].to_string();
+    assert!(
+        failed.contains("worker-1: its underlay ran behind another program"),
+        "{reading:#}"
+    );
+    for row in reading["rows"].as_array().unwrap() {
+        assert!(
+            row["node"] != "worker-1" && row["peer_node"] != "worker-1",
+            "a pair of the blind node: {row}"
+        );
+    }
+    drop(server);
+    drop(agents);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,5 +1,6 @@
 //! Bad cluster shapes and flags are refused with an error naming the field.
 use observer::shape::ClusterShape;
+use serde_json::Value;
 
 fn error_of(json: &str) -> String {
     ClusterShape::from_json(json).expect_err(json).to_string()
@@ -172,4 +173,252 @@ fn the_address_table_is_sized_from_the_shape() {
         16_384,
         "at least the default"
     );
+}
+
+/// Calico's IPPools and BlockAffinities served by the fake API server, read
+/// by the agent's watches (`Cluster`) as dynamic objects: the legacy
+/// network's range and VXLAN CrossSubnet encapsulation from the pool, each
+/// node's share from its blocks, every value's source; a bad pool and a bad
+/// block are named with their field and left out, the rest applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calico_pools_and_blocks_from_the_api_make_the_shape() {
+    use crossover_tests::apiserver::{
+        FakeApiServer, Gvr, ResourceKind,
+        fixtures::{NodeBuilder, calico_object},
+    };
+    use observer::cluster::{Cluster, ClusterOptions, derive::ShapeOverrides};
+    use serde_json::json;
+
+    let server = FakeApiServer::start().unwrap();
+    for (plural, kind) in [("ippools", "IPPool"), ("blockaffinities", "BlockAffinity")] {
+        server.register(ResourceKind::new(
+            Gvr::new("crd.projectcalico.org", "v1", plural),
+            kind,
+            false,
+        ));
+    }
+    for (j, name) in ["control-plane", "worker-1"].iter().enumerate() {
+        let ip = format!("172.18.{j}.{}", j + 2);
+        let node = NodeBuilder::new(name)
+            .internal_ip(&ip)
+            .annotation("projectcalico.org/IPv4Address", &format!("{ip}/24"))
+            .annotation(
+                "projectcalico.org/IPv4VXLANTunnelAddr",
+                &format!("10.244.{}.0", j * 64),
+            )
+            .value();
+        server.apply(node).unwrap();
+    }
+    let objects = [
+        calico_object(
+            "IPPool",
+            "default-ipv4-ippool",
+            json!({"cidr": "10.244.0.0/16", "vxlanMode": "CrossSubnet", "ipipMode": "Never", "natOutgoing": true}),
+        ),
+        calico_object(
+            "IPPool",
+            "typo",
+            json!({"cidr": "10.250.0.0/16", "vxlanMode": "crosssubnet"}),
+        ),
+        calico_object(
+            "BlockAffinity",
+            "control-plane-10-244-0-0-26",
+            json!({"cidr": "10.244.0.0/26", "node": "control-plane", "state": "confirmed", "deleted": "false"}),
+        ),
+        calico_object(
+            "BlockAffinity",
+            "worker-1-10-244-0-64-26",
+            json!({"cidr": "10.244.0.64/26", "node": "worker-1", "state": "confirmed", "deleted": "false"}),
+        ),
+        calico_object(
+            "BlockAffinity",
+            "worker-1-pending",
+            json!({"cidr": "10.244.0.128/26", "node": "worker-1", "state": "pending", "deleted": "false"}),
+        ),
+        calico_object("BlockAffinity", "orphan", json!({"cidr": "10.244.1.0/26"})),
+    ];
+    for object in objects {
+        server.apply(object).unwrap();
+    }
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "crossover-calico-shape-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let cluster = Cluster::start(ClusterOptions {
+        kubeconfig: Some(kubeconfig.clone()),
+        node_name: "control-plane".into(),
+        cilium_namespace: "kube-system".into(),
+        agent_namespace: "crossover".into(),
+        agent_selector: "app=crossover-agent".into(),
+        probe_selector: "app=crossover-probe".into(),
+        migration_name: "crossover".into(),
+        overrides: ShapeOverrides::default(),
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), cluster.wait_synced())
+        .await
+        .expect("watches synced");
+    let health = cluster.health();
+    assert!(
+        health["ippools"].synced && health["blockaffinities"].synced,
+        "{health:?}"
+    );
+    let derived = cluster.derive();
+    let _ = std::fs::remove_file(&kubeconfig);
+    let shape = serde_json::to_value(&derived.shape).unwrap();
+    assert_eq!(
+        shape["networks"][0],
+        json!({
+            "role": "legacy",
+            "cidrs": ["10.244.0.0/16"],
+            "encapsulation": {"vxlan": {"port": 4789}},
+            "cross_subnet": true,
+        }),
+        "{shape:#}"
+    );
+    assert_eq!(shape["networks"].as_array().unwrap().len(), 2, "{shape:#}");
+    let shares: Vec<(&str, &Value)> = shape["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), &n["pod_cidrs"]))
+        .collect();
+    assert_eq!(
+        shares,
+        [
+            (
+                "control-plane",
+                &json!([{"role": "legacy", "cidr": "10.244.0.0/26"}])
+            ),
+            (
+                "worker-1",
+                &json!([{"role": "legacy", "cidr": "10.244.0.64/26"}])
+            ),
+        ]
+    );
+    let sources: Vec<(String, String)> = derived
+        .sources
+        .iter()
+        .map(|s| (s.field.to_string(), s.from.clone()))
+        .collect();
+    for want in [
+        ("legacy.cidrs", "IPPools' spec.cidr (default-ipv4-ippool)"),
+        (
+            "legacy.encapsulation",
+            "IPPool default-ipv4-ippool spec.vxlanMode=CrossSubnet",
+        ),
+        (
+            "nodes[].pod_cidrs (legacy)",
+            "BlockAffinities' spec.cidr by spec.node (confirmed); 1 pending, deleted or IPv6 left out",
+        ),
+    ] {
+        assert!(
+            sources.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} in {sources:?}"
+        );
+    }
+    for want in [
+        "IPPool \"typo\" spec.vxlanMode: \"crosssubnet\" is not Always, CrossSubnet or Never; that pool is left out",
+        "BlockAffinity \"orphan\" spec.node: missing; that block is left out",
+    ] {
+        assert!(
+            derived.warnings.iter().any(|w| w == want),
+            "{want} in {:?}",
+            derived.warnings
+        );
+    }
+    derived.shape.validate().unwrap();
+}
+
+/// A CrossSubnet network's peers are on its tunnel's overlay or on
+/// `native`: both get PEER_STATS slots (`peer_overlays`); without the flag
+/// a VXLAN network's pairs are only on its tunnel's overlay.
+#[test]
+fn a_cross_subnet_network_reaches_peers_on_its_tunnel_and_natively() {
+    use observer_ebpf::Overlay;
+    let json = |cross: bool| {
+        format!(
+            r#"{{"networks":[{{"role":"legacy","cidrs":["10.244.0.0/16"],"encapsulation":{{"vxlan":{{"port":4789}}}},"cross_subnet":{cross}}}],"extra_vxlan_ports":{{}}}}"#
+        )
+    };
+    let overlays = |cross: bool| {
+        ClusterShape::from_json(&json(cross))
+            .unwrap()
+            .peer_overlays()
+            .unwrap()
+    };
+    assert_eq!(overlays(true), [Overlay::Legacy, Overlay::Native]);
+    assert_eq!(overlays(false), [Overlay::Legacy]);
+}
+
+#[test]
+fn listed_pods_are_32s_of_their_node_and_checked() {
+    // The AWS VPC CNI's network: no ranges, each pod listed.
+    let json = r#"{"networks":[{"role":"legacy","cidrs":[],"encapsulation":"native"},
+        {"role":"cilium","cidrs":["10.245.0.0/16"],"encapsulation":{"vxlan":{"port":8473}}}],
+        "nodes":[{"name":"a","underlay":"172.31.0.10"},{"name":"b","underlay":"172.31.0.11"}],
+        "pods":[{"addr":"172.31.5.23","node":"a","role":"legacy"},{"addr":"172.31.9.40","node":"b","role":"legacy"}]}"#;
+    let shape = ClusterShape::from_json(json).unwrap();
+    assert_eq!(shape.rangeless_role(), Some(observer::shape::Role::Legacy));
+    let entries: Vec<(String, u8, std::net::Ipv4Addr)> = shape
+        .pod_entries()
+        .into_iter()
+        .map(|(net, info)| {
+            (
+                net.to_string(),
+                info.net,
+                observer::shape::addr_from_wire(info.node),
+            )
+        })
+        .collect();
+    let legacy = observer_ebpf::Net::Legacy.wire();
+    assert_eq!(
+        entries,
+        vec![
+            (
+                "172.31.5.23/32".into(),
+                legacy,
+                "172.31.0.10".parse().unwrap()
+            ),
+            (
+                "172.31.9.40/32".into(),
+                legacy,
+                "172.31.0.11".parse().unwrap()
+            ),
+        ]
+    );
+    // Kept apart from the ranges, which the kernel takes all or none.
+    assert!(
+        shape
+            .kernel_addrs()
+            .iter()
+            .all(|(net, _)| net.prefix_len() < 32
+                || !["172.31.5.23", "172.31.9.40"].contains(&net.addr().to_string().as_str()))
+    );
+    assert!(shape.without_pods().pods.is_empty());
+
+    let second = r#"{"addr":"172.31.9.40","node":"b","role":"legacy"}"#;
+    for (bad, want) in [
+        (
+            r#"{"addr":"172.31.9.40","node":"c","role":"legacy"}"#,
+            "pods[1] (172.31.9.40, c): the node is not in nodes",
+        ),
+        (
+            r#"{"addr":"172.31.5.23","node":"b","role":"legacy"}"#,
+            "pods[1] (172.31.5.23, b): the address is listed twice",
+        ),
+        (
+            r#"{"addr":"172.31.0.10","node":"b","role":"legacy"}"#,
+            "pods[1] (172.31.0.10, b): the address is a node's own",
+        ),
+        (
+            r#"{"addr":"10.245.3.4","node":"b","role":"legacy"}"#,
+            "pods[1] (10.245.3.4, b): a Legacy pod inside a Cilium range",
+        ),
+    ] {
+        let err = error_of(&json.replace(second, bad));
+        assert!(err.contains(want), "{err}");
+    }
 }

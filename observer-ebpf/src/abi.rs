@@ -10,6 +10,12 @@ pub mod map {
     pub const CONFIG: &str = "CONFIG";
     /// `LpmTrie<u32, AddrInfo>`: every address range the cluster knows.
     pub const ADDRS: &str = "ADDRS";
+    /// `Array<AddrBlock>`, written by userspace: ADDRS's answers for the
+    /// cluster's pod ranges, one entry per block of a range
+    /// ([`Config::block_ranges`]), so a new flow's addresses are classified
+    /// by arithmetic and an array read whatever the cluster's size. What
+    /// an entry cannot answer exactly is left to ADDRS.
+    pub const ADDR_BLOCKS: &str = "ADDR_BLOCKS";
     /// `HashMap<FlowKey, FlowStats>`: one entry per flow per observation point.
     pub const FLOWS: &str = "FLOWS";
     /// `HashMap<PeerKey, u32>`, written by userspace: the PEER_STATS slot of
@@ -24,6 +30,11 @@ pub mod map {
     /// `PerCpuHashMap<PeerKey, PeerStats>`: underlay traffic of peers that
     /// have no slot (not in the cluster shape, or not yet).
     pub const PEERS: &str = "PEERS";
+    /// `PerCpuArray<SlotCacheEntry>`: PEER_SLOTS's answers this CPU met
+    /// lately, direct-mapped by a hash of the key, so a new flow towards a
+    /// peer finds its slot without a hash-map lookup. The process's own,
+    /// never pinned: a restarted agent starts it empty.
+    pub const SLOT_CACHE: &str = "SLOT_CACHE";
     /// `PerCpuArray<u64>` indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
     /// `Array<DropConfig>`, one entry, written by userspace: where the
@@ -62,10 +73,19 @@ pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
 /// preallocated: 64 B x slots per CPU (512 KiB; 32 MiB on 64 CPUs). Keys
 /// beyond it are counted in the PEERS hash.
 pub const DEFAULT_PEER_SLOT_CAPACITY: u32 = 8_192;
+/// [`SLOT_CACHE`](map::SLOT_CACHE) entries per CPU (16 B each, 64 KiB):
+/// a power of two, indexed by the top bits of a hash of the key.
+pub const SLOT_CACHE_ENTRIES: u32 = 4096;
 /// Networks whose pairs get a PEER_STATS slot: what pods and nodes of the
 /// cluster send over an overlay.
 pub const SLOTTED_NETS: [Net; 3] = [Net::Legacy, Net::Cilium, Net::Host];
 pub const DEFAULT_ADDR_CAPACITY: u32 = 16_384;
+/// ADDR_BLOCKS entries (24 B each, 1.5 MiB): a /16 of /24 blocks takes
+/// 256, a /12 of /26 blocks 16,384. A range that does not fit is left to
+/// the ADDRS trie, and said so.
+pub const DEFAULT_ADDR_BLOCK_CAPACITY: u32 = 65_536;
+/// Pod ranges classified through ADDR_BLOCKS at most.
+pub const MAX_BLOCK_RANGES: usize = 4;
 /// Handshakes in flight at once: at 1,000 new connections a second and
 /// the grace below, a few thousand at most, even when none is answered.
 pub const DEFAULT_HANDSHAKE_CAPACITY: u32 = 16_384;
@@ -386,6 +406,75 @@ pub struct Config {
     /// left out of the peer counters and counted as [`Counter::Control`],
     /// so the gate never judges the traffic of its own readings.
     pub control_port: u16,
+    /// The pod ranges ADDR_BLOCKS answers for, tried in order; unused
+    /// ones have `shift` 0.
+    pub block_ranges: [BlockRange; MAX_BLOCK_RANGES],
+}
+
+/// One range of [`Config::block_ranges`]: an address `a` (host byte
+/// order) with `a & mask == base` is classified by ADDR_BLOCKS entry
+/// `offset + ((a - base) >> shift)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct BlockRange {
+    /// The range's first address, host byte order.
+    pub base: u32,
+    /// The range's netmask, host byte order.
+    pub mask: u32,
+    /// Its first entry in ADDR_BLOCKS.
+    pub offset: u32,
+    /// 32 minus the block's prefix length; 0 marks an unused range.
+    pub shift: u8,
+    pub _pad: [u8; 3],
+}
+
+impl BlockRange {
+    /// The ADDR_BLOCKS index of `host` (an address in host byte order)
+    /// when this range holds it. The kernel and userspace's model of it
+    /// both find entries here.
+    #[inline(always)]
+    pub fn index_of(&self, host: u32) -> Option<u32> {
+        (host & self.mask == self.base).then(|| self.offset + ((host - self.base) >> self.shift))
+    }
+}
+
+impl AddrBlock {
+    /// What the entry answers for `host`, an address of its block.
+    #[inline(always)]
+    pub fn info_for(&self, host: u32) -> AddrInfo {
+        if self.exact != 0 && host == self.exact {
+            self.exact_info
+        } else {
+            self.info
+        }
+    }
+}
+
+/// [`AddrBlock::state`]: ADDRS has more inside this block than one
+/// address (or the entry is being rewritten): ask it. All zeroes, so an
+/// entry never written is this.
+pub const BLOCK_ASK: u8 = 0;
+/// [`AddrBlock::state`]: the entry answers for every address in its block.
+pub const BLOCK_ANSWERS: u8 = 1;
+
+/// Value of [`ADDR_BLOCKS`](map::ADDR_BLOCKS): what ADDRS answers for a
+/// block's addresses, computed by userspace from the same prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct AddrBlock {
+    /// The answer for the block's addresses but `exact`.
+    pub info: AddrInfo,
+    /// The answer for `exact` (a node's overlay address inside its block).
+    pub exact_info: AddrInfo,
+    /// The one /32 of ADDRS inside the block, host byte order; 0 for none.
+    pub exact: u32,
+    /// [`BLOCK_ASK`] or [`BLOCK_ANSWERS`]. Written last when an entry
+    /// becomes an answer and first when it stops being one, so a reader
+    /// never takes a half-written entry for an answer.
+    pub state: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Value of an [`ADDRS`](map::ADDRS) entry.
@@ -503,6 +592,31 @@ pub struct PeerKey {
     pub dst_net: u8,
 }
 
+impl PeerKey {
+    /// The [`SLOT_CACHE`](map::SLOT_CACHE) entry of this key: the top bits
+    /// of a multiplicative hash of its 8 bytes.
+    #[inline(always)]
+    pub fn cache_index(&self) -> u32 {
+        let bits = self.peer as u64
+            | (self.overlay as u64) << 32
+            | (self.direction as u64) << 40
+            | (self.src_net as u64) << 48
+            | (self.dst_net as u64) << 56;
+        (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_CACHE_ENTRIES.trailing_zeros()))
+            as u32
+    }
+}
+
+/// Value of [`SLOT_CACHE`](map::SLOT_CACHE): a key and the PEER_STATS
+/// slot + 1 PEER_SLOTS gave it; `slot` 0 is an empty entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCacheEntry {
+    pub key: PeerKey,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// Meaning of [`PeerKey`] and of the maps keyed by it. Version 1 had no
 /// networks (their bytes were padding, so its keys have the same size);
 /// version 2 had [`PeerStats`] of packets and bytes only (16 B);
@@ -573,11 +687,15 @@ const _: () = {
     assert!(core::mem::size_of::<DropConfig>() == 48);
     assert!(core::mem::size_of::<DropKey>() == 12);
     assert!(core::mem::size_of::<EncapPort>() == 4);
-    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<BlockRange>() == 16);
+    assert!(core::mem::size_of::<Config>() == 40 + 16 * MAX_BLOCK_RANGES);
+    assert!(core::mem::size_of::<AddrBlock>() == 24);
     assert!(core::mem::size_of::<AddrInfo>() == 8);
     assert!(core::mem::size_of::<FlowKey>() == 16);
     assert!(core::mem::size_of::<FlowStats>() == 112);
     assert!(core::mem::size_of::<PeerKey>() == 8);
+    assert!(core::mem::size_of::<SlotCacheEntry>() == 16);
+    assert!(SLOT_CACHE_ENTRIES.is_power_of_two());
     assert!(core::mem::size_of::<PeerStats>() == 64);
     assert!(core::mem::size_of::<PendingHandshake>() == 16);
     assert!(Counter::ALL.len() as u32 == COUNTER_SLOTS);
@@ -592,6 +710,8 @@ mod user {
     unsafe impl aya::Pod for Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AddrInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AddrBlock {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.

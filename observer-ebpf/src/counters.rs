@@ -2,7 +2,7 @@
 //! turned into a flow. Counting is the only side effect of the hot path.
 use observer_ebpf::{Counter, PEER_SLOT_RETIRED, PeerKey, PeerStats, Point, tcp_flag};
 
-use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS};
+use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS, SLOT_CACHE};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
@@ -28,9 +28,31 @@ pub fn count_seen(point: Point) {
 }
 
 /// PEER_STATS slot + 1 userspace assigned to `key`; 0 when it has none
-/// or its peer left the shape (retired).
+/// or its peer left the shape (retired). Through this CPU's SLOT_CACHE:
+/// a key keeps its slot for good once given one (slots are never
+/// reused), so a cached answer stays right; a peer retired since goes on
+/// counting into its own slot, as its flows do.
 #[inline(always)]
 pub fn peer_slot(key: &PeerKey) -> u32 {
+    let Some(entry) = SLOT_CACHE.get_ptr_mut(key.cache_index()) else {
+        return slot_of(key);
+    };
+    // SAFETY: per-CPU value, only this CPU writes it.
+    let entry = unsafe { &mut *entry };
+    if entry.slot != 0 && entry.key == *key {
+        return entry.slot;
+    }
+    let slot = slot_of(key);
+    if slot != 0 {
+        entry.key = *key;
+        entry.slot = slot;
+    }
+    slot
+}
+
+/// PEER_SLOTS's answer for `key`, as [`peer_slot`] gives it.
+#[inline(always)]
+fn slot_of(key: &PeerKey) -> u32 {
     // SAFETY: a u32 value, read once.
     match unsafe { PEER_SLOTS.get(key) } {
         Some(slot) if slot & PEER_SLOT_RETIRED == 0 => slot + 1,

@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use observer_ebpf::{
-    AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_CAPACITY, DEFAULT_DROP_CAPACITY,
-    DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY,
-    DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats, PeerKey, PeerStats,
-    PendingHandshake,
+    AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_BLOCK_CAPACITY, DEFAULT_ADDR_CAPACITY,
+    DEFAULT_DROP_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY,
+    DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats,
+    PeerKey, PeerStats, PendingHandshake, SLOT_CACHE_ENTRIES, SlotCacheEntry,
 };
 
 #[map(name = "CONFIG")]
@@ -19,12 +19,19 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static ADDRS: LpmTrie<u32, AddrInfo> =
     LpmTrie::with_max_entries(DEFAULT_ADDR_CAPACITY, BPF_F_NO_PREALLOC);
 
+#[map(name = "ADDR_BLOCKS")]
+pub static ADDR_BLOCKS: Array<AddrBlock> = Array::with_max_entries(DEFAULT_ADDR_BLOCK_CAPACITY, 0);
+
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map(name = "PEER_SLOTS")]
 pub static PEER_SLOTS: HashMap<PeerKey, u32> =
     HashMap::with_max_entries(DEFAULT_PEER_SLOT_CAPACITY, 0);
+
+#[map(name = "SLOT_CACHE")]
+pub static SLOT_CACHE: PerCpuArray<SlotCacheEntry> =
+    PerCpuArray::with_max_entries(SLOT_CACHE_ENTRIES, 0);
 
 #[map(name = "PEER_STATS")]
 pub static PEER_STATS: PerCpuArray<PeerStats> =

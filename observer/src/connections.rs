@@ -301,6 +301,20 @@ fn build(
             bytes: f.bytes,
         });
     }
+    // The node's own traffic translated before any hook saw it (AWS VPC
+    // CNI's SNAT of host traffic leaving the VPC): no flow carries the
+    // client untranslated, and the translated source, a node address of
+    // this node, names its network as well.
+    if c.client_net == Net::Unknown
+        && let Some(snat) = c.snat
+        && let Some(f) = members
+            .iter()
+            .map(|(i, _)| &flows[*i])
+            .find(|f| flow_ends(f).0 == snat && f.src_net == Net::Host)
+    {
+        c.client_net = f.src_net;
+        c.server_net = f.dst_net;
+    }
     // Arrived from another node with a node overlay address as source:
     // translated there. (Sent from here with that source, it is this
     // node's own host traffic, which no conntrack entry rewrote.)

@@ -85,6 +85,17 @@ pub struct Node {
     pub pod_cidrs: Vec<NodePodCidr>,
 }
 
+/// A pod whose address no range of the shape's networks covers (AWS VPC
+/// CNI: pods take addresses from the nodes' own subnet), found in ADDRS as
+/// a /32 naming the node that hosts it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodAddr {
+    pub addr: Ipv4Addr,
+    pub node: String,
+    pub role: Role,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterShape {
@@ -108,6 +119,11 @@ pub struct ClusterShape {
     /// `"hook": "none"` to leave matching interfaces alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<crate::iface::Rule>,
+    /// Pods whose addresses no network range covers, each a /32 entry
+    /// naming its node (AWS VPC CNI). With Kubernetes the agent lists them
+    /// from the Pods; the kernel takes at most `--pod-addr-capacity`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodAddr>,
 }
 
 fn default_extra_vxlan() -> BTreeMap<u16, Role> {
@@ -144,6 +160,7 @@ impl ClusterShape {
             extra_vxlan_ports: default_extra_vxlan(),
             migrating: vec![],
             interfaces: vec![],
+            pods: vec![],
         }
     }
 
@@ -196,6 +213,7 @@ impl ClusterShape {
             }
         }
         self.validate_nodes()?;
+        self.validate_pods(&names)?;
         if let Some(local) = &self.local_node
             && !names.contains(local.as_str())
         {
@@ -207,6 +225,40 @@ impl ClusterShape {
             if !names.contains(name.as_str()) {
                 return Err(Error::Shape(format!(
                     "migrating[{i}] {name:?} is not in nodes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each listed pod on a node of the shape, once, on no node's own
+    /// address and in no other role's range.
+    fn validate_pods(&self, names: &std::collections::BTreeSet<&str>) -> Result<()> {
+        let node_addrs: std::collections::BTreeSet<Ipv4Addr> = self
+            .nodes
+            .iter()
+            .flat_map(|n| std::iter::once(n.underlay).chain(n.overlay_addrs.iter().copied()))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let here = format!("pods[{i}] ({}, {})", pod.addr, pod.node);
+            if !names.contains(pod.node.as_str()) {
+                return Err(Error::Shape(format!("{here}: the node is not in nodes")));
+            }
+            if !seen.insert(pod.addr) {
+                return Err(Error::Shape(format!("{here}: the address is listed twice")));
+            }
+            if node_addrs.contains(&pod.addr) {
+                return Err(Error::Shape(format!("{here}: the address is a node's own")));
+            }
+            if let Some(network) = self
+                .networks
+                .iter()
+                .find(|n| n.role != pod.role && n.cidrs.iter().any(|c| c.contains(&pod.addr)))
+            {
+                return Err(Error::Shape(format!(
+                    "{here}: a {:?} pod inside a {:?} range",
+                    pod.role, network.role
                 )));
             }
         }
@@ -445,6 +497,53 @@ impl ClusterShape {
             }
         }
         out
+    }
+
+    /// The ADDRS entries of the listed pods, in the shape's order: a /32
+    /// naming the pod's network and node. Kept apart from
+    /// [`ClusterShape::kernel_addrs`]: the kernel takes at most
+    /// `--pod-addr-capacity` of them, the ranges all or none.
+    pub fn pod_entries(&self) -> Vec<(Ipv4Net, AddrInfo)> {
+        let ids: BTreeMap<&str, u32> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), wire_addr(n.underlay)))
+            .collect();
+        self.pods
+            .iter()
+            .map(|pod| {
+                let info = AddrInfo {
+                    net: pod.role.net().wire(),
+                    kind: AddrKind::PodNetwork.wire(),
+                    _pad: [0; 2],
+                    node: ids.get(pod.node.as_str()).copied().unwrap_or(0),
+                };
+                (host(pod.addr), info)
+            })
+            .collect()
+    }
+
+    /// The role whose pods need an entry each: a routed network without
+    /// cluster-wide ranges (AWS VPC CNI), if the shape has one.
+    pub fn rangeless_role(&self) -> Option<Role> {
+        self.networks
+            .iter()
+            .find(|n| n.cidrs.is_empty() && n.encapsulation == Encapsulation::Native)
+            .map(|n| n.role)
+    }
+
+    /// This shape without its pod list, for showing: the list is as long
+    /// as the cluster has pods.
+    pub fn without_pods(&self) -> ClusterShape {
+        ClusterShape {
+            local_node: self.local_node.clone(),
+            networks: self.networks.clone(),
+            nodes: self.nodes.clone(),
+            extra_vxlan_ports: self.extra_vxlan_ports.clone(),
+            migrating: self.migrating.clone(),
+            interfaces: self.interfaces.clone(),
+            pods: Vec::new(),
+        }
     }
 
     /// The overlays traffic between nodes can travel on: those with a tunnel

@@ -10,7 +10,7 @@ use crossover_tests::{
     harness::{Harness, two_node_shape},
     packet::{ACK, ip, tcp, udp},
 };
-use observer::datapath::{AgeingPolicy, monotonic_ns};
+use observer::datapath::{AgeingPolicy, LoadOptions, monotonic_ns};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -172,7 +172,7 @@ fn main() {
             ns - base.as_secs_f64() * 1e9
         );
     }
-    new_flow_thousand_nodes(floor_once);
+    new_flow_at_scale(floor_once);
     new_flows_back_to_back(&mut harness);
     if std::env::var("DATAPATH_CASES").is_ok_and(|cases| cases == "packets") {
         return;
@@ -413,23 +413,65 @@ fn new_flow(harness: &mut Harness, program: &str, packet: &[u8]) -> Duration {
     )
 }
 
-/// The same new flow with the address table of a 1,000-node shape (3,000
-/// prefixes, a deeper trie for the LPM lookups), towards node 500.
-fn new_flow_thousand_nodes(floor_once: Duration) {
-    let mut harness = Harness::new(&n_node_shape(1000));
-    let packet = ip(
-        [10, 64, 0, 7],
-        [10, 65, 244, 7],
-        tcp(33000, 80, 1, ACK, 100),
-    )
-    .vxlan([192, 168, 50, 1], [192, 168, 52, 1], 8472);
-    let ns = new_flow(&mut harness, "crossover_underlay_egress", &packet).as_secs_f64() * 1e9;
-    println!(
-        "{:<38} {:>10.1} {:>14.1} (over floor 1)",
-        "vxlan tcp, new flow, 1,000 nodes",
-        ns,
-        ns - floor_once.as_secs_f64() * 1e9
-    );
+/// The same new flow at 2 and at 1,000 nodes (3,000 prefixes, a deeper
+/// trie), towards node 1 and node 500: with the pod ranges classified by
+/// block (the default) and, as the baseline in the same run, by the LPM
+/// trie alone (`--addr-block-capacity 0`). And a known flow timed the same
+/// way, one run at a time: what of a one-run figure is the program's own
+/// cold start rather than the new flow.
+fn new_flow_at_scale(floor_once: Duration) {
+    let at = |nodes: usize, peer: [u8; 4], dst: [u8; 4]| {
+        (
+            n_node_shape(nodes),
+            ip([10, 64, 0, 7], dst, tcp(33000, 80, 1, ACK, 100)).vxlan(
+                [192, 168, 50, 1],
+                peer,
+                8472,
+            ),
+        )
+    };
+    let print = |name: String, per_packet: Duration| {
+        let ns = per_packet.as_secs_f64() * 1e9;
+        println!(
+            "{:<38} {:>10.1} {:>14.1} (over floor 1)",
+            name,
+            ns,
+            ns - floor_once.as_secs_f64() * 1e9
+        );
+    };
+    for (nodes, (shape, packet)) in [
+        (2, at(2, [192, 168, 50, 2], [10, 64, 1, 7])),
+        (1000, at(1000, [192, 168, 52, 1], [10, 65, 244, 7])),
+    ] {
+        for (how, capacity) in [
+            ("", observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY),
+            (", trie only", 0),
+        ] {
+            let mut harness = Harness::with_options(
+                &shape,
+                LoadOptions {
+                    addr_block_capacity: capacity,
+                    ..LoadOptions::default()
+                },
+            );
+            let program = "crossover_underlay_egress";
+            print(
+                format!("new flow, {nodes} nodes{how}"),
+                new_flow(&mut harness, program, &packet),
+            );
+            if capacity != 0 {
+                harness.observer.promote_peer_slots().expect("promote");
+                print(
+                    format!("known flow, one run, {nodes} nodes"),
+                    median(
+                        (0..2000)
+                            .map(|_| harness.time(program, &packet, 1))
+                            .collect(),
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// New flows as a busy node meets them: distinct packets one after the

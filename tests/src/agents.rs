@@ -6,10 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    lab::{Lab, plan},
-    netns::http_get,
-};
+use crate::{lab::Lab, netns::http_get};
 
 pub const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
 pub const PORT: u16 = 9190;
@@ -52,7 +49,7 @@ impl Agents {
             agents.children.push(child);
             agents
                 .urls
-                .push(format!("http://{}:{PORT}", plan::underlay_addr(j)));
+                .push(format!("http://{}:{PORT}", lab.state().underlay_addr(j)));
         }
         agents
     }

@@ -12,10 +12,7 @@ use observer::{
     loss::delivery::{self, Delivery, NodeView},
 };
 
-use crate::{
-    lab::{Lab, plan},
-    netns::in_netns,
-};
+use crate::{lab::Lab, netns::in_netns};
 
 pub struct Member {
     pub name: String,
@@ -46,7 +43,7 @@ impl Fleet {
             members.push(Member {
                 name: node.name.clone(),
                 netns,
-                underlay: plan::underlay_addr(j),
+                underlay: lab.state().underlay_addr(j),
                 observer,
             });
         }
@@ -66,6 +63,16 @@ impl Fleet {
                 m.name,
                 done.failed
             );
+        }
+        Ok(())
+    }
+
+    /// Gives every node the lab's shape as it is now: what the agent does
+    /// when the API reports a pod that came or went (a natively routed
+    /// legacy pod is a /32 of the shape).
+    pub fn configure(&mut self, lab: &Lab) -> Result<()> {
+        for m in &mut self.members {
+            m.observer.configure(&lab.shape(&m.name)?)?;
         }
         Ok(())
     }

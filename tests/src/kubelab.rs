@@ -20,7 +20,7 @@ use crate::{
         ADMIN_TOKEN, FakeApiServer,
         fixtures::{self, PodBuilder},
     },
-    lab::{Lab, LabSpec, PodKind, plan},
+    lab::{Lab, LabSpec, LegacyCni, PodKind, plan},
     netns::{http_get_as, in_netns, sh},
 };
 
@@ -229,9 +229,15 @@ pub fn within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
 pub fn objects(lab: &Lab) -> Vec<Value> {
     let nodes = lab.nodes().count();
     let migrated = lab.nodes().filter(|n| n.migrated).count();
+    let aws = lab.state().legacy == LegacyCni::AwsNative;
     let mut out: Vec<Value> = fixtures::cluster_with_apps(nodes, migrated, 0)
         .into_iter()
         .filter(|o| o["kind"] != "Pod")
+        // The AWS VPC CNI's nodes: EC2 instances without ranges.
+        .map(|o| match o["kind"].as_str() {
+            Some("Node") if aws => aws_node(lab, &o),
+            _ => o,
+        })
         .collect();
     out.push(fixtures::namespace("crossover"));
     for (j, node) in lab.nodes().enumerate() {
@@ -263,4 +269,14 @@ pub fn objects(lab: &Lab) -> Vec<Value> {
         }
     }
     out
+}
+
+/// The fixture's Node `node` as the AWS VPC CNI's cluster has it, with the
+/// fixture's labels (the migration's among them).
+fn aws_node(lab: &Lab, node: &Value) -> Value {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let j = lab.state().node_index(name).expect("a lab node");
+    let mut aws = fixtures::NodeBuilder::aws_lab(j).value();
+    aws["metadata"]["labels"] = node["metadata"]["labels"].clone();
+    aws
 }

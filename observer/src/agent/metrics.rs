@@ -200,6 +200,26 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         }
     }
 
+    let pods = super::lock(&state.observer).pod_addrs();
+    let mut f = family(
+        out,
+        "crossover_pod_addrs",
+        "gauge",
+        "Pods whose addresses no network range covers (AWS VPC CNI), by whether they have their /32 \
+         in the kernel's address table (in_table) or were left out for lack of room (refused: \
+         classified as outside the cluster; raise --pod-addr-capacity).",
+    );
+    for (state_label, n) in [("in_table", pods.in_table), ("refused", pods.refused)] {
+        f.sample(&[("node", node), ("state", state_label)], u64::from(n));
+    }
+    let mut f = family(
+        out,
+        "crossover_pod_addr_capacity",
+        "gauge",
+        "Room for pods' /32 entries in the kernel's address table (--pod-addr-capacity).",
+    );
+    f.sample(&[("node", node)], u64::from(pods.capacity));
+
     // Past --metrics-peer-detail nodes, per-peer series of the probes and of this
     // node's own windows for the nodes under migration only: the rest of
     // the mesh is judged by readers (each agent's worst rows), and a

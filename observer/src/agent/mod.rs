@@ -148,6 +148,20 @@ pub struct AgentArgs {
     /// 16,384.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub addr_capacity: Option<u32>,
+    /// ADDR_BLOCKS entries (24 bytes each): the cluster's pod ranges cut
+    /// into their nodes' blocks, so a new flow's addresses are classified
+    /// in constant time at any cluster size. Ranges that do not fit are
+    /// left to the address trie and named at start; 0 leaves all to it.
+    #[arg(long, default_value_t = observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(0..=crate::datapath::MAX_ADDR_BLOCK_CAPACITY as i64))]
+    pub addr_block_capacity: u32,
+    /// Pods' /32 entries in the address table, for pods whose addresses
+    /// no network range covers (AWS VPC CNI: pods in the nodes' subnet,
+    /// listed from the Pods or the shape file's `pods`). Pods beyond it
+    /// are left out, classified as outside the cluster, and counted
+    /// (crossover_pod_addrs{state="refused"}, /api/v1/status).
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_POD_ADDR_CAPACITY)]
+    pub pod_addr_capacity: u32,
     /// PEER_STATS slots: (peer node, overlay, direction, network pair)
     /// keys in use counted without a hash lookup, 64 bytes each per CPU.
     /// Keys beyond it are still counted (PEERS hash), and shown as
@@ -177,7 +191,7 @@ pub struct AgentArgs {
     pub ageing: crate::datapath::AgeingPolicy,
 }
 
-pub use crate::duration::parse_duration;
+use crate::duration::parse_duration;
 
 /// Where the agent listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -621,6 +635,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
         addr_capacity: shape.addr_capacity(args.addr_capacity)?,
+        addr_block_capacity: args.addr_block_capacity,
+        pod_addr_capacity: args.pod_addr_capacity,
         peer_slot_capacity: args.peer_slot_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
@@ -638,6 +654,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             follow: Some(shape.interface_rules(&args.follow_patterns)?),
         },
     )?;
+    eprintln!(
+        "crossover: {}",
+        session.observer().block_summary().describe()
+    );
     let view = View::from_shape(shape);
     let capacity = Ring::capacity_for(args.window, args.sample_interval);
     let mut ring = Ring::new(args.sample_interval, args.reading_guard, capacity);
@@ -739,6 +759,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.node,
         session.attached_list()
     );
+    let pods = lock(&state.observer).pod_addrs();
+    if pods.in_table + pods.refused > 0 {
+        eprintln!(
+            "crossover: {} pod addresses as /32 entries (--pod-addr-capacity {}), {} left out",
+            pods.in_table, pods.capacity, pods.refused
+        );
+    }
     eprintln!("crossover: {}", auth::Auth::describe(state.auth.as_ref()));
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =

@@ -275,13 +275,13 @@ struct Status<'a> {
 
 async fn status_handler(Extract(state): Extract<Shared>) -> Response {
     let unready = state.unready();
-    let (attached, hooks) = {
+    let (attached, hooks, pods) = {
         let observer = lock(&state.observer);
         let attached = observer
             .attached()
             .map(|(name, hook)| (name.to_string(), hook.label()))
             .collect();
-        (attached, observer.order().to_vec())
+        (attached, observer.order().to_vec(), observer.pod_addrs())
     };
     let view = state.view();
     Json(Status {
@@ -296,7 +296,7 @@ async fn status_handler(Extract(state): Extract<Shared>) -> Response {
         oldest_tick_ms: state.oldest_tick_ms(),
         newest_tick_ms: state.newest_tick_ms(),
         kept: state.kept.as_ref(),
-        view: view.status(),
+        view: view.status(pods),
     })
     .into_response()
 }

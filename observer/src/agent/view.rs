@@ -86,6 +86,11 @@ impl View {
             n.underlay == ip
                 || n.overlay_addrs.contains(&ip)
                 || n.pod_cidrs.iter().any(|c| c.cidr.contains(&ip))
+                || self
+                    .shape
+                    .pods
+                    .iter()
+                    .any(|p| p.addr == ip && p.node == n.name)
         })
     }
 }
@@ -155,9 +160,14 @@ pub fn rebuild(state: &State, cluster: &Cluster) {
 /// What `/api/v1/status` says about the view.
 #[derive(Serialize)]
 pub struct ViewStatus<'a> {
-    pub shape: &'a ClusterShape,
+    /// Without its pod list, which grows with the cluster: `pod_addrs`
+    /// counts it.
+    pub shape: ClusterShape,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub derived: Option<&'a Derived>,
+    pub derived: Option<DerivedStatus<'a>>,
+    /// The shape's pods, and how many of them the kernel's address table
+    /// holds.
+    pub pod_addrs: PodAddrStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<&'a str>,
     pub peers: &'a [PeerAgent],
@@ -167,11 +177,36 @@ pub struct ViewStatus<'a> {
     pub indexed_addresses: usize,
 }
 
+/// How the shape was derived, as `/api/v1/status` shows it: the derived
+/// shape (the one in force, or the one rejected) without its pod list.
+#[derive(Serialize)]
+pub struct DerivedStatus<'a> {
+    pub shape: ClusterShape,
+    pub sources: &'a [crate::cluster::derive::Source],
+    pub warnings: &'a [String],
+}
+
+#[derive(Serialize)]
+pub struct PodAddrStatus {
+    /// Pods the shape lists (from the Pods, or the shape file).
+    pub listed: usize,
+    #[serde(flatten)]
+    pub table: crate::datapath::PodAddrStats,
+}
+
 impl View {
-    pub fn status(&self) -> ViewStatus<'_> {
+    pub fn status(&self, pods: crate::datapath::PodAddrStats) -> ViewStatus<'_> {
         ViewStatus {
-            shape: &self.shape,
-            derived: self.derived.as_ref(),
+            shape: self.shape.without_pods(),
+            derived: self.derived.as_ref().map(|d| DerivedStatus {
+                shape: d.shape.without_pods(),
+                sources: &d.sources,
+                warnings: &d.warnings,
+            }),
+            pod_addrs: PodAddrStatus {
+                listed: self.shape.pods.len(),
+                table: pods,
+            },
             rejected: self.rejected.as_deref(),
             peers: &self.peers,
             probe_pods: &self.probe_pods,

@@ -57,6 +57,17 @@ pub struct ObserveArgs {
     /// at least 16,384.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub addr_capacity: Option<u32>,
+    /// ADDR_BLOCKS entries (24 bytes each): the cluster's pod ranges cut
+    /// into their nodes' blocks, so a new flow's addresses are classified
+    /// in constant time at any cluster size. Ranges that do not fit are
+    /// left to the address trie and named at start; 0 leaves all to it.
+    #[arg(long, default_value_t = observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(0..=crate::datapath::MAX_ADDR_BLOCK_CAPACITY as i64))]
+    pub addr_block_capacity: u32,
+    /// Pods' /32 entries in the address table (the shape file's `pods`);
+    /// pods beyond it are left out and counted.
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_POD_ADDR_CAPACITY)]
+    pub pod_addr_capacity: u32,
     /// Only flows and counters towards or from this peer node (a node of
     /// the shape).
     #[arg(long)]
@@ -111,6 +122,8 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     let options = LoadOptions {
         flow_capacity: args.flow_capacity,
         addr_capacity: shape.addr_capacity(args.addr_capacity)?,
+        addr_block_capacity: args.addr_block_capacity,
+        pod_addr_capacity: args.pod_addr_capacity,
         attach_mode: args.attach_mode,
         netns: args.netns.clone(),
         ..LoadOptions::default()

@@ -9,11 +9,12 @@ use std::{collections::BTreeMap, net::Ipv4Addr, str::FromStr};
 
 use clap::Args;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode};
+use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode, Pod};
+use kube::api::DynamicObject;
 use serde::Serialize;
 
-use super::cilium::CiliumNode;
-use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, Role};
+use super::{calico, cilium::CiliumNode};
+use crate::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, PodAddr, Role};
 
 pub const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
@@ -24,6 +25,8 @@ pub const CILIUM_HOST_ANNOTATION: &str = "network.cilium.io/ipv4-cilium-host";
 /// Flannel's VXLAN port on Linux; its annotations do not carry it.
 pub const FLANNEL_VXLAN_PORT: u16 = 8472;
 pub const CALICO_VXLAN_PORT: u16 = 4789;
+/// A Node's `spec.providerID` on EC2: `aws:///ZONE/INSTANCE`.
+pub const AWS_PROVIDER: &str = "aws://";
 
 /// Flags that win over what the cluster says.
 #[derive(Clone, Debug, Default, Args)]
@@ -81,6 +84,13 @@ pub struct ClusterObjects<'a> {
     pub nodes: Vec<&'a KubeNode>,
     pub cilium_nodes: Vec<&'a CiliumNode>,
     pub cilium_config: Option<&'a ConfigMap>,
+    /// Calico's IPPools and BlockAffinities (`calico.rs`), when Calico's
+    /// CRDs exist.
+    pub ip_pools: Vec<&'a DynamicObject>,
+    pub block_affinities: Vec<&'a DynamicObject>,
+    /// Pods, for the addresses of a network without ranges (AWS VPC CNI);
+    /// none needed otherwise.
+    pub pods: Vec<&'a Pod>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -101,14 +111,22 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
         warnings: Vec::new(),
     };
     let config = cilium_config(objects.cilium_config);
-    let legacy = legacy_network(objects, overrides, &mut out);
+    let pools = calico_pools(objects, overrides, &mut out);
+    let blocks = calico_blocks(objects, !pools.is_empty(), &mut out);
+    let legacy = match pools.is_empty() {
+        true => vec![legacy_network(objects, overrides, &mut out)],
+        false => pools,
+    };
     let cilium = cilium_network(objects, &config, overrides, &mut out);
-    let legacy_is_flannel = matches!(legacy.encapsulation, Encapsulation::Vxlan { port } if port == FLANNEL_VXLAN_PORT)
+    let legacy_is_flannel = matches!(legacy[0].encapsulation, Encapsulation::Vxlan { port } if port == FLANNEL_VXLAN_PORT)
         && objects
             .nodes
             .iter()
             .any(|n| annotation(n, FLANNEL_BACKEND_TYPE).is_some());
-    out.shape.networks = vec![legacy, cilium];
+    // The first legacy network, then Cilium's, then any other pools.
+    let mut legacy = legacy.into_iter();
+    out.shape.networks = legacy.next().into_iter().chain([cilium]).collect();
+    out.shape.networks.extend(legacy);
     out.shape.extra_vxlan_ports = BTreeMap::new();
 
     let by_name: BTreeMap<&str, &CiliumNode> = objects
@@ -121,6 +139,9 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
             node,
             by_name.get(name(node)).copied(),
             legacy_is_flannel,
+            blocks
+                .as_ref()
+                .map(|b| b.get(name(node)).cloned().unwrap_or_default()),
             &mut out.warnings,
         ) {
             out.shape.nodes.push(node);
@@ -143,6 +164,15 @@ pub fn derive(objects: &ClusterObjects, local_node: &str, overrides: &ShapeOverr
             !dropped.contains(&(i - 1))
         });
     }
+    out.shape.pods = rangeless_pods(&out.shape, &objects.pods);
+    if let Some(role) = out.shape.rangeless_role() {
+        out.source(
+            "pods",
+            format!(
+                "Pods' status.podIP and spec.nodeName ({role:?} network without ranges: a /32 each)"
+            ),
+        );
+    }
     if !out.shape.nodes.iter().any(|n| n.name == local_node) {
         out.warnings.push(format!(
             "this node {local_node:?} is not among the Nodes with an InternalIP; peers cannot be named from here"
@@ -163,10 +193,6 @@ fn legacy_network(
             .iter()
             .flat_map(|n| node_pod_cidrs(n))
             .collect();
-        if shares.is_empty() {
-            out.warnings
-                .push("no Node has spec.podCIDRs: set --legacy-cidr".into());
-        }
         out.source("legacy.cidrs", "Nodes' spec.podCIDRs");
         Ipv4Net::aggregate(&shares)
     } else {
@@ -215,6 +241,17 @@ fn legacy_network(
     {
         out.source("legacy.encapsulation", CALICO_IPIP_ADDR);
         Encapsulation::Ipip
+    } else if cidrs.is_empty()
+        && !objects.nodes.is_empty()
+        && objects.nodes.iter().all(|n| on_aws(n))
+    {
+        // No node range, no Flannel or Calico annotation, EC2 instances:
+        // the AWS VPC CNI, pods routed natively in the VPC's subnets.
+        out.source(
+            "legacy.encapsulation",
+            format!("Nodes' spec.providerID {AWS_PROVIDER} without spec.podCIDRs (AWS VPC CNI)"),
+        );
+        Encapsulation::Native
     } else {
         out.warnings.push(format!(
             "legacy overlay not recognised from node annotations; assuming Flannel VXLAN {FLANNEL_VXLAN_PORT}: set --legacy-encapsulation"
@@ -224,12 +261,86 @@ fn legacy_network(
             port: FLANNEL_VXLAN_PORT,
         }
     };
+    // A routed network needs no ranges: its pods are listed one by one.
+    if cidrs.is_empty() && encapsulation != Encapsulation::Native {
+        out.warnings
+            .push("no Node has spec.podCIDRs: set --legacy-cidr".into());
+    }
     Network {
         role: Role::Legacy,
         cidrs,
         encapsulation,
         cross_subnet: false,
     }
+}
+
+/// One legacy network per enabled IPv4 Calico IPPool, its range and
+/// encapsulation (CrossSubnet included) from the pool; empty when there
+/// are none, or when flags name the legacy network (they win).
+fn calico_pools(
+    objects: &ClusterObjects,
+    overrides: &ShapeOverrides,
+    out: &mut Derived,
+) -> Vec<Network> {
+    if objects.ip_pools.is_empty()
+        || !overrides.legacy_cidrs.is_empty()
+        || overrides.legacy_encapsulation.is_some()
+    {
+        return vec![];
+    }
+    let pools = calico::pools(&objects.ip_pools, CALICO_VXLAN_PORT);
+    out.warnings.extend(
+        pools
+            .errors
+            .into_iter()
+            .map(|e| format!("{e}; that pool is left out")),
+    );
+    if !pools.pools.is_empty() {
+        let names: Vec<&str> = pools.pools.iter().map(|p| p.name.as_str()).collect();
+        let mut from = format!("IPPools' spec.cidr ({})", names.join(", "));
+        if pools.skipped > 0 {
+            from += &format!("; {} disabled or IPv6 left out", pools.skipped);
+        }
+        out.source("legacy.cidrs", from);
+    }
+    pools
+        .pools
+        .into_iter()
+        .map(|pool| {
+            out.source("legacy.encapsulation", pool.source);
+            Network {
+                role: Role::Legacy,
+                cidrs: vec![pool.cidr],
+                encapsulation: pool.encapsulation,
+                cross_subnet: pool.cross_subnet,
+            }
+        })
+        .collect()
+}
+
+/// Each node's blocks from the BlockAffinities, when the legacy network
+/// is Calico's pools (`None` otherwise: the Nodes' spec.podCIDRs serve).
+fn calico_blocks(
+    objects: &ClusterObjects,
+    from_pools: bool,
+    out: &mut Derived,
+) -> Option<BTreeMap<String, Vec<Ipv4Net>>> {
+    if !from_pools {
+        return None;
+    }
+    let blocks = calico::blocks(&objects.block_affinities);
+    out.warnings.extend(
+        blocks
+            .errors
+            .into_iter()
+            .map(|e| format!("{e}; that block is left out")),
+    );
+    let mut from = "BlockAffinities' spec.cidr by spec.node (confirmed)".to_string();
+    if blocks.skipped > 0 {
+        from += &format!("; {} pending, deleted or IPv6 left out", blocks.skipped);
+    }
+    out.source("nodes[].pod_cidrs (legacy)", from);
+    Some(blocks.by_node)
 }
 
 /// `cilium-config`'s data, or nothing when Cilium is not installed yet.
@@ -333,10 +444,13 @@ fn cilium_encapsulation(config: &BTreeMap<String, String>, out: &mut Derived) ->
     }
 }
 
+/// `calico_blocks`: the node's Calico blocks when the legacy network is
+/// Calico's (they, not the Node's spec.podCIDRs, are where its pods are).
 fn shape_node(
     node: &KubeNode,
     cilium: Option<&CiliumNode>,
     flannel: bool,
+    calico_blocks: Option<Vec<Ipv4Net>>,
     warnings: &mut Vec<String>,
 ) -> Option<Node> {
     let name = name(node).to_string();
@@ -346,7 +460,7 @@ fn shape_node(
         warnings.push(format!("Node {name:?} has no IPv4 InternalIP: left out"));
         return None;
     };
-    let legacy_shares = node_pod_cidrs(node);
+    let legacy_shares = calico_blocks.unwrap_or_else(|| node_pod_cidrs(node));
     let mut overlay_addrs = Vec::new();
     // flannel.1 holds the network address of the node's share.
     if flannel && let Some(share) = legacy_shares.first() {
@@ -383,6 +497,75 @@ fn shape_node(
         overlay_addrs,
         pod_cidrs,
     })
+}
+
+/// The node is an EC2 instance.
+fn on_aws(node: &KubeNode) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .is_some_and(|p| p.starts_with(AWS_PROVIDER))
+}
+
+/// With a routed network without ranges (AWS VPC CNI), every pod that
+/// holds an address on a node of the shape, outside every range and off
+/// the nodes' own addresses: a /32 each, in address order (one entry per
+/// address: the first pod listed keeps a reused one). O((pods + ranges)
+/// log ranges).
+fn rangeless_pods(shape: &ClusterShape, pods: &[&Pod]) -> Vec<PodAddr> {
+    let Some(role) = shape.rangeless_role() else {
+        return Vec::new();
+    };
+    let nodes: std::collections::BTreeSet<&str> =
+        shape.nodes.iter().map(|n| n.name.as_str()).collect();
+    let node_addrs: std::collections::BTreeSet<Ipv4Addr> = shape
+        .nodes
+        .iter()
+        .flat_map(|n| std::iter::once(n.underlay).chain(n.overlay_addrs.iter().copied()))
+        .collect();
+    // Every range, merged into disjoint ones in address order: one binary
+    // search a pod, never a scan of the nodes.
+    let all: Vec<Ipv4Net> = shape
+        .networks
+        .iter()
+        .flat_map(|n| n.cidrs.iter().copied())
+        .chain(
+            shape
+                .nodes
+                .iter()
+                .flat_map(|n| n.pod_cidrs.iter().map(|c| c.cidr)),
+        )
+        .collect();
+    let mut ranges = Ipv4Net::aggregate(&all);
+    ranges.sort();
+    let in_range = |ip: &Ipv4Addr| {
+        let after = ranges.partition_point(|r| r.network() <= *ip);
+        after > 0 && ranges[after - 1].contains(ip)
+    };
+    let mut out: BTreeMap<Ipv4Addr, PodAddr> = BTreeMap::new();
+    for pod in pods {
+        let Some(spec) = pod.spec.as_ref() else {
+            continue;
+        };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if spec.host_network == Some(true) || matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(node) = spec.node_name.as_deref().filter(|n| nodes.contains(n)) else {
+            continue;
+        };
+        for addr in super::index::pod_ips(pod) {
+            if node_addrs.contains(&addr) || in_range(&addr) {
+                continue;
+            }
+            out.entry(addr).or_insert_with(|| PodAddr {
+                addr,
+                node: node.to_string(),
+                role,
+            });
+        }
+    }
+    out.into_values().collect()
 }
 
 pub fn name(node: &KubeNode) -> &str {
@@ -488,8 +671,7 @@ mod tests {
         ];
         let objects = ClusterObjects {
             nodes: nodes.iter().collect(),
-            cilium_nodes: vec![],
-            cilium_config: None,
+            ..ClusterObjects::default()
         };
         let derived = derive(&objects, "a", &ShapeOverrides::default());
         let names: Vec<&str> = derived
@@ -508,5 +690,218 @@ mod tests {
         assert!(left_out[0].contains("nodes[1] (b) and nodes[0] (a) have the same underlay"));
         assert!(left_out[1].contains("(c, 10.244.0.0/25) overlaps"));
         derived.shape.validate().unwrap();
+    }
+
+    /// A Calico cluster: the legacy network from its IPPool (VXLAN
+    /// CrossSubnet), each node's share from its BlockAffinities (not the
+    /// Node's spec.podCIDR, which Calico's IPAM ignores), each value's
+    /// source named; a bad block is left out, named, and the rest applies.
+    #[test]
+    fn calico_pools_and_blocks_make_the_legacy_network_and_the_nodes_shares() {
+        let nodes = [
+            node("a", "192.168.1.1", "10.96.0.0/24"),
+            node("b", "192.168.2.1", "10.96.1.0/24"),
+        ];
+        let pool = super::calico::ip_pool_resource();
+        let block = super::calico::block_affinity_resource();
+        let object = |r: &kube::api::ApiResource, name: &str, spec: serde_json::Value| {
+            DynamicObject::new(name, r).data(serde_json::json!({ "spec": spec }))
+        };
+        let pools = [object(
+            &pool,
+            "default-ipv4-ippool",
+            serde_json::json!({"cidr": "10.244.0.0/16", "vxlanMode": "CrossSubnet"}),
+        )];
+        let blocks = [
+            object(
+                &block,
+                "a-1",
+                serde_json::json!({"cidr": "10.244.0.0/26", "node": "a", "state": "confirmed"}),
+            ),
+            object(
+                &block,
+                "b-1",
+                serde_json::json!({"cidr": "10.244.0.64/26", "node": "b", "state": "confirmed"}),
+            ),
+            object(
+                &block,
+                "b-bad",
+                serde_json::json!({"cidr": "10.244.300.0/26", "node": "b"}),
+            ),
+        ];
+        let objects = ClusterObjects {
+            nodes: nodes.iter().collect(),
+            ip_pools: pools.iter().collect(),
+            block_affinities: blocks.iter().collect(),
+            ..ClusterObjects::default()
+        };
+        let derived = derive(&objects, "a", &ShapeOverrides::default());
+        let legacy = &derived.shape.networks[0];
+        assert_eq!(
+            (
+                legacy.role,
+                legacy.cidrs.clone(),
+                legacy.encapsulation,
+                legacy.cross_subnet
+            ),
+            (
+                Role::Legacy,
+                vec!["10.244.0.0/16".parse().unwrap()],
+                Encapsulation::Vxlan { port: 4789 },
+                true
+            )
+        );
+        assert_eq!(derived.shape.networks[1].role, Role::Cilium);
+        let shares: Vec<(String, Vec<String>)> = derived
+            .shape
+            .nodes
+            .iter()
+            .map(|n| {
+                let cidrs = n.pod_cidrs.iter().map(|c| c.cidr.to_string()).collect();
+                (n.name.clone(), cidrs)
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("a".to_string(), vec!["10.244.0.0/26".to_string()]),
+                ("b".to_string(), vec!["10.244.0.64/26".to_string()]),
+            ]
+        );
+        let from = |field: &str| {
+            derived
+                .sources
+                .iter()
+                .filter(|s| s.field == field)
+                .map(|s| s.from.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            from("legacy.encapsulation"),
+            ["IPPool default-ipv4-ippool spec.vxlanMode=CrossSubnet"]
+        );
+        assert_eq!(
+            from("legacy.cidrs"),
+            ["IPPools' spec.cidr (default-ipv4-ippool)"]
+        );
+        assert!(
+            derived.warnings.iter().any(|w| w
+                == "BlockAffinity \"b-bad\" spec.cidr: \"10.244.300.0/26\" is not an IPv4 CIDR; that block is left out"),
+            "{:?}",
+            derived.warnings
+        );
+        derived.shape.validate().unwrap();
+        // Flags still win: --legacy-encapsulation leaves the pools unread.
+        let flagged = derive(
+            &objects,
+            "a",
+            &ShapeOverrides {
+                legacy_encapsulation: Some(Encapsulation::Ipip),
+                ..ShapeOverrides::default()
+            },
+        );
+        assert_eq!(flagged.shape.networks[0].encapsulation, Encapsulation::Ipip);
+        assert!(!flagged.shape.networks[0].cross_subnet);
+    }
+
+    fn ec2(name: &str, ip: &str) -> KubeNode {
+        let mut n = node(name, ip, "");
+        let spec = n.spec.as_mut().unwrap();
+        spec.pod_cidr = None;
+        spec.provider_id = Some(format!("aws:///eu-west-1a/i-{name}"));
+        n
+    }
+
+    fn pod(node: &str, ip: &str, host_network: bool, phase: &str) -> Pod {
+        use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+        Pod {
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                host_network: Some(host_network),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn aws_nodes_make_a_native_legacy_network_of_their_pods() {
+        let nodes = [ec2("a", "172.31.0.10"), ec2("b", "172.31.0.11")];
+        let pods: Vec<Pod> = [
+            ("a", "172.31.5.23", false, "Running"),
+            ("b", "172.31.9.40", false, "Pending"),
+            // The same address again (a pod gone, its successor there):
+            // one entry, the first one's.
+            ("b", "172.31.5.23", false, "Running"),
+            // Host network, finished, on no known node, a node's own
+            // address: none of them a pod address of the network.
+            ("a", "172.31.0.10", true, "Running"),
+            ("a", "172.31.5.99", false, "Succeeded"),
+            ("ghost", "172.31.5.77", false, "Running"),
+            ("b", "172.31.0.10", false, "Running"),
+            // Cilium's: its range covers it.
+            ("a", "10.245.1.5", false, "Running"),
+        ]
+        .into_iter()
+        .map(|(node, ip, host, phase)| pod(node, ip, host, phase))
+        .collect();
+        let objects = ClusterObjects {
+            nodes: nodes.iter().collect(),
+            pods: pods.iter().collect(),
+            ..ClusterObjects::default()
+        };
+        let overrides = ShapeOverrides {
+            cilium_cidrs: vec!["10.245.0.0/16".parse().unwrap()],
+            ..ShapeOverrides::default()
+        };
+        let derived = derive(&objects, "a", &overrides);
+        let legacy = &derived.shape.networks[0];
+        assert_eq!(
+            (legacy.encapsulation, legacy.cidrs.len()),
+            (Encapsulation::Native, 0)
+        );
+        assert!(
+            derived
+                .sources
+                .iter()
+                .any(|s| s.field == "legacy.encapsulation" && s.from.contains("providerID")),
+            "{:#?}",
+            derived.sources
+        );
+        assert!(
+            !derived.warnings.iter().any(|w| w.contains("podCIDRs")),
+            "no range is expected: {:#?}",
+            derived.warnings
+        );
+        let listed: Vec<(String, &str)> = derived
+            .shape
+            .pods
+            .iter()
+            .map(|p| (p.addr.to_string(), p.node.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![("172.31.5.23".into(), "a"), ("172.31.9.40".into(), "b")]
+        );
+        derived.shape.validate().unwrap();
+
+        // With ranges (Flannel's podCIDRs), no pod is listed.
+        let flannel = [node("a", "172.31.0.10", "10.244.0.0/24")];
+        let objects = ClusterObjects {
+            nodes: flannel.iter().collect(),
+            pods: pods.iter().collect(),
+            ..ClusterObjects::default()
+        };
+        assert!(
+            derive(&objects, "a", &ShapeOverrides::default())
+                .shape
+                .pods
+                .is_empty()
+        );
     }
 }

@@ -131,7 +131,9 @@ fn pod_identity(shape: &ClusterShape, pod: &Pod) -> Option<Identity> {
         .networks
         .iter()
         .find(|n| n.cidrs.iter().any(|c| c.contains(&ip)))
-        .map(|n| n.role);
+        .map(|n| n.role)
+        // Outside every range: the network without ranges (AWS VPC CNI).
+        .or_else(|| shape.rangeless_role());
     Some(Identity::Pod {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),

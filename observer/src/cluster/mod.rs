@@ -3,6 +3,7 @@
 //! `cilium-config` ConfigMap, and the crossover agent and probe pods. The
 //! agent derives its classification shape and its IP index from these.
 pub mod agents;
+pub mod calico;
 pub mod cilium;
 pub mod derive;
 pub mod events;
@@ -21,6 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node as KubeNode, Pod, PodSpec, Service};
 use kube::{
     Api, Client, Resource,
+    api::{ApiResource, DynamicObject},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
@@ -102,6 +104,9 @@ pub struct Cluster {
     cilium_nodes: Store<CiliumNode>,
     node_configs: Store<CiliumNodeConfig>,
     cilium_config: Store<ConfigMap>,
+    /// Calico's IPPools and BlockAffinities: absent unless Calico runs.
+    ip_pools: Store<DynamicObject>,
+    block_affinities: Store<DynamicObject>,
     agents: Store<Pod>,
     probes: Store<Pod>,
     migration: Store<ConfigMap>,
@@ -174,6 +179,13 @@ impl Cluster {
                 all.clone().fields("metadata.name=cilium-config"),
                 |c: &mut ConfigMap| c.metadata.managed_fields = None,
             ),
+            ip_pools: w.spawn_dynamic("ippools", calico::ip_pool_resource(), &client, all.clone()),
+            block_affinities: w.spawn_dynamic(
+                "blockaffinities",
+                calico::block_affinity_resource(),
+                &client,
+                all.clone(),
+            ),
             agents: w.spawn(
                 "agent-pods",
                 Api::namespaced(client.clone(), &options.agent_namespace),
@@ -243,10 +255,16 @@ impl Cluster {
         let nodes = self.nodes.state();
         let cilium_nodes = self.cilium_nodes.state();
         let config = self.cilium_config.state();
+        let ip_pools = self.ip_pools.state();
+        let block_affinities = self.block_affinities.state();
+        let pods = self.pods.state();
         let objects = ClusterObjects {
             nodes: nodes.iter().map(AsRef::as_ref).collect(),
             cilium_nodes: cilium_nodes.iter().map(AsRef::as_ref).collect(),
             cilium_config: config.first().map(AsRef::as_ref),
+            ip_pools: ip_pools.iter().map(AsRef::as_ref).collect(),
+            block_affinities: block_affinities.iter().map(AsRef::as_ref).collect(),
+            pods: pods.iter().map(AsRef::as_ref).collect(),
         };
         derive::derive(&objects, &self.options.node_name, &self.options.overrides)
     }
@@ -448,7 +466,39 @@ impl Watches<'_> {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        let (reader, writer) = reflector::store();
+        self.spawn_with(name, api, (), config, slim)
+    }
+
+    /// [`Watches::spawn`] for a kind known by its [`ApiResource`] alone
+    /// (a CRD read as dynamic objects).
+    fn spawn_dynamic(
+        &self,
+        name: &'static str,
+        resource: ApiResource,
+        client: &Client,
+        config: watcher::Config,
+    ) -> Store<DynamicObject> {
+        let api = Api::all_with(client.clone(), &resource);
+        self.spawn_with(name, api, resource, config, |o: &mut DynamicObject| {
+            o.metadata.managed_fields = None;
+            o.metadata.annotations = None;
+        })
+    }
+
+    fn spawn_with<K>(
+        &self,
+        name: &'static str,
+        api: Api<K>,
+        dynamic: K::DynamicType,
+        config: watcher::Config,
+        slim: fn(&mut K),
+    ) -> Store<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+    {
+        let writer = reflector::store::Writer::new(dynamic);
+        let reader = writer.as_reader();
         let health = self.health.clone();
         let changes = self.changes.clone();
         health.update(name, |_| {});

@@ -2,6 +2,7 @@
 //! attaching them, and reading back what they counted.
 mod ageing;
 mod attach;
+mod blocks;
 mod btf;
 mod drops;
 mod flows;
@@ -35,6 +36,7 @@ pub use ageing::{
 };
 pub use attach::AttachMode;
 use attach::{Attachment, Held};
+pub use blocks::{BlockPlan, BlockSummary};
 pub use drops::DropRecord;
 /// The drop program and its floor, by name (the benchmark reads their
 /// kernel statistics).
@@ -67,6 +69,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cr
 /// entry (2.7 GiB at this size).
 pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
 
+/// Largest ADDR_BLOCKS a flag may ask for: 24 bytes an entry (24 MiB), a
+/// /8 cut into /28 blocks.
+pub const MAX_ADDR_BLOCK_CAPACITY: u32 = 1 << 20;
+
 /// Most PEER_STATS slots a flag may ask for: a per-CPU array of 64 bytes
 /// a slot (16 MiB per CPU at this size), and PEER_SLOTS holds one more.
 pub const MAX_PEER_SLOT_CAPACITY: u32 = 1 << 18;
@@ -79,7 +85,14 @@ pub struct LoadOptions {
     /// Slots for the (peer, overlay, direction, network pair) of named
     /// nodes; PEER_SLOTS holds one more entry, the ABI version.
     pub peer_slot_capacity: u32,
+    /// ADDRS entries for the shape's ranges and node addresses.
     pub addr_capacity: u32,
+    /// ADDR_BLOCKS entries: pod ranges classified by block instead of the
+    /// trie (`blocks.rs`); 0 leaves every address to the trie.
+    pub addr_block_capacity: u32,
+    /// ADDRS entries for pods' /32s besides (`ClusterShape::pods`); pods
+    /// beyond it are left out and counted ([`PodAddrStats::refused`]).
+    pub pod_addr_capacity: u32,
     /// Handshakes in flight at once (HANDSHAKES).
     pub handshake_capacity: u32,
     pub attach_mode: AttachMode,
@@ -95,6 +108,29 @@ pub struct LoadOptions {
     pub control_port: u16,
 }
 
+/// Pods' /32 entries ADDRS has room for by default (`--pod-addr-capacity`).
+/// ADDRS is an LPM trie, never preallocated: room costs nothing unused.
+pub const DEFAULT_POD_ADDR_CAPACITY: u32 = 65_536;
+
+impl LoadOptions {
+    /// ADDRS's size: the ranges' room and the pods'.
+    pub fn addrs_entries(&self) -> u32 {
+        self.addr_capacity.saturating_add(self.pod_addr_capacity)
+    }
+}
+
+/// The pods' /32 entries as the last configure left them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PodAddrStats {
+    /// `--pod-addr-capacity`.
+    pub capacity: u32,
+    /// The shape's pods with an entry in ADDRS.
+    pub in_table: u32,
+    /// The shape's pods left out for lack of room: their traffic is
+    /// classified as outside the cluster until room is made.
+    pub refused: u32,
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
@@ -102,6 +138,8 @@ impl Default for LoadOptions {
             peer_capacity: DEFAULT_PEER_CAPACITY,
             peer_slot_capacity: DEFAULT_PEER_SLOT_CAPACITY,
             addr_capacity: DEFAULT_ADDR_CAPACITY,
+            addr_block_capacity: observer_ebpf::DEFAULT_ADDR_BLOCK_CAPACITY,
+            pod_addr_capacity: DEFAULT_POD_ADDR_CAPACITY,
             handshake_capacity: observer_ebpf::DEFAULT_HANDSHAKE_CAPACITY,
             attach_mode: AttachMode::Auto,
             netns: None,
@@ -122,6 +160,11 @@ pub struct Observer {
     attached: BTreeMap<String, Attachment>,
     /// ADDRS as last written, to apply a new shape as a difference.
     addrs: BTreeMap<Ipv4Net, AddrInfo>,
+    /// ADDR_BLOCKS and CONFIG's block ranges as last written.
+    blocks: BlockPlan,
+    /// Which of `addrs` are pods' /32s, and how many pods found no room.
+    pod_addrs: std::collections::BTreeSet<Ipv4Net>,
+    pod_stats: PodAddrStats,
     /// PEER_STATS slots handed out. Never reused, so a peer's counters stay
     /// monotonic while the shape changes around it. PEER_SLOTS holds all of
     /// them (peers that left the shape marked retired), so a restarted
@@ -165,7 +208,10 @@ impl Observer {
             .map_max_entries(map::PEERS, options.peer_capacity)
             .map_max_entries(map::PEER_SLOTS, options.peer_slot_capacity + 1)
             .map_max_entries(map::PEER_STATS, options.peer_slot_capacity)
-            .map_max_entries(map::ADDRS, options.addr_capacity)
+            .map_max_entries(map::ADDRS, options.addrs_entries())
+            // An array of no entries cannot be created; one unused entry
+            // stands for "off".
+            .map_max_entries(map::ADDR_BLOCKS, options.addr_block_capacity.max(1))
             .map_max_entries(map::HANDSHAKES, options.handshake_capacity);
         let pins = options.pin_path.as_deref().map(PinDir::open).transpose()?;
         let mut pin_report = None;
@@ -201,12 +247,19 @@ impl Observer {
             }
         }
         let mode = options.attach_mode.resolve();
+        let pod_addr_capacity = options.pod_addr_capacity;
         let mut observer = Observer {
             ebpf,
             options,
             mode,
             attached: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            blocks: BlockPlan::default(),
+            pod_addrs: std::collections::BTreeSet::new(),
+            pod_stats: PodAddrStats {
+                capacity: pod_addr_capacity,
+                ..PodAddrStats::default()
+            },
             peer_slots: BTreeMap::new(),
             slotless: 0,
             slottable: SlotRule::default(),
@@ -330,21 +383,19 @@ impl Observer {
         Ok([id(map::PEERS)?, id(map::PEER_STATS)?])
     }
 
-    /// Writes the cluster's shape into CONFIG and ADDRS. Applied as a
-    /// difference, so a changed shape never leaves the kernel with an empty
-    /// table in between.
+    /// Writes the cluster's shape into CONFIG, ADDRS and ADDR_BLOCKS.
+    /// Applied as a difference, so a changed shape never leaves the kernel
+    /// with an empty table in between.
+    /// The pod ranges new flows are classified in by block, and what is
+    /// left to the trie.
+    pub fn block_summary(&self) -> &BlockSummary {
+        &self.blocks.summary
+    }
+
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
         self.tick()?;
-        let config = observer_ebpf::Config {
-            control_port: self.options.control_port,
-            ..shape.kernel_config()?
-        };
-        let mut array: Array<&mut MapData, observer_ebpf::Config> =
-            map_mut(&mut self.ebpf, map::CONFIG)?;
-        array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
-
-        let wanted: BTreeMap<Ipv4Net, AddrInfo> = shape.kernel_addrs().into_iter().collect();
+        let mut wanted: BTreeMap<Ipv4Net, AddrInfo> = shape.kernel_addrs().into_iter().collect();
         if wanted.len() as u32 > self.options.addr_capacity {
             return Err(Error::MapFull {
                 map: map::ADDRS,
@@ -355,6 +406,25 @@ impl Observer {
                 ),
             });
         }
+        let (pods, stats) = self.pods_that_fit(shape, &wanted);
+        wanted.extend(pods.iter().map(|(net, info)| (*net, *info)));
+        let plan = blocks::plan(&wanted, self.options.addr_block_capacity);
+        // New ranges (or a restart, which knows nothing of the array): the
+        // kernel asks the trie alone while the whole array is rewritten.
+        let relaid = plan.ranges != self.blocks.ranges;
+        let mut config = observer_ebpf::Config {
+            control_port: self.options.control_port,
+            block_ranges: if relaid {
+                Default::default()
+            } else {
+                plan.ranges
+            },
+            ..shape.kernel_config()?
+        };
+        let mut array: Array<&mut MapData, observer_ebpf::Config> =
+            map_mut(&mut self.ebpf, map::CONFIG)?;
+        array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
+
         let previous = std::mem::take(&mut self.addrs);
         let mut trie: LpmTrie<&mut MapData, u32, AddrInfo> = map_mut(&mut self.ebpf, map::ADDRS)?;
         let key = |net: &Ipv4Net| Key::new(u32::from(net.prefix_len()), wire_addr(net.network()));
@@ -367,8 +437,75 @@ impl Observer {
         for net in previous.keys().filter(|net| !wanted.contains_key(net)) {
             trie.remove(&key(net)).map_err(Error::map(map::ADDRS))?;
         }
+
+        let writes = match relaid {
+            true => (0u32..).zip(plan.entries.iter().copied()).collect(),
+            false => self.blocks.writes_to(&plan),
+        };
+        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
+            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
+        for (index, block) in writes {
+            entries
+                .set(index, block, 0)
+                .map_err(Error::map(map::ADDR_BLOCKS))?;
+        }
+        if relaid {
+            config.block_ranges = plan.ranges;
+            let mut array: Array<&mut MapData, observer_ebpf::Config> =
+                map_mut(&mut self.ebpf, map::CONFIG)?;
+            array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
+        }
+        self.blocks = plan;
         self.addrs = wanted;
+        if stats.refused != self.pod_stats.refused {
+            eprintln!(
+                "crossover: {} of {} pod addresses have an ADDRS entry; {} left out (--pod-addr-capacity {})",
+                stats.in_table,
+                stats.in_table + stats.refused,
+                stats.refused,
+                stats.capacity
+            );
+        }
+        self.pod_addrs = pods.into_iter().map(|(net, _)| net).collect();
+        self.pod_stats = stats;
         self.assign_peer_slots(shape)
+    }
+
+    /// The shape's pod entries that fit `--pod-addr-capacity`: those with
+    /// an entry already keep it (a pod never loses its entry to a newer
+    /// one), the others in the shape's order while room lasts. A pod /32
+    /// that is also a range of the shape is the range's.
+    fn pods_that_fit(
+        &self,
+        shape: &ClusterShape,
+        ranges: &BTreeMap<Ipv4Net, AddrInfo>,
+    ) -> (Vec<(Ipv4Net, AddrInfo)>, PodAddrStats) {
+        let capacity = self.options.pod_addr_capacity;
+        let entries: Vec<(Ipv4Net, AddrInfo)> = shape
+            .pod_entries()
+            .into_iter()
+            .filter(|(net, _)| !ranges.contains_key(net))
+            .collect();
+        let (held, new): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|(net, _)| self.pod_addrs.contains(net));
+        let total = held.len() + new.len();
+        let kept: Vec<_> = held
+            .into_iter()
+            .chain(new)
+            .take(capacity as usize)
+            .collect();
+        let stats = PodAddrStats {
+            capacity,
+            in_table: kept.len() as u32,
+            refused: (total - kept.len()) as u32,
+        };
+        (kept, stats)
+    }
+
+    /// The pods' /32 entries as the last configure left them.
+    pub fn pod_addrs(&self) -> PodAddrStats {
+        self.pod_stats
     }
 
     /// Attaches `hook`'s ingress and egress programs to `iface`. Attaching
@@ -790,6 +927,22 @@ impl Observer {
         snapshot::clear_flows(&mut self.ebpf)
     }
 
+    /// Overwrites ADDR_BLOCKS entry `index` behind the plan's back: tests
+    /// prove the kernel answers from it.
+    #[cfg(feature = "test-api")]
+    pub fn write_addr_block(&mut self, index: u32, block: observer_ebpf::AddrBlock) -> Result<()> {
+        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
+            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
+        entries
+            .set(index, block, 0)
+            .map_err(Error::map(map::ADDR_BLOCKS))
+    }
+
+    /// The plan last written to ADDR_BLOCKS and CONFIG.
+    pub fn block_plan(&self) -> &BlockPlan {
+        &self.blocks
+    }
+
     /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
     #[cfg(feature = "test-api")]
     pub fn reset_counters(&mut self) -> Result<()> {
@@ -945,7 +1098,11 @@ where
 fn sized_by(name: &str, options: &LoadOptions) -> String {
     let (flag, entries) = match name {
         map::FLOWS => ("--flow-capacity", options.flow_capacity),
-        map::ADDRS => ("--addr-capacity", options.addr_capacity),
+        map::ADDRS => (
+            "--addr-capacity and --pod-addr-capacity",
+            options.addrs_entries(),
+        ),
+        map::ADDR_BLOCKS => ("--addr-block-capacity", options.addr_block_capacity),
         map::PEER_SLOTS | map::PEER_STATS => ("--peer-slot-capacity", options.peer_slot_capacity),
         map::PEERS => ("its fixed capacity", options.peer_capacity),
         map::HANDSHAKES => ("its fixed capacity", options.handshake_capacity),

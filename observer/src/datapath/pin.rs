@@ -33,8 +33,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use observer_ebpf::{
-    AddrInfo, COUNTER_SLOTS, Config, FlowKey, FlowStats, PEER_ABI_KEY, PEER_ABI_VERSION,
-    PEER_SLOT_RETIRED, PeerKey, PeerStats, PendingHandshake, map,
+    AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_DROP_CAPACITY, DropKey, FlowKey, FlowStats,
+    PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED, PeerKey, PeerStats, PendingHandshake, map,
 };
 use serde::Serialize;
 
@@ -72,7 +72,7 @@ impl Geometry {
 
 /// Every map of the object and the geometry this binary gives it. Sizes
 /// come from the ABI crate the programs were built with.
-pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
+pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 11] {
     let g = |map_type: MapType, key: usize, value: usize, max_entries: u32, flags: u32| Geometry {
         map_type: map_type as u32,
         key_size: key as u32,
@@ -92,8 +92,18 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
                 MapType::LpmTrie,
                 2 * u32s,
                 size_of::<AddrInfo>(),
-                options.addr_capacity,
+                options.addrs_entries(),
                 BPF_F_NO_PREALLOC,
+            ),
+        ),
+        (
+            map::ADDR_BLOCKS,
+            g(
+                MapType::Array,
+                u32s,
+                size_of::<AddrBlock>(),
+                options.addr_block_capacity.max(1),
+                0,
             ),
         ),
         (
@@ -155,6 +165,18 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 9] {
                 size_of::<u64>(),
                 COUNTER_SLOTS,
                 0,
+            ),
+        ),
+        // The kernel's drops by reason: pinned, so a window across a
+        // restart counts the drops before it too.
+        (
+            map::DROPS,
+            g(
+                MapType::PerCpuHash,
+                size_of::<DropKey>(),
+                size_of::<u64>(),
+                DEFAULT_DROP_CAPACITY,
+                BPF_F_NO_PREALLOC,
             ),
         ),
     ]

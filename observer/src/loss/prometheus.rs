@@ -31,6 +31,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
     CLUSTER, LossRow, Signal,
+    blind::{BlindCount, BlindHooks, NodeBlind},
     client::Client,
     cluster::{ClusterReading, FailedAgent, ReadOptions},
     dropped::DropRow,
@@ -370,6 +371,68 @@ fn drop_row(s: &Sample) -> Option<DropRow> {
     })
 }
 
+/// Every hook kind and direction of a node that was blind at some point
+/// of the `window` before the reading's end.
+fn blind_expr(window: Duration) -> String {
+    format!(
+        "max by (node, hook, direction) \
+         (max_over_time(crossover_hooks_blind{{job=\"{JOB}\"}}[{}ms])) > 0",
+        window.as_millis()
+    )
+}
+
+/// `unless` clauses leaving out every series whose node or peer node had
+/// a blind underlay in the `window`.
+fn blind_underlay_exclusion(window: Duration) -> String {
+    let blind = format!(
+        "(max by (node) (max_over_time(crossover_hooks_blind{{job=\"{JOB}\", \
+         hook=\"underlay\"}}[{}ms])) > 0)",
+        window.as_millis()
+    );
+    format!(
+        " unless on (node) {blind} unless on (peer_node) \
+         label_replace({blind}, \"peer_node\", \"$1\", \"node\", \"(.*)\")"
+    )
+}
+
+/// Blind hooks by node from [`blind_expr`]'s series: counted, not named
+/// (the metric has no interface label: pod veths are many).
+fn node_blind(series: &[Sample]) -> Vec<NodeBlind> {
+    let mut by_node: BTreeMap<String, Vec<BlindCount>> = BTreeMap::new();
+    for s in series {
+        let get = |name: &str| s.metric.get(name).map(String::as_str);
+        let (Some(node), Some(Ok(hook)), Some(direction), Ok(blind)) = (
+            get("node"),
+            get("hook").map(str::parse),
+            get("direction").and_then(Direction::from_label),
+            s.value.1.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        by_node
+            .entry(node.to_owned())
+            .or_default()
+            .push(BlindCount {
+                hook,
+                direction,
+                blind: blind.max(0.0).round() as u64,
+            });
+    }
+    by_node
+        .into_iter()
+        .map(|(node, mut counts)| {
+            counts.sort_by_key(|c| (c.hook, c.direction));
+            NodeBlind {
+                node,
+                hooks: BlindHooks {
+                    counts,
+                    named: Vec::new(),
+                },
+            }
+        })
+        .collect()
+}
+
 /// One reading from the Prometheus server at `url` (its base URL): the
 /// cluster totals per signal, overlay and network pair, every row of the
 /// nodes in `options.focus`, and the `options.top` worst rows with at
@@ -414,7 +477,37 @@ pub async fn read_records(
         to_ms: to,
         ..ClusterReading::default()
     };
-    let over = |record: &str, selector: &str| over(record, selector, terms, records.window);
+    // Hooks that ran behind another program in the window. A node whose
+    // underlay did has no figure that is what crossed its NIC: its pairs
+    // are left out of every query (as its agent refuses a reading), and
+    // said so; its other blind hooks are listed, as the agents list them.
+    requests += 1;
+    let blind_series = query(client, url, &blind_expr(window), to).await?;
+    reading.blind = node_blind(&blind_series);
+    let blind_underlays: Vec<&NodeBlind> = reading
+        .blind
+        .iter()
+        .filter(|b| b.hooks.underlay())
+        .collect();
+    for b in &blind_underlays {
+        reading.failed.push(FailedAgent {
+            agent: b.node.clone(),
+            error: format!(
+                "{}: its underlay ran behind another program in the window \
+                 (crossover_hooks_blind): its pairs are left out",
+                b.node
+            ),
+            refused: false,
+        });
+    }
+    let exclude = (!blind_underlays.is_empty()).then(|| blind_underlay_exclusion(window));
+    let over = |record: &str, selector: &str| {
+        let expr = over(record, selector, terms, records.window);
+        match &exclude {
+            Some(unless) => format!("({expr}{unless})"),
+            None => expr,
+        }
+    };
     let (sent, lost) = (records.sent.as_str(), records.lost.as_str());
     let mut unreadable = 0;
     let mut rows = |figures: Figures| -> Vec<LossRow> {
@@ -461,9 +554,11 @@ pub async fn read_records(
             sent_and_lost(client, url, to, exprs, &mut requests).await?,
         ));
         for node in &options.focus {
-            if !found
-                .iter()
-                .any(|r| r.node == *node || r.peer_node == *node)
+            let blind = blind_underlays.iter().any(|b| b.node == *node);
+            if !blind
+                && !found
+                    .iter()
+                    .any(|r| r.node == *node || r.peer_node == *node)
             {
                 reading.failed.push(missing(format!(
                     "no record of node {node}'s pairs: its agent is not scraped, or its series \

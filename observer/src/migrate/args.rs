@@ -11,7 +11,7 @@ use super::{
     preflight::PreflightOptions,
     state::{OnBreach, Settings},
 };
-use crate::{Result, agent::parse_duration};
+use crate::{Result, duration::parse_duration};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {

@@ -100,6 +100,18 @@ impl NodeBuilder {
         if j == 0 { b.control_plane() } else { b }
     }
 
+    /// Node `j` of the plan as an EC2 instance running the AWS VPC CNI:
+    /// InternalIP and `spec.providerID`, no podCIDR (no
+    /// `--allocate-node-cidrs`), no CNI annotation; the control-plane role
+    /// for j = 0.
+    pub fn aws_lab(j: usize) -> Self {
+        let ip = plan::underlay_addr(j).to_string();
+        let mut b = NodeBuilder::new(&node_name(j)).internal_ip(&ip);
+        b.0.spec.get_or_insert_default().provider_id =
+            Some(format!("aws:///eu-west-1a/i-0lab{j:013}"));
+        if j == 0 { b.control_plane() } else { b }
+    }
+
     pub fn label(mut self, key: &str, value: &str) -> Self {
         let l = self.0.metadata.labels.get_or_insert_default();
         l.insert(key.into(), value.into());
@@ -916,5 +928,17 @@ pub fn calico_installation(pool_cidr: &str, autodetection_v4: Value) -> Value {
         "kind": "Installation",
         "metadata": { "name": "default" },
         "spec": { "calicoNetwork": network },
+    })
+}
+
+/// A Calico CRD object (`crd.projectcalico.org/v1`, cluster-scoped) of
+/// `kind` (`IPPool`, `BlockAffinity`) with `spec`, as Calico's KDD backend
+/// stores it.
+pub fn calico_object(kind: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": kind,
+        "metadata": { "name": name },
+        "spec": spec,
     })
 }

@@ -31,7 +31,8 @@ enum Command {
         /// App pods per node, besides one DaemonSet pod.
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// The CNI migrated from: flannel or calico-vxlan.
+        /// The CNI migrated from: flannel, calico-vxlan, aws-native or
+        /// calico-crosssubnet.
         #[arg(long, default_value = "flannel")]
         legacy: LegacyCni,
     },

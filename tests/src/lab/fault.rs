@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    aws,
     exec::{batch, in_ns},
     plan::{self, Overlay},
     state::LabState,
@@ -162,18 +163,25 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
                 bail!("loss from {from} to itself: pick two nodes");
             }
             let sample = sample(*percent)?;
+            // An untunnelled lab's legacy path is native, matched by the
+            // receiver's MAC; a CrossSubnet lab's native path by its pods'
+            // ranges (`Overlay::nft_path`).
+            let untunnelled =
+                !lab.legacy.tunnelled() && matches!(overlay, Overlay::Legacy | Overlay::Native);
+            let path = if untunnelled {
+                aws::native_wire_match(lab, j, k)?
+            } else {
+                overlay.nft_path(lab.legacy, j, k)
+            };
             let script = format!(
                 "table netdev {TABLE} {{}}\n\
                  table netdev {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
-                     ip saddr {src} ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                     {path} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
                 port = LabState::underlay_port(j),
-                src = plan::underlay_addr(j),
-                dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(lab.legacy),
             );
             batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
         }
@@ -183,21 +191,26 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             overlay,
             percent,
         } => {
-            lab.node_index(node)?;
+            let j = lab.node_index(node)?;
             let k = lab.node_index(peer)?;
             if node == peer {
                 bail!("a firewall drop from {node} to itself: pick two nodes");
+            }
+            if matches!(overlay, Overlay::Legacy | Overlay::Native) && !lab.legacy.tunnelled() {
+                bail!(
+                    "{}'s pods are routed natively: no legacy tunnel packets to drop; use a loss fault",
+                    lab.legacy
+                );
             }
             let script = format!(
                 "table ip {TABLE} {{}}\n\
                  table ip {TABLE} {{\n\
                    chain fault{id} {{\n\
                      type filter hook postrouting priority 0; policy accept;\n\
-                     ip daddr {dst} {wire} {sample}counter drop comment \"{fault}\"\n\
+                     {path} {sample}counter drop comment \"{fault}\"\n\
                    }}\n\
                  }}\n",
-                dst = plan::underlay_addr(k),
-                wire = overlay.nft_match(lab.legacy),
+                path = overlay.nft_path(lab.legacy, j, k),
                 sample = sample(*percent)?,
             );
             batch(&lab.node_ns(node), &["nft", "-f", "-"], &script)
@@ -221,19 +234,23 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             if !(68..1500).contains(mtu) {
                 bail!("MTU {mtu}: a black hole on the wire is within 68..1500 bytes");
             }
+            if matches!(overlay, Overlay::Legacy | Overlay::Native) && !lab.legacy.tunnelled() {
+                bail!(
+                    "{}'s pods are routed natively: an MTU black hole here is for a tunnel \
+                     (or a CrossSubnet lab's native path)",
+                    lab.legacy
+                );
+            }
             let chain = |name: String, from: usize, to: usize| {
                 format!(
                     "table netdev {TABLE} {{\n\
                        chain {name} {{\n\
                          type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
-                         ip saddr {src} ip daddr {dst} {wire} ip length > {mtu} counter drop \
-                         comment \"{fault}\"\n\
+                         {path} ip length > {mtu} counter drop comment \"{fault}\"\n\
                        }}\n\
                      }}\n",
                     port = LabState::underlay_port(from),
-                    src = plan::underlay_addr(from),
-                    dst = plan::underlay_addr(to),
-                    wire = overlay.nft_match(lab.legacy),
+                    path = overlay.nft_path(lab.legacy, from, to),
                 )
             };
             let script = format!(
@@ -299,6 +316,12 @@ pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
 
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {
     let device = match overlay {
+        Overlay::Legacy if !lab.legacy.tunnelled() => {
+            bail!(
+                "{} routes natively: no legacy tunnel device to lower",
+                lab.legacy
+            )
+        }
         Overlay::Legacy => lab.legacy.device(),
         Overlay::Cilium => "cilium_vxlan",
         Overlay::Geneve => {
@@ -307,6 +330,7 @@ fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()>
         Overlay::Ipip => {
             bail!("the lab has no IP-in-IP device (no kernel module): no MTU to lower")
         }
+        Overlay::Native => bail!("the native overlay has no device of its own: no MTU to lower"),
     };
     lab.node_index(node)?;
     in_ns(

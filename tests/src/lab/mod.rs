@@ -1,9 +1,11 @@
 //! The lab: a Kubernetes cluster in the middle of its migration to Cilium,
 //! reduced to its datapath. Nodes are network namespaces on one underlay
-//! bridge; each runs the legacy CNI's overlay (Flannel's or Calico's VXLAN)
-//! and Cilium's side by side, with both CNIs' masquerade rules; pods are
-//! namespaces on `veth`s (Flannel), `cali`s (Calico) or `lxc`s (Cilium).
+//! bridge; each runs the legacy CNI's overlay (Flannel's or Calico's VXLAN,
+//! or the AWS VPC CNI's native routes) and Cilium's side by side, with both
+//! CNIs' masquerade rules; pods are namespaces on `veth`s (Flannel), `cali`s
+//! (Calico), `eni`s (AWS) or `lxc`s (Cilium).
 //! See `docs/lab.md` for the picture.
+pub mod aws;
 pub mod calico;
 pub mod exec;
 pub mod fault;
@@ -161,7 +163,7 @@ impl Lab {
                         "-c1",
                         "-W2",
                         "-q",
-                        &plan::underlay_addr(k).to_string(),
+                        &self.state.underlay_addr(k).to_string(),
                     ],
                 )?;
             }
@@ -328,25 +330,37 @@ impl Lab {
     /// The shape crossover on `node` is configured with.
     pub fn shape(&self, node: &str) -> Result<ClusterShape> {
         self.state.node_index(node)?;
+        let tunnelled = self.state.legacy.tunnelled();
         let nodes = self
             .state
             .nodes
             .iter()
             .enumerate()
-            .map(|(j, n)| Node {
-                name: n.name.clone(),
-                underlay: plan::underlay_addr(j),
-                overlay_addrs: vec![plan::flannel_addr(j), plan::cilium_host_addr(j)],
-                pod_cidrs: vec![
-                    NodePodCidr {
-                        role: Role::Legacy,
-                        cidr: plan::pod_cidr(j, Network::Legacy),
-                    },
-                    NodePodCidr {
-                        role: Role::Cilium,
-                        cidr: plan::pod_cidr(j, Network::Cilium),
-                    },
-                ],
+            .map(|(j, n)| {
+                let cilium = NodePodCidr {
+                    role: Role::Cilium,
+                    cidr: plan::pod_cidr(j, Network::Cilium),
+                };
+                let legacy = NodePodCidr {
+                    role: Role::Legacy,
+                    cidr: plan::pod_cidr(j, Network::Legacy),
+                };
+                // Natively routed legacy pods have no tunnel address and no
+                // range: each is a /32 of `pods`.
+                let (overlay_addrs, pod_cidrs) = if tunnelled {
+                    (
+                        vec![plan::flannel_addr(j), plan::cilium_host_addr(j)],
+                        vec![legacy, cilium],
+                    )
+                } else {
+                    (vec![plan::cilium_host_addr(j)], vec![cilium])
+                };
+                Node {
+                    name: n.name.clone(),
+                    underlay: self.state.underlay_addr(j),
+                    overlay_addrs,
+                    pod_cidrs,
+                }
             })
             .collect();
         let mut shape = ClusterShape {
@@ -354,10 +368,32 @@ impl Lab {
             nodes,
             ..ClusterShape::migration_defaults()
         };
-        // The legacy overlay's port: Flannel's 8472 is the default.
-        let port = self.state.legacy.port();
         for network in shape.networks.iter_mut().filter(|n| n.role == Role::Legacy) {
-            network.encapsulation = observer::shape::Encapsulation::Vxlan { port };
+            if tunnelled {
+                // The legacy overlay's port: Flannel's 8472 is the default.
+                let port = self.state.legacy.port();
+                network.encapsulation = observer::shape::Encapsulation::Vxlan { port };
+                // CrossSubnet: the tunnel only towards the other underlay
+                // subnet.
+                network.cross_subnet = self.state.legacy.cross_subnet();
+            } else {
+                network.cidrs.clear();
+                network.encapsulation = observer::shape::Encapsulation::Native;
+            }
+        }
+        if !tunnelled {
+            shape.pods = self
+                .state
+                .nodes
+                .iter()
+                .flat_map(|n| &n.pods)
+                .filter(|p| p.network == Network::Legacy)
+                .map(|p| observer::shape::PodAddr {
+                    addr: p.addr,
+                    node: p.node.clone(),
+                    role: Role::Legacy,
+                })
+                .collect();
         }
         // The crafted IP-in-IP of `ipip::send` carries legacy pods, as
         // Calico's tunl0 would beside the legacy VXLAN here.

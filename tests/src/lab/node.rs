@@ -1,26 +1,50 @@
 //! One node's datapath as both CNIs build it during a migration: the legacy
-//! CNI's (Flannel's `flannel.1` and `cni0`, or Calico's `vxlan.calico`,
-//! see `calico.rs`), Cilium's `cilium_host`/`cilium_net` pair and
+//! CNI's (Flannel's `flannel.1` and `cni0`, Calico's `vxlan.calico`, see
+//! `calico.rs`, or the AWS VPC CNI's routes and SNAT, see `aws.rs`), Cilium's `cilium_host`/`cilium_net` pair and
 //! `cilium_vxlan`, and the masquerade rules of both.
 use anyhow::Result;
 
 use super::{
-    calico,
+    aws, calico,
     exec::{IpBatch, batch, sysctls},
     plan::{self, LegacyCni, Network},
     state::LabState,
 };
 
 /// The underlay: one bridge in its own namespace, like the docker network
-/// kind's nodes share.
+/// kind's nodes share. A CrossSubnet lab has one bridge per underlay
+/// subnet and the namespace routes between them, holding each subnet's
+/// gateway address.
 pub fn build_underlay(lab: &LabState) -> Result<()> {
     let ns = lab.underlay_ns();
     let mut ip = IpBatch::default();
     ip.add("link set lo up")
         .add("link add underlay type bridge")
         .add("link set underlay up");
+    if lab.legacy.cross_subnet() {
+        for s in 0..plan::UNDERLAY_SUBNETS {
+            let bridge = plan::underlay_bridge(s);
+            if s > 0 {
+                ip.add(format!("link add {bridge} type bridge"))
+                    .add(format!("link set {bridge} up"));
+            }
+            ip.add(format!(
+                "addr add {} dev {bridge}",
+                plan::underlay_gateway(s)
+            ));
+        }
+    }
     ip.run(&ns)?;
-    sysctls(&ns, &[("net.ipv6.conf.all.disable_ipv6", "1")])
+    sysctls(
+        &ns,
+        &[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            (
+                "net.ipv4.ip_forward",
+                u8::from(lab.legacy.cross_subnet()).to_string().as_str(),
+            ),
+        ],
+    )
 }
 
 /// The node's namespace, its `eth0` on the underlay bridge, and both
@@ -40,7 +64,7 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
             ("net.ipv4.conf.default.rp_filter", "0"),
         ],
     )?;
-    let underlay = plan::underlay_addr(j);
+    let underlay = plan::node_underlay(lab.legacy, j);
     let port = LabState::underlay_port(j);
     let mut ip = IpBatch::default();
     ip.add("link set lo up")
@@ -48,21 +72,40 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
             "link add eth0 type veth peer name {port} netns {}",
             lab.underlay_ns()
         ))
-        .add(format!("addr add {underlay}/16 dev eth0"))
+        .add(format!("addr add {underlay} dev eth0"))
         .add("link set eth0 up");
-    legacy_tunnel(&mut ip, lab.legacy, j);
+    let subnet = plan::underlay_subnet(lab.legacy, j);
+    if lab.legacy.cross_subnet() {
+        // The other subnets through this one's router (a real node's
+        // default gateway; the lab's nodes have no default route).
+        let gateway = plan::underlay_gateway(subnet).addr();
+        for s in (0..plan::UNDERLAY_SUBNETS).filter(|&s| s != subnet) {
+            ip.add(format!(
+                "route add {} via {gateway} dev eth0",
+                plan::underlay_gateway(s).trunc()
+            ));
+        }
+    }
+    if lab.legacy.tunnelled() {
+        legacy_tunnel(&mut ip, lab.legacy, j);
+    }
     match lab.legacy {
         LegacyCni::Flannel => flannel(&mut ip, j),
-        LegacyCni::CalicoVxlan => calico::node(&mut ip, j),
+        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => calico::node(&mut ip, j),
+        // Nothing before pods: the fabric's routes come with each pod.
+        LegacyCni::AwsNative => {}
     }
-    cilium(&mut ip, j);
+    cilium(&mut ip, lab.legacy, j);
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
         peer_routes(&mut ip, lab.legacy, j, k);
     }
     ip.run(&ns)?;
     let mut bridge = IpBatch::default();
     bridge
-        .add(format!("link set {port} master underlay"))
+        .add(format!(
+            "link set {port} master {}",
+            plan::underlay_bridge(subnet)
+        ))
         .add(format!("link set {port} up"));
     bridge.run(&lab.underlay_ns())?;
     // cilium_net receives packets whose source is a local address (the
@@ -82,7 +125,7 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
 /// its VNI and port, learning off (peers come as static entries), MTU
 /// 1450, the node's tunnel address as a /32.
 fn legacy_tunnel(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
-    let underlay = plan::underlay_addr(j);
+    let underlay = plan::node_underlay(cni, j).addr();
     let dev = cni.device();
     ip.add(format!(
         "link add {dev} address {} type vxlan id {} local {underlay} dev eth0 dstport {} nolearning",
@@ -106,9 +149,9 @@ fn flannel(ip: &mut IpBatch, j: usize) {
 /// the tunnel. Without BPF the lab makes that hop a second routing pass:
 /// `cilium_host` delivers into its peer `cilium_net`, where a policy rule
 /// looks the destination up in the tunnel table.
-fn cilium(ip: &mut IpBatch, j: usize) {
+fn cilium(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
     let host = plan::cilium_host_addr(j);
-    let underlay = plan::underlay_addr(j);
+    let underlay = plan::node_underlay(cni, j).addr();
     let net_mac = plan::mac(plan::MAC_CILIUM_NET, j);
     let local = plan::pod_cidr(j, Network::Cilium);
     // Like real Cilium, cilium_host does no ARP. Its routes name its own
@@ -148,18 +191,28 @@ fn cilium(ip: &mut IpBatch, j: usize) {
 /// What Flannel and Felix alike write for each peer (an onlink route to
 /// its subnet or block via its tunnel address, a permanent neighbour for
 /// that address with its VTEP MAC) and what Cilium routes for each peer's
-/// CIDR.
+/// CIDR. In CrossSubnet mode Felix routes the block of a peer in the same
+/// underlay subnet via the peer's underlay address on `eth0`, with its own
+/// protocol (80), and keeps the VTEP's neighbour and FDB entries all the
+/// same.
 fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
-    let legacy = plan::pod_cidr(k, Network::Legacy);
-    let tunnel_peer = plan::flannel_addr(k);
-    let dev = cni.device();
-    ip.add(format!(
-        "route add {legacy} via {tunnel_peer} dev {dev} onlink"
-    ))
-    .add(format!(
-        "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
-        plan::mac(cni.vtep_mac_kind(), k)
-    ));
+    if cni.tunnelled() {
+        let legacy = plan::pod_cidr(k, Network::Legacy);
+        let tunnel_peer = plan::flannel_addr(k);
+        let dev = cni.device();
+        if cni.cross_subnet() && plan::underlay_subnet(cni, j) == plan::underlay_subnet(cni, k) {
+            let peer = plan::node_underlay(cni, k).addr();
+            ip.add(format!("route add {legacy} via {peer} dev eth0 proto 80"));
+        } else {
+            ip.add(format!(
+                "route add {legacy} via {tunnel_peer} dev {dev} onlink"
+            ));
+        }
+        ip.add(format!(
+            "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
+            plan::mac(cni.vtep_mac_kind(), k)
+        ));
+    }
     let cilium = plan::pod_cidr(k, Network::Cilium);
     let host = plan::cilium_host_addr(j);
     let host_peer = plan::cilium_host_addr(k);
@@ -181,11 +234,15 @@ fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
 fn fdb(lab: &LabState, j: usize) -> Result<()> {
     let mut bridge = String::new();
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
-        let dst = plan::underlay_addr(k);
-        for (kind, dev) in [
-            (lab.legacy.vtep_mac_kind(), lab.legacy.device()),
-            (plan::MAC_CILIUM_VXLAN, "cilium_vxlan"),
-        ] {
+        let dst = lab.underlay_addr(k);
+        let legacy = lab
+            .legacy
+            .tunnelled()
+            .then(|| (lab.legacy.vtep_mac_kind(), lab.legacy.device()));
+        for (kind, dev) in legacy
+            .into_iter()
+            .chain([(plan::MAC_CILIUM_VXLAN, "cilium_vxlan")])
+        {
             bridge += &format!("fdb append {} dev {dev} dst {dst}\n", plan::mac(kind, k));
         }
     }
@@ -222,7 +279,8 @@ fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
 -A FLANNEL-POSTRTG ! -s {legacy} -d {legacy} {flannel} -j MASQUERADE --random-fully
 "#
         ),
-        LegacyCni::CalicoVxlan => calico::masquerade_rules(),
+        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => calico::masquerade_rules(),
+        LegacyCni::AwsNative => aws::snat_rules(j),
     };
     let rules = format!(
         r#"*nat
@@ -235,5 +293,13 @@ COMMIT
 COMMIT
 "#
     );
-    batch(ns, &["iptables-restore", "--noflush"], &rules)
+    batch(ns, &["iptables-restore", "--noflush"], &rules)?;
+    if cni == LegacyCni::AwsNative {
+        batch(
+            ns,
+            &["iptables-restore", "--noflush"],
+            &aws::cilium_delivery_rules(),
+        )?;
+    }
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! The lab's address plan, after kind with Flannel and the migration guide:
 //! node `j` (0-based) has underlay 172.18.0.(j+2)/16 on `eth0`, legacy pod
 //! subnet 10.244.j.0/24 (`flannel.1` = 10.244.j.0, `cni0` = 10.244.j.1) and
-//! Cilium pod subnet 10.245.j.0/24 (`cilium_host` = 10.245.j.1).
+//! Cilium pod subnet 10.245.j.0/24 (`cilium_host` = 10.245.j.1). A Calico
+//! CrossSubnet lab splits the underlay in two /24s instead: node `j` is
+//! 172.18.(j % 2).(j+2)/24, a router between them (see [`node_underlay`]).
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -46,38 +48,61 @@ pub enum LegacyCni {
     /// Calico in VXLAN mode: `vxlan.calico` (VXLAN 4789, VNI 4096), pods
     /// on `cali*` veths with /32 routes and proxy ARP, no bridge.
     CalicoVxlan,
+    /// The AWS VPC CNI: pods take addresses from the nodes' own subnet,
+    /// on `eni*` veths with /32 routes, routed natively (`aws.rs`).
+    AwsNative,
+    /// Calico with `vxlanMode: CrossSubnet`: as [`LegacyCni::CalicoVxlan`],
+    /// but the nodes sit in two underlay subnets and a peer's block in the
+    /// same subnet is routed natively through `eth0`, without the tunnel.
+    CalicoCrossSubnet,
 }
 
 impl LegacyCni {
-    pub const ALL: [LegacyCni; 2] = [LegacyCni::Flannel, LegacyCni::CalicoVxlan];
+    pub const ALL: [LegacyCni; 4] = [
+        LegacyCni::Flannel,
+        LegacyCni::CalicoVxlan,
+        LegacyCni::AwsNative,
+        LegacyCni::CalicoCrossSubnet,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "flannel",
             LegacyCni::CalicoVxlan => "calico-vxlan",
+            LegacyCni::AwsNative => "aws-native",
+            LegacyCni::CalicoCrossSubnet => "calico-crosssubnet",
         }
     }
 
-    /// The legacy overlay's tunnel device.
+    /// The device legacy pods' traffic leaves a node by: the legacy
+    /// overlay's tunnel device, or `eth0` where it is routed natively.
     pub fn device(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "flannel.1",
-            LegacyCni::CalicoVxlan => "vxlan.calico",
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "vxlan.calico",
+            LegacyCni::AwsNative => "eth0",
         }
     }
 
-    /// The legacy overlay's VXLAN port.
+    /// The legacy pods' traffic between nodes is tunnelled (VXLAN).
+    pub fn tunnelled(self) -> bool {
+        self != LegacyCni::AwsNative
+    }
+
+    /// The legacy overlay's VXLAN port; 0 where nothing is tunnelled.
     pub fn port(self) -> u16 {
         match self {
             LegacyCni::Flannel => LEGACY_PORT,
-            LegacyCni::CalicoVxlan => CALICO_PORT,
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_PORT,
+            LegacyCni::AwsNative => 0,
         }
     }
 
     pub fn vni(self) -> u32 {
         match self {
             LegacyCni::Flannel => LEGACY_VNI,
-            LegacyCni::CalicoVxlan => CALICO_VNI,
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_VNI,
+            LegacyCni::AwsNative => 0,
         }
     }
 
@@ -85,16 +110,36 @@ impl LegacyCni {
     pub fn vtep_mac_kind(self) -> u8 {
         match self {
             LegacyCni::Flannel => MAC_FLANNEL,
-            LegacyCni::CalicoVxlan => MAC_CALICO_VXLAN,
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::AwsNative => {
+                MAC_CALICO_VXLAN
+            }
         }
+    }
+
+    /// crossover's name for the overlay legacy pods' traffic between
+    /// nodes travels on.
+    pub fn overlay_label(self) -> &'static str {
+        if self.tunnelled() { "legacy" } else { "native" }
     }
 
     /// Prefix of the host end of a legacy pod's veth.
     pub fn veth_prefix(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "veth",
-            LegacyCni::CalicoVxlan => "cali",
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "cali",
+            LegacyCni::AwsNative => "eni",
         }
+    }
+
+    /// Calico's node build (no bridge, `cali*` veths, Felix's NAT).
+    pub fn is_calico(self) -> bool {
+        matches!(self, LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet)
+    }
+
+    /// Whether the legacy network tunnels only across underlay subnets
+    /// (Calico's `CrossSubnet` modes) and the lab's nodes sit in two.
+    pub fn cross_subnet(self) -> bool {
+        self == LegacyCni::CalicoCrossSubnet
     }
 }
 
@@ -104,7 +149,13 @@ impl std::str::FromStr for LegacyCni {
         LegacyCni::ALL
             .into_iter()
             .find(|c| c.label() == s)
-            .ok_or_else(|| format!("unknown legacy CNI {s:?}; expected flannel or calico-vxlan"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = LegacyCni::ALL.iter().map(|c| c.label()).collect();
+                format!(
+                    "unknown legacy CNI {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -133,25 +184,63 @@ pub enum Overlay {
     /// Crafted IP-in-IP (Calico's legacy overlay in IPIP mode): the kernel
     /// here has no ipip module.
     Ipip,
+    /// No tunnel: pod traffic routed between two nodes of one underlay
+    /// subnet (a CrossSubnet lab).
+    Native,
 }
 
 impl Overlay {
-    pub const ALL: [Overlay; 4] = [
+    pub const ALL: [Overlay; 5] = [
         Overlay::Legacy,
         Overlay::Cilium,
         Overlay::Geneve,
         Overlay::Ipip,
+        Overlay::Native,
     ];
 
     /// What an nftables rule matches this overlay's packets by on the
-    /// wire, in a lab whose legacy CNI is `legacy`.
-    pub fn nft_match(self, legacy: LegacyCni) -> String {
+    /// wire, in a lab whose legacy CNI is `legacy` and tunnelled, beside
+    /// the outer addresses; `None` for the native overlay, which has no
+    /// outer header (a native path is matched by addresses:
+    /// `aws::native_wire_match`).
+    pub fn nft_match(self, legacy: LegacyCni) -> Option<String> {
         match self {
-            Overlay::Legacy => format!("udp dport {}", legacy.port()),
-            Overlay::Cilium => format!("udp dport {CILIUM_PORT}"),
-            Overlay::Geneve => format!("udp dport {GENEVE_PORT}"),
+            Overlay::Legacy => Some(format!("udp dport {}", legacy.port())),
+            Overlay::Cilium => Some(format!("udp dport {CILIUM_PORT}")),
+            Overlay::Geneve => Some(format!("udp dport {GENEVE_PORT}")),
             // By number: /etc/protocols names 4 `ipencap`; its `ipip` is 94.
-            Overlay::Ipip => "ip protocol 4".into(),
+            Overlay::Ipip => Some("ip protocol 4".into()),
+            Overlay::Native => None,
+        }
+    }
+
+    /// The nftables match for this overlay's packets from node `j` to node
+    /// `k` of a lab whose legacy CNI is `legacy`. A tunnel's: from `j`'s to
+    /// `k`'s underlay address on its port or protocol. The native
+    /// overlay's, as crossover classifies it: unencapsulated, with a pod of
+    /// `j` or `k` at one end and `j` and `k` (a pod or the node itself) at
+    /// the two; node to node alone is no overlay's.
+    pub fn nft_path(self, legacy: LegacyCni, j: usize, k: usize) -> String {
+        let (from, to) = (
+            node_underlay(legacy, j).addr(),
+            node_underlay(legacy, k).addr(),
+        );
+        match self.nft_match(legacy) {
+            Some(wire) => format!("ip saddr {from} ip daddr {to} {wire}"),
+            None => {
+                let pods = |n: usize| [pod_cidr(n, Network::Legacy), pod_cidr(n, Network::Cilium)];
+                let mut pairs = Vec::new();
+                for src in pods(j) {
+                    for dst in pods(k) {
+                        pairs.push(format!("{src} . {dst}"));
+                    }
+                    pairs.push(format!("{src} . {to}"));
+                }
+                for dst in pods(k) {
+                    pairs.push(format!("{from} . {dst}"));
+                }
+                format!("ip saddr . ip daddr {{ {} }}", pairs.join(", "))
+            }
         }
     }
 
@@ -161,6 +250,7 @@ impl Overlay {
             Overlay::Cilium => "cilium",
             Overlay::Geneve => "geneve",
             Overlay::Ipip => "ipip",
+            Overlay::Native => "native",
         }
     }
 }
@@ -172,13 +262,57 @@ impl std::str::FromStr for Overlay {
             .into_iter()
             .find(|o| o.label() == s)
             .ok_or_else(|| {
-                format!("unknown overlay {s:?}; expected legacy, cilium, geneve or ipip")
+                format!("unknown overlay {s:?}; expected legacy, cilium, geneve, ipip or native")
             })
     }
 }
 
+/// Node `j`'s underlay address in the default plan (every lab but a
+/// CrossSubnet one, see [`node_underlay`]).
 pub fn underlay_addr(j: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 18, 0, octet(j) + 2)
+}
+
+/// Underlay subnets of a CrossSubnet lab: nodes alternate between them,
+/// so the control plane and even workers share one and odd workers the
+/// other.
+pub const UNDERLAY_SUBNETS: usize = 2;
+
+/// Which underlay subnet node `j` is in (always 0 but in a CrossSubnet lab).
+pub fn underlay_subnet(legacy: LegacyCni, j: usize) -> usize {
+    if legacy.cross_subnet() {
+        j % UNDERLAY_SUBNETS
+    } else {
+        0
+    }
+}
+
+/// Node `j`'s underlay address with its subnet's prefix: 172.18.0.(j+2)/16
+/// on one segment, or in a CrossSubnet lab 172.18.s.(j+2)/24 with `s` its
+/// [`underlay_subnet`] (the host octet stays the node's).
+pub fn node_underlay(legacy: LegacyCni, j: usize) -> Ipv4Net {
+    let addr = underlay_addr(j);
+    if !legacy.cross_subnet() {
+        return Ipv4Net::new(addr, 16).expect("/16 is valid");
+    }
+    let [a, b, _, d] = addr.octets();
+    let subnet = underlay_subnet(legacy, j) as u8;
+    Ipv4Net::new(Ipv4Addr::new(a, b, subnet, d), 24).expect("/24 is valid")
+}
+
+/// The router's address in underlay subnet `s` of a CrossSubnet lab: the
+/// underlay namespace routes between the subnets (as the network between
+/// two racks or availability zones would).
+pub fn underlay_gateway(s: usize) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(172, 18, s as u8, 254), 24).expect("/24 is valid")
+}
+
+/// The bridge of underlay subnet `s`, in the underlay namespace.
+pub fn underlay_bridge(s: usize) -> String {
+    match s {
+        0 => "underlay".into(),
+        s => format!("underlay{s}"),
+    }
 }
 
 pub fn pod_cidr(j: usize, network: Network) -> Ipv4Net {
@@ -252,6 +386,22 @@ mod tests {
         assert_eq!(cilium_host_addr(2).to_string(), "10.245.2.1");
         assert_eq!(cluster_cidr(Network::Cilium).to_string(), "10.245.0.0/16");
         assert_eq!(underlay_addr(0).to_string(), "172.18.0.2");
+        assert_eq!(
+            node_underlay(LegacyCni::CalicoVxlan, 3).to_string(),
+            "172.18.0.5/16"
+        );
+        let split: Vec<String> = (0..4)
+            .map(|j| node_underlay(LegacyCni::CalicoCrossSubnet, j).to_string())
+            .collect();
+        assert_eq!(
+            split,
+            [
+                "172.18.0.2/24",
+                "172.18.1.3/24",
+                "172.18.0.4/24",
+                "172.18.1.5/24"
+            ]
+        );
         assert_ne!(
             pod_mac(host(pod_cidr(0, Network::Legacy), 5), 0),
             pod_mac(host(pod_cidr(0, Network::Legacy), 5), 1)
@@ -265,14 +415,29 @@ mod tests {
         }
         assert_eq!(LegacyCni::default(), LegacyCni::Flannel);
         assert_eq!(
-            Overlay::Legacy.nft_match(LegacyCni::CalicoVxlan),
-            "udp dport 4789"
+            Overlay::Legacy.nft_match(LegacyCni::CalicoVxlan).as_deref(),
+            Some("udp dport 4789")
         );
         assert_eq!(
-            Overlay::Legacy.nft_match(LegacyCni::Flannel),
-            "udp dport 8472"
+            Overlay::Legacy.nft_match(LegacyCni::Flannel).as_deref(),
+            Some("udp dport 8472")
+        );
+        assert_eq!(
+            Overlay::Legacy.nft_path(LegacyCni::CalicoCrossSubnet, 0, 3),
+            "ip saddr 172.18.0.2 ip daddr 172.18.1.5 udp dport 4789"
+        );
+        let native = Overlay::Native.nft_path(LegacyCni::CalicoCrossSubnet, 0, 2);
+        assert!(
+            native.contains("10.244.0.0/24 . 10.244.2.0/24")
+                && native.contains("172.18.0.2 . 10.244.2.0/24")
+                && native.contains("10.244.0.0/24 . 172.18.0.4")
+                && !native.contains("172.18.0.2 . 172.18.0.4"),
+            "{native}"
         );
         let err = "weave".parse::<LegacyCni>().unwrap_err();
-        assert!(err.contains("flannel or calico-vxlan"), "{err}");
+        assert!(
+            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet"),
+            "{err}"
+        );
     }
 }

@@ -1,14 +1,15 @@
 //! Pods as network namespaces, wired the way each CNI wires them: a Flannel
 //! pod is a veth on `cni0` with a /24 and `cni0` as gateway; a Calico pod a
-//! `cali` veth with a /32 and `169.254.1.1` as gateway (`calico.rs`); a
-//! Cilium pod is an `lxc` veth with a /32, `cilium_host` as gateway, and a
-//! /32 route on the node.
+//! `cali` veth with a /32 and `169.254.1.1` as gateway (`calico.rs`); an
+//! AWS VPC CNI pod an `eni` veth with a /32 from the node's subnet
+//! (`aws.rs`); a Cilium pod is an `lxc` veth with a /32, `cilium_host` as
+//! gateway, and a /32 route on the node.
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
 
 use super::{
-    calico,
+    aws, calico,
     exec::{IpBatch, run, sysctls},
     plan::{self, LegacyCni, Network},
     state::{LabState, Pod, PodKind},
@@ -46,7 +47,7 @@ pub fn create_at(
     if node.pods.iter().any(|p| p.name == name) {
         bail!("pod {name:?} already exists on {}", node.name);
     }
-    let subnet = plan::pod_cidr(j, network);
+    let subnet = pod_subnet(lab.legacy, j, network);
     let reserved = [subnet.network(), subnet.broadcast(), plan::host(subnet, 1)];
     if !subnet.contains(&addr) || reserved.contains(&addr) {
         bail!("{addr} is not a pod address of {subnet} on {}", node.name);
@@ -54,9 +55,11 @@ pub fn create_at(
     if let Some(p) = node.pods.iter().find(|p| p.addr == addr) {
         bail!("{addr} is held by pod {:?} on {}", p.name, node.name);
     }
-    let calico = network == Network::Legacy && lab.legacy == LegacyCni::CalicoVxlan;
+    let calico = network == Network::Legacy && lab.legacy.is_calico();
+    let aws = network == Network::Legacy && lab.legacy == LegacyCni::AwsNative;
     let host_if = match network {
         Network::Legacy if calico => calico::veth_name(addr),
+        Network::Legacy if aws => aws::veth_name(addr),
         Network::Legacy => format!("veth{:08x}", u32::from(addr)),
         Network::Cilium => format!("lxc{:08x}", u32::from(addr)),
     };
@@ -96,6 +99,9 @@ pub fn create_at(
     match network {
         Network::Legacy if calico => {
             calico::wire_pod(&mut host, &mut inside, &pod.host_if, addr, &pod_mac)
+        }
+        Network::Legacy if aws => {
+            aws::wire_pod(&mut host, &mut inside, &pod.host_if, addr, &host_mac)
         }
         Network::Legacy => {
             let gateway = plan::cni0_addr(j);
@@ -141,6 +147,9 @@ pub fn create_at(
         calico::host_sysctls(&node_ns, &pod.host_if)?;
     }
     inside.run(&pod.netns)?;
+    if aws {
+        aws::fabric(lab, j, addr, true)?;
+    }
     lab.nodes[j].pods.push(pod.clone());
     Ok(pod)
 }
@@ -152,12 +161,27 @@ pub fn delete(lab: &mut LabState, j: usize, name: &str) -> Result<()> {
         bail!("no pod {name:?} on {}", lab.nodes[j].name);
     };
     let pod = lab.nodes[j].pods.remove(at);
+    if pod.network == Network::Legacy && lab.legacy == LegacyCni::AwsNative {
+        let mut host = IpBatch::default();
+        aws::unwire_pod(&mut host, pod.addr);
+        host.run(&lab.node_ns(&lab.nodes[j].name))?;
+        aws::fabric(lab, j, pod.addr, false)?;
+    }
     super::kill_and_delete_netns(&pod.netns)
+}
+
+/// Where node `j`'s pods of `network` take addresses: its share of the
+/// network, or for the AWS VPC CNI its ENI's warm pool in the VPC subnet.
+fn pod_subnet(cni: LegacyCni, j: usize, network: Network) -> ipnet::Ipv4Net {
+    match (cni, network) {
+        (LegacyCni::AwsNative, Network::Legacy) => aws::pool(j),
+        _ => plan::pod_cidr(j, network),
+    }
 }
 
 fn allocate(lab: &mut LabState, j: usize, network: Network) -> Result<Ipv4Addr> {
     let slot = network as usize;
-    let subnet = plan::pod_cidr(j, network);
+    let subnet = pod_subnet(lab.legacy, j, network);
     // .0 and .1 are the node's (flannel.1 / cni0, cilium_host); .255 is
     // broadcast on the legacy bridge.
     for _ in 0..253 {

@@ -122,6 +122,12 @@ impl LabState {
         format!("port{j}")
     }
 
+    /// Node `j`'s underlay address, as the lab's plan has it (two subnets
+    /// in a CrossSubnet lab, one otherwise).
+    pub fn underlay_addr(&self, j: usize) -> Ipv4Addr {
+        super::plan::node_underlay(self.legacy, j).addr()
+    }
+
     pub fn node_index(&self, node: &str) -> Result<usize> {
         self.nodes
             .iter()

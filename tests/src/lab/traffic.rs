@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::{Lab, plan};
+use super::Lab;
 
 pub const MAX_COUNT: u64 = 1_000_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -49,7 +49,7 @@ impl Lab {
         Ok(Endpoint {
             label: id.into(),
             netns: self.node_ns(id),
-            addr: plan::underlay_addr(j),
+            addr: self.state().underlay_addr(j),
         })
     }
 }
@@ -426,11 +426,11 @@ impl Crafted {
         Ok(Crafted {
             src: lab.endpoint(inner_src)?.addr,
             dst: lab.endpoint(inner_dst)?.addr,
-            outer_src: super::plan::underlay_addr(j),
+            outer_src: lab.state().underlay_addr(j),
             to_node: Endpoint {
                 label: to.into(),
                 netns: lab.node_ns(to),
-                addr: super::plan::underlay_addr(k),
+                addr: lab.state().underlay_addr(k),
             },
             deadline: Duration::from_secs_f64(count as f64 / pps as f64) + Duration::from_secs(1),
         })

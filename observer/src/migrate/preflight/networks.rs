@@ -85,6 +85,7 @@ impl Networks {
             nodes: facts.nodes.iter().collect(),
             cilium_nodes: facts.cilium_nodes.iter().collect(),
             cilium_config: config.as_ref(),
+            ..ClusterObjects::default()
         };
         let derived = derive::derive(&objects, "", &facts.overrides);
         let source = |field: &str| {
