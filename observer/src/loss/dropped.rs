@@ -152,6 +152,19 @@ type Figures = (u64, u64);
 /// (as a handshake's RST is), not lost.
 pub const REFUSED: &str = "NO_SOCKET";
 
+/// The kernel's reason for a packet whose next hop never answered ARP.
+/// Coming in from a peer, that next hop is one of this node's own pods:
+/// a pod gone (drained, restarted, as every node's pods are in a
+/// migration), refused like [`REFUSED`], not lost. Going out, it is the
+/// way to the peer, and lost.
+pub const NEIGH_FAILED: &str = "NEIGH_FAILED";
+
+/// Whether a drop of `reason` in `direction` is a destination that is not
+/// there (refused) rather than loss.
+pub fn is_refusal(reason: &str, direction: Direction) -> bool {
+    reason == REFUSED || (reason == NEIGH_FAILED && direction == Direction::Ingress)
+}
+
 /// Whether a reason is a node's own socket's (its TCP state machine:
 /// `TCP_CLOSE`, `TCP_OLD_DATA`, ...; its buffers and filters: `SOCKET_*`):
 /// the host stack's endpoints at work, not the datapath losing the
@@ -183,7 +196,7 @@ pub fn in_node_rows(
         if is_socket_reason(&d.reason) {
             continue;
         }
-        if d.reason == REFUSED {
+        if is_refusal(&d.reason, d.direction) {
             row.1 += n;
         } else {
             row.0 += n;
@@ -348,6 +361,10 @@ mod tests {
                 record(2, Direction::Egress, "NETFILTER_DROP", 150),
                 record(3, Direction::Ingress, "QDISC_DROP", 5),
                 record(3, Direction::Ingress, REFUSED, 7),
+                // A pod of this node gone (no ARP answer): refused; the
+                // way out to a peer failing the same way: lost.
+                record(3, Direction::Ingress, NEIGH_FAILED, 2),
+                record(2, Direction::Egress, NEIGH_FAILED, 4),
                 // The node's own sockets at work: not loss.
                 record(3, Direction::Ingress, "TCP_CLOSE", 3),
                 record(2, Direction::Egress, "SOCKET_RCVBUFF", 3),
@@ -373,10 +390,10 @@ mod tests {
         assert_eq!(
             got,
             [
-                // Sent towards worker-2: 950 left, 50 dropped on the way.
-                ("worker-1", "worker-2", 1000, 50, 0),
-                // From worker-3: 95 arrived, 5 dropped inside, 7 refused.
-                ("worker-3", "worker-1", 100, 5, 7),
+                // Sent towards worker-2: 950 left, 54 dropped on the way.
+                ("worker-1", "worker-2", 1004, 54, 0),
+                // From worker-3: 95 arrived, 5 dropped inside, 9 refused.
+                ("worker-3", "worker-1", 100, 5, 9),
             ]
         );
         assert!(rows.iter().all(|r| r.signal == Signal::InNode));
