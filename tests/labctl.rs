@@ -294,10 +294,9 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     let bad = lab_cmd(&unique("w"), &["up", "--legacy", "weave"]);
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr)
-            .contains(
-                "expected one of flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip"
-            ),
+        String::from_utf8_lossy(&bad.stderr).contains(
+            "expected one of flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip"
+        ),
         "{bad:?}"
     );
     let (name, lab) = up_two_nodes("cv", "calico-vxlan");
@@ -398,7 +397,10 @@ fn calico_ipip_nodes_are_built_as_calico_builds_them() {
         );
     }
     let routes = sh("ip -4 route");
-    assert!(routes.contains("blackhole 10.244.0.0/24 proto 80"), "{routes}");
+    assert!(
+        routes.contains("blackhole 10.244.0.0/24 proto 80"),
+        "{routes}"
+    );
     assert!(
         routes.contains("10.244.1.0/24 via 172.18.0.3 dev tunl0 proto bird onlink"),
         "{routes}"
@@ -424,7 +426,10 @@ fn calico_ipip_nodes_are_built_as_calico_builds_them() {
     );
     assert!(sh("ip link show tunl0").contains("mtu 1300"));
     assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
-    assert!(sh("ip link show tunl0").contains("mtu 1480"), "restored to tunl0's own");
+    assert!(
+        sh("ip link show tunl0").contains("mtu 1480"),
+        "restored to tunl0's own"
+    );
 }
 
 /// `lab up --legacy calico-crosssubnet` builds Calico's `vxlanMode:

@@ -206,9 +206,7 @@ pub fn remove(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             &["nft", "-f", "-"],
             &format!("delete chain ip {TABLE} fault{id}\n"),
         ),
-        Fault::Mtu { node, overlay, .. } => {
-            set_mtu(lab, node, *overlay, normal_mtu(lab, *overlay))
-        }
+        Fault::Mtu { node, overlay, .. } => set_mtu(lab, node, *overlay, normal_mtu(lab, *overlay)),
     }
 }
 

@@ -401,11 +401,11 @@ impl Lab {
         // lab the legacy network is that already).
         if !self.state.legacy.ipip() {
             shape.networks.push(observer::shape::Network {
-            role: Role::Legacy,
-            cidrs: vec![],
-            encapsulation: observer::shape::Encapsulation::Ipip,
-            cross_subnet: false,
-        });
+                role: Role::Legacy,
+                cidrs: vec![],
+                encapsulation: observer::shape::Encapsulation::Ipip,
+                cross_subnet: false,
+            });
         }
         Ok(shape)
     }

@@ -173,9 +173,7 @@ impl LegacyCni {
     pub fn veth_prefix(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "veth",
-            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => {
-                "cali"
-            }
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => "cali",
             LegacyCni::AwsNative => "eni",
         }
     }
@@ -479,6 +477,20 @@ mod tests {
             Overlay::Legacy.nft_path(LegacyCni::CalicoCrossSubnet, 0, 3),
             "ip saddr 172.18.0.2 ip daddr 172.18.1.5 udp dport 4789"
         );
+        assert_eq!(
+            Overlay::Legacy.nft_path(LegacyCni::CalicoIpip, 0, 2),
+            "ip saddr 172.18.0.2 ip daddr 172.18.0.4 ip protocol 4"
+        );
+        assert_eq!(
+            LegacyCni::CalicoIpip.encapsulation(),
+            Encapsulation::Ipip,
+            "the shape's legacy network"
+        );
+        assert_eq!(
+            (LegacyCni::CalicoIpip.device(), LegacyCni::CalicoIpip.mtu()),
+            ("tunl0", 1480)
+        );
+        assert_eq!(LegacyCni::AwsNative.wire_match(), None);
         let native = Overlay::Native.nft_path(LegacyCni::CalicoCrossSubnet, 0, 2);
         assert!(
             native.contains("10.244.0.0/24 . 10.244.2.0/24")
@@ -489,7 +501,7 @@ mod tests {
         );
         let err = "weave".parse::<LegacyCni>().unwrap_err();
         assert!(
-            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet"),
+            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip"),
             "{err}"
         );
     }
