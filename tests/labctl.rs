@@ -347,16 +347,7 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     );
 
     blackhole_cuts_the_legacy_path(&name, pod.addr, "no NAT inside the pool");
-    // The MTU fault lowers Calico's tunnel, and clearing it restores 1450.
-    let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
-    assert!(
-        lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>())
-            .status
-            .success()
-    );
-    assert!(sh("ip link show vxlan.calico").contains("mtu 1300"));
-    assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
-    assert!(sh("ip link show vxlan.calico").contains("mtu 1450"));
+    mtu_fault_lowers_and_restores(&name, &lab, "vxlan.calico", 1450);
 }
 
 /// `lab up --legacy calico-ipip` builds Calico's `ipipMode: Always`:
@@ -418,18 +409,23 @@ fn calico_ipip_nodes_are_built_as_calico_builds_them() {
     assert_eq!(shape["networks"][0]["encapsulation"], "ipip", "{shape:#}");
 
     blackhole_cuts_the_legacy_path(&name, pod.addr, "no NAT inside the pool");
+    mtu_fault_lowers_and_restores(&name, &lab, "tunl0", 1480);
+}
+
+/// The MTU fault (fault 2 of the lab) lowers control-plane's legacy tunnel
+/// `device` to 1300, and clearing it restores the device's own `normal`.
+fn mtu_fault_lowers_and_restores(name: &str, lab: &Lab, device: &str, normal: u32) {
+    let ns = lab.node_ns("control-plane");
+    let link = || exec::in_ns(&ns, &["ip", "link", "show", device]).unwrap();
     let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
     assert!(
-        lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>())
+        lab_cmd(name, &mtu.split(' ').collect::<Vec<_>>())
             .status
             .success()
     );
-    assert!(sh("ip link show tunl0").contains("mtu 1300"));
-    assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
-    assert!(
-        sh("ip link show tunl0").contains("mtu 1480"),
-        "restored to tunl0's own"
-    );
+    assert!(link().contains("mtu 1300"), "{}", link());
+    assert!(lab_cmd(name, &["fault", "clear", "2"]).status.success());
+    assert!(link().contains(&format!("mtu {normal} ")), "{}", link());
 }
 
 /// `lab up --legacy calico-crosssubnet` builds Calico's `vxlanMode:
