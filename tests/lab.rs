@@ -12,11 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::TcAttachType;
 use crossover_tests::{
     fleet::{Fleet, tcx_programs_in},
     lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, PodKind, exec, geneve, ipip, plan, traffic},
     netns::unique,
     require_root,
+    standin::{Place, Standin},
 };
 use observer_ebpf::{Direction, Net, Point};
 use std::collections::BTreeMap;
@@ -93,6 +95,46 @@ fn every_network_combination_is_classified_on_both_nodes_from_calico_crosssubnet
 #[test]
 fn every_network_combination_is_classified_on_both_nodes_from_calico_ipip() {
     every_network_combination_is_classified(LegacyCni::CalicoIpip);
+}
+
+/// The stand-in's two paths go where a real `tunl0`'s do (root): what it
+/// encapsulates and redirects to `eth0` passes a TCX program on `eth0`'s
+/// egress (where crossover's underlay hook runs), and what it
+/// decapsulates arrives at `tunl0`'s ingress (crossover's overlay hook),
+/// each packet once: the Cilium stand-in counts what its hook saw.
+#[test]
+fn ipip_stand_in_sends_through_eth0s_tcx_egress_and_delivers_at_tunl0s_ingress() {
+    const PINGS: u64 = 200;
+    let _serial = serial();
+    let lab = lab(LegacyCni::CalicoIpip);
+    let mut egress = Standin::load();
+    egress.attach(
+        &lab.node_ns("control-plane"),
+        "eth0",
+        TcAttachType::Egress,
+        Place::TcxHead,
+    );
+    let mut ingress = Standin::load();
+    ingress.attach(
+        &lab.node_ns("worker-2"),
+        "tunl0",
+        TcAttachType::Ingress,
+        Place::TcxHead,
+    );
+    let (from, to) = (
+        lab.endpoint("control-plane/app-1").unwrap(),
+        lab.endpoint("worker-2/app-1").unwrap(),
+    );
+    let report = traffic::ping(&from, &to, PINGS, Duration::from_millis(2)).unwrap();
+    assert_eq!(report.received, PINGS, "{report:?}");
+    // Only the decapsulated requests enter tunl0; eth0 also sends the odd
+    // ARP probe to confirm a peer's address.
+    assert_eq!(ingress.seen(), PINGS, "worker-2's tunl0 ingress");
+    let sent = egress.seen();
+    assert!(
+        (PINGS..=PINGS + 10).contains(&sent),
+        "control-plane's eth0 TCX egress saw {sent} for {PINGS} encapsulated requests"
+    );
 }
 
 #[test]
