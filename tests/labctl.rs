@@ -104,7 +104,60 @@ fn command_line_builds_faults_and_removes_a_lab() {
     assert_eq!(answered(), 0);
     assert!(lab_cmd(&name, &["fault", "clear", "1"]).status.success());
     assert_eq!(answered(), 1);
+    // An MTU black hole: made and cleared through the CLI (what it does
+    // to packets: tests/agent.rs).
+    let hole = lab_cmd(
+        &name,
+        &[
+            "fault",
+            "mtu-blackhole",
+            "--from",
+            "control-plane",
+            "--to",
+            "worker-1",
+            "--overlay",
+            "cilium",
+            "--mtu",
+            "1400",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&hole.stdout)
+            .starts_with("fault 2: MTU black hole between control-plane and worker-1"),
+        "{hole:?}"
+    );
+    assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
     for (args, complaint) in [
+        (
+            &[
+                "fault",
+                "mtu-blackhole",
+                "--from",
+                "control-plane",
+                "--to",
+                "worker-1",
+                "--overlay",
+                "legacy",
+                "--mtu",
+                "1500",
+            ][..],
+            "within 68..1500",
+        ),
+        (
+            &[
+                "fault",
+                "mtu-blackhole",
+                "--from",
+                "worker-1",
+                "--to",
+                "worker-1",
+                "--overlay",
+                "legacy",
+                "--mtu",
+                "1400",
+            ][..],
+            "pick two nodes",
+        ),
         (
             &[
                 "fault",

@@ -78,10 +78,15 @@ impl Agents {
             // Longer than the test: every window starts before the
             // traffic, so window figures equal the fault's drops.
             .args(["--window", "60s", "--sample-interval", "500ms"])
-            // No probes: their steady trickle through the fault would keep
-            // the drop counter moving between the readings compared here.
-            // Probes are tested with the API server (tests/kube.rs).
-            .args(["--probe-rate", "0"])
+            // No probes unless asked for: their steady trickle through the
+            // fault would keep the drop counter moving between the
+            // readings compared here. Probes are tested with the API
+            // server (tests/kube.rs) and by the MTU black hole's test.
+            .args(if extra.iter().any(|a| a == "--probe-rate") {
+                &[][..]
+            } else {
+                &["--probe-rate", "0"][..]
+            })
             .args(&extra)
             .stderr(std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap())
             .spawn()

@@ -245,6 +245,7 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
             totals: &totals,
             unattributed: &unattributed,
             responder: Some(&responder),
+            ladder_packets: probing.stats.rungs(),
         };
         crate::probe::metrics::write(out, node, &report);
         if let Some(summary) = probing.summary() {

@@ -109,14 +109,15 @@ pub struct AgentArgs {
     /// address) and the probe pods'.
     #[arg(long, default_value_t = 9191)]
     pub probe_port: u16,
-    /// Probes per second to each target of a node under migration, UDP and
-    /// TCP each, and the most any target is probed at; 0 turns probing (and
-    /// the responder) off.
+    /// Probes per second to each target of a node under migration, UDP,
+    /// TCP and large (the route's MTU, DF set) each, and the most any
+    /// target is probed at; 0 turns probing (and the responder) off.
     #[arg(long, default_value_t = crate::probe::mesh::DEFAULT_RATE)]
     pub probe_rate: f64,
     /// Probe packets per second this node sends, all targets together (a
-    /// UDP probe is 1 packet, a TCP probe 3): the node under migration
-    /// steadily, the rest of the cluster in rotation (docs/agent.md).
+    /// UDP probe is 1 packet, a TCP probe 3, a large one 1): the node under
+    /// migration steadily, the rest of the cluster in rotation, a tenth
+    /// kept for MTU ladders (docs/agent.md).
     #[arg(long, default_value_t = crate::probe::mesh::DEFAULT_BUDGET,
           value_parser = probing::parse_budget)]
     pub probe_budget: f64,

@@ -160,6 +160,7 @@ impl Probing {
                 lost: w.lost,
                 refused: w.refused,
                 seconds: w.seconds,
+                mtu: w.mtu,
             })
             .collect()
     }

@@ -95,7 +95,7 @@ pub struct LossArgs {
     #[arg(long, value_parser = parse_overlay)]
     pub overlay: Option<Overlay>,
     /// Show only this signal (delivery, handshake, retransmit, probe_udp,
-    /// probe_tcp).
+    /// probe_tcp, in_node, mtu).
     #[arg(long)]
     pub signal: Option<Signal>,
     /// Show only rows whose loss ratio is at least this (1%, 0.5% or 0.01).
@@ -451,6 +451,15 @@ fn footer(reading: &ClusterReading) -> String {
             "refused: {} -> {} {} {}: {} refused, nothing listening (not loss)\n",
             r.node, r.peer_node, r.overlay, r.signal, r.refused
         );
+    }
+    for r in reading
+        .rows
+        .iter()
+        .filter(|r| r.signal == Signal::Mtu && r.lost > 0)
+    {
+        if crate::loss::mtu::describe(r).is_some() {
+            out += &format!("mtu: {}\n", crate::loss::mtu::why(r, &reading.drops));
+        }
     }
     for r in reading.rows.iter().filter(|r| r.lost > 0) {
         let behind = reading.drops_behind(r);

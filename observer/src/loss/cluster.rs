@@ -608,6 +608,7 @@ fn delivery_row(
         lost: sent.saturating_sub(received),
         refused: 0,
         seconds,
+        mtu: None,
     }
 }
 

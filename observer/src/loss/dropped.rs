@@ -211,6 +211,7 @@ pub fn in_node_rows(
                     lost,
                     refused,
                     seconds,
+                    mtu: None,
                 }
             },
         )
@@ -394,6 +395,7 @@ mod tests {
             lost: 50,
             refused: 0,
             seconds: 10.0,
+            mtu: None,
         };
         let drop = |node: &str, peer: &str, direction, overlay, reason: &str, packets| DropRow {
             node: node.into(),

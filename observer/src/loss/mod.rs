@@ -11,6 +11,7 @@
 //! * [`dropped`]: the kernel's drops over a window, and which lie behind
 //!   a row.
 //! * [`kept`]: the ring's ticks kept across an agent restart.
+//! * [`mtu`]: what the large probes know of a path's MTU.
 //! * [`reading`]: `/api/v1/reading`, an agent's half of a window.
 //! * [`client`]: the readers' keep-alive HTTP client.
 //! * [`cluster`]: a reading of the whole cluster from every agent's half.
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod delivery;
 pub mod dropped;
 pub mod kept;
+pub mod mtu;
 pub mod prometheus;
 pub mod reading;
 pub mod ring;

@@ -348,6 +348,8 @@ fn row(labels: &[(String, String)], (sent, lost): (f64, f64), seconds: f64) -> O
         lost,
         refused: 0,
         seconds,
+        // The recording rules keep counts; the path MTU is the agents'.
+        mtu: None,
     })
 }
 

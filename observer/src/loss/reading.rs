@@ -325,6 +325,7 @@ impl Answerer<'_> {
                 lost,
                 refused,
                 seconds,
+                mtu: None,
             };
             if w.segments > 0 || w.retransmits > 0 {
                 rows.push(row(Signal::Retransmit, w.segments, w.retransmits, 0));

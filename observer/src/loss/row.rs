@@ -26,6 +26,10 @@ pub struct LossRow {
     pub refused: u64,
     /// Seconds the figures cover (less than the window while it fills).
     pub seconds: f64,
+    /// The [`Signal::Mtu`] rows only: what the large probes know of the
+    /// path's MTU (the size probed, the size that fits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<super::mtu::PathMtu>,
 }
 
 /// A row's identity, borrowed: sorting and merging compare these, never
@@ -58,6 +62,7 @@ impl LossRow {
             lost: 0,
             refused: 0,
             seconds: 0.0,
+            mtu: None,
             ..like.clone()
         }
     }
@@ -68,6 +73,7 @@ impl LossRow {
         self.lost += other.lost;
         self.refused += other.refused;
         self.seconds = self.seconds.max(other.seconds);
+        self.mtu = super::mtu::PathMtu::merge(self.mtu, other.mtu);
     }
 
     /// A cluster-wide total: every node at both ends.

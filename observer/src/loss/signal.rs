@@ -29,24 +29,30 @@ pub enum Signal {
     /// underlay exchanged with that peer that way: loss inside a node,
     /// which delivery (underlay to underlay) cannot see.
     InNode,
+    /// Large probe echoes (the route's MTU towards the peer, DF set):
+    /// lost while small ones pass, an MTU black hole. Its rows carry the
+    /// size that fits ([`crate::probe::PathMtu`]).
+    Mtu,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; 7] = [
         Signal::Delivery,
         Signal::Handshake,
         Signal::Retransmit,
         Signal::ProbeUdp,
         Signal::ProbeTcp,
         Signal::InNode,
+        Signal::Mtu,
     ];
     /// The signals one agent measures alone, from its own counters.
-    pub const LOCAL: [Signal; 5] = [
+    pub const LOCAL: [Signal; 6] = [
         Signal::Handshake,
         Signal::Retransmit,
         Signal::ProbeUdp,
         Signal::ProbeTcp,
         Signal::InNode,
+        Signal::Mtu,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -57,6 +63,7 @@ impl Signal {
             Signal::ProbeUdp => "probe_udp",
             Signal::ProbeTcp => "probe_tcp",
             Signal::InNode => "in_node",
+            Signal::Mtu => "mtu",
         }
     }
 
@@ -65,7 +72,7 @@ impl Signal {
     }
 
     pub const fn is_probe(self) -> bool {
-        matches!(self, Signal::ProbeUdp | Signal::ProbeTcp)
+        matches!(self, Signal::ProbeUdp | Signal::ProbeTcp | Signal::Mtu)
     }
 }
 

@@ -138,6 +138,10 @@ impl Breach {
     /// reading, [`crate::loss::dropped`]).
     pub fn explain(breaches: &mut [Breach], drops: &[DropRow]) {
         for b in breaches {
+            if b.row.signal == Signal::Mtu {
+                b.why = crate::loss::mtu::why(&b.row, drops);
+                continue;
+            }
             let behind = crate::loss::dropped::behind(drops, &b.row);
             b.why = crate::loss::dropped::describe(&behind, 3);
         }
@@ -403,6 +407,7 @@ mod tests {
             lost,
             refused: 0,
             seconds: 10.0,
+            mtu: None,
         }
     }
 
@@ -475,6 +480,42 @@ mod tests {
             reason.ends_with("; 9 dropped on n1 by NETFILTER_DROP"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn an_mtu_breach_is_named_as_a_black_hole_with_the_size_that_fits() {
+        let mut lossy = row("worker-1", "worker-2", "mtu", 20, 20);
+        lossy.mtu = Some(crate::loss::mtu::PathMtu {
+            probed: 1450,
+            fits: Some(1400),
+            ..Default::default()
+        });
+        let mut d = all(&Thresholds::default(), &[lossy], vec![], vec![]);
+        let too_big = DropRow {
+            node: "worker-1".into(),
+            peer_node: "worker-2".into(),
+            direction: observer_ebpf::Direction::Egress,
+            overlay: Overlay::Cilium,
+            src_net: Net::Host,
+            dst_net: Net::Cilium,
+            reason: "PKT_TOO_BIG".into(),
+            packets: 2,
+        };
+        // Another reason on the same pair is not the MTU's.
+        let other = DropRow {
+            reason: "NETFILTER_DROP".into(),
+            ..too_big.clone()
+        };
+        Breach::explain(&mut d.breaches, &[too_big, other]);
+        let reason = &d.reasons()[0];
+        assert!(
+            reason.ends_with(
+                "; MTU black hole on worker-1 -> worker-2, cilium overlay: 1450-byte packets \
+                 lost, 1400 pass; the kernel: 2 dropped on worker-1 by PKT_TOO_BIG"
+            ),
+            "{reason}"
+        );
+        assert!(!reason.contains("NETFILTER_DROP"), "{reason}");
     }
 
     #[test]

@@ -251,6 +251,7 @@ mod tests {
                             lost: 0,
                             refused: 0,
                             seconds: 6.0,
+                            mtu: None,
                         });
                     }
                 }
@@ -296,6 +297,7 @@ mod tests {
             lost,
             refused: 0,
             seconds: 10.0,
+            mtu: None,
         };
         // Every peer both ways, every one over the threshold.
         let all: Vec<LossRow> = (0..5000)
@@ -347,6 +349,7 @@ mod tests {
             lost: 500,
             refused: 0,
             seconds: 10.0,
+            mtu: None,
         };
         let all: Vec<LossRow> = (0..5000).map(row).collect();
         let t = Thresholds::default();

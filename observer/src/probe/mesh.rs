@@ -25,7 +25,11 @@
 //! SYN, the handshake's ACK, and the RST that closes it (zero linger: no
 //! FIN exchange, no TIME_WAIT); unanswered it sends one SYN (two if the
 //! kernel's one-second SYN retransmission beats the timeout); refused, one.
-//! The plan counts three per TCP probe, the most one sends. Answers are
+//! The plan counts three per TCP probe, the most one sends. A large
+//! probe ([`Probe::Mtu`], the route's MTU with DF set) is one datagram;
+//! the plan counts one for every target, though probe pods get none
+//! ([`Target::takes`]): an upper bound. The MTU ladders it may start have
+//! [`LADDER_SHARE`] of the budget. Answers are
 //! sent by the peers' responders and count in nobody's budget; a node
 //! answers about as many probes as it sends, and a node under migration
 //! answers every peer's focus probes.
@@ -57,11 +61,18 @@ pub const DEFAULT_PERIOD_GOAL: Duration = Duration::from_secs(50);
 /// At most this share of the budget goes to steady focus probes: of a
 /// focus list longer than that pays for, the rest joins the rotation.
 pub const FOCUS_SHARE: f64 = 0.75;
+/// This share of the budget is kept for the MTU ladders: when a node
+/// pair's large probes are lost while its small ones pass, the prober
+/// sends rounds of sizes between the two to find the one that fits
+/// ([`super::prober::ladder`]), paced by a token bucket at this rate.
+/// It comes out of the rotation's part, never the focus's; the plan's
+/// probes and the ladders together stay within the budget.
+pub const LADDER_SHARE: f64 = 0.1;
 
 /// Packets one probe of `signal` may send.
 pub fn packets(signal: Probe) -> f64 {
     match signal {
-        Probe::Udp => UDP_PACKETS,
+        Probe::Udp | Probe::Mtu => UDP_PACKETS,
         Probe::Tcp => TCP_PACKETS,
     }
 }
@@ -112,12 +123,15 @@ impl MeshConfig {
         if self.signals.is_empty() {
             return Err(Error::Probe("no signal to probe with".into()));
         }
-        let least = self.rate * visit_packets(&self.signals);
+        let least = self.rate * visit_packets(&self.signals) / (1.0 - LADDER_SHARE);
         if self.budget < least {
             return Err(Error::Probe(format!(
-                "--probe-budget {}: below {least} packets a second, what one target costs at \
-                 --probe-rate {} (a UDP probe is 1 packet, a TCP probe 3: SYN, ACK, RST)",
-                self.budget, self.rate
+                "--probe-budget {}: below {least:.1} packets a second, what one target costs at \
+                 --probe-rate {} (a UDP probe is 1 packet, a TCP probe 3: SYN, ACK, RST, a large \
+                 probe 1; {}% kept for MTU ladders)",
+                self.budget,
+                self.rate,
+                LADDER_SHARE * 100.0
             )));
         }
         Ok(())
@@ -159,6 +173,9 @@ pub struct Summary {
     #[serde(serialize_with = "signal_labels")]
     pub rotation_signals: Vec<Probe>,
     pub rotation_packets: f64,
+    /// Packets a second kept for MTU ladders, sent only while a pair's
+    /// large probes are lost and its small ones pass.
+    pub ladder_packets: f64,
     /// Every rotation target is probed at least once within this.
     #[serde(serialize_with = "seconds")]
     pub period: Duration,
@@ -175,7 +192,7 @@ fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 impl Summary {
     /// Packets a second the plan sends.
     pub fn packets(&self) -> f64 {
-        self.focus_packets + self.rotation_packets
+        self.focus_packets + self.rotation_packets + self.ladder_packets
     }
 
     /// Targets probed, focus and rotation.
@@ -191,14 +208,15 @@ impl fmt::Display for Summary {
                 .map(|s| match s {
                     Probe::Udp => "UDP",
                     Probe::Tcp => "TCP",
+                    Probe::Mtu => "MTU",
                 })
                 .collect::<Vec<_>>()
                 .join("+")
         };
         write!(
             f,
-            "probe budget {} packets/s (a UDP probe 1 packet, a TCP probe 3: SYN, ACK, RST), \
-             {:.1} planned; ",
+            "probe budget {} packets/s (a UDP probe 1 packet, a TCP probe 3: SYN, ACK, RST, a \
+             large probe 1), {:.1} planned; ",
             self.budget,
             self.packets()
         )?;
@@ -228,14 +246,15 @@ impl fmt::Display for Summary {
             self.rotation_packets,
         )?;
         if self.rotation_steady {
-            write!(f, "each at {}/s", self.rate)
+            write!(f, "each at {}/s", self.rate)?;
         } else {
             write!(
                 f,
                 "swept: each target once every {:.1} s",
                 self.period.as_secs_f64()
-            )
+            )?;
         }
+        write!(f, "; MTU ladders {:.1} packets/s", self.ladder_packets)
     }
 }
 
@@ -335,6 +354,9 @@ impl<'a> Mesh<'a> {
 
         let c = visit_packets(&config.signals);
         let steady_cost = |n: usize| n as f64 * config.rate * c;
+        // The ladders' share comes out of the rotation's: the focus keeps
+        // its own whole (FOCUS_SHARE + LADDER_SHARE < 1).
+        let ladder_packets = LADDER_SHARE * config.budget;
 
         // Focus: steady, within its share of the budget.
         let focus_cap = (FOCUS_SHARE * config.budget / (config.rate * c)).floor() as usize;
@@ -356,7 +378,7 @@ impl<'a> Mesh<'a> {
                 }
             }
         }
-        let left = config.budget - steady_cost(focus_steady.len());
+        let left = config.budget - ladder_packets - steady_cost(focus_steady.len());
 
         // Rotation: every peer if they all fit steadily, else half the
         // ring.
@@ -423,10 +445,15 @@ impl<'a> Mesh<'a> {
             rotation_steady,
             rotation_signals,
             rotation_packets,
+            ladder_packets,
             period,
         };
         Plan {
-            schedule: Schedule { steady, sweep },
+            schedule: Schedule {
+                steady,
+                sweep,
+                ladder_rate: ladder_packets,
+            },
             summary,
         }
     }
@@ -515,6 +542,7 @@ mod tests {
     fn scheduled_packets(plan: &Plan, config: &MeshConfig) -> f64 {
         let s = &plan.schedule;
         s.steady.len() as f64 * config.rate * visit_packets(&config.signals)
+            + s.ladder_rate
             + if s.sweep.targets.is_empty() {
                 0.0
             } else {
@@ -612,8 +640,10 @@ mod tests {
         assert!(!p.summary.rotation_steady);
         assert_eq!(p.schedule.sweep.targets.len(), 1500);
         assert_eq!(p.summary.rotation_signals, Probe::ALL.to_vec());
-        // 1500 targets x 4 packets over 200 packets/s.
-        assert!((p.summary.period.as_secs_f64() - 30.0).abs() < 0.01);
+        assert_eq!(p.summary.ladder_packets, 20.0);
+        // 1500 targets x 5 packets (UDP, TCP, large) over the 180
+        // packets/s the ladders leave.
+        assert!((p.summary.period.as_secs_f64() - 1500.0 * 5.0 / 180.0).abs() < 0.01);
 
         // 5000 nodes: UDP alone keeps the period under the goal.
         let p = plan_of("node-0000", &names(5000), &[], &config);
@@ -664,8 +694,9 @@ mod tests {
         let nodes = names(100);
         let focus: Vec<&str> = nodes.iter().skip(1).map(String::as_str).collect();
         let p = plan_of("node-0000", &nodes, &focus, &config);
-        // 150 packets/s pay for 37 targets at 1/s; the rest is swept.
-        assert_eq!(p.summary.focus_targets, 37);
+        // 150 packets/s pay for 30 targets at 5 packets (UDP, TCP, large)
+        // a second; the rest is swept.
+        assert_eq!(p.summary.focus_targets, 30);
         assert!(!p.schedule.sweep.targets.is_empty());
         assert!(scheduled_packets(&p, &config) <= config.budget + 1e-6);
         assert_eq!(probed(&p).len(), 99, "every focus node is still probed");
@@ -736,7 +767,8 @@ mod tests {
             ..MeshConfig::default()
         };
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("below 4 packets"), "{err}");
+        // 1 UDP + 3 TCP + 1 large at 1/s, with 10% kept for ladders.
+        assert!(err.contains("below 5.6 packets"), "{err}");
         MeshConfig::default().validate().unwrap();
     }
 }

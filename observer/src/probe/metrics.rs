@@ -25,6 +25,8 @@ pub struct Report<'a> {
     pub unattributed: &'a [(&'static str, u64)],
     /// The agent's own responder, if it runs one.
     pub responder: Option<&'a ResponderTotals>,
+    /// [`super::ProbeStats::rungs`]: probes the MTU ladders sent.
+    pub ladder_packets: u64,
 }
 
 /// Appends the probe families to `out`, every series labelled with `node`.
@@ -86,9 +88,50 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         "counter",
         "UDP probes answered after the timeout (also counted as lost).",
     );
-    for t in report.totals.iter().filter(|t| t.key.signal == Probe::Udp) {
+    for t in report.totals.iter().filter(|t| t.key.signal.is_udp()) {
         f.sample(&series(t), t.late);
     }
+
+    // The large probes' path: one or two gauges and a counter a series
+    // of signal `mtu`, so bounded as the probe series are.
+    let mut f = family(
+        out,
+        "crossover_path_mtu_bytes",
+        "gauge",
+        "Large probes (signal mtu): the IPv4 packet size they are sent at (kind probed: the \
+         route's MTU, DF set) and, while that size is lost and small probes pass (an MTU black \
+         hole), the largest size the ladder saw pass (kind fits).",
+    );
+    for t in report.totals {
+        let Some(mtu) = t.mtu.filter(|m| m.probed > 0) else {
+            continue;
+        };
+        let labels = series(t);
+        for (kind, value) in [("probed", Some(mtu.probed)), ("fits", mtu.fits)] {
+            if let Some(v) = value {
+                let mut l = refs(&labels);
+                l.push(("kind", kind));
+                f.sample(&l, v);
+            }
+        }
+    }
+    let mut f = family(
+        out,
+        "crossover_probe_icmp_frag_needed_total",
+        "counter",
+        "ICMP fragmentation-needed errors that answered a large probe (PMTU discovery at work: \
+         the probe counts as refused, not lost).",
+    );
+    for t in report.totals.iter().filter(|t| t.key.signal == Probe::Mtu) {
+        f.sample(&series(t), t.mtu.map_or(0, |m| m.icmp_frag_needed));
+    }
+    let mut f = family(
+        out,
+        "crossover_probe_mtu_ladder_packets_total",
+        "counter",
+        "Probes the MTU ladders sent to find the size that fits (in no series).",
+    );
+    f.sample(&[("node", node)], report.ladder_packets);
 
     let mut f = family(
         out,
@@ -185,6 +228,7 @@ pub fn write_mesh(out: &mut String, node: &str, summary: &Summary) {
         ("budget", summary.budget),
         ("focus", summary.focus_packets),
         ("rotation", summary.rotation_packets),
+        ("ladder", summary.ladder_packets),
     ] {
         f.sample(&[("node", node), ("kind", kind)], value);
     }
@@ -222,12 +266,18 @@ mod tests {
             rtt_sum_seconds: 0.004,
             // 8 received: 1 at most 50 µs, 6 in (250, 500] µs, 1 over 1 s.
             rtt_buckets: [1, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            mtu: (signal == Probe::Mtu).then_some(crate::probe::PathMtu {
+                probed: 1450,
+                fits: Some(1400),
+                icmp_next_hop: None,
+                icmp_frag_needed: 2,
+            }),
         }
     }
 
     #[test]
     fn families_have_help_and_type_and_escaped_labels() {
-        let totals = [totals(Probe::Udp), totals(Probe::Tcp)];
+        let totals = [totals(Probe::Udp), totals(Probe::Tcp), totals(Probe::Mtu)];
         let mut out = String::new();
         write(
             &mut out,
@@ -236,6 +286,7 @@ mod tests {
                 totals: &totals,
                 unattributed: &[("stray", 3)],
                 responder: None,
+                ladder_packets: 24,
             },
         );
         let labels = |signal: &str| {
@@ -245,7 +296,13 @@ mod tests {
         };
         let udp = labels("probe_udp");
         let tcp = labels("probe_tcp");
+        let mtu = labels("mtu");
         for line in [
+            format!("crossover_probes_sent_total{{{mtu}}} 10"),
+            format!("crossover_path_mtu_bytes{{{mtu},kind=\"probed\"}} 1450"),
+            format!("crossover_path_mtu_bytes{{{mtu},kind=\"fits\"}} 1400"),
+            format!("crossover_probe_icmp_frag_needed_total{{{mtu}}} 2"),
+            "crossover_probe_mtu_ladder_packets_total{node=\"n1\"} 24".into(),
             format!("crossover_probes_sent_total{{{udp}}} 10"),
             format!("crossover_probes_lost_total{{{tcp},reason=\"timeout\"}} 2"),
             format!("crossover_probes_late_total{{{udp}}} 1"),
@@ -262,6 +319,7 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "no {line} in:\n{out}");
         }
         assert!(!out.contains(&format!("crossover_probes_late_total{{{tcp}}}")));
+        assert!(!out.contains(&format!("crossover_path_mtu_bytes{{{udp}")));
         // Every sample follows its family's HELP and TYPE.
         let mut declared = Vec::new();
         for line in out.lines() {

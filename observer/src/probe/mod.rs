@@ -1,9 +1,10 @@
 //! Active probes. Passive counters say nothing about a node pair that
 //! carries no traffic; probes make every pair carry some. Each agent probes
 //! its peers over both overlays (their `flannel.1` and `cilium_host`
-//! addresses, and probe pods of either network), with UDP echoes and TCP
-//! handshakes, and keeps loss and RTT per peer node, overlay, network
-//! answering and signal. Which peers, and how often, is the probe mesh's
+//! addresses, and probe pods of either network), with UDP echoes, TCP
+//! handshakes and large UDP echoes at the route's MTU (MTU black holes,
+//! with a ladder of sizes to find the one that fits), and keeps loss and
+//! RTT per peer node, overlay, network answering and signal. Which peers, and how often, is the probe mesh's
 //! plan: the node under migration steadily, the rest of the cluster in
 //! rotation, within a budget of packets a second.
 //!
@@ -47,7 +48,7 @@ pub use self::{
     mesh::{MeshConfig, Plan},
     prober::{Prober, ProberConfig, Schedule, Sweep, Target},
     responder::{Responder, ResponderConfig, ResponderCounters, ResponderTotals},
-    stats::{Probe, ProbeStats, Quantiles, SeriesKey, Totals, Window},
+    stats::{PathMtu, Probe, ProbeStats, Quantiles, SeriesKey, Totals, Window},
 };
 use crate::{Error, Result};
 

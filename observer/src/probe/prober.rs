@@ -17,6 +17,16 @@
 //! closed with an RST (zero linger), so thousands of probes a second leave
 //! no TIME_WAIT behind on either side.
 //!
+//! Large probes ([`Probe::Mtu`]) are UDP echoes as large as the route to
+//! the target allows (its MTU, learnt exceptions included, read from a
+//! connected socket and kept [`ROUTE_MTU_TTL`]), DF set and sent whatever
+//! the kernel's path MTU cache says (`IP_PMTUDISC_PROBE`), so a hop that
+//! drops them silently loses them. An ICMP "fragmentation needed" in
+//! answer is PMTU discovery working: counted on the series with its
+//! next-hop MTU, the probe refused (not lost), and the next ones sized to
+//! the route's new MTU. Lost while the target's small echo was answered
+//! within [`SMALL_FRESH`], a large probe starts the MTU [`ladder`].
+//!
 //! Sockets belong to the network namespace of the thread that creates
 //! them: run the prober on a runtime whose threads are in the namespace to
 //! probe from (the agent's, on the host network).
@@ -44,6 +54,7 @@ use super::{
 use crate::{Error, Result};
 
 mod icmp;
+pub mod ladder;
 
 /// One address of one peer to probe.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -83,6 +94,16 @@ impl Target {
         }
     }
 
+    /// Whether probes of `signal` go to this target. Large probes go to a
+    /// peer's own overlay addresses only (its host network): the path MTU
+    /// is the node pair's and the overlay's, which they cross as a pod's
+    /// packets do, while probe pods come and go with a migration (a large
+    /// probe towards a pod being restarted only adds to the drops its
+    /// node counts, `NEIGH_FAILED`).
+    pub fn takes(&self, signal: Probe) -> bool {
+        signal != Probe::Mtu || self.dst_net == Net::Host
+    }
+
     fn socket_addr(&self) -> SocketAddr {
         SocketAddr::from((self.addr, self.port))
     }
@@ -94,6 +115,9 @@ pub struct Schedule {
     /// Probed at [`ProberConfig::rate`] each, every signal of the config.
     pub steady: Vec<Target>,
     pub sweep: Sweep,
+    /// Packets a second the MTU ladders may send ([`ladder`]); none
+    /// (no ladder) unless positive.
+    pub ladder_rate: f64,
 }
 
 /// Targets visited in turn, round after round: a visit sends one probe of
@@ -129,6 +153,7 @@ impl From<Vec<Target>> for Schedule {
         Schedule {
             steady,
             sweep: Sweep::default(),
+            ladder_rate: 0.0,
         }
     }
 }
@@ -274,9 +299,46 @@ impl Rng {
     }
 }
 
+/// How long a route's MTU is taken as read before it is read again.
+pub const ROUTE_MTU_TTL: Duration = Duration::from_secs(10);
+/// A small echo answered this recently means small probes pass.
+pub const SMALL_FRESH: Duration = Duration::from_secs(5);
+/// The largest probe: a jumbo frame's IP packet; larger routes are probed
+/// at this size.
+pub const MAX_PROBE_SIZE: u32 = 9000;
+
 struct Scheduled {
     target: Target,
     recorders: HashMap<Probe, Recorder>,
+}
+
+/// What a UDP probe was.
+enum What {
+    /// A small echo.
+    Echo(Target),
+    /// A large probe, `size` bytes.
+    Large(Target, u32),
+    /// A rung of the MTU ladder: no series counts it.
+    Rung(Target, u32),
+}
+
+/// One target's MTU search, or its answer held.
+struct Search {
+    ladder: ladder::Ladder,
+    recorder: Recorder,
+    state: SearchState,
+}
+
+enum SearchState {
+    /// Waiting for tokens to send its next round.
+    Ready,
+    /// A round's rungs (size, sequence) are out until `until`.
+    Round {
+        until: Instant,
+        rungs: Vec<(u32, u64, bool)>,
+    },
+    /// Over: its answer stands until then.
+    Held(Instant),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -300,7 +362,9 @@ enum Fate {
 
 /// A UDP probe, from its sending until `late_horizon` after.
 struct Pending {
-    recorder: Recorder,
+    /// None for a ladder's rung.
+    recorder: Option<Recorder>,
+    what: What,
     sent: Instant,
     sent_ns: u64,
     fate: Fate,
@@ -337,6 +401,12 @@ struct Engine {
     /// `pending[..timed_out]` are past their timeout.
     timed_out: usize,
     tcp: JoinSet<()>,
+    /// Route MTUs by address, read at most [`ROUTE_MTU_TTL`] ago.
+    route_mtu: HashMap<Ipv4Addr, (u32, Instant)>,
+    /// When each target's small echo was last answered.
+    small_ok: HashMap<Target, Instant>,
+    searches: HashMap<Target, Search>,
+    tokens: ladder::TokenBucket,
 }
 
 impl Engine {
@@ -346,6 +416,7 @@ impl Engine {
             .and_then(|s| {
                 s.set_nonblocking(true)?;
                 icmp::receive_errors(&s)?;
+                icmp::probe_path_mtu(&s)?;
                 UdpSocket::from_std(s)
             })
             .map_err(|e| Error::io("prober UDP socket", e))?;
@@ -367,6 +438,10 @@ impl Engine {
             base: 0,
             timed_out: 0,
             tcp: JoinSet::new(),
+            route_mtu: HashMap::new(),
+            small_ok: HashMap::new(),
+            searches: HashMap::new(),
+            tokens: ladder::TokenBucket::new(0.0, Instant::now()),
         })
     }
 
@@ -387,10 +462,14 @@ impl Engine {
             self.expire(now);
             if now >= next_prune {
                 self.stats.prune(now);
+                self.forget(now);
                 next_prune = now + Duration::from_secs(1);
             }
             match stop_at {
-                None => self.send_due(now).await,
+                None => {
+                    self.send_due(now).await;
+                    self.climb(now).await;
+                }
                 Some(at) if now >= at && self.timed_out == self.pending.len() => break,
                 Some(_) => {}
             }
@@ -410,6 +489,14 @@ impl Engine {
             }
             if let Some(at) = stop_at {
                 wake = wake.min(at);
+            }
+            for search in self.searches.values() {
+                match search.state {
+                    SearchState::Round { until, .. } => wake = wake.min(until),
+                    // Tokens come at the ladder's rate: look again soon.
+                    SearchState::Ready => wake = wake.min(now + ladder::WAIT),
+                    SearchState::Held(_) => {}
+                }
             }
             tokio::select! {
                 _ = &mut shutdown, if stop_at.is_none() => {
@@ -444,6 +531,7 @@ impl Engine {
 
     /// Makes `schedule` what is probed.
     fn replace(&mut self, schedule: Schedule, now: Instant) {
+        self.tokens.set_rate(schedule.ladder_rate, now);
         self.replace_sweep(schedule.sweep, now);
         self.replace_steady(schedule.steady, now);
     }
@@ -494,13 +582,18 @@ impl Engine {
             }
             let id = self.next_id;
             self.next_id += 1;
-            let recorders = self
+            let signals: Vec<Probe> = self
                 .config
                 .signals
                 .iter()
+                .copied()
+                .filter(|s| target.takes(*s))
+                .collect();
+            let recorders = signals
+                .iter()
                 .map(|s| (*s, self.stats.recorder(target.key(*s))))
                 .collect();
-            for signal in self.config.signals.clone() {
+            for signal in signals {
                 let phase = self.interval.mul_f64(self.rng.unit());
                 self.due.push(Reverse(Due {
                     at: now + phase,
@@ -523,7 +616,7 @@ impl Engine {
             };
             let (target, recorder) = (s.target.clone(), s.recorders[&due.signal].clone());
             match due.signal {
-                Probe::Udp => self.send_udp(&target, recorder).await,
+                Probe::Udp | Probe::Mtu => self.send_udp(&target, recorder, due.signal).await,
                 Probe::Tcp => self.send_tcp(&target, recorder),
             }
             let stretch = 1.0 + self.config.jitter * (2.0 * self.rng.unit() - 1.0);
@@ -550,10 +643,10 @@ impl Engine {
             let signals = sweep.signals.clone();
             let interval = Duration::from_secs_f64(1.0 / sweep.rate.min(MAX_SWEEP_RATE));
             self.sweep.next = (self.sweep.next + 1) % sweep.targets.len();
-            for signal in signals {
+            for signal in signals.into_iter().filter(|s| target.takes(*s)) {
                 let recorder = self.stats.recorder(target.key(signal));
                 match signal {
-                    Probe::Udp => self.send_udp(&target, recorder).await,
+                    Probe::Udp | Probe::Mtu => self.send_udp(&target, recorder, signal).await,
                     Probe::Tcp => self.send_tcp(&target, recorder),
                 }
             }
@@ -569,12 +662,42 @@ impl Engine {
         }
     }
 
-    async fn send_udp(&mut self, target: &Target, recorder: Recorder) {
+    /// Sends a small echo, or a large probe of the route's MTU.
+    async fn send_udp(&mut self, target: &Target, recorder: Recorder, signal: Probe) {
+        let what = match signal {
+            Probe::Mtu => {
+                let size = self.route_mtu(target.addr, Instant::now());
+                recorder.probed(size);
+                What::Large(target.clone(), size)
+            }
+            _ => What::Echo(target.clone()),
+        };
+        self.send_datagram(target, Some(recorder), what).await;
+    }
+
+    /// Sends one probe datagram, padded to the size `what` says, and
+    /// keeps it pending until its echo or its timeout.
+    async fn send_datagram(
+        &mut self,
+        target: &Target,
+        recorder: Option<Recorder>,
+        what: What,
+    ) -> u64 {
         let sent = Instant::now();
         let sent_ns = u64::try_from(sent.duration_since(self.epoch).as_nanos()).unwrap_or(0);
         let seq = self.base + self.pending.len() as u64;
-        let request = Header::request(self.sender, seq, sent_ns).encode();
-        recorder.sent(sent);
+        let header = Header::request(self.sender, seq, sent_ns).encode();
+        let size = match &what {
+            What::Echo(_) => ladder::SMALLEST,
+            What::Large(_, size) | What::Rung(_, size) => *size,
+        };
+        // Padding after the header: the IP packet is `size` bytes.
+        let len = (size.saturating_sub(28) as usize).max(wire::HEADER_LEN);
+        let mut request = vec![0u8; len];
+        request[..wire::HEADER_LEN].copy_from_slice(&header);
+        if let Some(r) = &recorder {
+            r.sent(sent);
+        }
         let mut sent_to = self.udp.send_to(&request, target.socket_addr()).await;
         if matches!(&sent_to, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
             // An earlier probe's refusal (IP_RECVERR), reported by this
@@ -585,16 +708,135 @@ impl Engine {
         let fate = match sent_to {
             Ok(_) => Fate::Waiting,
             Err(e) => {
-                recorder.lost(sent, loss_reason(&e));
+                if let Some(r) = &recorder {
+                    r.lost(sent, loss_reason(&e));
+                }
                 Fate::Lost
             }
         };
         self.pending.push_back(Pending {
             recorder,
+            what,
             sent,
             sent_ns,
             fate,
         });
+        seq
+    }
+
+    /// The MTU of the route to `addr`: what the kernel would let a
+    /// datagram to it be without fragmenting, learnt exceptions included.
+    fn route_mtu(&mut self, addr: Ipv4Addr, now: Instant) -> u32 {
+        if let Some((mtu, at)) = self.route_mtu.get(&addr)
+            && now.saturating_duration_since(*at) < ROUTE_MTU_TTL
+        {
+            return *mtu;
+        }
+        let mtu = match icmp::route_mtu(addr) {
+            Ok(mtu) => mtu.clamp(ladder::SMALLEST, MAX_PROBE_SIZE),
+            Err(_) => {
+                self.stats.unattributed("route_mtu_error");
+                // The smallest MTU every IPv4 path carries.
+                576
+            }
+        };
+        self.route_mtu.insert(addr, (mtu, now));
+        mtu
+    }
+
+    /// A large probe to `target` was lost: an MTU black hole if its small
+    /// echo passes; a search starts unless one runs or its answer holds.
+    fn large_lost(&mut self, target: &Target, size: u32, recorder: &Recorder, now: Instant) {
+        let small_passes = self
+            .small_ok
+            .get(target)
+            .is_some_and(|at| now.saturating_duration_since(*at) <= SMALL_FRESH);
+        if !small_passes || self.tokens_off() {
+            return;
+        }
+        match self.searches.get(target) {
+            Some(Search {
+                state: SearchState::Held(until),
+                ..
+            }) if *until <= now => {}
+            Some(_) => return,
+            None => {}
+        }
+        self.searches.insert(
+            target.clone(),
+            Search {
+                ladder: ladder::Ladder::new(size),
+                recorder: recorder.clone(),
+                state: SearchState::Ready,
+            },
+        );
+    }
+
+    fn tokens_off(&self) -> bool {
+        self.tokens.rate() <= 0.0
+    }
+
+    /// Moves every search on: a round whose wait is over narrows the
+    /// ladder, a ladder done gives its answer, a ready one sends its next
+    /// round if the bucket has the tokens.
+    async fn climb(&mut self, now: Instant) {
+        let mut rounds: Vec<(Target, Vec<u32>)> = Vec::new();
+        for (target, search) in &mut self.searches {
+            if let SearchState::Round { until, rungs } = &search.state {
+                if *until > now {
+                    continue;
+                }
+                let outcome: Vec<(u32, bool)> = rungs.iter().map(|(s, _, ok)| (*s, *ok)).collect();
+                search.ladder.narrow(&outcome);
+                search.state = SearchState::Ready;
+            }
+            if !matches!(search.state, SearchState::Ready) {
+                continue;
+            }
+            if search.ladder.done() {
+                search.recorder.fits(search.ladder.fits());
+                search.state = SearchState::Held(now + ladder::HOLD);
+                continue;
+            }
+            // Without the tokens, the round waits for them (the next
+            // pass, within `ladder::WAIT`): the budget holds.
+            let sizes = search.ladder.rungs();
+            if self.tokens.take(sizes.len(), now) {
+                rounds.push((target.clone(), sizes));
+            }
+        }
+        for (target, sizes) in rounds {
+            let mut rungs = Vec::with_capacity(sizes.len());
+            for size in sizes {
+                let seq = self
+                    .send_datagram(&target, None, What::Rung(target.clone(), size))
+                    .await;
+                rungs.push((size, seq, false));
+            }
+            self.stats.count_rungs(rungs.len() as u64);
+            if let Some(search) = self.searches.get_mut(&target) {
+                search.state = SearchState::Round {
+                    until: Instant::now() + ladder::WAIT,
+                    rungs,
+                };
+            }
+        }
+    }
+
+    /// Forgets route MTUs past their time, small echoes too old to
+    /// count, and searches whose answer no longer holds (every search,
+    /// when the schedule leaves the ladders no packets): each map stays
+    /// within the targets probed lately.
+    fn forget(&mut self, now: Instant) {
+        if self.tokens_off() {
+            self.searches.clear();
+        }
+        self.route_mtu
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < ROUTE_MTU_TTL);
+        self.small_ok
+            .retain(|_, at| now.saturating_duration_since(*at) <= SMALL_FRESH);
+        self.searches
+            .retain(|_, s| !matches!(s.state, SearchState::Held(until) if until <= now));
     }
 
     fn send_tcp(&mut self, target: &Target, recorder: Recorder) {
@@ -624,14 +866,23 @@ impl Engine {
     /// Resolves the probes whose timeout passed, and forgets those whose
     /// late horizon did.
     fn expire(&mut self, now: Instant) {
+        let mut large_lost = Vec::new();
         while let Some(p) = self.pending.get_mut(self.timed_out)
             && p.sent + self.config.timeout <= now
         {
             if p.fate == Fate::Waiting {
                 p.fate = Fate::Lost;
-                p.recorder.lost(now, LossReason::Timeout);
+                if let Some(r) = &p.recorder {
+                    r.lost(now, LossReason::Timeout);
+                    if let What::Large(target, size) = &p.what {
+                        large_lost.push((target.clone(), *size, r.clone()));
+                    }
+                }
             }
             self.timed_out += 1;
+        }
+        for (target, size, recorder) in large_lost {
+            self.large_lost(&target, size, &recorder, now);
         }
         while self.timed_out > 0
             && let Some(p) = self.pending.front()
@@ -664,20 +915,46 @@ impl Engine {
             return self.stats.unattributed("mismatch");
         }
         let rtt = now.saturating_duration_since(p.sent);
+        let Some(recorder) = &p.recorder else {
+            // A rung: answered in time if its round still waits.
+            if let (Fate::Waiting, What::Rung(target, _)) = (p.fate, &p.what) {
+                p.fate = Fate::Answered;
+                if let Some(Search {
+                    state: SearchState::Round { rungs, .. },
+                    ..
+                }) = self.searches.get_mut(target)
+                    && let Some(rung) = rungs.iter_mut().find(|r| r.1 == header.seq)
+                {
+                    rung.2 = true;
+                }
+            }
+            return;
+        };
         match p.fate {
             Fate::Waiting if rtt < self.config.timeout => {
                 p.fate = Fate::Answered;
-                p.recorder.received(now, rtt);
+                recorder.received(now, rtt);
+                match &p.what {
+                    What::Echo(target) => {
+                        self.small_ok.insert(target.clone(), now);
+                    }
+                    What::Large(target, _) => {
+                        // The size passes: no black hole (any more).
+                        recorder.fits(None);
+                        self.searches.remove(target);
+                    }
+                    What::Rung(..) => {}
+                }
             }
             Fate::Waiting => {
                 // Timed out a moment ago, before `expire` saw it.
                 p.fate = Fate::Late;
-                p.recorder.lost(now, LossReason::Timeout);
-                p.recorder.late(now);
+                recorder.lost(now, LossReason::Timeout);
+                recorder.late(now);
             }
             Fate::Lost => {
                 p.fate = Fate::Late;
-                p.recorder.late(now);
+                recorder.late(now);
             }
             Fate::Answered | Fate::Late | Fate::Refused => self.stats.unattributed("duplicate"),
         }
@@ -689,9 +966,13 @@ impl Engine {
     /// errors leave the probe to its timeout.
     fn icmp_errors(&mut self, buf: &mut [u8], now: Instant) {
         while let Some(queued) = icmp::next_error(&self.udp, buf) {
-            let Ok((errno, len)) = queued else {
+            let Ok(icmp::Queued { errno, info, len }) = queued else {
                 return self.stats.unattributed("receive_error");
             };
+            if errno == libc::EMSGSIZE {
+                self.frag_needed(&buf[..len], info, now);
+                continue;
+            }
             if errno != libc::ECONNREFUSED {
                 self.stats.unattributed("icmp_error");
                 continue;
@@ -712,9 +993,42 @@ impl Engine {
             match probe {
                 Some(p) if p.fate == Fate::Waiting => {
                     p.fate = Fate::Refused;
-                    p.recorder.refused(now);
+                    if let Some(r) = &p.recorder {
+                        r.refused(now);
+                    }
                 }
                 _ => self.stats.unattributed("icmp_error"),
+            }
+        }
+    }
+
+    /// An ICMP "fragmentation needed" (the kernel's EMSGSIZE, the
+    /// next-hop MTU in `ee_info`) answered the probe whose start is
+    /// `datagram`: PMTU discovery at work, not a black hole. A large
+    /// probe is refused, not lost; the route's MTU is read again, so the
+    /// next ones fit. A rung stays unanswered: it did not pass.
+    fn frag_needed(&mut self, datagram: &[u8], next_hop_mtu: u32, now: Instant) {
+        let header = match Header::decode(datagram) {
+            Ok(h) if h.kind == Kind::Request && h.sender == self.sender => h,
+            _ => return self.stats.unattributed("icmp_error"),
+        };
+        let Some(p) = header
+            .seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.pending.get_mut(i))
+            .filter(|p| p.sent_ns == header.sent_ns)
+        else {
+            return self.stats.unattributed("icmp_error");
+        };
+        if let What::Large(target, _) = &p.what {
+            self.route_mtu.remove(&target.addr);
+            if let Some(r) = &p.recorder {
+                r.frag_needed(next_hop_mtu);
+                if p.fate == Fate::Waiting {
+                    p.fate = Fate::Refused;
+                    r.refused(now);
+                }
             }
         }
     }

@@ -34,6 +34,7 @@ use observer_ebpf::{Net, Overlay};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
 use crate::loss::Signal;
+pub use crate::loss::mtu::PathMtu;
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
@@ -46,16 +47,27 @@ pub enum Probe {
     Udp,
     /// A TCP handshake, timed from connect to established.
     Tcp,
+    /// Echo of a datagram as large as the path to the target should pass
+    /// unfragmented (its route's MTU), with DF set: one packet each way.
+    /// Lost while small echoes pass, it is an MTU black hole, and the
+    /// prober's ladder finds the size that fits ([`PathMtu`]).
+    Mtu,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 2] = [Probe::Udp, Probe::Tcp];
+    pub const ALL: [Probe; 3] = [Probe::Udp, Probe::Tcp, Probe::Mtu];
 
     pub const fn signal(self) -> Signal {
         match self {
             Probe::Udp => Signal::ProbeUdp,
             Probe::Tcp => Signal::ProbeTcp,
+            Probe::Mtu => Signal::Mtu,
         }
+    }
+
+    /// Sent as a UDP datagram (an echo), small or large.
+    pub const fn is_udp(self) -> bool {
+        matches!(self, Probe::Udp | Probe::Mtu)
     }
 
     /// The signal's name, the `signal` label.
@@ -97,7 +109,7 @@ impl LossReason {
     /// The reasons a probe of `signal` can be lost for.
     pub fn of(signal: Probe) -> &'static [LossReason] {
         match signal {
-            Probe::Udp => &[
+            Probe::Udp | Probe::Mtu => &[
                 LossReason::Timeout,
                 LossReason::Unreachable,
                 LossReason::Other,
@@ -153,6 +165,9 @@ pub struct Totals {
     /// (`RTT_BUCKETS[i-1]`, `RTT_BUCKETS[i]`], the last those above every
     /// bound (only `+Inf` holds them). Not cumulative: the exposition adds.
     pub rtt_buckets: [u64; RTT_BUCKETS.len() + 1],
+    /// Large probes ([`Probe::Mtu`]) only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<PathMtu>,
 }
 
 /// Upper bounds, in seconds, of the RTT histogram's buckets: in-cluster
@@ -192,6 +207,9 @@ pub struct Window {
     pub loss_ratio: Option<f64>,
     /// Over the received probes; none when there were none.
     pub rtt: Option<Quantiles>,
+    /// Large probes ([`Probe::Mtu`]) only: their path's MTU now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<PathMtu>,
 }
 
 /// RTT quantiles, in seconds.
@@ -242,6 +260,7 @@ struct Series {
     /// A histogram of a bucket that left the window, for the next one.
     spare: Option<Histogram<u32>>,
     last_second: u64,
+    mtu: Option<PathMtu>,
 }
 
 impl Series {
@@ -330,6 +349,28 @@ impl Recorder {
         });
     }
 
+    /// The size a large probe was sent at.
+    pub fn probed(&self, size: u32) {
+        let mut s = lock(&self.series);
+        let mtu = s.mtu.get_or_insert_with(PathMtu::default);
+        mtu.probed = size;
+    }
+
+    /// What the ladder found: the largest size that passed while the
+    /// probed one was lost; none once the probed size passes again.
+    pub fn fits(&self, fits: Option<u32>) {
+        let mut s = lock(&self.series);
+        s.mtu.get_or_insert_with(PathMtu::default).fits = fits;
+    }
+
+    /// An ICMP "fragmentation needed" answered a large probe.
+    pub fn frag_needed(&self, next_hop_mtu: u32) {
+        let mut s = lock(&self.series);
+        let mtu = s.mtu.get_or_insert_with(PathMtu::default);
+        mtu.icmp_frag_needed += 1;
+        mtu.icmp_next_hop = Some(next_hop_mtu);
+    }
+
     pub fn late(&self, now: Instant) {
         self.with(now, |s, second, window| {
             s.late += 1;
@@ -344,6 +385,8 @@ struct Registry {
     series: Mutex<BTreeMap<SeriesKey, Arc<Mutex<Series>>>>,
     /// Replies and errors no series can be blamed for, by reason.
     unattributed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Probes the MTU ladders sent, in no series.
+    rungs: std::sync::atomic::AtomicU64,
 }
 
 /// The probes' figures, shared by the prober (which records) and the
@@ -368,6 +411,7 @@ impl ProbeStats {
                 window_secs: window_secs.max(1),
                 series: Mutex::new(BTreeMap::new()),
                 unattributed: Mutex::new(BTreeMap::new()),
+                rungs: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -394,6 +438,18 @@ impl ProbeStats {
     /// datagram that is not a probe.
     pub fn unattributed(&self, reason: &'static str) {
         *lock(&self.inner.unattributed).entry(reason).or_default() += 1;
+    }
+
+    /// Counts probes an MTU ladder sent.
+    pub fn count_rungs(&self, n: u64) {
+        self.inner
+            .rungs
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Probes the MTU ladders sent so far.
+    pub fn rungs(&self) -> u64 {
+        self.inner.rungs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn unattributed_totals(&self) -> Vec<(&'static str, u64)> {
@@ -435,6 +491,7 @@ impl ProbeStats {
                     late: s.late,
                     rtt_sum_seconds: s.rtt_sum_ns as f64 / 1e9,
                     rtt_buckets: s.rtt_buckets,
+                    mtu: s.mtu,
                 }
             })
             .collect()
@@ -465,6 +522,7 @@ impl ProbeStats {
                     late: 0,
                     loss_ratio: None,
                     rtt: None,
+                    mtu: s.mtu,
                 };
                 let mut rtt: Option<Histogram<u32>> = None;
                 for b in s.buckets.iter().filter(|b| b.second >= oldest) {

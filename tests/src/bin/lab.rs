@@ -85,12 +85,23 @@ enum FaultCommand {
         #[arg(long)]
         percent: f64,
     },
-    /// Lower one overlay's MTU on one node.
+    /// Lower one overlay's MTU on one node (not a black hole: the
+    /// sender's kernel answers ICMP fragmentation needed).
     Mtu {
         #[arg(long)]
         node: String,
         #[arg(long)]
         overlay: Overlay,
+        #[arg(long)]
+        mtu: u32,
+    },
+    /// An MTU black hole between FROM and TO on one overlay, both ways: the
+    /// wire drops its tunnel packets over MTU bytes without ICMP.
+    MtuBlackhole {
+        #[command(flatten)]
+        path: PathArgs,
+        /// The largest IPv4 packet the wire carries (the outer,
+        /// encapsulated one), under the underlay's 1500.
         #[arg(long)]
         mtu: u32,
     },
@@ -258,6 +269,12 @@ fn fault(name: &str, command: FaultCommand) -> Result<()> {
             percent,
         },
         FaultCommand::Mtu { node, overlay, mtu } => Fault::Mtu { node, overlay, mtu },
+        FaultCommand::MtuBlackhole { path, mtu } => Fault::MtuBlackhole {
+            a: path.from,
+            b: path.to,
+            overlay: path.overlay,
+            mtu,
+        },
         FaultCommand::Clear { id: Some(id), .. } => return lab.clear(id),
         FaultCommand::Clear { all: true, .. } => return lab.clear_all(),
         FaultCommand::Clear { .. } => anyhow::bail!("fault clear: give an ID or --all"),

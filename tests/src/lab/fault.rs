@@ -1,6 +1,7 @@
 //! Faults a migration meets: packets lost between two nodes on one overlay
 //! (a firewall dropping UDP 8473, a congested link), a node pair cut off on
-//! one overlay, an overlay MTU lowered on one node.
+//! one overlay, an overlay MTU lowered on one node, an MTU black hole
+//! between two nodes on one overlay.
 //!
 //! Loss is injected on the wire, in the underlay namespace, by an nftables
 //! `netdev` ingress chain on the bridge port of the sending node. That is
@@ -43,13 +44,37 @@ pub enum Fault {
         overlay: Overlay,
         percent: f64,
     },
-    /// `overlay`'s device MTU on `node` set to `mtu`.
+    /// `overlay`'s device MTU on `node` set to `mtu`. Not a black hole:
+    /// the sender's kernel drops the first oversize packet with DF
+    /// (`PKT_TOO_BIG`) and answers ICMP fragmentation needed, and the
+    /// socket fits its packets from then on.
     Mtu {
         node: String,
         overlay: Overlay,
         mtu: u32,
     },
+    /// An MTU black hole: a hop on the wire between `a` and `b` carries
+    /// IPv4 packets up to `mtu` bytes and drops larger ones without a
+    /// word (no ICMP: a router whose ICMP is filtered, a link of smaller
+    /// MTU that drops what it cannot carry), both ways, for `overlay`'s
+    /// tunnel only. Each sender still believes its path takes 1500 bytes,
+    /// so encapsulated packets over `mtu` vanish: on a 1450-byte overlay,
+    /// inner packets over `mtu` - 50 (VXLAN's outer IP, UDP, VXLAN and
+    /// inner Ethernet headers). Matched on the IP length in the underlay
+    /// namespace, on both nodes' bridge ports: the lab's nodes share one
+    /// bridge, so no device MTU there could single out one pair and one
+    /// overlay.
+    MtuBlackhole {
+        a: String,
+        b: String,
+        overlay: Overlay,
+        mtu: u32,
+    },
 }
+
+/// Outer headers of a VXLAN packet over the inner IP packet: outer IP
+/// (20), UDP (8), VXLAN (8), the inner Ethernet header (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,6 +114,12 @@ impl fmt::Display for Fault {
             Fault::Mtu { node, overlay, mtu } => {
                 write!(f, "MTU {mtu} on {node}'s {} overlay", overlay.label())
             }
+            Fault::MtuBlackhole { a, b, overlay, mtu } => write!(
+                f,
+                "MTU black hole between {a} and {b} on the {} overlay: tunnel packets over {mtu} \
+                 bytes dropped silently",
+                overlay.label()
+            ),
         }
     }
 }
@@ -191,6 +222,42 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             }
             set_mtu(lab, node, *overlay, *mtu)
         }
+        Fault::MtuBlackhole { a, b, overlay, mtu } => {
+            let j = lab.node_index(a)?;
+            let k = lab.node_index(b)?;
+            if j == k {
+                bail!("an MTU black hole between {a} and itself: pick two nodes");
+            }
+            // The underlay's own MTU is the bridge's 1500: a hole lowers it.
+            if !(68..1500).contains(mtu) {
+                bail!("MTU {mtu}: a black hole on the wire is within 68..1500 bytes");
+            }
+            if matches!(overlay, Overlay::Legacy | Overlay::Native) && !lab.legacy.tunnelled() {
+                bail!(
+                    "{}'s pods are routed natively: an MTU black hole here is for a tunnel \
+                     (or a CrossSubnet lab's native path)",
+                    lab.legacy
+                );
+            }
+            let chain = |name: String, from: usize, to: usize| {
+                format!(
+                    "table netdev {TABLE} {{\n\
+                       chain {name} {{\n\
+                         type filter hook ingress device \"{port}\" priority 0; policy accept;\n\
+                         {path} ip length > {mtu} counter drop comment \"{fault}\"\n\
+                       }}\n\
+                     }}\n",
+                    port = LabState::underlay_port(from),
+                    path = overlay.nft_path(lab.legacy, from, to),
+                )
+            };
+            let script = format!(
+                "table netdev {TABLE} {{}}\n{}{}",
+                chain(format!("fault{id}"), j, k),
+                chain(format!("fault{id}b"), k, j)
+            );
+            batch(&lab.underlay_ns(), &["nft", "-f", "-"], &script)
+        }
     }
 }
 
@@ -207,12 +274,31 @@ pub fn remove(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             &format!("delete chain ip {TABLE} fault{id}\n"),
         ),
         Fault::Mtu { node, overlay, .. } => set_mtu(lab, node, *overlay, normal_mtu(lab, *overlay)),
+        Fault::MtuBlackhole { .. } => batch(
+            &lab.underlay_ns(),
+            &["nft", "-f", "-"],
+            &format!(
+                "delete chain netdev {TABLE} fault{id}\ndelete chain netdev {TABLE} fault{id}b\n"
+            ),
+        ),
     }
 }
 
-/// Packets fault `id` has dropped so far (loss and firewall faults).
+/// Packets fault `id` has dropped so far (loss, firewall and MTU black
+/// hole faults; a black hole's both ways).
 pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
     let chain = format!("fault{id}");
+    if let Fault::MtuBlackhole { .. } = fault {
+        let mut n = 0;
+        for chain in [chain.clone(), format!("{chain}b")] {
+            let out = in_ns(
+                &lab.underlay_ns(),
+                &["nft", "list", "chain", "netdev", TABLE, &chain],
+            )?;
+            n += counted(&out, &chain)?;
+        }
+        return Ok(n);
+    }
     let out = match fault {
         Fault::Firewall { node, .. } => in_ns(
             &lab.node_ns(node),

@@ -61,6 +61,7 @@ pub fn row(
         lost,
         refused: 0,
         seconds: 6.0,
+        mtu: None,
     }
 }
 

@@ -182,7 +182,9 @@ fn halt_headline(report: &Report) -> String {
                 b.row.signal,
                 percent(b.threshold)
             );
-            if !b.why.is_empty() {
+            if crate::loss::mtu::describe(&b.row).is_some() {
+                line += &format!(" {}.", b.why);
+            } else if !b.why.is_empty() {
                 line += &format!(" The kernel: {}.", b.why);
             }
             line

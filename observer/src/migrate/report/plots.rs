@@ -60,6 +60,7 @@ pub fn signal_colour(signal: Signal) -> RGBColor {
         Signal::ProbeUdp => RGBColor(0x17, 0xbe, 0xcf),
         Signal::ProbeTcp => RGBColor(0xe3, 0x77, 0xc2),
         Signal::InNode => RGBColor(0xd6, 0x27, 0x28),
+        Signal::Mtu => RGBColor(0x8c, 0x56, 0x4b),
     }
 }
 

@@ -96,6 +96,7 @@ mod tests {
             lost,
             refused: 0,
             seconds: 10.0,
+            mtu: None,
         }
     }
 

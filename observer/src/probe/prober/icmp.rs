@@ -7,14 +7,17 @@ use std::{io, mem::size_of, os::fd::AsRawFd};
 /// Has the kernel queue ICMP errors on `socket`: without it an
 /// unconnected socket never hears of them.
 pub fn receive_errors(socket: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
+    set_ip_option(socket, libc::IP_RECVERR, 1)
+}
+
+fn set_ip_option(socket: &impl AsRawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: a valid fd, and an option value of the size given.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_IP,
-            libc::IP_RECVERR,
-            (&raw const on).cast(),
+            option,
+            (&raw const value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -24,10 +27,51 @@ pub fn receive_errors(socket: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// The oldest queued error: its errno (0 if the kernel gave none) and the
-/// bytes of the answered datagram's payload copied into `buf`. `None` when
-/// the queue is empty.
-pub fn next_error(socket: &impl AsRawFd, buf: &mut [u8]) -> Option<io::Result<(i32, usize)>> {
+/// DF on every datagram, sent at its size whatever the kernel's path MTU
+/// cache says (`IP_PMTUDISC_PROBE`): a large probe tests the path, it
+/// does not trust what was learnt of it.
+pub fn probe_path_mtu(socket: &impl AsRawFd) -> io::Result<()> {
+    set_ip_option(socket, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)
+}
+
+/// The MTU of the route to `addr` (`IP_MTU` of a socket connected to it:
+/// the device's or the route's, or a learnt exception's, the least).
+/// Connecting a UDP socket sends nothing.
+pub fn route_mtu(addr: std::net::Ipv4Addr) -> io::Result<u32> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect((addr, 9))?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid fd, and a value buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(mtu).map_err(|_| io::Error::other(format!("route MTU {mtu}")))
+}
+
+/// A queued error.
+pub struct Queued {
+    /// 0 if the kernel gave none.
+    pub errno: i32,
+    /// `ee_info`: for EMSGSIZE (ICMP fragmentation needed), the next-hop
+    /// MTU.
+    pub info: u32,
+    /// Bytes of the answered datagram's payload copied into the buffer.
+    pub len: usize,
+}
+
+/// The oldest queued error, the answered datagram's payload copied into
+/// `buf`. `None` when the queue is empty.
+pub fn next_error(socket: &impl AsRawFd, buf: &mut [u8]) -> Option<io::Result<Queued>> {
     // u64s: control messages need their header's alignment.
     let mut control = [0u64; 32];
     let mut iov = libc::iovec {
@@ -64,10 +108,18 @@ pub fn next_error(socket: &impl AsRawFd, buf: &mut [u8]) -> Option<io::Result<(i
             if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
                 let err: libc::sock_extended_err =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                return Some(Ok((err.ee_errno as i32, len)));
+                return Some(Ok(Queued {
+                    errno: err.ee_errno as i32,
+                    info: err.ee_info,
+                    len,
+                }));
             }
             cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
         }
     }
-    Some(Ok((0, len)))
+    Some(Ok(Queued {
+        errno: 0,
+        info: 0,
+        len,
+    }))
 }
