@@ -12,11 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::TcAttachType;
 use crossover_tests::{
     fleet::{Fleet, tcx_programs_in},
     lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, PodKind, exec, geneve, ipip, plan, traffic},
     netns::unique,
     require_root,
+    standin::{Place, Standin},
 };
 use observer_ebpf::{Direction, Net, Point};
 use std::collections::BTreeMap;
@@ -85,6 +87,54 @@ fn every_network_combination_is_classified_on_both_nodes_from_calico_vxlan() {
 #[test]
 fn every_network_combination_is_classified_on_both_nodes_from_calico_crosssubnet() {
     every_network_combination_is_classified(LegacyCni::CalicoCrossSubnet);
+}
+
+/// IP-in-IP: the same combinations as VXLAN, the legacy overlay now IPv4
+/// protocol 4 out of `tunl0` (the TC stand-in for the ipip driver), its
+/// tunnel address the block's `.0` as Calico's IPAM gives it.
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_calico_ipip() {
+    every_network_combination_is_classified(LegacyCni::CalicoIpip);
+}
+
+/// The stand-in's two paths go where a real `tunl0`'s do (root): what it
+/// encapsulates and redirects to `eth0` passes a TCX program on `eth0`'s
+/// egress (where crossover's underlay hook runs), and what it
+/// decapsulates arrives at `tunl0`'s ingress (crossover's overlay hook),
+/// each packet once: the Cilium stand-in counts what its hook saw.
+#[test]
+fn ipip_stand_in_sends_through_eth0s_tcx_egress_and_delivers_at_tunl0s_ingress() {
+    const PINGS: u64 = 200;
+    let _serial = serial();
+    let lab = lab(LegacyCni::CalicoIpip);
+    let mut egress = Standin::load();
+    egress.attach(
+        &lab.node_ns("control-plane"),
+        "eth0",
+        TcAttachType::Egress,
+        Place::TcxHead,
+    );
+    let mut ingress = Standin::load();
+    ingress.attach(
+        &lab.node_ns("worker-2"),
+        "tunl0",
+        TcAttachType::Ingress,
+        Place::TcxHead,
+    );
+    let (from, to) = (
+        lab.endpoint("control-plane/app-1").unwrap(),
+        lab.endpoint("worker-2/app-1").unwrap(),
+    );
+    let report = traffic::ping(&from, &to, PINGS, Duration::from_millis(2)).unwrap();
+    assert_eq!(report.received, PINGS, "{report:?}");
+    // Only the decapsulated requests enter tunl0; eth0 also sends the odd
+    // ARP probe to confirm a peer's address.
+    assert_eq!(ingress.seen(), PINGS, "worker-2's tunl0 ingress");
+    let sent = egress.seen();
+    assert!(
+        (PINGS..=PINGS + 10).contains(&sent),
+        "control-plane's eth0 TCX egress saw {sent} for {PINGS} encapsulated requests"
+    );
 }
 
 #[test]
@@ -308,13 +358,26 @@ fn assert_shape_names_the_legacy_tunnel(lab: &Lab, legacy: LegacyCni) {
         .filter(|n| n.role == observer::shape::Role::Legacy && !n.cidrs.is_empty())
         .map(|n| n.encapsulation)
         .collect();
-    assert_eq!(
-        encapsulations,
-        vec![observer::shape::Encapsulation::Vxlan {
-            port: legacy.port()
-        }],
-        "{legacy}"
-    );
+    assert_eq!(encapsulations, vec![legacy.encapsulation()], "{legacy}");
+    if legacy.ipip() {
+        // The kernel counts protocol 4 as the legacy overlay, and no
+        // second IP-in-IP network (the crafted one of other labs) is added.
+        assert_eq!(
+            shape.kernel_config().unwrap().ipip_overlay,
+            observer_ebpf::Overlay::Legacy.wire(),
+            "{shape:#?}"
+        );
+        let ipip = observer::shape::Encapsulation::Ipip;
+        assert_eq!(
+            shape
+                .networks
+                .iter()
+                .filter(|n| n.encapsulation == ipip)
+                .count(),
+            1,
+            "{shape:#?}"
+        );
+    }
     assert!(
         shape
             .networks
@@ -414,6 +477,13 @@ fn snat_is_seen_through_to_the_pods_from_calico_crosssubnet() {
 /// AWS-SNAT-CHAIN-0 (to the primary address, leaving the VPC for Cilium's
 /// range) and Cilium's masquerade out of eth0 towards the VPC: both onto
 /// a node's underlay address, joined the same way.
+/// Felix's masquerade `-o tunl0` in IPIP mode: a Cilium pod reaches a
+/// legacy pod from worker-1's `tunl0` address.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_calico_ipip() {
+    snat_is_seen_through(LegacyCni::CalicoIpip);
+}
+
 #[test]
 fn snat_is_seen_through_to_the_pods_from_aws_native() {
     snat_is_seen_through(LegacyCni::AwsNative);
@@ -555,6 +625,13 @@ fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_vxlan() {
 #[test]
 fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_crosssubnet() {
     pods_created_after_start_are_observed(LegacyCni::CalicoCrossSubnet);
+}
+
+/// `tunl0` followed by its name as the legacy overlay, a late `cali` veth
+/// at its pod hook.
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_ipip() {
+    pods_created_after_start_are_observed(LegacyCni::CalicoIpip);
 }
 
 /// An `eni` veth followed, and the new pod's /32 in every node's address
@@ -739,6 +816,14 @@ fn injected_loss_is_measured_per_node_pair_and_overlay_from_aws_native() {
 #[test]
 fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_crosssubnet() {
     injected_loss_is_measured(LegacyCni::CalicoCrossSubnet);
+}
+
+/// The fault matches IPv4 protocol 4 between the two nodes' underlay
+/// addresses on the wire; crossover counts the legacy overlay there, in
+/// the packets the stand-in encapsulated and sent out of `eth0`.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_ipip() {
+    injected_loss_is_measured(LegacyCni::CalicoIpip);
 }
 
 /// One node pair's path at fault, the streams around it, and the paths

@@ -347,8 +347,9 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     let bad = lab_cmd(&unique("w"), &["up", "--legacy", "weave"]);
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr)
-            .contains("expected one of flannel, calico-vxlan, aws-native, calico-crosssubnet"),
+        String::from_utf8_lossy(&bad.stderr).contains(
+            "expected one of flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip"
+        ),
         "{bad:?}"
     );
     let (name, lab) = up_two_nodes("cv", "calico-vxlan");
@@ -399,16 +400,85 @@ fn calico_vxlan_nodes_are_built_as_calico_builds_them() {
     );
 
     blackhole_cuts_the_legacy_path(&name, pod.addr, "no NAT inside the pool");
-    // The MTU fault lowers Calico's tunnel, and clearing it restores 1450.
+    mtu_fault_lowers_and_restores(&name, &lab, "vxlan.calico", 1450);
+}
+
+/// `lab up --legacy calico-ipip` builds Calico's `ipipMode: Always`:
+/// `tunl0` (here a veth, NOARP, MTU 1480, the block's `.0`) with the TC
+/// stand-in for the ipip driver on its far end and behind crossover on
+/// `eth0`, still attached after `lab up` has exited; BIRD's routes via
+/// each peer's underlay address out of `tunl0`; `cali*` veths of MTU 1480;
+/// Felix's masquerade `-o tunl0`. Pods reach each other through it, and a
+/// legacy blackhole matching IPv4 protocol 4 on the wire cuts exactly that
+/// path.
+#[test]
+fn calico_ipip_nodes_are_built_as_calico_builds_them() {
+    require_root();
+    let (name, lab) = up_two_nodes("ci", "calico-ipip");
+    let ns = lab.node_ns("control-plane");
+    let sh = |args: &str| {
+        exec::in_ns(&ns, &args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let tunl0 = sh("ip -d link show tunl0");
+    for want in ["NOARP", "mtu 1480", "veth"] {
+        assert!(tunl0.contains(want), "{want}: {tunl0}");
+    }
+    assert!(
+        sh("ip -4 -o addr show dev tunl0").contains("inet 10.244.0.0/32"),
+        "the block's first address"
+    );
+    for absent in ["vxlan.calico", "flannel.1", "cni0"] {
+        assert!(
+            exec::in_ns(&ns, &["ip", "link", "show", absent]).is_err(),
+            "{absent} in an IPIP node"
+        );
+    }
+    for (dev, program) in [("tunl0p", "ipip_encap"), ("eth0", "ipip_decap")] {
+        let filters = sh(&format!("tc filter show dev {dev} ingress"));
+        assert!(
+            filters.contains(&format!("name {program}")) && filters.contains("direct-action"),
+            "{dev}: {filters}"
+        );
+    }
+    let routes = sh("ip -4 route");
+    assert!(
+        routes.contains("blackhole 10.244.0.0/24 proto 80"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.1.0/24 via 172.18.0.3 dev tunl0 proto bird onlink"),
+        "{routes}"
+    );
+    let pod = lab.pod("control-plane/app-1").unwrap();
+    assert!(pod.host_if.starts_with("cali"), "{pod:?}");
+    assert!(sh(&format!("ip link show {}", pod.host_if)).contains("mtu 1480"));
+    let nat = sh("iptables -t nat -S");
+    assert!(
+        nat.contains("-A cali-POSTROUTING -o tunl0 ") && nat.contains("-N cali-nat-outgoing"),
+        "{nat}"
+    );
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(shape["networks"][0]["encapsulation"], "ipip", "{shape:#}");
+
+    blackhole_cuts_the_legacy_path(&name, pod.addr, "no NAT inside the pool");
+    mtu_fault_lowers_and_restores(&name, &lab, "tunl0", 1480);
+}
+
+/// The MTU fault (fault 2 of the lab) lowers control-plane's legacy tunnel
+/// `device` to 1300, and clearing it restores the device's own `normal`.
+fn mtu_fault_lowers_and_restores(name: &str, lab: &Lab, device: &str, normal: u32) {
+    let ns = lab.node_ns("control-plane");
+    let link = || exec::in_ns(&ns, &["ip", "link", "show", device]).unwrap();
     let mtu = "fault mtu --node control-plane --overlay legacy --mtu 1300";
     assert!(
-        lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>())
+        lab_cmd(name, &mtu.split(' ').collect::<Vec<_>>())
             .status
             .success()
     );
-    assert!(sh("ip link show vxlan.calico").contains("mtu 1300"));
-    assert!(lab_cmd(&name, &["fault", "clear", "2"]).status.success());
-    assert!(sh("ip link show vxlan.calico").contains("mtu 1450"));
+    assert!(link().contains("mtu 1300"), "{}", link());
+    assert!(lab_cmd(name, &["fault", "clear", "2"]).status.success());
+    assert!(link().contains(&format!("mtu {normal} ")), "{}", link());
 }
 
 /// `lab up --legacy calico-crosssubnet` builds Calico's `vxlanMode:

@@ -5,7 +5,12 @@
 //! priority 1, handle 1, replaced in place on restart. It returns a final
 //! verdict (TC_ACT_OK, or a redirect into a pod as BPF host routing does),
 //! so nothing behind it on its hook sees a packet.
-use std::{net::Ipv4Addr, path::PathBuf, process::Command, sync::OnceLock};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
 
 use aya::{
     Ebpf,
@@ -35,27 +40,35 @@ fn object() -> &'static PathBuf {
     static OBJECT: OnceLock<PathBuf> = OnceLock::new();
     OBJECT.get_or_init(|| {
         let out = std::env::temp_dir().join(format!("cilium_standin-{}.o", std::process::id()));
-        // linux/types.h includes asm/types.h, which Debian keeps under the
-        // multiarch directory.
-        let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
-        let result = Command::new("clang")
-            .args([
-                "-O2", "-g", "-target", "bpf", "-I", &multiarch, "-c", SOURCE, "-o",
-            ])
-            .arg(&out)
-            .output();
-        match result {
-            Err(err) => panic!(
-                "clang is needed to build the Cilium stand-in ({SOURCE}) but could not be run: \
-                 {err}; `cargo xtask setup` installs it (Debian package clang)"
-            ),
-            Ok(o) if !o.status.success() => panic!(
-                "clang could not build {SOURCE}:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Ok(_) => out,
-        }
+        compile(SOURCE, &[], &out).unwrap_or_else(|e| panic!("{e}"));
+        out
     })
+}
+
+/// Compiles the eBPF C program `source` into `out` with clang, `extra`
+/// arguments before it (defines, `-include`). The error names the source
+/// and quotes clang, or says how to install it.
+pub fn compile(source: &str, extra: &[&str], out: &Path) -> Result<(), String> {
+    // linux/types.h includes asm/types.h, which Debian keeps under the
+    // multiarch directory.
+    let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let result = Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", "-I", &multiarch])
+        .args(extra)
+        .args(["-c", source, "-o"])
+        .arg(out)
+        .output();
+    match result {
+        Err(err) => Err(format!(
+            "clang is needed to build {source} but could not be run: {err}; \
+             `cargo xtask setup` installs it (Debian package clang)"
+        )),
+        Ok(o) if !o.status.success() => Err(format!(
+            "clang could not build {source}:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// What the stand-in does with a packet.

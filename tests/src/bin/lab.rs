@@ -31,8 +31,8 @@ enum Command {
         /// App pods per node, besides one DaemonSet pod.
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// The CNI migrated from: flannel, calico-vxlan, aws-native or
-        /// calico-crosssubnet.
+        /// The CNI migrated from: flannel, calico-vxlan, aws-native,
+        /// calico-crosssubnet or calico-ipip.
         #[arg(long, default_value = "flannel")]
         legacy: LegacyCni,
     },

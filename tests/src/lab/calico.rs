@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::{
     exec::{IpBatch, sysctls},
-    plan::{self, Network},
+    plan::{self, LegacyCni, Network},
 };
 
 /// Beside `vxlan.calico` (created with Flannel's device in `node.rs`:
@@ -26,8 +26,10 @@ pub fn node(ip: &mut IpBatch, j: usize) {
 /// Felix's `natOutgoing` for the pool (`cali-nat-outgoing`: from the pool,
 /// to anywhere outside every pool; Felix matches both with ipsets, the lab
 /// has one pool and writes it inline) and its rule masquerading host
-/// traffic into the tunnel from an address not on `vxlan.calico`.
-pub fn masquerade_rules() -> String {
+/// traffic into the tunnel (`vxlan.calico` or `tunl0`, `cni.device()`)
+/// from an address not on it.
+pub fn masquerade_rules(cni: LegacyCni) -> String {
+    let tunnel = cni.device();
     let pool = plan::cluster_cidr(Network::Legacy);
     let felix = r#"-m comment --comment "calico felix""#;
     format!(
@@ -35,13 +37,14 @@ pub fn masquerade_rules() -> String {
 :cali-nat-outgoing - [0:0]
 -A POSTROUTING {felix} -j cali-POSTROUTING
 -A cali-POSTROUTING {felix} -j cali-nat-outgoing
--A cali-POSTROUTING -o vxlan.calico -m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL {felix} -j MASQUERADE
+-A cali-POSTROUTING -o {tunnel} -m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL {felix} -j MASQUERADE
 -A cali-nat-outgoing -s {pool} ! -d {pool} {felix} -j MASQUERADE --random-fully
 "#
     )
 }
 
-/// Wires a legacy pod's veth as the Calico CNI plugin does: host end
+/// Wires a legacy pod's veth as the Calico CNI plugin does (`mtu`: Felix's
+/// `vethMTU`, the tunnel's): host end
 /// `ee:ee:ee:ee:ee:ee`, up, a /32 route to the pod and a permanent
 /// neighbour for it (Felix's static ARP entry); inside, the address as a
 /// /32, `169.254.1.1` on-link and the default route through it.
@@ -51,9 +54,10 @@ pub fn wire_pod(
     host_if: &str,
     addr: Ipv4Addr,
     pod_mac: &str,
+    mtu: u32,
 ) {
     let gateway = plan::CALICO_GATEWAY;
-    host.add(format!("link set {host_if} mtu {} up", plan::OVERLAY_MTU))
+    host.add(format!("link set {host_if} mtu {mtu} up"))
         .add(format!("route add {addr}/32 dev {host_if} scope link"))
         .add(format!(
             "neigh add {addr} lladdr {pod_mac} dev {host_if} nud permanent"
@@ -63,7 +67,7 @@ pub fn wire_pod(
     // lab's nodes have no default route, so proxy ARP would find none:
     // the pod gets the answer proxy ARP gives, written down.
     inside
-        .add(format!("link set eth0 mtu {} up", plan::OVERLAY_MTU))
+        .add(format!("link set eth0 mtu {mtu} up"))
         .add(format!("addr add {addr}/32 dev eth0"))
         .add(format!("route add {gateway} dev eth0 scope link"))
         .add(format!("route add default via {gateway} dev eth0"))

@@ -216,11 +216,9 @@ pub fn apply(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             batch(&lab.node_ns(node), &["nft", "-f", "-"], &script)
         }
         Fault::Mtu { node, overlay, mtu } => {
-            if !(68..=plan::OVERLAY_MTU).contains(mtu) {
-                bail!(
-                    "MTU {mtu}: an overlay MTU fault lowers it, within 68..={}",
-                    plan::OVERLAY_MTU
-                );
+            let normal = normal_mtu(lab, *overlay);
+            if !(68..=normal).contains(mtu) {
+                bail!("MTU {mtu}: an overlay MTU fault lowers it, within 68..={normal}");
             }
             set_mtu(lab, node, *overlay, *mtu)
         }
@@ -275,7 +273,7 @@ pub fn remove(lab: &LabState, id: u32, fault: &Fault) -> Result<()> {
             &["nft", "-f", "-"],
             &format!("delete chain ip {TABLE} fault{id}\n"),
         ),
-        Fault::Mtu { node, overlay, .. } => set_mtu(lab, node, *overlay, plan::OVERLAY_MTU),
+        Fault::Mtu { node, overlay, .. } => set_mtu(lab, node, *overlay, normal_mtu(lab, *overlay)),
         Fault::MtuBlackhole { .. } => batch(
             &lab.underlay_ns(),
             &["nft", "-f", "-"],
@@ -312,6 +310,15 @@ pub fn drops(lab: &LabState, id: u32, fault: &Fault) -> Result<u64> {
         )?,
     };
     counted(&out, &chain)
+}
+
+/// The MTU an overlay's device has when no fault lowers it: `tunl0`'s
+/// 1480 in an IPIP lab, VXLAN's 1450 otherwise.
+fn normal_mtu(lab: &LabState, overlay: Overlay) -> u32 {
+    match overlay {
+        Overlay::Legacy => lab.legacy.mtu(),
+        _ => plan::OVERLAY_MTU,
+    }
 }
 
 fn set_mtu(lab: &LabState, node: &str, overlay: Overlay, mtu: u32) -> Result<()> {

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod pod;
 pub mod state;
 pub mod traffic;
+pub mod tunl0;
 
 use anyhow::{Result, bail};
 use observer::shape::{ClusterShape, Node, NodePodCidr, Role};
@@ -370,9 +371,9 @@ impl Lab {
         };
         for network in shape.networks.iter_mut().filter(|n| n.role == Role::Legacy) {
             if tunnelled {
-                // The legacy overlay's port: Flannel's 8472 is the default.
-                let port = self.state.legacy.port();
-                network.encapsulation = observer::shape::Encapsulation::Vxlan { port };
+                // The legacy overlay's port (Flannel's 8472 is the
+                // default), or IP-in-IP.
+                network.encapsulation = self.state.legacy.encapsulation();
                 // CrossSubnet: the tunnel only towards the other underlay
                 // subnet.
                 network.cross_subnet = self.state.legacy.cross_subnet();
@@ -396,13 +397,16 @@ impl Lab {
                 .collect();
         }
         // The crafted IP-in-IP of `ipip::send` carries legacy pods, as
-        // Calico's tunl0 would beside the legacy VXLAN here.
-        shape.networks.push(observer::shape::Network {
-            role: Role::Legacy,
-            cidrs: vec![],
-            encapsulation: observer::shape::Encapsulation::Ipip,
-            cross_subnet: false,
-        });
+        // Calico's tunl0 would beside the legacy VXLAN here (in an IPIP
+        // lab the legacy network is that already).
+        if !self.state.legacy.ipip() {
+            shape.networks.push(observer::shape::Network {
+                role: Role::Legacy,
+                cidrs: vec![],
+                encapsulation: observer::shape::Encapsulation::Ipip,
+                cross_subnet: false,
+            });
+        }
         Ok(shape)
     }
 

@@ -9,6 +9,7 @@ use super::{
     exec::{IpBatch, batch, sysctls},
     plan::{self, LegacyCni, Network},
     state::LabState,
+    tunl0,
 };
 
 /// The underlay: one bridge in its own namespace, like the docker network
@@ -86,12 +87,16 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
             ));
         }
     }
-    if lab.legacy.tunnelled() {
+    if lab.legacy.ipip() {
+        tunl0::device(&mut ip, j);
+    } else if lab.legacy.tunnelled() {
         legacy_tunnel(&mut ip, lab.legacy, j);
     }
     match lab.legacy {
         LegacyCni::Flannel => flannel(&mut ip, j),
-        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => calico::node(&mut ip, j),
+        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => {
+            calico::node(&mut ip, j)
+        }
         // Nothing before pods: the fabric's routes come with each pod.
         LegacyCni::AwsNative => {}
     }
@@ -118,6 +123,9 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
         ],
     )?;
     fdb(lab, j)?;
+    if lab.legacy.ipip() {
+        tunl0::attach(lab, j)?;
+    }
     masquerade(&ns, lab.legacy, j)
 }
 
@@ -191,12 +199,14 @@ fn cilium(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
 /// What Flannel and Felix alike write for each peer (an onlink route to
 /// its subnet or block via its tunnel address, a permanent neighbour for
 /// that address with its VTEP MAC) and what Cilium routes for each peer's
-/// CIDR. In CrossSubnet mode Felix routes the block of a peer in the same
+/// CIDR (in IPIP mode BIRD's route, `tunl0.rs`). In CrossSubnet mode Felix routes the block of a peer in the same
 /// underlay subnet via the peer's underlay address on `eth0`, with its own
 /// protocol (80), and keeps the VTEP's neighbour and FDB entries all the
 /// same.
 fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
-    if cni.tunnelled() {
+    if cni.ipip() {
+        tunl0::peer_route(ip, cni, k);
+    } else if cni.tunnelled() {
         let legacy = plan::pod_cidr(k, Network::Legacy);
         let tunnel_peer = plan::flannel_addr(k);
         let dev = cni.device();
@@ -235,9 +245,8 @@ fn fdb(lab: &LabState, j: usize) -> Result<()> {
     let mut bridge = String::new();
     for k in (0..lab.nodes.len()).filter(|&k| k != j) {
         let dst = lab.underlay_addr(k);
-        let legacy = lab
-            .legacy
-            .tunnelled()
+        // IP-in-IP has no VTEP: the outer header comes from the route.
+        let legacy = (lab.legacy.tunnelled() && !lab.legacy.ipip())
             .then(|| (lab.legacy.vtep_mac_kind(), lab.legacy.device()));
         for (kind, dev) in legacy
             .into_iter()
@@ -279,7 +288,9 @@ fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
 -A FLANNEL-POSTRTG ! -s {legacy} -d {legacy} {flannel} -j MASQUERADE --random-fully
 "#
         ),
-        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => calico::masquerade_rules(),
+        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => {
+            calico::masquerade_rules(cni)
+        }
         LegacyCni::AwsNative => aws::snat_rules(j),
     };
     let rules = format!(

@@ -7,6 +7,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use observer::shape::Encapsulation;
 use serde::{Deserialize, Serialize};
 
 /// The most nodes the plan has addresses for (one octet of /24s).
@@ -33,6 +34,8 @@ pub const LEGACY_VNI: u32 = 1;
 pub const CILIUM_VNI: u32 = 2;
 /// VXLAN's 50 bytes of headers under a 1500-byte underlay.
 pub const OVERLAY_MTU: u32 = 1450;
+/// IP-in-IP's 20 bytes under a 1500-byte underlay (`tunl0`).
+pub const IPIP_MTU: u32 = 1480;
 /// Policy routing table for the second pass from `cilium_net` into the
 /// tunnel (real Cilium does that hop in BPF).
 pub const TUNNEL_TABLE: u32 = 2004;
@@ -55,14 +58,21 @@ pub enum LegacyCni {
     /// but the nodes sit in two underlay subnets and a peer's block in the
     /// same subnet is routed natively through `eth0`, without the tunnel.
     CalicoCrossSubnet,
+    /// Calico in IP-in-IP mode (`ipipMode: Always`): `tunl0` carries the
+    /// pods' traffic between nodes as IPv4 protocol 4, MTU 1480, pods on
+    /// `cali*` veths as in VXLAN mode. This kernel has no ipip driver:
+    /// `tunl0` is a veth whose far end a TC stand-in encapsulates and
+    /// decapsulates on (`tunl0.rs`).
+    CalicoIpip,
 }
 
 impl LegacyCni {
-    pub const ALL: [LegacyCni; 4] = [
+    pub const ALL: [LegacyCni; 5] = [
         LegacyCni::Flannel,
         LegacyCni::CalicoVxlan,
         LegacyCni::AwsNative,
         LegacyCni::CalicoCrossSubnet,
+        LegacyCni::CalicoIpip,
     ];
 
     pub fn label(self) -> &'static str {
@@ -71,6 +81,7 @@ impl LegacyCni {
             LegacyCni::CalicoVxlan => "calico-vxlan",
             LegacyCni::AwsNative => "aws-native",
             LegacyCni::CalicoCrossSubnet => "calico-crosssubnet",
+            LegacyCni::CalicoIpip => "calico-ipip",
         }
     }
 
@@ -81,20 +92,27 @@ impl LegacyCni {
             LegacyCni::Flannel => "flannel.1",
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "vxlan.calico",
             LegacyCni::AwsNative => "eth0",
+            LegacyCni::CalicoIpip => "tunl0",
         }
     }
 
-    /// The legacy pods' traffic between nodes is tunnelled (VXLAN).
+    /// The legacy pods' traffic between nodes is tunnelled (VXLAN or
+    /// IP-in-IP).
     pub fn tunnelled(self) -> bool {
         self != LegacyCni::AwsNative
     }
 
-    /// The legacy overlay's VXLAN port; 0 where nothing is tunnelled.
+    /// The legacy tunnel is IP-in-IP (`tunl0`) rather than VXLAN.
+    pub fn ipip(self) -> bool {
+        self == LegacyCni::CalicoIpip
+    }
+
+    /// The legacy overlay's VXLAN port; 0 where it is not VXLAN.
     pub fn port(self) -> u16 {
         match self {
             LegacyCni::Flannel => LEGACY_PORT,
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_PORT,
-            LegacyCni::AwsNative => 0,
+            LegacyCni::AwsNative | LegacyCni::CalicoIpip => 0,
         }
     }
 
@@ -102,8 +120,36 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => LEGACY_VNI,
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_VNI,
-            LegacyCni::AwsNative => 0,
+            LegacyCni::AwsNative | LegacyCni::CalicoIpip => 0,
         }
+    }
+
+    /// How the shape names the legacy network's encapsulation.
+    pub fn encapsulation(self) -> Encapsulation {
+        match self {
+            LegacyCni::CalicoIpip => Encapsulation::Ipip,
+            LegacyCni::AwsNative => Encapsulation::Native,
+            _ => Encapsulation::Vxlan { port: self.port() },
+        }
+    }
+
+    /// What an nftables rule matches the legacy tunnel's packets by on the
+    /// wire, beside the outer addresses; `None` where nothing is
+    /// tunnelled.
+    pub fn wire_match(self) -> Option<String> {
+        match self.encapsulation() {
+            Encapsulation::Vxlan { port } => Some(format!("udp dport {port}")),
+            // By number: /etc/protocols names 4 `ipencap`; its `ipip` is 94.
+            Encapsulation::Ipip => Some("ip protocol 4".into()),
+            Encapsulation::Geneve { .. } | Encapsulation::Native => None,
+        }
+    }
+
+    /// The MTU of the legacy tunnel device and of the legacy pods' veths:
+    /// VXLAN's 50 bytes or IP-in-IP's 20 under a 1500-byte underlay
+    /// (Calico's `vethMTU` follows the encapsulation).
+    pub fn mtu(self) -> u32 {
+        if self.ipip() { IPIP_MTU } else { OVERLAY_MTU }
     }
 
     /// Which of [`mac`]'s kinds the legacy tunnel device's MAC is.
@@ -113,6 +159,7 @@ impl LegacyCni {
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::AwsNative => {
                 MAC_CALICO_VXLAN
             }
+            LegacyCni::CalicoIpip => MAC_CALICO_TUNL0,
         }
     }
 
@@ -126,14 +173,17 @@ impl LegacyCni {
     pub fn veth_prefix(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "veth",
-            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "cali",
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => "cali",
             LegacyCni::AwsNative => "eni",
         }
     }
 
     /// Calico's node build (no bridge, `cali*` veths, Felix's NAT).
     pub fn is_calico(self) -> bool {
-        matches!(self, LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet)
+        matches!(
+            self,
+            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip
+        )
     }
 
     /// Whether the legacy network tunnels only across underlay subnets
@@ -205,7 +255,7 @@ impl Overlay {
     /// `aws::native_wire_match`).
     pub fn nft_match(self, legacy: LegacyCni) -> Option<String> {
         match self {
-            Overlay::Legacy => Some(format!("udp dport {}", legacy.port())),
+            Overlay::Legacy => legacy.wire_match(),
             Overlay::Cilium => Some(format!("udp dport {CILIUM_PORT}")),
             Overlay::Geneve => Some(format!("udp dport {GENEVE_PORT}")),
             // By number: /etc/protocols names 4 `ipencap`; its `ipip` is 94.
@@ -362,6 +412,7 @@ pub const MAC_FLANNEL: u8 = 1;
 pub const MAC_CILIUM_VXLAN: u8 = 2;
 pub const MAC_CILIUM_NET: u8 = 3;
 pub const MAC_CALICO_VXLAN: u8 = 4;
+pub const MAC_CALICO_TUNL0: u8 = 5;
 
 /// A pod interface's MAC, from its address: `side` 0 is the pod's `eth0`,
 /// 1 the host end.
@@ -426,6 +477,20 @@ mod tests {
             Overlay::Legacy.nft_path(LegacyCni::CalicoCrossSubnet, 0, 3),
             "ip saddr 172.18.0.2 ip daddr 172.18.1.5 udp dport 4789"
         );
+        assert_eq!(
+            Overlay::Legacy.nft_path(LegacyCni::CalicoIpip, 0, 2),
+            "ip saddr 172.18.0.2 ip daddr 172.18.0.4 ip protocol 4"
+        );
+        assert_eq!(
+            LegacyCni::CalicoIpip.encapsulation(),
+            Encapsulation::Ipip,
+            "the shape's legacy network"
+        );
+        assert_eq!(
+            (LegacyCni::CalicoIpip.device(), LegacyCni::CalicoIpip.mtu()),
+            ("tunl0", 1480)
+        );
+        assert_eq!(LegacyCni::AwsNative.wire_match(), None);
         let native = Overlay::Native.nft_path(LegacyCni::CalicoCrossSubnet, 0, 2);
         assert!(
             native.contains("10.244.0.0/24 . 10.244.2.0/24")
@@ -436,7 +501,7 @@ mod tests {
         );
         let err = "weave".parse::<LegacyCni>().unwrap_err();
         assert!(
-            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet"),
+            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip"),
             "{err}"
         );
     }

@@ -97,9 +97,14 @@ pub fn create_at(
     let mut inside = IpBatch::default();
     inside.add("link set lo up");
     match network {
-        Network::Legacy if calico => {
-            calico::wire_pod(&mut host, &mut inside, &pod.host_if, addr, &pod_mac)
-        }
+        Network::Legacy if calico => calico::wire_pod(
+            &mut host,
+            &mut inside,
+            &pod.host_if,
+            addr,
+            &pod_mac,
+            lab.legacy.mtu(),
+        ),
         Network::Legacy if aws => {
             aws::wire_pod(&mut host, &mut inside, &pod.host_if, addr, &host_mac)
         }
