@@ -1,9 +1,9 @@
 //! End to end, in a 3-node lab with one node migrated and crossover on
 //! every node: classification, SNAT, loss, handshakes, and detaching, on
 //! Flannel's legacy nodes; classification, SNAT, loss and pods created
-//! after start also on Calico's (VXLAN mode, and CrossSubnet: the legacy
-//! network native within an underlay subnet, VXLAN across, in a 4-node
-//! lab) and the AWS VPC CNI's (natively routed pods in the nodes' subnet,
+//! after start also on Calico's (VXLAN mode, IP-in-IP mode, and both
+//! CrossSubnet modes: the legacy network native within an underlay subnet,
+//! VXLAN or IP-in-IP across, in a 4-node lab) and the AWS VPC CNI's (natively routed pods in the nodes' subnet,
 //! each a /32 of the shape).
 //! Needs root (namespaces, programs in the kernel).
 use std::{
@@ -40,7 +40,7 @@ fn serial() -> MutexGuard<'static, ()> {
 /// A CrossSubnet lab has worker-3 (legacy pods) too: its nodes alternate
 /// between two underlay subnets (control-plane and worker-2 in one,
 /// worker-1 and worker-3 in the other), so legacy nodes meet peers both in
-/// their subnet (natively routed) and across (VXLAN).
+/// their subnet (natively routed) and across (VXLAN or IP-in-IP).
 fn lab(legacy: LegacyCni) -> Lab {
     require_root();
     Lab::up(&LabSpec {
@@ -95,6 +95,15 @@ fn every_network_combination_is_classified_on_both_nodes_from_calico_crosssubnet
 #[test]
 fn every_network_combination_is_classified_on_both_nodes_from_calico_ipip() {
     every_network_combination_is_classified(LegacyCni::CalicoIpip);
+}
+
+/// IPIP CrossSubnet: the CrossSubnet cases, the tunnel across subnets now
+/// IPv4 protocol 4 out of `tunl0` (worker-3 to the control plane, and
+/// worker-1's Cilium pods to it after Felix's masquerade onto `tunl0`'s
+/// address), native within one.
+#[test]
+fn every_network_combination_is_classified_on_both_nodes_from_calico_ipip_crosssubnet() {
+    every_network_combination_is_classified(LegacyCni::CalicoIpipCrossSubnet);
 }
 
 /// The stand-in's two paths go where a real `tunl0`'s do (root): what it
@@ -184,7 +193,8 @@ const NATIVE_CASES: [&str; 9] = [
 // what the legacy network carries between them is native (a node's own
 // traffic then leaves from its `eth0`, not the tunnel's address, so
 // arrives as plain host traffic); worker-3 reaches the control plane
-// through vxlan.calico, and worker-1's Cilium pods reach worker-3's legacy
+// through the tunnel (vxlan.calico, or tunl0 in IPIP CrossSubnet mode),
+// and worker-1's Cilium pods reach worker-3's legacy
 // pods natively, masqueraded onto worker-1's `eth0`.
 const CROSS_SUBNET_CASES: [&str; 11] = [
     // from             to                  nets           overlay  SNAT         receiver
@@ -484,6 +494,13 @@ fn snat_is_seen_through_to_the_pods_from_calico_ipip() {
     snat_is_seen_through(LegacyCni::CalicoIpip);
 }
 
+/// IPIP CrossSubnet: Felix's masquerade `-o tunl0` across subnets,
+/// Cilium's onto worker-1's `eth0` within its own.
+#[test]
+fn snat_is_seen_through_to_the_pods_from_calico_ipip_crosssubnet() {
+    snat_is_seen_through(LegacyCni::CalicoIpipCrossSubnet);
+}
+
 #[test]
 fn snat_is_seen_through_to_the_pods_from_aws_native() {
     snat_is_seen_through(LegacyCni::AwsNative);
@@ -632,6 +649,11 @@ fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_crosssubnet
 #[test]
 fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_ipip() {
     pods_created_after_start_are_observed(LegacyCni::CalicoIpip);
+}
+
+#[test]
+fn pods_created_after_start_are_observed_at_their_pod_hook_on_calico_ipip_crosssubnet() {
+    pods_created_after_start_are_observed(LegacyCni::CalicoIpipCrossSubnet);
 }
 
 /// An `eni` veth followed, and the new pod's /32 in every node's address
@@ -824,6 +846,15 @@ fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_crosssubnet()
 #[test]
 fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_ipip() {
     injected_loss_is_measured(LegacyCni::CalicoIpip);
+}
+
+/// IPIP CrossSubnet: loss on the native path within a subnet
+/// (control-plane to worker-2) and on the IP-in-IP path across
+/// (control-plane to worker-3, the fault matching protocol 4 between the
+/// two underlay addresses), each alone among rows of both kinds.
+#[test]
+fn injected_loss_is_measured_per_node_pair_and_overlay_from_calico_ipip_crosssubnet() {
+    injected_loss_is_measured(LegacyCni::CalicoIpipCrossSubnet);
 }
 
 /// One node pair's path at fault, the streams around it, and the paths
@@ -1125,8 +1156,8 @@ fn a_blackholed_legacy_path_fails_exactly_its_handshakes_on_every_legacy_cni() {
         eprintln!("{legacy}");
         // CrossSubnet: control-plane and worker-2 share an underlay
         // subnet, so the legacy network's path between them is native.
-        // Its worker-3 reaches control-plane through vxlan.calico,
-        // untouched.
+        // Its worker-3 reaches control-plane through the tunnel
+        // (vxlan.calico or tunl0), untouched.
         let (path, extra) = match legacy.cross_subnet() {
             true => (
                 Overlay::Native,

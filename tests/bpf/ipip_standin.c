@@ -19,18 +19,20 @@
 //   routes it to the pod from there. Everything else passes untouched.
 //
 // The node's parameters come from a header the lab generates per node
-// (tests/src/lab/ipip_tunnel.rs), included by name with -include:
+// (tests/src/lab/tunl0.rs), included by name with -include:
 //   LOCAL_UNDERLAY   this node's underlay address, host order
 //   ETH0_IFINDEX     eth0's ifindex
 //   TUNL0P_IFINDEX   tunl0p's ifindex
 //   TUNL0_MAC        tunl0's MAC, six bytes in braces
 //   POOL_NET, POOL_MASK  the IP pool, host order
-//   PEER_CASES       `case BLOCK: return UNDERLAY;` per peer, BLOCK the
+//   PEER_CASES       `case BLOCK: return UNDERLAY;` per peer reached
+//                    through tunl0 (in CrossSubnet mode only the other
+//                    subnet's), BLOCK the
 //                    block's network address, UNDERLAY the peer's (host
 //                    order): Felix's routes (`BLOCK dev tunl0 onlink via
 //                    PEER`), as a table
 //   BLOCK_MASK       a block's prefix mask, host order
-//   PEER_SOURCES     `case UNDERLAY:` per peer
+//   PEER_SOURCES     `case UNDERLAY:` per peer of PEER_CASES
 //
 // Built with `clang -O2 -g -target bpf`; the few definitions libbpf's
 // bpf_helpers.h would give are written here.

@@ -32,7 +32,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         pods: usize,
         /// The CNI migrated from: flannel, calico-vxlan, aws-native,
-        /// calico-crosssubnet or calico-ipip.
+        /// calico-crosssubnet, calico-ipip or calico-ipip-crosssubnet.
         #[arg(long, default_value = "flannel")]
         legacy: LegacyCni,
     },

@@ -94,7 +94,10 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
     }
     match lab.legacy {
         LegacyCni::Flannel => flannel(&mut ip, j),
-        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => {
+        LegacyCni::CalicoVxlan
+        | LegacyCni::CalicoCrossSubnet
+        | LegacyCni::CalicoIpip
+        | LegacyCni::CalicoIpipCrossSubnet => {
             calico::node(&mut ip, j)
         }
         // Nothing before pods: the fabric's routes come with each pod.
@@ -199,25 +202,27 @@ fn cilium(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
 /// What Flannel and Felix alike write for each peer (an onlink route to
 /// its subnet or block via its tunnel address, a permanent neighbour for
 /// that address with its VTEP MAC) and what Cilium routes for each peer's
-/// CIDR (in IPIP mode BIRD's route, `tunl0.rs`). In CrossSubnet mode Felix routes the block of a peer in the same
-/// underlay subnet via the peer's underlay address on `eth0`, with its own
-/// protocol (80), and keeps the VTEP's neighbour and FDB entries all the
-/// same.
+/// CIDR (in IPIP mode BIRD's route, `tunl0.rs`). In either CrossSubnet
+/// mode Felix routes the block of a peer in the same underlay subnet via
+/// the peer's underlay address on `eth0`, with its own protocol (80); in
+/// VXLAN mode it keeps the VTEP's neighbour and FDB entries all the same.
 fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
-    if cni.ipip() {
+    let legacy = plan::pod_cidr(k, Network::Legacy);
+    if plan::native_within_subnet(cni, j, k) {
+        let peer = plan::node_underlay(cni, k).addr();
+        ip.add(format!("route add {legacy} via {peer} dev eth0 proto 80"));
+    } else if cni.ipip() {
         tunl0::peer_route(ip, cni, k);
     } else if cni.tunnelled() {
-        let legacy = plan::pod_cidr(k, Network::Legacy);
+        ip.add(format!(
+            "route add {legacy} via {} dev {} onlink",
+            plan::flannel_addr(k),
+            cni.device()
+        ));
+    }
+    if cni.tunnelled() && !cni.ipip() {
         let tunnel_peer = plan::flannel_addr(k);
         let dev = cni.device();
-        if cni.cross_subnet() && plan::underlay_subnet(cni, j) == plan::underlay_subnet(cni, k) {
-            let peer = plan::node_underlay(cni, k).addr();
-            ip.add(format!("route add {legacy} via {peer} dev eth0 proto 80"));
-        } else {
-            ip.add(format!(
-                "route add {legacy} via {tunnel_peer} dev {dev} onlink"
-            ));
-        }
         ip.add(format!(
             "neigh add {tunnel_peer} lladdr {} dev {dev} nud permanent",
             plan::mac(cni.vtep_mac_kind(), k)
@@ -288,7 +293,10 @@ fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
 -A FLANNEL-POSTRTG ! -s {legacy} -d {legacy} {flannel} -j MASQUERADE --random-fully
 "#
         ),
-        LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => {
+        LegacyCni::CalicoVxlan
+        | LegacyCni::CalicoCrossSubnet
+        | LegacyCni::CalicoIpip
+        | LegacyCni::CalicoIpipCrossSubnet => {
             calico::masquerade_rules(cni)
         }
         LegacyCni::AwsNative => aws::snat_rules(j),

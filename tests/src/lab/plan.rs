@@ -64,15 +64,22 @@ pub enum LegacyCni {
     /// `tunl0` is a veth whose far end a TC stand-in encapsulates and
     /// decapsulates on (`tunl0.rs`).
     CalicoIpip,
+    /// Calico with `ipipMode: CrossSubnet`: the two above composed. The
+    /// nodes sit in two underlay subnets as in
+    /// [`LegacyCni::CalicoCrossSubnet`]; a peer's block in the same subnet
+    /// is routed natively through `eth0`, one across subnets through
+    /// `tunl0` and the stand-in as in [`LegacyCni::CalicoIpip`].
+    CalicoIpipCrossSubnet,
 }
 
 impl LegacyCni {
-    pub const ALL: [LegacyCni; 5] = [
+    pub const ALL: [LegacyCni; 6] = [
         LegacyCni::Flannel,
         LegacyCni::CalicoVxlan,
         LegacyCni::AwsNative,
         LegacyCni::CalicoCrossSubnet,
         LegacyCni::CalicoIpip,
+        LegacyCni::CalicoIpipCrossSubnet,
     ];
 
     pub fn label(self) -> &'static str {
@@ -82,6 +89,7 @@ impl LegacyCni {
             LegacyCni::AwsNative => "aws-native",
             LegacyCni::CalicoCrossSubnet => "calico-crosssubnet",
             LegacyCni::CalicoIpip => "calico-ipip",
+            LegacyCni::CalicoIpipCrossSubnet => "calico-ipip-crosssubnet",
         }
     }
 
@@ -92,7 +100,7 @@ impl LegacyCni {
             LegacyCni::Flannel => "flannel.1",
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => "vxlan.calico",
             LegacyCni::AwsNative => "eth0",
-            LegacyCni::CalicoIpip => "tunl0",
+            LegacyCni::CalicoIpip | LegacyCni::CalicoIpipCrossSubnet => "tunl0",
         }
     }
 
@@ -104,7 +112,10 @@ impl LegacyCni {
 
     /// The legacy tunnel is IP-in-IP (`tunl0`) rather than VXLAN.
     pub fn ipip(self) -> bool {
-        self == LegacyCni::CalicoIpip
+        matches!(
+            self,
+            LegacyCni::CalicoIpip | LegacyCni::CalicoIpipCrossSubnet
+        )
     }
 
     /// The legacy overlay's VXLAN port; 0 where it is not VXLAN.
@@ -112,7 +123,7 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => LEGACY_PORT,
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_PORT,
-            LegacyCni::AwsNative | LegacyCni::CalicoIpip => 0,
+            LegacyCni::AwsNative | LegacyCni::CalicoIpip | LegacyCni::CalicoIpipCrossSubnet => 0,
         }
     }
 
@@ -120,14 +131,14 @@ impl LegacyCni {
         match self {
             LegacyCni::Flannel => LEGACY_VNI,
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet => CALICO_VNI,
-            LegacyCni::AwsNative | LegacyCni::CalicoIpip => 0,
+            LegacyCni::AwsNative | LegacyCni::CalicoIpip | LegacyCni::CalicoIpipCrossSubnet => 0,
         }
     }
 
     /// How the shape names the legacy network's encapsulation.
     pub fn encapsulation(self) -> Encapsulation {
         match self {
-            LegacyCni::CalicoIpip => Encapsulation::Ipip,
+            LegacyCni::CalicoIpip | LegacyCni::CalicoIpipCrossSubnet => Encapsulation::Ipip,
             LegacyCni::AwsNative => Encapsulation::Native,
             _ => Encapsulation::Vxlan { port: self.port() },
         }
@@ -159,7 +170,7 @@ impl LegacyCni {
             LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::AwsNative => {
                 MAC_CALICO_VXLAN
             }
-            LegacyCni::CalicoIpip => MAC_CALICO_TUNL0,
+            LegacyCni::CalicoIpip | LegacyCni::CalicoIpipCrossSubnet => MAC_CALICO_TUNL0,
         }
     }
 
@@ -173,7 +184,10 @@ impl LegacyCni {
     pub fn veth_prefix(self) -> &'static str {
         match self {
             LegacyCni::Flannel => "veth",
-            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip => "cali",
+            LegacyCni::CalicoVxlan
+            | LegacyCni::CalicoCrossSubnet
+            | LegacyCni::CalicoIpip
+            | LegacyCni::CalicoIpipCrossSubnet => "cali",
             LegacyCni::AwsNative => "eni",
         }
     }
@@ -182,14 +196,20 @@ impl LegacyCni {
     pub fn is_calico(self) -> bool {
         matches!(
             self,
-            LegacyCni::CalicoVxlan | LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpip
+            LegacyCni::CalicoVxlan
+                | LegacyCni::CalicoCrossSubnet
+                | LegacyCni::CalicoIpip
+                | LegacyCni::CalicoIpipCrossSubnet
         )
     }
 
     /// Whether the legacy network tunnels only across underlay subnets
     /// (Calico's `CrossSubnet` modes) and the lab's nodes sit in two.
     pub fn cross_subnet(self) -> bool {
-        self == LegacyCni::CalicoCrossSubnet
+        matches!(
+            self,
+            LegacyCni::CalicoCrossSubnet | LegacyCni::CalicoIpipCrossSubnet
+        )
     }
 }
 
@@ -335,6 +355,13 @@ pub fn underlay_subnet(legacy: LegacyCni, j: usize) -> usize {
     } else {
         0
     }
+}
+
+/// Whether node `j` reaches node `k`'s block natively through `eth0`
+/// rather than through the legacy tunnel: in a CrossSubnet lab, the two
+/// share an underlay subnet (Felix's `SameSubnet` routes).
+pub fn native_within_subnet(legacy: LegacyCni, j: usize, k: usize) -> bool {
+    legacy.cross_subnet() && underlay_subnet(legacy, j) == underlay_subnet(legacy, k)
 }
 
 /// Node `j`'s underlay address with its subnet's prefix: 172.18.0.(j+2)/16
@@ -499,9 +526,24 @@ mod tests {
                 && !native.contains("172.18.0.2 . 172.18.0.4"),
             "{native}"
         );
+        let ipipx = LegacyCni::CalicoIpipCrossSubnet;
+        assert_eq!(
+            (ipipx.encapsulation(), ipipx.device(), ipipx.mtu()),
+            (Encapsulation::Ipip, "tunl0", 1480)
+        );
+        assert_eq!(
+            Overlay::Legacy.nft_path(ipipx, 0, 3),
+            "ip saddr 172.18.0.2 ip daddr 172.18.1.5 ip protocol 4"
+        );
+        assert!(native_within_subnet(ipipx, 0, 2) && native_within_subnet(ipipx, 1, 3));
+        assert!(!native_within_subnet(ipipx, 0, 1) && !native_within_subnet(ipipx, 2, 3));
+        assert!(!native_within_subnet(LegacyCni::CalicoIpip, 0, 2));
         let err = "weave".parse::<LegacyCni>().unwrap_err();
         assert!(
-            err.contains("flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip"),
+            err.contains(
+                "flannel, calico-vxlan, aws-native, calico-crosssubnet, calico-ipip, \
+                 calico-ipip-crosssubnet"
+            ),
             "{err}"
         );
     }

@@ -97,7 +97,11 @@ pub fn attach(lab: &LabState, j: usize) -> Result<()> {
 }
 
 /// Node `j`'s parameters for `ipip_standin.c` (its header comment names
-/// them). Addresses in host order.
+/// them). Addresses in host order. The peers are those the node reaches
+/// through `tunl0`: in a CrossSubnet lab only the other subnet's. A
+/// same-subnet peer's block is routed natively and that peer sends no
+/// IP-in-IP, so the decapsulation takes none from it (stricter than
+/// Felix's `cali-INPUT`, which allows IPIP from every Calico host).
 fn header(lab: &LabState, j: usize, eth0: u32, far_end: u32) -> String {
     let hex = |a: Ipv4Addr| format!("{:#010x}", u32::from(a));
     let pool = plan::cluster_cidr(Network::Legacy);
@@ -107,7 +111,8 @@ fn header(lab: &LabState, j: usize, eth0: u32, far_end: u32) -> String {
         .map(|b| format!("0x{b}"))
         .collect();
     let (mut peers, mut sources) = (String::new(), String::new());
-    for k in (0..lab.nodes.len()).filter(|&k| k != j) {
+    let tunnelled = |&k: &usize| k != j && !plan::native_within_subnet(lab.legacy, j, k);
+    for k in (0..lab.nodes.len()).filter(tunnelled) {
         let underlay = hex(plan::node_underlay(lab.legacy, k).addr());
         let block = hex(plan::pod_cidr(k, Network::Legacy).network());
         let _ = write!(peers, " case {block}: return {underlay};");
