@@ -9,7 +9,7 @@ use crossover_tests::{
     lab::{
         Fault, Lab, LabSpec, Network, Overlay, PodKind,
         exec::{self, netns_list},
-        traffic,
+        ipip, traffic,
     },
     netns::unique,
     require_root,
@@ -491,15 +491,116 @@ fn mtu_fault_lowers_and_restores(name: &str, lab: &Lab, device: &str, normal: u3
 #[test]
 fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
     require_root();
-    let name = unique("cs");
-    let args = "up --nodes 4 --migrated 0 --pods 1 --legacy calico-crosssubnet";
+    let (name, lab) = up_cross_subnet("cs", "calico-crosssubnet");
+    let sh = |node: &str, args: &str| sh_in(&lab, node, args);
+    let routes = sh("control-plane", "ip -4 route");
+    for want in [
+        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto 80",
+        "10.244.1.0/24 via 10.244.1.0 dev vxlan.calico onlink",
+        "10.244.3.0/24 via 10.244.3.0 dev vxlan.calico onlink",
+    ] {
+        assert!(routes.contains(want), "{want}:\n{routes}");
+    }
+    // Felix programs every VTEP, whichever route a peer's block takes.
+    let neigh = sh("control-plane", "ip neigh show dev vxlan.calico");
+    for peer in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
+        assert!(neigh.contains(peer), "{peer}: {neigh}");
+    }
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(shape["networks"][0]["cross_subnet"], true, "{shape:#}");
+    assert_eq!(shape["nodes"][3]["underlay"], "172.18.1.5", "{shape:#}");
+
+    blackholes_cut_exactly_their_subnet_pair(&name);
+}
+
+/// `lab up --legacy calico-ipip-crosssubnet` builds Calico's `ipipMode:
+/// CrossSubnet`: the same two subnets; BIRD's routes, a same-subnet
+/// peer's block via its underlay address on `eth0`, another subnet's via
+/// it out of `tunl0`; no VXLAN device. The stand-in takes IP-in-IP only from
+/// the other subnet's nodes: a same-subnet peer's crafted IP-in-IP reaches
+/// the node's stack (its raw socket of protocol 4 takes every packet),
+/// the other subnet's is decapsulated before the stack sees it. A native
+/// blackhole cuts exactly the same-subnet pair's pod traffic, a legacy
+/// one (IPv4 protocol 4 on the wire) exactly the cross-subnet pair's.
+#[test]
+fn calico_ipip_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
+    require_root();
+    let (name, lab) = up_cross_subnet("ix", "calico-ipip-crosssubnet");
+    let sh = |node: &str, args: &str| sh_in(&lab, node, args);
+    let routes = sh("control-plane", "ip -4 route");
+    for want in [
+        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto bird",
+        "10.244.1.0/24 via 172.18.1.3 dev tunl0 proto bird onlink",
+        "10.244.3.0/24 via 172.18.1.5 dev tunl0 proto bird onlink",
+    ] {
+        assert!(routes.contains(want), "{want}:\n{routes}");
+    }
+    assert!(
+        !routes.contains("10.244.2.0/24 via 172.18.0.4 dev tunl0"),
+        "{routes}"
+    );
+    assert!(sh("control-plane", "ip -d link show tunl0").contains("mtu 1480"));
+    assert!(
+        exec::in_ns(
+            &lab.node_ns("control-plane"),
+            &["ip", "link", "show", "vxlan.calico"]
+        )
+        .is_err(),
+        "vxlan.calico in an IPIP node"
+    );
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(
+        (
+            &shape["networks"][0]["encapsulation"],
+            &shape["networks"][0]["cross_subnet"]
+        ),
+        (&serde_json::json!("ipip"), &serde_json::json!(true)),
+        "{shape:#}"
+    );
+    const CRAFTED: u64 = 20;
+    let stack_took = |from: &str| {
+        let inner = format!("{from}/app-1");
+        ipip::send(
+            &lab,
+            from,
+            "control-plane",
+            &inner,
+            "control-plane/app-1",
+            CRAFTED,
+            200,
+        )
+        .unwrap_or_else(|e| panic!("{from}: {e:#}"))
+    };
+    assert_eq!(
+        stack_took("worker-2"),
+        CRAFTED,
+        "a same-subnet peer's IP-in-IP is not decapsulated"
+    );
+    assert_eq!(stack_took("worker-3"), 0, "the other subnet's is");
+
+    blackholes_cut_exactly_their_subnet_pair(&name);
+}
+
+/// Runs a command in `node`'s namespace, its output or a panic.
+fn sh_in(lab: &Lab, node: &str, args: &str) -> String {
+    exec::in_ns(&lab.node_ns(node), &args.split(' ').collect::<Vec<_>>())
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `lab up` of four nodes of a CrossSubnet `legacy`, none migrated, one
+/// app pod each, and what both CrossSubnet modes build alike: nodes
+/// alternating between two underlay /24s, the router's address in each,
+/// the other subnet via it, Felix's blackhole for the node's own block
+/// and a same-subnet peer's block via its underlay address on `eth0`
+/// (by Felix or BIRD: each test checks which).
+fn up_cross_subnet(prefix: &str, legacy: &str) -> (String, Lab) {
+    let name = unique(prefix);
+    let args = format!("up --nodes 4 --migrated 0 --pods 1 --legacy {legacy}");
     let up = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
     assert!(up.status.success(), "{up:?}");
     let lab = Lab::open(&name).unwrap().remove_on_drop();
-    let sh = |node: &str, args: &str| {
-        exec::in_ns(&lab.node_ns(node), &args.split(' ').collect::<Vec<_>>())
-            .unwrap_or_else(|e| panic!("{e:#}"))
-    };
     for (node, addr) in [
         ("control-plane", "172.18.0.2/24"),
         ("worker-1", "172.18.1.3/24"),
@@ -507,43 +608,39 @@ fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
         ("worker-3", "172.18.1.5/24"),
     ] {
         assert!(
-            sh(node, "ip -4 addr show dev eth0").contains(addr),
+            sh_in(&lab, node, "ip -4 addr show dev eth0").contains(addr),
             "{node}: {addr}"
         );
     }
-    let routes = sh("control-plane", "ip -4 route");
+    let routes = sh_in(&lab, "control-plane", "ip -4 route");
     for want in [
-        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto 80",
-        "10.244.1.0/24 via 10.244.1.0 dev vxlan.calico onlink",
-        "10.244.3.0/24 via 10.244.3.0 dev vxlan.calico onlink",
+        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto ",
         "172.18.1.0/24 via 172.18.0.254 dev eth0",
         "blackhole 10.244.0.0/24",
     ] {
-        assert!(routes.contains(want), "{want}:\n{routes}");
+        assert!(routes.contains(want), "{legacy}: {want}:\n{routes}");
     }
-    let routes = sh("worker-1", "ip -4 route");
+    let routes = sh_in(&lab, "worker-1", "ip -4 route");
     assert!(
-        routes.contains("10.244.3.0/24 via 172.18.1.5 dev eth0 proto 80"),
-        "{routes}"
+        routes.contains("10.244.3.0/24 via 172.18.1.5 dev eth0 proto "),
+        "{legacy}: {routes}"
     );
-    // Felix programs every VTEP, whichever route a peer's block takes.
-    let neigh = sh("control-plane", "ip neigh show dev vxlan.calico");
-    for peer in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
-        assert!(neigh.contains(peer), "{peer}: {neigh}");
-    }
     let underlay = exec::in_ns(&lab.underlay_ns(), &["ip", "-4", "addr"]).unwrap();
     assert!(
         underlay.contains("172.18.0.254/24") && underlay.contains("172.18.1.254/24"),
         "{underlay}"
     );
-    let shape = lab_cmd(&name, &["shape", "worker-1"]);
-    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
-    assert_eq!(shape["networks"][0]["cross_subnet"], true, "{shape:#}");
-    assert_eq!(shape["nodes"][3]["underlay"], "172.18.1.5", "{shape:#}");
+    (name, lab)
+}
 
+/// In a CrossSubnet lab: control-plane/app-1 reaches worker-2/app-1 (same
+/// subnet) and worker-3/app-1 (the other); a native blackhole towards
+/// worker-2 cuts exactly the first, a legacy one towards worker-3 exactly
+/// the second; the native overlay has no device an MTU fault could lower.
+fn blackholes_cut_exactly_their_subnet_pair(name: &str) {
     let answered = |to: &str| {
         let args = format!("traffic tcp --from control-plane/app-1 --to {to} --count 1");
-        let out = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
+        let out = lab_cmd(name, &args.split(' ').collect::<Vec<_>>());
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         report["answered"].as_u64().unwrap()
     };
@@ -552,13 +649,13 @@ fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
     let mut next_fault = 1;
     let mut with_fault = |fault: Option<&str>| {
         if let Some(fault) = fault {
-            let out = lab_cmd(&name, &fault.split(' ').collect::<Vec<_>>());
+            let out = lab_cmd(name, &fault.split(' ').collect::<Vec<_>>());
             assert!(out.status.success(), "{out:?}");
         }
         let both = (answered("worker-2/app-1"), answered("worker-3/app-1"));
         if fault.is_some() {
             let id = next_fault.to_string();
-            assert!(lab_cmd(&name, &["fault", "clear", &id]).status.success());
+            assert!(lab_cmd(name, &["fault", "clear", &id]).status.success());
             next_fault += 1;
         }
         both
@@ -578,7 +675,7 @@ fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
     );
     // The native overlay has no device whose MTU a fault could lower.
     let mtu = "fault mtu --node control-plane --overlay native --mtu 1300";
-    let out = lab_cmd(&name, &mtu.split(' ').collect::<Vec<_>>());
+    let out = lab_cmd(name, &mtu.split(' ').collect::<Vec<_>>());
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("no device of its own"),

@@ -97,9 +97,7 @@ pub fn build_node(lab: &LabState, j: usize) -> Result<()> {
         LegacyCni::CalicoVxlan
         | LegacyCni::CalicoCrossSubnet
         | LegacyCni::CalicoIpip
-        | LegacyCni::CalicoIpipCrossSubnet => {
-            calico::node(&mut ip, j)
-        }
+        | LegacyCni::CalicoIpipCrossSubnet => calico::node(&mut ip, j),
         // Nothing before pods: the fabric's routes come with each pod.
         LegacyCni::AwsNative => {}
     }
@@ -203,14 +201,24 @@ fn cilium(ip: &mut IpBatch, cni: LegacyCni, j: usize) {
 /// its subnet or block via its tunnel address, a permanent neighbour for
 /// that address with its VTEP MAC) and what Cilium routes for each peer's
 /// CIDR (in IPIP mode BIRD's route, `tunl0.rs`). In either CrossSubnet
-/// mode Felix routes the block of a peer in the same underlay subnet via
-/// the peer's underlay address on `eth0`, with its own protocol (80); in
-/// VXLAN mode it keeps the VTEP's neighbour and FDB entries all the same.
+/// mode the block of a peer in the same underlay subnet is routed via the
+/// peer's underlay address on `eth0`, by whoever programs the mode's
+/// routes: Felix in VXLAN mode, with its own protocol (80), keeping the
+/// VTEP's neighbour and FDB entries all the same; BIRD in IPIP mode
+/// (`proto bird`, its kernel filter clearing `krt_tunnel` for a next hop
+/// in the node's subnet).
 fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
     let legacy = plan::pod_cidr(k, Network::Legacy);
     if plan::native_within_subnet(cni, j, k) {
         let peer = plan::node_underlay(cni, k).addr();
-        ip.add(format!("route add {legacy} via {peer} dev eth0 proto 80"));
+        let proto = if cni.ipip() {
+            tunl0::PROTO_BIRD
+        } else {
+            FELIX_PROTO
+        };
+        ip.add(format!(
+            "route add {legacy} via {peer} dev eth0 proto {proto}"
+        ));
     } else if cni.ipip() {
         tunl0::peer_route(ip, cni, k);
     } else if cni.tunnelled() {
@@ -244,6 +252,9 @@ fn peer_routes(ip: &mut IpBatch, cni: LegacyCni, j: usize, k: usize) {
         plan::mac(plan::MAC_CILIUM_VXLAN, k)
     ));
 }
+
+/// Felix's route protocol (`dataplanedefs.DefaultRouteProto`).
+const FELIX_PROTO: u8 = 80;
 
 /// Forwarding entries: which underlay address each peer's VTEP MAC is at.
 fn fdb(lab: &LabState, j: usize) -> Result<()> {
@@ -296,9 +307,7 @@ fn masquerade(ns: &str, cni: LegacyCni, j: usize) -> Result<()> {
         LegacyCni::CalicoVxlan
         | LegacyCni::CalicoCrossSubnet
         | LegacyCni::CalicoIpip
-        | LegacyCni::CalicoIpipCrossSubnet => {
-            calico::masquerade_rules(cni)
-        }
+        | LegacyCni::CalicoIpipCrossSubnet => calico::masquerade_rules(cni),
         LegacyCni::AwsNative => aws::snat_rules(j),
     };
     let rules = format!(

@@ -31,7 +31,7 @@ const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/ipip_standin.c");
 const FAR_END: &str = "tunl0p";
 /// Felix's routes in IPIP mode are BIRD's (`proto bird`, number 12 in
 /// iproute2's rt_protos).
-const PROTO_BIRD: u8 = 12;
+pub const PROTO_BIRD: u8 = 12;
 
 /// `tunl0` and its far end: the node's IPIP tunnel address (Calico's IPAM
 /// gives the tunnel the block's first free address, the block's `.0`) as
