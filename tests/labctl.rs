@@ -491,25 +491,20 @@ fn mtu_fault_lowers_and_restores(name: &str, lab: &Lab, device: &str, normal: u3
 #[test]
 fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
     require_root();
-    let (name, lab) = up_cross_subnet("cs", "calico-crosssubnet");
-    let sh = |node: &str, args: &str| sh_in(&lab, node, args);
-    let routes = sh("control-plane", "ip -4 route");
-    for want in [
-        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto 80",
-        "10.244.1.0/24 via 10.244.1.0 dev vxlan.calico onlink",
-        "10.244.3.0/24 via 10.244.3.0 dev vxlan.calico onlink",
-    ] {
-        assert!(routes.contains(want), "{want}:\n{routes}");
-    }
+    let (name, lab, _) = up_cross_subnet(
+        "cs",
+        "calico-crosssubnet",
+        &[
+            "10.244.2.0/24 via 172.18.0.4 dev eth0 proto 80",
+            "10.244.1.0/24 via 10.244.1.0 dev vxlan.calico onlink",
+            "10.244.3.0/24 via 10.244.3.0 dev vxlan.calico onlink",
+        ],
+    );
     // Felix programs every VTEP, whichever route a peer's block takes.
-    let neigh = sh("control-plane", "ip neigh show dev vxlan.calico");
+    let neigh = sh_in(&lab, "control-plane", "ip neigh show dev vxlan.calico");
     for peer in ["10.244.1.0", "10.244.2.0", "10.244.3.0"] {
         assert!(neigh.contains(peer), "{peer}: {neigh}");
     }
-    let shape = lab_cmd(&name, &["shape", "worker-1"]);
-    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
-    assert_eq!(shape["networks"][0]["cross_subnet"], true, "{shape:#}");
-    assert_eq!(shape["nodes"][3]["underlay"], "172.18.1.5", "{shape:#}");
 
     blackholes_cut_exactly_their_subnet_pair(&name);
 }
@@ -526,21 +521,16 @@ fn calico_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
 #[test]
 fn calico_ipip_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_across() {
     require_root();
-    let (name, lab) = up_cross_subnet("ix", "calico-ipip-crosssubnet");
-    let sh = |node: &str, args: &str| sh_in(&lab, node, args);
-    let routes = sh("control-plane", "ip -4 route");
-    for want in [
-        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto bird",
-        "10.244.1.0/24 via 172.18.1.3 dev tunl0 proto bird onlink",
-        "10.244.3.0/24 via 172.18.1.5 dev tunl0 proto bird onlink",
-    ] {
-        assert!(routes.contains(want), "{want}:\n{routes}");
-    }
-    assert!(
-        !routes.contains("10.244.2.0/24 via 172.18.0.4 dev tunl0"),
-        "{routes}"
+    let (name, lab, shape) = up_cross_subnet(
+        "ix",
+        "calico-ipip-crosssubnet",
+        &[
+            "10.244.2.0/24 via 172.18.0.4 dev eth0 proto bird",
+            "10.244.1.0/24 via 172.18.1.3 dev tunl0 proto bird onlink",
+            "10.244.3.0/24 via 172.18.1.5 dev tunl0 proto bird onlink",
+        ],
     );
-    assert!(sh("control-plane", "ip -d link show tunl0").contains("mtu 1480"));
+    assert!(sh_in(&lab, "control-plane", "ip -d link show tunl0").contains("mtu 1480"));
     assert!(
         exec::in_ns(
             &lab.node_ns("control-plane"),
@@ -549,16 +539,7 @@ fn calico_ipip_crosssubnet_nodes_route_natively_within_a_subnet_and_tunnel_acros
         .is_err(),
         "vxlan.calico in an IPIP node"
     );
-    let shape = lab_cmd(&name, &["shape", "worker-1"]);
-    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
-    assert_eq!(
-        (
-            &shape["networks"][0]["encapsulation"],
-            &shape["networks"][0]["cross_subnet"]
-        ),
-        (&serde_json::json!("ipip"), &serde_json::json!(true)),
-        "{shape:#}"
-    );
+    assert_eq!(shape["networks"][0]["encapsulation"], "ipip", "{shape:#}");
     const CRAFTED: u64 = 20;
     let stack_took = |from: &str| {
         let inner = format!("{from}/app-1");
@@ -594,8 +575,14 @@ fn sh_in(lab: &Lab, node: &str, args: &str) -> String {
 /// alternating between two underlay /24s, the router's address in each,
 /// the other subnet via it, Felix's blackhole for the node's own block
 /// and a same-subnet peer's block via its underlay address on `eth0`
-/// (by Felix or BIRD: each test checks which).
-fn up_cross_subnet(prefix: &str, legacy: &str) -> (String, Lab) {
+/// (by Felix or BIRD: `peer_routes`, the control plane's routes to its peers'
+/// blocks, say which), and the shape marking the legacy network
+/// `cross_subnet`, which it returns.
+fn up_cross_subnet(
+    prefix: &str,
+    legacy: &str,
+    peer_routes: &[&str],
+) -> (String, Lab, serde_json::Value) {
     let name = unique(prefix);
     let args = format!("up --nodes 4 --migrated 0 --pods 1 --legacy {legacy}");
     let up = lab_cmd(&name, &args.split(' ').collect::<Vec<_>>());
@@ -613,11 +600,11 @@ fn up_cross_subnet(prefix: &str, legacy: &str) -> (String, Lab) {
         );
     }
     let routes = sh_in(&lab, "control-plane", "ip -4 route");
-    for want in [
-        "10.244.2.0/24 via 172.18.0.4 dev eth0 proto ",
+    let common = [
         "172.18.1.0/24 via 172.18.0.254 dev eth0",
         "blackhole 10.244.0.0/24",
-    ] {
+    ];
+    for want in peer_routes.iter().chain(&common) {
         assert!(routes.contains(want), "{legacy}: {want}:\n{routes}");
     }
     let routes = sh_in(&lab, "worker-1", "ip -4 route");
@@ -630,7 +617,11 @@ fn up_cross_subnet(prefix: &str, legacy: &str) -> (String, Lab) {
         underlay.contains("172.18.0.254/24") && underlay.contains("172.18.1.254/24"),
         "{underlay}"
     );
-    (name, lab)
+    let shape = lab_cmd(&name, &["shape", "worker-1"]);
+    let shape: serde_json::Value = serde_json::from_slice(&shape.stdout).unwrap();
+    assert_eq!(shape["networks"][0]["cross_subnet"], true, "{shape:#}");
+    assert_eq!(shape["nodes"][3]["underlay"], "172.18.1.5", "{shape:#}");
+    (name, lab, shape)
 }
 
 /// In a CrossSubnet lab: control-plane/app-1 reaches worker-2/app-1 (same
