@@ -451,6 +451,29 @@ impl AddrBlock {
     }
 }
 
+/// The ADDR_BLOCKS entry that answers for `host` (an address in host
+/// byte order), through `ranges` (CONFIG's) and `entry` (the array's entry
+/// at an index); `None` when the trie must answer: `host` in no range, or
+/// its block asking. The kernel and userspace's model of it both search
+/// here. A reference, not an `Option<AddrInfo>`, so the kernel never holds
+/// an undefined payload.
+#[inline(always)]
+pub fn answering_block<'a>(
+    ranges: &[BlockRange],
+    host: u32,
+    entry: impl Fn(u32) -> Option<&'a AddrBlock>,
+) -> Option<&'a AddrBlock> {
+    for range in ranges {
+        if range.shift == 0 {
+            return None;
+        }
+        if let Some(index) = range.index_of(host) {
+            return entry(index).filter(|block| block.state == BLOCK_ANSWERS);
+        }
+    }
+    None
+}
+
 /// [`AddrBlock::state`]: ADDRS has more inside this block than one
 /// address (or the entry is being rewritten): ask it. All zeroes, so an
 /// entry never written is this.

@@ -7,8 +7,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use observer_ebpf::{
-    AddrInfo, AddrKind, BLOCK_ANSWERS, Counter, Direction, FlowKey, FlowStats, HANDSHAKE_GRACE_NS,
-    NO_PEER_SLOT, Net, Overlay, PeerKey, PendingHandshake, Point, Snat, tcp_flag,
+    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, HANDSHAKE_GRACE_NS, NO_PEER_SLOT,
+    Net, Overlay, PeerKey, PendingHandshake, Point, Snat, answering_block, tcp_flag,
 };
 
 use crate::{
@@ -317,23 +317,13 @@ fn block_answer(addr: u32, out: &mut AddrInfo) -> bool {
         return false;
     };
     let host = u32::from_be(addr);
-    for range in &config.block_ranges {
-        if range.shift == 0 {
-            return false;
+    match answering_block(&config.block_ranges, host, |index| ADDR_BLOCKS.get(index)) {
+        Some(block) => {
+            *out = block.info_for(host);
+            true
         }
-        let Some(index) = range.index_of(host) else {
-            continue;
-        };
-        let Some(block) = ADDR_BLOCKS.get(index) else {
-            return false;
-        };
-        if block.state != BLOCK_ANSWERS {
-            return false;
-        }
-        *out = block.info_for(host);
-        return true;
+        None => false,
     }
-    false
 }
 
 #[inline(always)]

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use observer_ebpf::{
     AddrBlock, AddrInfo, AddrKind, BLOCK_ANSWERS, BLOCK_ASK, BlockRange, MAX_BLOCK_RANGES, Net,
+    answering_block,
 };
 use serde::Serialize;
 
@@ -223,20 +224,8 @@ impl BlockPlan {
     /// asks the trie. The model the tests hold against the trie.
     pub fn answer(&self, addr: std::net::Ipv4Addr) -> Option<AddrInfo> {
         let host = u32::from(addr);
-        for range in &self.ranges {
-            if range.shift == 0 {
-                return None;
-            }
-            let Some(index) = range.index_of(host) else {
-                continue;
-            };
-            let block = self.entries.get(index as usize)?;
-            if block.state != BLOCK_ANSWERS {
-                return None;
-            }
-            return Some(block.info_for(host));
-        }
-        None
+        answering_block(&self.ranges, host, |index| self.entries.get(index as usize))
+            .map(|block| block.info_for(host))
     }
 
     /// The writes that take the kernel's array from `self` to `next`, in

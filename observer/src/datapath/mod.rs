@@ -383,15 +383,15 @@ impl Observer {
         Ok([id(map::PEERS)?, id(map::PEER_STATS)?])
     }
 
-    /// Writes the cluster's shape into CONFIG, ADDRS and ADDR_BLOCKS.
-    /// Applied as a difference, so a changed shape never leaves the kernel
-    /// with an empty table in between.
     /// The pod ranges new flows are classified in by block, and what is
     /// left to the trie.
     pub fn block_summary(&self) -> &BlockSummary {
         &self.blocks.summary
     }
 
+    /// Writes the cluster's shape into CONFIG, ADDRS and ADDR_BLOCKS.
+    /// Applied as a difference, so a changed shape never leaves the kernel
+    /// with an empty table in between.
     pub fn configure(&mut self, shape: &ClusterShape) -> Result<()> {
         shape.validate()?;
         self.tick()?;
@@ -421,9 +421,7 @@ impl Observer {
             },
             ..shape.kernel_config()?
         };
-        let mut array: Array<&mut MapData, observer_ebpf::Config> =
-            map_mut(&mut self.ebpf, map::CONFIG)?;
-        array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
+        self.write_config(config)?;
 
         let previous = std::mem::take(&mut self.addrs);
         let mut trie: LpmTrie<&mut MapData, u32, AddrInfo> = map_mut(&mut self.ebpf, map::ADDRS)?;
@@ -442,18 +440,10 @@ impl Observer {
             true => (0u32..).zip(plan.entries.iter().copied()).collect(),
             false => self.blocks.writes_to(&plan),
         };
-        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
-            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
-        for (index, block) in writes {
-            entries
-                .set(index, block, 0)
-                .map_err(Error::map(map::ADDR_BLOCKS))?;
-        }
+        self.write_addr_blocks(writes)?;
         if relaid {
             config.block_ranges = plan.ranges;
-            let mut array: Array<&mut MapData, observer_ebpf::Config> =
-                map_mut(&mut self.ebpf, map::CONFIG)?;
-            array.set(0, config, 0).map_err(Error::map(map::CONFIG))?;
+            self.write_config(config)?;
         }
         self.blocks = plan;
         self.addrs = wanted;
@@ -469,6 +459,27 @@ impl Observer {
         self.pod_addrs = pods.into_iter().map(|(net, _)| net).collect();
         self.pod_stats = stats;
         self.assign_peer_slots(shape)
+    }
+
+    fn write_config(&mut self, config: observer_ebpf::Config) -> Result<()> {
+        let mut array: Array<&mut MapData, observer_ebpf::Config> =
+            map_mut(&mut self.ebpf, map::CONFIG)?;
+        array.set(0, config, 0).map_err(Error::map(map::CONFIG))
+    }
+
+    /// (index, entry) pairs into ADDR_BLOCKS, in order.
+    fn write_addr_blocks(
+        &mut self,
+        writes: impl IntoIterator<Item = (u32, observer_ebpf::AddrBlock)>,
+    ) -> Result<()> {
+        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
+            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
+        for (index, block) in writes {
+            entries
+                .set(index, block, 0)
+                .map_err(Error::map(map::ADDR_BLOCKS))?;
+        }
+        Ok(())
     }
 
     /// The shape's pod entries that fit `--pod-addr-capacity`: those with
@@ -931,11 +942,7 @@ impl Observer {
     /// prove the kernel answers from it.
     #[cfg(feature = "test-api")]
     pub fn write_addr_block(&mut self, index: u32, block: observer_ebpf::AddrBlock) -> Result<()> {
-        let mut entries: Array<&mut MapData, observer_ebpf::AddrBlock> =
-            map_mut(&mut self.ebpf, map::ADDR_BLOCKS)?;
-        entries
-            .set(index, block, 0)
-            .map_err(Error::map(map::ADDR_BLOCKS))
+        self.write_addr_blocks([(index, block)])
     }
 
     /// The plan last written to ADDR_BLOCKS and CONFIG.
