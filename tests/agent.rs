@@ -585,15 +585,12 @@ fn a_clean_lab_under_continuous_traffic_reads_no_loss_for_minutes() {
             // reading's drops on that node towards that peer.
             for r in rows {
                 if r["signal"] == "in_node" && r["lost"] != 0 {
-                    let drops = reading["drops"].as_array().unwrap();
-                    let behind: u64 = drops
-                        .iter()
-                        .filter(|d| {
-                            (d["node"] == r["node"] && d["peer_node"] == r["peer_node"])
-                                || (d["node"] == r["peer_node"] && d["peer_node"] == r["node"])
-                        })
-                        .map(|d| d["packets"].as_u64().unwrap())
-                        .sum();
+                    // The reading's own notion of the drops behind a row:
+                    // the sender's on the way out, the receiver's coming in.
+                    let typed: observer::loss::cluster::ClusterReading =
+                        serde_json::from_value(reading.clone()).unwrap();
+                    let row: observer::loss::LossRow = serde_json::from_value(r.clone()).unwrap();
+                    let behind: u64 = typed.drops_behind(&row).iter().map(|d| d.packets).sum();
                     assert!(
                         behind >= r["lost"].as_u64().unwrap(),
                         "reading {readings}: in_node loss without a kernel drop: {r}\n{reading:#}"
