@@ -174,6 +174,7 @@ fn main() {
     }
     new_flow_at_scale(floor_once);
     new_flows_back_to_back(&mut harness);
+    verifier_headroom(&harness);
     if std::env::var("DATAPATH_CASES").is_ok_and(|cases| cases == "packets") {
         return;
     }
@@ -514,6 +515,41 @@ fn new_flows_back_to_back(harness: &mut Harness) {
         (fresh.as_secs_f64() - floor.as_secs_f64()) * 1e9,
         floor.as_secs_f64() * 1e9
     );
+}
+
+/// The kernel verifier's limit on instructions it walks to load one
+/// program (`BPF_COMPLEXITY_LIMIT_INSNS`).
+const VERIFIER_LIMIT: u32 = 1_000_000;
+
+/// How much of the verifier's budget each program of the harness's load
+/// took (`verified_insns`, kernel 5.16+): the underlay programs walk every
+/// combination of tunnel, flow and handshake paths, and a program past
+/// the limit does not load at all. A change that moves these is a change
+/// in how close the datapath is to that edge.
+fn verifier_headroom(harness: &Harness) {
+    println!();
+    println!(
+        "{:<38} {:>10} {:>14}",
+        "program", "verified", "of the limit"
+    );
+    for hook in observer::datapath::Hook::ALL {
+        for name in hook.all_programs() {
+            let info = harness
+                .observer
+                .program(name)
+                .expect("loaded program")
+                .info()
+                .expect("program info");
+            let Some(walked) = info.verified_instruction_count() else {
+                println!("{name:<38} {:>10}", "unknown");
+                continue;
+            };
+            println!(
+                "{name:<38} {walked:>10} {:>13.1}%",
+                f64::from(walked) * 100.0 / f64::from(VERIFIER_LIMIT)
+            );
+        }
+    }
 }
 
 const FLOWS: u32 = 100_000;
