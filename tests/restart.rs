@@ -3,7 +3,7 @@
 //! the restart every packet is counted exactly once. Maps that no longer
 //! fit are recreated and reported; uninstall leaves nothing behind.
 use std::{
-    net::UdpSocket,
+    net::{TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -204,6 +204,38 @@ fn restart_mid_traffic_counts_every_packet_exactly_once() {
         last, [sent; 3],
         "sent {sent}; counted before, during and after the restart: {samples:?}"
     );
+}
+
+/// A connection opened while no agent runs has its handshake tracked by
+/// the programs left attached (the tracker a global function they carry,
+/// its pending entries and counters in pinned maps), and the next agent
+/// finds it answered.
+#[test]
+fn handshakes_are_tracked_while_no_agent_runs() {
+    let nodes = TwoNodes::with_prefix("pin");
+    let pins = TestPins::new();
+    drop(load(&nodes.a, &pins, LoadOptions::default()));
+    assert_eq!(tcx_ids(&nodes.a, "u0").len(), 2, "left attached");
+
+    let listener = in_netns(&nodes.b.name, || {
+        TcpListener::bind("10.244.1.0:7778").expect("bind")
+    });
+    let accepted = spawn(move || listener.accept().map(|_| ()));
+    in_netns(&nodes.a.name, || {
+        TcpStream::connect_timeout(&"10.244.1.0:7778".parse().unwrap(), Duration::from_secs(5))
+    })
+    .expect("connect");
+    accepted.join().unwrap().expect("accept");
+
+    let second = load(&nodes.a, &pins, LoadOptions::default());
+    let snap = second.snapshot().unwrap();
+    let answered: u64 = snap
+        .peers
+        .iter()
+        .filter(|p| p.direction == observer_ebpf::Direction::Egress)
+        .map(|p| p.counts.handshakes_answered)
+        .sum();
+    assert_eq!(answered, 1, "{:?}", snap.peers);
 }
 
 fn node(name: &str, i: u8) -> Node {

@@ -7,15 +7,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use observer_ebpf::{
-    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, HANDSHAKE_GRACE_NS, NO_PEER_SLOT,
-    Net, Overlay, PeerKey, PendingHandshake, Point, Snat, answering_block, tcp_flag,
+    AddrInfo, AddrKind, Counter, Direction, FlowKey, FlowStats, NO_PEER_SLOT, Net, Overlay,
+    PeerKey, Point, Snat, answering_block, tcp_flag,
 };
 
 use crate::{
-    counters::{
-        Outcome, Tcp, count, count_outcome, count_peer, count_slot, count_unslotted, peer_slot,
-    },
-    maps::{ADDR_BLOCKS, ADDRS, CLOCK, CONFIG, FLOWS, HANDSHAKES},
+    counters::{Tcp, count, count_peer, count_slot, count_unslotted, peer_slot},
+    handshake,
+    maps::{ADDR_BLOCKS, ADDRS, CLOCK, CONFIG, FLOWS},
     parse::{
         ipv4::Ipv4,
         l4::{Echo, IPPROTO_TCP, L4},
@@ -144,7 +143,7 @@ fn judged(seen: Seen, control: u8, tcp: Tcp) -> Tcp {
 }
 
 #[inline(always)]
-fn kernel_clock() -> u64 {
+pub(crate) fn kernel_clock() -> u64 {
     // SAFETY: the coarse clock helper has no preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
@@ -163,63 +162,38 @@ fn userspace_clock() -> u64 {
 /// On the underlay, where a handshake's SYN leaves and its answer comes
 /// back: a first SYN out opens a pending handshake under its flow's key;
 /// a SYN-ACK or RST in closes the one its reverse flow opened, and counts
-/// its outcome towards the client's peer. Only handshake packets pay.
-/// `kernel_now` is the kernel clock when the caller has read it already.
+/// its outcome towards the client's peer. Only handshake packets pay, and
+/// they pay a call: the tracker is a global function ([`handshake`]),
+/// which the verifier checks once. `kernel_now` is the kernel clock when
+/// the caller has read it already.
 #[inline(always)]
 fn track_handshake(seen: Seen, class: Class, key: &FlowKey, tcp: Tcp, kernel_now: Option<u64>) {
     let events = tcp.0;
     if events & (Tcp::SYN | Tcp::SYN_ACK | Tcp::RST) == 0 || seen.point != Point::Underlay {
         return;
     }
-    // Handshakes are timed against a grace under a second: the kernel
-    // clock, paid by handshake packets only.
-    let now = kernel_now.unwrap_or_else(kernel_clock);
-    if seen.direction == Direction::Egress {
+    let peer = if seen.direction == Direction::Egress {
         if events & Tcp::SYN == 0 || events & Tcp::SYN_RETRANSMIT != 0 {
             return;
         }
         let Some(peer) = underlay_peer(seen, class) else {
             return;
         };
-        let pending = PendingHandshake {
-            opened_ns: now,
-            peer,
-        };
-        if HANDSHAKES.insert(key, pending, 0).is_err() {
-            count(Counter::HandshakeMapFull);
-        }
-        return;
-    }
-    if events & (Tcp::SYN_ACK | Tcp::RST) == 0 {
-        return;
-    }
-    let opened_by = FlowKey {
-        src: key.dst,
-        dst: key.src,
-        src_port: key.dst_port,
-        dst_port: key.src_port,
-        proto: key.proto,
-        point: Point::Underlay.wire(),
-        direction: Direction::Egress.wire(),
-        _pad: 0,
-    };
-    // SAFETY: a plain value, copied out before the entry is removed.
-    let Some(pending) = (unsafe { HANDSHAKES.get(opened_by) }).copied() else {
-        return;
-    };
-    // Whoever removes the entry counts it: this answer, or userspace
-    // expiring it (then it was late, and counted as unanswered there).
-    if HANDSHAKES.remove(opened_by).is_err() {
-        return;
-    }
-    let outcome = if events & Tcp::SYN_ACK == 0 {
-        Outcome::Reset
-    } else if now.wrapping_sub(pending.opened_ns) > HANDSHAKE_GRACE_NS {
-        Outcome::Late
+        peer
     } else {
-        Outcome::Answered
+        if events & (Tcp::SYN_ACK | Tcp::RST) == 0 {
+            return;
+        }
+        PeerKey::default()
     };
-    count_outcome(&pending.peer, outcome);
+    let [addrs, rest] = handshake::key_words(key);
+    handshake::crossover_track_handshake(
+        addrs,
+        rest,
+        handshake::peer_word(&peer),
+        kernel_now.unwrap_or(0),
+        (events & Tcp::SYN_ACK != 0) as u64,
+    );
 }
 
 /// What of a flow's classification its peer counters are keyed by.
