@@ -7,7 +7,7 @@
 use super::State;
 use observer_ebpf::{MtuHop, Overlay};
 
-use crate::datapath::{Counters, PeerCounts, PeerRecord};
+use crate::datapath::{Counters, Observer, PeerCounts, PeerRecord};
 use crate::loss::LossRow;
 
 pub use crate::exposition::CONTENT_TYPE;
@@ -284,21 +284,29 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     }
 }
 
+/// What the sampler's last read took (`taken`) while it is fresh: a
+/// scrape reads no map itself. Else a read of its own (`read`); `None`
+/// when that fails, counted.
+fn sampled<T: Clone>(
+    state: &State,
+    taken: fn(&super::sampler::Reading) -> &Vec<T>,
+    read: fn(&Observer) -> crate::Result<Vec<T>>,
+) -> Option<Vec<T>> {
+    if let Some(reading) = state.fresh_reading() {
+        return Some(taken(&reading).clone());
+    }
+    read(&super::lock(&state.observer))
+        .inspect_err(|e| state.count(e))
+        .ok()
+}
+
 /// The kernel's drops of cluster traffic by reason: a series per reason,
 /// peer, overlay and network pair that dropped (bounded by DROPS), peers
 /// past `--metrics-peer-detail` summed into `*` like the per-peer families.
 fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
     let node = state.node.as_str();
-    // The sampler's last read when fresh: a scrape reads no map itself.
-    let drops = match state.fresh_reading() {
-        Some(reading) => reading.drops.clone(),
-        None => match super::lock(&state.observer).drops() {
-            Ok(drops) => drops,
-            Err(e) => {
-                state.count(&e);
-                return;
-            }
-        },
+    let Some(drops) = sampled(state, |r| &r.drops, Observer::drops) else {
+        return;
     };
     let view = state.view();
     let mut summed: std::collections::BTreeMap<_, u64> = std::collections::BTreeMap::new();
@@ -363,16 +371,8 @@ fn path_labels<'a>(
 /// `--metrics-peer-detail` summed into `*` (their sizes: the smallest).
 fn frag_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
     let node = state.node.as_str();
-    // The sampler's last read when fresh: a scrape reads no map itself.
-    let paths = match state.fresh_reading() {
-        Some(reading) => reading.frag_needed.clone(),
-        None => match super::lock(&state.observer).frag_needed() {
-            Ok(paths) => paths,
-            Err(e) => {
-                state.count(&e);
-                return;
-            }
-        },
+    let Some(paths) = sampled(state, |r| &r.frag_needed, Observer::frag_needed) else {
+        return;
     };
     let view = state.view();
     // Per path: messages, and the smallest next-hop MTU and size that fits.
