@@ -57,7 +57,8 @@ pub struct Tick {
     pub drops: Vec<DropRecord>,
     /// The kernel's ICMP "fragmentation needed" about this node's paths
     /// at the early read, sorted by [`FragRecord::key`]; local like the
-    /// drops, and like them not kept across restarts.
+    /// drops, and like them not kept across restarts (a window from a
+    /// kept tick counts every message since the pinned map was made).
     pub frag_needed: Vec<FragRecord>,
 }
 
