@@ -82,7 +82,10 @@ struct Message {
 // function once, on its own, for any arguments, not once for every state
 // its callers reach it in. The underlay's programs are the largest to
 // verify (650,000 instructions of the kernel's 1,000,000 for its ingress
-// before this): what is added here must not multiply with them.
+// before this): what is added here must not multiply with them. Two of
+// them rather than one taking the hop: a program carries the global
+// functions it calls whole, and one function made both programs carry
+// both paths (the pod's egress 17.9 KB translated instead of 12.2).
 
 /// An ICMP message that came in on the underlay: its ICMP header at
 /// `at`, its IPv4 source and destination. Counts it if it is a
