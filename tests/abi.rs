@@ -83,6 +83,37 @@ fn small_struct_layouts() {
     assert_eq!(offset_of!(SlotCacheEntry, slot), 8);
 }
 
+/// FRAG_NEEDED: a path's key, and its count before the latest message's
+/// figures (userspace reads them at these offsets).
+#[test]
+fn frag_needed_layout() {
+    assert_eq!(size_of::<FragKey>(), 8);
+    assert_eq!(
+        [
+            offset_of!(FragKey, overlay),
+            offset_of!(FragKey, hop),
+            offset_of!(FragKey, _pad),
+        ],
+        [4, 5, 6]
+    );
+    assert_eq!((size_of::<FragNeeded>(), align_of::<FragNeeded>()), (16, 8));
+    assert_eq!(
+        [
+            offset_of!(FragNeeded, next_hop_mtu),
+            offset_of!(FragNeeded, overhead),
+            offset_of!(FragNeeded, refused_len),
+            offset_of!(FragNeeded, _pad),
+        ],
+        [8, 10, 12, 14]
+    );
+    for hop in MtuHop::ALL {
+        assert_eq!(MtuHop::from_wire(hop.wire()), Some(*hop));
+    }
+    assert_eq!(MtuHop::from_wire(2), None);
+    // Every peer of a 2,000-node cluster on both overlays, both hops.
+    assert!(DEFAULT_FRAG_CAPACITY as usize >= 2000 * 2 * 2);
+}
+
 /// The slot cache's index is inside the map, and the keys of a large
 /// cluster spread over it: 1,000 peers, each on two overlays both ways,
 /// collide little in 4,096 direct-mapped entries.

@@ -7,18 +7,12 @@ use std::{
 };
 
 use crossover_tests::{
-    agents::{Agents, CROSSOVER, PORT, assert_wire_drops, loss_row},
+    agents::{Agents, CROSSOVER, PORT, assert_wire_drops, loss_row, metric},
     fleet::tcx_programs_in,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
     netns::{http_get, unique},
     require_root,
 };
-
-fn metric<T: std::str::FromStr>(body: &str, series: &str) -> T {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-}
 
 #[test]
 fn loss_per_node_pair_comes_out_of_the_agents() {

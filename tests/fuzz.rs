@@ -28,13 +28,21 @@ fn random_and_mutated_packets_pass_through_every_program_unchanged() {
     // The run reached past the headers: flows were made and tables filled
     // to their refusals, and the kernel ran most packets.
     assert!(report.most_flows > 0, "{}", report.summary());
+    // ICMP "fragmentation needed" about the local node's tunnels reached
+    // the counting, and malformed ones the refusal.
+    assert!(report.most_frag_paths > 0, "{}", report.summary());
     assert!(
         report.refused_by_kernel * 4 < report.runs,
         "{}",
         report.summary()
     );
     let reason = |r: &str| report.reasons.iter().any(|(name, _)| *name == r);
-    for r in ["truncated_ipv4", "truncated_l4", "flow_map_full"] {
+    for r in [
+        "truncated_ipv4",
+        "truncated_l4",
+        "flow_map_full",
+        "frag_needed_foreign",
+    ] {
         assert!(reason(r), "never {r}: {}", report.summary());
     }
 }

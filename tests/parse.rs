@@ -4,7 +4,7 @@
 //! exactly the expected entries.
 use crossover_tests::{
     harness::{Harness, NEXT, two_node_shape},
-    packet::{self, ACK, ICMP, L4, RST, SYN, ip, ipv6_frame, tcp, udp},
+    packet::{self, ACK, ICMP, L4, PSH, RST, SYN, frag_needed, ip, ipv6_frame, tcp, udp},
 };
 use observer::{
     datapath::{FlowRecord, LoadOptions, PeerCounts, Snapshot},
@@ -1156,4 +1156,232 @@ fn pod_addresses_classify_the_same_by_block_as_by_the_trie() {
         only_flow(&by_block.snapshot()).peer,
         Some([1, 2, 3, 4].into())
     );
+}
+
+/// A router between the nodes' subnets: no node of the cluster.
+const ROUTER: [u8; 4] = [192, 168, 50, 254];
+
+/// FRAG_NEEDED's entries: peer, overlay, hop, messages, next-hop MTU,
+/// overhead, refused size.
+fn frag_rows(snap: &Snapshot) -> Vec<(std::net::Ipv4Addr, &str, &str, u64, u32, u32, u32)> {
+    snap.frag_needed
+        .iter()
+        .map(|f| {
+            (
+                f.peer,
+                f.overlay.label(),
+                f.hop.label(),
+                f.messages,
+                f.next_hop_mtu,
+                f.overhead,
+                f.refused_len,
+            )
+        })
+        .collect()
+}
+
+/// A 1,400-byte segment between two pods: more than a 1,400-byte wire
+/// takes once tunnelled.
+fn large(src: [u8; 4], dst: [u8; 4]) -> packet::Ipv4 {
+    ip(src, dst, tcp(33000, 80, 1, ACK | PSH, 1400))
+}
+
+#[test]
+fn frag_needed_quoting_a_tunnel_packet_counts_for_its_peer_and_overlay() {
+    let vxlan = |port| large(CILIUM_A, CILIUM_B).vxlan(NODE_A, NODE_B, port)[14..].to_vec();
+    let geneve = large(CILIUM_A, CILIUM_B).geneve(NODE_A, NODE_B, 2)[14..].to_vec();
+    let ipip = large(LEGACY_A, LEGACY_B).ipip(NODE_A, NODE_B).bytes();
+    // Outer IPv4 20, UDP 8, VXLAN 8 (Geneve 8 and its 2 option words),
+    // inner Ethernet 14; IP-in-IP only its outer header.
+    let cases = [
+        (two_node_shape(), vxlan(8473), "cilium", 50, 1490),
+        (two_node_shape(), vxlan(8472), "legacy", 50, 1490),
+        (two_node_shape(), geneve, "cilium", 58, 1498),
+        (calico_ipip_shape(), ipip, "legacy", 20, 1460),
+    ];
+    for (shape, refused, overlay, overhead, refused_len) in cases {
+        let h = Harness::new(&shape);
+        // RFC 792's least quote (no tunnel header: Geneve's options
+        // unseen), then Linux's: the latest message's figures stay.
+        for quote in [28, packet::LINUX_QUOTE] {
+            let message = ip(ROUTER, NODE_A, frag_needed(1400, &refused, quote)).frame();
+            run_ok(&h, UNDERLAY_IN, &message);
+        }
+        let snap = h.snapshot();
+        // The message itself is a router's, to the node: no flow of ours.
+        assert_eq!(problems(&snap), vec![("not_cluster", 2)], "{overlay}");
+        assert_eq!(
+            frag_rows(&snap),
+            vec![(
+                NODE_B.into(),
+                overlay,
+                "wire",
+                2,
+                1400,
+                overhead,
+                refused_len
+            )],
+            "{overlay}"
+        );
+        assert_eq!(snap.frag_needed[0].fits(), Some(1400 - overhead));
+    }
+}
+
+#[test]
+fn frag_needed_quoting_anything_else_is_not_counted() {
+    let h = Harness::new(&two_node_shape());
+    let big = large(CILIUM_A, CILIUM_B);
+    let elsewhere = [192, 168, 50, 77];
+    let foreign: [(&str, [u8; 4], Vec<u8>); 5] = [
+        (
+            "node B's tunnel packet",
+            NODE_A,
+            big.vxlan(NODE_B, NODE_A, 8473)[14..].to_vec(),
+        ),
+        (
+            "UDP to no overlay's port",
+            NODE_A,
+            ip(NODE_A, NODE_B, udp(40000, 9999, &[0; 1400])).bytes(),
+        ),
+        (
+            "a tunnel to an address no node owns",
+            NODE_A,
+            big.vxlan(NODE_A, elsewhere, 8473)[14..].to_vec(),
+        ),
+        (
+            "node-to-node TCP, on no overlay",
+            NODE_A,
+            ip(NODE_A, NODE_B, tcp(50000, 6443, 1, ACK, 1400)).bytes(),
+        ),
+        (
+            "this node's packet, the message to someone else",
+            elsewhere,
+            big.vxlan(NODE_A, NODE_B, 8473)[14..].to_vec(),
+        ),
+    ];
+    for (what, to, refused) in &foreign {
+        let message = ip(ROUTER, *to, frag_needed(1400, refused, packet::LINUX_QUOTE)).frame();
+        run_ok(&h, UNDERLAY_IN, &message);
+        assert!(h.snapshot().frag_needed.is_empty(), "{what}");
+    }
+    // Another unreachable (host unreachable, code 1) about a tunnel
+    // packet of ours is no MTU's, and going out it is not ours either.
+    let mut unreachable = ip(
+        ROUTER,
+        NODE_A,
+        frag_needed(1400, &big.vxlan(NODE_A, NODE_B, 8473)[14..], 548),
+    )
+    .frame();
+    let out = unreachable.clone();
+    unreachable[14 + 20 + 1] = 1;
+    run_ok(&h, UNDERLAY_IN, &unreachable);
+    run_ok(&h, UNDERLAY_OUT, &out);
+    let snap = h.snapshot();
+    assert!(snap.frag_needed.is_empty());
+    assert_eq!(
+        problems(&snap),
+        vec![("frag_needed_foreign", 5), ("not_cluster", 7)]
+    );
+}
+
+#[test]
+fn truncated_or_garbled_frag_needed_never_fails_the_program() {
+    let refused = large(CILIUM_A, CILIUM_B).vxlan(NODE_A, NODE_B, 8473)[14..].to_vec();
+    let full = ip(
+        ROUTER,
+        NODE_A,
+        frag_needed(1400, &refused, packet::LINUX_QUOTE),
+    )
+    .frame();
+    let mut h = Harness::new(&two_node_shape());
+    // Ethernet 14, IPv4 20, ICMP 8: the quote begins at 42; its IPv4
+    // header and UDP header end at 70. Each cut adds to what the
+    // earlier ones counted. (The kernel's test run refuses a frame cut
+    // inside its IPv4 header itself.)
+    let (mut counted, mut foreign) = (0, 0);
+    for cut in 34..full.len() {
+        run_ok(&h, UNDERLAY_IN, &full[..cut]);
+        counted += u64::from(cut >= 70);
+        foreign += u64::from((42..70).contains(&cut));
+        let snap = h.snapshot();
+        let messages = snap.frag_needed.iter().map(|f| f.messages).sum::<u64>();
+        assert_eq!(messages, counted, "cut at {cut}");
+        assert_eq!(
+            snap.counter(Counter::FragNeededForeign),
+            foreign,
+            "cut at {cut}"
+        );
+    }
+    // A garbled quote: not IPv4, a header length under 20, a total
+    // length under its header, a later fragment.
+    let garbles: [(usize, u8); 4] = [(42, 0x65), (42, 0x43), (44, 0), (48, 0x01)];
+    for (at, byte) in garbles {
+        h.reset();
+        let mut bent = full.clone();
+        bent[at] = byte;
+        if at == 44 {
+            bent[45] = 4;
+        }
+        run_ok(&h, UNDERLAY_IN, &bent);
+        let snap = h.snapshot();
+        assert!(snap.frag_needed.is_empty(), "byte {at} = {byte:#x}");
+        assert_eq!(snap.counter(Counter::FragNeededForeign), 1, "byte {at}");
+    }
+}
+
+#[test]
+fn frag_needed_from_the_node_to_its_pod_counts_on_the_pods_path() {
+    let mut h = Harness::new(&two_node_shape());
+    const POD_OUT: &str = "crossover_pod_egress";
+    let cilium_host_a = [10, 245, 0, 1];
+    let cni0_a = [10, 244, 0, 1];
+    // The node's cilium_vxlan is smaller than the pod's packet: its
+    // kernel tells the pod, from cilium_host. No flow of these addresses
+    // crossed the underlay: the destination's network names the overlay.
+    let refused = large(CILIUM_A, CILIUM_B).bytes();
+    let message = ip(
+        cilium_host_a,
+        CILIUM_A,
+        frag_needed(1300, &refused, packet::LINUX_QUOTE),
+    );
+    run_ok(&h, POD_OUT, &message.frame());
+    // A router's message about a routed pod's packet passes the veth
+    // too: counted on the underlay, where it came in, not here again.
+    let routed = large(LEGACY_A, LEGACY_B).bytes();
+    let from_router = ip(ROUTER, LEGACY_A, frag_needed(1400, &routed, 548)).frame();
+    run_ok(&h, UNDERLAY_IN, &from_router);
+    run_ok(&h, POD_OUT, &from_router);
+    let snap = h.snapshot();
+    assert_eq!(
+        frag_rows(&snap),
+        vec![
+            (NODE_B.into(), "cilium", "node", 1, 1300, 0, 1440),
+            (NODE_B.into(), "native", "wire", 1, 1400, 0, 1440),
+        ]
+    );
+    assert_eq!(snap.counter(Counter::FragNeededForeign), 1);
+
+    // A flow that crossed the underlay natively (CrossSubnet within a
+    // subnet): its own record names the overlay, not its network's.
+    h.reset();
+    let syn = ip(LEGACY_A, LEGACY_B, tcp(33000, 80, 0, SYN, 0)).frame();
+    run_ok(&h, UNDERLAY_OUT, &syn);
+    let message = ip(cni0_a, LEGACY_A, frag_needed(1300, &routed, 548)).frame();
+    run_ok(&h, POD_OUT, &message);
+    assert_eq!(
+        frag_rows(&h.snapshot()),
+        vec![(NODE_B.into(), "native", "node", 1, 1300, 0, 1440)]
+    );
+
+    // To another pod than the refused packet's sender, or about a packet
+    // to a pod of this very node: not counted.
+    h.reset();
+    let to_other = ip(cni0_a, [10, 244, 0, 8], frag_needed(1300, &routed, 548)).frame();
+    let local = large(LEGACY_A, [10, 244, 0, 8]).bytes();
+    let about_local = ip(cni0_a, LEGACY_A, frag_needed(1300, &local, 548)).frame();
+    run_ok(&h, POD_OUT, &to_other);
+    run_ok(&h, POD_OUT, &about_local);
+    let snap = h.snapshot();
+    assert!(snap.frag_needed.is_empty());
+    assert_eq!(snap.counter(Counter::FragNeededForeign), 2);
 }

@@ -57,9 +57,20 @@ pub mod map {
     /// towards the client's peer; userspace removes entries older than
     /// [`HANDSHAKE_GRACE_NS`](super::HANDSHAKE_GRACE_NS) as unanswered.
     pub const HANDSHAKES: &str = "HANDSHAKES";
+    /// `HashMap<FragKey, FragNeeded>`: ICMP "fragmentation needed"
+    /// messages about this node's packets towards a peer node, per
+    /// overlay and [`MtuHop`](super::MtuHop), with the latest one's
+    /// next-hop MTU. Not per CPU: the latest MTU is one value, and these
+    /// messages are rare (every sender rate-limits them).
+    pub const FRAG_NEEDED: &str = "FRAG_NEEDED";
 }
 
 /// Default capacities; userspace overrides them at load time.
+/// [`FRAG_NEEDED`](map::FRAG_NEEDED) entries: peers x overlays x hops
+/// that were told a packet did not fit (a node of 2,000 peers on both
+/// overlays, both hops: 8,000). Not preallocated: a healthy node holds
+/// none. Beyond it, counted as [`Counter::FragMapFull`].
+pub const DEFAULT_FRAG_CAPACITY: u32 = 8_192;
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
 /// Per-peer keys counted in the PEERS hash: every key until it gets a slot
 /// (a sample after its first packet; what it counted before stays here),
@@ -244,6 +255,22 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Where a packet of this node's did not fit, as an ICMP
+    /// "fragmentation needed" said ([`FragKey::hop`]).
+    MtuHop {
+        /// On the underlay, past this node: a router (or the peer) sent
+        /// it back about a tunnel packet, or a routed pod's packet, that
+        /// this node sent. Its next-hop MTU is the wire's (outer) size.
+        Wire = 0 => "wire",
+        /// On this node: its own kernel refused a pod's packet (the
+        /// overlay device's, or the route's, MTU is smaller than the
+        /// pod's) and told the pod so, on the pod's veth. Its next-hop MTU
+        /// is an inner packet's size.
+        Node = 1 => "node",
+    }
+}
+
+wire_enum! {
     /// Which endpoint of a flow is a node overlay address.
     Snat {
         None = 0 => "none",
@@ -311,11 +338,19 @@ wire_enum! {
         /// counted from a later packet; keys in PEER_STATS slots never
         /// allocate.
         PeerAllocFailed = 31 => "peer_alloc_failed",
+        /// An ICMP "fragmentation needed" that quoted no packet of this
+        /// node's towards a peer node (another host's packet, an address
+        /// no node owns, a protocol that is no overlay's, a quote cut
+        /// before what tells): not counted per path.
+        FragNeededForeign = 32 => "frag_needed_foreign",
+        /// A path's first "fragmentation needed" was not counted: the
+        /// FRAG_NEEDED map was full.
+        FragMapFull = 33 => "frag_map_full",
     }
 }
 
 /// Number of [`Counter`] slots; the COUNTERS map has exactly this many.
-pub const COUNTER_SLOTS: u32 = 32;
+pub const COUNTER_SLOTS: u32 = 34;
 
 /// Entries of [`DROPS`](map::DROPS): reasons x peers x overlays x network
 /// pairs that actually drop, a few dozen on a sick node.
@@ -409,6 +444,28 @@ pub struct Config {
     /// The pod ranges ADDR_BLOCKS answers for, tried in order; unused
     /// ones have `shift` 0.
     pub block_ranges: [BlockRange; MAX_BLOCK_RANGES],
+}
+
+impl Config {
+    /// The encapsulation configured on UDP destination port `port`, if
+    /// any.
+    #[inline(always)]
+    pub fn encap_for(&self, port: u16) -> Option<EncapPort> {
+        self.encap_ports
+            .into_iter()
+            .find(|&slot| slot.port == port && slot.encap != Encap::None.wire())
+    }
+
+    /// Whether `overlay` (a wire value) travels in a tunnel: a port's, or
+    /// IP-in-IP.
+    #[inline(always)]
+    pub fn tunnels(&self, overlay: u8) -> bool {
+        self.ipip_overlay == overlay
+            || self
+                .encap_ports
+                .iter()
+                .any(|slot| slot.overlay == overlay && slot.encap != Encap::None.wire())
+    }
 }
 
 /// One range of [`Config::block_ranges`]: an address `a` (host byte
@@ -686,6 +743,47 @@ pub struct PeerStats {
     pub handshakes_reset: u64,
 }
 
+/// Key of [`FRAG_NEEDED`](map::FRAG_NEEDED): the path a "fragmentation
+/// needed" was about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct FragKey {
+    /// The peer node's underlay address: the quoted tunnel packet's
+    /// destination, or the node owning the quoted packet's destination.
+    pub peer: u32,
+    /// [`Overlay`] wire value: the quoted packet's tunnel, native for a
+    /// routed pod's packet, or the overlay the pod's flow took.
+    pub overlay: u8,
+    /// [`MtuHop`] wire value.
+    pub hop: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`FRAG_NEEDED`](map::FRAG_NEEDED). `messages` is added
+/// atomically; the rest is the latest message's, written by whichever
+/// CPU saw one last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct FragNeeded {
+    /// Messages since the entry was created.
+    pub messages: u64,
+    /// The latest message's next-hop MTU (RFC 1191), as sent: the wire's
+    /// size for [`MtuHop::Wire`], an inner packet's for [`MtuHop::Node`].
+    /// 0 from a router older than RFC 1191.
+    pub next_hop_mtu: u16,
+    /// Bytes the tunnel adds to an inner packet (outer IPv4, UDP, tunnel
+    /// header and options, inner Ethernet; the outer IPv4 header alone
+    /// for IP-in-IP), from the quoted headers: `next_hop_mtu - overhead`
+    /// is the largest inner packet the path takes. 0 for [`MtuHop::Node`]
+    /// and for packets in no tunnel.
+    pub overhead: u16,
+    /// Total length of the quoted packet: a size that did not fit.
+    pub refused_len: u16,
+    pub _pad: u16,
+}
+
 /// Value of [`HANDSHAKES`](map::HANDSHAKES).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -721,6 +819,8 @@ const _: () = {
     assert!(SLOT_CACHE_ENTRIES.is_power_of_two());
     assert!(core::mem::size_of::<PeerStats>() == 64);
     assert!(core::mem::size_of::<PendingHandshake>() == 16);
+    assert!(core::mem::size_of::<FragKey>() == 8);
+    assert!(core::mem::size_of::<FragNeeded>() == 16);
     assert!(Counter::ALL.len() as u32 == COUNTER_SLOTS);
 };
 
@@ -749,4 +849,8 @@ mod user {
     unsafe impl aya::Pod for DropConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragNeeded {}
 }

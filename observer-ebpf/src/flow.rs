@@ -457,7 +457,7 @@ fn is_syn_ack(l4: &L4) -> bool {
 }
 
 #[inline(always)]
-unsafe fn add64(field: *mut u64, value: u64) {
+pub(crate) unsafe fn add64(field: *mut u64, value: u64) {
     // The BPF target has no `AtomicU64::fetch_add` in core (it declares
     // only atomic load/store), but the ISA has a 64-bit atomic add, which
     // this intrinsic lowers to (`lock *(u64 *)(r + off) += r`).

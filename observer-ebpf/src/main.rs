@@ -15,6 +15,8 @@ mod counters;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod frag;
+#[cfg(target_arch = "bpf")]
 mod handshake;
 #[cfg(target_arch = "bpf")]
 mod hooks;

@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use observer_ebpf::{
     AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_ADDR_BLOCK_CAPACITY, DEFAULT_ADDR_CAPACITY,
-    DEFAULT_DROP_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_HANDSHAKE_CAPACITY,
-    DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, DropConfig, DropKey, FlowKey, FlowStats,
-    PeerKey, PeerStats, PendingHandshake, SLOT_CACHE_ENTRIES, SlotCacheEntry,
+    DEFAULT_DROP_CAPACITY, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAG_CAPACITY,
+    DEFAULT_HANDSHAKE_CAPACITY, DEFAULT_PEER_CAPACITY, DEFAULT_PEER_SLOT_CAPACITY, DropConfig,
+    DropKey, FlowKey, FlowStats, FragKey, FragNeeded, PeerKey, PeerStats, PendingHandshake,
+    SLOT_CACHE_ENTRIES, SlotCacheEntry,
 };
 
 #[map(name = "CONFIG")]
@@ -56,6 +57,11 @@ pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "DROP_CONFIG")]
 pub static DROP_CONFIG: Array<DropConfig> = Array::with_max_entries(1, 0);
+
+/// Not preallocated: a healthy node holds no entry.
+#[map(name = "FRAG_NEEDED")]
+pub static FRAG_NEEDED: HashMap<FragKey, FragNeeded> =
+    HashMap::with_max_entries(DEFAULT_FRAG_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Not preallocated: a node drops for a few reasons towards a few peers.
 #[map(name = "DROPS")]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aya::programs::{TestRun, TestRunOptions};
 use crossover_tests::{
     harness::{Harness, two_node_shape},
-    packet::{ACK, ip, tcp, udp},
+    packet::{ACK, LINUX_QUOTE, frag_needed, ip, tcp, udp},
 };
 use observer::datapath::{AgeingPolicy, LoadOptions, monotonic_ns};
 
@@ -30,6 +30,12 @@ fn cases() -> Vec<Case> {
         [10, 244, 1, 5],
         tcp(33000, 80, 1, ACK, 100),
     );
+    let too_big = ip(
+        [10, 244, 0, 7],
+        [10, 244, 1, 5],
+        tcp(33000, 80, 1, ACK, 1400),
+    )
+    .vxlan([192, 168, 50, 1], [192, 168, 50, 2], 8472);
     vec![
         Case {
             name: "vxlan tcp, known flow",
@@ -74,6 +80,41 @@ fn cases() -> Vec<Case> {
             name: "pod veth tcp, known",
             program: "crossover_pod_ingress",
             packet: legacy.frame(),
+            fresh_flow: false,
+        },
+        Case {
+            name: "pod veth tcp, known (egress)",
+            program: "crossover_pod_egress",
+            packet: ip(
+                [10, 244, 1, 5],
+                [10, 244, 0, 7],
+                tcp(80, 33000, 1, ACK, 100),
+            )
+            .frame(),
+            fresh_flow: false,
+        },
+        // What an ICMP "fragmentation needed" costs, counted (its path's
+        // entry exists after the first run): only ICMP pays this.
+        Case {
+            name: "frag-needed, vxlan quote (wire)",
+            program: "crossover_underlay_ingress",
+            packet: ip(
+                [192, 168, 50, 254],
+                [192, 168, 50, 1],
+                frag_needed(1400, &too_big[14..], LINUX_QUOTE),
+            )
+            .frame(),
+            fresh_flow: false,
+        },
+        Case {
+            name: "frag-needed, to a pod (node)",
+            program: "crossover_pod_egress",
+            packet: ip(
+                [10, 244, 0, 1],
+                [10, 244, 0, 7],
+                frag_needed(1400, &legacy.bytes(), LINUX_QUOTE),
+            )
+            .frame(),
             fresh_flow: false,
         },
         Case {

@@ -196,6 +196,14 @@ impl Agents {
     }
 }
 
+/// The value of `series` (name and labels, as rendered) in a `/metrics`
+/// body.
+pub fn metric<T: std::str::FromStr>(body: &str, series: &str) -> T {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+}
+
 /// The matrix's row from node `from` to `to` on `overlay`, `src` to `dst`
 /// network.
 pub fn loss_row<'a>(

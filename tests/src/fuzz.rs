@@ -20,6 +20,7 @@ use observer::{
     datapath::{Hook, LoadOptions, Observer},
     shape::{ClusterShape, Encapsulation},
 };
+use observer_ebpf::DEFAULT_FRAG_CAPACITY;
 
 use crate::{
     harness::{NEXT, two_node_shape},
@@ -59,6 +60,8 @@ pub struct Report {
     /// The fullest the tables were at a check.
     pub most_flows: usize,
     pub most_peer_keys: usize,
+    /// The most FRAG_NEEDED paths at a check.
+    pub most_frag_paths: usize,
     pub pending_handshakes: u64,
     /// Non-zero skip and refusal counters at the end, by reason.
     pub reasons: Vec<(&'static str, u64)>,
@@ -68,12 +71,13 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut out = format!(
             "{} packets, {} program runs ({} refused by the kernel as too short); at most {} flows, \
-             {} peer keys, {} handshakes pending at the end",
+             {} peer keys, {} fragmentation-needed paths, {} handshakes pending at the end",
             self.packets,
             self.runs,
             self.refused_by_kernel,
             self.most_flows,
             self.most_peer_keys,
+            self.most_frag_paths,
             self.pending_handshakes
         );
         for (reason, n) in &self.reasons {
@@ -230,6 +234,13 @@ fn check(observer: &Observer, report: &mut Report) -> Result<(), String> {
     if seen != ran {
         return Err(format!("{ran} program runs, {seen} counted as seen"));
     }
+    let paths = snapshot.frag_needed.len();
+    if paths > DEFAULT_FRAG_CAPACITY as usize {
+        return Err(format!(
+            "{paths} fragmentation-needed paths in a table of {DEFAULT_FRAG_CAPACITY}"
+        ));
+    }
+    report.most_frag_paths = report.most_frag_paths.max(paths);
     report.most_flows = report.most_flows.max(flows);
     report.most_peer_keys = report.most_peer_keys.max(keys);
     Ok(())
@@ -361,8 +372,9 @@ impl Gen {
     fn frame(&mut self) -> Vec<u8> {
         let inner = self.ipv4();
         let (src, dst) = (self.addr(), self.addr());
-        match self.rng.u8(0..10) {
+        match self.rng.u8(0..11) {
             0 | 1 => inner.frame(),
+            9 => self.frag_needed(inner, src, dst),
             2 => inner.vlan_frame(self.rng.u16(0..4096)),
             3 | 4 => inner.vxlan(src, dst, PORTS[self.rng.usize(..4)]),
             5 => inner.geneve(src, dst, self.rng.u8(0..8)),
@@ -377,6 +389,38 @@ impl Gen {
             8 => packet::ethernet(self.rng.u16(..), &self.bytes(128)),
             _ => self.bytes(200),
         }
+    }
+
+    /// An ICMP "fragmentation needed" quoting `inner` tunnelled from
+    /// `src` to `dst` (or `inner` itself), cut as senders cut it or
+    /// anywhere; half the time from node A to node B (the shapes' local
+    /// node and its peer) and sent to the quoted source, so the quote's
+    /// checks run to the end.
+    fn frag_needed(&mut self, inner: packet::Ipv4, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let (src, dst) = if self.rng.bool() {
+            ([192, 168, 50, 1], [192, 168, 50, 2])
+        } else {
+            (src, dst)
+        };
+        let refused = match self.rng.u8(0..4) {
+            0 => inner.vxlan(src, dst, PORTS[self.rng.usize(..4)])[14..].to_vec(),
+            1 => inner.geneve(src, dst, self.rng.u8(0..8))[14..].to_vec(),
+            2 => inner.ipip(src, dst).bytes(),
+            _ => inner.bytes(),
+        };
+        let quote = match self.rng.u8(0..3) {
+            0 => 28,
+            1 => packet::LINUX_QUOTE,
+            _ => self.rng.usize(0..=refused.len()),
+        };
+        let quoted_src = [refused[12], refused[13], refused[14], refused[15]];
+        let to = if self.rng.bool() {
+            quoted_src
+        } else {
+            self.addr()
+        };
+        let message = packet::frag_needed(self.rng.u16(..), &refused, quote);
+        ip(self.addr(), to, message).frame()
     }
 
     /// A frame, bent 0 to 3 times.
@@ -466,6 +510,15 @@ pub fn marks(p: &[u8]) -> Vec<usize> {
                     Some(_) => tunnel + 8 + 12,
                     None => return marks,
                 }
+            }
+            // ICMP: its header, and a quoted packet's headers.
+            (1, icmp) => {
+                marks.push(icmp);
+                if let Some((_, quoted_l4)) = ipv4_marks(p, icmp + 8, &mut marks) {
+                    marks.push(quoted_l4);
+                    marks.push(quoted_l4 + 8);
+                }
+                return marks;
             }
             (_, l4) => {
                 marks.push(l4);

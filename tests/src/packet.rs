@@ -97,6 +97,23 @@ pub fn udp(src: u16, dst: u16, payload: &[u8]) -> L4 {
     }
 }
 
+/// ICMP "fragmentation needed" (type 3, code 4) with next-hop MTU `mtu`,
+/// quoting the first `quote` bytes of the IPv4 packet `refused` (RFC 792
+/// asks for its header and 8 bytes; Linux sends up to 576 bytes in all,
+/// 548 of the packet).
+pub fn frag_needed(mtu: u16, refused: &[u8], quote: usize) -> L4 {
+    let mut payload = vec![3, 4, 0, 0, 0, 0];
+    payload.extend(mtu.to_be_bytes());
+    payload.extend(&refused[..quote.min(refused.len())]);
+    L4::Raw {
+        proto: ICMP,
+        payload,
+    }
+}
+
+/// What Linux quotes of a refused packet: 576 bytes of ICMP message in all.
+pub const LINUX_QUOTE: usize = 576 - 20 - 8;
+
 fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;
     for chunk in bytes.chunks(2) {

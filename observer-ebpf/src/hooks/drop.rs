@@ -8,7 +8,6 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
 use observer_ebpf::{Counter, Direction, DropConfig, DropKey, Encap, Net, Overlay};
 
-use super::underlay::encap_for;
 use crate::{
     counters::count,
     flow::{lookup, node_of},
@@ -108,7 +107,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Outcome {
     } else if outer.proto == IPPROTO_UDP {
         let udp: UdpHdr = read(at + outer_len)?;
         let port = u16::from_be(udp.dst);
-        match encap_for(node, port) {
+        match node.encap_for(port) {
             Some(slot) => {
                 let tunnel = at + outer_len + UDP_HLEN;
                 let frame = if slot.encap == Encap::Geneve.wire() {

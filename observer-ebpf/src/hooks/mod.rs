@@ -12,11 +12,12 @@ use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, tcx_action_base::TCX_NEXT},
     programs::TcContext,
 };
-use observer_ebpf::Counter;
+use observer_ebpf::{Counter, Direction, Point};
 
 use crate::{
     counters::{count, count_seen},
     flow::{self, Seen},
+    frag,
     parse::{Layer, eth, ipv4, l4},
 };
 
@@ -55,6 +56,15 @@ pub fn observe_packet(
     seen: Seen,
 ) -> Result<(), Counter> {
     let ip = ipv4::parse(ctx, offset, layer)?;
+    // Towards a pod: what this node's kernel told it of a packet it
+    // refused. `seen` is a constant of each hook, so only the pod's
+    // egress program holds this, and ICMP alone pays for it there.
+    if seen.point == Point::Pod
+        && seen.direction == Direction::Egress
+        && ip.proto == l4::IPPROTO_ICMP
+    {
+        frag::crossover_frag_node(ctx.skb.skb, ip.l4_offset as u32, ip.src, ip.dst);
+    }
     let l4 = l4::parse(ctx, &ip)?;
     flow::record(seen, &ip, &l4, ctx.len())
 }

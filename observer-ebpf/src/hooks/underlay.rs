@@ -4,12 +4,13 @@
 //! parsed down to the inner flow; plain pod traffic is the native overlay
 //! of routed CNIs, and of Calico's CrossSubnet modes within a subnet.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use observer_ebpf::{Config, Counter, Direction, Encap, EncapPort, Net, Overlay, PeerKey, Point};
+use observer_ebpf::{Counter, Direction, Encap, EncapPort, Net, Overlay, PeerKey, Point};
 
 use super::{finish, observe_frame, observe_packet};
 use crate::{
     counters::{Tcp, count_peer, count_seen},
     flow::{self, Seen},
+    frag,
     maps::CONFIG,
     parse::{Layer, eth, geneve, ipv4, l4, vxlan},
 };
@@ -39,10 +40,7 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
     let ip = ipv4::parse(ctx, l3, Layer::Outer)?;
     if ip.proto == l4::IPPROTO_UDP {
         let ports = l4::udp_ports(ctx, ip.l4_offset, Counter::TruncatedUdp)?;
-        if let Some(encap) = CONFIG
-            .get(0)
-            .and_then(|config| encap_for(config, ports.dst))
-        {
+        if let Some(encap) = CONFIG.get(0).and_then(|config| config.encap_for(ports.dst)) {
             let peer = match direction {
                 Direction::Egress => ip.dst,
                 Direction::Ingress => ip.src,
@@ -76,6 +74,9 @@ fn try_underlay(ctx: &TcContext, direction: Direction) -> Result<(), Counter> {
         };
         let result = observe_packet(ctx, ip.l4_offset, Layer::Inner, seen);
         return counted_on_outer(ctx, seen, overlay, result);
+    }
+    if ip.proto == l4::IPPROTO_ICMP && direction == Direction::Ingress {
+        frag::crossover_frag_wire(ctx.skb.skb, ip.l4_offset as u32, ip.src, ip.dst);
     }
     let l4 = l4::parse(ctx, &ip)?;
     let seen = Seen {
@@ -126,13 +127,4 @@ fn observe_tunnel(
         vxlan::parse(ctx, tunnel)?
     };
     observe_frame(ctx, inner, Layer::Inner, seen)
-}
-
-/// The encapsulation configured on UDP destination port `port`, if any.
-#[inline(always)]
-pub(super) fn encap_for(config: &Config, port: u16) -> Option<EncapPort> {
-    config
-        .encap_ports
-        .into_iter()
-        .find(|&slot| slot.port == port && slot.encap != Encap::None.wire())
 }

@@ -6,6 +6,7 @@
 //! A parser returns the `Counter` naming why it stopped; the hook counts it.
 pub mod eth;
 pub mod geneve;
+pub mod icmp;
 pub mod ipv4;
 pub mod l4;
 pub mod vxlan;

@@ -5,7 +5,9 @@
 //! is the format's few rules (HELP, TYPE, escaped label values) rather than
 //! a client library built around counters the process increments itself.
 use super::State;
-use crate::datapath::{Counters, PeerCounts, PeerRecord};
+use observer_ebpf::{MtuHop, Overlay};
+
+use crate::datapath::{Counters, Observer, PeerCounts, PeerRecord};
 use crate::loss::LossRow;
 
 pub use crate::exposition::CONTENT_TYPE;
@@ -261,6 +263,7 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
         auth.write_metrics(out, node);
     }
     drop_families(out, state, &detailed);
+    frag_families(out, state, &detailed);
     kept_families(out, state);
 
     let mut f = family(
@@ -281,21 +284,29 @@ fn render_rest(out: &mut String, state: &State, counters: &Counters) {
     }
 }
 
+/// What the sampler's last read took (`taken`) while it is fresh: a
+/// scrape reads no map itself. Else a read of its own (`read`); `None`
+/// when that fails, counted.
+fn sampled<T: Clone>(
+    state: &State,
+    taken: fn(&super::sampler::Reading) -> &Vec<T>,
+    read: fn(&Observer) -> crate::Result<Vec<T>>,
+) -> Option<Vec<T>> {
+    if let Some(reading) = state.fresh_reading() {
+        return Some(taken(&reading).clone());
+    }
+    read(&super::lock(&state.observer))
+        .inspect_err(|e| state.count(e))
+        .ok()
+}
+
 /// The kernel's drops of cluster traffic by reason: a series per reason,
 /// peer, overlay and network pair that dropped (bounded by DROPS), peers
 /// past `--metrics-peer-detail` summed into `*` like the per-peer families.
 fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
     let node = state.node.as_str();
-    // The sampler's last read when fresh: a scrape reads no map itself.
-    let drops = match state.fresh_reading() {
-        Some(reading) => reading.drops.clone(),
-        None => match super::lock(&state.observer).drops() {
-            Ok(drops) => drops,
-            Err(e) => {
-                state.count(&e);
-                return;
-            }
-        },
+    let Some(drops) = sampled(state, |r| &r.drops, Observer::drops) else {
+        return;
     };
     let view = state.view();
     let mut summed: std::collections::BTreeMap<_, u64> = std::collections::BTreeMap::new();
@@ -339,6 +350,71 @@ fn drop_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> boo
             ],
             *n,
         );
+    }
+}
+
+/// The labels of a fragmentation-needed path.
+fn path_labels<'a>(
+    node: &'a str,
+    (peer, overlay, hop): &'a (String, Overlay, MtuHop),
+) -> [(&'static str, &'a str); 4] {
+    [
+        ("node", node),
+        ("peer_node", peer),
+        ("overlay", overlay.label()),
+        ("hop", hop.label()),
+    ]
+}
+
+/// ICMP "fragmentation needed" about this node's packets, per peer,
+/// overlay and hop (bounded by FRAG_NEEDED), peers past
+/// `--metrics-peer-detail` summed into `*` (their sizes: the smallest).
+fn frag_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> bool) {
+    let node = state.node.as_str();
+    let Some(paths) = sampled(state, |r| &r.frag_needed, Observer::frag_needed) else {
+        return;
+    };
+    let view = state.view();
+    // Per path: messages, and the smallest next-hop MTU and size that fits.
+    type Path = (String, Overlay, MtuHop);
+    let mut summed: std::collections::BTreeMap<Path, (u64, u32, Option<u32>)> = Default::default();
+    for p in &paths {
+        let peer = match view.node_name(p.peer) {
+            name if detailed(&name) => name,
+            _ => crate::loss::CLUSTER.to_owned(),
+        };
+        let (messages, next_hop, fits) =
+            summed
+                .entry((peer, p.overlay, p.hop))
+                .or_insert((0, u32::MAX, None));
+        *messages += p.messages;
+        *next_hop = (*next_hop).min(p.next_hop_mtu);
+        *fits = crate::loss::mtu::least(*fits, p.fits());
+    }
+    let mut f = family(
+        out,
+        "crossover_icmp_frag_needed_total",
+        "counter",
+        "ICMP fragmentation-needed about this node's packets towards a peer node, per overlay and \
+         hop: wire (a router, or the peer, refused a tunnel packet or a routed pod's packet this \
+         node sent) or node (this node's kernel refused one of its pods' packets and told it).",
+    );
+    for (path, (messages, ..)) in &summed {
+        f.sample(&path_labels(node, path), *messages);
+    }
+    let mut f = family(
+        out,
+        "crossover_icmp_mtu_bytes",
+        "gauge",
+        "What the latest ICMP fragmentation-needed of a path said: its next-hop MTU as sent \
+         (kind next_hop; the wire's size for hop wire), and the largest overlay packet that fits \
+         (kind fits: the next hop less the tunnel's headers). 0: no MTU given.",
+    );
+    for (path, (_, next_hop, fits)) in &summed {
+        let [a, b, c, d] = path_labels(node, path);
+        for (kind, value) in [("next_hop", *next_hop), ("fits", fits.unwrap_or(0))] {
+            f.sample(&[a, b, c, d, ("kind", kind)], u64::from(value));
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
 use super::State;
 use crate::{
     Result,
-    datapath::{Counters, DropRecord, PeerRecord, monotonic_ns},
+    datapath::{Counters, DropRecord, FragRecord, PeerRecord, monotonic_ns},
     loss::ring::{Tick, unix_ms},
 };
 
@@ -27,6 +27,7 @@ pub struct Reading {
     pub peers: Vec<PeerRecord>,
     pub counters: Counters,
     pub drops: Vec<DropRecord>,
+    pub frag_needed: Vec<FragRecord>,
 }
 
 /// Sleeps until the wall clock reaches `at_ms` (Unix ms).
@@ -67,10 +68,20 @@ fn run(state: &State, interval: Duration, guard: Duration) {
 }
 
 fn read_tick(state: &State, k: u64, late_at: u64) -> Result<Tick> {
-    let (early_ms, early, drops) = read(state, true)?;
+    let (early_ms, early, local) = read(state, true)?;
     until(late_at);
     let (late_ms, late, _) = read(state, false)?;
-    Ok(Tick::new(k, (early_ms, early), (late_ms, late)).with_drops(drops))
+    Ok(Tick::new(k, (early_ms, early), (late_ms, late))
+        .with_drops(local.drops)
+        .with_frag_needed(local.frag_needed))
+}
+
+/// What a tick reads of the node's local events, once (the early read):
+/// the kernel's drops and its ICMP fragmentation-needed per path.
+#[derive(Default)]
+struct Local {
+    drops: Vec<DropRecord>,
+    frag_needed: Vec<FragRecord>,
 }
 
 /// One read of the per-peer counters, and when it ended (Unix ms). The
@@ -80,15 +91,19 @@ fn read_tick(state: &State, k: u64, late_at: u64) -> Result<Tick> {
 /// punctual (a reader's uncertainty is built on it). The early read of a
 /// tick also does the tick's chores (after the read, so they never delay
 /// it): the kernel's clock, expired handshakes, new slots, and the reading
-/// `/metrics` serves, with the kernel's drops.
-fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>, Vec<DropRecord>)> {
+/// `/metrics` serves, with the kernel's drops and fragmentation-needed.
+fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>, Local)> {
     let mut observer = super::lock(&state.observer);
     let peers = observer.peers()?;
     let read_ms = unix_ms(SystemTime::now());
     if !chores {
-        return Ok((read_ms, peers, Vec::new()));
+        return Ok((read_ms, peers, Local::default()));
     }
     let drops = observer.drops().unwrap_or_else(|err| {
+        state.count(&err);
+        Vec::new()
+    });
+    let frag_needed = observer.frag_needed().unwrap_or_else(|err| {
         state.count(&err);
         Vec::new()
     });
@@ -122,6 +137,7 @@ fn read(state: &State, chores: bool) -> Result<(u64, Vec<PeerRecord>, Vec<DropRe
         peers: peers.clone(),
         counters,
         drops: drops.clone(),
+        frag_needed: frag_needed.clone(),
     });
-    Ok((read_ms, peers, drops))
+    Ok((read_ms, peers, Local { drops, frag_needed }))
 }

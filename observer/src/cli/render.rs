@@ -251,6 +251,7 @@ mod tests {
             flows,
             peers: vec![],
             counters: Default::default(),
+            frag_needed: vec![],
             retired: RetiredReport::default(),
         }
     }

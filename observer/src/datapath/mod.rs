@@ -6,6 +6,7 @@ mod blocks;
 mod btf;
 mod drops;
 mod flows;
+mod frag;
 mod handshakes;
 mod hook;
 mod kept;
@@ -42,6 +43,7 @@ pub use drops::DropRecord;
 /// kernel statistics).
 pub const DROP_PROGRAMS: [&str; 2] = [drops::PROGRAM, drops::FLOOR_PROGRAM];
 pub use flows::{FlowPage, FlowTable, MAX_PAGE};
+pub use frag::FragRecord;
 pub use hook::Framing;
 pub use kept::{Found as KeptFound, PAGE as KEPT_PAGE, PinnedPages, Slot as KeptSlot};
 pub use links::{LinkEvents, Reconciled, Selection, reconcile};
@@ -888,6 +890,12 @@ impl Observer {
         }
     }
 
+    /// ICMP "fragmentation needed" about this node's packets, per peer,
+    /// overlay and hop: O(nodes) entries.
+    pub fn frag_needed(&self) -> Result<Vec<FragRecord>> {
+        frag::read(&self.ebpf)
+    }
+
     pub fn peers(&self) -> Result<Vec<PeerRecord>> {
         snapshot::read_peers(&self.ebpf, &self.peer_slots, &self.expired_handshakes)
     }
@@ -950,10 +958,12 @@ impl Observer {
         &self.blocks
     }
 
-    /// Empties FLOWS, PEERS, PEER_STATS and COUNTERS (tests start clean).
+    /// Empties FLOWS, PEERS, PEER_STATS, FRAG_NEEDED and COUNTERS (tests
+    /// start clean).
     #[cfg(feature = "test-api")]
     pub fn reset_counters(&mut self) -> Result<()> {
         handshakes::clear(&self.ebpf)?;
+        frag::clear(&mut self.ebpf)?;
         self.expired_handshakes.clear();
         snapshot::reset(&mut self.ebpf, self.options.peer_slot_capacity)
     }

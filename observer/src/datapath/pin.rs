@@ -33,8 +33,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType},
 };
 use observer_ebpf::{
-    AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_DROP_CAPACITY, DropKey, FlowKey, FlowStats,
-    PEER_ABI_KEY, PEER_ABI_VERSION, PEER_SLOT_RETIRED, PeerKey, PeerStats, PendingHandshake, map,
+    AddrBlock, AddrInfo, COUNTER_SLOTS, Config, DEFAULT_DROP_CAPACITY, DEFAULT_FRAG_CAPACITY,
+    DropKey, FlowKey, FlowStats, FragKey, FragNeeded, PEER_ABI_KEY, PEER_ABI_VERSION,
+    PEER_SLOT_RETIRED, PeerKey, PeerStats, PendingHandshake, map,
 };
 use serde::Serialize;
 
@@ -72,7 +73,7 @@ impl Geometry {
 
 /// Every map of the object and the geometry this binary gives it. Sizes
 /// come from the ABI crate the programs were built with.
-pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 11] {
+pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 12] {
     let g = |map_type: MapType, key: usize, value: usize, max_entries: u32, flags: u32| Geometry {
         map_type: map_type as u32,
         key_size: key as u32,
@@ -176,6 +177,17 @@ pub(crate) fn wanted(options: &LoadOptions) -> [(&'static str, Geometry); 11] {
                 size_of::<DropKey>(),
                 size_of::<u64>(),
                 DEFAULT_DROP_CAPACITY,
+                BPF_F_NO_PREALLOC,
+            ),
+        ),
+        // ICMP fragmentation-needed per path: pinned like the drops.
+        (
+            map::FRAG_NEEDED,
+            g(
+                MapType::Hash,
+                size_of::<FragKey>(),
+                size_of::<FragNeeded>(),
+                DEFAULT_FRAG_CAPACITY,
                 BPF_F_NO_PREALLOC,
             ),
         ),

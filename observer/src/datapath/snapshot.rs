@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub flows: Vec<FlowRecord>,
     pub peers: Vec<PeerRecord>,
     pub counters: Counters,
+    /// ICMP "fragmentation needed" about this node's packets, per path.
+    pub frag_needed: Vec<super::FragRecord>,
     /// Totals of the flows ageing deleted since this process started: add
     /// them to sums over `flows` for totals that never go backwards.
     pub retired: RetiredReport,
@@ -257,6 +259,7 @@ impl Snapshot {
             .collect();
         let peer_records = read_peers(ebpf, peer_slots, expired)?;
         let counters = read_counters(ebpf)?;
+        let frag_needed = super::frag::read(ebpf)?;
         flow_records.sort_by(|a, b| {
             (a.src, a.dst, a.src_port, a.dst_port, a.point, a.direction).cmp(&(
                 b.src,
@@ -273,6 +276,7 @@ impl Snapshot {
             flows: flow_records,
             peers: peer_records,
             counters,
+            frag_needed,
             retired: retired.into(),
         })
     }

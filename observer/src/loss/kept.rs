@@ -327,6 +327,7 @@ pub fn decode(bytes: &[u8], basis: &Basis) -> Result<(Tick, Expired), Refusal> {
             early,
             late,
             drops: Vec::new(),
+            frag_needed: Vec::new(),
         },
         expired,
     ))

@@ -341,6 +341,12 @@ impl Answerer<'_> {
             }
         }
         rows.extend(self.probes.iter().cloned());
+        super::mtu::join(
+            &mut rows,
+            self.node,
+            super::mtu::traffic((start, end), &mut name),
+            seconds,
+        );
         rows.extend(super::dropped::in_node_rows(
             self.node,
             (start, end),

@@ -21,9 +21,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use observer_ebpf::{Direction, Net, Overlay};
+use observer_ebpf::{Direction, MtuHop, Net, Overlay};
 
-use crate::datapath::{DropRecord, PeerCounts, PeerRecord};
+use crate::datapath::{DropRecord, FragRecord, PeerCounts, PeerRecord};
 
 /// A counter's identity within one node's maps.
 pub type Key = (Ipv4Addr, Overlay, Direction, Net, Net);
@@ -55,6 +55,11 @@ pub struct Tick {
     /// read a tick serves: no peer's read is compared with them. Not kept
     /// across restarts, as the kernel's drop counts are not either.
     pub drops: Vec<DropRecord>,
+    /// The kernel's ICMP "fragmentation needed" about this node's paths
+    /// at the early read, sorted by [`FragRecord::key`]; local like the
+    /// drops, and like them not kept across restarts (a window from a
+    /// kept tick counts every message since the pinned map was made).
+    pub frag_needed: Vec<FragRecord>,
 }
 
 /// A drop counter's identity within one node's maps.
@@ -89,7 +94,22 @@ impl Tick {
             early,
             late,
             drops: Vec::new(),
+            frag_needed: Vec::new(),
         }
+    }
+
+    /// With the fragmentation-needed paths read at the early read.
+    pub fn with_frag_needed(mut self, mut paths: Vec<FragRecord>) -> Self {
+        paths.sort_unstable_by_key(FragRecord::key);
+        self.frag_needed = paths;
+        self
+    }
+
+    /// A path's messages by the early read (0: none yet).
+    pub fn frag_messages(&self, key: &(Ipv4Addr, Overlay, MtuHop)) -> u64 {
+        self.frag_needed
+            .binary_search_by_key(key, FragRecord::key)
+            .map_or(0, |i| self.frag_needed[i].messages)
     }
 
     /// With the drops read at the early read.

@@ -1,0 +1,256 @@
+//! ICMP "fragmentation needed" about real traffic in a lab, as the agents
+//! count it per peer node, overlay and hop: on `/metrics` and in the
+//! `mtu` signal's rows, with no probe running (the agents' default here),
+//! so what the rows carry is the traffic's alone. Needs root
+//! (namespaces, programs in the kernel).
+use std::time::{Duration, Instant};
+
+use crossover_tests::{
+    agents::{Agents, metric},
+    lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, exec::in_ns, plan, traffic},
+    netns::{http_get, unique},
+    prometheus::check_documented,
+    require_root,
+};
+
+/// Agent `j`'s `/metrics`, asked from inside its node.
+fn metrics(lab: &Lab, agents: &Agents, node: &str, j: usize) -> String {
+    http_get(&lab.node_ns(node), &format!("{}/metrics", agents.urls[j])).1
+}
+
+/// A fragmentation-needed series of `node` about `peer` on `overlay`.
+fn series(family: &str, node: &str, peer: &str, overlay: &str, rest: &str) -> String {
+    format!("{family}{{node=\"{node}\",peer_node=\"{peer}\",overlay=\"{overlay}\",{rest}}}")
+}
+
+/// The `mtu` rows of `node` over the agents' 60 s window.
+fn mtu_rows(lab: &Lab, agents: &Agents, node: &str) -> Vec<serde_json::Value> {
+    let args = [
+        "--signal",
+        "mtu",
+        "--node",
+        node,
+        "--window",
+        "60s",
+        "--sample-interval",
+        "500ms",
+    ];
+    let reading = agents.loss_json(&lab.node_ns(node), &args);
+    reading["rows"].as_array().unwrap().clone()
+}
+
+/// Waits (at most 10 s: the sampler reads every 500 ms) until `node`'s
+/// mtu row about `peer` on `overlay` carries the traffic's messages.
+fn mtu_row(
+    lab: &Lab,
+    agents: &Agents,
+    (node, peer, overlay): (&str, &str, &str),
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = mtu_rows(lab, agents, node);
+        let row = rows.iter().find(|r| {
+            r["node"] == node
+                && r["peer_node"] == peer
+                && r["overlay"] == overlay
+                && r["mtu"]["icmp_frag_needed"].as_u64() > Some(0)
+        });
+        if let Some(row) = row {
+            return row.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mtu row {node} -> {peer} {overlay}: {rows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The lab's overlay MTU fault: the control plane's `flannel.1` lowered to
+/// 1300 while its pods keep 1450. A pod's TCP stream to a legacy pod on
+/// worker-2 sends 1450-byte segments with DF; the control plane's kernel
+/// refuses the first and tells the pod (ICMP from the node, through the
+/// pod's veth), which then fits its segments: the stream goes through.
+/// crossover counts that message on the control plane, hop `node`, on
+/// the path the pod's flow took (worker-2, legacy), with the MTU 1300;
+/// the mtu row of that pair and overlay carries it; nothing else counts.
+#[test]
+fn the_nodes_own_frag_needed_to_its_pod_joins_the_pairs_mtu_row() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec {
+        name: unique("fnn"),
+        nodes: 3,
+        migrated: 1,
+        pods: 1,
+        ..LabSpec::default()
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    lab.inject(Fault::Mtu {
+        node: "control-plane".into(),
+        overlay: Overlay::Legacy,
+        mtu: 1300,
+    })
+    .unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let stream = traffic::tcp_stream(
+        &e("control-plane/app-1"),
+        &e("worker-2/app-1"),
+        Duration::from_secs(2),
+        1_000_000,
+    )
+    .unwrap();
+    assert!(stream.connected, "{stream:?}");
+    assert_eq!(
+        stream.bytes_received, stream.bytes_sent,
+        "PMTU discovery worked: {stream:?}"
+    );
+    // Two sampler ticks (500 ms): the agent's reading holds every message.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let row = mtu_row(&lab, &agents, ("control-plane", "worker-2", "legacy"));
+    assert_eq!(row["mtu"]["icmp_next_hop"], 1300, "{row}");
+    // No probe ran: the row is the traffic's messages, not loss.
+    assert_eq!(
+        (row["sent"].as_u64(), row["lost"].as_u64()),
+        (Some(0), Some(0)),
+        "{row}"
+    );
+    assert_eq!(row["mtu"]["probed"], 0, "{row}");
+
+    let body = metrics(&lab, &agents, "control-plane", 0);
+    // The new families as docs/metrics.md has them, labels included.
+    check_documented(&body);
+    let told = series(
+        "crossover_icmp_frag_needed_total",
+        "control-plane",
+        "worker-2",
+        "legacy",
+        "hop=\"node\"",
+    );
+    let messages: u64 = metric(&body, &told);
+    assert!(messages >= 1, "{body}");
+    assert_eq!(
+        row["mtu"]["icmp_frag_needed"].as_u64(),
+        Some(messages),
+        "{row}"
+    );
+    for (kind, value) in [("next_hop", 1300), ("fits", 1300)] {
+        let s = series(
+            "crossover_icmp_mtu_bytes",
+            "control-plane",
+            "worker-2",
+            "legacy",
+            &format!("hop=\"node\",kind=\"{kind}\""),
+        );
+        assert_eq!(metric::<u64>(&body, &s), value, "{body}");
+    }
+    // The only path told, on the only node.
+    let counted = |body: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("crossover_icmp_frag_needed_total{"))
+            .count()
+    };
+    assert_eq!(counted(&body), 1, "{body}");
+    for (j, node) in ["worker-1", "worker-2"].into_iter().enumerate() {
+        assert_eq!(counted(&metrics(&lab, &agents, node, j + 1)), 0, "{node}");
+    }
+    drop(agents);
+}
+
+/// A router with a smaller MTU on the path of a tunnel that sets DF. In a
+/// Calico VXLAN CrossSubnet lab the underlay namespace routes between the
+/// two subnets; its interface towards worker-1's subnet is lowered to
+/// 1400, and the control plane's `vxlan.calico` told to set DF on its
+/// tunnel packets (`df set`: Linux leaves DF clear by default, and a
+/// router then fragments instead). A pod's stream from the control plane
+/// to worker-1's pod (1450-byte segments, 1500 on the wire) is refused at
+/// the router, which sends the control plane ICMP fragmentation-needed,
+/// next hop 1400. crossover counts it on the control plane's underlay,
+/// hop `wire`, for worker-1 on the legacy overlay, and the size an
+/// overlay packet may be: 1350 (VXLAN's 50 bytes less).
+///
+/// The stream itself stalls: the node learns the tunnel's path MTU, but
+/// forwards its pods' packets by the device's MTU (Linux ignores learnt
+/// path MTUs when forwarding, `ip_forward_use_pmtu` 0), so they are
+/// refused on the node without a word to the pod. An MTU black hole whose
+/// only trace outside the node is the router's message counted here.
+#[test]
+fn a_routers_frag_needed_about_a_tunnel_packet_counts_on_the_wire_hop() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        name: unique("fnw"),
+        nodes: 4,
+        migrated: 0,
+        pods: 1,
+        legacy: LegacyCni::CalicoCrossSubnet,
+    })
+    .unwrap()
+    .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let worker_1_subnet = plan::underlay_subnet(LegacyCni::CalicoCrossSubnet, 1);
+    let bridge = plan::underlay_bridge(worker_1_subnet);
+    in_ns(
+        &lab.underlay_ns(),
+        &["ip", "link", "set", &bridge, "mtu", "1400"],
+    )
+    .unwrap();
+    let cp = lab.node_ns("control-plane");
+    in_ns(
+        &cp,
+        &[
+            "ip",
+            "link",
+            "set",
+            "vxlan.calico",
+            "type",
+            "vxlan",
+            "df",
+            "set",
+        ],
+    )
+    .unwrap();
+    let e = |id: &str| lab.endpoint(id).unwrap();
+    let stream = traffic::tcp_stream(
+        &e("control-plane/app-1"),
+        &e("worker-1/app-1"),
+        Duration::from_secs(2),
+        1_000_000,
+    )
+    .unwrap();
+    assert!(stream.connected, "{stream:?}");
+    assert!(
+        stream.bytes_received < stream.bytes_sent,
+        "a black hole: {stream:?}"
+    );
+
+    let row = mtu_row(&lab, &agents, ("control-plane", "worker-1", "legacy"));
+    assert_eq!(row["mtu"]["icmp_next_hop"], 1350, "{row}");
+    let body = metrics(&lab, &agents, "control-plane", 0);
+    let wire =
+        |family: &str, rest: &str| series(family, "control-plane", "worker-1", "legacy", rest);
+    let messages: u64 = metric(
+        &body,
+        &wire("crossover_icmp_frag_needed_total", "hop=\"wire\""),
+    );
+    assert!(messages >= 1, "{body}");
+    for (kind, value) in [("next_hop", 1400), ("fits", 1350)] {
+        let s = wire(
+            "crossover_icmp_mtu_bytes",
+            &format!("hop=\"wire\",kind=\"{kind}\""),
+        );
+        assert_eq!(metric::<u64>(&body, &s), value, "{body}");
+    }
+    // The pod was never told (see above): no `node` hop anywhere; no
+    // other node was refused anything.
+    assert!(!body.contains("hop=\"node\""), "{body}");
+    for (j, node) in ["worker-1", "worker-2", "worker-3"].into_iter().enumerate() {
+        let other = metrics(&lab, &agents, node, j + 1);
+        assert!(
+            !other.contains("crossover_icmp_frag_needed_total{"),
+            "{node}: {other}"
+        );
+    }
+    drop(agents);
+}
