@@ -21,6 +21,10 @@ use crossover_tests::{
     },
     require_root,
 };
+use observer::{
+    loss::LossRow,
+    migrate::gate::{self, Breach, GateScope, Thresholds},
+};
 use serde_json::Value;
 
 fn temp_dir(prefix: &str) -> PathBuf {
@@ -613,8 +617,9 @@ fn pair_name(r: &Value) -> String {
 /// that tunnel's packets over 1450 bytes, both ways, no ICMP) is named on
 /// that pair and overlay only, with the size probed (1450) and the size
 /// that fits (1400: 1450 on the wire less VXLAN's 50), in the rows'
-/// `mtu` and in the table's words; every other pair's large probes pass
-/// at 1450 with nothing that fits named. Then worker-1's Cilium overlay
+/// `mtu`, in the table's words and in the gate's halt message; every
+/// other pair's large probes pass at 1450 with nothing that fits named.
+/// Then worker-1's Cilium overlay
 /// device lowered to 1300 answers ICMP fragmentation needed: its rows
 /// carry the next-hop MTU and the count, and no black hole. Rules at a
 /// 10 s record window, for a short test. Needs root.
@@ -693,6 +698,34 @@ fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
             .any(|l| l.starts_with("mtu: MTU black hole on worker-")
                 && l.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
         "{table}"
+    );
+    // The gate reading Prometheus about worker-1 judges these rows: its
+    // halt message names the black hole the same way (a 10 s window of
+    // one large probe a second: 5 sent are enough to judge here).
+    let judged: Vec<LossRow> = named
+        .iter()
+        .map(|r| serde_json::from_value(r.clone()).unwrap())
+        .collect();
+    let thresholds = Thresholds {
+        min_sent: 5,
+        ..Thresholds::default()
+    };
+    let mut decision = gate::judge(
+        &thresholds,
+        GateScope::Node,
+        Some("worker-1"),
+        &judged,
+        Vec::new(),
+        Vec::new(),
+        String::new(),
+    );
+    Breach::explain(&mut decision.breaches, &[]);
+    let said: Vec<String> = decision.breaches.iter().map(Breach::to_string).collect();
+    assert!(
+        said.iter()
+            .any(|b| b.contains("; MTU black hole on worker-")
+                && b.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
+        "{said:#?}"
     );
     assert!(
         lab.drops(blackhole).unwrap() > 0,
