@@ -1112,21 +1112,6 @@ const WORKER_1_60S: [&str; 6] = [
     "500ms",
 ];
 
-/// A 3-node lab (worker-1 migrated) with an agent on every node, probes on.
-fn probed_lab(prefix: &str) -> (Lab, Agents) {
-    let lab = Lab::up(&LabSpec {
-        name: unique(prefix),
-        nodes: 3,
-        migrated: 1,
-        pods: 0,
-        ..LabSpec::default()
-    })
-    .unwrap()
-    .remove_on_drop();
-    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
-    (lab, agents)
-}
-
 /// The rows of signal mtu about every node of the 3-node lab, over 60 s,
 /// from a reading every agent answered (an agent a tick behind, on a
 /// busy machine, is asked again a moment later: a few times at most).
@@ -1180,7 +1165,7 @@ fn name(r: &serde_json::Value) -> String {
 #[test]
 fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() {
     require_root();
-    let (mut lab, agents) = probed_lab("mtu");
+    let (mut lab, agents) = Agents::probed_lab("mtu");
     let cp = lab.node_ns("control-plane");
     let mtu_rows = || mtu_rows(&agents, &cp);
     // Before the fault: every pair's large probes on both overlays pass
@@ -1314,7 +1299,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
 #[test]
 fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
     require_root();
-    let (mut lab, agents) = probed_lab("mtui");
+    let (mut lab, agents) = Agents::probed_lab("mtui");
     let cp = lab.node_ns("control-plane");
     let id = lab
         .inject(Fault::Mtu {

@@ -626,16 +626,7 @@ fn pair_name(r: &Value) -> String {
 #[test]
 fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
     require_root();
-    let mut lab = Lab::up(&LabSpec {
-        name: unique("pmtu"),
-        nodes: 3,
-        migrated: 1,
-        pods: 0,
-        ..LabSpec::default()
-    })
-    .unwrap()
-    .remove_on_drop();
-    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
+    let (mut lab, agents) = Agents::probed_lab("pmtu");
     let dir = temp_dir("prometheus-mtu");
     write_rules_file_at(&dir, "10s");
     let server = Server::on_lab(&lab, &dir).unwrap();
