@@ -13,6 +13,7 @@ use crossover_tests::{
     agents::{Agents, CROSSOVER},
     kubelab::within,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
+    mtu::{self, pair_name},
     netns::{Netns, http_get, unique},
     prometheus::{
         PROMETHEUS_PORT, Server, check_documented, dashboard_queries, dashboard_variable_metrics,
@@ -601,16 +602,6 @@ fn mtu_from_prometheus(lab: &Lab, server: &Server, format: &str) -> Option<Strin
     matches!(out.status.code(), Some(0 | 2)).then(|| String::from_utf8(out.stdout).unwrap())
 }
 
-/// "node -> peer overlay" of a row.
-fn pair_name(r: &Value) -> String {
-    format!(
-        "{} -> {} {}",
-        label(r, "node"),
-        label(r, "peer_node"),
-        label(r, "overlay")
-    )
-}
-
 /// What the large probes know of their path reaches a reading from
 /// Prometheus as it reaches a reading of the agents: an MTU black hole
 /// between worker-1 and worker-2 on the Cilium overlay (the wire drops
@@ -655,15 +646,8 @@ fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
         assert_eq!(r["lost"], 0, "large probes lost without a fault: {r}");
     }
 
-    let blackhole = lab
-        .inject(Fault::MtuBlackhole {
-            a: "worker-1".into(),
-            b: "worker-2".into(),
-            overlay: Overlay::Cilium,
-            mtu: 1450,
-        })
-        .unwrap();
-    let pair = ["worker-1 -> worker-2 cilium", "worker-2 -> worker-1 cilium"];
+    let blackhole = lab.inject(mtu::black_hole()).unwrap();
+    let pair = mtu::PAIR;
     let ((named, table), took) = within(Duration::from_secs(40), "the black hole named", || {
         let rows = rows(&lab)?;
         let found = rows
@@ -683,13 +667,7 @@ fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
             assert!(r["mtu"].get("fits").is_none(), "only the faulted pair: {r}");
         }
     }
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("mtu: MTU black hole on worker-")
-                && l.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
-        "{table}"
-    );
+    assert!(mtu::table_names_black_hole(&table), "{table}");
     // The gate reading Prometheus about worker-1 judges these rows: its
     // halt message names the black hole the same way (a 10 s window of
     // one large probe a second: 5 sent are enough to judge here).
