@@ -10,6 +10,7 @@ use crossover_tests::{
     agents::{Agents, CROSSOVER, PORT, assert_wire_drops, loss_row, metric},
     fleet::tcx_programs_in,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
+    mtu::{self, pair_name},
     netns::{http_get, unique},
     require_root,
 };
@@ -1106,21 +1107,6 @@ const WORKER_1_60S: [&str; 6] = [
     "500ms",
 ];
 
-/// A 3-node lab (worker-1 migrated) with an agent on every node, probes on.
-fn probed_lab(prefix: &str) -> (Lab, Agents) {
-    let lab = Lab::up(&LabSpec {
-        name: unique(prefix),
-        nodes: 3,
-        migrated: 1,
-        pods: 0,
-        ..LabSpec::default()
-    })
-    .unwrap()
-    .remove_on_drop();
-    let agents = Agents::start_with(&lab, &["--probe-rate", "1"]);
-    (lab, agents)
-}
-
 /// The rows of signal mtu about every node of the 3-node lab, over 60 s,
 /// from a reading every agent answered (an agent a tick behind, on a
 /// busy machine, is asked again a moment later: a few times at most).
@@ -1154,16 +1140,6 @@ fn mtu_rows(agents: &Agents, ns: &str) -> Vec<serde_json::Value> {
     panic!("no reading every agent answered, in five tries");
 }
 
-/// "node -> peer overlay" of a row.
-fn name(r: &serde_json::Value) -> String {
-    format!(
-        "{} -> {} {}",
-        r["node"].as_str().unwrap(),
-        r["peer_node"].as_str().unwrap(),
-        r["overlay"].as_str().unwrap()
-    )
-}
-
 /// An MTU black hole between worker-1 and worker-2 on the Cilium overlay
 /// (the wire drops that tunnel's packets over 1450 bytes, both ways, no
 /// ICMP): with probes on, the agents name it as an MTU problem within 5 s,
@@ -1174,7 +1150,7 @@ fn name(r: &serde_json::Value) -> String {
 #[test]
 fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() {
     require_root();
-    let (mut lab, agents) = probed_lab("mtu");
+    let (mut lab, agents) = Agents::probed_lab("mtu");
     let cp = lab.node_ns("control-plane");
     let mtu_rows = || mtu_rows(&agents, &cp);
     // Before the fault: every pair's large probes on both overlays pass
@@ -1186,7 +1162,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
         let answered: std::collections::BTreeSet<String> = rows
             .iter()
             .filter(|r| r["sent"].as_u64() > Some(0) && r["peer_node"] != "*" && r["node"] != "*")
-            .map(name)
+            .map(pair_name)
             .collect();
         for r in &rows {
             assert_eq!(r["lost"], 0, "large probes lost without a fault: {r}");
@@ -1205,20 +1181,13 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    let id = lab
-        .inject(Fault::MtuBlackhole {
-            a: "worker-1".into(),
-            b: "worker-2".into(),
-            overlay: Overlay::Cilium,
-            mtu: 1450,
-        })
-        .unwrap();
+    let id = lab.inject(mtu::black_hole()).unwrap();
     let injected = Instant::now();
-    let pair = ["worker-1 -> worker-2 cilium", "worker-2 -> worker-1 cilium"];
+    let pair = mtu::PAIR;
     let (rows, took) = loop {
         let rows = mtu_rows();
         let named = rows.iter().any(|r| {
-            pair.contains(&name(r).as_str())
+            pair.contains(&pair_name(r).as_str())
                 && r["lost"].as_u64() > Some(0)
                 && r["mtu"]["fits"].is_u64()
         });
@@ -1239,7 +1208,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
             if r["peer_node"] == "*" || r["node"] == "*" {
                 continue;
             }
-            if !pair.contains(&name(r).as_str()) {
+            if !pair.contains(&pair_name(r).as_str()) {
                 assert_eq!(r["lost"], 0, "only the faulted pair and overlay: {r}");
                 assert!(r["mtu"].get("fits").is_none(), "{r}");
             } else if r["mtu"]["fits"].is_u64() {
@@ -1258,7 +1227,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
         check(&rows);
         let found = rows
             .iter()
-            .filter(|r| pair.contains(&name(r).as_str()) && r["mtu"]["fits"] == 1400)
+            .filter(|r| pair.contains(&pair_name(r).as_str()) && r["mtu"]["fits"] == 1400)
             .count();
         if found == 2 {
             break;
@@ -1270,13 +1239,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
 
     // The table names it the way an SRE reads it.
     let table = agents.loss(&cp, &WORKER_1_60S);
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("mtu: MTU black hole on worker-")
-                && l.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
-        "{table}"
-    );
+    assert!(mtu::table_names_black_hole(&table), "{table}");
     // /metrics: the size probed and the size that fits.
     let (_, metrics) = http_get(&cp, &format!("{}/metrics", agents.urls[1]));
     let series = "crossover_path_mtu_bytes{node=\"worker-1\",peer_node=\"worker-2\",\
@@ -1308,7 +1271,7 @@ fn an_mtu_black_hole_is_named_on_its_pair_and_overlay_with_the_size_that_fits() 
 #[test]
 fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
     require_root();
-    let (mut lab, agents) = probed_lab("mtui");
+    let (mut lab, agents) = Agents::probed_lab("mtui");
     let cp = lab.node_ns("control-plane");
     let id = lab
         .inject(Fault::Mtu {
@@ -1321,7 +1284,7 @@ fn a_lowered_overlay_mtu_answers_icmp_and_is_no_black_hole() {
     let rows = loop {
         let rows = mtu_rows(&agents, &cp);
         let told = rows.iter().any(|r| {
-            name(r) == "worker-1 -> worker-2 cilium"
+            pair_name(r) == "worker-1 -> worker-2 cilium"
                 && r["mtu"]["icmp_frag_needed"].as_u64() > Some(0)
                 && r["mtu"]["probed"] == 1300
                 && r["sent"].as_u64() > Some(0)

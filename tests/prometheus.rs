@@ -13,6 +13,7 @@ use crossover_tests::{
     agents::{Agents, CROSSOVER},
     kubelab::within,
     lab::{Fault, Lab, LabSpec, Overlay, traffic},
+    mtu::{self, pair_name},
     netns::{Netns, http_get, unique},
     prometheus::{
         PROMETHEUS_PORT, Server, check_documented, dashboard_queries, dashboard_variable_metrics,
@@ -20,6 +21,10 @@ use crossover_tests::{
         write_rules_file, write_rules_file_at,
     },
     require_root,
+};
+use observer::{
+    loss::LossRow,
+    migrate::gate::{self, Breach, GateScope, Thresholds},
 };
 use serde_json::Value;
 
@@ -578,6 +583,146 @@ fn a_blind_underlay_is_left_out_of_a_prometheus_reading() {
             "a pair of the blind node: {row}"
         );
     }
+    drop(server);
+    drop(agents);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `crossover loss --prometheus` about worker-1, signal mtu, over the
+/// rules' 10 s records: its JSON, once it parses.
+fn mtu_from_prometheus(lab: &Lab, server: &Server, format: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.underlay_ns(), CROSSOVER, "loss"])
+        .args(["--prometheus", server.url()])
+        .args(["--window", "10s", "--node", "worker-1", "--signal", "mtu"])
+        .args(["--format", format])
+        .output()
+        .unwrap();
+    // 2: printed with a part missing (a series younger than two windows).
+    matches!(out.status.code(), Some(0 | 2)).then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+/// What the large probes know of their path reaches a reading from
+/// Prometheus as it reaches a reading of the agents: an MTU black hole
+/// between worker-1 and worker-2 on the Cilium overlay (the wire drops
+/// that tunnel's packets over 1450 bytes, both ways, no ICMP) is named on
+/// that pair and overlay only, with the size probed (1450) and the size
+/// that fits (1400: 1450 on the wire less VXLAN's 50), in the rows'
+/// `mtu`, in the table's words and in the gate's halt message; every
+/// other pair's large probes pass at 1450 with nothing that fits named.
+/// Then worker-1's Cilium overlay
+/// device lowered to 1300 answers ICMP fragmentation needed: its rows
+/// carry the next-hop MTU and the count, and no black hole. Rules at a
+/// 10 s record window, for a short test. Needs root.
+#[test]
+fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
+    require_root();
+    let (mut lab, agents) = Agents::probed_lab("pmtu");
+    let dir = temp_dir("prometheus-mtu");
+    write_rules_file_at(&dir, "10s");
+    let server = Server::on_lab(&lab, &dir).unwrap();
+    let rows = |lab: &Lab| -> Option<Vec<Value>> {
+        let reading: Value = serde_json::from_str(&mtu_from_prometheus(lab, &server, "json")?)
+            .unwrap_or_else(|e| panic!("{e}"));
+        reading["rows"].as_array().cloned()
+    };
+    // worker-1's pairs, both ways, both overlays.
+    let about_worker_1 = |rows: &[Value]| -> BTreeSet<String> {
+        rows.iter()
+            .filter(|r| r["node"] == "worker-1" || r["peer_node"] == "worker-1")
+            .filter(|r| r["mtu"]["probed"].as_u64().is_some())
+            .map(pair_name)
+            .collect()
+    };
+    // Before the fault: every pair about worker-1 probes at 1450 and
+    // names nothing that fits.
+    let (before, _) = within(Duration::from_secs(40), "worker-1's large probes", || {
+        let rows = rows(&lab)?;
+        (about_worker_1(&rows).len() == 8).then_some(rows)
+    });
+    for r in &before {
+        assert_eq!(r["mtu"]["probed"], 1450, "{r}");
+        assert!(r["mtu"].get("fits").is_none(), "{r}");
+        assert_eq!(r["lost"], 0, "large probes lost without a fault: {r}");
+    }
+
+    let blackhole = lab.inject(mtu::black_hole()).unwrap();
+    let pair = mtu::PAIR;
+    let ((named, table), took) = within(Duration::from_secs(40), "the black hole named", || {
+        let rows = rows(&lab)?;
+        let found = rows
+            .iter()
+            .filter(|r| pair.contains(&pair_name(r).as_str()) && r["mtu"]["fits"] == 1400)
+            .count();
+        let table = mtu_from_prometheus(&lab, &server, "table")?;
+        (found == 2 && table.contains("MTU black hole")).then_some((rows, table))
+    });
+    eprintln!("named from Prometheus after {took:?}");
+    for r in &named {
+        assert_eq!(r["mtu"]["probed"], 1450, "{r}");
+        if pair.contains(&pair_name(r).as_str()) {
+            assert_eq!(r["mtu"]["fits"], 1400, "{r}");
+            assert!(r["lost"].as_u64() > Some(0), "{r}");
+        } else {
+            assert!(r["mtu"].get("fits").is_none(), "only the faulted pair: {r}");
+        }
+    }
+    assert!(mtu::table_names_black_hole(&table), "{table}");
+    // The gate reading Prometheus about worker-1 judges these rows: its
+    // halt message names the black hole the same way (a 10 s window of
+    // one large probe a second: 5 sent are enough to judge here).
+    let judged: Vec<LossRow> = named
+        .iter()
+        .map(|r| serde_json::from_value(r.clone()).unwrap())
+        .collect();
+    let thresholds = Thresholds {
+        min_sent: 5,
+        ..Thresholds::default()
+    };
+    let mut decision = gate::judge(
+        &thresholds,
+        GateScope::Node,
+        Some("worker-1"),
+        &judged,
+        Vec::new(),
+        Vec::new(),
+        String::new(),
+    );
+    Breach::explain(&mut decision.breaches, &[]);
+    let said: Vec<String> = decision.breaches.iter().map(Breach::to_string).collect();
+    assert!(
+        said.iter()
+            .any(|b| b.contains("; MTU black hole on worker-")
+                && b.contains(", cilium overlay: 1450-byte packets lost, 1400 pass")),
+        "{said:#?}"
+    );
+    assert!(
+        lab.drops(blackhole).unwrap() > 0,
+        "the wire dropped large packets"
+    );
+    lab.clear(blackhole).unwrap();
+
+    let lowered = lab
+        .inject(Fault::Mtu {
+            node: "worker-1".into(),
+            overlay: Overlay::Cilium,
+            mtu: 1300,
+        })
+        .unwrap();
+    let (told, _) = within(Duration::from_secs(40), "ICMP fragmentation needed", || {
+        let rows = rows(&lab)?;
+        let told = rows.iter().find(|r| {
+            pair_name(r) == "worker-1 -> worker-2 cilium"
+                && r["mtu"]["icmp_frag_needed"].as_u64() > Some(0)
+                && r["mtu"]["probed"] == 1300
+                && r["mtu"].get("fits").is_none()
+        })?;
+        Some(told.clone())
+    });
+    assert_eq!(told["mtu"]["icmp_next_hop"], 1300, "{told}");
+    let table = mtu_from_prometheus(&lab, &server, "table").unwrap();
+    assert!(!table.contains("MTU black hole"), "{table}");
+    lab.clear(lowered).unwrap();
     drop(server);
     drop(agents);
     std::fs::remove_dir_all(&dir).unwrap();

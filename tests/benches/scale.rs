@@ -6,8 +6,11 @@
 //! `cargo xtask bench scale` (root); `SCALE_SECONDS` sets the window
 //! (default 30 s), `SCALE_SETTLE` the settle (default 10 s), `SCALE_RATE`
 //! the steady packet rate (default 20000/s), `SCALE_BINARY` another
-//! build of crossover to measure, `SCALE_CASES` which cases to run (names
-//! or parts of names, comma-separated, e.g. `SCALE_CASES=probes`).
+//! build of crossover to measure, `SCALE_BASELINE` builds to measure
+//! beside it in the same run (paths separated by `:`, each named by its
+//! directory; every case runs with each baseline in turn, then with the
+//! build measured, one column each), `SCALE_CASES` which cases to run
+//! (names or parts of names, comma-separated, e.g. `SCALE_CASES=probes`).
 //! `SCALE_CASES=auth` runs only the token checks' cost: reviews the API
 //! server answers per reading, with the agent's cache and without.
 //!
@@ -52,131 +55,158 @@ fn main() {
     let settings = Settings::from_env();
     preflight();
     let binary = binary();
-    let help = String::from_utf8_lossy(
-        &Command::new(&binary)
-            .args(["agent", "--help"])
-            .output()
-            .unwrap_or_else(|e| panic!("running {} agent --help: {e}", binary.display()))
-            .stdout,
-    )
-    .into_owned();
-    let read_peers = help.contains("--read-peers");
-    let mesh = help.contains("--probe-budget");
+    // The baselines first, so the build measured runs last in each case.
+    let builds: Vec<Build> = baselines()
+        .into_iter()
+        .map(|path| {
+            let tag = path
+                .parent()
+                .and_then(Path::file_name)
+                .map_or("baseline".into(), |d| d.to_string_lossy().into_owned());
+            Build::of(path, tag)
+        })
+        .chain([Build::of(binary.clone(), String::new())])
+        .collect();
 
     println!(
-        "crossover agent footprint: {} s window after {} s settle, {} cores, binary {}",
+        "crossover agent footprint: {} s window after {} s settle, {} cores, binary {}{}",
         settings.seconds.as_secs(),
         settings.settle.as_secs(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        binary.display()
+        binary.display(),
+        builds
+            .iter()
+            .filter(|b| !b.tag.is_empty())
+            .map(|b| format!(", baseline {} (SCALE_BASELINE)", b.path.display()))
+            .collect::<String>()
     );
     let traffic = Traffic::Steady {
         rate: settings.rate,
     };
-    let cases = [
-        Case {
-            name: "idle, 2 nodes",
-            title: "idle, 2-node shape, default flags",
-            nodes: 2,
-            flags: vec![],
-            traffic: Traffic::None,
-            spread: 1,
-            probes: false,
-            dumps: 0,
-            skip: None,
-        },
-        Case {
-            name: "100k flows, 2 nodes",
-            title: "100k flows, 2-node shape, default flags",
-            nodes: 2,
-            flags: vec![],
-            traffic,
-            spread: 1,
-            probes: false,
-            dumps: 0,
-            skip: None,
-        },
-        Case {
-            name: "100k flows, 1000 peers",
-            title: "100k flows, 1000-peer shape, --probe-rate 0",
-            nodes: 1000,
-            flags: vec!["--probe-rate", "0"],
-            traffic,
-            spread: 1,
-            probes: false,
-            dumps: 0,
-            skip: None,
-        },
-        Case {
-            name: "+ --read-peers false",
-            title: "100k flows, 1000-peer shape, --probe-rate 0 --read-peers false",
-            nodes: 1000,
-            flags: vec!["--probe-rate", "0", "--read-peers", "false"],
-            traffic,
-            spread: 1,
-            probes: false,
-            dumps: 0,
-            skip: (!read_peers)
-                .then_some("skipped: this binary's `agent --help` has no --read-peers"),
-        },
-        Case {
-            name: "100k flows to 5000 peers",
-            title: "100k flows spread over every peer of a 5000-node shape, --probe-rate 0",
-            nodes: 5000,
-            flags: vec!["--probe-rate", "0"],
-            traffic,
-            spread: 4999,
-            probes: false,
-            dumps: 0,
-            skip: None,
-        },
-        Case {
-            name: "probes, 1000 peers",
-            title: if mesh {
-                "probes, 1000-peer shape with overlay addresses, node-1 under migration, default flags"
-            } else {
-                "probes, 1000-peer shape with overlay addresses, default flags (no probe mesh)"
+    let cases = |build: &Build| {
+        let (mesh, read_peers) = (build.mesh, build.read_peers);
+        [
+            Case {
+                name: "idle, 2 nodes",
+                title: "idle, 2-node shape, default flags",
+                nodes: 2,
+                flags: vec![],
+                traffic: Traffic::None,
+                spread: 1,
+                probes: false,
+                dumps: 0,
+                skip: None,
             },
-            nodes: 1000,
-            flags: vec![],
-            traffic: Traffic::None,
-            spread: 1,
-            probes: true,
-            dumps: 0,
-            skip: None,
-        },
-        Case {
-            name: "24 flow dumps",
-            title: "100k flows, 2-node shape, then 24 clients dumping /api/v1/flows at once",
-            nodes: 2,
-            flags: vec![],
-            traffic,
-            spread: 1,
-            probes: false,
-            dumps: 24,
-            skip: None,
-        },
-    ];
+            Case {
+                name: "100k flows, 2 nodes",
+                title: "100k flows, 2-node shape, default flags",
+                nodes: 2,
+                flags: vec![],
+                traffic,
+                spread: 1,
+                probes: false,
+                dumps: 0,
+                skip: None,
+            },
+            Case {
+                name: "100k flows, 1000 peers",
+                title: "100k flows, 1000-peer shape, --probe-rate 0",
+                nodes: 1000,
+                flags: vec!["--probe-rate", "0"],
+                traffic,
+                spread: 1,
+                probes: false,
+                dumps: 0,
+                skip: None,
+            },
+            Case {
+                name: "+ --read-peers false",
+                title: "100k flows, 1000-peer shape, --probe-rate 0 --read-peers false",
+                nodes: 1000,
+                flags: vec!["--probe-rate", "0", "--read-peers", "false"],
+                traffic,
+                spread: 1,
+                probes: false,
+                dumps: 0,
+                skip: (!read_peers)
+                    .then_some("skipped: this binary's `agent --help` has no --read-peers"),
+            },
+            Case {
+                name: "100k flows to 5000 peers",
+                title: "100k flows spread over every peer of a 5000-node shape, --probe-rate 0",
+                nodes: 5000,
+                flags: vec!["--probe-rate", "0"],
+                traffic,
+                spread: 4999,
+                probes: false,
+                dumps: 0,
+                skip: None,
+            },
+            Case {
+                name: "probes, 1000 peers",
+                title: if mesh {
+                    "probes, 1000-peer shape with overlay addresses, node-1 under migration, default flags"
+                } else {
+                    "probes, 1000-peer shape with overlay addresses, default flags (no probe mesh)"
+                },
+                nodes: 1000,
+                flags: vec![],
+                traffic: Traffic::None,
+                spread: 1,
+                probes: true,
+                dumps: 0,
+                skip: None,
+            },
+            Case {
+                name: "24 flow dumps",
+                title: "100k flows, 2-node shape, then 24 clients dumping /api/v1/flows at once",
+                nodes: 2,
+                flags: vec![],
+                traffic,
+                spread: 1,
+                probes: false,
+                dumps: 24,
+                skip: None,
+            },
+        ]
+    };
     let wanted: Vec<String> = std::env::var("SCALE_CASES")
         .map(|v| v.split(',').map(|c| c.trim().to_string()).collect())
         .unwrap_or_default();
-    let mut results = Vec::new();
-    for case in &cases {
-        if !wanted.is_empty() && !wanted.iter().any(|w| case.name.contains(w.as_str())) {
-            results.push(None);
-            continue;
-        }
-        println!("\n== {}", case.title);
-        let result = match case.skip {
-            Some(why) => {
-                println!("   {why}");
-                None
+    let mut columns: Vec<(String, Option<Outcome>)> = Vec::new();
+    let per_build: Vec<_> = builds.iter().map(|b| (b, cases(b))).collect();
+    for i in 0..per_build[0].1.len() {
+        for (build, cases) in &per_build {
+            let case = &cases[i];
+            let column = match build.tag.as_str() {
+                "" => case.name.to_string(),
+                tag => format!("{} ({tag})", case.name),
+            };
+            if !wanted.is_empty() && !wanted.iter().any(|w| case.name.contains(w.as_str())) {
+                if builds.len() == 1 {
+                    columns.push((column, None));
+                }
+                continue;
             }
-            None => Some(run_case(case, &binary, &settings, mesh)),
-        };
-        results.push(result);
+            println!(
+                "\n== {}{}",
+                case.title,
+                match build.tag.as_str() {
+                    "" => String::new(),
+                    tag => format!(" [{tag}: {}]", build.path.display()),
+                }
+            );
+            let result = match case.skip {
+                Some(why) => {
+                    println!("   {why}");
+                    None
+                }
+                None => Some(run_case(case, &build.path, &settings, build.mesh)),
+            };
+            columns.push((column, result));
+        }
     }
-    print_table(&cases, &results);
+    print_table(&columns);
     let loss_help = Command::new(&binary)
         .args(["loss", "--help"])
         .output()
@@ -396,6 +426,51 @@ fn binary() -> PathBuf {
                 path.display()
             );
             std::process::exit(1);
+        }
+    }
+}
+
+/// `SCALE_BASELINE`: builds to measure beside this one, case by case.
+fn baselines() -> Vec<PathBuf> {
+    let Some(paths) = std::env::var_os("SCALE_BASELINE") else {
+        return Vec::new();
+    };
+    std::env::split_paths(&paths)
+        .map(|path| match path.canonicalize() {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("SCALE_BASELINE: {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        })
+        .collect()
+}
+
+/// A build measured, and what its `agent --help` says it knows.
+struct Build {
+    path: PathBuf,
+    /// A baseline's name (its directory's), or empty for the build
+    /// measured.
+    tag: String,
+    read_peers: bool,
+    mesh: bool,
+}
+
+impl Build {
+    fn of(path: PathBuf, tag: String) -> Build {
+        let help = String::from_utf8_lossy(
+            &Command::new(&path)
+                .args(["agent", "--help"])
+                .output()
+                .unwrap_or_else(|e| panic!("running {} agent --help: {e}", path.display()))
+                .stdout,
+        )
+        .into_owned();
+        Build {
+            read_peers: help.contains("--read-peers"),
+            mesh: help.contains("--probe-budget"),
+            path,
+            tag,
         }
     }
 }
@@ -690,7 +765,7 @@ fn run_case(case: &Case, binary: &Path, settings: &Settings, mesh: bool) -> Outc
         .filter(|(tid, (_, t))| before.threads.get(tid).map_or(0, |(_, b)| *b) < *t)
         .count();
     println!(
-        "   agent CPU {:.1}% of one core over {wall:.1} s: {live:.1}% in the {} threads alive \
+        "   agent CPU {:.2}% of one core over {wall:.1} s: {live:.2}% in the {} threads alive \
          at the end ({threads_used} of them ran), {:.1}% in threads that ended during the window",
         outcome.cpu_percent,
         after.threads.len(),
@@ -762,7 +837,7 @@ fn metric_sum(text: &str, family: &str, keep: impl Fn(&str) -> bool) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn print_table(cases: &[Case], results: &[Option<Outcome>]) {
+fn print_table(columns: &[(String, Option<Outcome>)]) {
     let cell = |r: &Option<Outcome>, f: &dyn Fn(&Outcome) -> String| match r {
         Some(o) => f(o),
         None => "skipped".into(),
@@ -772,7 +847,7 @@ fn print_table(cases: &[Case], results: &[Option<Outcome>]) {
     let rows: Vec<Row> = vec![
         (
             "agent CPU, % of one core",
-            Box::new(|o| format!("{:.1}", o.cpu_percent)),
+            Box::new(|o| format!("{:.2}", o.cpu_percent)),
         ),
         (
             "VmHWM, MiB",
@@ -857,13 +932,13 @@ fn print_table(cases: &[Case], results: &[Option<Outcome>]) {
     ];
     let mut table: Vec<Vec<String>> = vec![
         std::iter::once("figure".to_string())
-            .chain(cases.iter().map(|c| c.name.to_string()))
+            .chain(columns.iter().map(|(name, _)| name.clone()))
             .collect(),
     ];
     for (label, f) in &rows {
         table.push(
             std::iter::once(label.to_string())
-                .chain(results.iter().map(|r| cell(r, f.as_ref())))
+                .chain(columns.iter().map(|(_, r)| cell(r, f.as_ref())))
                 .collect(),
         );
     }

@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{lab::Lab, netns::http_get};
+use crate::{
+    lab::{Lab, LabSpec},
+    netns::{http_get, unique},
+};
 
 pub const CROSSOVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/crossover");
 pub const PORT: u16 = 9190;
@@ -21,6 +24,22 @@ pub struct Agents {
 }
 
 impl Agents {
+    /// A 3-node lab (worker-1 migrated, no pods) with an agent on every
+    /// node, probes on at one a second: the large probes' labs.
+    pub fn probed_lab(prefix: &str) -> (Lab, Agents) {
+        let lab = Lab::up(&LabSpec {
+            name: unique(prefix),
+            nodes: 3,
+            migrated: 1,
+            pods: 0,
+            ..LabSpec::default()
+        })
+        .unwrap()
+        .remove_on_drop();
+        let agents = Self::start_with(&lab, &["--probe-rate", "1"]);
+        (lab, agents)
+    }
+
     /// One agent per node, inside the node's namespace (host network, as
     /// the DaemonSet runs), configured from the lab's shape file.
     pub fn start(lab: &Lab) -> Agents {

@@ -12,6 +12,7 @@ pub mod harness;
 pub mod kubelab;
 pub mod lab;
 pub mod migration;
+pub mod mtu;
 pub mod netns;
 pub mod packet;
 pub mod pins;

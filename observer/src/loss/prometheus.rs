@@ -21,6 +21,12 @@
 //! simultaneous: docs/metrics.md, "What the rules cannot see"), over whole
 //! record windows: the window asked is rounded up to them (at most
 //! [`MAX_TERMS`]).
+//!
+//! Rows of signal mtu carry their path's MTU as the agents' rows do
+//! ([`PathMtu`]: the size probed, the size that fits, ICMP fragmentation
+//! needed), from the records [`PATH_MTU`] and [`FRAG_NEEDED`] at the
+//! reading's end, so a reading from Prometheus names an MTU black hole as
+//! a reading of the agents does.
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, SystemTime},
@@ -35,6 +41,7 @@ use super::{
     client::Client,
     cluster::{ClusterReading, FailedAgent, ReadOptions},
     dropped::DropRow,
+    mtu::PathMtu,
     ring::unix_ms,
 };
 use crate::{Error, Result};
@@ -44,6 +51,12 @@ use crate::{Error, Result};
 /// each evaluation.
 pub const SENT: &str = "crossover:signal_sent:increase";
 pub const LOST: &str = "crossover:signal_lost:increase";
+/// What the large probes know of their path, per row of signal mtu (the
+/// agents' `crossover_path_mtu_bytes`, by `kind`), and the ICMP
+/// fragmentation needed that answered them: their values at the reading's
+/// end, as the agents' rows carry them.
+pub const PATH_MTU: &str = "crossover:path_mtu_bytes";
+pub const FRAG_NEEDED: &str = "crossover:probe_icmp_frag_needed";
 /// The scrape job the shipped ServiceMonitor makes (the alerts' too).
 pub const JOB: &str = "crossover-agent";
 /// The labels of a row.
@@ -202,16 +215,20 @@ pub async fn records(client: &Client, url: &str, now: SystemTime) -> Result<Reco
         )));
     };
     let (sent, lost) = (format!("{SENT}{suffix}"), format!("{LOST}{suffix}"));
-    if !group.rules.iter().any(|r| r.name == lost) {
+    let summed = [lost.as_str(), PATH_MTU, FRAG_NEEDED];
+    if let Some(missing) = summed
+        .iter()
+        .find(|name| !group.rules.iter().any(|r| r.name == **name))
+    {
         return Err(fail(format!(
-            "group {} records {sent} but not {lost}: load the whole of crossover's rules",
+            "group {} records {sent} but not {missing}: load the whole of crossover's rules",
             group.name
         )));
     }
     for rule in group
         .rules
         .iter()
-        .filter(|r| r.name == sent || r.name == lost)
+        .filter(|r| r.name == sent || summed.contains(&r.name.as_str()))
     {
         if rule.health != "ok" {
             return Err(fail(format!(
@@ -325,6 +342,42 @@ async fn sent_and_lost(
     Ok(figures)
 }
 
+/// The `kind` the ICMP count takes beside [`PATH_MTU`]'s in one query.
+const FRAG_KIND: &str = "icmp_frag_needed";
+
+/// A path MTU's row: node, peer node (both [`CLUSTER`] in a total),
+/// overlay, network answering (the large probes leave from the host).
+type PathKey = (String, String, Overlay, Net);
+
+/// The path MTUs of [`PATH_MTU`] and [`FRAG_NEEDED`]'s samples, by row.
+fn path_mtus(samples: &[Sample]) -> BTreeMap<PathKey, PathMtu> {
+    let mut paths: BTreeMap<PathKey, PathMtu> = BTreeMap::new();
+    for s in samples {
+        let get = |name: &str| s.metric.get(name).map(String::as_str);
+        let (Some(overlay), Some(dst_net), Some(kind), Ok(value)) = (
+            get("overlay").and_then(Overlay::from_label),
+            get("dst_net").and_then(Net::from_label),
+            get("kind"),
+            s.value.1.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        let end = |name| get(name).unwrap_or(CLUSTER).to_owned();
+        let path = paths
+            .entry((end("node"), end("peer_node"), overlay, dst_net))
+            .or_default();
+        let size = value.clamp(0.0, f64::from(u32::MAX)) as u32;
+        match kind {
+            "probed" => path.probed = size,
+            "fits" => path.fits = Some(size),
+            "icmp_next_hop" => path.icmp_next_hop = Some(size),
+            FRAG_KIND => path.icmp_frag_needed = value.max(0.0).round() as u64,
+            _ => {}
+        }
+    }
+    paths
+}
+
 /// A row from a sample's labels; `None` when one is not crossover's.
 fn row(labels: &[(String, String)], (sent, lost): (f64, f64), seconds: f64) -> Option<LossRow> {
     let get = |name: &str| {
@@ -348,7 +401,7 @@ fn row(labels: &[(String, String)], (sent, lost): (f64, f64), seconds: f64) -> O
         lost,
         refused: 0,
         seconds,
-        // The recording rules keep counts; the path MTU is the agents'.
+        // The rows of signal mtu get theirs from [`PATH_MTU`].
         mtu: None,
     })
 }
@@ -583,6 +636,50 @@ pub async fn read_records(
     found.dedup_by(|a, b| a.key() == b.key());
     reading.rows = found;
 
+    // The path MTU of the rows of signal mtu, selected as the rows were,
+    // and of the totals (the least sizes, every ICMP summed, as a sum of
+    // the agents' rows merges them).
+    let mtu_rows = reading
+        .rows
+        .iter()
+        .chain(&reading.totals)
+        .any(|r| r.signal == Signal::Mtu);
+    if mtu_rows {
+        // Without the blind underlays' pairs, as every figure here.
+        let kept = |expr: String| match &exclude {
+            Some(unless) => format!("({expr}{unless})"),
+            None => format!("({expr})"),
+        };
+        let gauges = |selector: &str| kept(format!("{PATH_MTU}{selector}"));
+        let icmp = |selector: &str| {
+            kept(format!(
+                "label_replace({FRAG_NEEDED}{selector}, \"kind\", \"{FRAG_KIND}\", \"\", \"\")"
+            ))
+        };
+        let path = |selector: &str| format!("({} or {})", gauges(selector), icmp(selector));
+        let by = "by (overlay, src_net, dst_net, signal, kind)";
+        let mut expr = format!(
+            "min {by} {} or sum {by} {} or {} and on ({ROW}) {worst}",
+            gauges(""),
+            icmp(""),
+            path("")
+        );
+        if !options.focus.is_empty() {
+            let nodes = any_of(&options.focus);
+            for label in ["node", "peer_node"] {
+                expr += &format!(" or {}", path(&format!("{{{label}=~\"{nodes}\"}}")));
+            }
+        }
+        requests += 1;
+        let paths = path_mtus(&query(client, url, &expr, to).await?);
+        for r in reading.rows.iter_mut().chain(&mut reading.totals) {
+            if r.signal == Signal::Mtu {
+                let key = (r.node.clone(), r.peer_node.clone(), r.overlay, r.dst_net);
+                r.mtu = paths.get(&key).copied();
+            }
+        }
+    }
+
     // The kernel's drops over the window: the focus nodes' (both ends),
     // then the largest.
     requests += 1;
@@ -656,6 +753,79 @@ pub async fn read_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(labels: &[(&str, &str)], value: &str) -> Sample {
+        Sample {
+            metric: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value: (0.0, value.into()),
+        }
+    }
+
+    #[test]
+    fn path_mtus_come_from_their_kinds_by_row_and_total() {
+        let row = |kind| {
+            [
+                ("node", "a"),
+                ("peer_node", "b"),
+                ("overlay", "cilium"),
+                ("src_net", "host"),
+                ("dst_net", "host"),
+                ("signal", "mtu"),
+                ("kind", kind),
+            ]
+        };
+        let total = |kind| {
+            [
+                ("overlay", "cilium"),
+                ("src_net", "host"),
+                ("dst_net", "host"),
+                ("signal", "mtu"),
+                ("kind", kind),
+            ]
+        };
+        let samples = [
+            sample(&row("probed"), "1450"),
+            sample(&row("fits"), "1400"),
+            sample(&row(FRAG_KIND), "0"),
+            sample(&total("probed"), "1300"),
+            sample(&total("icmp_next_hop"), "1300"),
+            sample(&total(FRAG_KIND), "3"),
+            // Not crossover's: left out.
+            sample(&total("probed")[1..], "1"),
+            sample(
+                &[
+                    ("overlay", "vxlan"),
+                    ("dst_net", "host"),
+                    ("kind", "probed"),
+                ],
+                "1",
+            ),
+        ];
+        let paths = path_mtus(&samples);
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        let key = |node: &str, peer: &str| (node.into(), peer.into(), Overlay::Cilium, Net::Host);
+        assert_eq!(
+            paths[&key("a", "b")],
+            PathMtu {
+                probed: 1450,
+                fits: Some(1400),
+                icmp_next_hop: None,
+                icmp_frag_needed: 0,
+            }
+        );
+        assert_eq!(
+            paths[&key(CLUSTER, CLUSTER)],
+            PathMtu {
+                probed: 1300,
+                fits: None,
+                icmp_next_hop: Some(1300),
+                icmp_frag_needed: 3,
+            }
+        );
+    }
 
     #[test]
     fn rows_come_from_labels_and_rounded_figures() {

@@ -99,15 +99,20 @@ pub fn write(out: &mut String, node: &str, report: &Report) {
         "crossover_path_mtu_bytes",
         "gauge",
         "Large probes (signal mtu): the IPv4 packet size they are sent at (kind probed: the \
-         route's MTU, DF set) and, while that size is lost and small probes pass (an MTU black \
-         hole), the largest size the ladder saw pass (kind fits).",
+         route's MTU, DF set); while that size is lost and small probes pass (an MTU black \
+         hole), the largest size the ladder saw pass (kind fits); the next-hop MTU of the last \
+         ICMP fragmentation-needed that answered one (kind icmp_next_hop).",
     );
     for t in report.totals {
         let Some(mtu) = t.mtu.filter(|m| m.probed > 0) else {
             continue;
         };
         let labels = series(t);
-        for (kind, value) in [("probed", Some(mtu.probed)), ("fits", mtu.fits)] {
+        for (kind, value) in [
+            ("probed", Some(mtu.probed)),
+            ("fits", mtu.fits),
+            ("icmp_next_hop", mtu.icmp_next_hop),
+        ] {
             if let Some(v) = value {
                 let mut l = refs(&labels);
                 l.push(("kind", kind));
@@ -269,7 +274,7 @@ mod tests {
             mtu: (signal == Probe::Mtu).then_some(crate::probe::PathMtu {
                 probed: 1450,
                 fits: Some(1400),
-                icmp_next_hop: None,
+                icmp_next_hop: Some(1300),
                 icmp_frag_needed: 2,
             }),
         }
@@ -301,6 +306,7 @@ mod tests {
             format!("crossover_probes_sent_total{{{mtu}}} 10"),
             format!("crossover_path_mtu_bytes{{{mtu},kind=\"probed\"}} 1450"),
             format!("crossover_path_mtu_bytes{{{mtu},kind=\"fits\"}} 1400"),
+            format!("crossover_path_mtu_bytes{{{mtu},kind=\"icmp_next_hop\"}} 1300"),
             format!("crossover_probe_icmp_frag_needed_total{{{mtu}}} 2"),
             "crossover_probe_mtu_ladder_packets_total{node=\"n1\"} 24".into(),
             format!("crossover_probes_sent_total{{{udp}}} 10"),

@@ -18,8 +18,8 @@
 //! no TIME_WAIT behind on either side.
 //!
 //! Large probes ([`Probe::Mtu`]) are UDP echoes as large as the route to
-//! the target allows (its MTU, learnt exceptions included, read from a
-//! connected socket and kept [`ROUTE_MTU_TTL`]), DF set and sent whatever
+//! the target allows (its MTU, learnt exceptions included, read through
+//! one connected socket and kept [`ROUTE_MTU_TTL`], [`route`]), DF set and sent whatever
 //! the kernel's path MTU cache says (`IP_PMTUDISC_PROBE`), so a hop that
 //! drops them silently loses them. An ICMP "fragmentation needed" in
 //! answer is PMTU discovery working: counted on the series with its
@@ -27,24 +27,30 @@
 //! the route's new MTU. Lost while the target's small echo was answered
 //! within [`SMALL_FRESH`], a large probe starts the MTU [`ladder`].
 //!
+//! The engine is one task: UDP replies, TCP handshakes and timers all wake
+//! it, and nothing wakes it for a probe already answered (a probe's
+//! timeout is a wake-up only while it waits), so its wake-ups follow the
+//! packets, not the probes in flight.
+//!
 //! Sockets belong to the network namespace of the thread that creates
-//! them: run the prober on a runtime whose threads are in the namespace to
-//! probe from (the agent's, on the host network).
+//! them: the prober's thread is in the namespace of the thread that
+//! spawns it (the agent's, on the host network).
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},
     future::Future,
     io,
     net::{Ipv4Addr, SocketAddr},
+    pin::Pin,
     time::{Duration, Instant},
 };
 
+use futures::{StreamExt, stream::FuturesUnordered};
 use observer_ebpf::{Net, Overlay};
 use serde::Serialize;
 use tokio::{
     net::{TcpStream, UdpSocket},
     sync::{oneshot, watch},
-    task::{JoinHandle, JoinSet},
 };
 
 use super::{
@@ -55,6 +61,9 @@ use crate::{Error, Result};
 
 mod icmp;
 pub mod ladder;
+mod route;
+
+pub use route::ROUTE_MTU_TTL;
 
 /// One address of one peer to probe.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -221,17 +230,27 @@ impl ProberConfig {
 /// Dropped without `stop`, it aborts, leaving probes in flight unresolved.
 pub struct Prober {
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<()>>,
+    /// Dropped with the prober: its thread ends at once.
+    _abort: oneshot::Sender<()>,
+    done: oneshot::Receiver<Result<()>>,
 }
 
 impl Prober {
-    /// Starts probing on the current runtime. `targets` is a
-    /// [`Schedule`], or anything that makes one (a `Vec<Target>`: all
-    /// steady). Each new value replaces the schedule: steady targets kept
-    /// keep their schedule, new ones start at a random phase, removed ones
-    /// stop at once (their probes in flight still resolve, so leaving
-    /// creates no loss); a new sweep goes on after the target the old one
-    /// visited last. A dropped sender leaves the last schedule in place.
+    /// Starts probing on a thread of its own (`prober`), with a
+    /// single-threaded runtime: the engine is one task whose wake-ups
+    /// follow its packets, so another thread would only add hand-overs,
+    /// and nothing else the process runs (HTTP requests, readings) delays
+    /// the reading of an echo, which would show as RTT. The thread is in
+    /// the network namespace of the thread that calls this, and so are
+    /// the probes' sockets.
+    ///
+    /// `targets` is a [`Schedule`], or anything that makes one (a
+    /// `Vec<Target>`: all steady). Each new value replaces the schedule:
+    /// steady targets kept keep their schedule, new ones start at a random
+    /// phase, removed ones stop at once (their probes in flight still
+    /// resolve, so leaving creates no loss); a new sweep goes on after the
+    /// target the old one visited last. A dropped sender leaves the last
+    /// schedule in place.
     pub fn spawn<S>(
         config: ProberConfig,
         stats: ProbeStats,
@@ -241,13 +260,57 @@ impl Prober {
         S: Clone + Into<Schedule> + Send + Sync + 'static,
     {
         let (stop, stopped) = oneshot::channel();
-        let engine = Engine::new(config, stats)?;
-        let task = tokio::spawn(engine.run(targets, async {
-            let _ = stopped.await;
-        }));
+        let (abort, aborted) = oneshot::channel::<()>();
+        let (finished, done) = oneshot::channel();
+        let (started, start) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("prober".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(Error::io("prober runtime", e)));
+                        return;
+                    }
+                };
+                // Its sockets are registered with this runtime's reactor.
+                let engine = {
+                    let _entered = runtime.enter();
+                    Engine::new(config, stats)
+                };
+                let engine = match engine {
+                    Ok(engine) => {
+                        let _ = started.send(Ok(()));
+                        engine
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let ran = runtime.block_on(async {
+                    tokio::select! {
+                        ran = engine.run(targets, async {
+                            let _ = stopped.await;
+                        }) => Some(ran),
+                        _ = aborted => None,
+                    }
+                });
+                if let Some(ran) = ran {
+                    let _ = finished.send(ran);
+                }
+            })
+            .map_err(|e| Error::io("prober thread", e))?;
+        start
+            .recv()
+            .map_err(|e| Error::io("prober thread", io::Error::other(e)))??;
         Ok(Prober {
             stop: Some(stop),
-            task,
+            _abort: abort,
+            done,
         })
     }
 
@@ -257,17 +320,12 @@ impl Prober {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task)
-            .await
-            .map_err(|e| Error::io("prober task", io::Error::other(e)))?
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        if self.stop.is_some() {
-            self.task.abort();
-        }
+        (&mut self.done).await.map_err(|e| {
+            Error::io(
+                "prober thread",
+                io::Error::other(format!("ended without its result: {e}")),
+            )
+        })?
     }
 }
 
@@ -299,8 +357,6 @@ impl Rng {
     }
 }
 
-/// How long a route's MTU is taken as read before it is read again.
-pub const ROUTE_MTU_TTL: Duration = Duration::from_secs(10);
 /// A small echo answered this recently means small probes pass.
 pub const SMALL_FRESH: Duration = Duration::from_secs(5);
 /// The largest probe: a jumbo frame's IP packet; larger routes are probed
@@ -382,6 +438,9 @@ struct SweepState {
     last: Option<Target>,
 }
 
+/// A TCP probe's handshake, polled by the engine's own task.
+type Handshake = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 struct Engine {
     config: ProberConfig,
     interval: Duration,
@@ -400,9 +459,14 @@ struct Engine {
     base: u64,
     /// `pending[..timed_out]` are past their timeout.
     timed_out: usize,
-    tcp: JoinSet<()>,
-    /// Route MTUs by address, read at most [`ROUTE_MTU_TTL`] ago.
-    route_mtu: HashMap<Ipv4Addr, (u32, Instant)>,
+    /// Every probe before this sequence is past its timeout or resolved:
+    /// the first whose timeout is a wake-up is at or after it.
+    waiting_from: u64,
+    /// Zeros but for the header written at each send: every datagram is
+    /// a prefix of it.
+    datagram: Vec<u8>,
+    tcp: FuturesUnordered<Handshake>,
+    route_mtu: route::RouteMtus,
     /// When each target's small echo was last answered.
     small_ok: HashMap<Target, Instant>,
     searches: HashMap<Target, Search>,
@@ -437,8 +501,11 @@ impl Engine {
             pending: VecDeque::new(),
             base: 0,
             timed_out: 0,
-            tcp: JoinSet::new(),
-            route_mtu: HashMap::new(),
+            waiting_from: 0,
+            datagram: vec![0; (MAX_PROBE_SIZE as usize - 28).max(wire::HEADER_LEN)],
+            tcp: FuturesUnordered::new(),
+            route_mtu: route::RouteMtus::new()
+                .map_err(|e| Error::io("prober route MTU socket", e))?,
             small_ok: HashMap::new(),
             searches: HashMap::new(),
             tokens: ladder::TokenBucket::new(0.0, Instant::now()),
@@ -457,6 +524,8 @@ impl Engine {
         let mut stop_at: Option<Instant> = None;
         let mut next_prune = Instant::now();
         let mut buf = [0u8; 2048];
+        // One timer, moved to each next wake-up.
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(next_prune.into()));
         loop {
             let now = Instant::now();
             self.expire(now);
@@ -484,8 +553,8 @@ impl Engine {
             {
                 wake = wake.min(at);
             }
-            if let Some(p) = self.pending.get(self.timed_out) {
-                wake = wake.min(p.sent + self.config.timeout);
+            if let Some(deadline) = self.next_timeout() {
+                wake = wake.min(deadline);
             }
             if let Some(at) = stop_at {
                 wake = wake.min(at);
@@ -497,6 +566,9 @@ impl Engine {
                     SearchState::Ready => wake = wake.min(now + ladder::WAIT),
                     SearchState::Held(_) => {}
                 }
+            }
+            if sleep.deadline() != wake.into() {
+                sleep.as_mut().reset(wake.into());
             }
             tokio::select! {
                 _ = &mut shutdown, if stop_at.is_none() => {
@@ -512,21 +584,49 @@ impl Engine {
                     }
                 }
                 got = self.udp.recv_from(&mut buf) => {
-                    match got {
-                        Ok((len, _)) => self.reply(&buf[..len], Instant::now()),
-                        // IP_RECVERR: an ICMP error is pending in the error
-                        // queue, with the datagram it answers.
-                        Err(_) => self.icmp_errors(&mut buf, Instant::now()),
+                    self.received(got, &mut buf);
+                    // Whatever else came meanwhile (a visit's echoes come
+                    // back together), in the same wake-up.
+                    loop {
+                        match self.udp.try_recv_from(&mut buf) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            got => self.received(got, &mut buf),
+                        }
                     }
                 }
-                Some(_) = self.tcp.join_next(), if !self.tcp.is_empty() => {}
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                Some(()) = self.tcp.next(), if !self.tcp.is_empty() => {}
+                () = sleep.as_mut() => {}
             }
         }
         // TCP probes end by their own timeout.
-        while self.tcp.join_next().await.is_some() {}
+        while self.tcp.next().await.is_some() {}
         self.stats.prune(Instant::now());
         Ok(())
+    }
+
+    /// A datagram or an error from the UDP socket.
+    fn received(&mut self, got: io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
+        match got {
+            Ok((len, _)) => self.reply(&buf[..len], Instant::now()),
+            // IP_RECVERR: an ICMP error is pending in the error queue,
+            // with the datagram it answers.
+            Err(_) => self.icmp_errors(buf, Instant::now()),
+        }
+    }
+
+    /// When the first UDP probe still waiting for its echo times out.
+    /// Answered and refused probes need no wake-up at their timeout:
+    /// [`Engine::expire`] passes them at the next one.
+    fn next_timeout(&mut self) -> Option<Instant> {
+        let from = self.waiting_from.max(self.base + self.timed_out as u64);
+        let mut i = usize::try_from(from - self.base).unwrap_or(usize::MAX);
+        while let Some(p) = self.pending.get(i)
+            && p.fate != Fate::Waiting
+        {
+            i += 1;
+        }
+        self.waiting_from = self.base + i as u64;
+        self.pending.get(i).map(|p| p.sent + self.config.timeout)
     }
 
     /// Makes `schedule` what is probed.
@@ -692,18 +792,18 @@ impl Engine {
             What::Large(_, size) | What::Rung(_, size) => *size,
         };
         // Padding after the header: the IP packet is `size` bytes.
-        let len = (size.saturating_sub(28) as usize).max(wire::HEADER_LEN);
-        let mut request = vec![0u8; len];
-        request[..wire::HEADER_LEN].copy_from_slice(&header);
+        let len = (size.saturating_sub(28) as usize).clamp(wire::HEADER_LEN, self.datagram.len());
+        self.datagram[..wire::HEADER_LEN].copy_from_slice(&header);
+        let request = &self.datagram[..len];
         if let Some(r) = &recorder {
             r.sent(sent);
         }
-        let mut sent_to = self.udp.send_to(&request, target.socket_addr()).await;
+        let mut sent_to = self.udp.send_to(request, target.socket_addr()).await;
         if matches!(&sent_to, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
             // An earlier probe's refusal (IP_RECVERR), reported by this
             // send instead of being sent: its details wait in the error
             // queue, and this datagram goes now.
-            sent_to = self.udp.send_to(&request, target.socket_addr()).await;
+            sent_to = self.udp.send_to(request, target.socket_addr()).await;
         }
         let fate = match sent_to {
             Ok(_) => Fate::Waiting,
@@ -727,21 +827,14 @@ impl Engine {
     /// The MTU of the route to `addr`: what the kernel would let a
     /// datagram to it be without fragmenting, learnt exceptions included.
     fn route_mtu(&mut self, addr: Ipv4Addr, now: Instant) -> u32 {
-        if let Some((mtu, at)) = self.route_mtu.get(&addr)
-            && now.saturating_duration_since(*at) < ROUTE_MTU_TTL
-        {
-            return *mtu;
-        }
-        let mtu = match icmp::route_mtu(addr) {
+        match self.route_mtu.get(addr, now) {
             Ok(mtu) => mtu.clamp(ladder::SMALLEST, MAX_PROBE_SIZE),
             Err(_) => {
                 self.stats.unattributed("route_mtu_error");
                 // The smallest MTU every IPv4 path carries.
                 576
             }
-        };
-        self.route_mtu.insert(addr, (mtu, now));
-        mtu
+        }
     }
 
     /// A large probe to `target` was lost: an MTU black hole if its small
@@ -831,8 +924,7 @@ impl Engine {
         if self.tokens_off() {
             self.searches.clear();
         }
-        self.route_mtu
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < ROUTE_MTU_TTL);
+        self.route_mtu.expire(now);
         self.small_ok
             .retain(|_, at| now.saturating_duration_since(*at) <= SMALL_FRESH);
         self.searches
@@ -847,7 +939,7 @@ impl Engine {
         let (addr, timeout) = (target.socket_addr(), self.config.timeout);
         let start = Instant::now();
         recorder.sent(start);
-        self.tcp.spawn(async move {
+        self.tcp.push(Box::pin(async move {
             let result = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
             let now = Instant::now();
             match result {
@@ -860,7 +952,7 @@ impl Engine {
                 Ok(Err(e)) => recorder.lost(now, loss_reason(&e)),
                 Err(_) => recorder.lost(now, LossReason::Timeout),
             }
-        });
+        }));
     }
 
     /// Resolves the probes whose timeout passed, and forgets those whose
@@ -1022,7 +1114,7 @@ impl Engine {
             return self.stats.unattributed("icmp_error");
         };
         if let What::Large(target, _) = &p.what {
-            self.route_mtu.remove(&target.addr);
+            self.route_mtu.forget(target.addr);
             if let Some(r) = &p.recorder {
                 r.frag_needed(next_hop_mtu);
                 if p.fate == Fate::Waiting {

@@ -18,6 +18,9 @@ pub struct Agent {
     pub child: Child,
     pub pid: i32,
     pub log: PathBuf,
+    /// The process's name once exec'd: the binary's file name, as the
+    /// kernel keeps it (15 bytes at most), whatever a build is called.
+    comm: String,
 }
 
 impl Agent {
@@ -34,12 +37,21 @@ impl Agent {
             .spawn()
             .expect("spawn ip netns exec");
         let pid = child.id() as i32;
-        let agent = Agent { child, pid, log };
+        let comm: String = binary
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_default();
+        let agent = Agent {
+            child,
+            pid,
+            log,
+            comm,
+        };
         // Until `ip` has exec'd the agent, the pid's comm is "ip".
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "crossover" {
+            if comm.trim() == agent.comm {
                 break;
             }
             assert!(
@@ -57,7 +69,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if fs::read_to_string(format!("/proc/{}/comm", self.pid))
-                .map_or(true, |c| c.trim() != "crossover")
+                .map_or(true, |c| c.trim() != self.comm)
             {
                 panic!(
                     "the agent exited before it was ready; log: {}",

@@ -34,30 +34,6 @@ pub fn probe_path_mtu(socket: &impl AsRawFd) -> io::Result<()> {
     set_ip_option(socket, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)
 }
 
-/// The MTU of the route to `addr` (`IP_MTU` of a socket connected to it:
-/// the device's or the route's, or a learnt exception's, the least).
-/// Connecting a UDP socket sends nothing.
-pub fn route_mtu(addr: std::net::Ipv4Addr) -> io::Result<u32> {
-    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
-    socket.connect((addr, 9))?;
-    let mut mtu: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid fd, and a value buffer of the size given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-            (&raw mut mtu).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    u32::try_from(mtu).map_err(|_| io::Error::other(format!("route MTU {mtu}")))
-}
-
 /// A queued error.
 pub struct Queued {
     /// 0 if the kernel gave none.
