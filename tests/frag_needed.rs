@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crossover_tests::{
     agents::{Agents, metric},
-    lab::{Fault, Lab, LabSpec, LegacyCni, Overlay, exec::in_ns, plan, traffic},
+    lab::{Fault, Lab, LabSpec, Overlay, traffic},
+    mtu,
     netns::{http_get, unique},
     prometheus::check_documented,
     require_root,
@@ -159,66 +160,29 @@ fn the_nodes_own_frag_needed_to_its_pod_joins_the_pairs_mtu_row() {
     drop(agents);
 }
 
-/// A router with a smaller MTU on the path of a tunnel that sets DF. In a
-/// Calico VXLAN CrossSubnet lab the underlay namespace routes between the
-/// two subnets; its interface towards worker-1's subnet is lowered to
-/// 1400, and the control plane's `vxlan.calico` told to set DF on its
-/// tunnel packets (`df set`: Linux leaves DF clear by default, and a
-/// router then fragments instead). A pod's stream from the control plane
-/// to worker-1's pod (1450-byte segments, 1500 on the wire) is refused at
-/// the router, which sends the control plane ICMP fragmentation-needed,
-/// next hop 1400. crossover counts it on the control plane's underlay,
-/// hop `wire`, for worker-1 on the legacy overlay, and the size an
-/// overlay packet may be: 1350 (VXLAN's 50 bytes less).
+/// A router with a smaller MTU on the path of a tunnel that sets DF
+/// ([`mtu::router_black_hole`]): a pod's stream from the control plane to
+/// worker-1's pod is refused at the router, which sends the control plane
+/// ICMP fragmentation-needed, next hop 1400. crossover counts it on the
+/// control plane's underlay, hop `wire`, for worker-1 on the legacy
+/// overlay, and the size an overlay packet may be: 1350 (VXLAN's 50 bytes
+/// less).
 ///
-/// The stream itself stalls: the node learns the tunnel's path MTU, but
-/// forwards its pods' packets by the device's MTU (Linux ignores learnt
-/// path MTUs when forwarding, `ip_forward_use_pmtu` 0), so they are
-/// refused on the node without a word to the pod. An MTU black hole whose
-/// only trace outside the node is the router's message counted here.
+/// The stream itself stalls ([`mtu::across_router_black_hole`]): an MTU
+/// black hole whose only trace outside the node is the router's message
+/// counted here. The node's drops of the pod's packets are the in_node
+/// signal's loss, their reason NOT_SPECIFIED; the loss table and the
+/// gate's halt message say the path's MTU beside it, with the size that
+/// fits.
 #[test]
 fn a_routers_frag_needed_about_a_tunnel_packet_counts_on_the_wire_hop() {
     require_root();
-    let lab = Lab::up(&LabSpec {
-        name: unique("fnw"),
-        nodes: 4,
-        migrated: 0,
-        pods: 1,
-        legacy: LegacyCni::CalicoCrossSubnet,
-    })
-    .unwrap()
-    .remove_on_drop();
+    let lab = mtu::cross_subnet_lab(unique("fnw"))
+        .unwrap()
+        .remove_on_drop();
     let agents = Agents::start(&lab);
-    let worker_1_subnet = plan::underlay_subnet(LegacyCni::CalicoCrossSubnet, 1);
-    let bridge = plan::underlay_bridge(worker_1_subnet);
-    in_ns(
-        &lab.underlay_ns(),
-        &["ip", "link", "set", &bridge, "mtu", "1400"],
-    )
-    .unwrap();
-    let cp = lab.node_ns("control-plane");
-    in_ns(
-        &cp,
-        &[
-            "ip",
-            "link",
-            "set",
-            "vxlan.calico",
-            "type",
-            "vxlan",
-            "df",
-            "set",
-        ],
-    )
-    .unwrap();
-    let e = |id: &str| lab.endpoint(id).unwrap();
-    let stream = traffic::tcp_stream(
-        &e("control-plane/app-1"),
-        &e("worker-1/app-1"),
-        Duration::from_secs(2),
-        1_000_000,
-    )
-    .unwrap();
+    mtu::router_black_hole(&lab).unwrap();
+    let stream = mtu::across_router_black_hole(&lab).unwrap();
     assert!(stream.connected, "{stream:?}");
     assert!(
         stream.bytes_received < stream.bytes_sent,
@@ -252,5 +216,47 @@ fn a_routers_frag_needed_about_a_tunnel_packet_counts_on_the_wire_hop() {
             "{node}: {other}"
         );
     }
+    let cp = lab.node_ns("control-plane");
+    // The stall is the node's loss (in_node), its reason the kernel's
+    // NOT_SPECIFIED; the table's footer and the gate's halt message say
+    // what ICMP told of the path beside it. A 60 s window holds the
+    // whole stream; 5 sent are enough to judge here.
+    let table = agents.loss(
+        &cp,
+        &[
+            "--node",
+            "control-plane",
+            "--window",
+            "60s",
+            "--sample-interval",
+            "500ms",
+            "--format",
+            "table",
+        ],
+    );
+    assert!(
+        table.lines().any(|l| l
+            .starts_with("why: control-plane -> worker-1 legacy legacy->legacy lost ")
+            && l.ends_with(mtu::ROUTER_TOLD)),
+        "{table}"
+    );
+    let reading = agents.loss_json(
+        &cp,
+        &[
+            "--node",
+            "control-plane",
+            "--window",
+            "60s",
+            "--sample-interval",
+            "500ms",
+        ],
+    );
+    let said = mtu::gate_says(&reading, "control-plane");
+    assert!(
+        said.iter().any(|b| b
+            .starts_with("control-plane -> worker-1 overlay legacy legacy->legacy in_node: ")
+            && b.ends_with(mtu::ROUTER_TOLD)),
+        "{said:#?}"
+    );
     drop(agents);
 }

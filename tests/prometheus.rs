@@ -688,7 +688,7 @@ fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
         Vec::new(),
         String::new(),
     );
-    Breach::explain(&mut decision.breaches, &[]);
+    Breach::explain(&mut decision.breaches, &[], &judged);
     let said: Vec<String> = decision.breaches.iter().map(Breach::to_string).collect();
     assert!(
         said.iter()
@@ -723,6 +723,103 @@ fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
     let table = mtu_from_prometheus(&lab, &server, "table").unwrap();
     assert!(!table.contains("MTU black hole"), "{table}");
     lab.clear(lowered).unwrap();
+    drop(server);
+    drop(agents);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What ICMP told of the nodes' own traffic reaches a reading from
+/// Prometheus as it reaches a reading of the agents: behind a router's
+/// MTU black hole ([`mtu::router_black_hole`], a Calico CrossSubnet lab
+/// whose router has 1400 towards worker-1's subnet, the control plane's
+/// tunnel setting DF), streams from the control plane's pod to worker-1's
+/// stall, dropped on the control plane as NOT_SPECIFIED; the router's
+/// ICMP is the only trace of why. Read from Prometheus, the pair's mtu
+/// row carries the messages and the size that fits (1350), and the gate's
+/// halt message for the in_node loss says it. Rules at a 10 s record
+/// window, for a short test. Needs root.
+#[test]
+fn a_routers_icmp_read_from_prometheus_says_why_the_node_dropped() {
+    require_root();
+    let lab = mtu::cross_subnet_lab(unique("prtr"))
+        .unwrap()
+        .remove_on_drop();
+    let agents = Agents::start(&lab);
+    let dir = temp_dir("prometheus-router");
+    write_rules_file_at(&dir, "10s");
+    let server = Server::on_lab(&lab, &dir).unwrap();
+    mtu::router_black_hole(&lab).unwrap();
+    let streams = mtu::StallingStreams::start(&lab).unwrap();
+    let reading = || -> Option<Value> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.underlay_ns(), CROSSOVER, "loss"])
+            .args(["--prometheus", server.url()])
+            .args(["--window", "30s", "--node", "control-plane"])
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        // 2: printed with a part missing (a series younger than two windows).
+        matches!(out.status.code(), Some(0 | 2))
+            .then(|| serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}")))
+    };
+    let ((row, said), took) = within(Duration::from_secs(60), "the router's ICMP said", || {
+        let reading = reading()?;
+        let row = reading["rows"].as_array()?.iter().find(|r| {
+            pair_name(r) == "control-plane -> worker-1 legacy"
+                && r["signal"] == "mtu"
+                && r["mtu"]["icmp_next_hop"] == 1350
+        })?;
+        let said = mtu::gate_says(&reading, "control-plane");
+        said.iter()
+            .any(|b| b.contains(" in_node: ") && b.ends_with(mtu::ROUTER_TOLD))
+            .then(|| (row.clone(), said))
+    });
+    eprintln!("said from Prometheus after {took:?}: {said:#?}");
+    // The dashboard's "where and why" panels show the same: the node's
+    // drops by reason, the router's messages on the wire hop, the size.
+    let panel = |title: &str| -> Vec<(Value, f64)> {
+        let (_, expr) = dashboard_queries()
+            .into_iter()
+            .find(|(panel, _)| panel.starts_with(title))
+            .unwrap_or_else(|| panic!("no panel {title:?}"));
+        server.query(&expr, unix_now()).unwrap()
+    };
+    let shown = |title: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        let series = panel(title);
+        let found = series
+            .iter()
+            .find(|(s, _)| labels.iter().all(|(k, v)| label(s, k) == *v));
+        if found.is_none() {
+            eprintln!("{title}: no {labels:?} yet in {series:?}");
+        }
+        found.map(|(_, value)| *value)
+    };
+    let (cp, w1) = (("node", "control-plane"), ("peer_node", "worker-1"));
+    let wire = [cp, w1, ("overlay", "legacy"), ("hop", "wire")];
+    let fits = [cp, w1, ("overlay", "legacy"), ("kind", "icmp")];
+    within(Duration::from_secs(20), "the dashboard's panels", || {
+        let dropped = shown("Dropped by the kernel", &[cp, ("reason", "NOT_SPECIFIED")])?;
+        let told = shown("ICMP fragmentation-needed", &wire)?;
+        let size = shown("What fits", &fits)?;
+        (dropped > 0.0 && told > 0.0 && size == 1350.0).then_some(())
+    });
+    drop(streams);
+    // Nothing probed: the traffic's messages alone, no loss of their own.
+    assert!(row["mtu"]["icmp_frag_needed"].as_u64() >= Some(1), "{row}");
+    assert_eq!(
+        (row["sent"].as_u64(), row["lost"].as_u64()),
+        (Some(0), Some(0)),
+        "{row}"
+    );
+    // Only the control plane's pair to worker-1 was told anything.
+    for b in &said {
+        if b.ends_with(mtu::ROUTER_TOLD) {
+            assert!(
+                b.starts_with("control-plane -> worker-1 overlay legacy "),
+                "{b}"
+            );
+        }
+    }
     drop(server);
     drop(agents);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     agents::PORT,
-    lab::{Lab, exec::run, plan},
+    lab::{Lab, exec::run},
     netns::in_netns,
 };
 
@@ -103,7 +103,7 @@ pub fn lab_config(lab: &Lab) -> String {
         .enumerate()
         .map(|(j, node)| {
             serde_json::json!({
-                "targets": [format!("{}:{PORT}", plan::underlay_addr(j))],
+                "targets": [format!("{}:{PORT}", lab.state().underlay_addr(j))],
                 "labels": servicemonitor_target_labels(&node.name),
             })
         })

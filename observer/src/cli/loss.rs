@@ -462,8 +462,17 @@ fn footer(reading: &ClusterReading) -> String {
         }
     }
     for r in reading.rows.iter().filter(|r| r.lost > 0) {
+        // The kernel's drops, then what ICMP said of the path: a tunnel
+        // packet over its learnt path MTU is dropped as NOT_SPECIFIED.
         let behind = reading.drops_behind(r);
+        let mut why: Vec<String> = Vec::new();
         if !behind.is_empty() {
+            why.push(crate::loss::dropped::describe(&behind, 3));
+        }
+        if let Some(m) = crate::loss::mtu::told(r, &reading.rows) {
+            why.push(crate::loss::mtu::say_told(&m));
+        }
+        if !why.is_empty() {
             out += &format!(
                 "why: {} -> {} {} {}->{} lost {}: {}\n",
                 r.node,
@@ -472,7 +481,7 @@ fn footer(reading: &ClusterReading) -> String {
                 r.src_net,
                 r.dst_net,
                 r.lost,
-                crate::loss::dropped::describe(&behind, 3)
+                why.join("; ")
             );
         }
     }

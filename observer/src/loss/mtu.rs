@@ -179,6 +179,40 @@ pub fn why(row: &LossRow, drops: &[DropRow]) -> String {
     }
 }
 
+/// What ICMP "fragmentation needed" said of `row`'s path, for a row of
+/// another signal: the messages and sizes of the mtu row of the same
+/// node pair and overlay in `rows` (the same reading's). Evidence that
+/// the row's loss is an MTU's, which the kernel's own drop reason may not
+/// say: a tunnel packet over the path MTU it learnt is dropped as
+/// `NOT_SPECIFIED`. None without a message about the path.
+pub fn told(row: &LossRow, rows: &[LossRow]) -> Option<PathMtu> {
+    if row.signal == Signal::Mtu {
+        return None;
+    }
+    rows.iter()
+        .find(|r| {
+            r.signal == Signal::Mtu
+                && r.node == row.node
+                && r.peer_node == row.peer_node
+                && r.overlay == row.overlay
+        })
+        .and_then(|r| r.mtu)
+        .filter(|m| m.icmp_frag_needed > 0)
+}
+
+/// How [`told`] reads in a halt message, a report and the loss table's
+/// footer: "2 ICMP fragmentation-needed about this path: overlay packets
+/// up to 1350 bytes fit".
+pub fn say_told(m: &PathMtu) -> String {
+    let n = m.icmp_frag_needed;
+    match m.icmp_next_hop {
+        Some(fits) => format!(
+            "{n} ICMP fragmentation-needed about this path: overlay packets up to {fits} bytes fit"
+        ),
+        None => format!("{n} ICMP fragmentation-needed about this path (no MTU given)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use observer_ebpf::{Direction, MtuHop, Net, Overlay};
@@ -387,5 +421,48 @@ mod tests {
         // Summed with a probed row, the unprobed one's 0 is no size.
         let sum = PathMtu::merge(rows[0].mtu, own.mtu).unwrap();
         assert_eq!((sum.probed, sum.icmp_next_hop), (1450, Some(1300)));
+    }
+
+    /// A row of another signal on the same pair and overlay is told what
+    /// the mtu row's ICMP said; other pairs, other overlays and an mtu
+    /// row without a message tell nothing.
+    #[test]
+    fn another_signals_row_is_told_its_paths_icmp() {
+        let said = PathMtu {
+            icmp_next_hop: Some(1350),
+            icmp_frag_needed: 2,
+            ..PathMtu::default()
+        };
+        let rows = vec![
+            row("worker-1", "worker-2", Some(said)),
+            row("worker-1", "worker-3", Some(PathMtu::default())),
+        ];
+        let lossy = |peer: &str, signal, overlay| LossRow {
+            signal,
+            overlay,
+            ..row("worker-1", peer, None)
+        };
+        let m = told(&lossy("worker-2", Signal::InNode, Overlay::Cilium), &rows).unwrap();
+        assert_eq!(
+            say_told(&m),
+            "2 ICMP fragmentation-needed about this path: overlay packets up to 1350 bytes fit"
+        );
+        assert_eq!(
+            told(&lossy("worker-2", Signal::InNode, Overlay::Legacy), &rows),
+            None
+        );
+        assert_eq!(
+            told(&lossy("worker-3", Signal::Delivery, Overlay::Cilium), &rows),
+            None
+        );
+        assert_eq!(told(&rows[0], &rows), None, "an mtu row says it itself");
+        let silent = PathMtu {
+            icmp_next_hop: None,
+            ..said
+        };
+        assert_eq!(
+            say_told(&silent),
+            "2 ICMP fragmentation-needed about this path (no MTU given)"
+        );
     }
 }

@@ -57,6 +57,13 @@ pub const LOST: &str = "crossover:signal_lost:increase";
 /// end, as the agents' rows carry them.
 pub const PATH_MTU: &str = "crossover:path_mtu_bytes";
 pub const FRAG_NEEDED: &str = "crossover:probe_icmp_frag_needed";
+/// ICMP fragmentation needed about the nodes' own traffic, per pair and
+/// overlay in the mtu rows' labels: the messages in each record window
+/// (summed as the loss records are), and the size the latest of each
+/// path that told in it says fits. Joined into the mtu rows as the
+/// agents join theirs ([`super::mtu::join`]).
+pub const ICMP_FRAG_NEEDED: &str = "crossover:icmp_frag_needed:increase";
+pub const ICMP_FITS: &str = "crossover:icmp_mtu_fits_bytes";
 /// The scrape job the shipped ServiceMonitor makes (the alerts' too).
 pub const JOB: &str = "crossover-agent";
 /// The labels of a row.
@@ -116,6 +123,7 @@ pub struct Records {
     /// Their names (`crossover:signal_sent:increase1m`, ...).
     pub sent: String,
     pub lost: String,
+    pub icmp_frag_needed: String,
     /// The range each record's `increase()` covers.
     pub window: Duration,
     /// How often their group is evaluated.
@@ -215,7 +223,14 @@ pub async fn records(client: &Client, url: &str, now: SystemTime) -> Result<Reco
         )));
     };
     let (sent, lost) = (format!("{SENT}{suffix}"), format!("{LOST}{suffix}"));
-    let summed = [lost.as_str(), PATH_MTU, FRAG_NEEDED];
+    let icmp_frag_needed = format!("{ICMP_FRAG_NEEDED}{suffix}");
+    let summed = [
+        lost.as_str(),
+        PATH_MTU,
+        FRAG_NEEDED,
+        icmp_frag_needed.as_str(),
+        ICMP_FITS,
+    ];
     if let Some(missing) = summed
         .iter()
         .find(|name| !group.rules.iter().any(|r| r.name == **name))
@@ -272,6 +287,7 @@ pub async fn records(client: &Client, url: &str, now: SystemTime) -> Result<Reco
     Ok(Records {
         sent,
         lost,
+        icmp_frag_needed,
         window,
         interval,
         evaluated_ms,
@@ -376,6 +392,34 @@ fn path_mtus(samples: &[Sample]) -> BTreeMap<PathKey, PathMtu> {
         }
     }
     paths
+}
+
+/// Joins what ICMP told of the nodes' traffic ([`ICMP_FRAG_NEEDED`]) into
+/// `reading`'s rows per node ([`super::mtu::join`], as the agents' rows)
+/// and into its totals: the mtu total of the overlay takes the messages
+/// and the smaller size, or is made of them.
+fn join_told(reading: &mut ClusterReading, told: BTreeMap<PathKey, PathMtu>, seconds: f64) {
+    let mut by_node: BTreeMap<String, BTreeMap<(String, Overlay), PathMtu>> = BTreeMap::new();
+    let mut by_overlay: BTreeMap<Overlay, PathMtu> = BTreeMap::new();
+    for ((node, peer, overlay, _), m) in told {
+        if m.icmp_frag_needed == 0 {
+            continue;
+        }
+        let sum = by_overlay.entry(overlay).or_default();
+        *sum = PathMtu::merge(Some(*sum), Some(m)).unwrap_or(m);
+        by_node.entry(node).or_default().insert((peer, overlay), m);
+    }
+    for (node, paths) in by_node {
+        super::mtu::join(&mut reading.rows, &node, paths, seconds);
+    }
+    let cluster = CLUSTER.to_owned();
+    let mut totals: BTreeMap<(String, Overlay), PathMtu> = BTreeMap::new();
+    totals.extend(
+        by_overlay
+            .into_iter()
+            .map(|(o, m)| ((cluster.clone(), o), m)),
+    );
+    super::mtu::join(&mut reading.totals, CLUSTER, totals, seconds);
 }
 
 /// A row from a sample's labels; `None` when one is not crossover's.
@@ -680,6 +724,30 @@ pub async fn read_records(
         }
     }
 
+    // The ICMP fragmentation needed about the nodes' own traffic, joined
+    // into the mtu rows as the agents join theirs: the focus nodes' paths
+    // and the `top` most told, with the smallest size any said fits in
+    // the window.
+    requests += 1;
+    let told = |selector: &str| over(&records.icmp_frag_needed, selector);
+    let mut selected = format!("topk({}, {} > 0)", options.top, told(""));
+    if !options.focus.is_empty() {
+        let nodes = any_of(&options.focus);
+        for label in ["node", "peer_node"] {
+            selected += &format!(" or ({} > 0)", told(&format!("{{{label}=~\"{nodes}\"}}")));
+        }
+    }
+    let fits = format!(
+        "min by ({ROW}) (min_over_time({ICMP_FITS}[{}])) and on (node, peer_node, overlay) ({selected})",
+        promql_duration(window)
+    );
+    let expr = format!(
+        "label_replace({selected}, \"kind\", \"{FRAG_KIND}\", \"\", \"\") \
+         or label_replace({fits}, \"kind\", \"icmp_next_hop\", \"\", \"\")"
+    );
+    let told = path_mtus(&query(client, url, &expr, to).await?);
+    join_told(&mut reading, told, seconds);
+
     // The kernel's drops over the window: the focus nodes' (both ends),
     // then the largest.
     requests += 1;
@@ -825,6 +893,77 @@ mod tests {
                 icmp_frag_needed: 3,
             }
         );
+    }
+
+    /// What ICMP told of the nodes' traffic joins the pair's mtu row (the
+    /// large probes') or makes one, nothing sent or lost, and the
+    /// overlay's mtu total, as the agents' rows are joined.
+    #[test]
+    fn the_traffics_icmp_joins_the_mtu_rows_and_totals() {
+        let labels = |node: &str, peer: &str, overlay: &str| {
+            let mut out: Vec<(String, String)> = vec![
+                ("node".into(), node.into()),
+                ("peer_node".into(), peer.into()),
+                ("overlay".into(), overlay.into()),
+            ];
+            for (k, v) in [("src_net", "host"), ("dst_net", "host"), ("signal", "mtu")] {
+                out.push((k.into(), v.into()));
+            }
+            out
+        };
+        let probed = {
+            let mut r = row(&labels("a", "b", "cilium"), (10.0, 0.0), 60.0).unwrap();
+            r.mtu = Some(PathMtu {
+                probed: 1450,
+                ..PathMtu::default()
+            });
+            r
+        };
+        let mut reading = ClusterReading {
+            rows: vec![probed],
+            ..ClusterReading::default()
+        };
+        let kinds = |node, peer, overlay, (n, fits)| {
+            [(FRAG_KIND, n), ("icmp_next_hop", fits)].map(|(kind, value)| {
+                let l = labels(node, peer, overlay);
+                let mut l: Vec<(&str, &str)> =
+                    l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                l.push(("kind", kind));
+                sample(&l, value)
+            })
+        };
+        let mut samples = Vec::new();
+        samples.extend(kinds("a", "b", "cilium", ("2", "1350")));
+        samples.extend(kinds("a", "c", "legacy", ("1", "1300")));
+        // Told nothing in the window: no row.
+        samples.extend(kinds("c", "a", "legacy", ("0", "1300")));
+        join_told(&mut reading, path_mtus(&samples), 60.0);
+
+        assert_eq!(reading.rows.len(), 2, "{:#?}", reading.rows);
+        let a_b = &reading.rows[0];
+        assert_eq!(
+            a_b.mtu,
+            Some(PathMtu {
+                probed: 1450,
+                fits: None,
+                icmp_next_hop: Some(1350),
+                icmp_frag_needed: 2,
+            })
+        );
+        let a_c = &reading.rows[1];
+        assert_eq!(
+            (a_c.node.as_str(), a_c.peer_node.as_str(), a_c.overlay),
+            ("a", "c", Overlay::Legacy)
+        );
+        assert_eq!((a_c.signal, a_c.sent, a_c.lost), (Signal::Mtu, 0, 0));
+        assert_eq!(a_c.mtu.unwrap().icmp_next_hop, Some(1300));
+        let totals: Vec<(Overlay, u64)> = reading
+            .totals
+            .iter()
+            .map(|t| (t.overlay, t.mtu.unwrap().icmp_frag_needed))
+            .collect();
+        assert_eq!(totals, vec![(Overlay::Legacy, 1), (Overlay::Cilium, 2)]);
+        assert!(reading.totals.iter().all(|t| t.is_total()));
     }
 
     #[test]

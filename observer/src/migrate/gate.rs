@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use observer_ebpf::{Net, Overlay};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{LossRow, Signal, Source, dropped::DropRow};
+use crate::loss::{LossRow, Signal, Source, dropped::DropRow, mtu::PathMtu};
 
 /// Which pairs the gate judges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -131,12 +131,19 @@ pub struct Breach {
     /// ("37 dropped on worker-3 by NETFILTER_DROP"): where and why.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub why: String,
+    /// What ICMP fragmentation-needed said of the pair and overlay's path
+    /// in the same reading, for a breach of another signal than mtu: the
+    /// loss is likely an MTU's, with the size that fits
+    /// ([`crate::loss::mtu::told`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<PathMtu>,
 }
 
 impl Breach {
     /// Names the kernel's drops behind each breach (`drops` of the same
-    /// reading, [`crate::loss::dropped`]).
-    pub fn explain(breaches: &mut [Breach], drops: &[DropRow]) {
+    /// reading, [`crate::loss::dropped`]) and what ICMP said of its path
+    /// (`rows` of the same reading, those of signal mtu).
+    pub fn explain(breaches: &mut [Breach], drops: &[DropRow], rows: &[LossRow]) {
         for b in breaches {
             if b.row.signal == Signal::Mtu {
                 b.why = crate::loss::mtu::why(&b.row, drops);
@@ -144,6 +151,7 @@ impl Breach {
             }
             let behind = crate::loss::dropped::behind(drops, &b.row);
             b.why = crate::loss::dropped::describe(&behind, 3);
+            b.path_mtu = crate::loss::mtu::told(&b.row, rows);
         }
     }
 }
@@ -181,6 +189,9 @@ impl fmt::Display for Breach {
         }
         if !self.why.is_empty() {
             write!(f, "; {}", self.why)?;
+        }
+        if let Some(m) = &self.path_mtu {
+            write!(f, "; {}", crate::loss::mtu::say_told(m))?;
         }
         Ok(())
     }
@@ -334,6 +345,7 @@ pub fn judge<'a>(
                 held: 0,
                 over_ceiling: false,
                 why: String::new(),
+                path_mtu: None,
             });
         }
     }
@@ -474,7 +486,7 @@ mod tests {
             // n3's own sends to n1: another row's.
             dropped("n3", "n1", observer_ebpf::Direction::Egress, 4),
         ];
-        Breach::explain(&mut d.breaches, &drops);
+        Breach::explain(&mut d.breaches, &drops, &[]);
         let reason = &d.reasons()[0];
         assert!(
             reason.ends_with("; 9 dropped on n1 by NETFILTER_DROP"),
@@ -506,7 +518,7 @@ mod tests {
             reason: "NETFILTER_DROP".into(),
             ..too_big.clone()
         };
-        Breach::explain(&mut d.breaches, &[too_big, other]);
+        Breach::explain(&mut d.breaches, &[too_big, other], &[]);
         let reason = &d.reasons()[0];
         assert!(
             reason.ends_with(
@@ -516,6 +528,49 @@ mod tests {
             "{reason}"
         );
         assert!(!reason.contains("NETFILTER_DROP"), "{reason}");
+    }
+
+    /// A tunnel packet over the path MTU its node learnt is dropped as
+    /// NOT_SPECIFIED: the pair's ICMP, from the reading's mtu row, says
+    /// what the drop reason does not.
+    #[test]
+    fn a_breach_on_a_path_icmp_told_of_says_the_size_that_fits() {
+        let lossy = row("worker-1", "worker-2", "in_node", 40, 14);
+        let mut told = row("worker-1", "worker-2", "mtu", 0, 0);
+        told.src_net = Net::Host;
+        told.dst_net = Net::Host;
+        told.mtu = Some(crate::loss::mtu::PathMtu {
+            icmp_next_hop: Some(1350),
+            icmp_frag_needed: 1,
+            ..Default::default()
+        });
+        let rows = [lossy, told];
+        let mut d = all(&Thresholds::default(), &rows[..1], vec![], vec![]);
+        let dropped = DropRow {
+            node: "worker-1".into(),
+            peer_node: "worker-2".into(),
+            direction: observer_ebpf::Direction::Egress,
+            overlay: Overlay::Cilium,
+            src_net: Net::Cilium,
+            dst_net: Net::Legacy,
+            reason: "NOT_SPECIFIED".into(),
+            packets: 14,
+        };
+        Breach::explain(&mut d.breaches, &[dropped], &rows);
+        let reason = &d.reasons()[0];
+        assert!(
+            reason.ends_with(
+                "; 14 dropped on worker-1 by NOT_SPECIFIED; 1 ICMP fragmentation-needed about \
+                 this path: overlay packets up to 1350 bytes fit"
+            ),
+            "{reason}"
+        );
+        // Serialised typed, by name.
+        let json = serde_json::to_value(&d.breaches[0]).unwrap();
+        assert_eq!(json["path_mtu"]["icmp_next_hop"], 1350, "{json}");
+        // Without the mtu row: the drops alone.
+        Breach::explain(&mut d.breaches, &[], &rows[..1]);
+        assert_eq!(d.breaches[0].path_mtu, None);
     }
 
     #[test]

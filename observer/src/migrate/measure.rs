@@ -194,7 +194,7 @@ impl Context {
         );
         decision.window_end_ms = measured.window_end_ms;
         decision.source = self.options.source.clone();
-        Breach::explain(&mut decision.breaches, &measured.drops);
+        Breach::explain(&mut decision.breaches, &measured.drops, &measured.rows);
         Ok((decision, measured.rows))
     }
 }

@@ -187,6 +187,9 @@ fn halt_headline(report: &Report) -> String {
             } else if !b.why.is_empty() {
                 line += &format!(" The kernel: {}.", b.why);
             }
+            if let Some(m) = &b.path_mtu {
+                line += &format!(" {}.", crate::loss::mtu::say_told(m));
+            }
             line
         }
         None => reason.lines().next().unwrap_or_default().to_string(),
