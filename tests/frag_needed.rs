@@ -221,36 +221,22 @@ fn a_routers_frag_needed_about_a_tunnel_packet_counts_on_the_wire_hop() {
     // NOT_SPECIFIED; the table's footer and the gate's halt message say
     // what ICMP told of the path beside it. A 60 s window holds the
     // whole stream; 5 sent are enough to judge here.
-    let table = agents.loss(
-        &cp,
-        &[
-            "--node",
-            "control-plane",
-            "--window",
-            "60s",
-            "--sample-interval",
-            "500ms",
-            "--format",
-            "table",
-        ],
-    );
+    let about_cp = [
+        "--node",
+        "control-plane",
+        "--window",
+        "60s",
+        "--sample-interval",
+        "500ms",
+    ];
+    let table = agents.loss(&cp, &[&about_cp[..], &["--format", "table"]].concat());
     assert!(
         table.lines().any(|l| l
             .starts_with("why: control-plane -> worker-1 legacy legacy->legacy lost ")
             && l.ends_with(mtu::ROUTER_TOLD)),
         "{table}"
     );
-    let reading = agents.loss_json(
-        &cp,
-        &[
-            "--node",
-            "control-plane",
-            "--window",
-            "60s",
-            "--sample-interval",
-            "500ms",
-        ],
-    );
+    let reading = agents.loss_json(&cp, &about_cp);
     let said = mtu::gate_says(&reading, "control-plane");
     assert!(
         said.iter().any(|b| b

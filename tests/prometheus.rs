@@ -22,10 +22,6 @@ use crossover_tests::{
     },
     require_root,
 };
-use observer::{
-    loss::LossRow,
-    migrate::gate::{self, Breach, GateScope, Thresholds},
-};
 use serde_json::Value;
 
 fn temp_dir(prefix: &str) -> PathBuf {
@@ -671,25 +667,7 @@ fn an_mtu_black_hole_read_from_prometheus_is_named_with_the_size_that_fits() {
     // The gate reading Prometheus about worker-1 judges these rows: its
     // halt message names the black hole the same way (a 10 s window of
     // one large probe a second: 5 sent are enough to judge here).
-    let judged: Vec<LossRow> = named
-        .iter()
-        .map(|r| serde_json::from_value(r.clone()).unwrap())
-        .collect();
-    let thresholds = Thresholds {
-        min_sent: 5,
-        ..Thresholds::default()
-    };
-    let mut decision = gate::judge(
-        &thresholds,
-        GateScope::Node,
-        Some("worker-1"),
-        &judged,
-        Vec::new(),
-        Vec::new(),
-        String::new(),
-    );
-    Breach::explain(&mut decision.breaches, &[], &judged);
-    let said: Vec<String> = decision.breaches.iter().map(Breach::to_string).collect();
+    let said = mtu::gate_says(&serde_json::json!({ "rows": named }), "worker-1");
     assert!(
         said.iter()
             .any(|b| b.contains("; MTU black hole on worker-")
