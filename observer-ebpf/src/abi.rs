@@ -267,6 +267,13 @@ wire_enum! {
         /// pod's) and told the pod so, on the pod's veth. Its next-hop MTU
         /// is an inner packet's size.
         Node = 1 => "node",
+        /// Past the tunnel, on the peer: its kernel refused a pod's packet
+        /// of this node's once out of the tunnel (the peer's pod veth, or
+        /// its route, smaller than the packet: two CNIs' MTUs meeting)
+        /// and told the pod, through the tunnel; counted on the pod's
+        /// veth as the message reaches it. Its next-hop MTU is an inner
+        /// packet's size.
+        Peer = 2 => "peer",
     }
 }
 
@@ -770,13 +777,15 @@ pub struct FragNeeded {
     /// Messages since the entry was created.
     pub messages: u64,
     /// The latest message's next-hop MTU (RFC 1191), as sent: the wire's
-    /// size for [`MtuHop::Wire`], an inner packet's for [`MtuHop::Node`].
+    /// size for [`MtuHop::Wire`], an inner packet's for [`MtuHop::Node`]
+    /// and [`MtuHop::Peer`].
     /// 0 from a router older than RFC 1191.
     pub next_hop_mtu: u16,
     /// Bytes the tunnel adds to an inner packet (outer IPv4, UDP, tunnel
     /// header and options, inner Ethernet; the outer IPv4 header alone
     /// for IP-in-IP), from the quoted headers: `next_hop_mtu - overhead`
-    /// is the largest inner packet the path takes. 0 for [`MtuHop::Node`]
+    /// is the largest inner packet the path takes. 0 for [`MtuHop::Node`],
+    /// [`MtuHop::Peer`]
     /// and for packets in no tunnel.
     pub overhead: u16,
     /// Total length of the quoted packet: a size that did not fit.

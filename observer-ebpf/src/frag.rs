@@ -27,12 +27,16 @@
 //!   pod's packet) was counted on the underlay already, and is left
 //!   alone here.
 //!
-//! Not counted: messages that arrive inside a tunnel (a peer's kernel
-//! about packets *to* it, which its own crossover would see as its pods'
-//! `node` hop), and messages towards the node's own sockets about
-//! packets that are not tunnel packets (node-to-node traffic rides no
-//! overlay; crossover's own large probes learn theirs from the socket's
-//! error queue).
+//!   A message from a peer node's own address, about a pod's packet
+//!   whose flow went to that peer through a tunnel, is the peer's kernel
+//!   refusing it once out of the tunnel (hop `peer`: its pod's veth or
+//!   route smaller, as when two CNIs' MTUs meet in a migration); it came
+//!   back inside the tunnel, which the underlay does not parse.
+//!
+//! Not counted: messages towards the node's own sockets about packets
+//! that are not tunnel packets (node-to-node traffic rides no overlay;
+//! crossover's own large probes learn theirs from the socket's error
+//! queue).
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use observer_ebpf::{
     AddrKind, Config, Counter, Direction, Encap, FlowKey, FragKey, FragNeeded, MtuHop, Net,
@@ -103,7 +107,8 @@ pub extern "C" fn crossover_frag_wire(skb: *mut __sk_buff, at: u32, src: u32, ds
 }
 
 /// An ICMP message on its way to a pod, on the pod veth's egress: as
-/// [`crossover_frag_wire`], for the node's own messages.
+/// [`crossover_frag_wire`], for the node's own messages and its peers'
+/// through a tunnel.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn crossover_frag_node(skb: *mut __sk_buff, at: u32, src: u32, dst: u32) -> i32 {
@@ -203,29 +208,46 @@ fn node_path(ctx: &TcContext, ip: Message) -> Parsed<Option<Seen>> {
     let quoted = &msg.quoted;
     let config = CONFIG.get(0).ok_or(Counter::FragNeededForeign)?;
     let local = config.local_node;
-    // From an address of this node's own (its underlay, overlay or pod
-    // range's gateway address), to the pod whose packet it was. A local
-    // pod could forge one: it would only count towards its own paths.
+    // From a node's own address (its underlay, overlay or pod range's
+    // gateway address): this node's, or the peer's its flow went to; to
+    // the pod whose packet it was. A local pod could forge one: it would
+    // only count towards its own paths.
     let from = lookup(ip.src);
-    let own = from.node == local
-        && (from.kind == AddrKind::NodeUnderlay.wire()
-            || from.kind == AddrKind::NodeOverlay.wire()
-            || from.kind == AddrKind::PodNetwork.wire());
-    if local == 0 || !own || ip.dst != quoted.src {
+    let a_nodes = from.kind == AddrKind::NodeUnderlay.wire()
+        || from.kind == AddrKind::NodeOverlay.wire()
+        || from.kind == AddrKind::PodNetwork.wire();
+    if local == 0 || from.node == 0 || !a_nodes || ip.dst != quoted.src {
         return Err(Counter::FragNeededForeign);
     }
-    let (peer, overlay) = match taken_by(ctx, quoted)? {
-        Some(path) => path,
-        None => {
-            let dst = lookup(quoted.dst);
-            (node_of(&dst, local), overlay_of(config, dst.net))
+    let taken = taken_by(ctx, quoted)?;
+    let (peer, overlay, hop) = if from.node == local {
+        match taken {
+            Some((peer, overlay)) => (peer, overlay, MtuHop::Node),
+            None => {
+                let dst = lookup(quoted.dst);
+                (
+                    node_of(&dst, local),
+                    overlay_of(config, dst.net),
+                    MtuHop::Node,
+                )
+            }
+        }
+    } else {
+        // The peer's own message about a packet its flow took to that
+        // peer through a tunnel. A routed (native) flow's came in on the
+        // underlay, counted on the wire already.
+        match taken {
+            Some((peer, overlay)) if peer == from.node && overlay != Overlay::Native.wire() => {
+                (peer, overlay, MtuHop::Peer)
+            }
+            _ => return Err(Counter::FragNeededForeign),
         }
     };
     if peer == 0 {
         return Err(Counter::FragNeededForeign);
     }
     Ok(Some(Seen {
-        key: key(peer, overlay, MtuHop::Node),
+        key: key(peer, overlay, hop),
         next_hop_mtu: msg.next_hop_mtu,
         overhead: 0,
         refused_len: quoted.total_len,

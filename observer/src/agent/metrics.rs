@@ -397,7 +397,8 @@ fn frag_families(out: &mut String, state: &State, detailed: &dyn Fn(&str) -> boo
         "counter",
         "ICMP fragmentation-needed about this node's packets towards a peer node, per overlay and \
          hop: wire (a router, or the peer, refused a tunnel packet or a routed pod's packet this \
-         node sent) or node (this node's kernel refused one of its pods' packets and told it).",
+         node sent), node (this node's kernel refused one of its pods' packets and told it) or \
+         peer (the peer's kernel refused one past the tunnel and told the pod through it).",
     );
     for (path, (messages, ..)) in &summed {
         f.sample(&path_labels(node, path), *messages);
