@@ -24,20 +24,90 @@ fn flow_key_layout() {
 
 #[test]
 fn flow_stats_layout() {
-    assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (112, 8));
-    assert_eq!(offset_of!(FlowStats, packets), 0);
-    assert_eq!(offset_of!(FlowStats, last_seen_ns), 24);
-    assert_eq!(offset_of!(FlowStats, echo_replies), 80);
-    assert_eq!(offset_of!(FlowStats, seq_next), 88);
-    assert_eq!(offset_of!(FlowStats, peer), 92);
-    assert_eq!(offset_of!(FlowStats, snat_addr), 96);
-    assert_eq!(offset_of!(FlowStats, src_net), 100);
-    assert_eq!(offset_of!(FlowStats, tcp_flags), 104);
-    // The control mark took a byte of the padding: pinned tables of the
-    // previous binary read as not control.
-    assert_eq!(offset_of!(FlowStats, control), 105);
-    assert_eq!(offset_of!(FlowStats, _pad), 106);
-    assert_eq!(offset_of!(FlowStats, peer_slot), 108);
+    // 64 bytes: with the kernel's 48-byte element header and the 16-byte
+    // key, a FLOWS element is two cache lines.
+    assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (64, 8));
+    assert_eq!(
+        [
+            offset_of!(FlowStats, packets),
+            offset_of!(FlowStats, last_seen_ns),
+            offset_of!(FlowStats, segments),
+            offset_of!(FlowStats, retransmits),
+            offset_of!(FlowStats, seq_next),
+            offset_of!(FlowStats, peer),
+            offset_of!(FlowStats, peer_slot),
+            offset_of!(FlowStats, syns),
+            offset_of!(FlowStats, rsts),
+            offset_of!(FlowStats, tcp_flags),
+            offset_of!(FlowStats, src_net),
+            offset_of!(FlowStats, overlay),
+            offset_of!(FlowStats, marks),
+        ],
+        [0, 24, 32, 40, 44, 48, 52, 56, 58, 59, 60, 62, 63]
+    );
+}
+
+/// What FlowStats derives rather than stores: the SNAT address from the
+/// key's ends, an echo flow's replies from `segments` and its requests
+/// from the rest of its packets.
+#[test]
+fn flow_stats_derived_values() {
+    let key = FlowKey {
+        src: 1,
+        dst: 2,
+        proto: 6,
+        src_port: 40000,
+        dst_port: 80,
+        ..FlowKey::default()
+    };
+    let marked = |snat, control| FlowStats {
+        marks: FlowStats::marks_of(snat, control),
+        ..FlowStats::default()
+    };
+    for (snat, addr) in [(Snat::None, 0), (Snat::Source, 1), (Snat::Destination, 2)] {
+        for control in [false, true] {
+            let stats = marked(snat, control);
+            assert_eq!(Snat::from_wire(stats.snat()), Some(snat));
+            assert_eq!(stats.control(), control);
+            assert_eq!(stats.snat_addr(&key), addr);
+        }
+    }
+
+    let tcp = FlowStats {
+        packets: 10,
+        segments: 7,
+        ..FlowStats::default()
+    };
+    assert_eq!(
+        (
+            tcp.segments(&key),
+            tcp.echo_requests(&key),
+            tcp.echo_replies(&key)
+        ),
+        (7, 0, 0)
+    );
+    let echo = FlowKey {
+        proto: 1,
+        src_port: 77,
+        dst_port: 0,
+        ..key
+    };
+    assert!(echo.is_echo());
+    assert_eq!(
+        (
+            tcp.segments(&echo),
+            tcp.echo_requests(&echo),
+            tcp.echo_replies(&echo)
+        ),
+        (0, 3, 7)
+    );
+    // Other ICMP carries its type and code in dst_port, never 0.
+    let unreachable = FlowKey {
+        dst_port: 3 << 8 | 1,
+        ..echo
+    };
+    assert!(!unreachable.is_echo());
+    assert_eq!(tcp.echo_replies(&unreachable), 0);
 }
 
 #[test]

@@ -599,8 +599,16 @@ pub struct FlowKey {
     pub _pad: u8,
 }
 
-/// Value of [`FLOWS`](map::FLOWS). Counters are updated atomically; the
-/// classification is written once, when the flow is first seen.
+/// Value of [`FLOWS`](map::FLOWS). Counters are updated atomically (the
+/// handshake bytes excepted); the classification is written once, when
+/// the flow is first seen.
+///
+/// 64 bytes, so a FLOWS element (the kernel's 48-byte header, the 16-byte
+/// key and this) is two cache lines, not three: a new flow's insert
+/// costs 20-70 ns more per extra line. What fits only in more room is
+/// derived: the SNAT address is one of the key's ends, an echo flow's
+/// requests are its packets less its replies. Read the typed values
+/// through the methods; the raw fields are the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -614,41 +622,108 @@ pub struct FlowStats {
     /// The latest of that and the [`CLOCK`](map::CLOCK) userspace wrote
     /// before a later packet: to the sample interval.
     pub last_seen_ns: u64,
-    /// Segments with payload, SYN or FIN: what retransmissions are out of.
+    /// TCP: segments with payload, SYN or FIN, what retransmissions are
+    /// out of. An ICMP echo flow ([`FlowKey::is_echo`]): its echo
+    /// replies. Read through [`segments`](Self::segments) and
+    /// [`echo_replies`](Self::echo_replies).
     pub segments: u64,
     /// Segments whose end did not advance past the highest end seen.
-    pub retransmits: u64,
-    /// SYN without ACK.
-    pub syns: u64,
-    pub syn_acks: u64,
-    pub rsts: u64,
-    pub echo_requests: u64,
-    pub echo_replies: u64,
+    pub retransmits: u32,
     /// Highest `seq + length` seen, for retransmission detection.
     pub seq_next: u32,
     /// Peer node underlay address: the outer address for encapsulated
     /// traffic, else the node owning the remote endpoint's range; 0 if none.
     pub peer: u32,
-    /// The node overlay address involved when `snat` is not `None`.
-    pub snat_addr: u32,
+    /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction,
+    /// networks) on the underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
+    /// slot (its packets go straight to the PEERS hash).
+    pub peer_slot: u32,
+    /// SYN without ACK, SYN-ACK and RST segments, each saturating at 255
+    /// (a connection has a few; 255 says "a storm").
+    pub syns: u8,
+    pub syn_acks: u8,
+    pub rsts: u8,
+    /// OR of every TCP flag byte seen.
+    pub tcp_flags: u8,
     /// [`Net`] of source and destination.
     pub src_net: u8,
     pub dst_net: u8,
     /// [`Overlay`] wire value.
     pub overlay: u8,
+    /// [`Snat`] wire value in the low two bits ([`snat`](Self::snat)),
+    /// [`MARK_CONTROL`](Self::MARK_CONTROL) for crossover's own control
+    /// traffic ([`Config::control_port`]): the flow is counted as usual,
+    /// its TCP events stay out of the peer counters.
+    pub marks: u8,
+}
+
+impl FlowStats {
+    /// Bits of [`marks`](Self::marks) that hold the [`Snat`] wire value.
+    pub const MARK_SNAT: u8 = 0b11;
+    /// Bit of [`marks`](Self::marks) set on control traffic.
+    pub const MARK_CONTROL: u8 = 1 << 2;
+
+    /// [`marks`](Self::marks) of a flow.
+    #[inline(always)]
+    pub const fn marks_of(snat: Snat, control: bool) -> u8 {
+        snat.wire() | if control { Self::MARK_CONTROL } else { 0 }
+    }
+
     /// [`Snat`] wire value.
-    pub snat: u8,
-    /// OR of every TCP flag byte seen.
-    pub tcp_flags: u8,
-    /// 1 for crossover's own control traffic ([`Config::control_port`]):
-    /// the flow is counted as usual, its TCP events stay out of the peer
-    /// counters.
-    pub control: u8,
-    pub _pad: [u8; 2],
-    /// PEER_STATS slot + 1 of this flow's (peer, overlay, direction,
-    /// networks) on the underlay; 0 off the underlay; [`NO_PEER_SLOT`] when the peer has no
-    /// slot (its packets go straight to the PEERS hash).
-    pub peer_slot: u32,
+    #[inline(always)]
+    pub const fn snat(&self) -> u8 {
+        self.marks & Self::MARK_SNAT
+    }
+
+    /// Crossover's own control traffic.
+    #[inline(always)]
+    pub const fn control(&self) -> bool {
+        self.marks & Self::MARK_CONTROL != 0
+    }
+
+    /// The node overlay address involved when [`snat`](Self::snat) is not
+    /// [`Snat::None`]: the key's source or destination; 0 when none.
+    #[inline(always)]
+    pub const fn snat_addr(&self, key: &FlowKey) -> u32 {
+        match self.snat() {
+            s if s == Snat::Source.wire() => key.src,
+            s if s == Snat::Destination.wire() => key.dst,
+            _ => 0,
+        }
+    }
+
+    /// TCP segments with payload, SYN or FIN; 0 for an echo flow.
+    #[inline(always)]
+    pub const fn segments(&self, key: &FlowKey) -> u64 {
+        if key.is_echo() { 0 } else { self.segments }
+    }
+
+    /// Echo replies of an echo flow; 0 for any other.
+    #[inline(always)]
+    pub const fn echo_replies(&self, key: &FlowKey) -> u64 {
+        if key.is_echo() { self.segments } else { 0 }
+    }
+
+    /// Echo requests of an echo flow (its other packets); 0 for any other.
+    /// Saturating: a reader may see a reply counted before its packet.
+    #[inline(always)]
+    pub const fn echo_requests(&self, key: &FlowKey) -> u64 {
+        if key.is_echo() {
+            self.packets.saturating_sub(self.segments)
+        } else {
+            0
+        }
+    }
+}
+
+impl FlowKey {
+    /// An ICMP echo flow: request or reply, keyed by the echo identifier
+    /// with `dst_port` 0, which no other ICMP message has (type 0 is the
+    /// echo reply, whatever its code).
+    #[inline(always)]
+    pub const fn is_echo(&self) -> bool {
+        self.proto == 1 && self.dst_port == 0
+    }
 }
 
 /// [`FlowStats::peer_slot`] of a flow whose peer had no slot when the flow
@@ -822,7 +897,7 @@ const _: () = {
     assert!(core::mem::size_of::<AddrBlock>() == 24);
     assert!(core::mem::size_of::<AddrInfo>() == 8);
     assert!(core::mem::size_of::<FlowKey>() == 16);
-    assert!(core::mem::size_of::<FlowStats>() == 112);
+    assert!(core::mem::size_of::<FlowStats>() == 64);
     assert!(core::mem::size_of::<PeerKey>() == 8);
     assert!(core::mem::size_of::<SlotCacheEntry>() == 16);
     assert!(SLOT_CACHE_ENTRIES.is_power_of_two());

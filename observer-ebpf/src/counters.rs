@@ -1,5 +1,7 @@
 //! Per-CPU counters: what was seen, and every reason something was not
 //! turned into a flow. Counting is the only side effect of the hot path.
+use core::{mem::MaybeUninit, ptr::write_volatile};
+
 use observer_ebpf::{Counter, PEER_SLOT_RETIRED, PeerKey, PeerStats, Point, tcp_flag};
 
 use crate::maps::{COUNTERS, PEER_SLOTS, PEER_STATS, PEERS, SLOT_CACHE};
@@ -170,8 +172,24 @@ fn with_unslotted(key: &PeerKey, f: impl Fn(&mut PeerStats)) {
         f(unsafe { &mut *stats });
         return;
     }
-    let mut fresh = PeerStats::default();
-    f(&mut fresh);
+    // Zeroed by eight word stores in place: from `PeerStats::default()`
+    // LLVM zeroes what `f` leaves with a call to `memset`, a byte loop
+    // the verifier walks 24 times over on every path reaching one of the
+    // 17 places this is inlined into. Volatile stores cannot be merged
+    // into that call, and the value is never moved (a move of known
+    // zeroes becomes a memset again).
+    let mut fresh = MaybeUninit::<PeerStats>::uninit();
+    let words = fresh.as_mut_ptr().cast::<u64>();
+    for i in 0..size_of::<PeerStats>() / 8 {
+        // SAFETY: PeerStats is u64 counters only (its size asserted in
+        // the ABI), so each word written is inside `fresh`.
+        unsafe { write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte written above; all zeroes is a valid PeerStats.
+    let fresh = unsafe { fresh.assume_init_mut() };
+    f(fresh);
+    // Inserted by reference: a copy of it may be zeroed by memset again.
+    let fresh: &PeerStats = fresh;
     match PEERS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU created it between our lookup and insert.

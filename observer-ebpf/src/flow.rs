@@ -65,7 +65,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
             (
                 Class::of(&*stats),
                 (*stats).peer_slot,
-                judged(seen, (*stats).control, tcp),
+                judged(seen, (*stats).control(), tcp),
                 (*stats).packets,
             )
         };
@@ -99,7 +99,7 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
         slot => slot,
     });
     let slot = fresh.peer_slot;
-    let control = fresh.control;
+    let control = fresh.control();
     let mut tcp = apply_first(&mut fresh, ip, l4);
     match FLOWS.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
@@ -132,8 +132,8 @@ pub fn record(seen: Seen, ip: &Ipv4, l4: &L4, frame_len: u32) -> Result<(), Coun
 /// they would have been, on the underlay), so the gate never judges the
 /// connections its own readings make.
 #[inline(always)]
-fn judged(seen: Seen, control: u8, tcp: Tcp) -> Tcp {
-    if control == 0 {
+fn judged(seen: Seen, control: bool, tcp: Tcp) -> Tcp {
+    if !control {
         return tcp;
     }
     if seen.point == Point::Underlay {
@@ -345,21 +345,20 @@ fn classify(seen: Seen, ip: &Ipv4, l4: &L4) -> Result<FlowStats, Counter> {
         },
         outer => outer,
     };
-    let (snat, snat_addr) = if is_node_overlay(&src) {
-        (Snat::Source, ip.src)
+    // The SNAT address is the key's end this names (FlowStats::snat_addr).
+    let snat = if is_node_overlay(&src) {
+        Snat::Source
     } else if is_node_overlay(&dst) {
-        (Snat::Destination, ip.dst)
+        Snat::Destination
     } else {
-        (Snat::None, 0)
+        Snat::None
     };
     Ok(FlowStats {
         peer,
-        snat_addr,
         src_net,
         dst_net,
         overlay: overlay.wire(),
-        snat: snat.wire(),
-        control: control as u8,
+        marks: FlowStats::marks_of(snat, control),
         ..FlowStats::default()
     })
 }
@@ -372,11 +371,12 @@ fn apply_first(stats: &mut FlowStats, ip: &Ipv4, l4: &L4) -> Tcp {
     stats.packets = 1;
     stats.bytes = ip.total_len as u64;
     stats.tcp_flags = l4.tcp_flags;
-    stats.syns = is_syn(l4) as u64;
-    stats.syn_acks = is_syn_ack(l4) as u64;
-    stats.rsts = (l4.tcp_flags & tcp_flag::RST != 0) as u64;
-    stats.echo_requests = (l4.echo == Echo::Request) as u64;
-    stats.echo_replies = (l4.echo == Echo::Reply) as u64;
+    stats.syns = is_syn(l4) as u8;
+    stats.syn_acks = is_syn_ack(l4) as u8;
+    stats.rsts = (l4.tcp_flags & tcp_flag::RST != 0) as u8;
+    // An echo flow's replies go where a TCP flow's segments do; its
+    // requests are the rest of its packets (FlowStats::echo_requests).
+    stats.segments = (l4.echo == Echo::Reply) as u64;
     if l4.seq_len != 0 {
         stats.segments = 1;
         stats.seq_next = l4.seq.wrapping_add(l4.seq_len);
@@ -414,12 +414,12 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> Tcp {
                 if (*stats).syns != 0 {
                     tcp.0 |= Tcp::SYN_RETRANSMIT;
                 }
-                add1(&raw mut (*stats).syns);
+                bump(&raw mut (*stats).syns);
             } else if is_syn_ack(l4) {
-                add1(&raw mut (*stats).syn_acks);
+                bump(&raw mut (*stats).syn_acks);
             }
             if flags & tcp_flag::RST != 0 {
-                add1(&raw mut (*stats).rsts);
+                bump(&raw mut (*stats).rsts);
             }
         }
         if l4.seq_len != 0 {
@@ -429,7 +429,7 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> Tcp {
             // nothing new: a retransmission (or reordering, which loss makes
             // just as visible to the application).
             if segments != 0 && (end.wrapping_sub((*stats).seq_next) as i32) <= 0 {
-                add1(&raw mut (*stats).retransmits);
+                add32(&raw mut (*stats).retransmits, 1);
                 tcp.0 |= Tcp::RETRANSMIT;
             } else {
                 (*stats).seq_next = end;
@@ -437,10 +437,8 @@ unsafe fn update(stats: *mut FlowStats, ip: &Ipv4, l4: &L4, now: u64) -> Tcp {
             add1(&raw mut (*stats).segments);
             tcp.0 |= Tcp::SEGMENT;
         }
-        match l4.echo {
-            Echo::Request => add1(&raw mut (*stats).echo_requests),
-            Echo::Reply => add1(&raw mut (*stats).echo_replies),
-            Echo::None => {}
+        if l4.echo == Echo::Reply {
+            add1(&raw mut (*stats).segments);
         }
     }
     tcp
@@ -463,6 +461,28 @@ pub(crate) unsafe fn add64(field: *mut u64, value: u64) {
     // this intrinsic lowers to (`lock *(u64 *)(r + off) += r`).
     // SAFETY: caller passes a field of a map value, which is 8-byte aligned.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, value) };
+}
+
+#[inline(always)]
+unsafe fn add32(field: *mut u32, value: u32) {
+    // SAFETY: as for add64, on a 4-byte aligned field (BPF_W atomic add).
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, value) };
+}
+
+/// Adds one to a handshake byte, saturating at 255. Not atomic (BPF has
+/// no byte-wide atomics): these count a connection's few SYN, SYN-ACK and
+/// RST segments, and losing one takes two CPUs counting the same flow's
+/// in the same instant.
+///
+/// # Safety
+/// `field` must point into a map value.
+#[inline(always)]
+unsafe fn bump(field: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let value = *field;
+        *field = value + (value != u8::MAX) as u8;
+    }
 }
 
 #[inline(always)]

@@ -112,7 +112,7 @@ impl FlowCensus {
         let class = (
             Net::from_wire(v.src_net).unwrap_or(Net::Unknown),
             Net::from_wire(v.dst_net).unwrap_or(Net::Unknown),
-            Snat::from_wire(v.snat).unwrap_or(Snat::None),
+            Snat::from_wire(v.snat()).unwrap_or(Snat::None),
         );
         *self.flows.entry(class).or_default() += 1;
         self.total += 1;
