@@ -31,6 +31,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("buildah", "buildah"),
     // Builds the Cilium stand-in the hook-order tests attach (tests/bpf/).
     ("clang", "clang"),
+    // `cargo xtask bench scale`: the sink's veth on its NAPI thread.
+    ("ethtool", "ethtool"),
 ];
 
 /// Files the tests need that no command stands for, and their package.
