@@ -24,6 +24,20 @@ fn series(family: &str, node: &str, peer: &str, overlay: &str, rest: &str) -> St
     format!("{family}{{node=\"{node}\",peer_node=\"{peer}\",overlay=\"{overlay}\",{rest}}}")
 }
 
+/// Asserts the control plane's `/metrics` (`body`) has one path told,
+/// and worker-1's and worker-2's none.
+fn only_path_told(lab: &Lab, agents: &Agents, body: &str) {
+    let counted = |body: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("crossover_icmp_frag_needed_total{"))
+            .count()
+    };
+    assert_eq!(counted(body), 1, "{body}");
+    for (j, node) in ["worker-1", "worker-2"].into_iter().enumerate() {
+        assert_eq!(counted(&metrics(lab, agents, node, j + 1)), 0, "{node}");
+    }
+}
+
 /// The `mtu` rows of `node` over the agents' 60 s window.
 fn mtu_rows(lab: &Lab, agents: &Agents, node: &str) -> Vec<serde_json::Value> {
     let args = [
@@ -147,16 +161,7 @@ fn the_nodes_own_frag_needed_to_its_pod_joins_the_pairs_mtu_row() {
         );
         assert_eq!(metric::<u64>(&body, &s), value, "{body}");
     }
-    // The only path told, on the only node.
-    let counted = |body: &str| {
-        body.lines()
-            .filter(|l| l.starts_with("crossover_icmp_frag_needed_total{"))
-            .count()
-    };
-    assert_eq!(counted(&body), 1, "{body}");
-    for (j, node) in ["worker-1", "worker-2"].into_iter().enumerate() {
-        assert_eq!(counted(&metrics(&lab, &agents, node, j + 1)), 0, "{node}");
-    }
+    only_path_told(&lab, &agents, &body);
     drop(agents);
 }
 
@@ -164,10 +169,10 @@ fn the_nodes_own_frag_needed_to_its_pod_joins_the_pairs_mtu_row() {
 /// 1300 while the control plane's pods send 1450-byte segments, in a
 /// Calico VXLAN lab (pods' veths routed, as Calico's and Cilium's are: a
 /// bridge, flannel's `cni0`, drops a frame too large for its port
-/// without a word). The
-/// stream crosses the tunnel whole; worker-2's kernel refuses it on the
-/// way into its pod and tells the control plane's pod, through the
-/// tunnel, which then fits its segments: the stream goes through.
+/// without a word). The stream crosses the tunnel whole; worker-2's
+/// kernel refuses it on the way into its pod and tells the control
+/// plane's pod, through the tunnel, which then fits its segments: the
+/// stream goes through.
 /// crossover counts that message on the control plane as it reaches the
 /// pod's veth, hop `peer`, on the path the pod's flow took (worker-2,
 /// legacy), with the MTU 1300; the pair's mtu row carries it; worker-2,
@@ -233,16 +238,7 @@ fn a_peers_frag_needed_through_the_tunnel_counts_on_the_peer_hop() {
         "hop=\"peer\",kind=\"fits\"",
     );
     assert_eq!(metric::<u64>(&body, &fits), 1300, "{body}");
-    // The only path told, on the only node.
-    let counted = |body: &str| {
-        body.lines()
-            .filter(|l| l.starts_with("crossover_icmp_frag_needed_total{"))
-            .count()
-    };
-    assert_eq!(counted(&body), 1, "{body}");
-    for (j, node) in ["worker-1", "worker-2"].into_iter().enumerate() {
-        assert_eq!(counted(&metrics(&lab, &agents, node, j + 1)), 0, "{node}");
-    }
+    only_path_told(&lab, &agents, &body);
     drop(agents);
 }
 
