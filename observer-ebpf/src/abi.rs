@@ -604,11 +604,13 @@ pub struct FlowKey {
 /// the flow is first seen.
 ///
 /// 64 bytes, so a FLOWS element (the kernel's 48-byte header, the 16-byte
-/// key and this) is two cache lines, not three: a new flow's insert
-/// costs 20-70 ns more per extra line. What fits only in more room is
-/// derived: the SNAT address is one of the key's ends, an echo flow's
-/// requests are its packets less its replies. Read the typed values
-/// through the methods; the raw fields are the wire.
+/// key and this) is two cache lines, not three, and FLOWS preallocates a
+/// third less (a 48-byte larger element cost a new flow 20-70 ns more;
+/// against the 112-byte one the bench measured no difference, README).
+/// What fits only in more room is derived: the SNAT address is one of
+/// the key's ends, an echo flow's requests are its packets less its
+/// replies. Read the typed values through the methods; the raw fields
+/// are the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -853,15 +855,13 @@ pub struct FragNeeded {
     pub messages: u64,
     /// The latest message's next-hop MTU (RFC 1191), as sent: the wire's
     /// size for [`MtuHop::Wire`], an inner packet's for [`MtuHop::Node`]
-    /// and [`MtuHop::Peer`].
-    /// 0 from a router older than RFC 1191.
+    /// and [`MtuHop::Peer`]. 0 from a router older than RFC 1191.
     pub next_hop_mtu: u16,
     /// Bytes the tunnel adds to an inner packet (outer IPv4, UDP, tunnel
     /// header and options, inner Ethernet; the outer IPv4 header alone
     /// for IP-in-IP), from the quoted headers: `next_hop_mtu - overhead`
-    /// is the largest inner packet the path takes. 0 for [`MtuHop::Node`],
-    /// [`MtuHop::Peer`]
-    /// and for packets in no tunnel.
+    /// is the largest inner packet the path takes. 0 for [`MtuHop::Node`]
+    /// and [`MtuHop::Peer`], and for packets in no tunnel.
     pub overhead: u16,
     /// Total length of the quoted packet: a size that did not fit.
     pub refused_len: u16,

@@ -213,35 +213,31 @@ fn node_path(ctx: &TcContext, ip: Message) -> Parsed<Option<Seen>> {
     // the pod whose packet it was. A local pod could forge one: it would
     // only count towards its own paths.
     let from = lookup(ip.src);
-    let a_nodes = from.kind == AddrKind::NodeUnderlay.wire()
+    let from_a_node = from.kind == AddrKind::NodeUnderlay.wire()
         || from.kind == AddrKind::NodeOverlay.wire()
         || from.kind == AddrKind::PodNetwork.wire();
-    if local == 0 || from.node == 0 || !a_nodes || ip.dst != quoted.src {
+    if local == 0 || from.node == 0 || !from_a_node || ip.dst != quoted.src {
         return Err(Counter::FragNeededForeign);
     }
-    let taken = taken_by(ctx, quoted)?;
-    let (peer, overlay, hop) = if from.node == local {
-        match taken {
-            Some((peer, overlay)) => (peer, overlay, MtuHop::Node),
-            None => {
-                let dst = lookup(quoted.dst);
-                (
-                    node_of(&dst, local),
-                    overlay_of(config, dst.net),
-                    MtuHop::Node,
-                )
-            }
+    let (peer, overlay, hop) = match (from.node == local, taken_by(ctx, quoted)?) {
+        (true, Some((peer, overlay))) => (peer, overlay, MtuHop::Node),
+        (true, None) => {
+            let dst = lookup(quoted.dst);
+            (
+                node_of(&dst, local),
+                overlay_of(config, dst.net),
+                MtuHop::Node,
+            )
         }
-    } else {
         // The peer's own message about a packet its flow took to that
         // peer through a tunnel. A routed (native) flow's came in on the
         // underlay, counted on the wire already.
-        match taken {
-            Some((peer, overlay)) if peer == from.node && overlay != Overlay::Native.wire() => {
-                (peer, overlay, MtuHop::Peer)
-            }
-            _ => return Err(Counter::FragNeededForeign),
+        (false, Some((peer, overlay)))
+            if peer == from.node && overlay != Overlay::Native.wire() =>
+        {
+            (peer, overlay, MtuHop::Peer)
         }
+        (false, _) => return Err(Counter::FragNeededForeign),
     };
     if peer == 0 {
         return Err(Counter::FragNeededForeign);
