@@ -412,13 +412,10 @@ fn join_told(reading: &mut ClusterReading, told: BTreeMap<PathKey, PathMtu>, sec
     for (node, paths) in by_node {
         super::mtu::join(&mut reading.rows, &node, paths, seconds);
     }
-    let cluster = CLUSTER.to_owned();
-    let mut totals: BTreeMap<(String, Overlay), PathMtu> = BTreeMap::new();
-    totals.extend(
-        by_overlay
-            .into_iter()
-            .map(|(o, m)| ((cluster.clone(), o), m)),
-    );
+    let totals = by_overlay
+        .into_iter()
+        .map(|(overlay, m)| ((CLUSTER.to_owned(), overlay), m))
+        .collect();
     super::mtu::join(&mut reading.totals, CLUSTER, totals, seconds);
 }
 
