@@ -38,20 +38,55 @@ fn only_path_told(lab: &Lab, agents: &Agents, body: &str) {
     }
 }
 
-/// The `mtu` rows of `node` over the agents' 60 s window.
-fn mtu_rows(lab: &Lab, agents: &Agents, node: &str) -> Vec<serde_json::Value> {
-    let args = [
-        "--signal",
-        "mtu",
+/// `crossover loss` arguments: `node`'s rows over the agents' 60 s
+/// window (their sampler at 500 ms), long enough to hold a whole test.
+fn about(node: &str) -> [&str; 6] {
+    [
         "--node",
         node,
         "--window",
         "60s",
         "--sample-interval",
         "500ms",
-    ];
+    ]
+}
+
+/// The `mtu` rows of `node` over the agents' 60 s window.
+fn mtu_rows(lab: &Lab, agents: &Agents, node: &str) -> Vec<serde_json::Value> {
+    let args = [&about(node)[..], &["--signal", "mtu"]].concat();
     let reading = agents.loss_json(&lab.node_ns(node), &args);
     reading["rows"].as_array().unwrap().clone()
+}
+
+/// The control plane's mtu row about worker-2 on the legacy overlay,
+/// once it carries the traffic's messages, checked against its
+/// `/metrics` (returned with it): as many messages on `hop` as the row
+/// holds, their next-hop MTU and size that fits 1300, the row's too.
+fn told_about_worker_2(lab: &Lab, agents: &Agents, hop: &str) -> (serde_json::Value, String) {
+    let row = mtu_row(lab, agents, ("control-plane", "worker-2", "legacy"));
+    assert_eq!(row["mtu"]["icmp_next_hop"], 1300, "{row}");
+    let body = metrics(lab, agents, "control-plane", 0);
+    let path = |family: &str, rest: &str| {
+        series(
+            family,
+            "control-plane",
+            "worker-2",
+            "legacy",
+            &format!("hop=\"{hop}\"{rest}"),
+        )
+    };
+    let messages: u64 = metric(&body, &path("crossover_icmp_frag_needed_total", ""));
+    assert!(messages >= 1, "{body}");
+    assert_eq!(
+        row["mtu"]["icmp_frag_needed"].as_u64(),
+        Some(messages),
+        "{row}"
+    );
+    for kind in ["next_hop", "fits"] {
+        let s = path("crossover_icmp_mtu_bytes", &format!(",kind=\"{kind}\""));
+        assert_eq!(metric::<u64>(&body, &s), 1300, "{body}");
+    }
+    (row, body)
 }
 
 /// Waits (at most 10 s: the sampler reads every 500 ms) until `node`'s
@@ -124,8 +159,7 @@ fn the_nodes_own_frag_needed_to_its_pod_joins_the_pairs_mtu_row() {
     // Two sampler ticks (500 ms): the agent's reading holds every message.
     std::thread::sleep(Duration::from_secs(1));
 
-    let row = mtu_row(&lab, &agents, ("control-plane", "worker-2", "legacy"));
-    assert_eq!(row["mtu"]["icmp_next_hop"], 1300, "{row}");
+    let (row, body) = told_about_worker_2(&lab, &agents, "node");
     // No probe ran: the row is the traffic's messages, not loss.
     assert_eq!(
         (row["sent"].as_u64(), row["lost"].as_u64()),
@@ -133,34 +167,8 @@ fn the_nodes_own_frag_needed_to_its_pod_joins_the_pairs_mtu_row() {
         "{row}"
     );
     assert_eq!(row["mtu"]["probed"], 0, "{row}");
-
-    let body = metrics(&lab, &agents, "control-plane", 0);
     // The new families as docs/metrics.md has them, labels included.
     check_documented(&body);
-    let told = series(
-        "crossover_icmp_frag_needed_total",
-        "control-plane",
-        "worker-2",
-        "legacy",
-        "hop=\"node\"",
-    );
-    let messages: u64 = metric(&body, &told);
-    assert!(messages >= 1, "{body}");
-    assert_eq!(
-        row["mtu"]["icmp_frag_needed"].as_u64(),
-        Some(messages),
-        "{row}"
-    );
-    for (kind, value) in [("next_hop", 1300), ("fits", 1300)] {
-        let s = series(
-            "crossover_icmp_mtu_bytes",
-            "control-plane",
-            "worker-2",
-            "legacy",
-            &format!("hop=\"node\",kind=\"{kind}\""),
-        );
-        assert_eq!(metric::<u64>(&body, &s), value, "{body}");
-    }
     only_path_told(&lab, &agents, &body);
     drop(agents);
 }
@@ -213,31 +221,7 @@ fn a_peers_frag_needed_through_the_tunnel_counts_on_the_peer_hop() {
     );
     std::thread::sleep(Duration::from_secs(1));
 
-    let row = mtu_row(&lab, &agents, ("control-plane", "worker-2", "legacy"));
-    assert_eq!(row["mtu"]["icmp_next_hop"], 1300, "{row}");
-    let body = metrics(&lab, &agents, "control-plane", 0);
-    let told = series(
-        "crossover_icmp_frag_needed_total",
-        "control-plane",
-        "worker-2",
-        "legacy",
-        "hop=\"peer\"",
-    );
-    let messages: u64 = metric(&body, &told);
-    assert!(messages >= 1, "{body}");
-    assert_eq!(
-        row["mtu"]["icmp_frag_needed"].as_u64(),
-        Some(messages),
-        "{row}"
-    );
-    let fits = series(
-        "crossover_icmp_mtu_bytes",
-        "control-plane",
-        "worker-2",
-        "legacy",
-        "hop=\"peer\",kind=\"fits\"",
-    );
-    assert_eq!(metric::<u64>(&body, &fits), 1300, "{body}");
+    let (_, body) = told_about_worker_2(&lab, &agents, "peer");
     only_path_told(&lab, &agents, &body);
     drop(agents);
 }
@@ -303,14 +287,7 @@ fn a_routers_frag_needed_about_a_tunnel_packet_counts_on_the_wire_hop() {
     // NOT_SPECIFIED; the table's footer and the gate's halt message say
     // what ICMP told of the path beside it. A 60 s window holds the
     // whole stream; 5 sent are enough to judge here.
-    let about_cp = [
-        "--node",
-        "control-plane",
-        "--window",
-        "60s",
-        "--sample-interval",
-        "500ms",
-    ];
+    let about_cp = about("control-plane");
     let table = agents.loss(&cp, &[&about_cp[..], &["--format", "table"]].concat());
     assert!(
         table.lines().any(|l| l

@@ -22,7 +22,7 @@ use crate::lab::{
     Fault, Lab, LabSpec, LegacyCni, Overlay,
     exec::in_ns,
     plan,
-    traffic::{self, StreamReport},
+    traffic::{self, Endpoint, StreamReport},
 };
 
 /// Both ways between worker-1 and worker-2 on the Cilium overlay, the wire
@@ -99,12 +99,21 @@ pub fn router_black_hole(lab: &Lab) -> Result<()> {
 /// forwarding, `ip_forward_use_pmtu` 0): they are dropped on the node
 /// (as NOT_SPECIFIED) without a word to the pod, and the stream stalls.
 pub fn across_router_black_hole(lab: &Lab) -> Result<StreamReport> {
-    traffic::tcp_stream(
-        &lab.endpoint("control-plane/app-1")?,
-        &lab.endpoint("worker-1/app-1")?,
-        Duration::from_secs(2),
-        1_000_000,
-    )
+    let (from, to) = router_stream_ends(lab)?;
+    router_stream(&from, &to)
+}
+
+/// The stream's ends: the control plane's pod, worker-1's.
+fn router_stream_ends(lab: &Lab) -> Result<(Endpoint, Endpoint)> {
+    Ok((
+        lab.endpoint("control-plane/app-1")?,
+        lab.endpoint("worker-1/app-1")?,
+    ))
+}
+
+/// One stream across the router: 2 s, at most 1 MB/s.
+fn router_stream(from: &Endpoint, to: &Endpoint) -> Result<StreamReport> {
+    traffic::tcp_stream(from, to, Duration::from_secs(2), 1_000_000)
 }
 
 /// Streams across the router's black hole back to back until dropped,
@@ -118,15 +127,14 @@ pub struct StallingStreams {
 
 impl StallingStreams {
     pub fn start(lab: &Lab) -> Result<StallingStreams> {
-        let from = lab.endpoint("control-plane/app-1")?;
-        let to = lab.endpoint("worker-1/app-1")?;
+        let (from, to) = router_stream_ends(lab)?;
         let cp = lab.node_ns("control-plane");
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 in_ns(&cp, &["ip", "route", "flush", "cache"]).unwrap();
-                traffic::tcp_stream(&from, &to, Duration::from_secs(2), 1_000_000).unwrap();
+                router_stream(&from, &to).unwrap();
             }
         });
         Ok(StallingStreams {
