@@ -164,14 +164,7 @@ fn main() {
     // finds the flow), and a single run pays fixed costs a million-fold
     // repeat spreads thin: its floor is the empty program run once, on a
     // cleared table, the same way.
-    let floor_once = median(
-        (0..2000)
-            .map(|_| {
-                harness.observer.clear_flows().expect("clear flows");
-                harness.time(observer::datapath::FLOOR, &floor_packet, 1)
-            })
-            .collect(),
-    );
+    let floor_once = one_run(&mut harness, observer::datapath::FLOOR, &floor_packet, None);
     println!("crossover datapath, BPF_PROG_TEST_RUN x {REPEAT}, median of {ROUNDS} rounds");
     println!("{:<38} {:>10} {:>14}", "case", "ns/packet", "over floor");
     println!(
@@ -188,7 +181,7 @@ fn main() {
     );
     for case in cases() {
         let per_packet = if case.fresh_flow {
-            new_flow(&mut harness, case.program, &case.packet)
+            new_flow(&mut harness, case.program, &case.packet, None)
         } else {
             // As in the agent: the key gets its slot at the sample after
             // its first packet, and the flow takes it on its next.
@@ -215,14 +208,11 @@ fn main() {
     }
     // The empty program run once right after another run of it, on a
     // cleared table: the floor of a new flow timed after another's packet.
-    let floor_after_another = median(
-        (0..2000)
-            .map(|_| {
-                harness.observer.clear_flows().expect("clear flows");
-                harness.run(observer::datapath::FLOOR, &floor_packet);
-                harness.time(observer::datapath::FLOOR, &floor_packet, 1)
-            })
-            .collect(),
+    let floor_after_another = one_run(
+        &mut harness,
+        observer::datapath::FLOOR,
+        &floor_packet,
+        Some(&floor_packet),
     );
     println!(
         "{:<38} {:>10.1} {:>14}",
@@ -456,34 +446,33 @@ fn n_node_shape(nodes: usize) -> observer::shape::ClusterShape {
     }
 }
 
-/// A new flow right after one packet of `another` (a new flow of its
-/// own, into the table just cleared): one run each, the second timed.
-/// The program, its maps' hot lines and the peer's slot are warm; the new
-/// flow's bucket and element are not (see [`new_flow_at_scale`]).
-fn new_flow_after(harness: &mut Harness, program: &str, another: &[u8], packet: &[u8]) -> Duration {
-    harness.run(program, packet);
-    harness.observer.promote_peer_slots().expect("promote");
-    median(
-        (0..2000)
-            .map(|_| {
-                harness.observer.clear_flows().expect("clear flows");
-                harness.run(program, another);
-                harness.time(program, packet, 1)
-            })
-            .collect(),
-    )
-}
-
 /// One run = one packet into an empty flow table: every run pays for
 /// classification and the insert. The flow's peer key has its slot, as
-/// any key has a sample after its first packet.
-fn new_flow(harness: &mut Harness, program: &str, packet: &[u8]) -> Duration {
+/// any key has a sample after its first packet. With `before`, each run
+/// follows one packet of another flow ([`one_run`]).
+fn new_flow(
+    harness: &mut Harness,
+    program: &str,
+    packet: &[u8],
+    before: Option<&[u8]>,
+) -> Duration {
     harness.run(program, packet);
     harness.observer.promote_peer_slots().expect("promote");
+    one_run(harness, program, packet, before)
+}
+
+/// `packet` through `program` one run at a time, each on a table just
+/// cleared, the median of 2,000. With `before`, one untimed run of that
+/// packet first: the program, its maps' hot lines and a peer's slot warm
+/// again after the clearing (see [`new_flow_at_scale`]).
+fn one_run(harness: &mut Harness, program: &str, packet: &[u8], before: Option<&[u8]>) -> Duration {
     median(
         (0..2000)
             .map(|_| {
                 harness.observer.clear_flows().expect("clear flows");
+                if let Some(before) = before {
+                    harness.run(program, before);
+                }
                 harness.time(program, packet, 1)
             })
             .collect(),
@@ -539,11 +528,11 @@ fn new_flow_at_scale(floor_once: Duration, floor_after_another: Duration) {
             let program = "crossover_underlay_egress";
             print(
                 format!("new flow, {nodes} nodes{how}"),
-                new_flow(&mut harness, program, &packet),
+                new_flow(&mut harness, program, &packet, None),
             );
             if capacity != 0 {
                 let ns =
-                    new_flow_after(&mut harness, program, &another, &packet).as_secs_f64() * 1e9;
+                    new_flow(&mut harness, program, &packet, Some(&another)).as_secs_f64() * 1e9;
                 println!(
                     "{:<38} {:>10.1} {:>14.1} (over floor 1 after another run)",
                     format!("new flow after another, {nodes} nodes"),
