@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aya::programs::{TestRun, TestRunOptions};
 use crossover_tests::{
     harness::{Harness, two_node_shape},
-    packet::{ACK, LINUX_QUOTE, frag_needed, ip, tcp, udp},
+    packet::{ACK, LINUX_QUOTE, SYN, frag_needed, ip, tcp, udp},
 };
 use observer::datapath::{AgeingPolicy, LoadOptions, monotonic_ns};
 
@@ -222,6 +222,7 @@ fn main() {
     );
     new_flow_at_scale(floor_once, floor_after_another);
     new_flows_back_to_back(&mut harness);
+    new_connections_on_a_busy_node();
     verifier_headroom(&harness);
     if std::env::var("DATAPATH_CASES").is_ok_and(|cases| cases == "packets") {
         return;
@@ -593,6 +594,128 @@ fn new_flows_back_to_back(harness: &mut Harness) {
         (fresh.as_secs_f64() - floor.as_secs_f64()) * 1e9,
         floor.as_secs_f64() * 1e9
     );
+}
+
+/// Flows in the table of [`new_connections_on_a_busy_node`] before it
+/// times anything: the 100k, spread over the peers.
+const BUSY_FLOWS: usize = 100_000;
+/// New flows timed per round and kind there: the SYNs, their answers'
+/// flows and the ACKs of five rounds stay under FLOWS's 131,072.
+const BUSY_NEW: u16 = 2_000;
+/// Handshakes in flight while the SYNs are timed: each SYN is answered
+/// this many SYNs later, so HANDSHAKES holds a few entries and reuses
+/// elements answers freed, as on a node whose peers answer.
+const IN_FLIGHT: usize = 8;
+
+/// New flows as they meet a node of the shape: 1,000 nodes, FLOWS
+/// already holding 100k flows across the peers (their buckets' chains
+/// walked, the peers' slots taken), each new flow towards another peer
+/// and pod in turn, so neither its bucket, its element nor its peer's
+/// entries were just touched. Nothing is cleared between runs: each
+/// packet is a new 5-tuple. A connection's first packet (a SYN: FLOWS
+/// and HANDSHAKES both insert, the tracker's function runs; its SYN-ACK
+/// comes back a few SYNs later, untimed) and a flow first seen
+/// mid-stream (an ACK), each over the empty program run once on the same
+/// packets the same way.
+fn new_connections_on_a_busy_node() {
+    const NODES: usize = 1000;
+    let mut harness = Harness::new(&n_node_shape(NODES));
+    harness.observer.load_floor().expect("floor program");
+    let (egress, ingress) = ("crossover_underlay_egress", "crossover_underlay_ingress");
+    const LOCAL: [u8; 4] = [192, 168, 50, 1];
+    // Node i's underlay address and a pod in its legacy /24 (n_node_shape).
+    let peer = |i: usize| {
+        (
+            [192, 168, 50 + (i / 250) as u8, (i % 250) as u8 + 1],
+            [10, 64 + (i / 256) as u8, (i % 256) as u8, 7],
+        )
+    };
+    let out = |src: [u8; 4], i: usize, port: u16, flags: u8| {
+        let (underlay, pod) = peer(i);
+        ip(src, pod, tcp(port, 80, 1, flags, 100)).vxlan(LOCAL, underlay, 8472)
+    };
+    let back = |src: [u8; 4], i: usize, port: u16, flags: u8| {
+        let (underlay, pod) = peer(i);
+        ip(pod, src, tcp(80, port, 1, flags, 0)).vxlan(underlay, LOCAL, 8472)
+    };
+    for n in 0..BUSY_FLOWS {
+        let i = 1 + n % (NODES - 1);
+        harness.run(
+            egress,
+            &out([10, 64, 0, 5], i, 10_000 + (n / (NODES - 1)) as u16, ACK),
+        );
+    }
+    harness.observer.promote_peer_slots().expect("promote");
+    // Each flow's first packet, and the answer that comes back for it.
+    let timed = |src: [u8; 4], flags: u8, answer: Option<u8>| {
+        let rounds: Vec<(Duration, Duration)> = (0..ROUNDS as u16)
+            .map(|round| {
+                // Peers in a stride that visits each before any twice.
+                let flows: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..BUSY_NEW)
+                    .map(|k| {
+                        let i = 1 + (usize::from(k) * 367) % (NODES - 1);
+                        let port = 20_000 + round * BUSY_NEW + k;
+                        (
+                            out(src, i, port, flags),
+                            answer.map(|a| back(src, i, port, a)),
+                        )
+                    })
+                    .collect();
+                let each = |first: &str, then: &str| {
+                    let mut took = Vec::with_capacity(flows.len());
+                    for (k, (packet, _)) in flows.iter().enumerate() {
+                        took.push(harness.time(first, packet, 1));
+                        if let Some((_, Some(answer))) = k.checked_sub(IN_FLIGHT).map(|a| &flows[a])
+                        {
+                            harness.run(then, answer);
+                        }
+                    }
+                    for (_, answer) in &flows[flows.len() - IN_FLIGHT..] {
+                        if let Some(answer) = answer {
+                            harness.run(then, answer);
+                        }
+                    }
+                    median(took)
+                };
+                let floor = each(observer::datapath::FLOOR, observer::datapath::FLOOR);
+                (floor, each(egress, ingress))
+            })
+            .collect();
+        let floor = median(rounds.iter().map(|r| r.0).collect());
+        let fresh = median(rounds.iter().map(|r| r.1).collect());
+        (floor, fresh)
+    };
+    let syns = timed([10, 64, 0, 8], SYN, Some(SYN | ACK));
+    let acks = timed([10, 64, 0, 9], ACK, None);
+    let counters = harness.observer.counters().expect("counters");
+    assert_eq!(counters["flow_map_full"], 0, "FLOWS refused a new flow");
+    assert_eq!(
+        counters["handshake_map_full"], 0,
+        "HANDSHAKES refused a SYN"
+    );
+    let answered: u64 = harness
+        .snapshot()
+        .peers
+        .iter()
+        .map(|p| p.counts.handshakes_answered)
+        .sum();
+    assert_eq!(
+        answered,
+        ROUNDS as u64 * u64::from(BUSY_NEW),
+        "every SYN answered"
+    );
+    for (name, (floor, fresh)) in [
+        ("new connection (syn), busy node", syns),
+        ("new flow (ack), busy node", acks),
+    ] {
+        println!(
+            "{:<38} {:>10.1} {:>14.1} (over its floor, {:.0})",
+            name,
+            fresh.as_secs_f64() * 1e9,
+            (fresh.as_secs_f64() - floor.as_secs_f64()) * 1e9,
+            floor.as_secs_f64() * 1e9
+        );
+    }
 }
 
 /// The kernel verifier's limit on instructions it walks to load one
