@@ -2,7 +2,7 @@
 //! BPF_PROG_TEST_RUN repeat (root), then the userspace side at 100k flows:
 //! snapshot, ageing sweep and memory. Run with `cargo xtask bench`.
 //! `DATAPATH_CASES=packets` runs only the per-packet programs (the first
-//! table and new flows back to back), in a few seconds.
+//! table and the new-flow rows), in about two minutes.
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
