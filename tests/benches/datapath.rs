@@ -597,7 +597,7 @@ fn new_flows_back_to_back(harness: &mut Harness) {
 }
 
 /// Flows in the table of [`new_connections_on_a_busy_node`] before it
-/// times anything: the 100k, spread over the peers.
+/// times anything: the scale bench's 100k, spread over the peers.
 const BUSY_FLOWS: usize = 100_000;
 /// New flows timed per round and kind there: the SYNs, the ACKs and the
 /// flows of their answers, five rounds, stay under FLOWS's 131,072.
@@ -608,11 +608,11 @@ const BUSY_NEW: u16 = 1_500;
 /// answer.
 const IN_FLIGHT: usize = 8;
 
-/// New flows as they meet a node of the shape: 1,000 nodes, FLOWS
-/// already holding 100k flows across the peers (their buckets' chains
-/// walked, the peers' slots taken), each new flow towards another peer
-/// and pod in turn, so neither its bucket, its element nor its peer's
-/// entries were just touched. Nothing is cleared between runs: each
+/// New flows as they meet a busy node of the scale bench's shape: 1,000
+/// nodes, FLOWS already holding 100k flows across the peers (their
+/// buckets' chains walked, the peers' slots taken), each new flow towards
+/// another peer and pod in turn, so neither its bucket, its element nor
+/// its peer's entries were just touched. Nothing is cleared between runs: each
 /// packet is a new 5-tuple. A connection's first packet (a SYN: FLOWS
 /// and HANDSHAKES both insert, the tracker's function runs) and a flow
 /// first seen mid-stream (an ACK), each answered by the peer a few flows
