@@ -250,15 +250,9 @@ fn thousand_nodes() {
         };
         let mut total_refused = 0;
         for i in 1..nodes {
-            let peer = [192, 168, 50 + (i / 250) as u8, (i % 250) as u8 + 1];
-            let (local_legacy, peer_legacy) = (
-                [10, 64, 0, 7],
-                [10, 64 + (i / 256) as u8, (i % 256) as u8, 7],
-            );
-            let (local_cilium, peer_cilium) = (
-                [10, 128, 0, 7],
-                [10, 128 + (i / 256) as u8, (i % 256) as u8, 7],
-            );
+            let peer = node_underlay(i);
+            let (local_legacy, peer_legacy) = (node_pod(0, LEGACY), node_pod(i, LEGACY));
+            let (local_cilium, peer_cilium) = (node_pod(0, CILIUM), node_pod(i, CILIUM));
             // PEERS is not preallocated: a tight loop of new keys can
             // empty the kernel's allocation cache (peer_alloc_failed); the
             // node's packets are sent again, after a pause, until its keys
@@ -408,25 +402,40 @@ fn kept_tick(peers: &[observer::datapath::PeerRecord], nodes: usize) {
     );
 }
 
+/// Second octets where [`n_node_shape`]'s legacy and Cilium ranges start.
+const LEGACY: u8 = 64;
+const CILIUM: u8 = 128;
+
+/// Node `i`'s underlay address in [`n_node_shape`].
+fn node_underlay(i: usize) -> [u8; 4] {
+    [192, 168, 50 + (i / 250) as u8, (i % 250) as u8 + 1]
+}
+
+/// A pod (.7) in node `i`'s /24 of the range starting at `10.{first}`
+/// ([`LEGACY`] or [`CILIUM`]) in [`n_node_shape`].
+fn node_pod(i: usize, first: u8) -> [u8; 4] {
+    [10, first + (i / 256) as u8, (i % 256) as u8, 7]
+}
+
 /// `nodes` nodes, each with a legacy and a Cilium /24 of 10.0.0.0/8.
 fn n_node_shape(nodes: usize) -> observer::shape::ClusterShape {
     use observer::shape::{ClusterShape, Encapsulation, Network, Node, NodePodCidr, Role};
+    let block = |i: usize, first: u8| {
+        let [a, b, c, _] = node_pod(i, first);
+        format!("{a}.{b}.{c}.0/24").parse().unwrap()
+    };
     let node = |i: usize| Node {
         name: format!("node-{i}"),
-        underlay: [192, 168, 50 + (i / 250) as u8, (i % 250) as u8 + 1].into(),
+        underlay: node_underlay(i).into(),
         overlay_addrs: vec![],
         pod_cidrs: vec![
             NodePodCidr {
                 role: Role::Legacy,
-                cidr: format!("10.{}.{}.0/24", 64 + i / 256, i % 256)
-                    .parse()
-                    .unwrap(),
+                cidr: block(i, LEGACY),
             },
             NodePodCidr {
                 role: Role::Cilium,
-                cidr: format!("10.{}.{}.0/24", 128 + i / 256, i % 256)
-                    .parse()
-                    .unwrap(),
+                cidr: block(i, CILIUM),
             },
         ],
     };
@@ -587,13 +596,7 @@ fn new_flows_back_to_back(harness: &mut Harness) {
     }
     let floor = median(rounds.iter().map(|r| r.0).collect());
     let fresh = median(rounds.iter().map(|r| r.1).collect());
-    println!(
-        "{:<38} {:>10.1} {:>14.1} (over its floor, {:.0})",
-        "vxlan tcp, new flows back to back",
-        fresh.as_secs_f64() * 1e9,
-        (fresh.as_secs_f64() - floor.as_secs_f64()) * 1e9,
-        floor.as_secs_f64() * 1e9
-    );
+    print_over_its_floor("vxlan tcp, new flows back to back", (floor, fresh));
 }
 
 /// Flows in the table of [`new_connections_on_a_busy_node`] before it
@@ -612,8 +615,8 @@ const IN_FLIGHT: usize = 8;
 /// nodes, FLOWS already holding 100k flows across the peers (their
 /// buckets' chains walked, the peers' slots taken), each new flow towards
 /// another peer and pod in turn, so neither its bucket, its element nor
-/// its peer's entries were just touched. Nothing is cleared between runs: each
-/// packet is a new 5-tuple. A connection's first packet (a SYN: FLOWS
+/// its peer's entries were just touched. Nothing is cleared between runs:
+/// each packet is a new 5-tuple. A connection's first packet (a SYN: FLOWS
 /// and HANDSHAKES both insert, the tracker's function runs) and a flow
 /// first seen mid-stream (an ACK), each answered by the peer a few flows
 /// later (a SYN-ACK, an ACK; untimed: both rows pay alike for the
@@ -624,21 +627,20 @@ fn new_connections_on_a_busy_node() {
     let mut harness = Harness::new(&n_node_shape(NODES));
     harness.observer.load_floor().expect("floor program");
     let (egress, ingress) = ("crossover_underlay_egress", "crossover_underlay_ingress");
-    const LOCAL: [u8; 4] = [192, 168, 50, 1];
-    // Node i's underlay address and a pod in its legacy /24 (n_node_shape).
-    let peer = |i: usize| {
-        (
-            [192, 168, 50 + (i / 250) as u8, (i % 250) as u8 + 1],
-            [10, 64 + (i / 256) as u8, (i % 256) as u8, 7],
+    let local = node_underlay(0);
+    let out = |src: [u8; 4], i: usize, port: u16, flags: u8| {
+        ip(src, node_pod(i, LEGACY), tcp(port, 80, 1, flags, 100)).vxlan(
+            local,
+            node_underlay(i),
+            8472,
         )
     };
-    let out = |src: [u8; 4], i: usize, port: u16, flags: u8| {
-        let (underlay, pod) = peer(i);
-        ip(src, pod, tcp(port, 80, 1, flags, 100)).vxlan(LOCAL, underlay, 8472)
-    };
     let back = |src: [u8; 4], i: usize, port: u16, flags: u8| {
-        let (underlay, pod) = peer(i);
-        ip(pod, src, tcp(80, port, 1, flags, 0)).vxlan(underlay, LOCAL, 8472)
+        ip(node_pod(i, LEGACY), src, tcp(80, port, 1, flags, 0)).vxlan(
+            node_underlay(i),
+            local,
+            8472,
+        )
     };
     for n in 0..BUSY_FLOWS {
         let i = 1 + n % (NODES - 1);
@@ -700,18 +702,20 @@ fn new_connections_on_a_busy_node() {
         ROUNDS as u64 * u64::from(BUSY_NEW),
         "every SYN answered"
     );
-    for (name, (floor, fresh)) in [
-        ("new connection (syn), busy node", syns),
-        ("new flow (ack), busy node", acks),
-    ] {
-        println!(
-            "{:<38} {:>10.1} {:>14.1} (over its floor, {:.0})",
-            name,
-            fresh.as_secs_f64() * 1e9,
-            (fresh.as_secs_f64() - floor.as_secs_f64()) * 1e9,
-            floor.as_secs_f64() * 1e9
-        );
-    }
+    print_over_its_floor("new connection (syn), busy node", syns);
+    print_over_its_floor("new flow (ack), busy node", acks);
+}
+
+/// A row timed one run at a time beside the empty program run alike:
+/// `(floor, fresh)`.
+fn print_over_its_floor(name: &str, (floor, fresh): (Duration, Duration)) {
+    println!(
+        "{:<38} {:>10.1} {:>14.1} (over its floor, {:.0})",
+        name,
+        fresh.as_secs_f64() * 1e9,
+        (fresh.as_secs_f64() - floor.as_secs_f64()) * 1e9,
+        floor.as_secs_f64() * 1e9
+    );
 }
 
 /// The kernel verifier's limit on instructions it walks to load one
